@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One GPU call: build the extension with the machine's torch, run the GPU tests and the benchmarks, and leave
+# logs in $OUT. Usage (device tool, carry [".whl"]):  bash scripts/device_check.sh [op ...]
+#   PYTEST_ARGS  extra pytest arguments (default: the whole suite's `cuda` tests)
+#   BENCH_ARGS   arguments for `python -m bench` (default: --quick, or the ops given on the command line)
+set -uo pipefail
+OUT=${OUT:-/tmp/nk-out}
+mkdir -p "$OUT"
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1
+
+# Packages the machine lacks (nvidia-cutlass headers, the mamba-ssm baseline) travel as wheels in .whl/.
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
+git log -1 --format='commit %H %s' 2>/dev/null | tee -a "$OUT/gpu.txt"
+
+t0=$(date +%s)
+if ! MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install --no-build-isolation --no-deps --no-index -e . >"$OUT/build.log" 2>&1; then
+  tail -60 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+fi
+echo "build: $(( $(date +%s) - t0 )) s"
+$PY -c "import json, nemotron_kernels as nk; print(json.dumps(nk.backends(), indent=1))" 2>&1 | tee "$OUT/backends.txt"
+
+$PY -m pytest -q -m cuda tests ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest_cuda.log" | tail -40
+if [ $# -gt 0 ]; then BENCH_ARGS=${BENCH_ARGS:-"$*"}; fi
+$PY -m bench ${BENCH_ARGS:---quick} 2>&1 | tee "$OUT/bench.log"
+tar czf "$OUT/results.tgz" bench/results 2>/dev/null
+exit 0
