@@ -1,0 +1,23 @@
+"""Reference RMSNorm (the pre-mixer norms and norm_f of NemotronH)."""
+import torch
+
+from ._checks import check_float, check_same_device, check_shape, compute_dtype
+
+
+def rmsnorm_ref(x, weight, eps: float = 1e-5):
+    """out = (x * rsqrt(mean(x^2, -1) + eps)).to(x.dtype) * weight, normalised in float32 (float64 for float64 x).
+
+    Args:
+        x [..., D]: any float dtype.   weight [D].   eps: added to the mean square.
+    Returns:
+        [..., D] in x's dtype (weight is cast to x's dtype, as in the HF-native model).
+    """
+    check_float("x", x)
+    if x.dim() < 1:
+        raise ValueError(f"x must have at least 1 dimension [..., D], got shape {tuple(x.shape)}")
+    check_float("weight", weight, "[D]", 1)
+    check_shape("weight", weight, (x.shape[-1],), "[D]")
+    check_same_device(x=x, weight=weight)
+    x_c = x.to(compute_dtype(x.dtype))                                         # [..., D]
+    normed = x_c * torch.rsqrt(x_c.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return normed.to(x.dtype) * weight.to(x.dtype)
