@@ -1,0 +1,175 @@
+"""The engine end to end on the tiny model (float64, CPU): equal to the model's own generate loop, independent of
+batching, chunking and preemption, and releasing every page and slot."""
+import pytest
+import torch
+
+from model.generate import generate
+from model.serve import SamplingParams
+from model.serve.sampler import Sampler
+
+PROMPTS = ["Hello world, this is a test", "The Mamba layer keeps a state that", "abc", "x",
+           "Attention is all you need, or is it? Hybrid models say", "0123456789" * 3]
+
+
+def engine_generate(engine, prompts, params):
+    ids = [engine.add_request(p, sp) for p, sp in zip(prompts, params)]
+    return ids
+
+
+def test_greedy_matches_model_generate(make_engine, run_all, tiny_model, byte_tokenizer):
+    engine = make_engine(max_num_batched_tokens=16)          # forces chunked prefill mixed with decode
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    ids = [engine.add_request(p, params) for p in PROMPTS]
+    finals = run_all(engine)
+    for rid, prompt in zip(ids, PROMPTS):
+        expected = generate(tiny_model, [byte_tokenizer.encode(prompt)], 10, stop_ids=[])[0]
+        assert finals[rid].token_ids == expected, prompt
+        assert finals[rid].finish_reason == "length"
+
+
+def test_seeded_sampling_matches_model_generate(make_engine, run_all, tiny_model, byte_tokenizer):
+    engine = make_engine()
+    prompt = PROMPTS[1]
+    rid = engine.add_request(prompt, SamplingParams(max_tokens=12, temperature=0.9, seed=1234, ignore_eos=True))
+    out = run_all(engine)[rid]
+    expected = generate(tiny_model, [byte_tokenizer.encode(prompt)], 12, temperature=0.9, seed=1234, stop_ids=[])[0]
+    assert out.token_ids == expected
+
+
+def _seeded_params(i):
+    return SamplingParams(max_tokens=12, temperature=1.0, top_k=[0, 50, 5][i % 3], top_p=[1.0, 0.9][i % 2],
+                          seed=100 + i, ignore_eos=True)
+
+
+@pytest.mark.parametrize("setup", [
+    dict(max_num_batched_tokens=7),                               # tiny chunks
+    dict(max_num_seqs=2),                                         # few slots: queueing
+    dict(num_blocks=20, max_model_len=80),                        # few pages: preemption by recompute
+])
+def test_outputs_do_not_depend_on_batching(make_engine, run_all, setup):
+    params = [_seeded_params(i) for i in range(len(PROMPTS))]
+    alone = []
+    for p, sp in zip(PROMPTS, params):
+        engine = make_engine(max_model_len=80)
+        rid = engine.add_request(p, sp)
+        alone.append(run_all(engine)[rid].token_ids)
+    engine = make_engine(**setup)
+    ids = [engine.add_request(p, sp) for p, sp in zip(PROMPTS, params)]
+    finals = run_all(engine)
+    assert [finals[r].token_ids for r in ids] == alone
+    if "num_blocks" in setup:
+        assert any(finals[r].num_preemptions for r in ids), "the setup should have forced a preemption"
+
+
+def test_stop_token_ids_eos_and_context_limit(make_engine, run_all):
+    engine = make_engine()
+    greedy = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    rid = engine.add_request("stop here", greedy)
+    ref = run_all(engine)[rid].token_ids
+    # stop at the 3rd generated token: it is kept in token_ids
+    rid = engine.add_request("stop here", SamplingParams(max_tokens=8, temperature=0, stop_token_ids=[ref[2]]))
+    out = run_all(engine)[rid]
+    assert out.finish_reason == "stop" and out.token_ids == ref[:ref.index(ref[2]) + 1]
+    # the model's eos ids stop too, unless ignore_eos
+    engine.eos_token_ids = {ref[1]}
+    rid = engine.add_request("stop here", SamplingParams(max_tokens=8, temperature=0))
+    out = run_all(engine)[rid]
+    assert out.finish_reason == "stop" and out.token_ids[-1] == ref[1]
+    # the context (max_model_len) caps generation with finish_reason "length"
+    engine = make_engine(max_model_len=16)
+    prompt = "0123456789abc"                                      # 13 tokens
+    rid = engine.add_request(prompt, SamplingParams(max_tokens=100, temperature=0, ignore_eos=True))
+    out = run_all(engine)[rid]
+    assert out.finish_reason == "length" and len(out.token_ids) == 16 - 13
+
+
+def test_stop_strings_cut_the_text_and_stream_consistently(make_engine, run_all, byte_tokenizer):
+    engine = make_engine()
+    # a byte-level model continuing with text we force: find the greedy text, then stop on a piece of it
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    rid = engine.add_request("Stop strings", params)
+    full = run_all(engine)[rid]
+    text = full.text
+    assert text == byte_tokenizer.decode(full.token_ids)
+    # a two-character piece of the text that first occurs at position cut >= 1
+    cut = next((i for i in range(1, len(text) - 1) if text.find(text[i:i + 2]) == i), None)
+    assert cut is not None, f"no usable stop string in {text!r}"
+    stop = text[cut:cut + 2]
+    rid = engine.add_request("Stop strings", SamplingParams(max_tokens=24, temperature=0, ignore_eos=True,
+                                                           stop=[stop, "never-matches"]))
+    streamed = ""
+    final = None
+    while engine.has_unfinished():
+        for out in engine.step():
+            streamed += out.new_text
+            if out.finished:
+                final = out
+    assert final.finish_reason == "stop"
+    assert final.text == text[:cut] and streamed == final.text
+
+
+def test_abort_releases_cache_and_many_aborts_do_not_leak(make_engine, run_all):
+    engine = make_engine(max_num_seqs=4, max_num_batched_tokens=8)
+    for round_ in range(20):
+        ids = [engine.add_request(p, SamplingParams(max_tokens=30, temperature=0)) for p in PROMPTS]
+        for _ in range(round_ % 4 + 1):
+            engine.step()
+        for rid in ids[::2]:
+            engine.abort(rid)
+        engine.scheduler.check_consistent()
+        for rid in ids[1::2]:
+            engine.abort(rid)
+        assert not engine.has_unfinished()
+        assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+        assert engine.slot_pool.num_free == engine.slot_pool.num_slots
+    assert not engine.abort("unknown")
+    rid = engine.add_request("after aborts", SamplingParams(max_tokens=3, temperature=0))
+    assert len(run_all(engine)[rid].token_ids) == 3
+
+
+@pytest.mark.parametrize("prompt, params, message", [
+    ("", SamplingParams(), "prompt is empty"),
+    ([1, 2, 600], SamplingParams(), r"token ids must be ints in \[0, 512\)"),
+    ("y" * 300, SamplingParams(), "the context is 256 tokens"),
+    ("ok", SamplingParams(stop_token_ids=[512]), "outside the vocabulary"),
+])
+def test_bad_requests_raise_value_error(make_engine, prompt, params, message):
+    engine = make_engine()
+    with pytest.raises(ValueError, match=message):
+        engine.add_request(prompt, params)
+    assert not engine.has_unfinished()
+
+
+def test_duplicate_id_and_stop_strings_without_tokenizer(make_engine):
+    engine = make_engine()
+    engine.add_request([5, 6], SamplingParams(), request_id="x")
+    with pytest.raises(ValueError, match="already in use"):
+        engine.add_request([5, 6], SamplingParams(), request_id="x")
+    engine = make_engine(tokenizer=None)
+    with pytest.raises(ValueError, match="stop strings need a tokenizer"):
+        engine.add_request([5, 6], SamplingParams(stop=["a"]))
+    with pytest.raises(ValueError, match="no tokenizer"):
+        engine.add_request("text", SamplingParams())
+
+
+def test_sampler_filters_and_distribution():
+    torch.manual_seed(0)
+    sampler = Sampler("cpu")
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]] * 4, dtype=torch.float64)
+    params = [SamplingParams(temperature=0), SamplingParams(top_k=1), SamplingParams(top_p=1e-6),
+              SamplingParams(top_k=2, seed=3)]
+    gens = [sampler.generator_for(p) for p in params]
+    for _ in range(20):
+        tok = sampler(logits, params, gens).tolist()
+        assert tok[:3] == [0, 0, 0] and tok[3] in (0, 1)
+    # frequencies of plain temperature-1 sampling follow the softmax
+    n = 20000
+    rows = logits[:1].expand(n, 5)
+    counts = torch.bincount(sampler(rows, [SamplingParams()] * n, [None] * n), minlength=5)
+    expected = torch.softmax(logits[0], -1) * n
+    assert torch.all((counts - expected).abs() < 5 * expected.sqrt() + 5), (counts, expected)
+    # top-p keeps the smallest prefix reaching p: {0, 1} hold 0.48 + 0.18 mass at p = 0.6
+    p = SamplingParams(top_p=0.6, seed=1)
+    g = sampler.generator_for(p)
+    seen = {sampler(logits[:1], [p], [g]).item() for _ in range(300)}
+    assert seen == {0, 1}
