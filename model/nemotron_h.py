@@ -1,0 +1,453 @@
+"""NemotronH (Nemotron 3 Nano 30B-A3B) in one lean PyTorch file.
+
+Architecture (nemotron3_nano_spec.md §2), one choice per line:
+  * token embedding, no scaling, NO positional encoding anywhere (no RoPE);
+  * `pattern` of pre-norm residual blocks: h = h + Mixer(RMSNorm(h)), exactly one mixer per block:
+      M  Mamba-2: in_proj -> z | xBC | dt; depthwise causal conv (K) + SiLU over xBC; chunked SSD scan with
+         A = -exp(A_log), dt = softplus(dt + dt_bias) (clamped to time_step_limit when that is not (0, inf)),
+         per-head D skip; gated RMSNorm of y * silu(z) over n_groups groups; out_proj;
+      *  GQA attention: q/k/v/o projections without bias, causal softmax(q k^T / sqrt(D)), kv head j // (Hq/Hkv);
+      E  MoE: fp32 sigmoid router, correction bias for selection only, top-k renormalised x routed_scaling_factor,
+         non-gated squared-ReLU experts stored stacked [E, I, H] / [E, H, I], plus one always-on shared expert;
+      -  dense squared-ReLU MLP (not used by Nano);
+  * final RMSNorm (norm_f), untied lm_head (tying supported).
+All mixer math goes through the public ops of `nemotron_kernels.ops_for(backend)`; linears are plain F.linear.
+Parameter names are the Hugging Face checkpoint keys without `backbone.` (experts stacked), see checkpoint.py.
+
+Shape legend: B batch rows, L tokens per row, T = B*L tokens (packed: B = 1, T = L), S sequences,
+H hidden, V vocab; Hm Mamba heads, P Mamba head dim, G groups, N state, C = conv channels (x|B|C), K conv width;
+Hq / Hkv attention heads, D attention head dim; E experts, k experts per token, I expert width.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nemotron_kernels import ops_for
+
+from .config import NemotronHConfig
+
+
+@dataclass
+class ForwardMeta:
+    """What one forward call needs besides the activations; passed explicitly through every block."""
+    ops: SimpleNamespace                       # the op namespace of the model's backend
+    cu_seqlens: torch.Tensor | None = None     # [S+1] int32 offsets of packed sequences (B = 1)
+    offsets: list[int] | None = None           # cu_seqlens on the host
+    max_seqlen: int | None = None
+    # inference only (prefill / decode_step)
+    cache: object | None = None                # model.cache.HybridCache
+    slots: torch.Tensor | None = None          # [S] int64 cache slots of the sequences
+    block_table: torch.Tensor | None = None    # [S, max_blocks] int32 KV pages of the sequences
+    seq_lens: torch.Tensor | None = None       # [S] int32 cached tokens after this call (current ones included)
+    kv_write_idx: torch.Tensor | None = None   # [T] int64 flat KV-page row of every new token
+    host_slots: list[int] | None = None        # slots and cached lengths after this call, on the host
+    host_seq_lens: list[int] | None = None
+    fresh: bool = True                         # no sequence had cached tokens before this call
+    decode: bool = False                       # one token per sequence; activations are [S, H]
+    # MoE outputs for load balancing, filled in layer order when requested
+    router_counts: list | None = None          # per MoE layer: [E] int32 tokens routed to each expert
+    router_scores: list | None = None          # per MoE layer: [T, E] fp32 sigmoid scores (differentiable)
+
+
+@dataclass
+class MoEAux:
+    """Per-MoE-layer router outputs of one forward (load balancing / auxiliary losses)."""
+    counts: list[torch.Tensor] = field(default_factory=list)   # [E] int32 each
+    scores: list[torch.Tensor] = field(default_factory=list)   # [T, E] fp32 each (sigmoid, before the bias)
+
+
+class Linear(nn.Module):
+    """y = x W^T, no bias; weight [out, in]. Unlike nn.Linear it has no default init (cheap meta construction):
+    init_weights() or a checkpoint fills it."""
+
+    def __init__(self, in_features: int, out_features: int, **factory):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))  # [out, in]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+class DepthwiseConv(nn.Module):
+    """Parameters of the depthwise causal conv, in the checkpoint's Conv1d layout; ops.causal_conv1d runs it."""
+
+    def __init__(self, channels: int, width: int, bias: bool, **factory):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(channels, 1, width, **factory))        # [C, 1, K]
+        self.bias = nn.Parameter(torch.empty(channels, **factory)) if bias else None  # [C]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, **factory):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(dim, **factory))  # [dim]
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
+        return meta.ops.rmsnorm(x, self.weight, self.eps)
+
+
+class Mamba2Mixer(nn.Module):
+    def __init__(self, cfg: NemotronHConfig, layer_idx: int, **factory):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.head_dim = cfg.mamba_num_heads, cfg.mamba_head_dim
+        self.n_groups, self.state_size = cfg.n_groups, cfg.ssm_state_size
+        self.d_inner, self.conv_dim, self.chunk_size = cfg.d_inner, cfg.conv_dim, cfg.chunk_size
+        self.time_step_limit = cfg.time_step_limit
+        self.in_proj = Linear(cfg.hidden_size, cfg.in_proj_dim, **factory)  # H -> z | xBC | dt
+        self.conv1d = DepthwiseConv(self.conv_dim, cfg.conv_kernel, cfg.use_conv_bias, **factory)
+        self.A_log = nn.Parameter(torch.empty(self.num_heads, **factory))    # [Hm]
+        self.D = nn.Parameter(torch.empty(self.num_heads, **factory))        # [Hm]
+        self.dt_bias = nn.Parameter(torch.empty(self.num_heads, **factory))  # [Hm]
+        self.norm = RMSNorm(self.d_inner, cfg.layer_norm_epsilon, **factory)  # gated, groups of d_inner/G
+        self.out_proj = Linear(self.d_inner, cfg.hidden_size, **factory)
+
+    def _dt_args(self, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+        """(dt, dt_bias, dt_softplus) for the ops: the ops fuse bias + softplus; a non-default time_step_limit
+        needs the clamp after the softplus, so then it is applied here."""
+        if self.time_step_limit == (0.0, math.inf):
+            return dt, self.dt_bias, True
+        lo, hi = self.time_step_limit
+        dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(lo, hi).to(dt.dtype)
+        return dt, None, False
+
+    def forward(self, x: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
+        ops, cache, i = meta.ops, meta.cache, self.layer_idx
+        G, N, Hm, P = self.n_groups, self.state_size, self.num_heads, self.head_dim
+        zxbcdt = self.in_proj(x)                                              # [..., d_inner + C + Hm]
+        z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, Hm], dim=-1)
+        A = -torch.exp(self.A_log.float())                                    # [Hm]
+        dt, dt_bias, dt_softplus = self._dt_args(dt)
+        conv_w = self.conv1d.weight.squeeze(1)                                # [C, K]
+        if meta.decode:                                                       # x: [S, H]
+            S = x.shape[0]
+            xBC = ops.causal_conv1d_update(xBC, cache.conv[i], conv_w, self.conv1d.bias, "silu",
+                                           slot_idx=meta.slots)               # [S, C]; conv state rolled
+            xs, B, C = xBC.split([self.d_inner, G * N, G * N], dim=-1)
+            y = ops.ssd_state_update(cache.ssm[i], xs.reshape(S, Hm, P), dt, A, B.reshape(S, G, N),
+                                     C.reshape(S, G, N), D=self.D, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                                     slot_idx=meta.slots)                    # [S, Hm, P]; state advanced
+            y = y.reshape(S, self.d_inner)
+        else:                                                                 # x: [B, L, H]
+            Bsz, L = x.shape[:2]
+            conv0 = ssm0 = None
+            if cache is not None and not meta.fresh:
+                conv0, ssm0 = cache.conv[i][meta.slots], cache.ssm[i][meta.slots]  # [S, C, K-1], [S, Hm, P, N]
+            out = ops.causal_conv1d(xBC, conv_w, self.conv1d.bias, "silu", cu_seqlens=meta.cu_seqlens,
+                                    initial_state=conv0, return_final_state=cache is not None)
+            xBC, conv_final = out if cache is not None else (out, None)      # [B, L, C], [S, C, K-1]
+            xs, B, C = xBC.split([self.d_inner, G * N, G * N], dim=-1)
+            out = ops.ssd_scan(xs.reshape(Bsz, L, Hm, P), dt, A, B.reshape(Bsz, L, G, N), C.reshape(Bsz, L, G, N),
+                               D=self.D, dt_bias=dt_bias, dt_softplus=dt_softplus, chunk_size=self.chunk_size,
+                               initial_states=ssm0, cu_seqlens=meta.cu_seqlens,
+                               return_final_states=cache is not None)
+            y, ssm_final = out if cache is not None else (out, None)          # [B, L, Hm, P], [S, Hm, P, N]
+            y = y.reshape(Bsz, L, self.d_inner)
+            if cache is not None:
+                cache.conv[i][meta.slots] = conv_final.to(cache.conv[i].dtype)
+                cache.ssm[i][meta.slots] = ssm_final.to(cache.ssm[i].dtype)
+        y = ops.gated_rmsnorm(y, z, self.norm.weight, self.d_inner // G, self.norm.eps)  # norm(y * silu(z))
+        return self.out_proj(y.to(x.dtype))
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: NemotronHConfig, layer_idx: int, **factory):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        H, D = cfg.hidden_size, cfg.head_dim
+        self.q_proj = Linear(H, self.num_heads * D, **factory)
+        self.k_proj = Linear(H, self.num_kv_heads * D, **factory)
+        self.v_proj = Linear(H, self.num_kv_heads * D, **factory)
+        self.o_proj = Linear(self.num_heads * D, H, **factory)
+
+    def forward(self, x: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
+        ops, cache, D = meta.ops, meta.cache, self.head_dim
+        lead = x.shape[:-1]                                                   # [B, L] or [S] (decode)
+        q = self.q_proj(x).view(*lead, self.num_heads, D)                     # [..., Hq, D]
+        k = self.k_proj(x).view(*lead, self.num_kv_heads, D)                  # [..., Hkv, D]
+        v = self.v_proj(x).view(*lead, self.num_kv_heads, D)
+        if cache is not None:  # write the new keys / values into their pages
+            k_pages = cache.k[self.layer_idx].view(-1, self.num_kv_heads, D)  # [num_blocks * block_size, Hkv, D]
+            v_pages = cache.v[self.layer_idx].view(-1, self.num_kv_heads, D)
+            k_pages[meta.kv_write_idx] = k.reshape(-1, self.num_kv_heads, D).to(k_pages.dtype)
+            v_pages[meta.kv_write_idx] = v.reshape(-1, self.num_kv_heads, D).to(v_pages.dtype)
+        if cache is None or meta.fresh:
+            o = ops.gqa_attention(q, k, v, causal=True, cu_seqlens=meta.cu_seqlens, max_seqlen=meta.max_seqlen)
+        elif meta.decode or meta.offsets is None:  # [S, Hq, D] or [B, L, Hq, D]: the last tokens of each sequence
+            o = ops.gqa_decode(q, cache.k[self.layer_idx], cache.v[self.layer_idx], meta.block_table, meta.seq_lens)
+        else:  # packed continuation (chunked prefill): one sequence at a time, its new tokens are its last ones
+            o = torch.cat([ops.gqa_decode(q[:, a:b], cache.k[self.layer_idx], cache.v[self.layer_idx],
+                                          meta.block_table[s:s + 1], meta.seq_lens[s:s + 1])
+                           for s, (a, b) in enumerate(zip(meta.offsets[:-1], meta.offsets[1:]))], dim=1)
+        return self.o_proj(o.reshape(*lead, self.num_heads * D))
+
+
+class Router(nn.Module):
+    """fp32 router weight and the selection-only correction bias (a buffer: load balancing updates it)."""
+
+    def __init__(self, cfg: NemotronHConfig, device=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(cfg.n_routed_experts, cfg.hidden_size, device=device,
+                                               dtype=torch.float32))                       # [E, H] fp32
+        self.register_buffer("e_score_correction_bias",
+                             torch.empty(cfg.n_routed_experts, device=device, dtype=torch.float32))  # [E] fp32
+
+
+class Experts(nn.Module):
+    def __init__(self, cfg: NemotronHConfig, **factory):
+        super().__init__()
+        E, I, H = cfg.n_routed_experts, cfg.moe_intermediate_size, cfg.hidden_size
+        self.up_proj = nn.Parameter(torch.empty(E, I, H, **factory))    # [E, I, H]
+        self.down_proj = nn.Parameter(torch.empty(E, H, I, **factory))  # [E, H, I]
+
+
+class MLP(nn.Module):
+    """down(relu(up(x))^2): the shared expert of a MoE layer, or a dense `-` layer."""
+
+    def __init__(self, hidden: int, inner: int, **factory):
+        super().__init__()
+        self.up_proj = Linear(hidden, inner, **factory)
+        self.down_proj = Linear(inner, hidden, **factory)
+
+    def forward(self, x: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
+        return self.down_proj(torch.square(F.relu(self.up_proj(x))))
+
+
+class MoE(nn.Module):
+    def __init__(self, cfg: NemotronHConfig, layer_idx: int, **factory):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.top_k, self.scale = cfg.num_experts_per_tok, float(cfg.routed_scaling_factor)
+        self.n_group, self.topk_group = cfg.n_group, cfg.topk_group
+        self.gate = Router(cfg, device=factory.get("device"))
+        self.experts = Experts(cfg, **factory)
+        self.shared_experts = MLP(cfg.hidden_size, cfg.moe_shared_expert_intermediate_size, **factory)
+
+    def forward(self, x: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
+        ops = meta.ops
+        x2 = x.reshape(-1, x.shape[-1])                                       # [T, H]
+        topk_idx, topk_weight, counts = ops.moe_router(
+            x2, self.gate.weight, self.gate.e_score_correction_bias, self.top_k, self.scale,
+            self.n_group, self.topk_group)                                    # [T, k] int32, [T, k] fp32, [E] int32
+        y = ops.moe_experts(x2, topk_idx, topk_weight, self.experts.up_proj, self.experts.down_proj,
+                            self.shared_experts.up_proj.weight, self.shared_experts.down_proj.weight)  # [T, H]
+        if meta.router_counts is not None:
+            meta.router_counts.append(counts)
+        if meta.router_scores is not None:
+            cdtype = torch.promote_types(x2.dtype, torch.float32)
+            meta.router_scores.append(torch.sigmoid(F.linear(x2.to(cdtype), self.gate.weight.to(cdtype))))
+        return y.view_as(x)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block with one mixer: h + mixer(norm(h))."""
+
+    def __init__(self, cfg: NemotronHConfig, layer_idx: int, **factory):
+        super().__init__()
+        self.kind = cfg.pattern[layer_idx]
+        self.norm = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon, **factory)
+        if self.kind == "M":
+            self.mixer = Mamba2Mixer(cfg, layer_idx, **factory)
+        elif self.kind == "*":
+            self.mixer = Attention(cfg, layer_idx, **factory)
+        elif self.kind == "E":
+            self.mixer = MoE(cfg, layer_idx, **factory)
+        else:
+            self.mixer = MLP(cfg.hidden_size, cfg.intermediate_size, **factory)
+
+    def forward(self, h: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
+        return h + self.mixer(self.norm(h, meta), meta)
+
+
+class NemotronH(nn.Module):
+    """The NemotronH causal LM. Build on the meta device, then `init_weights()` or load a checkpoint:
+
+        with torch.device("meta"): model = NemotronH(cfg, dtype=torch.bfloat16)
+        model.to_empty(device="cuda"); model.init_weights(seed=0)      # or model.checkpoint.load_model(...)
+
+    `build_model()` does this in one call. The router weights and correction biases are always fp32.
+    """
+
+    def __init__(self, config: NemotronHConfig, *, backend: str = "auto", device=None, dtype=None):
+        super().__init__()
+        self.config = config
+        factory = {"device": device, "dtype": dtype}
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size,
+                                       _weight=torch.empty(config.vocab_size, config.hidden_size, **factory))  # [V, H]
+        self.layers = nn.ModuleList(Block(config, i, **factory) for i in range(config.num_layers))
+        self.norm_f = RMSNorm(config.hidden_size, config.layer_norm_epsilon, **factory)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, **factory)  # [V, H]
+        self.tie_weights()
+        self.set_backend(backend)
+
+    def set_backend(self, backend: str) -> None:
+        """"auto" | "kernels" | "reference": which implementation of the ops the model calls."""
+        self.backend = backend
+        self.ops = ops_for(backend)
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.embeddings.weight
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embeddings.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embeddings.weight.device
+
+    # ------------------------------------------------------------------ init (spec §7)
+    @torch.no_grad()
+    def init_weights(self, seed: int = 0) -> None:
+        """Random initialisation as in transformers' NemotronH: normal(0, initializer_range) for embeddings,
+        linears, conv and experts; norms 1; A_log = log(1..Hm); D = 1; dt_bias = softplus^-1(dt) with dt
+        log-uniform in [time_step_min, time_step_max] clamped >= time_step_floor; Mamba out_proj
+        kaiming-uniform / sqrt(num_layers) when rescale_prenorm_residual; router bias 0."""
+        if self.device.type == "meta":
+            raise RuntimeError("init_weights needs materialised tensors: call model.to_empty(device=...) first")
+        self.tie_weights()
+        cfg, std = self.config, self.config.initializer_range
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+
+        def normal(t):
+            t.normal_(0.0, std, generator=gen)
+
+        normal(self.embeddings.weight)
+        if not cfg.tie_word_embeddings:
+            normal(self.lm_head.weight)
+        self.norm_f.weight.fill_(1.0)
+        for block in self.layers:
+            block.norm.weight.fill_(1.0)
+            m = block.mixer
+            if block.kind == "M":
+                for w in (m.in_proj.weight, m.conv1d.weight):
+                    normal(w)
+                if m.conv1d.bias is not None:
+                    m.conv1d.bias.zero_()
+                m.A_log.copy_(torch.log(torch.arange(1, m.num_heads + 1, dtype=torch.float32)))
+                m.D.fill_(1.0)
+                log_lo, log_hi = math.log(cfg.time_step_min), math.log(cfg.time_step_max)
+                u = torch.rand(m.num_heads, generator=gen, device=self.device, dtype=torch.float32)
+                dt = torch.exp(u * (log_hi - log_lo) + log_lo).clamp(min=cfg.time_step_floor)
+                m.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))           # softplus^-1(dt)
+                m.norm.weight.fill_(1.0)
+                if cfg.rescale_prenorm_residual:
+                    bound = 1.0 / math.sqrt(m.out_proj.in_features) / math.sqrt(cfg.num_layers)
+                    m.out_proj.weight.uniform_(-bound, bound, generator=gen)
+                else:
+                    normal(m.out_proj.weight)
+            elif block.kind == "*":
+                for lin in (m.q_proj, m.k_proj, m.v_proj, m.o_proj):
+                    normal(lin.weight)
+            elif block.kind == "E":
+                normal(m.gate.weight)
+                m.gate.e_score_correction_bias.zero_()
+                for w in (m.experts.up_proj, m.experts.down_proj, m.shared_experts.up_proj.weight,
+                          m.shared_experts.down_proj.weight):
+                    normal(w)
+            else:
+                normal(m.up_proj.weight)
+                normal(m.down_proj.weight)
+
+    # ------------------------------------------------------------------ forward
+    def _run(self, input_ids: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
+        h = self.embeddings(input_ids)                                        # [B, L, H] or [S, H]
+        for block in self.layers:
+            h = block(h, meta)
+        return self.norm_f(h, meta)
+
+    def hidden_states(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
+                      aux: MoEAux | None = None) -> torch.Tensor:
+        """input_ids [B, L] (with cu_seqlens: [1, T] packed documents, cu_seqlens [S+1]) -> final-normed hidden
+        states [B, L, H] (the lm_head input). Fills `aux` with the MoE router counts / scores when given."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
+        meta = ForwardMeta(ops=self.ops)
+        if cu_seqlens is not None:
+            if input_ids.shape[0] != 1:
+                raise ValueError(f"with cu_seqlens, input_ids must be [1, T] (packed), got {tuple(input_ids.shape)}")
+            meta.cu_seqlens = cu_seqlens
+            meta.offsets = cu_seqlens.tolist()
+            if meta.offsets[0] != 0 or meta.offsets[-1] != input_ids.shape[1] or any(
+                    b < a for a, b in zip(meta.offsets[:-1], meta.offsets[1:])):
+                raise ValueError(f"cu_seqlens must rise from 0 to T={input_ids.shape[1]}, got {meta.offsets}")
+            meta.max_seqlen = max(b - a for a, b in zip(meta.offsets[:-1], meta.offsets[1:]))
+        if aux is not None:
+            meta.router_counts, meta.router_scores = aux.counts, aux.scores
+        return self._run(input_ids, meta)
+
+    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None, *,
+                return_aux: bool = False):
+        """input_ids [B, L] (or [1, T] packed with cu_seqlens [S+1]; no token attends, convolves or scans across
+        a document boundary) -> logits [B, L, V] in the model dtype (, MoEAux when return_aux)."""
+        aux = MoEAux() if return_aux else None
+        logits = self.lm_head(self.hidden_states(input_ids, cu_seqlens, aux))
+        return (logits, aux) if return_aux else logits
+
+    # ------------------------------------------------------------------ inference with a HybridCache
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, cache, *, cu_seqlens: torch.Tensor | None = None,
+                slots=None) -> torch.Tensor:
+        """Runs prompts (or the next chunk of them) through the model and stores their state in `cache`.
+
+        input_ids [S, L] (equal lengths), or [1, T] / [T] packed with cu_seqlens [S+1]. slots: the S cache
+        slots (list / tensor; default 0..S-1). Sequences continue from whatever the slots already hold (a fresh
+        or `cache.reset` slot holds nothing). Returns the logits of each sequence's last token [S, V] (fp32, or fp64 for an fp64 model)."""
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        if cu_seqlens is None:
+            S, L = input_ids.shape
+            lengths = [L] * S
+        else:
+            if input_ids.shape[0] != 1:
+                raise ValueError(f"with cu_seqlens, input_ids must be [T] or [1, T], got {tuple(input_ids.shape)}")
+            offsets = [int(o) for o in cu_seqlens.tolist()]
+            lengths = [b - a for a, b in zip(offsets[:-1], offsets[1:])]
+            if offsets[0] != 0 or offsets[-1] != input_ids.shape[1] or min(lengths, default=0) < 1:
+                raise ValueError(f"cu_seqlens must rise strictly from 0 to T={input_ids.shape[1]}, got {offsets}")
+            S = len(lengths)
+        meta = cache.prepare(self.ops, slots, lengths)
+        if cu_seqlens is not None:
+            meta.cu_seqlens = cu_seqlens.to(device=input_ids.device, dtype=torch.int32)
+            meta.offsets, meta.max_seqlen = offsets, max(lengths)
+        h = self._run(input_ids, meta)                                        # [S, L, H] or [1, T, H]
+        cache.commit(meta)
+        if cu_seqlens is None:
+            last = h[:, -1]                                                   # [S, H]
+        else:
+            last = h[0, torch.tensor(offsets[1:], device=h.device) - 1]       # [S, H]
+        return self._logits_fp32(last)                                        # [S, V]
+
+    @torch.no_grad()
+    def decode_step(self, input_ids: torch.Tensor, cache, *, slots=None) -> torch.Tensor:
+        """One new token per sequence: input_ids [S] -> logits [S, V] (fp32 / fp64); advances the cache slots."""
+        if input_ids.dim() != 1:
+            raise ValueError(f"input_ids must be [S] (one token per sequence), got {tuple(input_ids.shape)}")
+        meta = cache.prepare(self.ops, slots, [1] * input_ids.shape[0], decode=True)
+        h = self._run(input_ids, meta)                                        # [S, H]
+        cache.commit(meta)
+        return self._logits_fp32(h)
+
+    def _logits_fp32(self, h: torch.Tensor) -> torch.Tensor:
+        """lm_head output in fp32 (fp64 for an fp64 model), for sampling."""
+        return self.lm_head(h).to(torch.promote_types(h.dtype, torch.float32))
+
+
+def build_model(config: NemotronHConfig, *, device="cpu", dtype=torch.float32, backend: str = "auto",
+                seed: int = 0) -> NemotronH:
+    """A randomly initialised model: meta construction, to_empty on `device`, init_weights(seed)."""
+    with torch.device("meta"):
+        model = NemotronH(config, backend=backend, dtype=dtype)
+    model.to_empty(device=device)
+    model.init_weights(seed)
+    return model
