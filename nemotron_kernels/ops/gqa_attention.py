@@ -1,6 +1,121 @@
-"""Public op `gqa_attention`: no kernel yet (issue #5), so the reference runs on every device."""
-from ..reference.gqa_attention import gqa_attention_ref as gqa_attention  # noqa: F401
+"""Public op `gqa_attention`: causal (bottom-right aligned) grouped-query flash attention, packed varlen, lse.
+
+Triton kernels on CUDA fp16/bf16 tensors; the reference on CPU, for fp32/float64, for FP8 inputs / descales
+(no FP8 kernel yet), or without Triton — unless TRITON_INTERPRET=1, where CPU fp16/fp32 tensors run the kernels
+in Triton's interpreter. Layers: custom ops `nemotron_kernels::gqa_attention_fwd` / `_bwd` (visible to
+torch.compile and CUDA graphs) -> `GqaAttentionFn` (autograd) -> `gqa_attention()` (dispatch).
+"""
+from typing import Optional
+
+import torch
+
+from ..reference._checks import check_descale, check_divisible, check_float, check_same_device, check_shape
+from ..reference.gqa_attention import gqa_attention_ref
+from ..triton import gqa_attention_common as common
+
+KERNEL_HEAD_DIMS = (16, 32, 64, 128)
+
+
+@torch.library.custom_op("nemotron_kernels::gqa_attention_fwd", mutates_args=())
+def gqa_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, softmax_scale: float,
+                      cu_seqlens: Optional[torch.Tensor], max_seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D] -> (o [B, Sq, Hq, D] in q's dtype, lse [B, Hq, Sq] fp32) (Triton)."""
+    kernels = common.kernel_module("gqa_attention_fwd")
+    return kernels.gqa_attention_fwd(q, k, v, causal, softmax_scale, cu_seqlens, max_seqlen)
+
+
+@gqa_attention_fwd.register_fake
+def _(q, k, v, causal, softmax_scale, cu_seqlens, max_seqlen):
+    bsz, sq, hq, _ = q.shape
+    return torch.empty_like(q), q.new_empty((bsz, hq, sq), dtype=torch.float32)
+
+
+@torch.library.custom_op("nemotron_kernels::gqa_attention_bwd", mutates_args=())
+def gqa_attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                      lse: torch.Tensor, causal: bool, softmax_scale: float, cu_seqlens: Optional[torch.Tensor],
+                      max_seqlen: int, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """do, o [B, Sq, Hq, D], q, k, v, lse [B, Hq, Sq] -> (dq like q, dk like k, dv like v) (Triton).
+    Every program owns its outputs, so the result is deterministic either way; `deterministic` is kept in the
+    schema for a future atomic-dq fast path."""
+    kernels = common.kernel_module("gqa_attention_bwd")
+    return kernels.gqa_attention_bwd(do, q, k, v, o, lse, causal, softmax_scale, cu_seqlens, max_seqlen)
+
+
+@gqa_attention_bwd.register_fake
+def _(do, q, k, v, o, lse, causal, softmax_scale, cu_seqlens, max_seqlen, deterministic):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+class GqaAttentionFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, causal: bool, softmax_scale: float, cu_seqlens, max_seqlen: int):
+        o, lse = gqa_attention_fwd(q, k, v, causal, softmax_scale, cu_seqlens, max_seqlen)
+        ctx.save_for_backward(q, k, v, o, lse, cu_seqlens)
+        ctx.causal, ctx.softmax_scale, ctx.max_seqlen = causal, softmax_scale, max_seqlen
+        ctx.mark_non_differentiable(lse)
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, dlse):
+        q, k, v, o, lse, cu_seqlens = ctx.saved_tensors
+        dq, dk, dv = gqa_attention_bwd(do.contiguous(), q, k, v, o, lse, ctx.causal, ctx.softmax_scale, cu_seqlens,
+                                       ctx.max_seqlen, torch.are_deterministic_algorithms_enabled())
+        return dq, dk, dv, None, None, None, None
+
+
+def _kernel_eligible(q, k, v, cu_seqlens, descales) -> bool:
+    """Whether the Triton kernels can run these inputs (anything else goes to the reference)."""
+    return (common.use_triton(q) and q.dtype == k.dtype == v.dtype and q.shape[-1] in KERNEL_HEAD_DIMS
+            and all(d is None for d in descales) and (cu_seqlens is None or q.shape[0] == 1))
+
+
+def gqa_attention(q, k, v, causal: bool = True, softmax_scale=None, cu_seqlens=None, max_seqlen=None,
+                  q_descale=None, k_descale=None, v_descale=None, return_lse: bool = False):
+    """Grouped-query softmax attention (flash attention on CUDA).
+
+    Args:
+        q [B, Sq, Hq, D], k [B, Sk, Hkv, D], v [B, Sk, Hkv, D]: Hq % Hkv == 0; query head j reads kv head
+            j // (Hq // Hkv). Kernel path: fp16/bf16, D in (16, 32, 64, 128).
+        causal: bottom-right aligned (query i sees keys <= i + Sk - Sq); queries that see no key give 0.
+        softmax_scale: multiplies q.k; default D ** -0.5.
+        cu_seqlens [S+1] int32/int64 | None: packed varlen (B = 1, same offsets for q and k).
+        max_seqlen: longest sequence with cu_seqlens (read from cu_seqlens, a host sync, when None).
+        q_descale, k_descale, v_descale: FP8 dequantisation scales (scalar or [B, Hkv]); reference path for now.
+        return_lse: also return lse [B, Hq, Sq] float32 (natural log; not differentiable).
+    Returns:
+        o [B, Sq, Hq, D] in q's dtype (bf16 for fp8 q), or (o, lse). Differentiable in q, k, v.
+    """
+    descales = (q_descale, k_descale, v_descale)
+    if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
+            and q.dim() == 4 and k.dim() == 4 and _kernel_eligible(q, k, v, cu_seqlens, descales)):
+        return gqa_attention_ref(q, k, v, causal, softmax_scale, cu_seqlens, max_seqlen, q_descale, k_descale,
+                                 v_descale, return_lse)
+    check_float("q", q, "[B, Sq, Hq, D]", 4)
+    bsz, sq, hq, head_dim = q.shape
+    sk, hkv = k.shape[1], k.shape[2]
+    check_shape("k", k, (bsz, sk, hkv, head_dim), "[B, Sk, Hkv, D]")
+    check_shape("v", v, (bsz, sk, hkv, head_dim), "[B, Sk, Hkv, D]")
+    check_divisible("Hq (heads of q)", hq, "Hkv (heads of k)", hkv)
+    check_same_device(q=q, k=k, v=v, cu_seqlens=cu_seqlens)
+    for name, descale in zip(("q_descale", "k_descale", "v_descale"), descales):
+        check_descale(name, descale, bsz, hkv)
+    if cu_seqlens is not None:
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"cu_seqlens must be 1-D int32/int64 [S+1] with S >= 1, got {cu_seqlens.dtype} "
+                             f"{tuple(cu_seqlens.shape)}")
+        if sk != sq:
+            raise ValueError(f"with cu_seqlens, q and k are packed alike: k has {sk} tokens but q has {sq}")
+        if max_seqlen is None:
+            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())      # host sync; pass max_seqlen to avoid
+        if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0:
+            raise ValueError(f"max_seqlen must be a non-negative int, got {max_seqlen!r}")
+    else:
+        max_seqlen = max(sq, sk)
+    scale = head_dim ** -0.5 if softmax_scale is None else float(softmax_scale)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    o, lse = GqaAttentionFn.apply(q, k, v, bool(causal), scale, cu_seqlens, max_seqlen)
+    return (o, lse) if return_lse else o
 
 
 def backend_report(device_type: str) -> str:
-    return "reference: no kernel yet (issue #5)"
+    return common.backend_report(device_type, "flash attention fwd+bwd, causal/varlen, D in (16, 32, 64, 128)")

@@ -1,0 +1,126 @@
+"""Shared pieces of the GQA attention / decode Triton kernels: interpreter detection, loading a kernel module in
+the current Triton mode, head packing and the ahead-of-time (sm_90a) compile helper the CI test uses.
+
+Triton decides at *decoration* time whether `@triton.jit` builds a compiled or a CPU-interpreted kernel
+(TRITON_INTERPRET=1); `kernel_module(name)` re-imports a kernel module when the mode changed since it was loaded.
+
+Head packing: the Hq // Hkv query heads that share a kv head are packed into the rows of one tile, so a program
+loads each K/V tile once for the whole group. Row m of a tile holds position `m // PACK` (of the tile's
+positions) and head `m % PACK` (of the tile's head chunk); a tile covers BLOCK_M // PACK positions.
+"""
+import functools
+import importlib
+import os
+
+import torch
+
+LOG2E = 1.4426950408889634   # exp(x) = exp2(x * LOG2E): kernels prescale the softmax scale by it
+LN2 = 0.6931471805599453
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1, read when kernels are defined)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=1)
+def triton_status() -> tuple[bool, str]:
+    """(importable, why) for Triton."""
+    try:
+        import triton
+        import triton.language  # noqa: F401
+    except ImportError as e:  # CPU-only installs may lack it
+        return False, f"triton not importable ({e})"
+    return True, f"triton {triton.__version__}"
+
+
+def kernel_module(name: str):
+    """Import nemotron_kernels.triton.<name>, reloading it if its kernels were defined under the other mode."""
+    mod = importlib.import_module(f"nemotron_kernels.triton.{name}")
+    if mod.INTERPRETED != interpreting():
+        mod = importlib.reload(mod)
+    return mod
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    """Whether a public attention op runs its Triton kernel for inputs like `t`: CUDA fp16/bf16, or CPU fp16/fp32
+    under TRITON_INTERPRET=1 (the interpreter mis-computes bf16 tl.dot; fp32 runs exact "ieee" dots there, which
+    on a GPU would be slow FMA loops, so CUDA fp32 takes the reference)."""
+    if not triton_status()[0]:
+        return False
+    if t.device.type == "cuda":
+        return t.dtype in (torch.float16, torch.bfloat16)
+    if t.device.type == "cpu" and interpreting():
+        return t.dtype in (torch.float16, torch.float32)
+    return False
+
+
+def backend_report(device_type: str, what: str) -> str:
+    """The `backend_report` line of an attention op for tensors on `device_type`."""
+    ok, why = triton_status()
+    if device_type == "cuda":
+        return f"triton: {what} ({why}); fp32, float64 and FP8 -> reference" if ok else f"reference: {why}"
+    if device_type == "cpu" and ok and interpreting():
+        return "triton: Triton's CPU interpreter (TRITON_INTERPRET=1) for fp16/fp32 CPU tensors; others -> reference"
+    return f"reference: no Triton kernels on {device_type} (TRITON_INTERPRET=1 interprets them for fp16/fp32)"
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of `device` (132 on the H200); 4 for CPU tensors (interpreter)."""
+    if device.type != "cuda":
+        return 4
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def pack_heads(group: int, block_m: int) -> tuple[int, int]:
+    """(PACK = query heads per tile, number of head chunks per kv head) for a group of `group` query heads."""
+    pack = min(group, block_m)
+    return pack, -(-group // pack)
+
+
+def dot_precision(dtype: torch.dtype):
+    """`input_precision` for tl.dot: exact fp32 ("ieee") for fp32 inputs, the default (None) for 16-bit ones."""
+    return "ieee" if dtype == torch.float32 else None
+
+
+def triton_dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
+            torch.float8_e4m3fn: "fp8e4nv", torch.int32: "i32", torch.int64: "i64"}[dtype]
+
+
+def aot_compile(kernel, signature: dict, constexprs: dict, num_warps: int, num_stages: int, arch: int = 90):
+    """Compile `kernel` (a triton.jit function, or an Autotuner around one) for sm_<arch>a without a GPU.
+
+    signature: {arg: "*bf16" | "i32" | "fp32" | ...} for the runtime arguments; constexprs: {arg: value}.
+    Pointer arguments are declared 16-byte aligned and every i32 named `stride_*` divisible by 16, as the
+    launcher's specialisation does for the shapes we run. Returns the CompiledKernel (its .asm["ptx"] holds
+    the PTX)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = kernel
+    while not isinstance(fn, triton.runtime.JITFunction):   # unwrap Autotuner / Heuristics
+        if not hasattr(fn, "fn"):
+            raise TypeError(f"aot_compile needs a compiled-mode triton.jit kernel, got {type(kernel).__name__} "
+                            "(is TRITON_INTERPRET set?)")
+        fn = fn.fn
+    sig = {}
+    attrs = {}
+    for i, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            sig[name] = "constexpr"
+            continue
+        if name not in signature:
+            raise KeyError(f"aot_compile: no type for argument {name!r} of {fn.__name__}")
+        sig[name] = signature[name]
+        if signature[name].startswith("*") or (name.startswith("stride_") and signature[name] == "i32"):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": num_warps, "num_stages": num_stages})

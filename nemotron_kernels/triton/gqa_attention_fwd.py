@@ -1,0 +1,238 @@
+"""GQA flash-attention forward (Triton): causal (bottom-right aligned) or full, packed varlen, returns lse.
+
+One program owns one tile of BLOCK_M rows = (BLOCK_M // PACK positions) x (PACK query heads of one kv head) and
+streams the kv head's K/V tiles once for all packed heads. Online softmax in the exp2 domain (the scale is
+prescaled by log2 e). Causal tiles are split into an unmasked run of K tiles every row sees in full and a short
+masked run across the diagonal; tiles past the diagonal are never visited. Programs are launched heaviest
+(last positions) first.
+
+Shapes: q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D] (last dim contiguous, other strides free), o like q,
+lse [B, Hq, Sq] float32 (natural log). Varlen: B = 1, cu_seqlens [S+1] shared by q and k.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .gqa_attention_common import LOG2E, aot_compile, dot_precision, interpreting, pack_heads
+
+INTERPRETED = interpreting()   # the mode these kernels were defined in (see gqa_attention_common.kernel_module)
+
+
+@triton.jit
+def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, n_lo, n_hi, seqlen_k, kmax0,
+                    qk_scale,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PACK: tl.constexpr, MASKED: tl.constexpr,
+                    CAUSAL: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """Online-softmax update of (acc [BM, D], l_i [BM], m_i [BM]) over key tiles [n_lo, n_hi) (relative to the
+    sequence start). k_ptrs/v_ptrs [BN, D] point at key tile 0. MASKED: apply the key bound and the causal mask
+    (row m sees keys <= kmax0 + m // PACK); the short masked run is not software-pipelined (fewer registers)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    k_ptrs += n_lo * stride_kn
+    v_ptrs += n_lo * stride_vn
+    for n0 in tl.range(n_lo, n_hi, BLOCK_N, num_stages=1 if MASKED else None):
+        if MASKED:
+            key = n0 + offs_n                                                      # [BN]
+            key_ok = key < seqlen_k
+            k = tl.load(k_ptrs, mask=key_ok[:, None], other=0.0)                   # [BN, D]
+            v = tl.load(v_ptrs, mask=key_ok[:, None], other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)                # [BM, BN]
+        if MASKED:
+            visible = key_ok[None, :]
+            if CAUSAL:
+                kmax = kmax0 + tl.arange(0, BLOCK_M) // PACK                       # [BM]
+                visible = visible & (key[None, :] <= kmax[:, None])
+            s = tl.where(visible, s * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)                   # rows that see no key yet
+            p = tl.math.exp2(s - m_use[:, None])
+            alpha = tl.math.exp2(m_i - m_use)
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+            p = tl.math.exp2(s * qk_scale - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)
+        m_i = m_new
+        k_ptrs += BLOCK_N * stride_kn
+        v_ptrs += BLOCK_N * stride_vn
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _gqa_attn_fwd_kernel(
+    Q, K, V, O, LSE, CU_SEQLENS,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_ob, stride_os, stride_oh,
+    stride_lb, stride_lh,
+    seqlen_q, seqlen_k, num_kv_heads, num_head_chunks, qk_scale,
+    GROUP: tl.constexpr, PACK: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, VARLEN: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    POS_PER_TILE: tl.constexpr = BLOCK_M // PACK
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)          # heaviest causal tiles first
+    pid_bh = tl.program_id(1)
+    chunk = pid_bh % num_head_chunks
+    hkv = (pid_bh // num_head_chunks) % num_kv_heads
+    b = pid_bh // (num_head_chunks * num_kv_heads)
+
+    if VARLEN:                                  # B = 1: sequence b is rows cu[b] .. cu[b+1] of the packed batch
+        start = tl.load(CU_SEQLENS + b).to(tl.int64)
+        seqlen_q = (tl.load(CU_SEQLENS + b + 1) - start).to(tl.int32)
+        seqlen_k = seqlen_q
+        q_base = Q + start * stride_qs
+        k_base = K + start * stride_ks
+        v_base = V + start * stride_vs
+        o_base = O + start * stride_os
+        lse_base = LSE + start
+    else:
+        q_base = Q + b.to(tl.int64) * stride_qb
+        k_base = K + b.to(tl.int64) * stride_kb
+        v_base = V + b.to(tl.int64) * stride_vb
+        o_base = O + b.to(tl.int64) * stride_ob
+        lse_base = LSE + b.to(tl.int64) * stride_lb
+    p0 = pid_m * POS_PER_TILE
+    if p0 < seqlen_q:
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        offs_n = tl.arange(0, BLOCK_N)
+        pos = p0 + offs_m // PACK                                                  # [BM] query position
+        head = chunk * PACK + offs_m % PACK                                        # [BM] head within the group
+        row_ok = (pos < seqlen_q) & (head < GROUP) & (offs_m < POS_PER_TILE * PACK)
+        hq = hkv * GROUP + head                                                    # [BM] query head
+
+        q_rows = pos.to(tl.int64) * stride_qs + hq * stride_qh
+        q = tl.load(q_base + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)   # [BM, D]
+        k_ptrs = k_base + hkv * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :]        # [BN, D]
+        v_ptrs = v_base + hkv * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :]
+
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+
+        shift = seqlen_k - seqlen_q                  # bottom-right alignment: row at pos sees keys <= pos + shift
+        if CAUSAL:
+            last_pos = tl.minimum(p0 + POS_PER_TILE, seqlen_q) - 1
+            full_end = tl.minimum(tl.maximum(p0 + shift + 1, 0), seqlen_k)      # keys every row of the tile sees
+            hi = tl.minimum(tl.maximum(last_pos + shift + 1, 0), seqlen_k)
+        else:
+            full_end = seqlen_k
+            hi = seqlen_k
+        full_hi = (full_end // BLOCK_N) * BLOCK_N
+        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_ks, stride_vs, 0, full_hi,
+                                        seqlen_k, p0 + shift, qk_scale, BLOCK_M, BLOCK_N, PACK, False, CAUSAL,
+                                        INPUT_PRECISION)
+        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_ks, stride_vs, full_hi, hi,
+                                        seqlen_k, p0 + shift, qk_scale, BLOCK_M, BLOCK_N, PACK, True, CAUSAL,
+                                        INPUT_PRECISION)
+
+        seen = l_i > 0.0                                                           # rows with no visible key: o = 0
+        l_div = tl.where(seen, l_i, 1.0)
+        out = acc / l_div[:, None]
+        lse = tl.where(seen, (m_i + tl.math.log2(l_div)) * 0.6931471805599453, float("-inf"))
+        pos = p0 + offs_m // PACK
+        head = chunk * PACK + offs_m % PACK
+        row_ok = (pos < seqlen_q) & (head < GROUP) & (offs_m < POS_PER_TILE * PACK)
+        hq = hkv * GROUP + head
+        o_rows = pos.to(tl.int64) * stride_os + hq * stride_oh
+        tl.store(o_base + o_rows[:, None] + offs_d[None, :], out.to(O.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(lse_base + hq.to(tl.int64) * stride_lh + pos, lse, mask=row_ok)
+
+
+# Hopper configs (BLOCK_M, BLOCK_N, num_warps, num_stages); tiny on purpose: each compiles on a fresh machine.
+FWD_CONFIGS = [(128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3)]
+INTERPRET_CONFIG = (32, 16, 4, 1)    # small tiles so short test sequences cross several tiles
+assert len({c[0] for c in FWD_CONFIGS}) == 1, "autotuned configs must share BLOCK_M (it fixes the head packing)"
+
+_fwd_tuned = triton.autotune(
+    configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in FWD_CONFIGS],
+    key=["GROUP", "PACK", "HEAD_DIM", "CAUSAL", "VARLEN"],
+)(_gqa_attn_fwd_kernel)
+
+
+def check_qkv(q, k, v, cu_seqlens, max_seqlen):
+    """Launcher contract (AssertionError naming the argument): 4-D q/k/v on one device, same 16-bit or fp32 dtype,
+    last dim contiguous, D a power of two in [16, 128], Hq % Hkv == 0; varlen: B = 1, Sq == Sk, max_seqlen given."""
+    assert q.dim() == 4 and k.dim() == 4 and v.dim() == 4, "q, k, v must be 4-D [B, S, H, D]"
+    bsz, sq, hq, d = q.shape
+    assert k.shape[0] == bsz and k.shape[3] == d, f"k must be [B={bsz}, Sk, Hkv, D={d}], got {tuple(k.shape)}"
+    assert v.shape == k.shape, f"v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}"
+    assert hq % k.shape[2] == 0, f"Hq ({hq}) must be a multiple of Hkv ({k.shape[2]})"
+    assert q.dtype == k.dtype == v.dtype, f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+    assert q.dtype in (torch.float16, torch.bfloat16) or (q.dtype == torch.float32 and INTERPRETED), \
+        f"q dtype {q.dtype} not supported by the kernel (fp16/bf16; fp32 in the interpreter only)"
+    assert d in (16, 32, 64, 128), f"head dim D={d} must be 16, 32, 64 or 128"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        assert t.stride(3) == 1, f"{name} must have a contiguous last dim, got strides {t.stride()}"
+        assert t.device == q.device, f"{name} is on {t.device}, q on {q.device}"
+    if cu_seqlens is not None:
+        assert bsz == 1, f"with cu_seqlens, B must be 1, got {bsz}"
+        assert k.shape[1] == sq, f"with cu_seqlens, k must have Sq={sq} tokens, got {k.shape[1]}"
+        assert cu_seqlens.dim() == 1 and cu_seqlens.dtype in (torch.int32, torch.int64), \
+            f"cu_seqlens must be 1-D int32/int64, got {cu_seqlens.dtype} {tuple(cu_seqlens.shape)}"
+        assert cu_seqlens.device == q.device, f"cu_seqlens is on {cu_seqlens.device}, q on {q.device}"
+        assert max_seqlen is not None and max_seqlen >= 0, "with cu_seqlens, max_seqlen (an int) is required"
+
+
+def gqa_attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens=None, max_seqlen=None, config=None):
+    """Launch the forward kernel. q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D] -> (o like q, lse [B, Hq, Sq] fp32).
+    config: optional (BLOCK_M, BLOCK_N, num_warps, num_stages) to bypass autotuning (tests, benchmarks)."""
+    check_qkv(q, k, v, cu_seqlens, max_seqlen)
+    bsz, sq, hq, d = q.shape
+    sk, hkv = k.shape[1], k.shape[2]
+    group = hq // hkv
+    o = torch.empty_like(q)
+    lse = torch.empty((bsz, hq, sq), dtype=torch.float32, device=q.device)
+    if o.numel() == 0:
+        return o, lse
+    varlen = cu_seqlens is not None
+    if varlen:
+        num_seqs = cu_seqlens.numel() - 1
+        rows_q = max_seqlen
+    else:
+        num_seqs = bsz
+        rows_q = sq
+    if config is None and INTERPRETED:
+        config = INTERPRET_CONFIG
+    block_m = config[0] if config is not None else FWD_CONFIGS[0][0]
+    pack, chunks = pack_heads(group, block_m)
+    common = dict(GROUP=group, PACK=pack, HEAD_DIM=d, CAUSAL=bool(causal), VARLEN=varlen,
+                  INPUT_PRECISION=dot_precision(q.dtype))
+    args = (q, k, v, o, lse, cu_seqlens if varlen else q,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+            lse.stride(0), lse.stride(1), sq, sk, hkv, chunks, float(softmax_scale) * LOG2E)
+
+    def grid(meta):
+        return (triton.cdiv(max(rows_q, 1), meta["BLOCK_M"] // pack), num_seqs * hkv * chunks)
+
+    if config is not None:
+        bm, bn, w, s = config
+        _gqa_attn_fwd_kernel[grid](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s, **common)
+    else:
+        _fwd_tuned[grid](*args, **common)
+    return o, lse
+
+
+def aot_compile_all():
+    """Compile for sm_90a every autotune config at the Nemotron case (bf16, D=128, 16 heads per kv head, causal)
+    and the other constexpr paths once (fp16, D=64, odd packing, full attention, varlen).
+    Yields (name, CompiledKernel)."""
+    sig = {n: "i32" for n in _gqa_attn_fwd_kernel.arg_names
+           if n.startswith(("stride_", "seqlen_", "num_"))}
+    sig.update(LSE="*fp32", CU_SEQLENS="*i32", qk_scale="fp32")
+    cases = [("bf16", 128, 16, True, False, cfg) for cfg in FWD_CONFIGS]
+    cases += [("fp16", 64, 3, False, True, FWD_CONFIGS[0])]
+    for dt, d, group, causal, varlen, (bm, bn, w, s) in cases:
+        pack, _ = pack_heads(group, bm)
+        sig.update(Q=f"*{dt}", K=f"*{dt}", V=f"*{dt}", O=f"*{dt}")
+        const = dict(GROUP=group, PACK=pack, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, VARLEN=varlen,
+                     INPUT_PRECISION="ieee" if dt == "fp32" else None)
+        name = f"gqa_attn_fwd {dt} D{d} G{group} causal={causal} varlen={varlen} {bm}x{bn} w{w} s{s}"
+        yield name, aot_compile(_gqa_attn_fwd_kernel, sig, const, w, s)

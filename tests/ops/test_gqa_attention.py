@@ -1,0 +1,265 @@
+"""gqa_attention (Triton forward + backward) against the float64 reference under the DESIGN error rule.
+
+CPU: the kernels run in Triton's interpreter (fp16/fp32; the interpreter mis-computes bf16 tl.dot) at small shapes
+with small tiles, so short sequences cross several tiles; odd lengths, Sq != Sk, uneven varlen, Hq/Hkv in
+{1, 2, 3, 16}. AOT: every kernel configuration compiles for sm_90a. `cuda`: NemotronH shapes (32/2 heads, D=128)
+in bf16 on the GPU.
+
+Error rule: err(kernel) <= k * err(reference run in the kernel's dtype) + floor, errors = max |x - x_fp64|,
+k = 2 forward / 3 backward, floor = eps(kernel dtype) * max(max |x_fp64|, 1).
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nemotron_kernels.ops.gqa_attention import gqa_attention
+from nemotron_kernels.reference.gqa_attention import gqa_attention_ref
+
+ROOT = Path(__file__).resolve().parents[2]
+F64 = torch.float64
+FWD, BWD = 2.0, 3.0
+
+
+def assert_error_rule(name, kernel, ref64, ref_low, k, dtype=None):
+    assert kernel.shape == ref64.shape, f"{name}: shape {tuple(kernel.shape)} != {tuple(ref64.shape)}"
+    assert not torch.isnan(kernel).any(), f"{name}: NaN in the kernel output"
+    fin = torch.isfinite(ref64)
+    assert torch.equal(torch.isfinite(kernel), fin), f"{name}: infinities differ from the reference"
+    if not fin.any():
+        return
+    floor = torch.finfo(dtype or kernel.dtype).eps * max(ref64[fin].abs().max().item(), 1.0)
+    kernel, ref64, ref_low = kernel[fin].to(F64), ref64[fin], ref_low[fin].to(F64)
+    err = (kernel - ref64).abs().max().item()
+    base = (ref_low - ref64).abs().max().item()
+    assert err <= k * base + floor, (f"{name}: kernel err {err:.3e} > {k} x reference-in-dtype err {base:.3e} "
+                                     f"+ floor {floor:.3e}")
+
+
+@pytest.fixture
+def interpret(monkeypatch):
+    """Run the Triton kernels in Triton's CPU interpreter (the op reloads its kernel modules in that mode)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    yield
+
+
+def make_qkv(seed, bsz, sq, sk, hq, hkv, d, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(bsz, sq, hq, d, generator=g, dtype=F64)
+    k = torch.randn(bsz, sk, hkv, d, generator=g, dtype=F64)
+    v = torch.randn(bsz, sk, hkv, d, generator=g, dtype=F64)
+    do = torch.randn(bsz, sq, hq, d, generator=g, dtype=F64)
+    return tuple(t.to(device) for t in (q, k, v, do))
+
+
+def check_fwd_bwd(q64, k64, v64, do64, dtype, causal, cu_seqlens=None, max_seqlen=None, backward=True,
+                  make_inputs=None):
+    """Kernel (public op) vs the float64 reference and the reference in `dtype`: o, lse (2x) and dq, dk, dv (3x).
+    make_inputs(t) turns a float64 tensor into the kernel's input (default: cast to dtype)."""
+    make_inputs = make_inputs or (lambda t: t.to(dtype))
+    kw = dict(causal=causal, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, return_lse=True)
+    ins = [make_inputs(t).requires_grad_(backward) for t in (q64, k64, v64)]
+    o, lse = gqa_attention(*ins, **kw)
+    ins64 = [t.clone().requires_grad_(backward) for t in (q64, k64, v64)]
+    o64, lse64 = gqa_attention_ref(*ins64, **kw)
+    ins_low = [t.to(dtype).requires_grad_(backward) for t in (q64, k64, v64)]
+    o_low, lse_low = gqa_attention_ref(*ins_low, **kw)
+    assert o.dtype == dtype and lse.dtype == torch.float32
+    assert_error_rule("o", o.detach(), o64.detach(), o_low.detach(), FWD)
+    assert_error_rule("lse", lse, lse64.to(F64), lse_low, FWD, dtype=dtype)
+    if not backward:
+        return
+    o.backward(do64.to(dtype))
+    o64.backward(do64)
+    o_low.backward(do64.to(dtype))
+    for name, a, b, c in zip(("dq", "dk", "dv"), ins, ins64, ins_low):
+        assert a.grad.dtype == dtype and a.grad.shape == a.shape
+        assert_error_rule(name, a.grad, b.grad, c.grad, BWD)
+
+
+# (B, Sq, Sk, Hq, Hkv, D, causal, dtype)
+CASES = [
+    (2, 37, 37, 4, 2, 32, True, torch.float16),
+    (2, 37, 37, 4, 2, 32, False, torch.float32),
+    (1, 20, 45, 16, 1, 16, True, torch.float32),     # Sq < Sk: bottom-right causal; 16 heads per kv head
+    (1, 13, 5, 2, 2, 16, True, torch.float16),       # Sq > Sk: the first 8 queries see no key
+    (2, 1, 1, 2, 1, 64, True, torch.float16),        # one token
+    (1, 1, 30, 16, 2, 32, True, torch.float16),      # one query over a long key range
+    (1, 24, 24, 32, 2, 16, True, torch.float16),     # NemotronH head ratio
+    (1, 19, 19, 3, 1, 128, True, torch.float16),     # D=128, 3 heads per kv head (odd packing)
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-Sq{}-Sk{}-H{}x{}-D{}-{}-{}".format(
+    *c[:6], "causal" if c[6] else "full", str(c[7])[6:]))
+def test_interpreter_matches_reference(interpret, case):
+    bsz, sq, sk, hq, hkv, d, causal, dtype = case
+    q, k, v, do = make_qkv(sum(case[:6]), bsz, sq, sk, hq, hkv, d)
+    check_fwd_bwd(q, k, v, do, dtype, causal)
+
+
+@pytest.mark.parametrize("offsets,hq,hkv,causal,dtype", [
+    ([0, 10, 10, 29, 50], 6, 2, True, torch.float16),      # an empty sequence, uneven lengths
+    ([0, 1, 17, 40], 3, 1, False, torch.float32),
+])
+def test_interpreter_varlen(interpret, offsets, hq, hkv, causal, dtype):
+    q, k, v, do = make_qkv(len(offsets) + hq, 1, offsets[-1], offsets[-1], hq, hkv, 32)
+    cu = torch.tensor(offsets, dtype=torch.int32)
+    check_fwd_bwd(q, k, v, do, dtype, causal, cu_seqlens=cu, max_seqlen=max(b - a for a, b in zip(offsets, offsets[1:])))
+
+
+def test_interpreter_varlen_without_max_seqlen(interpret):
+    q, k, v, do = make_qkv(3, 1, 21, 21, 4, 1, 16)
+    check_fwd_bwd(q, k, v, do, torch.float16, True, cu_seqlens=torch.tensor([0, 4, 21]), backward=False)
+
+
+def test_interpreter_strided_inputs(interpret):
+    """q, k, v as head slices of one fused projection [B, S, (Hq + 2 Hkv) * D], as the model produces them."""
+    hq, hkv, d = 4, 2, 16
+    q, k, v, do = make_qkv(7, 2, 23, 23, hq, hkv, d)
+
+    def sliced(t):
+        fused = torch.cat([q.flatten(2), k.flatten(2), v.flatten(2)], dim=-1).to(torch.float16)
+        parts = fused.split([hq * d, hkv * d, hkv * d], dim=-1)
+        idx = {id(q): 0, id(k): 1, id(v): 2}[id(t)]
+        out = parts[idx].unflatten(-1, (-1, d))
+        assert not out.is_contiguous()
+        return out
+
+    check_fwd_bwd(q, k, v, do, torch.float16, True, make_inputs=sliced)
+
+
+@pytest.mark.parametrize("hq,hkv,seqlen", [(32, 2, 40), (2, 2, 150)])
+def test_interpreter_gpu_tile_sizes(interpret, hq, hkv, seqlen):
+    """The launchers with the H200 tile shapes (packing 8 positions x 16 heads into 128 rows for 32/2 heads)."""
+    from nemotron_kernels.triton import gqa_attention_common as common
+    fwd = common.kernel_module("gqa_attention_fwd")
+    bwd = common.kernel_module("gqa_attention_bwd")
+    q64, k64, v64, do64 = make_qkv(hq, 1, seqlen, seqlen, hq, hkv, 64)
+    q, k, v, do = (t.to(torch.float16) for t in (q64, k64, v64, do64))
+    scale = 64 ** -0.5
+    o, lse = fwd.gqa_attention_fwd(q, k, v, True, scale, config=fwd.FWD_CONFIGS[1])
+    o_low, lse_low = gqa_attention_ref(q, k, v, True, return_lse=True)
+    ins64 = [t.clone().requires_grad_() for t in (q64, k64, v64)]
+    o64, lse64 = gqa_attention_ref(*ins64, causal=True, return_lse=True)
+    assert_error_rule("o", o, o64.detach(), o_low, FWD)
+    dq, dk, dv = bwd.gqa_attention_bwd(do, q, k, v, o, lse, True, scale, dkdv_config=bwd.DKDV_CONFIGS[64],
+                                       dq_config=bwd.DQ_CONFIGS[64])
+    o64.backward(do64)
+    ins_low = [t.clone().requires_grad_() for t in (q, k, v)]
+    gqa_attention_ref(*ins_low, causal=True).backward(do)
+    for name, a, b, c in zip(("dq", "dk", "dv"), (dq, dk, dv), ins64, ins_low):
+        assert_error_rule(name, a, b.grad, c.grad, BWD)
+
+
+def test_interpreter_opcheck(interpret):
+    """torch.library's schema / fake-tensor / autograd-registration checks on the custom ops."""
+    q, k, v, do = (t.to(torch.float16) for t in make_qkv(5, 1, 5, 5, 2, 1, 16))
+    lse = torch.zeros(1, 2, 5)
+    torch.library.opcheck(torch.ops.nemotron_kernels.gqa_attention_fwd.default, (q, k, v, True, 0.25, None, 5),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.nemotron_kernels.gqa_attention_bwd.default,
+                          (do, q, k, v, do, lse, True, 0.25, None, 5, False), test_utils=("test_schema", "test_faketensor"))
+
+
+def test_dispatch_reference_paths(monkeypatch):
+    """CPU tensors without the interpreter, float64 and bf16 (interpreter) take the reference, bit for bit."""
+    q, k, v, _ = make_qkv(1, 1, 6, 6, 4, 2, 16)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    qf, kf, vf = (t.float() for t in (q, k, v))
+    assert torch.equal(gqa_attention(qf, kf, vf), gqa_attention_ref(qf, kf, vf))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert torch.equal(gqa_attention(q, k, v), gqa_attention_ref(q, k, v))
+    qb, kb, vb = (t.bfloat16() for t in (q, k, v))
+    assert torch.equal(gqa_attention(qb, kb, vb), gqa_attention_ref(qb, kb, vb))
+    assert torch.equal(gqa_attention(qf, kf, vf, q_descale=2.0), gqa_attention_ref(qf, kf, vf, q_descale=2.0))
+
+
+def test_bad_inputs_raise(interpret):
+    q, k, v, _ = (t.to(torch.float16) for t in make_qkv(2, 1, 6, 6, 3, 2, 16))
+    with pytest.raises(ValueError, match="Hq"):
+        gqa_attention(q, k, v)
+    q, k, v, _ = (t.to(torch.float16) for t in make_qkv(2, 1, 6, 6, 4, 2, 16))
+    with pytest.raises(ValueError, match="v must have shape"):
+        gqa_attention(q, k, v[:, :5])
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        gqa_attention(q, k, v, cu_seqlens=torch.tensor([0.0, 6.0]))
+    with pytest.raises(ValueError, match="max_seqlen"):
+        gqa_attention(q, k, v, cu_seqlens=torch.tensor([0, 6]), max_seqlen=-1)
+
+
+def test_backend_report(monkeypatch):
+    from nemotron_kernels.ops.gqa_attention import backend_report
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert backend_report("cpu").startswith("reference")
+    assert backend_report("cuda").startswith(("triton", "reference"))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert "interpreter" in backend_report("cpu")
+
+
+def run_aot(module: str) -> str:
+    """Compile every kernel configuration of nemotron_kernels.triton.<module> for sm_90a in a fresh process
+    (compiled mode: TRITON_INTERPRET unset); each must use wgmma."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = (f"from nemotron_kernels.triton import {module} as m\n"
+            "for name, ck in m.aot_compile_all():\n"
+            "    uses_dot = 'preprocess' not in name and 'combine' not in name\n"
+            "    assert not uses_dot or 'wgmma' in ck.asm['ptx'], name + ': no wgmma in the PTX'\n"
+            "    print(name, ck.metadata.shared)\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    return run.stdout
+
+
+@pytest.mark.parametrize("module", ["gqa_attention_fwd", "gqa_attention_bwd"])
+def test_aot_compile_sm90(module):
+    pytest.importorskip("triton")
+    out = run_aot(module)
+    assert out.count("\n") >= 4, out
+
+
+# ---------------------------------------------------------------------------------------------- GPU (H200)
+@pytest.mark.cuda
+@pytest.mark.parametrize("causal", [True, False])
+def test_cuda_nemotron_shapes(causal):
+    """32 query heads, 2 kv heads, D=128, bf16, S not a multiple of any tile."""
+    q, k, v, do = make_qkv(11, 2, 1000, 1000, 32, 2, 128, device="cuda")
+    check_fwd_bwd(q, k, v, do, torch.bfloat16, causal)
+
+
+@pytest.mark.cuda
+def test_cuda_fp16_d64_bottom_right():
+    q, k, v, do = make_qkv(12, 2, 300, 777, 16, 2, 64, device="cuda")
+    check_fwd_bwd(q, k, v, do, torch.float16, True)
+
+
+@pytest.mark.cuda
+def test_cuda_varlen():
+    offsets = [0, 1, 130, 130, 1100, 2048]
+    q, k, v, do = make_qkv(13, 1, offsets[-1], offsets[-1], 32, 2, 128, device="cuda")
+    cu = torch.tensor(offsets, dtype=torch.int32, device="cuda")
+    check_fwd_bwd(q, k, v, do, torch.bfloat16, True, cu_seqlens=cu, max_seqlen=970)
+
+
+@pytest.mark.cuda
+def test_cuda_backward_is_deterministic():
+    q, k, v, do = (t.bfloat16() for t in make_qkv(14, 1, 2048, 2048, 32, 2, 128, device="cuda"))
+    grads = []
+    for _ in range(2):
+        ins = [t.clone().requires_grad_() for t in (q, k, v)]
+        gqa_attention(*ins).backward(do)
+        grads.append([t.grad for t in ins])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.cuda
+def test_cuda_torch_compile_and_graph():
+    """The custom op traces under torch.compile (fullgraph) and matches eager."""
+    q, k, v, _ = (t.bfloat16() for t in make_qkv(15, 1, 256, 256, 32, 2, 128, device="cuda"))
+    compiled = torch.compile(lambda a, b, c: gqa_attention(a, b, c), fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v), gqa_attention(q, k, v), rtol=0, atol=0)
