@@ -113,7 +113,9 @@ def load_checkpoint(model: NemotronH, directory: str | os.PathLike, *, device=No
     by_file: dict[str, list[str]] = {}
     for key in layout:
         by_file.setdefault(weight_map[key], []).append(key)
-    load_device = "cpu" if device.type == "cpu" else str(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    load_device = "cpu" if device.type == "cpu" else str(device)  # safetensors reads straight to the device
     for path, keys in by_file.items():
         with _open(path, load_device) as f:
             for key in keys:

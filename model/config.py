@@ -291,7 +291,7 @@ class NemotronHConfig:
             "layers_block_type": [_HF_BLOCK_TYPE[c] for c in self.pattern],
             "hybrid_override_pattern": self.pattern,
             "num_hidden_layers": self.num_layers,
-            "expand": max(1, self.d_inner // self.hidden_size),  # informational only
+            "expand": 2,  # informational (Nano's value); transformers derives d_inner from the Mamba heads
             "attention_bias": False, "mamba_proj_bias": False, "use_bias": False, "mlp_bias": False,
             "mamba_hidden_act": "silu", "mlp_hidden_act": "relu2", "n_shared_experts": 1,
             "residual_in_fp32": False, "num_nextn_predict_layers": 0, "moe_latent_size": None,
