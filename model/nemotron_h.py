@@ -116,7 +116,8 @@ class Mamba2Mixer(nn.Module):
         if self.time_step_limit == (0.0, math.inf):
             return dt, self.dt_bias, True
         lo, hi = self.time_step_limit
-        dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(lo, hi).to(dt.dtype)
+        cdtype = torch.promote_types(dt.dtype, torch.float32)
+        dt = F.softplus(dt.to(cdtype) + self.dt_bias.to(cdtype)).clamp(lo, hi).to(dt.dtype)
         return dt, None, False
 
     def forward(self, x: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
@@ -124,7 +125,7 @@ class Mamba2Mixer(nn.Module):
         G, N, Hm, P = self.n_groups, self.state_size, self.num_heads, self.head_dim
         zxbcdt = self.in_proj(x)                                              # [..., d_inner + C + Hm]
         z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, Hm], dim=-1)
-        A = -torch.exp(self.A_log.float())                                    # [Hm]
+        A = -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))  # [Hm] fp32 / fp64
         dt, dt_bias, dt_softplus = self._dt_args(dt)
         conv_w = self.conv1d.weight.squeeze(1)                                # [C, K]
         if meta.decode:                                                       # x: [S, H]

@@ -135,3 +135,12 @@ def test_hf_config_missing_required_key(tiny_config, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(d))
     with pytest.raises(ValueError, match=r"config.json: missing required key 'hidden_size'"):
         NemotronHConfig.from_hf_config(tmp_path)
+
+
+def test_info_cli(capsys, tmp_path, tiny_config):
+    from model.__main__ import main
+    assert main(["--preset", "nemotron3-nano-30b-a3b"]) == 0
+    assert "31,577,940,288 total, 3,227,754,816 active" in capsys.readouterr().out
+    (tmp_path / "config.json").write_text(json.dumps(tiny_config.to_hf_config()))
+    assert main(["--checkpoint", str(tmp_path)]) == 0
+    assert f"{tiny_config.num_params():,} total" in capsys.readouterr().out
