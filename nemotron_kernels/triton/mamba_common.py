@@ -98,12 +98,14 @@ TL_DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: 
 
 
 def aot_compile(kernel, signature: dict, constexprs: dict, num_warps: int = 4, num_stages: int = 2,
-                arch: int = 90):
+                arch: int = 90, unaligned: tuple = (), aligned: tuple = ()):
     """Compile `kernel` (a triton.jit function) for sm_<arch>a without a GPU; returns the CompiledKernel.
 
     signature: {arg: "*bf16" | "*fp32" | "i32" | "i64" | "fp32" ...} for every runtime argument;
-    constexprs: {arg: value}. Pointers are declared 16-byte aligned and `stride_*` ints divisible by 16, the
-    specialisation the launcher gets at Nemotron shapes. Must run with TRITON_INTERPRET unset."""
+    constexprs: {arg: value}. Pointers are declared 16-byte aligned and `stride_*` ints divisible by 16 (except
+    those named in `unaligned`), like the other ints named in `aligned`: the specialisation the JIT launcher gets
+    at NemotronH shapes (e.g. x's row stride 10304 inside in_proj's output, 6144 channels). Must run with
+    TRITON_INTERPRET unset."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -120,7 +122,7 @@ def aot_compile(kernel, signature: dict, constexprs: dict, num_warps: int = 4, n
         if name not in signature:
             raise KeyError(f"aot_compile: no type for argument {name!r} of {fn.__name__}")
         sig[name] = signature[name]
-        if signature[name].startswith("*") or (name.startswith("stride_") and signature[name] in ("i32", "i64")):
+        if signature[name].startswith("*") or name in aligned or (name.startswith("stride_") and name not in unaligned):
             attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32),
