@@ -1,6 +1,80 @@
-"""Public op `gqa_decode`: no kernel yet (issue #5), so the reference runs on every device."""
-from ..reference.gqa_decode import gqa_decode_ref as gqa_decode  # noqa: F401
+"""Public op `gqa_decode`: grouped-query decode attention over a paged KV cache (split-K flash-decoding).
+
+Triton kernels on CUDA fp16/bf16 tensors; the reference on CPU, for fp32/float64, for FP8 caches / descales (no
+FP8 kernel yet), or without Triton — unless TRITON_INTERPRET=1, where CPU fp16/fp32 tensors run the kernels in
+Triton's interpreter. Layers: custom op `nemotron_kernels::gqa_decode` (visible to torch.compile and CUDA graphs:
+no host sync, the split count comes from the block table's width) -> `gqa_decode()` (dispatch). Inference only.
+"""
+import torch
+
+from ..reference._checks import check_descale, check_divisible, check_float, check_int, check_same_device, check_shape
+from ..reference.gqa_decode import gqa_decode_ref
+from ..triton import gqa_attention_common as common
+
+KERNEL_HEAD_DIMS = (16, 32, 64, 128)
+
+
+@torch.library.custom_op("nemotron_kernels::gqa_decode", mutates_args=())
+def gqa_decode_paged(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
+                     seq_lens: torch.Tensor, softmax_scale: float) -> torch.Tensor:
+    """q [B, Sq, Hq, D], caches [num_blocks, block_size, Hkv, D], block_table [B, max_blocks], seq_lens [B]
+    -> o [B, Sq, Hq, D] in q's dtype (Triton)."""
+    kernels = common.kernel_module("gqa_decode_split")
+    return kernels.gqa_decode_fwd(q, k_cache, v_cache, block_table, seq_lens, softmax_scale)
+
+
+@gqa_decode_paged.register_fake
+def _(q, k_cache, v_cache, block_table, seq_lens, softmax_scale):
+    return torch.empty_like(q)
+
+
+def _kernel_eligible(q, k_cache, v_cache, descales) -> bool:
+    return (isinstance(q, torch.Tensor) and isinstance(k_cache, torch.Tensor) and isinstance(v_cache, torch.Tensor)
+            and q.dim() in (3, 4) and k_cache.dim() == 4 and common.use_triton(q)
+            and q.dtype == k_cache.dtype == v_cache.dtype and q.shape[-1] in KERNEL_HEAD_DIMS
+            and all(d is None for d in descales))
+
+
+def gqa_decode(q, k_cache, v_cache, block_table, seq_lens, softmax_scale=None, k_descale=None, v_descale=None):
+    """Paged GQA decode attention; also serves a chunk of Sq query tokens per sequence (chunked prefill).
+
+    Args:
+        q [B, Hq, D] (one token per sequence) or [B, Sq, Hq, D] (the last Sq tokens of each sequence, causal).
+        k_cache, v_cache [num_blocks, block_size, Hkv, D]: pages of keys / values (kernel: q's dtype, last dim
+            contiguous; any block_size).
+        block_table [B, max_blocks] int32/int64: page ids of each sequence in order (entries past the sequence
+            are ignored). seq_lens [B] int32/int64: cached tokens per sequence incl. the current ones (>= Sq).
+            The kernel path trusts both (no host sync): page ids must lie in [0, num_blocks) and
+            seq_lens <= max_blocks * block_size; a sequence of length 0 (a padded batch slot) gets zeros.
+        softmax_scale: default D ** -0.5.   k_descale, v_descale: FP8 cache scales (reference path for now).
+    Returns:
+        o with q's shape, in q's dtype.
+    """
+    if not _kernel_eligible(q, k_cache, v_cache, (k_descale, v_descale)):
+        return gqa_decode_ref(q, k_cache, v_cache, block_table, seq_lens, softmax_scale, k_descale, v_descale)
+    q4 = q if q.dim() == 4 else q[:, None]                                   # [B, Sq, Hq, D]
+    bsz, sq, hq, head_dim = q4.shape
+    check_float("k_cache", k_cache, "[num_blocks, block_size, Hkv, D]", 4)
+    hkv = k_cache.shape[2]
+    check_shape("k_cache", k_cache, (k_cache.shape[0], k_cache.shape[1], hkv, head_dim),
+                "[num_blocks, block_size, Hkv, D]")
+    check_shape("v_cache", v_cache, tuple(k_cache.shape), "[num_blocks, block_size, Hkv, D] (like k_cache)")
+    check_divisible("Hq (heads of q)", hq, "Hkv (heads of k_cache)", hkv)
+    check_int("block_table", block_table, "[B, max_blocks]", 2)
+    if block_table.shape[0] != bsz:
+        raise ValueError(f"block_table must have B = {bsz} rows [B, max_blocks], got shape {tuple(block_table.shape)}")
+    check_int("seq_lens", seq_lens, "[B]", 1)
+    check_shape("seq_lens", seq_lens, (bsz,), "[B]")
+    check_same_device(q=q, k_cache=k_cache, v_cache=v_cache, block_table=block_table, seq_lens=seq_lens)
+    for name, descale in (("k_descale", k_descale), ("v_descale", v_descale)):
+        check_descale(name, descale, bsz, hkv)
+    scale = head_dim ** -0.5 if softmax_scale is None else float(softmax_scale)
+    q4 = q4 if q4.stride(-1) == 1 else q4.contiguous()
+    block_table = block_table if block_table.stride(-1) == 1 else block_table.contiguous()
+    k_cache, v_cache = (t if t.stride(-1) == 1 else t.contiguous() for t in (k_cache, v_cache))
+    o = gqa_decode_paged(q4, k_cache, v_cache, block_table, seq_lens, scale)
+    return o if q.dim() == 4 else o[:, 0]
 
 
 def backend_report(device_type: str) -> str:
-    return "reference: no kernel yet (issue #5)"
+    return common.backend_report(device_type, "paged split-K decode, Sq >= 1, D in (16, 32, 64, 128)")

@@ -202,13 +202,16 @@ def test_backend_report(monkeypatch):
 
 def run_aot(module: str) -> str:
     """Compile every kernel configuration of nemotron_kernels.triton.<module> for sm_90a in a fresh process
-    (compiled mode: TRITON_INTERPRET unset); each must use wgmma."""
+    (compiled mode: TRITON_INTERPRET unset); kernels with tl.dot must use tensor cores: wgmma for 64+ row tiles,
+    mma.sync for the 16-row decode tiles."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = (f"from nemotron_kernels.triton import {module} as m\n"
             "for name, ck in m.aot_compile_all():\n"
+            "    ptx = ck.asm['ptx']\n"
             "    uses_dot = 'preprocess' not in name and 'combine' not in name\n"
-            "    assert not uses_dot or 'wgmma' in ck.asm['ptx'], name + ': no wgmma in the PTX'\n"
-            "    print(name, ck.metadata.shared)\n")
+            "    mma = 'wgmma' if 'wgmma' in ptx else 'mma.sync' if 'mma.sync' in ptx else None\n"
+            "    assert not uses_dot or mma, name + ': no tensor-core mma in the PTX'\n"
+            "    print(name, mma, ck.metadata.shared)\n")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]

@@ -1,0 +1,234 @@
+"""GQA decode attention over a paged KV cache (Triton), stage 1: split-K (flash-decoding) partial attention.
+
+One program owns (kv head of one sequence, tile of packed query rows, split of the context): the Sq x (Hq//Hkv)
+query rows that share the kv head are packed into the tile's rows (row m = position m // PACK, head m % PACK),
+so each K/V page is read once per kv head. The context (the block table's capacity, known on the host without a
+sync) is cut into `num_splits` splits of `split_len` tokens (a multiple of BLOCK_N); a program whose split lies
+past its sequence's length returns at once (split 0 always runs: a sequence of length 0, e.g. a padded batch slot,
+gets zeros). With one split the program writes the normalised output; otherwise
+it writes o_part (normalised over its split) and lse_part (log2 domain), and gqa_decode_combine merges them.
+
+Token t of sequence b lives in page block_table[b, t // PAGE_SIZE], row t % PAGE_SIZE. Query i of Sq (the last
+Sq positions) sees tokens <= seq_len - Sq + i.
+
+Shapes: q [B, Sq, Hq, D]; k_cache, v_cache [num_blocks, PAGE_SIZE, Hkv, D]; block_table [B, max_blocks] int32/64;
+seq_lens [B] int32/64; o [B, Sq, Hq, D]; o_part [num_splits, B, Sq*Hq, D] fp32; lse_part [num_splits, B, Sq*Hq].
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .gqa_attention_common import LOG2E, aot_compile, dot_precision, interpreting, kernel_module, pack_heads, sm_count
+
+INTERPRETED = interpreting()   # the mode these kernels were defined in (see gqa_attention_common.kernel_module)
+
+
+@triton.jit
+def _decode_inner(acc, l_i, m_i, q, K, V, bt_row, kv_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
+                  n_lo, n_hi, kmax0, qk_scale,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PACK: tl.constexpr, PAGE_SIZE: tl.constexpr,
+                  HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """Online softmax over tokens [n_lo, n_hi) gathered through the block table row `bt_row`. MASKED: causal
+    (row m sees tokens <= kmax0 + m // PACK; this also bounds the sequence)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    for n0 in tl.range(n_lo, n_hi, BLOCK_N):
+        tok = n0 + offs_n                                                           # [BN]
+        if PAGE_SIZE % BLOCK_N == 0:        # the tile lies inside one page
+            page = tl.load(bt_row + n0 // PAGE_SIZE).to(tl.int64)
+            in_page = n0 % PAGE_SIZE + offs_n
+            k_rows = page * stride_kb + in_page * stride_ks
+            v_rows = page * stride_vb + in_page * stride_vs
+        else:                               # gather: one page id per token
+            page = tl.load(bt_row + tok // PAGE_SIZE, mask=tok < n_hi, other=0).to(tl.int64)
+            in_page = tok % PAGE_SIZE
+            k_rows = page * stride_kb + in_page * stride_ks
+            v_rows = page * stride_vb + in_page * stride_vs
+        if MASKED:
+            tok_ok = tok < n_hi
+            k = tl.load(K + kv_head_off + k_rows[:, None] + offs_d[None, :], mask=tok_ok[:, None], other=0.0)
+            v = tl.load(V + kv_head_off + v_rows[:, None] + offs_d[None, :], mask=tok_ok[:, None], other=0.0)
+        else:
+            k = tl.load(K + kv_head_off + k_rows[:, None] + offs_d[None, :])                # [BN, D]
+            v = tl.load(V + kv_head_off + v_rows[:, None] + offs_d[None, :])
+        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)                 # [BM, BN]
+        if MASKED:
+            kmax = kmax0 + tl.arange(0, BLOCK_M) // PACK
+            s = tl.where((tok[None, :] <= kmax[:, None]) & tok_ok[None, :], s * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(s - m_use[:, None])
+            alpha = tl.math.exp2(m_i - m_use)
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+            p = tl.math.exp2(s * qk_scale - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _gqa_decode_split_kernel(
+    Q, K, V, BLOCK_TABLE, SEQ_LENS, O, O_PART, LSE_PART,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_btb,
+    stride_ob, stride_os, stride_oh,
+    seqlen_q, num_kv_heads, num_head_chunks, batch, split_len, qk_scale,
+    GROUP: tl.constexpr, PACK: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    POS_PER_TILE: tl.constexpr = BLOCK_M // PACK
+    split = tl.program_id(0)
+    m_tile = tl.program_id(1) // num_head_chunks
+    chunk = tl.program_id(1) % num_head_chunks
+    hkv = tl.program_id(2) % num_kv_heads
+    b = tl.program_id(2) // num_kv_heads
+    seq_len = tl.load(SEQ_LENS + b).to(tl.int32)
+    n_start = split * split_len
+    p0 = m_tile * POS_PER_TILE
+    if (n_start < seq_len) | (split == 0):      # split 0 always writes (zeros for an empty sequence)
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        pos = p0 + offs_m // PACK
+        head = chunk * PACK + offs_m % PACK
+        row_ok = (pos < seqlen_q) & (head < GROUP) & (offs_m < POS_PER_TILE * PACK)
+        hq = hkv * GROUP + head
+        q_rows = b.to(tl.int64) * stride_qb + pos.to(tl.int64) * stride_qs + hq * stride_qh
+        q = tl.load(Q + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)        # [BM, D]
+
+        shift = seq_len - seqlen_q                   # query at pos sees tokens <= pos + shift
+        n_end = tl.minimum(n_start + split_len, seq_len)
+        last_pos = tl.minimum(p0 + POS_PER_TILE, seqlen_q) - 1
+        full_end = tl.minimum(p0 + shift + 1, n_end)                               # seen by every row
+        full_hi = tl.maximum((full_end // BLOCK_N) * BLOCK_N, n_start)
+        hi = tl.minimum(last_pos + shift + 1, n_end)
+        bt_row = BLOCK_TABLE + b.to(tl.int64) * stride_btb
+
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        acc, l_i, m_i = _decode_inner(acc, l_i, m_i, q, K, V, bt_row, hkv * stride_kh, stride_kb, stride_ks,
+                                      stride_vb, stride_vs, n_start, full_hi, p0 + shift, qk_scale,
+                                      BLOCK_M, BLOCK_N, PACK, PAGE_SIZE, HEAD_DIM, False, INPUT_PRECISION)
+        acc, l_i, m_i = _decode_inner(acc, l_i, m_i, q, K, V, bt_row, hkv * stride_kh, stride_kb, stride_ks,
+                                      stride_vb, stride_vs, full_hi, hi, p0 + shift, qk_scale,
+                                      BLOCK_M, BLOCK_N, PACK, PAGE_SIZE, HEAD_DIM, True, INPUT_PRECISION)
+        seen = l_i > 0.0
+        l_div = tl.where(seen, l_i, 1.0)
+        out = acc / l_div[:, None]
+        if SPLIT:
+            # partial results of this split: row r = pos * Hq + hq of sequence b
+            part_row = ((split * batch + b).to(tl.int64) * seqlen_q + pos) * (num_kv_heads * GROUP) + hq
+            tl.store(O_PART + part_row[:, None] * HEAD_DIM + offs_d[None, :], out, mask=row_ok[:, None])
+            tl.store(LSE_PART + part_row, tl.where(seen, m_i + tl.math.log2(l_div), float("-inf")), mask=row_ok)
+        else:
+            o_rows = b.to(tl.int64) * stride_ob + pos.to(tl.int64) * stride_os + hq * stride_oh
+            tl.store(O + o_rows[:, None] + offs_d[None, :], out.to(O.dtype.element_ty), mask=row_ok[:, None])
+
+
+# (BLOCK_N, num_warps, num_stages): memory-bound, so narrow tiles with deep pipelining; BLOCK_M from the rows.
+DECODE_CONFIG = (64, 4, 3)
+INTERPRET_CONFIG = (16, 4, 1)
+MIN_SPLIT_TOKENS = 256       # a split below this spends more on its partial output than on its tokens
+MAX_SPLITS = 256
+
+
+def block_m_for(rows: int) -> int:
+    """Rows of a tile: the packed query rows of one kv head, rounded up to a power of two in [16, 64]."""
+    return max(16, min(64, triton.next_power_of_2(max(rows, 1))))
+
+
+def choose_splits(capacity: int, work_units: int, sms: int, block_n: int) -> tuple[int, int]:
+    """(num_splits, split_len) for a context capacity of `capacity` tokens and `work_units` (sequence, kv head,
+    row tile) programs per split: enough splits to give every SM two programs, each split >= MIN_SPLIT_TOKENS."""
+    want = triton.cdiv(2 * sms, max(work_units, 1))
+    splits = max(1, min(want, triton.cdiv(capacity, MIN_SPLIT_TOKENS), MAX_SPLITS))
+    split_len = triton.cdiv(triton.cdiv(capacity, splits), block_n) * block_n
+    return triton.cdiv(capacity, split_len), split_len
+
+
+def check_decode_inputs(q, k_cache, v_cache, block_table, seq_lens):
+    """Launcher contract (AssertionError naming the argument)."""
+    assert q.dim() == 4, f"q must be [B, Sq, Hq, D], got {tuple(q.shape)}"
+    bsz, sq, hq, d = q.shape
+    assert k_cache.dim() == 4 and k_cache.shape[3] == d, f"k_cache must be [num_blocks, block_size, Hkv, D={d}]"
+    assert v_cache.shape == k_cache.shape, f"v_cache must have k_cache's shape {tuple(k_cache.shape)}"
+    assert hq % k_cache.shape[2] == 0, f"Hq ({hq}) must be a multiple of Hkv ({k_cache.shape[2]})"
+    assert q.dtype == k_cache.dtype == v_cache.dtype, \
+        f"q, k_cache, v_cache must share a dtype, got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}"
+    assert q.dtype in (torch.float16, torch.bfloat16) or (q.dtype == torch.float32 and INTERPRETED), \
+        f"dtype {q.dtype} not supported by the kernel (fp16/bf16; fp32 in the interpreter only)"
+    assert d in (16, 32, 64, 128), f"head dim D={d} must be 16, 32, 64 or 128"
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        assert t.stride(3) == 1, f"{name} must have a contiguous last dim, got strides {t.stride()}"
+    assert block_table.dim() == 2 and block_table.shape[0] == bsz and block_table.stride(1) == 1, \
+        f"block_table must be [B={bsz}, max_blocks] with contiguous rows, got {tuple(block_table.shape)}"
+    assert block_table.dtype in (torch.int32, torch.int64), f"block_table must be int32/int64, got {block_table.dtype}"
+    assert seq_lens.shape == (bsz,) and seq_lens.dtype in (torch.int32, torch.int64), \
+        f"seq_lens must be int32/int64 [B={bsz}], got {seq_lens.dtype} {tuple(seq_lens.shape)}"
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("block_table", block_table), ("seq_lens", seq_lens)):
+        assert t.device == q.device, f"{name} is on {t.device}, q on {q.device}"
+
+
+def gqa_decode_fwd(q, k_cache, v_cache, block_table, seq_lens, softmax_scale: float, num_splits=None, config=None):
+    """Launch paged decode attention. q [B, Sq, Hq, D] -> o [B, Sq, Hq, D] in q's dtype.
+    num_splits: force the number of context splits (tests, benchmarks); config: (BLOCK_N, num_warps, num_stages)."""
+    check_decode_inputs(q, k_cache, v_cache, block_table, seq_lens)
+    bsz, sq, hq, d = q.shape
+    page_size, hkv = k_cache.shape[1], k_cache.shape[2]
+    group = hq // hkv
+    o = torch.empty_like(q)
+    if o.numel() == 0:
+        return o
+    block_n, w, s = config or (INTERPRET_CONFIG if INTERPRETED else DECODE_CONFIG)
+    block_m = block_m_for(sq * group)
+    pack, chunks = pack_heads(group, block_m)
+    m_tiles = triton.cdiv(sq, block_m // pack)
+    capacity = max(block_table.shape[1] * page_size, 1)
+    if num_splits is None:
+        num_splits, split_len = choose_splits(capacity, bsz * hkv * m_tiles * chunks, sm_count(q.device), block_n)
+    else:
+        split_len = triton.cdiv(triton.cdiv(capacity, num_splits), block_n) * block_n
+        num_splits = triton.cdiv(capacity, split_len)
+    split = num_splits > 1
+    if split:
+        o_part = torch.empty((num_splits, bsz, sq * hq, d), dtype=torch.float32, device=q.device)
+        lse_part = torch.empty((num_splits, bsz, sq * hq), dtype=torch.float32, device=q.device)
+    else:
+        o_part = lse_part = o          # unused
+    _gqa_decode_split_kernel[(num_splits, m_tiles * chunks, bsz * hkv)](
+        q, k_cache, v_cache, block_table, seq_lens, o, o_part, lse_part,
+        q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
+        o.stride(0), o.stride(1), o.stride(2),
+        sq, hkv, chunks, bsz, split_len, float(softmax_scale) * LOG2E,
+        GROUP=group, PACK=pack, HEAD_DIM=d, PAGE_SIZE=page_size, BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=split,
+        INPUT_PRECISION=dot_precision(q.dtype), num_warps=w, num_stages=s)
+    if split:
+        kernel_module("gqa_decode_combine").gqa_decode_combine(o_part, lse_part, seq_lens, split_len, o)
+    return o
+
+
+def aot_compile_all():
+    """Compile the split kernel for sm_90a: the NemotronH decode case (bf16, D=128, 16 heads per kv head,
+    one query token) with page sizes 16 (gather path) and 64 (one page per tile), split and unsplit, and a
+    chunked-prefill case (Sq=8: 64-row tiles). Yields (name, CompiledKernel)."""
+    block_n, w, s = DECODE_CONFIG
+    ints = ("stride_", "seqlen_", "num_", "batch", "split_len")
+    sig = {n: "i32" for n in _gqa_decode_split_kernel.arg_names if n.startswith(ints)}
+    sig.update(BLOCK_TABLE="*i32", SEQ_LENS="*i32", O_PART="*fp32", LSE_PART="*fp32", qk_scale="fp32")
+    for dt, d, group, sq, page, split in (("bf16", 128, 16, 1, 16, True), ("bf16", 128, 16, 1, 64, False),
+                                          ("fp16", 64, 4, 8, 32, True)):
+        block_m = block_m_for(sq * group)
+        pack, _ = pack_heads(group, block_m)
+        sig.update(Q=f"*{dt}", K=f"*{dt}", V=f"*{dt}", O=f"*{dt}")
+        const = dict(GROUP=group, PACK=pack, HEAD_DIM=d, PAGE_SIZE=page, BLOCK_M=block_m, BLOCK_N=block_n,
+                     SPLIT=split, INPUT_PRECISION=None)
+        name = f"gqa_decode_split {dt} D{d} G{group} Sq{sq} page{page} split={split} {block_m}x{block_n} w{w} s{s}"
+        yield name, aot_compile(_gqa_decode_split_kernel, sig, const, w, s)
+    yield from kernel_module("gqa_decode_combine").aot_compile_all()

@@ -1,0 +1,195 @@
+"""gqa_decode (Triton paged split-K decode + combine) against the float64 reference under the DESIGN error rule.
+
+CPU: the kernels run in Triton's interpreter (fp16/fp32) at small shapes: random block tables, mixed lengths
+(1 token up to several pages), page sizes that do and do not hold whole key tiles, forced split counts, several
+query tokens per sequence (chunked prefill), Hq/Hkv in {1, 2, 3, 16}. AOT: every kernel configuration compiles
+for sm_90a. `cuda`: NemotronH shapes (32/2 heads, D=128) in bf16 on the GPU, and CUDA-graph capture.
+
+Error rule: err(kernel) <= 2 * err(reference run in the kernel's dtype) + eps(dtype) * max(max |o_fp64|, 1).
+"""
+import pytest
+import torch
+
+from nemotron_kernels.ops.gqa_decode import gqa_decode
+from nemotron_kernels.reference.gqa_decode import gqa_decode_ref
+from test_gqa_attention import FWD, assert_error_rule, run_aot
+
+F64 = torch.float64
+
+
+@pytest.fixture
+def interpret(monkeypatch):
+    """Run the Triton kernels in Triton's CPU interpreter (the op reloads its kernel modules in that mode)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    yield
+
+
+def make_paged(seed, lens, sq, hq, hkv, d, page, device="cpu", spare_blocks=3):
+    """Random caches and a random (shuffled, non-overlapping) block table with one spare column.
+    -> q [B, Sq, Hq, D], k_cache, v_cache [num_blocks, page, Hkv, D] float64, block_table, seq_lens int32."""
+    g = torch.Generator().manual_seed(seed)
+    bsz = len(lens)
+    max_blocks = max(-(-n // page) for n in lens) + 1
+    num_blocks = bsz * max_blocks + spare_blocks
+    k_cache = torch.randn(num_blocks, page, hkv, d, generator=g, dtype=F64)
+    v_cache = torch.randn(num_blocks, page, hkv, d, generator=g, dtype=F64)
+    block_table = torch.randperm(num_blocks, generator=g)[:bsz * max_blocks].view(bsz, max_blocks).int()
+    q = torch.randn(bsz, sq, hq, d, generator=g, dtype=F64)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    return tuple(t.to(device) for t in (q, k_cache, v_cache, block_table, seq_lens))
+
+
+def check_decode(q, k_cache, v_cache, block_table, seq_lens, dtype, num_splits=None, config=None):
+    """Kernel (public op, or the launcher when num_splits/config are forced) vs the float64 reference."""
+    ql, kl, vl = (t.to(dtype) for t in (q, k_cache, v_cache))
+    if num_splits is None and config is None:
+        o = gqa_decode(ql, kl, vl, block_table, seq_lens)
+    else:
+        from nemotron_kernels.triton import gqa_attention_common as common
+        split = common.kernel_module("gqa_decode_split")
+        q4 = ql if ql.dim() == 4 else ql[:, None]
+        o = split.gqa_decode_fwd(q4, kl, vl, block_table, seq_lens, q.shape[-1] ** -0.5, num_splits=num_splits,
+                                 config=config)
+        o = o if ql.dim() == 4 else o[:, 0]
+    assert o.dtype == dtype and o.shape == q.shape
+    o64 = gqa_decode_ref(q, k_cache, v_cache, block_table, seq_lens)
+    o_low = gqa_decode_ref(ql, kl, vl, block_table, seq_lens)
+    assert_error_rule("o", o, o64, o_low, FWD)
+
+
+# (lens, Sq, Hq, Hkv, D, page, dtype, num_splits)
+CASES = [
+    ([1, 37, 70], 1, 4, 2, 32, 16, torch.float16, None),       # auto split count, mixed lengths
+    ([1, 37, 70], 1, 4, 2, 32, 16, torch.float16, 4),          # split-K + combine; a 1-token sequence
+    ([3, 50], 3, 32, 2, 16, 5, torch.float32, 3),              # chunked prefill, odd page size (gather path)
+    ([5, 77], 5, 6, 2, 64, 32, torch.float16, 2),              # 3 heads per kv head (odd packing)
+    ([100, 1], 1, 16, 1, 128, 64, torch.float16, 5),           # whole tiles per page, D=128
+    ([40, 9], 9, 16, 16, 16, 8, torch.float32, 1),             # Hq == Hkv, Sq == seq_len (prefill in one chunk)
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "L{}-Sq{}-H{}x{}-D{}-page{}-{}-splits{}".format(
+    "_".join(map(str, c[0])), *c[1:6], str(c[6])[6:], c[7]))
+def test_interpreter_matches_reference(interpret, case):
+    lens, sq, hq, hkv, d, page, dtype, splits = case
+    q, k_cache, v_cache, block_table, seq_lens = make_paged(sum(lens) + sq + page, lens, sq, hq, hkv, d, page)
+    check_decode(q, k_cache, v_cache, block_table, seq_lens, dtype, num_splits=splits)
+
+
+def test_interpreter_one_token_query_shape(interpret):
+    """q [B, Hq, D] (one token per sequence) returns [B, Hq, D]."""
+    q, k_cache, v_cache, block_table, seq_lens = make_paged(3, [20, 3], 1, 4, 1, 32, 16)
+    check_decode(q[:, 0], k_cache, v_cache, block_table, seq_lens, torch.float16)
+
+
+@pytest.mark.parametrize("page,splits", [(16, 3), (128, 2)])
+def test_interpreter_gpu_tile_sizes(interpret, page, splits):
+    """The H200 tile shape (64-token key tiles): gathered pages (16) and whole tiles per page (128)."""
+    from nemotron_kernels.triton import gqa_attention_common as common
+    config = common.kernel_module("gqa_decode_split").DECODE_CONFIG
+    q, k_cache, v_cache, block_table, seq_lens = make_paged(page, [150, 1, 64], 1, 32, 2, 32, page)
+    check_decode(q, k_cache, v_cache, block_table, seq_lens, torch.float16, num_splits=splits, config=config)
+
+
+def test_interpreter_empty_slot_gives_zeros(interpret):
+    """A padded batch slot (seq_len 0) gets zeros; the other sequences are unaffected."""
+    q, k_cache, v_cache, block_table, seq_lens = make_paged(4, [30, 12], 1, 4, 2, 16, 8)
+    ql, kl, vl = (t.to(torch.float16) for t in (q, k_cache, v_cache))
+    for splits in (1, 3):
+        from nemotron_kernels.triton import gqa_attention_common as common
+        split = common.kernel_module("gqa_decode_split")
+        o = split.gqa_decode_fwd(ql, kl, vl, block_table, torch.tensor([30, 0], dtype=torch.int32), 0.25,
+                                 num_splits=splits)
+        assert torch.equal(o[1], torch.zeros_like(o[1]))
+        ref = gqa_decode_ref(ql[:1], kl, vl, block_table[:1], seq_lens[:1], softmax_scale=0.25)
+        torch.testing.assert_close(o[:1], ref, rtol=0, atol=2e-3)
+
+
+def test_interpreter_opcheck(interpret):
+    q, k_cache, v_cache, block_table, seq_lens = make_paged(5, [7, 3], 1, 2, 1, 16, 4)
+    args = (q.half(), k_cache.half(), v_cache.half(), block_table, seq_lens, 0.25)
+    torch.library.opcheck(torch.ops.nemotron_kernels.gqa_decode.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_dispatch_reference_paths(monkeypatch):
+    """CPU without the interpreter, float64, bf16 (interpreter) and descales take the reference, bit for bit."""
+    q, k_cache, v_cache, block_table, seq_lens = make_paged(6, [9, 4], 1, 4, 2, 16, 4)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    args = (q.float(), k_cache.float(), v_cache.float(), block_table, seq_lens)
+    assert torch.equal(gqa_decode(*args), gqa_decode_ref(*args))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    args64 = (q, k_cache, v_cache, block_table, seq_lens)
+    assert torch.equal(gqa_decode(*args64), gqa_decode_ref(*args64))
+    args_bf16 = (q.bfloat16(), k_cache.bfloat16(), v_cache.bfloat16(), block_table, seq_lens)
+    assert torch.equal(gqa_decode(*args_bf16), gqa_decode_ref(*args_bf16))
+    assert torch.equal(gqa_decode(*args, k_descale=0.5), gqa_decode_ref(*args, k_descale=0.5))
+
+
+def test_bad_inputs_raise(interpret):
+    q, k_cache, v_cache, block_table, seq_lens = (t.half() if t.is_floating_point() else t
+                                                  for t in make_paged(7, [9, 4], 1, 4, 2, 16, 4))
+    with pytest.raises(ValueError, match="v_cache"):
+        gqa_decode(q, k_cache, v_cache[:, :2], block_table, seq_lens)
+    with pytest.raises(ValueError, match="block_table"):
+        gqa_decode(q, k_cache, v_cache, block_table[:1], seq_lens)
+    with pytest.raises(TypeError, match="seq_lens"):
+        gqa_decode(q, k_cache, v_cache, block_table, seq_lens.float())
+    with pytest.raises(ValueError, match="Hq"):
+        gqa_decode(q[:, :, :3], k_cache, v_cache, block_table, seq_lens)
+
+
+def test_split_heuristic():
+    """Batch 1 at 32K splits into 256-token pieces; batch 64 into a few; batch 256 at 4K does not split."""
+    pytest.importorskip("triton")
+    from nemotron_kernels.triton.gqa_decode_split import choose_splits
+    assert choose_splits(32768, 2, 132, 64) == (128, 256)
+    splits, split_len = choose_splits(32768, 128, 132, 64)
+    assert splits == 3 and split_len % 64 == 0 and splits * split_len >= 32768
+    assert choose_splits(4096, 512, 132, 64) == (1, 4096)
+
+
+def test_aot_compile_sm90():
+    pytest.importorskip("triton")
+    out = run_aot("gqa_decode_split")
+    assert "gqa_decode_combine" in out, out
+
+
+# ---------------------------------------------------------------------------------------------- GPU (H200)
+@pytest.mark.cuda
+@pytest.mark.parametrize("page", [16, 64])
+@pytest.mark.parametrize("sq", [1, 16])
+def test_cuda_nemotron_shapes(page, sq):
+    lens = [1, 17, 300, 4097, 777, 2048, 64, 1500]
+    lens = [max(n, sq) for n in lens]
+    q, k_cache, v_cache, block_table, seq_lens = make_paged(page + sq, lens, sq, 32, 2, 128, page, device="cuda")
+    check_decode(q, k_cache, v_cache, block_table, seq_lens, torch.bfloat16)
+
+
+@pytest.mark.cuda
+def test_cuda_long_context_split_k():
+    """Batch 1 at 32K tokens (128 splits) and a forced single split agree with the reference."""
+    q, k_cache, v_cache, block_table, seq_lens = make_paged(21, [32768], 1, 32, 2, 128, 64, device="cuda")
+    check_decode(q, k_cache, v_cache, block_table, seq_lens, torch.bfloat16)
+    check_decode(q, k_cache, v_cache, block_table, seq_lens, torch.bfloat16, num_splits=1)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_capture():
+    """No host sync: the op captures into a CUDA graph; replays follow new seq_lens written in place."""
+    q, k_cache, v_cache, block_table, seq_lens = make_paged(22, [1000, 50, 3000, 7], 1, 32, 2, 128, 16,
+                                                            device="cuda")
+    ql, kl, vl = (t.bfloat16() for t in (q, k_cache, v_cache))
+    gqa_decode(ql, kl, vl, block_table, seq_lens)            # compile outside the capture
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        gqa_decode(ql, kl, vl, block_table, seq_lens)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = gqa_decode(ql, kl, vl, block_table, seq_lens)
+    seq_lens.copy_(torch.tensor([1001, 51, 2500, 8], dtype=torch.int32, device="cuda"))
+    graph.replay()
+    torch.cuda.synchronize()
+    ref = gqa_decode(ql, kl, vl, block_table, seq_lens)
+    assert torch.equal(out, ref)
