@@ -245,6 +245,8 @@ class LLMEngine:
                 if hits:                                 # cut before the first stop string
                     ts.text = ts.text[:min(hits)]
                     reason = FinishReason.STOP
+            if reason is not None and len(ts.text) == len(ts.detok.text):   # finished, not at a stop string
+                ts.text += ts.detok.flush()
             # while running, hold back a tail that may be the start of a stop string
             upto = len(ts.text) if reason is not None else max(ts.sent, len(ts.text) - ts.holdback)
             text, new_text = ts.text[:upto], ts.text[ts.sent:upto]
@@ -325,8 +327,9 @@ def load_for_serving(checkpoint: str | None = None, *, preset: str | None = None
                      model: NemotronH | None = None, tokenizer: ServeTokenizer | None = None, device=None,
                      dtype: torch.dtype | None = None, backend: str = "auto", fp8: bool = False,
                      seed: int = 0) -> tuple[NemotronH, ServeTokenizer | None]:
-    """(model, tokenizer) from a checkpoint directory, a preset or a config (random weights), or a given model.
-    dtype default: bfloat16 on GPU, float32 on CPU (a checkpoint's own dtype when loading one)."""
+    """(model, tokenizer) from a checkpoint directory (BF16, or ModelOpt-style FP8), a preset or a config (random
+    weights), or a given model. fp8: quantise the experts and Mamba projections on load (spec §4.4).
+    dtype default: bfloat16 on GPU, float32 on CPU (a BF16 checkpoint's own dtype when loading one)."""
     from model.checkpoint import load_model
     from model.nemotron_h import build_model
 
@@ -338,7 +341,13 @@ def load_for_serving(checkpoint: str | None = None, *, preset: str | None = None
         raise ValueError("a preset or config without a checkpoint needs random_weights=True")
     if model is None:
         if checkpoint is not None and not random_weights:
-            model = load_model(checkpoint, device=device, dtype=dtype, backend=backend)
+            from .fp8 import is_fp8_checkpoint, load_fp8_checkpoint
+            if is_fp8_checkpoint(checkpoint):     # ModelOpt-style FP8: already quantised
+                model = load_fp8_checkpoint(checkpoint, device=device, dtype=dtype or torch.bfloat16,
+                                            backend=backend)
+                fp8 = False
+            else:
+                model = load_model(checkpoint, device=device, dtype=dtype, backend=backend)
             if tokenizer is None:
                 tokenizer = ServeTokenizer.from_checkpoint(checkpoint, model.config.eos_token_ids)
         else:

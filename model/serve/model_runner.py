@@ -25,7 +25,7 @@ from .scheduler import ScheduledBatch
 
 log = logging.getLogger("model.serve")
 
-# ops on the decode path: CUDA graphs need each to be a kernel that never reads device tensors on the host
+# ops on the decode path (named when graph capture fails: a reference fallback may read tensors on the host)
 DECODE_OPS = ("rmsnorm", "causal_conv1d_update", "ssd_state_update", "gated_rmsnorm", "gqa_decode", "moe_router",
               "moe_experts")
 
@@ -252,8 +252,9 @@ class ModelRunner:
     def _graph_blockers(self) -> list[str]:
         if self.device.type != "cuda":
             return [f"the model is on {self.device.type}, not cuda"]
-        reports = nemotron_kernels.backends("cuda")
-        return [f"{op} runs {reports[op]}" for op in DECODE_OPS if reports[op].startswith("reference")]
+        if self.model.backend == "reference":
+            return ["the model's backend is 'reference' (plain PyTorch ops that may read tensors on the host)"]
+        return []
 
     def _capture(self, sizes: list[int]) -> None:
         blockers = self._graph_blockers()
@@ -279,9 +280,13 @@ class ModelRunner:
                 with torch.cuda.graph(g.graph, pool=pool):
                     g.logits.copy_(self._logits(self._forward(g.input_ids, size, meta, None)))
                 self.graphs[size] = g
-        except RuntimeError as e:
+        except RuntimeError as e:   # an op on the decode path syncs with the host (a reference fallback?)
             self.graphs.clear()
-            self.cuda_graph_status = f"off: capture failed ({type(e).__name__}: {e})"
+            torch.cuda.synchronize()
+            refs = nemotron_kernels.backends("cuda")
+            refs = [op for op in DECODE_OPS if refs[op].startswith("reference")]
+            self.cuda_graph_status = (f"off: capture failed ({type(e).__name__}: {str(e)[:300]}); decode ops on a "
+                                      f"reference path: {refs}")
             log.warning("CUDA graphs %s", self.cuda_graph_status)
             return
         torch.cuda.synchronize()

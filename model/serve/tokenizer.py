@@ -117,3 +117,12 @@ class IncrementalDetokenizer:
             self.text += new
             return new
         return ""
+
+    def flush(self) -> str:
+        """At the end: whatever text is still held back (an incomplete character decodes as U+FFFD)."""
+        prefix = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset])
+        full = self.tokenizer.decode(self.ids[self.prefix_offset:])
+        new = full[len(prefix):] if full.startswith(prefix) else ""
+        self.prefix_offset = self.read_offset = len(self.ids)
+        self.text += new
+        return new

@@ -1,0 +1,104 @@
+"""Selective FP8 (spec §4.4): which layers, the reference (dequantised) path on CPU, a ModelOpt-style checkpoint
+round trip, serving an FP8 model; the GPU GEMM path against the reference under the `cuda` marker."""
+import pytest
+import torch
+
+from model.config import NemotronHConfig
+from model.nemotron_h import build_model
+from model.serve import EngineConfig, LLMEngine, SamplingParams
+from model.serve.fp8 import (FP8, FP8Linear, FP8MoE, fp8_plan, load_fp8_checkpoint, quantize_model_fp8,
+                             quantize_tensor, save_fp8_checkpoint)
+
+
+def test_plan_keeps_the_mamba_layers_before_attention_in_bf16():
+    plan = fp8_plan(NemotronHConfig.from_preset("nemotron3-nano-30b-a3b"))
+    assert plan["mamba_bf16"] == [4, 11, 18, 25, 32, 41]
+    assert len(plan["mamba"]) == 23 - 6 and len(plan["moe"]) == 23
+
+
+def test_quantize_tensor_roundtrip():
+    w = torch.randn(48, 32) * 3
+    q, s = quantize_tensor(w)
+    assert q.dtype == FP8 and s.shape == ()
+    rel = ((q.float() * s - w).norm() / w.norm()).item()
+    assert rel < 0.05                       # e4m3: 3 mantissa bits
+    assert (q.float() * s).abs().max() <= w.abs().max() * (1 + 1e-6)
+
+
+def test_fp8_linear_reference_path():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(32, 24, bias=False)
+    f = FP8Linear.from_linear(lin)
+    x = torch.randn(5, 3, 32)
+    y = f(x)
+    assert y.shape == (5, 3, 24) and y.dtype == torch.float32
+    # by hand: per-row dynamic activation scale, per-tensor weight scale
+    x2 = x.reshape(-1, 32)
+    sa = x2.abs().amax(-1, keepdim=True) / 448
+    xq = (x2 / sa).to(FP8).float() * sa
+    expected = xq @ (f.weight.float() * f.weight_scale).t()
+    torch.testing.assert_close(y.reshape(-1, 24), expected)
+    rel = ((y - lin(x)).norm() / lin(x).norm()).item()
+    assert rel < 0.08
+
+
+@pytest.fixture(scope="module")
+def fp32_tiny():
+    cfg = NemotronHConfig.from_preset("tiny", max_position_embeddings=256)
+    return cfg
+
+
+def test_quantized_model_is_close_and_selective(fp32_tiny):
+    ref = build_model(fp32_tiny, dtype=torch.float32, backend="reference", seed=1).eval()
+    q = build_model(fp32_tiny, dtype=torch.float32, backend="reference", seed=1).eval()
+    plan = quantize_model_fp8(q)
+    # tiny pattern "M*EME*-M": Mamba 0 feeds attention 1 and Mamba 3 feeds attention 5 -> both stay BF16
+    assert plan == {"mamba": [7], "mamba_bf16": [0, 3], "moe": [2, 4]}
+    assert isinstance(q.layers[7].mixer.in_proj, FP8Linear) and not isinstance(q.layers[0].mixer.in_proj, FP8Linear)
+    assert isinstance(q.layers[2].mixer, FP8MoE) and q.layers[2].mixer.gate.weight.dtype == torch.float32
+    assert q.layers[1].mixer.q_proj.weight.dtype == torch.float32          # attention untouched
+    ids = torch.randint(3, 259, (2, 24))
+    with torch.no_grad():
+        a, b = ref(ids), q(ids)
+    rel = ((a - b).norm() / a.norm()).item()
+    assert 0 < rel < 0.1, rel
+
+
+def test_fp8_checkpoint_roundtrip_and_serving(fp32_tiny, tmp_path, byte_tokenizer, run_all):
+    q = build_model(fp32_tiny, dtype=torch.float32, backend="reference", seed=2).eval()
+    quantize_model_fp8(q)
+    q.layers[2].mixer.up_input_scale = torch.tensor(0.01)                   # a static activation scale too
+    save_fp8_checkpoint(q, tmp_path)
+    loaded = load_fp8_checkpoint(tmp_path, device="cpu", dtype=torch.float32, backend="reference").eval()
+    assert isinstance(loaded.layers[4].mixer, FP8MoE) and isinstance(loaded.layers[7].mixer.out_proj, FP8Linear)
+    assert loaded.layers[2].mixer.up_input_scale.item() == pytest.approx(0.01)
+    ids = torch.randint(3, 259, (1, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), q(ids), rtol=0, atol=0)
+    engine = LLMEngine(loaded, byte_tokenizer, EngineConfig(max_num_seqs=4, max_num_batched_tokens=16, block_size=4,
+                                                            max_model_len=128, kv_cache_dtype="fp8"))
+    assert engine.runner.cache.k[1].dtype == FP8
+    rids = [engine.add_request(p, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
+            for p in ("fp8 serving", "a second prompt, longer than one chunk")]
+    finals = run_all(engine)
+    assert all(len(finals[r].token_ids) == 6 for r in rids)
+
+
+@pytest.mark.cuda
+def test_gpu_fp8_gemms_match_the_reference_path():
+    torch.manual_seed(0)
+    cfg = NemotronHConfig.from_preset("tiny", hidden_size=128, mamba_num_heads=16, mamba_head_dim=8,
+                                      moe_intermediate_size=64, moe_shared_expert_intermediate_size=128)
+    model = build_model(cfg, device="cuda", dtype=torch.bfloat16, seed=0).eval()
+    quantize_model_fp8(model)
+    assert {m.path for m in model.modules() if isinstance(m, (FP8Linear, FP8MoE))} == {
+        "torch._scaled_mm", "torch._scaled_grouped_mm"}
+    ids = torch.randint(3, 259, (2, 40), device="cuda")
+    with torch.no_grad():
+        gpu = model(ids).float()
+        for m in model.modules():
+            if isinstance(m, (FP8Linear, FP8MoE)):
+                m.force_reference = True
+        ref = model(ids).float()
+    rel = ((gpu - ref).norm() / ref.norm()).item()
+    assert rel < 0.05, rel
