@@ -19,12 +19,13 @@ INTERPRETED = interpreting()   # the mode these kernels were defined in (see gqa
 
 
 @triton.jit
-def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, n_lo, n_hi, seqlen_k, kmax0,
-                    qk_scale,
+def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, k_desc, v_desc, desc_row0, desc_col,
+                    n_lo, n_hi, seqlen_k, kmax0, qk_scale,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PACK: tl.constexpr, MASKED: tl.constexpr,
-                    CAUSAL: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+                    CAUSAL: tl.constexpr, USE_TMA: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """Online-softmax update of (acc [BM, D], l_i [BM], m_i [BM]) over key tiles [n_lo, n_hi) (relative to the
-    sequence start). k_ptrs/v_ptrs [BN, D] point at key tile 0. MASKED: apply the key bound and the causal mask
+    sequence start). K/V tiles come from k_ptrs/v_ptrs [BN, D] (pointing at key tile 0), or with USE_TMA from the
+    2-D descriptors at rows desc_row0 + key, column desc_col. MASKED: apply the key bound and the causal mask
     (row m sees keys <= kmax0 + m // PACK); the short masked run is not software-pipelined (fewer registers)."""
     offs_n = tl.arange(0, BLOCK_N)
     k_ptrs += n_lo * stride_kn
@@ -33,6 +34,12 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, n_lo
         if MASKED:
             key = n0 + offs_n                                                      # [BN]
             key_ok = key < seqlen_k
+        if USE_TMA:
+            k = k_desc.load([desc_row0 + n0, desc_col])                            # [BN, D]
+            v = v_desc.load([desc_row0 + n0, desc_col])
+            if MASKED:      # rows past the sequence belong to the next one (or are zero past the tensor)
+                v = tl.where(key_ok[:, None], v, 0.0)
+        elif MASKED:
             k = tl.load(k_ptrs, mask=key_ok[:, None], other=0.0)                   # [BN, D]
             v = tl.load(v_ptrs, mask=key_ok[:, None], other=0.0)
         else:
@@ -64,7 +71,7 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, n_lo
 
 @triton.jit
 def _gqa_attn_fwd_kernel(
-    Q, K, V, O, LSE, CU_SEQLENS,
+    Q, K, V, O, LSE, CU_SEQLENS, K_DESC, V_DESC,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
@@ -73,8 +80,9 @@ def _gqa_attn_fwd_kernel(
     seqlen_q, seqlen_k, num_kv_heads, num_head_chunks, qk_scale,
     GROUP: tl.constexpr, PACK: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, VARLEN: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, VARLEN: tl.constexpr, USE_TMA: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
+    """K_DESC, V_DESC (USE_TMA): 2-D TMA descriptors over k, v viewed as [B*Sk, Hkv*D] with [BLOCK_N, D] boxes."""
     POS_PER_TILE: tl.constexpr = BLOCK_M // PACK
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)          # heaviest causal tiles first
     pid_bh = tl.program_id(1)
@@ -86,6 +94,7 @@ def _gqa_attn_fwd_kernel(
         start = tl.load(CU_SEQLENS + b).to(tl.int64)
         seqlen_q = (tl.load(CU_SEQLENS + b + 1) - start).to(tl.int32)
         seqlen_k = seqlen_q
+        desc_row0 = start.to(tl.int32)
         q_base = Q + start * stride_qs
         k_base = K + start * stride_ks
         v_base = V + start * stride_vs
@@ -97,6 +106,7 @@ def _gqa_attn_fwd_kernel(
         v_base = V + b.to(tl.int64) * stride_vb
         o_base = O + b.to(tl.int64) * stride_ob
         lse_base = LSE + b.to(tl.int64) * stride_lb
+        desc_row0 = b * seqlen_k
     p0 = pid_m * POS_PER_TILE
     if p0 < seqlen_q:
         offs_m = tl.arange(0, BLOCK_M)
@@ -125,12 +135,13 @@ def _gqa_attn_fwd_kernel(
             full_end = seqlen_k
             hi = seqlen_k
         full_hi = (full_end // BLOCK_N) * BLOCK_N
-        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_ks, stride_vs, 0, full_hi,
-                                        seqlen_k, p0 + shift, qk_scale, BLOCK_M, BLOCK_N, PACK, False, CAUSAL,
-                                        INPUT_PRECISION)
-        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_ks, stride_vs, full_hi, hi,
-                                        seqlen_k, p0 + shift, qk_scale, BLOCK_M, BLOCK_N, PACK, True, CAUSAL,
-                                        INPUT_PRECISION)
+        desc_col = hkv * HEAD_DIM
+        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_ks, stride_vs, K_DESC, V_DESC,
+                                        desc_row0, desc_col, 0, full_hi, seqlen_k, p0 + shift, qk_scale,
+                                        BLOCK_M, BLOCK_N, PACK, False, CAUSAL, USE_TMA, INPUT_PRECISION)
+        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_ks, stride_vs, K_DESC, V_DESC,
+                                        desc_row0, desc_col, full_hi, hi, seqlen_k, p0 + shift, qk_scale,
+                                        BLOCK_M, BLOCK_N, PACK, True, CAUSAL, USE_TMA, INPUT_PRECISION)
 
         seen = l_i > 0.0                                                           # rows with no visible key: o = 0
         l_div = tl.where(seen, l_i, 1.0)
@@ -145,15 +156,47 @@ def _gqa_attn_fwd_kernel(
         tl.store(lse_base + hq.to(tl.int64) * stride_lh + pos, lse, mask=row_ok)
 
 
-# Hopper configs (BLOCK_M, BLOCK_N, num_warps, num_stages); tiny on purpose: each compiles on a fresh machine.
-FWD_CONFIGS = [(128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3)]
-INTERPRET_CONFIG = (32, 16, 4, 1)    # small tiles so short test sequences cross several tiles
+# Hopper configs (BLOCK_M, BLOCK_N, num_warps, num_stages, K/V through TMA); tiny on purpose: each compiles on a
+# fresh machine. (128, 64, 4 warps) spills ~1.3 KB per thread (ptxas) and is left out.
+FWD_CONFIGS = [(128, 128, 8, 2, True), (128, 64, 8, 3, True), (128, 128, 8, 2, False), (128, 64, 8, 3, False)]
+INTERPRET_CONFIG = (32, 16, 4, 1, False)    # small tiles so short test sequences cross several tiles
 assert len({c[0] for c in FWD_CONFIGS}) == 1, "autotuned configs must share BLOCK_M (it fixes the head packing)"
 
-_fwd_tuned = triton.autotune(
-    configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in FWD_CONFIGS],
-    key=["GROUP", "PACK", "HEAD_DIM", "CAUSAL", "VARLEN"],
-)(_gqa_attn_fwd_kernel)
+
+def _set_desc_blocks(nargs):
+    """Autotune pre-hook: the TMA boxes follow the config's BLOCK_N."""
+    if nargs["K_DESC"] is not None:
+        for name in ("K_DESC", "V_DESC"):
+            nargs[name].block_shape = [nargs["BLOCK_N"], nargs["HEAD_DIM"]]
+
+
+def _tuned(configs):
+    return triton.autotune(
+        configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "USE_TMA": tma}, num_warps=w, num_stages=s,
+                               pre_hook=_set_desc_blocks) for bm, bn, w, s, tma in configs],
+        key=["GROUP", "PACK", "HEAD_DIM", "CAUSAL", "VARLEN"],
+    )(_gqa_attn_fwd_kernel)
+
+
+_fwd_tuned_any = _tuned(FWD_CONFIGS)                              # TMA-eligible inputs: TMA and pointer configs
+_fwd_tuned_ptr = _tuned([c for c in FWD_CONFIGS if not c[4]])     # others: pointer configs only
+
+
+def tma_eligible(k, v) -> bool:
+    """k, v [B, Sk, Hkv, D] can be read as 2-D [B*Sk, Hkv*D] row-major views with 16-byte aligned rows."""
+    bsz, sk, hkv, d = k.shape
+    for t in (k, v):
+        if t.stride(2) != d or (bsz > 1 and t.stride(0) != sk * t.stride(1)):
+            return False
+        if (t.stride(1) * t.element_size()) % 16 or t.data_ptr() % 16:
+            return False
+    return True
+
+
+def _descriptors(k, v, block_n: int):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    bsz, sk, hkv, d = k.shape
+    return tuple(TensorDescriptor(t, [bsz * sk, hkv * d], [t.stride(1), 1], [block_n, d]) for t in (k, v))
 
 
 def check_qkv(q, k, v, cu_seqlens, max_seqlen):
@@ -182,7 +225,7 @@ def check_qkv(q, k, v, cu_seqlens, max_seqlen):
 
 def gqa_attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens=None, max_seqlen=None, config=None):
     """Launch the forward kernel. q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D] -> (o like q, lse [B, Hq, Sq] fp32).
-    config: optional (BLOCK_M, BLOCK_N, num_warps, num_stages) to bypass autotuning (tests, benchmarks)."""
+    config: optional (BLOCK_M, BLOCK_N, num_warps, num_stages, use_tma) to bypass autotuning (tests, benchmarks)."""
     check_qkv(q, k, v, cu_seqlens, max_seqlen)
     bsz, sq, hq, d = q.shape
     sk, hkv = k.shape[1], k.shape[2]
@@ -204,7 +247,9 @@ def gqa_attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens=No
     pack, chunks = pack_heads(group, block_m)
     common = dict(GROUP=group, PACK=pack, HEAD_DIM=d, CAUSAL=bool(causal), VARLEN=varlen,
                   INPUT_PRECISION=dot_precision(q.dtype))
-    args = (q, k, v, o, lse, cu_seqlens if varlen else q,
+    use_tma = tma_eligible(k, v) and (q.is_cuda if config is None else config[4])
+    k_desc, v_desc = _descriptors(k, v, config[1] if config else FWD_CONFIGS[0][1]) if use_tma else (None, None)
+    args = (q, k, v, o, lse, cu_seqlens if varlen else q, k_desc, v_desc,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
             lse.stride(0), lse.stride(1), sq, sk, hkv, chunks, float(softmax_scale) * LOG2E)
@@ -213,10 +258,11 @@ def gqa_attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens=No
         return (triton.cdiv(max(rows_q, 1), meta["BLOCK_M"] // pack), num_seqs * hkv * chunks)
 
     if config is not None:
-        bm, bn, w, s = config
-        _gqa_attn_fwd_kernel[grid](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s, **common)
+        bm, bn, w, s, _ = config
+        _gqa_attn_fwd_kernel[grid](*args, BLOCK_M=bm, BLOCK_N=bn, USE_TMA=use_tma, num_warps=w, num_stages=s,
+                                   **common)
     else:
-        _fwd_tuned[grid](*args, **common)
+        (_fwd_tuned_any if use_tma else _fwd_tuned_ptr)[grid](*args, **common)
     return o, lse
 
 
@@ -228,11 +274,16 @@ def aot_compile_all():
            if n.startswith(("stride_", "seqlen_", "num_"))}
     sig.update(LSE="*fp32", CU_SEQLENS="*i32", qk_scale="fp32")
     cases = [("bf16", 128, 16, True, False, cfg) for cfg in FWD_CONFIGS]
-    cases += [("fp16", 64, 3, False, True, FWD_CONFIGS[0])]
-    for dt, d, group, causal, varlen, (bm, bn, w, s) in cases:
+    cases += [("fp16", 64, 3, False, True, FWD_CONFIGS[0]), ("bf16", 64, 1, True, True, FWD_CONFIGS[3])]
+    for dt, d, group, causal, varlen, (bm, bn, w, s, tma) in cases:
         pack, _ = pack_heads(group, bm)
         sig.update(Q=f"*{dt}", K=f"*{dt}", V=f"*{dt}", O=f"*{dt}")
         const = dict(GROUP=group, PACK=pack, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, VARLEN=varlen,
-                     INPUT_PRECISION="ieee" if dt == "fp32" else None)
-        name = f"gqa_attn_fwd {dt} D{d} G{group} causal={causal} varlen={varlen} {bm}x{bn} w{w} s{s}"
+                     USE_TMA=tma, INPUT_PRECISION=None)
+        if tma:
+            sig.update(K_DESC=f"tensordesc<{dt}[{bn}, {d}]>", V_DESC=f"tensordesc<{dt}[{bn}, {d}]>")
+        else:
+            const.update(K_DESC=None, V_DESC=None)
+            sig.pop("K_DESC", None), sig.pop("V_DESC", None)
+        name = f"gqa_attn_fwd {dt} D{d} G{group} causal={causal} varlen={varlen} {bm}x{bn} w{w} s{s} tma={tma}"
         yield name, aot_compile(_gqa_attn_fwd_kernel, sig, const, w, s)

@@ -132,16 +132,39 @@ def test_interpreter_strided_inputs(interpret):
     check_fwd_bwd(q, k, v, do, torch.float16, True, make_inputs=sliced)
 
 
-@pytest.mark.parametrize("hq,hkv,seqlen", [(32, 2, 40), (2, 2, 150)])
-def test_interpreter_gpu_tile_sizes(interpret, hq, hkv, seqlen):
-    """The launchers with the H200 tile shapes (packing 8 positions x 16 heads into 128 rows for 32/2 heads)."""
+def test_interpreter_tma_forward_varlen_and_strided(interpret):
+    """The TMA path (2-D descriptors over [B*S, Hkv*D]) with sequences that end inside a tile (rows past a
+    sequence belong to the next one) and with K/V as slices of a wider row."""
+    from nemotron_kernels.triton import gqa_attention_common as common
+    fwd = common.kernel_module("gqa_attention_fwd")
+    config = (32, 16, 4, 1, True)
+    offsets = [0, 7, 30, 41]
+    q, k, v, _ = (t.to(torch.float16) for t in make_qkv(8, 1, 41, 41, 4, 2, 16))
+    v[0, 7:30] = float("nan")          # finite keys elsewhere must not mix NaN rows of other sequences in
+    cu = torch.tensor(offsets, dtype=torch.int32)
+    o, lse = fwd.gqa_attention_fwd(q, k, v, True, 0.25, cu, 23, config=config)
+    ref, ref_lse = gqa_attention_ref(q, k, v, True, 0.25, cu_seqlens=cu, return_lse=True)
+    keep = torch.ones(41, dtype=torch.bool)
+    keep[7:30] = False
+    torch.testing.assert_close(o[:, keep], ref[:, keep], rtol=0, atol=2e-3)
+    q, k, v, _ = (t.to(torch.float16) for t in make_qkv(9, 2, 21, 21, 4, 2, 16))
+    wide_k = torch.cat([k, k], dim=2)[:, :, 1:3]            # [B, S, 2, D] with a row stride of 4 heads
+    assert fwd.tma_eligible(wide_k, wide_k)
+    o, _ = fwd.gqa_attention_fwd(q, wide_k, wide_k, True, 0.25, config=config)
+    torch.testing.assert_close(o, gqa_attention_ref(q, wide_k, wide_k, True, 0.25), rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("hq,hkv,seqlen,fwd_config", [(32, 2, 40, 1), (2, 2, 150, 3)])
+def test_interpreter_gpu_tile_sizes(interpret, hq, hkv, seqlen, fwd_config):
+    """The launchers with the H200 tile shapes (packing 8 positions x 16 heads into 128 rows for 32/2 heads),
+    K/V through TMA descriptors (config 1) and through pointers (config 3)."""
     from nemotron_kernels.triton import gqa_attention_common as common
     fwd = common.kernel_module("gqa_attention_fwd")
     bwd = common.kernel_module("gqa_attention_bwd")
     q64, k64, v64, do64 = make_qkv(hq, 1, seqlen, seqlen, hq, hkv, 64)
     q, k, v, do = (t.to(torch.float16) for t in (q64, k64, v64, do64))
     scale = 64 ** -0.5
-    o, lse = fwd.gqa_attention_fwd(q, k, v, True, scale, config=fwd.FWD_CONFIGS[1])
+    o, lse = fwd.gqa_attention_fwd(q, k, v, True, scale, config=fwd.FWD_CONFIGS[fwd_config])
     o_low, lse_low = gqa_attention_ref(q, k, v, True, return_lse=True)
     ins64 = [t.clone().requires_grad_() for t in (q64, k64, v64)]
     o64, lse64 = gqa_attention_ref(*ins64, causal=True, return_lse=True)
