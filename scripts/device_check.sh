@@ -19,7 +19,8 @@ git log -1 --format='commit %H %s' 2>/dev/null | tee -a "$OUT/gpu.txt"
 
 t0=$(date +%s)
 if ! MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install --no-build-isolation --no-deps --no-index -e . >"$OUT/build.log" 2>&1; then
-  tail -60 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+  # Keep going: the Triton kernels and references need no extension; tests that do will fail visibly.
+  tail -60 "$OUT/build.log"; echo "BUILD FAILED (continuing with the tests that do not need _C)"
 fi
 echo "build: $(( $(date +%s) - t0 )) s"
 $PY -c "import json, nemotron_kernels as nk; print(json.dumps(nk.backends(), indent=1))" 2>&1 | tee "$OUT/backends.txt"
