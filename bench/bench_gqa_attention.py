@@ -1,6 +1,7 @@
 """gqa_attention at Nemotron 3 Nano's shape: 32 query heads, 2 kv heads, D=128, causal, bf16; B4 S8K and B1 S32K.
 
-ours:      the Triton flash attention (q/k/v [B, S, H, D] as the model holds them), forward; backward alone.
+ours:      the Triton flash attention (q/k/v [B, S, H, D] as the model holds them), forward; backward alone;
+           FP8 e4m3 forward on q/k/v quantised beforehand (not timed) with one descale per (batch, kv head).
 baselines: torch SDPA with the cuDNN and FLASH backends on the same data (views [B, H, S, D]); GQA via
            enable_gqa=True where the backend takes it, else K/V expanded to 32 heads beforehand (not timed).
 Flops: causal forward 2*B*Hq*S^2*D (half of the full 4*B*Hq*S^2*D), backward 2.5x the forward (5 matmuls vs 2).
@@ -24,8 +25,23 @@ def _input_maker(bsz: int, seqlen: int, device: torch.device):
         k = torch.randn(bsz, seqlen, HKV, HEAD_DIM, device=device, dtype=torch.bfloat16)     # [B, S, Hkv, D]
         v = torch.randn(bsz, seqlen, HKV, HEAD_DIM, device=device, dtype=torch.bfloat16)
         do = torch.randn(bsz, seqlen, HQ, HEAD_DIM, device=device, dtype=torch.bfloat16)
-        return dict(q=q, k=k, v=v, do=do)
+        fp8 = {f"{n}8": _quantize_fp8(t) for n, t in (("q", q), ("k", k), ("v", v))}
+        return dict(q=q, k=k, v=v, do=do, **fp8)
     return make
+
+
+def _quantize_fp8(x):
+    """x [B, S, H, D] -> (e4m3 tensor, fp32 descale [B, Hkv]): one scale per (batch, kv head)."""
+    bsz, seqlen, heads, d = x.shape
+    amax = x.float().abs().view(bsz, seqlen, HKV, heads // HKV, d).amax(dim=(1, 3, 4)).clamp_min(1e-12)
+    descale = amax / torch.finfo(torch.float8_e4m3fn).max                   # [B, Hkv]
+    x8 = (x.float() / descale.repeat_interleave(heads // HKV, dim=1)[:, None, :, None]).to(torch.float8_e4m3fn)
+    return x8, descale
+
+
+def _ours_fp8(s):
+    (q8, qd), (k8, kd), (v8, vd) = s["q8"], s["k8"], s["v8"]
+    return gqa_attention(q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd)
 
 
 def _sdpa(backend, gqa: bool):
@@ -80,7 +96,9 @@ def run(bench: Bench) -> None:
         io_bytes = 2 * (2 * bsz * seqlen * HQ * HEAD_DIM + 2 * bsz * seqlen * HKV * HEAD_DIM)   # q, o, k, v
 
         variants = [Variant("ours: triton fwd", lambda s: gqa_attention(s["q"], s["k"], s["v"]),
-                            flops=fwd_flops, bytes=io_bytes)]
+                            flops=fwd_flops, bytes=io_bytes),
+                    Variant("ours: triton fp8 fwd", _ours_fp8, flops=fwd_flops, bytes=io_bytes * 3 // 4,
+                            flop_ceiling="fp8")]
         for label, backend in BACKENDS:
             attend, expanded = _pick_sdpa(backend, pool[0], grad=False)
             if expanded:
@@ -92,8 +110,8 @@ def run(bench: Bench) -> None:
                                     flops=fwd_flops, bytes=io_bytes, baseline=True))
         bench.measure(f"{name} fwd", pool, variants, B=bsz, S=seqlen, Hq=HQ, Hkv=HKV, D=HEAD_DIM, causal=True)
         for s in pool:
-            for label, _ in BACKENDS:
-                s.pop(f"k_{label}", None), s.pop(f"v_{label}", None)
+            for key in [f"{n}_{label}" for n in "kv" for label, _ in BACKENDS] + ["q8", "k8", "v8"]:
+                s.pop(key, None)
 
         # backward alone: each input set holds one autograd graph per implementation, and every timed call is an
         # autograd.grad that retains it (CUDA-graph capture of autograd may fail: the harness then times eagerly)

@@ -1,9 +1,10 @@
 """Public op `gqa_attention`: causal (bottom-right aligned) grouped-query flash attention, packed varlen, lse.
 
-Triton kernels on CUDA fp16/bf16 tensors; the reference on CPU, for fp32/float64, for FP8 inputs / descales
-(no FP8 kernel yet), or without Triton — unless TRITON_INTERPRET=1, where CPU fp16/fp32 tensors run the kernels
-in Triton's interpreter. Layers: custom ops `nemotron_kernels::gqa_attention_fwd` / `_bwd` (visible to
-torch.compile and CUDA graphs) -> `GqaAttentionFn` (autograd) -> `gqa_attention()` (dispatch).
+Triton kernels on CUDA fp16/bf16 tensors (forward + backward) and FP8 e4m3 q/k/v with descales (forward, bf16
+output); the reference on CPU, for fp32/float64, for descales on 16-bit inputs, or without Triton — unless
+TRITON_INTERPRET=1, where CPU fp16/fp32/fp8 tensors run the kernels in Triton's interpreter. Layers: custom ops
+`nemotron_kernels::gqa_attention_fwd` / `_bwd` (visible to torch.compile and CUDA graphs) -> `GqaAttentionFn`
+(autograd) -> `gqa_attention()` (dispatch).
 """
 from typing import Optional
 
@@ -14,20 +15,28 @@ from ..reference.gqa_attention import gqa_attention_ref
 from ..triton import gqa_attention_common as common
 
 KERNEL_HEAD_DIMS = (16, 32, 64, 128)
+FP8 = torch.float8_e4m3fn
 
 
 @torch.library.custom_op("nemotron_kernels::gqa_attention_fwd", mutates_args=())
 def gqa_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, softmax_scale: float,
-                      cu_seqlens: Optional[torch.Tensor], max_seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D] -> (o [B, Sq, Hq, D] in q's dtype, lse [B, Hq, Sq] fp32) (Triton)."""
+                      cu_seqlens: Optional[torch.Tensor], max_seqlen: int, q_descale: Optional[torch.Tensor] = None,
+                      k_descale: Optional[torch.Tensor] = None, v_descale: Optional[torch.Tensor] = None,
+                      out_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D] -> (o [B, Sq, Hq, D] in q's dtype (bf16 for fp8), lse [B, Hq, Sq] fp32)
+    (Triton). Descales: None or fp32 tensors of 1 or [B (S with cu_seqlens) or 1, Hkv] elements; the output is
+    also multiplied by out_scale."""
     kernels = common.kernel_module("gqa_attention_fwd")
-    return kernels.gqa_attention_fwd(q, k, v, causal, softmax_scale, cu_seqlens, max_seqlen)
+    return kernels.gqa_attention_fwd(q, k, v, causal, softmax_scale, cu_seqlens, max_seqlen, q_descale=q_descale,
+                                     k_descale=k_descale, v_descale=v_descale, out_scale=out_scale)
 
 
 @gqa_attention_fwd.register_fake
-def _(q, k, v, causal, softmax_scale, cu_seqlens, max_seqlen):
+def _(q, k, v, causal, softmax_scale, cu_seqlens, max_seqlen, q_descale=None, k_descale=None, v_descale=None,
+      out_scale=1.0):
     bsz, sq, hq, _ = q.shape
-    return torch.empty_like(q), q.new_empty((bsz, hq, sq), dtype=torch.float32)
+    return (torch.empty(q.shape, dtype=torch.bfloat16 if q.dtype == FP8 else q.dtype, device=q.device),
+            q.new_empty((bsz, hq, sq), dtype=torch.float32))
 
 
 @torch.library.custom_op("nemotron_kernels::gqa_attention_bwd", mutates_args=())
@@ -64,9 +73,20 @@ class GqaAttentionFn(torch.autograd.Function):
 
 
 def _kernel_eligible(q, k, v, cu_seqlens, descales) -> bool:
-    """Whether the Triton kernels can run these inputs (anything else goes to the reference)."""
-    return (common.use_triton(q) and q.dtype == k.dtype == v.dtype and q.shape[-1] in KERNEL_HEAD_DIMS
-            and all(d is None for d in descales) and (cu_seqlens is None or q.shape[0] == 1))
+    """Whether the Triton kernels can run these inputs (anything else goes to the reference): 16-bit q/k/v without
+    descales, or FP8 e4m3 q/k/v with any descales."""
+    fp8 = q.dtype == FP8
+    return (common.use_triton(q, fp8=True) and q.dtype == k.dtype == v.dtype and q.shape[-1] in KERNEL_HEAD_DIMS
+            and (fp8 or all(d is None for d in descales)) and (cu_seqlens is None or q.shape[0] == 1))
+
+
+def _split_descale(descale):
+    """A descale -> (tensor or None for the kernel, Python factor folded into the scales on the host)."""
+    if descale is None:
+        return None, 1.0
+    if isinstance(descale, torch.Tensor):
+        return descale, 1.0
+    return None, float(descale)
 
 
 def gqa_attention(q, k, v, causal: bool = True, softmax_scale=None, cu_seqlens=None, max_seqlen=None,
@@ -75,15 +95,17 @@ def gqa_attention(q, k, v, causal: bool = True, softmax_scale=None, cu_seqlens=N
 
     Args:
         q [B, Sq, Hq, D], k [B, Sk, Hkv, D], v [B, Sk, Hkv, D]: Hq % Hkv == 0; query head j reads kv head
-            j // (Hq // Hkv). Kernel path: fp16/bf16, D in (16, 32, 64, 128).
+            j // (Hq // Hkv). Kernel path: fp16/bf16 (differentiable) or fp8 e4m3 (forward), D in (16, 32, 64, 128).
         causal: bottom-right aligned (query i sees keys <= i + Sk - Sq); queries that see no key give 0.
         softmax_scale: multiplies q.k; default D ** -0.5.
         cu_seqlens [S+1] int32/int64 | None: packed varlen (B = 1, same offsets for q and k).
         max_seqlen: longest sequence with cu_seqlens (read from cu_seqlens, a host sync, when None).
-        q_descale, k_descale, v_descale: FP8 dequantisation scales (scalar or [B, Hkv]); reference path for now.
+        q_descale, k_descale, v_descale: FP8 dequantisation scales: a number, a one-element tensor, or [B, Hkv]
+            ([S, Hkv] or [1, Hkv] with cu_seqlens); q, k, v are multiplied by them (16-bit inputs with descales
+            take the reference).
         return_lse: also return lse [B, Hq, Sq] float32 (natural log; not differentiable).
     Returns:
-        o [B, Sq, Hq, D] in q's dtype (bf16 for fp8 q), or (o, lse). Differentiable in q, k, v.
+        o [B, Sq, Hq, D] in q's dtype (bf16 for fp8 q), or (o, lse). Differentiable in q, k, v (16-bit inputs).
     """
     descales = (q_descale, k_descale, v_descale)
     if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
@@ -97,8 +119,11 @@ def gqa_attention(q, k, v, causal: bool = True, softmax_scale=None, cu_seqlens=N
     check_shape("v", v, (bsz, sk, hkv, head_dim), "[B, Sk, Hkv, D]")
     check_divisible("Hq (heads of q)", hq, "Hkv (heads of k)", hkv)
     check_same_device(q=q, k=k, v=v, cu_seqlens=cu_seqlens)
+    nseq = None if cu_seqlens is None else cu_seqlens.numel() - 1
     for name, descale in zip(("q_descale", "k_descale", "v_descale"), descales):
-        check_descale(name, descale, bsz, hkv)
+        check_descale(name, descale, bsz, hkv, nseq)
+        if isinstance(descale, torch.Tensor) and descale.device != q.device:
+            raise ValueError(f"{name} is on {descale.device} but q is on {q.device}")
     if cu_seqlens is not None:
         if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"cu_seqlens must be 1-D int32/int64 [S+1] with S >= 1, got {cu_seqlens.dtype} "
@@ -113,9 +138,14 @@ def gqa_attention(q, k, v, causal: bool = True, softmax_scale=None, cu_seqlens=N
         max_seqlen = max(sq, sk)
     scale = head_dim ** -0.5 if softmax_scale is None else float(softmax_scale)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    o, lse = GqaAttentionFn.apply(q, k, v, bool(causal), scale, cu_seqlens, max_seqlen)
+    if q.dtype == FP8:      # forward only: fold Python-number descales into the scales, pass tensors through
+        (qd, qf), (kd, kf), (vd, vf) = (_split_descale(d) for d in descales)
+        o, lse = gqa_attention_fwd(q, k, v, bool(causal), scale * qf * kf, cu_seqlens, max_seqlen, qd, kd, vd, vf)
+    else:
+        o, lse = GqaAttentionFn.apply(q, k, v, bool(causal), scale, cu_seqlens, max_seqlen)
     return (o, lse) if return_lse else o
 
 
 def backend_report(device_type: str) -> str:
-    return common.backend_report(device_type, "flash attention fwd+bwd, causal/varlen, D in (16, 32, 64, 128)")
+    return common.backend_report(device_type, "flash attention fwd+bwd (fp16/bf16), FP8 e4m3 fwd with descales, "
+                                              "causal/varlen, D in (16, 32, 64, 128)")

@@ -42,16 +42,17 @@ def kernel_module(name: str):
     return mod
 
 
-def use_triton(t: torch.Tensor) -> bool:
+def use_triton(t: torch.Tensor, fp8: bool = False) -> bool:
     """Whether a public attention op runs its Triton kernel for inputs like `t`: CUDA fp16/bf16, or CPU fp16/fp32
     under TRITON_INTERPRET=1 (the interpreter mis-computes bf16 tl.dot; fp32 runs exact "ieee" dots there, which
-    on a GPU would be slow FMA loops, so CUDA fp32 takes the reference)."""
+    on a GPU would be slow FMA loops, so CUDA fp32 takes the reference). fp8: also e4m3 (CUDA and interpreter)."""
     if not triton_status()[0]:
         return False
+    allowed = (torch.float8_e4m3fn,) if fp8 else ()
     if t.device.type == "cuda":
-        return t.dtype in (torch.float16, torch.bfloat16)
+        return t.dtype in (torch.float16, torch.bfloat16) + allowed
     if t.device.type == "cpu" and interpreting():
-        return t.dtype in (torch.float16, torch.float32)
+        return t.dtype in (torch.float16, torch.float32) + allowed
     return False
 
 
@@ -59,9 +60,10 @@ def backend_report(device_type: str, what: str) -> str:
     """The `backend_report` line of an attention op for tensors on `device_type`."""
     ok, why = triton_status()
     if device_type == "cuda":
-        return f"triton: {what} ({why}); fp32, float64 and FP8 -> reference" if ok else f"reference: {why}"
+        return f"triton: {what} ({why}); fp32 and float64 -> reference" if ok else f"reference: {why}"
     if device_type == "cpu" and ok and interpreting():
-        return "triton: Triton's CPU interpreter (TRITON_INTERPRET=1) for fp16/fp32 CPU tensors; others -> reference"
+        return ("triton: Triton's CPU interpreter (TRITON_INTERPRET=1) for fp16/fp32 (and fp8 e4m3) CPU tensors; "
+                "others -> reference")
     return f"reference: no Triton kernels on {device_type} (TRITON_INTERPRET=1 interprets them for fp16/fp32)"
 
 

@@ -22,7 +22,8 @@ INTERPRETED = interpreting()   # the mode these kernels were defined in (see gqa
 def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, k_desc, v_desc, desc_row0, desc_col,
                     n_lo, n_hi, seqlen_k, kmax0, qk_scale,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PACK: tl.constexpr, MASKED: tl.constexpr,
-                    CAUSAL: tl.constexpr, USE_TMA: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+                    CAUSAL: tl.constexpr, USE_TMA: tl.constexpr, IS_FP8: tl.constexpr, P_SCALE: tl.constexpr,
+                    INPUT_PRECISION: tl.constexpr):
     """Online-softmax update of (acc [BM, D], l_i [BM], m_i [BM]) over key tiles [n_lo, n_hi) (relative to the
     sequence start). K/V tiles come from k_ptrs/v_ptrs [BN, D] (pointing at key tile 0), or with USE_TMA from the
     2-D descriptors at rows desc_row0 + key, column desc_col. MASKED: apply the key bound and the causal mask
@@ -62,7 +63,10 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, k_de
             alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)
+        if IS_FP8:          # P in e4m3, scaled by P_SCALE so small probabilities stay normal numbers
+            acc = tl.dot((p * P_SCALE).to(v.dtype), v, acc)
+        else:
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)
         m_i = m_new
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
@@ -71,19 +75,24 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, k_de
 
 @triton.jit
 def _gqa_attn_fwd_kernel(
-    Q, K, V, O, LSE, CU_SEQLENS, K_DESC, V_DESC,
+    Q, K, V, O, LSE, CU_SEQLENS, K_DESC, V_DESC, Q_DESCALE, K_DESCALE, V_DESCALE,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
     stride_ob, stride_os, stride_oh,
     stride_lb, stride_lh,
-    seqlen_q, seqlen_k, num_kv_heads, num_head_chunks, qk_scale,
+    stride_dqb, stride_dqh, stride_dkb, stride_dkh, stride_dvb, stride_dvh,
+    seqlen_q, seqlen_k, num_kv_heads, num_head_chunks, qk_scale, out_scale,
     GROUP: tl.constexpr, PACK: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, VARLEN: tl.constexpr, USE_TMA: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, VARLEN: tl.constexpr, USE_TMA: tl.constexpr, IS_FP8: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
 ):
-    """K_DESC, V_DESC (USE_TMA): 2-D TMA descriptors over k, v viewed as [B*Sk, Hkv*D] with [BLOCK_N, D] boxes."""
+    """K_DESC, V_DESC (USE_TMA): 2-D TMA descriptors over k, v viewed as [B*Sk, Hkv*D] with [BLOCK_N, D] boxes.
+    Q/K/V_DESCALE (FP8; None when absent): fp32 [rows, Hkv] (row b of batch / sequence b, stride 0 to broadcast);
+    the scores are scaled by q_descale * k_descale and the output by v_descale (times out_scale)."""
     POS_PER_TILE: tl.constexpr = BLOCK_M // PACK
+    P_SCALE: tl.constexpr = 256.0
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)          # heaviest causal tiles first
     pid_bh = tl.program_id(1)
     chunk = pid_bh % num_head_chunks
@@ -107,6 +116,14 @@ def _gqa_attn_fwd_kernel(
         o_base = O + b.to(tl.int64) * stride_ob
         lse_base = LSE + b.to(tl.int64) * stride_lb
         desc_row0 = b * seqlen_k
+    if Q_DESCALE is not None:
+        qk_scale = qk_scale * tl.load(Q_DESCALE + b * stride_dqb + hkv * stride_dqh)
+    if K_DESCALE is not None:
+        qk_scale = qk_scale * tl.load(K_DESCALE + b * stride_dkb + hkv * stride_dkh)
+    if V_DESCALE is not None:
+        out_scale = out_scale * tl.load(V_DESCALE + b * stride_dvb + hkv * stride_dvh)
+    if IS_FP8:
+        out_scale = out_scale / P_SCALE
     p0 = pid_m * POS_PER_TILE
     if p0 < seqlen_q:
         offs_m = tl.arange(0, BLOCK_M)
@@ -138,14 +155,16 @@ def _gqa_attn_fwd_kernel(
         desc_col = hkv * HEAD_DIM
         acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_ks, stride_vs, K_DESC, V_DESC,
                                         desc_row0, desc_col, 0, full_hi, seqlen_k, p0 + shift, qk_scale,
-                                        BLOCK_M, BLOCK_N, PACK, False, CAUSAL, USE_TMA, INPUT_PRECISION)
+                                        BLOCK_M, BLOCK_N, PACK, False, CAUSAL, USE_TMA, IS_FP8, P_SCALE,
+                                        INPUT_PRECISION)
         acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_ks, stride_vs, K_DESC, V_DESC,
                                         desc_row0, desc_col, full_hi, hi, seqlen_k, p0 + shift, qk_scale,
-                                        BLOCK_M, BLOCK_N, PACK, True, CAUSAL, USE_TMA, INPUT_PRECISION)
+                                        BLOCK_M, BLOCK_N, PACK, True, CAUSAL, USE_TMA, IS_FP8, P_SCALE,
+                                        INPUT_PRECISION)
 
         seen = l_i > 0.0                                                           # rows with no visible key: o = 0
         l_div = tl.where(seen, l_i, 1.0)
-        out = acc / l_div[:, None]
+        out = acc * (out_scale / l_div)[:, None]
         lse = tl.where(seen, (m_i + tl.math.log2(l_div)) * 0.6931471805599453, float("-inf"))
         pos = p0 + offs_m // PACK
         head = chunk * PACK + offs_m % PACK
@@ -199,17 +218,21 @@ def _descriptors(k, v, block_n: int):
     return tuple(TensorDescriptor(t, [bsz * sk, hkv * d], [t.stride(1), 1], [block_n, d]) for t in (k, v))
 
 
+FP8 = torch.float8_e4m3fn
+
+
 def check_qkv(q, k, v, cu_seqlens, max_seqlen):
-    """Launcher contract (AssertionError naming the argument): 4-D q/k/v on one device, same 16-bit or fp32 dtype,
-    last dim contiguous, D a power of two in [16, 128], Hq % Hkv == 0; varlen: B = 1, Sq == Sk, max_seqlen given."""
+    """Launcher contract (AssertionError naming the argument): 4-D q/k/v on one device, one dtype (fp16, bf16, fp8
+    e4m3; fp32 in the interpreter), last dim contiguous, D in (16, 32, 64, 128), Hq % Hkv == 0; varlen: B = 1,
+    Sq == Sk, max_seqlen given."""
     assert q.dim() == 4 and k.dim() == 4 and v.dim() == 4, "q, k, v must be 4-D [B, S, H, D]"
     bsz, sq, hq, d = q.shape
     assert k.shape[0] == bsz and k.shape[3] == d, f"k must be [B={bsz}, Sk, Hkv, D={d}], got {tuple(k.shape)}"
     assert v.shape == k.shape, f"v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}"
     assert hq % k.shape[2] == 0, f"Hq ({hq}) must be a multiple of Hkv ({k.shape[2]})"
     assert q.dtype == k.dtype == v.dtype, f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
-    assert q.dtype in (torch.float16, torch.bfloat16) or (q.dtype == torch.float32 and INTERPRETED), \
-        f"q dtype {q.dtype} not supported by the kernel (fp16/bf16; fp32 in the interpreter only)"
+    assert q.dtype in (torch.float16, torch.bfloat16, FP8) or (q.dtype == torch.float32 and INTERPRETED), \
+        f"q dtype {q.dtype} not supported by the kernel (fp16/bf16/fp8 e4m3; fp32 in the interpreter only)"
     assert d in (16, 32, 64, 128), f"head dim D={d} must be 16, 32, 64 or 128"
     for name, t in (("q", q), ("k", k), ("v", v)):
         assert t.stride(3) == 1, f"{name} must have a contiguous last dim, got strides {t.stride()}"
@@ -223,14 +246,32 @@ def check_qkv(q, k, v, cu_seqlens, max_seqlen):
         assert max_seqlen is not None and max_seqlen >= 0, "with cu_seqlens, max_seqlen (an int) is required"
 
 
-def gqa_attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens=None, max_seqlen=None, config=None):
-    """Launch the forward kernel. q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D] -> (o like q, lse [B, Hq, Sq] fp32).
+def _descale_arg(descale, rows: int, hkv: int, device):
+    """A descale (None or an fp32-able tensor of 1 or [rows or 1, Hkv] elements) -> (fp32 tensor | None, stride over
+    batch rows, stride over kv heads); broadcast dimensions get stride 0."""
+    if descale is None:
+        return None, 0, 0
+    assert descale.device == device, f"descale on {descale.device}, q on {device}"
+    t = descale.to(torch.float32)
+    if t.numel() == 1:
+        return t.reshape(1), 0, 0
+    assert t.dim() == 2 and t.shape[0] in (1, rows) and t.shape[1] == hkv, \
+        f"descale must have 1 or [{rows} or 1, Hkv={hkv}] elements, got {tuple(t.shape)}"
+    return t, (t.stride(0) if t.shape[0] > 1 else 0), t.stride(1)
+
+
+def gqa_attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens=None, max_seqlen=None, config=None,
+                      q_descale=None, k_descale=None, v_descale=None, out_scale: float = 1.0):
+    """Launch the forward kernel. q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D] -> (o like q (bf16 for fp8 q),
+    lse [B, Hq, Sq] fp32). Descales (FP8): None or fp32 tensors of one element or [B (or S) or 1, Hkv]; the
+    scores use q_descale * k_descale * softmax_scale, the output is scaled by v_descale * out_scale.
     config: optional (BLOCK_M, BLOCK_N, num_warps, num_stages, use_tma) to bypass autotuning (tests, benchmarks)."""
     check_qkv(q, k, v, cu_seqlens, max_seqlen)
     bsz, sq, hq, d = q.shape
     sk, hkv = k.shape[1], k.shape[2]
     group = hq // hkv
-    o = torch.empty_like(q)
+    is_fp8 = q.dtype == FP8
+    o = torch.empty(q.shape, dtype=torch.bfloat16 if is_fp8 else q.dtype, device=q.device)
     lse = torch.empty((bsz, hq, sq), dtype=torch.float32, device=q.device)
     if o.numel() == 0:
         return o, lse
@@ -245,14 +286,16 @@ def gqa_attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens=No
         config = INTERPRET_CONFIG
     block_m = config[0] if config is not None else FWD_CONFIGS[0][0]
     pack, chunks = pack_heads(group, block_m)
-    common = dict(GROUP=group, PACK=pack, HEAD_DIM=d, CAUSAL=bool(causal), VARLEN=varlen,
+    common = dict(GROUP=group, PACK=pack, HEAD_DIM=d, CAUSAL=bool(causal), VARLEN=varlen, IS_FP8=is_fp8,
                   INPUT_PRECISION=dot_precision(q.dtype))
+    descales = [_descale_arg(t, num_seqs, hkv, q.device) for t in (q_descale, k_descale, v_descale)]
     use_tma = tma_eligible(k, v) and (q.is_cuda if config is None else config[4])
     k_desc, v_desc = _descriptors(k, v, config[1] if config else FWD_CONFIGS[0][1]) if use_tma else (None, None)
-    args = (q, k, v, o, lse, cu_seqlens if varlen else q, k_desc, v_desc,
+    args = (q, k, v, o, lse, cu_seqlens if varlen else q, k_desc, v_desc, *(t for t, _, _ in descales),
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-            lse.stride(0), lse.stride(1), sq, sk, hkv, chunks, float(softmax_scale) * LOG2E)
+            lse.stride(0), lse.stride(1), *(st for _, sb, sh in descales for st in (sb, sh)),
+            sq, sk, hkv, chunks, float(softmax_scale) * LOG2E, float(out_scale))
 
     def grid(meta):
         return (triton.cdiv(max(rows_q, 1), meta["BLOCK_M"] // pack), num_seqs * hkv * chunks)
@@ -268,22 +311,28 @@ def gqa_attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens=No
 
 def aot_compile_all():
     """Compile for sm_90a every autotune config at the Nemotron case (bf16, D=128, 16 heads per kv head, causal)
-    and the other constexpr paths once (fp16, D=64, odd packing, full attention, varlen).
+    and the other constexpr paths once (fp16, D=64, odd packing, full attention, varlen; FP8 with descales).
     Yields (name, CompiledKernel)."""
     sig = {n: "i32" for n in _gqa_attn_fwd_kernel.arg_names
            if n.startswith(("stride_", "seqlen_", "num_"))}
     sig.update(LSE="*fp32", CU_SEQLENS="*i32", qk_scale="fp32")
     cases = [("bf16", 128, 16, True, False, cfg) for cfg in FWD_CONFIGS]
-    cases += [("fp16", 64, 3, False, True, FWD_CONFIGS[0]), ("bf16", 64, 1, True, True, FWD_CONFIGS[3])]
+    cases += [("fp16", 64, 3, False, True, FWD_CONFIGS[0]), ("fp8e4nv", 128, 16, True, False, FWD_CONFIGS[0]),
+              ("fp8e4nv", 64, 2, False, True, FWD_CONFIGS[3])]
+    sig.update(out_scale="fp32")
     for dt, d, group, causal, varlen, (bm, bn, w, s, tma) in cases:
         pack, _ = pack_heads(group, bm)
-        sig.update(Q=f"*{dt}", K=f"*{dt}", V=f"*{dt}", O=f"*{dt}")
+        fp8 = dt == "fp8e4nv"
+        sig.update(Q=f"*{dt}", K=f"*{dt}", V=f"*{dt}", O="*bf16" if fp8 else f"*{dt}")
         const = dict(GROUP=group, PACK=pack, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, VARLEN=varlen,
-                     USE_TMA=tma, INPUT_PRECISION=None)
+                     USE_TMA=tma, IS_FP8=fp8, INPUT_PRECISION=None)
+        if fp8:
+            sig.update(Q_DESCALE="*fp32", K_DESCALE="*fp32", V_DESCALE="*fp32")
+        else:
+            const.update(Q_DESCALE=None, K_DESCALE=None, V_DESCALE=None)
         if tma:
             sig.update(K_DESC=f"tensordesc<{dt}[{bn}, {d}]>", V_DESC=f"tensordesc<{dt}[{bn}, {d}]>")
         else:
             const.update(K_DESC=None, V_DESC=None)
-            sig.pop("K_DESC", None), sig.pop("V_DESC", None)
         name = f"gqa_attn_fwd {dt} D{d} G{group} causal={causal} varlen={varlen} {bm}x{bn} w{w} s{s} tma={tma}"
-        yield name, aot_compile(_gqa_attn_fwd_kernel, sig, const, w, s)
+        yield name, aot_compile(_gqa_attn_fwd_kernel, {k: t for k, t in sig.items() if k not in const}, const, w, s)

@@ -8,6 +8,7 @@ in bf16 on the GPU.
 Error rule: err(kernel) <= k * err(reference run in the kernel's dtype) + floor, errors = max |x - x_fp64|,
 k = 2 forward / 3 backward, floor = eps(kernel dtype) * max(max |x_fp64|, 1).
 """
+import math
 import os
 import subprocess
 import sys
@@ -188,6 +189,54 @@ def test_interpreter_opcheck(interpret):
                           (do, q, k, v, do, lse, True, 0.25, None, 5, False), test_utils=("test_schema", "test_faketensor"))
 
 
+def make_fp8_exact(seed, bsz, seqlen, hq, hkv, d, rows=None):
+    """FP8 inputs whose softmax probabilities are exact powers of two (so the kernel's e4m3 P loses nothing):
+    integer q, k and q_descale * k_descale = 1 per (row, kv head), with softmax_scale = ln 2 (scores in log2
+    units are integers). -> q8, k8, v8, q_descale, k_descale, v_descale (float64 [rows, Hkv])."""
+    g = torch.Generator().manual_seed(seed)
+    fp8 = torch.float8_e4m3fn
+    q8 = torch.randint(-2, 3, (bsz, seqlen, hq, d), generator=g).to(fp8)
+    k8 = torch.randint(-1, 2, (bsz, seqlen, hkv, d), generator=g).to(fp8)
+    v8 = torch.randn(bsz, seqlen, hkv, d, generator=g).to(fp8)
+    exponent = torch.randint(-3, 4, (rows or bsz, hkv), generator=g).to(F64)
+    v_descale = torch.rand(rows or bsz, hkv, generator=g, dtype=F64) + 0.5
+    return q8, k8, v8, 2.0 ** exponent, 2.0 ** -exponent, v_descale
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_interpreter_fp8_forward(interpret, causal):
+    """FP8 e4m3 q/k/v with per-(batch, kv head) descales -> bf16 output, vs the reference (2x rule). The
+    probabilities are exact in e4m3 here: the interpreter's fp32 -> e4m3 cast mis-rounds (checked on the GPU)."""
+    q8, k8, v8, qd, kd, vd = make_fp8_exact(1, 2, 37, 4, 2, 16)
+    scale = math.log(2)
+    o, lse = gqa_attention(q8, k8, v8, causal, scale, q_descale=qd.float(), k_descale=kd.float(),
+                           v_descale=vd.float(), return_lse=True)
+    o64, lse64 = gqa_attention_ref(q8.to(F64), k8.to(F64), v8.to(F64), causal, scale, q_descale=qd, k_descale=kd,
+                                   v_descale=vd, return_lse=True)
+    o_low, lse_low = gqa_attention_ref(q8, k8, v8, causal, scale, q_descale=qd.float(), k_descale=kd.float(),
+                                       v_descale=vd.float(), return_lse=True)
+    assert o.dtype == torch.bfloat16
+    assert_error_rule("o", o, o64, o_low, FWD)
+    assert_error_rule("lse", lse, lse64.to(F64), lse_low, FWD, dtype=torch.float32)
+
+
+def test_interpreter_fp8_varlen_scalar_descales(interpret):
+    """Packed sequences with one descale row per sequence, and Python-number / one-element descales."""
+    offsets = [0, 5, 5, 30, 41]
+    q8, k8, v8, qd, kd, vd = make_fp8_exact(2, 1, 41, 32, 2, 16, rows=4)
+    cu = torch.tensor(offsets, dtype=torch.int32)
+    scale = math.log(2)
+    kw = dict(causal=True, softmax_scale=scale, cu_seqlens=cu, max_seqlen=25)
+    o = gqa_attention(q8, k8, v8, q_descale=qd.float(), k_descale=kd.float(), v_descale=vd.float(), **kw)
+    o64 = gqa_attention_ref(q8.to(F64), k8.to(F64), v8.to(F64), q_descale=qd, k_descale=kd, v_descale=vd, **kw)
+    o_low = gqa_attention_ref(q8, k8, v8, q_descale=qd.float(), k_descale=kd.float(), v_descale=vd.float(), **kw)
+    assert_error_rule("o", o, o64, o_low, FWD)
+    o = gqa_attention(q8, k8, v8, q_descale=2.0, k_descale=torch.tensor(0.5), v_descale=3.0, **kw)
+    o64 = gqa_attention_ref(q8.to(F64), k8.to(F64), v8.to(F64), q_descale=2.0, k_descale=0.5, v_descale=3.0, **kw)
+    o_low = gqa_attention_ref(q8, k8, v8, q_descale=2.0, k_descale=0.5, v_descale=3.0, **kw)
+    assert_error_rule("o", o, o64, o_low, FWD)
+
+
 def test_dispatch_reference_paths(monkeypatch):
     """CPU tensors without the interpreter, float64 and bf16 (interpreter) take the reference, bit for bit."""
     q, k, v, _ = make_qkv(1, 1, 6, 6, 4, 2, 16)
@@ -281,6 +330,36 @@ def test_cuda_backward_is_deterministic():
         grads.append([t.grad for t in ins])
     for a, b in zip(*grads):
         assert torch.equal(a, b)
+
+
+def quantize_fp8(x, hkv):
+    """x [B, S, H, D] float -> (e4m3 x / descale, descale [B, Hkv] fp32) with one scale per (batch, kv head)."""
+    bsz, seqlen, heads, d = x.shape
+    amax = x.abs().view(bsz, seqlen, hkv, heads // hkv, d).amax(dim=(1, 3, 4)).clamp_min(1e-12)    # [B, Hkv]
+    descale = (amax / torch.finfo(torch.float8_e4m3fn).max).float()
+    per_head = descale.repeat_interleave(heads // hkv, dim=1)[:, None, :, None]
+    return (x / per_head).to(torch.float8_e4m3fn), descale
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("causal", [True, False])
+def test_cuda_fp8_forward_error_budget(causal):
+    """FP8 e4m3 forward at NemotronH shapes against the float64 attention of the same (dequantised) fp8 inputs.
+    Budget: the kernel rounds P to e4m3 (3 mantissa bits; P is scaled by 256 first so small probabilities stay
+    normal): max |err| <= 2^-4 * max |v| (a half-ulp of e4m3 on the largest weight) and RMS err <= 2^-5 * RMS(o);
+    lse (fp32 scores of exact fp8 products) by the 2x rule."""
+    q, k, v, _ = make_qkv(16, 2, 1000, 1000, 32, 2, 128, device="cuda")
+    (q8, qd), (k8, kd), (v8, vd) = quantize_fp8(2 * q, 2), quantize_fp8(2 * k, 2), quantize_fp8(v, 2)
+    o, lse = gqa_attention(q8, k8, v8, causal, q_descale=qd, k_descale=kd, v_descale=vd, return_lse=True)
+    o64, lse64 = gqa_attention_ref(q8.to(F64), k8.to(F64), v8.to(F64), causal, q_descale=qd.to(F64),
+                                   k_descale=kd.to(F64), v_descale=vd.to(F64), return_lse=True)
+    _, lse_low = gqa_attention_ref(q8, k8, v8, causal, q_descale=qd, k_descale=kd, v_descale=vd, return_lse=True)
+    assert o.dtype == torch.bfloat16 and torch.isfinite(o).all()
+    err = (o.to(F64) - o64).abs()
+    v_max = (v8.to(F64) * vd.to(F64)[:, None, :, None]).abs().max().item()
+    assert err.max().item() <= 2 ** -4 * v_max, (err.max().item(), v_max)
+    assert err.pow(2).mean().sqrt().item() <= 2 ** -5 * o64.pow(2).mean().sqrt().item()
+    assert_error_rule("lse", lse, lse64.to(F64), lse_low, FWD, dtype=torch.float32)
 
 
 @pytest.mark.cuda
