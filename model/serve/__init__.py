@@ -9,7 +9,8 @@ API and an OpenAI-compatible HTTP server (`python -m model.serve`).
 Parts (nano-vllm's decomposition): SamplingParams, Sequence, BlockManager + StateSlotPool, Scheduler, ModelRunner
 (+ Sampler), LLMEngine / LLM, server (aiohttp).
 """
-from .engine import LLM, EngineConfig, LLMEngine, RequestOutput, load_for_serving
+from .engine import EngineConfig, LLMEngine, RequestOutput
+from .llm import LLM, load_for_serving
 from .sampling_params import SamplingParams
 from .tokenizer import ServeTokenizer
 

@@ -52,7 +52,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from aiohttp import web  # noqa: F401  (fail early and clearly if aiohttp is missing)
 
-    from .engine import EngineConfig, LLMEngine, load_for_serving
+    from .engine import EngineConfig, LLMEngine
+    from .llm import load_for_serving
     from .server import create_app, start_server
 
     engine_config = EngineConfig(

@@ -1,14 +1,12 @@
-"""LLMEngine (requests in, one model step at a time, outputs out) and the offline API `LLM(...).generate(...)`."""
+"""LLMEngine: requests in, one model step at a time, outputs out (the offline API is in llm.py)."""
 from __future__ import annotations
 
 import itertools
 import logging
-import math
 from dataclasses import dataclass, field
 
 import torch
 
-from model.config import NemotronHConfig
 from model.nemotron_h import NemotronH
 
 from .block_manager import BlockManager, StateSlotPool, cdiv
@@ -53,7 +51,8 @@ class EngineConfig:
             raise ValueError(f"EngineConfig.kv_cache_dtype must be one of {sorted(_KV_DTYPES)}, "
                              f"got {self.kv_cache_dtype!r}")
         if not 0 < self.gpu_memory_utilization <= 1:
-            raise ValueError(f"EngineConfig.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+            raise ValueError(f"EngineConfig.gpu_memory_utilization must be in (0, 1], "
+                             f"got {self.gpu_memory_utilization}")
         if not 0 <= self.watermark < 1:
             raise ValueError(f"EngineConfig.watermark must be in [0, 1), got {self.watermark}")
 
@@ -77,6 +76,7 @@ class RequestOutput:
     finished: bool = False
     finish_reason: str | None = None
     num_preemptions: int = 0
+    index: int = 0            # which completion of an n > 1 request
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -103,7 +103,7 @@ class LLMEngine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config = config or EngineConfig()
-        mcfg: NemotronHConfig = model.config
+        mcfg = model.config
         self.max_model_len = config.max_model_len or mcfg.max_position_embeddings
         self.eos_token_ids = set(mcfg.eos_token_ids) | set(tokenizer.eos_token_ids if tokenizer else ())
         kv_dtype = _KV_DTYPES[config.kv_cache_dtype] or model.dtype
@@ -122,8 +122,8 @@ class LLMEngine:
         self.runner = ModelRunner(model, num_slots=num_slots, num_blocks=num_blocks, block_size=config.block_size,
                                   max_model_len=self.max_model_len, kv_dtype=kv_dtype,
                                   cuda_graph_sizes=config.graph_sizes() if use_graphs else None)
-        self.requests: dict[str, Sequence] = {}
-        self._text: dict[str, _TextState] = {}
+        self.requests: dict[str, list[Sequence]] = {}   # request id -> its completions (n of them)
+        self._text: dict[int, _TextState] = {}          # seq_id -> detokenizer state
         self._ids = itertools.count()
         log.info("engine: %d state slots, %d KV pages x %d tokens (%s), max_model_len %d, CUDA graphs %s",
                  num_slots, num_blocks, config.block_size, kv_dtype, self.max_model_len,
@@ -163,11 +163,13 @@ class LLMEngine:
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         prompt_ids = self.check_request(prompt, params, add_special_tokens=add_special_tokens)
-        seq = Sequence(request_id, prompt_ids, params)
-        self.requests[request_id] = seq
+        members = [Sequence(request_id, prompt_ids, params.for_completion(i), index=i) for i in range(params.n)]
+        members[0].pending_forks = members[1:]
+        self.requests[request_id] = members
         if self.tokenizer is not None:
-            self._text[request_id] = _TextState(IncrementalDetokenizer(self.tokenizer, prompt_ids), params.stop)
-        self.scheduler.add(seq)
+            for m in members:
+                self._text[m.seq_id] = _TextState(IncrementalDetokenizer(self.tokenizer, prompt_ids), params.stop)
+        self.scheduler.add(members[0])
         return request_id
 
     def check_request(self, prompt: str | list[int], params: SamplingParams, *,
@@ -189,17 +191,22 @@ class LLMEngine:
             raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the context is {self.max_model_len} tokens "
                              f"(prompt + at least one generated token must fit)")
         params.check_vocab(vocab)
+        if params.n > self.config.max_num_seqs:
+            raise ValueError(f"n={params.n} completions exceed max_num_seqs={self.config.max_num_seqs}")
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer; this engine has none (use stop_token_ids)")
         return prompt_ids
 
     def abort(self, request_id: str) -> bool:
-        """Cancels a request and frees its KV pages and state slot. False if it is unknown or already done."""
-        seq = self.requests.pop(request_id, None)
-        self._text.pop(request_id, None)
-        if seq is None or seq.is_finished:
+        """Cancels a request (all its completions) and frees their KV pages and state slots. False if it is
+        unknown or already done."""
+        members = self.requests.pop(request_id, None)
+        if members is None:
             return False
-        self.scheduler.finish(seq, FinishReason.ABORT)
+        for m in members:
+            self._text.pop(m.seq_id, None)
+            if not m.is_finished:
+                self.scheduler.finish(m, FinishReason.ABORT)
         return True
 
     def has_unfinished(self) -> bool:
@@ -217,13 +224,16 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
-        sampled = batch.sampled_rows()
+        members = batch.sampled_members()
+        rows = batch.sampled_rows()
         tokens = self.runner.execute(batch)
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed_tokens += n
+        for row in rows:
+            if batch.seqs[row].pending_forks:          # prompt done: the other completions start from it
+                self.scheduler.fork(batch.seqs[row])
         outputs = []
-        for row, token in zip(sampled, tokens):
-            seq = batch.seqs[row]
+        for (_, seq), token in zip(members, tokens):
             seq.append_token(token)
             outputs.append(self._after_token(seq, token))
         return outputs
@@ -236,7 +246,7 @@ class LLMEngine:
         elif seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
             reason = FinishReason.LENGTH
         text, new_text = "", ""
-        ts = self._text.get(seq.request_id)
+        ts = self._text.get(seq.seq_id)
         if ts is not None:
             if reason is not FinishReason.STOP:          # a stop token's own text is dropped
                 searched = max(0, len(ts.text) - ts.holdback)
@@ -253,113 +263,10 @@ class LLMEngine:
             ts.sent = upto
         if reason is not None:
             self.scheduler.finish(seq, reason)
-            self.requests.pop(seq.request_id, None)
-            self._text.pop(seq.request_id, None)
+            self._text.pop(seq.seq_id, None)
+            if all(m.is_finished for m in self.requests.get(seq.request_id, ())):
+                self.requests.pop(seq.request_id, None)
         return RequestOutput(seq.request_id, seq.prompt_token_ids, seq.output_token_ids, [token], text=text,
                              new_text=new_text, finished=reason is not None,
-                             finish_reason=reason.value if reason else None, num_preemptions=seq.num_preemptions)
-
-
-class LLM:
-    """Offline generation:
-
-        llm = LLM("/path/to/checkpoint")                                   # or LLM(preset="tiny", random_weights=True)
-        outs = llm.generate(["Hello", "The capital of"], SamplingParams(max_tokens=32, temperature=0))
-    """
-
-    def __init__(self, checkpoint: str | None = None, *, preset: str | None = None,
-                 config: NemotronHConfig | None = None, random_weights: bool = False, model: NemotronH | None = None,
-                 tokenizer: ServeTokenizer | None = None, device=None, dtype: torch.dtype | None = None,
-                 backend: str = "auto", fp8: bool = False, seed: int = 0, engine_config: EngineConfig | None = None,
-                 **engine_kw):
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model, tokenizer = load_for_serving(checkpoint, preset=preset, config=config, random_weights=random_weights,
-                                            model=model, tokenizer=tokenizer, device=device, dtype=dtype,
-                                            backend=backend, fp8=fp8, seed=seed)
-        if engine_config is None:
-            engine_config = EngineConfig(**engine_kw)
-        elif engine_kw:
-            raise ValueError("pass engine settings either as engine_config or as keywords, not both")
-        self.engine = LLMEngine(model, tokenizer, engine_config)
-
-    @property
-    def tokenizer(self) -> ServeTokenizer | None:
-        return self.engine.tokenizer
-
-    def generate(self, prompts, params: SamplingParams | list[SamplingParams] | None = None,
-                 progress: bool = False) -> list[RequestOutput]:
-        """prompts: a string, a list of strings, a list of token ids, or a list of token-id lists. params: one for
-        all prompts or one per prompt. Returns the final RequestOutput of each prompt, in order."""
-        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]
-        params = params or SamplingParams()
-        if isinstance(params, SamplingParams):
-            params = [params] * len(prompts)
-        if len(params) != len(prompts):
-            raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
-        engine = self.engine
-        ids = [engine.add_request(p, sp) for p, sp in zip(prompts, params)]
-        final: dict[str, RequestOutput] = {}
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=len(ids), desc="requests", unit="req")
-        try:
-            while len(final) < len(ids):
-                if not engine.has_unfinished():
-                    raise RuntimeError("engine stopped with requests unfinished")
-                for out in engine.step():
-                    if out.finished:
-                        final[out.request_id] = out
-                        if bar is not None:
-                            bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
-            for rid in ids:
-                if rid not in final:
-                    engine.abort(rid)
-        return [final[rid] for rid in ids]
-
-
-def load_for_serving(checkpoint: str | None = None, *, preset: str | None = None,
-                     config: NemotronHConfig | None = None, random_weights: bool = False,
-                     model: NemotronH | None = None, tokenizer: ServeTokenizer | None = None, device=None,
-                     dtype: torch.dtype | None = None, backend: str = "auto", fp8: bool = False,
-                     seed: int = 0) -> tuple[NemotronH, ServeTokenizer | None]:
-    """(model, tokenizer) from a checkpoint directory (BF16, or ModelOpt-style FP8), a preset or a config (random
-    weights), or a given model. fp8: quantise the experts and Mamba projections on load (spec §4.4).
-    dtype default: bfloat16 on GPU, float32 on CPU (a BF16 checkpoint's own dtype when loading one)."""
-    from model.checkpoint import load_model
-    from model.nemotron_h import build_model
-
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    sources = sum(x is not None for x in (checkpoint, preset, config, model))
-    if sources != 1:
-        raise ValueError("give exactly one of checkpoint, preset, config or model")
-    if model is None and checkpoint is None and not random_weights:
-        raise ValueError("a preset or config without a checkpoint needs random_weights=True")
-    if model is None:
-        if checkpoint is not None and not random_weights:
-            from .fp8 import is_fp8_checkpoint, load_fp8_checkpoint
-            if is_fp8_checkpoint(checkpoint):     # ModelOpt-style FP8: already quantised
-                model = load_fp8_checkpoint(checkpoint, device=device, dtype=dtype or torch.bfloat16,
-                                            backend=backend)
-                fp8 = False
-            else:
-                model = load_model(checkpoint, device=device, dtype=dtype, backend=backend)
-            if tokenizer is None:
-                tokenizer = ServeTokenizer.from_checkpoint(checkpoint, model.config.eos_token_ids)
-        else:
-            if checkpoint is not None:
-                config = NemotronHConfig.from_hf_config(checkpoint)
-            elif preset is not None:
-                config = NemotronHConfig.from_preset(preset)
-            dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-            model = build_model(config, device=device, dtype=dtype, backend=backend, seed=seed)
-    if tokenizer is None and model.config.vocab_size >= 259:
-        tokenizer = ServeTokenizer.byte_level()
-    if fp8:
-        from .fp8 import quantize_model_fp8
-        quantize_model_fp8(model)
-    return model, tokenizer
+                             finish_reason=reason.value if reason else None, num_preemptions=seq.num_preemptions,
+                             index=seq.index)

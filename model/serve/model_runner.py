@@ -74,6 +74,11 @@ class ServeCache:
         for t in (*self.conv.values(), *self.ssm.values()):
             t.index_fill_(0, slots, 0)
 
+    def copy_slots(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Fork of Mamba states: src, dst [n] int64 on the device."""
+        for t in (*self.conv.values(), *self.ssm.values()):
+            t[dst] = t[src]
+
     def copy_blocks(self, src: torch.Tensor, dst: torch.Tensor) -> None:
         """Copy-on-write of KV pages: src, dst [n] int64 on the device."""
         for t in (*self.k.values(), *self.v.values()):
@@ -183,12 +188,22 @@ class ModelRunner:
             h = h + y
         return m.norm_f(h, any_meta)
 
+    def _copy_states_to_forks(self, parents) -> None:
+        """Completions forking from a prompt start from its Mamba state (its pages are shared, not copied)."""
+        src, dst = [], []
+        for p in parents:
+            for child in p.pending_forks:
+                src.append(p.slot)
+                dst.append(child.slot)
+        if src:
+            self.cache.copy_slots(self._tensor(src, torch.long), self._tensor(dst, torch.long))
+
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(h).to(self.logits_dtype)                       # [R, V]
 
     @torch.no_grad()
     def execute(self, batch: ScheduledBatch) -> list[int]:
-        """Runs the step; returns the sampled token of each row in batch.sampled_rows() (one host sync)."""
+        """Runs the step; returns the sampled token of each of batch.sampled_members() (one host sync)."""
         cache = self.cache
         if batch.block_copies:
             src, dst = zip(*batch.block_copies)
@@ -215,7 +230,12 @@ class ModelRunner:
             ends = list(itertools.accumulate(batch.num_new_tokens))
             ends = [ends[i] - 1 for i in sampled]                                 # last token of each sampled row
             logits = self._logits(h[self._tensor(ends, torch.long)])              # [R, V]
-        seqs = [batch.seqs[i] for i in sampled]
+        members = batch.sampled_members()                                         # [(row, seq)]
+        if len(members) > len(sampled):                                           # n > 1: forks sample too
+            position = {row: k for k, row in enumerate(sampled)}
+            logits = logits[self._tensor([position[row] for row, _ in members], torch.long)]
+            self._copy_states_to_forks(batch.seqs[row] for row in sampled)
+        seqs = [s for _, s in members]
         for s in seqs:
             if s.generator is None and s.params.seed is not None and not s.params.greedy:
                 s.generator = self.sampler.generator_for(s.params)

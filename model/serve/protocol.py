@@ -37,9 +37,9 @@ class ParsedRequest:
     tools: list | None = None
 
 
-_SAMPLING = {"temperature", "top_p", "top_k", "seed", "max_tokens", "stop", "stop_token_ids", "ignore_eos"}
+_SAMPLING = {"temperature", "top_p", "top_k", "seed", "max_tokens", "stop", "stop_token_ids", "ignore_eos", "n"}
 # OpenAI fields accepted only at these neutral values (None = absent)
-_NEUTRAL = {"n": (1,), "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logit_bias": ({},),
+_NEUTRAL = {"presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logit_bias": ({},),
             "logprobs": (False,), "best_of": (1,), "echo": (False,), "suffix": ("",), "top_logprobs": (0,),
             "parallel_tool_calls": (True, False), "tool_choice": ("none", "auto"),
             "response_format": ({"type": "text"},), "store": (False,), "metadata": ({},)}
@@ -90,7 +90,7 @@ def _sampling_params(body, max_tokens, default_temperature=1.0) -> SamplingParam
         v = body.get(name)
         if v is not None and not _is_num(v):
             raise RequestError(f"{name} must be a finite number", name)
-    for name in ("top_k", "seed"):
+    for name in ("top_k", "seed", "n"):
         v = body.get(name)
         if v is not None and not _is_int(v):
             raise RequestError(f"{name} must be an integer", name)
@@ -104,7 +104,7 @@ def _sampling_params(body, max_tokens, default_temperature=1.0) -> SamplingParam
     stop_ids = body.get("stop_token_ids") or []
     if not isinstance(stop_ids, list) or any(not _is_int(t) or t < 0 for t in stop_ids):
         raise RequestError("stop_token_ids must be a list of non-negative integers", "stop_token_ids")
-    kw = {name: body[name] for name in ("temperature", "top_p", "top_k", "seed") if body.get(name) is not None}
+    kw = {name: body[name] for name in ("temperature", "top_p", "top_k", "seed", "n") if body.get(name) is not None}
     kw.setdefault("temperature", default_temperature)
     try:
         return SamplingParams(max_tokens=max_tokens, stop=stop, stop_token_ids=stop_ids,

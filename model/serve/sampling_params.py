@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass, field, fields
 
 _MAX_SEED = 2 ** 63 - 1
@@ -17,6 +18,8 @@ class SamplingParams:
     max_tokens: tokens to generate at most (>= 1).   stop_token_ids: stop after sampling one of these (it is kept
     in token_ids, dropped from the text).   stop: stop strings (the text is cut before the first one).
     ignore_eos: do not stop at the model's end-of-sequence tokens.
+    n: completions of the prompt; they share its prefill (KV pages and Mamba state are forked), completion i
+    samples with seed + i.
     """
     temperature: float = 1.0
     top_k: int = 0
@@ -26,6 +29,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    n: int = 1
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -62,6 +66,10 @@ class SamplingParams:
             fail("stop", "must be a string or a list of non-empty strings")
         if not isinstance(self.ignore_eos, bool):
             fail("ignore_eos", "must be a bool")
+        if not is_int(self.n) or self.n < 1:
+            fail("n", "must be an int >= 1")
+        if self.seed is not None and self.seed + self.n - 1 > _MAX_SEED:
+            fail("seed", f"+ n - 1 must be <= {_MAX_SEED} (completion i uses seed + i)")
 
     def check_vocab(self, vocab_size: int) -> None:
         """Token ids must exist in the model's vocabulary."""
@@ -69,6 +77,11 @@ class SamplingParams:
         if bad:
             raise ValueError(f"SamplingParams.stop_token_ids: ids {bad} are outside the vocabulary "
                              f"(vocab_size={vocab_size})")
+
+    def for_completion(self, index: int) -> "SamplingParams":
+        """The parameters of completion `index` of an n > 1 request: n = 1 and its own seed."""
+        seed = None if self.seed is None else self.seed + index
+        return dataclasses.replace(self, n=1, seed=seed)
 
     @property
     def greedy(self) -> bool:

@@ -9,6 +9,8 @@ Each step packs at most `max_num_batched_tokens` tokens, in this order:
 A decoding sequence that needs a new KV page when none is free preempts the newest running sequence (possibly
 itself): its pages and state slot are freed and it goes back to the front of the queue, to be recomputed from its
 tokens (prompt + generated so far) when readmitted.
+An n > 1 request is admitted as a group: the first completion runs the prompt, the other n - 1 get their state
+slots on admission and fork from it once the prompt is computed (fork: shared KV pages, copied Mamba state).
 """
 from __future__ import annotations
 
@@ -41,6 +43,11 @@ class ScheduledBatch:
         return [i for i, (s, n) in enumerate(zip(self.seqs, self.num_new_tokens))
                 if s.num_computed_tokens + n == s.num_tokens]
 
+    def sampled_members(self) -> list[tuple[int, Sequence]]:
+        """(row, sequence) of every token this step samples: a sampled row's sequence, then the completions that
+        fork from it this step (they sample from the same logits row)."""
+        return [(i, s) for i in self.sampled_rows() for s in (self.seqs[i], *self.seqs[i].pending_forks)]
+
 
 class Scheduler:
     def __init__(self, block_manager: BlockManager, slot_pool: StateSlotPool, max_num_seqs: int,
@@ -68,22 +75,41 @@ class Scheduler:
         return len(self.waiting) + len(self.running)
 
     def finish(self, seq: Sequence, reason: FinishReason) -> None:
-        """Release everything `seq` holds (called for finished, aborted or cancelled sequences)."""
-        if seq.status is SequenceStatus.RUNNING:
+        """Release everything `seq` holds (called for finished, aborted or cancelled sequences); completions still
+        waiting to fork from it are finished too."""
+        if seq.status is SequenceStatus.RUNNING and seq in self.running:
             self.running.remove(seq)
-        elif seq.status is SequenceStatus.WAITING:
+        elif seq.status is SequenceStatus.WAITING and seq in self.waiting:
             self.waiting.remove(seq)
         self.block_manager.free(seq)
         self.slot_pool.free(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
+        for child in seq.pending_forks:
+            self.finish(child, reason)
+        seq.pending_forks = []
+
+    def fork(self, parent: Sequence) -> list[Sequence]:
+        """The prompt of `parent` is computed: its pending completions start running from it (shared pages; the
+        runner has copied the Mamba state into their slots)."""
+        children, parent.pending_forks = parent.pending_forks, []
+        for child in children:
+            parent.fork_into(child)
+            self.block_manager.fork(parent, child)
+            self.running.append(child)
+        return children
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self.block_manager.free(seq)
         self.slot_pool.free(seq)
+        for child in seq.pending_forks:              # their reserved slots, until readmission
+            self.slot_pool.free(child)
         seq.reset_for_recompute()
         self.waiting.appendleft(seq)
+
+    def _num_seqs(self) -> int:
+        return len(self.running) + sum(len(s.pending_forks) for s in self.running)
 
     # ------------------------------------------------------------------ one step
     def schedule(self) -> ScheduledBatch:
@@ -125,9 +151,12 @@ class Scheduler:
             add_row(seq, n)
             budget -= n
 
-        # 3. admission, strictly FIFO
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and self.slot_pool.num_free:
+        # 3. admission, strictly FIFO (an n > 1 request needs a slot per completion)
+        while self.waiting and budget > 0:
             seq = self.waiting[0]
+            group = 1 + len(seq.pending_forks)
+            if self._num_seqs() + group > self.max_num_seqs or self.slot_pool.num_free < group:
+                break
             whole = bm.blocks_for(seq.num_tokens)
             if not bm.can_allocate(whole + self.watermark_blocks):
                 if not self.running and bm.can_allocate(whole):
@@ -135,7 +164,8 @@ class Scheduler:
                 else:
                     break
             self.waiting.popleft()
-            self.slot_pool.allocate(seq)
+            for member in (seq, *seq.pending_forks):
+                self.slot_pool.allocate(member)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             bm.allocate(seq, seq.num_tokens)   # reserve the whole prompt; chunks then never wait for pages
@@ -149,7 +179,7 @@ class Scheduler:
     def check_consistent(self) -> None:
         """Test invariant: slots and pages held are exactly those of the running sequences."""
         self.block_manager.check_consistent()
-        held = [s.slot for s in self.running]
+        held = [m.slot for s in self.running for m in (s, *s.pending_forks)]
         assert None not in held and len(set(held)) == len(held), f"bad slots {held}"
         assert set(held) == self.slot_pool.used, "slot pool disagrees with the running sequences"
         refs = [0] * self.block_manager.num_blocks
@@ -157,4 +187,5 @@ class Scheduler:
             for b in s.block_table:
                 refs[b] += 1
         assert refs == self.block_manager.ref_counts, "page ref counts disagree with the running sequences"
-        assert all(not s.block_table and s.slot is None for s in self.waiting), "a waiting sequence holds cache"
+        assert all(not m.block_table and m.slot is None for s in self.waiting for m in (s, *s.pending_forks)), \
+            "a waiting sequence holds cache"

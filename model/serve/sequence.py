@@ -29,7 +29,7 @@ class Sequence:
     In decode exactly one token (the last sampled one) is not yet computed."""
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                 arrival_time: float | None = None):
+                 arrival_time: float | None = None, index: int = 0):
         if not prompt_token_ids:
             raise ValueError(f"request {request_id!r}: the prompt must have at least one token")
         self.seq_id = next(_seq_ids)
@@ -45,6 +45,10 @@ class Sequence:
         self.arrival_time = time.monotonic() if arrival_time is None else arrival_time
         self.num_preemptions = 0
         self.generator = None                 # torch.Generator for seeded sampling (made by the sampler)
+        self.index = index                    # which completion of its request (n > 1)
+        # completions 1..n-1 of an n > 1 request, until the prompt is computed: they hold state slots reserved on
+        # admission, then fork from this sequence (shared KV pages, a copy of the Mamba state)
+        self.pending_forks: list[Sequence] = []
 
     def __repr__(self):
         return (f"Sequence(id={self.seq_id}, request={self.request_id!r}, status={self.status.value}, "
@@ -77,6 +81,13 @@ class Sequence:
 
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)
+
+    def fork_into(self, child: "Sequence") -> None:
+        """child continues from this sequence's tokens and computed prefix (its pages: BlockManager.fork)."""
+        child.token_ids = list(self.token_ids)
+        child.num_prompt_tokens = self.num_prompt_tokens
+        child.num_computed_tokens = self.num_computed_tokens
+        child.status = SequenceStatus.RUNNING
 
     def reset_for_recompute(self) -> None:
         """Preempted: the cache is dropped; prompt and generated tokens are all fed again on readmission."""

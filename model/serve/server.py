@@ -95,8 +95,9 @@ class AsyncEngine:
                     queue = self._routes.get(out.request_id)
                     if queue is not None:
                         queue.put_nowait(out)
-                    if out.finished:
-                        self._routes.pop(out.request_id, None)
+                for rid in {out.request_id for out in outputs if out.finished}:
+                    if rid not in self.engine.requests:          # all n completions are done
+                        self._routes.pop(rid, None)
                 self._apply_pending()
                 await asyncio.sleep(0)   # let handlers run between steps
 
@@ -190,44 +191,43 @@ class OpenAIServer:
 
     async def _respond(self, request: web.Request, req: ParsedRequest, prompt_ids: list[list[int]],
                        chat: bool) -> web.StreamResponse:
-        prefix = "chatcmpl" if chat else "cmpl"
-        resp_id = f"{prefix}-{uuid.uuid4().hex}"
+        """Runs the request's prompts (n completions each); choice p * n + i is completion i of prompt p."""
+        resp_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         queue: asyncio.Queue = asyncio.Queue()
-        rids = [f"{resp_id}-{i}" for i in range(len(prompt_ids))]
-        index_of = {rid: i for i, rid in enumerate(rids)}
+        rids = [f"{resp_id}-{p}" for p in range(len(prompt_ids))]
+        n = req.params.n
+        choice_of = {(rid, i): p * n + i for p, rid in enumerate(rids) for i in range(n)}
         for rid, ids in zip(rids, prompt_ids):
             self.aengine.submit(rid, ids, req.params, queue)
-        unfinished = set(rids)
+        unfinished = set(choice_of)
         try:
             if req.stream:
-                return await self._stream(request, req, queue, unfinished, index_of, resp_id, chat, prompt_ids)
-            finals: dict[str, RequestOutput] = {}
+                return await self._stream(request, req, queue, unfinished, choice_of, resp_id, chat, prompt_ids)
+            finals: dict[int, RequestOutput] = {}
             while unfinished:
                 out = await queue.get()
                 if isinstance(out, Exception):
                     return self._failure(out)
                 if out.finished:
-                    finals[out.request_id] = out
-                    unfinished.discard(out.request_id)
+                    finals[choice_of[out.request_id, out.index]] = out
+                    unfinished.discard((out.request_id, out.index))
             choices = []
-            for rid in rids:
-                o = finals[rid]
-                choice = {"index": index_of[rid], "finish_reason": o.finish_reason}
+            for c in range(len(choice_of)):
+                o = finals[c]
+                choice = {"index": c, "finish_reason": o.finish_reason, "logprobs": None}
                 if chat:
                     choice["message"] = {"role": "assistant", "content": o.text}
-                    choice["logprobs"] = None
                 else:
                     choice["text"] = o.text
-                    choice["logprobs"] = None
                 if req.return_token_ids:
                     choice["token_ids"] = o.token_ids
                 choices.append(choice)
-            usage = _usage(sum(len(p) for p in prompt_ids), sum(len(finals[r].token_ids) for r in rids))
+            usage = _usage(sum(len(p) for p in prompt_ids), sum(len(o.token_ids) for o in finals.values()))
             return web.json_response({"id": resp_id, "object": "chat.completion" if chat else "text_completion",
                                       "created": int(time.time()), "model": self.model_name, "choices": choices,
                                       "usage": usage})
         finally:
-            for rid in unfinished:     # client gone, handler cancelled or failed: free the engine's cache
+            for rid in {rid for rid, _ in unfinished}:   # client gone, handler cancelled or failed: free the cache
                 self.aengine.abort(rid)
 
     def _failure(self, error: Exception) -> web.Response:
@@ -236,7 +236,7 @@ class OpenAIServer:
         return web.json_response({"error": {"message": str(error), "type": "internal_error", "param": None,
                                             "code": None}}, status=500)
 
-    async def _stream(self, request, req, queue, unfinished, index_of, resp_id, chat, prompt_ids):
+    async def _stream(self, request, req, queue, unfinished, choice_of, resp_id, chat, prompt_ids):
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         created, obj = int(time.time()), "chat.completion.chunk" if chat else "text_completion"
@@ -252,16 +252,16 @@ class OpenAIServer:
             return body
 
         try:
-            await self._stream_events(req, queue, unfinished, index_of, chat, prompt_ids, send, chunk)
+            await self._stream_events(req, queue, unfinished, choice_of, chat, prompt_ids, send, chunk)
             await resp.write_eof()
         except ConnectionError:          # the client went away; _respond aborts what is left
             pass
         return resp
 
-    async def _stream_events(self, req, queue, unfinished, index_of, chat, prompt_ids, send, chunk):
+    async def _stream_events(self, req, queue, unfinished, choice_of, chat, prompt_ids, send, chunk):
         if chat:
-            await send(chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                               "finish_reason": None} for i in range(len(prompt_ids))]))
+            await send(chunk([{"index": c, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                               "finish_reason": None} for c in range(len(choice_of))]))
         completion_tokens = 0
         while unfinished:
             out = await queue.get()
@@ -270,7 +270,8 @@ class OpenAIServer:
                 return
             if not (out.new_text or out.finished or req.return_token_ids):
                 continue                 # nothing to show yet (text held back or an incomplete character)
-            choice = {"index": index_of[out.request_id], "logprobs": None, "finish_reason": out.finish_reason}
+            key = (out.request_id, out.index)
+            choice = {"index": choice_of[key], "logprobs": None, "finish_reason": out.finish_reason}
             if chat:
                 choice["delta"] = {"content": out.new_text} if out.new_text or not out.finished else {}
             else:
@@ -279,7 +280,7 @@ class OpenAIServer:
                 choice["token_ids"] = out.new_token_ids
             await send(chunk([choice]))
             if out.finished:
-                unfinished.discard(out.request_id)
+                unfinished.discard(key)
                 completion_tokens += len(out.token_ids)
         if req.include_usage:
             await send(chunk([], _usage(sum(len(p) for p in prompt_ids), completion_tokens)))

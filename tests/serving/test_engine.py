@@ -173,3 +173,56 @@ def test_sampler_filters_and_distribution():
     g = sampler.generator_for(p)
     seen = {sampler(logits[:1], [p], [g]).item() for _ in range(300)}
     assert seen == {0, 1}
+
+
+def test_n_completions_fork_from_one_prefill(make_engine, run_all):
+    prompt = "one prompt, four completions"
+    params = SamplingParams(max_tokens=10, temperature=1.0, top_k=50, seed=77, n=4, ignore_eos=True)
+    engine = make_engine(max_num_batched_tokens=8)               # the prompt takes several chunks
+    rid = engine.add_request(prompt, params)
+    saw_sharing, outs = False, {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            assert out.request_id == rid
+            if out.finished:
+                outs[out.index] = out
+        saw_sharing |= max(engine.block_manager.ref_counts) == 4   # prompt pages shared by all four
+        engine.scheduler.check_consistent()
+    assert saw_sharing and sorted(outs) == [0, 1, 2, 3]
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+    assert engine.slot_pool.num_free == engine.slot_pool.num_slots and not engine.requests
+    # each completion equals an independent request with seed + index (its prefill computed separately)
+    alone = make_engine()
+    ids = [alone.add_request(prompt, params.for_completion(i)) for i in range(4)]
+    finals = run_all(alone)
+    assert [outs[i].token_ids for i in range(4)] == [finals[r].token_ids for r in ids]
+    assert len({tuple(o.token_ids) for o in outs.values()}) > 1
+
+
+def test_n_completions_under_preemption_and_abort(make_engine, run_all):
+    params = SamplingParams(max_tokens=12, temperature=0.7, seed=5, n=3, ignore_eos=True)
+    engine = make_engine(num_blocks=20, max_model_len=80, max_num_seqs=6)
+    ids = [engine.add_request(p, params) for p in PROMPTS[:3]]
+    finals = {}
+    preempted = 0
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                finals[out.request_id, out.index] = out.token_ids
+                preempted += out.num_preemptions
+        engine.scheduler.check_consistent()
+    assert preempted > 0
+    alone = make_engine(max_model_len=80)
+    for rid, p in zip(ids, PROMPTS[:3]):
+        for i in range(3):
+            r = alone.add_request(p, params.for_completion(i))
+            assert run_all(alone)[r].token_ids == finals[rid, i]
+    # an n > 1 request cancelled before its forks: the slots reserved for them come back
+    engine = make_engine(max_num_batched_tokens=4, max_num_seqs=4)
+    rid = engine.add_request("a prompt longer than one chunk", SamplingParams(max_tokens=5, n=3))
+    engine.step()
+    assert engine.slot_pool.num_free == 1
+    assert engine.abort(rid) and not engine.abort(rid)
+    assert engine.slot_pool.num_free == 4 and engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+    with pytest.raises(ValueError, match="exceed max_num_seqs"):
+        engine.add_request("x", SamplingParams(n=5))

@@ -8,7 +8,7 @@ import torch
 from model.checkpoint import save_checkpoint
 from model.generate import byte_level_tokenizer
 from model.serve import LLM, SamplingParams, ServeTokenizer
-from model.serve.fp8 import FP8MoE, quantize_model_fp8, save_fp8_checkpoint
+from model.serve.fp8 import FP8MoE, save_fp8_checkpoint
 
 TEMPLATE = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}[assistant] {% endif %}")

@@ -156,3 +156,24 @@ def test_random_workload_invariants():
         fake_step(sched)
     assert all(s.is_finished for s in seqs)
     assert sched.block_manager.num_free_blocks == 24 and sched.slot_pool.num_free == 5
+
+
+def test_n_gt_1_request_is_admitted_as_a_group_and_forks():
+    sched = make(slots=4, budget=64)
+    parent = new_seq("p", 6, max_tokens=3)
+    parent.pending_forks = [Sequence("p", parent.prompt_token_ids, SamplingParams(max_tokens=3), index=i)
+                            for i in (1, 2)]
+    other = new_seq("o", 3)
+    sched.add(new_seq("first", 3, max_tokens=20))
+    fake_step(sched)                                 # 1 slot taken: the group of 3 fits in the other 3
+    sched.add(parent)
+    sched.add(other)
+    b = fake_step(sched)
+    assert parent in b.seqs and other not in b.seqs  # no 5th slot: `other` waits (FIFO behind the group)
+    assert [c.slot is not None for c in parent.pending_forks] == [True, True]
+    children = sched.fork(parent)                    # what the engine does once the prompt is computed
+    assert all(c.block_table == parent.block_table and c.num_computed_tokens == 6 for c in children)
+    assert all(sched.block_manager.ref_counts[b] == 3 for b in parent.block_table)
+    while sched.has_unfinished():
+        fake_step(sched)
+    assert sched.slot_pool.num_free == 4 and sched.block_manager.num_free_blocks == 64

@@ -18,7 +18,8 @@ def serve(engine, scenario):
         app = create_app(engine, MODEL)
         runner, port = await start_server(app, "127.0.0.1", 0)
         try:
-            async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as session:
+            timeout = aiohttp.ClientTimeout(total=120)      # a lost response fails the test, not hangs it
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", timeout=timeout) as session:
                 return await scenario(session)
         finally:
             await runner.cleanup()
@@ -133,7 +134,9 @@ BAD_REQUESTS = [
     ("/v1/completions", {"prompt": "x", "top_p": 1.5}, "top_p"),
     ("/v1/completions", {"prompt": "x", "top_k": -7}, "top_k"),
     ("/v1/completions", {"prompt": "x", "seed": "s"}, "seed"),
-    ("/v1/completions", {"prompt": "x", "n": 2}, "n=2 is not supported"),
+    ("/v1/completions", {"prompt": "x", "n": 0}, "n: must be an int >= 1"),
+    ("/v1/completions", {"prompt": "x", "n": 99}, "exceed max_num_seqs"),
+    ("/v1/completions", {"prompt": "x", "presence_penalty": 0.5}, "presence_penalty=0.5 is not supported"),
     ("/v1/completions", {"prompt": "x", "stop": [""]}, "stop"),
     ("/v1/completions", {"prompt": "x", "stream": "yes"}, "stream must be a boolean"),
     ("/v1/completions", {"prompt": "x", "stream_options": {"include_usage": True}}, "only allowed with stream"),
@@ -256,3 +259,27 @@ def test_load_100_clients_each_request_answered_once_equal_to_offline(make_engin
         choice, = body["choices"]
         assert choice["token_ids"] == finals[rids[key]].token_ids, key
         assert choice["text"] == finals[rids[key]].text, key
+
+
+def test_n_completions_per_prompt(make_engine):
+    engine = make_engine()
+
+    async def scenario(s):
+        req = {"prompt": ["p0", "p1"], "n": 2, "max_tokens": 3, "seed": 9, "return_token_ids": True,
+               "ignore_eos": True}
+        async with s.post("/v1/completions", json=req) as r:
+            assert r.status == 200, await r.text()
+            body = await r.json()
+        async with s.post("/v1/completions", json=req | {"stream": True}) as r:
+            events = await sse_events(r)
+        return body, events
+
+    body, events = serve(engine, scenario)
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
+    assert body["usage"]["completion_tokens"] == 12
+    streamed = {}
+    for e in events[:-1]:
+        for c in e["choices"]:
+            streamed.setdefault(c["index"], []).extend(c["token_ids"])
+    assert streamed == {c["index"]: c["token_ids"] for c in body["choices"]}
+    assert_no_leak(engine)
