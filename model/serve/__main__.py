@@ -31,7 +31,8 @@ def _parse_args(argv):
     p.add_argument("--backend", choices=["auto", "reference", "kernels"], default="auto")
     p.add_argument("--seed", type=int, default=0, help="random-weight seed")
     p.add_argument("--max-num-seqs", type=int, default=64)
-    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    p.add_argument("--max-num-batched-tokens", type=int, default=None,
+                   help="tokens per step (prefill chunk + decodes); default 8192 on cuda, 2048 on cpu")
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--block-size", type=int, default=64)
     p.add_argument("--num-blocks", type=int, default=None)
@@ -57,7 +58,8 @@ def main(argv=None) -> int:
     from .server import create_app, start_server
 
     engine_config = EngineConfig(
-        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens or (8192 if args.device.startswith("cuda") else 2048),
         max_model_len=args.max_model_len, block_size=args.block_size, num_blocks=args.num_blocks,
         gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_dtype=args.kv_cache_dtype,
         cuda_graphs=False if args.no_cuda_graphs else None)

@@ -121,50 +121,62 @@ class ModelRunner:
             self._capture(sorted(set(cuda_graph_sizes)))
 
     # ------------------------------------------------------------------ metadata
-    def _tensor(self, values, dtype) -> torch.Tensor:
-        t = torch.tensor(values, dtype=dtype)
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the model's device without blocking the host (pinned staging on CUDA)."""
         if self.device.type == "cuda":
             return t.pin_memory().to(self.device, non_blocking=True)
         return t.to(self.device)
 
-    def _tables_of(self, seqs) -> torch.Tensor:
-        """[S, max_blocks] int32 page tables of the sequences' slots (device rows refreshed where they changed)."""
+    def _tensor(self, values, dtype) -> torch.Tensor:
+        return self._to_device(torch.tensor(values, dtype=dtype))
+
+    def _tables_of(self, seqs, slots: torch.Tensor) -> torch.Tensor:
+        """[S, max_blocks] int32 page tables of the sequences (slots [S] on the device); the device rows are
+        rewritten only where a sequence's pages changed since the last step."""
         for s in seqs:
             if self._host_tables[s.slot] != s.block_table:
                 self.block_tables[s.slot, :len(s.block_table)] = self._tensor(s.block_table, torch.int32)
                 self._host_tables[s.slot] = list(s.block_table)
-        return self.block_tables[self._tensor([s.slot for s in seqs], torch.long)]
+        return self.block_tables[slots]
 
     def _kv_rows(self, seq, start: int, n: int) -> list[int]:
         bs = self.block_size
         return [seq.block_table[p // bs] * bs + p % bs for p in range(start, start + n)]
 
     def _decode_meta(self, seqs) -> tuple[torch.Tensor, ForwardMeta]:
-        ids = [s.token_ids[s.num_computed_tokens] for s in seqs]
-        kv = [self._kv_rows(s, s.num_computed_tokens, 1)[0] for s in seqs]
-        meta = ForwardMeta(ops=self.model.ops, cache=self.cache, decode=True, fresh=False,
-                           slots=self._tensor([s.slot for s in seqs], torch.long),
-                           block_table=self._tables_of(seqs),
-                           seq_lens=self._tensor([s.num_computed_tokens + 1 for s in seqs], torch.int32),
-                           kv_write_idx=self._tensor(kv, torch.long))
-        return self._tensor(ids, torch.long), meta
+        """Token ids [S] and metadata of one decode token per sequence (one host-to-device copy)."""
+        bs = self.block_size
+        rows = torch.tensor([[s.token_ids[s.num_computed_tokens] for s in seqs],
+                             [s.slot for s in seqs],
+                             [s.num_computed_tokens + 1 for s in seqs],
+                             [s.block_table[s.num_computed_tokens // bs] * bs + s.num_computed_tokens % bs
+                              for s in seqs]], dtype=torch.long)                  # [4, S]
+        ids, slots, seq_lens, kv = self._to_device(rows)
+        meta = ForwardMeta(ops=self.model.ops, cache=self.cache, decode=True, fresh=False, slots=slots,
+                           block_table=self._tables_of(seqs, slots), seq_lens=seq_lens.to(torch.int32),
+                           kv_write_idx=kv)
+        return ids, meta
 
     def _prefill_meta(self, seqs, lengths) -> tuple[torch.Tensor, ForwardMeta]:
+        """Packed token ids [T] and metadata of the prefill chunks (two host-to-device copies)."""
         ids, kv, offsets = [], [], [0]
         for s, n in zip(seqs, lengths):
             a = s.num_computed_tokens
             ids += s.token_ids[a:a + n]
             kv += self._kv_rows(s, a, n)
             offsets.append(offsets[-1] + n)
+        per_token = self._to_device(torch.tensor([ids, kv], dtype=torch.long))    # [2, T]
+        per_seq = self._to_device(torch.tensor(
+            [[s.slot for s in seqs], [s.num_computed_tokens + n for s, n in zip(seqs, lengths)],
+             offsets[:-1]], dtype=torch.long))                                   # [3, S]
+        slots = per_seq[0]
+        cu_seqlens = torch.cat([per_seq[2], per_seq[2, -1:] + lengths[-1]]).to(torch.int32)   # [S + 1]
         meta = ForwardMeta(ops=self.model.ops, cache=self.cache, decode=False,
-                           fresh=all(s.num_computed_tokens == 0 for s in seqs),
-                           cu_seqlens=self._tensor(offsets, torch.int32), offsets=offsets, max_seqlen=max(lengths),
-                           slots=self._tensor([s.slot for s in seqs], torch.long),
-                           block_table=self._tables_of(seqs),
-                           seq_lens=self._tensor([s.num_computed_tokens + n for s, n in zip(seqs, lengths)],
-                                                 torch.int32),
-                           kv_write_idx=self._tensor(kv, torch.long))
-        return self._tensor(ids, torch.long), meta
+                           fresh=all(s.num_computed_tokens == 0 for s in seqs), cu_seqlens=cu_seqlens,
+                           offsets=offsets, max_seqlen=max(lengths), slots=slots,
+                           block_table=self._tables_of(seqs, slots), seq_lens=per_seq[1].to(torch.int32),
+                           kv_write_idx=per_token[1])
+        return per_token[0], meta
 
     # ------------------------------------------------------------------ forward
     def _forward(self, ids: torch.Tensor, num_decode: int, dec_meta: ForwardMeta | None,
