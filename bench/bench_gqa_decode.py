@@ -1,7 +1,8 @@
 """gqa_decode at Nemotron 3 Nano's shape: one query token, 32 query heads, 2 kv heads, D=128, bf16 KV.
 
 ours:      the Triton paged split-K decode over a paged cache with randomly scattered pages (page size 16, as
-           vLLM's default, and 64), seq_lens all equal to the context.
+           vLLM's default, and 64), seq_lens all equal to the context; and over an FP8 e4m3 cache (page 64) with
+           per-(sequence, kv head) descales.
 baselines: torch SDPA with the cuDNN and FLASH backends on contiguous KV [B, Hkv, ctx, D], GQA as attention of
            the 16 query heads of a kv head treated as 16 query positions (non-causal: the one query token sees
            the whole context; same math, no K/V expansion).
@@ -39,6 +40,10 @@ def _input_maker(bsz: int, ctx: int, device: torch.device):
             k_cache[perm] = k_pages                      # logical block j of sequence b lives in page perm[b*blocks+j]
             v_cache[perm] = v_pages
             s[f"paged{page}"] = (k_cache, v_cache, perm.view(bsz, blocks).int())
+        k_cache, v_cache, block_table = s["paged64"]
+        k_descale = torch.full((bsz, HKV), 4.0 / 448, device=device)        # randn values lie within +-4
+        s["paged64_fp8"] = ((k_cache / k_descale[0, 0]).to(torch.float8_e4m3fn),
+                            (v_cache / k_descale[0, 0]).to(torch.float8_e4m3fn), block_table, k_descale)
         return s
     return make
 
@@ -60,6 +65,11 @@ def _ours(page):
     return attend
 
 
+def _ours_fp8(s):
+    k_cache, v_cache, block_table, descale = s["paged64_fp8"]
+    return gqa_decode(s["q"], k_cache, v_cache, block_table, s["seq_lens"], k_descale=descale, v_descale=descale)
+
+
 def run(bench: Bench) -> None:
     problems = bench.pick(PROBLEMS, quick=((1, 32768), (64, 32768), (256, 4096)))
     backends = BACKENDS
@@ -78,6 +88,8 @@ def run(bench: Bench) -> None:
         flops = 4.0 * bsz * HQ * ctx * HEAD_DIM
         variants = [Variant(f"ours: triton paged (page {page})", _ours(page), flops=flops, bytes=io_bytes)
                     for page in PAGE_SIZES]
+        variants.append(Variant("ours: triton paged FP8 KV (page 64)", _ours_fp8, flops=flops,
+                                bytes=io_bytes - kv_bytes // 2))
         variants += [Variant(f"torch SDPA {label} (contiguous KV)", _sdpa(backend), flops=flops, bytes=io_bytes,
                              baseline=True) for label, backend in backends]
         name = f"B{bsz} ctx{ctx // 1024}K" if ctx >= 1024 else f"B{bsz} ctx{ctx}"

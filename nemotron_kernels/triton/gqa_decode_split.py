@@ -11,7 +11,9 @@ it writes o_part (normalised over its split) and lse_part (log2 domain), and gqa
 Token t of sequence b lives in page block_table[b, t // PAGE_SIZE], row t % PAGE_SIZE. Query i of Sq (the last
 Sq positions) sees tokens <= seq_len - Sq + i.
 
-Shapes: q [B, Sq, Hq, D]; k_cache, v_cache [num_blocks, PAGE_SIZE, Hkv, D]; block_table [B, max_blocks] int32/64;
+FP8 caches (e4m3) are widened to q's dtype in registers; their descales scale the scores (k) and the output (v).
+
+Shapes: q [B, Sq, Hq, D]; k_cache, v_cache [num_blocks, PAGE_SIZE, Hkv, D] (q's dtype or fp8 e4m3); block_table [B, max_blocks] int32/64;
 seq_lens [B] int32/64; o [B, Sq, Hq, D]; o_part [num_splits, B, Sq*Hq, D] fp32; lse_part [num_splits, B, Sq*Hq].
 """
 import torch
@@ -51,6 +53,8 @@ def _decode_inner(acc, l_i, m_i, q, K, V, bt_row, kv_head_off, stride_kb, stride
         else:
             k = tl.load(K + kv_head_off + k_rows[:, None] + offs_d[None, :])                # [BN, D]
             v = tl.load(V + kv_head_off + v_rows[:, None] + offs_d[None, :])
+        k = k.to(q.dtype)           # FP8 caches: widened in registers (a no-op for 16-bit caches)
+        v = v.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)                 # [BM, BN]
         if MASKED:
             kmax = kmax0 + tl.arange(0, BLOCK_M) // PACK
@@ -72,16 +76,19 @@ def _decode_inner(acc, l_i, m_i, q, K, V, bt_row, kv_head_off, stride_kb, stride
 
 @triton.jit
 def _gqa_decode_split_kernel(
-    Q, K, V, BLOCK_TABLE, SEQ_LENS, O, O_PART, LSE_PART,
+    Q, K, V, BLOCK_TABLE, SEQ_LENS, O, O_PART, LSE_PART, K_DESCALE, V_DESCALE,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
     stride_btb,
     stride_ob, stride_os, stride_oh,
-    seqlen_q, num_kv_heads, num_head_chunks, batch, split_len, qk_scale,
+    stride_dkb, stride_dkh, stride_dvb, stride_dvh,
+    seqlen_q, num_kv_heads, num_head_chunks, batch, split_len, qk_scale, out_scale,
     GROUP: tl.constexpr, PACK: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
+    """K_DESCALE, V_DESCALE (FP8 caches; None when absent): fp32 [B or 1, Hkv] (stride 0 to broadcast); the
+    scores are scaled by k_descale, the output by v_descale * out_scale."""
     POS_PER_TILE: tl.constexpr = BLOCK_M // PACK
     split = tl.program_id(0)
     m_tile = tl.program_id(1) // num_head_chunks
@@ -89,6 +96,10 @@ def _gqa_decode_split_kernel(
     hkv = tl.program_id(2) % num_kv_heads
     b = tl.program_id(2) // num_kv_heads
     seq_len = tl.load(SEQ_LENS + b).to(tl.int32)
+    if K_DESCALE is not None:
+        qk_scale = qk_scale * tl.load(K_DESCALE + b * stride_dkb + hkv * stride_dkh)
+    if V_DESCALE is not None:
+        out_scale = out_scale * tl.load(V_DESCALE + b * stride_dvb + hkv * stride_dvh)
     n_start = split * split_len
     p0 = m_tile * POS_PER_TILE
     if (n_start < seq_len) | (split == 0):      # split 0 always writes (zeros for an empty sequence)
@@ -120,7 +131,7 @@ def _gqa_decode_split_kernel(
                                       BLOCK_M, BLOCK_N, PACK, PAGE_SIZE, HEAD_DIM, True, INPUT_PRECISION)
         seen = l_i > 0.0
         l_div = tl.where(seen, l_i, 1.0)
-        out = acc / l_div[:, None]
+        out = acc * (out_scale / l_div)[:, None]
         if SPLIT:
             # partial results of this split: row r = pos * Hq + hq of sequence b
             part_row = ((split * batch + b).to(tl.int64) * seqlen_q + pos) * (num_kv_heads * GROUP) + hq
@@ -159,8 +170,8 @@ def check_decode_inputs(q, k_cache, v_cache, block_table, seq_lens):
     assert k_cache.dim() == 4 and k_cache.shape[3] == d, f"k_cache must be [num_blocks, block_size, Hkv, D={d}]"
     assert v_cache.shape == k_cache.shape, f"v_cache must have k_cache's shape {tuple(k_cache.shape)}"
     assert hq % k_cache.shape[2] == 0, f"Hq ({hq}) must be a multiple of Hkv ({k_cache.shape[2]})"
-    assert q.dtype == k_cache.dtype == v_cache.dtype, \
-        f"q, k_cache, v_cache must share a dtype, got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}"
+    assert k_cache.dtype == v_cache.dtype and k_cache.dtype in (q.dtype, torch.float8_e4m3fn), \
+        f"k_cache, v_cache must share q's dtype or be fp8 e4m3, got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}"
     assert q.dtype in (torch.float16, torch.bfloat16) or (q.dtype == torch.float32 and INTERPRETED), \
         f"dtype {q.dtype} not supported by the kernel (fp16/bf16; fp32 in the interpreter only)"
     assert d in (16, 32, 64, 128), f"head dim D={d} must be 16, 32, 64 or 128"
@@ -175,9 +186,25 @@ def check_decode_inputs(q, k_cache, v_cache, block_table, seq_lens):
         assert t.device == q.device, f"{name} is on {t.device}, q on {q.device}"
 
 
-def gqa_decode_fwd(q, k_cache, v_cache, block_table, seq_lens, softmax_scale: float, num_splits=None, config=None):
-    """Launch paged decode attention. q [B, Sq, Hq, D] -> o [B, Sq, Hq, D] in q's dtype.
-    num_splits: force the number of context splits (tests, benchmarks); config: (BLOCK_N, num_warps, num_stages)."""
+def _descale_arg(descale, bsz: int, hkv: int, device):
+    """None, or a tensor of 1 or [B or 1, Hkv] elements -> (fp32 tensor | None, batch stride, head stride)."""
+    if descale is None:
+        return None, 0, 0
+    assert descale.device == device, f"descale on {descale.device}, q on {device}"
+    t = descale.to(torch.float32)
+    if t.numel() == 1:
+        return t.reshape(1), 0, 0
+    assert t.dim() == 2 and t.shape[0] in (1, bsz) and t.shape[1] == hkv, \
+        f"descale must have 1 or [B={bsz} or 1, Hkv={hkv}] elements, got {tuple(t.shape)}"
+    return t, (t.stride(0) if t.shape[0] > 1 else 0), t.stride(1)
+
+
+def gqa_decode_fwd(q, k_cache, v_cache, block_table, seq_lens, softmax_scale: float, num_splits=None, config=None,
+                   k_descale=None, v_descale=None, out_scale: float = 1.0):
+    """Launch paged decode attention. q [B, Sq, Hq, D] -> o [B, Sq, Hq, D] in q's dtype. Caches in q's dtype or
+    fp8 e4m3 with descales (None, numbers, or tensors of 1 or [B or 1, Hkv] elements; the output is also scaled
+    by out_scale). num_splits: force the number of context splits (tests, benchmarks); config: (BLOCK_N, num_warps,
+    num_stages)."""
     check_decode_inputs(q, k_cache, v_cache, block_table, seq_lens)
     bsz, sq, hq, d = q.shape
     page_size, hkv = k_cache.shape[1], k_cache.shape[2]
@@ -201,12 +228,17 @@ def gqa_decode_fwd(q, k_cache, v_cache, block_table, seq_lens, softmax_scale: fl
         lse_part = torch.empty((num_splits, bsz, sq * hq), dtype=torch.float32, device=q.device)
     else:
         o_part = lse_part = o          # unused
+    if k_descale is not None and not isinstance(k_descale, torch.Tensor):       # numbers fold into the scales
+        softmax_scale, k_descale = softmax_scale * float(k_descale), None
+    if v_descale is not None and not isinstance(v_descale, torch.Tensor):
+        out_scale, v_descale = out_scale * float(v_descale), None
+    (kd, kd_b, kd_h), (vd, vd_b, vd_h) = (_descale_arg(t, bsz, hkv, q.device) for t in (k_descale, v_descale))
     _gqa_decode_split_kernel[(num_splits, m_tiles * chunks, bsz * hkv)](
-        q, k_cache, v_cache, block_table, seq_lens, o, o_part, lse_part,
+        q, k_cache, v_cache, block_table, seq_lens, o, o_part, lse_part, kd, vd,
         q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
-        o.stride(0), o.stride(1), o.stride(2),
-        sq, hkv, chunks, bsz, split_len, float(softmax_scale) * LOG2E,
+        o.stride(0), o.stride(1), o.stride(2), kd_b, kd_h, vd_b, vd_h,
+        sq, hkv, chunks, bsz, split_len, float(softmax_scale) * LOG2E, float(out_scale),
         GROUP=group, PACK=pack, HEAD_DIM=d, PAGE_SIZE=page_size, BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=split,
         INPUT_PRECISION=dot_precision(q.dtype), num_warps=w, num_stages=s)
     if split:
@@ -216,19 +248,25 @@ def gqa_decode_fwd(q, k_cache, v_cache, block_table, seq_lens, softmax_scale: fl
 
 def aot_compile_all():
     """Compile the split kernel for sm_90a: the NemotronH decode case (bf16, D=128, 16 heads per kv head,
-    one query token) with page sizes 16 (gather path) and 64 (one page per tile), split and unsplit, and a
-    chunked-prefill case (Sq=8: 64-row tiles). Yields (name, CompiledKernel)."""
+    one query token) with page size 16 (gather path, split) and an FP8 cache with page size 64 (one page per
+    tile, unsplit), and a chunked-prefill case (Sq=8: 32-row tiles). Yields (name, CompiledKernel)."""
     block_n, w, s = DECODE_CONFIG
     ints = ("stride_", "seqlen_", "num_", "batch", "split_len")
     sig = {n: "i32" for n in _gqa_decode_split_kernel.arg_names if n.startswith(ints)}
-    sig.update(BLOCK_TABLE="*i32", SEQ_LENS="*i32", O_PART="*fp32", LSE_PART="*fp32", qk_scale="fp32")
-    for dt, d, group, sq, page, split in (("bf16", 128, 16, 1, 16, True), ("bf16", 128, 16, 1, 64, False),
-                                          ("fp16", 64, 4, 8, 32, True)):
+    sig.update(BLOCK_TABLE="*i32", SEQ_LENS="*i32", O_PART="*fp32", LSE_PART="*fp32", qk_scale="fp32",
+               out_scale="fp32")
+    for dt, kv, d, group, sq, page, split in (("bf16", "bf16", 128, 16, 1, 16, True),
+                                              ("bf16", "fp8e4nv", 128, 16, 1, 64, False),
+                                              ("fp16", "fp16", 64, 4, 8, 32, True)):
         block_m = block_m_for(sq * group)
         pack, _ = pack_heads(group, block_m)
-        sig.update(Q=f"*{dt}", K=f"*{dt}", V=f"*{dt}", O=f"*{dt}")
+        sig.update(Q=f"*{dt}", K=f"*{kv}", V=f"*{kv}", O=f"*{dt}", K_DESCALE="*fp32", V_DESCALE="*fp32")
         const = dict(GROUP=group, PACK=pack, HEAD_DIM=d, PAGE_SIZE=page, BLOCK_M=block_m, BLOCK_N=block_n,
                      SPLIT=split, INPUT_PRECISION=None)
-        name = f"gqa_decode_split {dt} D{d} G{group} Sq{sq} page{page} split={split} {block_m}x{block_n} w{w} s{s}"
-        yield name, aot_compile(_gqa_decode_split_kernel, sig, const, w, s)
+        if kv != "fp8e4nv":
+            const.update(K_DESCALE=None, V_DESCALE=None)
+        name = (f"gqa_decode_split {dt} kv={kv} D{d} G{group} Sq{sq} page{page} split={split} "
+                f"{block_m}x{block_n} w{w} s{s}")
+        yield name, aot_compile(_gqa_decode_split_kernel, {k: t for k, t in sig.items() if k not in const}, const,
+                                w, s)
     yield from kernel_module("gqa_decode_combine").aot_compile_all()

@@ -39,21 +39,26 @@ def make_paged(seed, lens, sq, hq, hkv, d, page, device="cpu", spare_blocks=3):
     return tuple(t.to(device) for t in (q, k_cache, v_cache, block_table, seq_lens))
 
 
-def check_decode(q, k_cache, v_cache, block_table, seq_lens, dtype, num_splits=None, config=None):
-    """Kernel (public op, or the launcher when num_splits/config are forced) vs the float64 reference."""
-    ql, kl, vl = (t.to(dtype) for t in (q, k_cache, v_cache))
+def check_decode(q, k_cache, v_cache, block_table, seq_lens, dtype, num_splits=None, config=None, kv_dtype=None,
+                 k_descale=None, v_descale=None):
+    """Kernel (public op, or the launcher when num_splits/config are forced) vs the float64 reference on the same
+    (rounded) inputs. kv_dtype: the caches' dtype (default: dtype); with FP8 caches the descales multiply them."""
+    ql = q.to(dtype)
+    kl, vl = (t.to(kv_dtype or dtype) for t in (k_cache, v_cache))
+    descales = dict(k_descale=k_descale, v_descale=v_descale)
     if num_splits is None and config is None:
-        o = gqa_decode(ql, kl, vl, block_table, seq_lens)
+        o = gqa_decode(ql, kl, vl, block_table, seq_lens, **descales)
     else:
         from nemotron_kernels.triton import gqa_attention_common as common
         split = common.kernel_module("gqa_decode_split")
         q4 = ql if ql.dim() == 4 else ql[:, None]
         o = split.gqa_decode_fwd(q4, kl, vl, block_table, seq_lens, q.shape[-1] ** -0.5, num_splits=num_splits,
-                                 config=config)
+                                 config=config, **descales)
         o = o if ql.dim() == 4 else o[:, 0]
     assert o.dtype == dtype and o.shape == q.shape
-    o64 = gqa_decode_ref(q, k_cache, v_cache, block_table, seq_lens)
-    o_low = gqa_decode_ref(ql, kl, vl, block_table, seq_lens)
+    d64 = {n: d.to(F64) if isinstance(d, torch.Tensor) else d for n, d in descales.items()}
+    o64 = gqa_decode_ref(q, kl.to(F64), vl.to(F64), block_table, seq_lens, **d64)
+    o_low = gqa_decode_ref(ql, kl, vl, block_table, seq_lens, **descales)
     assert_error_rule("o", o, o64, o_low, FWD)
 
 
@@ -74,6 +79,23 @@ def test_interpreter_matches_reference(interpret, case):
     lens, sq, hq, hkv, d, page, dtype, splits = case
     q, k_cache, v_cache, block_table, seq_lens = make_paged(sum(lens) + sq + page, lens, sq, hq, hkv, d, page)
     check_decode(q, k_cache, v_cache, block_table, seq_lens, dtype, num_splits=splits)
+
+
+@pytest.mark.parametrize("qdtype,splits,descale", [(torch.float16, 3, "tensor"), (torch.float32, 1, "number")])
+def test_interpreter_fp8_cache(interpret, qdtype, splits, descale):
+    """FP8 e4m3 caches (widened to q's dtype in registers) with [B, Hkv] tensor or Python-number descales."""
+    q, k_cache, v_cache, block_table, seq_lens = make_paged(8, [45, 3, 17], 2, 8, 2, 32, 16)
+    k_cache, v_cache = 40 * k_cache, 100 * v_cache                      # use the e4m3 range
+    if descale == "tensor":
+        g = torch.Generator().manual_seed(3)
+        k_descale = (torch.rand(3, 2, generator=g) / 20).to(qdtype if qdtype != torch.float16 else torch.float32)
+        v_descale = torch.rand(3, 2, generator=g) / 50
+    else:
+        k_descale, v_descale = 0.03, 0.01
+    check_decode(q, k_cache, v_cache, block_table, seq_lens, qdtype, num_splits=splits,
+                 kv_dtype=torch.float8_e4m3fn, k_descale=k_descale, v_descale=v_descale)
+    check_decode(q, k_cache, v_cache, block_table, seq_lens, qdtype, kv_dtype=torch.float8_e4m3fn,
+                 k_descale=k_descale, v_descale=v_descale)
 
 
 def test_interpreter_one_token_query_shape(interpret):
@@ -172,6 +194,18 @@ def test_cuda_long_context_split_k():
     q, k_cache, v_cache, block_table, seq_lens = make_paged(21, [32768], 1, 32, 2, 128, 64, device="cuda")
     check_decode(q, k_cache, v_cache, block_table, seq_lens, torch.bfloat16)
     check_decode(q, k_cache, v_cache, block_table, seq_lens, torch.bfloat16, num_splits=1)
+
+
+@pytest.mark.cuda
+def test_cuda_fp8_cache():
+    """bf16 queries over FP8 e4m3 caches with per-(sequence, kv head) descales (2x rule vs the reference on the
+    same fp8 payload)."""
+    lens = [1, 300, 4097, 2048]
+    q, k_cache, v_cache, block_table, seq_lens = make_paged(23, lens, 1, 32, 2, 128, 64, device="cuda")
+    k_descale = torch.rand(4, 2, device="cuda") / 100
+    v_descale = torch.rand(4, 2, device="cuda") / 100
+    check_decode(q, 50 * k_cache, 100 * v_cache, block_table, seq_lens, torch.bfloat16,
+                 kv_dtype=torch.float8_e4m3fn, k_descale=k_descale, v_descale=v_descale)
 
 
 @pytest.mark.cuda
