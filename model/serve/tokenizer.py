@@ -2,6 +2,7 @@
 and incremental detokenization for streaming and stop strings."""
 from __future__ import annotations
 
+import datetime
 import json
 import os
 
@@ -50,6 +51,13 @@ class ServeTokenizer:
             if isinstance(v, str):
                 specials[key] = v
         eos = list(eos_token_ids)
+        gen_path = os.path.join(directory, "generation_config.json")
+        if os.path.exists(gen_path):            # chat checkpoints often list their end-of-turn ids here
+            with open(gen_path) as f:
+                gen_eos = json.load(f).get("eos_token_id")
+            for tid in ([gen_eos] if isinstance(gen_eos, int) else gen_eos or []):
+                if tid not in eos:
+                    eos.append(tid)
         if "eos_token" in specials:
             tid = tok.token_to_id(specials["eos_token"])
             if tid is not None and tid not in eos:
@@ -85,6 +93,7 @@ class ServeTokenizer:
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                                 extensions=["jinja2.ext.loopcontrols"])
             env.globals["raise_exception"] = raise_exception
+            env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
             env.filters["tojson"] = lambda v, indent=None: json.dumps(v, indent=indent, ensure_ascii=False)
             self._template = env.from_string(self.chat_template)
         try:

@@ -18,6 +18,7 @@ def write_tokenizer(directory):
     byte_level_tokenizer().save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps(
         {"chat_template": TEMPLATE, "bos_token": "<s>", "eos_token": {"content": "</s>"}}))
+    (directory / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7]}))
 
 
 def test_llm_from_bf16_checkpoint_equals_the_model(tiny_model, tmp_path):
@@ -26,7 +27,7 @@ def test_llm_from_bf16_checkpoint_equals_the_model(tiny_model, tmp_path):
     llm = LLM(str(tmp_path), device="cpu", dtype=torch.float64, backend="reference", max_num_seqs=4,
               max_num_batched_tokens=32, block_size=8, max_model_len=128)
     tok = llm.tokenizer
-    assert tok.eos_token_ids == [2]
+    assert tok.eos_token_ids == [2, 7]
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}]) == "<s>[user] hi\n[assistant] "
     params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
     outs = llm.generate(["from disk", [5, 6, 7]], params)
