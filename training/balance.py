@@ -32,13 +32,15 @@ def routing_topk(scores: torch.Tensor, bias: torch.Tensor, top_k: int) -> torch.
     return torch.topk(scores.detach() + bias, top_k, dim=-1).indices
 
 
-def sequence_aux_loss(scores: torch.Tensor, topk_idx: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
+def sequence_aux_loss(scores: torch.Tensor, topk_idx: torch.Tensor, cu_seqlens: torch.Tensor | None,
+                      reduction: str = "mean") -> torch.Tensor:
     """Megatron's sequence-level load-balancing loss (without the coefficient) for one MoE layer.
 
     scores [T, E] fp32 sigmoid router scores (differentiable); topk_idx [T, k] selected experts;
-    cu_seqlens [S+1] sequence offsets (None: one sequence). Returns a scalar: mean over sequences of
+    cu_seqlens [S+1] sequence offsets (None: one sequence). Returns a scalar: the mean (or, reduction="sum", the
+    sum, to be divided by a global sequence count) over sequences of
     sum_e (E / (k L_s)) count_{s,e} * mean_{t in s} p_{t,e}, with p the scores renormalised over experts.
-    It equals 1 when routing and probabilities are uniform."""
+    Per sequence it equals 1 when routing and probabilities are uniform."""
     T, E = scores.shape
     k = topk_idx.shape[1]
     probs = scores / (scores.sum(-1, keepdim=True) + 1e-20)                    # [T, E]
@@ -53,7 +55,7 @@ def sequence_aux_loss(scores: torch.Tensor, topk_idx: torch.Tensor, cu_seqlens: 
     prob_sum = torch.zeros(S, E, device=scores.device, dtype=probs.dtype).index_add(0, seg, probs)  # [S, E]
     L = lengths.clamp(min=1).to(probs.dtype)[:, None]                          # [S, 1]
     per_seq = ((counts * (E / k) / L) * (prob_sum / L)).sum(-1)                # [S]
-    return per_seq.mean()
+    return per_seq.sum() if reduction == "sum" else per_seq.mean()
 
 
 class LoadBalancer:

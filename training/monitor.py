@@ -68,8 +68,8 @@ class Progress:
     """tqdm bar over optimizer steps with loss, tokens/s and MFU (rank 0 only)."""
 
     def __init__(self, total: int, initial: int, enabled: bool, tokens_flops: float, peak: float | None,
-                 world_size: int):
-        self.bar = None
+                 world_size: int, is_main: bool = True):
+        self.bar, self.is_main = None, is_main
         if enabled:
             from tqdm import tqdm
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
@@ -92,7 +92,7 @@ class Progress:
     def write(self, msg: str) -> None:
         if self.bar is not None:
             self.bar.write(msg)
-        else:
+        elif self.is_main:
             print(msg, flush=True)
 
     def close(self) -> None:

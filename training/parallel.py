@@ -192,8 +192,9 @@ def parallelize(train_module: nn.Module, model: nn.Module, info: DistInfo, *, ep
         fully_shard(block, mesh=dp_mesh, mp_policy=mp)
     fully_shard(train_module, mesh=dp_mesh, mp_policy=mp)
     for m in train_module.modules():
-        if isinstance(m, FSDPModule):
+        if isinstance(m, FSDPModule):  # plain sums (no PREMUL_SUM, which gloo lacks; no extra scaling on NCCL)
             m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)
     return result
 
 

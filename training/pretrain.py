@@ -65,7 +65,8 @@ def train_config(args, preset, out: str, **extra) -> TrainConfig:
     pick = lambda v, d: d if v is None else v  # noqa: E731
     return TrainConfig(
         steps=pick(args.steps, preset.steps), lr=pick(args.lr, preset.lr), min_lr=pick(args.min_lr, preset.min_lr),
-        warmup_steps=pick(args.warmup_steps, preset.warmup_steps), decay_fraction=args.decay_fraction,
+        warmup_steps=pick(args.warmup_steps, min(preset.warmup_steps, pick(args.steps, preset.steps) // 10)),
+        decay_fraction=args.decay_fraction,
         decay_shape=args.decay_shape, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         grad_accum=pick(args.grad_accum, preset.grad_accum), balance=not args.no_balance,
         bias_update_rate=args.bias_update_rate, aux_loss_coeff=args.aux_loss_coeff,

@@ -1,8 +1,9 @@
 """The training loop shared by pretraining and SFT.
 
 One optimizer step:
-  1. LR from the WSD schedule; `grad_accum` packed micro-batches; labelled tokens counted once (all-reduced on
-     device, no host sync) so every micro-batch's loss is its token-loss sum / the step's global token count;
+  1. LR from the WSD schedule; `grad_accum` packed micro-batches; labelled tokens and sequences counted once
+     (all-reduced on device, no host sync): every micro-batch's loss is its token-loss sum / the step's global
+     token count, plus aux_loss_coeff x its sequence aux-loss sum / the step's global sequence count;
   2. forward (model hidden states -> chunked fp32 cross-entropy; per MoE layer the router counts, and scores for the
      sequence-level aux loss), backward; router counts accumulated for the load balancer;
   3. gradient clipping by the global norm;
@@ -98,17 +99,32 @@ class CausalLMLoss(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, cu_seqlens: torch.Tensor,
                 with_aux_loss: bool = True):
-        """input_ids, labels [1, T]; cu_seqlens [S+1] -> (loss sum fp32, aux loss sum over MoE layers fp32,
-        router counts per MoE layer [E] int32)."""
-        aux = MoEAux()
-        hidden = self.model.hidden_states(input_ids, cu_seqlens, aux)                   # [1, T, H]
+        """input_ids, labels [1, T]; cu_seqlens [S+1] -> (token-loss sum fp32, sequence aux loss summed over the
+        sequences and MoE layers fp32, router counts per MoE layer [E] int32)."""
+        # The MoE layers append their router counts / scores to the ForwardMeta they are called with. FSDP2 hands
+        # each block a rebuilt copy of its arguments when they hold grad-requiring tensors (the scores of earlier
+        # layers), so the lists of MoEAux miss later entries: a forward hook reads each layer's own entry instead.
+        layers = moe_layers(self.model)
+        routed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def record(module, args, output):
+            meta = args[1]
+            routed[module.layer_idx] = (meta.router_counts[-1], meta.router_scores[-1])
+
+        handles = [moe.register_forward_hook(record) for _, moe in layers]
+        try:
+            hidden = self.model.hidden_states(input_ids, cu_seqlens, MoEAux())          # [1, T, H]
+        finally:
+            for h in handles:
+                h.remove()
         loss_sum = chunked_cross_entropy(hidden, self.model.lm_head.weight, labels, self.chunk_rows)
         aux_loss = torch.zeros((), device=loss_sum.device, dtype=torch.float32)
         if with_aux_loss:
-            for (_, moe), scores in zip(moe_layers(self.model), aux.scores):
+            for i, moe in layers:
+                scores = routed[i][1]                                                   # [T, E] fp32
                 idx = routing_topk(scores, moe.gate.e_score_correction_bias, moe.top_k)   # [T, k]
-                aux_loss = aux_loss + sequence_aux_loss(scores, idx, cu_seqlens)
-        return loss_sum, aux_loss, aux.counts
+                aux_loss = aux_loss + sequence_aux_loss(scores, idx, cu_seqlens, reduction="sum")
+        return loss_sum, aux_loss, [routed[i][0] for i, _ in layers]
 
 
 class Trainer:
@@ -196,9 +212,9 @@ class Trainer:
         cfg, dev = self.cfg, self.info.device
         lr = self.schedule.apply(self.optimizer, step)
         batches = self._device_batches()
-        n_tokens = all_reduce_sum(torch.tensor(float(sum(b.num_tokens for b in batches)), device=dev), self.par)
-        n_tokens = n_tokens.clamp(min=1.0)
-        aux_scale = cfg.aux_loss_coeff / (cfg.grad_accum * self.info.world_size)
+        counts = torch.tensor([float(sum(b.num_tokens for b in batches)),
+                               float(sum(b.cu_seqlens.numel() - 1 for b in batches))], device=dev)
+        n_tokens, n_seqs = all_reduce_sum(counts, self.par).clamp(min=1.0).unbind()  # labelled tokens, sequences
         loss_total = torch.zeros((), device=dev)
         aux_total = torch.zeros((), device=dev)
         self.module.train()
@@ -207,9 +223,9 @@ class Trainer:
                 self.module.set_requires_gradient_sync(i == len(batches) - 1)
             loss_sum, aux_loss, counts = self.module(b.input_ids, b.labels, b.cu_seqlens,
                                                      with_aux_loss=cfg.aux_loss_coeff > 0)
-            (loss_sum / n_tokens + aux_scale * aux_loss).backward()
+            (loss_sum / n_tokens + cfg.aux_loss_coeff * aux_loss / n_seqs).backward()
             loss_total += loss_sum.detach() / n_tokens
-            aux_total += aux_loss.detach() / (cfg.grad_accum * self.info.world_size)
+            aux_total += aux_loss.detach() / n_seqs
             self.balancer.accumulate(counts)
         grad_norm = clip_grad_norm_(self.params, cfg.grad_clip, self.par)
         sums = all_reduce_sum(torch.stack([loss_total, aux_total]), self.par)
@@ -249,7 +265,7 @@ class Trainer:
         cfg = self.cfg
         end = min(cfg.steps, cfg.stop_at_step) if cfg.stop_at_step is not None else cfg.steps
         progress = Progress(end, self.start_step, cfg.progress and self.info.is_main, self.flops_per_token,
-                            peak_flops(self.info.device, cfg.peak_tflops), self.info.world_size)
+                            peak_flops(self.info.device, cfg.peak_tflops), self.info.world_size, self.info.is_main)
         last_val = None
         interval_tokens, t_start = 0, time.perf_counter()
         try:
