@@ -8,10 +8,14 @@ launcher sums the [programs, K+1, C] fp32 partials. Token offsets are int64."""
 import triton
 import triton.language as tl
 
+from . import causal_conv1d_fwd
 from .causal_conv1d_fwd import _tap, check_layout
-from .mamba_common import interpreting
+from .mamba_common import dep_tokens, interpreting
 
 INTERPRETED = interpreting()
+LOAD_TOKEN = object()
+DEPENDS = ("causal_conv1d_fwd",)
+DEP_TOKENS = dep_tokens(causal_conv1d_fwd)
 
 
 @triton.jit
@@ -130,7 +134,7 @@ def _causal_conv1d_bwd_init_kernel(
         tl.store(dinit_ptr + s * channels * (K - 1) + offs_c * (K - 1) + j, acc, mask=c_ok)
 
 
-BWD_BLOCK_L, BWD_BLOCK_C, BWD_WARPS = 32, 128, 4
+BWD_BLOCK_L, BWD_BLOCK_C, BWD_WARPS = 16, 128, 8     # 8 elements per thread (the K^2 recomputed taps are many)
 
 
 def bwd_ranges(bsz: int, seqlen: int, channels: int, sm_count: int) -> tuple[int, int]:

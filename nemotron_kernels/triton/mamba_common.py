@@ -36,11 +36,20 @@ def triton_status() -> tuple[bool, str]:
 
 
 def kernel_module(name: str):
-    """Import nemotron_kernels.triton.<name>, reloading it if it was defined under the other Triton mode."""
+    """Import nemotron_kernels.triton.<name> in the current Triton mode: reload it if it was defined under the
+    other mode, or if a module it takes jit helpers from (its DEPENDS) was reloaded since (DEP_TOKENS holds the
+    LOAD_TOKEN of each dependency it imported)."""
     mod = importlib.import_module(f"{_PACKAGE}.{name}")
-    if mod.INTERPRETED != interpreting():
+    deps = [kernel_module(dep) for dep in getattr(mod, "DEPENDS", ())]
+    tokens = getattr(mod, "DEP_TOKENS", {})
+    if mod.INTERPRETED != interpreting() or any(tokens.get(d.__name__) is not d.LOAD_TOKEN for d in deps):
         mod = importlib.reload(mod)
     return mod
+
+
+def dep_tokens(*modules) -> dict:
+    """DEP_TOKENS of a kernel module that imports jit helpers from `modules` (see kernel_module)."""
+    return {m.__name__: m.LOAD_TOKEN for m in modules}
 
 
 def use_triton(*tensors: torch.Tensor, dot_kernel: bool = False) -> bool:

@@ -9,6 +9,7 @@ import triton.language as tl
 from .mamba_common import interpreting
 
 INTERPRETED = interpreting()
+LOAD_TOKEN = object()
 
 
 @triton.jit

@@ -1,0 +1,170 @@
+"""SSD scan stage 3 (Triton): the outputs of every chunk, fully parallel over chunks.
+
+Program (chunk gc, group g and a run of its heads, block of BLOCK_M rows of the chunk). It computes
+CB = C_m B^T [BLOCK_M, Q] once for the group (tl.dot) and reuses it for its heads:
+    y_t = sum_{s<=t} CB[t, s] exp(cs_t - cs_s) dt_s x_s          (intra-chunk, tl.dot with X [Q, P])
+        + exp(cs_t) C_t . S_in                                   (state entering the chunk, tl.dot)
+        + D x_t
+with cs the cumulative sum of dt A in the chunk and S_in = stage 1's state (+ carry_decay * stage 2's carry
+when the scan has several segments)."""
+import triton
+import triton.language as tl
+
+from . import ssd_scan_common
+from .mamba_common import dep_tokens, interpreting
+from .ssd_scan_common import _chunk_dt, _chunk_info
+
+INTERPRETED = interpreting()
+LOAD_TOKEN = object()
+DEPENDS = ("ssd_scan_common",)
+DEP_TOKENS = dep_tokens(ssd_scan_common)
+
+
+@triton.jit
+def _ssd_chunk_scan_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dt_bias_ptr, table_ptr,
+    s_in_ptr, carry_decay_ptr, carry_ptr,     # stage 1 / 2 outputs (S_in and carry in the chunk-state dtype)
+    y_ptr,                                    # [B, L, H, P]
+    seqlen, n_table, chunks_per_row, seg_len, headdim, dstate, heads_per_group, nheads,
+    stride_x_b, stride_x_l, stride_x_h,
+    stride_dt_b, stride_dt_l,
+    stride_B_b, stride_B_l, stride_B_g,
+    stride_C_b, stride_C_l, stride_C_g,
+    stride_y_b, stride_y_l, stride_y_h,
+    Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEADS_PER_PROG: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_CARRY: tl.constexpr,
+    IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    gc = tl.program_id(0)
+    pid_gh = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    splits = heads_per_group // HEADS_PER_PROG
+    g = pid_gh // splits
+    h0 = g * heads_per_group + (pid_gh % splits) * HEADS_PER_PROG
+    b, seq, start, length, first, last = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
+    b = tl.cast(b, tl.int64)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)          # rows t of the chunk
+    offs_s = tl.arange(0, Q)                                  # columns s of the chunk
+    offs_p = tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    m_ok = offs_m < length
+    s_ok = offs_s < length
+    p_ok = offs_p < headdim
+    n_ok = offs_n < dstate
+    rows_m = (start + offs_m).to(tl.int64)
+    rows_s = (start + offs_s).to(tl.int64)
+
+    C_m = tl.load(C_ptr + b * stride_C_b + rows_m[:, None] * stride_C_l + g * stride_C_g + offs_n[None, :],
+                  mask=m_ok[:, None] & n_ok[None, :], other=0.0)                     # [BLOCK_M, BLOCK_N]
+    B_s = tl.load(B_ptr + b * stride_B_b + rows_s[:, None] * stride_B_l + g * stride_B_g + offs_n[None, :],
+                  mask=s_ok[:, None] & n_ok[None, :], other=0.0)                     # [Q, BLOCK_N]
+    # (C B^T)^T: the [Q, BLOCK_M] orientation keeps the per-column vectors (over t) short in the MMA layout
+    BC = tl.dot(B_s, tl.trans(C_m), input_precision=DOT_PRECISION)                   # [Q, BLOCK_M] fp32
+    causal = (offs_s[:, None] <= offs_m[None, :]) & s_ok[:, None]
+    state_size = headdim * dstate
+    pn_offs = offs_p[:, None] * dstate + offs_n[None, :]
+    pn_ok = p_ok[:, None] & n_ok[None, :] & (length > 0)    # padding chunk slots (packed) have no state
+    if HAS_CARRY:
+        seg = gc // seg_len
+
+    for hh in range(HEADS_PER_PROG):
+        h = h0 + hh
+        A = tl.load(A_ptr + h).to(tl.float32)
+        dt = _chunk_dt(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l, offs_s,
+                       HAS_DT_BIAS, DT_SOFTPLUS)                                       # [Q]
+        # Cumulative log-decays summed in fp64 and split into fp32 hi + lo parts: exp(cs_t - cs_s) from plain fp32
+        # sums would lose ~eps * |cs| (cancellation); (hi_t - hi_s) + (lo_t - lo_s) keeps ~eps * |cs_t - cs_s|.
+        dA = (dt * A).to(tl.float64)
+        cs = tl.cumsum(dA, axis=0)                                                     # [Q]
+        if BLOCK_M == Q:
+            cs_m = cs
+        else:   # the same sums at this program's rows: the prefix before them plus their own cumsum
+            dt_m = _chunk_dt(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l, offs_m,
+                             HAS_DT_BIAS, DT_SOFTPLUS)
+            prefix = tl.sum(tl.where(offs_s < pid_m * BLOCK_M, dA, 0.0), axis=0)
+            cs_m = prefix + tl.cumsum((dt_m * A).to(tl.float64), axis=0)               # [BLOCK_M]
+        cs_hi = cs.to(tl.float32)
+        cs_lo = (cs - cs_hi.to(tl.float64)).to(tl.float32)
+        cs_m_hi = cs_m.to(tl.float32)
+        cs_m_lo = (cs_m - cs_m_hi.to(tl.float64)).to(tl.float32)
+        seg_sum = tl.minimum((cs_m_hi[None, :] - cs_hi[:, None]) + (cs_m_lo[None, :] - cs_lo[:, None]), 0.0)
+        decay = tl.where(causal, tl.exp(seg_sum), 0.0)                                 # [Q, BLOCK_M]: s, t
+        M_t = (BC * decay * dt[:, None]).to(x_ptr.dtype.element_ty)                   # [Q, BLOCK_M]
+        x_s = tl.load(x_ptr + b * stride_x_b + rows_s[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
+                      mask=s_ok[:, None] & p_ok[None, :], other=0.0)                   # [Q, BLOCK_P]
+        acc = tl.dot(tl.trans(M_t), x_s, input_precision=DOT_PRECISION)                # [BLOCK_M, BLOCK_P]
+
+        head_chunk = tl.cast(gc, tl.int64) * nheads + h
+        S = tl.load(s_in_ptr + head_chunk * state_size + pn_offs, mask=pn_ok, other=0.0).to(tl.float32)
+        if HAS_CARRY:
+            carry_decay = tl.load(carry_decay_ptr + head_chunk)
+            S += carry_decay * tl.load(carry_ptr + (tl.cast(seg, tl.int64) * nheads + h) * state_size + pn_offs,
+                                       mask=pn_ok, other=0.0).to(tl.float32)
+        acc_state = tl.dot(C_m, tl.trans(S.to(x_ptr.dtype.element_ty)), input_precision=DOT_PRECISION)
+        acc += acc_state * tl.exp(cs_m_hi)[:, None]
+        if HAS_D:
+            x_m = tl.load(x_ptr + b * stride_x_b + rows_m[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
+                          mask=m_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
+            acc += tl.load(D_ptr + h).to(tl.float32) * x_m
+        tl.store(y_ptr + b * stride_y_b + rows_m[:, None] * stride_y_l + h * stride_y_h + offs_p[None, :],
+                 acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & p_ok[None, :])
+
+
+def chunk_scan_config(n_chunks: int, ngroups: int, heads_per_group: int, headdim: int, dstate: int, chunk: int,
+                      sm_count: int) -> dict:
+    """BLOCK_M rows per program (half the chunk, 16..64), and how many heads of a group one program walks: as many
+    as keep >= 4 programs per SM (so CB is computed once for all of them at long sequences); all of them in
+    Triton's interpreter (sm_count 0)."""
+    block_m = max(16, min(chunk // 2, 64))
+    block_p = max(16, triton.next_power_of_2(headdim))
+    block_n = max(16, triton.next_power_of_2(dstate))
+    m_blocks = triton.cdiv(chunk, block_m)
+    heads = heads_per_group
+    while sm_count and heads % 2 == 0 and n_chunks * ngroups * (heads_per_group // heads) * m_blocks < 4 * sm_count:
+        heads //= 2
+    num_warps = 8 if block_m * max(chunk, block_n) >= 8192 else 4
+    return {"BLOCK_M": block_m, "BLOCK_P": block_p, "BLOCK_N": block_n, "HEADS_PER_PROG": heads,
+            "num_warps": num_warps, "num_stages": 2}
+
+
+def chunk_scan_launch(x, dt, A, B, C, D, dt_bias, table, s_in, carry_decay, carry, y, geometry: dict,
+                      dt_softplus: bool, cfg: dict, dot_precision: str) -> None:
+    bsz, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    assert x.stride(3) == 1 and B.stride(3) == 1 and C.stride(3) == 1 and dt.stride(2) == 1 and y.stride(3) == 1, \
+        "ssd_scan chunk_scan: x, B, C, y need a unit last stride, dt a unit head stride"
+    hpg = nheads // ngroups
+    grid = (geometry["n_chunks"], ngroups * (hpg // cfg["HEADS_PER_PROG"]), triton.cdiv(geometry["Q"], cfg["BLOCK_M"]))
+    _ssd_chunk_scan_kernel[grid](
+        x, dt, A, B, C, D if D is not None else A, dt_bias if dt_bias is not None else A,
+        table if table is not None else A, s_in, carry_decay, carry if carry is not None else s_in, y,
+        seqlen, geometry["n_table"], geometry["chunks_per_row"], geometry["seg_len"], headdim, dstate, hpg, nheads,
+        x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1), B.stride(2),
+        C.stride(0), C.stride(1), C.stride(2), y.stride(0), y.stride(1), y.stride(2),
+        Q=geometry["Q"], BLOCK_M=cfg["BLOCK_M"], BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"],
+        HEADS_PER_PROG=cfg["HEADS_PER_PROG"], HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None,
+        DT_SOFTPLUS=dt_softplus, HAS_CARRY=carry is not None, IS_VARLEN=table is not None,
+        DOT_PRECISION=dot_precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+
+def aot_compile_all():
+    """(name, CompiledKernel) at NemotronH's shapes (P=64, N=128, Q=128, G=8, bf16), sm_90a."""
+    from .mamba_common import aot_compile
+    cfg = chunk_scan_config(256, 8, 8, 64, 128, 128, 132)
+    sig = {"x_ptr": "*bf16", "dt_ptr": "*bf16", "A_ptr": "*fp32", "B_ptr": "*bf16", "C_ptr": "*bf16",
+           "D_ptr": "*fp32", "dt_bias_ptr": "*fp32", "table_ptr": "*i32", "s_in_ptr": "*bf16",
+           "carry_decay_ptr": "*fp32", "carry_ptr": "*bf16", "y_ptr": "*bf16", "seqlen": "i32", "n_table": "i32",
+           "chunks_per_row": "i32", "seg_len": "i32", "headdim": "i32", "dstate": "i32", "heads_per_group": "i32",
+           "nheads": "i32", "stride_x_b": "i64", "stride_x_l": "i64", "stride_x_h": "i32", "stride_dt_b": "i64",
+           "stride_dt_l": "i64", "stride_B_b": "i64", "stride_B_l": "i64", "stride_B_g": "i32",
+           "stride_C_b": "i64", "stride_C_l": "i64", "stride_C_g": "i32", "stride_y_b": "i64", "stride_y_l": "i64",
+           "stride_y_h": "i32"}
+    for varlen, carry in ((False, True), (True, True), (False, False)):
+        consts = {"Q": 128, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_P": cfg["BLOCK_P"], "BLOCK_N": cfg["BLOCK_N"],
+                  "HEADS_PER_PROG": cfg["HEADS_PER_PROG"], "HAS_D": True, "HAS_DT_BIAS": True, "DT_SOFTPLUS": True,
+                  "HAS_CARRY": carry, "IS_VARLEN": varlen, "DOT_PRECISION": "tf32"}
+        yield (f"ssd_chunk_scan varlen={varlen} carry={carry}",
+               aot_compile(_ssd_chunk_scan_kernel, sig, consts, num_warps=cfg["num_warps"],
+                           num_stages=cfg["num_stages"], aligned=("headdim", "dstate")))

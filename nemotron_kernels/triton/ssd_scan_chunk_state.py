@@ -1,0 +1,161 @@
+"""SSD scan stage 1 (Triton): chunk states, carried sequentially through a *segment* of consecutive chunks.
+
+Program (segment, head h, block of P rows). Walking its chunks in order it keeps the running state S [P, N]
+(fp32, registers): S_in of each chunk is stored (the state entering the chunk, counted from the segment start),
+then S <- exp(sum_chunk dt A) S + sum_t exp(sum_{s>t} dt_s A) dt_t x_t B_t^T (one tl.dot over the chunk).
+At a sequence start S restarts from the initial state (or zero). Per chunk it also stores carry_decay, the
+decay from the segment start to the chunk (0 once a sequence started inside the segment), so stage 3 can add
+the contribution of the state entering the segment (stage 2's carry). At the segment end it stores the segment's
+state and total decay; at a sequence end, its final state and decay (completed by stage 2).
+Segments make the sequential walk parallel over the sequence at B = 1 (32K tokens: ~5 segments of ~50 chunks).
+"""
+import triton
+import triton.language as tl
+
+from . import ssd_scan_common
+from .mamba_common import dep_tokens, interpreting
+from .ssd_scan_common import _chunk_dt, _chunk_info
+
+INTERPRETED = interpreting()
+LOAD_TOKEN = object()
+DEPENDS = ("ssd_scan_common",)
+DEP_TOKENS = dep_tokens(ssd_scan_common)
+
+
+@triton.jit
+def _ssd_chunk_state_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, dt_bias_ptr, init_ptr, table_ptr,
+    s_in_ptr,                     # [n_chunks, H, P, N] state entering each chunk (from the segment start), state dtype
+    carry_decay_ptr,              # [n_chunks, H] fp32
+    seg_state_ptr, seg_decay_ptr,  # [n_seg, H, P, N] fp32, [n_seg, H] fp32
+    final_ptr, final_decay_ptr,   # [n_states, H, P, N] fp32, [n_states, H] fp32
+    seqlen, n_chunks, n_table, chunks_per_row, seg_len, headdim, dstate, heads_per_group, nheads,
+    stride_x_b, stride_x_l, stride_x_h,       # x [B, L, H, P], unit P stride
+    stride_dt_b, stride_dt_l,                 # dt [B, L, H], unit H stride
+    stride_B_b, stride_B_l, stride_B_g,       # B [B, L, G, N], unit N stride
+    stride_init_s, stride_init_h, stride_init_p,
+    Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_FINAL: tl.constexpr,
+    IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    seg = tl.program_id(0)
+    h = tl.program_id(1)
+    pid_p = tl.program_id(2)
+    g = h // heads_per_group
+    offs_q = tl.arange(0, Q)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    p_ok = offs_p < headdim
+    n_ok = offs_n < dstate
+    pn_ok = p_ok[:, None] & n_ok[None, :]
+    state_size = headdim * dstate
+    pn_offs = offs_p[:, None] * dstate + offs_n[None, :]                  # into a contiguous [P, N] state
+    A = tl.load(A_ptr + h).to(tl.float32)
+
+    S = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+    carry = A * 0.0 + 1.0                                                  # decay since the segment start
+    gc_start = seg * seg_len
+    gc_end = tl.minimum(gc_start + seg_len, n_chunks)
+    for gc in range(gc_start, gc_end):
+        b, seq, start, length, first, last = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
+        b = tl.cast(b, tl.int64)
+        seq = tl.cast(seq, tl.int64)
+        if HAS_INIT:
+            init = tl.load(init_ptr + seq * stride_init_s + h * stride_init_h + offs_p[:, None] * stride_init_p
+                           + offs_n[None, :], mask=pn_ok & first, other=0.0).to(tl.float32)
+            S = tl.where(first, init, S)
+        else:
+            S = tl.where(first, 0.0, S)
+        carry = tl.where(first, 0.0, carry)
+        head_chunk = tl.cast(gc, tl.int64) * nheads + h
+        tl.store(s_in_ptr + head_chunk * state_size + pn_offs, S.to(s_in_ptr.dtype.element_ty),
+                 mask=pn_ok & (length > 0))
+        if pid_p == 0:
+            tl.store(carry_decay_ptr + head_chunk, carry)
+
+        dt = _chunk_dt(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l, offs_q,
+                       HAS_DT_BIAS, DT_SOFTPLUS)                                     # [Q]
+        dA = dt * A
+        total = tl.sum(dA, axis=0)
+        # sum_{s>t} dA_s as total - cumsum in fp64: in fp32 the difference of two long sums cancels badly
+        dA64 = dA.to(tl.float64)
+        to_end = tl.exp((tl.sum(dA64, axis=0) - tl.cumsum(dA64, axis=0)).to(tl.float32)) * dt   # [Q]
+        rows = (start + offs_q).to(tl.int64)
+        q_ok = offs_q < length
+        x = tl.load(x_ptr + b * stride_x_b + rows[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
+                    mask=q_ok[:, None] & p_ok[None, :], other=0.0)                   # [Q, BLOCK_P]
+        Bt = tl.load(B_ptr + b * stride_B_b + rows[:, None] * stride_B_l + g * stride_B_g + offs_n[None, :],
+                     mask=q_ok[:, None] & n_ok[None, :], other=0.0)                  # [Q, BLOCK_N]
+        xw = (x.to(tl.float32) * to_end[:, None]).to(x_ptr.dtype.element_ty)
+        decay = tl.exp(total)
+        S = tl.dot(tl.trans(xw), Bt, S * decay, input_precision=DOT_PRECISION)       # [BLOCK_P, BLOCK_N]
+        carry = carry * decay
+        if HAS_FINAL:
+            tl.store(final_ptr + seq * nheads * state_size + h * state_size + pn_offs, S, mask=pn_ok & last)
+            if pid_p == 0:
+                tl.store(final_decay_ptr + seq * nheads + h, carry, mask=last)
+    seg_head = tl.cast(seg, tl.int64) * nheads + h
+    tl.store(seg_state_ptr + seg_head * state_size + pn_offs, S, mask=pn_ok)
+    if pid_p == 0:
+        tl.store(seg_decay_ptr + seg_head, carry)
+
+
+def chunk_state_config(headdim: int, dstate: int, chunk: int) -> dict:
+    block_p = max(16, min(64, triton.next_power_of_2(headdim)))
+    block_n = max(16, triton.next_power_of_2(dstate))
+    num_warps = 8 if block_p * block_n >= 8192 else 4
+    return {"BLOCK_P": block_p, "BLOCK_N": block_n, "num_warps": num_warps, "num_stages": 2}
+
+
+def segments(n_chunks: int, nheads: int, p_blocks: int, sm_count: int) -> tuple[int, int]:
+    """(n_seg, chunks per segment): enough segments for ~2 programs per SM, no more."""
+    want = max(1, triton.cdiv(2 * sm_count, nheads * p_blocks))
+    seg_len = triton.cdiv(n_chunks, min(n_chunks, want))
+    return triton.cdiv(n_chunks, seg_len), seg_len
+
+
+def chunk_state_launch(x, dt, A, B, dt_bias, initial_states, table, s_in, carry_decay, seg_state, seg_decay,
+                       final, final_decay, geometry: dict, dt_softplus: bool, cfg: dict, dot_precision: str):
+    """Stage 1 over all chunks; `geometry` from ops/ssd_scan.py (n_chunks, n_table, chunks_per_row, n_seg, seg_len,
+    Q); see the kernel for the buffers."""
+    bsz, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    assert x.stride(3) == 1 and B.stride(3) == 1 and dt.stride(2) == 1, \
+        "ssd_scan chunk_state: x, B need a unit last stride, dt a unit head stride"
+    assert initial_states is None or initial_states.stride(3) == 1, "ssd_scan: initial_states needs a unit N stride"
+    assert s_in.is_contiguous() and seg_state.is_contiguous(), "ssd_scan: state buffers must be contiguous"
+    init = initial_states if initial_states is not None else seg_state
+    grid = (geometry["n_seg"], nheads, triton.cdiv(headdim, cfg["BLOCK_P"]))
+    _ssd_chunk_state_kernel[grid](
+        x, dt, A, B, dt_bias if dt_bias is not None else A, init, table if table is not None else A,
+        s_in, carry_decay, seg_state, seg_decay,
+        final if final is not None else seg_state, final_decay if final_decay is not None else seg_decay,
+        seqlen, geometry["n_chunks"], geometry["n_table"], geometry["chunks_per_row"], geometry["seg_len"],
+        headdim, dstate, nheads // ngroups, nheads,
+        x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1), B.stride(2),
+        init.stride(0), init.stride(1), init.stride(2),
+        Q=geometry["Q"], BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"], HAS_DT_BIAS=dt_bias is not None,
+        DT_SOFTPLUS=dt_softplus, HAS_INIT=initial_states is not None, HAS_FINAL=final is not None,
+        IS_VARLEN=table is not None, DOT_PRECISION=dot_precision, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"])
+
+
+def aot_compile_all():
+    """(name, CompiledKernel) at NemotronH's shapes (P=64, N=128, Q=128, bf16, bf16 S_in), sm_90a."""
+    from .mamba_common import aot_compile
+    cfg = chunk_state_config(64, 128, 128)
+    sig = {"x_ptr": "*bf16", "dt_ptr": "*bf16", "A_ptr": "*fp32", "B_ptr": "*bf16", "dt_bias_ptr": "*fp32",
+           "init_ptr": "*fp32", "table_ptr": "*i32", "s_in_ptr": "*bf16", "carry_decay_ptr": "*fp32",
+           "seg_state_ptr": "*fp32", "seg_decay_ptr": "*fp32", "final_ptr": "*fp32", "final_decay_ptr": "*fp32",
+           "seqlen": "i32", "n_chunks": "i32", "n_table": "i32", "chunks_per_row": "i32", "seg_len": "i32",
+           "headdim": "i32", "dstate": "i32", "heads_per_group": "i32", "nheads": "i32",
+           "stride_x_b": "i64", "stride_x_l": "i64", "stride_x_h": "i32", "stride_dt_b": "i64", "stride_dt_l": "i64",
+           "stride_B_b": "i64", "stride_B_l": "i64", "stride_B_g": "i32", "stride_init_s": "i64",
+           "stride_init_h": "i32", "stride_init_p": "i32"}
+    for varlen, has_init in ((False, False), (True, True)):
+        consts = {"Q": 128, "BLOCK_P": cfg["BLOCK_P"], "BLOCK_N": cfg["BLOCK_N"], "HAS_DT_BIAS": True,
+                  "DT_SOFTPLUS": True, "HAS_INIT": has_init, "HAS_FINAL": True, "IS_VARLEN": varlen,
+                  "DOT_PRECISION": "tf32"}
+        yield (f"ssd_chunk_state varlen={varlen} init={has_init}",
+               aot_compile(_ssd_chunk_state_kernel, sig, consts, num_warps=cfg["num_warps"],
+                           num_stages=cfg["num_stages"], aligned=("headdim", "dstate")))

@@ -1,0 +1,50 @@
+"""Jit helpers shared by the SSD scan stages (chunk_state, chunk_scan).
+
+Chunks: the scan splits every sequence into chunks of Q tokens that start at the sequence's first token, so a
+chunk never spans two sequences. Chunks are numbered globally, gc in [0, n_chunks):
+  batched (B rows of L tokens): gc = b * cdiv(L, Q) + c, chunk c of row b starts at token c * Q;
+  packed (cu_seqlens, B = 1):   a host-built table [5, n_table] int32 (sequence, start, length, first, last) per
+                                chunk slot; the last slots may be padding (length 0, never first or last).
+"""
+import triton
+import triton.language as tl
+
+from .mamba_common import interpreting
+
+INTERPRETED = interpreting()
+LOAD_TOKEN = object()
+
+
+@triton.jit
+def _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """-> (row b, sequence / state index, first token, tokens in the chunk, starts its sequence, ends it)."""
+    if IS_VARLEN:
+        seq = tl.load(table_ptr + gc)
+        start = tl.load(table_ptr + n_table + gc)
+        length = tl.load(table_ptr + 2 * n_table + gc)
+        first = tl.load(table_ptr + 3 * n_table + gc) != 0
+        last = tl.load(table_ptr + 4 * n_table + gc) != 0
+        b = gc * 0
+    else:
+        b = gc // chunks_per_row
+        c = gc - b * chunks_per_row
+        start = c * Q
+        length = tl.minimum(seqlen - start, Q)
+        seq = b
+        first = c == 0
+        last = c == chunks_per_row - 1
+    return b, seq, start, length, first, last
+
+
+@triton.jit
+def _chunk_dt(dt_ptr, dt_bias_ptr, row_base, start, length, h, stride_dt_l, offs_q,
+              HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr):
+    """The chunk's step sizes dt (+ dt_bias, softplus: identity above 20 like torch), fp32 [Q], zero past the end."""
+    q_ok = offs_q < length
+    dt = tl.load(dt_ptr + row_base + (start + offs_q).to(tl.int64) * stride_dt_l + h, mask=q_ok,
+                 other=0.0).to(tl.float32)
+    if HAS_DT_BIAS:
+        dt += tl.load(dt_bias_ptr + h).to(tl.float32)
+    if DT_SOFTPLUS:
+        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
+    return tl.where(q_ok, dt, 0.0)

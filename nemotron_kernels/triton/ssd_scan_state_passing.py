@@ -1,0 +1,83 @@
+"""SSD scan stage 2 (Triton): pass states between segments and complete the final states.
+
+carry[0] = 0 and carry[s+1] = seg_decay[s] * carry[s] + seg_state[s] is the true state entering segment s
+(stage 1's segment states count from the segment start, and seg_decay is 0 when a sequence starts inside it).
+A sequence ending in segment s has final = final_local + final_decay * carry[s]. Program (head, block of the
+P*N state elements); the loop runs over the few segments, then over the sequences. Only launched with > 1
+segment (with one segment stage 1's states are already complete)."""
+import triton
+import triton.language as tl
+
+from .mamba_common import interpreting
+
+INTERPRETED = interpreting()
+LOAD_TOKEN = object()
+
+
+@triton.jit
+def _ssd_state_passing_kernel(
+    seg_state_ptr, seg_decay_ptr,       # [n_seg, H, P*N] fp32, [n_seg, H] fp32
+    carry_ptr,                          # [n_seg, H, P*N] fp32 out: state entering each segment
+    carry_lp_ptr,                       # the same in the chunk-state dtype (bf16 for bf16 inputs), for stage 3
+    final_ptr, final_decay_ptr,         # [n_states, H, P*N] fp32 (in place), [n_states, H] fp32
+    last_chunk_ptr,                     # [n_states] int32 with packed sequences: global chunk of each end (-1: empty)
+    n_seg, seg_len, n_states, nheads, state_size, chunks_per_row,
+    BLOCK: tl.constexpr, HAS_FINAL: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    h = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < state_size
+    carry = tl.zeros([BLOCK], dtype=tl.float32)
+    for seg in range(n_seg):
+        base = (tl.cast(seg, tl.int64) * nheads + h) * state_size
+        tl.store(carry_ptr + base + offs, carry, mask=ok)
+        tl.store(carry_lp_ptr + base + offs, carry.to(carry_lp_ptr.dtype.element_ty), mask=ok)
+        decay = tl.load(seg_decay_ptr + seg * nheads + h)
+        carry = decay * carry + tl.load(seg_state_ptr + base + offs, mask=ok, other=0.0)
+    if HAS_FINAL:
+        tl.debug_barrier()
+        for s in range(n_states):
+            if IS_VARLEN:
+                lc = tl.load(last_chunk_ptr + s)
+            else:
+                lc = s * chunks_per_row + chunks_per_row - 1
+            valid = lc >= 0
+            seg = tl.maximum(lc, 0) // seg_len
+            carry_s = tl.load(carry_ptr + (tl.cast(seg, tl.int64) * nheads + h) * state_size + offs, mask=ok & valid,
+                              other=0.0)
+            decay = tl.load(final_decay_ptr + s * nheads + h, mask=valid, other=0.0)
+            fptrs = final_ptr + tl.cast(s * nheads + h, tl.int64) * state_size + offs
+            final = tl.load(fptrs, mask=ok & valid, other=0.0)
+            tl.store(fptrs, final + decay * carry_s, mask=ok & valid)
+
+
+PASS_BLOCK = 1024
+
+
+def state_passing_launch(seg_state, seg_decay, carry, carry_lp, final, final_decay, last_chunk,
+                         geometry: dict) -> None:
+    n_seg, nheads = seg_decay.shape
+    state_size = seg_state[0, 0].numel()
+    assert seg_state.is_contiguous() and carry.is_contiguous() and carry_lp.is_contiguous(), \
+        "ssd_scan state passing: buffers must be contiguous"
+    assert final is None or final.is_contiguous(), "ssd_scan state passing: final states must be contiguous"
+    grid = (nheads, triton.cdiv(state_size, PASS_BLOCK))
+    _ssd_state_passing_kernel[grid](
+        seg_state, seg_decay, carry, carry_lp, final if final is not None else carry,
+        final_decay if final_decay is not None else seg_decay, last_chunk if last_chunk is not None else seg_decay,
+        n_seg, geometry["seg_len"], final.shape[0] if final is not None else 0, nheads, state_size,
+        geometry["chunks_per_row"], BLOCK=PASS_BLOCK, HAS_FINAL=final is not None, IS_VARLEN=last_chunk is not None,
+        num_warps=4)
+
+
+def aot_compile_all():
+    from .mamba_common import aot_compile
+    sig = {"seg_state_ptr": "*fp32", "seg_decay_ptr": "*fp32", "carry_ptr": "*fp32", "carry_lp_ptr": "*bf16",
+           "final_ptr": "*fp32",
+           "final_decay_ptr": "*fp32", "last_chunk_ptr": "*i32", "n_seg": "i32", "seg_len": "i32", "n_states": "i32",
+           "nheads": "i32", "state_size": "i32", "chunks_per_row": "i32"}
+    for varlen in (False, True):
+        consts = {"BLOCK": PASS_BLOCK, "HAS_FINAL": True, "IS_VARLEN": varlen}
+        yield (f"ssd_state_passing varlen={varlen}",
+               aot_compile(_ssd_state_passing_kernel, sig, consts, num_warps=4, num_stages=1,
+                           aligned=("state_size",)))
