@@ -16,10 +16,14 @@ different experts). Its 256x8K/1K throughput is estimated from those two measure
 (static batching: 256 prefills + 1024 decode steps) and labelled so.
 
 `python -m bench serve --cpu` smoke-runs all of it with the tiny preset on the CPU (small sizes).
+To fit one device call, parts can be picked by environment: BENCH_SERVE_BATCHES=1,64 (decode batches),
+BENCH_SERVE_PRECISIONS=bf16 (or fp8, or both), BENCH_SERVE_HF=0 (no transformers baseline),
+BENCH_SERVE_THROUGHPUT=0 (no 256-request run).
 """
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 
@@ -47,6 +51,11 @@ class Sizes:
             self.steps, self.reps = 3, 2
         if quick and on_gpu:
             self.serve_n, self.serve_out = 64, 256
+        if os.environ.get("BENCH_SERVE_BATCHES"):
+            self.batches = tuple(int(b) for b in os.environ["BENCH_SERVE_BATCHES"].split(","))
+        self.precisions = tuple(os.environ.get("BENCH_SERVE_PRECISIONS", "bf16,fp8").split(","))
+        self.hf = os.environ.get("BENCH_SERVE_HF", "1") != "0"
+        self.throughput = os.environ.get("BENCH_SERVE_THROUGHPUT", "1") != "0"
 
 
 # ---------------------------------------------------------------------- floors
@@ -279,6 +288,8 @@ def _bench_ours(bench, model, sz, gen, label: str, fp8: bool, hf: dict) -> None:
         ms = statistics.median(times)
         _row(bench, f"decode B{B}@{sz.ctx}", f"ours {label}", ms, _floors(cfg, 1, sz.ctx, B, fp8, True),
              cuda_graphs=engine.runner.cuda_graph_status)
+    if not sz.throughput:
+        return
     # throughput: N concurrent requests, in -> out
     N, n_in, n_out = sz.serve_n, sz.serve_in, sz.serve_out
     params = SamplingParams(max_tokens=n_out, temperature=0.8, top_p=0.95, seed=0, ignore_eos=True)
@@ -316,20 +327,21 @@ def run(bench: Bench) -> None:
     print(f"  building {sz.preset} ({cfg.num_params() / 1e9:.2f} B parameters) with random weights, {dtype}",
           flush=True)
     model = build_model(cfg, device=bench.device, dtype=dtype, backend="auto", seed=0).eval()
-    try:
-        hf = _bench_hf(bench, model, sz, gen)
-    except ImportError as e:
-        print(f"  transformers baseline skipped: {e}", flush=True)
-        hf = {}
-    _bench_ours(bench, model, sz, gen, "bf16", fp8=False, hf=hf)
-    quantize_model_fp8(model)
-    gc.collect()
-    if on_gpu:
-        torch.cuda.empty_cache()
-    _bench_ours(bench, model, sz, gen, "fp8", fp8=True, hf=hf)
-    by = {(r["problem"], r["variant"]): r for r in bench.rows}
+    hf = {}
+    if sz.hf:
+        try:
+            hf = _bench_hf(bench, model, sz, gen)
+        except ImportError as e:
+            print(f"  transformers baseline skipped: {e}", flush=True)
+    if "bf16" in sz.precisions:
+        _bench_ours(bench, model, sz, gen, "bf16", fp8=False, hf=hf)
+    if "fp8" in sz.precisions:
+        quantize_model_fp8(model)
+        gc.collect()
+        if on_gpu:
+            torch.cuda.empty_cache()
+        _bench_ours(bench, model, sz, gen, "fp8", fp8=True, hf=hf)
     serve = [r for r in bench.rows if r["problem"].startswith("serve") and r["variant"].startswith("ours")]
     if len(serve) == 2:
         print(f"  FP8 / BF16 output throughput at {sz.serve_n} concurrent: "
               f"{serve[1]['tokens_per_s'] / serve[0]['tokens_per_s']:.2f}x (target >= 1.6)", flush=True)
-    del by
