@@ -148,13 +148,16 @@ class Parallelism:
 
 
 def parallelize(train_module: nn.Module, model: nn.Module, info: DistInfo, *, ep_size: int = 1,
-                param_dtype: torch.dtype | None = None, fsdp: bool | None = None) -> Parallelism:
-    """Applies, in this order, expert parallelism (MoE mixers -> ExpertParallelMoE) and FSDP2 (each block, the
-    local experts on the "edp" mesh, then `train_module` as the root holding embeddings, final norm and lm_head).
+                param_dtype: torch.dtype | None = None, fsdp: bool | None = None,
+                activation_checkpointing: bool = False) -> Parallelism:
+    """Applies, in this order: expert parallelism (MoE mixers -> ExpertParallelMoE), activation checkpointing
+    (each block recomputed in backward; composable, parameter names unchanged), FSDP2 (the local experts on the
+    "edp" mesh, each block, then `train_module` as the root holding embeddings, final norm and lm_head).
 
     train_module: the module whose forward runs the model and the loss (root FSDP unit); model: the NemotronH
     inside it. param_dtype: FSDP2 compute dtype of the parameters (e.g. bfloat16; masters stay fp32), None = the
     parameters' own. fsdp: default on when distributed or when param_dtype is given."""
+    from torch.distributed._composable import checkpoint
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
@@ -165,6 +168,9 @@ def parallelize(train_module: nn.Module, model: nn.Module, info: DistInfo, *, ep
     if not fsdp:
         if ep_size > 1:
             raise ValueError("expert parallelism needs the distributed path (fsdp)")
+        if activation_checkpointing:
+            for block in model.layers:
+                checkpoint(block)
         return Parallelism(info)
     if not dist.is_initialized():
         init_single_process_group(info.device)
@@ -185,7 +191,11 @@ def parallelize(train_module: nn.Module, model: nn.Module, info: DistInfo, *, ep
                 block.mixer = ExpertParallelMoE(block.mixer, result.ep_group, result.ep_rank, ep_size)
                 names += [f"layers.{i}.mixer.experts.up_proj", f"layers.{i}.mixer.experts.down_proj"]
         result.expert_param_names = tuple(names)
-    # 2. FSDP2: local experts (over edp), blocks (over dp), then the root
+    # 2. activation checkpointing
+    if activation_checkpointing:
+        for block in model.layers:
+            checkpoint(block)
+    # 3. FSDP2: local experts (over edp), blocks (over dp), then the root
     for block in model.layers:
         if ep_size > 1 and block.kind == "E":
             fully_shard(block.mixer.experts, mesh=edp_mesh, mp_policy=mp)

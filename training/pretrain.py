@@ -46,6 +46,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--backend", default="auto", choices=("auto", "reference", "kernels"), help="model ops")
     p.add_argument("--ep-size", type=int, default=1, help="expert-parallel ranks (torchrun)")
+    p.add_argument("--activation-checkpointing", action="store_true", help="recompute blocks in backward")
     p.add_argument("--eval-every", type=int)
     p.add_argument("--eval-batches", type=int)
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: at the end only)")
@@ -70,7 +71,8 @@ def train_config(args, preset, out: str, **extra) -> TrainConfig:
         decay_shape=args.decay_shape, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         grad_accum=pick(args.grad_accum, preset.grad_accum), balance=not args.no_balance,
         bias_update_rate=args.bias_update_rate, aux_loss_coeff=args.aux_loss_coeff,
-        dtype=pick(args.dtype, preset.dtype), ep_size=args.ep_size, out_dir=out, log_every=args.log_every,
+        dtype=pick(args.dtype, preset.dtype), ep_size=args.ep_size,
+        activation_checkpointing=args.activation_checkpointing, out_dir=out, log_every=args.log_every,
         eval_every=pick(args.eval_every, preset.eval_every), save_every=args.save_every, keep_last=args.keep_last,
         resume=args.resume, stop_at_step=args.stop_at_step, max_bad_steps=args.max_bad_steps,
         progress=not args.no_progress, plots=not args.no_plots, peak_tflops=args.peak_tflops, **extra)

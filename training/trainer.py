@@ -10,7 +10,7 @@ One optimizer step:
   4. ONE host sync per step: [loss, aux, grad norm] -> a non-finite value skips the step (reported; the run stops
      after `max_bad_steps` in a row), otherwise optimizer step + aux-loss-free bias update;
   5. metrics (JSONL + progress bar), periodic validation and checkpoints.
-Parallelism order (parallel.py): expert parallelism -> FSDP2 (blocks, then the root).
+Parallelism order (parallel.py): expert parallelism -> activation checkpointing -> FSDP2 (blocks, then the root).
 """
 from __future__ import annotations
 
@@ -63,6 +63,7 @@ class TrainConfig:
     # precision / parallelism
     dtype: str = "float32"                    # compute dtype; "bfloat16" = FSDP2 mixed precision, fp32 masters
     ep_size: int = 1                          # expert-parallel ranks (divides the world size)
+    activation_checkpointing: bool = False    # recompute each block in backward (less memory)
     # run control
     out_dir: str = "runs/train"
     log_every: int = 1
@@ -148,7 +149,8 @@ class Trainer:
         dtype = DTYPES[cfg.dtype]
         self.module = CausalLMLoss(model, cfg.loss_chunk_rows)
         self.par = parallelize(self.module, model, info, ep_size=cfg.ep_size,
-                               param_dtype=dtype if dtype != model.dtype else None)
+                               param_dtype=dtype if dtype != model.dtype else None,
+                               activation_checkpointing=cfg.activation_checkpointing)
         self.optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.schedule = WSDSchedule(cfg.lr, cfg.min_lr, cfg.steps, cfg.warmup_steps, cfg.decay_fraction,

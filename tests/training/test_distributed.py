@@ -55,11 +55,12 @@ def test_two_process_fsdp2_expert_parallel_matches_one_process(pretrain_argv, tm
 
 @pytest.mark.slow
 def test_two_process_run_resumes(pretrain_argv, tmp_path):
-    """A 2-rank FSDP2 + EP run stopped after 3 of 6 steps and resumed (per-rank optimizer shards, data positions)
-    ends where the 1-process run ends."""
+    """A 2-rank FSDP2 + EP run with activation checkpointing, stopped after 3 of 6 steps and resumed (per-rank
+    optimizer shards, data positions), ends where the 1-process run ends."""
     one = build_trainer(common(pretrain_argv, tmp_path / "one", 6) + ["--batch-rows", "4"])
     one.run()
-    argv = common(pretrain_argv, tmp_path / "two", 6) + ["--batch-rows", "2", "--ep-size", "2"]
+    argv = common(pretrain_argv, tmp_path / "two", 6) + ["--batch-rows", "2", "--ep-size", "2",
+                                                         "--activation-checkpointing"]
     torchrun(argv + ["--stop-at-step", "3"])
     proc = torchrun(argv + ["--resume"])
     assert "resumed from" in proc.stdout

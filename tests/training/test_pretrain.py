@@ -72,6 +72,12 @@ def test_resume_after_interrupt_is_bitwise_identical(pretrain_argv, tmp_path):
     assert [r["step"] for r in vals] == [6, 12]            # the interrupted continuation's records were dropped
 
 
+def test_activation_checkpointing_changes_nothing(pretrain_argv, tmp_path):
+    main(pretrain_argv(tmp_path / "plain", "--steps", 3, "--eval-every", 0))
+    main(pretrain_argv(tmp_path / "ac", "--steps", 3, "--eval-every", 0, "--activation-checkpointing"))
+    assert train_losses(tmp_path / "ac") == train_losses(tmp_path / "plain")
+
+
 def test_checkpoint_is_a_loadable_hf_model(pretrain_argv, tmp_path):
     trainer = build_trainer(pretrain_argv(tmp_path, "--steps", 2))
     trainer.run()
