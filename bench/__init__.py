@@ -1,0 +1,1 @@
+"""Kernel microbenchmarks: `python -m bench [op ...] [--quick] [--cpu]` (see harness.py and NOTES.md)."""

@@ -1,0 +1,63 @@
+"""moe_router at Nemotron 3 Nano's shape (E=128, Hd=2688, k=6, scale 2.5; bf16 x, fp32 gate weight).
+
+ours:      (a) the fused kernel alone, from fp32 logits;  (b) the whole router: fp32 GEMM (torch) + fused kernel.
+baselines: (c) the reference on the GPU incl. its fp32 GEMM;  (d) the reference from logits (no GEMM);
+           (e) HF-style torch ops incl. the GEMM (fp32 torch.sigmoid + torch.topk: what a plain model runs;
+               faster than the reference, which sorts stably and evaluates the sigmoid in fp64)."""
+import torch
+
+from nemotron_kernels.ops.moe_router import moe_router, moe_router_fused, moe_router_logits
+from nemotron_kernels.reference.moe_router import moe_router_from_logits_ref, moe_router_ref
+
+from .harness import Bench, Variant
+
+HIDDEN, EXPERTS, TOP_K, SCALE = 2688, 128, 6, 2.5
+TOKENS = (1, 64, 1024, 16384)
+
+
+def _hf_style_router(x, weight, bias):
+    logits = torch.nn.functional.linear(x.float(), weight.float())             # [T, E]
+    scores = logits.sigmoid()
+    topk_idx = (scores + bias).topk(TOP_K, dim=-1).indices                     # [T, k]
+    topk_weight = scores.gather(1, topk_idx)
+    topk_weight = topk_weight / (topk_weight.sum(-1, keepdim=True) + 1e-20) * SCALE
+    counts = torch.zeros(EXPERTS, dtype=torch.int32, device=x.device)
+    counts.index_add_(0, topk_idx.flatten(), torch.ones(topk_idx.numel(), dtype=torch.int32, device=x.device))
+    return topk_idx, topk_weight, counts
+
+
+def _input_maker(ntokens: int, device: torch.device):
+    def make(_: int) -> dict:
+        x = torch.randn(ntokens, HIDDEN, device=device).to(torch.bfloat16)     # [T, Hd]
+        weight = torch.randn(EXPERTS, HIDDEN, device=device) / HIDDEN ** 0.5   # [E, Hd] fp32
+        bias = 0.05 * torch.randn(EXPERTS, device=device)                      # [E] fp32
+        return dict(x=x, weight=weight, bias=bias, logits=moe_router_logits(x, weight))
+    return make
+
+
+def run(bench: Bench) -> None:
+    for ntokens in bench.pick(TOKENS, quick=(1, 64, 16384)):
+        pool = bench.input_pool(_input_maker(ntokens, bench.device))
+        first = pool[0]
+        ours = moe_router(first["x"], first["weight"], first["bias"], TOP_K, SCALE)
+        ref = moe_router_ref(first["x"], first["weight"], first["bias"], TOP_K, SCALE)
+        assert torch.equal(ours[0], ref[0]) and torch.equal(ours[2], ref[2]), "ours != reference: not timing it"
+
+        out_bytes = ntokens * TOP_K * 8 + EXPERTS * 4                             # idx + weight + counts
+        fused_bytes = ntokens * EXPERTS * 4 + EXPERTS * 4 + out_bytes             # logits + bias in
+        router_bytes = ntokens * HIDDEN * 2 + EXPERTS * HIDDEN * 4 + EXPERTS * 4 + out_bytes
+        gemm_flops = 2.0 * ntokens * EXPERTS * HIDDEN
+        bench.measure(f"T={ntokens}", pool, [
+            Variant("ours: fused from logits",
+                    lambda s: moe_router_fused(s["logits"], s["bias"], TOP_K, SCALE, 1, 1), bytes=fused_bytes),
+            Variant("ours: router (GEMM + fused)",
+                    lambda s: moe_router(s["x"], s["weight"], s["bias"], TOP_K, SCALE),
+                    flops=gemm_flops, bytes=router_bytes),
+            Variant("torch: reference router", lambda s: moe_router_ref(s["x"], s["weight"], s["bias"], TOP_K, SCALE),
+                    flops=gemm_flops, bytes=router_bytes, baseline=True),
+            Variant("torch: reference from logits",
+                    lambda s: moe_router_from_logits_ref(s["logits"], s["bias"], TOP_K, SCALE),
+                    bytes=fused_bytes, baseline=True),
+            Variant("torch: HF-style router", lambda s: _hf_style_router(s["x"], s["weight"], s["bias"]),
+                    flops=gemm_flops, bytes=router_bytes, baseline=True),
+        ], T=ntokens, E=EXPERTS, Hd=HIDDEN, k=TOP_K)

@@ -1,0 +1,100 @@
+// Host entry of the fused router (after the logits GEMM): checks, CPU/CUDA dispatch, current stream, no sync.
+#include <torch/extension.h>
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <limits>
+#include <tuple>
+
+#ifdef NEMOTRON_WITH_CUDA
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include "common/checks.h"
+#include "router/moe_router_common.h"
+#include "router/router.h"
+
+namespace nk {
+namespace {
+
+#ifdef NEMOTRON_WITH_CUDA
+int sm_count(c10::DeviceIndex device) {
+  static std::array<std::atomic<int>, 256> cache{};  // 0 = not asked yet
+  const auto slot = static_cast<size_t>(device) % cache.size();
+  int n = cache[slot].load(std::memory_order_relaxed);
+  if (n == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    cache[slot].store(n, std::memory_order_relaxed);
+  }
+  return n;
+}
+#endif
+
+// logits [T, E] fp32, bias [E] fp32 -> (topk_idx [T, k] int32, topk_weight [T, k] fp32, counts [E] int32).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_router_fused(const at::Tensor& logits, const at::Tensor& bias,
+                                                                int64_t top_k, double routed_scaling_factor,
+                                                                int64_t n_group, int64_t topk_group) {
+  check_dtype(logits, "logits", {at::kFloat});
+  check_shape(logits, "logits", {-1, -1});
+  const int64_t num_tokens = logits.size(0), num_experts = logits.size(1);
+  check_contiguous(logits, "logits");
+  check_dtype(bias, "bias", {at::kFloat});
+  check_shape(bias, "bias", {num_experts});
+  check_contiguous(bias, "bias");
+  check_device(bias, "bias", logits.device());
+  const auto device = logits.device();
+  TORCH_CHECK(device.is_cpu() || device.is_cuda(), "logits must be on cpu or cuda, got ", device);
+  TORCH_CHECK_VALUE(num_experts >= 1 && num_experts <= std::numeric_limits<int32_t>::max(),
+                    "logits must have 1 to 2^31-1 experts (columns), got ", num_experts);
+  TORCH_CHECK_VALUE(top_k >= 1 && top_k <= num_experts, "top_k must be in [1, E=", num_experts, "], got ", top_k);
+  TORCH_CHECK_VALUE(n_group >= 1 && num_experts % n_group == 0, "n_group (", n_group,
+                    ") must divide the number of experts E=", num_experts);
+  TORCH_CHECK_VALUE(topk_group >= 1 && topk_group <= n_group, "topk_group must be in [1, n_group=", n_group,
+                    "], got ", topk_group);
+  TORCH_CHECK_VALUE(top_k <= topk_group * (num_experts / n_group), "top_k (", top_k,
+                    ") must be <= topk_group * E / n_group = ", topk_group * (num_experts / n_group));
+  if (device.is_cuda()) {
+    TORCH_CHECK_VALUE(num_experts <= router::kCudaMaxExperts, "logits: the CUDA kernel supports up to ",
+                      router::kCudaMaxExperts, " experts, got E=", num_experts);
+    TORCH_CHECK_VALUE(num_tokens <= std::numeric_limits<int32_t>::max(),
+                      "logits: the CUDA kernel supports up to 2^31-1 tokens, got T=", num_tokens);
+  }
+
+  auto topk_idx = at::empty({num_tokens, top_k}, logits.options().dtype(at::kInt));
+  auto topk_weight = at::empty({num_tokens, top_k}, logits.options());
+  auto counts = at::empty({num_experts}, logits.options().dtype(at::kInt));
+  router::RouterArgs args{logits.data_ptr<float>(),  bias.data_ptr<float>(),     topk_idx.data_ptr<int32_t>(),
+                          topk_weight.data_ptr<float>(), counts.data_ptr<int32_t>(), num_tokens,
+                          static_cast<int>(num_experts), static_cast<int>(top_k), static_cast<int>(n_group),
+                          static_cast<int>(topk_group), static_cast<float>(routed_scaling_factor)};
+
+  if (device.is_cpu()) {
+    router::moe_router_cpu(args);
+  } else {
+#ifdef NEMOTRON_WITH_CUDA
+    const c10::cuda::CUDAGuard guard(device);
+    const auto stream = c10::cuda::getCurrentCUDAStream(device.index());
+    C10_CUDA_CHECK(router::moe_router_cuda(args, sm_count(device.index()), stream.stream()));
+#else
+    TORCH_CHECK(false, "logits is on ", device, " but nemotron_kernels._C was built without CUDA");
+#endif
+  }
+  return {topk_idx, topk_weight, counts};
+}
+
+}  // namespace
+
+void register_router(pybind11::module_& m) {
+  m.attr("moe_router_cuda_max_experts") = router::kCudaMaxExperts;
+  m.def("moe_router_fused", &moe_router_fused,
+        "Fused MoE router after the logits GEMM: sigmoid, +bias for selection, group-limited top-k (ties -> lower "
+        "expert index), renormalise, scale; also the tokens per expert.\n"
+        "logits [T, E] fp32, bias [E] fp32 -> (topk_idx [T, k] int32, topk_weight [T, k] fp32, counts [E] int32)",
+        pybind11::arg("logits"), pybind11::arg("bias"), pybind11::arg("top_k"),
+        pybind11::arg("routed_scaling_factor"), pybind11::arg("n_group"), pybind11::arg("topk_group"));
+}
+
+}  // namespace nk

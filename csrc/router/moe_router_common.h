@@ -1,0 +1,74 @@
+// Shared by the router's CPU kernel, CUDA kernel and host entry (no torch headers: the .cu stays light).
+//
+// Selection order: every (score, expert) pair becomes one 64-bit key, larger = better:
+//   high 32 bits: the fp32 score's bits mapped to an unsigned order (NaN above +inf, -0.0 == +0.0)
+//   low 32 bits:  0xFFFFFFFF - expert, so equal scores rank the lower expert index first.
+// Keys are unique per row, so any exact max/sort over them gives one answer on every device. Key 0 is below
+// every real key (the lowest, -inf at the last index, is 0x007FFFFF'xxxxxxxx) and marks "taken".
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+#ifdef NEMOTRON_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+#ifdef __CUDACC__
+#define NK_HD __host__ __device__ __forceinline__
+#else
+#define NK_HD inline
+#endif
+
+namespace nk::router {
+
+constexpr float kRenormEps = 1e-20f;  // w / (sum(w) + eps)
+constexpr int kCudaMaxExperts = 1024; // 32 scores per lane in registers
+
+NK_HD uint32_t float_bits(float v) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(v);
+#else
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  return u;
+#endif
+}
+
+// Monotone map float -> uint32 (NaN highest, -0.0 == +0.0), matching a stable descending torch.sort.
+NK_HD uint32_t ordered_bits(float v) {
+  if (v != v) return 0xFFFFFFFFu;
+  uint32_t u = float_bits(v);
+  if (u == 0x80000000u) u = 0u;
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+NK_HD uint64_t make_key(float score, uint32_t index) {
+  return (static_cast<uint64_t>(ordered_bits(score)) << 32) | static_cast<uint64_t>(0xFFFFFFFFu - index);
+}
+
+NK_HD uint32_t key_index(uint64_t key) { return 0xFFFFFFFFu - static_cast<uint32_t>(key); }
+
+// Arguments of one router call after the logits GEMM (all pointers contiguous, row-major).
+struct RouterArgs {
+  const float* logits;  // [T, E]
+  const float* bias;    // [E]
+  int32_t* topk_idx;    // [T, k]
+  float* topk_weight;   // [T, k]
+  int32_t* counts;      // [E]
+  int64_t num_tokens;   // T
+  int num_experts;      // E
+  int top_k;            // k
+  int n_group;          // groups of E / n_group consecutive experts
+  int topk_group;       // groups kept per token
+  float scale;          // routed_scaling_factor
+};
+
+// C++ CPU kernel (moe_router_cpu.cpp): at::parallel_for over tokens.
+void moe_router_cpu(const RouterArgs& args);
+
+#ifdef NEMOTRON_WITH_CUDA
+// CUDA kernel (moe_router_kernel.cu), enqueued on `stream`; never synchronises. Returns the launch status.
+cudaError_t moe_router_cuda(const RouterArgs& args, int num_sms, cudaStream_t stream);
+#endif
+
+}  // namespace nk::router

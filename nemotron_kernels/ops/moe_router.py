@@ -1,0 +1,164 @@
+"""Public op `moe_router`: NemotronH's sigmoid MoE gate (see reference/moe_router.py for the math).
+
+Layers: custom ops `nemotron_kernels::moe_router_logits` (fp32 GEMM, never TF32) -> `::moe_router_fused`
+(sigmoid, +bias, group-limited top-k, renormalise, scale, counts: the CUDA kernel for CUDA tensors, the C++
+kernel for CPU tensors, the reference for float64 or without the extension) -> `MoeRouterFn` (autograd:
+topk_weight is differentiable in x and weight; backward GEMMs in `::moe_router_logits_backward`)
+-> `moe_router()` (argument checks)."""
+import contextlib
+import functools
+
+import torch
+
+from .. import _ext
+from ..reference.moe_router import EPS, check_router_args, moe_router_from_logits_ref, router_sigmoid
+
+
+@contextlib.contextmanager
+def _fp32_matmul_ieee(device_type: str):
+    """cuBLAS fp32 GEMMs without TF32 inside the block; the caller's setting is restored after it.
+    Uses the API the caller's torch has (`fp32_precision` on torch >= 2.9; mixing it with `allow_tf32` raises)."""
+    if device_type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    try:
+        attr, previous = "fp32_precision", matmul.fp32_precision
+        wanted = "ieee"
+    except AttributeError:
+        attr, previous = "allow_tf32", matmul.allow_tf32
+        wanted = False
+    if previous == wanted:
+        yield
+        return
+    setattr(matmul, attr, wanted)
+    try:
+        yield
+    finally:
+        setattr(matmul, attr, previous)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@functools.cache
+def _cuda_kernel_ok() -> bool:
+    return _ext.cuda_status()[0]
+
+
+def _use_kernel(logits: torch.Tensor) -> bool:
+    """The compiled kernel takes fp32 logits on CPU, or on CUDA with at most 1024 experts."""
+    if logits.dtype != torch.float32 or _ext._C is None:
+        return False
+    if logits.device.type == "cpu":
+        return True
+    return (logits.device.type == "cuda" and logits.shape[1] <= _ext._C.moe_router_cuda_max_experts
+            and _cuda_kernel_ok())
+
+
+@torch.library.custom_op("nemotron_kernels::moe_router_logits", mutates_args=())
+def moe_router_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [T, Hd], weight [E, Hd] -> logits [T, E] fp32 (fp64 for fp64 x); cuBLAS without TF32."""
+    cdtype = _compute_dtype(x.dtype)
+    with _fp32_matmul_ieee(x.device.type):
+        return torch.matmul(x.to(cdtype), weight.to(cdtype).t())
+
+
+@moe_router_logits.register_fake
+def _(x, weight):
+    return x.new_empty((x.shape[0], weight.shape[0]), dtype=_compute_dtype(x.dtype))
+
+
+@torch.library.custom_op("nemotron_kernels::moe_router_fused", mutates_args=())
+def moe_router_fused(logits: torch.Tensor, bias: torch.Tensor, top_k: int, routed_scaling_factor: float,
+                     n_group: int, topk_group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """logits [T, E] fp32 (fp64 -> reference), bias [E] fp32 ->
+    (topk_idx [T, k] int32, topk_weight [T, k] like logits, counts [E] int32)."""
+    if _use_kernel(logits):
+        return tuple(_ext._C.moe_router_fused(logits, bias, top_k, routed_scaling_factor, n_group, topk_group))
+    return moe_router_from_logits_ref(logits, bias, top_k, routed_scaling_factor, n_group, topk_group)
+
+
+@moe_router_fused.register_fake
+def _(logits, bias, top_k, routed_scaling_factor, n_group, topk_group):
+    ntokens, nexperts = logits.shape
+    return (logits.new_empty((ntokens, top_k), dtype=torch.int32), logits.new_empty((ntokens, top_k)),
+            logits.new_empty((nexperts,), dtype=torch.int32))
+
+
+@torch.library.custom_op("nemotron_kernels::moe_router_logits_backward", mutates_args=())
+def moe_router_logits_backward(grad_topk_logits: torch.Tensor, topk_idx: torch.Tensor, x: torch.Tensor,
+                               weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """grad_topk_logits [T, k] (compute dtype), topk_idx [T, k] -> (dx [T, Hd] like x, dweight [E, Hd] like
+    weight): the logits GEMM's backward with the sparse logits gradient scattered to [T, E]; no TF32."""
+    cdtype = grad_topk_logits.dtype
+    grad_logits = grad_topk_logits.new_zeros((x.shape[0], weight.shape[0]))  # [T, E]
+    grad_logits.scatter_(1, topk_idx.long(), grad_topk_logits)
+    with _fp32_matmul_ieee(x.device.type):
+        grad_x = (grad_logits @ weight.to(cdtype)).to(x.dtype)          # [T, Hd]
+        grad_weight = (grad_logits.t() @ x.to(cdtype)).to(weight.dtype)  # [E, Hd]
+    return grad_x, grad_weight
+
+
+@moe_router_logits_backward.register_fake
+def _(grad_topk_logits, topk_idx, x, weight):
+    return torch.empty_like(x), torch.empty_like(weight)
+
+
+class MoeRouterFn(torch.autograd.Function):
+    """(x, weight, bias, ...) -> (topk_idx, topk_weight, counts); gradients flow to x and weight through
+    topk_weight (the selection itself is piecewise constant; bias gets none)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, top_k: int, routed_scaling_factor: float, n_group: int, topk_group: int):
+        logits = moe_router_logits(x, weight)                                  # [T, E]
+        topk_idx, topk_weight, counts = moe_router_fused(logits, bias, top_k, routed_scaling_factor, n_group,
+                                                         topk_group)
+        ctx.mark_non_differentiable(topk_idx, counts)
+        ctx.scale = routed_scaling_factor
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            topk_score = router_sigmoid(logits.gather(1, topk_idx.long()))     # [T, k] unbiased scores
+            ctx.save_for_backward(x, weight, topk_idx, topk_score)
+        return topk_idx, topk_weight, counts
+
+    @staticmethod
+    def backward(ctx, grad_idx, grad_topk_weight, grad_counts):
+        x, weight, topk_idx, score = ctx.saved_tensors
+        # w_j = c s_j / D, D = sum_i s_i + eps  =>  dL/ds_j = (c g_j - sum_i g_i w_i) / D;  ds/dlogit = s (1 - s)
+        denom = score.sum(-1, keepdim=True) + EPS                               # [T, 1]
+        grad = grad_topk_weight.to(score.dtype)                                 # [T, k]
+        topk_weight = score / denom * ctx.scale
+        grad_score = (ctx.scale * grad - (grad * topk_weight).sum(-1, keepdim=True)) / denom
+        grad_x, grad_weight = moe_router_logits_backward(grad_score * score * (1 - score), topk_idx, x, weight)
+        return (grad_x if ctx.needs_input_grad[0] else None, grad_weight if ctx.needs_input_grad[1] else None,
+                None, None, None, None, None)
+
+
+def moe_router(x, weight, bias, top_k: int, routed_scaling_factor: float = 1.0, n_group: int = 1,
+               topk_group: int = 1):
+    """NemotronH MoE router: fp32 logits -> sigmoid -> +bias (selection only) -> group-limited top-k ->
+    renormalise -> x routed_scaling_factor, plus the number of tokens routed to each expert.
+
+    Args:
+        x [T, Hd]: bf16/fp16/fp32/fp64.   weight [E, Hd]: float32 or x's dtype.   bias [E]: float32.
+        top_k: experts per token, 1 <= top_k <= E.   routed_scaling_factor: weight multiplier (Nano: 2.5).
+        n_group, topk_group: group-limited selection (n_group divides E; 1, 1 = off).
+    Returns:
+        topk_idx [T, k] int32 (descending biased score, ties -> lower expert index),
+        topk_weight [T, k] fp32 (fp64 for fp64 x; differentiable in x and weight), counts [E] int32.
+    """
+    check_router_args(x, weight, bias, top_k, n_group, topk_group)
+    return MoeRouterFn.apply(x, weight, bias, top_k, float(routed_scaling_factor), n_group, topk_group)
+
+
+def backend_report(device_type: str) -> str:
+    if device_type == "cpu":
+        ok, why = _ext.cpu_status()
+    elif device_type == "cuda":
+        ok, why = _ext.cuda_status()
+    else:
+        return f"reference: no kernel for {device_type} tensors"
+    if not ok:
+        return f"reference: {why}"
+    return f"{device_type}: {why} after an fp32 torch GEMM (float64 inputs and E > 1024 on CUDA use the reference)"

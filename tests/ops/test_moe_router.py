@@ -1,0 +1,399 @@
+"""moe_router: the C++ CPU kernel and the CUDA kernel against moe_router_ref (indices and counts bit for bit,
+weights to fp32 rounding), ties, gradients, argument checks, torch.library registration."""
+import pytest
+import torch
+
+from nemotron_kernels import _ext
+from nemotron_kernels.ops import moe_router as router_ops
+from nemotron_kernels.ops.moe_router import moe_router
+from nemotron_kernels.reference.moe_router import moe_router_from_logits_ref, moe_router_ref
+
+F32, F64 = torch.float32, torch.float64
+needs_ext = pytest.mark.skipif(_ext._C is None, reason=f"extension not built: {_ext.LOAD_ERROR}")
+
+# (n_group, topk_group): off, DeepSeek-like, and group size 1 for E=8 (group score = the one score).
+GROUPS = [(1, 1), (4, 2), (8, 3)]
+
+
+def _valid(num_experts, top_k, n_group, topk_group):
+    return top_k <= num_experts and num_experts % n_group == 0 and top_k <= topk_group * (num_experts // n_group)
+
+
+def _router_inputs(ntokens, nexperts, seed, device="cpu", scale=2.0):
+    """Random logits [T, E] fp32 (sigmoid well spread) and a selection bias [E] fp32 of the size seen in practice."""
+    g = torch.Generator().manual_seed(seed)
+    logits = scale * torch.randn(ntokens, nexperts, generator=g)
+    bias = 0.1 * torch.randn(nexperts, generator=g)
+    return logits.to(device), bias.to(device)
+
+
+def _kernel(logits, bias, top_k, scale=1.0, n_group=1, topk_group=1):
+    return _ext._C.moe_router_fused(logits, bias, top_k, scale, n_group, topk_group)
+
+
+def _assert_weights(weight, idx, logits, weight_ref, scale):
+    """DESIGN rule 1 at the kernel's own indices: err(kernel) <= 2 * err(torch fp32 reference) + floor vs fp64."""
+    if weight.numel() == 0:
+        return
+    score64 = torch.sigmoid(logits.double()).gather(1, idx.long())
+    weight64 = score64 / (score64.sum(-1, keepdim=True) + 1e-20) * scale
+    err = (weight.double() - weight64).abs().max().item()
+    err_ref = (weight_ref.double() - weight64).abs().max().item()
+    floor = 4 * torch.finfo(F32).eps * max(1.0, scale)
+    assert err <= 2 * err_ref + floor, (err, err_ref)
+
+
+def _assert_matches_reference(logits, bias, top_k, scale, n_group, topk_group, out):
+    idx, weight, counts = out
+    idx_ref, weight_ref, counts_ref = moe_router_from_logits_ref(logits, bias, top_k, scale, n_group, topk_group)
+    assert idx.dtype == torch.int32 and weight.dtype == F32 and counts.dtype == torch.int32
+    assert idx.shape == weight.shape == (logits.shape[0], top_k) and counts.shape == (logits.shape[1],)
+    assert torch.equal(idx, idx_ref)
+    assert torch.equal(counts, counts_ref)
+    assert torch.equal(counts.long(), torch.bincount(idx.flatten().long(), minlength=logits.shape[1]))
+    _assert_weights(weight, idx, logits, weight_ref, scale)
+
+
+# ---------------------------------------------------------------- C++ CPU kernel
+
+CPU_SHAPES = [(t, e, k, ng, tg) for t in (0, 1, 7, 64, 333) for e in (8, 96, 128, 256) for k in (1, 2, 6, 8)
+              for ng, tg in GROUPS if _valid(e, k, ng, tg)]
+
+
+@needs_ext
+@pytest.mark.parametrize("ntokens,nexperts,top_k,n_group,topk_group", CPU_SHAPES)
+def test_cpu_kernel_matches_reference(ntokens, nexperts, top_k, n_group, topk_group):
+    logits, bias = _router_inputs(ntokens, nexperts, seed=ntokens * 1000 + nexperts + top_k)
+    scale = 2.5
+    out = _kernel(logits, bias, top_k, scale, n_group, topk_group)
+    _assert_matches_reference(logits, bias, top_k, scale, n_group, topk_group, out)
+
+
+@needs_ext
+@pytest.mark.parametrize("nexperts,top_k,n_group,topk_group", [(7, 3, 1, 1), (40, 5, 5, 2), (1, 1, 1, 1),
+                                                                 (2048, 16, 1, 1), (256, 8, 8, 4)])
+def test_cpu_kernel_awkward_shapes(nexperts, top_k, n_group, topk_group):
+    logits, bias = _router_inputs(29, nexperts, seed=nexperts)
+    out = _kernel(logits, bias, top_k, 1.0, n_group, topk_group)
+    _assert_matches_reference(logits, bias, top_k, 1.0, n_group, topk_group, out)
+
+
+def _brute_force_order(selection_row, top_k):
+    return sorted(range(selection_row.numel()), key=lambda e: (-selection_row[e].item(), e))[:top_k]
+
+
+@needs_ext
+@pytest.mark.parametrize("seed", range(4))
+def test_ties_go_to_lower_index(seed):
+    """Quantised logits and bias: many exact ties in the biased score, all resolved by the lower expert index."""
+    g = torch.Generator().manual_seed(seed)
+    ntokens, nexperts, top_k = 50, 64, 8
+    logits = torch.randint(-2, 3, (ntokens, nexperts), generator=g).float() * 0.5
+    bias = torch.randint(-1, 2, (nexperts,), generator=g).float() * 0.25
+    idx, weight, counts = _kernel(logits, bias, top_k, 2.5)
+    selection = torch.sigmoid(logits.double()).float() + bias
+    for t in range(ntokens):
+        assert idx[t].tolist() == _brute_force_order(selection[t], top_k), t
+    _assert_matches_reference(logits, bias, top_k, 2.5, 1, 1, (idx, weight, counts))
+
+
+@needs_ext
+def test_all_equal_scores_pick_lowest_groups_and_experts():
+    logits, bias = torch.full((3, 16), 0.25), torch.zeros(16)
+    idx, weight, _ = _kernel(logits, bias, 4, 1.0, 4, 2)
+    assert idx.tolist() == [[0, 1, 2, 3]] * 3
+    torch.testing.assert_close(weight, torch.full((3, 4), 0.25), rtol=0, atol=1e-7)
+    idx, _, _ = _kernel(logits, bias, 6, 1.0, 4, 2)       # groups 0 and 1 tie with 2 and 3: keep 0, 1
+    assert idx.tolist() == [[0, 1, 2, 3, 4, 5]] * 3
+    bias[12:] = 0.5                                          # now group 3 wins, then group 0
+    idx, _, counts = _kernel(logits, bias, 6, 1.0, 4, 2)
+    assert idx.tolist() == [[12, 13, 14, 15, 0, 1]] * 3
+    assert counts.tolist() == [3, 3] + [0] * 10 + [3] * 4
+
+
+@needs_ext
+@pytest.mark.parametrize("n_group,topk_group", [(1, 1), (4, 2)])
+def test_nan_scores_rank_first_like_the_reference(n_group, topk_group):
+    logits, bias = _router_inputs(9, 32, seed=5)
+    logits[:, 7] = float("nan")
+    logits[3, 20] = float("nan")
+    idx, weight, counts = _kernel(logits, bias, 4, 1.0, n_group, topk_group)
+    idx_ref, weight_ref, counts_ref = moe_router_from_logits_ref(logits, bias, 4, 1.0, n_group, topk_group)
+    assert torch.equal(idx, idx_ref) and torch.equal(counts, counts_ref)
+    assert idx[:, 0].tolist() == [7] * 9 and idx[3, 1].item() == 20
+    assert weight.isnan().all()
+
+
+# ---------------------------------------------------------------- public op
+
+@needs_ext
+@pytest.mark.parametrize("x_dtype,w_dtype", [(torch.bfloat16, F32), (torch.bfloat16, torch.bfloat16),
+                                             (torch.float16, F32), (F32, F32)])
+@pytest.mark.parametrize("n_group,topk_group", [(1, 1), (8, 4)])
+def test_public_op_matches_reference(x_dtype, w_dtype, n_group, topk_group):
+    g = torch.Generator().manual_seed(3)
+    ntokens, hidden, nexperts, top_k = 77, 96, 128, 6
+    x = torch.randn(ntokens, hidden, generator=g).to(x_dtype)
+    weight = (torch.randn(nexperts, hidden, generator=g) / hidden ** 0.5).to(w_dtype)
+    bias = 0.05 * torch.randn(nexperts, generator=g)
+    idx, topk_weight, counts = moe_router(x, weight, bias, top_k, 2.5, n_group, topk_group)
+    idx_ref, weight_ref, counts_ref = moe_router_ref(x, weight, bias, top_k, 2.5, n_group, topk_group)
+    assert torch.equal(idx, idx_ref) and torch.equal(counts, counts_ref)
+    logits = x.float() @ weight.float().t()
+    _assert_weights(topk_weight, idx, logits, weight_ref, 2.5)
+
+
+def test_float64_uses_reference():
+    g = torch.Generator().manual_seed(4)
+    x, weight = torch.randn(10, 16, generator=g, dtype=F64), torch.randn(24, 16, generator=g, dtype=F64)
+    bias = 0.1 * torch.randn(24, generator=g)
+    out = moe_router(x, weight, bias, 3, 1.5, 3, 2)
+    ref = moe_router_ref(x, weight, bias, 3, 1.5, 3, 2)
+    assert out[1].dtype == F64
+    for a, b in zip(out, ref):
+        assert torch.equal(a, b)
+
+
+def test_gradcheck_float64():
+    """The hand-written backward (MoeRouterFn) against finite differences."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(5, 8, generator=g, dtype=F64, requires_grad=True)
+    weight = torch.randn(16, 8, generator=g, dtype=F64, requires_grad=True)
+    bias = 0.1 * torch.randn(16, generator=g)
+    for n_group, topk_group in [(1, 1), (4, 2)]:
+        torch.autograd.gradcheck(lambda a, b: moe_router(a, b, bias, 4, 2.5, n_group, topk_group)[1], (x, weight))
+
+
+@needs_ext
+@pytest.mark.parametrize("x_dtype", [F32, torch.bfloat16])
+def test_gradients_match_float64_reference(x_dtype, device="cpu"):
+    g = torch.Generator().manual_seed(7)
+    ntokens, hidden, nexperts, top_k, scale = 64, 48, 32, 6, 2.5
+    x0 = torch.randn(ntokens, hidden, generator=g).to(x_dtype)
+    w0 = torch.randn(nexperts, hidden, generator=g) / hidden ** 0.5
+    bias = (0.1 * torch.randn(nexperts, generator=g)).to(device)
+    grad_out = torch.randn(ntokens, top_k, generator=g).to(device)
+
+    def grads(fn, x, weight):
+        x = x.detach().to(device).requires_grad_()
+        weight = weight.detach().to(device).requires_grad_()
+        idx, topk_weight, _ = fn(x, weight, bias, top_k, scale)
+        (topk_weight * grad_out.to(topk_weight.dtype)).sum().backward()
+        return idx, x.grad, weight.grad
+
+    idx, dx, dw = grads(moe_router, x0, w0)
+    idx_ref, dx_ref, dw_ref = grads(moe_router_ref, x0, w0)
+    idx64, dx64, dw64 = grads(moe_router_ref, x0.double(), w0.double())
+    assert torch.equal(idx, idx_ref) and torch.equal(idx, idx64)
+    assert dx.dtype == x_dtype and dw.dtype == F32
+    for ours, ref, exact in [(dx, dx_ref, dx64), (dw, dw_ref, dw64)]:
+        err = (ours.double() - exact).abs().max().item()
+        err_ref = (ref.double() - exact).abs().max().item()
+        assert err <= 3 * err_ref + 1e-6, (err, err_ref)
+
+
+def test_bias_gets_no_gradient():
+    x = torch.randn(4, 8, requires_grad=True)
+    bias = torch.zeros(16, requires_grad=True)
+    _, topk_weight, _ = moe_router(x, torch.randn(16, 8), bias, 2)
+    topk_weight.sum().backward()
+    assert x.grad is not None and bias.grad is None
+
+
+BAD_ARGS = [  # (change to the good arguments, exception, message)
+    (dict(x=torch.randn(4, 8).int()), TypeError, "x must"),
+    (dict(x=torch.randn(2, 4, 8)), ValueError, "x must be 2-D"),
+    (dict(x=torch.randn(4, 8).to(torch.bfloat16), weight=torch.randn(16, 8).half()), TypeError, "weight must have dtype"),
+    (dict(weight=torch.randn(16, 9)), ValueError, "weight must have shape"),
+    (dict(weight=torch.randn(16)), ValueError, "weight must be 2-D"),
+    (dict(bias=torch.randn(16).half()), TypeError, "bias must have dtype"),
+    (dict(bias=torch.randn(15)), ValueError, "bias must have shape"),
+    (dict(bias=torch.randn(16, device="meta")), ValueError, "bias is on meta"),
+    (dict(top_k=0), ValueError, "top_k must be >= 1"),
+    (dict(top_k=17), ValueError, "top_k must be in"),
+    (dict(top_k=2.0), TypeError, "top_k must be an int"),
+    (dict(n_group=3), ValueError, "n_group"),
+    (dict(n_group=4, topk_group=5), ValueError, "topk_group must be in"),
+    (dict(n_group=4, topk_group=0), ValueError, "topk_group must be >= 1"),
+    (dict(n_group=4, topk_group=1, top_k=5), ValueError, r"top_k \(5\) must be <= topk_group"),
+]
+
+
+@pytest.mark.parametrize("fn", [moe_router, moe_router_ref])
+@pytest.mark.parametrize("change,exc,match", BAD_ARGS)
+def test_bad_inputs_name_the_argument(fn, change, exc, match):
+    args = dict(x=torch.randn(4, 8), weight=torch.randn(16, 8), bias=torch.randn(16), top_k=2, n_group=1,
+                topk_group=1)
+    args.update(change)
+    with pytest.raises(exc, match=match):
+        fn(args["x"], args["weight"], args["bias"], args["top_k"], 1.0, args["n_group"], args["topk_group"])
+
+
+BAD_KERNEL_ARGS = [
+    (dict(logits=torch.randn(4, 16, dtype=F64)), TypeError, "logits must have dtype Float"),
+    (dict(logits=torch.randn(16, 4).t()), ValueError, "logits must be contiguous"),
+    (dict(logits=torch.randn(4, 16, 1)), ValueError, "logits must have shape"),
+    (dict(bias=torch.randn(8)), ValueError, "bias must have shape"),
+    (dict(bias=torch.randn(32)[::2]), ValueError, "bias must be contiguous"),
+    (dict(bias=torch.randn(16).half()), TypeError, "bias must have dtype Float"),
+    (dict(top_k=0), ValueError, "top_k must be in"),
+    (dict(top_k=17), ValueError, "top_k must be in"),
+    (dict(n_group=5), ValueError, "n_group"),
+    (dict(n_group=4, topk_group=5), ValueError, "topk_group must be in"),
+    (dict(n_group=4, topk_group=1, top_k=5), ValueError, "top_k"),
+]
+
+
+@needs_ext
+@pytest.mark.parametrize("change,exc,match", BAD_KERNEL_ARGS)
+def test_kernel_entry_checks_name_the_argument(change, exc, match):
+    args = dict(logits=torch.randn(4, 16), bias=torch.randn(16), top_k=2, n_group=1, topk_group=1)
+    args.update(change)
+    with pytest.raises(exc, match=match):
+        _kernel(args["logits"], args["bias"], args["top_k"], 1.0, args["n_group"], args["topk_group"])
+
+
+@pytest.mark.parametrize("n_group,topk_group", [(1, 1), (4, 2)])
+def test_opcheck_custom_ops(n_group, topk_group):
+    logits, bias = _router_inputs(13, 32, seed=8)
+    torch.library.opcheck(torch.ops.nemotron_kernels.moe_router_fused.default,
+                          (logits, bias, 6, 2.5, n_group, topk_group))
+    x, weight = torch.randn(13, 24).to(torch.bfloat16), torch.randn(32, 24)
+    torch.library.opcheck(torch.ops.nemotron_kernels.moe_router_logits.default, (x, weight))
+    idx = _kernel(logits, bias, 6) if _ext._C is not None else moe_router_from_logits_ref(logits, bias, 6)
+    torch.library.opcheck(torch.ops.nemotron_kernels.moe_router_logits_backward.default,
+                          (torch.randn(13, 6), idx[0], x, weight))
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(33, 64, generator=g, requires_grad=True)
+    weight = torch.randn(32, 64, generator=g, requires_grad=True)
+    bias = 0.05 * torch.randn(32, generator=g)
+    grads = []
+    for fn in (moe_router, torch.compile(moe_router, backend="aot_eager", fullgraph=True)):
+        out = fn(x, weight, bias, 4, 2.5, 4, 2)
+        grads.append((out, torch.autograd.grad(out[1].square().sum(), (x, weight))))
+    (out_eager, grad_eager), (out_compiled, grad_compiled) = grads
+    for a, b in zip(out_eager + grad_eager, out_compiled + grad_compiled):
+        assert torch.equal(a, b)
+
+
+def test_backend_report():
+    assert router_ops.backend_report("cpu").startswith("cpu:" if _ext._C is not None else "reference:")
+    assert router_ops.backend_report("mps").startswith("reference:")
+
+
+# ---------------------------------------------------------------- CUDA kernel (lead runs these on the H200)
+
+def _poison_cuda_cache():
+    """Fill and free a block so the next allocations of the caching allocator start as NaN garbage."""
+    torch.full((1 << 24,), float("nan"), device="cuda")
+
+
+CUDA_SHAPES = [  # (T, E, k, n_group, topk_group)
+    (t, e, k, ng, tg)
+    for t in (1, 7, 64, 65, 333, 4097) for e in (8, 96, 128, 256) for k in (1, 2, 6, 8) for ng, tg in GROUPS
+    if _valid(e, k, ng, tg)
+] + [(16384, 128, 6, 1, 1), (16384, 256, 8, 8, 4), (100, 7, 3, 1, 1), (50, 40, 5, 5, 2), (33, 512, 8, 1, 1),
+     (300, 1024, 40, 64, 40), (64, 1024, 100, 64, 40), (5, 2048, 6, 1, 1)]
+
+
+@pytest.mark.cuda
+@needs_ext
+def test_cuda_kernel_matches_reference_and_cpu_kernel():
+    assert _ext.cuda_status()[0], _ext.cuda_status()[1]
+    for ntokens, nexperts, top_k, n_group, topk_group in CUDA_SHAPES:
+        case = (ntokens, nexperts, top_k, n_group, topk_group)
+        logits, bias = _router_inputs(ntokens, nexperts, seed=sum(case), device="cuda")
+        _poison_cuda_cache()
+        out = router_ops.moe_router_fused(logits, bias, top_k, 2.5, n_group, topk_group)
+        try:
+            _assert_matches_reference(logits, bias, top_k, 2.5, n_group, topk_group, out)
+            if nexperts <= 1024:  # same arithmetic in the same order: bit for bit with the CPU kernel
+                out_cpu = _kernel(logits.cpu(), bias.cpu(), top_k, 2.5, n_group, topk_group)
+                for a, b in zip(out, out_cpu):
+                    assert torch.equal(a.cpu(), b)
+        except AssertionError as e:
+            raise AssertionError(f"case (T, E, k, n_group, topk_group) = {case}") from e
+
+
+@pytest.mark.cuda
+@needs_ext
+def test_cuda_ties_and_nan():
+    g = torch.Generator().manual_seed(9)
+    logits = (torch.randint(-2, 3, (3000, 128), generator=g).float() * 0.5)
+    logits[::7, 3] = float("nan")
+    bias = torch.randint(-1, 2, (128,), generator=g).float() * 0.25
+    for n_group, topk_group in [(1, 1), (8, 4)]:
+        out = _kernel(logits.cuda(), bias.cuda(), 6, 2.5, n_group, topk_group)
+        ref = moe_router_from_logits_ref(logits.cuda(), bias.cuda(), 6, 2.5, n_group, topk_group)
+        cpu = _kernel(logits, bias, 6, 2.5, n_group, topk_group)
+        assert torch.equal(out[0], ref[0]) and torch.equal(out[2], ref[2])
+        for a, b in zip(out, cpu):
+            torch.testing.assert_close(a.cpu(), b, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.cuda
+@needs_ext
+@pytest.mark.parametrize("ntokens", [1, 64, 16384])
+def test_cuda_public_op_nemotron_shape(ntokens):
+    g = torch.Generator().manual_seed(ntokens)
+    hidden, nexperts, top_k = 2688, 128, 6
+    x = torch.randn(ntokens, hidden, generator=g).to(torch.bfloat16).cuda()
+    weight = (torch.randn(nexperts, hidden, generator=g) / hidden ** 0.5).cuda()
+    bias = (0.05 * torch.randn(nexperts, generator=g)).cuda()
+    idx, topk_weight, counts = moe_router(x, weight, bias, top_k, 2.5)
+    idx_ref, weight_ref, counts_ref = moe_router_ref(x, weight, bias, top_k, 2.5)
+    assert torch.equal(idx, idx_ref) and torch.equal(counts, counts_ref)
+    assert counts.sum().item() == ntokens * top_k
+    _assert_weights(topk_weight, idx, x.float() @ weight.t(), weight_ref, 2.5)
+
+
+@pytest.mark.cuda
+@needs_ext
+def test_cuda_gradients_match_float64_reference():
+    test_gradients_match_float64_reference(torch.bfloat16, device="cuda")
+    test_gradients_match_float64_reference(F32, device="cuda")
+
+
+@pytest.mark.cuda
+@needs_ext
+def test_cuda_no_tf32_even_when_enabled_and_setting_restored():
+    matmul = torch.backends.cuda.matmul
+    attr = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"
+    before = getattr(matmul, attr)
+    g = torch.Generator().manual_seed(10)
+    x, weight = torch.randn(256, 2688, generator=g).cuda(), torch.randn(128, 2688, generator=g).cuda()
+    exact = (x.double() @ weight.double().t())
+    try:
+        setattr(matmul, attr, "tf32" if attr == "fp32_precision" else True)
+        logits = router_ops.moe_router_logits(x, weight)
+        assert getattr(matmul, attr) == ("tf32" if attr == "fp32_precision" else True)
+    finally:
+        setattr(matmul, attr, before)
+    rel = ((logits.double() - exact).abs().max() / exact.abs().max()).item()
+    assert rel < 1e-5, rel   # TF32 (10-bit mantissa) would be ~1e-3
+
+
+@pytest.mark.cuda
+@needs_ext
+def test_cuda_graph_capture():
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(64, 2688, generator=g).to(torch.bfloat16).cuda()
+    weight, bias = torch.randn(128, 2688, generator=g).cuda() / 50, (0.05 * torch.randn(128, generator=g)).cuda()
+    eager = moe_router(x, weight, bias, 6, 2.5)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        moe_router(x, weight, bias, 6, 2.5)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = moe_router(x, weight, bias, 6, 2.5)
+    x.copy_(torch.randn(64, 2688, generator=g).to(torch.bfloat16))
+    graph.replay()
+    expected = moe_router(x, weight, bias, 6, 2.5)
+    assert not torch.equal(expected[0], eager[0])
+    for a, b in zip(captured, expected):
+        assert torch.equal(a, b)
