@@ -146,6 +146,60 @@ def gqa_attention(q, k, v, causal: bool = True, softmax_scale=None, cu_seqlens=N
     return (o, lse) if return_lse else o
 
 
+def quantize_fp8_torch(x, num_kv_heads: int, cu_seqlens=None, descale=None):
+    """Plain-PyTorch FP8 quantisation (the CPU path and the kernels' ground truth); see `quantize_fp8`."""
+    bsz, seqlen, heads, d = x.shape
+    group = heads // num_kv_heads
+    offsets = [0, seqlen] if cu_seqlens is None else [int(o) for o in cu_seqlens.tolist()]
+    xs = [x] if cu_seqlens is None else [x[:, a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    if descale is None:       # [rows, Hkv]: amax over positions, the group's heads and D
+        amax = torch.stack([t.float().abs().view(t.shape[0], t.shape[1], num_kv_heads, group * d).amax(dim=(1, 3))
+                            if t.shape[1] else torch.zeros(t.shape[0], num_kv_heads, device=x.device) for t in xs])
+        descale = (amax.clamp_min(1e-12) / 448.0).reshape(-1, num_kv_heads)       # [B or S, Hkv]
+    descale = descale.float()
+    per_row = descale.repeat_interleave(group, dim=1)                              # [rows, H]
+    if cu_seqlens is None:
+        scaled = x.float() / per_row[:, None, :, None]
+    else:
+        lengths = torch.tensor([b - a for a, b in zip(offsets[:-1], offsets[1:])], device=x.device)
+        scaled = x.float() / per_row.repeat_interleave(lengths, dim=0)[None, :, :, None]
+    return scaled.clamp(-448.0, 448.0).to(FP8), descale
+
+
+def quantize_fp8(x, num_kv_heads: int, cu_seqlens=None, max_seqlen=None, descale=None):
+    """FP8 e4m3 quantisation of attention inputs with scales computed on the device, one per (batch row or packed
+    sequence, kv head), the descale granularity `gqa_attention` and `gqa_decode` take.
+
+    Args:
+        x [B, S, H, D] float (q: H = Hq, the Hq // Hkv heads of a kv head share a scale; k, v: H = Hkv).
+        num_kv_heads: Hkv.   cu_seqlens [S+1] | None: packed sequences (B = 1), one scale row per sequence;
+        max_seqlen: their longest length (read from cu_seqlens, a host sync, when None).
+        descale [rows, Hkv] fp32 | None: quantise with these scales instead (e.g. a fixed KV-cache scale).
+    Returns:
+        (x8 [B, S, H, D] float8_e4m3fn, descale [B or S, Hkv] fp32) with x ~= x8 * descale; descale =
+        amax / 448 (amax over the row's positions, the group's heads and D; floored at 1e-12).
+    Triton on CUDA (and in the interpreter); plain PyTorch otherwise.
+    """
+    check_float("x", x, "[B, S, H, D]", 4)
+    check_divisible("H (heads of x)", x.shape[2], "num_kv_heads", num_kv_heads)
+    if cu_seqlens is not None and x.shape[0] != 1:
+        raise ValueError(f"with cu_seqlens, x must have B = 1, got shape {tuple(x.shape)}")
+    rows = x.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
+    if descale is not None:
+        check_float("descale", descale, "[rows, Hkv]", 2)
+        check_shape("descale", descale, (rows, num_kv_heads), "[rows, Hkv]")
+    kernel_ok = (common.triton_status()[0] and x.dtype != torch.float64 and x.shape[-1] in (16, 32, 64, 128, 256)
+                 and (x.is_cuda or (x.device.type == "cpu" and common.interpreting())))
+    if not kernel_ok:
+        return quantize_fp8_torch(x, num_kv_heads, cu_seqlens, descale)
+    if cu_seqlens is not None and max_seqlen is None:
+        max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())                 # host sync
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    kernels = common.kernel_module("gqa_attention_quant")
+    return kernels.quantize_fp8(x, num_kv_heads, cu_seqlens, max_seqlen,
+                                None if descale is None else descale.float().contiguous())
+
+
 def backend_report(device_type: str) -> str:
     return common.backend_report(device_type, "flash attention fwd+bwd (fp16/bf16), FP8 e4m3 fwd with descales, "
                                               "causal/varlen, D in (16, 32, 64, 128)")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nemotron_kernels.ops.gqa_attention import gqa_attention
+from nemotron_kernels.ops.gqa_attention import gqa_attention, quantize_fp8, quantize_fp8_torch
 from nemotron_kernels.reference.gqa_attention import gqa_attention_ref
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,7 +155,7 @@ def test_interpreter_tma_forward_varlen_and_strided(interpret):
     torch.testing.assert_close(o, gqa_attention_ref(q, wide_k, wide_k, True, 0.25), rtol=0, atol=2e-3)
 
 
-@pytest.mark.parametrize("hq,hkv,seqlen,fwd_config", [(32, 2, 40, 1), (2, 2, 150, 3)])
+@pytest.mark.parametrize("hq,hkv,seqlen,fwd_config", [(32, 2, 21, 1), (2, 2, 150, 3)])
 def test_interpreter_gpu_tile_sizes(interpret, hq, hkv, seqlen, fwd_config):
     """The launchers with the H200 tile shapes (packing 8 positions x 16 heads into 128 rows for 32/2 heads),
     K/V through TMA descriptors (config 1) and through pointers (config 3)."""
@@ -223,7 +223,7 @@ def test_interpreter_fp8_forward(interpret, causal):
 def test_interpreter_fp8_varlen_scalar_descales(interpret):
     """Packed sequences with one descale row per sequence, and Python-number / one-element descales."""
     offsets = [0, 5, 5, 30, 41]
-    q8, k8, v8, qd, kd, vd = make_fp8_exact(2, 1, 41, 32, 2, 16, rows=4)
+    q8, k8, v8, qd, kd, vd = make_fp8_exact(2, 1, 41, 4, 2, 16, rows=4)
     cu = torch.tensor(offsets, dtype=torch.int32)
     scale = math.log(2)
     kw = dict(causal=True, softmax_scale=scale, cu_seqlens=cu, max_seqlen=25)
@@ -235,6 +235,55 @@ def test_interpreter_fp8_varlen_scalar_descales(interpret):
     o64 = gqa_attention_ref(q8.to(F64), k8.to(F64), v8.to(F64), q_descale=2.0, k_descale=0.5, v_descale=3.0, **kw)
     o_low = gqa_attention_ref(q8, k8, v8, q_descale=2.0, k_descale=0.5, v_descale=3.0, **kw)
     assert_error_rule("o", o, o64, o_low, FWD)
+
+
+def make_exactly_quantisable(seed, bsz, offsets, heads, hkv, d):
+    """x [B, S, H, D] = e4m3 values * 2^e per (row, kv head), each group holding one -448 * 2^e: amax / 448 is a
+    power of two and x / descale is exact, so no e4m3 rounding happens (the interpreter's e4m3 cast mis-rounds).
+    Rows: the B batch rows (offsets = [0, S]) or, with B = 1, the packed sequences of `offsets`."""
+    g = torch.Generator().manual_seed(seed)
+    seqlen = offsets[-1]
+    x = torch.randn(bsz, seqlen, heads, d, generator=g).clamp(-400, 400).to(torch.float8_e4m3fn).to(F64)
+    group = heads // hkv
+    spans = [(b, 0, seqlen) for b in range(bsz)] if bsz > 1 else [(0, a, e) for a, e in zip(offsets, offsets[1:])]
+    exponent = torch.randint(-5, 5, (len(spans), hkv), generator=g).to(F64)
+    for row, (b, start, end) in enumerate(spans):
+        if end > start:
+            x.view(bsz, seqlen, hkv, group, d)[b, (start + end) // 2, :, group - 1, d // 2] = -448.0
+            x[b, start:end] *= (2.0 ** exponent[row]).repeat_interleave(group)[None, :, None]
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16])
+def test_interpreter_quantize_fp8(interpret, dtype):
+    x = make_exactly_quantisable(4, 3, [0, 21], 8, 2, 32).to(dtype)
+    x8, descale = quantize_fp8(x, 2)
+    x8_ref, descale_ref = quantize_fp8_torch(x, 2)
+    assert torch.equal(descale, descale_ref) and descale.shape == (3, 2)
+    assert torch.equal(x8.view(torch.uint8), x8_ref.view(torch.uint8))
+
+
+def test_interpreter_quantize_fp8_varlen_and_given_scale(interpret):
+    offsets = [0, 7, 7, 40]
+    x = make_exactly_quantisable(5, 1, offsets, 4, 4, 16).to(torch.float16)
+    cu = torch.tensor(offsets)
+    x8, descale = quantize_fp8(x, 4, cu_seqlens=cu)
+    x8_ref, descale_ref = quantize_fp8_torch(x, 4, cu_seqlens=cu)
+    assert torch.equal(descale, descale_ref) and descale.shape == (3, 4)
+    assert torch.equal(x8.view(torch.uint8), x8_ref.view(torch.uint8))
+    x8, same = quantize_fp8(x, 4, cu_seqlens=cu, max_seqlen=33, descale=descale_ref)
+    assert same is descale_ref or torch.equal(same, descale_ref)
+    assert torch.equal(x8.view(torch.uint8), x8_ref.view(torch.uint8))
+
+
+def test_quantize_fp8_torch_roundtrip():
+    """The PyTorch path: x8 * descale reproduces x within half an e4m3 ulp (3 mantissa bits) or the subnormal step."""
+    x = torch.randn(2, 50, 8, 16, dtype=F64) * torch.logspace(-3, 3, 8, dtype=F64)[None, None, :, None]
+    x8, descale = quantize_fp8_torch(x, 2)
+    back = x8.to(F64) * descale.to(F64).repeat_interleave(4, dim=1)[:, None, :, None]
+    step = descale.to(F64).repeat_interleave(4, dim=1)[:, None, :, None] * 2.0 ** -9
+    assert ((back - x).abs() <= 2.0 ** -4 * x.abs() + step).all()
+    assert (x8.to(F64).abs().amax(dim=(1, 3)) > 0).all()
 
 
 def test_dispatch_reference_paths(monkeypatch):
@@ -272,15 +321,16 @@ def test_backend_report(monkeypatch):
     assert "interpreter" in backend_report("cpu")
 
 
-def run_aot(module: str) -> str:
-    """Compile every kernel configuration of nemotron_kernels.triton.<module> for sm_90a in a fresh process
+def run_aot(*modules: str) -> str:
+    """Compile every kernel configuration of nemotron_kernels.triton.<module> for sm_90a in one fresh process
     (compiled mode: TRITON_INTERPRET unset); kernels with tl.dot must use tensor cores: wgmma for 64+ row tiles,
     mma.sync for the 16-row decode tiles."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = (f"from nemotron_kernels.triton import {module} as m\n"
-            "for name, ck in m.aot_compile_all():\n"
+    code = (f"import importlib\nmods = {list(modules)!r}\n"
+            "for name, ck in (c for m in mods for c in importlib.import_module('nemotron_kernels.triton.' + m)"
+            ".aot_compile_all()):\n"
             "    ptx = ck.asm['ptx']\n"
-            "    uses_dot = 'preprocess' not in name and 'combine' not in name\n"
+            "    uses_dot = any(key in name for key in ('attn_fwd', 'bwd_dkdv', 'bwd_dq', 'decode_split'))\n"
             "    mma = 'wgmma' if 'wgmma' in ptx else 'mma.sync' if 'mma.sync' in ptx else None\n"
             "    assert not uses_dot or mma, name + ': no tensor-core mma in the PTX'\n"
             "    print(name, mma, ck.metadata.shared)\n")
@@ -290,11 +340,12 @@ def run_aot(module: str) -> str:
     return run.stdout
 
 
-@pytest.mark.parametrize("module", ["gqa_attention_fwd", "gqa_attention_bwd"])
-def test_aot_compile_sm90(module):
+def test_aot_compile_sm90():
     pytest.importorskip("triton")
-    out = run_aot(module)
-    assert out.count("\n") >= 4, out
+    out = run_aot("gqa_attention_fwd", "gqa_attention_bwd", "gqa_attention_quant")
+    for kernel in ("gqa_attn_fwd", "_gqa_attn_bwd_dkdv_kernel", "_gqa_attn_bwd_dq_kernel", "preprocess",
+                   "_fp8_amax_kernel", "_fp8_quantize_kernel"):
+        assert kernel in out, out
 
 
 # ---------------------------------------------------------------------------------------------- GPU (H200)
@@ -332,13 +383,15 @@ def test_cuda_backward_is_deterministic():
         assert torch.equal(a, b)
 
 
-def quantize_fp8(x, hkv):
-    """x [B, S, H, D] float -> (e4m3 x / descale, descale [B, Hkv] fp32) with one scale per (batch, kv head)."""
-    bsz, seqlen, heads, d = x.shape
-    amax = x.abs().view(bsz, seqlen, hkv, heads // hkv, d).amax(dim=(1, 3, 4)).clamp_min(1e-12)    # [B, Hkv]
-    descale = (amax / torch.finfo(torch.float8_e4m3fn).max).float()
-    per_head = descale.repeat_interleave(heads // hkv, dim=1)[:, None, :, None]
-    return (x / per_head).to(torch.float8_e4m3fn), descale
+@pytest.mark.cuda
+def test_cuda_quantize_fp8_matches_torch():
+    """The quantisation kernels round like torch (bit for bit) on random bf16 data, padded and packed."""
+    q, _, _, _ = (t.bfloat16() for t in make_qkv(17, 2, 777, 777, 32, 2, 128, device="cuda"))
+    for args in ((q, 2), (q[:1], 2, torch.tensor([0, 5, 5, 700, 777], device="cuda"))):
+        x8, descale = quantize_fp8(*args)
+        x8_ref, descale_ref = quantize_fp8_torch(*args)
+        assert torch.equal(descale, descale_ref)
+        assert torch.equal(x8.view(torch.uint8), x8_ref.view(torch.uint8))
 
 
 @pytest.mark.cuda
@@ -348,7 +401,7 @@ def test_cuda_fp8_forward_error_budget(causal):
     Budget: the kernel rounds P to e4m3 (3 mantissa bits; P is scaled by 256 first so small probabilities stay
     normal): max |err| <= 2^-4 * max |v| (a half-ulp of e4m3 on the largest weight) and RMS err <= 2^-5 * RMS(o);
     lse (fp32 scores of exact fp8 products) by the 2x rule."""
-    q, k, v, _ = make_qkv(16, 2, 1000, 1000, 32, 2, 128, device="cuda")
+    q, k, v, _ = (t.bfloat16() for t in make_qkv(16, 2, 1000, 1000, 32, 2, 128, device="cuda"))
     (q8, qd), (k8, kd), (v8, vd) = quantize_fp8(2 * q, 2), quantize_fp8(2 * k, 2), quantize_fp8(v, 2)
     o, lse = gqa_attention(q8, k8, v8, causal, q_descale=qd, k_descale=kd, v_descale=vd, return_lse=True)
     o64, lse64 = gqa_attention_ref(q8.to(F64), k8.to(F64), v8.to(F64), causal, q_descale=qd.to(F64),
