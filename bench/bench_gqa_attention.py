@@ -132,10 +132,12 @@ def run(bench: Bench) -> None:
 
         bwd_pool = [prepare(s) for s in pool]
         del pool
-        variants = [Variant("ours: triton bwd", lambda s: backward(s["ours"]), flops=2.5 * fwd_flops)]
+        # autograd.grad is not capturable into a CUDA graph: eager CUDA-event timing (large problems, so fair)
+        variants = [Variant("ours: triton bwd", lambda s: backward(s["ours"]), flops=2.5 * fwd_flops, graph=False)]
         for label, _ in BACKENDS:
             expanded = impls[label][1]
             variants.append(Variant(f"torch SDPA {label} bwd{' (kv expanded)' if expanded else ''}",
-                                    lambda s, key=label: backward(s[key]), flops=2.5 * fwd_flops, baseline=True))
+                                    lambda s, key=label: backward(s[key]), flops=2.5 * fwd_flops, baseline=True,
+                                    graph=False))
         bench.measure(f"{name} bwd", bwd_pool, variants, B=bsz, S=seqlen, Hq=HQ, Hkv=HKV, D=HEAD_DIM, causal=True)
         del bwd_pool

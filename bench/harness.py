@@ -51,6 +51,7 @@ class Variant:
     bytes: float = 0.0
     flop_ceiling: str = "bf16"
     baseline: bool = False
+    graph: bool = True  # False for calls that cannot be captured (autograd backward, host syncs): eager time only
 
 
 def tensor_bytes(obj) -> int:
@@ -64,7 +65,7 @@ def tensor_bytes(obj) -> int:
     return 0
 
 
-def _cuda_times(fn, pool, reps: int, graph_replays: int) -> dict:
+def _cuda_times(fn, pool, reps: int, graph_replays: int, graph: bool = True) -> dict:
     for inputs in pool:  # warm-up: every set once (allocator, cuBLAS heuristics, lazy init)
         fn(inputs)
     torch.cuda.synchronize()
@@ -81,6 +82,10 @@ def _cuda_times(fn, pool, reps: int, graph_replays: int) -> dict:
 
     calls = len(pool) * -(-16 // len(pool))  # >= 16 calls, whole passes over the pool
     ms_graph, graph_error = None, None
+    if not graph:
+        return dict(ms=ms_eager, ms_graph=None, ms_eager=ms_eager, timing="cuda events (eager)",
+                    graph_error="not capturable (variant says so)")
+    caller_stream = torch.cuda.current_stream()
     try:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -106,6 +111,9 @@ def _cuda_times(fn, pool, reps: int, graph_replays: int) -> dict:
         del graph
     except Exception as e:  # capture is not possible for every op (host syncs): eager time only
         graph_error = f"{type(e).__name__}: {e}"[:200]
+        # A failed capture can leave the capture stream current; later work (even torch.randn) would then
+        # run "inside" the dead capture. Go back to the caller's stream.
+        torch.cuda.set_stream(caller_stream)
         torch.cuda.synchronize()
     return dict(ms=ms_graph if ms_graph is not None else ms_eager, ms_graph=ms_graph, ms_eager=ms_eager,
                 timing="cuda graph" if ms_graph is not None else "cuda events (eager)", graph_error=graph_error)
@@ -151,7 +159,7 @@ class Bench:
         rows = []
         for v in variants:
             if self.device.type == "cuda":
-                t = _cuda_times(v.fn, pool, reps, graph_replays=5 if self.quick else 20)
+                t = _cuda_times(v.fn, pool, reps, graph_replays=5 if self.quick else 20, graph=v.graph)
             else:
                 t = _cpu_times(v.fn, pool, max(5, reps // 10))
             row = dict(op=self.op, problem=problem, **params, variant=v.name, baseline=v.baseline, **t,
