@@ -10,7 +10,7 @@ Each field can be overridden from the command line.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from model.config import NemotronHConfig
 
@@ -29,7 +29,6 @@ class RunPreset:
     grad_accum: int = 1
     eval_every: int = 50
     eval_batches: int = 4
-    extra: dict = field(default_factory=dict)
 
 
 def _nano_1b() -> NemotronHConfig:

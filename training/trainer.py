@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -167,9 +167,13 @@ class Trainer:
     # ------------------------------------------------------------------------------------ resume
     def _resume_dir(self) -> Path | None:
         if self.cfg.resume is None:
+            if (self.ckpt_root / ckpt.LATEST).is_file():
+                raise ValueError(f"{self.out_dir} already holds checkpoints of a run; pass --resume to continue it "
+                                 f"or choose another --out")
             return None
         if self.cfg.resume == "auto":
             if not (self.ckpt_root / ckpt.LATEST).is_file():
+                self.log(f"no checkpoint under {self.ckpt_root}: starting a new run")
                 return None
             path = self.ckpt_root
         else:

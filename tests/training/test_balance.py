@@ -97,8 +97,9 @@ def _final_load(pretrain_argv, out, balance: bool, steps: int) -> float:
     return (load.max(-1).values / load.mean(-1)).max().item()
 
 
-def test_loss_free_balancing_fixes_a_skewed_router(pretrain_argv, tmp_path):
+def test_loss_free_balancing_fixes_a_skewed_router(pretrain_argv, tmp_path, capsys):
     """Balancing on: max/mean load ends below 1.5 (rate 2e-2 instead of the paper's 1e-3: a 30-step run has to
-    undo a 0.3 bias ramp); off: it stays skewed."""
+    undo a 0.3 bias ramp); off: it stays skewed, and the routing-collapse warning says so."""
     assert _final_load(pretrain_argv, tmp_path / "off", balance=False, steps=15) > 2.0
+    assert "warning: routing collapse in MoE layer 2" in capsys.readouterr().out
     assert _final_load(pretrain_argv, tmp_path / "on", balance=True, steps=30) < 1.5

@@ -178,6 +178,8 @@ def test_resume_from_a_corrupt_checkpoint_names_the_file(pretrain_argv, tmp_path
 
 def test_resume_with_another_layout_is_refused(pretrain_argv, tmp_path):
     build_trainer(pretrain_argv(tmp_path, "--steps", 1)).run()
+    with pytest.raises(ValueError, match="already holds checkpoints"):   # a new run would mix with the old one
+        build_trainer(pretrain_argv(tmp_path, "--steps", 2))
     with pytest.raises(ValueError, match="data position was saved for rows"):
         build_trainer(pretrain_argv(tmp_path, "--steps", 2, "--resume", "--batch-rows", 3))
 

@@ -30,7 +30,8 @@ def test_loss_only_on_assistant_tokens(tiny_data):
     text = decode(tok, ids[1:])
     assert text == ("<|im_start|>system\nYou add numbers.<|im_end|>\n<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n"
                     "<|im_start|>assistant\n<think>2 plus 3 is 5.</think>It is 5.<|im_end|>\n"
-                    "<|im_start|>user\nDoubled?<|im_end|>\n<|im_start|>assistant\n<think>5 times 2</think>10<|im_end|>\n")
+                    "<|im_start|>user\nDoubled?<|im_end|>\n"
+                    "<|im_start|>assistant\n<think>5 times 2</think>10<|im_end|>\n")
     trained_text = decode(tok, [t for t, f in zip(ids, trained) if f])
     assert trained_text == "<think>2 plus 3 is 5.</think>It is 5.<|im_end|>\n<think>5 times 2</think>10<|im_end|>\n"
     # the packed labels count exactly the assistant tokens
@@ -81,8 +82,8 @@ def test_packing_keeps_conversations_apart_and_pads_rows():
     c = ([1, 30, 31, 32, 33], [False, False, False, True, True])
     batch = pack_conversations([a, b, c], seq_len=8, pad_id=0)
     assert batch.input_ids.tolist() == [[1, 10, 11, 12, 1, 20, 21, 0, 1, 30, 31, 32, 33, 0, 0, 0]]
-    I = IGNORE_INDEX
-    assert batch.labels.tolist() == [[I, 11, 12, I, 20, 21, I, I, I, I, 32, 33, I, I, I, I]]
+    X = IGNORE_INDEX
+    assert batch.labels.tolist() == [[X, 11, 12, X, 20, 21, X, X, X, X, 32, 33, X, X, X, X]]
     assert batch.cu_seqlens.tolist() == [0, 4, 7, 8, 13, 16]
     assert batch.num_tokens == 6
 
