@@ -107,7 +107,7 @@ def ssd_scan_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     scan_cfg = scan_k.chunk_scan_config(n_chunks, ngroups, nheads // ngroups, headdim, dstate, chunk,
                                         sm if dev.type == "cuda" else 0)
     scan_k.chunk_scan_launch(x, dt, A, B, C, D, dt_bias, table, s_in, carry_decay, carry_lp, y, geometry, dt_softplus,
-                             scan_cfg, precision)
+                             scan_cfg, precision, autotune=dev.type == "cuda")
     if final is None:
         return y, y.new_empty(0, dtype=torch.float32)
     if cu_seqlens is not None:      # empty packed sequences have no chunk: their final state is the initial one

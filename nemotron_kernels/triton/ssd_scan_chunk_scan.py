@@ -100,13 +100,17 @@ def _ssd_chunk_scan_kernel(
         S = tl.load(s_in_ptr + head_chunk * state_size + pn_offs, mask=pn_ok, other=0.0).to(tl.float32)
         if HAS_CARRY:
             carry_decay = tl.load(carry_decay_ptr + head_chunk)
-            S += carry_decay * tl.load(carry_ptr + (tl.cast(seg, tl.int64) * nheads + h) * state_size + pn_offs,
-                                       mask=pn_ok, other=0.0).to(tl.float32)
+            if carry_decay != 0.0:   # 0 in a segment's first sequence-start chunk and once the decay underflows
+                S += carry_decay * tl.load(carry_ptr + (tl.cast(seg, tl.int64) * nheads + h) * state_size + pn_offs,
+                                           mask=pn_ok, other=0.0).to(tl.float32)
         acc_state = tl.dot(C_m, tl.trans(S.to(x_ptr.dtype.element_ty)), input_precision=DOT_PRECISION)
         acc += acc_state * tl.exp(cs_m_hi)[:, None]
         if HAS_D:
-            x_m = tl.load(x_ptr + b * stride_x_b + rows_m[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
-                          mask=m_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
+            if BLOCK_M == Q:
+                x_m = x_s.to(tl.float32)
+            else:
+                x_m = tl.load(x_ptr + b * stride_x_b + rows_m[:, None] * stride_x_l + h * stride_x_h
+                              + offs_p[None, :], mask=m_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
             acc += tl.load(D_ptr + h).to(tl.float32) * x_m
         tl.store(y_ptr + b * stride_y_b + rows_m[:, None] * stride_y_l + h * stride_y_h + offs_p[None, :],
                  acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & p_ok[None, :])
@@ -114,9 +118,9 @@ def _ssd_chunk_scan_kernel(
 
 def chunk_scan_config(n_chunks: int, ngroups: int, heads_per_group: int, headdim: int, dstate: int, chunk: int,
                       sm_count: int) -> dict:
-    """BLOCK_M rows per program (half the chunk, 16..64), and how many heads of a group one program walks: as many
-    as keep >= 4 programs per SM (so CB is computed once for all of them at long sequences); all of them in
-    Triton's interpreter (sm_count 0)."""
+    """Default tile: BLOCK_M rows per program (half the chunk, 16..64), and how many heads of a group one program
+    walks: as many as keep >= 4 programs per SM (so CB is computed once for all of them at long sequences); all
+    of them in Triton's interpreter (sm_count 0). On the GPU, BLOCK_M / num_warps are autotuned (AUTOTUNE_CONFIGS)."""
     block_m = max(16, min(chunk // 2, 64))
     block_p = max(16, triton.next_power_of_2(headdim))
     block_n = max(16, triton.next_power_of_2(dstate))
@@ -129,28 +133,55 @@ def chunk_scan_config(n_chunks: int, ngroups: int, heads_per_group: int, headdim
             "num_warps": num_warps, "num_stages": 2}
 
 
+def autotune_configs(chunk: int) -> list[dict]:
+    """The few tiles tried on the GPU (each compiles on a fresh machine): half or whole chunk rows, 8 warps."""
+    rows = sorted({max(16, min(chunk // 2, 64)), min(chunk, 128)})
+    return [{"BLOCK_M": m, "num_warps": 8, "num_stages": 2} for m in rows]
+
+
+_AUTOTUNED = {}
+
+
+def _autotuned_kernel(chunk: int):
+    """The kernel under triton.autotune over autotune_configs(chunk) (key: the shapes that change the best tile)."""
+    if chunk not in _AUTOTUNED:
+        configs = [triton.Config({"BLOCK_M": c["BLOCK_M"]}, num_warps=c["num_warps"], num_stages=c["num_stages"])
+                   for c in autotune_configs(chunk)]
+        _AUTOTUNED[chunk] = triton.autotune(configs=configs, key=["headdim", "dstate", "heads_per_group"])(
+            _ssd_chunk_scan_kernel)
+    return _AUTOTUNED[chunk]
+
+
 def chunk_scan_launch(x, dt, A, B, C, D, dt_bias, table, s_in, carry_decay, carry, y, geometry: dict,
-                      dt_softplus: bool, cfg: dict, dot_precision: str) -> None:
+                      dt_softplus: bool, cfg: dict, dot_precision: str, autotune: bool = False) -> None:
     bsz, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     assert x.stride(3) == 1 and B.stride(3) == 1 and C.stride(3) == 1 and dt.stride(2) == 1 and y.stride(3) == 1, \
         "ssd_scan chunk_scan: x, B, C, y need a unit last stride, dt a unit head stride"
     hpg = nheads // ngroups
-    grid = (geometry["n_chunks"], ngroups * (hpg // cfg["HEADS_PER_PROG"]), triton.cdiv(geometry["Q"], cfg["BLOCK_M"]))
-    _ssd_chunk_scan_kernel[grid](
-        x, dt, A, B, C, D if D is not None else A, dt_bias if dt_bias is not None else A,
-        table if table is not None else A, s_in, carry_decay, carry if carry is not None else s_in, y,
-        seqlen, geometry["n_table"], geometry["chunks_per_row"], geometry["seg_len"], headdim, dstate, hpg, nheads,
-        x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1), B.stride(2),
-        C.stride(0), C.stride(1), C.stride(2), y.stride(0), y.stride(1), y.stride(2),
-        Q=geometry["Q"], BLOCK_M=cfg["BLOCK_M"], BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"],
-        HEADS_PER_PROG=cfg["HEADS_PER_PROG"], HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None,
-        DT_SOFTPLUS=dt_softplus, HAS_CARRY=carry is not None, IS_VARLEN=table is not None,
-        DOT_PRECISION=dot_precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    chunk = geometry["Q"]
+
+    def grid(meta):
+        return geometry["n_chunks"], ngroups * (hpg // cfg["HEADS_PER_PROG"]), triton.cdiv(chunk, meta["BLOCK_M"])
+
+    args = (x, dt, A, B, C, D if D is not None else A, dt_bias if dt_bias is not None else A,
+            table if table is not None else A, s_in, carry_decay, carry if carry is not None else s_in, y,
+            seqlen, geometry["n_table"], geometry["chunks_per_row"], geometry["seg_len"], headdim, dstate, hpg, nheads,
+            x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1), B.stride(2),
+            C.stride(0), C.stride(1), C.stride(2), y.stride(0), y.stride(1), y.stride(2))
+    consts = dict(Q=chunk, BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"], HEADS_PER_PROG=cfg["HEADS_PER_PROG"],
+                  HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus,
+                  HAS_CARRY=carry is not None, IS_VARLEN=table is not None, DOT_PRECISION=dot_precision)
+    if autotune:
+        _autotuned_kernel(chunk)[grid](*args, **consts)
+    else:
+        _ssd_chunk_scan_kernel[grid](*args, BLOCK_M=cfg["BLOCK_M"], num_warps=cfg["num_warps"],
+                                     num_stages=cfg["num_stages"], **consts)
 
 
 def aot_compile_all():
-    """(name, CompiledKernel) at NemotronH's shapes (P=64, N=128, Q=128, G=8, bf16), sm_90a."""
+    """(name, CompiledKernel) at NemotronH's shapes (P=64, N=128, Q=128, G=8, bf16): every autotune tile of the
+    main variant, and the packed / single-segment variants at the default tile, sm_90a."""
     from .mamba_common import aot_compile
     cfg = chunk_scan_config(256, 8, 8, 64, 128, 128, 132)
     sig = {"x_ptr": "*bf16", "dt_ptr": "*bf16", "A_ptr": "*fp32", "B_ptr": "*bf16", "C_ptr": "*bf16",
@@ -161,10 +192,13 @@ def aot_compile_all():
            "stride_dt_l": "i64", "stride_B_b": "i64", "stride_B_l": "i64", "stride_B_g": "i32",
            "stride_C_b": "i64", "stride_C_l": "i64", "stride_C_g": "i32", "stride_y_b": "i64", "stride_y_l": "i64",
            "stride_y_h": "i32"}
-    for varlen, carry in ((False, True), (True, True), (False, False)):
-        consts = {"Q": 128, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_P": cfg["BLOCK_P"], "BLOCK_N": cfg["BLOCK_N"],
+    tiles = [(c["BLOCK_M"], c["num_warps"], c["num_stages"], False, True) for c in autotune_configs(128)]
+    tiles += [(cfg["BLOCK_M"], cfg["num_warps"], cfg["num_stages"], True, True),
+              (cfg["BLOCK_M"], cfg["num_warps"], cfg["num_stages"], False, False)]
+    for block_m, warps, stages, varlen, carry in tiles:
+        consts = {"Q": 128, "BLOCK_M": block_m, "BLOCK_P": cfg["BLOCK_P"], "BLOCK_N": cfg["BLOCK_N"],
                   "HEADS_PER_PROG": cfg["HEADS_PER_PROG"], "HAS_D": True, "HAS_DT_BIAS": True, "DT_SOFTPLUS": True,
                   "HAS_CARRY": carry, "IS_VARLEN": varlen, "DOT_PRECISION": "tf32"}
-        yield (f"ssd_chunk_scan varlen={varlen} carry={carry}",
-               aot_compile(_ssd_chunk_scan_kernel, sig, consts, num_warps=cfg["num_warps"],
-                           num_stages=cfg["num_stages"], aligned=("headdim", "dstate")))
+        yield (f"ssd_chunk_scan BLOCK_M={block_m} warps={warps} varlen={varlen} carry={carry}",
+               aot_compile(_ssd_chunk_scan_kernel, sig, consts, num_warps=warps, num_stages=stages,
+                           aligned=("headdim", "dstate")))
