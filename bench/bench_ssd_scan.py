@@ -90,7 +90,7 @@ def _flops(tokens: int) -> float:
 
 
 def run(bench: Bench) -> None:
-    problems = [(b, l, None) for b, l in bench.pick(PROBLEMS, quick=((1, 32768),))]
+    problems = [(bsz, seqlen, None) for bsz, seqlen in bench.pick(PROBLEMS, quick=((1, 32768),))]
     lengths = [137, 4096, 1, 900, 2048, 3000, 129, 4000, 512, 2500, 1500, 3100, 256, 1600, 4500, 3001]
     cu = [0]
     for n in lengths:

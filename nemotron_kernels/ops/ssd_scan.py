@@ -13,8 +13,15 @@ from typing import Optional
 
 import torch
 
-from ..reference._checks import check_divisible, check_float, check_int, check_optional_float, check_positive_int, \
-    check_same_device, check_shape
+from ..reference._checks import (
+    check_divisible,
+    check_float,
+    check_int,
+    check_optional_float,
+    check_positive_int,
+    check_same_device,
+    check_shape,
+)
 from ..reference.ssd_scan import ssd_scan_ref
 from ..triton import mamba_common
 
@@ -138,8 +145,8 @@ class SSDScanFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, *dfinal):
-        saved = ctx.saved_tensors
-        x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens = saved
+        saved = ctx.saved_tensors          # x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens
+        cu_seqlens = saved[8]
         leaves = [t.detach().float().requires_grad_(t.requires_grad) if t is not None and t.is_floating_point()
                   else t for t in saved]
         with torch.enable_grad():

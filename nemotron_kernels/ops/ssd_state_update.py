@@ -9,8 +9,14 @@ from typing import Optional
 
 import torch
 
-from ..reference._checks import check_divisible, check_float, check_int, check_optional_float, check_same_device, \
-    check_shape
+from ..reference._checks import (
+    check_divisible,
+    check_float,
+    check_int,
+    check_optional_float,
+    check_same_device,
+    check_shape,
+)
 from ..reference.ssd_state_update import ssd_state_update_ref
 from ..triton import mamba_common
 

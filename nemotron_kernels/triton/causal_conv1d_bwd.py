@@ -174,7 +174,8 @@ def causal_conv1d_bwd_launch(x, weight, bias, seq_idx, cu_seqlens, initial_state
         x, weight, bias_arg, init, seq_idx if seq_idx is not None else x,
         cu_seqlens if cu_seqlens is not None else x, dy, dx, dw_partial, seqlen, channels, tiles_per_range,
         x.stride(0), x.stride(1), *init_strides, dy.stride(0), dy.stride(1),
-        BLOCK_K=triton.next_power_of_2(width), BLOCK_L=BWD_BLOCK_L, BLOCK_C=BWD_BLOCK_C, HAS_INIT=initial_state is not None, num_warps=BWD_WARPS, **common)
+        BLOCK_K=triton.next_power_of_2(width), BLOCK_L=BWD_BLOCK_L, BLOCK_C=BWD_BLOCK_C,
+        HAS_INIT=initial_state is not None, num_warps=BWD_WARPS, **common)
     return dw_partial, dinit
 
 
@@ -187,10 +188,11 @@ def aot_compile_all():
            "channels": "i32", "tiles_per_range": "i32", "stride_x_b": "i64", "stride_x_l": "i64",
            "stride_init_s": "i64", "stride_init_c": "i64", "stride_dy_b": "i64", "stride_dy_l": "i64"}
     for varlen, has_init in ((False, False), (True, True)):
-        consts = {"K": 4, "BLOCK_K": 4, "BLOCK_L": BWD_BLOCK_L, "BLOCK_C": BWD_BLOCK_C, "HAS_BIAS": True, "HAS_INIT": has_init,
-                  "IS_VARLEN": varlen, "SILU": True}
+        consts = {"K": 4, "BLOCK_K": 4, "BLOCK_L": BWD_BLOCK_L, "BLOCK_C": BWD_BLOCK_C, "HAS_BIAS": True,
+                  "HAS_INIT": has_init, "IS_VARLEN": varlen, "SILU": True}
         yield (f"causal_conv1d_bwd varlen={varlen} init={has_init}",
-               aot_compile(_causal_conv1d_bwd_kernel, sig, consts, num_warps=BWD_WARPS, num_stages=1, aligned=("channels",)))
+               aot_compile(_causal_conv1d_bwd_kernel, sig, consts, num_warps=BWD_WARPS, num_stages=1,
+                           aligned=("channels",)))
     sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "bias_ptr": f"*{dt}", "init_ptr": f"*{dt}", "cu_ptr": "*i32",
            "dy_ptr": f"*{dt}", "dinit_ptr": "*fp32", "seqlen": "i32", "channels": "i32", "stride_x_b": "i64",
            "stride_x_l": "i64", "stride_init_s": "i64", "stride_init_c": "i64", "stride_dy_b": "i64",

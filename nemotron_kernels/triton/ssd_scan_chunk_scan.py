@@ -42,7 +42,7 @@ def _ssd_chunk_scan_kernel(
     splits = heads_per_group // HEADS_PER_PROG
     g = pid_gh // splits
     h0 = g * heads_per_group + (pid_gh % splits) * HEADS_PER_PROG
-    b, seq, start, length, first, last = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
+    b, _, start, length, _, _ = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
     b = tl.cast(b, tl.int64)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)          # rows t of the chunk
@@ -154,7 +154,7 @@ def _autotuned_kernel(chunk: int):
 
 def chunk_scan_launch(x, dt, A, B, C, D, dt_bias, table, s_in, carry_decay, carry, y, geometry: dict,
                       dt_softplus: bool, cfg: dict, dot_precision: str, autotune: bool = False) -> None:
-    bsz, seqlen, nheads, headdim = x.shape
+    _, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     assert x.stride(3) == 1 and B.stride(3) == 1 and C.stride(3) == 1 and dt.stride(2) == 1 and y.stride(3) == 1, \
         "ssd_scan chunk_scan: x, B, C, y need a unit last stride, dt a unit head stride"

@@ -124,7 +124,7 @@ def chunk_state_launch(x, dt, A, B, dt_bias, initial_states, table, s_in, carry_
                        final, final_decay, geometry: dict, dt_softplus: bool, cfg: dict, dot_precision: str):
     """Stage 1 over all chunks; `geometry` from ops/ssd_scan.py (n_chunks, n_table, chunks_per_row, n_seg, seg_len,
     Q); see the kernel for the buffers."""
-    bsz, seqlen, nheads, headdim = x.shape
+    _, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     assert x.stride(3) == 1 and B.stride(3) == 1 and dt.stride(2) == 1, \
         "ssd_scan chunk_state: x, B need a unit last stride, dt a unit head stride"

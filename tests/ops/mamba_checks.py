@@ -69,7 +69,8 @@ def _aot_all() -> tuple[int, str]:
                 f"for mod in {present[w::workers]!r}:\n"
                 "    m = importlib.import_module('nemotron_kernels.triton.' + mod)\n"
                 "    for name, compiled in m.aot_compile_all():\n"
-                "        print('AOT', mod, '|', name, '| wgmma' if 'wgmma' in compiled.asm['ptx'] else '', flush=True)\n")
+                "        wgmma = '| wgmma' if 'wgmma' in compiled.asm['ptx'] else ''\n"
+                "        print('AOT', mod, '|', name, wgmma, flush=True)\n")
         children.append(subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, text=True))
     rc, out = 0, ""

@@ -2,10 +2,13 @@
 the DESIGN error rule. CPU: Triton's interpreter at small shapes; `cuda`: NemotronH shapes (C = 6144, K = 4, bf16)."""
 import pytest
 import torch
-
 from mamba_checks import BWD, F64, FWD, aot_lines, assert_error_rule, interpret  # noqa: F401
+
 from nemotron_kernels.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
-from nemotron_kernels.reference.causal_conv1d import causal_conv1d_ref, causal_conv1d_update_ref
+from nemotron_kernels.reference.causal_conv1d import (
+    causal_conv1d_ref,
+    causal_conv1d_update_ref,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 
@@ -54,13 +57,15 @@ CASES = {   # id: (bsz, seqlen, channels, width, dtype, cu_seqlens, initial_stat
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_interpreter_matches_reference(interpret, case):
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_matches_reference(case):
     bsz, seqlen, channels, width, dtype, cu, init, bias, act = CASES[case]
     inputs = make_inputs(len(case), bsz, seqlen, channels, width, dtype, cu, init, bias)
     check_fwd_bwd(inputs, act)
 
 
-def test_interpreter_strided_x(interpret):
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_strided_x():
     """x as a channel slice of a wider row (in_proj's xBC), forward and final state."""
     inputs = make_inputs(3, 2, 19, 24, 4, torch.float32, init=True)
     wide = torch.cat([torch.zeros(2, 19, 5), inputs["x"], torch.zeros(2, 19, 3)], dim=-1)
@@ -77,7 +82,8 @@ def test_interpreter_strided_x(interpret):
 @pytest.mark.parametrize("dtype,state_dtype,slots", [(torch.float32, torch.float32, "int64"),
                                                      (torch.float16, torch.float32, "int32"),
                                                      (torch.bfloat16, torch.bfloat16, None)])
-def test_interpreter_update(interpret, dtype, state_dtype, slots):
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_update(dtype, state_dtype, slots):
     g = torch.Generator().manual_seed(1)
     bsz, channels, width, nslots = 3, 40, 4, 5
     x = torch.randn(bsz, channels, generator=g, dtype=F64)
@@ -96,7 +102,8 @@ def test_interpreter_update(interpret, dtype, state_dtype, slots):
     assert torch.equal(s_kernel, s_low), "conv_state must hold exactly the shifted inputs"
 
 
-def test_interpreter_prefill_then_decode(interpret):
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_prefill_then_decode():
     """Prefill L-2 tokens (final state), then two update steps == the prefill of all L tokens."""
     inputs = make_inputs(9, 2, 12, 16, 4, torch.float32, init=True)
     x, w, b, s0 = inputs["x"], inputs["weight"], inputs["bias"], inputs["initial_state"]
@@ -115,7 +122,8 @@ def test_dispatch_without_interpreter_is_reference(monkeypatch):
     assert torch.equal(causal_conv1d(**kwargs), causal_conv1d_ref(**kwargs))
 
 
-def test_bad_input_named(interpret):
+@pytest.mark.usefixtures("interpret")
+def test_bad_input_named():
     inputs = make_inputs(2, 2, 8, 6, 4, torch.float32, init=True)
     with pytest.raises(ValueError, match="weight"):
         causal_conv1d(inputs["x"], inputs["weight"][:3])
@@ -132,7 +140,8 @@ def test_bad_input_named(interpret):
         causal_conv1d_update(inputs["x"][:, 0], state[:, :, :2], inputs["weight"])
 
 
-def test_custom_op_registration(interpret):
+@pytest.mark.usefixtures("interpret")
+def test_custom_op_registration():
     inputs = make_inputs(4, 1, 9, 8, 4, torch.float32, cu=[0, 4, 9], init=True)
     x, w, b, s0, cu = (inputs[k] for k in ("x", "weight", "bias", "initial_state", "cu_seqlens"))
     seq_idx = torch.tensor([0] * 4 + [1] * 5, dtype=torch.int32)

@@ -2,8 +2,8 @@
 CPU: the kernels run in Triton's interpreter (fp16/bf16/fp32, small shapes); `cuda`: NemotronH shapes in bf16."""
 import pytest
 import torch
-
 from mamba_checks import BWD, F64, FWD, aot_lines, assert_error_rule, interpret  # noqa: F401
+
 from nemotron_kernels.ops.gated_rmsnorm import gated_rmsnorm
 from nemotron_kernels.reference.gated_rmsnorm import gated_rmsnorm_ref
 
@@ -42,24 +42,28 @@ def check_fwd_bwd(y, z, weight, group_size, eps=1e-5):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("lead,dim,group_size", [((3, 5), 48, 12), ((7,), 40, 40), ((1,), 64, 8), ((), 24, 8)])
-def test_interpreter_matches_reference(interpret, dtype, lead, dim, group_size):
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_matches_reference(dtype, lead, dim, group_size):
     y, z, weight = make_inputs(dim + group_size + len(lead), lead, dim, dtype)
     check_fwd_bwd(y, z, weight, group_size)
 
 
-def test_interpreter_strided_inputs(interpret):
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_strided_inputs():
     y, z, weight = make_inputs(5, (2, 9), 32, torch.float32, noncontiguous=True)
     assert not y.is_contiguous()
     check_fwd_bwd(y, z, weight, 16, eps=1e-3)
 
 
-def test_interpreter_many_rows_per_program(interpret):
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_many_rows_per_program():
     """More row blocks than backward programs: each program loops and sums its dweight partial."""
     y, z, weight = make_inputs(11, (300,), 16, torch.float16)
     check_fwd_bwd(y, z, weight, 8)
 
 
-def test_interpreter_empty(interpret):
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_empty():
     y, z, weight = make_inputs(1, (0,), 16, torch.float32)
     weight.requires_grad_()
     out = gated_rmsnorm(y, z, weight, 8)
@@ -78,7 +82,8 @@ def test_dispatch_without_interpreter_is_reference(monkeypatch):
     assert torch.equal(gated_rmsnorm(y, z, weight, 8), gated_rmsnorm_ref(y, z, weight, 8))
 
 
-def test_bad_input_named(interpret):
+@pytest.mark.usefixtures("interpret")
+def test_bad_input_named():
     y, z, weight = make_inputs(3, (4,), 16, torch.float32)
     with pytest.raises(ValueError, match="group_size"):
         gated_rmsnorm(y, z, weight, 5)
@@ -88,7 +93,8 @@ def test_bad_input_named(interpret):
         gated_rmsnorm(y, z[:2], weight, 8)
 
 
-def test_custom_op_registration(interpret):
+@pytest.mark.usefixtures("interpret")
+def test_custom_op_registration():
     """Schema, fake (meta) and autograd registration of the custom ops (torch.library.opcheck)."""
     y, z, weight = make_inputs(4, (3,), 16, torch.float32)
     torch.library.opcheck(torch.ops.nemotron_kernels.gated_rmsnorm_fwd.default, (y, z, weight, 8, 1e-5),

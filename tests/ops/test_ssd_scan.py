@@ -3,8 +3,8 @@ DESIGN error rule; the backward is autograd of the reference. CPU: Triton's inte
 `cuda`: NemotronH shapes (H=64, P=64, G=8, N=128, chunk 128, bf16) and a 600K-token run past 2^31 elements."""
 import pytest
 import torch
-
 from mamba_checks import BWD, F64, FWD, aot_lines, assert_error_rule, assert_state_rule, interpret  # noqa: F401
+
 from nemotron_kernels.ops.ssd_scan import ssd_scan
 from nemotron_kernels.reference.ssd_scan import ssd_scan_ref
 
@@ -60,13 +60,15 @@ CASES = {   # id: (bsz, seqlen, nheads, headdim, ngroups, dstate, chunk, dtype, 
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_interpreter_matches_reference(interpret, case):
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_matches_reference(case):
     bsz, seqlen, nheads, headdim, ngroups, dstate, chunk, dtype, cu, init, extras = CASES[case]
     inputs = make_inputs(len(case), bsz, seqlen, nheads, headdim, ngroups, dstate, dtype, cu, init, extras)
     check_forward(inputs, chunk)
 
 
-def test_interpreter_y_only_and_strided(interpret):
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_y_only_and_strided():
     """return_final_states=False returns y alone; x, B, C as strided views of one conv output row (as in the model)."""
     g = torch.Generator().manual_seed(3)
     bsz, seqlen, nheads, headdim, ngroups, dstate = 1, 24, 2, 16, 1, 16
@@ -83,7 +85,8 @@ def test_interpreter_y_only_and_strided(interpret):
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
 
 
-def test_interpreter_backward_is_reference_autograd(interpret):
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_backward_is_reference_autograd():
     inputs = make_inputs(5, 1, 20, 2, 16, 1, 16, torch.float32, init=True)
     names = ["x", "dt", "A", "B", "C", "D", "dt_bias", "initial_states"]
     leaves = {k: inputs[k].clone().requires_grad_() for k in names}
@@ -98,7 +101,8 @@ def test_interpreter_backward_is_reference_autograd(interpret):
         assert_error_rule(f"d{k}", outs[0][k].grad, outs[1][k].grad, outs[2][k].grad, BWD)
 
 
-def test_interpreter_empty_sequence_batch(interpret):
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_empty_sequence_batch():
     inputs = make_inputs(2, 2, 0, 2, 16, 1, 16, torch.float32, init=True)
     y, final = ssd_scan(**inputs, chunk_size=16, return_final_states=True)
     assert y.shape == (2, 0, 2, 16)
@@ -116,7 +120,8 @@ def test_dispatch_to_reference(monkeypatch):
     assert torch.equal(ssd_scan(**inputs, chunk_size=16), ssd_scan_ref(**inputs, chunk_size=16))
 
 
-def test_bad_input_named(interpret):
+@pytest.mark.usefixtures("interpret")
+def test_bad_input_named():
     inputs = make_inputs(1, 2, 10, 2, 16, 1, 16, torch.float32, init=True)
     with pytest.raises(ValueError, match="initial_states"):
         ssd_scan(**{**inputs, "initial_states": inputs["initial_states"][:1]}, chunk_size=16)
@@ -127,7 +132,8 @@ def test_bad_input_named(interpret):
         ssd_scan(**{**inputs, "dt": inputs["dt"][:, :5]}, chunk_size=16)
 
 
-def test_custom_op_registration(interpret):
+@pytest.mark.usefixtures("interpret")
+def test_custom_op_registration():
     inputs = make_inputs(4, 1, 20, 2, 16, 1, 16, torch.float32, cu=[0, 7, 20], init=True)
     args = (inputs["x"], inputs["dt"], inputs["A"], inputs["B"], inputs["C"], inputs["D"], inputs["dt_bias"], True, 16,
             inputs["initial_states"], inputs["cu_seqlens"], True)

@@ -2,8 +2,8 @@
 error rule. CPU: Triton's interpreter at small shapes; `cuda`: NemotronH shapes (H=64, P=64, G=8, N=128)."""
 import pytest
 import torch
-
 from mamba_checks import F64, FWD, aot_lines, assert_error_rule, interpret  # noqa: F401
+
 from nemotron_kernels.ops.ssd_state_update import ssd_state_update
 from nemotron_kernels.reference.ssd_state_update import ssd_state_update_ref
 
@@ -27,7 +27,8 @@ def make_inputs(seed, bsz, nheads, headdim, ngroups, dstate, nslots, dtype, stat
 
 
 def check_step(state, args, extras, dt_softplus, slot_idx):
-    """y (2x rule) and the updated state (2x rule against the same-dtype reference's rounding); other slots untouched."""
+    """y and the updated state (2x rule; the state against the same-dtype reference's rounding); other slots
+    untouched."""
     s_kernel, s64, s_low = state.clone(), state.to(F64), state.clone()
     y = ssd_state_update(s_kernel, **args, **extras, dt_softplus=dt_softplus, slot_idx=slot_idx)
     y64 = ssd_state_update_ref(s64, **{k: v.to(F64) for k, v in {**args, **extras}.items()},
@@ -45,18 +46,21 @@ def check_step(state, args, extras, dt_softplus, slot_idx):
 @pytest.mark.parametrize("dtype,state_dtype", [(torch.float32, torch.float32), (torch.float16, torch.float32),
                                                (torch.bfloat16, torch.bfloat16)])
 @pytest.mark.parametrize("ngroups", [1, 4])
-def test_interpreter_matches_reference(interpret, dtype, state_dtype, ngroups):
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_matches_reference(dtype, state_dtype, ngroups):
     state, args, extras = make_inputs(ngroups, 3, 4, 6, ngroups, 20, 5, dtype, state_dtype)
     check_step(state, args, extras, True, torch.tensor([4, 0, 2], dtype=torch.int32))
 
 
-def test_interpreter_no_extras_no_slots(interpret):
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_no_extras_no_slots():
     state, args, _ = make_inputs(3, 2, 2, 16, 2, 16, 2, torch.float32, torch.float32)
     args["dt"] = args["dt"].abs() + 0.05
     check_step(state, args, {}, False, None)
 
 
-def test_interpreter_steps_match_scan(interpret):
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_steps_match_scan():
     """Three decode steps from a prefill's final state == the SSD scan over all tokens (chunked reference)."""
     from nemotron_kernels.reference.ssd_scan import ssd_scan_ref
     g = torch.Generator().manual_seed(7)
@@ -82,8 +86,9 @@ def test_dispatch(monkeypatch):
     assert torch.equal(s1, s2)
 
 
-def test_bad_input_named(interpret):
-    state, args, extras = make_inputs(1, 2, 4, 4, 2, 8, 3, torch.float32, torch.float32)
+@pytest.mark.usefixtures("interpret")
+def test_bad_input_named():
+    state, args, _ = make_inputs(1, 2, 4, 4, 2, 8, 3, torch.float32, torch.float32)
     with pytest.raises(ValueError, match="slot_idx"):
         ssd_state_update(state, **args, slot_idx=torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="slot_idx must not repeat"):
@@ -91,14 +96,17 @@ def test_bad_input_named(interpret):
     with pytest.raises(ValueError, match="B"):
         ssd_state_update(state, **{**args, "B": args["B"][:, :, :4]})
     with pytest.raises(ValueError, match="G"):
-        ssd_state_update(state, **{**args, "B": args["B"][:, :1].expand(2, 3, 8), "C": args["C"][:, :1].expand(2, 3, 8)})
+        ssd_state_update(state, **{**args, "B": args["B"][:, :1].expand(2, 3, 8),
+                                   "C": args["C"][:, :1].expand(2, 3, 8)})
 
 
-def test_custom_op_registration(interpret):
+@pytest.mark.usefixtures("interpret")
+def test_custom_op_registration():
     state, args, extras = make_inputs(2, 2, 4, 4, 2, 16, 3, torch.float32, torch.float32)
     torch.library.opcheck(torch.ops.nemotron_kernels.ssd_state_update.default,
                           (state, args["x"], args["dt"], args["A"], args["B"], args["C"], extras["D"],
-                           extras["dt_bias"], True, torch.tensor([2, 0])), test_utils=("test_schema", "test_faketensor"))
+                           extras["dt_bias"], True, torch.tensor([2, 0])),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 def test_aot_compile_sm90():
