@@ -6,9 +6,12 @@ Input: one JSON object per line with "messages": [{"role": "system" | "user" | "
 
 Masking: the conversation is rendered with the template one message at a time; the text an assistant message
 adds (its content and end-of-turn marker, not the "<|im_start|>assistant" header, which the generation prompt
-supplies) is trained, everything else (system, user, tool turns, headers) is not. Reasoning off: for a
-`reasoning_off_fraction` of the samples (chosen by a hash of the sample index and seed, fixed across epochs) every
-trace is emptied to <think></think>, the paper's way of teaching the reasoning-off mode (10% of samples).
+supplies) is trained, everything else (system, user, tool turns, headers) is not. A template that rewrites
+earlier turns as the conversation grows (reasoning templates drop old traces) trains the last assistant turn.
+
+Reasoning off: for a `reasoning_off_fraction` of the samples (chosen by a hash of the sample index and seed, fixed
+across epochs) every trace is emptied to <think></think>, the paper's way of teaching the reasoning-off mode
+(10% of samples).
 
 Packing: whole conversations go greedily into rows of seq_len tokens (a conversation longer than a row is
 truncated, or dropped); each conversation is its own cu_seqlens segment, the rest of a row is padding with no
@@ -81,32 +84,16 @@ def _parse_line(line: str) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- template
-class ChatTemplate:
-    """A Jinja2 chat template rendered the way transformers renders tokenizer_config.json's chat_template
-    (sandboxed, trim_blocks, lstrip_blocks, `raise_exception`, bos/eos token variables)."""
+def chat_renderer(tok: TokenizerInfo):
+    """The tokenizer's chat template, rendered by the serving tokenizer (one renderer for serving and SFT: jinja2
+    sandbox as transformers renders it, `raise_exception`, `strftime_now`, bos/eos token variables)."""
+    from model.serve.tokenizer import ServeTokenizer
 
-    def __init__(self, source: str, bos_token: str = "", eos_token: str = ""):
-        from jinja2.ext import loopcontrols
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        def raise_exception(message):
-            raise ValueError(f"chat template: {message}")
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-        env.globals["raise_exception"] = raise_exception
-        env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
-        self.template = env.from_string(source)
-        self.bos_token, self.eos_token = bos_token, eos_token
-
-    @classmethod
-    def for_tokenizer(cls, tok: TokenizerInfo) -> "ChatTemplate":
-        def text(tid):
-            return tok.tokenizer.id_to_token(tid) if tid is not None else ""
-        return cls(tok.chat_template, text(tok.bos_id), text(tok.eos_id))
-
-    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        return self.template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                    bos_token=self.bos_token, eos_token=self.eos_token)
+    specials = {}
+    for key, tid in (("bos_token", tok.bos_id), ("eos_token", tok.eos_id), ("pad_token", tok.pad_id)):
+        if tid is not None:
+            specials[key] = tok.tokenizer.id_to_token(tid)
+    return ServeTokenizer(tok.tokenizer, chat_template=tok.chat_template, special_tokens=specials)
 
 
 def drop_reasoning(messages: list[dict]) -> list[dict]:
@@ -133,25 +120,54 @@ def _inline_reasoning(messages: list[dict]) -> list[dict]:
     return out
 
 
-def tokenize_conversation(messages: list[dict], tok: TokenizerInfo, template: ChatTemplate
-                          ) -> tuple[list[int], list[bool]]:
-    """(ids [n], trained [n]): token ids of the rendered conversation (BOS first when the tokenizer has one) and
-    whether each token is an assistant token (a label the loss counts)."""
-    messages = _inline_reasoning(messages)
+class _NotPrefixStable(ValueError):
+    pass
+
+
+def _render(template, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    return template.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+
+
+def _pieces_per_message(messages: list[dict], template) -> list[tuple[str, bool]]:
     pieces, text = [], ""
 
     def extend(new_text: str, trained: bool, where: str):
         nonlocal text
         if not new_text.startswith(text):
-            raise ValueError(f"chat template is not prefix-stable ({where}): rendering more messages changed the "
-                             f"text of earlier ones, so assistant tokens cannot be located")
+            raise _NotPrefixStable(where)
         pieces.append((new_text[len(text):], trained))
         text = new_text
 
     for i, m in enumerate(messages):
         if m["role"] == "assistant":
-            extend(template.render(messages[:i], add_generation_prompt=True), False, f"header of message {i}")
-        extend(template.render(messages[:i + 1]), m["role"] == "assistant", f"message {i}")
+            extend(_render(template, messages[:i], True), False, f"header of message {i}")
+        extend(_render(template, messages[:i + 1]), m["role"] == "assistant", f"message {i}")
+    return pieces
+
+
+def _pieces_last_turn(messages: list[dict], template) -> list[tuple[str, bool]]:
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    prompt = _render(template, messages[:last], True)
+    full = _render(template, messages[:last + 1])
+    if not full.startswith(prompt):
+        raise ValueError("chat template is not prefix-stable even for the last assistant turn: the rendered prompt "
+                         "is not a prefix of the rendered conversation, so assistant tokens cannot be located")
+    return [(prompt, False), (full[len(prompt):], True)]
+
+
+def tokenize_conversation(messages: list[dict], tok: TokenizerInfo, template) -> tuple[list[int], list[bool]]:
+    """(ids [n], trained [n]): token ids of the conversation rendered by `template` (anything with
+    apply_chat_template(messages, add_generation_prompt=...), e.g. chat_renderer(tok)), BOS first when the tokenizer
+    has one, and whether each token is an assistant token (a label the loss counts).
+
+    Every assistant turn is trained when the template renders earlier turns the same way whatever follows them;
+    templates that rewrite history (e.g. drop the reasoning of earlier assistant turns) train the last assistant
+    turn only, on the conversation as the template shows it then (later turns are cut)."""
+    messages = _inline_reasoning(messages)
+    try:
+        pieces = _pieces_per_message(messages, template)
+    except _NotPrefixStable:
+        pieces = _pieces_last_turn(messages, template)
     ids = [tok.bos_id] if tok.bos_id is not None else []
     trained = [False] * len(ids)
     for piece, flag in pieces:
@@ -168,10 +184,10 @@ def _hash_fraction(seed: int, index: int) -> float:
 
 
 def tokenize_conversations(conversations: list[list[dict]], tok: TokenizerInfo, *, reasoning_off_fraction: float = 0.0,
-                           seed: int = 0, template: ChatTemplate | None = None) -> list[tuple[list[int], list[bool]]]:
+                           seed: int = 0, template=None) -> list[tuple[list[int], list[bool]]]:
     if not 0.0 <= reasoning_off_fraction <= 1.0:
         raise ValueError(f"reasoning_off_fraction must lie in [0, 1], got {reasoning_off_fraction}")
-    template = template or ChatTemplate.for_tokenizer(tok)
+    template = template or chat_renderer(tok)
     out = []
     for i, messages in enumerate(conversations):
         if _hash_fraction(seed, i) < reasoning_off_fraction:

@@ -144,7 +144,8 @@ def train_tokenizer(texts, vocab_size: int, out_dir: str | os.PathLike) -> Token
 
 def load_tokenizer(path: str | os.PathLike) -> TokenizerInfo:
     """From a tokenizer.json, or a directory (e.g. a checkpoint) holding tokenizer.json and optionally
-    tokenizer_config.json (bos / eos / pad tokens, chat_template)."""
+    tokenizer_config.json (bos / eos / pad tokens, chat_template) or chat_template.jinja. Without a template the
+    ChatML turns of DEFAULT_CHAT_TEMPLATE are used."""
     from tokenizers import Tokenizer
 
     path = Path(path)
@@ -178,10 +179,16 @@ def load_tokenizer(path: str | os.PathLike) -> TokenizerInfo:
         raise ValueError(f"tokenizer {file} has no end-of-sequence token (tokenizer_config.json eos_token, </s>, "
                          f"<|im_end|> or <|endoftext|>)")
     pad_id = special("pad_token", ["<pad>", "<unk>"])
+    template = config.get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default") or next(iter(named.values()), None)
+    if not template and (file.parent / "chat_template.jinja").is_file():
+        template = (file.parent / "chat_template.jinja").read_text()
     return TokenizerInfo(tokenizer=tok, path=file, vocab_size=tok.get_vocab_size(with_added_tokens=True),
                          bos_id=special("bos_token", ["<s>"]), eos_id=eos_id,
                          pad_id=pad_id if pad_id is not None else eos_id,
-                         chat_template=config.get("chat_template") or DEFAULT_CHAT_TEMPLATE,
+                         chat_template=template or DEFAULT_CHAT_TEMPLATE,
                          sha256=hashlib.sha256(file.read_bytes()).hexdigest())
 
 

@@ -145,6 +145,15 @@ class Parallelism:
     ep_group: object = None
     ep_rank: int = 0
     expert_param_names: tuple[str, ...] = ()   # model state-dict names of EP-split expert weights
+    replicated_params: tuple = ()              # kept whole on every rank (fp32 routers under BF16 FSDP)
+
+    @torch.no_grad()
+    def sync_replicated_grads(self) -> None:
+        """Sums the gradients of the replicated parameters over the ranks (FSDP2 does not manage them)."""
+        if self.info.world_size > 1:
+            for p in self.replicated_params:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
 
 
 def parallelize(train_module: nn.Module, model: nn.Module, info: DistInfo, *, ep_size: int = 1,
@@ -195,12 +204,17 @@ def parallelize(train_module: nn.Module, model: nn.Module, info: DistInfo, *, ep
     if activation_checkpointing:
         for block in model.layers:
             checkpoint(block)
-    # 3. FSDP2: local experts (over edp), blocks (over dp), then the root
+    # 3. FSDP2: local experts (over edp), blocks (over dp), then the root. With a low-precision param_dtype the
+    #    router weights stay out of FSDP (whole fp32 copies on every rank, gradients summed by
+    #    sync_replicated_grads), so routing runs on fp32 weights as the checkpoint stores them.
+    if param_dtype is not None and param_dtype.itemsize < 4:
+        result.replicated_params = tuple(b.mixer.gate.weight for b in model.layers if b.kind == "E")
+    ignored = set(result.replicated_params) or None
     for block in model.layers:
         if ep_size > 1 and block.kind == "E":
             fully_shard(block.mixer.experts, mesh=edp_mesh, mp_policy=mp)
-        fully_shard(block, mesh=dp_mesh, mp_policy=mp)
-    fully_shard(train_module, mesh=dp_mesh, mp_policy=mp)
+        fully_shard(block, mesh=dp_mesh, mp_policy=mp, ignored_params=ignored)
+    fully_shard(train_module, mesh=dp_mesh, mp_policy=mp, ignored_params=ignored)
     for m in train_module.modules():
         if isinstance(m, FSDPModule):  # plain sums (no PREMUL_SUM, which gloo lacks; no extra scaling on NCCL)
             m.set_gradient_divide_factor(1.0)
@@ -217,16 +231,24 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def clip_grad_norm_(params, max_norm: float, par: Parallelism) -> torch.Tensor:
     """Scales gradients so their global L2 norm is at most max_norm (max_norm <= 0: no clipping); returns the norm
-    before clipping, an fp32 scalar on the device. With FSDP2 / EP every gradient element lives on exactly one
-    rank, so the global norm is the all-reduced sum of the local squared norms."""
-    grads = [_local(p.grad) for p in params if p.grad is not None]
+    before clipping, an fp32 scalar on the device. With FSDP2 / EP every sharded gradient element lives on exactly
+    one rank, so their norm is the all-reduced sum of the local squared norms; replicated ones count once."""
+    replicated = {id(p) for p in par.replicated_params}
+    sharded = [_local(p.grad) for p in params if p.grad is not None and id(p) not in replicated]
+    whole = [p.grad for p in params if p.grad is not None and id(p) in replicated]
+    grads = sharded + whole
     if not grads:
         return torch.zeros((), device=par.info.device)
-    norms = torch._foreach_norm(grads, 2.0)
-    total_sq = torch.stack([n.float() for n in norms]).square().sum()
-    if par.fsdp:
+
+    def sum_sq(ts):
+        if not ts:
+            return torch.zeros((), device=par.info.device)
+        return torch.stack([n.float() for n in torch._foreach_norm(ts, 2.0)]).square().sum()
+
+    total_sq = sum_sq(sharded)
+    if par.fsdp and par.info.world_size > 1:
         dist.all_reduce(total_sq, op=dist.ReduceOp.SUM)
-    total = total_sq.sqrt()
+    total = (total_sq + sum_sq(whole)).sqrt()         # replicated gradients are equal on every rank: count once
     if max_norm > 0:
         coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
         torch._foreach_mul_(grads, coef)

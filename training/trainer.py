@@ -233,6 +233,7 @@ class Trainer:
             loss_total += loss_sum.detach() / n_tokens
             aux_total += aux_loss.detach() / n_seqs
             self.balancer.accumulate(counts)
+        self.par.sync_replicated_grads()
         grad_norm = clip_grad_norm_(self.params, cfg.grad_clip, self.par)
         sums = all_reduce_sum(torch.stack([loss_total, aux_total]), self.par)
         loss, aux, gnorm = torch.cat([sums, grad_norm[None].float()]).tolist()     # the step's one host sync

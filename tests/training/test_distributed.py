@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from model.checkpoint import load_model
 from training import checkpoint as ckpt
@@ -68,3 +70,23 @@ def test_two_process_run_resumes(pretrain_argv, tmp_path):
     assert len(train2) == 6
     torch.testing.assert_close(torch.tensor(train2), torch.tensor(train1), rtol=2e-6, atol=0)
     torch.testing.assert_close(torch.tensor(val2[-1:]), torch.tensor(val1), rtol=2e-6, atol=0)
+
+
+def test_bf16_fsdp2_keeps_fp32_masters_and_router(pretrain_argv, tmp_path):
+    """--dtype bfloat16 (one process: FSDP2 on a one-rank group): parameters stay fp32 masters, the MoE router
+    weights stay whole fp32 tensors outside FSDP, and the loss follows the fp32 run within BF16 rounding."""
+    ref = build_trainer(common(pretrain_argv, tmp_path / "fp32", 3))
+    ref.run()
+    try:
+        trainer = build_trainer(common(pretrain_argv, tmp_path / "bf16", 3) + ["--dtype", "bfloat16"])
+        routers = {id(p) for p in trainer.par.replicated_params}
+        assert len(routers) == 2
+        for name, p in trainer.model.named_parameters():
+            assert p.dtype == torch.float32, name
+            assert isinstance(p, DTensor) != (id(p) in routers), name
+        trainer.run()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    torch.testing.assert_close(torch.tensor(losses(tmp_path / "bf16")[0]), torch.tensor(losses(tmp_path / "fp32")[0]),
+                               rtol=2e-3, atol=0)

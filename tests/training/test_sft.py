@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from model.checkpoint import CheckpointError
-from training.chat import (ChatTemplate, SFTBatches, drop_reasoning, load_chat_jsonl, pack_conversations,
+from model.serve.tokenizer import ServeTokenizer
+from training.chat import (SFTBatches, chat_renderer, drop_reasoning, load_chat_jsonl, pack_conversations,
                            tokenize_conversation, tokenize_conversations)
 from training.data import IGNORE_INDEX, load_tokenizer
 from training.monitor import read_metrics
@@ -25,7 +26,7 @@ def decode(tok, ids):
 
 def test_loss_only_on_assistant_tokens(tiny_data):
     tok = tiny_data.tokenizer
-    ids, trained = tokenize_conversation(CONV, tok, ChatTemplate.for_tokenizer(tok))
+    ids, trained = tokenize_conversation(CONV, tok, chat_renderer(tok))
     assert ids[0] == tok.bos_id and not trained[0]
     text = decode(tok, ids[1:])
     assert text == ("<|im_start|>system\nYou add numbers.<|im_end|>\n<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n"
@@ -64,14 +65,29 @@ def test_tokenizer_chat_template_is_used(tiny_data, tmp_path):
                                "{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}")
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     tok = load_tokenizer(tmp_path)
-    ids, trained = tokenize_conversation(CONV[1:3], tok, ChatTemplate.for_tokenizer(tok))
+    ids, trained = tokenize_conversation(CONV[1:3], tok, chat_renderer(tok))
     assert decode(tok, ids[1:]) == "[user] What is 2 + 3?</s>[assistant] <think>2 plus 3 is 5.</think>It is 5.</s>"
     assert decode(tok, [t for t, f in zip(ids, trained) if f]) == "<think>2 plus 3 is 5.</think>It is 5.</s>"
 
 
-def test_template_that_rewrites_history_is_rejected(tiny_data):
-    # renders only the last message: earlier text changes as messages are added
-    template = ChatTemplate("{{ messages[-1]['content'] }}{% if add_generation_prompt %}>{% endif %}")
+def test_template_that_drops_old_reasoning_trains_the_last_turn(tiny_data):
+    """Reasoning templates show the trace of the last assistant turn only: earlier turns change as the
+    conversation grows, so the last assistant turn is trained, on the conversation as the template renders it."""
+    tok = tiny_data.tokenizer
+    template = ServeTokenizer(tok.tokenizer, chat_template=(
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+        "{% if m['role'] == 'assistant' and not loop.last %}{{ m['content'].split('</think>')[-1] }}"
+        "{% else %}{{ m['content'] }}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"))
+    ids, trained = tokenize_conversation(CONV, tok, template)
+    assert "<|im_start|>assistant\nIt is 5.<|im_end|>" in decode(tok, ids)          # old trace dropped
+    assert decode(tok, [t for t, f in zip(ids, trained) if f]) == "<think>5 times 2</think>10<|im_end|>\n"
+
+
+def test_template_that_hides_the_prompt_is_rejected(tiny_data):
+    # renders only the last message: not even the prompt of the last turn is a prefix of the conversation
+    template = ServeTokenizer(tiny_data.tokenizer.tokenizer,
+                              chat_template="{{ messages[-1]['content'] }}{% if add_generation_prompt %}>{% endif %}")
     with pytest.raises(ValueError, match="not prefix-stable"):
         tokenize_conversation(CONV, tiny_data.tokenizer, template)
 
