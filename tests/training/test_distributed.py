@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def torchrun(argv, nproc=2):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    if sys.platform == "linux":
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")   # loopback: no dependence on the host name resolving
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                            str(nproc), "-m", "training.pretrain", *argv], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)

@@ -91,6 +91,9 @@ def test_checkpoint_is_a_loadable_hf_model(pretrain_argv, tmp_path):
         assert torch.equal(a, b), name
     config = json.loads((directory / "config.json").read_text())
     assert config["model_type"] == "nemotron_h" and config["vocab_size"] == 512
+    from model.generate import main as generate
+    assert generate(["--checkpoint", str(directory), "--prompt", "def f(", "--max-new-tokens", "4", "--no-progress",
+                     "--device", "cpu"]) == 0
 
 
 def test_checkpoint_loads_in_transformers(pretrain_argv, tmp_path):
