@@ -44,10 +44,11 @@ def gqa_attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
                       lse: torch.Tensor, causal: bool, softmax_scale: float, cu_seqlens: Optional[torch.Tensor],
                       max_seqlen: int, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """do, o [B, Sq, Hq, D], q, k, v, lse [B, Hq, Sq] -> (dq like q, dk like k, dv like v) (Triton).
-    Every program owns its outputs, so the result is deterministic either way; `deterministic` is kept in the
-    schema for a future atomic-dq fast path."""
+    deterministic: no atomics (a separate dq pass; bitwise reproducible); otherwise dq accumulates in fp32 with
+    atomics inside the dk/dv pass (faster; the summation order varies)."""
     kernels = common.kernel_module("gqa_attention_bwd")
-    return kernels.gqa_attention_bwd(do, q, k, v, o, lse, causal, softmax_scale, cu_seqlens, max_seqlen)
+    return kernels.gqa_attention_bwd(do, q, k, v, o, lse, causal, softmax_scale, cu_seqlens, max_seqlen,
+                                     deterministic=deterministic)
 
 
 @gqa_attention_bwd.register_fake
@@ -105,7 +106,9 @@ def gqa_attention(q, k, v, causal: bool = True, softmax_scale=None, cu_seqlens=N
             take the reference).
         return_lse: also return lse [B, Hq, Sq] float32 (natural log; not differentiable).
     Returns:
-        o [B, Sq, Hq, D] in q's dtype (bf16 for fp8 q), or (o, lse). Differentiable in q, k, v (16-bit inputs).
+        o [B, Sq, Hq, D] in q's dtype (bf16 for fp8 q), or (o, lse). Differentiable in q, k, v (16-bit inputs);
+        the backward is bitwise reproducible under torch.use_deterministic_algorithms(True) (a separate dq pass),
+        else dq accumulates with fp32 atomics (faster).
     """
     descales = (q_descale, k_descale, v_descale)
     if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)

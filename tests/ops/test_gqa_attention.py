@@ -102,6 +102,17 @@ def test_interpreter_matches_reference(interpret, case):
     check_fwd_bwd(q, k, v, do, dtype, causal)
 
 
+def test_interpreter_deterministic_backward(interpret):
+    """Under torch.use_deterministic_algorithms the backward takes the separate-dq path (no atomics)."""
+    q, k, v, do = make_qkv(6, 1, 29, 29, 4, 2, 32)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        check_fwd_bwd(q, k, v, do, torch.float16, True)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
 @pytest.mark.parametrize("offsets,hq,hkv,causal,dtype", [
     ([0, 10, 10, 29, 50], 6, 2, True, torch.float16),      # an empty sequence, uneven lengths
     ([0, 1, 17, 40], 3, 1, False, torch.float32),
@@ -155,10 +166,10 @@ def test_interpreter_tma_forward_varlen_and_strided(interpret):
     torch.testing.assert_close(o, gqa_attention_ref(q, wide_k, wide_k, True, 0.25), rtol=0, atol=2e-3)
 
 
-@pytest.mark.parametrize("hq,hkv,seqlen,fwd_config", [(32, 2, 21, 1), (2, 2, 150, 3)])
-def test_interpreter_gpu_tile_sizes(interpret, hq, hkv, seqlen, fwd_config):
+@pytest.mark.parametrize("hq,hkv,seqlen,fwd_config,deterministic", [(32, 2, 21, 1, False), (2, 2, 150, 3, True)])
+def test_interpreter_gpu_tile_sizes(interpret, hq, hkv, seqlen, fwd_config, deterministic):
     """The launchers with the H200 tile shapes (packing 8 positions x 16 heads into 128 rows for 32/2 heads),
-    K/V through TMA descriptors (config 1) and through pointers (config 3)."""
+    K/V through TMA descriptors (config 1) and through pointers (config 3); atomic and deterministic dq."""
     from nemotron_kernels.triton import gqa_attention_common as common
     fwd = common.kernel_module("gqa_attention_fwd")
     bwd = common.kernel_module("gqa_attention_bwd")
@@ -170,8 +181,8 @@ def test_interpreter_gpu_tile_sizes(interpret, hq, hkv, seqlen, fwd_config):
     ins64 = [t.clone().requires_grad_() for t in (q64, k64, v64)]
     o64, lse64 = gqa_attention_ref(*ins64, causal=True, return_lse=True)
     assert_error_rule("o", o, o64.detach(), o_low, FWD)
-    dq, dk, dv = bwd.gqa_attention_bwd(do, q, k, v, o, lse, True, scale, dkdv_config=bwd.DKDV_CONFIGS[64],
-                                       dq_config=bwd.DQ_CONFIGS[64])
+    dq, dk, dv = bwd.gqa_attention_bwd(do, q, k, v, o, lse, True, scale, deterministic=deterministic,
+                                       dkdv_config=bwd.DKDV_CONFIGS[64], dq_config=bwd.DQ_CONFIGS[64])
     o64.backward(do64)
     ins_low = [t.clone().requires_grad_() for t in (q, k, v)]
     gqa_attention_ref(*ins_low, causal=True).backward(do)
