@@ -287,8 +287,10 @@ def test_backend_report():
 # ---------------------------------------------------------------- CUDA kernel (lead runs these on the H200)
 
 def _poison_cuda_cache():
-    """Fill and free a block so the next allocations of the caching allocator start as NaN garbage."""
-    torch.full((1 << 24,), float("nan"), device="cuda")
+    """Fill and free large and small blocks so the caching allocator's next allocations start as NaN garbage."""
+    blocks = [torch.full((1 << 24,), float("nan"), device="cuda")]
+    blocks += [torch.full((1 << 17,), float("nan"), device="cuda") for _ in range(16)]
+    del blocks
 
 
 CUDA_SHAPES = [  # (T, E, k, n_group, topk_group)
