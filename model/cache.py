@@ -1,13 +1,19 @@
 """Hybrid inference cache of a NemotronH model: per-slot Mamba states and a paged KV cache.
 
-Per Mamba layer i:     conv[i] [num_slots, C, K-1] (model dtype; the last K-1 xBC inputs, oldest first)
-                       ssm[i]  [num_slots, Hm, P, N] (fp32 by default, config.mamba_ssm_cache_dtype)
-Per attention layer i: k[i], v[i] [num_blocks, block_size, Hkv, D] (model dtype unless kv_dtype is given)
-Shared:                block_table [num_slots, max_blocks] int32 (pages of each slot, in order),
+Per Mamba layer i:     conv[i] [num_slots + scratch_slots, C, K-1] (model dtype; the last K-1 xBC inputs, oldest first)
+                       ssm[i]  [num_slots + scratch_slots, Hm, P, N] (fp32 by default, config.mamba_ssm_cache_dtype)
+Per attention layer i: k[i], v[i] [num_blocks + scratch_blocks, block_size, Hkv, D] (model dtype unless kv_dtype;
+                       FP8 e4m3 pages hold k / k_scale, v / v_scale of the attention layer)
+Shared:                block_table [num_slots + scratch_slots, max_blocks] int32 (pages of each slot, in order),
                        seq_lens [num_slots] int32 (tokens the model has seen per slot; host mirror host_seq_lens).
 
-The allocator here is the simplest one: slot s owns the contiguous pages s*max_blocks .. (s+1)*max_blocks-1.
-A serving engine may rewrite `block_table` rows (any page ids < num_blocks) to share a larger page pool.
+Two ways to own the pages:
+  * simple (default): slot s owns the contiguous pages s*max_blocks .. (s+1)*max_blocks-1;
+  * paged=True: the caller's allocator owns them (a serving engine's block manager): num_blocks may be smaller than
+    num_slots * max_blocks, and `set_pages(slot, pages)` writes a slot's page table.
+Scratch space: `scratch_slots` state slots after the num_slots usable ones, and the pages after the num_blocks
+usable ones that they write into (scratch slot j: token row j % block_size of scratch page j // block_size). No
+sequence owns them: padded rows of a CUDA-graph batch run there without touching any real state.
 """
 from __future__ import annotations
 
@@ -21,32 +27,47 @@ from .nemotron_h import ForwardMeta
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def _ssm_dtype(config: NemotronHConfig, dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else _DTYPES[config.mamba_ssm_cache_dtype]
+
+
 class HybridCache:
     def __init__(self, config: NemotronHConfig, num_slots: int, max_seq_len: int, *, block_size: int = 16,
-                 num_blocks: int | None = None, device="cpu", dtype: torch.dtype = torch.bfloat16,
-                 kv_dtype: torch.dtype | None = None, ssm_dtype: torch.dtype | None = None):
+                 num_blocks: int | None = None, paged: bool = False, scratch_slots: int = 0, device="cpu",
+                 dtype: torch.dtype = torch.bfloat16, kv_dtype: torch.dtype | None = None,
+                 ssm_dtype: torch.dtype | None = None):
         for name, v in (("num_slots", num_slots), ("max_seq_len", max_seq_len), ("block_size", block_size)):
             if not isinstance(v, int) or v <= 0:
                 raise ValueError(f"HybridCache: {name} must be a positive int, got {v!r}")
-        self.config, self.num_slots, self.block_size = config, num_slots, block_size
+        if not isinstance(scratch_slots, int) or scratch_slots < 0:
+            raise ValueError(f"HybridCache: scratch_slots must be an int >= 0, got {scratch_slots!r}")
+        self.config, self.num_slots, self.block_size, self.paged = config, num_slots, block_size, paged
         self.max_blocks = math.ceil(max_seq_len / block_size)           # pages per slot
         self.num_blocks = num_slots * self.max_blocks if num_blocks is None else num_blocks
-        if self.num_blocks < num_slots * self.max_blocks:
+        if not paged and self.num_blocks < num_slots * self.max_blocks:
             raise ValueError(f"HybridCache: num_blocks={self.num_blocks} < num_slots * max_blocks = "
-                             f"{num_slots * self.max_blocks} (the simple allocator gives every slot its pages)")
-        if ssm_dtype is None:
-            ssm_dtype = torch.float64 if dtype == torch.float64 else _DTYPES[config.mamba_ssm_cache_dtype]
+                             f"{num_slots * self.max_blocks} (the simple allocator gives every slot its pages; "
+                             f"paged=True lets the caller share fewer pages)")
+        if self.num_blocks < 1:
+            raise ValueError(f"HybridCache: num_blocks must be >= 1, got {self.num_blocks}")
+        self.scratch_slots = scratch_slots
+        self.scratch_blocks = math.ceil(scratch_slots / block_size)
+        ssm_dtype = _ssm_dtype(config, dtype) if ssm_dtype is None else ssm_dtype
         kv_dtype = dtype if kv_dtype is None else kv_dtype
-        c = config
-        self.conv = {i: torch.zeros(num_slots, c.conv_dim, c.conv_kernel - 1, device=device, dtype=dtype)
+        c, n_states = config, num_slots + scratch_slots
+        self.conv = {i: torch.zeros(n_states, c.conv_dim, c.conv_kernel - 1, device=device, dtype=dtype)
                      for i in c.layer_indices("M")}
-        self.ssm = {i: torch.zeros(num_slots, c.mamba_num_heads, c.mamba_head_dim, c.ssm_state_size, device=device,
+        self.ssm = {i: torch.zeros(n_states, c.mamba_num_heads, c.mamba_head_dim, c.ssm_state_size, device=device,
                                    dtype=ssm_dtype) for i in c.layer_indices("M")}
-        kv_shape = (self.num_blocks, block_size, c.num_key_value_heads, c.head_dim)
+        kv_shape = (self.num_blocks + self.scratch_blocks, block_size, c.num_key_value_heads, c.head_dim)
         self.k = {i: torch.zeros(kv_shape, device=device, dtype=kv_dtype) for i in c.layer_indices("*")}
         self.v = {i: torch.zeros(kv_shape, device=device, dtype=kv_dtype) for i in c.layer_indices("*")}
-        self.block_table = torch.arange(num_slots * self.max_blocks, device=device,
-                                        dtype=torch.int32).view(num_slots, self.max_blocks)
+        tables = torch.zeros(n_states, self.max_blocks, dtype=torch.int32)
+        if not paged:
+            tables[:num_slots] = torch.arange(num_slots * self.max_blocks, dtype=torch.int32).view(num_slots, -1)
+        tables[num_slots:] = self.num_blocks + torch.arange(scratch_slots, dtype=torch.int32)[:, None] // block_size
+        self.block_table = tables.to(device)
+        self._host_tables: list[list[int] | None] = [None] * num_slots   # paged: what set_pages last wrote
         self.seq_lens = torch.zeros(num_slots, device=device, dtype=torch.int32)
         self.host_seq_lens = [0] * num_slots
         self.device = torch.device(device)
@@ -56,11 +77,66 @@ class HybridCache:
         """A cache on the model's device in the model's dtype."""
         return cls(model.config, num_slots, max_seq_len, device=model.device, dtype=model.dtype, **kw)
 
+    @staticmethod
+    def bytes_per_slot(config: NemotronHConfig, dtype: torch.dtype, ssm_dtype: torch.dtype | None = None) -> int:
+        """Device bytes of one state slot (conv + SSM state of every Mamba layer)."""
+        c, ssm_dtype = config, ssm_dtype or _ssm_dtype(config, dtype)
+        per_layer = (c.conv_dim * (c.conv_kernel - 1) * dtype.itemsize
+                     + c.mamba_num_heads * c.mamba_head_dim * c.ssm_state_size * ssm_dtype.itemsize)
+        return per_layer * len(c.layer_indices("M"))
+
+    @staticmethod
+    def bytes_per_block(config: NemotronHConfig, block_size: int, kv_dtype: torch.dtype) -> int:
+        """Device bytes of one KV page (keys and values of every attention layer)."""
+        c = config
+        return 2 * block_size * c.num_key_value_heads * c.head_dim * kv_dtype.itemsize * len(c.layer_indices("*"))
+
     @property
     def capacity(self) -> int:
         """Tokens one slot can hold."""
         return self.max_blocks * self.block_size
 
+    # ------------------------------------------------------------------ device-side upkeep (no host sync)
+    def set_pages(self, slot: int, pages: list[int]) -> None:
+        """Paged mode: the KV pages of `slot` in token order (ids < num_blocks). The device row is rewritten only
+        when it changed since the last call (one small host-to-device copy, not waited for)."""
+        if not self.paged:
+            raise RuntimeError("HybridCache.set_pages needs paged=True (the simple allocator owns the pages)")
+        if self._host_tables[slot] == pages:
+            return
+        if len(pages) > self.max_blocks:
+            raise ValueError(f"slot {slot}: {len(pages)} pages exceed max_blocks={self.max_blocks}")
+        row = torch.tensor(pages, dtype=torch.int32)
+        if self.device.type == "cuda":
+            row = row.pin_memory()
+        self.block_table[slot, :len(pages)].copy_(row, non_blocking=True)
+        self._host_tables[slot] = list(pages)
+
+    def clear_states(self, slots: torch.Tensor) -> None:
+        """Empty Mamba states for new sequences: slots [n] int64 on the cache's device."""
+        for t in (*self.conv.values(), *self.ssm.values()):
+            t.index_fill_(0, slots, 0)
+
+    def copy_states(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Mamba states of slots src -> dst ([n] int64 on the device each), e.g. completions forking a prompt."""
+        for t in (*self.conv.values(), *self.ssm.values()):
+            t[dst] = t[src]
+
+    def copy_pages(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """KV pages src -> dst ([n] int64 on the device each), e.g. copy-on-write of a shared page."""
+        for t in (*self.k.values(), *self.v.values()):
+            t[dst] = t[src]
+
+    def scratch_rows(self, count: int) -> tuple[list[int], list[int], list[int]]:
+        """(slots, seq_lens, kv rows) of `count` padded decode rows on the scratch space: row j runs in scratch slot
+        j and writes (then attends up to) token row j % block_size of scratch page j // block_size."""
+        if count > self.scratch_slots:
+            raise ValueError(f"{count} padded rows need as many scratch slots; the cache has {self.scratch_slots}")
+        bs = self.block_size
+        return ([self.num_slots + j for j in range(count)], [j % bs + 1 for j in range(count)],
+                [self.num_blocks * bs + j for j in range(count)])
+
+    # ------------------------------------------------------------------ host-side bookkeeping (prefill / decode_step)
     def _slot_list(self, slots, count: int | None = None) -> list[int]:
         if slots is None:
             slots = list(range(self.num_slots if count is None else count))
@@ -78,16 +154,16 @@ class HybridCache:
         """Empties the given slots (default: all) for new sequences."""
         slots = self._slot_list(slots)
         idx = torch.tensor(slots, device=self.device, dtype=torch.long)
-        for t in (*self.conv.values(), *self.ssm.values()):
-            t[idx] = 0
+        self.clear_states(idx)
         self.seq_lens[idx] = 0
         for s in slots:
             self.host_seq_lens[s] = 0
 
-    def prepare(self, ops, slots, lengths: list[int], *, decode: bool = False) -> ForwardMeta:
+    def prepare(self, ops, slots, lengths: list[int], *, decode: bool = False, num_decodes: int = 0) -> ForwardMeta:
         """ForwardMeta for running `lengths[j]` new tokens of sequence j (in slot slots[j]): where their keys and
         values go, and the cached lengths afterwards. Tokens are ordered sequence by sequence (rows of [S, L] or
-        packed)."""
+        packed). decode: one token per sequence. num_decodes > 0: a mixed step for model.forward_step, where the
+        first num_decodes sequences decode one token each and the others are packed prefill chunks."""
         host_slots = self._slot_list(slots, len(lengths))
         starts = [self.host_seq_lens[s] for s in host_slots]
         new_lens = [a + n for a, n in zip(starts, lengths)]
@@ -95,12 +171,23 @@ class HybridCache:
             if n > self.capacity:
                 raise ValueError(f"slot {s}: {n} tokens exceed the cache capacity of {self.capacity} tokens per slot "
                                  f"(max_seq_len rounded up to block_size={self.block_size})")
+        if num_decodes:
+            if any(n != 1 for n in lengths[:num_decodes]) or any(a == 0 for a in starts[:num_decodes]):
+                raise ValueError("the first num_decodes sequences must feed one token each after cached ones")
+            decode = decode or num_decodes == len(lengths)
         dev = self.device
         slots_t = torch.tensor(host_slots, device=dev, dtype=torch.long)           # [S]
         meta = ForwardMeta(ops=ops, cache=self, slots=slots_t, block_table=self.block_table[slots_t],
                            seq_lens=torch.tensor(new_lens, device=dev, dtype=torch.int32),
                            host_slots=host_slots, host_seq_lens=new_lens,
-                           fresh=not decode and all(a == 0 for a in starts), decode=decode)
+                           fresh=not decode and all(a == 0 for a in starts[num_decodes:]), decode=decode,
+                           num_decodes=0 if decode else num_decodes)
+        if meta.mixed:
+            offsets = [0]
+            for n in lengths[num_decodes:]:
+                offsets.append(offsets[-1] + n)
+            meta.offsets, meta.max_seqlen = offsets, max(lengths[num_decodes:])
+            meta.cu_seqlens = torch.tensor(offsets, device=dev, dtype=torch.int32)
         if self.k:
             seq_of_token = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))  # [T]
             pos = torch.cat([torch.arange(a, a + n) for a, n in zip(starts, lengths)])                # [T]

@@ -13,6 +13,8 @@ Architecture (nemotron3_nano_spec.md §2), one choice per line:
   * final RMSNorm (norm_f), untied lm_head (tying supported).
 All mixer math goes through the public ops of `nemotron_kernels.ops_for(backend)`; linears are plain F.linear.
 Parameter names are the Hugging Face checkpoint keys without `backbone.` (experts stacked), see checkpoint.py.
+Inference over a model.cache.HybridCache: prefill / decode_step, and forward_step for a serving step that
+mixes decode tokens with prefill chunks (only the Mamba and attention mixers split them).
 
 Shape legend: B batch rows, L tokens per row, T = B*L tokens (packed: B = 1, T = L), S sequences,
 H hidden, V vocab; Hm Mamba heads, P Mamba head dim, G groups, N state, C = conv channels (x|B|C), K conv width;
@@ -32,6 +34,8 @@ from nemotron_kernels import ops_for
 
 from .config import NemotronHConfig
 
+_E4M3_MAX = 448.0   # largest finite float8_e4m3fn
+
 
 @dataclass
 class ForwardMeta:
@@ -40,7 +44,7 @@ class ForwardMeta:
     cu_seqlens: torch.Tensor | None = None     # [S+1] int32 offsets of packed sequences (B = 1)
     offsets: list[int] | None = None           # cu_seqlens on the host
     max_seqlen: int | None = None
-    # inference only (prefill / decode_step)
+    # inference only (prefill / decode_step / forward_step)
     cache: object | None = None                # model.cache.HybridCache
     slots: torch.Tensor | None = None          # [S] int64 cache slots of the sequences
     block_table: torch.Tensor | None = None    # [S, max_blocks] int32 KV pages of the sequences
@@ -48,11 +52,39 @@ class ForwardMeta:
     kv_write_idx: torch.Tensor | None = None   # [T] int64 flat KV-page row of every new token
     host_slots: list[int] | None = None        # slots and cached lengths after this call, on the host
     host_seq_lens: list[int] | None = None
-    fresh: bool = True                         # no sequence had cached tokens before this call
+    fresh: bool = True                         # no prefill sequence had cached tokens before this call
     decode: bool = False                       # one token per sequence; activations are [S, H]
+    # mixed step (forward_step): sequences 0..num_decodes-1 feed one decode token each (tokens 0..num_decodes-1),
+    # the others packed prefill chunks (cu_seqlens / offsets / max_seqlen describe those, from token num_decodes)
+    num_decodes: int = 0
     # MoE outputs for load balancing, filled in layer order when requested
     router_counts: list | None = None          # per MoE layer: [E] int32 tokens routed to each expert
     router_scores: list | None = None          # per MoE layer: [T, E] fp32 sigmoid scores (differentiable)
+    _parts: tuple | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def mixed(self) -> bool:
+        """Decode tokens and prefill chunks in one call (activations [T, H])."""
+        return self.num_decodes > 0 and not self.decode
+
+    def split(self) -> tuple["ForwardMeta", "ForwardMeta"]:
+        """(decode part, prefill part) of a mixed step, built once. The KV writes (kv_write_idx) stay with the
+        whole step: the stateful mixers write every token's keys / values first, then attend part by part."""
+        if self._parts is None:
+            n = self.num_decodes
+
+            def rows(t, a, b):
+                return None if t is None else t[a:b]
+
+            dec = ForwardMeta(ops=self.ops, cache=self.cache, slots=rows(self.slots, 0, n),
+                              block_table=rows(self.block_table, 0, n), seq_lens=rows(self.seq_lens, 0, n),
+                              fresh=False, decode=True)
+            pre = ForwardMeta(ops=self.ops, cache=self.cache, cu_seqlens=self.cu_seqlens, offsets=self.offsets,
+                              max_seqlen=self.max_seqlen, slots=rows(self.slots, n, None),
+                              block_table=rows(self.block_table, n, None), seq_lens=rows(self.seq_lens, n, None),
+                              fresh=self.fresh)
+            self._parts = (dec, pre)
+        return self._parts
 
 
 @dataclass
@@ -121,42 +153,59 @@ class Mamba2Mixer(nn.Module):
         return dt, None, False
 
     def forward(self, x: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
-        ops, cache, i = meta.ops, meta.cache, self.layer_idx
-        G, N, Hm, P = self.n_groups, self.state_size, self.num_heads, self.head_dim
         zxbcdt = self.in_proj(x)                                              # [..., d_inner + C + Hm]
-        z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, Hm], dim=-1)
+        z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, self.num_heads], dim=-1)
         A = -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))  # [Hm] fp32 / fp64
         dt, dt_bias, dt_softplus = self._dt_args(dt)
-        conv_w = self.conv1d.weight.squeeze(1)                                # [C, K]
+        dt_args = (A, dt_bias, dt_softplus)
         if meta.decode:                                                       # x: [S, H]
-            S = x.shape[0]
-            xBC = ops.causal_conv1d_update(xBC, cache.conv[i], conv_w, self.conv1d.bias, "silu",
-                                           slot_idx=meta.slots)               # [S, C]; conv state rolled
-            xs, B, C = xBC.split([self.d_inner, G * N, G * N], dim=-1)
-            y = ops.ssd_state_update(cache.ssm[i], xs.reshape(S, Hm, P), dt, A, B.reshape(S, G, N),
-                                     C.reshape(S, G, N), D=self.D, dt_bias=dt_bias, dt_softplus=dt_softplus,
-                                     slot_idx=meta.slots)                    # [S, Hm, P]; state advanced
-            y = y.reshape(S, self.d_inner)
+            y = self._step(xBC, dt, dt_args, meta)                            # [S, d_inner]
+        elif meta.mixed:                                                      # x: [T, H] decode tokens, then chunks
+            dec, pre = meta.split()
+            n = meta.num_decodes
+            y = torch.cat([self._step(xBC[:n], dt[:n], dt_args, dec),
+                           self._scan(xBC[n:][None], dt[n:][None], dt_args, pre)[0]])   # [T, d_inner]
         else:                                                                 # x: [B, L, H]
-            Bsz, L = x.shape[:2]
-            conv0 = ssm0 = None
-            if cache is not None and not meta.fresh:
-                conv0, ssm0 = cache.conv[i][meta.slots], cache.ssm[i][meta.slots]  # [S, C, K-1], [S, Hm, P, N]
-            out = ops.causal_conv1d(xBC, conv_w, self.conv1d.bias, "silu", cu_seqlens=meta.cu_seqlens,
-                                    initial_state=conv0, return_final_state=cache is not None)
-            xBC, conv_final = out if cache is not None else (out, None)      # [B, L, C], [S, C, K-1]
-            xs, B, C = xBC.split([self.d_inner, G * N, G * N], dim=-1)
-            out = ops.ssd_scan(xs.reshape(Bsz, L, Hm, P), dt, A, B.reshape(Bsz, L, G, N), C.reshape(Bsz, L, G, N),
-                               D=self.D, dt_bias=dt_bias, dt_softplus=dt_softplus, chunk_size=self.chunk_size,
-                               initial_states=ssm0, cu_seqlens=meta.cu_seqlens,
-                               return_final_states=cache is not None)
-            y, ssm_final = out if cache is not None else (out, None)          # [B, L, Hm, P], [S, Hm, P, N]
-            y = y.reshape(Bsz, L, self.d_inner)
-            if cache is not None:
-                cache.conv[i][meta.slots] = conv_final.to(cache.conv[i].dtype)
-                cache.ssm[i][meta.slots] = ssm_final.to(cache.ssm[i].dtype)
-        y = ops.gated_rmsnorm(y, z, self.norm.weight, self.d_inner // G, self.norm.eps)  # norm(y * silu(z))
-        return self.out_proj(y.to(x.dtype))
+            y = self._scan(xBC, dt, dt_args, meta)                            # [B, L, d_inner]
+        y = meta.ops.gated_rmsnorm(y, z, self.norm.weight, self.d_inner // self.n_groups, self.norm.eps)
+        return self.out_proj(y.to(x.dtype))                                   # norm(y * silu(z)) W_out^T
+
+    def _step(self, xBC: torch.Tensor, dt: torch.Tensor, dt_args, meta: ForwardMeta) -> torch.Tensor:
+        """One token per sequence: xBC [S, C], dt [S, Hm] -> y [S, d_inner]; rolls the conv state and advances the
+        SSM state of meta.slots in place."""
+        ops, cache, i = meta.ops, meta.cache, self.layer_idx
+        G, N, Hm, P = self.n_groups, self.state_size, self.num_heads, self.head_dim
+        A, dt_bias, dt_softplus = dt_args
+        S = xBC.shape[0]
+        xBC = ops.causal_conv1d_update(xBC, cache.conv[i], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu",
+                                       slot_idx=meta.slots)                   # [S, C]
+        xs, B, C = xBC.split([self.d_inner, G * N, G * N], dim=-1)
+        y = ops.ssd_state_update(cache.ssm[i], xs.reshape(S, Hm, P), dt, A, B.reshape(S, G, N), C.reshape(S, G, N),
+                                 D=self.D, dt_bias=dt_bias, dt_softplus=dt_softplus, slot_idx=meta.slots)  # [S, Hm, P]
+        return y.reshape(S, self.d_inner)
+
+    def _scan(self, xBC: torch.Tensor, dt: torch.Tensor, dt_args, meta: ForwardMeta) -> torch.Tensor:
+        """Whole sequences or chunks: xBC [B, L, C], dt [B, L, Hm] -> y [B, L, d_inner]. With a cache the chunks
+        continue from the slots' states (unless meta.fresh) and leave their final states there."""
+        ops, cache, i = meta.ops, meta.cache, self.layer_idx
+        G, N, Hm, P = self.n_groups, self.state_size, self.num_heads, self.head_dim
+        A, dt_bias, dt_softplus = dt_args
+        Bsz, L = xBC.shape[:2]
+        conv0 = ssm0 = None
+        if cache is not None and not meta.fresh:
+            conv0, ssm0 = cache.conv[i][meta.slots], cache.ssm[i][meta.slots]  # [S, C, K-1], [S, Hm, P, N]
+        out = ops.causal_conv1d(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu",
+                                cu_seqlens=meta.cu_seqlens, initial_state=conv0, return_final_state=cache is not None)
+        xBC, conv_final = out if cache is not None else (out, None)          # [B, L, C], [S, C, K-1]
+        xs, B, C = xBC.split([self.d_inner, G * N, G * N], dim=-1)
+        out = ops.ssd_scan(xs.reshape(Bsz, L, Hm, P), dt, A, B.reshape(Bsz, L, G, N), C.reshape(Bsz, L, G, N),
+                           D=self.D, dt_bias=dt_bias, dt_softplus=dt_softplus, chunk_size=self.chunk_size,
+                           initial_states=ssm0, cu_seqlens=meta.cu_seqlens, return_final_states=cache is not None)
+        y, ssm_final = out if cache is not None else (out, None)              # [B, L, Hm, P], [S, Hm, P, N]
+        if cache is not None:
+            cache.conv[i][meta.slots] = conv_final.to(cache.conv[i].dtype)
+            cache.ssm[i][meta.slots] = ssm_final.to(cache.ssm[i].dtype)
+        return y.reshape(Bsz, L, self.d_inner)
 
 
 class Attention(nn.Module):
@@ -169,27 +218,50 @@ class Attention(nn.Module):
         self.k_proj = Linear(H, self.num_kv_heads * D, **factory)
         self.v_proj = Linear(H, self.num_kv_heads * D, **factory)
         self.o_proj = Linear(self.num_heads * D, H, **factory)
+        # FP8 KV pages hold k / k_scale and v / v_scale (per-tensor, ModelOpt's k_proj.k_scale / v_proj.v_scale);
+        # plain floats, so decode folds them into its scales without reading the GPU
+        self.k_scale, self.v_scale = 1.0, 1.0
 
     def forward(self, x: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
-        ops, cache, D = meta.ops, meta.cache, self.head_dim
-        lead = x.shape[:-1]                                                   # [B, L] or [S] (decode)
+        D = self.head_dim
+        lead = x.shape[:-1]                                                   # [B, L], [S] (decode) or [T] (mixed)
         q = self.q_proj(x).view(*lead, self.num_heads, D)                     # [..., Hq, D]
         k = self.k_proj(x).view(*lead, self.num_kv_heads, D)                  # [..., Hkv, D]
         v = self.v_proj(x).view(*lead, self.num_kv_heads, D)
-        if cache is not None:  # write the new keys / values into their pages
-            k_pages = cache.k[self.layer_idx].view(-1, self.num_kv_heads, D)  # [num_blocks * block_size, Hkv, D]
-            v_pages = cache.v[self.layer_idx].view(-1, self.num_kv_heads, D)
-            k_pages[meta.kv_write_idx] = k.reshape(-1, self.num_kv_heads, D).to(k_pages.dtype)
-            v_pages[meta.kv_write_idx] = v.reshape(-1, self.num_kv_heads, D).to(v_pages.dtype)
-        if cache is None or meta.fresh:
-            o = ops.gqa_attention(q, k, v, causal=True, cu_seqlens=meta.cu_seqlens, max_seqlen=meta.max_seqlen)
-        elif meta.decode or meta.offsets is None:  # [S, Hq, D] or [B, L, Hq, D]: the last tokens of each sequence
-            o = ops.gqa_decode(q, cache.k[self.layer_idx], cache.v[self.layer_idx], meta.block_table, meta.seq_lens)
-        else:  # packed continuation (chunked prefill): one sequence at a time, its new tokens are its last ones
-            o = torch.cat([ops.gqa_decode(q[:, a:b], cache.k[self.layer_idx], cache.v[self.layer_idx],
-                                          meta.block_table[s:s + 1], meta.seq_lens[s:s + 1])
-                           for s, (a, b) in enumerate(zip(meta.offsets[:-1], meta.offsets[1:]))], dim=1)
+        if meta.cache is not None:
+            self._write_pages(meta.cache, k, v, meta.kv_write_idx)
+        if meta.mixed:                                                        # [T, ...]: decode tokens, then chunks
+            dec, pre = meta.split()
+            n = meta.num_decodes
+            o = torch.cat([self._attend(q[:n], k[:n], v[:n], dec),
+                           self._attend(q[n:][None], k[n:][None], v[n:][None], pre)[0]])
+        else:
+            o = self._attend(q, k, v, meta)
         return self.o_proj(o.reshape(*lead, self.num_heads * D))
+
+    def _write_pages(self, cache, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> None:
+        """The new keys / values into their page rows (rows [T] flat indices into [num_blocks * block_size])."""
+        i = self.layer_idx
+        for new, pages, scale in ((k, cache.k[i], self.k_scale), (v, cache.v[i], self.v_scale)):
+            new = new.reshape(-1, self.num_kv_heads, self.head_dim)           # [T, Hkv, D]
+            if pages.dtype == torch.float8_e4m3fn:                            # scaled into e4m3's range
+                new = (new.to(torch.promote_types(new.dtype, torch.float32)) / scale).clamp(-_E4M3_MAX, _E4M3_MAX)
+            pages.view(-1, self.num_kv_heads, self.head_dim)[rows] = new.to(pages.dtype)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
+        """q [B, L, Hq, D] / [S, Hq, D] (decode) -> o of q's shape, over the new k / v or the cache's pages."""
+        ops, cache, i = meta.ops, meta.cache, self.layer_idx
+        if cache is None or meta.fresh and not meta.decode:
+            return ops.gqa_attention(q, k, v, causal=True, cu_seqlens=meta.cu_seqlens, max_seqlen=meta.max_seqlen)
+        descales = {}
+        if cache.k[i].dtype == torch.float8_e4m3fn and (self.k_scale, self.v_scale) != (1.0, 1.0):
+            descales = {"k_descale": self.k_scale, "v_descale": self.v_scale}
+        if meta.decode or meta.offsets is None:  # [S, Hq, D] or [B, L, Hq, D]: the last tokens of each sequence
+            return ops.gqa_decode(q, cache.k[i], cache.v[i], meta.block_table, meta.seq_lens, **descales)
+        # packed continuation (chunked prefill): one sequence at a time, its new tokens are its last ones
+        return torch.cat([ops.gqa_decode(q[:, a:b], cache.k[i], cache.v[i], meta.block_table[s:s + 1],
+                                         meta.seq_lens[s:s + 1], **descales)
+                          for s, (a, b) in enumerate(zip(meta.offsets[:-1], meta.offsets[1:]))], dim=1)
 
 
 class Router(nn.Module):
@@ -438,6 +510,24 @@ class NemotronH(nn.Module):
         h = self._run(input_ids, meta)                                        # [S, H]
         cache.commit(meta)
         return self._logits_fp32(h)
+
+    @torch.no_grad()
+    def forward_step(self, input_ids: torch.Tensor, meta: ForwardMeta,
+                     logits_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """One serving step over the cache of `meta` (from `HybridCache.prepare`, or built by a serving engine):
+        decode tokens and prefill chunks of different sequences in one call.
+
+        input_ids [T] int64: meta.num_decodes decode tokens (one per sequence, sequences 0..num_decodes-1), then the
+        packed prefill chunks of the other sequences (meta.cu_seqlens over those); meta.decode: decode tokens only.
+        logits_idx [R] int64 | None: rows of input_ids whose logits are returned (default: all T).
+        Returns logits [R, V] (fp32, or fp64 for an fp64 model). Writes the states of meta.slots and the KV rows
+        meta.kv_write_idx; the host bookkeeping of the cache (cache.commit) is the caller's. No host sync."""
+        if input_ids.dim() != 1:
+            raise ValueError(f"input_ids must be [T] (packed tokens), got {tuple(input_ids.shape)}")
+        packed = not meta.decode and not meta.mixed                          # prefill only: [1, T] through the model
+        h = self._run(input_ids[None] if packed else input_ids, meta)        # [1, T, H] or [T, H]
+        h = h[0] if packed else h
+        return self._logits_fp32(h if logits_idx is None else h[logits_idx])  # [R, V]
 
     def _logits_fp32(self, h: torch.Tensor) -> torch.Tensor:
         """lm_head output in fp32 (fp64 for an fp64 model), for sampling."""

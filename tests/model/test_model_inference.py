@@ -104,3 +104,83 @@ def test_cache_errors(tiny_model_f64):
         tiny_model_f64.prefill(torch.zeros(6, dtype=torch.long), cache, cu_seqlens=torch.tensor([0, 0, 6]))
     with pytest.raises(ValueError, match="HybridCache: block_size must be a positive int"):
         HybridCache.for_model(tiny_model_f64, 2, 10, block_size=0)
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_forward_step_mixes_decode_tokens_and_prefill_chunks(tiny_model_f64, fresh):
+    """One forward_step with 2 decode tokens and 2 prefill chunks equals running each sequence alone."""
+    model, cfg = tiny_model_f64, tiny_model_f64.config
+    seqs = prompts_for(cfg, [9, 12, 7, 14], seed=5)
+    cache = HybridCache.for_model(model, 4, 32, block_size=4)
+    ids, cu = packed([s[:-1] for s in seqs[:2]])
+    model.prefill(ids, cache, cu_seqlens=cu, slots=[0, 1])                         # decode rows: cached prompts
+    first = 0 if fresh else 5                                                      # prefill rows: fresh / continued
+    if not fresh:
+        ids, cu = packed([s[:first] for s in seqs[2:]])
+        model.prefill(ids, cache, cu_seqlens=cu, slots=[2, 3])
+    lengths = [1, 1] + [len(s) - first for s in seqs[2:]]
+    meta = cache.prepare(model.ops, [0, 1, 2, 3], lengths, num_decodes=2)
+    assert meta.mixed and meta.fresh == fresh and meta.offsets == [0, lengths[2], lengths[2] + lengths[3]]
+    step_ids = torch.cat([seqs[0][-1:], seqs[1][-1:], seqs[2][first:], seqs[3][first:]])
+    last = torch.tensor(lengths).cumsum(0) - 1                                     # each sequence's last token
+    logits = model.forward_step(step_ids, meta, last)
+    cache.commit(meta)
+    assert cache.host_seq_lens == [len(s) for s in seqs]
+    decode_and_check(model, cache, seqs, logits, steps=2, tol=F64)
+
+
+def test_paged_cache_with_fewer_pages_than_slots_times_length(tiny_model_f64):
+    model, cfg = tiny_model_f64, tiny_model_f64.config
+    cache = HybridCache.for_model(model, 3, 32, block_size=4, num_blocks=9, paged=True, scratch_slots=5)
+    assert cache.max_blocks == 8 and cache.scratch_blocks == 2
+    assert cache.k[1].shape[0] == 9 + 2 and cache.ssm[0].shape[0] == 3 + 5
+    assert cache.scratch_rows(5) == ([3, 4, 5, 6, 7], [1, 2, 3, 4, 1], [36, 37, 38, 39, 40])
+    assert cache.block_table[3:].tolist() == [[9] * 8] * 4 + [[10] * 8]            # scratch slot j -> page 9 + j // 4
+    cache.set_pages(2, [7, 2, 5, 0])                                               # any pages, in token order
+    cache.set_pages(0, [8, 1, 4, 6, 3])
+    seqs = prompts_for(cfg, [13, 15], seed=6)
+    ids, cu = packed(seqs)
+    logits = model.prefill(ids, cache, cu_seqlens=cu, slots=[2, 0])
+    decode_and_check(model, cache, seqs, logits, steps=3, tol=F64, slots=torch.tensor([2, 0]))
+    assert not any(t[3:].any() for t in cache.ssm.values())                       # scratch states untouched
+    assert not any(t[9:].any() for t in cache.k.values())                         # scratch pages untouched
+    with pytest.raises(ValueError, match="paged=True lets the caller share fewer pages"):
+        HybridCache.for_model(model, 3, 32, block_size=4, num_blocks=9)
+    with pytest.raises(RuntimeError, match="needs paged=True"):
+        HybridCache.for_model(model, 1, 8, block_size=4).set_pages(0, [1, 0])
+    with pytest.raises(ValueError, match="3 padded rows need as many scratch slots; the cache has 0"):
+        HybridCache.for_model(model, 1, 8, block_size=4).scratch_rows(3)
+
+
+def test_fp8_kv_pages_hold_k_and_v_over_their_scales():
+    """Attention outputs of ~1e-4 (below e4m3's smallest subnormal, 2^-9) survive FP8 pages only through the
+    k_scale / v_scale of the attention layers: pages hold k / k_scale, and decode multiplies them back."""
+    from model.config import NemotronHConfig
+    cfg = NemotronHConfig.from_preset("tiny")
+    model = build_model(cfg, dtype=torch.float32, backend="reference", seed=3)
+    with torch.no_grad():
+        for i in cfg.layer_indices("*"):
+            attn = model.layers[i].mixer
+            for lin, factor in ((attn.k_proj, 1e-4), (attn.v_proj, 1e-4), (attn.q_proj, 1e4), (attn.o_proj, 1e4)):
+                lin.weight.mul_(factor)                                           # same function, tiny k and v
+    seqs = prompts_for(cfg, [11, 6], seed=7)
+    ids, cu = packed(seqs)
+
+    def run(kv_dtype, scale):
+        for i in cfg.layer_indices("*"):
+            model.layers[i].mixer.k_scale = model.layers[i].mixer.v_scale = scale
+        cache = HybridCache.for_model(model, 2, 16, block_size=4, kv_dtype=kv_dtype)
+        logits = [model.prefill(ids, cache, cu_seqlens=cu)]
+        for _ in range(3):
+            logits.append(model.decode_step(logits[-1].argmax(-1), cache))       # decode reads the pages
+        return torch.stack(logits[1:]), cache
+
+    exact, exact_cache = run(None, 1.0)
+    scaled, scaled_cache = run(torch.float8_e4m3fn, 1e-4)
+    unit, _ = run(torch.float8_e4m3fn, 1.0)
+    for i in cfg.layer_indices("*"):
+        pages, ref = scaled_cache.k[i].float() * 1e-4, exact_cache.k[i]
+        assert ((pages - ref).norm() / ref.norm()).item() < 0.05                  # e4m3: 3 mantissa bits
+    err_scaled = ((scaled - exact).norm() / exact.norm()).item()
+    err_unit = ((unit - exact).norm() / exact.norm()).item()
+    assert err_scaled < 0.03 and err_unit > 5 * err_scaled, (err_scaled, err_unit)
