@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from model.cache import HybridCache
 from model.nemotron_h import NemotronH
 
 from .block_manager import BlockManager, StateSlotPool, cdiv
-from .model_runner import ModelRunner, ServeCache
+from .model_runner import ModelRunner, graph_padding
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
 from .sequence import FinishReason, Sequence
@@ -34,7 +35,8 @@ class EngineConfig:
     num_blocks: int | None = None            # KV pages
     kv_cache_memory_gb: float | None = None
     gpu_memory_utilization: float = 0.90
-    kv_cache_dtype: str = "auto"             # "auto" (model dtype) | "fp8" (e4m3, unit scales) | a float dtype name
+    kv_cache_dtype: str = "auto"             # "auto" (model dtype) | a float dtype name | "fp8": e4m3 pages scaled by
+                                             # each attention layer's k_scale / v_scale (from an FP8 checkpoint, else 1)
     watermark: float = 0.01                  # fraction of pages kept free when admitting new sequences
     cuda_graphs: bool | None = None          # None: on when the model is on a GPU
     cuda_graph_sizes: list[int] | None = None  # default 1, 2, 4, 8, 16, 24, ... up to max_num_seqs
@@ -108,20 +110,22 @@ class LLMEngine:
         self.eos_token_ids = set(mcfg.eos_token_ids) | set(tokenizer.eos_token_ids if tokenizer else ())
         kv_dtype = _KV_DTYPES[config.kv_cache_dtype] or model.dtype
         num_slots = config.max_num_seqs
-        num_blocks = config.num_blocks or self._auto_num_blocks(kv_dtype, num_slots)
+        use_graphs = config.cuda_graphs if config.cuda_graphs is not None else model.device.type == "cuda"
+        graph_sizes = config.graph_sizes() if use_graphs else None
+        num_scratch = graph_padding(graph_sizes or [])
+        num_blocks = config.num_blocks or self._auto_num_blocks(kv_dtype, num_slots, num_scratch)
         need = cdiv(self.max_model_len, config.block_size)
         if num_blocks < need:
             raise ValueError(f"the KV cache has {num_blocks} pages of {config.block_size} tokens, fewer than one "
                              f"sequence of max_model_len={self.max_model_len} needs ({need}); lower max_model_len "
                              f"or give the cache more memory")
-        use_graphs = config.cuda_graphs if config.cuda_graphs is not None else model.device.type == "cuda"
         self.block_manager = BlockManager(num_blocks, config.block_size)
         self.slot_pool = StateSlotPool(num_slots)
         self.scheduler = Scheduler(self.block_manager, self.slot_pool, num_slots, config.max_num_batched_tokens,
                                    watermark_blocks=int(config.watermark * num_blocks))
         self.runner = ModelRunner(model, num_slots=num_slots, num_blocks=num_blocks, block_size=config.block_size,
                                   max_model_len=self.max_model_len, kv_dtype=kv_dtype,
-                                  cuda_graph_sizes=config.graph_sizes() if use_graphs else None)
+                                  cuda_graph_sizes=graph_sizes)
         self.requests: dict[str, list[Sequence]] = {}   # request id -> its completions (n of them)
         self._text: dict[int, _TextState] = {}          # seq_id -> detokenizer state
         self._ids = itertools.count()
@@ -130,15 +134,17 @@ class LLMEngine:
                  self.runner.cuda_graph_status)
 
     # ------------------------------------------------------------------ sizing
-    def _auto_num_blocks(self, kv_dtype: torch.dtype, num_slots: int) -> int:
+    def _auto_num_blocks(self, kv_dtype: torch.dtype, num_slots: int, num_scratch: int) -> int:
+        """KV pages for the configured memory, beside num_slots + num_scratch state slots (scratch: padded
+        CUDA-graph rows)."""
         cfg, mcfg, model = self.config, self.model.config, self.model
-        per_block = max(1, ServeCache.bytes_per_block(mcfg, cfg.block_size, kv_dtype))
+        per_block = max(1, HybridCache.bytes_per_block(mcfg, cfg.block_size, kv_dtype))
         if cfg.kv_cache_memory_gb is not None:
             return max(1, int(cfg.kv_cache_memory_gb * 2**30 // per_block))
         if model.device.type != "cuda":
             return num_slots * cdiv(self.max_model_len, cfg.block_size)
         # GPU: what is left after weights, the state slots and the activations of the largest step
-        per_slot = ServeCache.bytes_per_slot(mcfg, model.dtype)
+        per_slot = HybridCache.bytes_per_slot(mcfg, model.dtype)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(model.device)
         with torch.no_grad():
@@ -146,11 +152,12 @@ class LLMEngine:
             model.hidden_states(ids)
         peak = torch.cuda.max_memory_allocated(model.device)
         total = torch.cuda.get_device_properties(model.device).total_memory
-        budget = total * cfg.gpu_memory_utilization - peak - (num_slots + 1) * per_slot
+        num_states = num_slots + num_scratch
+        budget = total * cfg.gpu_memory_utilization - peak - num_states * per_slot
         if budget < per_block:
             raise ValueError(f"no GPU memory left for the KV cache: {total / 2**30:.1f} GiB x "
                              f"{cfg.gpu_memory_utilization} - peak {peak / 2**30:.1f} GiB (weights + activations) - "
-                             f"{num_slots + 1} state slots x {per_slot / 2**20:.0f} MiB; lower max_num_seqs or "
+                             f"{num_states} state slots x {per_slot / 2**20:.0f} MiB; lower max_num_seqs or "
                              f"max_num_batched_tokens")
         return int(budget // per_block)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 
 import torch
@@ -61,6 +62,16 @@ def quantize_rows(x: torch.Tensor, static_scale: torch.Tensor | None = None) -> 
     else:
         scale = static_scale.float().expand(x.shape[0], 1)
     return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale.contiguous()
+
+
+def _positive_scale(t: torch.Tensor, what: str) -> float:
+    """A per-tensor scale read from a checkpoint, as a Python float (checked finite and > 0)."""
+    if t.numel() != 1:
+        raise CheckpointError(f"{what}: expected one scale, got shape {list(t.shape)}")
+    value = float(t.float().reshape(()))
+    if not math.isfinite(value) or value <= 0:
+        raise CheckpointError(f"{what}: scale must be finite and > 0, got {value}")
+    return value
 
 
 def _gpu_ok(*dims: int) -> bool:
@@ -232,8 +243,8 @@ def is_fp8_checkpoint(directory: str) -> bool:
 def load_fp8_checkpoint(directory: str, *, device="cuda", dtype: torch.dtype = torch.bfloat16,
                         backend: str = "auto") -> NemotronH:
     """A ModelOpt-style FP8 checkpoint -> NemotronH with FP8Linear / FP8MoE modules where the checkpoint has
-    quantised weights, BF16 (router fp32) elsewhere. k_scale / v_scale are read and reported, not used (the model's
-    paged KV cache has no scales yet; use kv_cache_dtype="fp8" for unit-scale FP8 pages)."""
+    quantised weights, BF16 (router fp32) elsewhere. k_proj.k_scale / v_proj.v_scale become the attention layers'
+    k_scale / v_scale: FP8 KV pages (kv_cache_dtype="fp8") then hold k / k_scale and v / v_scale."""
     directory = os.fspath(directory)
     config = NemotronHConfig.from_hf_config(directory)
     with torch.device("meta"):
@@ -286,11 +297,13 @@ def load_fp8_checkpoint(directory: str, *, device="cuda", dtype: torch.dtype = t
                      for s in ("weight", "weight_scale", "input_scale")}
             (up, up_s, up_in), (down, down_s, down_in) = parts["up_proj"], parts["down_proj"]
             block.mixer = FP8MoE(block.mixer, up, up_s, down, down_s, up_in, down_in, shared_up, shared_down)
-    kv_scales = [k for k in keys if k.endswith((".k_scale", ".v_scale"))]
-    used |= set(kv_scales)
-    if kv_scales:
-        log.warning("FP8 checkpoint: %d k_scale/v_scale tensors ignored (the paged KV cache has no scales yet)",
-                    len(kv_scales))
+    for i in config.layer_indices("*"):                   # FP8 KV-cache scales (used with kv_cache_dtype="fp8")
+        attn, p = model.layers[i].mixer, f"backbone.layers.{i}.mixer"
+        for proj, name in (("k_proj", "k_scale"), ("v_proj", "v_scale")):
+            key = f"{p}.{proj}.{name}"
+            if has(key):
+                setattr(attn, name, _positive_scale(get(key), f"{keys[key]}: {key}"))
+                used.add(key)
 
     # the rest: plain tensors in the layout of model.checkpoint (router fp32); FP8 modules are loaded already
     layout = checkpoint_layout(model)
@@ -356,10 +369,17 @@ def save_fp8_checkpoint(model: NemotronH, directory: str) -> None:
                     tensors[f"{p}.experts.{e}.{proj}.input_scale"] = inp
         put_linear(f"{p}.shared_experts.up_proj", m.shared_up)
         put_linear(f"{p}.shared_experts.down_proj", m.shared_down)
+    kv_scaled = False
+    for i in model.config.layer_indices("*"):
+        attn = model.layers[i].mixer
+        if (attn.k_scale, attn.v_scale) != (1.0, 1.0):
+            kv_scaled = True
+            tensors[f"backbone.layers.{i}.mixer.k_proj.k_scale"] = torch.tensor(attn.k_scale, dtype=torch.float32)
+            tensors[f"backbone.layers.{i}.mixer.v_proj.v_scale"] = torch.tensor(attn.v_scale, dtype=torch.float32)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
     cfg = model.config.to_hf_config(dtype="bfloat16")
-    quant = {"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_quant_algo": None,
+    quant = {"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_quant_algo": "FP8" if kv_scaled else None,
              "exclude_modules": ["lm_head"] + [f"backbone.layers.{i}.mixer" for i in
                                                fp8_plan(model.config)["mamba_bf16"] + model.config.layer_indices("*")]}
     cfg["quantization_config"] = quant

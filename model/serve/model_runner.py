@@ -1,102 +1,115 @@
-"""ModelRunner: turns a ScheduledBatch into one forward of the model over the serving cache, then samples.
+"""ModelRunner: turns a ScheduledBatch into one `model.forward_step` over a paged HybridCache, then samples.
 
-One step feeds decode tokens and prefill chunks together: the embedding, the norms, the MoE / MLP layers and the
-lm_head see every token of the step at once; only the stateful mixers split the tokens, decode rows through the
-one-token path (causal_conv1d_update, ssd_state_update, gqa_decode over the pages) and prefill chunks through the
-packed varlen path (causal_conv1d / ssd_scan with cu_seqlens, continuing from the slot state; attention over the
-pages). Only the last token of a row that is sampled goes through the lm_head.
+A step feeds the decode tokens and the prefill chunks of its sequences together (the model splits them only inside
+its stateful mixers); the step's metadata reaches the device in one host-to-device copy, and only the last token
+of each sampled row goes through the lm_head.
 
-Pure decode steps replay CUDA graphs captured at a set of batch sizes (the batch is padded to the next captured
-size; padded rows use a scratch state slot and a scratch KV page that no sequence owns).
+Pure decode steps replay CUDA graphs captured at a set of batch sizes. A batch is padded to the next captured size;
+each padded row runs in a scratch state slot and a scratch KV row of its own (the cache's scratch space), so it
+aliases neither a sequence's state nor another padded row. Capture is attempted only for a capturable decode step:
+the step first runs eagerly with host synchronisations turned into errors (a reference op that reads GPU tensors on
+the host cannot be captured); if it is not capturable, decode stays eager and `cuda_graph_status` says why. A
+capture that fails anyway is cleaned up (`capture_graph`), so later GPU work is unaffected.
 """
 from __future__ import annotations
 
 import itertools
 import logging
+import traceback
+from pathlib import Path
 
 import torch
 
-import nemotron_kernels
+from model.cache import HybridCache
 from model.nemotron_h import ForwardMeta, NemotronH
 
-from .block_manager import cdiv
 from .sampler import Sampler
 from .scheduler import ScheduledBatch
 
 log = logging.getLogger("model.serve")
 
-# ops on the decode path (named when graph capture fails: a reference fallback may read tensors on the host)
-DECODE_OPS = ("rmsnorm", "causal_conv1d_update", "ssd_state_update", "gated_rmsnorm", "gqa_decode", "moe_router",
-              "moe_experts")
+
+def graph_padding(sizes) -> int:
+    """The most padded rows a decode batch gets when it runs in the smallest captured size that holds it."""
+    pad, prev = 0, 0
+    for size in sorted(set(sizes)):
+        pad, prev = max(pad, size - prev - 1), size
+    return pad
 
 
-class ServeCache:
-    """The device memory of the serving cache (attribute names as the model's mixers read them).
+def capture_graph(fn, *, pool=None, stream: torch.cuda.Stream | None = None) -> torch.cuda.CUDAGraph:
+    """fn() captured into a CUDA graph on `stream` (default: a new side stream) of the current device, its memory
+    from `pool` (default: a new one); fn must not draw random numbers. A failed capture leaves the process as it
+    was: the capture is ended, the caller's current stream is restored (torch.cuda.graph leaves its capture stream
+    current when ending the capture fails), the caching allocator stops routing to the graph's pool (also skipped
+    then), and the default CUDA generator, which every capture registers, gets back its state from before the
+    capture (left in capture mode, the next random op anywhere fails: "Offset increment outside graph capture
+    encountered unexpectedly")."""
+    device = torch.cuda.current_device()                  # initialises CUDA (and default_generators) first
+    generator = torch.cuda.default_generators[device]
+    rng_state = generator.clone_state()
+    caller_stream = torch.cuda.current_stream()
+    stream = stream or torch.cuda.Stream()
+    pool = pool or torch.cuda.graph_pool_handle()
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph, pool=pool, stream=stream):
+            fn()
+    except BaseException:
+        with torch.cuda.stream(stream):
+            if torch.cuda.is_current_stream_capturing():
+                try:
+                    graph.capture_end()
+                except RuntimeError:
+                    pass                                  # an invalidated capture ends with an error
+        torch.cuda.set_stream(caller_stream)
+        end_pool = getattr(torch._C, "_cuda_endAllocateToPool", None)
+        if end_pool is not None:
+            try:
+                end_pool(device, pool)
+            except RuntimeError:
+                pass                                      # capture_end got that far itself
+        generator.graphsafe_set_state(rng_state)
+        for _ in range(2):                                # a launch error left behind surfaces (and clears) here
+            try:
+                torch.cuda.synchronize()
+                break
+            except RuntimeError:
+                continue
+        raise
+    return graph
 
-    conv[i] [num_slots + 1, C, K-1], ssm[i] [num_slots + 1, Hm, P, N] per Mamba layer i;
-    k[i], v[i] [num_blocks + 1, block_size, Hkv, D] per attention layer i.
-    The last slot and the last page are scratch space for padded CUDA-graph rows; the block manager and the slot
-    pool hand out only the first num_slots / num_blocks.
-    """
 
-    def __init__(self, config, num_slots: int, num_blocks: int, block_size: int, *, device, dtype: torch.dtype,
-                 kv_dtype: torch.dtype | None = None, ssm_dtype: torch.dtype | None = None):
-        c = config
-        if ssm_dtype is None:
-            ssm_dtype = torch.float64 if dtype == torch.float64 else getattr(torch, c.mamba_ssm_cache_dtype)
-        self.num_slots, self.num_blocks, self.block_size = num_slots, num_blocks, block_size
-        self.scratch_slot, self.scratch_block = num_slots, num_blocks
-        self.conv = {i: torch.zeros(num_slots + 1, c.conv_dim, c.conv_kernel - 1, device=device, dtype=dtype)
-                     for i in c.layer_indices("M")}
-        self.ssm = {i: torch.zeros(num_slots + 1, c.mamba_num_heads, c.mamba_head_dim, c.ssm_state_size,
-                                   device=device, dtype=ssm_dtype) for i in c.layer_indices("M")}
-        kv_shape = (num_blocks + 1, block_size, c.num_key_value_heads, c.head_dim)
-        kv_dtype = kv_dtype or dtype
-        self.k = {i: torch.zeros(kv_shape, device=device, dtype=kv_dtype) for i in c.layer_indices("*")}
-        self.v = {i: torch.zeros(kv_shape, device=device, dtype=kv_dtype) for i in c.layer_indices("*")}
-
-    @staticmethod
-    def bytes_per_slot(config, dtype: torch.dtype, ssm_dtype: torch.dtype | None = None) -> int:
-        c = config
-        if ssm_dtype is None:
-            ssm_dtype = torch.float64 if dtype == torch.float64 else getattr(torch, c.mamba_ssm_cache_dtype)
-        per_layer = (c.conv_dim * (c.conv_kernel - 1) * dtype.itemsize
-                     + c.mamba_num_heads * c.mamba_head_dim * c.ssm_state_size * ssm_dtype.itemsize)
-        return per_layer * len(c.layer_indices("M"))
-
-    @staticmethod
-    def bytes_per_block(config, block_size: int, kv_dtype: torch.dtype) -> int:
-        c = config
-        return 2 * block_size * c.num_key_value_heads * c.head_dim * kv_dtype.itemsize * len(c.layer_indices("*"))
-
-    def reset_slots(self, slots: torch.Tensor) -> None:
-        """Empty state for new sequences: slots [S] int64 on the device."""
-        for t in (*self.conv.values(), *self.ssm.values()):
-            t.index_fill_(0, slots, 0)
-
-    def copy_slots(self, src: torch.Tensor, dst: torch.Tensor) -> None:
-        """Fork of Mamba states: src, dst [n] int64 on the device."""
-        for t in (*self.conv.values(), *self.ssm.values()):
-            t[dst] = t[src]
-
-    def copy_blocks(self, src: torch.Tensor, dst: torch.Tensor) -> None:
-        """Copy-on-write of KV pages: src, dst [n] int64 on the device."""
-        for t in (*self.k.values(), *self.v.values()):
-            t[dst] = t[src]
+def _describe(e: BaseException) -> str:
+    """'<Error>: <first line> in <function> (<file>:<line>)', naming the outermost reference op in the traceback,
+    else the innermost frame of the library or the model."""
+    frames = traceback.extract_tb(e.__traceback__)
+    refs = [f for f in frames if f.name.endswith("_ref")]
+    ours = [f for f in frames if "nemotron_kernels" in f.filename or "model" in Path(f.filename).parts]
+    frame = refs[0] if refs else (ours or frames or [None])[-1]
+    where = "" if frame is None else f" in {frame.name} ({'/'.join(Path(frame.filename).parts[-2:])}:{frame.lineno})"
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:240] if text else ''}{where}"
 
 
 class _DecodeGraph:
-    """Static inputs/outputs of one captured decode step of `size` rows."""
+    """One decode step of `size` rows over static tensors: replayed as a CUDA graph once captured, else run eagerly.
+    buf [4, size] int64 rows: token ids, state slots, cached lengths after the step, flat KV rows written."""
 
-    def __init__(self, size: int, max_blocks: int, vocab: int, device, logits_dtype):
-        self.size = size
-        self.input_ids = torch.zeros(size, dtype=torch.long, device=device)
-        self.slots = torch.zeros(size, dtype=torch.long, device=device)
-        self.block_table = torch.zeros(size, max_blocks, dtype=torch.int32, device=device)
-        self.seq_lens = torch.ones(size, dtype=torch.int32, device=device)
-        self.kv_write_idx = torch.zeros(size, dtype=torch.long, device=device)
-        self.logits = torch.zeros(size, vocab, dtype=logits_dtype, device=device)
+    def __init__(self, runner: ModelRunner, size: int):
+        self.runner, self.size = runner, size
+        self.buf = torch.zeros(4, size, dtype=torch.long, device=runner.device)
+        self.logits = torch.zeros(size, runner.config.vocab_size, dtype=runner.logits_dtype, device=runner.device)
         self.graph: torch.cuda.CUDAGraph | None = None
+
+    def run(self) -> None:
+        self.logits.copy_(self.runner._decode(self.buf))
+
+    def replay(self) -> None:
+        if self.graph is None:
+            self.run()
+        else:
+            self.graph.replay()
 
 
 class ModelRunner:
@@ -106,99 +119,83 @@ class ModelRunner:
         self.config = model.config
         self.device = model.device
         self.block_size = block_size
-        self.max_blocks = cdiv(max_model_len, block_size)
-        self.cache = ServeCache(model.config, num_slots, num_blocks, block_size, device=self.device,
-                                dtype=model.dtype, kv_dtype=kv_dtype)
+        sizes = sorted(set(cuda_graph_sizes or []))
+        if sizes and not 1 <= sizes[0] <= sizes[-1] <= num_slots:
+            raise ValueError(f"cuda_graph_sizes must lie in [1, num_slots={num_slots}], got {sizes}")
+        self.cache = HybridCache(model.config, num_slots, max_model_len, block_size=block_size, num_blocks=num_blocks,
+                                 paged=True, scratch_slots=graph_padding(sizes), device=self.device,
+                                 dtype=model.dtype, kv_dtype=kv_dtype)
+        self.max_blocks = self.cache.max_blocks
         self.sampler = Sampler(self.device)
-        # page table of each slot on the device (row num_slots: the scratch slot), and what the host last wrote
-        self.block_tables = torch.full((num_slots + 1, self.max_blocks), self.cache.scratch_block,
-                                       dtype=torch.int32, device=self.device)
-        self._host_tables: list[list[int]] = [[] for _ in range(num_slots + 1)]
         self.logits_dtype = torch.promote_types(model.dtype, torch.float32)
         self.graphs: dict[int, _DecodeGraph] = {}
         self.cuda_graph_status = "off"
-        if cuda_graph_sizes:
-            self._capture(sorted(set(cuda_graph_sizes)))
+        if sizes:
+            self._capture(sizes)
 
-    # ------------------------------------------------------------------ metadata
+    # ------------------------------------------------------------------ host -> device
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         """A host tensor on the model's device without blocking the host (pinned staging on CUDA)."""
         if self.device.type == "cuda":
             return t.pin_memory().to(self.device, non_blocking=True)
         return t.to(self.device)
 
-    def _tensor(self, values, dtype) -> torch.Tensor:
-        return self._to_device(torch.tensor(values, dtype=dtype))
+    def _tensor(self, values) -> torch.Tensor:
+        return self._to_device(torch.tensor(values, dtype=torch.long))
 
-    def _tables_of(self, seqs, slots: torch.Tensor) -> torch.Tensor:
-        """[S, max_blocks] int32 page tables of the sequences (slots [S] on the device); the device rows are
-        rewritten only where a sequence's pages changed since the last step."""
-        for s in seqs:
-            if self._host_tables[s.slot] != s.block_table:
-                self.block_tables[s.slot, :len(s.block_table)] = self._tensor(s.block_table, torch.int32)
-                self._host_tables[s.slot] = list(s.block_table)
-        return self.block_tables[slots]
-
-    def _kv_rows(self, seq, start: int, n: int) -> list[int]:
+    # ------------------------------------------------------------------ one step
+    def _decode_rows(self, seqs) -> list[list[int]]:
+        """[token ids, slots, cached lengths after the step, KV rows written] of one decode token per sequence."""
         bs = self.block_size
-        return [seq.block_table[p // bs] * bs + p % bs for p in range(start, start + n)]
+        return [[s.token_ids[s.num_computed_tokens] for s in seqs], [s.slot for s in seqs],
+                [s.num_computed_tokens + 1 for s in seqs],
+                [s.block_table[s.num_computed_tokens // bs] * bs + s.num_computed_tokens % bs for s in seqs]]
 
-    def _decode_meta(self, seqs) -> tuple[torch.Tensor, ForwardMeta]:
-        """Token ids [S] and metadata of one decode token per sequence (one host-to-device copy)."""
-        bs = self.block_size
-        rows = torch.tensor([[s.token_ids[s.num_computed_tokens] for s in seqs],
-                             [s.slot for s in seqs],
-                             [s.num_computed_tokens + 1 for s in seqs],
-                             [s.block_table[s.num_computed_tokens // bs] * bs + s.num_computed_tokens % bs
-                              for s in seqs]], dtype=torch.long)                  # [4, S]
-        ids, slots, seq_lens, kv = self._to_device(rows)
+    def _decode(self, buf: torch.Tensor) -> torch.Tensor:
+        """buf [4, S] int64 on the device (as _decode_rows) -> logits [S, V]; what a decode graph captures."""
+        ids, slots, seq_lens, kv = buf
         meta = ForwardMeta(ops=self.model.ops, cache=self.cache, decode=True, fresh=False, slots=slots,
-                           block_table=self._tables_of(seqs, slots), seq_lens=seq_lens.to(torch.int32),
+                           block_table=self.cache.block_table[slots], seq_lens=seq_lens.to(torch.int32),
                            kv_write_idx=kv)
-        return ids, meta
+        return self.model.forward_step(ids, meta)
 
-    def _prefill_meta(self, seqs, lengths) -> tuple[torch.Tensor, ForwardMeta]:
-        """Packed token ids [T] and metadata of the prefill chunks (two host-to-device copies)."""
-        ids, kv, offsets = [], [], [0]
-        for s, n in zip(seqs, lengths):
+    def _eager(self, batch: ScheduledBatch, sampled: list[int]) -> torch.Tensor:
+        """Logits [R, V] of the sampled rows after one eager step: decode tokens, then the packed prefill chunks."""
+        D, bs = batch.num_decodes, self.block_size
+        ids, kv, slots, lens, cu = [], [], [], [], [0]
+        for i, (s, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
             a = s.num_computed_tokens
             ids += s.token_ids[a:a + n]
-            kv += self._kv_rows(s, a, n)
-            offsets.append(offsets[-1] + n)
-        per_token = self._to_device(torch.tensor([ids, kv], dtype=torch.long))    # [2, T]
-        per_seq = self._to_device(torch.tensor(
-            [[s.slot for s in seqs], [s.num_computed_tokens + n for s, n in zip(seqs, lengths)],
-             offsets[:-1]], dtype=torch.long))                                   # [3, S]
-        slots = per_seq[0]
-        cu_seqlens = torch.cat([per_seq[2], per_seq[2, -1:] + lengths[-1]]).to(torch.int32)   # [S + 1]
-        meta = ForwardMeta(ops=self.model.ops, cache=self.cache, decode=False,
-                           fresh=all(s.num_computed_tokens == 0 for s in seqs), cu_seqlens=cu_seqlens,
-                           offsets=offsets, max_seqlen=max(lengths), slots=slots,
-                           block_table=self._tables_of(seqs, slots), seq_lens=per_seq[1].to(torch.int32),
-                           kv_write_idx=per_token[1])
-        return per_token[0], meta
+            kv += [s.block_table[p // bs] * bs + p % bs for p in range(a, a + n)]
+            slots.append(s.slot)
+            lens.append(a + n)
+            if i >= D:
+                cu.append(cu[-1] + n)
+        ends = list(itertools.accumulate(batch.num_new_tokens))
+        rows = [ends[i] - 1 for i in sampled]                                     # last token of each sampled row
+        T, S = len(ids), len(slots)
+        flat = self._tensor(ids + kv + slots + lens + cu + rows)                  # one host-to-device copy
+        ids_d, kv_d, slots_d, lens_d, cu_d, rows_d = flat.split([T, T, S, S, len(cu), len(rows)])
+        pre = batch.seqs[D:]
+        meta = ForwardMeta(ops=self.model.ops, cache=self.cache, slots=slots_d,
+                           block_table=self.cache.block_table[slots_d], seq_lens=lens_d.to(torch.int32),
+                           kv_write_idx=kv_d, decode=not pre, num_decodes=D if pre else 0,
+                           fresh=bool(pre) and all(s.num_computed_tokens == 0 for s in pre))
+        if pre:
+            meta.cu_seqlens, meta.offsets = cu_d.to(torch.int32), cu
+            meta.max_seqlen = max(batch.num_new_tokens[D:])
+        return self.model.forward_step(ids_d, meta, rows_d)
 
-    # ------------------------------------------------------------------ forward
-    def _forward(self, ids: torch.Tensor, num_decode: int, dec_meta: ForwardMeta | None,
-                 pre_meta: ForwardMeta | None) -> torch.Tensor:
-        """ids [T] = decode tokens (one per decode row) then the packed prefill chunks -> final hidden [T, H].
-        Mamba and attention mixers run twice (decode rows, prefill rows); every other layer runs once."""
-        m = self.model
-        any_meta = dec_meta or pre_meta
-        h = m.embeddings(ids)                                                     # [T, H]
-        for block in m.layers:
-            x = block.norm(h, any_meta)                                           # [T, H]
-            if block.kind in "M*":
-                parts = []
-                if dec_meta is not None:
-                    parts.append(block.mixer(x[:num_decode], dec_meta))           # [S_dec, H]
-                if pre_meta is not None:
-                    parts.append(block.mixer(x[num_decode:][None], pre_meta)[0])  # [T_pre, H]
-                y = parts[0] if len(parts) == 1 else torch.cat(parts)
-            else:
-                y = block.mixer(x, any_meta)
-            h = h + y
-        return m.norm_f(h, any_meta)
+    def _replay(self, g: _DecodeGraph, seqs) -> torch.Tensor:
+        """Logits [n, V] of a decode step of n <= g.size sequences; rows n.. run on the scratch space."""
+        n = len(seqs)
+        ids, slots, lens, kv = self._decode_rows(seqs)
+        pad_slots, pad_lens, pad_kv = self.cache.scratch_rows(g.size - n)
+        host = torch.tensor([ids + [0] * (g.size - n), slots + pad_slots, lens + pad_lens, kv + pad_kv],
+                            dtype=torch.long)
+        g.buf.copy_(host.pin_memory() if self.device.type == "cuda" else host, non_blocking=True)
+        g.replay()
+        return g.logits[:n]
 
     def _copy_states_to_forks(self, parents) -> None:
         """Completions forking from a prompt start from its Mamba state (its pages are shared, not copied)."""
@@ -208,10 +205,7 @@ class ModelRunner:
                 src.append(p.slot)
                 dst.append(child.slot)
         if src:
-            self.cache.copy_slots(self._tensor(src, torch.long), self._tensor(dst, torch.long))
-
-    def _logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(h).to(self.logits_dtype)                       # [R, V]
+            self.cache.copy_states(self._tensor(src), self._tensor(dst))
 
     @torch.no_grad()
     def execute(self, batch: ScheduledBatch) -> list[int]:
@@ -219,33 +213,22 @@ class ModelRunner:
         cache = self.cache
         if batch.block_copies:
             src, dst = zip(*batch.block_copies)
-            cache.copy_blocks(self._tensor(src, torch.long), self._tensor(dst, torch.long))
+            cache.copy_pages(self._tensor(src), self._tensor(dst))
         fresh = [s.slot for s in batch.seqs if s.num_computed_tokens == 0]
         if fresh:
-            cache.reset_slots(self._tensor(fresh, torch.long))
-        D = batch.num_decodes
-        dec, pre = batch.seqs[:D], batch.seqs[D:]
+            cache.clear_states(self._tensor(fresh))
+        for s in batch.seqs:
+            cache.set_pages(s.slot, s.block_table)
         sampled = batch.sampled_rows()
-        graph = self._graph_for(D) if not pre else None
+        graph = self._graph_for(batch.num_decodes) if batch.num_decodes == len(batch) else None
         if graph is not None:                                                     # every decode row is sampled
-            logits = self._replay(graph, dec)                                     # [D, V]
+            logits = self._replay(graph, batch.seqs)                              # [D, V]
         else:
-            parts, dec_meta, pre_meta = [], None, None
-            if dec:
-                ids, dec_meta = self._decode_meta(dec)
-                parts.append(ids)
-            if pre:
-                ids, pre_meta = self._prefill_meta(pre, batch.num_new_tokens[D:])
-                parts.append(ids)
-            ids = parts[0] if len(parts) == 1 else torch.cat(parts)
-            h = self._forward(ids, D, dec_meta, pre_meta)                        # [T, H]
-            ends = list(itertools.accumulate(batch.num_new_tokens))
-            ends = [ends[i] - 1 for i in sampled]                                 # last token of each sampled row
-            logits = self._logits(h[self._tensor(ends, torch.long)])              # [R, V]
+            logits = self._eager(batch, sampled)                                  # [R, V]
         members = batch.sampled_members()                                         # [(row, seq)]
         if len(members) > len(sampled):                                           # n > 1: forks sample too
             position = {row: k for k, row in enumerate(sampled)}
-            logits = logits[self._tensor([position[row] for row, _ in members], torch.long)]
+            logits = logits[self._tensor([position[row] for row, _ in members])]
             self._copy_states_to_forks(batch.seqs[row] for row in sampled)
         seqs = [s for _, s in members]
         for s in seqs:
@@ -256,71 +239,82 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ CUDA graphs
     def _graph_for(self, n: int) -> _DecodeGraph | None:
-        """The smallest captured graph with room for n decode rows."""
+        """The smallest graph with room for n decode rows."""
         size = min((g for g in self.graphs if g >= n), default=None)
         return None if size is None or n == 0 else self.graphs[size]
 
-    def _replay(self, g: _DecodeGraph, seqs) -> torch.Tensor:
-        n = len(seqs)
-        ids, meta = self._decode_meta(seqs)
-        g.input_ids[:n].copy_(ids)
-        g.slots[:n].copy_(meta.slots)
-        g.block_table[:n].copy_(meta.block_table)
-        g.seq_lens[:n].copy_(meta.seq_lens)
-        g.kv_write_idx[:n].copy_(meta.kv_write_idx)
-        self._pad_rows(g, n)
-        g.graph.replay()
-        return g.logits[:n]
-
-    def _pad_rows(self, g: _DecodeGraph, n: int) -> None:
-        """Rows n.. of a padded graph batch: scratch slot, scratch page, one cached token."""
-        c = self.cache
-        g.input_ids[n:] = 0
-        g.slots[n:] = c.scratch_slot
-        g.block_table[n:] = c.scratch_block
-        g.seq_lens[n:] = 1
-        g.kv_write_idx[n:] = c.scratch_block * self.block_size
+    def _eager_graphs(self, sizes: list[int]) -> None:
+        """Padded decode batches without capture (the graph path's static inputs and scratch rows, run eagerly):
+        a test hook for machines without CUDA. The cache must have the scratch slots (cuda_graph_sizes)."""
+        if graph_padding(sizes) > self.cache.scratch_slots:
+            raise ValueError(f"sizes {sizes} pad up to {graph_padding(sizes)} rows; the cache has "
+                             f"{self.cache.scratch_slots} scratch slots")
+        self.graphs = {size: _DecodeGraph(self, size) for size in sorted(set(sizes))}
 
     def _graph_blockers(self) -> list[str]:
         if self.device.type != "cuda":
             return [f"the model is on {self.device.type}, not cuda"]
         if self.model.backend == "reference":
-            return ["the model's backend is 'reference' (plain PyTorch ops that may read tensors on the host)"]
+            return ["the model's backend is 'reference' (plain PyTorch ops that read tensors on the host)"]
         return []
 
+    def _graphs_off(self, why: str) -> None:
+        self.graphs = {}
+        self.cuda_graph_status = "off: " + why
+        log.warning("CUDA graphs %s; decode runs eagerly", self.cuda_graph_status)
+
+    def _capture_inputs(self, size: int) -> torch.Tensor:
+        """buf of a capture: distinct real slots 0..size-1 (nothing runs yet; emptied after the capture) writing
+        distinct KV rows; every row attends to one cached token."""
+        rows = self.cache.num_blocks * self.block_size
+        return torch.tensor([[0] * size, list(range(size)), [1] * size, [j % rows for j in range(size)]],
+                            dtype=torch.long)
+
+    def _probe(self, step, stream: torch.cuda.Stream) -> str | None:
+        """Why `step` cannot be captured, or None: it runs eagerly on `stream`, once to compile and autotune the
+        kernels, then once more with host synchronisations turned into errors."""
+        stream.wait_stream(torch.cuda.current_stream())
+        try:
+            with torch.cuda.stream(stream):
+                step()
+                mode = torch.cuda.get_sync_debug_mode()
+                torch.cuda.set_sync_debug_mode("error")
+                try:
+                    step()
+                finally:
+                    torch.cuda.set_sync_debug_mode(mode)
+        except Exception as e:  # noqa: BLE001 -- any failure keeps decode eager, with the reason
+            return _describe(e)
+        finally:
+            torch.cuda.current_stream().wait_stream(stream)
+        return None
+
+    @torch.no_grad()
     def _capture(self, sizes: list[int]) -> None:
         blockers = self._graph_blockers()
         if blockers:
-            self.cuda_graph_status = "off: " + "; ".join(blockers)
-            log.warning("CUDA graphs %s", self.cuda_graph_status)
+            self._graphs_off("; ".join(blockers))
             return
-        pool = torch.cuda.graph_pool_handle()
-        V = self.config.vocab_size
-        try:
-            for size in sorted(sizes, reverse=True):                              # largest first: shared pool
-                g = _DecodeGraph(size, self.max_blocks, V, self.device, self.logits_dtype)
-                self._pad_rows(g, 0)
-                meta = ForwardMeta(ops=self.model.ops, cache=self.cache, decode=True, fresh=False, slots=g.slots,
-                                   block_table=g.block_table, seq_lens=g.seq_lens, kv_write_idx=g.kv_write_idx)
-                stream = torch.cuda.Stream()
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
-                    for _ in range(2):                                            # warm-up (lazy inits, autotune)
-                        g.logits.copy_(self._logits(self._forward(g.input_ids, size, meta, None)))
-                torch.cuda.current_stream().wait_stream(stream)
-                g.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g.graph, pool=pool):
-                    g.logits.copy_(self._logits(self._forward(g.input_ids, size, meta, None)))
-                self.graphs[size] = g
-        except RuntimeError as e:   # an op on the decode path syncs with the host (a reference fallback?)
-            self.graphs.clear()
-            torch.cuda.synchronize()
-            refs = nemotron_kernels.backends("cuda")
-            refs = [op for op in DECODE_OPS if refs[op].startswith("reference")]
-            self.cuda_graph_status = (f"off: capture failed ({type(e).__name__}: {str(e)[:300]}); decode ops on a "
-                                      f"reference path: {refs}")
-            log.warning("CUDA graphs %s", self.cuda_graph_status)
-            return
-        torch.cuda.synchronize()
-        self.cuda_graph_status = f"on: decode batch sizes {sorted(self.graphs)}"
+        with torch.cuda.device(self.device):
+            stream, pool = torch.cuda.Stream(), torch.cuda.graph_pool_handle()
+            graphs = {}
+            try:
+                for size in sorted(sizes, reverse=True):                          # largest first: shared pool
+                    g = _DecodeGraph(self, size)
+                    g.buf.copy_(self._capture_inputs(size))
+                    why = self._probe(g.run, stream)
+                    if why is not None:
+                        self._graphs_off(f"the decode step at batch {size} is not capturable: {why}")
+                        return
+                    g.graph = capture_graph(g.run, pool=pool, stream=stream)
+                    graphs[size] = g
+            except Exception as e:  # noqa: BLE001 -- any failure keeps decode eager, with the reason
+                during = f" (raised while handling {_describe(e.__context__)})" if e.__context__ is not None else ""
+                self._graphs_off(f"capture failed: {_describe(e)}{during}")
+                return
+            finally:
+                torch.cuda.synchronize()
+                self.cache.clear_states(torch.arange(max(sizes), device=self.device))
+        self.graphs = graphs
+        self.cuda_graph_status = f"on: decode batch sizes {sorted(graphs)}"
         log.info("CUDA graphs %s", self.cuda_graph_status)

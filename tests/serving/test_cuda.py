@@ -1,11 +1,14 @@
-"""The engine on the GPU (marker `cuda`): end to end with kernels, CUDA-graph decode equal to eager decode, and the
-graph guard on the CPU."""
+"""CUDA-graph decode: padded rows on scratch slots (CPU, graph path run eagerly), the graph guard on the CPU, and under
+the `cuda` marker the engine end to end with the Triton kernels (bf16), graph replay equal to eager decode, the eager
+fallback with a reason (fp32: reference decode ops), and a failed capture that leaves the process usable."""
 import pytest
 import torch
 
 from model.config import NemotronHConfig
+from model.generate import generate
 from model.nemotron_h import build_model
 from model.serve import EngineConfig, LLMEngine, SamplingParams
+from model.serve.model_runner import capture_graph, graph_padding
 
 PROMPTS = ["graphs", "a longer prompt for the decode batch", "x", "0123456789" * 4, "five"]
 
@@ -25,7 +28,35 @@ def _run(engine, params):
 def test_cuda_graphs_are_off_on_cpu_with_a_reason(make_engine):
     engine = make_engine(cuda_graphs=True)
     assert engine.runner.cuda_graph_status == "off: the model is on cpu, not cuda"
+    assert engine.stats()["cuda_graphs"] == engine.runner.cuda_graph_status
     assert not engine.runner.graphs
+
+
+def test_graph_padding():
+    assert graph_padding([]) == 0 and graph_padding([1]) == 0 and graph_padding([1, 2, 4]) == 1
+    assert graph_padding([1, 2, 4, 8, 16, 24, 32]) == 7 and graph_padding([2, 8]) == 5
+
+
+def test_padded_decode_rows_run_on_scratch_slots_of_their_own(make_engine, run_all, tiny_model, byte_tokenizer):
+    """The graph path (static inputs, padding to the next size) run eagerly on the float64 reference ops, which
+    reject a slot used by two rows: outputs equal the model's generate loop; padded rows wrote only scratch space."""
+    engine = make_engine(cuda_graphs=True, cuda_graph_sizes=[2, 8])
+    runner, cache = engine.runner, engine.runner.cache
+    assert cache.scratch_slots == 5 and cache.scratch_blocks == 2                 # block_size 4
+    runner._eager_graphs([2, 8])
+    replays = []
+    replay = runner._replay
+    runner._replay = lambda g, seqs: replays.append((g.size, len(seqs))) or replay(g, seqs)
+    ids = [engine.add_request(p, SamplingParams(max_tokens=3 + i, temperature=0, ignore_eos=True))
+           for i, p in enumerate(PROMPTS)]                                        # batches shrink 5 -> 1
+    finals = run_all(engine)
+    for rid, prompt, i in zip(ids, PROMPTS, range(len(PROMPTS))):
+        expected = generate(tiny_model, [byte_tokenizer.encode(prompt)], 3 + i, stop_ids=[])[0]
+        assert finals[rid].token_ids == expected, prompt
+    assert {(8, 5), (8, 4), (8, 3), (2, 2), (2, 1)} <= set(replays)
+    n = cache.num_slots
+    assert all(t[n:n + 5].any() for t in cache.ssm.values())                      # 5 padded rows at most
+    assert all(t[cache.num_blocks:].any() for t in cache.k.values())
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +65,42 @@ def gpu_model():
     return build_model(cfg, device="cuda", dtype=torch.bfloat16, backend="auto", seed=0).eval()
 
 
+def _assert_gpu_usable():
+    """No capture left open, the default stream current, and the CUDA RNG out of capture mode."""
+    assert not torch.cuda.is_current_stream_capturing()
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    torch.randint(0, 10, (16,), device="cuda")
+    torch.cuda.synchronize()
+
+
 @pytest.mark.cuda
-def test_engine_on_gpu_end_to_end(gpu_model, byte_tokenizer):
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8"])
+def test_engine_on_gpu_end_to_end(gpu_model, byte_tokenizer, kv_cache_dtype):
+    if kv_cache_dtype == "fp8":
+        for i in gpu_model.config.layer_indices("*"):
+            gpu_model.layers[i].mixer.k_scale = gpu_model.layers[i].mixer.v_scale = 0.5
+    try:
+        engine = LLMEngine(gpu_model, byte_tokenizer, EngineConfig(
+            max_num_seqs=8, max_num_batched_tokens=32, block_size=16, max_model_len=256,
+            kv_cache_dtype=kv_cache_dtype))
+        print("CUDA graphs:", engine.runner.cuda_graph_status)
+        params = SamplingParams(max_tokens=12, temperature=0.7, top_p=0.9, seed=3, ignore_eos=True)
+        seeded = _run(engine, params)
+        assert all(len(t) == 12 for t in seeded)
+        assert _run(engine, params) == seeded
+        _assert_gpu_usable()
+    finally:
+        for i in gpu_model.config.layer_indices("*"):
+            gpu_model.layers[i].mixer.k_scale = gpu_model.layers[i].mixer.v_scale = 1.0
+
+
+@pytest.mark.cuda
+def test_bf16_decode_step_is_captured(gpu_model, byte_tokenizer):
+    """With bf16 weights every decode op runs a capturable kernel path: the graphs must be on."""
     engine = LLMEngine(gpu_model, byte_tokenizer, EngineConfig(max_num_seqs=8, max_num_batched_tokens=32,
                                                                block_size=16, max_model_len=256))
-    print("CUDA graphs:", engine.runner.cuda_graph_status)
-    seeded = _run(engine, SamplingParams(max_tokens=12, temperature=0.7, top_p=0.9, seed=3, ignore_eos=True))
-    assert all(len(t) == 12 for t in seeded)
-    assert _run(engine, SamplingParams(max_tokens=12, temperature=0.7, top_p=0.9, seed=3, ignore_eos=True)) == seeded
+    status = engine.runner.cuda_graph_status
+    assert status == "on: decode batch sizes [1, 2, 4, 8]", status
 
 
 @pytest.mark.cuda
@@ -50,29 +109,64 @@ def test_cuda_graph_decode_matches_eager(gpu_model, byte_tokenizer):
     engine = LLMEngine(gpu_model, byte_tokenizer, EngineConfig(
         max_num_seqs=8, max_num_batched_tokens=256, block_size=16, max_model_len=256, cuda_graphs=True,
         cuda_graph_sizes=[1, 2, 4, 8]))
-    runner = engine.runner
+    runner, cache = engine.runner, engine.runner.cache
     if not runner.cuda_graph_status.startswith("on"):
         pytest.skip(f"CUDA graphs unavailable with today's decode ops: {runner.cuda_graph_status}")
-    assert sorted(runner.graphs) == [1, 2, 4, 8]
+    assert sorted(runner.graphs) == [1, 2, 4, 8] and cache.scratch_slots == 3
     for p in PROMPTS:
         engine.add_request(p, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
     engine.step()                                         # all 5 prompts prefilled in one step
     batch = engine.scheduler.schedule()
     assert batch.num_decodes == len(batch) == 5
-    cache = runner.cache
+    for s in batch.seqs:
+        cache.set_pages(s.slot, s.block_table)
     tensors = [*cache.conv.values(), *cache.ssm.values(), *cache.k.values(), *cache.v.values()]
     before = [t.clone() for t in tensors]
     graph_logits = runner._replay(runner._graph_for(5), batch.seqs).clone()            # padded to 8 rows
     graph_state = [t.clone() for t in tensors]
     for t, b in zip(tensors, before):
         t.copy_(b)
-    ids, meta = runner._decode_meta(batch.seqs)
-    eager_logits = runner._logits(runner._forward(ids, 5, meta, None))
+    eager_logits = runner._decode(torch.tensor(runner._decode_rows(batch.seqs), device="cuda"))
     scale = eager_logits.abs().max()
     torch.testing.assert_close(graph_logits, eager_logits, rtol=0, atol=2e-2 * scale)
-    # the real slots and pages end the step alike; padded rows only touched the scratch slot and page
+    # the sequences' slots and pages end the step alike; the padded rows wrote only the scratch slots and page
     slots = [s.slot for s in batch.seqs]
+    others = [s for s in range(cache.num_slots) if s not in slots]
     n_states = len(cache.conv) + len(cache.ssm)
-    for i, (g, t) in enumerate(zip(graph_state, tensors)):
-        g, t = (g[slots], t[slots]) if i < n_states else (g[:-1], t[:-1])
-        torch.testing.assert_close(g.float(), t.float(), rtol=0, atol=2e-2 * t.float().abs().max() + 1e-6)
+    for i, (g, t, b) in enumerate(zip(graph_state, tensors, before)):
+        rows = slots if i < n_states else slice(0, cache.num_blocks)              # sequences' slots / real pages
+        torch.testing.assert_close(g[rows].float(), t[rows].float(), rtol=0,
+                                   atol=2e-2 * t[rows].float().abs().max() + 1e-6)
+        if i < n_states:
+            assert torch.equal(g[others], b[others])                              # free slots untouched
+    _assert_gpu_usable()
+
+
+@pytest.mark.cuda
+def test_fp32_model_decodes_eagerly_with_the_reason(byte_tokenizer):
+    """fp32 weights send gqa_decode to its reference, which reads seq_lens on the host: no capture is attempted,
+    decode runs eagerly, the status names the op, and the GPU stays usable."""
+    cfg = NemotronHConfig.from_preset("tiny", max_position_embeddings=512)
+    model = build_model(cfg, device="cuda", dtype=torch.float32, backend="auto", seed=0).eval()
+    engine = LLMEngine(model, byte_tokenizer, EngineConfig(max_num_seqs=4, max_num_batched_tokens=32, block_size=16,
+                                                           max_model_len=256))
+    status = engine.runner.cuda_graph_status
+    assert status.startswith("off: the decode step at batch 4 is not capturable") and "_ref" in status, status
+    assert not engine.runner.graphs
+    _assert_gpu_usable()
+    tokens = _run(engine, SamplingParams(max_tokens=5, temperature=0.8, seed=1, ignore_eos=True))
+    assert all(len(t) == 5 for t in tokens)
+
+
+@pytest.mark.cuda
+def test_a_failed_capture_leaves_the_process_usable():
+    x = torch.arange(4.0, device="cuda")
+    with pytest.raises(RuntimeError):
+        capture_graph(lambda: (x * 2).sum().item())       # a host sync inside the capture
+    _assert_gpu_usable()
+    y = torch.zeros(4, device="cuda")
+    graph = capture_graph(lambda: y.copy_(x * 3))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert y.tolist() == [0.0, 3.0, 6.0, 9.0]
+    _assert_gpu_usable()

@@ -68,10 +68,13 @@ def test_fp8_checkpoint_roundtrip_and_serving(fp32_tiny, tmp_path, byte_tokenize
     q = build_model(fp32_tiny, dtype=torch.float32, backend="reference", seed=2).eval()
     quantize_model_fp8(q)
     q.layers[2].mixer.up_input_scale = torch.tensor(0.01)                   # a static activation scale too
+    q.layers[5].mixer.k_scale, q.layers[5].mixer.v_scale = 0.25, 0.5         # FP8 KV-cache scales
     save_fp8_checkpoint(q, tmp_path)
     loaded = load_fp8_checkpoint(tmp_path, device="cpu", dtype=torch.float32, backend="reference").eval()
     assert isinstance(loaded.layers[4].mixer, FP8MoE) and isinstance(loaded.layers[7].mixer.out_proj, FP8Linear)
     assert loaded.layers[2].mixer.up_input_scale.item() == pytest.approx(0.01)
+    assert (loaded.layers[5].mixer.k_scale, loaded.layers[5].mixer.v_scale) == (0.25, 0.5)
+    assert (loaded.layers[1].mixer.k_scale, loaded.layers[1].mixer.v_scale) == (1.0, 1.0)
     ids = torch.randint(3, 259, (1, 20))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids), q(ids), rtol=0, atol=0)
