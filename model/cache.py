@@ -73,7 +73,7 @@ class HybridCache:
         self.device = torch.device(device)
 
     @classmethod
-    def for_model(cls, model, num_slots: int, max_seq_len: int, **kw) -> "HybridCache":
+    def for_model(cls, model, num_slots: int, max_seq_len: int, **kw) -> HybridCache:
         """A cache on the model's device in the model's dtype."""
         return cls(model.config, num_slots, max_seq_len, device=model.device, dtype=model.dtype, **kw)
 

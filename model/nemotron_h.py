@@ -67,7 +67,7 @@ class ForwardMeta:
         """Decode tokens and prefill chunks in one call (activations [T, H])."""
         return self.num_decodes > 0 and not self.decode
 
-    def split(self) -> tuple["ForwardMeta", "ForwardMeta"]:
+    def split(self) -> tuple[ForwardMeta, ForwardMeta]:
         """(decode part, prefill part) of a mixed step, built once. The KV writes (kv_write_idx) stay with the
         whole step: the stateful mixers write every token's keys / values first, then attend part by part."""
         if self._parts is None:
