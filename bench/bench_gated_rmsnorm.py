@@ -11,7 +11,7 @@ import torch
 from nemotron_kernels.ops.gated_rmsnorm import gated_rmsnorm, gated_rmsnorm_bwd
 from nemotron_kernels.reference.gated_rmsnorm import gated_rmsnorm_ref
 
-from .bench_ssd_scan import load_mamba_ssm
+from ._mamba_ssm import load_mamba_ssm
 from .harness import Bench, Variant
 
 D, GROUP, EPS = 4096, 512, 1e-5
@@ -42,7 +42,9 @@ def run(bench: Bench) -> None:
         out = gated_rmsnorm(first["y"], first["z"], first["weight"], GROUP, EPS)
         ref = gated_rmsnorm_ref(first["y"], first["z"], first["weight"], GROUP, EPS)
         err = (out.float() - ref.float()).abs().max().item()
-        assert err < 5e-2, f"ours differs from the reference by {err}: not timing it"
+        # both round to the output dtype: a few ulps at the largest |ref| (one bf16 ulp at 8..16 is 0.0625)
+        tol = 4 * torch.finfo(out.dtype).eps * max(ref.float().abs().max().item(), 1.0)
+        assert err <= tol, f"ours differs from the reference by {err} (> {tol:.3g}): not timing it"
         fwd_bytes = 3 * rows * D * 2
         variants = [Variant("ours: triton fwd", lambda s: gated_rmsnorm(s["y"], s["z"], s["weight"], GROUP, EPS),
                             bytes=fwd_bytes)]

@@ -7,37 +7,16 @@ baselines: mamba_ssm 2.3.2 `mamba_chunk_scan_combined` (pure-Triton SSD; carried
            without running the mamba_ssm package __init__, which needs CUDA extensions the wheel lacks).
 Bytes: x, B, C, dt read once, y written once, final states written (the anchor's 0.68 GB at 32K tokens);
 flops: the chunked algorithm's matmuls, 2 * L * H * (Q * N (CB, per group: / heads_per_group) + Q * P + 2 * P * N)."""
-import importlib
-import importlib.util
-import os
-import sys
-import types
-
 import torch
 
 from nemotron_kernels.ops.ssd_scan import ssd_scan
 from nemotron_kernels.reference.ssd_scan import ssd_scan_ref
 
+from ._mamba_ssm import load_mamba_ssm
 from .harness import Bench, Variant
 
 H, P, G, N, CHUNK = 64, 64, 8, 128, 128
 PROBLEMS = ((4, 8192), (1, 32768), (16, 2048))
-
-
-def load_mamba_ssm(*modules: str):
-    """Import mamba_ssm.ops.triton.<module> for each name without executing mamba_ssm/__init__.py (it imports the
-    CUDA extension selective_scan_cuda). Raises ImportError with the reason when the package is missing."""
-    spec = importlib.util.find_spec("mamba_ssm")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("mamba_ssm is not installed (carry .whl/mamba_ssm-2.3.2.post1-py3-none-any.whl)")
-    root = list(spec.submodule_search_locations)[0]
-    for name, sub in (("mamba_ssm", ""), ("mamba_ssm.ops", "ops"), ("mamba_ssm.ops.triton", "ops/triton"),
-                      ("mamba_ssm.utils", "utils")):
-        if name not in sys.modules:
-            pkg = types.ModuleType(name)
-            pkg.__path__ = [os.path.join(root, sub)]
-            sys.modules[name] = pkg
-    return [importlib.import_module(f"mamba_ssm.ops.triton.{m}") for m in modules]
 
 
 def _input_maker(bsz: int, seqlen: int, device: torch.device, cu=None):
@@ -118,7 +97,7 @@ def run(bench: Bench) -> None:
         io_bytes = sum(first[k].numel() * first[k].element_size() for k in ("x", "dt", "B", "C")) \
             + first["x"].numel() * 2 + (bsz if cu_list is None else len(cu_list) - 1) * H * P * N * 4
         variants = [Variant("ours: triton 3-stage", _ours, flops=_flops(tokens), bytes=io_bytes)]
-        if ssd_combined is not None:
+        if ssd_combined is not None and bench.device.type == "cuda":   # a GPU-only Triton baseline
             variants.append(Variant("mamba_ssm 2.3.2 chunk_scan_combined", _mamba(ssd_combined), flops=_flops(tokens),
                                     bytes=io_bytes, baseline=True))
         if bench.device.type != "cuda":

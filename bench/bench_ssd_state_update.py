@@ -12,7 +12,7 @@ import torch
 from nemotron_kernels.ops.ssd_state_update import ssd_state_update
 from nemotron_kernels.reference.ssd_state_update import ssd_state_update_ref
 
-from .bench_ssd_scan import load_mamba_ssm
+from ._mamba_ssm import load_mamba_ssm
 from .harness import Bench, Variant
 
 H, P, G, N, SLOTS = 64, 64, 8, 128, 512
@@ -76,7 +76,7 @@ def run(bench: Bench) -> None:
         state_bytes = 2 * bsz * H * P * N * elem
         io_bytes = state_bytes + bsz * (2 * H * P * 2 + H * 2 + 2 * G * N * 2)
         variants = [Variant("ours: triton", _ours, bytes=io_bytes)]
-        if ssu is not None:
+        if ssu is not None and bench.device.type == "cuda":   # a GPU-only Triton baseline
             variants.append(Variant("mamba_ssm 2.3.2 selective_state_update", _mamba(ssu), bytes=io_bytes,
                                     baseline=True))
         if bench.device.type != "cuda":

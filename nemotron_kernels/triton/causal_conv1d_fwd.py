@@ -139,7 +139,8 @@ def _causal_conv1d_final_state_kernel(
         start = 0
         end = seqlen
         b = s
-    pos = end - (K - 1) + offs_j                                                       # [BLOCK_K]
+    # int64 positions: without varlen `end` is the int32 seqlen, and pos * stride_x_l passes 2^31 on long inputs
+    pos = end - (K - 1) + offs_j.to(tl.int64)                                          # [BLOCK_K]
     inside = pos >= start
     mask = (inside & j_ok)[None, :] & c_ok[:, None]
     vals = tl.load(x_ptr + b * stride_x_b + pos[None, :] * stride_x_l + offs_c[:, None], mask=mask,

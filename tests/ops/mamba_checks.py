@@ -1,8 +1,7 @@
 """Test helpers shared by the Mamba-2 kernel tests (gated_rmsnorm, causal_conv1d, ssd_state_update, ssd_scan).
 
-The error rule of DESIGN.md: err(kernel) <= k * err(torch in the kernel's dtype) + floor, errors measured as the
-max absolute difference to the float64 reference on the same inputs, k = 2 forward and 3 backward, and the
-floor one unit in the last place of the kernel dtype at the reference's largest magnitude."""
+The error rule of DESIGN.md (assert_error_rule, assert_state_rule) lives in nemotron_kernels.testing, shared with
+nemotron_kernels.selfcheck; it is re-exported here."""
 import functools
 import os
 import subprocess
@@ -12,36 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from nemotron_kernels.testing import assert_error_rule, assert_state_rule  # noqa: F401  (re-exported)
+
 ROOT = Path(__file__).resolve().parents[2]
 F64 = torch.float64
 FWD, BWD = 2.0, 3.0
-
-
-def assert_error_rule(name: str, kernel: torch.Tensor, ref64: torch.Tensor, ref_low: torch.Tensor, k: float,
-                      eps_dtype: torch.dtype | None = None):
-    """kernel and ref_low: outputs in the low precision; ref64: the float64 reference. The floor is one ulp of
-    `eps_dtype` (default: kernel's dtype) at max |ref64|."""
-    assert kernel.shape == ref64.shape, f"{name}: shape {tuple(kernel.shape)} != {tuple(ref64.shape)}"
-    assert torch.isfinite(kernel).all(), f"{name}: non-finite values"
-    err = (kernel.to(F64) - ref64).abs().max().item() if kernel.numel() else 0.0
-    base = (ref_low.to(F64) - ref64).abs().max().item() if kernel.numel() else 0.0
-    scale = ref64.abs().max().item() if kernel.numel() else 0.0
-    floor = torch.finfo(eps_dtype or kernel.dtype).eps * scale
-    assert err <= k * base + floor, (f"{name}: kernel err {err:.3e} > {k} x torch-{kernel.dtype} err {base:.3e} "
-                                     f"+ floor {floor:.3e} (max |ref| {scale:.3e})")
-
-
-def assert_state_rule(name: str, kernel: torch.Tensor, ref64: torch.Tensor, ref_low: torch.Tensor,
-                      input_dtype: torch.dtype, k: float):
-    """For fp32 states computed from `input_dtype` inputs. The reference keeps them in fp32 from the upcast inputs,
-    while a tensor-core kernel multiplies operands in the input dtype: its baseline is the larger of the
-    same-dtype reference's error and the error of the fp64 state expressed in the input dtype."""
-    assert kernel.dtype == torch.float32, f"{name}: states are float32, got {kernel.dtype}"
-    rounded = ref64.to(input_dtype)
-    base_low = (ref_low.to(F64) - ref64).abs().max().item() if ref64.numel() else 0.0
-    base_round = (rounded.to(F64) - ref64).abs().max().item() if ref64.numel() else 0.0
-    ref_like = ref_low if base_low >= base_round else rounded
-    assert_error_rule(name, kernel, ref64, ref_like, k, eps_dtype=input_dtype)
 
 
 @pytest.fixture
