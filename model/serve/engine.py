@@ -1,6 +1,7 @@
 """LLMEngine: requests in, one model step at a time, outputs out (the offline API is in llm.py)."""
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -143,10 +144,16 @@ class LLMEngine:
             return max(1, int(cfg.kv_cache_memory_gb * 2**30 // per_block))
         if model.device.type != "cuda":
             return num_slots * cdiv(self.max_model_len, cfg.block_size)
-        # GPU: what is left after weights, the state slots and the activations of the largest step
+        # GPU: what is left after weights, the state slots and the activations of the largest step. The peak is
+        # what this process holds during the profiled step: everything allocated when it starts (the weights, and
+        # any other live tensors: they are not ours to give the cache) plus the step's activations. Unreachable
+        # objects (an engine freed in a reference cycle: runner <-> its decode graphs) are collected first, so only
+        # memory truly in use counts, and the peak is reset so an earlier, larger step does not.
         per_slot = HybridCache.bytes_per_slot(mcfg, model.dtype)
+        gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(model.device)
+        in_use = torch.cuda.memory_allocated(model.device)
         with torch.no_grad():
             ids = torch.zeros(1, cfg.max_num_batched_tokens, dtype=torch.long, device=model.device)
             model.hidden_states(ids)
@@ -155,9 +162,15 @@ class LLMEngine:
         num_states = num_slots + num_scratch
         budget = total * cfg.gpu_memory_utilization - peak - num_states * per_slot
         if budget < per_block:
-            raise ValueError(f"no GPU memory left for the KV cache: {total / 2**30:.1f} GiB x "
-                             f"{cfg.gpu_memory_utilization} - peak {peak / 2**30:.1f} GiB (weights + activations) - "
-                             f"{num_states} state slots x {per_slot / 2**20:.0f} MiB; lower max_num_seqs or "
+            storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                        for t in itertools.chain(model.parameters(), model.buffers()) if t.device == model.device}
+            weights = sum(storages.values())
+            gib = 2**30
+            raise ValueError(f"no GPU memory left for the KV cache: {total / gib:.1f} GiB x "
+                             f"{cfg.gpu_memory_utilization} - peak {peak / gib:.1f} GiB (weights {weights / gib:.1f} "
+                             f"GiB + other live tensors of this process {(in_use - weights) / gib:.1f} GiB + "
+                             f"activations {(peak - in_use) / gib:.1f} GiB) - {num_states} state slots x "
+                             f"{per_slot / 2**20:.0f} MiB; free other GPU tensors, or lower max_num_seqs or "
                              f"max_num_batched_tokens")
         return int(budget // per_block)
 

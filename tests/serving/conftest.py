@@ -1,5 +1,7 @@
 """Shared fixtures of the serving tests: one tiny random-weight model in float64 on the CPU (float64 makes the
 logits independent of batch composition and chunking to ~1e-15, so outputs can be compared token for token)."""
+import gc
+
 import pytest
 import torch
 
@@ -15,6 +17,16 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _free_gpu_memory(request):
+    """After each `cuda` test: collect what it left unreachable (an engine's runner and its decode graphs form a
+    cycle) and hand the cached blocks back, so the next engine sizes its KV cache from memory truly in use."""
+    yield
+    if request.node.get_closest_marker("cuda") is not None and torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,18 @@ import torch
 from model.config import NemotronHConfig
 from model.nemotron_h import build_model
 from model.serve import EngineConfig, LLMEngine, SamplingParams
-from model.serve.fp8 import (FP8, FP8Linear, FP8MoE, fp8_plan, load_fp8_checkpoint, quantize_model_fp8,
-                             quantize_tensor, save_fp8_checkpoint)
+from model.serve.fp8 import (
+    FP8,
+    FP8Linear,
+    FP8MoE,
+    fp8_plan,
+    load_fp8_checkpoint,
+    quantize_model_fp8,
+    quantize_rows,
+    quantize_tensor,
+    save_fp8_checkpoint,
+)
+from nemotron_kernels.testing import assert_error_rule
 
 
 def test_plan_keeps_the_mamba_layers_before_attention_in_bf16():
@@ -89,19 +99,40 @@ def test_fp8_checkpoint_roundtrip_and_serving(fp32_tiny, tmp_path, byte_tokenize
 
 @pytest.mark.cuda
 def test_gpu_fp8_gemms_match_the_reference_path():
+    """Each FP8 module on its own inputs (captured from a forward of the model), GPU GEMMs against the dequantised
+    reference path. Whole-model logits are no measure: the routed experts' paths differ by design (below) and
+    random-weight layers amplify that from layer to layer with no bound to state."""
     torch.manual_seed(0)
     cfg = NemotronHConfig.from_preset("tiny", hidden_size=128, mamba_num_heads=16, mamba_head_dim=8,
                                       moe_intermediate_size=64, moe_shared_expert_intermediate_size=128)
     model = build_model(cfg, device="cuda", dtype=torch.bfloat16, seed=0).eval()
     quantize_model_fp8(model)
-    assert {m.path for m in model.modules() if isinstance(m, (FP8Linear, FP8MoE))} == {
-        "torch._scaled_mm", "torch._scaled_grouped_mm"}
+    fp8 = [m for m in model.modules() if isinstance(m, (FP8Linear, FP8MoE))]
+    assert {m.path for m in fp8} == {"torch._scaled_mm", "torch._scaled_grouped_mm"}
+    inputs = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args: inputs.setdefault(m, args)) for m in fp8]
     ids = torch.randint(3, 259, (2, 40), device="cuda")
     with torch.no_grad():
-        gpu = model(ids).float()
-        for m in model.modules():
-            if isinstance(m, (FP8Linear, FP8MoE)):
-                m.force_reference = True
-        ref = model(ids).float()
-    rel = ((gpu - ref).norm() / ref.norm()).item()
-    assert rel < 0.05, rel
+        assert torch.isfinite(model(ids).float()).all()
+        for h in hooks:
+            h.remove()
+        assert set(inputs) == set(fp8)
+        for m, args in inputs.items():
+            gpu = m(*args)
+            for r in (m, *((m.shared_up, m.shared_down) if isinstance(m, FP8MoE) else ())):
+                r.force_reference = True
+            ref = m(*args)
+            if isinstance(m, FP8Linear):
+                # the same e4m3 operands and scales on both paths (fp8 products are exact, both accumulate in
+                # fp32, both round to bf16 once): the DESIGN 2x rule against float64 on those operands
+                xq, sa = quantize_rows(args[0].reshape(-1, m.in_features), m.input_scale)
+                ref64 = (xq.double() * sa.double()) @ (m.weight.double() * m.weight_scale.double()).t()
+                assert_error_rule("FP8Linear", gpu.reshape(ref64.shape), ref64, ref.reshape(ref64.shape), k=2)
+            else:
+                # the GPU path quantises the routed experts' hidden activations h = relu(up x)^2 to e4m3 before
+                # the down GEMM (the reference keeps them in fp32): round to nearest with 3 mantissa bits moves
+                # each element of h by at most 2^-4 of itself, so |dh| <= 2^-4 |h| and the down GEMM's output
+                # (routed + shared, the shared part alike on both paths up to bf16) moves by about that fraction;
+                # plus bf16 rounding of the outputs (2^-8). A wrong or missing scale is O(1).
+                rel = ((gpu.float() - ref.float()).norm() / ref.float().norm()).item()
+                assert rel < 2**-4 + 2**-8, rel
