@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -21,8 +22,18 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             continue
         seen.add(id(p))
         (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay, "name": "matrices"},
-            {"params": no_decay, "weight_decay": 0.0, "name": "vectors"}]
+    groups = []
+    for name, params, wd in (("matrices", decay, weight_decay), ("vectors", no_decay, 0.0)):
+        # The foreach AdamW cannot mix FSDP2 DTensors with plain tensors (the fp32 router weights kept whole
+        # outside FSDP under BF16) in one group: give the plain ones a group of their own.
+        sharded = [p for p in params if isinstance(p, DTensor)]
+        plain = [p for p in params if not isinstance(p, DTensor)]
+        if sharded and plain:
+            groups += [{"params": sharded, "weight_decay": wd, "name": name},
+                       {"params": plain, "weight_decay": wd, "name": f"{name} (unsharded)"}]
+        else:
+            groups.append({"params": params, "weight_decay": wd, "name": name})
+    return groups
 
 
 def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float = 0.1, betas=(0.9, 0.95),
