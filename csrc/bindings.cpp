@@ -1,6 +1,7 @@
 // The one pybind11 module: it only registers each domain's host entries.
 #include <torch/extension.h>
 
+#include "moe/moe.h"
 #include "router/router.h"
 
 PYBIND11_MODULE(_C, m) {
@@ -11,4 +12,5 @@ PYBIND11_MODULE(_C, m) {
   m.attr("with_cuda") = false;
 #endif
   nk::register_router(m);
+  nk::register_moe(m);
 }

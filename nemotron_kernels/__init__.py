@@ -7,8 +7,8 @@ see `OPS`. `backends()` reports which implementation each op uses on this machin
 from types import SimpleNamespace
 
 from . import reference
-from .ops import (causal_conv1d, gated_rmsnorm, gqa_attention, gqa_decode, moe_experts, moe_router, rmsnorm,
-                  ssd_scan, ssd_state_update)
+from .ops import (causal_conv1d, gated_rmsnorm, gqa_attention, gqa_decode, grouped_gemm, moe_experts, moe_permute,
+                  moe_router, rmsnorm, ssd_scan, ssd_state_update)
 
 _MODULES = {
     "ssd_scan": ssd_scan,
@@ -18,6 +18,9 @@ _MODULES = {
     "rmsnorm": rmsnorm,
     "ssd_state_update": ssd_state_update,
     "moe_router": moe_router,
+    "moe_permute": moe_permute,
+    "moe_unpermute": moe_permute,
+    "grouped_gemm": grouped_gemm,
     "moe_experts": moe_experts,
     "gqa_attention": gqa_attention,
     "gqa_decode": gqa_decode,

@@ -1,0 +1,311 @@
+// Grouped BF16 GEMM for sm_90a built from CUTLASS 3.x collectives: TMA loads, warp-specialised persistent wgmma
+// kernel over ptr-array ("grouped") problem shapes, TMA-store epilogue with a fused elementwise op.
+// Each translation unit (grouped_gemm_<kind>.cu) instantiates ONE configuration (compile memory: ~3 GB per TU).
+//
+// The per-group arguments (problem shape, A/B/C/D pointers and strides) live in the workspace and are written by
+// build_group_args_kernel from the device-side expert offsets, so the host never reads the group sizes; CUTLASS
+// gets no host problem shapes and launches a persistent grid of sm_count CTAs that walks the groups on device.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdio>
+
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/epilogue/fusion/operations.hpp"
+#include "cutlass/epilogue/fusion/sm90_callbacks_tma_warpspecialized.hpp"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/dispatch_policy.hpp"
+#include "cutlass/gemm/group_array_problem_shape.hpp"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "cutlass/util/packed_stride.hpp"
+#include "moe/moe_kernels.h"
+
+namespace nk::moe::sm90 {
+
+using namespace cute;
+using Bf16 = cutlass::bfloat16_t;
+
+// ---- epilogue elementwise ops (Sm90Compute applies them to fragments: Array<float, N>) ----
+
+// relu(x)^2
+template <class T>
+struct SquaredReLU {
+  CUTLASS_HOST_DEVICE T operator()(T const& x) const {
+    T r = x > T(0) ? x : T(0);
+    return r * r;
+  }
+};
+template <class T, int N>
+struct SquaredReLU<cutlass::Array<T, N>> {
+  CUTLASS_HOST_DEVICE cutlass::Array<T, N> operator()(cutlass::Array<T, N> const& x) const {
+    cutlass::Array<T, N> y;
+    SquaredReLU<T> f;
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < N; ++i) y[i] = f(x[i]);
+    return y;
+  }
+};
+
+// Gradient through h = relu(pre)^2, written with h itself: d pre = dh * 2 relu(pre) = dh * 2 sqrt(h).
+// So the forward keeps only h (which the down projection's dW needs anyway), never the pre-activation.
+template <class T>
+struct TimesReLU2Grad {
+  CUTLASS_HOST_DEVICE T operator()(T const& dh, T const& h) const { return dh * T(2) * sqrtf(h > T(0) ? h : T(0)); }
+};
+template <class T, int N>
+struct TimesReLU2Grad<cutlass::Array<T, N>> {
+  CUTLASS_HOST_DEVICE cutlass::Array<T, N> operator()(cutlass::Array<T, N> const& dh,
+                                                      cutlass::Array<T, N> const& h) const {
+    cutlass::Array<T, N> y;
+    TimesReLU2Grad<T> f;
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < N; ++i) y[i] = f(dh[i], h[i]);
+    return y;
+  }
+};
+
+using namespace cutlass::epilogue::fusion;
+constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
+using EpiIdentity = LinearCombination<Bf16, float>;                             // D = acc (alpha 1, beta 0)
+using EpiReLU2 = Sm90EVT<Sm90Compute<SquaredReLU, Bf16, float, kRound>, Sm90AccFetch>;  // D = relu(acc)^2
+using EpiReLU2Grad = Sm90EVT<Sm90Compute<TimesReLU2Grad, Bf16, float, kRound>,         // D = acc * 2 sqrt(C)
+                             Sm90AccFetch, Sm90SrcFetch<Bf16>>;
+
+// FP8: dequantise in the epilogue, D = act(acc * a_scale[m] * b_scale[e][n]). Both scales come as per-group
+// pointer arrays (a_scale + first row of the group, b_scale + e * N); a_scale is read one float at a time
+// (a group may start at any row), b_scale 16 bytes at a time (N % 8 == 0).
+template <class TileShape>
+using ScaleOfRow = Sm90ColBroadcast<0, TileShape, float*, float, Stride<_1, _0, _0>, 1>;
+template <class TileShape>
+using ScaleOfCol = Sm90RowBroadcast<0, TileShape, float*, float, Stride<_0, _1, _0>, 4>;
+template <class TileShape, class ElementOut>
+using EpiDequant = Sm90EVT<Sm90Compute<cutlass::multiplies, ElementOut, float, kRound>,        // (.) * b_scale
+                           Sm90EVT<Sm90Compute<cutlass::multiplies, float, float, kRound>,     // acc * a_scale
+                                   Sm90AccFetch, ScaleOfRow<TileShape>>,
+                           ScaleOfCol<TileShape>>;
+template <class TileShape>
+using EpiDequantReLU2 = Sm90EVT<Sm90Compute<SquaredReLU, Bf16, float, kRound>, EpiDequant<TileShape, float>>;
+
+// Fills the fusion arguments that depend on the per-group arrays (only the dequantising epilogues have any).
+template <class FusionOp>
+struct FusionArgs {
+  template <class Args>
+  static void fill(Args&, float const**, float const**) {}
+};
+template <class TileShape, class ElementOut>
+struct FusionArgs<EpiDequant<TileShape, ElementOut>> {
+  template <class Args>
+  static void fill(Args& args, float const** a_scale, float const** b_scale) {
+    args.op_0.op_1.ptr_col = a_scale;  // {op_0: {acc, a_scale, *}, op_1: b_scale, op_2: *}
+    args.op_1.ptr_row = b_scale;
+  }
+};
+template <class TileShape>
+struct FusionArgs<EpiDequantReLU2<TileShape>> {
+  template <class Args>
+  static void fill(Args& args, float const** a_scale, float const** b_scale) {
+    FusionArgs<EpiDequant<TileShape, float>>::fill(args.op_0, a_scale, b_scale);  // {op_0: dequant, op_1: relu^2}
+  }
+};
+
+// ---- one kernel configuration ----
+
+using Fp8 = cutlass::float_e4m3_t;
+using RowMajor = cutlass::layout::RowMajor;
+using ColumnMajor = cutlass::layout::ColumnMajor;
+
+// Cooperative: both consumer warp groups share one tile (M >= 128); ping-pong: each warp group has its own tile
+// and the two alternate between mainloop and epilogue (small tiles).
+template <class ElementAB_, class LayoutA_, class LayoutB_, class ElementC_, class FusionOp_, class TileShape_,
+          bool PingPong = false>
+struct GroupedGemm {
+  using ClusterShape_ = Shape<_1, _1, _1>;
+  using KernelSchedule_ = cute::conditional_t<PingPong, cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong,
+                                              cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative>;
+  using EpilogueSchedule_ = cute::conditional_t<PingPong, cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong,
+                                                cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
+  using ElementAB = ElementAB_;  // Bf16 or cutlass::float_e4m3_t
+  using LayoutA = LayoutA_;
+  using LayoutB = LayoutB_;
+  using LayoutD = cutlass::layout::RowMajor;
+  using ElementC = ElementC_;  // void: no source operand
+  using FusionOp = FusionOp_;
+  using ProblemShape = cutlass::gemm::GroupProblemShape<Shape<int, int, int>>;  // (M, N, K) per group
+  static constexpr int kAlign = 8;                                               // 16 bytes of bf16 (C, D)
+  static constexpr int kAlignAB = 16 / int(sizeof(ElementAB));                   // 16 bytes of A, B (TMA)
+
+  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape_, ClusterShape_,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, ElementC, LayoutD*, kAlign, Bf16, LayoutD*,
+      kAlign, EpilogueSchedule_, FusionOp_>::CollectiveOp;
+
+  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementAB, LayoutA*, kAlignAB, ElementAB, LayoutB*, kAlignAB,
+      float,
+      TileShape_, ClusterShape_,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
+          sizeof(typename CollectiveEpilogue::SharedStorage))>,
+      KernelSchedule_>::CollectiveOp;
+
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+  using StrideA = typename Kernel::InternalStrideA;
+  using StrideB = typename Kernel::InternalStrideB;
+  using StrideC = typename Kernel::InternalStrideC;
+  using StrideD = typename Kernel::InternalStrideD;
+  using Shape3 = typename ProblemShape::UnderlyingProblemShape;
+};
+
+// ---- per-group argument arrays, carved out of the workspace after CUTLASS's own part ----
+
+template <class G>
+struct GroupArrays {
+  typename G::Shape3* shapes;
+  typename G::ElementAB const** ptr_a;
+  typename G::ElementAB const** ptr_b;
+  Bf16 const** ptr_c;
+  Bf16** ptr_d;
+  float const** ptr_a_scale;  // FP8 only
+  float const** ptr_b_scale;
+  typename G::StrideA* stride_a;
+  typename G::StrideB* stride_b;
+  typename G::StrideC* stride_c;
+  typename G::StrideD* stride_d;
+};
+constexpr int kPointerArrays = 6;
+
+inline size_t round_up_256(size_t x) { return (x + 255) / 256 * 256; }
+
+template <class G>
+size_t cutlass_workspace_bytes(int groups, int sm_count) {
+  typename G::Gemm::Arguments args{};
+  args.mode = cutlass::gemm::GemmUniversalMode::kGrouped;
+  args.problem_shape = {groups, nullptr, nullptr};
+  args.hw_info.sm_count = sm_count;
+  return round_up_256(G::Gemm::get_workspace_size(args));
+}
+
+template <class G>
+size_t arrays_bytes(int groups) {
+  const size_t g = size_t(groups);
+  return round_up_256(g * sizeof(typename G::Shape3)) + kPointerArrays * round_up_256(g * sizeof(void*)) +
+         round_up_256(g * sizeof(typename G::StrideA)) + round_up_256(g * sizeof(typename G::StrideB)) +
+         round_up_256(g * sizeof(typename G::StrideC)) + round_up_256(g * sizeof(typename G::StrideD));
+}
+
+template <class G>
+size_t workspace_bytes(int groups, int sm_count) {
+  return cutlass_workspace_bytes<G>(groups, sm_count) + arrays_bytes<G>(groups);
+}
+
+template <class G>
+GroupArrays<G> carve_arrays(char* base, int groups) {
+  const size_t g = size_t(groups);
+  GroupArrays<G> r;
+  auto take = [&](size_t bytes) {
+    char* p = base;
+    base += round_up_256(bytes);
+    return p;
+  };
+  r.shapes = reinterpret_cast<typename G::Shape3*>(take(g * sizeof(typename G::Shape3)));
+  r.ptr_a = reinterpret_cast<typename G::ElementAB const**>(take(g * sizeof(void*)));
+  r.ptr_b = reinterpret_cast<typename G::ElementAB const**>(take(g * sizeof(void*)));
+  r.ptr_c = reinterpret_cast<Bf16 const**>(take(g * sizeof(void*)));
+  r.ptr_d = reinterpret_cast<Bf16**>(take(g * sizeof(void*)));
+  r.ptr_a_scale = reinterpret_cast<float const**>(take(g * sizeof(void*)));
+  r.ptr_b_scale = reinterpret_cast<float const**>(take(g * sizeof(void*)));
+  r.stride_a = reinterpret_cast<typename G::StrideA*>(take(g * sizeof(typename G::StrideA)));
+  r.stride_b = reinterpret_cast<typename G::StrideB*>(take(g * sizeof(typename G::StrideB)));
+  r.stride_c = reinterpret_cast<typename G::StrideC*>(take(g * sizeof(typename G::StrideC)));
+  r.stride_d = reinterpret_cast<typename G::StrideD*>(take(g * sizeof(typename G::StrideD)));
+  return r;
+}
+
+// One thread per group: rows [start, end) of the grouped operand, clamped to [0, m_rows] so that bad offsets can
+// never address memory outside the tensors (they give wrong groups, not a crash).
+template <class G, GemmKind K>
+__global__ void build_group_args_kernel(GroupedGemmParams p, GroupArrays<G> arr) {
+  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= p.groups) return;
+  const int64_t start = min(max(int64_t(p.offsets[e]), int64_t(0)), p.m_rows);
+  const int64_t end = min(max(int64_t(p.offsets[e + 1]), start), p.m_rows);
+  const int rows = int(end - start);
+  using AB = typename G::ElementAB;
+  const AB* a = static_cast<const AB*>(p.a);
+  const AB* b = static_cast<const AB*>(p.b);
+  const Bf16* c = static_cast<const Bf16*>(p.c);
+  Bf16* d = static_cast<Bf16*>(p.d);
+  if constexpr (K == GemmKind::kTN) {
+    // d[e] (N1 x N2) = a_e^T (N1 x rows) @ b_e (rows x N2): M = N1, N = N2, K = rows. An empty group gets no
+    // tiles (a zero-K mainloop would leave the accumulators unset); zero_empty_groups_kernel writes its zeros.
+    arr.shapes[e] = typename G::Shape3(rows > 0 ? p.n : 0, p.k, rows);
+    arr.ptr_a[e] = a + start * p.n;
+    arr.ptr_b[e] = b + start * p.k;
+    arr.ptr_c[e] = nullptr;
+    arr.ptr_d[e] = d + int64_t(e) * p.n * p.k;
+    arr.ptr_a_scale[e] = nullptr;
+    arr.ptr_b_scale[e] = nullptr;
+    arr.stride_a[e] = cutlass::make_cute_packed_stride(typename G::StrideA{}, {p.n, rows, 1});  // M-major
+    arr.stride_b[e] = cutlass::make_cute_packed_stride(typename G::StrideB{}, {p.k, rows, 1});  // N-major
+    arr.stride_c[e] = cutlass::make_cute_packed_stride(typename G::StrideC{}, {p.n, p.k, 1});
+    arr.stride_d[e] = cutlass::make_cute_packed_stride(typename G::StrideD{}, {p.n, p.k, 1});
+  } else {
+    // d[rows_e] (rows x N) = a[rows_e] (rows x K) @ op(b[e]), op(b[e]) = b[e]^T (NT, b[e] is N x K) or b[e] (NN).
+    arr.shapes[e] = typename G::Shape3(rows, p.n, p.k);
+    arr.ptr_a[e] = a + start * p.k;
+    arr.ptr_b[e] = b + int64_t(e) * p.n * p.k;
+    arr.ptr_c[e] = c ? c + start * p.n : nullptr;
+    arr.ptr_d[e] = d + start * p.n;
+    arr.ptr_a_scale[e] = p.a_scale ? p.a_scale + start : nullptr;
+    arr.ptr_b_scale[e] = p.b_scale ? p.b_scale + int64_t(e) * p.n : nullptr;
+    arr.stride_a[e] = cutlass::make_cute_packed_stride(typename G::StrideA{}, {rows, p.k, 1});
+    arr.stride_b[e] = cutlass::make_cute_packed_stride(typename G::StrideB{}, {p.n, p.k, 1});
+    arr.stride_c[e] = cutlass::make_cute_packed_stride(typename G::StrideC{}, {rows, p.n, 1});
+    arr.stride_d[e] = cutlass::make_cute_packed_stride(typename G::StrideD{}, {rows, p.n, 1});
+  }
+}
+
+inline const char* status_text(cutlass::Status s, const char* where) {
+  if (s == cutlass::Status::kSuccess) return "";
+  static thread_local char buf[256];
+  snprintf(buf, sizeof(buf), "%s: %s", where, cutlass::cutlassGetStatusString(s));
+  return buf;
+}
+
+template <class G, GemmKind K>
+const char* run(const GroupedGemmParams& p) {
+  using Gemm = typename G::Gemm;
+  char* ws = static_cast<char*>(p.workspace);
+  const size_t cutlass_bytes = cutlass_workspace_bytes<G>(p.groups, p.sm_count);
+  GroupArrays<G> arr = carve_arrays<G>(ws + cutlass_bytes, p.groups);
+
+  build_group_args_kernel<G, K><<<(p.groups + 127) / 128, 128, 0, p.stream>>>(p, arr);
+  if constexpr (K == GemmKind::kTN) zero_empty_groups(p);
+  if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return cudaGetErrorString(err);
+
+  cutlass::KernelHardwareInfo hw_info;
+  hw_info.device_id = p.device;
+  hw_info.sm_count = p.sm_count;
+
+  typename Gemm::Arguments args{
+      cutlass::gemm::GemmUniversalMode::kGrouped,
+      {p.groups, arr.shapes, nullptr},  // no host problem shapes: the sizes stay on the device
+      {arr.ptr_a, arr.stride_a, arr.ptr_b, arr.stride_b},
+      {{}, nullptr, arr.stride_c, arr.ptr_d, arr.stride_d},
+      hw_info};
+  if constexpr (!cute::is_void_v<typename G::ElementC>) args.epilogue.ptr_C = arr.ptr_c;
+  FusionArgs<typename G::FusionOp>::fill(args.epilogue.thread, arr.ptr_a_scale, arr.ptr_b_scale);
+
+  Gemm gemm;
+  if (auto s = gemm.can_implement(args); s != cutlass::Status::kSuccess) return status_text(s, "can_implement");
+  if (auto s = gemm.initialize(args, ws, p.stream); s != cutlass::Status::kSuccess)
+    return status_text(s, "initialize");
+  if (auto s = gemm.run(p.stream); s != cutlass::Status::kSuccess) return status_text(s, "run");
+  if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return cudaGetErrorString(err);
+  return "";
+}
+
+}  // namespace nk::moe::sm90

@@ -1,0 +1,393 @@
+// Host entries of the MoE kernels: strict argument checks (named), device guard, current stream, no host sync.
+// CUDA tensors only: the CPU path of every MoE op is its Python reference (nemotron_kernels/reference/).
+#include <torch/extension.h>
+
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <tuple>
+
+#ifdef NEMOTRON_WITH_CUDA
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "moe/moe_kernels.h"
+#endif
+
+#include "common/checks.h"
+#include "moe/moe.h"
+
+namespace nk {
+namespace {
+
+constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+
+void check_cuda(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor (on CPU the MoE ops run their Python reference), got ",
+              t.device());
+#ifndef NEMOTRON_WITH_CUDA
+  TORCH_CHECK(false, name, " is on ", t.device(), " but nemotron_kernels._C was built without CUDA");
+#endif
+}
+
+void check_aligned16(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, name,
+                    " must start at a 16-byte aligned address (TMA); got a view with storage offset ",
+                    t.storage_offset(), ": pass a fresh contiguous tensor");
+}
+
+#ifdef NEMOTRON_WITH_CUDA
+moe::DType dtype_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return moe::DType::kFloat32;
+    case at::kHalf: return moe::DType::kFloat16;
+    default: return moe::DType::kBFloat16;
+  }
+}
+#endif
+
+// x [T, H], topk_idx [T, k] int32 -> (rows [M, H], row_of_assignment [T, k] int32, expert_offsets [E+1] int32,
+// row_scale [M] fp32 = x_scale of each row's token (0 for padding) when x_scale [T] is given, else [0]),
+// M = T*k + E*(pad_to-1) when pad_to > 1 (room for every expert's padding), else T*k.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_permute(const at::Tensor& x,
+                                                                       const at::Tensor& topk_idx,
+                                                                       int64_t num_experts, int64_t pad_to,
+                                                                       const std::optional<at::Tensor>& x_scale) {
+  check_cuda(x, "x");
+  check_dtype(x, "x", {at::kBFloat16, at::kHalf, at::kFloat, at::kFloat8_e4m3fn});
+  check_shape(x, "x", {-1, -1});
+  check_contiguous(x, "x");
+  const int64_t ntokens = x.size(0), hidden = x.size(1);
+  check_dtype(topk_idx, "topk_idx", {at::kInt});
+  check_shape(topk_idx, "topk_idx", {ntokens, -1});
+  check_contiguous(topk_idx, "topk_idx");
+  check_device(topk_idx, "topk_idx", x.device());
+  const int64_t top_k = topk_idx.size(1);
+  TORCH_CHECK_VALUE(top_k >= 1 && top_k <= 32, "topk_idx must have 1 to 32 columns (top_k), got ", top_k);
+#ifdef NEMOTRON_WITH_CUDA
+  TORCH_CHECK_VALUE(num_experts >= 1 && num_experts <= moe::kMaxPermuteExperts, "num_experts must be in [1, ",
+                    moe::kMaxPermuteExperts, "], got ", num_experts);
+#endif
+  TORCH_CHECK_VALUE(pad_to >= 1 && pad_to <= 4096, "pad_to must be in [1, 4096], got ", pad_to);
+  const int64_t n_assign = ntokens * top_k;
+  const int64_t m_rows = n_assign + (pad_to > 1 ? num_experts * (pad_to - 1) : 0);
+  TORCH_CHECK_VALUE(m_rows <= kInt32Max, "x: T*k (+ padding) = ", m_rows, " rows exceed 2^31-1");
+
+  if (x_scale) {
+    check_dtype(*x_scale, "x_scale", {at::kFloat});
+    check_shape(*x_scale, "x_scale", {ntokens});
+    check_contiguous(*x_scale, "x_scale");
+    check_device(*x_scale, "x_scale", x.device());
+  }
+
+  auto rows = at::empty({m_rows, hidden}, x.options());
+  auto row_of_assignment = at::empty({ntokens, top_k}, topk_idx.options());
+  auto expert_offsets = at::empty({num_experts + 1}, topk_idx.options());
+  auto row_scale = at::empty({x_scale ? m_rows : 0}, x.options().dtype(at::kFloat));
+#ifdef NEMOTRON_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  auto scratch = at::empty({moe::permute_scratch_ints(n_assign, int(num_experts), m_rows)}, topk_idx.options());
+  moe::permute_launch(x.data_ptr(), int(x.element_size()), topk_idx.data_ptr<int32_t>(), ntokens, int(top_k),
+                      int(num_experts), int(pad_to), hidden, m_rows, rows.data_ptr(),
+                      row_of_assignment.data_ptr<int32_t>(), expert_offsets.data_ptr<int32_t>(),
+                      x_scale ? x_scale->data_ptr<float>() : nullptr, x_scale ? row_scale.data_ptr<float>() : nullptr,
+                      scratch.data_ptr<int32_t>(), stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
+  return {rows, row_of_assignment, expert_offsets, row_scale};
+}
+
+// Row-wise FP8 e4m3: x [R, C] (bf16/fp16/fp32) -> (q [R, C] e4m3, scale [R] fp32), x[r] ~= q[r] * scale[r].
+std::tuple<at::Tensor, at::Tensor> quantize_fp8_rowwise(const at::Tensor& x) {
+  check_cuda(x, "x");
+  check_dtype(x, "x", {at::kBFloat16, at::kHalf, at::kFloat});
+  check_shape(x, "x", {-1, -1});
+  check_contiguous(x, "x");
+  auto q = at::empty(x.sizes(), x.options().dtype(at::kFloat8_e4m3fn));
+  auto scale = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
+  TORCH_CHECK_VALUE(x.size(0) <= kInt32Max, "x: more than 2^31-1 rows");
+#ifdef NEMOTRON_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  moe::quantize_rows_fp8_launch(x.data_ptr(), dtype_of(x), x.size(0), x.size(1), q.data_ptr(),
+                                scale.data_ptr<float>(), stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
+  return {q, scale};
+}
+
+// `rows` here is the tensor that fixes device (and, for moe_unpermute, the rows [M, H] themselves).
+void check_assignment_args(const at::Tensor& rows, const at::Tensor& row_of_assignment,
+                           const std::optional<at::Tensor>& topk_weight) {
+  check_dtype(row_of_assignment, "row_of_assignment", {at::kInt});
+  check_shape(row_of_assignment, "row_of_assignment", {-1, -1});
+  check_contiguous(row_of_assignment, "row_of_assignment");
+  check_device(row_of_assignment, "row_of_assignment", rows.device());
+  TORCH_CHECK_VALUE(row_of_assignment.size(1) >= 1 && row_of_assignment.size(1) <= 32,
+                    "row_of_assignment must have 1 to 32 columns (top_k), got ", row_of_assignment.size(1));
+  if (topk_weight) {
+    check_dtype(*topk_weight, "topk_weight", {at::kFloat});
+    check_shape(*topk_weight, "topk_weight", {row_of_assignment.size(0), row_of_assignment.size(1)});
+    check_contiguous(*topk_weight, "topk_weight");
+    check_device(*topk_weight, "topk_weight", rows.device());
+  }
+}
+
+// out [T, H] = (add +) sum_j topk_weight[t, j] * rows[row_of_assignment[t, j]]  (weight 1 when None).
+at::Tensor moe_unpermute(const at::Tensor& rows, const at::Tensor& row_of_assignment,
+                         const std::optional<at::Tensor>& topk_weight, const std::optional<at::Tensor>& add) {
+  check_cuda(rows, "rows");
+  check_dtype(rows, "rows", {at::kBFloat16, at::kHalf, at::kFloat});
+  check_shape(rows, "rows", {-1, -1});
+  check_contiguous(rows, "rows");
+  TORCH_CHECK_VALUE(rows.size(0) <= kInt32Max, "rows: more than 2^31-1 rows");
+  check_assignment_args(rows, row_of_assignment, topk_weight);
+  const int64_t ntokens = row_of_assignment.size(0), top_k = row_of_assignment.size(1), hidden = rows.size(1);
+  if (add) {
+    check_dtype(*add, "add", {rows.scalar_type()});
+    check_shape(*add, "add", {ntokens, hidden});
+    check_contiguous(*add, "add");
+    check_device(*add, "add", rows.device());
+  }
+  auto out = at::empty({ntokens, hidden}, rows.options());
+#ifdef NEMOTRON_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(rows.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream(rows.device().index()).stream();
+  moe::unpermute_launch(rows.data_ptr(), dtype_of(rows), row_of_assignment.data_ptr<int32_t>(),
+                        topk_weight ? topk_weight->data_ptr<float>() : nullptr, add ? add->data_ptr() : nullptr,
+                        ntokens, int(top_k), hidden, rows.size(0), out.data_ptr(), stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
+  return out;
+}
+
+// Backward of moe_unpermute: (d_rows [m_rows, H], d_weight [T, k] fp32, or [0] when rows is None). Rows that no
+// assignment points to get zeros when m_rows != T*k (padding); when m_rows == T*k every row of a valid
+// permutation is written.
+std::tuple<at::Tensor, at::Tensor> moe_unpermute_bwd(const at::Tensor& dout, const std::optional<at::Tensor>& rows,
+                                                     const at::Tensor& row_of_assignment,
+                                                     const std::optional<at::Tensor>& topk_weight, int64_t m_rows) {
+  check_cuda(dout, "dout");
+  check_assignment_args(dout, row_of_assignment, topk_weight);
+  check_dtype(dout, "dout", {at::kBFloat16, at::kHalf, at::kFloat});
+  check_shape(dout, "dout", {row_of_assignment.size(0), -1});
+  check_contiguous(dout, "dout");
+  const int64_t hidden = dout.size(1);
+  TORCH_CHECK_VALUE(m_rows >= 0 && m_rows <= kInt32Max, "m_rows must be in [0, 2^31-1], got ", m_rows);
+  if (rows) {
+    check_dtype(*rows, "rows", {dout.scalar_type()});
+    check_shape(*rows, "rows", {m_rows, hidden});
+    check_contiguous(*rows, "rows");
+    check_device(*rows, "rows", dout.device());
+  }
+  const int64_t ntokens = row_of_assignment.size(0), top_k = row_of_assignment.size(1);
+  auto d_rows = m_rows == ntokens * top_k ? at::empty({m_rows, hidden}, dout.options())
+                                          : at::zeros({m_rows, hidden}, dout.options());
+  auto d_weight = at::empty({rows ? ntokens : 0, rows ? top_k : 0}, dout.options().dtype(at::kFloat));
+#ifdef NEMOTRON_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(dout.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream(dout.device().index()).stream();
+  moe::unpermute_bwd_launch(dout.data_ptr(), rows ? rows->data_ptr() : nullptr, dtype_of(dout),
+                            row_of_assignment.data_ptr<int32_t>(),
+                            topk_weight ? topk_weight->data_ptr<float>() : nullptr, ntokens, int(top_k), hidden,
+                            m_rows, d_rows.data_ptr(), rows ? d_weight.data_ptr<float>() : nullptr, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
+  return {d_rows, d_weight};
+}
+
+// ---- grouped GEMMs ----
+
+void check_gemm_operand(const at::Tensor& t, const char* name, std::vector<int64_t> shape, const at::Device& dev,
+                        at::ScalarType dtype = at::kBFloat16) {
+  check_cuda(t, name);
+  check_device(t, name, dev);
+  check_dtype(t, name, {dtype});
+  check_shape(t, name, std::move(shape));
+  check_contiguous(t, name);
+  check_aligned16(t, name);
+}
+
+void check_tma_dim(int64_t size, const char* what, int64_t multiple = 8, const char* elements = "8 bf16 elements") {
+  TORCH_CHECK_VALUE(size % multiple == 0, what, " = ", size, " must be a multiple of ", multiple,
+                    ": TMA needs 16-byte aligned row strides (", elements, ")");
+  TORCH_CHECK_VALUE(size <= kInt32Max, what, " = ", size, " exceeds 2^31-1");
+}
+
+int64_t check_offsets(const at::Tensor& offsets, const at::Device& dev) {
+  check_device(offsets, "expert_offsets", dev);
+  check_dtype(offsets, "expert_offsets", {at::kInt});
+  check_shape(offsets, "expert_offsets", {-1});
+  check_contiguous(offsets, "expert_offsets");
+  const int64_t groups = offsets.size(0) - 1;
+  TORCH_CHECK_VALUE(groups >= 1 && groups <= 65535, "expert_offsets must hold E+1 offsets with 1 <= E <= 65535, got ",
+                    offsets.size(0), " offsets");
+  return groups;
+}
+
+#ifdef NEMOTRON_WITH_CUDA
+void run_grouped_gemm(moe::GemmKind kind, const at::Tensor& a, const at::Tensor& b, const at::Tensor* c,
+                      const at::Tensor& d, const at::Tensor& offsets, int64_t groups, int64_t n, int64_t k,
+                      const at::Tensor* a_scale = nullptr, const at::Tensor* b_scale = nullptr) {
+  const c10::cuda::CUDAGuard guard(a.device());
+  const int device = a.device().index();
+  const int sm_count = moe::sm_count_of(device);
+  TORCH_CHECK(sm_count > 0, "grouped_gemm: could not read the multiprocessor count of cuda:", device);
+  const auto stream = c10::cuda::getCurrentCUDAStream(device).stream();
+  const bool small_tiles = moe::small_tiles_for(kind, a.size(0), int(groups));
+  const size_t ws_bytes = moe::grouped_gemm_workspace_bytes(kind, small_tiles, int(groups), sm_count);
+  auto workspace = at::empty({int64_t(ws_bytes)}, a.options().dtype(at::kByte));
+  moe::GroupedGemmParams p{kind,
+                           a.data_ptr(),
+                           b.data_ptr(),
+                           c ? c->data_ptr() : nullptr,
+                           d.data_ptr(),
+                           a_scale ? a_scale->data_ptr<float>() : nullptr,
+                           b_scale ? b_scale->data_ptr<float>() : nullptr,
+                           offsets.data_ptr<int32_t>(),
+                           int(groups),
+                           a.size(0),
+                           int(n),
+                           int(k),
+                           small_tiles,
+                           workspace.data_ptr(),
+                           sm_count,
+                           device,
+                           stream};
+  const char* err = moe::grouped_gemm_run(p);
+  TORCH_CHECK(err[0] == '\0', "grouped_gemm (CUTLASS sm90): ", err);
+}
+#endif
+
+// NT: out[rows_e] = act(a[rows_e] @ b[e]^T); a [M, K], b [E, N, K] -> [M, N]; act = relu^2 when relu2.
+at::Tensor grouped_gemm_nt(const at::Tensor& a, const at::Tensor& b, const at::Tensor& expert_offsets, bool relu2) {
+  check_cuda(a, "a");
+  check_gemm_operand(a, "a", {-1, -1}, a.device());
+  TORCH_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
+  const int64_t k = a.size(1);
+  check_gemm_operand(b, "b", {-1, -1, k}, a.device());
+  const int64_t groups = check_offsets(expert_offsets, a.device());
+  TORCH_CHECK_VALUE(b.size(0) == groups, "b must have E = ", groups, " experts (expert_offsets has E+1 entries), got ",
+                    b.size(0));
+  const int64_t n = b.size(1);
+  check_tma_dim(k, "K (a.shape[1], b.shape[2])");
+  check_tma_dim(n, "N (b.shape[1])");
+  if (a.size(0) == 0 || n == 0) return at::empty({a.size(0), n}, a.options());
+  if (k == 0) return at::zeros({a.size(0), n}, a.options());
+  auto out = at::empty({a.size(0), n}, a.options());
+#ifdef NEMOTRON_WITH_CUDA
+  run_grouped_gemm(relu2 ? moe::GemmKind::kNTReLU2 : moe::GemmKind::kNT, a, b, nullptr, out, expert_offsets, groups,
+                   n, k);
+#endif
+  return out;
+}
+
+// NN: out[rows_e] = a[rows_e] @ b[e] (* 2 sqrt(relu2_out[rows_e]) when given: the squared-ReLU gradient through
+// its forward output); a [M, K], b [E, K, N] -> [M, N].
+at::Tensor grouped_gemm_nn(const at::Tensor& a, const at::Tensor& b, const at::Tensor& expert_offsets,
+                           const std::optional<at::Tensor>& relu2_out) {
+  check_cuda(a, "a");
+  check_gemm_operand(a, "a", {-1, -1}, a.device());
+  TORCH_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
+  const int64_t k = a.size(1);
+  check_gemm_operand(b, "b", {-1, k, -1}, a.device());
+  const int64_t groups = check_offsets(expert_offsets, a.device());
+  TORCH_CHECK_VALUE(b.size(0) == groups, "b must have E = ", groups, " experts (expert_offsets has E+1 entries), got ",
+                    b.size(0));
+  const int64_t n = b.size(2);
+  check_tma_dim(k, "K (a.shape[1], b.shape[1])");
+  check_tma_dim(n, "N (b.shape[2])");
+  if (relu2_out) check_gemm_operand(*relu2_out, "relu2_out", {a.size(0), n}, a.device());
+  if (a.size(0) == 0 || n == 0) return at::empty({a.size(0), n}, a.options());
+  if (k == 0) return at::zeros({a.size(0), n}, a.options());
+  auto out = at::empty({a.size(0), n}, a.options());
+#ifdef NEMOTRON_WITH_CUDA
+  run_grouped_gemm(relu2_out ? moe::GemmKind::kNNdReLU2 : moe::GemmKind::kNN, a, b,
+                   relu2_out ? &*relu2_out : nullptr, out, expert_offsets, groups, n, k);
+#endif
+  return out;
+}
+
+// TN (weight gradient): out[e] = a[rows_e]^T @ b[rows_e]; a [M, P], b [M, Q] -> [E, P, Q] (zeros for empty groups).
+at::Tensor grouped_gemm_tn(const at::Tensor& a, const at::Tensor& b, const at::Tensor& expert_offsets) {
+  check_cuda(a, "a");
+  check_gemm_operand(a, "a", {-1, -1}, a.device());
+  TORCH_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
+  check_gemm_operand(b, "b", {a.size(0), -1}, a.device());
+  const int64_t groups = check_offsets(expert_offsets, a.device());
+  const int64_t p = a.size(1), q = b.size(1);
+  check_tma_dim(p, "P (a.shape[1])");
+  check_tma_dim(q, "Q (b.shape[1])");
+  if (p == 0 || q == 0) return at::empty({groups, p, q}, a.options());
+  if (a.size(0) == 0) return at::zeros({groups, p, q}, a.options());
+  auto out = at::empty({groups, p, q}, a.options());
+#ifdef NEMOTRON_WITH_CUDA
+  run_grouped_gemm(moe::GemmKind::kTN, a, b, nullptr, out, expert_offsets, groups, p, q);
+#endif
+  return out;
+}
+
+// FP8 NT: out[rows_e] = act(a[rows_e] @ b[e]^T * a_scale[row] * b_scale[e, col]) in bf16; a [M, K] e4m3,
+// a_scale [M] fp32, b [E, N, K] e4m3, b_scale [E, N] fp32.
+at::Tensor grouped_gemm_fp8_nt(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& b,
+                               const at::Tensor& b_scale, const at::Tensor& expert_offsets, bool relu2) {
+  check_cuda(a, "a");
+  check_gemm_operand(a, "a", {-1, -1}, a.device(), at::kFloat8_e4m3fn);
+  TORCH_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
+  const int64_t m = a.size(0), k = a.size(1);
+  check_gemm_operand(b, "b", {-1, -1, k}, a.device(), at::kFloat8_e4m3fn);
+  const int64_t groups = check_offsets(expert_offsets, a.device());
+  TORCH_CHECK_VALUE(b.size(0) == groups, "b must have E = ", groups, " experts (expert_offsets has E+1 entries), got ",
+                    b.size(0));
+  const int64_t n = b.size(1);
+  check_tma_dim(k, "K (a.shape[1], b.shape[2])", 16, "16 fp8 elements");
+  check_tma_dim(n, "N (b.shape[1])");
+  check_device(a_scale, "a_scale", a.device());
+  check_dtype(a_scale, "a_scale", {at::kFloat});
+  check_shape(a_scale, "a_scale", {m});
+  check_contiguous(a_scale, "a_scale");
+  check_device(b_scale, "b_scale", a.device());
+  check_dtype(b_scale, "b_scale", {at::kFloat});
+  check_shape(b_scale, "b_scale", {groups, n});
+  check_contiguous(b_scale, "b_scale");
+  check_aligned16(b_scale, "b_scale");
+  auto out_opts = a.options().dtype(at::kBFloat16);
+  if (m == 0 || n == 0) return at::empty({m, n}, out_opts);
+  if (k == 0) return at::zeros({m, n}, out_opts);
+  auto out = at::empty({m, n}, out_opts);
+#ifdef NEMOTRON_WITH_CUDA
+  run_grouped_gemm(relu2 ? moe::GemmKind::kFp8NTReLU2 : moe::GemmKind::kFp8NT, a, b, nullptr, out, expert_offsets,
+                   groups, n, k, &a_scale, &b_scale);
+#endif
+  return out;
+}
+
+}  // namespace
+
+void register_moe(pybind11::module_& m) {
+  namespace py = pybind11;
+  m.def("moe_permute", &moe_permute, "x [T,H], topk_idx [T,k] int32 -> (rows [M,H], row_of_assignment [T,k], "
+        "expert_offsets [E+1], row_scale [M] or [0]) (CUDA)", py::arg("x"), py::arg("topk_idx"),
+        py::arg("num_experts"), py::arg("pad_to"), py::arg("x_scale"));
+  m.def("quantize_fp8_rowwise", &quantize_fp8_rowwise, "x [R,C] -> (q [R,C] e4m3, scale [R] fp32) (CUDA)",
+        py::arg("x"));
+  m.def("grouped_gemm_fp8_nt", &grouped_gemm_fp8_nt,
+        "e4m3 a [M,K] @ b[e]^T per expert, dequantised by a_scale [M] and b_scale [E,N], relu^2 optionally -> bf16",
+        py::arg("a"), py::arg("a_scale"), py::arg("b"), py::arg("b_scale"), py::arg("expert_offsets"),
+        py::arg("relu2"));
+  m.def("moe_unpermute", &moe_unpermute, "rows [M,H] -> (add +) sum_j w[t,j] rows[row_of_assignment[t,j]] [T,H] (CUDA)",
+        py::arg("rows"), py::arg("row_of_assignment"), py::arg("topk_weight"), py::arg("add"));
+  m.def("moe_unpermute_bwd", &moe_unpermute_bwd,
+        "backward of moe_unpermute -> (d_rows [m_rows,H], d_weight [T,k] fp32 or [0,0] without rows) (CUDA)",
+        py::arg("dout"), py::arg("rows"), py::arg("row_of_assignment"), py::arg("topk_weight"), py::arg("m_rows"));
+  m.def("grouped_gemm_nt", &grouped_gemm_nt, "a [M,K] @ b[e]^T per expert (b [E,N,K]), relu^2 fused optionally",
+        py::arg("a"), py::arg("b"), py::arg("expert_offsets"), py::arg("relu2"));
+  m.def("grouped_gemm_nn", &grouped_gemm_nn, "a [M,K] @ b[e] per expert (b [E,K,N]), * 2 sqrt(relu2_out) optionally",
+        py::arg("a"), py::arg("b"), py::arg("expert_offsets"), py::arg("relu2_out"));
+  m.def("grouped_gemm_tn", &grouped_gemm_tn, "per expert a[rows_e]^T @ b[rows_e] -> [E,P,Q]", py::arg("a"),
+        py::arg("b"), py::arg("expert_offsets"));
+}
+
+}  // namespace nk

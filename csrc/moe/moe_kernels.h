@@ -1,0 +1,107 @@
+// Launchers of the MoE CUDA kernels, callable from the host entries (moe_api.cpp) without torch headers.
+// All tensors are contiguous device buffers; every launcher runs on `stream` and never synchronises.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace nk::moe {
+
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// ---------------------------------------------------------------------------------------------------------------
+// Token permutation (moe_permute_kernel.cu)
+//
+// Assignment a = t * k + j (token t, slot j) goes to expert topk_idx[a]. Rows are expert-sorted and stable:
+// expert e owns rows [expert_offsets[e], expert_offsets[e+1]); inside, its assignments in increasing a.
+// Each expert's row count is rounded up to a multiple of pad_to (0 stays 0); padding rows are zero.
+// Out-of-range expert ids are dropped: row_of_assignment = -1 (no row, contributes nothing).
+// ---------------------------------------------------------------------------------------------------------------
+
+// int32 scratch elements permute_launch needs (ranking histograms + token_of_row).
+int64_t permute_scratch_ints(int64_t n_assign, int num_experts, int64_t m_rows);
+constexpr int kMaxPermuteExperts = 1024;
+
+// x [T, H] (elements of elem_bytes bytes: bf16/fp16/fp32/fp8) -> rows [M, H]; row_of_assignment [T*k];
+// expert_offsets [E+1]; and, when token_scale [T] is given, row_scale [M] = token_scale[token of the row] (0 for
+// padding): the per-token FP8 scales travel with their rows.
+void permute_launch(const void* x, int elem_bytes, const int32_t* topk_idx, int64_t ntokens, int top_k,
+                    int num_experts, int pad_to, int64_t hidden, int64_t m_rows, void* rows,
+                    int32_t* row_of_assignment, int32_t* expert_offsets, const float* token_scale, float* row_scale,
+                    int32_t* scratch, cudaStream_t stream);
+
+// out[t] = (add[t] +) sum_j weight[t, j] * rows[row_of_assignment[t, j]]   (weight = 1 when null), summed in fp32
+// in slot order j = 0..k-1 (deterministic), rounded to the rows dtype before `add` is added (then rounded again).
+// Slots whose row is outside [0, m_rows) contribute nothing.
+void unpermute_launch(const void* rows, DType dtype, const int32_t* row_of_assignment, const float* weight,
+                      const void* add, int64_t ntokens, int top_k, int64_t hidden, int64_t m_rows, void* out,
+                      cudaStream_t stream);
+
+// Backward of unpermute: d_rows[r] = weight[t, j] * dout[t] for r = row_of_assignment[t, j] (rows no assignment
+// points to are left untouched); when d_weight is not null, d_weight[t, j] = <dout[t], rows[r]> in fp32 (0 for
+// dropped assignments); rows is read only then.
+void unpermute_bwd_launch(const void* dout, const void* rows, DType dtype, const int32_t* row_of_assignment,
+                          const float* weight, int64_t ntokens, int top_k, int64_t hidden, int64_t m_rows,
+                          void* d_rows, float* d_weight, cudaStream_t stream);
+
+// Row-wise FP8 e4m3 quantisation (moe_quant_kernel.cu): x [rows, cols] -> q [rows, cols] e4m3,
+// scale [rows] fp32 = amax / 448 (1 for a zero row), q = e4m3_rn_satfinite(x / scale).
+void quantize_rows_fp8_launch(const void* x, DType dtype, int64_t rows, int64_t cols, void* q, float* scale,
+                              cudaStream_t stream);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Grouped BF16 GEMMs for sm_90a (CUTLASS 3.x, TMA + warp-specialised wgmma, ptr-array problem shapes).
+// Group e uses rows [offsets[e], offsets[e+1]) (clamped to [0, m_rows]); the per-group argument arrays are built
+// on the device from `offsets` by a small kernel, so no host ever reads the counts.
+//   NT:  d[rows_e, N]  = epi(a[rows_e, K] @ b[e, N, K]^T)          (forward: up / down projections)
+//   NN:  d[rows_e, N]  = epi(a[rows_e, K] @ b[e, K, N])            (backward: dX)
+//   TN:  d[e, N1, N2]  = a[rows_e, N1]^T @ b[rows_e, N2]           (backward: dW; zero for an empty group)
+// FP8 (e4m3 a and b, bf16 d): NT with d = epi(acc * a_scale[row] * b_scale[e, n]) (forward only).
+// ---------------------------------------------------------------------------------------------------------------
+enum class GemmKind : int {
+  kNT = 0,           // epilogue: identity
+  kNTReLU2 = 1,      // epilogue: relu(acc)^2
+  kNN = 2,           // epilogue: identity
+  kNNdReLU2 = 3,     // epilogue: acc * 2 * sqrt(c), c = relu(pre)^2 (the forward output): the relu^2 derivative
+  kTN = 4,           // epilogue: identity
+  kFp8NT = 5,        // epilogue: acc * a_scale * b_scale
+  kFp8NTReLU2 = 6,   // epilogue: relu(acc * a_scale * b_scale)^2
+};
+
+struct GroupedGemmParams {
+  GemmKind kind;
+  const void* a;             // bf16, or e4m3 for kFp8*
+  const void* b;             // bf16, or e4m3 for kFp8*
+  const void* c;             // bf16 [m_rows, n] (kNNdReLU2 only)
+  void* d;                   // bf16
+  const float* a_scale;      // [m_rows] (kFp8* only)
+  const float* b_scale;      // [groups, n] (kFp8* only)
+  const int32_t* offsets;    // [groups + 1]
+  int groups;
+  int64_t m_rows;            // rows of a (all groups)
+  int n;                     // NT/NN: output columns; TN: N1 (columns of a)
+  int k;                     // NT/NN: reduction size; TN: N2 (columns of b)
+  bool small_tiles;          // 64x64 ping-pong tiles for few rows per group (NT kinds only; see small_tiles_for)
+  void* workspace;           // grouped_gemm_workspace_bytes(kind, small_tiles, groups, sm_count) bytes, 256-aligned
+  int sm_count;
+  int device;
+  cudaStream_t stream;
+};
+
+size_t grouped_gemm_workspace_bytes(GemmKind kind, bool small_tiles, int groups, int sm_count);
+// Decode-sized problems (few rows per group) take the small-tile kernels: more CTAs stream each expert's weights.
+inline bool small_tiles_for(GemmKind kind, int64_t m_rows, int groups) {
+  const bool nt = kind == GemmKind::kNT || kind == GemmKind::kNTReLU2 || kind == GemmKind::kFp8NT ||
+                  kind == GemmKind::kFp8NTReLU2;
+  return nt && m_rows <= 32 * int64_t(groups);
+}
+// Zeroes d[e] (n x k bf16) for every group e without rows (kTN: those groups get no GEMM tiles).
+void zero_empty_groups(const GroupedGemmParams& p);
+// Returns an empty string on success, else what failed (CUTLASS status / CUDA error).
+const char* grouped_gemm_run(const GroupedGemmParams& p);
+
+// Multiprocessor count of `device` (cached after the first query).
+int sm_count_of(int device);
+
+}  // namespace nk::moe

@@ -1,0 +1,167 @@
+"""Public op `grouped_gemm`: out[rows_e] = act(a[rows_e] @ b[e]^T) for expert-sorted rows (reference/grouped_gemm.py).
+
+CUDA: hand-written CUTLASS 3.x grouped GEMMs for sm_90a (csrc/moe/grouped_gemm_*.cu): TMA + warp-specialised
+persistent wgmma kernels over ptr-array problem shapes whose per-expert arguments are built on the device from
+expert_offsets (no host sync), BF16 in, fp32 accumulation, BF16 out, relu^2 fused in the epilogue. Backward:
+da = dpre @ b[e] (grouped NN GEMM), db[e] = dpre_e^T @ a_e (grouped TN GEMM, K = the expert's rows), with
+dpre = dout * 2 sqrt(out) for relu^2 (relu(pre) = sqrt(relu(pre)^2), so only the output is kept).
+The reference runs on CPU, for dtypes other than bf16, or without the extension.
+Layers: custom ops `nemotron_kernels::grouped_gemm_nt` / `_nn` / `_tn` -> `GroupedGemmFn` -> `grouped_gemm()`.
+
+Kernel contract: K and N multiples of 8 (TMA needs 16-byte aligned row strides; other sizes raise ValueError),
+expert_offsets as moe_permute makes them (0 = offsets[0] <= ... <= offsets[E] = M). The offsets never reach the
+host: others are clamped into [0, M] (memory-safe, rows outside every group are left unwritten)."""
+import functools
+
+import torch
+
+from .. import _ext
+from ..reference.grouped_gemm import (check_grouped_gemm_args, grouped_gemm_fp8_ref, grouped_gemm_ref,
+                                      quantize_fp8_rowwise_ref)
+
+
+@functools.cache
+def _cuda_ok() -> tuple[bool, str]:
+    return _ext.cuda_status(min_sm=90)
+
+
+def use_kernel(*tensors: torch.Tensor) -> bool:
+    """All tensors bf16 on a CUDA device where the sm_90a kernels run."""
+    return all(t.is_cuda and t.dtype == torch.bfloat16 for t in tensors) and _cuda_ok()[0]
+
+
+@torch.library.custom_op("nemotron_kernels::grouped_gemm_nt", mutates_args=())
+def grouped_gemm_nt(a: torch.Tensor, b: torch.Tensor, expert_offsets: torch.Tensor, relu2: bool) -> torch.Tensor:
+    """a [M, K] bf16, b [E, N, K] bf16, expert_offsets [E+1] int32 -> [M, N] = act(a[rows_e] @ b[e]^T)."""
+    return _ext._C.grouped_gemm_nt(a, b, expert_offsets, relu2)
+
+
+@grouped_gemm_nt.register_fake
+def _(a, b, expert_offsets, relu2):
+    return a.new_empty(a.shape[0], b.shape[1])
+
+
+@torch.library.custom_op("nemotron_kernels::grouped_gemm_nn", mutates_args=())
+def grouped_gemm_nn(a: torch.Tensor, b: torch.Tensor, expert_offsets: torch.Tensor,
+                    relu2_out: torch.Tensor | None) -> torch.Tensor:
+    """a [M, K], b [E, K, N] -> [M, N] = a[rows_e] @ b[e], times 2 sqrt(relu2_out) when given (the relu^2
+    derivative through the forward output, fused in the epilogue)."""
+    return _ext._C.grouped_gemm_nn(a, b, expert_offsets, relu2_out)
+
+
+@grouped_gemm_nn.register_fake
+def _(a, b, expert_offsets, relu2_out):
+    return a.new_empty(a.shape[0], b.shape[2])
+
+
+@torch.library.custom_op("nemotron_kernels::grouped_gemm_tn", mutates_args=())
+def grouped_gemm_tn(a: torch.Tensor, b: torch.Tensor, expert_offsets: torch.Tensor) -> torch.Tensor:
+    """a [M, P], b [M, Q] -> [E, P, Q] = a[rows_e]^T @ b[rows_e] (weight gradients; zeros for an empty expert)."""
+    return _ext._C.grouped_gemm_tn(a, b, expert_offsets)
+
+
+@grouped_gemm_tn.register_fake
+def _(a, b, expert_offsets):
+    return a.new_empty(expert_offsets.shape[0] - 1, a.shape[1], b.shape[1])
+
+
+@torch.library.custom_op("nemotron_kernels::quantize_fp8_rowwise", mutates_args=())
+def quantize_fp8_rowwise_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [R, C] bf16/fp16/fp32 (CUDA) -> (q [R, C] float8_e4m3fn, scale [R] fp32), bitwise the reference's."""
+    return tuple(_ext._C.quantize_fp8_rowwise(x))
+
+
+@quantize_fp8_rowwise_op.register_fake
+def _(x):
+    return x.new_empty(x.shape, dtype=torch.float8_e4m3fn), x.new_empty(x.shape[0], dtype=torch.float32)
+
+
+@torch.library.custom_op("nemotron_kernels::grouped_gemm_fp8_nt", mutates_args=())
+def grouped_gemm_fp8_nt(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
+                        expert_offsets: torch.Tensor, relu2: bool) -> torch.Tensor:
+    """a [M, K] e4m3, a_scale [M] fp32, b [E, N, K] e4m3, b_scale [E, N] fp32 -> [M, N] bf16 =
+    act(a[rows_e] @ b[e]^T * a_scale[row] * b_scale[e, col]) (fp32 accumulation, dequantised in the epilogue)."""
+    return _ext._C.grouped_gemm_fp8_nt(a, a_scale, b, b_scale, expert_offsets, relu2)
+
+
+@grouped_gemm_fp8_nt.register_fake
+def _(a, a_scale, b, b_scale, expert_offsets, relu2):
+    return a.new_empty(a.shape[0], b.shape[1], dtype=torch.bfloat16)
+
+
+def relu2_grad(dout: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """d pre for out = relu(pre)^2, from the output: dout * 2 sqrt(out), in fp32, rounded once."""
+    return (dout.float() * out.float().sqrt() * 2.0).to(dout.dtype)
+
+
+class GroupedGemmFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b, expert_offsets, activation: str):
+        relu2 = activation == "relu2"
+        out = grouped_gemm_nt(a, b, expert_offsets, relu2)
+        ctx.relu2 = relu2
+        ctx.save_for_backward(a, b, expert_offsets, out if relu2 else None)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        a, b, expert_offsets, out = ctx.saved_tensors
+        dpre = relu2_grad(dout, out) if ctx.relu2 else dout.contiguous()                 # [M, N]
+        da = grouped_gemm_nn(dpre, b, expert_offsets, None) if ctx.needs_input_grad[0] else None   # [M, K]
+        db = grouped_gemm_tn(dpre, a, expert_offsets) if ctx.needs_input_grad[1] else None         # [E, N, K]
+        return da, db, None, None
+
+
+def grouped_gemm(a, b, expert_offsets, activation: str = "none"):
+    """Per-expert GEMM over expert-sorted rows, with an optional fused squared ReLU.
+
+    Args:
+        a [M, K]: rows sorted by expert (moe_permute).   b [E, N, K]: per-expert weights, nn.Linear layout.
+        expert_offsets [E+1] int32/int64: expert e owns rows [offsets[e], offsets[e+1]), 0 = offsets[0] <= ... <=
+            offsets[E] = M.   activation: "none" or "relu2" (relu(.)^2, fused in the epilogue).
+    Returns:
+        [M, N] in a's dtype (fp32 accumulation). Differentiable in a and b.
+    On CUDA with bf16 a and b the CUTLASS kernel runs (K and N must be multiples of 8); otherwise the reference.
+    """
+    check_grouped_gemm_args(a, b, expert_offsets, activation)
+    if not use_kernel(a, b):
+        return grouped_gemm_ref(a, b, expert_offsets, activation)
+    return GroupedGemmFn.apply(a.contiguous(), b.contiguous(), expert_offsets.to(torch.int32).contiguous(), activation)
+
+
+def quantize_fp8_rowwise(x):
+    """Row-wise FP8 e4m3 quantisation: x [R, C] -> (q [R, C] float8_e4m3fn, scale [R] float32), x[r] ~= q[r] scale[r],
+    scale = amax(|x[r]|) / 448. CUDA kernel for bf16/fp16/fp32 CUDA tensors (bitwise the reference), else the
+    reference. Not differentiable."""
+    if isinstance(x, torch.Tensor) and x.is_cuda and x.dim() == 2 and x.dtype in (torch.bfloat16, torch.float16,
+                                                                                  torch.float32) and _cuda_ok()[0]:
+        return quantize_fp8_rowwise_op(x.contiguous())
+    return quantize_fp8_rowwise_ref(x)
+
+
+def grouped_gemm_fp8(a_q, a_scale, b_q, b_scale, expert_offsets, activation: str = "none"):
+    """FP8 e4m3 grouped GEMM with per-row activation scales and per-channel weight scales (forward only).
+
+    Args:
+        a_q [M, K] float8_e4m3fn, a_scale [M] fp32 (quantize_fp8_rowwise of the rows);
+        b_q [E, N, K] float8_e4m3fn, b_scale [E, N] fp32 (quantize_fp8_rowwise of b.view(E*N, K));
+        expert_offsets [E+1] as for grouped_gemm; activation "none" or "relu2" (applied after dequantisation).
+    Returns:
+        [M, N] bfloat16. CUDA: the CUTLASS sm90 FP8 kernel (K multiple of 16, N of 8); elsewhere the reference.
+    """
+    fp8 = torch.float8_e4m3fn
+    if (all(isinstance(t, torch.Tensor) and t.is_cuda for t in (a_q, a_scale, b_q, b_scale, expert_offsets))
+            and a_q.dtype == fp8 and b_q.dtype == fp8 and _cuda_ok()[0] and activation in ("none", "relu2")):
+        return grouped_gemm_fp8_nt(a_q.contiguous(), a_scale.float().contiguous(), b_q.contiguous(),
+                                   b_scale.float().contiguous(), expert_offsets.to(torch.int32).contiguous(),
+                                   activation == "relu2")
+    return grouped_gemm_fp8_ref(a_q, a_scale, b_q, b_scale, expert_offsets, activation)
+
+
+def backend_report(device_type: str) -> str:
+    if device_type != "cuda":
+        return "reference: plain PyTorch (the CUTLASS kernels take CUDA tensors)"
+    ok, why = _cuda_ok()
+    if not ok:
+        return f"reference: {why}"
+    return "CUDA: CUTLASS sm90 grouped GEMM (TMA + wgmma, ptr-array; bf16, relu^2 fused; other dtypes -> reference)"

@@ -1,0 +1,138 @@
+"""Reference grouped GEMM of the MoE experts: expert-sorted rows times each expert's weight, optionally squared ReLU.
+    out[rows_e] = act(a[rows_e] @ b[e]^T),  rows_e = [expert_offsets[e], expert_offsets[e+1]),  act in {none, relu2}
+b is in nn.Linear layout per expert ([E, N, K]: the up projection is [E, I, H], the down projection [E, H, I]).
+FP8: row-wise e4m3 quantisation (scale = amax / 448), the FP8 grouped GEMM on dequantised operands, and the whole
+FP8 expert pipeline (moe_experts_fp8_ref) with the kernels' rounding points."""
+import torch
+
+from ._checks import check_float, check_int, check_same_device, compute_dtype
+
+ACTIVATIONS = ("none", "relu2")
+
+
+def check_grouped_gemm_args(a, b, expert_offsets, activation) -> None:
+    """Shapes, dtypes and devices (no value checks: the offsets stay on the device in the kernel path)."""
+    check_float("a", a, "[M, K]", 2)
+    check_float("b", b, "[E, N, K]", 3)
+    if b.shape[2] != a.shape[1]:
+        raise ValueError(f"b must have shape [E, N, K] with K = a.shape[1] = {a.shape[1]}, got {tuple(b.shape)}")
+    check_int("expert_offsets", expert_offsets, "[E+1]", 1)
+    if expert_offsets.shape[0] != b.shape[0] + 1:
+        raise ValueError(f"expert_offsets must have E+1 = {b.shape[0] + 1} entries (b has E = {b.shape[0]} experts), "
+                         f"got {expert_offsets.shape[0]}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    check_same_device(a=a, b=b, expert_offsets=expert_offsets)
+
+
+def check_offsets_values(offsets: list[int], m_rows: int) -> None:
+    """offsets[0] = 0, non-decreasing, offsets[E] = M (what moe_permute produces)."""
+    if offsets[0] != 0 or offsets[-1] != m_rows or any(q < p for p, q in zip(offsets[:-1], offsets[1:])):
+        raise ValueError(f"expert_offsets must start at 0, be non-decreasing and end at M = a.shape[0] = {m_rows}, "
+                         f"got {offsets[:8]}{'...' if len(offsets) > 8 else ''} (last {offsets[-1]})")
+
+
+def grouped_gemm_ref(a, b, expert_offsets, activation: str = "none"):
+    """Per-expert a[rows_e] @ b[e]^T with an optional fused squared ReLU (reference).
+
+    Args:
+        a [M, K]: expert-sorted rows, any float dtype.   b [E, N, K]: per-expert weights (nn.Linear layout).
+        expert_offsets [E+1] int32/int64: expert e owns rows [expert_offsets[e], expert_offsets[e+1]);
+            0 = offsets[0] <= ... <= offsets[E] = M.
+        activation: "none" or "relu2" (relu(.)^2).
+    Returns:
+        [M, N] in a's dtype, computed in float32 (float64 for float64 inputs). Differentiable in a and b.
+    """
+    check_grouped_gemm_args(a, b, expert_offsets, activation)
+    offsets = [int(v) for v in expert_offsets.tolist()]
+    check_offsets_values(offsets, a.shape[0])
+    cdtype = compute_dtype(a.dtype, b.dtype)
+    parts = []
+    for e in range(b.shape[0]):
+        a_e = a[offsets[e]:offsets[e + 1]].to(cdtype)                              # [M_e, K]
+        out_e = a_e @ b[e].to(cdtype).T                                            # [M_e, N]
+        parts.append(torch.relu(out_e).square() if activation == "relu2" else out_e)
+    return torch.cat(parts).to(a.dtype) if parts else a.new_zeros(0, b.shape[1])
+
+
+E4M3_MAX = 448.0
+
+
+def quantize_fp8_rowwise_ref(x):
+    """Row-wise FP8 e4m3 quantisation (reference): x [R, C] float -> (q [R, C] float8_e4m3fn, scale [R] float32),
+    scale = amax(|x[r]|) / 448 (1 for an all-zero row), q = round_to_nearest_even(x / scale) in e4m3 (saturated),
+    so that x[r] ~= q[r] * scale[r]."""
+    check_float("x", x, "[R, C]", 2)
+    x32 = x.float()
+    amax = x32.abs().amax(1) if x.shape[1] else x32.new_zeros(x.shape[0])       # [R]
+    scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))          # [R]
+    q = (x32 / scale[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return q, scale
+
+
+def grouped_gemm_fp8_ref(a_q, a_scale, b_q, b_scale, expert_offsets, activation: str = "none"):
+    """FP8 grouped GEMM (reference): act((a_q * a_scale[:, None]) @ (b_q[e] * b_scale[e][:, None])^T) per expert,
+    computed in float32 from the dequantised operands, returned in bfloat16.
+
+    Args:
+        a_q [M, K] float8_e4m3fn, a_scale [M] float32; b_q [E, N, K] float8_e4m3fn, b_scale [E, N] float32;
+        expert_offsets [E+1]; activation "none" or "relu2".
+    """
+    check_tensor_fp8("a_q", a_q, 2)
+    check_tensor_fp8("b_q", b_q, 3)
+    check_float("a_scale", a_scale, "[M]", 1)
+    check_float("b_scale", b_scale, "[E, N]", 2)
+    if a_scale.shape[0] != a_q.shape[0] or tuple(b_scale.shape) != tuple(b_q.shape[:2]):
+        raise ValueError(f"a_scale must have shape [M] = ({a_q.shape[0]},) and b_scale [E, N] = "
+                         f"{tuple(b_q.shape[:2])}, got {tuple(a_scale.shape)} and {tuple(b_scale.shape)}")
+    a = a_q.float() * a_scale.float()[:, None]
+    b = b_q.float() * b_scale.float()[..., None]
+    return grouped_gemm_ref(a, b, expert_offsets, activation).to(torch.bfloat16)
+
+
+def check_tensor_fp8(name, t, rank):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != torch.float8_e4m3fn:
+        raise TypeError(f"{name} must have dtype torch.float8_e4m3fn, got {t.dtype}")
+    if t.dim() != rank:
+        raise ValueError(f"{name} must be {rank}-D, got shape {tuple(t.shape)}")
+
+
+def _fp8_mlp_rows(x_q, x_scale, up_q, up_scale, down_q, down_scale):
+    """One expert's FP8 MLP on quantised rows, rounding where the kernels round: h in bf16, re-quantised per row,
+    y in bf16. x_q [n, H] e4m3, x_scale [n]; up_q [I, H], up_scale [I]; down_q [H, I], down_scale [H] -> [n, H]."""
+    a = x_q.float() * x_scale[:, None]
+    h = torch.relu(a @ (up_q.float() * up_scale[:, None]).T).square().to(torch.bfloat16)     # [n, I]
+    h_q, h_scale = quantize_fp8_rowwise_ref(h)
+    return ((h_q.float() * h_scale[:, None]) @ (down_q.float() * down_scale[:, None]).T).to(torch.bfloat16)
+
+
+def moe_experts_fp8_ref(x, topk_idx, topk_weight, up_q, up_scale, down_q, down_scale, shared_up_q=None,
+                        shared_up_scale=None, shared_down_q=None, shared_down_scale=None):
+    """The FP8 expert pipeline of moe_experts_fp8, emulated in float32 (reference): tokens quantised per row to e4m3,
+    weights given as e4m3 with per-output-channel scales, relu^2 output rounded to bf16 and re-quantised per row,
+    expert outputs rounded to bf16, routed sum in float32 rounded to bf16, plus the shared expert (same pipeline).
+
+    Args:
+        x [T, H] (any float; quantised here).   topk_idx [T, k], topk_weight [T, k].
+        up_q [E, I, H] e4m3, up_scale [E, I]; down_q [E, H, I] e4m3, down_scale [E, H];
+        shared_up_q [Is, H], shared_up_scale [Is], shared_down_q [H, Is], shared_down_scale [H] (or all None).
+    Returns:
+        [T, H] bfloat16.
+    """
+    check_float("x", x, "[T, H]", 2)
+    check_int("topk_idx", topk_idx, "[T, k]", 2)
+    check_tensor_fp8("up_q", up_q, 3)
+    check_tensor_fp8("down_q", down_q, 3)
+    x_q, x_scale = quantize_fp8_rowwise_ref(x)
+    routed = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    for e in torch.unique(topk_idx).tolist():
+        tok, slot = torch.nonzero(topk_idx == e, as_tuple=True)
+        y = _fp8_mlp_rows(x_q[tok], x_scale[tok], up_q[e], up_scale[e].float(), down_q[e], down_scale[e].float())
+        routed.index_add_(0, tok, topk_weight[tok, slot, None].float() * y.float())
+    out = routed.to(torch.bfloat16)
+    if shared_up_q is not None:
+        out = out + _fp8_mlp_rows(x_q, x_scale, shared_up_q, shared_up_scale.float(), shared_down_q,
+                                  shared_down_scale.float())
+    return out

@@ -1,0 +1,273 @@
+"""grouped_gemm: the reference against explicit per-row products (CPU), bad input, and the CUTLASS sm90 kernels
+(forward with/without the fused relu^2, backward dA and dB) against the float64 reference under the error rule:
+err(kernel) <= 2 x err(torch bf16) forward, 3 x backward (+ one bf16 ulp of the largest reference value)."""
+import pytest
+import torch
+
+from nemotron_kernels import grouped_gemm
+from nemotron_kernels.reference.grouped_gemm import grouped_gemm_ref
+
+F64 = torch.float64
+BF16 = torch.bfloat16
+
+
+def offsets_from_counts(counts, device="cpu"):
+    return torch.tensor([0] + torch.tensor(counts).cumsum(0).tolist(), dtype=torch.int32, device=device)
+
+
+def operands(counts, n, k, seed, device="cpu", dtype=F64):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    m = sum(counts)
+    a = torch.randn(m, k, generator=g, dtype=torch.float32).to(device=device, dtype=dtype)
+    b = (torch.randn(len(counts), n, k, generator=g, dtype=torch.float32) * k ** -0.5).to(device=device, dtype=dtype)
+    return a, b, offsets_from_counts(counts, device)
+
+
+def assert_error_rule(name, got, ref64, low, k):
+    """Max abs error to the float64 reference <= k x that of torch in bf16, + one ulp of the largest value."""
+    assert got.shape == ref64.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref64.shape)}"
+    assert torch.isfinite(got).all(), f"{name}: non-finite values"
+    if got.numel() == 0:
+        return
+    err = (got.double() - ref64).abs().max().item()
+    base = (low.double() - ref64).abs().max().item()
+    floor = torch.finfo(got.dtype).eps * ref64.abs().max().item()
+    assert err <= k * base + floor, f"{name}: kernel err {err:.3e} > {k} x torch-bf16 err {base:.3e} + {floor:.3e}"
+
+
+def torch_bf16(a, b, offsets, activation):
+    """The same computation in plain torch bf16 ops (the error-rule baseline): bf16 GEMM, bf16 relu, bf16 square."""
+    bounds = offsets.tolist()
+    parts = []
+    for e in range(b.shape[0]):
+        out = a[bounds[e]:bounds[e + 1]] @ b[e].T
+        parts.append(torch.relu(out).square() if activation == "relu2" else out)
+    return torch.cat(parts)
+
+
+@pytest.mark.parametrize("activation", ["none", "relu2"])
+@pytest.mark.parametrize("counts", [[3, 0, 5, 1], [0, 0, 7], [1], [4, 4, 0]])
+def test_reference_matches_row_loop(counts, activation):
+    a, b, offsets = operands(counts, 6, 5, seed=len(counts))
+    out = grouped_gemm_ref(a, b, offsets, activation)
+    rows = []
+    e_of_row = [e for e, c in enumerate(counts) for _ in range(c)]
+    for r, e in enumerate(e_of_row):
+        v = b[e] @ a[r]
+        rows.append(torch.relu(v) ** 2 if activation == "relu2" else v)
+    expect = torch.stack(rows) if rows else a.new_zeros(0, 6)
+    torch.testing.assert_close(out, expect, rtol=1e-13, atol=1e-13)
+
+
+def test_reference_gradcheck_and_bf16_output():
+    a, b, offsets = operands([2, 0, 3], 4, 3, seed=1)
+    a.requires_grad_()
+    b.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: grouped_gemm(a, b, offsets, "relu2"), (a, b))
+    out = grouped_gemm(a.detach().to(BF16), b.detach().to(BF16), offsets.long(), "relu2")
+    assert out.dtype == BF16 and out.shape == (5, 4)
+
+
+@pytest.mark.parametrize("change,exc,match", [
+    (dict(a=torch.randn(5)), ValueError, "a must be 2-D"),
+    (dict(b=torch.randn(3, 4, 7)), ValueError, r"b must have shape \[E, N, K\] with K = a.shape\[1\] = 3"),
+    (dict(expert_offsets=torch.tensor([0, 5], dtype=torch.int32)), ValueError, "expert_offsets must have E\\+1 = 4"),
+    (dict(expert_offsets=torch.tensor([0, 2, 2, 4], dtype=torch.int32)), ValueError, "end at M = a.shape\\[0\\] = 5"),
+    (dict(expert_offsets=torch.tensor([0, 3, 2, 5], dtype=torch.int32)), ValueError, "non-decreasing"),
+    (dict(expert_offsets=torch.tensor([0., 2., 2., 5.])), TypeError, "expert_offsets must have dtype"),
+    (dict(activation="relu"), ValueError, "activation must be one of"),
+])
+def test_bad_inputs_name_the_argument(change, exc, match):
+    a, b, offsets = operands([2, 0, 3], 4, 3, seed=0, dtype=torch.float32)
+    args = dict(a=a, b=b, expert_offsets=offsets, activation="none")
+    with pytest.raises(exc, match=match):
+        grouped_gemm(**{**args, **change})
+
+
+# ------------------------------------------------------------------------------------------------ CUDA kernels
+
+def routed_counts(ntokens, nexperts, top_k, seed, empty=()):
+    """Per-expert row counts of a random top-k routing (experts in `empty` get none)."""
+    g = torch.Generator().manual_seed(seed)
+    allowed = torch.tensor([e for e in range(nexperts) if e not in empty])
+    idx = torch.stack([allowed[torch.randperm(len(allowed), generator=g)[:top_k]] for _ in range(ntokens)])
+    return torch.bincount(idx.view(-1), minlength=nexperts).tolist()
+
+
+def check_forward(counts, n, k, activation, seed=0):
+    a, b, offsets = operands(counts, n, k, seed, device="cuda", dtype=BF16)
+    out = grouped_gemm(a, b, offsets, activation)
+    ref64 = grouped_gemm_ref(a.double(), b, offsets, activation)        # b is cast per expert, in float64
+    assert_error_rule(f"forward {activation}", out, ref64, torch_bf16(a, b, offsets, activation), 2)
+    assert torch.equal(out, grouped_gemm(a, b, offsets, activation)), "not deterministic"
+    return a, b, offsets
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("activation", ["relu2", "none"])
+@pytest.mark.parametrize("ntokens", [1, 64, 512, 2048])   # <= 32 rows per expert on average: the small-tile kernels
+def test_cuda_forward_nemotron_shapes(ntokens, activation):
+    counts = routed_counts(ntokens, 128, 6, seed=ntokens, empty=(5,))
+    n, k = (1856, 2688) if activation == "relu2" else (2688, 1856)   # up: [E, I, H]; down: [E, H, I]
+    check_forward(counts, n, k, activation)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("activation", ["relu2", "none"])
+@pytest.mark.parametrize("counts,n,k", [
+    ([37, 0, 300, 1, 129], 104, 200),     # sizes not multiples of the 128x256x64 tile, an empty expert
+    ([0, 0, 513, 0], 1856, 2688),         # all rows on one expert
+    ([1], 8, 8),                          # smallest aligned problem
+    ([5, 0, 0, 0, 0, 0, 0, 3], 264, 72),  # E = 8, mostly empty
+])
+def test_cuda_forward_odd_shapes(counts, n, k, activation):
+    check_forward(counts, n, k, activation, seed=sum(counts))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("activation", ["relu2", "none"])
+@pytest.mark.parametrize("counts,n,k", [
+    ([300, 0, 211, 517, 2, 0, 64, 1], 1856, 2688),   # up-projection shape, 8 experts, two empty
+    ([300, 0, 211, 517, 2, 0, 64, 1], 2688, 1856),   # down-projection shape
+    ([37, 0, 130, 1], 104, 200),
+])
+def test_cuda_backward(counts, n, k, activation):
+    a, b, offsets = operands(counts, n, k, seed=7, device="cuda", dtype=BF16)
+    a.requires_grad_()
+    b.requires_grad_()
+    out = grouped_gemm(a, b, offsets, activation)
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    a64 = a.detach().double().requires_grad_()
+    b64 = b.detach().double().requires_grad_()
+    grouped_gemm_ref(a64, b64, offsets, activation).backward(dout.double())
+    a_low = a.detach().clone().requires_grad_()
+    b_low = b.detach().clone().requires_grad_()
+    torch_bf16(a_low, b_low, offsets, activation).backward(dout)
+    assert_error_rule("d a", a.grad, a64.grad, a_low.grad, 3)
+    assert_error_rule("d b", b.grad, b64.grad, b_low.grad, 3)
+    for e, c in enumerate(counts):
+        if c == 0:
+            assert torch.count_nonzero(b.grad[e]) == 0, f"expert {e} has no rows but a nonzero weight gradient"
+
+
+@pytest.mark.cuda
+def test_cuda_unaligned_sizes_raise_clearly():
+    a, b, offsets = operands([3, 2], 16, 100, seed=0, device="cuda", dtype=BF16)
+    with pytest.raises(ValueError, match="multiple of 8: TMA needs 16-byte aligned row strides"):
+        grouped_gemm(a, b, offsets)
+    a, b, offsets = operands([3, 2], 20, 16, seed=0, device="cuda", dtype=BF16)
+    with pytest.raises(ValueError, match=r"N \(b.shape\[1\]\) = 20 must be a multiple of 8"):
+        grouped_gemm(a, b, offsets)
+    a, b, offsets = operands([3, 2], 16, 16, seed=0, device="cuda", dtype=BF16)
+    with pytest.raises(ValueError, match="16-byte aligned address"):
+        grouped_gemm(a.view(-1)[4:4 + 4 * 16].view(4, 16), b, torch.tensor([0, 2, 4], dtype=torch.int32,
+                                                                               device="cuda"))   # 8-byte offset
+
+
+@pytest.mark.cuda
+def test_cuda_custom_ops_opcheck_and_compile():
+    from nemotron_kernels.ops.grouped_gemm import grouped_gemm_nn, grouped_gemm_nt, grouped_gemm_tn
+    a, b, offsets = operands([5, 0, 11], 24, 32, seed=3, device="cuda", dtype=BF16)
+    h = grouped_gemm_nt(a, b, offsets, True)
+    torch.library.opcheck(grouped_gemm_nt, (a, b, offsets, True))
+    torch.library.opcheck(grouped_gemm_nn, (h, b, offsets, None))                     # [16, 24] @ [3, 24, 32]
+    torch.library.opcheck(grouped_gemm_nn, (a, b.transpose(1, 2).contiguous(), offsets,   # [16, 32] @ [3, 32, 24]
+                                            torch.rand(16, 24, device="cuda", dtype=BF16)))
+    torch.library.opcheck(grouped_gemm_tn, (h, a, offsets))
+    compiled = torch.compile(lambda a, b: grouped_gemm(a, b, offsets, "relu2"), fullgraph=True)
+    assert torch.equal(compiled(a, b), grouped_gemm(a, b, offsets, "relu2"))
+
+
+@pytest.mark.cuda
+def test_cuda_graph_capture():
+    a, b, offsets = operands([40, 0, 24], 64, 128, seed=4, device="cuda", dtype=BF16)
+    expect = grouped_gemm(a, b, offsets, "relu2")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = grouped_gemm(a, b, offsets, "relu2")
+    out.zero_()
+    graph.replay()
+    assert torch.equal(out, expect)
+
+
+# ------------------------------------------------------------------------------------------------ FP8
+
+from nemotron_kernels.ops.grouped_gemm import grouped_gemm_fp8, quantize_fp8_rowwise  # noqa: E402
+from nemotron_kernels.reference.grouped_gemm import grouped_gemm_fp8_ref, quantize_fp8_rowwise_ref  # noqa: E402
+
+
+def test_quantize_fp8_reference_bounds():
+    x = torch.randn(7, 300) * torch.logspace(-3, 3, 7)[:, None]
+    x[3] = 0
+    q, scale = quantize_fp8_rowwise_ref(x)
+    assert q.dtype == torch.float8_e4m3fn and scale.dtype == torch.float32 and scale[3] == 1
+    back = q.float() * scale[:, None]
+    assert (back - x).abs().le(torch.maximum(x.abs() * 2 ** -4, scale[:, None] * 2 ** -10)).all()
+    assert q.float().abs().amax(1)[[0, 1, 2, 4, 5, 6]].eq(448).all()    # each row's amax maps to e4m3's max
+
+
+def test_fp8_reference_is_the_dequantised_gemm():
+    a, b, offsets = operands([3, 0, 4], 16, 32, seed=2, dtype=torch.float32)
+    a_q, a_scale = quantize_fp8_rowwise(a)
+    b_q, b_scale = quantize_fp8_rowwise(b.view(-1, 32))
+    b_q, b_scale = b_q.view(b.shape), b_scale.view(3, 16)
+    out = grouped_gemm_fp8(a_q, a_scale, b_q, b_scale, offsets, "relu2")
+    expect = grouped_gemm_ref(a_q.float() * a_scale[:, None], b_q.float() * b_scale[..., None], offsets, "relu2")
+    assert out.dtype == BF16 and torch.equal(out, expect.to(BF16))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [BF16, torch.float32])
+@pytest.mark.parametrize("rows,cols", [(1, 2688), (777, 1856), (5, 100), (3, 7)])
+def test_cuda_quantize_fp8_is_the_reference_bitwise(rows, cols, dtype):
+    x = (torch.randn(rows, cols, device="cuda") * torch.logspace(-4, 4, rows, device="cuda")[:, None]).to(dtype)
+    x[0, : cols // 2] = 0
+    if rows > 2:
+        x[2] = 0
+    q, scale = quantize_fp8_rowwise(x)
+    q_ref, scale_ref = quantize_fp8_rowwise_ref(x)
+    assert torch.equal(scale, scale_ref)
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+
+
+def quantized_operands(counts, n, k, seed):
+    a, b, offsets = operands(counts, n, k, seed, device="cuda", dtype=BF16)
+    a_q, a_scale = quantize_fp8_rowwise(a)
+    b_q, b_scale = quantize_fp8_rowwise(b.view(-1, k))
+    return a_q, a_scale, b_q.view(b.shape), b_scale.view(len(counts), n), offsets
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("activation", ["relu2", "none"])
+@pytest.mark.parametrize("counts,n,k", [
+    (routed_counts(2048, 128, 6, seed=11, empty=(3,)), 1856, 2688),
+    (routed_counts(64, 128, 6, seed=12), 2688, 1856),
+    (routed_counts(1, 128, 6, seed=13), 1856, 2688),
+    ([37, 0, 300, 1, 129], 104, 208),
+    ([1], 8, 16),
+])
+def test_cuda_fp8_forward(counts, n, k, activation):
+    """Budget: the kernel's error to the exact product of the dequantised operands (float64) is at most 2 x the
+    error of rounding that exact product to bf16, + one bf16 ulp of its largest value: everything FP8 loses is in
+    the quantisation, which the reference shares."""
+    a_q, a_scale, b_q, b_scale, offsets = quantized_operands(counts, n, k, seed=sum(counts))
+    out = grouped_gemm_fp8(a_q, a_scale, b_q, b_scale, offsets, activation)
+    exact = grouped_gemm_ref(a_q.double() * a_scale.double()[:, None], b_q.double() * b_scale.double()[..., None],
+                             offsets, activation)
+    assert out.dtype == BF16
+    assert_error_rule(f"fp8 {activation}", out, exact, exact.to(BF16), 2)
+    assert torch.equal(out, grouped_gemm_fp8(a_q, a_scale, b_q, b_scale, offsets, activation))
+
+
+@pytest.mark.cuda
+def test_cuda_fp8_checks_name_the_argument():
+    a_q, a_scale, b_q, b_scale, offsets = quantized_operands([3, 5], 16, 40, seed=0)
+    with pytest.raises(ValueError, match="multiple of 16: TMA needs 16-byte aligned row strides"):
+        grouped_gemm_fp8(a_q, a_scale, b_q, b_scale, offsets)
+    a_q, a_scale, b_q, b_scale, offsets = quantized_operands([3, 5], 16, 32, seed=0)
+    with pytest.raises(ValueError, match="b_scale must have shape"):
+        grouped_gemm_fp8(a_q, a_scale, b_q, b_scale[:, :8].contiguous(), offsets)
+    with pytest.raises(TypeError, match="a must have dtype Float8_e4m3fn"):
+        from nemotron_kernels.ops.grouped_gemm import grouped_gemm_fp8_nt
+        grouped_gemm_fp8_nt(a_q.float().to(BF16), a_scale, b_q, b_scale, offsets, False)

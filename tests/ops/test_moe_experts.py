@@ -1,0 +1,163 @@
+"""moe_experts: the public op on CPU is the reference; on CUDA (bf16) the permute -> CUTLASS grouped GEMMs ->
+weighted gather path, forward and backward, against the float64 reference under the error rule
+(err <= 2 x err(torch bf16) forward, 3 x backward, + one bf16 ulp of the largest reference value)."""
+import pytest
+import torch
+
+from nemotron_kernels import moe_experts
+from nemotron_kernels.reference.moe_experts import moe_experts_ref
+
+F64 = torch.float64
+BF16 = torch.bfloat16
+
+
+def make(ntokens, nexperts, top_k, hidden, inter, shared_inter, seed, device="cpu", dtype=F64, empty=()):
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g)).to(device=device, dtype=dtype)
+
+    allowed = torch.tensor([e for e in range(nexperts) if e not in empty])
+    idx = torch.stack([allowed[torch.randperm(len(allowed), generator=g)[:top_k]] for _ in range(ntokens)])
+    weight = torch.rand(ntokens, top_k, generator=g).to(device)
+    args = dict(x=randn(ntokens, hidden), topk_idx=idx.to(torch.int32).to(device), topk_weight=weight * 2.5 / top_k,
+                up=randn(nexperts, inter, hidden, scale=hidden ** -0.5),
+                down=randn(nexperts, hidden, inter, scale=inter ** -0.5 * 4))
+    if shared_inter:
+        args.update(shared_up=randn(shared_inter, hidden, scale=hidden ** -0.5),
+                    shared_down=randn(hidden, shared_inter, scale=shared_inter ** -0.5 * 4))
+    return args
+
+
+@pytest.mark.parametrize("shared", [0, 20])
+@pytest.mark.parametrize("dtype", [torch.float32, BF16, F64])
+def test_cpu_public_op_is_the_reference(shared, dtype):
+    args = make(9, 5, 2, 16, 12, shared, seed=shared, dtype=dtype, empty=(3,))
+    assert torch.equal(moe_experts(**args), moe_experts_ref(**args))
+
+
+def test_cpu_bad_input_is_named():
+    args = make(4, 5, 2, 16, 12, 0, seed=0)
+    with pytest.raises(ValueError, match="topk_idx values must lie in"):
+        moe_experts(**{**args, "topk_idx": args["topk_idx"] + 5})
+    with pytest.raises(ValueError, match="shared_up and shared_down must be given together"):
+        moe_experts(**args, shared_up=torch.randn(8, 16, dtype=F64))
+
+
+# ------------------------------------------------------------------------------------------------ CUDA path
+
+def torch_bf16(x, topk_idx, topk_weight, up, down, shared_up=None, shared_down=None):
+    """The layer in plain torch bf16 ops (bf16 GEMMs, relu, square; fp32 routed sum): the error-rule baseline."""
+    routed = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    for e in torch.unique(topk_idx).tolist():
+        tok, slot = torch.nonzero(topk_idx == e, as_tuple=True)
+        y = torch.relu(x[tok] @ up[e].T).square() @ down[e].T
+        routed = routed.index_add(0, tok, topk_weight[tok, slot, None].float() * y.float())
+    out = routed.to(x.dtype)
+    if shared_up is not None:
+        out = out + torch.relu(x @ shared_up.T).square() @ shared_down.T
+    return out
+
+
+def assert_error_rule(name, got, ref64, low, k):
+    assert got.shape == ref64.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref64.shape)}"
+    assert torch.isfinite(got).all(), f"{name}: non-finite values"
+    err = (got.double() - ref64).abs().max().item()
+    base = (low.double() - ref64).abs().max().item()
+    floor = torch.finfo(got.dtype).eps * ref64.abs().max().item()
+    assert err <= k * base + floor, f"{name}: kernel err {err:.3e} > {k} x torch-bf16 err {base:.3e} + {floor:.3e}"
+
+
+NEMOTRON = dict(nexperts=128, top_k=6, hidden=2688, inter=1856, shared_inter=3712)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("ntokens", [1, 64, 300, 1024])   # up to 32 rows per expert: small-tile kernels, then large
+def test_cuda_forward_nemotron_shapes(ntokens):
+    args = make(ntokens, **NEMOTRON, seed=ntokens, device="cuda", dtype=BF16, empty=(0, 77))
+    out = moe_experts(**args)
+    as64 = {k: (v.double() if v.is_floating_point() else v) for k, v in args.items()}
+    ref64 = moe_experts_ref(**as64)
+    assert_error_rule("out", out, ref64, torch_bf16(**args), 2)
+    assert torch.equal(out, moe_experts(**args)), "not deterministic"
+
+
+GRAD_NAMES = ("x", "topk_weight", "up", "down", "shared_up", "shared_down")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("ntokens,nexperts,shared_inter", [(200, 32, 3712), (37, 8, 0), (1, 16, 3712)])
+def test_cuda_backward(ntokens, nexperts, shared_inter):
+    args = make(ntokens, nexperts, 6, 2688, 1856, shared_inter, seed=ntokens, device="cuda", dtype=BF16, empty=(1,))
+    names = [n for n in GRAD_NAMES if n in args]
+    leaves = {n: args[n].detach().clone().requires_grad_() for n in names}
+    out = moe_experts(**{**args, **leaves})
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    leaves64 = {n: args[n].detach().double().requires_grad_() for n in names}
+    moe_experts_ref(**{**args, **leaves64}).backward(dout.double())
+    leaves_low = {n: args[n].detach().clone().requires_grad_() for n in names}
+    torch_bf16(**{**args, **leaves_low}).backward(dout)
+    for n in names:
+        assert_error_rule(f"d {n}", leaves[n].grad, leaves64[n].grad, leaves_low[n].grad, 3)
+    assert torch.count_nonzero(leaves["up"].grad[1]) == 0 and torch.count_nonzero(leaves["down"].grad[1]) == 0
+    again = {n: args[n].detach().clone().requires_grad_() for n in names}
+    moe_experts(**{**args, **again}).backward(dout)
+    assert all(torch.equal(again[n].grad, leaves[n].grad) for n in names), "backward not deterministic"
+
+
+@pytest.mark.cuda
+def test_cuda_unaligned_sizes_fall_back_loudly():
+    args = make(10, 4, 2, 12, 24, 0, seed=0, device="cuda", dtype=BF16)
+    with pytest.warns(UserWarning, match="H \\(hidden\\) = 12 not a multiple of 8"):
+        out = moe_experts(**args)
+    assert torch.equal(out, moe_experts_ref(**args))
+
+
+@pytest.mark.cuda
+def test_cuda_compile_and_int64_indices():
+    args = make(50, 16, 6, 256, 128, 384, seed=5, device="cuda", dtype=BF16)
+    expect = moe_experts(**args)
+    assert torch.equal(moe_experts(**{**args, "topk_idx": args["topk_idx"].long()}), expect)
+    compiled = torch.compile(moe_experts, fullgraph=True)
+    assert torch.equal(compiled(**args), expect)
+
+
+# ------------------------------------------------------------------------------------------------ FP8
+
+from nemotron_kernels.ops.moe_experts import moe_experts_fp8, quantize_experts_fp8  # noqa: E402
+from nemotron_kernels.reference.grouped_gemm import moe_experts_fp8_ref  # noqa: E402
+
+
+def _fp8_args(args):
+    q = quantize_experts_fp8(args["up"], args["down"], args.get("shared_up"), args.get("shared_down"))
+    return dict(x=args["x"], topk_idx=args["topk_idx"], topk_weight=args["topk_weight"], **q)
+
+
+def test_cpu_fp8_is_the_emulation_and_close_to_bf16():
+    args = make(20, 6, 2, 32, 16, 48, seed=4, dtype=torch.float32)
+    out = moe_experts_fp8(**_fp8_args(args))
+    assert torch.equal(out, moe_experts_fp8_ref(**_fp8_args(args)))
+    exact = moe_experts_ref(**{k: (v.double() if v.is_floating_point() else v) for k, v in args.items()})
+    rel = ((out.double() - exact).norm() / exact.norm()).item()
+    assert rel < 0.1, rel
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("ntokens", [1, 64, 1024])
+def test_cuda_fp8_nemotron_shapes(ntokens):
+    """Budget: relative Frobenius error to the float64 BF16-math layer <= 1.25 x that of the float32 emulation of the
+    same FP8 pipeline (+ 1e-3), and <= 10% in absolute terms (e4m3 keeps 3 mantissa bits, relu^2 doubles the
+    relative error of the up projection)."""
+    args = make(ntokens, **NEMOTRON, seed=ntokens + 3, device="cuda", dtype=BF16, empty=(9,))
+    fp8 = _fp8_args(args)
+    out = moe_experts_fp8(**fp8)
+    exact = moe_experts_ref(**{k: (v.double() if v.is_floating_point() else v) for k, v in args.items()})
+    emulated = moe_experts_fp8_ref(**fp8)
+
+    def rel(t):
+        return ((t.double() - exact).norm() / exact.norm()).item()
+
+    assert out.dtype == BF16 and torch.isfinite(out).all()
+    assert rel(out) <= 1.25 * rel(emulated) + 1e-3 and rel(out) < 0.1, (rel(out), rel(emulated))
+    assert torch.equal(out, moe_experts_fp8(**fp8)), "not deterministic"

@@ -1,0 +1,256 @@
+"""moe_permute / moe_unpermute: the reference against explicit loops (CPU), the public ops (CPU = reference), bad
+input, and the CUDA kernels against the reference (bitwise for the permutation, error rule for the weighted sum)."""
+import pytest
+import torch
+
+from nemotron_kernels import moe_permute, moe_unpermute
+from nemotron_kernels.reference.moe_permute import moe_permute_ref, moe_unpermute_ref
+
+F64 = torch.float64
+
+
+def routing(ntokens, nexperts, top_k, seed, device="cpu", skip=(), only=None):
+    """topk_idx [T, k] int32: distinct experts per token, avoiding `skip`, or all on `only` (then k must be 1)."""
+    g = torch.Generator().manual_seed(seed)
+    if only is not None:
+        return torch.full((ntokens, top_k), only, dtype=torch.int32, device=device)
+    experts = torch.tensor([e for e in range(nexperts) if e not in skip])
+    choice = torch.stack([torch.randperm(len(experts), generator=g)[:top_k] for _ in range(ntokens)]) if ntokens else \
+        torch.zeros(0, top_k, dtype=torch.long)
+    return experts[choice].to(torch.int32).to(device)
+
+
+def explicit_permutation(topk_idx, nexperts, pad_to):
+    """Expected (row_of_assignment [T, k], expert_offsets [E+1]) by a plain loop: experts in order, assignments
+    a = t*k + j increasing within an expert, each expert padded to a multiple of pad_to."""
+    ntokens, top_k = topk_idx.shape
+    row = torch.empty(ntokens, top_k, dtype=torch.int32)
+    offsets, start = [0], 0
+    for e in range(nexperts):
+        count = 0
+        for a in range(ntokens * top_k):
+            if int(topk_idx.view(-1)[a]) == e:
+                row.view(-1)[a] = start + count
+                count += 1
+        start += -(-count // pad_to) * pad_to
+        offsets.append(start)
+    return row, torch.tensor(offsets, dtype=torch.int32)
+
+
+CASES = [  # (T, E, k, pad_to, skip, only)
+    (1, 8, 2, 1, (), None),
+    (1, 5, 3, 4, (), None),
+    (13, 7, 3, 1, (2,), None),        # expert 2 gets no token, E not a power of two
+    (16, 6, 1, 1, (), 4),             # all tokens on one expert
+    (33, 12, 4, 8, (0, 11), None),    # padding, first and last expert empty
+    (50, 128, 6, 1, (), None),        # Nemotron's E and k
+]
+
+
+@pytest.mark.parametrize("ntokens,nexperts,top_k,pad_to,skip,only", CASES)
+def test_reference_matches_explicit_loop(ntokens, nexperts, top_k, pad_to, skip, only):
+    topk_idx = routing(ntokens, nexperts, top_k, seed=ntokens, skip=skip, only=only)
+    x = torch.randn(ntokens, 10, dtype=F64)
+    rows, row_of_assignment, offsets = moe_permute_ref(x, topk_idx, nexperts, pad_to)
+    row_exp, offsets_exp = explicit_permutation(topk_idx, nexperts, pad_to)
+    assert row_of_assignment.dtype == torch.int32 and offsets.dtype == torch.int32
+    assert torch.equal(row_of_assignment, row_exp)
+    assert torch.equal(offsets, offsets_exp)
+    assert rows.shape == (ntokens * top_k + (nexperts * (pad_to - 1) if pad_to > 1 else 0), 10)
+    covered = torch.zeros(rows.shape[0], dtype=torch.bool)
+    for t in range(ntokens):
+        for j in range(top_k):
+            r = int(row_of_assignment[t, j])
+            assert torch.equal(rows[r], x[t])
+            covered[r] = True
+    assert torch.count_nonzero(rows[~covered]) == 0          # padding rows are zero
+    for e in range(nexperts):                                  # each expert's rows hold only its tokens
+        for r in range(int(offsets[e]), int(offsets[e + 1])):
+            if covered[r]:
+                t, j = divmod(int((row_of_assignment.view(-1) == r).nonzero()), top_k)
+                assert int(topk_idx[t, j]) == e
+
+
+@pytest.mark.parametrize("with_weight", [True, False])
+def test_unpermute_reference_matches_loop_and_roundtrip(with_weight):
+    ntokens, nexperts, top_k = 9, 5, 3
+    topk_idx = routing(ntokens, nexperts, top_k, seed=3)
+    x = torch.randn(ntokens, 6, dtype=F64)
+    weight = torch.rand(ntokens, top_k, dtype=F64) if with_weight else None
+    rows, row_of_assignment, _ = moe_permute_ref(x, topk_idx, nexperts, 2)
+    out = moe_unpermute_ref(rows, row_of_assignment, weight)
+    expect = torch.stack([sum((1.0 if weight is None else weight[t, j]) * rows[int(row_of_assignment[t, j])]
+                              for j in range(top_k)) for t in range(ntokens)])
+    torch.testing.assert_close(out, expect, rtol=1e-14, atol=1e-14)
+    scale = torch.ones(ntokens, top_k, dtype=F64) if weight is None else weight
+    torch.testing.assert_close(out, x * scale.sum(1, keepdim=True), rtol=1e-12, atol=1e-12)
+
+
+def test_unpermute_reference_bf16_sums_in_fp32():
+    rows = torch.tensor([[1.0], [2 ** -8], [2 ** -8]], dtype=torch.bfloat16)
+    out = moe_unpermute_ref(rows, torch.tensor([[0, 1, 2]]), None)
+    assert out.dtype == torch.bfloat16 and out.item() == 1.0 + 2 ** -7   # bf16 adds one at a time would give 1
+
+
+def test_gradcheck_reference_float64():
+    topk_idx = routing(5, 4, 2, seed=1)
+    x = torch.randn(5, 3, dtype=F64, requires_grad=True)
+    weight = torch.rand(5, 2, dtype=F64, requires_grad=True)
+
+    def f(x, weight):
+        rows, row_of_assignment, _ = moe_permute(x, topk_idx, 4, 2)
+        return moe_unpermute(rows * rows, row_of_assignment, weight)
+
+    assert torch.autograd.gradcheck(f, (x, weight))
+
+
+def test_public_ops_on_cpu_are_the_reference():
+    topk_idx = routing(11, 6, 2, seed=5).long()
+    x = torch.randn(11, 8, dtype=torch.bfloat16)
+    got = moe_permute(x, topk_idx, 6, 4)
+    want = moe_permute_ref(x, topk_idx, 6, 4)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    w = torch.rand(11, 2)
+    assert torch.equal(moe_unpermute(got[0], got[1], w), moe_unpermute_ref(want[0], want[1], w))
+
+
+def _permute_args():
+    return dict(x=torch.randn(4, 8), topk_idx=routing(4, 5, 2, seed=0), num_experts=5, pad_to=1)
+
+
+@pytest.mark.parametrize("change,exc,match", [
+    (dict(x=torch.randn(4, 8).int()), TypeError, "x must have a floating-point dtype"),
+    (dict(x=torch.randn(4, 8, 1)), ValueError, "x must be 2-D"),
+    (dict(topk_idx=torch.zeros(4, 2)), TypeError, "topk_idx must have dtype"),
+    (dict(topk_idx=torch.zeros(3, 2, dtype=torch.int32)), ValueError, "topk_idx must have T = 4 rows"),
+    (dict(topk_idx=torch.full((4, 2), 5, dtype=torch.int32)), ValueError, r"topk_idx values must lie in \[0, num_experts=5\)"),
+    (dict(topk_idx=torch.full((4, 2), -1, dtype=torch.int32)), ValueError, "topk_idx values must lie"),
+    (dict(num_experts=0), ValueError, "num_experts must be >= 1"),
+    (dict(num_experts=2.0), TypeError, "num_experts must be an int"),
+    (dict(pad_to=0), ValueError, "pad_to must be >= 1"),
+])
+def test_permute_bad_inputs_name_the_argument(change, exc, match):
+    with pytest.raises(exc, match=match):
+        moe_permute(**{**_permute_args(), **change})
+
+
+@pytest.mark.parametrize("change,exc,match", [
+    (dict(rows=torch.randn(8)), ValueError, "rows must be 2-D"),
+    (dict(row_of_assignment=torch.zeros(4, 2)), TypeError, "row_of_assignment must have dtype"),
+    (dict(row_of_assignment=torch.full((4, 2), 8, dtype=torch.int32)), ValueError, r"values must lie in \[0, M=8\)"),
+    (dict(topk_weight=torch.rand(4, 3)), ValueError, "topk_weight must have shape"),
+    (dict(topk_weight=torch.ones(4, 2, dtype=torch.int32)), TypeError, "topk_weight must have a floating-point"),
+])
+def test_unpermute_bad_inputs_name_the_argument(change, exc, match):
+    args = dict(rows=torch.randn(8, 3), row_of_assignment=torch.arange(8, dtype=torch.int32).view(4, 2),
+                topk_weight=torch.rand(4, 2))
+    with pytest.raises(exc, match=match):
+        moe_unpermute(**{**args, **change})
+
+
+# ------------------------------------------------------------------------------------------------ CUDA kernels
+
+CUDA_CASES = CASES + [(0, 4, 2, 1, (), None), (1, 128, 6, 1, (), None), (4096, 128, 6, 1, (), None),
+                      (3000, 100, 8, 16, (7, 99), None), (5000, 1024, 2, 1, (), None)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("ntokens,nexperts,top_k,pad_to,skip,only", CUDA_CASES)
+def test_cuda_permute_is_the_reference_bitwise(ntokens, nexperts, top_k, pad_to, skip, only, dtype):
+    topk_idx = routing(ntokens, nexperts, top_k, seed=ntokens + 1, device="cuda", skip=skip, only=only)
+    x = torch.randn(ntokens, 200, device="cuda").to(dtype)
+    got = moe_permute(x, topk_idx, nexperts, pad_to)
+    want = moe_permute_ref(x, topk_idx, nexperts, pad_to)
+    for name, a, b in zip(("rows", "row_of_assignment", "expert_offsets"), got, want):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    again = moe_permute(x, topk_idx, nexperts, pad_to)
+    assert all(torch.equal(a, b) for a, b in zip(got, again))
+
+
+@pytest.mark.cuda
+def test_cuda_permute_drops_out_of_range_experts():
+    topk_idx = torch.tensor([[0, 9], [1, -3]], dtype=torch.int32, device="cuda")
+    rows, row_of_assignment, offsets = moe_permute(torch.randn(2, 8, device="cuda"), topk_idx, 4)
+    assert row_of_assignment.tolist() == [[0, -1], [1, -1]]
+    assert offsets.tolist() == [0, 1, 2, 2, 2]
+    assert torch.count_nonzero(rows[2:]) == 0
+
+
+def _assert_error_rule(name, got, ref64, low, k):
+    err = (got.double() - ref64).abs().max().item() if got.numel() else 0.0
+    base = (low.double() - ref64).abs().max().item() if got.numel() else 0.0
+    floor = torch.finfo(got.dtype).eps * (ref64.abs().max().item() if got.numel() else 0.0)
+    assert err <= k * base + floor, f"{name}: err {err:.3e} > {k} x {base:.3e} + {floor:.3e}"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("ntokens,hidden,pad_to", [(1, 2688, 1), (777, 2688, 1), (300, 200, 4), (64, 37, 1)])
+def test_cuda_unpermute_forward_backward(ntokens, hidden, pad_to, dtype):
+    nexperts, top_k = 128, 6
+    topk_idx = routing(ntokens, nexperts, top_k, seed=ntokens, device="cuda")
+    x = torch.randn(ntokens, hidden, device="cuda").to(dtype)
+    rows, row_of_assignment, _ = moe_permute(x, topk_idx, nexperts, pad_to)
+    rows = (rows.float() * torch.rand_like(rows.float())).to(dtype).requires_grad_()   # distinct rows per slot
+    weight = torch.rand(ntokens, top_k, device="cuda", requires_grad=True)
+    out = moe_unpermute(rows, row_of_assignment, weight)
+    rows64 = rows.detach().double().requires_grad_()
+    weight64 = weight.detach().double().requires_grad_()
+    out64 = moe_unpermute_ref(rows64, row_of_assignment, weight64)
+    rows_low = rows.detach().clone().requires_grad_()
+    weight_low = weight.detach().clone().requires_grad_()
+    out_low = moe_unpermute_ref(rows_low, row_of_assignment, weight_low)
+    _assert_error_rule("out", out, out64, out_low, 2)
+    assert torch.equal(out, moe_unpermute(rows, row_of_assignment, weight))          # deterministic
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    out64.backward(dout.double())
+    out_low.backward(dout)
+    _assert_error_rule("d rows", rows.grad, rows64.grad, rows_low.grad, 3)
+    _assert_error_rule("d topk_weight", weight.grad, weight64.grad, weight_low.grad, 3)
+
+
+@pytest.mark.cuda
+def test_cuda_permute_backward_sums_slots():
+    topk_idx = routing(300, 16, 4, seed=9, device="cuda")
+    x = torch.randn(300, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    rows, _, _ = moe_permute(x, topk_idx, 16, 8)
+    d_rows = torch.randn_like(rows)
+    rows.backward(d_rows)
+    x64 = x.detach().double().requires_grad_()
+    moe_permute_ref(x64, topk_idx, 16, 8)[0].backward(d_rows.double())
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=2 ** -8, atol=1e-6)
+
+
+@pytest.mark.cuda
+def test_cuda_opcheck_and_compile():
+    topk_idx = routing(40, 8, 2, seed=2, device="cuda")
+    x = torch.randn(40, 16, device="cuda", dtype=torch.bfloat16)
+    from nemotron_kernels.ops.moe_permute import moe_permute_op, moe_unpermute_bwd_op, moe_unpermute_op
+    torch.library.opcheck(moe_permute_op, (x, topk_idx, 8, 4))
+    rows, row_of_assignment, _ = moe_permute_op(x, topk_idx, 8, 1)
+    w = torch.rand(40, 2, device="cuda")
+    torch.library.opcheck(moe_unpermute_op, (rows, row_of_assignment, w, None))
+    torch.library.opcheck(moe_unpermute_bwd_op, (x, rows, row_of_assignment, w, rows.shape[0]))
+
+    def layer(x, w):
+        rows, row_of_assignment, _ = moe_permute(x, topk_idx, 8)
+        return moe_unpermute(rows, row_of_assignment, w)
+
+    compiled = torch.compile(layer, fullgraph=True)
+    torch.testing.assert_close(compiled(x, w), layer(x, w), rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+def test_cuda_entry_checks_name_the_argument():
+    from nemotron_kernels import _ext
+    x = torch.randn(4, 8, device="cuda")
+    idx = torch.zeros(4, 2, dtype=torch.int32, device="cuda")
+    with pytest.raises(TypeError, match="topk_idx must have dtype Int"):
+        _ext._C.moe_permute(x, idx.long(), 4, 1)
+    with pytest.raises(ValueError, match="num_experts must be in"):
+        _ext._C.moe_permute(x, idx, 5000, 1)
+    with pytest.raises(ValueError, match="topk_idx must be contiguous"):
+        _ext._C.moe_permute(x, torch.zeros(2, 4, dtype=torch.int32, device="cuda").t(), 4, 1)
