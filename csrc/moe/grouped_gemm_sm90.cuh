@@ -8,6 +8,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdio>
 
 #include "cute/tensor.hpp"
@@ -275,6 +276,25 @@ inline const char* status_text(cutlass::Status s, const char* where) {
   return buf;
 }
 
+// cudaFuncAttributeMaxDynamicSharedMemorySize for the kernel, once per device (devices 0..63; others every call).
+template <class Kernel>
+const char* raise_smem_limit(int device) {
+  static std::atomic<bool> done[64] = {};
+  const bool cached = device >= 0 && device < 64;
+  if (cached && done[device].load(std::memory_order_acquire)) return "";
+  const int smem = Kernel::SharedStorageSize;
+  if (smem >= (48 << 10)) {
+    const cudaError_t err = cudaFuncSetAttribute(cutlass::device_kernel<Kernel>,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      return cudaGetErrorString(err);
+    }
+  }
+  if (cached) done[device].store(true, std::memory_order_release);
+  return "";
+}
+
 template <class G, GemmKind K>
 const char* run(const GroupedGemmParams& p) {
   using Gemm = typename G::Gemm;
@@ -299,11 +319,16 @@ const char* run(const GroupedGemmParams& p) {
   if constexpr (!cute::is_void_v<typename G::ElementC>) args.epilogue.ptr_C = arr.ptr_c;
   FusionArgs<typename G::FusionOp>::fill(args.epilogue.thread, arr.ptr_a_scale, arr.ptr_b_scale);
 
-  Gemm gemm;
-  if (auto s = gemm.can_implement(args); s != cutlass::Status::kSuccess) return status_text(s, "can_implement");
-  if (auto s = gemm.initialize(args, ws, p.stream); s != cutlass::Status::kSuccess)
-    return status_text(s, "initialize");
-  if (auto s = gemm.run(p.stream); s != cutlass::Status::kSuccess) return status_text(s, "run");
+  // GemmUniversalAdapter::initialize() would also raise the kernel's shared-memory limit on every call; do that
+  // once per device instead (host overhead, and no driver attribute calls during CUDA-graph capture after the
+  // first eager call), then build the params and launch.
+  using Kernel = typename Gemm::GemmKernel;
+  if (auto s = Gemm::can_implement(args); s != cutlass::Status::kSuccess) return status_text(s, "can_implement");
+  if (const char* err = raise_smem_limit<Kernel>(p.device); err[0] != '\0') return err;
+  if (auto s = Kernel::initialize_workspace(args, ws, p.stream); s != cutlass::Status::kSuccess)
+    return status_text(s, "initialize_workspace");
+  typename Gemm::Params params = Kernel::to_underlying_arguments(args, ws);
+  if (auto s = Gemm::run(params, p.stream); s != cutlass::Status::kSuccess) return status_text(s, "run");
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return cudaGetErrorString(err);
   return "";
 }
