@@ -249,8 +249,8 @@ def test_cuda_entry_checks_name_the_argument():
     x = torch.randn(4, 8, device="cuda")
     idx = torch.zeros(4, 2, dtype=torch.int32, device="cuda")
     with pytest.raises(TypeError, match="topk_idx must have dtype Int"):
-        _ext._C.moe_permute(x, idx.long(), 4, 1)
+        _ext._C.moe_permute(x, idx.long(), 4, 1, None)
     with pytest.raises(ValueError, match="num_experts must be in"):
-        _ext._C.moe_permute(x, idx, 5000, 1)
+        _ext._C.moe_permute(x, idx, 5000, 1, None)
     with pytest.raises(ValueError, match="topk_idx must be contiguous"):
-        _ext._C.moe_permute(x, torch.zeros(2, 4, dtype=torch.int32, device="cuda").t(), 4, 1)
+        _ext._C.moe_permute(x, torch.zeros(2, 4, dtype=torch.int32, device="cuda").t(), 4, 1, None)
