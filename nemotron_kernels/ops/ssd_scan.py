@@ -1,13 +1,19 @@
-"""Public op `ssd_scan`: the chunked Mamba-2 SSD scan (initial / final states, packed sequences).
+"""Public op `ssd_scan`: the chunked Mamba-2 SSD scan (initial / final states, packed sequences), fwd + bwd.
 
 Forward: three Triton stages (nemotron_kernels/triton/ssd_scan_*.py) on CUDA tensors:
   1. chunk_state    chunk states carried through segments of consecutive chunks (one tl.dot per chunk),
   2. state_passing  states between segments + final states (only with > 1 segment),
   3. chunk_scan     outputs of every chunk (CB once per group, tl.dot for the intra-chunk and state terms).
+Backward (Triton, deterministic: no atomics, every sum in a fixed order): forward stages 1-2 recompute the chunk
+states, then
+  4. bwd_chunk_state  state gradients dL/dS_out carried backwards through each segment (+ the initial states'),
+  2. state_passing    the same kernel on reversed segments: the gradient entering each segment from later ones,
+  5. bwd_chunk_scan   dx, ddt, per-chunk dA / dD sums (one kernel), dC and dB (one kernel each, the heads of a
+                      group summed in registers); dA, dD, ddt_bias are summed over chunks / tokens in torch.
 The reference runs on CPU, for float64, or without Triton — unless TRITON_INTERPRET=1, where CPU fp16/fp32
 tensors run the kernels in Triton's interpreter (bf16 goes to the reference there: the interpreter mis-computes
-bf16 tl.dot). Backward: autograd of the reference, recomputed in float32 from the saved inputs (no Triton
-backward yet). Layers: custom op `nemotron_kernels::ssd_scan_fwd` -> `SSDScanFn` -> `ssd_scan()`.
+bf16 tl.dot); where the forward runs the reference, the backward is the reference's autograd.
+Layers: custom ops `nemotron_kernels::ssd_scan_fwd` / `ssd_scan_bwd` -> `SSDScanFn` -> `ssd_scan()`.
 The kernel path never synchronises: cu_seqlens is checked for shape and dtype, not values."""
 from typing import Optional
 
@@ -35,6 +41,7 @@ def _cdiv(a: int, b: int) -> int:
 def _chunk_table(cu_seqlens: torch.Tensor, chunk: int, n_table: int):
     """Chunks of packed sequences, each starting at its sequence's first token (device-side, no sync).
     -> (table [5, n_table] int32: sequence, start, length, first, last; last_chunk [S] int32 (-1: empty sequence);
+    first_chunk [S] int64 (the global chunk of each sequence's start; meaningless for empty sequences);
     seq_len [S] int64)."""
     cu = cu_seqlens.to(torch.int64)
     nseq = cu.numel() - 1
@@ -51,7 +58,62 @@ def _chunk_table(cu_seqlens: torch.Tensor, chunk: int, n_table: int):
     last = valid & (start + length == cu[seq + 1])
     table = torch.stack([seq, start, length, first.long(), last.long()]).to(torch.int32).contiguous()
     last_chunk = torch.where(n_chunks > 0, ends - 1, -1).to(torch.int32)
-    return table, last_chunk, seq_len
+    return table, last_chunk, ends - n_chunks, seq_len
+
+
+def _unit_last(t):
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+
+def _plan(x, B, chunk: int, cu_seqlens, nstates: int) -> dict:
+    """Chunk geometry shared by the forward and the backward: chunk table (packed), segments of stage 1, tiles."""
+    state_k = mamba_common.kernel_module("ssd_scan_chunk_state")
+    bsz, seqlen, nheads, headdim = x.shape
+    dstate = B.shape[3]
+    sm = mamba_common.sm_count(x.device)
+    st_cfg = state_k.chunk_state_config(headdim, dstate, chunk)
+    p_blocks = _cdiv(headdim, st_cfg["BLOCK_P"])
+    table = last_chunk = first_chunk = seq_len = None
+    if cu_seqlens is None:
+        chunks_per_row = _cdiv(seqlen, chunk)
+        n_chunks = n_table = bsz * chunks_per_row
+    else:
+        chunks_per_row = 0
+        n_chunks = n_table = (seqlen + nstates * (chunk - 1)) // chunk     # >= the chunks of all sequences
+        table, last_chunk, first_chunk, seq_len = _chunk_table(cu_seqlens, chunk, n_table)
+    n_seg, seg_len = state_k.segments(n_chunks, nheads, p_blocks, sm)
+    geometry = dict(n_chunks=n_chunks, n_table=n_table, chunks_per_row=chunks_per_row, n_seg=n_seg, seg_len=seg_len,
+                    Q=chunk)
+    return dict(geometry=geometry, table=table, last_chunk=last_chunk, first_chunk=first_chunk, seq_len=seq_len,
+                st_cfg=st_cfg, sm=sm, precision=mamba_common.dot_precision(x.dtype),
+                state_dtype=torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32)
+
+
+def _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus: bool, plan: dict, final=None):
+    """Forward stages 1-2: (s_in [n_chunks, H, P, N] state dtype, carry_decay [n_chunks, H] fp32, carry_lp
+    [n_seg, H, P, N] state dtype | None with one segment); completes `final` [n_states, H, P, N] in place if given."""
+    state_k = mamba_common.kernel_module("ssd_scan_chunk_state")
+    pass_k = mamba_common.kernel_module("ssd_scan_state_passing")
+    _, _, nheads, headdim = x.shape
+    dstate, dev = B.shape[3], x.device
+    geometry = plan["geometry"]
+    n_chunks, n_seg = geometry["n_chunks"], geometry["n_seg"]
+    s_in = torch.empty(n_chunks, nheads, headdim, dstate, dtype=plan["state_dtype"], device=dev)
+    carry_decay = torch.empty(n_chunks, nheads, dtype=torch.float32, device=dev)
+    seg_state = torch.empty(n_seg, nheads, headdim, dstate, dtype=torch.float32, device=dev)
+    seg_decay = torch.empty(n_seg, nheads, dtype=torch.float32, device=dev)
+    final_decay = torch.empty(final.shape[0], nheads, dtype=torch.float32, device=dev) if final is not None else None
+    state_k.chunk_state_launch(x, dt, A, B, dt_bias, initial_states, plan["table"], s_in, carry_decay, seg_state,
+                               seg_decay, final, final_decay, geometry, dt_softplus, plan["st_cfg"],
+                               plan["precision"])
+    carry_lp = None
+    if n_seg > 1:
+        carry = torch.empty(n_seg, nheads, headdim, dstate, dtype=torch.float32, device=dev)
+        carry_lp = carry if plan["state_dtype"] == torch.float32 else torch.empty(carry.shape, dtype=plan["state_dtype"],
+                                                                                  device=dev)
+        pass_k.state_passing_launch(seg_state, seg_decay, carry, carry_lp, final, final_decay, plan["last_chunk"],
+                                    geometry)
+    return s_in, carry_decay, carry_lp
 
 
 @torch.library.custom_op("nemotron_kernels::ssd_scan_fwd", mutates_args=())
@@ -60,8 +122,6 @@ def ssd_scan_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
                  initial_states: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
                  return_final_states: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (y [B, L, H, P] in x's dtype, final_states [B or S, H, P, N] fp32 (empty [0] unless requested)) (Triton)."""
-    state_k = mamba_common.kernel_module("ssd_scan_chunk_state")
-    pass_k = mamba_common.kernel_module("ssd_scan_state_passing")
     scan_k = mamba_common.kernel_module("ssd_scan_chunk_scan")
     bsz, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
@@ -75,51 +135,22 @@ def ssd_scan_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
             final.copy_(initial_states if initial_states is not None else torch.zeros_like(final))
         return y, final if final is not None else y.new_empty(0, dtype=torch.float32)
 
-    def unit_last(t):
-        return t if t is None or t.stride(-1) == 1 else t.contiguous()
-
-    x, dt, B, C, initial_states = (unit_last(t) for t in (x, dt, B, C, initial_states))
+    x, dt, B, C, initial_states = (_unit_last(t) for t in (x, dt, B, C, initial_states))
     A = A.to(torch.float32).contiguous()
     D = None if D is None else D.to(torch.float32).contiguous()
     dt_bias = None if dt_bias is None else dt_bias.to(torch.float32).contiguous()
-    chunk = chunk_size
-    sm = mamba_common.sm_count(dev)
-    st_cfg = state_k.chunk_state_config(headdim, dstate, chunk)
-    p_blocks = _cdiv(headdim, st_cfg["BLOCK_P"])
-    table = last_chunk = seq_len = None
-    if cu_seqlens is None:
-        chunks_per_row = _cdiv(seqlen, chunk)
-        n_chunks = n_table = bsz * chunks_per_row
-    else:
-        chunks_per_row = 0
-        n_chunks = n_table = (seqlen + nstates * (chunk - 1)) // chunk     # >= the chunks of all sequences
-        table, last_chunk, seq_len = _chunk_table(cu_seqlens, chunk, n_table)
-    n_seg, seg_len = state_k.segments(n_chunks, nheads, p_blocks, sm)
-    geometry = dict(n_chunks=n_chunks, n_table=n_table, chunks_per_row=chunks_per_row, n_seg=n_seg, seg_len=seg_len,
-                    Q=chunk)
-    precision = mamba_common.dot_precision(x.dtype)
-    s_in_dtype = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
-    s_in = torch.empty(n_chunks, nheads, headdim, dstate, dtype=s_in_dtype, device=dev)
-    carry_decay = torch.empty(n_chunks, nheads, dtype=torch.float32, device=dev)
-    seg_state = torch.empty(n_seg, nheads, headdim, dstate, dtype=torch.float32, device=dev)
-    seg_decay = torch.empty(n_seg, nheads, dtype=torch.float32, device=dev)
-    final_decay = torch.empty(nstates, nheads, dtype=torch.float32, device=dev) if final is not None else None
-    state_k.chunk_state_launch(x, dt, A, B, dt_bias, initial_states, table, s_in, carry_decay, seg_state, seg_decay,
-                               final, final_decay, geometry, dt_softplus, st_cfg, precision)
-    carry_lp = None
-    if n_seg > 1:
-        carry = torch.empty(n_seg, nheads, headdim, dstate, dtype=torch.float32, device=dev)
-        carry_lp = carry if s_in_dtype == torch.float32 else torch.empty(carry.shape, dtype=s_in_dtype, device=dev)
-        pass_k.state_passing_launch(seg_state, seg_decay, carry, carry_lp, final, final_decay, last_chunk, geometry)
-    scan_cfg = scan_k.chunk_scan_config(n_chunks, ngroups, nheads // ngroups, headdim, dstate, chunk,
-                                        sm if dev.type == "cuda" else 0)
-    scan_k.chunk_scan_launch(x, dt, A, B, C, D, dt_bias, table, s_in, carry_decay, carry_lp, y, geometry, dt_softplus,
-                             scan_cfg, precision, autotune=dev.type == "cuda")
+    plan = _plan(x, B, chunk_size, cu_seqlens, nstates)
+    geometry = plan["geometry"]
+    s_in, carry_decay, carry_lp = _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus, plan, final)
+    scan_cfg = scan_k.chunk_scan_config(geometry["n_chunks"], ngroups, nheads // ngroups, headdim, dstate, chunk_size,
+                                        plan["sm"] if dev.type == "cuda" else 0)
+    scan_k.chunk_scan_launch(x, dt, A, B, C, D, dt_bias, plan["table"], s_in, carry_decay, carry_lp, y, geometry,
+                             dt_softplus, scan_cfg, plan["precision"], autotune=dev.type == "cuda")
     if final is None:
         return y, y.new_empty(0, dtype=torch.float32)
     if cu_seqlens is not None:      # empty packed sequences have no chunk: their final state is the initial one
         start = initial_states.to(torch.float32) if initial_states is not None else torch.zeros_like(final)
-        final = torch.where((seq_len == 0)[:, None, None, None], start, final)
+        final = torch.where((plan["seq_len"] == 0)[:, None, None, None], start, final)
     return y, final
 
 
@@ -131,8 +162,109 @@ def _(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size, initial_states, cu_se
     return torch.empty(x.shape, dtype=x.dtype, device=x.device), final
 
 
+@torch.library.custom_op("nemotron_kernels::ssd_scan_bwd", mutates_args=())
+def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                 D: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor], dt_softplus: bool, chunk_size: int,
+                 initial_states: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor], dy: torch.Tensor,
+                 dfinal: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                          torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dy [B, L, H, P], dfinal [B or S, H, P, N] | None -> (dx, ddt, dA, dB, dC, dD, ddt_bias, dinitial_states), each
+    like its input (empty [0] for an absent D / dt_bias / initial_states) (Triton, deterministic).
+    Recomputes the forward chunk states (stages 1-2), passes state gradients backwards (bwd stage 1 + stage 2 on
+    reversed segments), then the chunk-parallel dx / ddt / dA / dD and dB / dC kernels."""
+    bwd_state_k = mamba_common.kernel_module("ssd_scan_bwd_chunk_state")
+    pass_k = mamba_common.kernel_module("ssd_scan_state_passing")
+    bwd_scan_k = mamba_common.kernel_module("ssd_scan_bwd_chunk_scan")
+    bsz, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    dev = x.device
+    nstates = bsz if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    out_dA = torch.zeros(A.shape, dtype=A.dtype, device=dev)
+    out_dD = torch.zeros(D.shape, dtype=D.dtype, device=dev) if D is not None else x.new_empty(0)
+    out_dbias = torch.zeros(dt_bias.shape, dtype=dt_bias.dtype, device=dev) if dt_bias is not None else x.new_empty(0)
+    if seqlen == 0 or x.numel() == 0:
+        dinit = x.new_empty(0)
+        if initial_states is not None:
+            dinit = (dfinal if dfinal is not None else torch.zeros_like(initial_states)).to(initial_states.dtype)
+        return (torch.zeros_like(x), torch.zeros_like(dt), out_dA, torch.zeros_like(B), torch.zeros_like(C), out_dD,
+                out_dbias, dinit)
+
+    B_in, C_in = B, C
+    x, dt, initial_states, dfinal = (_unit_last(t) for t in (x, dt, initial_states, dfinal))
+    B, C, dy = (_unit_last(t.to(x.dtype)) for t in (B, C, dy))    # tensor-core operands share x's dtype
+    A32 = A.to(torch.float32).contiguous()
+    D32 = None if D is None else D.to(torch.float32).contiguous()
+    bias32 = None if dt_bias is None else dt_bias.to(torch.float32).contiguous()
+    plan = _plan(x, B, chunk_size, cu_seqlens, nstates)
+    geometry, precision, state_dtype = plan["geometry"], plan["precision"], plan["state_dtype"]
+    n_chunks, n_seg = geometry["n_chunks"], geometry["n_seg"]
+    s_in, carry_decay, carry_lp = _chunk_states(x, dt, A32, B, bias32, initial_states, dt_softplus, plan)
+
+    # state gradients: backward stage 1 per segment (last chunk to first), then stage 2 over reversed segments
+    g_out = torch.empty(n_chunks, nheads, headdim, dstate, dtype=state_dtype, device=dev)
+    gcarry_decay = torch.empty(n_chunks, nheads, dtype=torch.float32, device=dev)
+    seg_g = torch.empty(n_seg, nheads, headdim, dstate, dtype=torch.float32, device=dev)
+    seg_gdecay = torch.empty(n_seg, nheads, dtype=torch.float32, device=dev)
+    want_dinit = initial_states is not None
+    dinit = torch.empty(nstates, nheads, headdim, dstate, dtype=torch.float32, device=dev) if want_dinit else None
+    dinit_decay = torch.empty(nstates, nheads, dtype=torch.float32, device=dev) if want_dinit else None
+    bwd_state_k.bwd_chunk_state_launch(dy, dt, A32, C, bias32, dfinal, plan["table"], g_out, gcarry_decay, seg_g,
+                                       seg_gdecay, dinit, dinit_decay, geometry, dt_softplus, plan["st_cfg"],
+                                       precision)
+    gcarry = gcarry_lp = None
+    if n_seg > 1:
+        gcarry = torch.empty(n_seg, nheads, headdim, dstate, dtype=torch.float32, device=dev)
+        gcarry_lp = gcarry if state_dtype == torch.float32 else torch.empty(gcarry.shape, dtype=state_dtype,
+                                                                            device=dev)
+        pass_k.state_passing_launch(seg_g, seg_gdecay, gcarry, gcarry_lp, None, None, None, geometry)
+
+    # chunk-parallel gradients
+    cfg = bwd_scan_k.bwd_config(n_chunks, ngroups, nheads // ngroups, headdim, dstate, chunk_size,
+                                plan["sm"] if dev.type == "cuda" else 0)
+    dx = torch.empty(x.shape, dtype=x.dtype, device=dev)
+    ddt32 = torch.empty(bsz, seqlen, nheads, dtype=torch.float32, device=dev)
+    dA_part = torch.empty(n_chunks, nheads, dtype=torch.float32, device=dev)
+    dD_part = torch.empty(n_chunks, nheads, dtype=torch.float32, device=dev)
+    bwd_scan_k.bwd_dx_launch(x, dt, A32, B, C, D32, bias32, plan["table"], dy, s_in, carry_decay, carry_lp, g_out,
+                             gcarry_decay, gcarry_lp, dx, ddt32, dA_part, dD_part, geometry, dt_softplus, cfg,
+                             precision)
+    dB = torch.empty(B.shape, dtype=B_in.dtype, device=dev)
+    dC = torch.empty(C.shape, dtype=C_in.dtype, device=dev)
+    bwd_scan_k.bwd_dbc_launch(x, dt, A32, bias32, plan["table"], dy, B, s_in, carry_decay, carry_lp, dC, False,
+                              geometry, dt_softplus, cfg, precision)
+    bwd_scan_k.bwd_dbc_launch(x, dt, A32, bias32, plan["table"], dy, C, g_out, gcarry_decay, gcarry_lp, dB, True,
+                              geometry, dt_softplus, cfg, precision)
+
+    # parameter gradients: fixed-order torch reductions of per-chunk partial sums (deterministic)
+    out_dA = dA_part.sum(0).to(A.dtype)
+    if D is not None:
+        out_dD = dD_part.sum(0).to(D.dtype)
+    if dt_bias is not None:
+        out_dbias = ddt32.sum((0, 1)).to(dt_bias.dtype)
+    if want_dinit:
+        if n_seg > 1:    # complete with the gradient entering the segment of each sequence's first chunk
+            first = torch.arange(nstates, device=dev) * geometry["chunks_per_row"] if cu_seqlens is None \
+                else plan["first_chunk"].clamp(0, n_chunks - 1)
+            rseg = n_seg - 1 - torch.div(first, geometry["seg_len"], rounding_mode="floor")
+            dinit = dinit + dinit_decay[:, :, None, None] * gcarry[rseg[:, None], torch.arange(nheads, device=dev)[None, :]]
+        if cu_seqlens is not None:  # an empty sequence passes its initial state through as its final state
+            passthrough = dfinal.to(torch.float32) if dfinal is not None else torch.zeros_like(dinit)
+            dinit = torch.where((plan["seq_len"] == 0)[:, None, None, None], passthrough, dinit)
+        dinit = dinit.to(initial_states.dtype)
+    else:
+        dinit = x.new_empty(0)
+    return dx, ddt32.to(dt.dtype), out_dA, dB, dC, out_dD, out_dbias, dinit
+
+
+@ssd_scan_bwd.register_fake
+def _(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size, initial_states, cu_seqlens, dy, dfinal):
+    def like(t):
+        return torch.empty(t.shape, dtype=t.dtype, device=t.device) if t is not None else x.new_empty(0)
+    return like(x), like(dt), like(A), like(B), like(C), like(D), like(dt_bias), like(initial_states)
+
+
 class SSDScanFn(torch.autograd.Function):
-    """Forward: the Triton kernels. Backward: autograd of the reference, recomputed in float32."""
+    """Forward and backward: the Triton kernels (the backward recomputes the chunk states)."""
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens, dt_softplus: bool, chunk_size: int,
@@ -145,23 +277,15 @@ class SSDScanFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, *dfinal):
-        saved = ctx.saved_tensors          # x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens
-        cu_seqlens = saved[8]
-        leaves = [t.detach().float().requires_grad_(t.requires_grad) if t is not None and t.is_floating_point()
-                  else t for t in saved]
-        with torch.enable_grad():
-            out = ssd_scan_ref(*leaves[:7], dt_softplus=ctx.dt_softplus, chunk_size=ctx.chunk_size,
-                               initial_states=leaves[7], cu_seqlens=cu_seqlens,
-                               return_final_states=ctx.return_final_states)
-            outs, grads_out = ([out[0], out[1]], [dy, dfinal[0]]) if ctx.return_final_states else ([out], [dy])
-            pairs = [(o, g) for o, g in zip(outs, grads_out) if g is not None]
-            wanted = [i for i, t in enumerate(leaves[:8]) if isinstance(t, torch.Tensor) and t.requires_grad]
-            grads = torch.autograd.grad([o for o, _ in pairs], [leaves[i] for i in wanted],
-                                        [g.float() for _, g in pairs], allow_unused=True)
-        result = [None] * 12
-        for i, grad in zip(wanted, grads):
-            result[i] = None if grad is None else grad.to(saved[i].dtype)
-        return tuple(result)
+        x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens = ctx.saved_tensors
+        dfinal = dfinal[0] if dfinal else None
+        if dy is None:
+            dy = torch.zeros_like(x)
+        grads = ssd_scan_bwd(x, dt, A, B, C, D, dt_bias, ctx.dt_softplus, ctx.chunk_size, initial_states, cu_seqlens,
+                             dy, dfinal)
+        dx, ddt, dA, dB, dC, dD, ddt_bias, dinit = grads
+        return (dx, ddt, dA, dB, dC, dD if D is not None else None, ddt_bias if dt_bias is not None else None,
+                dinit if initial_states is not None else None, None, None, None, None)
 
 
 def ssd_scan(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus: bool = False, chunk_size: int = 128,
@@ -177,8 +301,9 @@ def ssd_scan(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus: bool = False, ch
         cu_seqlens [S+1] int32/int64 | None: packed sequences along L (B must be 1); the state resets at each start.
         return_final_states: also return the state after the last token of each row / sequence.
     Returns:
-        y [B, L, H, P] in x's dtype, or (y, final_states [B or S, H, P, N] float32). Differentiable (backward:
-        autograd of the float32 reference).
+        y [B, L, H, P] in x's dtype, or (y, final_states [B or S, H, P, N] float32). Differentiable in x, dt, A,
+        B, C, D, dt_bias and initial_states, from y and from final_states (Triton backward, deterministic: bitwise
+        identical across runs; the reference's autograd where the forward runs the reference).
     """
     kernel_dtype_ok = mamba_common.use_triton(x, dt, A, B, C, D, dt_bias, initial_states, dot_kernel=True)
     if not kernel_dtype_ok or chunk_size not in KERNEL_CHUNKS or not isinstance(x, torch.Tensor) or x.dim() != 4 \
@@ -219,5 +344,4 @@ def ssd_scan(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus: bool = False, ch
 
 
 def backend_report(device_type: str) -> str:
-    return mamba_common.backend_report(device_type, "ssd_scan forward (backward: autograd of the reference)",
-                                       dot_kernel=True)
+    return mamba_common.backend_report(device_type, "ssd_scan forward + deterministic backward", dot_kernel=True)

@@ -48,3 +48,33 @@ def _chunk_dt(dt_ptr, dt_bias_ptr, row_base, start, length, h, stride_dt_l, offs
     if DT_SOFTPLUS:
         dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
     return tl.where(q_ok, dt, 0.0)
+
+
+@triton.jit
+def _chunk_dt_grad_scale(dt_ptr, dt_bias_ptr, row_base, start, length, h, stride_dt_l, offs_q,
+                         HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr):
+    """d dt / d dt_raw of `_chunk_dt` at the chunk's tokens, fp32 [Q]: sigmoid(dt_raw + dt_bias) with softplus
+    (1 above 20, like torch), else 1."""
+    if DT_SOFTPLUS:
+        q_ok = offs_q < length
+        pre = tl.load(dt_ptr + row_base + (start + offs_q).to(tl.int64) * stride_dt_l + h, mask=q_ok,
+                      other=0.0).to(tl.float32)
+        if HAS_DT_BIAS:
+            pre += tl.load(dt_bias_ptr + h).to(tl.float32)
+        scale = tl.where(pre > 20.0, 1.0, 1.0 / (1.0 + tl.exp(-tl.minimum(pre, 20.0))))
+    else:
+        scale = tl.full(offs_q.shape, 1.0, tl.float32)
+    return scale
+
+
+@triton.jit
+def _chunk_state_full(state_ptr, decay_ptr, carry_ptr, head_chunk, carry_head, state_size, pn_offs, pn_ok,
+                      HAS_CARRY: tl.constexpr):
+    """A per-chunk state counted from its segment's boundary, completed with the carry across segments:
+    state[head_chunk] + decay[head_chunk] * carry[carry_head], fp32 [BLOCK_P, BLOCK_N] (int64 offsets)."""
+    S = tl.load(state_ptr + head_chunk * state_size + pn_offs, mask=pn_ok, other=0.0).to(tl.float32)
+    if HAS_CARRY:
+        decay = tl.load(decay_ptr + head_chunk)
+        if decay != 0.0:   # 0 when a sequence boundary lies between the chunk and the segment boundary
+            S += decay * tl.load(carry_ptr + carry_head * state_size + pn_offs, mask=pn_ok, other=0.0).to(tl.float32)
+    return S

@@ -1,0 +1,323 @@
+"""SSD scan backward stage 2 (Triton): the gradients of every chunk, fully parallel over chunks, two kernels.
+
+Per chunk and head, with cs the cumulative sum of a = dt A in the chunk, M[t, s] = (C_t . B_s) exp(cs_t - cs_s)
+(s <= t), S_in the state entering the chunk (forward stages 1-2, recomputed) and G = dL/dS_out (backward stage 1):
+  dx kernel (program: chunk, group and a run of its heads; CB = C B^T once for them):
+    dxpre_s = sum_t M[t, s] dy_t + exp(cs_Q - cs_s) G B_s          dx_s = dt_s dxpre_s + D dy_s
+    ddt_s   = x_s . dxpre_s + A da_s      (times softplus' when dt_softplus)
+    da_k    = dL/da_k = <G, S_out> + sum_{t >= k} (dy_t . ynoD_t - x_t . (dx_t - D dy_t))
+              with ynoD_t = sum_s M[t, s] dt_s x_s + exp(cs_t) S_in C_t (the output without the D term) and
+              <G, S_out> = exp(cs_Q) <G, S_in> + sum_s dt_s exp(cs_Q - cs_s) x_s . (G B_s);
+    per (chunk, head) partial sums of dA = sum_k dt_k da_k and dD = sum_t dy_t . x_t (summed in torch).
+  dB / dC kernel (program: chunk, group, block of rows; the group's heads summed in registers, no atomics):
+    dC_t = sum_h [ sum_{s <= t} (dy_t . x_s) exp(cs_t - cs_s) dt_s B_s + exp(cs_t) dy_t S_in ]
+    dB_s = sum_h [ sum_{t >= s} (x_s . dy_t) exp(cs_t - cs_s) dt_s C_t + exp(cs_Q - cs_s) dt_s x_s G ]
+Every output element is written by exactly one program and every sum runs in a fixed order, so the backward is
+deterministic (bitwise identical across runs)."""
+import triton
+import triton.language as tl
+
+from . import ssd_scan_common
+from .mamba_common import dep_tokens, interpreting
+from .ssd_scan_common import _chunk_dt, _chunk_dt_grad_scale, _chunk_info, _chunk_state_full
+
+INTERPRETED = interpreting()
+LOAD_TOKEN = object()
+DEPENDS = ("ssd_scan_common",)
+DEP_TOKENS = dep_tokens(ssd_scan_common)
+
+
+@triton.jit
+def _ssd_bwd_dx_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dt_bias_ptr, table_ptr, dy_ptr,
+    s_in_ptr, carry_decay_ptr, carry_ptr,       # forward: S_in from the segment start, decay, carry (state dtype)
+    g_out_ptr, gcarry_decay_ptr, gcarry_ptr,    # backward stage 1: G from the segment end, decay, carry (reversed)
+    dx_ptr,                                     # [B, L, H, P] x's dtype
+    ddt_ptr,                                    # [B, L, H] fp32, gradient of the raw dt input
+    dA_part_ptr, dD_part_ptr,                   # [n_chunks, H] fp32 partial sums
+    seqlen, n_table, chunks_per_row, seg_len, n_seg, headdim, dstate, heads_per_group, nheads,
+    stride_x_b, stride_x_l, stride_x_h,
+    stride_dt_b, stride_dt_l,
+    stride_B_b, stride_B_l, stride_B_g,
+    stride_C_b, stride_C_l, stride_C_g,
+    stride_dy_b, stride_dy_l, stride_dy_h,
+    stride_dx_b, stride_dx_l, stride_dx_h,
+    stride_ddt_b, stride_ddt_l,
+    Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, HEADS_PER_PROG: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_CARRY: tl.constexpr,
+    IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    gc = tl.program_id(0)
+    pid_gh = tl.program_id(1)
+    splits = heads_per_group // HEADS_PER_PROG
+    g = pid_gh // splits
+    h0 = g * heads_per_group + (pid_gh % splits) * HEADS_PER_PROG
+    b, _, start, length, _, _ = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
+    b = tl.cast(b, tl.int64)
+    dtype = x_ptr.dtype.element_ty
+
+    offs_q = tl.arange(0, Q)
+    offs_p = tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    q_ok = offs_q < length
+    p_ok = offs_p < headdim
+    n_ok = offs_n < dstate
+    rows = (start + offs_q).to(tl.int64)
+    qp_ok = q_ok[:, None] & p_ok[None, :]
+
+    C_q = tl.load(C_ptr + b * stride_C_b + rows[:, None] * stride_C_l + g * stride_C_g + offs_n[None, :],
+                  mask=q_ok[:, None] & n_ok[None, :], other=0.0)                     # [Q, BLOCK_N]
+    B_q = tl.load(B_ptr + b * stride_B_b + rows[:, None] * stride_B_l + g * stride_B_g + offs_n[None, :],
+                  mask=q_ok[:, None] & n_ok[None, :], other=0.0)                     # [Q, BLOCK_N]
+    CB = tl.dot(C_q, tl.trans(B_q), input_precision=DOT_PRECISION)                  # [Q, Q]: t, s
+    causal = offs_q[:, None] >= offs_q[None, :]
+    state_size = headdim * dstate
+    pn_offs = offs_p[:, None] * dstate + offs_n[None, :]
+    pn_ok = p_ok[:, None] & n_ok[None, :] & (length > 0)    # padding chunk slots (packed) have no state
+    seg = gc // seg_len
+
+    for hh in range(HEADS_PER_PROG):
+        h = h0 + hh
+        A = tl.load(A_ptr + h).to(tl.float32)
+        dt = _chunk_dt(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l, offs_q,
+                       HAS_DT_BIAS, DT_SOFTPLUS)                                       # [Q]
+        # fp64 cumulative sums split into fp32 hi + lo parts, as in the forward chunk_scan stage
+        dA64 = (dt * A).to(tl.float64)
+        cs = tl.cumsum(dA64, axis=0)                                                   # [Q]
+        total64 = tl.sum(dA64, axis=0)
+        cs_hi = cs.to(tl.float32)
+        cs_lo = (cs - cs_hi.to(tl.float64)).to(tl.float32)
+        seg_sum = tl.minimum((cs_hi[:, None] - cs_hi[None, :]) + (cs_lo[:, None] - cs_lo[None, :]), 0.0)
+        M = tl.where(causal, CB * tl.exp(seg_sum), 0.0)                                # [Q, Q]: t, s
+        to_end = tl.exp((total64 - cs).to(tl.float32))                                 # [Q] exp(cs_Q - cs_s)
+        exp_cs = tl.exp(cs_hi)                                                         # [Q]
+
+        x = tl.load(x_ptr + b * stride_x_b + rows[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
+                    mask=qp_ok, other=0.0)                                             # [Q, BLOCK_P]
+        dy = tl.load(dy_ptr + b * stride_dy_b + rows[:, None] * stride_dy_l + h * stride_dy_h + offs_p[None, :],
+                     mask=qp_ok, other=0.0)                                            # [Q, BLOCK_P]
+        head_chunk = tl.cast(gc, tl.int64) * nheads + h
+        S = _chunk_state_full(s_in_ptr, carry_decay_ptr, carry_ptr, head_chunk,
+                              tl.cast(seg, tl.int64) * nheads + h, state_size, pn_offs, pn_ok, HAS_CARRY)
+        G = _chunk_state_full(g_out_ptr, gcarry_decay_ptr, gcarry_ptr, head_chunk,
+                              tl.cast(n_seg - 1 - seg, tl.int64) * nheads + h, state_size, pn_offs, pn_ok,
+                              HAS_CARRY)                                               # [BLOCK_P, BLOCK_N]
+
+        # output without D (forward recomputed) and the pre-dt gradient of x
+        y_nod = tl.dot((M * dt[None, :]).to(dtype), x, input_precision=DOT_PRECISION)  # [Q, BLOCK_P]: t
+        SC = tl.dot(C_q, tl.trans(S.to(dtype)), input_precision=DOT_PRECISION)        # [Q, BLOCK_P]: t
+        y_nod += exp_cs[:, None] * SC
+        dxpre = tl.dot(tl.trans(M.to(dtype)), dy, input_precision=DOT_PRECISION)      # [Q, BLOCK_P]: s
+        GB = tl.dot(B_q, tl.trans(G.to(dtype)), input_precision=DOT_PRECISION)        # [Q, BLOCK_P]: s
+        GB = to_end[:, None] * GB
+        dxpre += GB
+        xf = x.to(tl.float32)
+        dyf = dy.to(tl.float32)
+        dx = dt[:, None] * dxpre
+        dcs = tl.sum(dyf * y_nod - xf * dx, axis=1)                                    # [Q] dL/dcs_t (w/o end)
+        g_s_out = tl.exp(total64.to(tl.float32)) * tl.sum(tl.sum(G * S, axis=1), axis=0) \
+            + tl.sum(dt * tl.sum(xf * GB, axis=1), axis=0)                             # <G, S_out>
+        da = g_s_out + tl.cumsum(dcs, axis=0, reverse=True)                            # [Q]
+        ddt = tl.sum(xf * dxpre, axis=1) + A * da
+        ddt *= _chunk_dt_grad_scale(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l, offs_q,
+                                    HAS_DT_BIAS, DT_SOFTPLUS)
+        tl.store(ddt_ptr + b * stride_ddt_b + rows * stride_ddt_l + h, ddt, mask=q_ok)
+        if HAS_D:
+            dx += tl.load(D_ptr + h).to(tl.float32) * dyf
+        tl.store(dx_ptr + b * stride_dx_b + rows[:, None] * stride_dx_l + h * stride_dx_h + offs_p[None, :],
+                 dx.to(dx_ptr.dtype.element_ty), mask=qp_ok)
+        tl.store(dA_part_ptr + head_chunk, tl.sum(tl.where(q_ok, dt * da, 0.0), axis=0))
+        tl.store(dD_part_ptr + head_chunk, tl.sum(tl.sum(dyf * xf, axis=1), axis=0))
+
+
+@triton.jit
+def _ssd_bwd_dbc_kernel(
+    x_ptr, dt_ptr, A_ptr, dt_bias_ptr, table_ptr, dy_ptr,
+    v_ptr,                                      # dC: B, dB: C  [B, L, G, N]
+    st_ptr, st_decay_ptr, st_carry_ptr,         # dC: S_in, carry_decay, carry; dB: G_out, gcarry_decay, gcarry
+    out_ptr,                                    # dC or dB [B, L, G, N]
+    seqlen, n_table, chunks_per_row, seg_len, n_seg, headdim, dstate, heads_per_group, nheads,
+    stride_x_b, stride_x_l, stride_x_h,
+    stride_dt_b, stride_dt_l,
+    stride_dy_b, stride_dy_l, stride_dy_h,
+    stride_v_b, stride_v_l, stride_v_g,
+    stride_o_b, stride_o_l, stride_o_g,
+    Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, IS_DB: tl.constexpr,
+    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_CARRY: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Rows r of the program (tokens t for dC, s for dB) against all columns k of the chunk."""
+    gc = tl.program_id(0)
+    g = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    b, _, start, length, _, _ = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
+    b = tl.cast(b, tl.int64)
+    dtype = x_ptr.dtype.element_ty
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, Q)
+    offs_p = tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    m_ok = offs_m < length
+    k_ok = offs_k < length
+    p_ok = offs_p < headdim
+    n_ok = offs_n < dstate
+    rows_m = (start + offs_m).to(tl.int64)
+    rows_k = (start + offs_k).to(tl.int64)
+    if IS_DB:
+        tri = (offs_k[None, :] >= offs_m[:, None]) & k_ok[None, :]                      # t >= s
+        r_ptr, k_ptr = x_ptr, dy_ptr
+        stride_r_b, stride_r_l, stride_r_h = stride_x_b, stride_x_l, stride_x_h
+        stride_k_b, stride_k_l, stride_k_h = stride_dy_b, stride_dy_l, stride_dy_h
+        carry_seg = n_seg - 1 - gc // seg_len
+    else:
+        tri = (offs_k[None, :] <= offs_m[:, None]) & k_ok[None, :]                      # s <= t
+        r_ptr, k_ptr = dy_ptr, x_ptr
+        stride_r_b, stride_r_l, stride_r_h = stride_dy_b, stride_dy_l, stride_dy_h
+        stride_k_b, stride_k_l, stride_k_h = stride_x_b, stride_x_l, stride_x_h
+        carry_seg = gc // seg_len
+    V = tl.load(v_ptr + b * stride_v_b + rows_k[:, None] * stride_v_l + g * stride_v_g + offs_n[None, :],
+                mask=k_ok[:, None] & n_ok[None, :], other=0.0)                       # [Q, BLOCK_N]
+    state_size = headdim * dstate
+    pn_offs = offs_p[:, None] * dstate + offs_n[None, :]
+    pn_ok = p_ok[:, None] & n_ok[None, :] & (length > 0)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for hh in range(heads_per_group):
+        h = g * heads_per_group + hh
+        A = tl.load(A_ptr + h).to(tl.float32)
+        dt = _chunk_dt(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l, offs_k,
+                       HAS_DT_BIAS, DT_SOFTPLUS)                                       # [Q]
+        dA64 = (dt * A).to(tl.float64)
+        cs = tl.cumsum(dA64, axis=0)                                                   # [Q]
+        if BLOCK_M == Q:
+            dt_m = dt
+            cs_m = cs
+        else:   # the same sums at this program's rows: the prefix before them plus their own cumsum
+            dt_m = _chunk_dt(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l, offs_m,
+                             HAS_DT_BIAS, DT_SOFTPLUS)
+            prefix = tl.sum(tl.where(offs_k < pid_m * BLOCK_M, dA64, 0.0), axis=0)
+            cs_m = prefix + tl.cumsum((dt_m * A).to(tl.float64), axis=0)               # [BLOCK_M]
+        cs_hi = cs.to(tl.float32)
+        cs_lo = (cs - cs_hi.to(tl.float64)).to(tl.float32)
+        cs_m_hi = cs_m.to(tl.float32)
+        cs_m_lo = (cs_m - cs_m_hi.to(tl.float64)).to(tl.float32)
+        R = tl.load(r_ptr + b * stride_r_b + rows_m[:, None] * stride_r_l + h * stride_r_h + offs_p[None, :],
+                    mask=m_ok[:, None] & p_ok[None, :], other=0.0)                     # [BLOCK_M, BLOCK_P]
+        K = tl.load(k_ptr + b * stride_k_b + rows_k[:, None] * stride_k_l + h * stride_k_h + offs_p[None, :],
+                    mask=k_ok[:, None] & p_ok[None, :], other=0.0)                     # [Q, BLOCK_P]
+        RK = tl.dot(R, tl.trans(K), input_precision=DOT_PRECISION)                     # [BLOCK_M, Q]
+        diff = (cs_m_hi[:, None] - cs_hi[None, :]) + (cs_m_lo[:, None] - cs_lo[None, :])   # cs_r - cs_k
+        if IS_DB:
+            Pm = RK * tl.exp(tl.minimum(-diff, 0.0)) * dt_m[:, None]
+            r_scale = tl.exp((tl.sum(dA64, axis=0) - cs_m).to(tl.float32)) * dt_m        # exp(cs_Q - cs_s) dt_s
+        else:
+            Pm = RK * tl.exp(tl.minimum(diff, 0.0)) * dt[None, :]
+            r_scale = tl.exp(cs_m_hi)                                                  # exp(cs_t)
+        Pm = tl.where(tri, Pm, 0.0)
+        acc = tl.dot(Pm.to(dtype), V, acc, input_precision=DOT_PRECISION)              # [BLOCK_M, BLOCK_N]
+        head_chunk = tl.cast(gc, tl.int64) * nheads + h
+        St = _chunk_state_full(st_ptr, st_decay_ptr, st_carry_ptr, head_chunk,
+                               tl.cast(carry_seg, tl.int64) * nheads + h, state_size, pn_offs, pn_ok, HAS_CARRY)
+        Rs = (R.to(tl.float32) * r_scale[:, None]).to(dtype)
+        acc = tl.dot(Rs, St.to(dtype), acc, input_precision=DOT_PRECISION)            # [BLOCK_M, BLOCK_N]
+    tl.store(out_ptr + b * stride_o_b + rows_m[:, None] * stride_o_l + g * stride_o_g + offs_n[None, :],
+             acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+def bwd_config(n_chunks: int, ngroups: int, heads_per_group: int, headdim: int, dstate: int, chunk: int,
+               sm_count: int) -> dict:
+    """Tiles of both kernels: the dx kernel takes whole chunks and walks as many heads of a group as keep >= 4
+    programs per SM (all of them in the interpreter, sm_count 0); the dB/dC kernel takes BLOCK_M rows (half the
+    chunk, 16..64)."""
+    block_p = max(16, triton.next_power_of_2(headdim))
+    block_n = max(16, triton.next_power_of_2(dstate))
+    heads = heads_per_group
+    while sm_count and heads % 2 == 0 and n_chunks * ngroups * (heads_per_group // heads) < 4 * sm_count:
+        heads //= 2
+    return {"BLOCK_P": block_p, "BLOCK_N": block_n, "HEADS_PER_PROG": heads, "BLOCK_M": max(16, min(chunk // 2, 64)),
+            "dx_warps": 8, "dbc_warps": 8, "num_stages": 2}
+
+
+def _common_args(x, geometry: dict, n_seg: int):
+    _, seqlen, nheads, headdim = x.shape
+    return (seqlen, geometry["n_table"], geometry["chunks_per_row"], geometry["seg_len"], n_seg, headdim)
+
+
+def bwd_dx_launch(x, dt, A, B, C, D, dt_bias, table, dy, s_in, carry_decay, carry, g_out, gcarry_decay, gcarry,
+                  dx, ddt, dA_part, dD_part, geometry: dict, dt_softplus: bool, cfg: dict, dot_precision: str):
+    _, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    for name, t in (("x", x), ("B", B), ("C", C), ("dy", dy), ("dx", dx)):
+        assert t.stride(3) == 1, f"ssd_scan bwd dx: {name} needs a unit last stride"
+    assert dt.stride(2) == 1 and ddt.stride(2) == 1, "ssd_scan bwd dx: dt, ddt need a unit head stride"
+    hpg = nheads // ngroups
+    has_carry = carry is not None
+    grid = (geometry["n_chunks"], ngroups * (hpg // cfg["HEADS_PER_PROG"]))
+    _ssd_bwd_dx_kernel[grid](
+        x, dt, A, B, C, D if D is not None else A, dt_bias if dt_bias is not None else A,
+        table if table is not None else A, dy, s_in, carry_decay, carry if has_carry else s_in,
+        g_out, gcarry_decay, gcarry if has_carry else g_out, dx, ddt, dA_part, dD_part,
+        *_common_args(x, geometry, geometry["n_seg"]), dstate, hpg, nheads,
+        x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1), B.stride(2),
+        C.stride(0), C.stride(1), C.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
+        dx.stride(0), dx.stride(1), dx.stride(2), ddt.stride(0), ddt.stride(1),
+        Q=geometry["Q"], BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"], HEADS_PER_PROG=cfg["HEADS_PER_PROG"],
+        HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus, HAS_CARRY=has_carry,
+        IS_VARLEN=table is not None, DOT_PRECISION=dot_precision, num_warps=cfg["dx_warps"],
+        num_stages=cfg["num_stages"])
+
+
+def bwd_dbc_launch(x, dt, A, dt_bias, table, dy, v, state, state_decay, state_carry, out, is_db: bool,
+                   geometry: dict, dt_softplus: bool, cfg: dict, dot_precision: str):
+    """dC (is_db False: v = B, state = forward S_in) or dB (is_db True: v = C, state = backward G_out)."""
+    _, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = v.shape[2], v.shape[3]
+    for name, t in (("x", x), ("dy", dy), ("B/C", v), ("dB/dC", out)):
+        assert t.stride(3) == 1, f"ssd_scan bwd dB/dC: {name} needs a unit last stride"
+    chunk = geometry["Q"]
+    grid = (geometry["n_chunks"], ngroups, triton.cdiv(chunk, cfg["BLOCK_M"]))
+    _ssd_bwd_dbc_kernel[grid](
+        x, dt, A, dt_bias if dt_bias is not None else A, table if table is not None else A, dy, v,
+        state, state_decay, state_carry if state_carry is not None else state, out,
+        *_common_args(x, geometry, geometry["n_seg"]), dstate, nheads // ngroups, nheads,
+        x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), dy.stride(0), dy.stride(1), dy.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        Q=chunk, BLOCK_M=cfg["BLOCK_M"], BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"], IS_DB=is_db,
+        HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus, HAS_CARRY=state_carry is not None,
+        IS_VARLEN=table is not None, DOT_PRECISION=dot_precision, num_warps=cfg["dbc_warps"],
+        num_stages=cfg["num_stages"])
+
+
+def aot_compile_all():
+    """(name, CompiledKernel) at NemotronH's shapes (P=64, N=128, Q=128, G=8, bf16, bf16 states), sm_90a."""
+    from .mamba_common import aot_compile
+    cfg = bwd_config(256, 8, 8, 64, 128, 128, 132)
+    common = {"dt_ptr": "*bf16", "A_ptr": "*fp32", "dt_bias_ptr": "*fp32", "table_ptr": "*i32", "x_ptr": "*bf16",
+              "dy_ptr": "*bf16", "seqlen": "i32", "n_table": "i32", "chunks_per_row": "i32", "seg_len": "i32",
+              "n_seg": "i32", "headdim": "i32", "dstate": "i32", "heads_per_group": "i32", "nheads": "i32",
+              "stride_x_b": "i64", "stride_x_l": "i64", "stride_x_h": "i32", "stride_dt_b": "i64",
+              "stride_dt_l": "i64", "stride_dy_b": "i64", "stride_dy_l": "i64", "stride_dy_h": "i32"}
+    dx_sig = dict(common, B_ptr="*bf16", C_ptr="*bf16", D_ptr="*fp32", s_in_ptr="*bf16", carry_decay_ptr="*fp32",
+                  carry_ptr="*bf16", g_out_ptr="*bf16", gcarry_decay_ptr="*fp32", gcarry_ptr="*bf16",
+                  dx_ptr="*bf16", ddt_ptr="*fp32", dA_part_ptr="*fp32", dD_part_ptr="*fp32",
+                  stride_B_b="i64", stride_B_l="i64", stride_B_g="i32", stride_C_b="i64", stride_C_l="i64",
+                  stride_C_g="i32", stride_dx_b="i64", stride_dx_l="i64", stride_dx_h="i32", stride_ddt_b="i64",
+                  stride_ddt_l="i64")
+    for varlen, carry in ((False, True), (True, True), (False, False)):
+        consts = {"Q": 128, "BLOCK_P": cfg["BLOCK_P"], "BLOCK_N": cfg["BLOCK_N"],
+                  "HEADS_PER_PROG": cfg["HEADS_PER_PROG"], "HAS_D": True, "HAS_DT_BIAS": True, "DT_SOFTPLUS": True,
+                  "HAS_CARRY": carry, "IS_VARLEN": varlen, "DOT_PRECISION": "tf32"}
+        yield (f"ssd_bwd_dx varlen={varlen} carry={carry}",
+               aot_compile(_ssd_bwd_dx_kernel, dx_sig, consts, num_warps=cfg["dx_warps"],
+                           num_stages=cfg["num_stages"], aligned=("headdim", "dstate")))
+    dbc_sig = dict(common, v_ptr="*bf16", st_ptr="*bf16", st_decay_ptr="*fp32", st_carry_ptr="*bf16",
+                   out_ptr="*bf16", stride_v_b="i64", stride_v_l="i64", stride_v_g="i32", stride_o_b="i64",
+                   stride_o_l="i64", stride_o_g="i32")
+    for is_db, varlen in ((False, False), (True, False), (True, True)):
+        consts = {"Q": 128, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_P": cfg["BLOCK_P"], "BLOCK_N": cfg["BLOCK_N"],
+                  "IS_DB": is_db, "HAS_DT_BIAS": True, "DT_SOFTPLUS": True, "HAS_CARRY": True, "IS_VARLEN": varlen,
+                  "DOT_PRECISION": "tf32"}
+        yield (f"ssd_bwd_dbc is_db={is_db} varlen={varlen}",
+               aot_compile(_ssd_bwd_dbc_kernel, dbc_sig, consts, num_warps=cfg["dbc_warps"],
+                           num_stages=cfg["num_stages"], aligned=("headdim", "dstate")))
