@@ -5,9 +5,9 @@ Per chunk and head, with cs the cumulative sum of a = dt A in the chunk, M[t, s]
   dx kernel (program: chunk, group and a run of its heads; CB = C B^T once for them):
     dxpre_s = sum_t M[t, s] dy_t + exp(cs_Q - cs_s) G B_s          dx_s = dt_s dxpre_s + D dy_s
     ddt_s   = x_s . dxpre_s + A da_s      (times softplus' when dt_softplus)
-    da_k    = dL/da_k = <G, S_out> + sum_{t >= k} (dy_t . ynoD_t - x_t . (dx_t - D dy_t))
-              with ynoD_t = sum_s M[t, s] dt_s x_s + exp(cs_t) S_in C_t (the output without the D term) and
-              <G, S_out> = exp(cs_Q) <G, S_in> + sum_s dt_s exp(cs_Q - cs_s) x_s . (G B_s);
+    da_k    = dL/d(dt_k A): the terms whose decay spans token k (see the kernel), summed over the pairs s < k <= t
+              of the chunk with a cumulative sum over a [Q, Q] tile (row-minus-column sums of the pair terms,
+              dy . y - x . dx, would cancel their large diagonal terms in rounding);
     per (chunk, head) partial sums of dA = sum_k dt_k da_k and dD = sum_t dy_t . x_t (summed in torch).
   dB / dC kernel (program: chunk, group, block of rows; the group's heads summed in registers, no atomics):
     dC_t = sum_h [ sum_{s <= t} (dy_t . x_s) exp(cs_t - cs_s) dt_s B_s + exp(cs_t) dy_t S_in ]
@@ -103,10 +103,8 @@ def _ssd_bwd_dx_kernel(
                               tl.cast(n_seg - 1 - seg, tl.int64) * nheads + h, state_size, pn_offs, pn_ok,
                               HAS_CARRY)                                               # [BLOCK_P, BLOCK_N]
 
-        # output without D (forward recomputed) and the pre-dt gradient of x
-        y_nod = tl.dot((M * dt[None, :]).to(dtype), x, input_precision=DOT_PRECISION)  # [Q, BLOCK_P]: t
+        # the pre-dt gradient of x
         SC = tl.dot(C_q, tl.trans(S.to(dtype)), input_precision=DOT_PRECISION)        # [Q, BLOCK_P]: t
-        y_nod += exp_cs[:, None] * SC
         dxpre = tl.dot(tl.trans(M.to(dtype)), dy, input_precision=DOT_PRECISION)      # [Q, BLOCK_P]: s
         GB = tl.dot(B_q, tl.trans(G.to(dtype)), input_precision=DOT_PRECISION)        # [Q, BLOCK_P]: s
         GB = to_end[:, None] * GB
@@ -114,10 +112,19 @@ def _ssd_bwd_dx_kernel(
         xf = x.to(tl.float32)
         dyf = dy.to(tl.float32)
         dx = dt[:, None] * dxpre
-        dcs = tl.sum(dyf * y_nod - xf * dx, axis=1)                                    # [Q] dL/dcs_t (w/o end)
-        g_s_out = tl.exp(total64.to(tl.float32)) * tl.sum(tl.sum(G * S, axis=1), axis=0) \
-            + tl.sum(dt * tl.sum(xf * GB, axis=1), axis=0)                             # <G, S_out>
-        da = g_s_out + tl.cumsum(dcs, axis=0, reverse=True)                            # [Q]
+        # da_k = dL/d(dt_k A): every term whose decay spans token k. Summed over the pairs s < k <= t directly (not
+        # as row minus column sums of W, whose large diagonal terms would cancel in rounding):
+        #   intra  sum_{t >= k} sum_{s < k} W[t, s],  W[t, s] = M[t, s] dt_s (dy_t . x_s)   (strictly lower)
+        #   state  exp(cs_Q) <G, S_in> + sum_{s < k} V_s + sum_{t >= k} Z_t
+        #          V_s = dt_s exp(cs_Q - cs_s) x_s . (G B_s),  Z_t = exp(cs_t) dy_t . (S_in C_t)
+        dyx = tl.dot(dy, tl.trans(x), input_precision=DOT_PRECISION)                  # [Q, Q]: t, s
+        W = tl.where(offs_q[:, None] > offs_q[None, :], M * dyx * dt[None, :], 0.0)
+        before_k = tl.cumsum(W, axis=1) - W                                            # [t, k]: sum_{s < k} W[t, s]
+        da = tl.sum(tl.where(causal, before_k, 0.0), axis=0)                           # [Q]: k
+        V = dt * tl.sum(xf * GB, axis=1)                                               # [Q]: s
+        Z = tl.sum(dyf * SC, axis=1) * exp_cs                                          # [Q]: t
+        da += tl.exp(total64.to(tl.float32)) * tl.sum(tl.sum(G * S, axis=1), axis=0)
+        da += tl.cumsum(V, axis=0) - V + tl.cumsum(Z, axis=0, reverse=True)
         ddt = tl.sum(xf * dxpre, axis=1) + A * da
         ddt *= _chunk_dt_grad_scale(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l, offs_q,
                                     HAS_DT_BIAS, DT_SOFTPLUS)
