@@ -185,7 +185,7 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     if seqlen == 0 or x.numel() == 0:
         dinit = x.new_empty(0)
         if initial_states is not None:
-            dinit = (dfinal if dfinal is not None else torch.zeros_like(initial_states)).to(initial_states.dtype)
+            dinit = dfinal.to(initial_states.dtype, copy=True) if dfinal is not None else torch.zeros_like(initial_states)
         return (torch.zeros_like(x), torch.zeros_like(dt), out_dA, torch.zeros_like(B), torch.zeros_like(C), out_dD,
                 out_dbias, dinit)
 
@@ -223,8 +223,8 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
                                 plan["sm"] if dev.type == "cuda" else 0)
     dx = torch.empty(x.shape, dtype=x.dtype, device=dev)
     ddt32 = torch.empty(bsz, seqlen, nheads, dtype=torch.float32, device=dev)
-    dA_part = torch.empty(n_chunks, nheads, dtype=torch.float32, device=dev)
-    dD_part = torch.empty(n_chunks, nheads, dtype=torch.float32, device=dev)
+    dA_part = torch.empty(n_chunks, nheads, dtype=torch.float64, device=dev)
+    dD_part = torch.empty(n_chunks, nheads, dtype=torch.float64, device=dev)
     bwd_scan_k.bwd_dx_launch(x, dt, A32, B, C, D32, bias32, plan["table"], dy, s_in, carry_decay, carry_lp, g_out,
                              gcarry_decay, gcarry_lp, dx, ddt32, dA_part, dD_part, geometry, dt_softplus, cfg,
                              precision)
@@ -235,12 +235,12 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     bwd_scan_k.bwd_dbc_launch(x, dt, A32, bias32, plan["table"], dy, C, g_out, gcarry_decay, gcarry_lp, dB, True,
                               geometry, dt_softplus, cfg, precision)
 
-    # parameter gradients: fixed-order torch reductions of per-chunk partial sums (deterministic)
+    # parameter gradients: fixed-order fp64 torch reductions of per-chunk partial sums (deterministic)
     out_dA = dA_part.sum(0).to(A.dtype)
     if D is not None:
         out_dD = dD_part.sum(0).to(D.dtype)
     if dt_bias is not None:
-        out_dbias = ddt32.sum((0, 1)).to(dt_bias.dtype)
+        out_dbias = ddt32.sum((0, 1), dtype=torch.float64).to(dt_bias.dtype)
     if want_dinit:
         if n_seg > 1:    # complete with the gradient entering the segment of each sequence's first chunk
             first = torch.arange(nstates, device=dev) * geometry["chunks_per_row"] if cu_seqlens is None \

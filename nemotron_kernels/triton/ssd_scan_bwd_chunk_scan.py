@@ -34,7 +34,7 @@ def _ssd_bwd_dx_kernel(
     g_out_ptr, gcarry_decay_ptr, gcarry_ptr,    # backward stage 1: G from the segment end, decay, carry (reversed)
     dx_ptr,                                     # [B, L, H, P] x's dtype
     ddt_ptr,                                    # [B, L, H] fp32, gradient of the raw dt input
-    dA_part_ptr, dD_part_ptr,                   # [n_chunks, H] fp32 partial sums
+    dA_part_ptr, dD_part_ptr,                   # [n_chunks, H] fp64 partial sums
     seqlen, n_table, chunks_per_row, seg_len, n_seg, headdim, dstate, heads_per_group, nheads,
     stride_x_b, stride_x_l, stride_x_h,
     stride_dt_b, stride_dt_l,
@@ -133,8 +133,9 @@ def _ssd_bwd_dx_kernel(
             dx += tl.load(D_ptr + h).to(tl.float32) * dyf
         tl.store(dx_ptr + b * stride_dx_b + rows[:, None] * stride_dx_l + h * stride_dx_h + offs_p[None, :],
                  dx.to(dx_ptr.dtype.element_ty), mask=qp_ok)
-        tl.store(dA_part_ptr + head_chunk, tl.sum(tl.where(q_ok, dt * da, 0.0), axis=0))
-        tl.store(dD_part_ptr + head_chunk, tl.sum(tl.sum(dyf * xf, axis=1), axis=0))
+        # per-head sums over every token: fp64 partials (then summed in fp64), below fp32 summation-order noise
+        tl.store(dA_part_ptr + head_chunk, tl.sum(tl.where(q_ok, dt.to(tl.float64) * da.to(tl.float64), 0.0), axis=0))
+        tl.store(dD_part_ptr + head_chunk, tl.sum(tl.sum(dyf * xf, axis=1).to(tl.float64), axis=0))
 
 
 @triton.jit
@@ -307,7 +308,7 @@ def aot_compile_all():
               "stride_dt_l": "i64", "stride_dy_b": "i64", "stride_dy_l": "i64", "stride_dy_h": "i32"}
     dx_sig = dict(common, B_ptr="*bf16", C_ptr="*bf16", D_ptr="*fp32", s_in_ptr="*bf16", carry_decay_ptr="*fp32",
                   carry_ptr="*bf16", g_out_ptr="*bf16", gcarry_decay_ptr="*fp32", gcarry_ptr="*bf16",
-                  dx_ptr="*bf16", ddt_ptr="*fp32", dA_part_ptr="*fp32", dD_part_ptr="*fp32",
+                  dx_ptr="*bf16", ddt_ptr="*fp32", dA_part_ptr="*fp64", dD_part_ptr="*fp64",
                   stride_B_b="i64", stride_B_l="i64", stride_B_g="i32", stride_C_b="i64", stride_C_l="i64",
                   stride_C_g="i32", stride_dx_b="i64", stride_dx_l="i64", stride_dx_h="i32", stride_ddt_b="i64",
                   stride_ddt_l="i64")
