@@ -109,8 +109,8 @@ def _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus: bool, plan:
     carry_lp = None
     if n_seg > 1:
         carry = torch.empty(n_seg, nheads, headdim, dstate, dtype=torch.float32, device=dev)
-        carry_lp = carry if plan["state_dtype"] == torch.float32 else torch.empty(carry.shape, dtype=plan["state_dtype"],
-                                                                                  device=dev)
+        state_dtype = plan["state_dtype"]
+        carry_lp = carry if state_dtype == torch.float32 else torch.empty(carry.shape, dtype=state_dtype, device=dev)
         pass_k.state_passing_launch(seg_state, seg_decay, carry, carry_lp, final, final_decay, plan["last_chunk"],
                                     geometry)
     return s_in, carry_decay, carry_lp
@@ -185,7 +185,8 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     if seqlen == 0 or x.numel() == 0:
         dinit = x.new_empty(0)
         if initial_states is not None:
-            dinit = dfinal.to(initial_states.dtype, copy=True) if dfinal is not None else torch.zeros_like(initial_states)
+            dinit = dfinal.to(initial_states.dtype, copy=True) if dfinal is not None \
+                else torch.zeros_like(initial_states)
         return (torch.zeros_like(x), torch.zeros_like(dt), out_dA, torch.zeros_like(B), torch.zeros_like(C), out_dD,
                 out_dbias, dinit)
 
@@ -246,7 +247,8 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
             first = torch.arange(nstates, device=dev) * geometry["chunks_per_row"] if cu_seqlens is None \
                 else plan["first_chunk"].clamp(0, n_chunks - 1)
             rseg = n_seg - 1 - torch.div(first, geometry["seg_len"], rounding_mode="floor")
-            dinit = dinit + dinit_decay[:, :, None, None] * gcarry[rseg[:, None], torch.arange(nheads, device=dev)[None, :]]
+            heads = torch.arange(nheads, device=dev)
+            dinit = dinit + dinit_decay[:, :, None, None] * gcarry[rseg[:, None], heads[None, :]]
         if cu_seqlens is not None:  # an empty sequence passes its initial state through as its final state
             passthrough = dfinal.to(torch.float32) if dfinal is not None else torch.zeros_like(dinit)
             dinit = torch.where((plan["seq_len"] == 0)[:, None, None, None], passthrough, dinit)

@@ -248,13 +248,13 @@ def bwd_config(n_chunks: int, ngroups: int, heads_per_group: int, headdim: int, 
 
 
 def _common_args(x, geometry: dict, n_seg: int):
-    _, seqlen, nheads, headdim = x.shape
+    _, seqlen, _, headdim = x.shape
     return (seqlen, geometry["n_table"], geometry["chunks_per_row"], geometry["seg_len"], n_seg, headdim)
 
 
 def bwd_dx_launch(x, dt, A, B, C, D, dt_bias, table, dy, s_in, carry_decay, carry, g_out, gcarry_decay, gcarry,
                   dx, ddt, dA_part, dD_part, geometry: dict, dt_softplus: bool, cfg: dict, dot_precision: str):
-    _, seqlen, nheads, headdim = x.shape
+    nheads = x.shape[2]
     ngroups, dstate = B.shape[2], B.shape[3]
     for name, t in (("x", x), ("B", B), ("C", C), ("dy", dy), ("dx", dx)):
         assert t.stride(3) == 1, f"ssd_scan bwd dx: {name} needs a unit last stride"
@@ -279,7 +279,7 @@ def bwd_dx_launch(x, dt, A, B, C, D, dt_bias, table, dy, s_in, carry_decay, carr
 def bwd_dbc_launch(x, dt, A, dt_bias, table, dy, v, state, state_decay, state_carry, out, is_db: bool,
                    geometry: dict, dt_softplus: bool, cfg: dict, dot_precision: str):
     """dC (is_db False: v = B, state = forward S_in) or dB (is_db True: v = C, state = backward G_out)."""
-    _, seqlen, nheads, headdim = x.shape
+    nheads = x.shape[2]
     ngroups, dstate = v.shape[2], v.shape[3]
     for name, t in (("x", x), ("dy", dy), ("B/C", v), ("dB/dC", out)):
         assert t.stride(3) == 1, f"ssd_scan bwd dB/dC: {name} needs a unit last stride"

@@ -7,8 +7,8 @@ import torch
 from mamba_checks import BWD, F64, FWD, aot_lines, assert_error_rule, assert_state_rule, interpret  # noqa: F401
 
 from nemotron_kernels.ops.ssd_scan import ssd_scan
-from nemotron_kernels.testing import max_error
 from nemotron_kernels.reference.ssd_scan import ssd_recurrence_ref, ssd_scan_ref
+from nemotron_kernels.testing import max_error
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 
