@@ -8,8 +8,9 @@ Backward (Triton, deterministic: no atomics, every sum in a fixed order): forwar
 states, then
   4. bwd_chunk_state  state gradients dL/dS_out carried backwards through each segment (+ the initial states'),
   2. state_passing    the same kernel on reversed segments: the gradient entering each segment from later ones,
-  5. bwd_chunk_scan   dx, ddt, per-chunk dA / dD sums (one kernel), dC and dB (one kernel each, the heads of a
-                      group summed in registers); dA, dD, ddt_bias are summed over chunks / tokens in torch.
+  5. bwd_chunk_scan   dC (+ the intra-chunk parts of dL/d(dt A)), then dx, ddt and per-chunk dA / dD sums, then
+                      dB (dB / dC: the heads of a group summed in registers); dA, dD, ddt_bias are summed over
+                      chunks / tokens in torch (fp64).
 The reference runs on CPU, for float64, or without Triton — unless TRITON_INTERPRET=1, where CPU fp16/fp32
 tensors run the kernels in Triton's interpreter (bf16 goes to the reference there: the interpreter mis-computes
 bf16 tl.dot); where the forward runs the reference, the backward is the reference's autograd.
@@ -171,7 +172,7 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     """dy [B, L, H, P], dfinal [B or S, H, P, N] | None -> (dx, ddt, dA, dB, dC, dD, ddt_bias, dinitial_states), each
     like its input (empty [0] for an absent D / dt_bias / initial_states) (Triton, deterministic).
     Recomputes the forward chunk states (stages 1-2), passes state gradients backwards (bwd stage 1 + stage 2 on
-    reversed segments), then the chunk-parallel dx / ddt / dA / dD and dB / dC kernels."""
+    reversed segments), then the chunk-parallel dC, dx / ddt / dA / dD and dB kernels."""
     bwd_state_k = mamba_common.kernel_module("ssd_scan_bwd_chunk_state")
     pass_k = mamba_common.kernel_module("ssd_scan_state_passing")
     bwd_scan_k = mamba_common.kernel_module("ssd_scan_bwd_chunk_scan")
@@ -226,15 +227,17 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     ddt32 = torch.empty(bsz, seqlen, nheads, dtype=torch.float32, device=dev)
     dA_part = torch.empty(n_chunks, nheads, dtype=torch.float64, device=dev)
     dD_part = torch.empty(n_chunks, nheads, dtype=torch.float64, device=dev)
-    bwd_scan_k.bwd_dx_launch(x, dt, A32, B, C, D32, bias32, plan["table"], dy, s_in, carry_decay, carry_lp, g_out,
-                             gcarry_decay, gcarry_lp, dx, ddt32, dA_part, dD_part, geometry, dt_softplus, cfg,
-                             precision)
     dB = torch.empty(B.shape, dtype=B_in.dtype, device=dev)
     dC = torch.empty(C.shape, dtype=C_in.dtype, device=dev)
-    bwd_scan_k.bwd_dbc_launch(x, dt, A32, bias32, plan["table"], dy, B, s_in, carry_decay, carry_lp, dC, False,
-                              geometry, dt_softplus, cfg, precision)
-    bwd_scan_k.bwd_dbc_launch(x, dt, A32, bias32, plan["table"], dy, C, g_out, gcarry_decay, gcarry_lp, dB, True,
-                              geometry, dt_softplus, cfg, precision)
+    da_part = torch.empty(n_chunks, _cdiv(chunk_size, cfg["BLOCK_M_DC"]), nheads, chunk_size, dtype=torch.float32,
+                          device=dev)
+    bwd_scan_k.bwd_dbc_launch(x, dt, A32, bias32, plan["table"], dy, B, C, s_in, carry_decay, carry_lp, dC, da_part,
+                              False, geometry, dt_softplus, cfg, precision)
+    bwd_scan_k.bwd_dx_launch(x, dt, A32, B, C, D32, bias32, plan["table"], dy, s_in, carry_decay, carry_lp, g_out,
+                             gcarry_decay, gcarry_lp, dx, ddt32, dA_part, dD_part, da_part, geometry, dt_softplus, cfg,
+                             precision)
+    bwd_scan_k.bwd_dbc_launch(x, dt, A32, bias32, plan["table"], dy, C, None, g_out, gcarry_decay, gcarry_lp, dB,
+                              None, True, geometry, dt_softplus, cfg, precision)
 
     # parameter gradients: fixed-order fp64 torch reductions of per-chunk partial sums (deterministic)
     out_dA = dA_part.sum(0).to(A.dtype)

@@ -2,14 +2,15 @@
 
 Per chunk and head, with cs the cumulative sum of a = dt A in the chunk, M[t, s] = (C_t . B_s) exp(cs_t - cs_s)
 (s <= t), S_in the state entering the chunk (forward stages 1-2, recomputed) and G = dL/dS_out (backward stage 1):
-  dx kernel (program: chunk, group and a run of its heads; CB = C B^T once for them):
+  dx kernel (program: chunk and head on the GPU; chunk and a group's heads, sharing CB = C B^T, in the interpreter):
     dxpre_s = sum_t M[t, s] dy_t + exp(cs_Q - cs_s) G B_s          dx_s = dt_s dxpre_s + D dy_s
     ddt_s   = x_s . dxpre_s + A da_s      (times softplus' when dt_softplus)
-    da_k    = dL/d(dt_k A): the terms whose decay spans token k (see the kernel), summed over the pairs s < k <= t
-              of the chunk with a cumulative sum over a [Q, Q] tile (row-minus-column sums of the pair terms,
-              dy . y - x . dx, would cancel their large diagonal terms in rounding);
+    da_k    = dL/d(dt_k A): the terms whose decay spans token k (see the kernel), the intra-chunk pairs s < k <= t
+              summed by the dC kernel with a cumulative sum over its [BLOCK_M, Q] tile (row-minus-column sums of
+              the pair terms, dy . y - x . dx, would cancel their large diagonal terms in rounding);
     per (chunk, head) partial sums of dA = sum_k dt_k da_k and dD = sum_t dy_t . x_t (summed in torch).
-  dB / dC kernel (program: chunk, group, block of rows; the group's heads summed in registers, no atomics):
+  dB / dC kernels (program: chunk, group, block of rows; the group's heads summed in registers, no atomics; dC runs
+  first and also writes the intra-chunk parts of da for the dx kernel):
     dC_t = sum_h [ sum_{s <= t} (dy_t . x_s) exp(cs_t - cs_s) dt_s B_s + exp(cs_t) dy_t S_in ]
     dB_s = sum_h [ sum_{t >= s} (x_s . dy_t) exp(cs_t - cs_s) dt_s C_t + exp(cs_Q - cs_s) dt_s x_s G ]
 Every output element is written by exactly one program and every sum runs in a fixed order, so the backward is
@@ -35,6 +36,7 @@ def _ssd_bwd_dx_kernel(
     dx_ptr,                                     # [B, L, H, P] x's dtype
     ddt_ptr,                                    # [B, L, H] fp32, gradient of the raw dt input
     dA_part_ptr, dD_part_ptr,                   # [n_chunks, H] fp64 partial sums
+    da_part_ptr,                                # [n_chunks, M_BLOCKS, H, Q] fp32 intra-chunk parts of da (dC kernel)
     seqlen, n_table, chunks_per_row, seg_len, n_seg, headdim, dstate, heads_per_group, nheads,
     stride_x_b, stride_x_l, stride_x_h,
     stride_dt_b, stride_dt_l,
@@ -44,7 +46,8 @@ def _ssd_bwd_dx_kernel(
     stride_dx_b, stride_dx_l, stride_dx_h,
     stride_ddt_b, stride_ddt_l,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, HEADS_PER_PROG: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_CARRY: tl.constexpr,
+    M_BLOCKS: tl.constexpr, HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+    HAS_CARRY: tl.constexpr,
     IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     gc = tl.program_id(0)
@@ -112,15 +115,15 @@ def _ssd_bwd_dx_kernel(
         xf = x.to(tl.float32)
         dyf = dy.to(tl.float32)
         dx = dt[:, None] * dxpre
-        # da_k = dL/d(dt_k A): every term whose decay spans token k. Summed over the pairs s < k <= t directly (not
-        # as row minus column sums of W, whose large diagonal terms would cancel in rounding):
-        #   intra  sum_{t >= k} sum_{s < k} W[t, s],  W[t, s] = M[t, s] dt_s (dy_t . x_s)   (strictly lower)
+        # da_k = dL/d(dt_k A): every term whose decay spans token k, summed directly over the pairs s < k <= t (not
+        # as row minus column sums, whose large diagonal terms would cancel in rounding):
+        #   intra  sum_{t >= k} sum_{s < k} W[t, s],  W[t, s] = M[t, s] dt_s (dy_t . x_s): from the dC kernel, one
+        #          [Q] part per block of its rows t (it holds dy_t . x_s already)
         #   state  exp(cs_Q) <G, S_in> + sum_{s < k} V_s + sum_{t >= k} Z_t
         #          V_s = dt_s exp(cs_Q - cs_s) x_s . (G B_s),  Z_t = exp(cs_t) dy_t . (S_in C_t)
-        dyx = tl.dot(dy, tl.trans(x), input_precision=DOT_PRECISION)                  # [Q, Q]: t, s
-        W = tl.where(offs_q[:, None] > offs_q[None, :], M * dyx * dt[None, :], 0.0)
-        before_k = tl.cumsum(W, axis=1) - W                                            # [t, k]: sum_{s < k} W[t, s]
-        da = tl.sum(tl.where(causal, before_k, 0.0), axis=0)                           # [Q]: k
+        da = tl.zeros([Q], dtype=tl.float32)
+        for mb in range(M_BLOCKS):
+            da += tl.load(da_part_ptr + ((tl.cast(gc, tl.int64) * M_BLOCKS + mb) * nheads + h) * Q + offs_q)
         V = dt * tl.sum(xf * GB, axis=1)                                               # [Q]: s
         Z = tl.sum(dyf * SC, axis=1) * exp_cs                                          # [Q]: t
         da += tl.exp(total64.to(tl.float32)) * tl.sum(tl.sum(G * S, axis=1), axis=0)
@@ -142,6 +145,8 @@ def _ssd_bwd_dx_kernel(
 def _ssd_bwd_dbc_kernel(
     x_ptr, dt_ptr, A_ptr, dt_bias_ptr, table_ptr, dy_ptr,
     v_ptr,                                      # dC: B, dB: C  [B, L, G, N]
+    u_ptr,                                      # dC: C (for CB and da), dB: unused
+    da_part_ptr,                                # dC: [n_chunks, M_BLOCKS, H, Q] fp32 out (see the dx kernel)
     st_ptr, st_decay_ptr, st_carry_ptr,         # dC: S_in, carry_decay, carry; dB: G_out, gcarry_decay, gcarry
     out_ptr,                                    # dC or dB [B, L, G, N]
     seqlen, n_table, chunks_per_row, seg_len, n_seg, headdim, dstate, heads_per_group, nheads,
@@ -150,6 +155,7 @@ def _ssd_bwd_dbc_kernel(
     stride_dy_b, stride_dy_l, stride_dy_h,
     stride_v_b, stride_v_l, stride_v_g,
     stride_o_b, stride_o_l, stride_o_g,
+    stride_u_b, stride_u_l, stride_u_g,
     Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, IS_DB: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_CARRY: tl.constexpr, IS_VARLEN: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -189,6 +195,12 @@ def _ssd_bwd_dbc_kernel(
     state_size = headdim * dstate
     pn_offs = offs_p[:, None] * dstate + offs_n[None, :]
     pn_ok = p_ok[:, None] & n_ok[None, :] & (length > 0)
+    if not IS_DB:   # CB rows for the intra-chunk part of da: W[t, s] = CB[t, s] * (the dC weights), s < t
+        U = tl.load(u_ptr + b * stride_u_b + rows_m[:, None] * stride_u_l + g * stride_u_g + offs_n[None, :],
+                    mask=m_ok[:, None] & n_ok[None, :], other=0.0)                   # [BLOCK_M, BLOCK_N] C_t
+        CB = tl.dot(U, tl.trans(V), input_precision=DOT_PRECISION)                     # [BLOCK_M, Q]
+        strict = (offs_k[None, :] < offs_m[:, None]) & k_ok[None, :]
+        k_le_t = (offs_k[None, :] <= offs_m[:, None]) & m_ok[:, None]
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for hh in range(heads_per_group):
@@ -225,6 +237,12 @@ def _ssd_bwd_dbc_kernel(
         Pm = tl.where(tri, Pm, 0.0)
         acc = tl.dot(Pm.to(dtype), V, acc, input_precision=DOT_PRECISION)              # [BLOCK_M, BLOCK_N]
         head_chunk = tl.cast(gc, tl.int64) * nheads + h
+        if not IS_DB:   # da part of these rows t: sum_{t >= k} sum_{s < k} W[t, s]
+            W = tl.where(strict, Pm * CB, 0.0)
+            before_k = tl.cumsum(W, axis=1) - W                                        # [t, k]: sum_{s < k} W[t, s]
+            da_rows = tl.sum(tl.where(k_le_t, before_k, 0.0), axis=0)                  # [Q]: k
+            tl.store(da_part_ptr + ((tl.cast(gc, tl.int64) * tl.num_programs(2) + pid_m) * nheads + h) * Q + offs_k,
+                     da_rows)
         St = _chunk_state_full(st_ptr, st_decay_ptr, st_carry_ptr, head_chunk,
                                tl.cast(carry_seg, tl.int64) * nheads + h, state_size, pn_offs, pn_ok, HAS_CARRY)
         Rs = (R.to(tl.float32) * r_scale[:, None]).to(dtype)
@@ -235,16 +253,17 @@ def _ssd_bwd_dbc_kernel(
 
 def bwd_config(n_chunks: int, ngroups: int, heads_per_group: int, headdim: int, dstate: int, chunk: int,
                sm_count: int) -> dict:
-    """Tiles of both kernels: the dx kernel takes whole chunks and walks as many heads of a group as keep >= 4
-    programs per SM (all of them in the interpreter, sm_count 0); the dB/dC kernel takes BLOCK_M rows (half the
-    chunk, 16..64)."""
+    """Tiles of both kernels, chosen by the sm_90a register report (cuobjdump -res-usage of the AOT compile at
+    NemotronH's shapes, Q=128, P=64, N=128, 8 warps): the dx kernel takes whole chunks, one head per program on the
+    GPU (walking the 8 heads of a group to share CB spilled 2.6 KB per thread, 1 head: ~0.1 KB), all heads of the
+    group in the interpreter (sm_count 0); the dC kernel takes BLOCK_M_DC = Q / 4 rows (<= 32: 64 rows spilled
+    0.8 KB, 32 rows 64 B, 16 rows none; < 64 rows use mma.sync, not wgmma), the dB kernel Q / 2 (<= 64: wgmma,
+    0.1 KB spilled)."""
     block_p = max(16, triton.next_power_of_2(headdim))
     block_n = max(16, triton.next_power_of_2(dstate))
-    heads = heads_per_group
-    while sm_count and heads % 2 == 0 and n_chunks * ngroups * (heads_per_group // heads) < 4 * sm_count:
-        heads //= 2
-    return {"BLOCK_P": block_p, "BLOCK_N": block_n, "HEADS_PER_PROG": heads, "BLOCK_M": max(16, min(chunk // 2, 64)),
-            "dx_warps": 8, "dbc_warps": 8, "num_stages": 2}
+    return {"BLOCK_P": block_p, "BLOCK_N": block_n, "HEADS_PER_PROG": 1 if sm_count else heads_per_group,
+            "BLOCK_M_DC": max(16, min(chunk // 4, 32)), "BLOCK_M_DB": max(16, min(chunk // 2, 64)), "dx_warps": 8,
+            "dbc_warps": 8, "num_stages": 2}
 
 
 def _common_args(x, geometry: dict, n_seg: int):
@@ -253,7 +272,8 @@ def _common_args(x, geometry: dict, n_seg: int):
 
 
 def bwd_dx_launch(x, dt, A, B, C, D, dt_bias, table, dy, s_in, carry_decay, carry, g_out, gcarry_decay, gcarry,
-                  dx, ddt, dA_part, dD_part, geometry: dict, dt_softplus: bool, cfg: dict, dot_precision: str):
+                  dx, ddt, dA_part, dD_part, da_part, geometry: dict, dt_softplus: bool, cfg: dict, dot_precision: str):
+    """dx, ddt, per-chunk dA / dD sums; runs after the dC launch, which writes da_part."""
     nheads = x.shape[2]
     ngroups, dstate = B.shape[2], B.shape[3]
     for name, t in (("x", x), ("B", B), ("C", C), ("dy", dy), ("dx", dx)):
@@ -265,33 +285,40 @@ def bwd_dx_launch(x, dt, A, B, C, D, dt_bias, table, dy, s_in, carry_decay, carr
     _ssd_bwd_dx_kernel[grid](
         x, dt, A, B, C, D if D is not None else A, dt_bias if dt_bias is not None else A,
         table if table is not None else A, dy, s_in, carry_decay, carry if has_carry else s_in,
-        g_out, gcarry_decay, gcarry if has_carry else g_out, dx, ddt, dA_part, dD_part,
+        g_out, gcarry_decay, gcarry if has_carry else g_out, dx, ddt, dA_part, dD_part, da_part,
         *_common_args(x, geometry, geometry["n_seg"]), dstate, hpg, nheads,
         x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1), B.stride(2),
         C.stride(0), C.stride(1), C.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
         dx.stride(0), dx.stride(1), dx.stride(2), ddt.stride(0), ddt.stride(1),
         Q=geometry["Q"], BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"], HEADS_PER_PROG=cfg["HEADS_PER_PROG"],
-        HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus, HAS_CARRY=has_carry,
+        M_BLOCKS=da_part.shape[1], HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus,
+        HAS_CARRY=has_carry,
         IS_VARLEN=table is not None, DOT_PRECISION=dot_precision, num_warps=cfg["dx_warps"],
         num_stages=cfg["num_stages"])
 
 
-def bwd_dbc_launch(x, dt, A, dt_bias, table, dy, v, state, state_decay, state_carry, out, is_db: bool,
+def bwd_dbc_launch(x, dt, A, dt_bias, table, dy, v, u, state, state_decay, state_carry, out, da_part, is_db: bool,
                    geometry: dict, dt_softplus: bool, cfg: dict, dot_precision: str):
-    """dC (is_db False: v = B, state = forward S_in) or dB (is_db True: v = C, state = backward G_out)."""
+    """dC (is_db False: v = B, u = C, state = forward S_in; writes da_part [n_chunks, Q / BLOCK_M, H, Q] fp32 too) or
+    dB (is_db True: v = C, state = backward G_out; u, da_part unused)."""
     nheads = x.shape[2]
     ngroups, dstate = v.shape[2], v.shape[3]
-    for name, t in (("x", x), ("dy", dy), ("B/C", v), ("dB/dC", out)):
+    assert is_db or (u is not None and da_part is not None and da_part.is_contiguous()), \
+        "ssd_scan bwd dC: needs C and a contiguous da_part"
+    for name, t in (("x", x), ("dy", dy), ("B/C", v), ("dB/dC", out)) + ((("C", u),) if u is not None else ()):
         assert t.stride(3) == 1, f"ssd_scan bwd dB/dC: {name} needs a unit last stride"
     chunk = geometry["Q"]
-    grid = (geometry["n_chunks"], ngroups, triton.cdiv(chunk, cfg["BLOCK_M"]))
+    block_m = cfg["BLOCK_M_DB"] if is_db else cfg["BLOCK_M_DC"]
+    grid = (geometry["n_chunks"], ngroups, triton.cdiv(chunk, block_m))
     _ssd_bwd_dbc_kernel[grid](
         x, dt, A, dt_bias if dt_bias is not None else A, table if table is not None else A, dy, v,
-        state, state_decay, state_carry if state_carry is not None else state, out,
+        u if u is not None else v, da_part if da_part is not None else state_decay, state, state_decay,
+        state_carry if state_carry is not None else state, out,
         *_common_args(x, geometry, geometry["n_seg"]), dstate, nheads // ngroups, nheads,
         x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), dy.stride(0), dy.stride(1), dy.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        Q=chunk, BLOCK_M=cfg["BLOCK_M"], BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"], IS_DB=is_db,
+        *((u if u is not None else v).stride()[:3]), Q=chunk, BLOCK_M=block_m, BLOCK_P=cfg["BLOCK_P"],
+        BLOCK_N=cfg["BLOCK_N"], IS_DB=is_db,
         HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus, HAS_CARRY=state_carry is not None,
         IS_VARLEN=table is not None, DOT_PRECISION=dot_precision, num_warps=cfg["dbc_warps"],
         num_stages=cfg["num_stages"])
@@ -308,22 +335,25 @@ def aot_compile_all():
               "stride_dt_l": "i64", "stride_dy_b": "i64", "stride_dy_l": "i64", "stride_dy_h": "i32"}
     dx_sig = dict(common, B_ptr="*bf16", C_ptr="*bf16", D_ptr="*fp32", s_in_ptr="*bf16", carry_decay_ptr="*fp32",
                   carry_ptr="*bf16", g_out_ptr="*bf16", gcarry_decay_ptr="*fp32", gcarry_ptr="*bf16",
-                  dx_ptr="*bf16", ddt_ptr="*fp32", dA_part_ptr="*fp64", dD_part_ptr="*fp64",
+                  dx_ptr="*bf16", ddt_ptr="*fp32", dA_part_ptr="*fp64", dD_part_ptr="*fp64", da_part_ptr="*fp32",
                   stride_B_b="i64", stride_B_l="i64", stride_B_g="i32", stride_C_b="i64", stride_C_l="i64",
                   stride_C_g="i32", stride_dx_b="i64", stride_dx_l="i64", stride_dx_h="i32", stride_ddt_b="i64",
                   stride_ddt_l="i64")
     for varlen, carry in ((False, True), (True, True), (False, False)):
         consts = {"Q": 128, "BLOCK_P": cfg["BLOCK_P"], "BLOCK_N": cfg["BLOCK_N"],
-                  "HEADS_PER_PROG": cfg["HEADS_PER_PROG"], "HAS_D": True, "HAS_DT_BIAS": True, "DT_SOFTPLUS": True,
+                  "HEADS_PER_PROG": cfg["HEADS_PER_PROG"], "M_BLOCKS": 128 // cfg["BLOCK_M_DC"], "HAS_D": True,
+                  "HAS_DT_BIAS": True, "DT_SOFTPLUS": True,
                   "HAS_CARRY": carry, "IS_VARLEN": varlen, "DOT_PRECISION": "tf32"}
         yield (f"ssd_bwd_dx varlen={varlen} carry={carry}",
                aot_compile(_ssd_bwd_dx_kernel, dx_sig, consts, num_warps=cfg["dx_warps"],
                            num_stages=cfg["num_stages"], aligned=("headdim", "dstate")))
-    dbc_sig = dict(common, v_ptr="*bf16", st_ptr="*bf16", st_decay_ptr="*fp32", st_carry_ptr="*bf16",
-                   out_ptr="*bf16", stride_v_b="i64", stride_v_l="i64", stride_v_g="i32", stride_o_b="i64",
-                   stride_o_l="i64", stride_o_g="i32")
+    dbc_sig = dict(common, v_ptr="*bf16", u_ptr="*bf16", da_part_ptr="*fp32", st_ptr="*bf16", st_decay_ptr="*fp32",
+                   st_carry_ptr="*bf16", out_ptr="*bf16", stride_v_b="i64", stride_v_l="i64", stride_v_g="i32",
+                   stride_o_b="i64", stride_o_l="i64", stride_o_g="i32", stride_u_b="i64", stride_u_l="i64",
+                   stride_u_g="i32")
     for is_db, varlen in ((False, False), (True, False), (True, True)):
-        consts = {"Q": 128, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_P": cfg["BLOCK_P"], "BLOCK_N": cfg["BLOCK_N"],
+        consts = {"Q": 128, "BLOCK_M": cfg["BLOCK_M_DB"] if is_db else cfg["BLOCK_M_DC"], "BLOCK_P": cfg["BLOCK_P"],
+                  "BLOCK_N": cfg["BLOCK_N"],
                   "IS_DB": is_db, "HAS_DT_BIAS": True, "DT_SOFTPLUS": True, "HAS_CARRY": True, "IS_VARLEN": varlen,
                   "DOT_PRECISION": "tf32"}
         yield (f"ssd_bwd_dbc is_db={is_db} varlen={varlen}",

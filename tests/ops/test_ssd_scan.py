@@ -261,8 +261,8 @@ def test_aot_compile_sm90():
     scan = aot_lines("ssd_scan_chunk_scan")
     assert len(scan) == 4 and all(line.endswith("| wgmma") for line in scan), scan
     assert len(aot_lines("ssd_scan_bwd_chunk_state")) == 2
-    bwd = aot_lines("ssd_scan_bwd_chunk_scan")
-    assert len(bwd) == 6 and all(line.endswith("| wgmma") for line in bwd), bwd
+    bwd = aot_lines("ssd_scan_bwd_chunk_scan")   # the dC kernel's 32-row tiles are below wgmma's 64 (mma.sync)
+    assert len(bwd) == 6 and all(line.endswith("| wgmma") for line in bwd if "is_db=False" not in line), bwd
 
 
 NEMOTRON = dict(nheads=64, headdim=64, ngroups=8, dstate=128)
