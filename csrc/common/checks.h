@@ -1,20 +1,11 @@
 // Argument checks for host entries: every message names the argument and what was expected.
 // They raise Python exceptions (ValueError for shapes/values, TypeError for dtypes, RuntimeError for devices).
-//
-// ValueError goes through pybind11's own exception (NK_CHECK_VALUE), not TORCH_CHECK_VALUE: on the H200's torch 2.11 a
-// c10::ValueError thrown from this extension killed the process (SIGSEGV while translating it), while
-// c10::TypeError and c10::Error translate fine (measured 2026-11-29, bench/NOTES.md).
 #pragma once
 #include <torch/extension.h>
 
 #include <sstream>
 #include <string>
 #include <vector>
-
-#define NK_CHECK_VALUE(cond, ...)                                                 \
-  do {                                                                            \
-    if (C10_UNLIKELY(!(cond))) throw pybind11::value_error(c10::str(__VA_ARGS__)); \
-  } while (0)
 
 namespace nk {
 
@@ -44,11 +35,11 @@ inline void check_dtype(const at::Tensor& t, const char* name, std::initializer_
 inline void check_shape(const at::Tensor& t, const char* name, std::vector<int64_t> want) {
   bool ok = t.dim() == (int64_t)want.size();
   for (size_t i = 0; ok && i < want.size(); ++i) ok = want[i] < 0 || t.size(i) == want[i];
-  NK_CHECK_VALUE(ok, name, " must have shape ", shape_str(want), " (-1 = any), got ", shape_str(t.sizes()));
+  TORCH_CHECK_VALUE(ok, name, " must have shape ", shape_str(want), " (-1 = any), got ", shape_str(t.sizes()));
 }
 
 inline void check_contiguous(const at::Tensor& t, const char* name) {
-  NK_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous, got strides ", shape_str(t.strides()),
+  TORCH_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous, got strides ", shape_str(t.strides()),
                     " for shape ", shape_str(t.sizes()));
 }
 

@@ -32,7 +32,7 @@ void check_cuda(const at::Tensor& t, const char* name) {
 }
 
 void check_aligned16(const at::Tensor& t, const char* name) {
-  NK_CHECK_VALUE(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, name,
+  TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, name,
                     " must start at a 16-byte aligned address (TMA); got a view with storage offset ",
                     t.storage_offset(), ": pass a fresh contiguous tensor");
 }
@@ -64,15 +64,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_permute(const at:
   check_contiguous(topk_idx, "topk_idx");
   check_device(topk_idx, "topk_idx", x.device());
   const int64_t top_k = topk_idx.size(1);
-  NK_CHECK_VALUE(top_k >= 1 && top_k <= 32, "topk_idx must have 1 to 32 columns (top_k), got ", top_k);
+  TORCH_CHECK_VALUE(top_k >= 1 && top_k <= 32, "topk_idx must have 1 to 32 columns (top_k), got ", top_k);
 #ifdef NEMOTRON_WITH_CUDA
-  NK_CHECK_VALUE(num_experts >= 1 && num_experts <= moe::kMaxPermuteExperts, "num_experts must be in [1, ",
+  TORCH_CHECK_VALUE(num_experts >= 1 && num_experts <= moe::kMaxPermuteExperts, "num_experts must be in [1, ",
                     moe::kMaxPermuteExperts, "], got ", num_experts);
 #endif
-  NK_CHECK_VALUE(pad_to >= 1 && pad_to <= 4096, "pad_to must be in [1, 4096], got ", pad_to);
+  TORCH_CHECK_VALUE(pad_to >= 1 && pad_to <= 4096, "pad_to must be in [1, 4096], got ", pad_to);
   const int64_t n_assign = ntokens * top_k;
   const int64_t m_rows = n_assign + (pad_to > 1 ? num_experts * (pad_to - 1) : 0);
-  NK_CHECK_VALUE(m_rows <= kInt32Max, "x: T*k (+ padding) = ", m_rows, " rows exceed 2^31-1");
+  TORCH_CHECK_VALUE(m_rows <= kInt32Max, "x: T*k (+ padding) = ", m_rows, " rows exceed 2^31-1");
 
   if (x_scale) {
     check_dtype(*x_scale, "x_scale", {at::kFloat});
@@ -107,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_fp8_rowwise(const at::Tensor& x) {
   check_contiguous(x, "x");
   auto q = at::empty(x.sizes(), x.options().dtype(at::kFloat8_e4m3fn));
   auto scale = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
-  NK_CHECK_VALUE(x.size(0) <= kInt32Max, "x: more than 2^31-1 rows");
+  TORCH_CHECK_VALUE(x.size(0) <= kInt32Max, "x: more than 2^31-1 rows");
 #ifdef NEMOTRON_WITH_CUDA
   const c10::cuda::CUDAGuard guard(x.device());
   const auto stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
@@ -125,7 +125,7 @@ void check_assignment_args(const at::Tensor& rows, const at::Tensor& row_of_assi
   check_shape(row_of_assignment, "row_of_assignment", {-1, -1});
   check_contiguous(row_of_assignment, "row_of_assignment");
   check_device(row_of_assignment, "row_of_assignment", rows.device());
-  NK_CHECK_VALUE(row_of_assignment.size(1) >= 1 && row_of_assignment.size(1) <= 32,
+  TORCH_CHECK_VALUE(row_of_assignment.size(1) >= 1 && row_of_assignment.size(1) <= 32,
                     "row_of_assignment must have 1 to 32 columns (top_k), got ", row_of_assignment.size(1));
   if (topk_weight) {
     check_dtype(*topk_weight, "topk_weight", {at::kFloat});
@@ -142,7 +142,7 @@ at::Tensor moe_unpermute(const at::Tensor& rows, const at::Tensor& row_of_assign
   check_dtype(rows, "rows", {at::kBFloat16, at::kHalf, at::kFloat});
   check_shape(rows, "rows", {-1, -1});
   check_contiguous(rows, "rows");
-  NK_CHECK_VALUE(rows.size(0) <= kInt32Max, "rows: more than 2^31-1 rows");
+  TORCH_CHECK_VALUE(rows.size(0) <= kInt32Max, "rows: more than 2^31-1 rows");
   check_assignment_args(rows, row_of_assignment, topk_weight);
   const int64_t ntokens = row_of_assignment.size(0), top_k = row_of_assignment.size(1), hidden = rows.size(1);
   if (add) {
@@ -175,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor> moe_unpermute_bwd(const at::Tensor& dout, con
   check_shape(dout, "dout", {row_of_assignment.size(0), -1});
   check_contiguous(dout, "dout");
   const int64_t hidden = dout.size(1);
-  NK_CHECK_VALUE(m_rows >= 0 && m_rows <= kInt32Max, "m_rows must be in [0, 2^31-1], got ", m_rows);
+  TORCH_CHECK_VALUE(m_rows >= 0 && m_rows <= kInt32Max, "m_rows must be in [0, 2^31-1], got ", m_rows);
   if (rows) {
     check_dtype(*rows, "rows", {dout.scalar_type()});
     check_shape(*rows, "rows", {m_rows, hidden});
@@ -211,9 +211,9 @@ void check_gemm_operand(const at::Tensor& t, const char* name, std::vector<int64
 }
 
 void check_tma_dim(int64_t size, const char* what, int64_t multiple = 8, const char* elements = "8 bf16 elements") {
-  NK_CHECK_VALUE(size % multiple == 0, what, " = ", size, " must be a multiple of ", multiple,
+  TORCH_CHECK_VALUE(size % multiple == 0, what, " = ", size, " must be a multiple of ", multiple,
                     ": TMA needs 16-byte aligned row strides (", elements, ")");
-  NK_CHECK_VALUE(size <= kInt32Max, what, " = ", size, " exceeds 2^31-1");
+  TORCH_CHECK_VALUE(size <= kInt32Max, what, " = ", size, " exceeds 2^31-1");
 }
 
 int64_t check_offsets(const at::Tensor& offsets, const at::Device& dev) {
@@ -222,7 +222,7 @@ int64_t check_offsets(const at::Tensor& offsets, const at::Device& dev) {
   check_shape(offsets, "expert_offsets", {-1});
   check_contiguous(offsets, "expert_offsets");
   const int64_t groups = offsets.size(0) - 1;
-  NK_CHECK_VALUE(groups >= 1 && groups <= 65535, "expert_offsets must hold E+1 offsets with 1 <= E <= 65535, got ",
+  TORCH_CHECK_VALUE(groups >= 1 && groups <= 65535, "expert_offsets must hold E+1 offsets with 1 <= E <= 65535, got ",
                     offsets.size(0), " offsets");
   return groups;
 }
@@ -265,11 +265,11 @@ void run_grouped_gemm(moe::GemmKind kind, const at::Tensor& a, const at::Tensor&
 at::Tensor grouped_gemm_nt(const at::Tensor& a, const at::Tensor& b, const at::Tensor& expert_offsets, bool relu2) {
   check_cuda(a, "a");
   check_gemm_operand(a, "a", {-1, -1}, a.device());
-  NK_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
+  TORCH_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
   const int64_t k = a.size(1);
   check_gemm_operand(b, "b", {-1, -1, k}, a.device());
   const int64_t groups = check_offsets(expert_offsets, a.device());
-  NK_CHECK_VALUE(b.size(0) == groups, "b must have E = ", groups, " experts (expert_offsets has E+1 entries), got ",
+  TORCH_CHECK_VALUE(b.size(0) == groups, "b must have E = ", groups, " experts (expert_offsets has E+1 entries), got ",
                     b.size(0));
   const int64_t n = b.size(1);
   check_tma_dim(k, "K (a.shape[1], b.shape[2])");
@@ -290,11 +290,11 @@ at::Tensor grouped_gemm_nn(const at::Tensor& a, const at::Tensor& b, const at::T
                            const std::optional<at::Tensor>& relu2_out) {
   check_cuda(a, "a");
   check_gemm_operand(a, "a", {-1, -1}, a.device());
-  NK_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
+  TORCH_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
   const int64_t k = a.size(1);
   check_gemm_operand(b, "b", {-1, k, -1}, a.device());
   const int64_t groups = check_offsets(expert_offsets, a.device());
-  NK_CHECK_VALUE(b.size(0) == groups, "b must have E = ", groups, " experts (expert_offsets has E+1 entries), got ",
+  TORCH_CHECK_VALUE(b.size(0) == groups, "b must have E = ", groups, " experts (expert_offsets has E+1 entries), got ",
                     b.size(0));
   const int64_t n = b.size(2);
   check_tma_dim(k, "K (a.shape[1], b.shape[1])");
@@ -314,7 +314,7 @@ at::Tensor grouped_gemm_nn(const at::Tensor& a, const at::Tensor& b, const at::T
 at::Tensor grouped_gemm_tn(const at::Tensor& a, const at::Tensor& b, const at::Tensor& expert_offsets) {
   check_cuda(a, "a");
   check_gemm_operand(a, "a", {-1, -1}, a.device());
-  NK_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
+  TORCH_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
   check_gemm_operand(b, "b", {a.size(0), -1}, a.device());
   const int64_t groups = check_offsets(expert_offsets, a.device());
   const int64_t p = a.size(1), q = b.size(1);
@@ -335,11 +335,11 @@ at::Tensor grouped_gemm_fp8_nt(const at::Tensor& a, const at::Tensor& a_scale, c
                                const at::Tensor& b_scale, const at::Tensor& expert_offsets, bool relu2) {
   check_cuda(a, "a");
   check_gemm_operand(a, "a", {-1, -1}, a.device(), at::kFloat8_e4m3fn);
-  NK_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
+  TORCH_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
   const int64_t m = a.size(0), k = a.size(1);
   check_gemm_operand(b, "b", {-1, -1, k}, a.device(), at::kFloat8_e4m3fn);
   const int64_t groups = check_offsets(expert_offsets, a.device());
-  NK_CHECK_VALUE(b.size(0) == groups, "b must have E = ", groups, " experts (expert_offsets has E+1 entries), got ",
+  TORCH_CHECK_VALUE(b.size(0) == groups, "b must have E = ", groups, " experts (expert_offsets has E+1 entries), got ",
                     b.size(0));
   const int64_t n = b.size(1);
   check_tma_dim(k, "K (a.shape[1], b.shape[2])", 16, "16 fp8 elements");

@@ -47,19 +47,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_router_fused(const at::Tensor
   check_device(bias, "bias", logits.device());
   const auto device = logits.device();
   TORCH_CHECK(device.is_cpu() || device.is_cuda(), "logits must be on cpu or cuda, got ", device);
-  NK_CHECK_VALUE(num_experts >= 1 && num_experts <= std::numeric_limits<int32_t>::max(),
+  TORCH_CHECK_VALUE(num_experts >= 1 && num_experts <= std::numeric_limits<int32_t>::max(),
                     "logits must have 1 to 2^31-1 experts (columns), got ", num_experts);
-  NK_CHECK_VALUE(top_k >= 1 && top_k <= num_experts, "top_k must be in [1, E=", num_experts, "], got ", top_k);
-  NK_CHECK_VALUE(n_group >= 1 && num_experts % n_group == 0, "n_group (", n_group,
+  TORCH_CHECK_VALUE(top_k >= 1 && top_k <= num_experts, "top_k must be in [1, E=", num_experts, "], got ", top_k);
+  TORCH_CHECK_VALUE(n_group >= 1 && num_experts % n_group == 0, "n_group (", n_group,
                     ") must divide the number of experts E=", num_experts);
-  NK_CHECK_VALUE(topk_group >= 1 && topk_group <= n_group, "topk_group must be in [1, n_group=", n_group,
+  TORCH_CHECK_VALUE(topk_group >= 1 && topk_group <= n_group, "topk_group must be in [1, n_group=", n_group,
                     "], got ", topk_group);
-  NK_CHECK_VALUE(top_k <= topk_group * (num_experts / n_group), "top_k (", top_k,
+  TORCH_CHECK_VALUE(top_k <= topk_group * (num_experts / n_group), "top_k (", top_k,
                     ") must be <= topk_group * E / n_group = ", topk_group * (num_experts / n_group));
   if (device.is_cuda()) {
-    NK_CHECK_VALUE(num_experts <= router::kCudaMaxExperts, "logits: the CUDA kernel supports up to ",
+    TORCH_CHECK_VALUE(num_experts <= router::kCudaMaxExperts, "logits: the CUDA kernel supports up to ",
                       router::kCudaMaxExperts, " experts, got E=", num_experts);
-    NK_CHECK_VALUE(num_tokens <= std::numeric_limits<int32_t>::max(),
+    TORCH_CHECK_VALUE(num_tokens <= std::numeric_limits<int32_t>::max(),
                       "logits: the CUDA kernel supports up to 2^31-1 tokens, got T=", num_tokens);
   }
 

@@ -16,8 +16,8 @@ import functools
 import torch
 
 from .. import _ext
-from ..reference.grouped_gemm import (check_grouped_gemm_args, grouped_gemm_fp8_ref, grouped_gemm_ref,
-                                      quantize_fp8_rowwise_ref)
+from ..reference.grouped_gemm import (check_grouped_gemm_args, check_grouped_gemm_fp8_args, grouped_gemm_fp8_ref,
+                                      grouped_gemm_ref, quantize_fp8_rowwise_ref)
 
 
 @functools.cache
@@ -89,6 +89,20 @@ def _(a, a_scale, b, b_scale, expert_offsets, relu2):
     return a.new_empty(a.shape[0], b.shape[1], dtype=torch.bfloat16)
 
 
+def check_tma_operands(k: int, n: int, k_multiple: int, k_elements: str, **operands: torch.Tensor) -> None:
+    """The CUTLASS kernels' size and alignment contract, checked here as well as in _C, with _C's messages:
+    a ValueError raised inside _C crashed the process on torch 2.11 (bench/NOTES.md, 2026-11-29)."""
+    for what, size, multiple, elements in (("K (a.shape[1], b.shape[2])", k, k_multiple, k_elements),
+                                           ("N (b.shape[1])", n, 8, "8 bf16 elements")):
+        if size % multiple:
+            raise ValueError(f"{what} = {size} must be a multiple of {multiple}: TMA needs 16-byte aligned row "
+                             f"strides ({elements})")
+    for name, t in operands.items():
+        if t.data_ptr() % 16:
+            raise ValueError(f"{name} must start at a 16-byte aligned address (TMA); got a view with storage offset "
+                             f"{t.storage_offset()}: pass a fresh contiguous tensor")
+
+
 def relu2_grad(dout: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """d pre for out = relu(pre)^2, from the output: dout * 2 sqrt(out), in fp32, rounded once."""
     return (dout.float() * out.float().sqrt() * 2.0).to(dout.dtype)
@@ -126,7 +140,9 @@ def grouped_gemm(a, b, expert_offsets, activation: str = "none"):
     check_grouped_gemm_args(a, b, expert_offsets, activation)
     if not use_kernel(a, b):
         return grouped_gemm_ref(a, b, expert_offsets, activation)
-    return GroupedGemmFn.apply(a.contiguous(), b.contiguous(), expert_offsets.to(torch.int32).contiguous(), activation)
+    a, b = a.contiguous(), b.contiguous()
+    check_tma_operands(a.shape[1], b.shape[1], 8, "8 bf16 elements", a=a, b=b)
+    return GroupedGemmFn.apply(a, b, expert_offsets.to(torch.int32).contiguous(), activation)
 
 
 def quantize_fp8_rowwise(x):
@@ -152,9 +168,11 @@ def grouped_gemm_fp8(a_q, a_scale, b_q, b_scale, expert_offsets, activation: str
     fp8 = torch.float8_e4m3fn
     if (all(isinstance(t, torch.Tensor) and t.is_cuda for t in (a_q, a_scale, b_q, b_scale, expert_offsets))
             and a_q.dtype == fp8 and b_q.dtype == fp8 and _cuda_ok()[0] and activation in ("none", "relu2")):
-        return grouped_gemm_fp8_nt(a_q.contiguous(), a_scale.float().contiguous(), b_q.contiguous(),
-                                   b_scale.float().contiguous(), expert_offsets.to(torch.int32).contiguous(),
-                                   activation == "relu2")
+        check_grouped_gemm_fp8_args(a_q, a_scale, b_q, b_scale, expert_offsets, activation)
+        a_q, b_q, b_scale = a_q.contiguous(), b_q.contiguous(), b_scale.float().contiguous()
+        check_tma_operands(a_q.shape[1], b_q.shape[1], 16, "16 fp8 elements", a_q=a_q, b_q=b_q, b_scale=b_scale)
+        return grouped_gemm_fp8_nt(a_q, a_scale.float().contiguous(), b_q, b_scale,
+                                   expert_offsets.to(torch.int32).contiguous(), activation == "relu2")
     return grouped_gemm_fp8_ref(a_q, a_scale, b_q, b_scale, expert_offsets, activation)
 
 

@@ -65,7 +65,9 @@ def quantize_fp8_rowwise_ref(x):
     check_float("x", x, "[R, C]", 2)
     x32 = x.float()
     amax = x32.abs().amax(1) if x.shape[1] else x32.new_zeros(x.shape[0])       # [R]
-    scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))          # [R]
+    # A tensor divisor, not the Python float: CUDA torch turns division by a scalar into a multiplication by
+    # its fp32 reciprocal (1 ulp off the true quotient), which the kernel's correctly rounded division is not.
+    scale = torch.where(amax > 0, amax / torch.full_like(amax, E4M3_MAX), torch.ones_like(amax))  # [R]
     q = (x32 / scale[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
     return q, scale
 
@@ -78,16 +80,31 @@ def grouped_gemm_fp8_ref(a_q, a_scale, b_q, b_scale, expert_offsets, activation:
         a_q [M, K] float8_e4m3fn, a_scale [M] float32; b_q [E, N, K] float8_e4m3fn, b_scale [E, N] float32;
         expert_offsets [E+1]; activation "none" or "relu2".
     """
+    check_grouped_gemm_fp8_args(a_q, a_scale, b_q, b_scale, expert_offsets, activation)
+    a = a_q.float() * a_scale.float()[:, None]
+    b = b_q.float() * b_scale.float()[..., None]
+    return grouped_gemm_ref(a, b, expert_offsets, activation).to(torch.bfloat16)
+
+
+def check_grouped_gemm_fp8_args(a_q, a_scale, b_q, b_scale, expert_offsets, activation) -> None:
+    """Shapes, dtypes and devices of grouped_gemm_fp8's arguments (no value checks)."""
     check_tensor_fp8("a_q", a_q, 2)
     check_tensor_fp8("b_q", b_q, 3)
     check_float("a_scale", a_scale, "[M]", 1)
     check_float("b_scale", b_scale, "[E, N]", 2)
-    if a_scale.shape[0] != a_q.shape[0] or tuple(b_scale.shape) != tuple(b_q.shape[:2]):
-        raise ValueError(f"a_scale must have shape [M] = ({a_q.shape[0]},) and b_scale [E, N] = "
-                         f"{tuple(b_q.shape[:2])}, got {tuple(a_scale.shape)} and {tuple(b_scale.shape)}")
-    a = a_q.float() * a_scale.float()[:, None]
-    b = b_q.float() * b_scale.float()[..., None]
-    return grouped_gemm_ref(a, b, expert_offsets, activation).to(torch.bfloat16)
+    if b_q.shape[2] != a_q.shape[1]:
+        raise ValueError(f"b_q must have shape [E, N, K] with K = a_q.shape[1] = {a_q.shape[1]}, got {tuple(b_q.shape)}")
+    if a_scale.shape[0] != a_q.shape[0]:
+        raise ValueError(f"a_scale must have shape [M] = ({a_q.shape[0]},), got {tuple(a_scale.shape)}")
+    if tuple(b_scale.shape) != tuple(b_q.shape[:2]):
+        raise ValueError(f"b_scale must have shape [E, N] = {tuple(b_q.shape[:2])}, got {tuple(b_scale.shape)}")
+    check_int("expert_offsets", expert_offsets, "[E+1]", 1)
+    if expert_offsets.shape[0] != b_q.shape[0] + 1:
+        raise ValueError(f"expert_offsets must have E+1 = {b_q.shape[0] + 1} entries (b_q has E = {b_q.shape[0]} "
+                         f"experts), got {expert_offsets.shape[0]}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    check_same_device(a_q=a_q, a_scale=a_scale, b_q=b_q, b_scale=b_scale, expert_offsets=expert_offsets)
 
 
 def check_tensor_fp8(name, t, rank):

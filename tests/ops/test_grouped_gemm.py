@@ -152,6 +152,7 @@ def test_cuda_backward(counts, n, k, activation):
 
 
 @pytest.mark.cuda
+@pytest.mark.isolated
 def test_cuda_unaligned_sizes_raise_clearly():
     a, b, offsets = operands([3, 2], 16, 100, seed=0, device="cuda", dtype=BF16)
     with pytest.raises(ValueError, match="multiple of 8: TMA needs 16-byte aligned row strides"):
@@ -261,6 +262,7 @@ def test_cuda_fp8_forward(counts, n, k, activation):
 
 
 @pytest.mark.cuda
+@pytest.mark.isolated
 def test_cuda_fp8_checks_name_the_argument():
     a_q, a_scale, b_q, b_scale, offsets = quantized_operands([3, 5], 16, 40, seed=0)
     with pytest.raises(ValueError, match="multiple of 16: TMA needs 16-byte aligned row strides"):

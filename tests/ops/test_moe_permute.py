@@ -244,6 +244,7 @@ def test_cuda_opcheck_and_compile():
 
 
 @pytest.mark.cuda
+@pytest.mark.isolated
 def test_cuda_entry_checks_name_the_argument():
     from nemotron_kernels import _ext
     x = torch.randn(4, 8, device="cuda")

@@ -122,11 +122,11 @@ def check_backward(inputs, chunk_size, seed=0, with_final=True, dy_zero=False):
     g = torch.Generator().manual_seed(100 + seed)
     x = inputs["x"]
     nstates = x.shape[0] if inputs["cu_seqlens"] is None else inputs["cu_seqlens"].numel() - 1
-    dy = torch.randn(x.shape, generator=g, dtype=F64).to(x.dtype)
+    dy = torch.randn(x.shape, generator=g, dtype=F64).to(x.device, x.dtype)
     if dy_zero:
         dy.zero_()
     dfinal = torch.randn(nstates, x.shape[2], x.shape[3], inputs["B"].shape[3], generator=g,
-                         dtype=F64).float() if with_final else None
+                         dtype=F64).to(x.device, torch.float32) if with_final else None
     got = grads(ssd_scan, inputs, chunk_size, dy, dfinal)
     ref64 = grads(ssd_scan_ref, to64(inputs), chunk_size, dy.to(F64), None if dfinal is None else dfinal.to(F64))
     ref_low = grads(ssd_scan_ref, inputs, chunk_size, dy, dfinal)
