@@ -30,9 +30,9 @@ import time
 import torch
 
 from model.config import NemotronHConfig
-from model.nemotron_h import build_model
+from model.nemotron_h import MoE, build_model
 from model.serve import EngineConfig, LLMEngine, SamplingParams
-from model.serve.fp8 import fp8_plan, quantize_model_fp8
+from model.serve.fp8 import FP8MoE, fp8_plan, quantize_model_fp8
 
 from .harness import CEILINGS, Bench
 
@@ -59,13 +59,15 @@ class Sizes:
 
 
 # ---------------------------------------------------------------------- floors
-def _weight_bytes(cfg: NemotronHConfig, tokens: int, fp8: bool) -> float:
-    """Bytes of weights one forward over `tokens` tokens reads (bf16 = 2 B, fp8 parts 1 B, router fp32)."""
+def _weight_bytes(cfg: NemotronHConfig, tokens: int, fp8: bool, touched: float | None = None) -> float:
+    """Bytes of weights one forward over `tokens` tokens reads (bf16 = 2 B, fp8 parts 1 B, router fp32).
+    touched: routed experts per MoE layer, measured; default: the expectation under uniform routing."""
     H, E, k = cfg.hidden_size, cfg.n_routed_experts, cfg.num_experts_per_tok
     plan = fp8_plan(cfg)
     fp8_mamba = set(plan["mamba"]) if fp8 else set()
     expert = 2 * H * cfg.moe_intermediate_size
-    touched = E * (1 - (1 - k / E) ** tokens)
+    if touched is None:
+        touched = E * (1 - (1 - k / E) ** tokens)
     total = 2.0 * cfg.vocab_size * H + 2 * H                                             # lm_head + norm_f
     for i, c in enumerate(cfg.pattern):
         total += 2 * H                                                                   # pre-norm
@@ -103,9 +105,9 @@ def _flops(cfg: NemotronHConfig, new_tokens: int, ctx_before: int, seqs: int = 1
     return gemm, att + scan * new_tokens * seqs
 
 
-def _floors(cfg, new_tokens, ctx_before, seqs, fp8: bool, with_cache: bool) -> dict:
+def _floors(cfg, new_tokens, ctx_before, seqs, fp8: bool, with_cache: bool, touched: float | None = None) -> dict:
     gemm, other = _flops(cfg, new_tokens, ctx_before, seqs)
-    weights = _weight_bytes(cfg, new_tokens * seqs, fp8)
+    weights = _weight_bytes(cfg, new_tokens * seqs, fp8, touched)
     cache = _cache_bytes(cfg, seqs, ctx_before + new_tokens) if with_cache else 0.0
     gemm_tflops = CEILINGS["fp8_tflops"] if fp8 else CEILINGS["bf16_tflops"]
     return dict(bytes=weights + cache, weight_bytes=weights, flops=gemm + other,
@@ -253,6 +255,29 @@ def _drain(engine):
 
 
 @torch.no_grad()
+def _experts_touched(engine: LLMEngine, model) -> float:
+    """Routed experts per MoE layer that one engine step touches, averaged over the layers: measured on an eager
+    step (graphs set aside, the router re-run in a hook), because random weights route far from uniformly."""
+    touched = []
+
+    def hook(moe, args, out):
+        x, meta = args
+        _, _, counts = meta.ops.moe_router(x.reshape(-1, x.shape[-1]), moe.gate.weight,
+                                           moe.gate.e_score_correction_bias, moe.top_k, moe.scale, moe.n_group,
+                                           moe.topk_group)
+        touched.append(int((counts > 0).sum()))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (MoE, FP8MoE))]
+    graphs, engine.runner.graphs = engine.runner.graphs, {}
+    try:
+        engine.step()
+    finally:
+        engine.runner.graphs = graphs
+        for h in handles:
+            h.remove()
+    return statistics.mean(touched)
+
+
 def _bench_ours(bench, model, sz, gen, label: str, fp8: bool, hf: dict) -> None:
     cfg, dev = model.config, model.device
     engine = _engine(model, sz)
@@ -284,10 +309,16 @@ def _bench_ours(bench, model, sz, gen, label: str, fp8: bool, hf: dict) -> None:
             t0 = time.perf_counter()
             engine.step()
             times.append((time.perf_counter() - t0) * 1e3)
+        touched = _experts_touched(engine, model)
         _drain(engine)
         ms = statistics.median(times)
-        _row(bench, f"decode B{B}@{sz.ctx}", f"ours {label}", ms, _floors(cfg, 1, sz.ctx, B, fp8, True),
-             cuda_graphs=engine.runner.cuda_graph_status)
+        uniform = _floors(cfg, 1, sz.ctx, B, fp8, True)
+        _row(bench, f"decode B{B}@{sz.ctx}", f"ours {label}", ms, _floors(cfg, 1, sz.ctx, B, fp8, True, touched),
+             cuda_graphs=engine.runner.cuda_graph_status, experts_touched=touched,
+             floor_bytes_ms_uniform_routing=uniform["floor_bytes_ms"])
+        print(f"    routed experts touched per MoE layer: {touched:.1f} of {cfg.n_routed_experts} (uniform routing: "
+              f"{cfg.n_routed_experts * (1 - (1 - cfg.num_experts_per_tok / cfg.n_routed_experts) ** B):.1f}); "
+              f"floor with uniform routing {uniform['floor_bytes_ms']:.3f} ms", flush=True)
     if not sz.throughput:
         return
     # throughput: N concurrent requests, in -> out
