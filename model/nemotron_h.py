@@ -60,6 +60,7 @@ class ForwardMeta:
     # MoE outputs for load balancing, filled in layer order when requested
     router_counts: list | None = None          # per MoE layer: [E] int32 tokens routed to each expert
     router_scores: list | None = None          # per MoE layer: [T, E] fp32 sigmoid scores (differentiable)
+    router_ids: list | None = None             # per MoE layer: [T, k] int32 experts the router selected
     _parts: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -92,6 +93,7 @@ class MoEAux:
     """Per-MoE-layer router outputs of one forward (load balancing / auxiliary losses)."""
     counts: list[torch.Tensor] = field(default_factory=list)   # [E] int32 each
     scores: list[torch.Tensor] = field(default_factory=list)   # [T, E] fp32 each (sigmoid, before the bias)
+    ids: list[torch.Tensor] = field(default_factory=list)      # [T, k] int32 each (the router's selection)
 
 
 class Linear(nn.Module):
@@ -315,6 +317,8 @@ class MoE(nn.Module):
                             self.shared_experts.up_proj.weight, self.shared_experts.down_proj.weight)  # [T, H]
         if meta.router_counts is not None:
             meta.router_counts.append(counts)
+        if meta.router_ids is not None:
+            meta.router_ids.append(topk_idx)
         if meta.router_scores is not None:
             cdtype = torch.promote_types(x2.dtype, torch.float32)
             meta.router_scores.append(torch.sigmoid(F.linear(x2.to(cdtype), self.gate.weight.to(cdtype))))
@@ -456,7 +460,7 @@ class NemotronH(nn.Module):
                 raise ValueError(f"cu_seqlens must rise from 0 to T={input_ids.shape[1]}, got {meta.offsets}")
             meta.max_seqlen = max(b - a for a, b in zip(meta.offsets[:-1], meta.offsets[1:]))
         if aux is not None:
-            meta.router_counts, meta.router_scores = aux.counts, aux.scores
+            meta.router_counts, meta.router_scores, meta.router_ids = aux.counts, aux.scores, aux.ids
         return self._run(input_ids, meta)
 
     def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None, *,

@@ -25,13 +25,6 @@ def moe_layers(model: nn.Module) -> list[tuple[int, nn.Module]]:
     return [(i, block.mixer) for i, block in enumerate(model.layers) if block.kind == "E"]
 
 
-def routing_topk(scores: torch.Tensor, bias: torch.Tensor, top_k: int) -> torch.Tensor:
-    """The router's selection from its sigmoid scores [T, E] and correction bias [E]: topk_idx [T, k] int64.
-    (Ungrouped routing, n_group = 1 as in Nano; ties may differ from the router's lower-index rule, which only
-    matters for exactly equal fp32 scores.)"""
-    return torch.topk(scores.detach() + bias, top_k, dim=-1).indices
-
-
 def sequence_aux_loss(scores: torch.Tensor, topk_idx: torch.Tensor, cu_seqlens: torch.Tensor | None,
                       reduction: str = "mean") -> torch.Tensor:
     """Megatron's sequence-level load-balancing loss (without the coefficient) for one MoE layer.

@@ -129,6 +129,8 @@ class ExpertParallelMoE(nn.Module):
         y = routed.to(x.dtype) + self.shared_experts(x2, meta)
         if meta.router_counts is not None:
             meta.router_counts.append(counts)
+        if meta.router_ids is not None:
+            meta.router_ids.append(topk_idx)
         if meta.router_scores is not None:
             cdtype = torch.promote_types(x2.dtype, torch.float32)
             meta.router_scores.append(torch.sigmoid(F.linear(x2.to(cdtype), self.gate.weight.to(cdtype))))

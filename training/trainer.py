@@ -27,7 +27,7 @@ from model.checkpoint import CheckpointError, load_checkpoint
 from model.nemotron_h import MoEAux
 
 from . import checkpoint as ckpt
-from .balance import LoadBalancer, moe_layers, routing_topk, sequence_aux_loss
+from .balance import LoadBalancer, moe_layers, sequence_aux_loss
 from .data import PackedBatch
 from .loss import chunked_cross_entropy
 from .monitor import MetricsLog, Progress, flops_per_token, peak_flops, plot_run
@@ -106,11 +106,11 @@ class CausalLMLoss(nn.Module):
         # each block a rebuilt copy of its arguments when they hold grad-requiring tensors (the scores of earlier
         # layers), so the lists of MoEAux miss later entries: a forward hook reads each layer's own entry instead.
         layers = moe_layers(self.model)
-        routed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        routed: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
         def record(module, args, output):
             meta = args[1]
-            routed[module.layer_idx] = (meta.router_counts[-1], meta.router_scores[-1])
+            routed[module.layer_idx] = (meta.router_counts[-1], meta.router_scores[-1], meta.router_ids[-1])
 
         handles = [moe.register_forward_hook(record) for _, moe in layers]
         try:
@@ -121,9 +121,8 @@ class CausalLMLoss(nn.Module):
         loss_sum = chunked_cross_entropy(hidden, self.model.lm_head.weight, labels, self.chunk_rows)
         aux_loss = torch.zeros((), device=loss_sum.device, dtype=torch.float32)
         if with_aux_loss:
-            for i, moe in layers:
-                scores = routed[i][1]                                                   # [T, E] fp32
-                idx = routing_topk(scores, moe.gate.e_score_correction_bias, moe.top_k)   # [T, k]
+            for i, _ in layers:
+                _, scores, idx = routed[i]                                               # [T, E] fp32, [T, k]
                 aux_loss = aux_loss + sequence_aux_loss(scores, idx, cu_seqlens, reduction="sum")
         return loss_sum, aux_loss, [routed[i][0] for i, _ in layers]
 

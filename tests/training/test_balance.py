@@ -4,7 +4,7 @@ import torch
 
 from model.config import NemotronHConfig
 from model.nemotron_h import build_model
-from training.balance import LoadBalancer, routing_topk, sequence_aux_loss
+from training.balance import LoadBalancer, sequence_aux_loss
 from training.pretrain import build_trainer
 
 
@@ -28,7 +28,7 @@ def test_sequence_aux_loss_matches_megatron_formula():
     T, E, k = 23, 8, 2
     scores = torch.sigmoid(torch.randn(T, E, dtype=torch.float64)).requires_grad_()
     bias = torch.randn(E, dtype=torch.float64) * 0.1
-    idx = routing_topk(scores, bias, k)
+    idx = torch.topk(scores.detach() + bias, k, dim=-1).indices
     offsets = [0, 5, 6, 17, 23]
     loss = sequence_aux_loss(scores, idx, torch.tensor(offsets, dtype=torch.int32))
     torch.testing.assert_close(loss, seq_aux_loss_naive(scores, idx, offsets), rtol=1e-12, atol=1e-12)
@@ -46,10 +46,29 @@ def test_sequence_aux_loss_is_one_for_uniform_routing():
     assert sequence_aux_loss(scores, idx, None).item() == 1.0
 
 
-def test_routing_topk_selects_with_the_bias():
-    scores = torch.tensor([[0.9, 0.8, 0.1, 0.2]])
-    assert routing_topk(scores, torch.zeros(4), 2).tolist() == [[0, 1]]
-    assert routing_topk(scores, torch.tensor([0.0, 0.0, 1.0, 0.0]), 2).sort().values.tolist() == [[0, 2]]
+def test_aux_loss_uses_the_routers_own_selection():
+    """Group-limited routing (n_group 4, topk_group 1: all k experts from one group) differs from a plain top-k
+    over the scores; the loss must count the experts the router chose, which MoEAux.ids records."""
+    from model.nemotron_h import MoEAux
+    from training.trainer import CausalLMLoss
+    cfg = NemotronHConfig.from_preset("tiny")
+    cfg.n_group, cfg.topk_group = 4, 1
+    model = build_model(cfg, backend="reference", seed=0)
+    ids = torch.randint(0, cfg.vocab_size, (1, 40), generator=torch.Generator().manual_seed(0))
+    cu = torch.tensor([0, 17, 40], dtype=torch.int32)
+    aux = MoEAux()
+    model.hidden_states(ids, cu, aux)
+    per_group = cfg.n_routed_experts // cfg.n_group
+    plain_differs = False
+    for scores, idx in zip(aux.scores, aux.ids):
+        assert idx.shape == (40, cfg.num_experts_per_tok)
+        assert (idx // per_group == idx[:, :1] // per_group).all(), "router left the selected group"
+        plain = torch.topk(scores.detach(), cfg.num_experts_per_tok, dim=-1).indices
+        plain_differs |= not torch.equal(plain.sort(-1).values, idx.long().sort(-1).values)
+    assert plain_differs, "test needs inputs where group-limited routing differs from a plain top-k"
+    _, aux_loss, _ = CausalLMLoss(model)(ids, ids, cu)
+    expect = sum(sequence_aux_loss(s, i, cu, reduction="sum") for s, i in zip(aux.scores, aux.ids))
+    torch.testing.assert_close(aux_loss, expect)
 
 
 def test_bias_update_rule_and_stats():
