@@ -3,21 +3,5 @@
 // weights over many CTAs.
 #include "moe/grouped_gemm_sm90.cuh"
 
-namespace nk::moe {
-namespace {
-
-using namespace sm90;
-using Tile = Shape<_64, _64, _128>;
-using Config = GroupedGemm<Bf16, RowMajor, ColumnMajor, void, EpiIdentity, Tile, /*PingPong=*/true>;
-
-}  // namespace
-
-size_t grouped_gemm_nt_small_workspace(int groups, int sm_count) {
-  return sm90::workspace_bytes<Config>(groups, sm_count);
-}
-
-const char* grouped_gemm_nt_small_run(const GroupedGemmParams& p) {
-  return sm90::run<Config, GemmKind::kNT>(p);
-}
-
-}  // namespace nk::moe
+NK_GROUPED_GEMM_TU(nt_small, kNT, 64, 64, 128,
+                   GroupedGemm<Bf16, RowMajor, ColumnMajor, void, EpiIdentity, Tile, /*PingPong=*/true>)

@@ -342,3 +342,20 @@ const char* run(const GroupedGemmParams& p) {
 }
 
 }  // namespace nk::moe::sm90
+
+// One configuration per translation unit (compile memory): defines grouped_gemm_<name>_workspace / _run, which
+// grouped_gemm_dispatch.cu declares, for kind GemmKind::<kind>, tile M x N x K and Config (which may name Tile).
+#define NK_GROUPED_GEMM_TU(name, kind, M, N, K, ...)                     \
+  namespace nk::moe {                                                    \
+  namespace {                                                            \
+  using namespace sm90;                                                  \
+  using Tile = Shape<Int<M>, Int<N>, Int<K>>;                            \
+  using Config = __VA_ARGS__;                                            \
+  }                                                                      \
+  size_t grouped_gemm_##name##_workspace(int groups, int sm_count) {     \
+    return sm90::workspace_bytes<Config>(groups, sm_count);              \
+  }                                                                      \
+  const char* grouped_gemm_##name##_run(const GroupedGemmParams& p) {    \
+    return sm90::run<Config, GemmKind::kind>(p);                         \
+  }                                                                      \
+  }
