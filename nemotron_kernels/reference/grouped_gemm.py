@@ -16,13 +16,17 @@ def check_grouped_gemm_args(a, b, expert_offsets, activation) -> None:
     check_float("b", b, "[E, N, K]", 3)
     if b.shape[2] != a.shape[1]:
         raise ValueError(f"b must have shape [E, N, K] with K = a.shape[1] = {a.shape[1]}, got {tuple(b.shape)}")
+    _check_offsets_and_activation(expert_offsets, "b", b.shape[0], activation)
+    check_same_device(a=a, b=b, expert_offsets=expert_offsets)
+
+
+def _check_offsets_and_activation(expert_offsets, weights_name: str, nexperts: int, activation: str) -> None:
     check_int("expert_offsets", expert_offsets, "[E+1]", 1)
-    if expert_offsets.shape[0] != b.shape[0] + 1:
-        raise ValueError(f"expert_offsets must have E+1 = {b.shape[0] + 1} entries (b has E = {b.shape[0]} experts), "
-                         f"got {expert_offsets.shape[0]}")
+    if expert_offsets.shape[0] != nexperts + 1:
+        raise ValueError(f"expert_offsets must have E+1 = {nexperts + 1} entries ({weights_name} has E = {nexperts} "
+                         f"experts), got {expert_offsets.shape[0]}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    check_same_device(a=a, b=b, expert_offsets=expert_offsets)
 
 
 def check_offsets_values(offsets: list[int], m_rows: int) -> None:
@@ -98,12 +102,7 @@ def check_grouped_gemm_fp8_args(a_q, a_scale, b_q, b_scale, expert_offsets, acti
         raise ValueError(f"a_scale must have shape [M] = ({a_q.shape[0]},), got {tuple(a_scale.shape)}")
     if tuple(b_scale.shape) != tuple(b_q.shape[:2]):
         raise ValueError(f"b_scale must have shape [E, N] = {tuple(b_q.shape[:2])}, got {tuple(b_scale.shape)}")
-    check_int("expert_offsets", expert_offsets, "[E+1]", 1)
-    if expert_offsets.shape[0] != b_q.shape[0] + 1:
-        raise ValueError(f"expert_offsets must have E+1 = {b_q.shape[0] + 1} entries (b_q has E = {b_q.shape[0]} "
-                         f"experts), got {expert_offsets.shape[0]}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    _check_offsets_and_activation(expert_offsets, "b_q", b_q.shape[0], activation)
     check_same_device(a_q=a_q, a_scale=a_scale, b_q=b_q, b_scale=b_scale, expert_offsets=expert_offsets)
 
 
