@@ -7,6 +7,7 @@ import argparse
 import datetime
 import importlib
 import json
+import os
 import pathlib
 import pkgutil
 import subprocess
@@ -23,12 +24,21 @@ def available_ops() -> list[str]:
     return sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules([str(HERE)]) if m.name.startswith("bench_"))
 
 
-def _environment(device: torch.device) -> dict:
+def _commit() -> str | None:
+    """HEAD of the checkout holding this bench, else $NK_COMMIT: an unversioned copy of the tree (a snapshot sent
+    to the GPU machine) must not report the HEAD of some repository above it."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "--short", "HEAD"], cwd=HERE,
+                             capture_output=True, text=True, timeout=10).stdout.split()
     except (OSError, subprocess.SubprocessError):
-        commit = None
+        out = []
+    if len(out) == 2 and pathlib.Path(out[0]).resolve() == HERE.parent.resolve():
+        return out[1]
+    return os.environ.get("NK_COMMIT")
+
+
+def _environment(device: torch.device) -> dict:
+    commit = _commit()
     return dict(device=harness.device_name(device), torch=torch.__version__, cuda=torch.version.cuda, commit=commit,
                 l2_bytes=harness.L2_BYTES, ceilings=harness.CEILINGS)
 
