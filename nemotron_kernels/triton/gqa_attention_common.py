@@ -1,45 +1,17 @@
-"""Shared pieces of the GQA attention / decode Triton kernels: interpreter detection, loading a kernel module in
-the current Triton mode, head packing and the ahead-of-time (sm_90a) compile helper the CI test uses.
-
-Triton decides at *decoration* time whether `@triton.jit` builds a compiled or a CPU-interpreted kernel
-(TRITON_INTERPRET=1); `kernel_module(name)` re-imports a kernel module when the mode changed since it was loaded.
+"""Shared pieces of the GQA attention / decode Triton kernels: dispatch decisions, head packing and the
+ahead-of-time (sm_90a) compile helper the CI test uses; the mode / module plumbing is triton/common.py's.
 
 Head packing: the Hq // Hkv query heads that share a kv head are packed into the rows of one tile, so a program
 loads each K/V tile once for the whole group. Row m of a tile holds position `m // PACK` (of the tile's
 positions) and head `m % PACK` (of the tile's head chunk); a tile covers BLOCK_M // PACK positions.
 """
-import functools
-import importlib
-import os
-
 import torch
+
+from . import common
+from .common import interpreting, kernel_module, triton_status  # noqa: F401  (the ops' and kernels' entry points)
 
 LOG2E = 1.4426950408889634   # exp(x) = exp2(x * LOG2E): kernels prescale the softmax scale by it
 LN2 = 0.6931471805599453
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1, read when kernels are defined)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-@functools.lru_cache(maxsize=1)
-def triton_status() -> tuple[bool, str]:
-    """(importable, why) for Triton."""
-    try:
-        import triton
-        import triton.language  # noqa: F401
-    except ImportError as e:  # CPU-only installs may lack it
-        return False, f"triton not importable ({e})"
-    return True, f"triton {triton.__version__}"
-
-
-def kernel_module(name: str):
-    """Import nemotron_kernels.triton.<name>, reloading it if its kernels were defined under the other mode."""
-    mod = importlib.import_module(f"nemotron_kernels.triton.{name}")
-    if mod.INTERPRETED != interpreting():
-        mod = importlib.reload(mod)
-    return mod
 
 
 def use_triton(t: torch.Tensor, fp8: bool = False) -> bool:
@@ -67,16 +39,9 @@ def backend_report(device_type: str, what: str) -> str:
     return f"reference: no Triton kernels on {device_type} (TRITON_INTERPRET=1 interprets them for fp16/fp32)"
 
 
-@functools.lru_cache(maxsize=8)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of `device` (132 on the H200); 4 for CPU tensors (interpreter)."""
-    if device.type != "cuda":
-        return 4
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return common.sm_count(device, cpu=4)
 
 
 def pack_heads(group: int, block_m: int) -> tuple[int, int]:

@@ -1,55 +1,10 @@
-"""Shared plumbing of the Mamba-2 Triton kernels (gated_rmsnorm, causal_conv1d, ssd_state_update, ssd_scan):
-interpreter detection, loading a kernel module in the current Triton mode, dispatch decisions, and the
-ahead-of-time sm_90a compile used by CI.
-
-Triton decides at *decoration* time whether `@triton.jit` builds a compiled kernel or a CPU-interpreted one
-(TRITON_INTERPRET=1). `kernel_module(name)` imports a kernel module and re-imports it when the mode changed
-since it was loaded, so one process can run interpreted kernels (tests on CPU tensors) and compiled ones.
-"""
-import functools
-import importlib
-import os
-
+"""Shared pieces of the Mamba-2 Triton kernels (gated_rmsnorm, causal_conv1d, ssd_state_update, ssd_scan):
+dispatch decisions, backend reports and the ahead-of-time sm_90a compile used by CI; the mode / module plumbing
+is triton/common.py's."""
 import torch
 
-_PACKAGE = "nemotron_kernels.triton"
-
-
-def interpreting() -> bool:
-    """True when TRITON_INTERPRET asks for Triton's CPU interpreter (read now, not at import)."""
-    try:
-        from triton import knobs
-        return bool(knobs.runtime.interpret)
-    except (ImportError, AttributeError):
-        return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
-
-
-@functools.lru_cache(maxsize=1)
-def triton_status() -> tuple[bool, str]:
-    """(importable, why) for Triton."""
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except ImportError as e:
-        return False, f"triton not importable ({e})"
-    return True, f"triton {triton.__version__}"
-
-
-def kernel_module(name: str):
-    """Import nemotron_kernels.triton.<name> in the current Triton mode: reload it if it was defined under the
-    other mode, or if a module it takes jit helpers from (its DEPENDS) was reloaded since (DEP_TOKENS holds the
-    LOAD_TOKEN of each dependency it imported)."""
-    mod = importlib.import_module(f"{_PACKAGE}.{name}")
-    deps = [kernel_module(dep) for dep in getattr(mod, "DEPENDS", ())]
-    tokens = getattr(mod, "DEP_TOKENS", {})
-    if mod.INTERPRETED != interpreting() or any(tokens.get(d.__name__) is not d.LOAD_TOKEN for d in deps):
-        mod = importlib.reload(mod)
-    return mod
-
-
-def dep_tokens(*modules) -> dict:
-    """DEP_TOKENS of a kernel module that imports jit helpers from `modules` (see kernel_module)."""
-    return {m.__name__: m.LOAD_TOKEN for m in modules}
+from . import common
+from .common import dep_tokens, interpreting, kernel_module, triton_status  # noqa: F401  (the ops' entry points)
 
 
 def use_triton(*tensors: torch.Tensor, dot_kernel: bool = False) -> bool:
@@ -84,16 +39,9 @@ def backend_report(device_type: str, op: str, dot_kernel: bool = False) -> str:
     return f"reference: no Triton kernels on {device_type} (set TRITON_INTERPRET=1 to interpret them)"
 
 
-@functools.lru_cache(maxsize=8)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of `device` (132 on the H200); 16 for CPU tensors (interpreter)."""
-    if device.type != "cuda":
-        return 16
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return common.sm_count(device, cpu=16)
 
 
 def dot_precision(dtype: torch.dtype) -> str:
