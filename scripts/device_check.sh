@@ -16,6 +16,8 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
 git log -1 --format='commit %H %s' 2>/dev/null | tee -a "$OUT/gpu.txt"
+# A snapshot without .git: pass NK_COMMIT=<sha> so benchmark results name the tree they measured.
+export NK_COMMIT=${NK_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)}
 
 t0=$(date +%s)
 if ! MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install --no-build-isolation --no-deps --no-index -e . >"$OUT/build.log" 2>&1; then

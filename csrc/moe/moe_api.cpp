@@ -216,7 +216,8 @@ void check_tma_dim(int64_t size, const char* what, int64_t multiple = 8, const c
   TORCH_CHECK_VALUE(size <= kInt32Max, what, " = ", size, " exceeds 2^31-1");
 }
 
-int64_t check_offsets(const at::Tensor& offsets, const at::Device& dev) {
+// -> E; per-expert weights b [E, ...], when given, must have as many experts as expert_offsets describes.
+int64_t check_offsets(const at::Tensor& offsets, const at::Device& dev, const at::Tensor* b = nullptr) {
   check_device(offsets, "expert_offsets", dev);
   check_dtype(offsets, "expert_offsets", {at::kInt});
   check_shape(offsets, "expert_offsets", {-1});
@@ -224,6 +225,8 @@ int64_t check_offsets(const at::Tensor& offsets, const at::Device& dev) {
   const int64_t groups = offsets.size(0) - 1;
   TORCH_CHECK_VALUE(groups >= 1 && groups <= 65535, "expert_offsets must hold E+1 offsets with 1 <= E <= 65535, got ",
                     offsets.size(0), " offsets");
+  TORCH_CHECK_VALUE(!b || b->size(0) == groups, "b must have E = ", groups,
+                    " experts (expert_offsets has E+1 entries), got ", b ? b->size(0) : 0);
   return groups;
 }
 
@@ -268,9 +271,7 @@ at::Tensor grouped_gemm_nt(const at::Tensor& a, const at::Tensor& b, const at::T
   TORCH_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
   const int64_t k = a.size(1);
   check_gemm_operand(b, "b", {-1, -1, k}, a.device());
-  const int64_t groups = check_offsets(expert_offsets, a.device());
-  TORCH_CHECK_VALUE(b.size(0) == groups, "b must have E = ", groups, " experts (expert_offsets has E+1 entries), got ",
-                    b.size(0));
+  const int64_t groups = check_offsets(expert_offsets, a.device(), &b);
   const int64_t n = b.size(1);
   check_tma_dim(k, "K (a.shape[1], b.shape[2])");
   check_tma_dim(n, "N (b.shape[1])");
@@ -293,9 +294,7 @@ at::Tensor grouped_gemm_nn(const at::Tensor& a, const at::Tensor& b, const at::T
   TORCH_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
   const int64_t k = a.size(1);
   check_gemm_operand(b, "b", {-1, k, -1}, a.device());
-  const int64_t groups = check_offsets(expert_offsets, a.device());
-  TORCH_CHECK_VALUE(b.size(0) == groups, "b must have E = ", groups, " experts (expert_offsets has E+1 entries), got ",
-                    b.size(0));
+  const int64_t groups = check_offsets(expert_offsets, a.device(), &b);
   const int64_t n = b.size(2);
   check_tma_dim(k, "K (a.shape[1], b.shape[1])");
   check_tma_dim(n, "N (b.shape[2])");
@@ -338,9 +337,7 @@ at::Tensor grouped_gemm_fp8_nt(const at::Tensor& a, const at::Tensor& a_scale, c
   TORCH_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
   const int64_t m = a.size(0), k = a.size(1);
   check_gemm_operand(b, "b", {-1, -1, k}, a.device(), at::kFloat8_e4m3fn);
-  const int64_t groups = check_offsets(expert_offsets, a.device());
-  TORCH_CHECK_VALUE(b.size(0) == groups, "b must have E = ", groups, " experts (expert_offsets has E+1 entries), got ",
-                    b.size(0));
+  const int64_t groups = check_offsets(expert_offsets, a.device(), &b);
   const int64_t n = b.size(1);
   check_tma_dim(k, "K (a.shape[1], b.shape[2])", 16, "16 fp8 elements");
   check_tma_dim(n, "N (b.shape[1])");
