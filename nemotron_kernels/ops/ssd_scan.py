@@ -20,16 +20,8 @@ from typing import Optional
 
 import torch
 
-from ..reference._checks import (
-    check_divisible,
-    check_float,
-    check_int,
-    check_optional_float,
-    check_positive_int,
-    check_same_device,
-    check_shape,
-)
-from ..reference.ssd_scan import ssd_scan_ref
+from ..reference._checks import check_positive_int
+from ..reference.ssd_scan import check_ssd_args, ssd_scan_ref
 from ..triton import mamba_common
 
 KERNEL_CHUNKS = (16, 32, 64, 128, 256)
@@ -315,35 +307,10 @@ def ssd_scan(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus: bool = False, ch
             or not isinstance(B, torch.Tensor) or B.dim() != 4 or B.shape[3] > 256 or x.shape[3] > 256:
         return ssd_scan_ref(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size, initial_states, cu_seqlens,
                             return_final_states)
-    check_float("x", x, "[B, L, H, P]", 4)
-    bsz, seqlen, nheads, headdim = x.shape
-    check_float("dt", dt, "[B, L, H]", 3)
-    check_shape("dt", dt, (bsz, seqlen, nheads), "[B, L, H]")
-    check_float("A", A, "[H]", 1)
-    check_shape("A", A, (nheads,), "[H]")
-    check_float("B", B, "[B, L, G, N]", 4)
-    ngroups, dstate = B.shape[2], B.shape[3]
-    check_shape("B", B, (bsz, seqlen, ngroups, dstate), "[B, L, G, N]")
-    check_float("C", C, "[B, L, G, N]", 4)
-    check_shape("C", C, (bsz, seqlen, ngroups, dstate), "[B, L, G, N]")
-    check_divisible("H (heads of x)", nheads, "G (groups of B)", ngroups)
-    check_optional_float("D", D, (nheads,), "[H]")
-    check_optional_float("dt_bias", dt_bias, (nheads,), "[H]")
+    check_ssd_args(x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens, values=False)
     check_positive_int("chunk_size", chunk_size)
     if cu_seqlens is not None:
-        check_int("cu_seqlens", cu_seqlens, "[S+1]", 1)
-        if cu_seqlens.numel() < 2:
-            raise ValueError(f"cu_seqlens must hold at least 2 offsets [S+1], got {cu_seqlens.numel()}")
-        if bsz != 1:
-            raise ValueError(f"with cu_seqlens, the batch dimension must be 1 (sequences are packed along it), "
-                             f"got {bsz}")
         cu_seqlens = cu_seqlens.contiguous()
-        check_optional_float("initial_states", initial_states, (cu_seqlens.numel() - 1, nheads, headdim, dstate),
-                             "[S, H, P, N] (one per sequence of cu_seqlens)")
-    else:
-        check_optional_float("initial_states", initial_states, (bsz, nheads, headdim, dstate), "[B, H, P, N]")
-    check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, dt_bias=dt_bias, initial_states=initial_states,
-                      cu_seqlens=cu_seqlens)
     return SSDScanFn.apply(x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens, bool(dt_softplus), chunk_size,
                            return_final_states)
 

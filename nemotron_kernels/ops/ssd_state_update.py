@@ -9,15 +9,7 @@ from typing import Optional
 
 import torch
 
-from ..reference._checks import (
-    check_divisible,
-    check_float,
-    check_int,
-    check_optional_float,
-    check_same_device,
-    check_shape,
-)
-from ..reference.ssd_state_update import ssd_state_update_ref
+from ..reference.ssd_state_update import check_ssd_state_update_args, ssd_state_update_ref
 from ..triton import mamba_common
 
 
@@ -61,40 +53,17 @@ def ssd_state_update(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus: b
     needs_grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
     if needs_grad or not mamba_common.use_triton(*tensors):
         return ssd_state_update_ref(state, x, dt, A, B, C, D, dt_bias, dt_softplus, slot_idx)
-    check_float("state", state, "[S_slots, H, P, N]", 4)
-    check_float("x", x, "[B, H, P]", 3)
-    bsz, nheads, headdim = x.shape
-    nslots, dstate = state.shape[0], state.shape[3]
-    check_shape("state", state, (nslots, nheads, headdim, dstate), "[S_slots, H, P, N]")
+    bsz, _, _, nslots = check_ssd_state_update_args(state, x, dt, A, B, C, D, dt_bias, slot_idx)
     if state.stride(3) != 1:
         raise ValueError(f"state must have a unit stride on N (it is updated in place), got strides {state.stride()}")
-    check_float("dt", dt, "[B, H]", 2)
-    check_shape("dt", dt, (bsz, nheads), "[B, H]")
-    check_float("A", A, "[H]", 1)
-    check_shape("A", A, (nheads,), "[H]")
-    check_float("B", B, "[B, G, N]", 3)
-    ngroups = B.shape[1]
-    check_shape("B", B, (bsz, ngroups, dstate), "[B, G, N]")
-    check_float("C", C, "[B, G, N]", 3)
-    check_shape("C", C, (bsz, ngroups, dstate), "[B, G, N]")
-    check_divisible("H (heads of x)", nheads, "G (groups of B)", ngroups)
-    check_optional_float("D", D, (nheads,), "[H]")
-    check_optional_float("dt_bias", dt_bias, (nheads,), "[H]")
-    if slot_idx is None:
-        if bsz > nslots:
-            raise ValueError(f"without slot_idx, state needs at least B = {bsz} slots, has {nslots}")
-    else:
-        check_int("slot_idx", slot_idx, "[B]", 1)
-        check_shape("slot_idx", slot_idx, (bsz,), "[B]")
-        if slot_idx.device.type == "cpu":   # cheap here; on the GPU this would synchronise
-            bad = (slot_idx < 0) | (slot_idx >= nslots)
-            if bool(bad.any()):
-                raise ValueError(f"slot_idx values must lie in [0, S_slots={nslots}), got {slot_idx[bad][:8].tolist()}")
-            if slot_idx.unique().numel() != bsz:
-                raise ValueError(f"slot_idx must not repeat a slot (two rows would update one state), "
-                                 f"got {slot_idx.tolist()}")
-    check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, dt_bias=dt_bias, slot_idx=slot_idx)
-    if dstate > 1024:
+    if slot_idx is not None and slot_idx.device.type == "cpu":   # cheap here; on the GPU this would synchronise
+        bad = (slot_idx < 0) | (slot_idx >= nslots)
+        if bool(bad.any()):
+            raise ValueError(f"slot_idx values must lie in [0, S_slots={nslots}), got {slot_idx[bad][:8].tolist()}")
+        if slot_idx.unique().numel() != bsz:
+            raise ValueError(f"slot_idx must not repeat a slot (two rows would update one state), "
+                             f"got {slot_idx.tolist()}")
+    if state.shape[3] > 1024:
         return ssd_state_update_ref(state, x, dt, A, B, C, D, dt_bias, dt_softplus, slot_idx)
     return ssd_state_update_op(state, x, dt, A, B, C, D, dt_bias, bool(dt_softplus), slot_idx)
 

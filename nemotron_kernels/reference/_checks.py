@@ -74,14 +74,21 @@ def check_divisible(name: str, value: int, divisor_name: str, divisor: int) -> N
         raise ValueError(f"{name} ({value}) must be a multiple of {divisor_name} ({divisor})")
 
 
-def check_cu_seqlens(cu_seqlens, total: int, batch: int, name: str = "cu_seqlens") -> list[int]:
-    """cu_seqlens [S+1] int32/int64: starts at 0, non-decreasing, ends at `total` (the packed length),
-    and the batch dimension must be 1. Returns the offsets as Python ints."""
+def check_cu_seqlens_shape(cu_seqlens, batch: int, name: str = "cu_seqlens") -> int:
+    """cu_seqlens [S+1] int32/int64 with S >= 1, and the batch dimension must be 1; its values are not read (no
+    host sync: what kernel paths check). Returns S."""
     check_int(name, cu_seqlens, "[S+1]", 1)
     if cu_seqlens.numel() < 2:
         raise ValueError(f"{name} must hold at least 2 offsets [S+1], got {cu_seqlens.numel()}")
     if batch != 1:
         raise ValueError(f"with {name}, the batch dimension must be 1 (sequences are packed along it), got {batch}")
+    return cu_seqlens.numel() - 1
+
+
+def check_cu_seqlens(cu_seqlens, total: int, batch: int, name: str = "cu_seqlens") -> list[int]:
+    """cu_seqlens [S+1] int32/int64: starts at 0, non-decreasing, ends at `total` (the packed length),
+    and the batch dimension must be 1. Returns the offsets as Python ints."""
+    check_cu_seqlens_shape(cu_seqlens, batch, name)
     offsets = [int(v) for v in cu_seqlens.tolist()]
     if offsets[0] != 0:
         raise ValueError(f"{name}[0] must be 0, got {offsets[0]}")

@@ -97,7 +97,8 @@ def check_grouped_gemm_fp8_args(a_q, a_scale, b_q, b_scale, expert_offsets, acti
     check_float("a_scale", a_scale, "[M]", 1)
     check_float("b_scale", b_scale, "[E, N]", 2)
     if b_q.shape[2] != a_q.shape[1]:
-        raise ValueError(f"b_q must have shape [E, N, K] with K = a_q.shape[1] = {a_q.shape[1]}, got {tuple(b_q.shape)}")
+        raise ValueError(f"b_q must have shape [E, N, K] with K = a_q.shape[1] = {a_q.shape[1]}, "
+                         f"got {tuple(b_q.shape)}")
     if a_scale.shape[0] != a_q.shape[0]:
         raise ValueError(f"a_scale must have shape [M] = ({a_q.shape[0]},), got {tuple(a_scale.shape)}")
     if tuple(b_scale.shape) != tuple(b_q.shape[:2]):

@@ -17,12 +17,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._checks import (check_cu_seqlens, check_divisible, check_float, check_optional_float, check_positive_int,
-                      check_same_device, check_shape, compute_dtype)
+from ._checks import (check_cu_seqlens, check_cu_seqlens_shape, check_divisible, check_float, check_optional_float,
+                      check_positive_int, check_same_device, check_shape, compute_dtype)
 
 
-def _check_ssd_args(x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens) -> list[int] | None:
-    """Validates the shared SSD arguments; returns the cu_seqlens offsets as ints (None without)."""
+def check_ssd_args(x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens, values: bool = True) -> list[int] | None:
+    """Validates the SSD arguments' shapes, dtypes and devices; with `values` also cu_seqlens' offsets (a host
+    sync, which kernel paths skip) and returns them as ints (None without cu_seqlens or values)."""
     check_float("x", x, "[B, L, H, P]", 4)
     bsz, seqlen, nheads, headdim = x.shape
     check_float("dt", dt, "[B, L, H]", 3)
@@ -37,11 +38,14 @@ def _check_ssd_args(x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens) -> l
     check_divisible("H (heads of x)", nheads, "G (groups of B)", ngroups)
     check_optional_float("D", D, (nheads,), "[H]")
     check_optional_float("dt_bias", dt_bias, (nheads,), "[H]")
-    offsets = None if cu_seqlens is None else check_cu_seqlens(cu_seqlens, seqlen, bsz)
-    if offsets is None:
+    offsets = None
+    if cu_seqlens is None:
         check_optional_float("initial_states", initial_states, (bsz, nheads, headdim, dstate), "[B, H, P, N]")
     else:
-        check_optional_float("initial_states", initial_states, (len(offsets) - 1, nheads, headdim, dstate),
+        nseq = check_cu_seqlens_shape(cu_seqlens, bsz)
+        if values:
+            offsets = check_cu_seqlens(cu_seqlens, seqlen, bsz)
+        check_optional_float("initial_states", initial_states, (nseq, nheads, headdim, dstate),
                              "[S, H, P, N] (one per sequence of cu_seqlens)")
     check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, dt_bias=dt_bias, initial_states=initial_states,
                       cu_seqlens=cu_seqlens)
@@ -138,7 +142,7 @@ def ssd_scan_ref(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus: bool = False
         y [B, L, H, P] in x's dtype, or (y, final_states [B, H, P, N] (with cu_seqlens [S, H, P, N])) with
         final_states in the compute dtype (float32, or float64 for float64 x).
     """
-    offsets = _check_ssd_args(x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens)
+    offsets = check_ssd_args(x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens)
     check_positive_int("chunk_size", chunk_size)
     x_c, dt_c, A_c, B_h, C_h = _prepare(x, dt, A, B, C, dt_bias, dt_softplus)
     bsz, seqlen, nheads, headdim = x.shape
@@ -174,7 +178,7 @@ def ssd_recurrence_ref(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus: bool =
 
     Args / Returns: see ssd_scan_ref (x [B, L, H, P] -> y [B, L, H, P] (, final_states [B or S, H, P, N])).
     """
-    offsets = _check_ssd_args(x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens)
+    offsets = check_ssd_args(x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens)
     x_c, dt_c, A_c, B_h, C_h = _prepare(x, dt, A, B, C, dt_bias, dt_softplus)
     bsz, seqlen, nheads, headdim = x.shape
     dstate = B.shape[-1]

@@ -4,8 +4,8 @@ with head h reading group g = h // (H // G). The state is read and written in pl
 import torch
 import torch.nn.functional as F
 
-from ._checks import (check_divisible, check_float, check_index, check_optional_float, check_same_device,
-                      check_shape, compute_dtype)
+from ._checks import (check_divisible, check_float, check_index, check_int, check_optional_float,
+                      check_same_device, check_shape, compute_dtype)
 
 
 def ssd_state_update_ref(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus: bool = False, slot_idx=None):
@@ -20,30 +20,8 @@ def ssd_state_update_ref(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplu
         y [B, H, P] in x's dtype. The update is computed in float32 (float64 when state or x is float64)
         and stored rounded to state's dtype.
     """
-    check_float("state", state, "[S_slots, H, P, N]", 4)
-    check_float("x", x, "[B, H, P]", 3)
-    bsz, nheads, headdim = x.shape
-    nslots, dstate = state.shape[0], state.shape[3]
-    check_shape("state", state, (nslots, nheads, headdim, dstate), "[S_slots, H, P, N]")
-    check_float("dt", dt, "[B, H]", 2)
-    check_shape("dt", dt, (bsz, nheads), "[B, H]")
-    check_float("A", A, "[H]", 1)
-    check_shape("A", A, (nheads,), "[H]")
-    check_float("B", B, "[B, G, N]", 3)
-    ngroups = B.shape[1]
-    check_shape("B", B, (bsz, ngroups, dstate), "[B, G, N]")
-    check_float("C", C, "[B, G, N]", 3)
-    check_shape("C", C, (bsz, ngroups, dstate), "[B, G, N]")
-    check_divisible("H (heads of x)", nheads, "G (groups of B)", ngroups)
-    check_optional_float("D", D, (nheads,), "[H]")
-    check_optional_float("dt_bias", dt_bias, (nheads,), "[H]")
-    if slot_idx is None:
-        if bsz > nslots:
-            raise ValueError(f"without slot_idx, state needs at least B = {bsz} slots, has {nslots}")
-        slots = list(range(bsz))
-    else:
-        slots = check_index("slot_idx", slot_idx, bsz, nslots, "S_slots")
-    check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, dt_bias=dt_bias, slot_idx=slot_idx)
+    bsz, nheads, ngroups, nslots = check_ssd_state_update_args(state, x, dt, A, B, C, D, dt_bias, slot_idx)
+    slots = list(range(bsz)) if slot_idx is None else check_index("slot_idx", slot_idx, bsz, nslots, "S_slots")
 
     cdtype = compute_dtype(x.dtype, state.dtype)
     heads_per_group = nheads // ngroups
@@ -66,3 +44,33 @@ def ssd_state_update_ref(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplu
     if D is not None:
         y = y + D.to(cdtype)[:, None] * x_c
     return y.to(x.dtype)
+
+
+def check_ssd_state_update_args(state, x, dt, A, B, C, D, dt_bias, slot_idx) -> tuple[int, int, int, int]:
+    """Shapes, dtypes and devices of ssd_state_update's arguments; slot_idx's values are not read (no host
+    sync). Returns (B, H, G, S_slots)."""
+    check_float("state", state, "[S_slots, H, P, N]", 4)
+    check_float("x", x, "[B, H, P]", 3)
+    bsz, nheads, headdim = x.shape
+    nslots, dstate = state.shape[0], state.shape[3]
+    check_shape("state", state, (nslots, nheads, headdim, dstate), "[S_slots, H, P, N]")
+    check_float("dt", dt, "[B, H]", 2)
+    check_shape("dt", dt, (bsz, nheads), "[B, H]")
+    check_float("A", A, "[H]", 1)
+    check_shape("A", A, (nheads,), "[H]")
+    check_float("B", B, "[B, G, N]", 3)
+    ngroups = B.shape[1]
+    check_shape("B", B, (bsz, ngroups, dstate), "[B, G, N]")
+    check_float("C", C, "[B, G, N]", 3)
+    check_shape("C", C, (bsz, ngroups, dstate), "[B, G, N]")
+    check_divisible("H (heads of x)", nheads, "G (groups of B)", ngroups)
+    check_optional_float("D", D, (nheads,), "[H]")
+    check_optional_float("dt_bias", dt_bias, (nheads,), "[H]")
+    if slot_idx is None:
+        if bsz > nslots:
+            raise ValueError(f"without slot_idx, state needs at least B = {bsz} slots, has {nslots}")
+    else:
+        check_int("slot_idx", slot_idx, "[B]", 1)
+        check_shape("slot_idx", slot_idx, (bsz,), "[B]")
+    check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, dt_bias=dt_bias, slot_idx=slot_idx)
+    return bsz, nheads, ngroups, nslots
