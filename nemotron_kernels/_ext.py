@@ -2,6 +2,7 @@
 
 Never touches the GPU at import time: `cuda_status()` asks torch only when an op is called or reported.
 """
+import functools
 import warnings
 
 import torch
@@ -40,3 +41,17 @@ def cuda_status(min_sm: int = 90) -> tuple[bool, str]:
     if major * 10 + minor < min_sm:
         return False, f"device is sm_{major}{minor}; kernels are built for sm_{min_sm}+"
     return True, f"CUDA kernel ({BUILD_NOTE})"
+
+
+@functools.cache
+def cuda_ok() -> tuple[bool, str]:
+    """cuda_status() for sm_90 kernels, asked once (the hot paths of the MoE ops call it on every call)."""
+    return cuda_status(min_sm=90)
+
+
+def cuda_only_report(device_type: str, what: str) -> str:
+    """The backend_report line of an op whose only kernels are CUDA ones (elsewhere its reference runs)."""
+    if device_type != "cuda":
+        return "reference: plain PyTorch (the CUDA kernels take CUDA tensors)"
+    ok, why = cuda_ok()
+    return what if ok else f"reference: {why}"

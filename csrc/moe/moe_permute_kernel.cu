@@ -15,6 +15,7 @@
 #include <initializer_list>
 #include <type_traits>
 
+#include "moe/moe_device.cuh"
 #include "moe/moe_kernels.h"
 
 namespace nk::moe {
@@ -172,25 +173,6 @@ __global__ void gather_rows_kernel(const V* __restrict__ x, const int32_t* __res
     for (int64_t v = threadIdx.x % threads_per_row; v < n_vec; v += threads_per_row) dst[v] = src[v];
   }
 }
-
-template <typename T>
-__device__ __forceinline__ float to_f32(T v) {
-  if constexpr (std::is_same_v<T, float>) return v;
-  else if constexpr (std::is_same_v<T, __half>) return __half2float(v);
-  else return __bfloat162float(v);
-}
-template <typename T>
-__device__ __forceinline__ T from_f32(float v) {
-  if constexpr (std::is_same_v<T, float>) return v;
-  else if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
-  else return __float2bfloat16_rn(v);
-}
-
-// A packet of N elements of T moved as one aligned access.
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Packet {
-  T v[N];
-};
 
 // out[t] = (add[t] +) sum_j w[t,j] * rows[roa[t,j]]. One token per `threads_per_row` threads.
 template <typename T, int N>

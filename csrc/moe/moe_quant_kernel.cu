@@ -7,6 +7,7 @@
 
 #include <type_traits>
 
+#include "moe/moe_device.cuh"
 #include "moe/moe_kernels.h"
 
 namespace nk::moe {
@@ -15,18 +16,6 @@ namespace {
 constexpr int kQuantThreads = 256;
 constexpr float kE4m3Max = 448.f;
 
-template <typename T>
-__device__ __forceinline__ float as_f32(T v) {
-  if constexpr (std::is_same_v<T, float>) return v;
-  else if constexpr (std::is_same_v<T, __half>) return __half2float(v);
-  else return __bfloat162float(v);
-}
-
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Vec {
-  T v[N];
-};
-
 template <typename T, int N>
 __global__ void __launch_bounds__(kQuantThreads)
 quantize_rows_fp8_kernel(const T* __restrict__ x, int64_t cols, __nv_fp8_e4m3* __restrict__ q,
@@ -34,12 +23,12 @@ quantize_rows_fp8_kernel(const T* __restrict__ x, int64_t cols, __nv_fp8_e4m3* _
   __shared__ float s_warp[kQuantThreads / 32];
   const int64_t row = blockIdx.x;
   const int64_t n_vec = cols / N;
-  const Vec<T, N>* src = reinterpret_cast<const Vec<T, N>*>(x + row * cols);
+  const Packet<T, N>* src = reinterpret_cast<const Packet<T, N>*>(x + row * cols);
   float amax = 0.f;
   for (int64_t v = threadIdx.x; v < n_vec; v += kQuantThreads) {
-    const Vec<T, N> p = src[v];
+    const Packet<T, N> p = src[v];
 #pragma unroll
-    for (int i = 0; i < N; ++i) amax = fmaxf(amax, fabsf(as_f32(p.v[i])));
+    for (int i = 0; i < N; ++i) amax = fmaxf(amax, fabsf(to_f32(p.v[i])));
   }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
@@ -52,11 +41,11 @@ quantize_rows_fp8_kernel(const T* __restrict__ x, int64_t cols, __nv_fp8_e4m3* _
   if (threadIdx.x == 0) scale[row] = s;
   __nv_fp8_e4m3* dst = q + row * cols;
   for (int64_t v = threadIdx.x; v < n_vec; v += kQuantThreads) {
-    const Vec<T, N> p = src[v];
-    Vec<__nv_fp8_e4m3, N> o;
+    const Packet<T, N> p = src[v];
+    Packet<__nv_fp8_e4m3, N> o;
 #pragma unroll
-    for (int i = 0; i < N; ++i) o.v[i] = __nv_fp8_e4m3(__fdiv_rn(as_f32(p.v[i]), s));  // RN, saturating
-    reinterpret_cast<Vec<__nv_fp8_e4m3, N>*>(dst)[v] = o;
+    for (int i = 0; i < N; ++i) o.v[i] = __nv_fp8_e4m3(__fdiv_rn(to_f32(p.v[i]), s));  // RN, saturating
+    reinterpret_cast<Packet<__nv_fp8_e4m3, N>*>(dst)[v] = o;
   }
 }
 

@@ -11,7 +11,6 @@ Layers: custom ops `nemotron_kernels::grouped_gemm_nt` / `_nn` / `_tn` -> `Group
 Kernel contract: K and N multiples of 8 (TMA needs 16-byte aligned row strides; other sizes raise ValueError),
 expert_offsets as moe_permute makes them (0 = offsets[0] <= ... <= offsets[E] = M). The offsets never reach the
 host: others are clamped into [0, M] (memory-safe, rows outside every group are left unwritten)."""
-import functools
 
 import torch
 
@@ -20,14 +19,9 @@ from ..reference.grouped_gemm import (check_grouped_gemm_args, check_grouped_gem
                                       grouped_gemm_ref, quantize_fp8_rowwise_ref)
 
 
-@functools.cache
-def _cuda_ok() -> tuple[bool, str]:
-    return _ext.cuda_status(min_sm=90)
-
-
 def use_kernel(*tensors: torch.Tensor) -> bool:
     """All tensors bf16 on a CUDA device where the sm_90a kernels run."""
-    return all(t.is_cuda and t.dtype == torch.bfloat16 for t in tensors) and _cuda_ok()[0]
+    return all(t.is_cuda and t.dtype == torch.bfloat16 for t in tensors) and _ext.cuda_ok()[0]
 
 
 @torch.library.custom_op("nemotron_kernels::grouped_gemm_nt", mutates_args=())
@@ -150,7 +144,7 @@ def quantize_fp8_rowwise(x):
     scale = amax(|x[r]|) / 448. CUDA kernel for bf16/fp16/fp32 CUDA tensors (bitwise the reference), else the
     reference. Not differentiable."""
     if isinstance(x, torch.Tensor) and x.is_cuda and x.dim() == 2 and x.dtype in (torch.bfloat16, torch.float16,
-                                                                                  torch.float32) and _cuda_ok()[0]:
+                                                                                  torch.float32) and _ext.cuda_ok()[0]:
         return quantize_fp8_rowwise_op(x.contiguous())
     return quantize_fp8_rowwise_ref(x)
 
@@ -167,7 +161,7 @@ def grouped_gemm_fp8(a_q, a_scale, b_q, b_scale, expert_offsets, activation: str
     """
     fp8 = torch.float8_e4m3fn
     if (all(isinstance(t, torch.Tensor) and t.is_cuda for t in (a_q, a_scale, b_q, b_scale, expert_offsets))
-            and a_q.dtype == fp8 and b_q.dtype == fp8 and _cuda_ok()[0] and activation in ("none", "relu2")):
+            and a_q.dtype == fp8 and b_q.dtype == fp8 and _ext.cuda_ok()[0] and activation in ("none", "relu2")):
         check_grouped_gemm_fp8_args(a_q, a_scale, b_q, b_scale, expert_offsets, activation)
         a_q, b_q, b_scale = a_q.contiguous(), b_q.contiguous(), b_scale.float().contiguous()
         check_tma_operands(a_q.shape[1], b_q.shape[1], 16, "16 fp8 elements", a_q=a_q, b_q=b_q, b_scale=b_scale)
@@ -177,9 +171,5 @@ def grouped_gemm_fp8(a_q, a_scale, b_q, b_scale, expert_offsets, activation: str
 
 
 def backend_report(device_type: str) -> str:
-    if device_type != "cuda":
-        return "reference: plain PyTorch (the CUTLASS kernels take CUDA tensors)"
-    ok, why = _cuda_ok()
-    if not ok:
-        return f"reference: {why}"
-    return "CUDA: CUTLASS sm90 grouped GEMM (TMA + wgmma, ptr-array; bf16, relu^2 fused; other dtypes -> reference)"
+    return _ext.cuda_only_report(device_type, "CUDA: CUTLASS sm90 grouped GEMM (TMA + wgmma, ptr-array; bf16, relu^2 "
+                                              "fused; other dtypes -> reference)")

@@ -23,9 +23,10 @@ import warnings
 
 import torch
 
+from .. import _ext
 from ..reference.grouped_gemm import moe_experts_fp8_ref
 from ..reference.moe_experts import moe_experts_ref
-from .grouped_gemm import (_cuda_ok, grouped_gemm_fp8_nt, grouped_gemm_nn, grouped_gemm_nt, grouped_gemm_tn,
+from .grouped_gemm import (grouped_gemm_fp8_nt, grouped_gemm_nn, grouped_gemm_nt, grouped_gemm_tn,
                            quantize_fp8_rowwise, quantize_fp8_rowwise_op, use_kernel)
 from .moe_permute import (MAX_EXPERTS, MAX_TOP_K, moe_permute_op, moe_permute_scaled_op, moe_unpermute_bwd_op,
                           moe_unpermute_op)
@@ -188,7 +189,7 @@ def moe_experts_fp8(x, topk_idx, topk_weight, up_q, up_scale, down_q, down_scale
     sizes_ok = (x.dim() == 2 and up_q.dim() == 3 and x.shape[1] % 16 == 0 and up_q.shape[1] % 16 == 0
                 and (shared_up_q is None or shared_up_q.shape[0] % 16 == 0))
     if not (all(isinstance(t, torch.Tensor) and t.is_cuda for t in tensors) and x.dtype == torch.bfloat16
-            and _cuda_ok()[0] and sizes_ok and x.shape[0] > 0 and up_q.shape[0] <= MAX_EXPERTS
+            and _ext.cuda_ok()[0] and sizes_ok and x.shape[0] > 0 and up_q.shape[0] <= MAX_EXPERTS
             and topk_idx.dim() == 2 and topk_idx.shape[1] <= MAX_TOP_K):
         return moe_experts_fp8_ref(*args)
     nexperts = up_q.shape[0]
@@ -210,10 +211,5 @@ def moe_experts_fp8(x, topk_idx, topk_weight, up_q, up_scale, down_q, down_scale
 
 
 def backend_report(device_type: str) -> str:
-    if device_type != "cuda":
-        return "reference: plain PyTorch (the CUTLASS kernels take CUDA tensors)"
-    ok, why = _cuda_ok()
-    if not ok:
-        return f"reference: {why}"
-    return ("CUDA: permute -> CUTLASS sm90 grouped GEMMs (relu^2 fused) -> weighted gather, fwd+bwd, bf16 "
-            "(other dtypes or sizes not a multiple of 8 -> reference)")
+    return _ext.cuda_only_report(device_type, "CUDA: permute -> CUTLASS sm90 grouped GEMMs (relu^2 fused) -> weighted "
+                                 "gather, fwd+bwd, bf16 (other dtypes or sizes not a multiple of 8 -> reference)")

@@ -9,7 +9,6 @@ Layers: custom ops `nemotron_kernels::moe_permute` / `::moe_unpermute` / `::moe_
 
 On the CUDA path, expert ids outside [0, E) cannot be checked without reading them back to the host: such
 assignments are dropped (row_of_assignment = -1, they contribute nothing); the reference raises ValueError."""
-import functools
 
 import torch
 
@@ -22,14 +21,9 @@ MAX_EXPERTS = 1024  # kMaxPermuteExperts (shared memory of the ranking kernel)
 MAX_TOP_K = 32
 
 
-@functools.cache
-def _cuda_ok() -> tuple[bool, str]:
-    return _ext.cuda_status()
-
-
 def _use_kernel(x: torch.Tensor, top_k: int, num_experts: int) -> bool:
     return (x.is_cuda and x.dtype in KERNEL_DTYPES and top_k <= MAX_TOP_K and num_experts <= MAX_EXPERTS
-            and _cuda_ok()[0])
+            and _ext.cuda_ok()[0])
 
 
 @torch.library.custom_op("nemotron_kernels::moe_permute", mutates_args=())
@@ -163,9 +157,5 @@ def moe_unpermute(rows, row_of_assignment, topk_weight=None):
 
 
 def backend_report(device_type: str) -> str:
-    if device_type != "cuda":
-        return "reference: plain PyTorch (the CUDA kernels take CUDA tensors)"
-    ok, why = _cuda_ok()
-    if not ok:
-        return f"reference: {why}"
-    return "CUDA kernels (stable counting sort + gather, bf16/fp16/fp32; other dtypes -> reference)"
+    return _ext.cuda_only_report(device_type, "CUDA kernels (stable counting sort + gather, bf16/fp16/fp32; other "
+                                              "dtypes -> reference)")

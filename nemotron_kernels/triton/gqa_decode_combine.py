@@ -6,7 +6,6 @@ splits that hold tokens of sequence b (cdiv(seq_len, split_len), at least one). 
 Shapes: o_part [num_splits, B, Sq*Hq, D] fp32 (normalised per split), lse_part [num_splits, B, Sq*Hq] fp32 (log2
 domain), seq_lens [B]; o [B, Sq, Hq, D] (row r = position * Hq + head).
 """
-import torch
 import triton
 import triton.language as tl
 
