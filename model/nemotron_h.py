@@ -444,9 +444,10 @@ class NemotronH(nn.Module):
         return self.norm_f(h, meta)
 
     def hidden_states(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
-                      aux: MoEAux | None = None) -> torch.Tensor:
+                      aux: MoEAux | None = None, offsets: list[int] | None = None) -> torch.Tensor:
         """input_ids [B, L] (with cu_seqlens: [1, T] packed documents, cu_seqlens [S+1]) -> final-normed hidden
-        states [B, L, H] (the lm_head input). Fills `aux` with the MoE router counts / scores when given."""
+        states [B, L, H] (the lm_head input). Fills `aux` with the MoE router counts / scores when given.
+        offsets: cu_seqlens as a host list when the caller has it (else read back from the device: a host sync)."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
         meta = ForwardMeta(ops=self.ops)
@@ -454,7 +455,9 @@ class NemotronH(nn.Module):
             if input_ids.shape[0] != 1:
                 raise ValueError(f"with cu_seqlens, input_ids must be [1, T] (packed), got {tuple(input_ids.shape)}")
             meta.cu_seqlens = cu_seqlens
-            meta.offsets = cu_seqlens.tolist()
+            meta.offsets = list(offsets) if offsets is not None else cu_seqlens.tolist()
+            if len(meta.offsets) != cu_seqlens.numel():
+                raise ValueError(f"offsets has {len(meta.offsets)} entries, cu_seqlens {cu_seqlens.numel()}")
             if meta.offsets[0] != 0 or meta.offsets[-1] != input_ids.shape[1] or any(
                     b < a for a, b in zip(meta.offsets[:-1], meta.offsets[1:])):
                 raise ValueError(f"cu_seqlens must rise from 0 to T={input_ids.shape[1]}, got {meta.offsets}")

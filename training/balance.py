@@ -71,6 +71,7 @@ class LoadBalancer:
         self.step_counts = torch.zeros(len(self.layers), self.num_experts, dtype=torch.int64, device=device)
         self.last_counts = torch.zeros_like(self.step_counts)                  # [Lm, E] counts of the last step
         self.total_counts = torch.zeros_like(self.step_counts)                 # [Lm, E] since the run started
+        self._reduced = False                                                   # step_counts summed over ranks
 
     def biases(self) -> list[torch.Tensor]:
         return [m.gate.e_score_correction_bias for _, m in self.layers]
@@ -82,12 +83,25 @@ class LoadBalancer:
             self.step_counts += torch.stack([c.to(torch.int64) for c in counts])
 
     @torch.no_grad()
+    def reduce(self) -> None:
+        """Sums the step's counts over the ranks (once per step; step() does it when it was not called)."""
+        if self.layers and not self._reduced and (
+                self.group is not None or (dist.is_available() and dist.is_initialized()
+                                           and dist.get_world_size() > 1)):
+            dist.all_reduce(self.step_counts, op=dist.ReduceOp.SUM, group=self.group)
+        self._reduced = True
+
+    def skip(self) -> None:
+        """Drops the step's counts (a skipped optimizer step)."""
+        self.step_counts.zero_()
+        self._reduced = False
+
+    @torch.no_grad()
     def step(self) -> None:
         if not self.layers:
             return
+        self.reduce()
         counts = self.step_counts
-        if self.group is not None or (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=self.group)
         if self.enabled:
             load = counts.to(torch.float32)                                    # [Lm, E]
             offset = load.mean(-1, keepdim=True) - load
@@ -96,20 +110,26 @@ class LoadBalancer:
         self.last_counts.copy_(counts)
         self.total_counts += counts
         self.step_counts.zero_()
+        self._reduced = False
+
+    STATS = ("max_over_mean", "min_over_mean", "entropy", "max_share")
 
     @staticmethod
-    def load_stats(counts: torch.Tensor) -> dict[str, list[float]]:
-        """Per layer, from counts [Lm, E]: max/mean and min/mean load, routing entropy normalised to 1 for
-        uniform load, and the largest expert's share of all routing decisions."""
+    def stats_tensor(counts: torch.Tensor) -> torch.Tensor:
+        """load_stats as one float64 tensor [4, Lm] on counts' device (rows in STATS order; no host sync)."""
         load = counts.to(torch.float64)
         total = load.sum(-1, keepdim=True).clamp(min=1)
         share = load / total                                                   # [Lm, E]
         mean = total / load.shape[-1]
         ent = -(share * torch.log(share.clamp(min=1e-30))).sum(-1) / math.log(load.shape[-1])
-        return {"max_over_mean": (load.max(-1).values / mean[:, 0]).tolist(),
-                "min_over_mean": (load.min(-1).values / mean[:, 0]).tolist(),
-                "entropy": ent.tolist(),
-                "max_share": share.max(-1).values.tolist()}
+        return torch.stack([load.max(-1).values / mean[:, 0], load.min(-1).values / mean[:, 0], ent,
+                            share.max(-1).values])
+
+    @classmethod
+    def load_stats(cls, counts: torch.Tensor) -> dict[str, list[float]]:
+        """Per layer, from counts [Lm, E]: max/mean and min/mean load, routing entropy normalised to 1 for
+        uniform load, and the largest expert's share of all routing decisions."""
+        return dict(zip(cls.STATS, cls.stats_tensor(counts).tolist()))
 
     def stats(self) -> dict[str, list[float]]:
         """load_stats of the last step's counts (one host sync)."""

@@ -355,8 +355,13 @@ class PackedBatch:
     num_tokens: int             # labels that count (!= IGNORE_INDEX)
 
     def to(self, device) -> "PackedBatch":
-        return PackedBatch(self.input_ids.to(device, non_blocking=True), self.labels.to(device, non_blocking=True),
-                           self.cu_seqlens.to(device, non_blocking=True), self.num_tokens)
+        """On `device`; to a GPU through pinned host memory, so the copies never wait for the GPU's queue."""
+        pin = torch.device(device).type == "cuda"
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return (t.pin_memory() if pin and t.device.type == "cpu" else t).to(device, non_blocking=True)
+
+        return PackedBatch(move(self.input_ids), move(self.labels), move(self.cu_seqlens), self.num_tokens)
 
 
 def row_lengths_for(tokens_per_rank: int, seq_len: int, long_seq_len: int | None = None,

@@ -41,14 +41,15 @@ class ChunkedCrossEntropyFn(torch.autograd.Function):
             target = logits.gather(1, y_safe[:, None])[:, 0]                            # [n]
             loss += torch.where(valid, lse - target, 0.0).sum()
             if need_h or need_w:
-                grad_logits = torch.exp(logits.sub_(lse[:, None]))                     # softmax, in place [n, V]
+                grad_logits = logits.sub_(lse[:, None]).exp_()                          # softmax, in place [n, V]
                 grad_logits.scatter_add_(1, y_safe[:, None], torch.full_like(lse[:, None], -1.0))
-                grad_logits.mul_(valid[:, None])
                 g = grad_logits.to(weight.dtype)
+                # rows without a label get no gradient: masked in the [n, H] operands, not in the [n, V] logits
+                keep = valid[:, None]                                                   # [n, 1]
                 if need_h:
-                    grad_h[a:a + chunk_rows] = (g @ weight).to(hidden.dtype)            # [n, H]
+                    grad_h[a:a + chunk_rows] = ((g @ weight) * keep).to(hidden.dtype)   # [n, H]
                 if need_w:
-                    grad_w += (g.T @ h.to(weight.dtype)).to(cdtype)                     # [V, H]
+                    grad_w += (g.T @ (h.to(weight.dtype) * keep)).to(cdtype)            # [V, H]
             del logits
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype

@@ -212,10 +212,13 @@ def parallelize(train_module: nn.Module, model: nn.Module, info: DistInfo, *, ep
     if param_dtype is not None and param_dtype.itemsize < 4:
         result.replicated_params = tuple(b.mixer.gate.weight for b in model.layers if b.kind == "E")
     ignored = set(result.replicated_params) or None
+    #    On one rank there is nothing to free by resharding after the forward: the blocks keep their compute-dtype
+    #    copies until their backward instead of casting / gathering every parameter a second time.
+    reshard = W > 1
     for block in model.layers:
         if ep_size > 1 and block.kind == "E":
-            fully_shard(block.mixer.experts, mesh=edp_mesh, mp_policy=mp)
-        fully_shard(block, mesh=dp_mesh, mp_policy=mp, ignored_params=ignored)
+            fully_shard(block.mixer.experts, mesh=edp_mesh, mp_policy=mp, reshard_after_forward=reshard)
+        fully_shard(block, mesh=dp_mesh, mp_policy=mp, ignored_params=ignored, reshard_after_forward=reshard)
     fully_shard(train_module, mesh=dp_mesh, mp_policy=mp, ignored_params=ignored)
     for m in train_module.modules():
         if isinstance(m, FSDPModule):  # plain sums (no PREMUL_SUM, which gloo lacks; no extra scaling on NCCL)

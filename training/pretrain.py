@@ -60,6 +60,9 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="torch.profiler over the last N steps of the run (after warm-up): profile.txt, "
+                        "profile_summary.json (time per step by category, also printed), trace.json.gz under --out")
 
 
 def train_config(args, preset, out: str, **extra) -> TrainConfig:
@@ -75,7 +78,8 @@ def train_config(args, preset, out: str, **extra) -> TrainConfig:
         activation_checkpointing=args.activation_checkpointing, out_dir=out, log_every=args.log_every,
         eval_every=pick(args.eval_every, preset.eval_every), save_every=args.save_every, keep_last=args.keep_last,
         resume=args.resume, stop_at_step=args.stop_at_step, max_bad_steps=args.max_bad_steps,
-        progress=not args.no_progress, plots=not args.no_plots, peak_tflops=args.peak_tflops, **extra)
+        progress=not args.no_progress, plots=not args.no_plots, peak_tflops=args.peak_tflops, profile=args.profile,
+        **extra)
 
 
 def skew_router(model, skew: float) -> None:

@@ -7,9 +7,12 @@ One optimizer step:
   2. forward (model hidden states -> chunked fp32 cross-entropy; per MoE layer the router counts, and scores for the
      sequence-level aux loss), backward; router counts accumulated for the load balancer;
   3. gradient clipping by the global norm;
-  4. ONE host sync per step: [loss, aux, grad norm] -> a non-finite value skips the step (reported; the run stops
-     after `max_bad_steps` in a row), otherwise optimizer step + aux-loss-free bias update;
+  4. ONE host sync per step: [loss, aux, grad norm, expert-load stats] -> a non-finite value skips the step
+     (reported; the run stops after `max_bad_steps` in a row), otherwise optimizer step + aux-loss-free bias update
+     (launched without waiting: the next step's data and forward are queued behind it);
   5. metrics (JSONL + progress bar), periodic validation and checkpoints.
+The batches' cu_seqlens reach the model with their host copy (no device read-back), host->device copies come from
+pinned memory. `--profile N` (profile.py) records the last N steps of a run with torch.profiler.
 Parallelism order (parallel.py): expert parallelism -> activation checkpointing -> FSDP2 (blocks, then the root).
 """
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.autograd.profiler import record_function
 
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.nemotron_h import MoEAux
@@ -33,6 +37,7 @@ from .loss import chunked_cross_entropy
 from .monitor import MetricsLog, Progress, flops_per_token, peak_flops, plot_run
 from .optim import WSDSchedule, build_optimizer
 from .parallel import DistInfo, all_reduce_sum, clip_grad_norm_, parallelize
+from .profile import StepProfiler
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -76,6 +81,7 @@ class TrainConfig:
     progress: bool = True
     plots: bool = True
     peak_tflops: float | None = None          # MFU denominator per device (default: known GPUs, none on CPU)
+    profile: int = 0                          # torch.profiler over the last N steps of this run (0: off)
 
     def __post_init__(self):
         if self.steps < 1:
@@ -86,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.max_bad_steps < 1:
             raise ValueError(f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
+        if self.profile < 0:
+            raise ValueError(f"profile must be >= 0 steps, got {self.profile}")
         self.betas = tuple(self.betas)
 
 
@@ -99,9 +107,10 @@ class CausalLMLoss(nn.Module):
         self.model, self.chunk_rows = model, chunk_rows
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, cu_seqlens: torch.Tensor,
-                with_aux_loss: bool = True):
-        """input_ids, labels [1, T]; cu_seqlens [S+1] -> (token-loss sum fp32, sequence aux loss summed over the
-        sequences and MoE layers fp32, router counts per MoE layer [E] int32)."""
+                with_aux_loss: bool = True, offsets: list[int] | None = None):
+        """input_ids, labels [1, T]; cu_seqlens [S+1] (offsets: the same on the host, saves a device read-back) ->
+        (token-loss sum fp32, sequence aux loss summed over the sequences and MoE layers fp32, router counts per
+        MoE layer [E] int32)."""
         # The MoE layers append their router counts / scores to the ForwardMeta they are called with. FSDP2 hands
         # each block a rebuilt copy of its arguments when they hold grad-requiring tensors (the scores of earlier
         # layers), so the lists of MoEAux miss later entries: a forward hook reads each layer's own entry instead.
@@ -114,16 +123,18 @@ class CausalLMLoss(nn.Module):
 
         handles = [moe.register_forward_hook(record) for _, moe in layers]
         try:
-            hidden = self.model.hidden_states(input_ids, cu_seqlens, MoEAux())          # [1, T, H]
+            hidden = self.model.hidden_states(input_ids, cu_seqlens, MoEAux(), offsets=offsets)  # [1, T, H]
         finally:
             for h in handles:
                 h.remove()
-        loss_sum = chunked_cross_entropy(hidden, self.model.lm_head.weight, labels, self.chunk_rows)
+        with record_function("train/cross_entropy"):
+            loss_sum = chunked_cross_entropy(hidden, self.model.lm_head.weight, labels, self.chunk_rows)
         aux_loss = torch.zeros((), device=loss_sum.device, dtype=torch.float32)
         if with_aux_loss:
-            for i, _ in layers:
-                _, scores, idx = routed[i]                                               # [T, E] fp32, [T, k]
-                aux_loss = aux_loss + sequence_aux_loss(scores, idx, cu_seqlens, reduction="sum")
+            with record_function("train/aux_loss"):
+                for i, _ in layers:
+                    _, scores, idx = routed[i]                                           # [T, E] fp32, [T, k]
+                    aux_loss = aux_loss + sequence_aux_loss(scores, idx, cu_seqlens, reduction="sum")
         return loss_sum, aux_loss, [routed[i][0] for i, _ in layers]
 
 
@@ -209,46 +220,62 @@ class Trainer:
                                              tokenizer_dir=self.tokenizer_dir, keep_last=self.cfg.keep_last)
 
     # ------------------------------------------------------------------------------------ steps
-    def _device_batches(self) -> list[PackedBatch]:
-        return [next(self.train_data).to(self.info.device) for _ in range(self.cfg.grad_accum)]
+    def _device_batches(self) -> tuple[list[PackedBatch], list[list[int]]]:
+        """The step's micro-batches on the device, and their cu_seqlens as host lists."""
+        host = [next(self.train_data) for _ in range(self.cfg.grad_accum)]
+        return [b.to(self.info.device) for b in host], [b.cu_seqlens.tolist() for b in host]
 
     def train_step(self, step: int) -> dict:
         """One optimizer step (0-based index `step`); returns its metrics (host floats)."""
         cfg, dev = self.cfg, self.info.device
         lr = self.schedule.apply(self.optimizer, step)
-        batches = self._device_batches()
-        counts = torch.tensor([float(sum(b.num_tokens for b in batches)),
-                               float(sum(b.cu_seqlens.numel() - 1 for b in batches))], device=dev)
+        with record_function("train/data"):
+            batches, offsets = self._device_batches()
+            counts = torch.tensor([float(sum(b.num_tokens for b in batches)),
+                                   float(sum(b.cu_seqlens.numel() - 1 for b in batches))])
+            counts = counts.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else counts.to(dev)
         n_tokens, n_seqs = all_reduce_sum(counts, self.par).clamp(min=1.0).unbind()  # labelled tokens, sequences
         loss_total = torch.zeros((), device=dev)
         aux_total = torch.zeros((), device=dev)
         self.module.train()
-        for i, b in enumerate(batches):
+        for i, (b, offs) in enumerate(zip(batches, offsets)):
             if self.par.fsdp:
                 self.module.set_requires_gradient_sync(i == len(batches) - 1)
             loss_sum, aux_loss, counts = self.module(b.input_ids, b.labels, b.cu_seqlens,
-                                                     with_aux_loss=cfg.aux_loss_coeff > 0)
+                                                     with_aux_loss=cfg.aux_loss_coeff > 0, offsets=offs)
             (loss_sum / n_tokens + cfg.aux_loss_coeff * aux_loss / n_seqs).backward()
             loss_total += loss_sum.detach() / n_tokens
             aux_total += aux_loss.detach() / n_seqs
             self.balancer.accumulate(counts)
         self.par.sync_replicated_grads()
-        grad_norm = clip_grad_norm_(self.params, cfg.grad_clip, self.par)
+        with record_function("train/clip_grad_norm"):
+            grad_norm = clip_grad_norm_(self.params, cfg.grad_clip, self.par)
         sums = all_reduce_sum(torch.stack([loss_total, aux_total]), self.par)
-        loss, aux, gnorm = torch.cat([sums, grad_norm[None].float()]).tolist()     # the step's one host sync
+        with record_function("train/balancer"):
+            self.balancer.reduce()                              # the step's expert loads, summed over the ranks
+            stats = self.balancer.stats_tensor(self.balancer.step_counts) if self.balancer.layers else None
+        with record_function("train/host_sync"):               # the step's one host sync
+            parts = [sums.double(), grad_norm[None].double()] + ([stats.flatten()] if stats is not None else [])
+            values = torch.cat(parts).tolist()
+        loss, aux, gnorm = values[:3]
         tokens = sum(b.input_ids.numel() for b in batches) * self.info.world_size
         ok = math.isfinite(loss) and math.isfinite(gnorm)
         if ok:
             self.optimizer.step()
-            self.balancer.step()
+            with record_function("train/balancer"):
+                self.balancer.step()
             self.bad_steps = 0
         else:
-            self.balancer.step_counts.zero_()
+            self.balancer.skip()
             self.bad_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         self.tokens_seen += tokens
-        return {"step": step + 1, "loss": loss, "aux_loss": aux, "grad_norm": gnorm, "lr": lr, "tokens": tokens,
-                "skipped": not ok}
+        rec = {"step": step + 1, "loss": loss, "aux_loss": aux, "grad_norm": gnorm, "lr": lr, "tokens": tokens,
+               "skipped": not ok}
+        if ok and stats is not None:                            # load stats of this step (= balancer.stats())
+            n = stats.shape[1]
+            rec["_balance"] = {k: values[3 + j * n:3 + (j + 1) * n] for j, k in enumerate(LoadBalancer.STATS)}
+        return rec
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -273,10 +300,20 @@ class Trainer:
         progress = Progress(end, self.start_step, cfg.progress and self.info.is_main, self.flops_per_token,
                             peak_flops(self.info.device, cfg.peak_tflops), self.info.world_size, self.info.is_main)
         last_val = None
+        profiler = None
+        if cfg.profile and self.info.is_main:
+            if end - self.start_step < cfg.profile + 1:
+                raise ValueError(f"--profile {cfg.profile} records the last {cfg.profile} steps of a run after at "
+                                 f"least one warm-up step; this run has {end - self.start_step} steps")
+            profiler = StepProfiler(cfg.profile, end - cfg.profile, self.out_dir, self.info.device, self.model,
+                                    log=progress.write)
         interval_tokens, t_start = 0, time.perf_counter()
         try:
             for step in range(self.start_step, end):
+                if profiler is not None:
+                    profiler.begin(step)
                 rec = self.train_step(step)
+                balance = rec.pop("_balance", None)
                 interval_tokens += rec["tokens"]
                 done = step + 1
                 if rec["skipped"]:
@@ -293,13 +330,16 @@ class Trainer:
                     interval_tokens = 0
                     rec.update(tokens_per_s=tps, mfu=mfu, tokens_seen=self.tokens_seen,
                                elapsed_s=time.perf_counter() - t_start)
-                    rec.update(self._balance_record(progress))
+                    rec.update(self._balance_record(progress, balance))
                     if not rec["skipped"]:
                         self.metrics.write({"kind": "train", **{k: v for k, v in rec.items() if k != "skipped"}})
                     postfix = {"loss": f"{rec['loss']:.4f}", "tok/s": f"{tps:,.0f}"}
                     if mfu is not None:
                         postfix["MFU"] = f"{100 * mfu:.1f}%"
                     progress.update(cfg.log_every if done % cfg.log_every == 0 else done % cfg.log_every, postfix)
+                if profiler is not None:
+                    profiler.tokens_per_step = rec["tokens"]
+                    profiler.end(step)
                 if (cfg.eval_every and done % cfg.eval_every == 0) or done == end:
                     last_val = self.evaluate()
                     self.metrics.write({"kind": "val", "step": done, "val_loss": last_val,
@@ -320,10 +360,11 @@ class Trainer:
         return {"steps": end, "val_loss": last_val, "out_dir": str(self.out_dir), "plots": [str(p) for p in plots],
                 "balance": self.balancer.stats()}
 
-    def _balance_record(self, progress: Progress) -> dict:
+    def _balance_record(self, progress: Progress, stats: dict | None = None) -> dict:
+        """Load statistics of the last optimizer step (`stats`: the step's own, read with its host sync)."""
         if not self.balancer.layers:
             return {}
-        stats = self.balancer.stats()
+        stats = stats if stats is not None else self.balancer.stats()
         collapsed = dict(self.balancer.collapsed(stats))
         for layer, share in collapsed.items():
             if layer not in self._collapsed_layers:
