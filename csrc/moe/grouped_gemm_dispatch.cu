@@ -27,7 +27,8 @@ struct GemmEntry {
 };
 
 #define NK_ENTRY(name) GemmEntry{grouped_gemm_##name##_workspace, grouped_gemm_##name##_run}
-GemmEntry entry_of(GemmKind kind, bool small_tiles) {
+GemmEntry entry_of(GemmKind kind, GemmPath path) {
+  const bool small_tiles = path == GemmPath::kSmallTiles;
   switch (kind) {
     case GemmKind::kNT: return small_tiles ? NK_ENTRY(nt_small) : NK_ENTRY(nt);
     case GemmKind::kNTReLU2: return small_tiles ? NK_ENTRY(nt_relu2_small) : NK_ENTRY(nt_relu2);
@@ -43,13 +44,15 @@ GemmEntry entry_of(GemmKind kind, bool small_tiles) {
 
 }  // namespace
 
-size_t grouped_gemm_workspace_bytes(GemmKind kind, bool small_tiles, int groups, int sm_count) {
-  const GemmEntry entry = entry_of(kind, small_tiles);
+size_t grouped_gemm_workspace_bytes(GemmKind kind, GemmPath path, int groups, int sm_count) {
+  if (path == GemmPath::kGemv) return 0;
+  const GemmEntry entry = entry_of(kind, path);
   return entry.workspace ? entry.workspace(groups, sm_count) : 0;
 }
 
 const char* grouped_gemm_run(const GroupedGemmParams& p) {
-  const GemmEntry entry = entry_of(p.kind, p.small_tiles);
+  if (p.path == GemmPath::kGemv) return grouped_gemv_run(p);
+  const GemmEntry entry = entry_of(p.kind, p.path);
   return entry.run ? entry.run(p) : "unknown grouped GEMM kind";
 }
 

@@ -239,8 +239,8 @@ void run_grouped_gemm(moe::GemmKind kind, const at::Tensor& a, const at::Tensor&
   const int sm_count = moe::sm_count_of(device);
   TORCH_CHECK(sm_count > 0, "grouped_gemm: could not read the multiprocessor count of cuda:", device);
   const auto stream = c10::cuda::getCurrentCUDAStream(device).stream();
-  const bool small_tiles = moe::small_tiles_for(kind, a.size(0), int(groups));
-  const size_t ws_bytes = moe::grouped_gemm_workspace_bytes(kind, small_tiles, int(groups), sm_count);
+  const moe::GemmPath path = moe::path_for(kind, a.size(0), int(groups));
+  const size_t ws_bytes = moe::grouped_gemm_workspace_bytes(kind, path, int(groups), sm_count);
   auto workspace = at::empty({int64_t(ws_bytes)}, a.options().dtype(at::kByte));
   moe::GroupedGemmParams p{kind,
                            a.data_ptr(),
@@ -254,7 +254,7 @@ void run_grouped_gemm(moe::GemmKind kind, const at::Tensor& a, const at::Tensor&
                            a.size(0),
                            int(n),
                            int(k),
-                           small_tiles,
+                           path,
                            workspace.data_ptr(),
                            sm_count,
                            device,

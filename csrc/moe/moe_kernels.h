@@ -69,6 +69,11 @@ enum class GemmKind : int {
   kFp8NTReLU2 = 6,   // epilogue: relu(acc * a_scale * b_scale)^2
 };
 
+// Kernel choice by rows per group (NT kinds): CUTLASS 128-row tiles for prefill/training; 64x64 ping-pong tiles
+// when few rows per group, so more CTAs stream each expert's weights; a GEMV (moe_gemv_kernel.cu) for decode,
+// where the weights are the whole cost and tensor-core tiles would multiply mostly padding.
+enum class GemmPath : int { kLargeTiles = 0, kSmallTiles = 1, kGemv = 2 };
+
 struct GroupedGemmParams {
   GemmKind kind;
   const void* a;             // bf16, or e4m3 for kFp8*
@@ -82,24 +87,30 @@ struct GroupedGemmParams {
   int64_t m_rows;            // rows of a (all groups)
   int n;                     // NT/NN: output columns; TN: N1 (columns of a)
   int k;                     // NT/NN: reduction size; TN: N2 (columns of b)
-  bool small_tiles;          // 64x64 ping-pong tiles for few rows per group (NT kinds only; see small_tiles_for)
-  void* workspace;           // grouped_gemm_workspace_bytes(kind, small_tiles, groups, sm_count) bytes, 256-aligned
+  GemmPath path;             // which kernel (path_for)
+  void* workspace;           // grouped_gemm_workspace_bytes(kind, path, groups, sm_count) bytes, 256-aligned
   int sm_count;
   int device;
   cudaStream_t stream;
 };
 
-size_t grouped_gemm_workspace_bytes(GemmKind kind, bool small_tiles, int groups, int sm_count);
-// Decode-sized problems (few rows per group) take the small-tile kernels: more CTAs stream each expert's weights.
-inline bool small_tiles_for(GemmKind kind, int64_t m_rows, int groups) {
+size_t grouped_gemm_workspace_bytes(GemmKind kind, GemmPath path, int groups, int sm_count);
+inline GemmPath path_for(GemmKind kind, int64_t m_rows, int groups) {
   const bool nt = kind == GemmKind::kNT || kind == GemmKind::kNTReLU2 || kind == GemmKind::kFp8NT ||
                   kind == GemmKind::kFp8NTReLU2;
-  return nt && m_rows <= 32 * int64_t(groups);
+  if (!nt) return GemmPath::kLargeTiles;
+  // GEMV: any precision for a couple of tokens; BF16 up to 4 rows per expert. FP8 beyond that keeps the tiles:
+  // the GEMV widens e4m3 on CUDA cores and is instruction-bound there (H200: 0.81 vs 0.42 ms at T = 64).
+  const bool fp8 = kind == GemmKind::kFp8NT || kind == GemmKind::kFp8NTReLU2;
+  if (m_rows <= 16 || (!fp8 && m_rows <= 4 * int64_t(groups))) return GemmPath::kGemv;
+  return m_rows <= 32 * int64_t(groups) ? GemmPath::kSmallTiles : GemmPath::kLargeTiles;
 }
 // Zeroes d[e] (n x k bf16) for every group e without rows (kTN: those groups get no GEMM tiles).
 void zero_empty_groups(const GroupedGemmParams& p);
-// Returns an empty string on success, else what failed (CUTLASS status / CUDA error).
+// Returns an empty string on success, else what failed (CUTLASS status / CUDA error). kGemv runs
+// grouped_gemv_run (NT kinds; N % 8 == 0 and K a multiple of 16 bytes, as for the CUTLASS kernels; no workspace).
 const char* grouped_gemm_run(const GroupedGemmParams& p);
+const char* grouped_gemv_run(const GroupedGemmParams& p);
 
 // Multiprocessor count of `device` (cached after the first query).
 int sm_count_of(int device);

@@ -5,6 +5,9 @@ persistent wgmma kernels over ptr-array problem shapes whose per-expert argument
 expert_offsets (no host sync), BF16 in, fp32 accumulation, BF16 out, relu^2 fused in the epilogue. Backward:
 da = dpre @ b[e] (grouped NN GEMM), db[e] = dpre_e^T @ a_e (grouped TN GEMM, K = the expert's rows), with
 dpre = dout * 2 sqrt(out) for relu^2 (relu(pre) = sqrt(relu(pre)^2), so only the output is kept).
+Decode-sized forwards (BF16: <= 4 rows per expert on average; FP8: <= 16 rows) run a grouped GEMV instead
+(csrc/moe/moe_gemv_kernel.cu): with a few rows the GEMM is a stream of the touched experts' weights, which 64+-row
+tiles would mostly pad.
 The reference runs on CPU, for dtypes other than bf16, or without the extension.
 Layers: custom ops `nemotron_kernels::grouped_gemm_nt` / `_nn` / `_tn` -> `GroupedGemmFn` -> `grouped_gemm()`.
 
@@ -91,6 +94,8 @@ def check_tma_operands(k: int, n: int, k_multiple: int, k_elements: str, **opera
         if size % multiple:
             raise ValueError(f"{what} = {size} must be a multiple of {multiple}: TMA needs 16-byte aligned row "
                              f"strides ({elements})")
+    if torch.compiler.is_compiling():     # no data pointers while tracing: _C checks the addresses at run time
+        return
     for name, t in operands.items():
         if t.data_ptr() % 16:
             raise ValueError(f"{name} must start at a 16-byte aligned address (TMA); got a view with storage offset "

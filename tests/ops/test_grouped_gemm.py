@@ -105,7 +105,7 @@ def check_forward(counts, n, k, activation, seed=0):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("activation", ["relu2", "none"])
-@pytest.mark.parametrize("ntokens", [1, 64, 512, 2048])   # <= 32 rows per expert on average: the small-tile kernels
+@pytest.mark.parametrize("ntokens", [1, 64, 512, 2048])   # GEMV (<= 4 rows per expert), small tiles, large tiles
 def test_cuda_forward_nemotron_shapes(ntokens, activation):
     counts = routed_counts(ntokens, 128, 6, seed=ntokens, empty=(5,))
     n, k = (1856, 2688) if activation == "relu2" else (2688, 1856)   # up: [E, I, H]; down: [E, H, I]
@@ -119,6 +119,8 @@ def test_cuda_forward_nemotron_shapes(ntokens, activation):
     ([0, 0, 513, 0], 1856, 2688),         # all rows on one expert
     ([1], 8, 8),                          # smallest aligned problem
     ([5, 0, 0, 0, 0, 0, 0, 3], 264, 72),  # E = 8, mostly empty
+    ([20, 0, 0, 2, 0, 0, 0, 1], 264, 72), # the GEMV path (<= 4 rows per expert), an expert over its 8-row pass
+    ([0] * 69 + [2], 32, 64),             # the GEMV path finding the one busy expert past the first 32
 ])
 def test_cuda_forward_odd_shapes(counts, n, k, activation):
     check_forward(counts, n, k, activation, seed=sum(counts))
@@ -247,6 +249,7 @@ def quantized_operands(counts, n, k, seed):
     (routed_counts(1, 128, 6, seed=13), 1856, 2688),
     ([37, 0, 300, 1, 129], 104, 208),
     ([1], 8, 16),
+    ([11, 2, 1], 264, 80),                  # the GEMV path (<= 16 rows), an expert over its 8-row pass
 ])
 def test_cuda_fp8_forward(counts, n, k, activation):
     """Budget: the kernel's error to the exact product of the dequantised operands (float64) is at most 2 x the

@@ -1,0 +1,160 @@
+// Grouped NT GEMV for decode (few rows per expert): d[rows_e, N] = epi(a[rows_e, K] @ b[e, N, K]^T).
+//
+// With a handful of tokens the MoE GEMMs are a stream of the touched experts' weights; tensor-core tiles of
+// 64+ rows would mostly multiply padding, and a tile scheduler over all E groups spends its time on empty
+// ones. Here grid.y enumerates only the non-empty groups (CTA j takes the j-th, found with a warp ballot scan of
+// the offsets, so no host ever sees the counts), and each warp owns kCh output channels: it streams their
+// weight rows once with 16-byte loads (bypassing L1) and multiplies them against up to kMt rows of a at a time
+// (a is tiny and hits L1). Lane partial sums are reduced with shuffles; the epilogue (scales, relu^2) runs in
+// fp32 and rounds once to bf16, as the CUTLASS epilogues do.
+// Tried and measured slower (H200, bench/NOTES.md): mma.sync with one warp per 16 channels and a permuted k order
+// (2.5x slower at T = 1: 4x fewer warps streaming, 64-byte row pieces per load instead of 512 contiguous bytes).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <type_traits>
+
+#include "moe/moe_kernels.h"
+
+namespace nk::moe {
+namespace {
+
+constexpr int kWarps = 8;   // warps per CTA
+constexpr int kCh = 4;      // output channels per warp (N % 8 == 0, so a warp's channels are all valid or none)
+constexpr int kMt = 8;      // rows of a per pass over the weights
+
+// 16 bytes of T as fp32: 8 bf16 or 16 e4m3.
+template <typename T>
+struct Chunk {
+  static constexpr int kLen = 16 / sizeof(T);
+  float v[kLen];
+  __device__ __forceinline__ explicit Chunk(uint4 raw) {
+    const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+        v[2 * i] = __uint_as_float(w[i] << 16);            // bf16 -> fp32 is a shift
+        v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+      } else {
+        const __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(w[i] & 0xffff), __NV_E4M3);
+        const __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(w[i] >> 16), __NV_E4M3);
+        const float2 a = __half22float2(__half2(lo)), b = __half22float2(__half2(hi));
+        v[4 * i] = a.x, v[4 * i + 1] = a.y, v[4 * i + 2] = b.x, v[4 * i + 3] = b.y;
+      }
+    }
+  }
+};
+
+// Expert id and row range of the j-th group that has rows, or group = -1 when fewer than j+1 groups have rows.
+__device__ __forceinline__ void find_group(const int32_t* offsets, int groups, int64_t m_rows, int j, int* group,
+                                           int64_t* start, int64_t* end) {
+  const int lane = threadIdx.x % 32;
+  int seen = 0;
+  for (int base = 0; base < groups; base += 32) {
+    const int e = base + lane;
+    int64_t s = 0, t = 0;
+    if (e < groups) {
+      s = min(max(int64_t(offsets[e]), int64_t(0)), m_rows);
+      t = min(max(int64_t(offsets[e + 1]), s), m_rows);
+    }
+    const unsigned mask = __ballot_sync(0xffffffffu, t > s);
+    const int count = __popc(mask);
+    if (j < seen + count) {
+      const int rank = j - seen;                  // the rank-th set bit of mask is our group
+      if (t > s && __popc(mask & ((1u << lane) - 1)) == rank) *group = e, *start = s, *end = t;
+      return;
+    }
+    seen += count;
+  }
+  if (lane == 0) *group = -1;
+}
+
+template <typename T, bool kScaled, bool kReLU2>
+__global__ void __launch_bounds__(kWarps * 32)
+grouped_gemv_nt_kernel(const T* __restrict__ a, const T* __restrict__ b, __nv_bfloat16* __restrict__ d,
+                       const float* __restrict__ a_scale, const float* __restrict__ b_scale,
+                       const int32_t* __restrict__ offsets, int groups, int64_t m_rows, int n, int k) {
+  constexpr int kLen = Chunk<T>::kLen;
+  static_assert(kCh == 4, "wc below lists 4 channels");
+  __shared__ int s_group;
+  __shared__ int64_t s_start, s_end;
+  if (threadIdx.x < 32) find_group(offsets, groups, m_rows, blockIdx.y, &s_group, &s_start, &s_end);
+  __syncthreads();
+  const int group = s_group;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int n0 = (blockIdx.x * kWarps + warp) * kCh;
+  if (group < 0 || n0 >= n) return;
+  const int64_t start = s_start, end = s_end;
+  const T* w = b + (int64_t(group) * n + n0) * k;                           // [kCh, K] rows of b[group]
+
+  for (int64_t r0 = start; r0 < end; r0 += kMt) {
+    const int rows = int(min(int64_t(kMt), end - r0));
+    float acc[kCh][kMt] = {};
+#pragma unroll 2
+    for (int64_t kk = int64_t(lane) * kLen; kk < k; kk += 32 * kLen) {
+      uint4 raw[kCh];                                                      // weights: read once, not cached
+#pragma unroll
+      for (int c = 0; c < kCh; ++c) raw[c] = __ldcs(reinterpret_cast<const uint4*>(w + c * int64_t(k) + kk));
+      const Chunk<T> wc[kCh] = {Chunk<T>(raw[0]), Chunk<T>(raw[1]), Chunk<T>(raw[2]), Chunk<T>(raw[3])};
+#pragma unroll
+      for (int m = 0; m < kMt; ++m) {
+        if (m < rows) {
+          const Chunk<T> x(__ldg(reinterpret_cast<const uint4*>(a + (r0 + m) * k + kk)));
+#pragma unroll
+          for (int c = 0; c < kCh; ++c) {
+#pragma unroll
+            for (int i = 0; i < kLen; ++i) acc[c][m] = fmaf(wc[c].v[i], x.v[i], acc[c][m]);
+          }
+        }
+      }
+    }
+    // Butterfly sums: every lane ends with every total; lane c + kCh * m writes channel c of row m.
+    float out = 0.f;
+#pragma unroll
+    for (int m = 0; m < kMt; ++m) {
+      if (m < rows) {
+#pragma unroll
+        for (int c = 0; c < kCh; ++c) {
+          float v = acc[c][m];
+#pragma unroll
+          for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+          if (lane == c + kCh * m) out = v;
+        }
+      }
+    }
+    const int c = lane % kCh, m = lane / kCh;
+    if (m < rows) {
+      const int64_t row = r0 + m;
+      if constexpr (kScaled) out *= a_scale[row] * b_scale[int64_t(group) * n + n0 + c];
+      if constexpr (kReLU2) out = out > 0.f ? out * out : 0.f;
+      d[row * n + n0 + c] = __float2bfloat16_rn(out);
+    }
+  }
+}
+
+template <typename T, bool kScaled, bool kReLU2>
+const char* launch(const GroupedGemmParams& p) {
+  const int n_blocks = (p.n + kWarps * kCh - 1) / (kWarps * kCh);
+  const int touched = int(std::min<int64_t>(p.groups, p.m_rows));   // at most this many groups have rows
+  if (n_blocks == 0 || touched == 0) return "";
+  grouped_gemv_nt_kernel<T, kScaled, kReLU2><<<dim3(n_blocks, touched), kWarps * 32, 0, p.stream>>>(
+      static_cast<const T*>(p.a), static_cast<const T*>(p.b), static_cast<__nv_bfloat16*>(p.d), p.a_scale,
+      p.b_scale, p.offsets, p.groups, p.m_rows, p.n, p.k);
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? "" : cudaGetErrorString(err);
+}
+
+}  // namespace
+
+const char* grouped_gemv_run(const GroupedGemmParams& p) {
+  switch (p.kind) {
+    case GemmKind::kNT: return launch<__nv_bfloat16, false, false>(p);
+    case GemmKind::kNTReLU2: return launch<__nv_bfloat16, false, true>(p);
+    case GemmKind::kFp8NT: return launch<__nv_fp8_e4m3, true, false>(p);
+    case GemmKind::kFp8NTReLU2: return launch<__nv_fp8_e4m3, true, true>(p);
+    default: return "grouped GEMV: only the NT kinds have a GEMV path";
+  }
+}
+
+}  // namespace nk::moe
