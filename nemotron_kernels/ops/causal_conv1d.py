@@ -43,7 +43,7 @@ def causal_conv1d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     kernels = mamba_common.kernel_module("causal_conv1d_fwd")
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     kernels.causal_conv1d_fwd_launch(_x_layout(x), weight.contiguous(), _maybe_contig(bias), seq_idx, cu_seqlens,
-                                     _init_layout(initial_state), y, silu)
+                                     _init_layout(initial_state), y, silu, mamba_common.sm_count(x.device))
     return y
 
 

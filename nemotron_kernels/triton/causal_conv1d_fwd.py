@@ -2,12 +2,14 @@
 where u is the sequence preceded by its K-1 earlier inputs (the initial state, or zeros).
 
 Layout: x [B, L, C] channel-last (unit channel stride, any row stride: x may be a slice of in_proj's output).
-The main kernel covers BLOCK_L tokens x BLOCK_C channels per program and reads the K shifted [BLOCK_L, BLOCK_C]
-tiles (the overlap hits L1/L2, so HBM sees x about once); taps before a sequence start read zero. Packed
-sequences (cu_seqlens, B = 1): each token's sequence start comes from seq_idx (token -> sequence) and cu_seqlens.
-With an initial state, a small second kernel rewrites the first K-1 outputs of every sequence (their taps reach
-into the state), which keeps the state's gathers out of the main kernel. A third small kernel writes each
-sequence's final state (its last K-1 inputs). Token offsets are int64."""
+The main kernel streams: each program owns BLOCK_C channels (16-byte vectors per thread) and walks one segment of
+tokens row by row, keeping the K-1 previous rows in registers (a sliding window), so x is read from memory once.
+The loop body loads FWD_ROWS rows before computing any of them (several rows in flight per program), and the
+launcher cuts L into enough segments to fill every SM; a segment starts by loading its K-1 halo rows from x or
+from the initial state. Packed sequences (cu_seqlens, B = 1): a token whose seq_idx differs from the previous
+token's starts a sequence, and the window restarts from that sequence's initial state (or zeros). Taps older
+than 3 rows (K > 4 only) are reloaded from memory. A second small kernel writes each sequence's final state (its
+last K-1 inputs). Token offsets are int64."""
 import triton
 import triton.language as tl
 
@@ -22,7 +24,8 @@ def _tap(x_ptr, init_ptr, x_row_base, pos, start, stop, state_row, offs_c, c_ok,
          stride_x_l, stride_init_s, stride_init_c,
          KM1: tl.constexpr, HAS_INIT: tl.constexpr):
     """u[pos, c] for a [BLOCK_L] vector of positions (>= start - (K-1)): x inside the sequence, the initial state
-    (or zero) before it, zero from `stop` on (never read past the tensor). -> [BLOCK_L, BLOCK_C] fp32."""
+    (or zero) before it, zero from `stop` on (never read past the tensor). -> [BLOCK_L, BLOCK_C] fp32.
+    (Used by the backward.)"""
     inside = pos >= start
     vals = tl.load(x_ptr + x_row_base + pos[:, None] * stride_x_l + offs_c[None, :],
                    mask=(inside & (pos < stop))[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
@@ -36,81 +39,130 @@ def _tap(x_ptr, init_ptr, x_row_base, pos, start, stop, state_row, offs_c, c_ok,
 
 
 @triton.jit
-def _conv_rows(x_ptr, w_ptr, bias_ptr, init_ptr, x_row_base, pos, start, stop, state_row, offs_c, c_ok,
-               stride_x_l, stride_init_s, stride_init_c,
-               K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr):
-    """act(bias + sum_k w[:, k] u[pos - (K-1) + k]) for a [BLOCK_L] vector of positions -> [BLOCK_L, BLOCK_C] fp32."""
-    acc = tl.zeros([pos.shape[0], offs_c.shape[0]], dtype=tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-    for k in tl.static_range(K):
-        w_k = tl.load(w_ptr + offs_c * K + k, mask=c_ok, other=0.0).to(tl.float32)       # [BLOCK_C]
-        u = _tap(x_ptr, init_ptr, x_row_base, pos - (K - 1) + k, start, stop, state_row, offs_c, c_ok,
-                 stride_x_l, stride_init_s, stride_init_c, K - 1, HAS_INIT)
-        acc += u * w_k[None, :]
+def _row_tap(x_ptr, init_ptr, x_row_base, pos, start, state_row, offs_c, c_ok,
+             stride_x_l, stride_init_s, stride_init_c,
+             KM1: tl.constexpr, HAS_INIT: tl.constexpr):
+    """u[pos, :] for one int64 position pos >= start - (K-1) of the sequence starting at `start`: x inside it,
+    the initial state row `state_row` (or zero) before it. -> [BLOCK_C] fp32."""
+    inside = pos >= start
+    vals = tl.load(x_ptr + x_row_base + pos * stride_x_l + offs_c, mask=c_ok & inside, other=0.0).to(tl.float32)
+    if HAS_INIT:
+        j = KM1 + pos - start
+        vals += tl.load(init_ptr + state_row.to(tl.int64) * stride_init_s + offs_c * stride_init_c + j,
+                        mask=c_ok & (pos < start) & (j >= 0), other=0.0).to(tl.float32)
+    return vals
+
+
+@triton.jit
+def _conv_row(x_ptr, w_ptr, init_ptr, seq_idx_ptr, y_ptr, x_row_base, y_row_base, t, t_end, cur, p1, p2, p3,
+              seq, start, w0, w1, w2, w3, bias, offs_c, c_ok,
+              stride_x_l, stride_y_l, stride_init_s, stride_init_c,
+              K: tl.constexpr, HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr, SILU: tl.constexpr):
+    """y[t] from the current row `cur` (x[t], loaded by the caller) and the window p1..p3 = u[t-1..t-3]; stores
+    it (if t < t_end) and returns the window shifted by one row, plus the (seq, start) of row t."""
+    if IS_VARLEN:
+        seq_t = tl.load(seq_idx_ptr + t, mask=t < t_end, other=seq)
+        if seq_t != seq:                          # t starts sequence seq_t: restart the window from its state
+            seq = seq_t
+            start = t
+            p1 = _row_tap(x_ptr, init_ptr, x_row_base, t - 1, start, seq, offs_c, c_ok, stride_x_l,
+                          stride_init_s, stride_init_c, K - 1, HAS_INIT)
+            if K > 2:
+                p2 = _row_tap(x_ptr, init_ptr, x_row_base, t - 2, start, seq, offs_c, c_ok, stride_x_l,
+                              stride_init_s, stride_init_c, K - 1, HAS_INIT)
+            if K > 3:
+                p3 = _row_tap(x_ptr, init_ptr, x_row_base, t - 3, start, seq, offs_c, c_ok, stride_x_l,
+                              stride_init_s, stride_init_c, K - 1, HAS_INIT)
+    x_t = cur.to(tl.float32)
+    acc = bias + w0 * x_t
+    if K > 1:
+        acc += w1 * p1
+    if K > 2:
+        acc += w2 * p2
+    if K > 3:
+        acc += w3 * p3
+    for lag in tl.static_range(4, K):             # K > 4: older taps come from memory (L1/L2), not registers
+        w_lag = tl.load(w_ptr + offs_c * K + (K - 1 - lag), mask=c_ok, other=0.0).to(tl.float32)
+        acc += w_lag * _row_tap(x_ptr, init_ptr, x_row_base, t - lag, start, seq, offs_c, c_ok, stride_x_l,
+                                stride_init_s, stride_init_c, K - 1, HAS_INIT)
     if SILU:
         acc = acc * tl.sigmoid(acc)
-    return acc
+    tl.store(y_ptr + y_row_base + t * stride_y_l + offs_c, acc.to(y_ptr.dtype.element_ty), mask=c_ok & (t < t_end))
+    return x_t, p1, p2, seq, start
 
 
 @triton.jit
 def _causal_conv1d_fwd_kernel(
-    x_ptr, w_ptr, bias_ptr, seq_idx_ptr, cu_ptr, y_ptr,
-    seqlen, channels,
+    x_ptr, w_ptr, bias_ptr, init_ptr, seq_idx_ptr, cu_ptr, y_ptr,
+    seqlen, channels, seg_len,                # seg_len: tokens per program, a multiple of ROWS
     stride_x_b, stride_x_l,                   # x [B, L, C], unit channel stride
+    stride_init_s, stride_init_c,             # initial state [B or S, C, K-1], unit last stride
     stride_y_b, stride_y_l,                   # y [B, L, C], unit channel stride
-    K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
-    HAS_BIAS: tl.constexpr, IS_VARLEN: tl.constexpr, SILU: tl.constexpr,
+    K: tl.constexpr, BLOCK_C: tl.constexpr, ROWS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr, SILU: tl.constexpr,
 ):
-    """All tokens, taps before a sequence start read as zero (the init fix-up kernel redoes the first K-1)."""
-    pid_l = tl.program_id(0)
+    """Tokens [pid_s * seg_len, +seg_len) x channels [pid_c * BLOCK_C, +BLOCK_C) of batch row b."""
+    tl.static_assert(ROWS == 4, "the loop body is written out for 4 rows")
+    pid_s = tl.program_id(0)
     pid_c = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
-    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)                  # [BLOCK_L] token positions (int32: L < 2^31)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    l_ok = offs_l < seqlen
-    c_ok = offs_c < channels
-    if IS_VARLEN:
-        seq = tl.load(seq_idx_ptr + offs_l, mask=l_ok, other=0)
-        start = tl.load(cu_ptr + seq, mask=l_ok, other=0).to(tl.int64)
-    else:
-        start = tl.zeros([BLOCK_L], dtype=tl.int64)
-    pos = offs_l.to(tl.int64)
-    acc = _conv_rows(x_ptr, w_ptr, bias_ptr, x_ptr, b * stride_x_b, pos, start, seqlen, start, offs_c, c_ok,
-                     stride_x_l, 0, 0, K, HAS_BIAS, False, SILU)
-    tl.store(y_ptr + b * stride_y_b + pos[:, None] * stride_y_l + offs_c[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=l_ok[:, None] & c_ok[None, :])
-
-
-@triton.jit
-def _causal_conv1d_fwd_init_kernel(
-    x_ptr, w_ptr, bias_ptr, init_ptr, cu_ptr, y_ptr,
-    seqlen, channels,
-    stride_x_b, stride_x_l, stride_init_s, stride_init_c, stride_y_b, stride_y_l,
-    K: tl.constexpr, KPOS: tl.constexpr, BLOCK_C: tl.constexpr,
-    HAS_BIAS: tl.constexpr, IS_VARLEN: tl.constexpr, SILU: tl.constexpr,
-):
-    """Rewrites the first K-1 outputs of sequence s, whose taps reach into its initial state."""
-    s = tl.program_id(0).to(tl.int64)
-    pid_c = tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = offs_c < channels
-    offs_q = tl.arange(0, KPOS)
-    if IS_VARLEN:
-        start = tl.load(cu_ptr + s).to(tl.int64)
-        end = tl.load(cu_ptr + s + 1).to(tl.int64)
-        b = s * 0
+    t0 = pid_s.to(tl.int64) * seg_len
+    t_end = tl.minimum(t0 + seg_len, seqlen)
+    x_row_base = b * stride_x_b
+    y_row_base = b * stride_y_b
+    # w_j multiplies u[t - j] (weight column K-1-j); taps past K are masked to zero and never used
+    w0 = tl.load(w_ptr + offs_c * K + (K - 1), mask=c_ok, other=0.0).to(tl.float32)
+    w1 = tl.load(w_ptr + offs_c * K + (K - 2), mask=c_ok & (K > 1), other=0.0).to(tl.float32)
+    w2 = tl.load(w_ptr + offs_c * K + (K - 3), mask=c_ok & (K > 2), other=0.0).to(tl.float32)
+    w3 = tl.load(w_ptr + offs_c * K + (K - 4), mask=c_ok & (K > 3), other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_c, mask=c_ok, other=0.0).to(tl.float32)
     else:
-        start = s * 0
-        end = s * 0 + seqlen
-        b = s
-    pos = start + offs_q
-    ok = (offs_q < K - 1) & (pos < end)
-    start_v = tl.zeros([KPOS], dtype=tl.int64) + start
-    acc = _conv_rows(x_ptr, w_ptr, bias_ptr, init_ptr, b * stride_x_b, pos, start_v, end, start_v * 0 + s, offs_c,
-                     c_ok, stride_x_l, stride_init_s, stride_init_c, K, HAS_BIAS, True, SILU)
-    tl.store(y_ptr + b * stride_y_b + pos[:, None] * stride_y_l + offs_c[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=ok[:, None] & c_ok[None, :])
+        bias = tl.zeros([BLOCK_C], dtype=tl.float32)
+    if IS_VARLEN:
+        seq = tl.load(seq_idx_ptr + t0)
+        start = tl.load(cu_ptr + seq).to(tl.int64)
+    else:
+        seq = b
+        start = t0 * 0
+    # the halo: the K-1 rows before the segment, from x, the initial state or zeros
+    p1 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    p2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    p3 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    if K > 1:
+        p1 = _row_tap(x_ptr, init_ptr, x_row_base, t0 - 1, start, seq, offs_c, c_ok, stride_x_l, stride_init_s,
+                      stride_init_c, K - 1, HAS_INIT)
+    if K > 2:
+        p2 = _row_tap(x_ptr, init_ptr, x_row_base, t0 - 2, start, seq, offs_c, c_ok, stride_x_l, stride_init_s,
+                      stride_init_c, K - 1, HAS_INIT)
+    if K > 3:
+        p3 = _row_tap(x_ptr, init_ptr, x_row_base, t0 - 3, start, seq, offs_c, c_ok, stride_x_l, stride_init_s,
+                      stride_init_c, K - 1, HAS_INIT)
+    x_ptrs = x_ptr + x_row_base + offs_c
+    for t in range(t0, t_end, ROWS):
+        # all ROWS loads are issued before the first store, so they are in flight together
+        c0 = tl.load(x_ptrs + t * stride_x_l, mask=c_ok & (t < t_end), other=0.0)
+        c1 = tl.load(x_ptrs + (t + 1) * stride_x_l, mask=c_ok & (t + 1 < t_end), other=0.0)
+        c2 = tl.load(x_ptrs + (t + 2) * stride_x_l, mask=c_ok & (t + 2 < t_end), other=0.0)
+        c3 = tl.load(x_ptrs + (t + 3) * stride_x_l, mask=c_ok & (t + 3 < t_end), other=0.0)
+        p1, p2, p3, seq, start = _conv_row(x_ptr, w_ptr, init_ptr, seq_idx_ptr, y_ptr, x_row_base, y_row_base, t,
+                                           t_end, c0, p1, p2, p3, seq, start, w0, w1, w2, w3, bias, offs_c, c_ok,
+                                           stride_x_l, stride_y_l, stride_init_s, stride_init_c,
+                                           K, HAS_INIT, IS_VARLEN, SILU)
+        p1, p2, p3, seq, start = _conv_row(x_ptr, w_ptr, init_ptr, seq_idx_ptr, y_ptr, x_row_base, y_row_base,
+                                           t + 1, t_end, c1, p1, p2, p3, seq, start, w0, w1, w2, w3, bias, offs_c,
+                                           c_ok, stride_x_l, stride_y_l, stride_init_s, stride_init_c,
+                                           K, HAS_INIT, IS_VARLEN, SILU)
+        p1, p2, p3, seq, start = _conv_row(x_ptr, w_ptr, init_ptr, seq_idx_ptr, y_ptr, x_row_base, y_row_base,
+                                           t + 2, t_end, c2, p1, p2, p3, seq, start, w0, w1, w2, w3, bias, offs_c,
+                                           c_ok, stride_x_l, stride_y_l, stride_init_s, stride_init_c,
+                                           K, HAS_INIT, IS_VARLEN, SILU)
+        p1, p2, p3, seq, start = _conv_row(x_ptr, w_ptr, init_ptr, seq_idx_ptr, y_ptr, x_row_base, y_row_base,
+                                           t + 3, t_end, c3, p1, p2, p3, seq, start, w0, w1, w2, w3, bias, offs_c,
+                                           c_ok, stride_x_l, stride_y_l, stride_init_s, stride_init_c,
+                                           K, HAS_INIT, IS_VARLEN, SILU)
 
 
 @triton.jit
@@ -154,7 +206,22 @@ def _causal_conv1d_final_state_kernel(
              vals.to(final_ptr.dtype.element_ty), mask=j_ok[None, :] & c_ok[:, None])
 
 
-FWD_BLOCK_L, FWD_BLOCK_C, FWD_WARPS = 32, 128, 8     # 16 elements per thread
+FWD_ROWS = 4                 # rows per loop iteration (written out in the kernel)
+FWD_MAX_BLOCK_C = 1024       # channels per program: 4 warps x 32 threads x 8 (16 B of bf16 per thread)
+FWD_PROGRAMS_PER_SM = 8      # segments are cut so that about this many programs per SM cover the input
+
+
+def fwd_config(channels: int) -> dict:
+    block_c = min(FWD_MAX_BLOCK_C, max(32, triton.next_power_of_2(channels)))
+    return {"BLOCK_C": block_c, "num_warps": max(1, min(4, block_c // 256))}
+
+
+def fwd_seg_len(bsz: int, seqlen: int, channels: int, sm_count: int) -> int:
+    """Tokens per program: enough programs for every SM (~FWD_PROGRAMS_PER_SM each), a multiple of FWD_ROWS.
+    Each segment re-reads K-1 halo rows, < 2% extra at NemotronH's prefill shapes."""
+    n_c = triton.cdiv(channels, fwd_config(channels)["BLOCK_C"])
+    per_program = triton.cdiv(bsz * seqlen * n_c, FWD_PROGRAMS_PER_SM * sm_count)
+    return FWD_ROWS * triton.cdiv(max(1, per_program), FWD_ROWS)
 
 
 def check_layout(x, weight, bias, initial_state, where: str) -> None:
@@ -165,7 +232,8 @@ def check_layout(x, weight, bias, initial_state, where: str) -> None:
         f"{where}: initial_state needs a unit stride on its last dim"
 
 
-def causal_conv1d_fwd_launch(x, weight, bias, seq_idx, cu_seqlens, initial_state, y, silu: bool) -> None:
+def causal_conv1d_fwd_launch(x, weight, bias, seq_idx, cu_seqlens, initial_state, y, silu: bool,
+                             sm_count: int) -> None:
     """x [B, L, C]; weight [C, K]; bias [C] | None; seq_idx [L] int32 and cu_seqlens [S+1] with packed sequences
     (else None); initial_state [B or S, C, K-1] | None; writes y [B, L, C]."""
     bsz, seqlen, channels = x.shape
@@ -174,20 +242,18 @@ def causal_conv1d_fwd_launch(x, weight, bias, seq_idx, cu_seqlens, initial_state
     check_layout(x, weight, bias, initial_state, "causal_conv1d")
     assert y.stride(2) == 1, "causal_conv1d: y needs a unit channel stride"
     assert (seq_idx is None) == (cu_seqlens is None), "causal_conv1d: seq_idx and cu_seqlens go together"
-    width = weight.shape[1]
-    bias_arg = bias if bias is not None else weight
-    grid = (triton.cdiv(seqlen, FWD_BLOCK_L), triton.cdiv(channels, FWD_BLOCK_C), bsz)
+    cfg = fwd_config(channels)
+    seg_len = fwd_seg_len(bsz, seqlen, channels, sm_count)
+    has_init = initial_state is not None
+    init = initial_state if has_init else x
+    init_strides = (init.stride(0), init.stride(1)) if has_init else (0, 0)
+    grid = (triton.cdiv(seqlen, seg_len), triton.cdiv(channels, cfg["BLOCK_C"]), bsz)
     _causal_conv1d_fwd_kernel[grid](
-        x, weight, bias_arg, seq_idx if seq_idx is not None else x, cu_seqlens if cu_seqlens is not None else x, y,
-        seqlen, channels, x.stride(0), x.stride(1), y.stride(0), y.stride(1),
-        K=width, BLOCK_L=FWD_BLOCK_L, BLOCK_C=FWD_BLOCK_C, HAS_BIAS=bias is not None,
-        IS_VARLEN=cu_seqlens is not None, SILU=silu, num_warps=FWD_WARPS)
-    if initial_state is not None and width > 1 and initial_state.shape[0] > 0:
-        _causal_conv1d_fwd_init_kernel[(initial_state.shape[0], triton.cdiv(channels, 128))](
-            x, weight, bias_arg, initial_state, cu_seqlens if cu_seqlens is not None else x, y,
-            seqlen, channels, x.stride(0), x.stride(1), initial_state.stride(0), initial_state.stride(1),
-            y.stride(0), y.stride(1), K=width, KPOS=max(2, triton.next_power_of_2(width - 1)), BLOCK_C=128,
-            HAS_BIAS=bias is not None, IS_VARLEN=cu_seqlens is not None, SILU=silu, num_warps=4)
+        x, weight, bias if bias is not None else weight, init, seq_idx if seq_idx is not None else x,
+        cu_seqlens if cu_seqlens is not None else x, y, seqlen, channels, seg_len, x.stride(0), x.stride(1),
+        *init_strides, y.stride(0), y.stride(1), K=weight.shape[1], BLOCK_C=cfg["BLOCK_C"], ROWS=FWD_ROWS,
+        HAS_BIAS=bias is not None, HAS_INIT=has_init, IS_VARLEN=cu_seqlens is not None, SILU=silu,
+        num_warps=cfg["num_warps"], num_stages=1)
 
 
 def causal_conv1d_final_state_launch(x, weight, cu_seqlens, initial_state, final) -> None:
@@ -212,21 +278,17 @@ def aot_compile_all():
     """(name, CompiledKernel) for NemotronH's conv (K = 4, bf16, silu, bias) in every mode, sm_90a."""
     from .mamba_common import aot_compile
     dt = "bf16"
-    sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "bias_ptr": f"*{dt}", "seq_idx_ptr": "*i32", "cu_ptr": "*i32",
-           "y_ptr": f"*{dt}", "seqlen": "i32", "channels": "i32", "stride_x_b": "i64", "stride_x_l": "i64",
+    sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "bias_ptr": f"*{dt}", "init_ptr": f"*{dt}", "seq_idx_ptr": "*i32",
+           "cu_ptr": "*i32", "y_ptr": f"*{dt}", "seqlen": "i32", "channels": "i32", "seg_len": "i32",
+           "stride_x_b": "i64", "stride_x_l": "i64", "stride_init_s": "i64", "stride_init_c": "i64",
            "stride_y_b": "i64", "stride_y_l": "i64"}
-    for varlen in (False, True):
-        consts = {"K": 4, "BLOCK_L": FWD_BLOCK_L, "BLOCK_C": FWD_BLOCK_C, "HAS_BIAS": True, "IS_VARLEN": varlen,
-                  "SILU": True}
-        yield (f"causal_conv1d_fwd varlen={varlen}",
-               aot_compile(_causal_conv1d_fwd_kernel, sig, consts, num_warps=FWD_WARPS, num_stages=1,
+    cfg = fwd_config(6144)
+    for varlen, has_init in ((False, False), (False, True), (True, True)):
+        consts = {"K": 4, "BLOCK_C": cfg["BLOCK_C"], "ROWS": FWD_ROWS, "HAS_BIAS": True, "HAS_INIT": has_init,
+                  "IS_VARLEN": varlen, "SILU": True}
+        yield (f"causal_conv1d_fwd varlen={varlen} init={has_init}",
+               aot_compile(_causal_conv1d_fwd_kernel, sig, consts, num_warps=cfg["num_warps"], num_stages=1,
                            aligned=("channels",)))
-    sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "bias_ptr": f"*{dt}", "init_ptr": f"*{dt}", "cu_ptr": "*i32",
-           "y_ptr": f"*{dt}", "seqlen": "i32", "channels": "i32", "stride_x_b": "i64", "stride_x_l": "i64",
-           "stride_init_s": "i64", "stride_init_c": "i64", "stride_y_b": "i64", "stride_y_l": "i64"}
-    consts = {"K": 4, "KPOS": 4, "BLOCK_C": 128, "HAS_BIAS": True, "IS_VARLEN": True, "SILU": True}
-    yield "causal_conv1d_fwd_init varlen", aot_compile(_causal_conv1d_fwd_init_kernel, sig, consts, num_warps=4,
-                                                       num_stages=1, aligned=("channels",))
     sig = {"x_ptr": f"*{dt}", "init_ptr": f"*{dt}", "cu_ptr": "*i32", "final_ptr": f"*{dt}", "seqlen": "i32",
            "channels": "i32", "stride_x_b": "i64", "stride_x_l": "i64", "stride_init_s": "i64",
            "stride_init_c": "i64", "stride_final_s": "i64", "stride_final_c": "i64"}

@@ -53,6 +53,8 @@ CASES = {   # id: (bsz, seqlen, channels, width, dtype, cu_seqlens, initial_stat
     "packed-k3-noact": (1, 37, 20, 3, torch.float16, [0, 1, 20, 37], False, False, None),
     "one-token": (1, 1, 12, 4, torch.float32, None, True, True, "silu"),
     "bf16-k2": (3, 9, 8, 2, torch.bfloat16, None, True, True, "silu"),
+    "packed-init-k6": (1, 41, 20, 6, torch.float32, [0, 3, 3, 4, 17, 41], True, True, "silu"),  # taps from memory
+    "k1": (2, 9, 8, 1, torch.float32, None, False, True, "silu"),
 }
 
 
@@ -62,6 +64,20 @@ def test_interpreter_matches_reference(case):
     bsz, seqlen, channels, width, dtype, cu, init, bias, act = CASES[case]
     inputs = make_inputs(len(case), bsz, seqlen, channels, width, dtype, cu, init, bias)
     check_fwd_bwd(inputs, act)
+
+
+@pytest.mark.parametrize("programs_per_sm", [1, 8])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_segments(monkeypatch, programs_per_sm, packed):
+    """The forward cuts L into segments of 4 (8 programs per SM) or 12 tokens (1: three loop iterations each);
+    segments start inside a sequence, on a boundary, and inside a sequence's first K-1 tokens (halo rows from
+    the previous sequence must come from the initial state instead)."""
+    from nemotron_kernels.triton import mamba_common
+    monkeypatch.setattr(mamba_common.kernel_module("causal_conv1d_fwd"), "FWD_PROGRAMS_PER_SM", programs_per_sm)
+    cu = [0, 5, 6, 13, 14, 15, 38, 61, 150] if packed else None
+    inputs = make_inputs(7, 1 if packed else 2, 150, 24, 4, torch.float32, cu, init=True)
+    check_fwd_bwd(inputs)
 
 
 @pytest.mark.usefixtures("interpret")
