@@ -99,10 +99,13 @@ inline GemmPath path_for(GemmKind kind, int64_t m_rows, int groups) {
   const bool nt = kind == GemmKind::kNT || kind == GemmKind::kNTReLU2 || kind == GemmKind::kFp8NT ||
                   kind == GemmKind::kFp8NTReLU2;
   if (!nt) return GemmPath::kLargeTiles;
-  // GEMV: any precision for a couple of tokens; BF16 up to 4 rows per expert. FP8 beyond that keeps the tiles:
-  // the GEMV widens e4m3 on CUDA cores and is instruction-bound there (H200: 0.81 vs 0.42 ms at T = 64).
+  // GEMV: any precision for a couple of tokens; BF16 up to 2 rows per expert on average. The average is over
+  // all E experts (the touched count never reaches the host), and skewed routing piles rows on a few experts,
+  // each 8 of which cost the GEMV another pass over the weights (H200 serve bench, B64 with 17 experts touched:
+  // 15.8 ms/step at a 4-row limit vs 12.9 ms on tiles). FP8 keeps the tiles sooner: the GEMV widens e4m3 on
+  // CUDA cores and is instruction-bound there (0.81 vs 0.42 ms at T = 64).
   const bool fp8 = kind == GemmKind::kFp8NT || kind == GemmKind::kFp8NTReLU2;
-  if (m_rows <= 16 || (!fp8 && m_rows <= 4 * int64_t(groups))) return GemmPath::kGemv;
+  if (m_rows <= 16 || (!fp8 && m_rows <= 2 * int64_t(groups))) return GemmPath::kGemv;
   return m_rows <= 32 * int64_t(groups) ? GemmPath::kSmallTiles : GemmPath::kLargeTiles;
 }
 // Zeroes d[e] (n x k bf16) for every group e without rows (kTN: those groups get no GEMM tiles).

@@ -5,7 +5,7 @@ persistent wgmma kernels over ptr-array problem shapes whose per-expert argument
 expert_offsets (no host sync), BF16 in, fp32 accumulation, BF16 out, relu^2 fused in the epilogue. Backward:
 da = dpre @ b[e] (grouped NN GEMM), db[e] = dpre_e^T @ a_e (grouped TN GEMM, K = the expert's rows), with
 dpre = dout * 2 sqrt(out) for relu^2 (relu(pre) = sqrt(relu(pre)^2), so only the output is kept).
-Decode-sized forwards (BF16: <= 4 rows per expert on average; FP8: <= 16 rows) run a grouped GEMV instead
+Decode-sized forwards (BF16: <= 2 rows per expert on average; any: <= 16 rows) run a grouped GEMV instead
 (csrc/moe/moe_gemv_kernel.cu): with a few rows the GEMM is a stream of the touched experts' weights, which 64+-row
 tiles would mostly pad.
 The reference runs on CPU, for dtypes other than bf16, or without the extension.

@@ -105,7 +105,7 @@ def check_forward(counts, n, k, activation, seed=0):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("activation", ["relu2", "none"])
-@pytest.mark.parametrize("ntokens", [1, 64, 512, 2048])   # GEMV (<= 4 rows per expert), small tiles, large tiles
+@pytest.mark.parametrize("ntokens", [1, 8, 64, 512, 2048])   # GEMV (1, 8), small tiles (64, 512), large tiles
 def test_cuda_forward_nemotron_shapes(ntokens, activation):
     counts = routed_counts(ntokens, 128, 6, seed=ntokens, empty=(5,))
     n, k = (1856, 2688) if activation == "relu2" else (2688, 1856)   # up: [E, I, H]; down: [E, H, I]
@@ -119,7 +119,7 @@ def test_cuda_forward_nemotron_shapes(ntokens, activation):
     ([0, 0, 513, 0], 1856, 2688),         # all rows on one expert
     ([1], 8, 8),                          # smallest aligned problem
     ([5, 0, 0, 0, 0, 0, 0, 3], 264, 72),  # E = 8, mostly empty
-    ([20, 0, 0, 2, 0, 0, 0, 1], 264, 72), # the GEMV path (<= 4 rows per expert), an expert over its 8-row pass
+    ([12, 0, 0, 2, 0, 0, 0, 1], 264, 72), # the GEMV path (<= 16 rows), an expert over its 8-row pass
     ([0] * 69 + [2], 32, 64),             # the GEMV path finding the one busy expert past the first 32
 ])
 def test_cuda_forward_odd_shapes(counts, n, k, activation):
