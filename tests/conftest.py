@@ -20,6 +20,13 @@ if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
     del os.environ["TRITON_INTERPRET"]
 
 
+@pytest.fixture
+def interpret(monkeypatch):
+    """Run Triton kernels in Triton's CPU interpreter for this test (ops reload their kernel modules in that mode)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    yield
+
+
 def pytest_collection_modifyitems(config, items):
     no_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none visible); run scripts/device_check.sh on the H200")
     not_slow = pytest.mark.skip(reason="slow test; set SLOW=1 to run it")

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from nemotron_kernels.testing import assert_error_rule, assert_state_rule  # noqa: F401  (re-exported)
@@ -17,12 +16,6 @@ ROOT = Path(__file__).resolve().parents[2]
 F64 = torch.float64
 FWD, BWD = 2.0, 3.0
 
-
-@pytest.fixture
-def interpret(monkeypatch):
-    """Run the Triton kernels in Triton's CPU interpreter for this test (ops reload their kernel modules)."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    yield
 
 
 # Every Mamba-2 kernel module; the AOT tests of all files share one compile of all of them (child processes).

@@ -2,7 +2,7 @@
 the DESIGN error rule. CPU: Triton's interpreter at small shapes; `cuda`: NemotronH shapes (C = 6144, K = 4, bf16)."""
 import pytest
 import torch
-from mamba_checks import BWD, F64, FWD, aot_lines, assert_error_rule, interpret  # noqa: F401
+from mamba_checks import BWD, F64, FWD, aot_lines, assert_error_rule  # noqa: F401
 
 from nemotron_kernels.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 from nemotron_kernels.reference.causal_conv1d import (

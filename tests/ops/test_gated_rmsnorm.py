@@ -2,7 +2,7 @@
 CPU: the kernels run in Triton's interpreter (fp16/bf16/fp32, small shapes); `cuda`: NemotronH shapes in bf16."""
 import pytest
 import torch
-from mamba_checks import BWD, F64, FWD, aot_lines, assert_error_rule, interpret  # noqa: F401
+from mamba_checks import BWD, F64, FWD, aot_lines, assert_error_rule  # noqa: F401
 
 from nemotron_kernels.ops.gated_rmsnorm import gated_rmsnorm
 from nemotron_kernels.reference.gated_rmsnorm import gated_rmsnorm_ref

@@ -40,12 +40,6 @@ def assert_error_rule(name, kernel, ref64, ref_low, k, dtype=None):
                                      f"+ floor {floor:.3e}")
 
 
-@pytest.fixture
-def interpret(monkeypatch):
-    """Run the Triton kernels in Triton's CPU interpreter (the op reloads its kernel modules in that mode)."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    yield
-
 
 def make_qkv(seed, bsz, sq, sk, hq, hkv, d, device="cpu"):
     g = torch.Generator().manual_seed(seed)

@@ -17,12 +17,6 @@ from test_gqa_attention import FWD, assert_error_rule, run_aot
 F64 = torch.float64
 
 
-@pytest.fixture
-def interpret(monkeypatch):
-    """Run the Triton kernels in Triton's CPU interpreter (the op reloads its kernel modules in that mode)."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    yield
-
 
 def make_paged(seed, lens, sq, hq, hkv, d, page, device="cpu", spare_blocks=3):
     """Random caches and a random (shuffled, non-overlapping) block table with one spare column.

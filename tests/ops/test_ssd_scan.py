@@ -4,7 +4,7 @@ error rule. CPU: Triton's interpreter at small shapes (fp16/fp32); `cuda`: Nemot
 chunk 128, bf16), backward determinism, and 600K-token runs past 2^31 elements."""
 import pytest
 import torch
-from mamba_checks import BWD, F64, FWD, aot_lines, assert_error_rule, assert_state_rule, interpret  # noqa: F401
+from mamba_checks import BWD, F64, FWD, aot_lines, assert_error_rule, assert_state_rule  # noqa: F401
 
 from nemotron_kernels.ops.ssd_scan import ssd_scan
 from nemotron_kernels.reference.ssd_scan import ssd_recurrence_ref, ssd_scan_ref

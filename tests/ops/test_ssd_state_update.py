@@ -2,7 +2,7 @@
 error rule. CPU: Triton's interpreter at small shapes; `cuda`: NemotronH shapes (H=64, P=64, G=8, N=128)."""
 import pytest
 import torch
-from mamba_checks import F64, FWD, aot_lines, assert_error_rule, interpret  # noqa: F401
+from mamba_checks import F64, FWD, aot_lines, assert_error_rule  # noqa: F401
 
 from nemotron_kernels.ops.ssd_state_update import ssd_state_update
 from nemotron_kernels.reference.ssd_state_update import ssd_state_update_ref
