@@ -19,6 +19,11 @@ different experts). Its 256x8K/1K throughput is estimated from those two measure
 To fit one device call, parts can be picked by environment: BENCH_SERVE_BATCHES=1,64 (decode batches),
 BENCH_SERVE_PRECISIONS=bf16 (or fp8, or both), BENCH_SERVE_HF=0 (no transformers baseline),
 BENCH_SERVE_THROUGHPUT=0 (no 256-request run).
+
+BENCH_SERVE_PROFILE=1: also profile (torch.profiler, CPU + CUDA) one prefill step and a few decode steps at each
+batch of BENCH_SERVE_PROFILE_BATCHES (default 1,64; those the run measures) per precision, print where the time goes
+(GPU busy / idle, GPU time by category, kernels and host syncs per step) and store it in the rows ("profile");
+decode twice: as served (CUDA graphs) and with the graph bodies run eagerly. See bench/serve_profile.py.
 """
 from __future__ import annotations
 
@@ -56,6 +61,13 @@ class Sizes:
         self.precisions = tuple(os.environ.get("BENCH_SERVE_PRECISIONS", "bf16,fp8").split(","))
         self.hf = os.environ.get("BENCH_SERVE_HF", "1") != "0"
         self.throughput = os.environ.get("BENCH_SERVE_THROUGHPUT", "1") != "0"
+        self.profile = os.environ.get("BENCH_SERVE_PROFILE", "0") not in ("", "0")
+        wanted = os.environ.get("BENCH_SERVE_PROFILE_BATCHES", "1,64")
+        self.profile_batches = tuple(b for b in (int(x) for x in wanted.split(",") if x) if b in self.batches)
+        self.profile_steps = 5 if on_gpu else 2
+        # decode steps a sequence takes beyond the timed ones: profiling (warm-up + steps, twice) and the eager
+        # step that counts the experts touched
+        self.extra_steps = 2 * (self.profile_steps + 1) + 2 if self.profile else 0
 
 
 # ---------------------------------------------------------------------- floors
@@ -242,7 +254,7 @@ def _bench_hf(bench, model, sz, gen) -> dict:
 # ---------------------------------------------------------------------- our engine
 def _engine(model, sz, kv="auto") -> LLMEngine:
     on_gpu = model.device.type == "cuda"
-    max_len = max(sz.prefill, sz.ctx + sz.steps + 8, sz.serve_in + sz.serve_out) + 64
+    max_len = max(sz.prefill, sz.ctx + sz.steps + 8 + sz.extra_steps, sz.serve_in + sz.serve_out) + 64
     return LLMEngine(model, None, EngineConfig(
         max_num_seqs=max(max(sz.batches), sz.serve_n), max_num_batched_tokens=max(sz.prefill, 256),
         max_model_len=max_len, block_size=64 if on_gpu else 16, kv_cache_dtype=kv,
@@ -278,7 +290,7 @@ def _experts_touched(engine: LLMEngine, model) -> float:
     return statistics.mean(touched)
 
 
-def _bench_ours(bench, model, sz, gen, label: str, fp8: bool, hf: dict) -> None:
+def _bench_ours(bench, model, sz, gen, label: str, fp8: bool, hf: dict, profiles: dict | None = None) -> None:
     cfg, dev = model.config, model.device
     engine = _engine(model, sz)
     print(f"  [{label}] engine: {engine.stats()}", flush=True)
@@ -293,11 +305,16 @@ def _bench_ours(bench, model, sz, gen, label: str, fp8: bool, hf: dict) -> None:
             engine.step()
         times.append((time.perf_counter() - t0) * 1e3)
     ms = statistics.median(times[1:])                                                    # first: warm-up
-    _row(bench, f"prefill {sz.prefill}", f"ours {label}", ms, _floors(cfg, sz.prefill, 0, 1, fp8, False),
-         tokens_per_s=sz.prefill / ms * 1e3)
+    row = _row(bench, f"prefill {sz.prefill}", f"ours {label}", ms, _floors(cfg, sz.prefill, 0, 1, fp8, False),
+               tokens_per_s=sz.prefill / ms * 1e3)
+    if sz.profile:
+        from .serve_profile import profile_prefill
+        prompts = [_random_prompt(gen, sz.prefill, cfg.vocab_size) for _ in range(2)]
+        row["profile"] = profile_prefill(engine, prompts, greedy, label, dev)
+        profiles.setdefault(f"prefill {sz.prefill}", {})[label] = row["profile"]
     # decode at batch B, context ctx
     for B in sz.batches:
-        params = SamplingParams(max_tokens=sz.steps + 4, temperature=0, ignore_eos=True)
+        params = SamplingParams(max_tokens=sz.steps + 4 + sz.extra_steps, temperature=0, ignore_eos=True)
         for _ in range(B):
             engine.add_request(_random_prompt(gen, sz.ctx, cfg.vocab_size), params)
         while engine.scheduler.waiting or any(s.num_computed_tokens < s.num_prompt_tokens
@@ -309,13 +326,20 @@ def _bench_ours(bench, model, sz, gen, label: str, fp8: bool, hf: dict) -> None:
             t0 = time.perf_counter()
             engine.step()
             times.append((time.perf_counter() - t0) * 1e3)
+        profile = None
+        if sz.profile and B in sz.profile_batches:
+            from .serve_profile import profile_decode
+            profile = profile_decode(engine, B, sz.profile_steps, label, dev, f"decode B{B}@{sz.ctx}")
+            profiles.setdefault(f"decode B{B}@{sz.ctx}", {})[label] = profile.get("graphs") or profile["eager"]
         touched = _experts_touched(engine, model)
         _drain(engine)
         ms = statistics.median(times)
         uniform = _floors(cfg, 1, sz.ctx, B, fp8, True)
-        _row(bench, f"decode B{B}@{sz.ctx}", f"ours {label}", ms, _floors(cfg, 1, sz.ctx, B, fp8, True, touched),
-             cuda_graphs=engine.runner.cuda_graph_status, experts_touched=touched,
-             floor_bytes_ms_uniform_routing=uniform["floor_bytes_ms"])
+        row = _row(bench, f"decode B{B}@{sz.ctx}", f"ours {label}", ms,
+                   _floors(cfg, 1, sz.ctx, B, fp8, True, touched), cuda_graphs=engine.runner.cuda_graph_status,
+                   experts_touched=touched, floor_bytes_ms_uniform_routing=uniform["floor_bytes_ms"])
+        if profile is not None:
+            row["profile"] = profile
         print(f"    routed experts touched per MoE layer: {touched:.1f} of {cfg.n_routed_experts} (uniform routing: "
               f"{cfg.n_routed_experts * (1 - (1 - cfg.num_experts_per_tok / cfg.n_routed_experts) ** B):.1f}); "
               f"floor with uniform routing {uniform['floor_bytes_ms']:.3f} ms", flush=True)
@@ -358,21 +382,26 @@ def run(bench: Bench) -> None:
     print(f"  building {sz.preset} ({cfg.num_params() / 1e9:.2f} B parameters) with random weights, {dtype}",
           flush=True)
     model = build_model(cfg, device=bench.device, dtype=dtype, backend="auto", seed=0).eval()
-    hf = {}
+    hf, profiles = {}, {}
     if sz.hf:
         try:
             hf = _bench_hf(bench, model, sz, gen)
         except ImportError as e:
             print(f"  transformers baseline skipped: {e}", flush=True)
     if "bf16" in sz.precisions:
-        _bench_ours(bench, model, sz, gen, "bf16", fp8=False, hf=hf)
+        _bench_ours(bench, model, sz, gen, "bf16", fp8=False, hf=hf, profiles=profiles)
     if "fp8" in sz.precisions:
         quantize_model_fp8(model)
         gc.collect()
         if on_gpu:
             torch.cuda.empty_cache()
-        _bench_ours(bench, model, sz, gen, "fp8", fp8=True, hf=hf)
+        _bench_ours(bench, model, sz, gen, "fp8", fp8=True, hf=hf, profiles=profiles)
     serve = [r for r in bench.rows if r["problem"].startswith("serve") and r["variant"].startswith("ours")]
     if len(serve) == 2:
         print(f"  FP8 / BF16 output throughput at {sz.serve_n} concurrent: "
               f"{serve[1]['tokens_per_s'] / serve[0]['tokens_per_s']:.2f}x (target >= 1.6)", flush=True)
+    if profiles:
+        from .serve_profile import categories_table
+        for phase, by_label in profiles.items():
+            how = "as served (CUDA graphs where captured)" if on_gpu else "CPU: host op self time"
+            print(f"  profile summary, {phase}, ms/step by category, {how}:\n{categories_table(by_label)}", flush=True)

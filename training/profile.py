@@ -50,9 +50,10 @@ DEVICE_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
 MAX_TRACE_GZ = 15 << 20          # bytes: the device machine returns files up to 16 MiB
 
 
-def classify(names: list[str]) -> str:
+def classify(names: list[str], categories: list[tuple[str, tuple[str, ...]]] | None = None) -> str:
+    """The first category (in table order) with a key that is a substring of any of the names (lower-cased)."""
     low = [n.lower() for n in names]
-    for category, keys in CATEGORIES:
+    for category, keys in (CATEGORIES if categories is None else categories):
         if any(k in n for n in low for k in keys):
             return category
     return OTHER
@@ -76,9 +77,42 @@ def _host_tree(events: list[dict]) -> dict[int, int | None]:
     return parent
 
 
-def summarize_trace(trace: dict, device: str, top: int = 10) -> dict:
+def _launches(host: list[dict]) -> dict:
+    """correlation id -> index of the host runtime / driver call that launched it (cudaLaunchKernel, ...)."""
+    launch = {}
+    for i, e in enumerate(host):
+        corr = e.get("args", {}).get("correlation")
+        if corr is not None and e.get("cat", "").lower() in ("cuda_runtime", "cuda_driver"):
+            launch[corr] = i
+    return launch
+
+
+def device_events(trace: dict) -> tuple[list[dict], list[dict], list[list[str]]]:
+    """(host events, device events, launch chain of each device event) of a chrome trace: the chain names the host
+    events that launched it, innermost first (cudaLaunchKernel < the op < the annotations around it < ...); a kernel
+    whose launch is not in the trace gets []. Extra names for a device event may be put in its args["labels"]
+    (e.g. the host context of the eager twin of a CUDA-graph kernel): they come right after its own name."""
+    xs = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "ts" in e]
+    dev = [e for e in xs if e.get("cat", "").lower() in DEVICE_CATS]
+    host = [e for e in xs if e.get("cat", "").lower() not in DEVICE_CATS + ("gpu_user_annotation",)]
+    parent = _host_tree(host)
+    launch = _launches(host)
+    chains = []
+    for e in dev:
+        i, names = launch.get(e.get("args", {}).get("correlation")), []
+        while i is not None:
+            names.append(host[i]["name"])
+            i = parent[i]
+        chains.append(names)
+    return host, dev, chains
+
+
+def summarize_trace(trace: dict, device: str, top: int = 10,
+                    categories: list[tuple[str, tuple[str, ...]]] | None = None) -> dict:
     """Per-step time by category from a chrome trace (torch.profiler's export_chrome_trace) of profiled steps
-    marked by ProfilerStep#k annotations. device: "cuda" (classify kernels) or "cpu" (classify host self time)."""
+    marked by ProfilerStep#k annotations. device: "cuda" (classify kernels) or "cpu" (classify host self time).
+    categories: the (name, keys) table, first match wins (default: CATEGORIES, the training loop's)."""
+    categories = CATEGORIES if categories is None else categories
     xs = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "ts" in e]
     dev = [e for e in xs if e.get("cat", "").lower() in DEVICE_CATS]
     host = [e for e in xs if e.get("cat", "").lower() not in DEVICE_CATS + ("gpu_user_annotation",)]
@@ -101,12 +135,9 @@ def summarize_trace(trace: dict, device: str, top: int = 10) -> dict:
     other: dict[str, float] = defaultdict(float)
     out: dict = {"device": device, "steps": n_steps}
     if device == "cuda":
-        launch = {}                                                          # correlation id -> host event index
-        for i, e in enumerate(host):
-            corr = e.get("args", {}).get("correlation")
-            if corr is not None and e.get("cat", "").lower() in ("cuda_runtime", "cuda_driver"):
-                launch[corr] = i
+        launch = _launches(host)
         cursor, busy = lo, 0.0
+        kernels: dict[str, float] = defaultdict(float)
         for e in sorted(dev, key=lambda e: e["ts"]):
             start, end = max(e["ts"], cursor, lo), min(e["ts"] + e.get("dur", 0), hi)
             if end <= start:
@@ -114,15 +145,17 @@ def summarize_trace(trace: dict, device: str, top: int = 10) -> dict:
             cursor = end
             busy += end - start
             src = launch.get(e.get("args", {}).get("correlation"))
-            names = [e["name"]] + chain(src)
-            cat = classify(names)
+            names = [e["name"]] + list(e.get("args", {}).get("labels", ())) + chain(src)
+            cat = classify(names, categories)
             cats[cat] += end - start
+            kernels[e["name"][:120]] += end - start
             if cat == OTHER:
                 op = next((n for n in names[1:] if not n.startswith(("cuda", "cu"))), "?")
                 other[f"{op} | {e['name'][:90]}"] += end - start
         cats[IDLE[device]] = wall - busy
         out["device_busy_ms_per_step"] = busy / n_steps / 1e3
         out["kernels_per_step"] = sum(lo <= e["ts"] < hi for e in dev) / n_steps
+        out["kernels_top"] = [[k, v / n_steps / 1e3] for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:top]]
         syncs = [i for i, e in enumerate(host) if "synchronize" in e.get("name", "").lower()
                  and e.get("cat", "").lower() in ("cuda_runtime", "cuda_driver") and lo <= e["ts"] < hi]
         callers: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
@@ -145,12 +178,12 @@ def summarize_trace(trace: dict, device: str, top: int = 10) -> dict:
             if not names[-1].startswith("ProfilerStep#"):
                 continue                                                     # outside the profiled steps
             self_t = max(0.0, e.get("dur", 0) - children[i])
-            cat = IDLE[device] if len(names) == 1 else classify(names)
+            cat = IDLE[device] if len(names) == 1 else classify(names, categories)
             cats[cat] += self_t
             if cat == OTHER:
                 other[e["name"]] += self_t
     out["wall_ms_per_step"] = wall / n_steps / 1e3
-    order = [c for c, _ in CATEGORIES] + [OTHER, IDLE[device]]
+    order = [c for c, _ in categories] + [OTHER, IDLE[device]]
     out["categories_ms_per_step"] = {c: cats[c] / n_steps / 1e3 for c in order if c in cats}
     out["other_top"] = [[k, v / n_steps / 1e3] for k, v in sorted(other.items(), key=lambda kv: -kv[1])[:top]]
     return out
@@ -167,6 +200,8 @@ def format_summary(s: dict) -> str:
                  f"({hs['ms_per_step']:.1f} ms blocked)")
     if s.get("tokens_per_step"):
         head += f", {s['tokens_per_step'] / (wall / 1e3):,.0f} tok/s"
+    if s.get("title"):
+        head = f"{s['title']}\n{head}"
     lines = [head, f"  {'category':48s} {'ms/step':>9s} {'share':>7s}"]
     for c, ms in sorted(s["categories_ms_per_step"].items(), key=lambda kv: -kv[1]):
         lines.append(f"  {c:48s} {ms:9.2f} {100 * ms / max(wall, 1e-9):6.1f}%")
@@ -175,6 +210,9 @@ def format_summary(s: dict) -> str:
     if s["other_top"]:
         lines.append(f'top names of "{OTHER}" (ms/step):')
         lines += [f"  {ms:8.2f}  {name}" for name, ms in s["other_top"]]
+    if s.get("kernels_top"):
+        lines.append("top kernels by GPU time (ms/step):")
+        lines += [f"  {ms:8.3f}  {name}" for name, ms in s["kernels_top"]]
     for caller, calls, ms in s.get("host_syncs", {}).get("by_caller", []):
         if caller == s["host_syncs"]["by_caller"][0][0]:
             lines.append("host syncs by caller (calls/step, ms/step blocked):")
@@ -252,23 +290,31 @@ class StepProfiler:
         return summary
 
 
+def label_modules(model, label_of) -> list:
+    """record_function(label_of(qualified name, module)) around the forward of every module for which it returns a
+    label (not None), so the kernels of plain PyTorch ops inside it can be told apart; returns the hook handles."""
+    from torch.autograd.profiler import record_function
+
+    def pre(mod, args):
+        mod.__dict__.setdefault("_profile_rf", []).append(record_function(mod._profile_label))
+        mod._profile_rf[-1].__enter__()
+
+    def post(mod, args, output):
+        stack = mod.__dict__.get("_profile_rf")
+        if stack:
+            stack.pop().__exit__(None, None, None)
+
+    handles = []
+    for name, m in model.named_modules():
+        label = label_of(name, m)
+        if label is None:
+            continue
+        m._profile_label = label
+        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    return handles
+
+
 def label_norms(model) -> list:
     """record_function("rmsnorm") around the forward of every RMSNorm module (the norms are plain PyTorch ops
     that would otherwise be anonymous elementwise kernels); returns the hook handles."""
-    from torch.autograd.profiler import record_function
-    handles = []
-    for m in model.modules():
-        if type(m).__name__ != "RMSNorm":
-            continue
-
-        def pre(mod, args):
-            mod._profile_rf = record_function("rmsnorm")
-            mod._profile_rf.__enter__()
-
-        def post(mod, args, output):
-            rf = mod.__dict__.pop("_profile_rf", None)
-            if rf is not None:
-                rf.__exit__(None, None, None)
-
-        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
-    return handles
+    return label_modules(model, lambda name, m: "rmsnorm" if type(m).__name__ == "RMSNorm" else None)

@@ -6,8 +6,10 @@ attention, those Mamba layers, every conv1d, norms, embeddings, lm_head; the rou
 
 Scales: one fp32 scale per weight tensor (per expert for the routed experts), as ModelOpt exports them; activations
 use the checkpoint's static `input_scale` when there is one, else a dynamic scale per token (row); the routed
-experts on a GPU always scale per token. GEMMs on a GPU: torch._scaled_mm with row-wise scales for the projections,
-our CUTLASS FP8 grouped GEMMs (nemotron_kernels moe_experts_fp8) for the routed experts, out bf16. Elsewhere (CPU,
+experts on a GPU always scale per token. GEMMs on a GPU: torch._scaled_mm with row-wise scales for the projections
+(activations quantised per row by nemotron_kernels' fused quantize_fp8_rowwise kernel), our CUTLASS FP8 grouped
+GEMMs (nemotron_kernels moe_experts_fp8) for the routed experts and, when its activation scales are dynamic, the
+shared expert in the same call (grouped GEMV at decode sizes), out bf16. Elsewhere (CPU,
 or dims that are not multiples of 16) a reference path dequantises: the same fp8 values and scales, the matmul in
 the compute dtype.
 
@@ -30,6 +32,7 @@ from torch import nn
 from model.checkpoint import CheckpointError, checkpoint_layout, keeps_fp32
 from model.config import NemotronHConfig
 from model.nemotron_h import NemotronH
+from nemotron_kernels.ops.grouped_gemm import quantize_fp8_rowwise
 from nemotron_kernels.ops.moe_experts import moe_experts_fp8
 
 log = logging.getLogger("model.serve")
@@ -59,11 +62,14 @@ def quantize_tensor(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def quantize_rows(x: torch.Tensor, static_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] -> (x_fp8 [M, K], scale [M, 1] fp32): the static per-tensor scale, or a dynamic one per row."""
+    """x [M, K] -> (x_fp8 [M, K], scale [M, 1] fp32): the static per-tensor scale, or a dynamic one per row.
+    Dynamic: nemotron_kernels' quantize_fp8_rowwise, one fused kernel on a GPU (bitwise its reference, which runs
+    elsewhere): scale = amax|x[r]| / 448 (1 for a zero row). The torch-op version it replaces took ~8 elementwise
+    kernels and fp32 copies of x per call, before every FP8 projection."""
     if static_scale is None:
-        scale = (x.abs().amax(dim=-1, keepdim=True).float() / FP8_MAX).clamp(min=1e-12)   # [M, 1]
-    else:
-        scale = static_scale.float().expand(x.shape[0], 1)
+        q, scale = quantize_fp8_rowwise(x)                                       # [M, K] e4m3, [M]
+        return q, scale[:, None]
+    scale = static_scale.float().expand(x.shape[0], 1)
     return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale.contiguous()
 
 
@@ -149,6 +155,12 @@ class FP8MoE(nn.Module):
         self.shared_down = shared_down if shared_down is not None else \
             FP8Linear.from_linear(moe.shared_experts.down_proj)
         self.out_dtype = self.shared_up.out_dtype
+        # the shared expert inside moe_experts_fp8 (GPU, dynamic activation scales): its per-tensor weight scales
+        # as the per-channel vectors the kernels take
+        self.register_buffer("_shared_up_scale_c", self.shared_up.weight_scale.expand(
+            self.shared_up.out_features).contiguous(), persistent=False)         # [Is]
+        self.register_buffer("_shared_down_scale_c", self.shared_down.weight_scale.expand(
+            self.shared_down.out_features).contiguous(), persistent=False)       # [H]
         self.force_reference = False   # test hook: the dequantised path on any device
 
     @classmethod
@@ -162,6 +174,14 @@ class FP8MoE(nn.Module):
     def _use_gpu(self, x: torch.Tensor) -> bool:
         return x.is_cuda and not self.force_reference and _gpu_ok(*self.up.shape[1:])
 
+    def _shared_fused(self) -> bool:
+        """The shared expert runs inside moe_experts_fp8 (on the routed path's quantised x, its output added by
+        the unpermute) when it scales activations dynamically per row, as moe_experts_fp8 does; a checkpoint's
+        static input scales keep it on its FP8Linears."""
+        su, sd = self.shared_up, self.shared_down
+        return (su.input_scale is None and sd.input_scale is None and not su.force_reference
+                and not sd.force_reference and _gpu_ok(su.out_features, su.in_features))
+
     @property
     def path(self) -> str:
         return "moe_experts_fp8 (CUTLASS)" if self._use_gpu(self.up) else "reference (dequantised)"
@@ -174,6 +194,14 @@ class FP8MoE(nn.Module):
         if self._use_gpu(x2):
             # our FP8 grouped GEMMs (relu^2 in the up GEMM's epilogue): 3.7x faster than torch._scaled_grouped_mm
             # at T=16384 (bench/NOTES.md, 2026-11-29)
+            if self._shared_fused():
+                # one pipeline: x quantised once, the shared expert's GEMMs (GEMV at decode sizes) beside the
+                # routed ones, relu^2 fused, its output added in the unpermute (round(routed) + shared, rounded:
+                # the arithmetic of the unfused path below)
+                y = moe_experts_fp8(x2, topk_idx, topk_weight, self.up, self._up_scale_b, self.down,
+                                    self._down_scale_b, self.shared_up.weight, self._shared_up_scale_c,
+                                    self.shared_down.weight, self._shared_down_scale_c)
+                return y.to(x.dtype).view_as(x)
             routed = moe_experts_fp8(x2, topk_idx, topk_weight, self.up, self._up_scale_b, self.down,
                                      self._down_scale_b).float()
         else:

@@ -136,3 +136,63 @@ def test_gpu_fp8_gemms_match_the_reference_path():
                 # plus bf16 rounding of the outputs (2^-8). A wrong or missing scale is O(1).
                 rel = ((gpu.float() - ref.float()).norm() / ref.float().norm()).item()
                 assert rel < 2**-4 + 2**-8, rel
+
+
+def test_dynamic_row_quantisation_is_the_kernels_reference():
+    """quantize_rows (dynamic) is nemotron_kernels' quantize_fp8_rowwise (one fused kernel on a GPU, bitwise its
+    reference), with the scale as the [M, 1] column torch._scaled_mm takes; a zero row gets scale 1."""
+    from nemotron_kernels.reference.grouped_gemm import quantize_fp8_rowwise_ref
+    x = torch.randn(7, 48, dtype=torch.bfloat16) * 3
+    x[2] = 0
+    q, s = quantize_rows(x)
+    q_ref, s_ref = quantize_fp8_rowwise_ref(x)
+    assert q.dtype == FP8 and s.shape == (7, 1) and s.dtype == torch.float32 and s.is_contiguous()
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8)) and torch.equal(s[:, 0], s_ref)
+    assert s[2, 0] == 1 and (q[2].float() == 0).all()
+    static = torch.tensor(0.02)
+    q, s = quantize_rows(x, static)
+    assert s.shape == (7, 1) and (s == 0.02).all()
+    torch.testing.assert_close(q.float(), (x.float() / 0.02).clamp(-448, 448).to(FP8).float())
+
+
+def test_shared_expert_joins_the_routed_fp8_pipeline_only_with_dynamic_scales(fp32_tiny):
+    """On a GPU the shared expert runs inside moe_experts_fp8 (its per-tensor weight scales as per-channel
+    vectors) unless a checkpoint gave it static input scales, which only its FP8Linears apply."""
+    q = build_model(fp32_tiny, dtype=torch.float32, backend="reference", seed=3).eval()
+    quantize_model_fp8(q)
+    moe = q.layers[2].mixer
+    assert moe._shared_fused()
+    assert torch.equal(moe._shared_up_scale_c, moe.shared_up.weight_scale.expand(moe.shared_up.out_features))
+    assert moe._shared_down_scale_c.shape == (fp32_tiny.hidden_size,)
+    assert not any(k.startswith("_shared") for k in moe.state_dict())       # not written to checkpoints
+    moe.shared_down.input_scale = torch.tensor(0.5)
+    assert not moe._shared_fused()
+
+
+@pytest.mark.cuda
+def test_gpu_fp8_engine_captures_its_decode_graphs(byte_tokenizer):
+    """The FP8 decode step (fused row quantisation before torch._scaled_mm, the shared expert inside
+    moe_experts_fp8) is capturable, and greedy decoding through the graphs matches eager decoding."""
+    cfg = NemotronHConfig.from_preset("tiny", hidden_size=128, mamba_num_heads=16, mamba_head_dim=8,
+                                      moe_intermediate_size=64, moe_shared_expert_intermediate_size=128,
+                                      max_position_embeddings=256)
+    model = build_model(cfg, device="cuda", dtype=torch.bfloat16, seed=0).eval()
+    quantize_model_fp8(model)
+    assert all(m._shared_fused() for m in model.modules() if isinstance(m, FP8MoE))
+    tokens = {}
+    for graphs in (True, False):
+        engine = LLMEngine(model, byte_tokenizer, EngineConfig(max_num_seqs=4, max_num_batched_tokens=64,
+                                                               block_size=16, max_model_len=128, num_blocks=64,
+                                                               cuda_graphs=graphs, cuda_graph_sizes=[4]))
+        if graphs:
+            assert engine.runner.cuda_graph_status == "on: decode batch sizes [4]", engine.runner.cuda_graph_status
+        rids = [engine.add_request(p, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
+                for p in ("fp8 graphs", "four sequences", "decode", "at once")]
+        finals = {}
+        while engine.has_unfinished():
+            finals.update({o.request_id: o for o in engine.step() if o.finished})
+        tokens[graphs] = [finals[r].token_ids for r in rids]
+    assert all(len(t) == 6 for t in tokens[True])
+    # the first decode step (the prefill before it is eager in both) runs the same kernels on the same 4 rows:
+    # the same greedy tokens (later steps may part at a near-tie, as any two numerically different runs may)
+    assert [t[:2] for t in tokens[True]] == [t[:2] for t in tokens[False]], tokens

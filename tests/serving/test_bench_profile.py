@@ -1,0 +1,137 @@
+"""BENCH_SERVE_PROFILE=1 (bench/serve_profile.py): the CPU smoke run end to end, and on synthetic CUDA traces the
+two things a CPU cannot show: kernels inside CUDA-graph replays taking over the host context of the eager graph body,
+and the one-group grouped GEMMs of the BF16 MoE counted as the shared expert."""
+import json
+
+import pytest
+
+from bench.serve_profile import (
+    GRAPH_BODY,
+    SERVE_CATEGORIES,
+    SHARED,
+    attach_graph_labels,
+    label_of,
+    mark_shared_gemms,
+)
+from model.config import NemotronHConfig
+from model.nemotron_h import build_model
+from model.serve.fp8 import quantize_model_fp8
+from training.profile import IDLE, OTHER, format_summary, summarize_trace
+
+
+def test_cpu_smoke_run_prints_and_stores_the_breakdown(tmp_path, monkeypatch, capsys):
+    from bench.__main__ import main
+    for k, v in {"BENCH_SERVE_PROFILE": "1", "BENCH_SERVE_HF": "0", "BENCH_SERVE_THROUGHPUT": "0",
+                 "BENCH_SERVE_BATCHES": "1", "BENCH_SERVE_PRECISIONS": "bf16,fp8",
+                 "BENCH_SERVE_PROFILE_TRACES": str(tmp_path / "traces")}.items():
+        monkeypatch.setenv(k, v)
+    assert main(["serve", "--cpu", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "[fp8] profile: decode B1@64, eager (no CUDA graphs" in out
+    assert "profile summary, decode B1@64, ms/step by category" in out
+    doc = json.loads(next(tmp_path.glob("serve-*.json")).read_text())
+    rows = {(r["problem"], r["variant"]): r for r in doc["rows"]}
+    for label in ("bf16", "fp8"):
+        pre = rows[("prefill 64", f"ours {label}")]["profile"]
+        dec = rows[("decode B1@64", f"ours {label}")]["profile"]
+        assert "graphs" not in dec                                   # no CUDA graphs on the CPU
+        for s, tokens in ((pre, 64), (dec["eager"], 1)):
+            cats = s["categories_ms_per_step"]
+            assert s["device"] == "cpu" and s["tokens_per_step"] == tokens
+            assert sum(cats.values()) == pytest.approx(s["wall_ms_per_step"], rel=0.02)
+            for c in ("mamba in_proj", "mamba out_proj", "attention q/k/v/o projections", "sampling", "lm_head",
+                      "rmsnorm", IDLE["cpu"]):
+                assert cats.get(c, 0) > 0, (label, c, cats)
+            assert s["trace_file"] and (tmp_path / "traces").is_dir()
+    fp8 = rows[("decode B1@64", "ours fp8")]["profile"]["eager"]["categories_ms_per_step"]
+    assert fp8["fp8 activation quantise (projections)"] > 0 and fp8["moe shared expert"] > 0
+
+
+def test_every_projection_of_the_model_gets_a_label():
+    cfg = NemotronHConfig.from_preset("tiny")
+    model = build_model(cfg, seed=0)
+    quantize_model_fp8(model)
+    labels = {name: label_of(name, m) for name, m in model.named_modules()}
+    assert labels["layers.7.mixer.in_proj"] == "serve/mamba.in_proj"              # FP8Linear
+    assert labels["layers.0.mixer.out_proj"] == "serve/mamba.out_proj"            # BF16 Linear
+    assert labels["layers.1.mixer.q_proj"] == "serve/attention.proj"
+    assert labels["layers.2.mixer"] == "serve/moe" and labels["layers.2.mixer.shared_up"] == SHARED
+    assert labels["lm_head"] == "serve/lm_head" and labels["norm_f"] == "rmsnorm"
+    assert labels["layers.0.mixer"] == "serve/mamba"
+
+
+def _x(name, cat, ts, dur, tid=1, pid=1, **args):
+    return {"ph": "X", "name": name, "cat": cat, "ts": ts, "dur": dur, "pid": pid, "tid": tid, "args": args}
+
+
+BODY = [("nvjet_tst_64x8", ["aten::mm", "aten::linear", "serve/mamba.in_proj", "serve/mamba"]),
+        ("_ssd_state_update_kernel", ["nemotron_kernels::ssd_state_update", "serve/mamba"]),
+        ("vectorized_elementwise_kernel<add>", ["aten::add"])]
+
+
+def _eager_trace(steps=2):
+    """`steps` eager decode steps of 100 us, each running the graph body (BODY) under serve/graph_body."""
+    ev, corr = [], 0
+    for s in range(steps):
+        t0 = 1000.0 * s
+        ev += [_x(f"ProfilerStep#{s + 1}", "user_annotation", t0, 100), _x(GRAPH_BODY, "user_annotation", t0 + 1, 60)]
+        for j, (kernel, ops) in enumerate(BODY):
+            corr += 1
+            t = t0 + 2 + 15 * j
+            ev += [_x(op, "user_annotation" if op.startswith("serve/") else "cpu_op", t + 0.1 * d, 10 - d)
+                   for d, op in enumerate(reversed(ops))]
+            ev += [_x("cudaLaunchKernel", "cuda_runtime", t + 5, 1, correlation=corr),
+                   _x(kernel, "kernel", t + 20, 8, pid=0, tid=7, correlation=corr)]
+    return {"traceEvents": ev}
+
+
+def _graph_trace(names_per_replay):
+    """One step of 100 us per replay: one cudaGraphLaunch whose kernels take 10 us each."""
+    ev = []
+    for s, names in enumerate(names_per_replay):
+        t0, corr = 1000.0 * s, 100 + s
+        ev += [_x(f"ProfilerStep#{s + 1}", "user_annotation", t0, 100),
+               _x("cudaGraphLaunch", "cuda_runtime", t0 + 5, 3, correlation=corr)]
+        ev += [_x(n, "kernel", t0 + 10 + 10 * j, 10, pid=0, tid=7, correlation=corr) for j, n in enumerate(names)]
+    return {"traceEvents": ev}
+
+
+def test_graph_replay_kernels_take_the_host_context_of_the_eager_body():
+    names = [k for k, _ in BODY]
+    graph = _graph_trace([names, names[:2] + ["some_other_kernel"]])
+    match = attach_graph_labels(graph, _eager_trace())
+    assert match == {"replays": 2, "matched": 1, "kernels_per_replay": 3}
+    s = summarize_trace(graph, "cuda", categories=SERVE_CATEGORIES)
+    cats = s["categories_ms_per_step"]
+    # replay 1 (matched): in_proj GEMM 10 us, state update 10 us, add 10 us (other); replay 2 (names only): the
+    # nvjet GEMM is just a GEMM, the state update is known by its kernel name, the other kernel is other
+    assert cats["mamba in_proj"] == pytest.approx(0.010 / 2)
+    assert cats["other GEMMs"] == pytest.approx(0.010 / 2)
+    assert cats["ssd scan / state update"] == pytest.approx(0.020 / 2)
+    assert cats[OTHER] == pytest.approx(0.020 / 2)
+    assert cats[IDLE["cuda"]] == pytest.approx(0.070)
+    assert s["kernels_per_step"] == 3 and s["device_busy_ms_per_step"] == pytest.approx(0.030)
+    assert s["kernels_top"][0][1] == pytest.approx(0.010)
+    assert "top kernels by GPU time" in format_summary(s)
+
+
+def test_graph_replays_the_profiler_cannot_see_into_are_reported_as_such():
+    graph = _graph_trace([[]])
+    assert attach_graph_labels(graph, _eager_trace())["replays"] == 0
+
+
+def test_one_group_grouped_gemms_are_the_shared_expert():
+    ev = [_x("ProfilerStep#1", "user_annotation", 0, 100),
+          _x("nemotron_kernels::grouped_gemm_nt", "cpu_op", 1, 5, **{"Input Dims": [[1, 64], [8, 32, 64], [9], []]}),
+          _x("cudaLaunchKernel", "cuda_runtime", 2, 1, correlation=1),
+          _x("nemotron_kernels::grouped_gemm_nt", "cpu_op", 10, 5, **{"Input Dims": [[1, 64], [1, 96, 64], [2], []]}),
+          _x("cudaLaunchKernel", "cuda_runtime", 11, 1, correlation=2),
+          _x("nemotron_kernels::grouped_gemm_fp8_nt", "cpu_op", 20, 5,
+             **{"Input Dims": [[1, 64], [1], [1, 96, 64], [1, 96], [2], []]}),
+          _x("cudaLaunchKernel", "cuda_runtime", 21, 1, correlation=3)]
+    ev += [_x("grouped_gemv_nt_kernel", "kernel", 30 + 10 * c, 10, pid=0, tid=7, correlation=c) for c in (1, 2, 3)]
+    trace = {"traceEvents": ev}
+    mark_shared_gemms(trace)
+    cats = summarize_trace(trace, "cuda", categories=SERVE_CATEGORIES)["categories_ms_per_step"]
+    assert cats["moe routed experts (grouped GEMM / GEMV)"] == pytest.approx(0.010)
+    assert cats["moe shared expert"] == pytest.approx(0.020)
