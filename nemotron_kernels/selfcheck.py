@@ -31,6 +31,8 @@ def _inputs(op: str, device: str, dtype: torch.dtype, g: torch.Generator) -> tup
             D=r(H, dt=torch.float32), dt_bias=r(H, dt=torch.float32, scale=0.1), dt_softplus=True, chunk_size=32)
     if op == "causal_conv1d":
         return (r(2, 37, 64), r(64, 4, scale=0.5), r(64, scale=0.1)), {}
+    if op == "rmsnorm":
+        return (r(3, 5, 256), r(256)), {}
     if op == "gated_rmsnorm":
         return (r(3, 5, 256), r(3, 5, 256), r(256)), dict(group_size=64)
     if op == "gqa_attention":

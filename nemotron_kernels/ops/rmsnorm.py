@@ -1,7 +1,86 @@
-"""Public op `rmsnorm`: plain PyTorch on purpose (one elementwise+reduction, which torch.compile fuses);
-no hand-written kernel is planned."""
-from ..reference.rmsnorm import rmsnorm_ref as rmsnorm  # noqa: F401
+"""Public op `rmsnorm`: out = round(x * rsqrt(mean(x^2) + eps)) * weight (reference/rmsnorm.py), the norm before
+every mixer of NemotronH and its final norm.
+
+Triton kernels (one forward, one backward; triton/rmsnorm.py) on CUDA tensors; the reference on CPU, for float64,
+or without Triton — unless TRITON_INTERPRET=1, where CPU fp16/bf16/fp32 tensors run the kernels in Triton's
+interpreter. Plain torch took ~6 kernels forward and ~10 backward per norm (no torch.compile runs here to fuse
+them): hundreds of launches per decode and training step. Layers: custom ops `nemotron_kernels::rmsnorm_fwd` /
+`_bwd` (torch.compile / CUDA-graph visible) -> `RMSNormFn` (autograd) -> `rmsnorm()` (dispatch)."""
+import torch
+
+from ..reference.rmsnorm import check_rmsnorm_args, rmsnorm_ref
+from ..triton import mamba_common
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """[..., D] -> [n_rows, D] with a unit last stride (a view when the layout allows)."""
+    t2 = t.reshape(-1, t.shape[-1])
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
+@torch.library.custom_op("nemotron_kernels::rmsnorm_fwd", mutates_args=())
+def rmsnorm_fwd(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., D], weight [D] -> (out [..., D] in x's dtype, rstd [n_rows] fp32) (Triton)."""
+    kernels = mamba_common.kernel_module("rmsnorm")
+    x2 = _rows(x)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
+    kernels.rmsnorm_fwd_launch(x2, weight.contiguous(), out.view(-1, x.shape[-1]), rstd, eps)
+    return out, rstd
+
+
+@rmsnorm_fwd.register_fake
+def _(x, weight, eps):
+    n_rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    return torch.empty_like(x), x.new_empty(n_rows, dtype=torch.float32)
+
+
+@torch.library.custom_op("nemotron_kernels::rmsnorm_bwd", mutates_args=())
+def rmsnorm_bwd(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """dout, x [..., D], weight [D], rstd [n_rows] -> (dx like x, dweight like weight) (Triton)."""
+    kernels = mamba_common.kernel_module("rmsnorm")
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dw_partial = kernels.rmsnorm_bwd_launch(_rows(dout), _rows(x), weight.contiguous(), rstd,
+                                            dx.view(-1, x.shape[-1]), mamba_common.sm_count(x.device))
+    return dx, dw_partial.sum(0).to(weight.dtype)
+
+
+@rmsnorm_bwd.register_fake
+def _(dout, x, weight, rstd):
+    return torch.empty_like(x), torch.empty_like(weight)
+
+
+class RMSNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, eps: float):
+        out, rstd = rmsnorm_fwd(x, weight, eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight, rstd = ctx.saved_tensors
+        dx, dw = rmsnorm_bwd(dout.contiguous(), x, weight, rstd)
+        return dx, dw, None
+
+
+def rmsnorm(x, weight, eps: float = 1e-5):
+    """RMSNorm over the last dim, normalised in fp32, rounded to x's dtype, then scaled by weight (cast to x's
+    dtype, as in the HF-native model).
+
+    Args:
+        x [..., D]: any float dtype.   weight [D].   eps: added to the mean square.
+    Returns:
+        [..., D] in x's dtype. Differentiable in x and weight.
+    """
+    if not mamba_common.use_triton(x, weight):
+        return rmsnorm_ref(x, weight, eps)
+    check_rmsnorm_args(x, weight)
+    if x.shape[-1] > 65536 or x.numel() == 0:
+        return rmsnorm_ref(x, weight, eps)
+    return RMSNormFn.apply(x, weight, float(eps))
 
 
 def backend_report(device_type: str) -> str:
-    return "reference: plain PyTorch by design (torch.compile fuses it)"
+    return mamba_common.backend_report(device_type, "rmsnorm fwd+bwd")

@@ -12,12 +12,17 @@ def rmsnorm_ref(x, weight, eps: float = 1e-5):
     Returns:
         [..., D] in x's dtype (weight is cast to x's dtype, as in the HF-native model).
     """
+    check_rmsnorm_args(x, weight)
+    x_c = x.to(compute_dtype(x.dtype))                                         # [..., D]
+    normed = x_c * torch.rsqrt(x_c.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return normed.to(x.dtype) * weight.to(x.dtype)
+
+
+def check_rmsnorm_args(x, weight) -> None:
+    """Types, shapes and devices of rmsnorm's arguments (shared with the kernel op)."""
     check_float("x", x)
     if x.dim() < 1:
         raise ValueError(f"x must have at least 1 dimension [..., D], got shape {tuple(x.shape)}")
     check_float("weight", weight, "[D]", 1)
     check_shape("weight", weight, (x.shape[-1],), "[D]")
     check_same_device(x=x, weight=weight)
-    x_c = x.to(compute_dtype(x.dtype))                                         # [..., D]
-    normed = x_c * torch.rsqrt(x_c.pow(2).mean(dim=-1, keepdim=True) + eps)
-    return normed.to(x.dtype) * weight.to(x.dtype)

@@ -1,5 +1,5 @@
-"""Shared pieces of the Mamba-2 Triton kernels (gated_rmsnorm, causal_conv1d, ssd_state_update, ssd_scan):
-dispatch decisions, backend reports and the ahead-of-time sm_90a compile used by CI; the mode / module plumbing
+"""Shared pieces of the Mamba-2 Triton kernels (gated_rmsnorm, causal_conv1d, ssd_state_update, ssd_scan) and of
+rmsnorm: dispatch decisions, backend reports and the ahead-of-time sm_90a compile used by CI; the mode / module plumbing
 is triton/common.py's."""
 import torch
 

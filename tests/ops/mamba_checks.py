@@ -1,4 +1,4 @@
-"""Test helpers shared by the Mamba-2 kernel tests (gated_rmsnorm, causal_conv1d, ssd_state_update, ssd_scan).
+"""Test helpers shared by the Mamba-2 kernel tests (rmsnorm, gated_rmsnorm, causal_conv1d, ssd_state_update, ssd_scan).
 
 The error rule of DESIGN.md (assert_error_rule, assert_state_rule) lives in nemotron_kernels.testing, shared with
 nemotron_kernels.selfcheck; it is re-exported here."""
@@ -19,7 +19,7 @@ FWD, BWD = 2.0, 3.0
 
 
 # Every Mamba-2 kernel module; the AOT tests of all files share one compile of all of them (child processes).
-AOT_MODULES = ("gated_rmsnorm_fwd", "gated_rmsnorm_bwd", "causal_conv1d_fwd", "causal_conv1d_bwd",
+AOT_MODULES = ("rmsnorm", "gated_rmsnorm_fwd", "gated_rmsnorm_bwd", "causal_conv1d_fwd", "causal_conv1d_bwd",
                "causal_conv1d_update", "ssd_state_update", "ssd_scan_chunk_state", "ssd_scan_state_passing",
                "ssd_scan_chunk_scan", "ssd_scan_bwd_chunk_state", "ssd_scan_bwd_chunk_scan")
 

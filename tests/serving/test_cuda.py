@@ -95,7 +95,7 @@ def test_engine_on_gpu_end_to_end(gpu_model, byte_tokenizer, kv_cache_dtype):
             gpu_model.layers[i].mixer.k_scale = gpu_model.layers[i].mixer.v_scale = 1.0
 
 
-# the ops of a decode step; rmsnorm is plain PyTorch by design (capturable), the others are capturable only as kernels
+# the ops of a decode step that are capturable only as kernels (rmsnorm's reference is capturable too)
 DECODE_OPS = ("gated_rmsnorm", "causal_conv1d_update", "ssd_state_update", "gqa_decode", "moe_router", "moe_experts")
 
 

@@ -1,0 +1,117 @@
+"""rmsnorm (Triton forward + backward) against the float64 reference, under the DESIGN error rule.
+CPU: the kernels run in Triton's interpreter (fp16/bf16/fp32, small shapes); `cuda`: NemotronH shapes in bf16."""
+import pytest
+import torch
+from mamba_checks import BWD, F64, FWD, aot_lines, assert_error_rule
+
+from nemotron_kernels.ops.rmsnorm import rmsnorm
+from nemotron_kernels.reference.rmsnorm import rmsnorm_ref
+
+
+def make_inputs(seed, lead, dim, dtype, device="cpu", noncontiguous=False):
+    g = torch.Generator().manual_seed(seed)
+    x = 2.0 * torch.randn(*lead, dim, generator=g, dtype=F64)
+    weight = 1.0 + 0.5 * torch.randn(dim, generator=g, dtype=F64)
+    x, weight = (t.to(device=device, dtype=dtype) for t in (x, weight))
+    if noncontiguous:   # rows with a stride wider than D
+        x = torch.cat([x, torch.zeros_like(x[..., :8])], dim=-1)[..., :dim]
+    return x, weight
+
+
+def check_fwd_bwd(x, weight, eps=1e-5):
+    """Forward (2x rule) and backward (3x rule) of the kernel against fp64 and the same-dtype reference."""
+    leaves = [t.detach().clone().requires_grad_() for t in (x, weight)]
+    out = rmsnorm(*leaves, eps)
+    assert out.dtype == x.dtype and out.shape == x.shape
+    leaves64 = [t.detach().to(F64).requires_grad_() for t in (x, weight)]
+    out64 = rmsnorm_ref(*leaves64, eps)
+    leaves_low = [t.detach().clone().requires_grad_() for t in (x, weight)]
+    out_low = rmsnorm_ref(*leaves_low, eps)
+    assert_error_rule("out", out.detach(), out64.detach(), out_low.detach(), FWD)
+
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(99), dtype=F64)
+    out.backward(dout.to(out.dtype).to(out.device))
+    out64.backward(dout.to(out64.device))
+    out_low.backward(dout.to(out_low.dtype).to(out.device))
+    for name, a, b, c in zip(("dx", "dweight"), leaves, leaves64, leaves_low):
+        assert a.grad.dtype == a.dtype
+        assert_error_rule(name, a.grad, b.grad, c.grad, BWD)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("lead,dim", [((3, 5), 48), ((7,), 40), ((1,), 64), ((), 24)])
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_matches_reference(dtype, lead, dim):
+    x, weight = make_inputs(dim + len(lead), lead, dim, dtype)
+    check_fwd_bwd(x, weight)
+
+
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_forward_rounds_where_the_reference_does():
+    """The normalised row is rounded to x's dtype before the weight multiply, as in the reference: bit-identical
+    out at this seed. fp16: the interpreter's bf16 casts truncate instead of rounding to nearest."""
+    x, weight = make_inputs(8, (6,), 56, torch.float16)
+    assert torch.equal(rmsnorm(x, weight), rmsnorm_ref(x, weight))
+
+
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_strided_rows_and_many_row_blocks():
+    x, weight = make_inputs(5, (2, 9), 32, torch.float32, noncontiguous=True)
+    assert not x.is_contiguous()
+    check_fwd_bwd(x, weight, eps=1e-3)
+    x, weight = make_inputs(11, (300,), 16, torch.float16)      # more row blocks than backward programs
+    check_fwd_bwd(x, weight)
+
+
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_empty():
+    x, weight = make_inputs(1, (0,), 16, torch.float32)
+    weight.requires_grad_()
+    out = rmsnorm(x, weight)
+    assert out.shape == (0, 16)
+    out.sum().backward()
+    assert torch.equal(weight.grad, torch.zeros_like(weight))
+
+
+def test_dispatch_without_interpreter_is_reference(monkeypatch):
+    """CPU tensors without TRITON_INTERPRET, and float64 anywhere, take the reference (bit-identical)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x, weight = make_inputs(2, (4,), 16, torch.float32)
+    assert torch.equal(rmsnorm(x, weight), rmsnorm_ref(x, weight))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x, weight = make_inputs(2, (4,), 16, F64)
+    assert torch.equal(rmsnorm(x, weight), rmsnorm_ref(x, weight))
+
+
+@pytest.mark.usefixtures("interpret")
+def test_bad_input_named():
+    x, weight = make_inputs(3, (4,), 16, torch.float32)
+    with pytest.raises(ValueError, match="weight"):
+        rmsnorm(x, weight[:8])
+    with pytest.raises(TypeError, match="x must have a floating-point dtype"):
+        rmsnorm(x.to(torch.int32), weight)
+
+
+@pytest.mark.usefixtures("interpret")
+def test_custom_op_registration():
+    """Schema, fake (meta) and autograd registration of the custom ops (torch.library.opcheck)."""
+    x, weight = make_inputs(4, (3,), 16, torch.float32)
+    out, rstd = torch.ops.nemotron_kernels.rmsnorm_fwd.default(x, weight, 1e-5)
+    torch.library.opcheck(torch.ops.nemotron_kernels.rmsnorm_fwd.default, (x, weight, 1e-5),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.nemotron_kernels.rmsnorm_bwd.default, (out, x, weight, rstd),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_aot_compile_sm90():
+    """Every kernel configuration compiles for sm_90a (no GPU needed)."""
+    lines = aot_lines("rmsnorm")
+    assert sum("rmsnorm_fwd" in line for line in lines) == 3 and sum("rmsnorm_bwd" in line for line in lines) == 3
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("lead", [(4, 2048), (1, 1), (256,)])
+def test_cuda_nemotron_shapes(lead):
+    """NemotronH: D = 2688, bf16 (prefill rows, one decode token, a decode batch)."""
+    x, weight = make_inputs(7, lead, 2688, torch.bfloat16, device="cuda")
+    check_fwd_bwd(x, weight)
