@@ -9,6 +9,7 @@ import torch
 from ..reference._checks import check_divisible, check_float, check_positive_int, check_same_device, check_shape
 from ..reference.gated_rmsnorm import gated_rmsnorm_ref
 from ..triton import mamba_common
+from ._kernel_op import kernel_op
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -17,7 +18,7 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
-@torch.library.custom_op("nemotron_kernels::gated_rmsnorm_fwd", mutates_args=())
+@kernel_op("nemotron_kernels::gated_rmsnorm_fwd", mutates_args=())
 def gated_rmsnorm_fwd(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, group_size: int,
                       eps: float) -> torch.Tensor:
     """y, z [..., D], weight [D] -> out [..., D] in y's dtype (Triton)."""
@@ -33,7 +34,7 @@ def _(y, z, weight, group_size, eps):
     return torch.empty(y.shape, dtype=y.dtype, device=y.device)
 
 
-@torch.library.custom_op("nemotron_kernels::gated_rmsnorm_bwd", mutates_args=())
+@kernel_op("nemotron_kernels::gated_rmsnorm_bwd", mutates_args=())
 def gated_rmsnorm_bwd(dout: torch.Tensor, y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, group_size: int,
                       eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dout, y, z [..., D], weight [D] -> (dy like y, dz like z, dweight like weight) (Triton)."""

@@ -13,12 +13,13 @@ import torch
 from ..reference._checks import check_descale, check_divisible, check_float, check_same_device, check_shape
 from ..reference.gqa_attention import gqa_attention_ref
 from ..triton import gqa_attention_common as common
+from ._kernel_op import kernel_op
 
 KERNEL_HEAD_DIMS = (16, 32, 64, 128)
 FP8 = torch.float8_e4m3fn
 
 
-@torch.library.custom_op("nemotron_kernels::gqa_attention_fwd", mutates_args=())
+@kernel_op("nemotron_kernels::gqa_attention_fwd", mutates_args=())
 def gqa_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, softmax_scale: float,
                       cu_seqlens: Optional[torch.Tensor], max_seqlen: int, q_descale: Optional[torch.Tensor] = None,
                       k_descale: Optional[torch.Tensor] = None, v_descale: Optional[torch.Tensor] = None,
@@ -39,7 +40,7 @@ def _(q, k, v, causal, softmax_scale, cu_seqlens, max_seqlen, q_descale=None, k_
             q.new_empty((bsz, hq, sq), dtype=torch.float32))
 
 
-@torch.library.custom_op("nemotron_kernels::gqa_attention_bwd", mutates_args=())
+@kernel_op("nemotron_kernels::gqa_attention_bwd", mutates_args=())
 def gqa_attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
                       lse: torch.Tensor, causal: bool, softmax_scale: float, cu_seqlens: Optional[torch.Tensor],
                       max_seqlen: int, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

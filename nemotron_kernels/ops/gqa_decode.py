@@ -12,12 +12,13 @@ import torch
 from ..reference._checks import check_descale, check_divisible, check_float, check_int, check_same_device, check_shape
 from ..reference.gqa_decode import gqa_decode_ref
 from ..triton import gqa_attention_common as common
+from ._kernel_op import kernel_op
 
 KERNEL_HEAD_DIMS = (16, 32, 64, 128)
 FP8 = torch.float8_e4m3fn
 
 
-@torch.library.custom_op("nemotron_kernels::gqa_decode", mutates_args=())
+@kernel_op("nemotron_kernels::gqa_decode", mutates_args=())
 def gqa_decode_paged(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
                      seq_lens: torch.Tensor, softmax_scale: float, k_descale: Optional[torch.Tensor] = None,
                      v_descale: Optional[torch.Tensor] = None, out_scale: float = 1.0) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 from .. import _ext
 from ..reference.grouped_gemm import (check_grouped_gemm_args, check_grouped_gemm_fp8_args, grouped_gemm_fp8_ref,
                                       grouped_gemm_ref, quantize_fp8_rowwise_ref)
+from ._kernel_op import kernel_op
 
 
 def use_kernel(*tensors: torch.Tensor) -> bool:
@@ -27,7 +28,7 @@ def use_kernel(*tensors: torch.Tensor) -> bool:
     return all(t.is_cuda and t.dtype == torch.bfloat16 for t in tensors) and _ext.cuda_ok()[0]
 
 
-@torch.library.custom_op("nemotron_kernels::grouped_gemm_nt", mutates_args=())
+@kernel_op("nemotron_kernels::grouped_gemm_nt", mutates_args=())
 def grouped_gemm_nt(a: torch.Tensor, b: torch.Tensor, expert_offsets: torch.Tensor, relu2: bool) -> torch.Tensor:
     """a [M, K] bf16, b [E, N, K] bf16, expert_offsets [E+1] int32 -> [M, N] = act(a[rows_e] @ b[e]^T)."""
     return _ext._C.grouped_gemm_nt(a, b, expert_offsets, relu2)
@@ -38,7 +39,7 @@ def _(a, b, expert_offsets, relu2):
     return a.new_empty(a.shape[0], b.shape[1])
 
 
-@torch.library.custom_op("nemotron_kernels::grouped_gemm_nn", mutates_args=())
+@kernel_op("nemotron_kernels::grouped_gemm_nn", mutates_args=())
 def grouped_gemm_nn(a: torch.Tensor, b: torch.Tensor, expert_offsets: torch.Tensor,
                     relu2_out: torch.Tensor | None) -> torch.Tensor:
     """a [M, K], b [E, K, N] -> [M, N] = a[rows_e] @ b[e], times 2 sqrt(relu2_out) when given (the relu^2
@@ -51,7 +52,7 @@ def _(a, b, expert_offsets, relu2_out):
     return a.new_empty(a.shape[0], b.shape[2])
 
 
-@torch.library.custom_op("nemotron_kernels::grouped_gemm_tn", mutates_args=())
+@kernel_op("nemotron_kernels::grouped_gemm_tn", mutates_args=())
 def grouped_gemm_tn(a: torch.Tensor, b: torch.Tensor, expert_offsets: torch.Tensor) -> torch.Tensor:
     """a [M, P], b [M, Q] -> [E, P, Q] = a[rows_e]^T @ b[rows_e] (weight gradients; zeros for an empty expert)."""
     return _ext._C.grouped_gemm_tn(a, b, expert_offsets)
@@ -62,7 +63,7 @@ def _(a, b, expert_offsets):
     return a.new_empty(expert_offsets.shape[0] - 1, a.shape[1], b.shape[1])
 
 
-@torch.library.custom_op("nemotron_kernels::quantize_fp8_rowwise", mutates_args=())
+@kernel_op("nemotron_kernels::quantize_fp8_rowwise", mutates_args=())
 def quantize_fp8_rowwise_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [R, C] bf16/fp16/fp32 (CUDA) -> (q [R, C] float8_e4m3fn, scale [R] fp32), bitwise the reference's."""
     return tuple(_ext._C.quantize_fp8_rowwise(x))
@@ -73,7 +74,7 @@ def _(x):
     return x.new_empty(x.shape, dtype=torch.float8_e4m3fn), x.new_empty(x.shape[0], dtype=torch.float32)
 
 
-@torch.library.custom_op("nemotron_kernels::grouped_gemm_fp8_nt", mutates_args=())
+@kernel_op("nemotron_kernels::grouped_gemm_fp8_nt", mutates_args=())
 def grouped_gemm_fp8_nt(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
                         expert_offsets: torch.Tensor, relu2: bool) -> torch.Tensor:
     """a [M, K] e4m3, a_scale [M] fp32, b [E, N, K] e4m3, b_scale [E, N] fp32 -> [M, N] bf16 =

@@ -15,6 +15,7 @@ import torch
 from .. import _ext
 from ..reference.moe_permute import (check_permute_args, check_unpermute_args, moe_permute_ref, moe_unpermute_ref,
                                      permuted_rows)
+from ._kernel_op import kernel_op
 
 KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MAX_EXPERTS = 1024  # kMaxPermuteExperts (shared memory of the ranking kernel)
@@ -26,7 +27,7 @@ def _use_kernel(x: torch.Tensor, top_k: int, num_experts: int) -> bool:
             and _ext.cuda_ok()[0])
 
 
-@torch.library.custom_op("nemotron_kernels::moe_permute", mutates_args=())
+@kernel_op("nemotron_kernels::moe_permute", mutates_args=())
 def moe_permute_op(x: torch.Tensor, topk_idx: torch.Tensor, num_experts: int,
                    pad_to: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [T, H] (CUDA), topk_idx [T, k] int32 -> (rows [M, H], row_of_assignment [T, k] int32, expert_offsets [E+1])."""
@@ -42,7 +43,7 @@ def _permute_fake(x, topk_idx, num_experts, pad_to):
 moe_permute_op.register_fake(_permute_fake)
 
 
-@torch.library.custom_op("nemotron_kernels::moe_permute_scaled", mutates_args=())
+@kernel_op("nemotron_kernels::moe_permute_scaled", mutates_args=())
 def moe_permute_scaled_op(x: torch.Tensor, x_scale: torch.Tensor, topk_idx: torch.Tensor, num_experts: int,
                           pad_to: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """moe_permute for quantised tokens: x [T, H] (e.g. float8_e4m3fn), x_scale [T] fp32 -> (rows [M, H],
@@ -58,7 +59,7 @@ def _(x, x_scale, topk_idx, num_experts, pad_to):
     return rows, x_scale.new_empty(rows.shape[0]), row_of_assignment, expert_offsets
 
 
-@torch.library.custom_op("nemotron_kernels::moe_unpermute", mutates_args=())
+@kernel_op("nemotron_kernels::moe_unpermute", mutates_args=())
 def moe_unpermute_op(rows: torch.Tensor, row_of_assignment: torch.Tensor, topk_weight: torch.Tensor | None,
                      add: torch.Tensor | None) -> torch.Tensor:
     """rows [M, H] (CUDA), row_of_assignment [T, k] int32, topk_weight [T, k] fp32 | None (weight 1), add [T, H] |
@@ -71,7 +72,7 @@ def _(rows, row_of_assignment, topk_weight, add):
     return rows.new_empty(row_of_assignment.shape[0], rows.shape[1])
 
 
-@torch.library.custom_op("nemotron_kernels::moe_unpermute_bwd", mutates_args=())
+@kernel_op("nemotron_kernels::moe_unpermute_bwd", mutates_args=())
 def moe_unpermute_bwd_op(dout: torch.Tensor, rows: torch.Tensor | None, row_of_assignment: torch.Tensor,
                          topk_weight: torch.Tensor | None, m_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """dout [T, H] -> (d_rows [m_rows, H] = w_j dout[t] at row r_j (zeros elsewhere when m_rows != T*k),

@@ -12,6 +12,7 @@ import torch
 
 from .. import _ext
 from ..reference.moe_router import EPS, check_router_args, moe_router_from_logits_ref, router_sigmoid
+from ._kernel_op import kernel_op
 
 
 @contextlib.contextmanager
@@ -57,7 +58,7 @@ def _use_kernel(logits: torch.Tensor) -> bool:
             and _cuda_kernel_ok())
 
 
-@torch.library.custom_op("nemotron_kernels::moe_router_logits", mutates_args=())
+@kernel_op("nemotron_kernels::moe_router_logits", mutates_args=())
 def moe_router_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x [T, Hd], weight [E, Hd] -> logits [T, E] fp32 (fp64 for fp64 x); cuBLAS without TF32."""
     cdtype = _compute_dtype(x.dtype)
@@ -70,7 +71,7 @@ def _(x, weight):
     return x.new_empty((x.shape[0], weight.shape[0]), dtype=_compute_dtype(x.dtype))
 
 
-@torch.library.custom_op("nemotron_kernels::moe_router_fused", mutates_args=())
+@kernel_op("nemotron_kernels::moe_router_fused", mutates_args=())
 def moe_router_fused(logits: torch.Tensor, bias: torch.Tensor, top_k: int, routed_scaling_factor: float,
                      n_group: int, topk_group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """logits [T, E] fp32 (fp64 -> reference), bias [E] fp32 ->
@@ -87,7 +88,7 @@ def _(logits, bias, top_k, routed_scaling_factor, n_group, topk_group):
             logits.new_empty((nexperts,), dtype=torch.int32))
 
 
-@torch.library.custom_op("nemotron_kernels::moe_router_logits_backward", mutates_args=())
+@kernel_op("nemotron_kernels::moe_router_logits_backward", mutates_args=())
 def moe_router_logits_backward(grad_topk_logits: torch.Tensor, topk_idx: torch.Tensor, x: torch.Tensor,
                                weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """grad_topk_logits [T, k] (compute dtype), topk_idx [T, k] -> (dx [T, Hd] like x, dweight [E, Hd] like

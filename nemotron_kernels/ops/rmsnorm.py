@@ -10,6 +10,7 @@ import torch
 
 from ..reference.rmsnorm import check_rmsnorm_args, rmsnorm_ref
 from ..triton import mamba_common
+from ._kernel_op import kernel_op
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -18,7 +19,7 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
-@torch.library.custom_op("nemotron_kernels::rmsnorm_fwd", mutates_args=())
+@kernel_op("nemotron_kernels::rmsnorm_fwd", mutates_args=())
 def rmsnorm_fwd(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """x [..., D], weight [D] -> (out [..., D] in x's dtype, rstd [n_rows] fp32) (Triton)."""
     kernels = mamba_common.kernel_module("rmsnorm")
@@ -35,7 +36,7 @@ def _(x, weight, eps):
     return torch.empty_like(x), x.new_empty(n_rows, dtype=torch.float32)
 
 
-@torch.library.custom_op("nemotron_kernels::rmsnorm_bwd", mutates_args=())
+@kernel_op("nemotron_kernels::rmsnorm_bwd", mutates_args=())
 def rmsnorm_bwd(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                 rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """dout, x [..., D], weight [D], rstd [n_rows] -> (dx like x, dweight like weight) (Triton)."""

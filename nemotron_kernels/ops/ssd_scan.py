@@ -23,6 +23,7 @@ import torch
 from ..reference._checks import check_positive_int
 from ..reference.ssd_scan import check_ssd_args, ssd_scan_ref
 from ..triton import mamba_common
+from ._kernel_op import kernel_op
 
 KERNEL_CHUNKS = (16, 32, 64, 128, 256)
 
@@ -109,7 +110,7 @@ def _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus: bool, plan:
     return s_in, carry_decay, carry_lp
 
 
-@torch.library.custom_op("nemotron_kernels::ssd_scan_fwd", mutates_args=())
+@kernel_op("nemotron_kernels::ssd_scan_fwd", mutates_args=())
 def ssd_scan_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor], dt_softplus: bool, chunk_size: int,
                  initial_states: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
@@ -155,7 +156,7 @@ def _(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size, initial_states, cu_se
     return torch.empty(x.shape, dtype=x.dtype, device=x.device), final
 
 
-@torch.library.custom_op("nemotron_kernels::ssd_scan_bwd", mutates_args=())
+@kernel_op("nemotron_kernels::ssd_scan_bwd", mutates_args=())
 def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor], dt_softplus: bool, chunk_size: int,
                  initial_states: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor], dy: torch.Tensor,

@@ -11,9 +11,10 @@ import torch
 
 from ..reference.ssd_state_update import check_ssd_state_update_args, ssd_state_update_ref
 from ..triton import mamba_common
+from ._kernel_op import kernel_op
 
 
-@torch.library.custom_op("nemotron_kernels::ssd_state_update", mutates_args=("state",))
+@kernel_op("nemotron_kernels::ssd_state_update", mutates_args=("state",))
 def ssd_state_update_op(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                         C: torch.Tensor, D: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor], dt_softplus: bool,
                         slot_idx: Optional[torch.Tensor]) -> torch.Tensor:

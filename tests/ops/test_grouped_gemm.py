@@ -173,11 +173,11 @@ def test_cuda_custom_ops_opcheck_and_compile():
     from nemotron_kernels.ops.grouped_gemm import grouped_gemm_nn, grouped_gemm_nt, grouped_gemm_tn
     a, b, offsets = operands([5, 0, 11], 24, 32, seed=3, device="cuda", dtype=BF16)
     h = grouped_gemm_nt(a, b, offsets, True)
-    torch.library.opcheck(grouped_gemm_nt, (a, b, offsets, True))
-    torch.library.opcheck(grouped_gemm_nn, (h, b, offsets, None))                     # [16, 24] @ [3, 24, 32]
-    torch.library.opcheck(grouped_gemm_nn, (a, b.transpose(1, 2).contiguous(), offsets,   # [16, 32] @ [3, 32, 24]
+    torch.library.opcheck(grouped_gemm_nt.op, (a, b, offsets, True))
+    torch.library.opcheck(grouped_gemm_nn.op, (h, b, offsets, None))                     # [16, 24] @ [3, 24, 32]
+    torch.library.opcheck(grouped_gemm_nn.op, (a, b.transpose(1, 2).contiguous(), offsets,   # [16, 32] @ [3, 32, 24]
                                             torch.rand(16, 24, device="cuda", dtype=BF16)))
-    torch.library.opcheck(grouped_gemm_tn, (h, a, offsets))
+    torch.library.opcheck(grouped_gemm_tn.op, (h, a, offsets))
     compiled = torch.compile(lambda a, b: grouped_gemm(a, b, offsets, "relu2"), fullgraph=True)
     assert torch.equal(compiled(a, b), grouped_gemm(a, b, offsets, "relu2"))
 

@@ -229,11 +229,11 @@ def test_cuda_opcheck_and_compile():
     topk_idx = routing(40, 8, 2, seed=2, device="cuda")
     x = torch.randn(40, 16, device="cuda", dtype=torch.bfloat16)
     from nemotron_kernels.ops.moe_permute import moe_permute_op, moe_unpermute_bwd_op, moe_unpermute_op
-    torch.library.opcheck(moe_permute_op, (x, topk_idx, 8, 4))
+    torch.library.opcheck(moe_permute_op.op, (x, topk_idx, 8, 4))
     rows, row_of_assignment, _ = moe_permute_op(x, topk_idx, 8, 1)
     w = torch.rand(40, 2, device="cuda")
-    torch.library.opcheck(moe_unpermute_op, (rows, row_of_assignment, w, None))
-    torch.library.opcheck(moe_unpermute_bwd_op, (x, rows, row_of_assignment, w, rows.shape[0]))
+    torch.library.opcheck(moe_unpermute_op.op, (rows, row_of_assignment, w, None))
+    torch.library.opcheck(moe_unpermute_bwd_op.op, (x, rows, row_of_assignment, w, rows.shape[0]))
 
     def layer(x, w):
         rows, row_of_assignment, _ = moe_permute(x, topk_idx, 8)
