@@ -14,6 +14,7 @@ import torch
 from ..reference._checks import check_float, check_int, check_optional_float, check_same_device, check_shape
 from ..reference.causal_conv1d import causal_conv1d_ref, causal_conv1d_update_ref
 from ..triton import mamba_common
+from ._kernel_op import kernel_op
 
 
 def _silu(activation) -> bool:
@@ -35,7 +36,7 @@ def _init_layout(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------------------- prefill
-@torch.library.custom_op("nemotron_kernels::causal_conv1d_fwd", mutates_args=())
+@kernel_op("nemotron_kernels::causal_conv1d_fwd", mutates_args=())
 def causal_conv1d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                       seq_idx: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
                       initial_state: Optional[torch.Tensor], silu: bool) -> torch.Tensor:
@@ -56,7 +57,7 @@ def _n_states(x, cu_seqlens) -> int:
     return x.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
 
 
-@torch.library.custom_op("nemotron_kernels::causal_conv1d_final_state", mutates_args=())
+@kernel_op("nemotron_kernels::causal_conv1d_final_state", mutates_args=())
 def causal_conv1d_final_state(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: Optional[torch.Tensor],
                               initial_state: Optional[torch.Tensor]) -> torch.Tensor:
     """Last K-1 inputs of each row / packed sequence -> [B or S, C, K-1] in x's dtype (Triton)."""
@@ -72,7 +73,7 @@ def _(x, weight, cu_seqlens, initial_state):
     return torch.empty(_n_states(x, cu_seqlens), x.shape[2], weight.shape[1] - 1, dtype=x.dtype, device=x.device)
 
 
-@torch.library.custom_op("nemotron_kernels::causal_conv1d_bwd", mutates_args=())
+@kernel_op("nemotron_kernels::causal_conv1d_bwd", mutates_args=())
 def causal_conv1d_bwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                       seq_idx: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
                       initial_state: Optional[torch.Tensor], dy: torch.Tensor, silu: bool
@@ -81,15 +82,15 @@ def causal_conv1d_bwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     initial_state (empty [0] without)) (Triton)."""
     kernels = mamba_common.kernel_module("causal_conv1d_bwd")
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dweight = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
+    dbias = torch.empty(bias.shape, dtype=bias.dtype, device=bias.device) if bias is not None else x.new_empty(0)
+    dinit = (torch.empty(initial_state.shape, dtype=initial_state.dtype, device=initial_state.device)
+             if initial_state is not None else None)
     dy = dy if dy.stride(2) == 1 else dy.contiguous()
-    dw_partial, dinit = kernels.causal_conv1d_bwd_launch(
+    kernels.causal_conv1d_bwd_launch(
         _x_layout(x), weight.contiguous(), _maybe_contig(bias), seq_idx, cu_seqlens, _init_layout(initial_state), dy,
-        dx, silu, mamba_common.sm_count(x.device), want_dinit=initial_state is not None)
-    sums = dw_partial.sum(0)                                                   # [K+1, C]: taps, then bias
-    dweight = sums[:-1].t().to(weight.dtype).contiguous()
-    dbias = sums[-1].to(bias.dtype, copy=True) if bias is not None else x.new_empty(0)
-    dinit = dinit.to(initial_state.dtype) if initial_state is not None else x.new_empty(0)
-    return dx, dweight, dbias, dinit
+        dx, dweight, dbias, dinit, silu, mamba_common.sm_count(x.device))
+    return dx, dweight, dbias, dinit if dinit is not None else x.new_empty(0)
 
 
 @causal_conv1d_bwd.register_fake
@@ -170,7 +171,7 @@ def causal_conv1d(x, weight, bias=None, activation: str | None = "silu", cu_seql
 
 
 # ----------------------------------------------------------------------------------------------------------- decode
-@torch.library.custom_op("nemotron_kernels::causal_conv1d_update", mutates_args=("conv_state",))
+@kernel_op("nemotron_kernels::causal_conv1d_update", mutates_args=("conv_state",))
 def causal_conv1d_update_op(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
                             bias: Optional[torch.Tensor], slot_idx: Optional[torch.Tensor],
                             silu: bool) -> torch.Tensor:

@@ -80,6 +80,60 @@ def test_interpreter_segments(monkeypatch, programs_per_sm, packed):
     check_fwd_bwd(inputs)
 
 
+BWD_SEG_CU = [0, 0, 4, 4, 5, 9, 10, 16, 17, 25, 26, 26, 36, 39, 50, 50]   # L = 50, 15 sequences
+
+
+@pytest.mark.parametrize("seg_len,packed,width", [(4, True, 4), (8, True, 4), (12, True, 4), (4, False, 4),
+                                                  (12, False, 4), (4, True, 2), (8, True, 6), (4, True, 1)])
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_bwd_segments(monkeypatch, seg_len, packed, width):
+    """The backward walks segments of seg_len tokens, with 3 halo rows on each side. With BWD_SEG_CU, segments
+    start inside a sequence, on a sequence start (4, 16, 36), inside a sequence's first K-1 tokens (12 with 4 and
+    12, 28, 40); empty (leading, inner, trailing) and 1-token sequences; sequences ending inside a segment's
+    trailing halo; a last segment shorter than the others (seg_len 8, 12)."""
+    from nemotron_kernels.triton import mamba_common
+    kernels = mamba_common.kernel_module("causal_conv1d_bwd")
+    monkeypatch.setattr(kernels, "bwd_seg_len", lambda *args: seg_len)
+    cu = BWD_SEG_CU if packed else None
+    inputs = make_inputs(11 + seg_len + width, 1 if packed else 2, 50, 20, width, torch.float32, cu, init=True)
+    check_fwd_bwd(inputs)
+
+
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_bwd_seg_len():
+    """NemotronH's 32K tokens on 132 SMs split into whole waves of programs; every segment is a multiple of 4."""
+    from nemotron_kernels.triton import mamba_common
+    kernels = mamba_common.kernel_module("causal_conv1d_bwd")
+    slots = kernels.BWD_RESIDENT_PER_SM * 132
+    for bsz, seqlen in ((1, 32768), (4, 8192), (16, 2048), (1, 3000), (1, 1), (3, 37)):
+        seg = kernels.bwd_seg_len(bsz, seqlen, 6144, 132)
+        programs = bsz * (6144 // 512) * -(-seqlen // seg)
+        assert seg % 4 == 0 and seg >= 4
+        if bsz * seqlen == 32768:
+            assert programs % slots == 0, (bsz, seqlen, seg, programs)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_bwd_strided(packed):
+    """Backward with x a channel slice of a wider row (in_proj's xBC) and dy a channel slice too."""
+    cu = [0, 7, 8, 19] if packed else None
+    inputs = make_inputs(13, 1 if packed else 2, 19, 24, 4, torch.float32, cu, init=True)
+    wide = torch.cat([torch.zeros(inputs["x"].shape[0], 19, 5), inputs["x"], torch.zeros(inputs["x"].shape[0], 19, 3)],
+                     dim=-1)
+    grads = []
+    for fn, x_in in ((causal_conv1d, wide[..., 5:29]), (causal_conv1d_ref, inputs["x"])):
+        leaves = [t.detach().clone().requires_grad_() for t in (x_in, inputs["weight"], inputs["bias"],
+                                                               inputs["initial_state"])]
+        y = fn(*leaves[:3], initial_state=leaves[3], cu_seqlens=inputs["cu_seqlens"])
+        dy_wide = torch.randn(y.shape[0], 19, 40, generator=torch.Generator().manual_seed(3))
+        y.backward(dy_wide[..., 8:32])
+        grads.append([t.grad for t in leaves])
+    assert wide[..., 5:29].stride(1) == 32
+    for name, g, g_ref in zip(("dx", "dweight", "dbias", "dinit"), *grads):
+        torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5, msg=name)
+
+
 @pytest.mark.usefixtures("interpret")
 def test_interpreter_strided_x():
     """x as a channel slice of a wider row (in_proj's xBC), forward and final state."""
@@ -173,7 +227,7 @@ def test_custom_op_registration():
 
 def test_aot_compile_sm90():
     assert len(aot_lines("causal_conv1d_fwd")) == 4
-    assert len(aot_lines("causal_conv1d_bwd")) == 3
+    assert len(aot_lines("causal_conv1d_bwd")) == 4
     assert len(aot_lines("causal_conv1d_update")) == 2
 
 
@@ -222,3 +276,23 @@ def test_cuda_past_2_31_elements():
     y_tail = causal_conv1d_ref(tail.double(), weight.double(), initial_state=x[0, -67:-64].t()[None].double())
     assert (y[:, -64:].double() - y_tail).abs().max().item() < 0.05
     assert torch.equal(final[0], x[0, -3:].t())
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_cuda_bwd_past_2_31_elements():
+    """Backward on x and dy with 2^31 + 2^22 elements each: int64 offsets; dx's last 64 rows against the reference
+    on the last 67 tokens (the 3 before them as its initial state)."""
+    from nemotron_kernels.ops.causal_conv1d import causal_conv1d_bwd
+    seqlen = (2 ** 31 + 2 ** 22) // 6144
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.randn(1, seqlen, 6144, device="cuda", dtype=torch.bfloat16, generator=g)
+    dy = torch.randn(1, seqlen, 6144, device="cuda", dtype=torch.bfloat16, generator=g)
+    weight = (torch.randn(6144, 4, device="cuda", generator=g) / 2).bfloat16()
+    bias = torch.randn(6144, device="cuda", generator=g).bfloat16()
+    dx, dweight, dbias, _ = causal_conv1d_bwd(x, weight, bias, None, None, None, dy, True)
+    tail = x[:, -67:].double().requires_grad_()
+    y = causal_conv1d_ref(tail, weight.double(), bias.double(), initial_state=x[0, -70:-67].t()[None].double())
+    y.backward(dy[:, -67:].double())
+    torch.testing.assert_close(dx[:, -64:].double(), tail.grad[:, -64:], rtol=1e-2, atol=1e-2)
+    assert torch.isfinite(dweight).all() and torch.isfinite(dbias).all()
