@@ -25,7 +25,7 @@ import triton.language as tl
 from triton.language.extra.cuda import libdevice
 
 from . import causal_conv1d_fwd
-from .causal_conv1d_fwd import _row_tap, _tap, check_layout
+from .causal_conv1d_fwd import _row_tap, _segment_start, _tap, check_layout
 from .mamba_common import dep_tokens, interpreting
 
 INTERPRETED = interpreting()
@@ -255,38 +255,13 @@ def _causal_conv1d_bwd_kernel(
     dy_row_base = b * stride_dy_b
     dx_row_base = b * stride_dx_b
     part_ptr += (b * tl.num_programs(0) + pid_s) * (K + 1) * channels
-    # w_j multiplies u[t - j] (weight column K-1-j); taps past K are masked to zero (their dx terms vanish)
-    w0 = tl.load(w_ptr + offs_c * K + (K - 1), mask=c_ok, other=0.0).to(tl.float32)
-    w1 = tl.load(w_ptr + offs_c * K + (K - 2), mask=c_ok & (K > 1), other=0.0).to(tl.float32)
-    w2 = tl.load(w_ptr + offs_c * K + (K - 3), mask=c_ok & (K > 2), other=0.0).to(tl.float32)
-    w3 = tl.load(w_ptr + offs_c * K + (K - 4), mask=c_ok & (K > 3), other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_c, mask=c_ok, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BLOCK_C], dtype=tl.float32)
+    w0, w1, w2, w3, bias, seq, start, p1, p2, p3 = _segment_start(     # taps past K: their dx terms vanish
+        x_ptr, w_ptr, bias_ptr, init_ptr, seq_idx_ptr, cu_ptr, x_row_base, b, t0, offs_c, c_ok, stride_x_l,
+        stride_init_s, stride_init_c, BLOCK_C, K, HAS_BIAS, HAS_INIT, IS_VARLEN)
     if K > 4:                                     # these partial rows accumulate in memory
         for lag in tl.static_range(4, K):
             tl.store(part_ptr + (K - 1 - lag) * channels + offs_c, tl.zeros([BLOCK_C], dtype=tl.float32), mask=c_ok)
         tl.debug_barrier()
-    if IS_VARLEN:
-        seq = tl.load(seq_idx_ptr + t0)
-        start = tl.load(cu_ptr + seq).to(tl.int64)
-    else:
-        seq = b
-        start = t0 * 0
-    # the halo before the segment: the K-1 inputs before t0, from x, the initial state or zeros
-    p1 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    p2 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    p3 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    if K > 1:
-        p1 = _row_tap(x_ptr, init_ptr, x_row_base, t0 - 1, start, seq, offs_c, c_ok, stride_x_l, stride_init_s,
-                      stride_init_c, K - 1, HAS_INIT)
-    if K > 2:
-        p2 = _row_tap(x_ptr, init_ptr, x_row_base, t0 - 2, start, seq, offs_c, c_ok, stride_x_l, stride_init_s,
-                      stride_init_c, K - 1, HAS_INIT)
-    if K > 3:
-        p3 = _row_tap(x_ptr, init_ptr, x_row_base, t0 - 3, start, seq, offs_c, c_ok, stride_x_l, stride_init_s,
-                      stride_init_c, K - 1, HAS_INIT)
     q1 = tl.zeros([BLOCK_C], dtype=tl.float32)    # pending dx[t-1], dx[t-2], dx[t-3] (rows before t0: dropped)
     q2 = tl.zeros([BLOCK_C], dtype=tl.float32)
     q3 = tl.zeros([BLOCK_C], dtype=tl.float32)

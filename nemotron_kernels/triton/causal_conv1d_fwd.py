@@ -92,6 +92,42 @@ def _conv_row(x_ptr, w_ptr, init_ptr, seq_idx_ptr, y_ptr, x_row_base, y_row_base
 
 
 @triton.jit
+def _segment_start(x_ptr, w_ptr, bias_ptr, init_ptr, seq_idx_ptr, cu_ptr, x_row_base, b, t0, offs_c, c_ok,
+                   stride_x_l, stride_init_s, stride_init_c, BLOCK_C: tl.constexpr, K: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """What a program walking tokens from t0 needs first (forward and backward): the taps w_j (w_j multiplies
+    u[t - j], weight column K-1-j; taps past K are zero), the bias, t0's sequence id and start, and the halo p1..p3
+    = u[t0-1], u[t0-2], u[t0-3] from x, the initial state or zeros. -> (w0, w1, w2, w3, bias, seq, start, p1, p2, p3)"""
+    w0 = tl.load(w_ptr + offs_c * K + (K - 1), mask=c_ok, other=0.0).to(tl.float32)
+    w1 = tl.load(w_ptr + offs_c * K + (K - 2), mask=c_ok & (K > 1), other=0.0).to(tl.float32)
+    w2 = tl.load(w_ptr + offs_c * K + (K - 3), mask=c_ok & (K > 2), other=0.0).to(tl.float32)
+    w3 = tl.load(w_ptr + offs_c * K + (K - 4), mask=c_ok & (K > 3), other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_c, mask=c_ok, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BLOCK_C], dtype=tl.float32)
+    if IS_VARLEN:
+        seq = tl.load(seq_idx_ptr + t0)
+        start = tl.load(cu_ptr + seq).to(tl.int64)
+    else:
+        seq = b
+        start = t0 * 0
+    p1 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    p2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    p3 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    if K > 1:
+        p1 = _row_tap(x_ptr, init_ptr, x_row_base, t0 - 1, start, seq, offs_c, c_ok, stride_x_l, stride_init_s,
+                      stride_init_c, K - 1, HAS_INIT)
+    if K > 2:
+        p2 = _row_tap(x_ptr, init_ptr, x_row_base, t0 - 2, start, seq, offs_c, c_ok, stride_x_l, stride_init_s,
+                      stride_init_c, K - 1, HAS_INIT)
+    if K > 3:
+        p3 = _row_tap(x_ptr, init_ptr, x_row_base, t0 - 3, start, seq, offs_c, c_ok, stride_x_l, stride_init_s,
+                      stride_init_c, K - 1, HAS_INIT)
+    return w0, w1, w2, w3, bias, seq, start, p1, p2, p3
+
+
+@triton.jit
 def _causal_conv1d_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, init_ptr, seq_idx_ptr, cu_ptr, y_ptr,
     seqlen, channels, seg_len,                # seg_len: tokens per program, a multiple of ROWS
@@ -112,34 +148,9 @@ def _causal_conv1d_fwd_kernel(
     t_end = tl.minimum(t0 + seg_len, seqlen)
     x_row_base = b * stride_x_b
     y_row_base = b * stride_y_b
-    # w_j multiplies u[t - j] (weight column K-1-j); taps past K are masked to zero and never used
-    w0 = tl.load(w_ptr + offs_c * K + (K - 1), mask=c_ok, other=0.0).to(tl.float32)
-    w1 = tl.load(w_ptr + offs_c * K + (K - 2), mask=c_ok & (K > 1), other=0.0).to(tl.float32)
-    w2 = tl.load(w_ptr + offs_c * K + (K - 3), mask=c_ok & (K > 2), other=0.0).to(tl.float32)
-    w3 = tl.load(w_ptr + offs_c * K + (K - 4), mask=c_ok & (K > 3), other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_c, mask=c_ok, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BLOCK_C], dtype=tl.float32)
-    if IS_VARLEN:
-        seq = tl.load(seq_idx_ptr + t0)
-        start = tl.load(cu_ptr + seq).to(tl.int64)
-    else:
-        seq = b
-        start = t0 * 0
-    # the halo: the K-1 rows before the segment, from x, the initial state or zeros
-    p1 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    p2 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    p3 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    if K > 1:
-        p1 = _row_tap(x_ptr, init_ptr, x_row_base, t0 - 1, start, seq, offs_c, c_ok, stride_x_l, stride_init_s,
-                      stride_init_c, K - 1, HAS_INIT)
-    if K > 2:
-        p2 = _row_tap(x_ptr, init_ptr, x_row_base, t0 - 2, start, seq, offs_c, c_ok, stride_x_l, stride_init_s,
-                      stride_init_c, K - 1, HAS_INIT)
-    if K > 3:
-        p3 = _row_tap(x_ptr, init_ptr, x_row_base, t0 - 3, start, seq, offs_c, c_ok, stride_x_l, stride_init_s,
-                      stride_init_c, K - 1, HAS_INIT)
+    w0, w1, w2, w3, bias, seq, start, p1, p2, p3 = _segment_start(
+        x_ptr, w_ptr, bias_ptr, init_ptr, seq_idx_ptr, cu_ptr, x_row_base, b, t0, offs_c, c_ok, stride_x_l,
+        stride_init_s, stride_init_c, BLOCK_C, K, HAS_BIAS, HAS_INIT, IS_VARLEN)
     x_ptrs = x_ptr + x_row_base + offs_c
     for t in range(t0, t_end, ROWS):
         # all ROWS loads are issued before the first store, so they are in flight together
