@@ -18,8 +18,6 @@ Shape legend: T rows (tokens), H hidden, V vocab, n rows of a chunk.
 """
 from __future__ import annotations
 
-import importlib
-
 import torch
 
 from .data import IGNORE_INDEX
@@ -49,10 +47,8 @@ def kernel_available(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def _kernels():
     """training.cross_entropy_triton in the current Triton mode (reloaded when TRITON_INTERPRET changed)."""
-    from nemotron_kernels.triton.common import interpreting
-
-    from . import cross_entropy_triton as mod
-    return mod if mod.INTERPRETED == interpreting() else importlib.reload(mod)
+    from nemotron_kernels.triton.common import kernel_module
+    return kernel_module("cross_entropy_triton", package="training")
 
 
 def _logits_fp32(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ import triton.language as tl
 from triton.language.extra.cuda import libdevice
 
 from . import causal_conv1d_fwd
-from .causal_conv1d_fwd import _row_tap, _segment_start, _tap, check_layout
+from .causal_conv1d_fwd import _pre_act, _row_tap, _segment_start, _tap, check_layout
 from .mamba_common import dep_tokens, interpreting
 
 INTERPRETED = interpreting()
@@ -128,17 +128,8 @@ def _bwd_row(x_ptr, w_ptr, init_ptr, seq_idx_ptr, cu_ptr, dy_ptr, dx_ptr, part_p
     x_t = cur.to(tl.float32)
     g = dcur.to(tl.float32)
     if SILU:
-        pre = bias + w0 * x_t
-        if K > 1:
-            pre += w1 * p1
-        if K > 2:
-            pre += w2 * p2
-        if K > 3:
-            pre += w3 * p3
-        for lag in tl.static_range(4, K):         # K > 4: older taps come from memory (L1/L2), not registers
-            w_lag = tl.load(w_ptr + offs_c * K + (K - 1 - lag), mask=c_ok, other=0.0).to(tl.float32)
-            pre += w_lag * _row_tap(x_ptr, init_ptr, x_row_base, t - lag, start, seq, offs_c, c_ok, stride_x_l,
-                                    stride_init_s, stride_init_c, K - 1, HAS_INIT)
+        pre = _pre_act(x_ptr, w_ptr, init_ptr, x_row_base, t, x_t, p1, p2, p3, w0, w1, w2, w3, bias, seq, start,
+                       offs_c, c_ok, stride_x_l, stride_init_s, stride_init_c, K, HAS_INIT)
         g = _dsilu(g, pre)
     if ACC_DW:
         db += g

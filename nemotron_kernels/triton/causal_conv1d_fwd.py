@@ -54,6 +54,24 @@ def _row_tap(x_ptr, init_ptr, x_row_base, pos, start, state_row, offs_c, c_ok,
 
 
 @triton.jit
+def _pre_act(x_ptr, w_ptr, init_ptr, x_row_base, t, x_t, p1, p2, p3, w0, w1, w2, w3, bias, seq, start, offs_c, c_ok,
+             stride_x_l, stride_init_s, stride_init_c, K: tl.constexpr, HAS_INIT: tl.constexpr):
+    """bias + sum_j w_j u[t - j] for row t (x_t = u[t], p1..p3 = u[t-1..t-3]; forward and backward)."""
+    acc = bias + w0 * x_t
+    if K > 1:
+        acc += w1 * p1
+    if K > 2:
+        acc += w2 * p2
+    if K > 3:
+        acc += w3 * p3
+    for lag in tl.static_range(4, K):             # K > 4: older taps come from memory (L1/L2), not registers
+        w_lag = tl.load(w_ptr + offs_c * K + (K - 1 - lag), mask=c_ok, other=0.0).to(tl.float32)
+        acc += w_lag * _row_tap(x_ptr, init_ptr, x_row_base, t - lag, start, seq, offs_c, c_ok, stride_x_l,
+                                stride_init_s, stride_init_c, K - 1, HAS_INIT)
+    return acc
+
+
+@triton.jit
 def _conv_row(x_ptr, w_ptr, init_ptr, seq_idx_ptr, y_ptr, x_row_base, y_row_base, t, t_end, cur, p1, p2, p3,
               seq, start, w0, w1, w2, w3, bias, offs_c, c_ok,
               stride_x_l, stride_y_l, stride_init_s, stride_init_c,
@@ -74,17 +92,8 @@ def _conv_row(x_ptr, w_ptr, init_ptr, seq_idx_ptr, y_ptr, x_row_base, y_row_base
                 p3 = _row_tap(x_ptr, init_ptr, x_row_base, t - 3, start, seq, offs_c, c_ok, stride_x_l,
                               stride_init_s, stride_init_c, K - 1, HAS_INIT)
     x_t = cur.to(tl.float32)
-    acc = bias + w0 * x_t
-    if K > 1:
-        acc += w1 * p1
-    if K > 2:
-        acc += w2 * p2
-    if K > 3:
-        acc += w3 * p3
-    for lag in tl.static_range(4, K):             # K > 4: older taps come from memory (L1/L2), not registers
-        w_lag = tl.load(w_ptr + offs_c * K + (K - 1 - lag), mask=c_ok, other=0.0).to(tl.float32)
-        acc += w_lag * _row_tap(x_ptr, init_ptr, x_row_base, t - lag, start, seq, offs_c, c_ok, stride_x_l,
-                                stride_init_s, stride_init_c, K - 1, HAS_INIT)
+    acc = _pre_act(x_ptr, w_ptr, init_ptr, x_row_base, t, x_t, p1, p2, p3, w0, w1, w2, w3, bias, seq, start,
+                   offs_c, c_ok, stride_x_l, stride_init_s, stride_init_c, K, HAS_INIT)
     if SILU:
         acc = acc * tl.sigmoid(acc)
     tl.store(y_ptr + y_row_base + t * stride_y_l + offs_c, acc.to(y_ptr.dtype.element_ty), mask=c_ok & (t < t_end))

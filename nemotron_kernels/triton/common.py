@@ -35,12 +35,12 @@ def triton_status() -> tuple[bool, str]:
     return True, f"triton {triton.__version__}"
 
 
-def kernel_module(name: str):
-    """Import nemotron_kernels.triton.<name> in the current Triton mode: reload it if it was defined under the
-    other mode, or if a module it takes jit helpers from (its DEPENDS) was reloaded since (DEP_TOKENS holds the
-    LOAD_TOKEN of each dependency it imported)."""
-    mod = importlib.import_module(f"{_PACKAGE}.{name}")
-    deps = [kernel_module(dep) for dep in getattr(mod, "DEPENDS", ())]
+def kernel_module(name: str, package: str = _PACKAGE):
+    """Import <package>.<name> (default: nemotron_kernels.triton) in the current Triton mode: reload it if it was
+    defined under the other mode, or if a module it takes jit helpers from (its DEPENDS, in the same package) was
+    reloaded since (DEP_TOKENS holds the LOAD_TOKEN of each dependency it imported)."""
+    mod = importlib.import_module(f"{package}.{name}")
+    deps = [kernel_module(dep, package) for dep in getattr(mod, "DEPENDS", ())]
     tokens = getattr(mod, "DEP_TOKENS", {})
     if mod.INTERPRETED != interpreting() or any(tokens.get(d.__name__) is not d.LOAD_TOKEN for d in deps):
         mod = importlib.reload(mod)
