@@ -252,9 +252,15 @@ def _bench_hf(bench, model, sz, gen) -> dict:
 
 
 # ---------------------------------------------------------------------- our engine
+def _decode_tokens(sz, B: int) -> int:
+    """max_tokens of the decode batch: B sequences prefill one chunk per step while those admitted first already
+    decode (a token per step, so a chunk holds fewer prompt tokens), and all B must still run for the timed and profiled steps after that."""
+    return 2 * B + sz.steps + 4 + sz.extra_steps
+
+
 def _engine(model, sz, kv="auto") -> LLMEngine:
     on_gpu = model.device.type == "cuda"
-    max_len = max(sz.prefill, sz.ctx + sz.steps + 8 + sz.extra_steps, sz.serve_in + sz.serve_out) + 64
+    max_len = max(sz.prefill, sz.ctx + _decode_tokens(sz, max(sz.batches)) + 4, sz.serve_in + sz.serve_out) + 64
     return LLMEngine(model, None, EngineConfig(
         max_num_seqs=max(max(sz.batches), sz.serve_n), max_num_batched_tokens=max(sz.prefill, 256),
         max_model_len=max_len, block_size=64 if on_gpu else 16, kv_cache_dtype=kv,
@@ -314,12 +320,15 @@ def _bench_ours(bench, model, sz, gen, label: str, fp8: bool, hf: dict, profiles
         profiles.setdefault(f"prefill {sz.prefill}", {})[label] = row["profile"]
     # decode at batch B, context ctx
     for B in sz.batches:
-        params = SamplingParams(max_tokens=sz.steps + 4 + sz.extra_steps, temperature=0, ignore_eos=True)
+        params = SamplingParams(max_tokens=_decode_tokens(sz, B), temperature=0, ignore_eos=True)
         for _ in range(B):
             engine.add_request(_random_prompt(gen, sz.ctx, cfg.vocab_size), params)
         while engine.scheduler.waiting or any(s.num_computed_tokens < s.num_prompt_tokens
                                               for s in engine.scheduler.running):
             engine.step()                                                                 # prefill all B
+        # the timed steps must decode all B at once (a short max_tokens once let the first sequences finish
+        # while the last still prefilled: "B64" ran ~20 rows)
+        assert len(engine.scheduler.running) == B, (len(engine.scheduler.running), B)
         times = []
         for _ in range(sz.steps):
             _sync(dev)
@@ -375,6 +384,10 @@ def _bench_ours(bench, model, sz, gen, label: str, fp8: bool, hf: dict, profiles
 
 def run(bench: Bench) -> None:
     on_gpu = bench.device.type == "cuda"
+    if on_gpu:
+        # engines of both precisions come and go beside a 63 GB model: without expandable segments the freed KV
+        # caches fragment the pool (FP8 engine after a profiled BF16 one: OOM with 55 GiB reserved but unused)
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
     sz = Sizes(on_gpu, bench.quick)
     cfg = NemotronHConfig.from_preset(sz.preset)
     dtype = torch.bfloat16 if on_gpu else torch.float32
