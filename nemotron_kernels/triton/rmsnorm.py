@@ -4,8 +4,8 @@ The rounding points are the reference's (reference/rmsnorm.py): the normalised r
 multiplied by the weight in x's dtype. Forward: one program per ROWS rows of whole [D] rows; it also writes
 rstd [n_rows] fp32 for the backward. Backward, with n = x * rstd and g = dout * w:
     dx = rstd * (g - n * mean(g * n)),   dw = sum_rows dout * round(n)
-one program per SM walks row blocks pid, pid + n_programs, ... and keeps its dw partial in registers; the launcher
-sums the [n_programs, D] fp32 partials. Row offsets are int64.
+one program per SM walks row blocks pid, pid + n_programs, ... (loading the next block while it computes one) and
+keeps its dw partial in registers; the launcher sums the [n_programs, D] fp32 partials. Row offsets are int64.
 
 Why a kernel at all: in plain torch the forward is ~6 elementwise/reduction kernels and the backward ~10; the model
 runs a norm before every one of its 52 mixers, so un-fused norms cost hundreds of launches per decode step and per
@@ -56,14 +56,23 @@ def _rmsnorm_bwd_kernel(
     col_ok = cols < dim
     w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(dx_ptr.dtype.element_ty).to(tl.float32)
     dw_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    rows = (pid * ROWS + tl.arange(0, ROWS)).to(tl.int64)
+    mask = (rows < n_rows)[:, None] & col_ok[None, :]
+    x_next = tl.load(x_ptr + rows[:, None] * stride_x_row + cols[None, :], mask=mask, other=0.0)
+    dout_next = tl.load(dout_ptr + rows[:, None] * stride_dout_row + cols[None, :], mask=mask, other=0.0)
+    rstd_next = tl.load(rstd_ptr + rows, mask=rows < n_rows, other=0.0)
     for block in range(pid, tl.cdiv(n_rows, ROWS), n_programs):
         rows = (block * ROWS + tl.arange(0, ROWS)).to(tl.int64)
-        row_ok = rows < n_rows
-        mask = row_ok[:, None] & col_ok[None, :]
-        x = tl.load(x_ptr + rows[:, None] * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        dout = tl.load(dout_ptr + rows[:, None] * stride_dout_row + cols[None, :], mask=mask,
-                       other=0.0).to(tl.float32)
-        rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
+        mask = (rows < n_rows)[:, None] & col_ok[None, :]
+        x = x_next.to(tl.float32)
+        dout = dout_next.to(tl.float32)
+        rstd = rstd_next
+        # the next block's loads fly while this one is computed (one program per SM: nothing else hides them)
+        nxt = ((block + n_programs) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
+        nxt_mask = (nxt < n_rows)[:, None] & col_ok[None, :]
+        x_next = tl.load(x_ptr + nxt[:, None] * stride_x_row + cols[None, :], mask=nxt_mask, other=0.0)
+        dout_next = tl.load(dout_ptr + nxt[:, None] * stride_dout_row + cols[None, :], mask=nxt_mask, other=0.0)
+        rstd_next = tl.load(rstd_ptr + nxt, mask=nxt < n_rows, other=0.0)
         n = x * rstd[:, None]
         dw_acc += tl.sum(dout * n.to(dx_ptr.dtype.element_ty).to(tl.float32), axis=0)
         g = dout * w[None, :]
@@ -77,6 +86,14 @@ def config(dim: int) -> dict:
     block_d = triton.next_power_of_2(dim)
     rows = max(1, min(16, 4096 // block_d))
     return {"BLOCK_D": block_d, "ROWS": rows, "num_warps": 8 if rows * block_d >= 4096 else 4}
+
+
+def bwd_config(dim: int) -> dict:
+    """The forward's tile with 8 elements per thread (up to 16 warps): the backward runs one program per SM, so
+    its warps and the prefetched block are all the memory parallelism it has (8 warps and no prefetch: 41% of
+    copy bandwidth on the H200, bench/NOTES.md 2026-11-29 session 4)."""
+    cfg = config(dim)
+    return {**cfg, "num_warps": max(1, min(16, cfg["ROWS"] * cfg["BLOCK_D"] // 256))}
 
 
 def rmsnorm_fwd_launch(x2, weight, out2, rstd, eps: float) -> None:
@@ -96,7 +113,7 @@ def rmsnorm_fwd_launch(x2, weight, out2, rstd, eps: float) -> None:
 def rmsnorm_bwd_launch(dout2, x2, weight, rstd, dx2, sm_count: int):
     """dout2, x2 [n_rows, D] (unit last stride), dx2 [n_rows, D] contiguous -> dw partials [n_programs, D] fp32."""
     n_rows, dim = x2.shape
-    cfg = config(dim)
+    cfg = bwd_config(dim)
     n_programs = max(1, min(sm_count, triton.cdiv(n_rows, cfg["ROWS"])))
     dw_partial = torch.zeros((n_programs, dim), dtype=torch.float32, device=x2.device)
     if n_rows == 0:
@@ -104,7 +121,7 @@ def rmsnorm_bwd_launch(dout2, x2, weight, rstd, dx2, sm_count: int):
     assert dout2.stride(1) == 1 and x2.stride(1) == 1 and dx2.is_contiguous(), "rmsnorm: unit last strides"
     _rmsnorm_bwd_kernel[(n_programs,)](
         dout2, x2, weight, rstd, dx2, dw_partial, n_rows, dim, dout2.stride(0), x2.stride(0),
-        BLOCK_D=cfg["BLOCK_D"], ROWS=cfg["ROWS"], num_warps=cfg["num_warps"])
+        BLOCK_D=cfg["BLOCK_D"], ROWS=cfg["ROWS"], num_warps=cfg["num_warps"], num_stages=1)
     return dw_partial
 
 
@@ -122,4 +139,4 @@ def aot_compile_all():
                "dx_ptr": f"*{dtype}", "dw_partial_ptr": "*fp32", "n_rows": "i32", "dim": "i32",
                "stride_dout_row": "i64", "stride_x_row": "i64"}
         yield (f"rmsnorm_bwd {dtype} D={dim}",
-               aot_compile(_rmsnorm_bwd_kernel, bwd, consts, num_warps=cfg["num_warps"], num_stages=1))
+               aot_compile(_rmsnorm_bwd_kernel, bwd, consts, num_warps=bwd_config(dim)["num_warps"], num_stages=1))
