@@ -11,7 +11,8 @@ it writes o_part (normalised over its split) and lse_part (log2 domain), and gqa
 Token t of sequence b lives in page block_table[b, t // PAGE_SIZE], row t % PAGE_SIZE. Query i of Sq (the last
 Sq positions) sees tokens <= seq_len - Sq + i.
 
-FP8 caches (e4m3) are widened to q's dtype in registers; their descales scale the scores (k) and the output (v).
+FP8 caches (e4m3) are widened in registers to q's dtype, or to fp16 (q too) when q is bf16; their descales scale the
+scores (k) and the output (v).
 
 Shapes: q [B, Sq, Hq, D]; k_cache, v_cache [num_blocks, PAGE_SIZE, Hkv, D] (q's dtype or fp8 e4m3); block_table [B, max_blocks] int32/64;
 seq_lens [B] int32/64; o [B, Sq, Hq, D]; o_part [num_splits, B, Sq*Hq, D] fp32; lse_part [num_splits, B, Sq*Hq].
@@ -111,6 +112,12 @@ def _gqa_decode_split_kernel(
         hq = hkv * GROUP + head
         q_rows = b.to(tl.int64) * stride_qb + pos.to(tl.int64) * stride_qs + hq * stride_qh
         q = tl.load(Q + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)        # [BM, D]
+        if (K.dtype.element_ty == tl.float8e4nv) & (Q.dtype.element_ty == tl.bfloat16):
+            # FP8 caches with a bf16 q compute in fp16: e4m3 widens to fp16 in one cvt per pair of elements, and
+            # to bf16 through one more cvt per element (20% of the loop's instructions in the sm_90a PTX; FP8 KV
+            # decoded no faster than BF16 KV: bench/NOTES.md, session 4). fp16 holds every e4m3 value exactly and
+            # has more mantissa than bf16; q is clamped into its range (queries are far below 65504).
+            q = tl.clamp(q.to(tl.float32), -65504.0, 65504.0).to(tl.float16)
 
         shift = seq_len - seqlen_q                   # query at pos sees tokens <= pos + shift
         n_end = tl.minimum(n_start + split_len, seq_len)
