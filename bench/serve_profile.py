@@ -10,8 +10,10 @@ benchmark's JSON rows (row["profile"]); BENCH_SERVE_PROFILE_TRACES=DIR also keep
 Attribution. Kernels are classified by their own names and the host ops and annotations that launched them. The
 profiled steps run with labels the engine does not have otherwise (record_function around the Mamba in/out
 projections, the attention projections and the rest of each mixer, the shared expert's FP8 linears, the norms, the
-lm_head, sampling and FP8 activation quantisation); with record_shapes, the one-group grouped GEMMs of the BF16
-MoE are told apart as the shared expert.
+lm_head, sampling, FP8 activation quantisation, and the MoE's one-group grouped GEMMs: the shared expert). Our MoE
+and router kernels are then known by their own names, before generic host context (the MoE module, GEMM ops): eager
+calls bypass the custom ops (_kernel_op.py), so the MoE module is all the context they have, and an unmatched graph
+replay has none.
 
 CUDA graphs. Decode is profiled twice: (1) as the engine runs it (graph replays: the honest busy / idle split and
 wall time), (2) with the same captured graph bodies run eagerly (_DecodeGraph.run: the same function on the same
@@ -33,6 +35,7 @@ import torch
 from torch.autograd.profiler import record_function
 
 import model.serve.fp8 as fp8_module
+import nemotron_kernels.ops.moe_experts as moe_module
 from training.profile import (
     device_events,
     format_summary,
@@ -46,16 +49,21 @@ SHARED = "serve/shared_expert"
 # (category, lower-case substrings of kernel / op / annotation names); the first category (in this order) with a
 # key in any of the names wins. The serve/... names are the labels put on for profiling (see label_of).
 SERVE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
+    # labels that say more than the kernel's name: the FP8 quantise kernel also serves the projections, the grouped
+    # GEMM / GEMV kernels also run the shared expert
     ("sampling", ("serve/sampling",)),
     ("lm_head", ("serve/lm_head",)),
     ("fp8 activation quantise (projections)", ("serve/fp8_quantize",)),
-    ("router (fp32 gate, top-k)", ("moe_router",)),
     ("moe shared expert", (SHARED,)),
+    # our MoE and router kernels by their own names, before any host context ("serve/moe", a GEMM op) claims them
+    ("router (fp32 gate, top-k)", ("moe_router", "nk::router::")),
     ("moe permute / unpermute / quantise", ("moe_permute", "moe_unpermute", "quantize_fp8", "quantize_rows_fp8",
                                             "rank_in_chunk", "expert_offsets_kernel", "assign_rows", "gather_rows",
                                             "unpermute", "zero_fill_kernel")),
+    # groupproblemshape: the CUTLASS grouped GEMM, whose (often mangled) name has no "grouped_gemm" in it
     ("moe routed experts (grouped GEMM / GEMV)", ("grouped_gemm", "grouped_gemv", "moe_experts", "build_group_args",
-                                                  "zero_empty_groups", "grouped_mm")),
+                                                  "zero_empty_groups", "grouped_mm", "groupproblemshape")),
+    # host context, then generic kernel names
     ("mamba in_proj", ("serve/mamba.in_proj",)),
     ("mamba out_proj", ("serve/mamba.out_proj",)),
     ("ssd scan / state update", ("ssd_scan", "ssd_state_update", "_ssd_", "chunk_scan", "chunk_state",
@@ -116,10 +124,21 @@ def labels(engine):
     runner = engine.runner
     handles = label_modules(runner.model, label_of)
     sampler, quantize = runner.sampler, fp8_module.quantize_rows
+    gemms = moe_module.grouped_gemm_nt, moe_module.grouped_gemm_fp8_nt
 
     def quantize_rows(*args, **kw):
         with record_function("serve/fp8_quantize"):
             return quantize(*args, **kw)
+
+    def shared(gemm, b_arg):
+        """gemm with its one-group calls (b of shape [1, N, K]: the shared expert inside moe_experts /
+        moe_experts_fp8) under the shared-expert label: the same kernels run the routed experts."""
+        def call(*args):
+            if args[b_arg].shape[0] != 1:
+                return gemm(*args)
+            with record_function(SHARED):
+                return gemm(*args)
+        return call
 
     def body(g):
         run = g.run
@@ -130,6 +149,7 @@ def labels(engine):
         return labelled
 
     runner.sampler, fp8_module.quantize_rows = _LabelledSampler(sampler), quantize_rows
+    moe_module.grouped_gemm_nt, moe_module.grouped_gemm_fp8_nt = shared(gemms[0], 1), shared(gemms[1], 2)
     for g in runner.graphs.values():
         g.run = body(g)
     try:
@@ -138,6 +158,7 @@ def labels(engine):
         for g in runner.graphs.values():
             g.__dict__.pop("run", None)
         runner.sampler, fp8_module.quantize_rows = sampler, quantize
+        moe_module.grouped_gemm_nt, moe_module.grouped_gemm_fp8_nt = gemms
         for h in handles:
             h.remove()
 
@@ -162,8 +183,7 @@ def record(step, n: int, device: torch.device) -> dict:
     from torch.profiler import ProfilerActivity, profile, schedule
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    prof = profile(activities=activities, schedule=schedule(wait=0, warmup=1, active=n, repeat=1),
-                   record_shapes=True)
+    prof = profile(activities=activities, schedule=schedule(wait=0, warmup=1, active=n, repeat=1))
     if cuda:
         torch.cuda.synchronize(device)
     prof.start()
@@ -178,19 +198,6 @@ def record(step, n: int, device: torch.device) -> dict:
         prof.export_chrome_trace(path)
         with open(path) as f:
             return json.load(f)
-
-
-def mark_shared_gemms(trace: dict) -> None:
-    """Host events of one-group grouped GEMMs (b of shape [1, N, K]: the shared expert inside moe_experts /
-    moe_experts_fp8) renamed "serve/shared_expert <op>" (needs record_shapes)."""
-    b_arg = {"nemotron_kernels::grouped_gemm_nt": 1, "nemotron_kernels::grouped_gemm_fp8_nt": 2}
-    for e in trace.get("traceEvents", []):
-        name = e.get("name", "")
-        if e.get("ph") == "X" and name in b_arg:
-            dims = e.get("args", {}).get("Input Dims") or []
-            b = dims[b_arg[name]] if len(dims) > b_arg[name] else None
-            if b and len(b) == 3 and b[0] == 1:
-                e["name"] = f"{SHARED} {name}"
 
 
 def attach_graph_labels(graph_trace: dict, eager_trace: dict) -> dict:
@@ -233,7 +240,6 @@ def _keep(trace: dict, name: str) -> str | None:
 
 
 def _summary(trace: dict, device: torch.device, title: str, tokens: int, **extra) -> dict:
-    mark_shared_gemms(trace)
     s = summarize_trace(trace, device.type, top=12, categories=SERVE_CATEGORIES)
     s.update(title=title, tokens_per_step=tokens, **extra)
     text = format_summary(s)
@@ -272,7 +278,6 @@ def profile_decode(engine, B: int, n: int, label: str, device: torch.device, wha
             eager_trace = record(lambda k: engine.step(), n, device)
     how = "graph bodies run eagerly" if engine.runner.graphs else "eager (no CUDA graphs: " \
         f"{engine.runner.cuda_graph_status})"
-    mark_shared_gemms(eager_trace)                     # before its context goes to the graph kernels
     if graph_trace is not None:
         match = attach_graph_labels(graph_trace, eager_trace)
         if match["replays"] == 0:

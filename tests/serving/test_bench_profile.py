@@ -1,17 +1,21 @@
-"""BENCH_SERVE_PROFILE=1 (bench/serve_profile.py): the CPU smoke run end to end, and on synthetic CUDA traces the
-two things a CPU cannot show: kernels inside CUDA-graph replays taking over the host context of the eager graph body,
-and the one-group grouped GEMMs of the BF16 MoE counted as the shared expert."""
+"""BENCH_SERVE_PROFILE=1 (bench/serve_profile.py): the CPU smoke run end to end, and on synthetic CUDA traces what a
+CPU cannot show: kernels inside CUDA-graph replays taking over the host context of the eager graph body, our MoE
+kernels known by their names under any host context, and the one-group grouped GEMMs of the MoE counted as the
+shared expert."""
 import json
+from types import SimpleNamespace
 
 import pytest
+import torch
 
+import nemotron_kernels.ops.moe_experts as moe_module
 from bench.serve_profile import (
     GRAPH_BODY,
     SERVE_CATEGORIES,
     SHARED,
     attach_graph_labels,
     label_of,
-    mark_shared_gemms,
+    labels,
 )
 from model.config import NemotronHConfig
 from model.nemotron_h import build_model
@@ -120,18 +124,63 @@ def test_graph_replays_the_profiler_cannot_see_into_are_reported_as_such():
     assert attach_graph_labels(graph, _eager_trace())["replays"] == 0
 
 
-def test_one_group_grouped_gemms_are_the_shared_expert():
-    ev = [_x("ProfilerStep#1", "user_annotation", 0, 100),
-          _x("nemotron_kernels::grouped_gemm_nt", "cpu_op", 1, 5, **{"Input Dims": [[1, 64], [8, 32, 64], [9], []]}),
-          _x("cudaLaunchKernel", "cuda_runtime", 2, 1, correlation=1),
-          _x("nemotron_kernels::grouped_gemm_nt", "cpu_op", 10, 5, **{"Input Dims": [[1, 64], [1, 96, 64], [2], []]}),
-          _x("cudaLaunchKernel", "cuda_runtime", 11, 1, correlation=2),
-          _x("nemotron_kernels::grouped_gemm_fp8_nt", "cpu_op", 20, 5,
-             **{"Input Dims": [[1, 64], [1], [1, 96, 64], [1, 96], [2], []]}),
-          _x("cudaLaunchKernel", "cuda_runtime", 21, 1, correlation=3)]
-    ev += [_x("grouped_gemv_nt_kernel", "kernel", 30 + 10 * c, 10, pid=0, tid=7, correlation=c) for c in (1, 2, 3)]
-    trace = {"traceEvents": ev}
-    mark_shared_gemms(trace)
+# names as the H200's profiler reports them (the CUTLASS grouped GEMM mangled, without "grouped_gemm" in it)
+CUTLASS = ("_ZN7cutlass13device_kernelINS_4gemm6kernel13GemmUniversalINS1_17GroupProblemShapeIN4cute5tupleIJiiiEEEEENS1_"
+           "10collective13CollectiveMmaINS1_46MainloopSm90TmaGmmaWarpSpecializedPingpongE")
+GEMV = "void nk::moe::(anonymous namespace)::grouped_gemv_nt_kernel<__nv_bfloat16, 4>(...)"
+ARGS = "void nk::moe::sm90::build_group_args_kernel<128>(nk::moe::GroupedGemmParams, nk::moe::sm90::GroupArrays<128>)"
+QUANT = "void nk::moe::(anonymous namespace)::quantize_rows_fp8_kernel<__nv_bfloat16>(...)"
+GATHER = "void nk::moe::(anonymous namespace)::gather_rows_kernel<uint4>(...)"
+ROUTER = "void nk::router::(anonymous namespace)::moe_router_kernel<4>(nk::router::RouterArgs, long, int, bool)"
+ROUTED, PERMUTE = "moe routed experts (grouped GEMM / GEMV)", "moe permute / unpermute / quantise"
+
+
+def _launches(kernels):
+    """One step of 1000 us: each (kernel, host ops innermost first) launched in turn, 10 us each on the GPU."""
+    ev = [_x("ProfilerStep#1", "user_annotation", 0, 1000)]
+    for j, (kernel, ops) in enumerate(kernels):
+        t = 2 + 20 * j
+        ev += [_x(op, "user_annotation" if op.startswith("serve/") else "cpu_op", t + 0.1 * d, 10 - d)
+               for d, op in enumerate(reversed(ops))]
+        ev += [_x("cudaLaunchKernelExC", "cuda_runtime", t + 5, 1, correlation=j + 1),
+               _x(kernel, "kernel", 500 + 10 * j, 10, pid=0, tid=7, correlation=j + 1)]
+    return {"traceEvents": ev}
+
+
+def test_our_moe_kernels_are_known_by_name_under_any_host_context():
+    # eager: our ops bypass the dispatcher, so a MoE kernel's host context is the MoE module (or a wrong one)
+    trace = _launches([(ARGS, ["serve/moe"]), (CUTLASS, ["serve/moe"]), (CUTLASS, ["aten::mm", "serve/moe"]),
+                       (GEMV, ["serve/mamba.in_proj"]), (GATHER, ["serve/moe"]), (QUANT, ["serve/moe"]),
+                       (ROUTER, ["serve/moe"]), (CUTLASS, [SHARED, "serve/moe"]),
+                       (QUANT, ["serve/fp8_quantize", "serve/mamba.in_proj", "serve/mamba"]),
+                       ("nvjet_tst_64x8", ["aten::mm", "serve/moe"])])
     cats = summarize_trace(trace, "cuda", categories=SERVE_CATEGORIES)["categories_ms_per_step"]
-    assert cats["moe routed experts (grouped GEMM / GEMV)"] == pytest.approx(0.010)
-    assert cats["moe shared expert"] == pytest.approx(0.020)
+    assert cats[ROUTED] == pytest.approx(0.040) and cats[PERMUTE] == pytest.approx(0.020)
+    assert cats["router (fp32 gate, top-k)"] == pytest.approx(0.010)
+    assert cats["moe shared expert"] == pytest.approx(0.010)                      # its label beats the name
+    assert cats["fp8 activation quantise (projections)"] == pytest.approx(0.010)  # the same quantise kernel
+    assert cats["moe other (casts, adds)"] == pytest.approx(0.010)                # a generic GEMM: host context
+    assert "other GEMMs" not in cats and "mamba in_proj" not in cats
+
+
+def test_unmatched_graph_replays_still_know_our_moe_kernels():
+    graph = _graph_trace([[CUTLASS, GEMV, ROUTER, "nvjet_tst_64x8"]])
+    assert attach_graph_labels(graph, _eager_trace())["matched"] == 0
+    cats = summarize_trace(graph, "cuda", categories=SERVE_CATEGORIES)["categories_ms_per_step"]
+    assert cats[ROUTED] == pytest.approx(0.020) and cats["router (fp32 gate, top-k)"] == pytest.approx(0.010)
+    assert cats["other GEMMs"] == pytest.approx(0.010)                            # the nvjet GEMM only
+
+
+def test_one_group_grouped_gemms_run_as_the_shared_expert(monkeypatch):
+    def gemm(*args):                                   # stands for the kernel entry: its ops get the caller's labels
+        return torch.ones(1)
+    monkeypatch.setattr(moe_module, "grouped_gemm_nt", gemm)
+    monkeypatch.setattr(moe_module, "grouped_gemm_fp8_nt", gemm)
+    engine = SimpleNamespace(runner=SimpleNamespace(model=torch.nn.Linear(2, 2), sampler=None, graphs={}))
+    a, offsets = torch.zeros(4, 8), torch.zeros(2, dtype=torch.int32)
+    with labels(engine), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        moe_module.grouped_gemm_nt(a, torch.zeros(8, 16, 8), offsets, True)            # routed: 8 experts
+        moe_module.grouped_gemm_nt(a, torch.zeros(1, 16, 8), offsets, True)            # shared: one group
+        moe_module.grouped_gemm_fp8_nt(a, a[:, 0], torch.zeros(1, 16, 8), torch.zeros(1, 16), offsets, False)
+    assert sum(e.name == SHARED for e in prof.events()) == 2
+    assert moe_module.grouped_gemm_nt is gemm and moe_module.grouped_gemm_fp8_nt is gemm     # put back
