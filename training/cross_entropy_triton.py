@@ -92,17 +92,12 @@ def cross_entropy_grad_launch(logits: torch.Tensor, labels: torch.Tensor, loss_r
 
 def cross_entropy_grad_ref(logits: torch.Tensor, labels: torch.Tensor, grad_dtype: torch.dtype | None):
     """The kernel in PyTorch (loss.py's reference expressions): logits [n, V] float, labels [n] ->
-    (loss_rows [n] in logits' dtype, grad [n, V] in grad_dtype or None)."""
-    valid = labels != IGNORE_INDEX                                                      # [n]
-    y_safe = torch.where(valid, labels, 0)
-    lse = torch.logsumexp(logits, dim=-1)                                               # [n]
-    target = logits.gather(1, y_safe[:, None])[:, 0]                                    # [n]
-    loss_rows = torch.where(valid, lse - target, 0.0)
-    if grad_dtype is None:
+    (loss_rows [n] in logits' dtype, grad [n, V] in grad_dtype with zero IGNORE_INDEX rows, or None)."""
+    from .loss import cross_entropy_rows_
+    loss_rows, grad = cross_entropy_rows_(logits.clone(), labels, grad_dtype is not None)
+    if grad is None:
         return loss_rows, None
-    grad = (logits - lse[:, None]).exp()
-    grad.scatter_add_(1, y_safe[:, None], torch.full_like(lse[:, None], -1.0))
-    return loss_rows, (grad * valid[:, None]).to(grad_dtype)
+    return loss_rows, (grad * (labels != IGNORE_INDEX)[:, None]).to(grad_dtype)
 
 
 def aot_compile_all():

@@ -51,6 +51,22 @@ def _kernels():
     return kernel_module("cross_entropy_triton", package="training")
 
 
+def cross_entropy_rows_(logits: torch.Tensor, labels: torch.Tensor, grad: bool):
+    """The reference expressions of one chunk: logits [n, V] float (overwritten by the gradient when grad),
+    labels [n] -> (loss_rows [n], softmax - onehot(label) [n, V] in logits' storage or None). Rows labelled
+    IGNORE_INDEX get a zero loss; their gradient rows are not masked here (the caller masks [n, H] operands)."""
+    valid = labels != IGNORE_INDEX                                                      # [n]
+    y_safe = torch.where(valid, labels, 0)
+    lse = torch.logsumexp(logits, dim=-1)                                               # [n]
+    target = logits.gather(1, y_safe[:, None])[:, 0]                                    # [n]
+    loss_rows = torch.where(valid, lse - target, 0.0)
+    if not grad:
+        return loss_rows, None
+    g = logits.sub_(lse[:, None]).exp_()                                                # softmax, in place [n, V]
+    g.scatter_add_(1, y_safe[:, None], torch.full_like(lse[:, None], -1.0))
+    return loss_rows, g
+
+
 def _logits_fp32(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """h [n, H] @ weight [V, H]^T -> [n, V] fp32. CUDA BF16/FP16: the GEMM writes its fp32 accumulators."""
     if h.is_cuda and _MM_OUT_DTYPE and weight.dtype in (torch.bfloat16, torch.float16):
@@ -109,18 +125,13 @@ class ChunkedCrossEntropyFn(torch.autograd.Function):
         for a in range(0, T, chunk_rows):
             h = hidden[a:a + chunk_rows]                                                # [n, H]
             y = labels[a:a + chunk_rows]                                                # [n]
-            valid = y != IGNORE_INDEX                                                   # [n]
-            y_safe = torch.where(valid, y, 0)
             logits = (h.to(weight.dtype) @ weight.T).to(cdtype)                          # [n, V] fp32
-            lse = torch.logsumexp(logits, dim=-1)                                       # [n]
-            target = logits.gather(1, y_safe[:, None])[:, 0]                            # [n]
-            loss += torch.where(valid, lse - target, 0.0).sum()
-            if need_h or need_w:
-                grad_logits = logits.sub_(lse[:, None]).exp_()                          # softmax, in place [n, V]
-                grad_logits.scatter_add_(1, y_safe[:, None], torch.full_like(lse[:, None], -1.0))
+            loss_rows, grad_logits = cross_entropy_rows_(logits, y, need_h or need_w)   # [n], [n, V] or None
+            loss += loss_rows.sum()
+            if grad_logits is not None:
                 g = grad_logits.to(weight.dtype)
                 # rows without a label get no gradient: masked in the [n, H] operands, not in the [n, V] logits
-                keep = valid[:, None]                                                   # [n, 1]
+                keep = (y != IGNORE_INDEX)[:, None]                                     # [n, 1]
                 if need_h:
                     grad_h[a:a + chunk_rows] = ((g @ weight) * keep).to(hidden.dtype)   # [n, H]
                 if need_w:
