@@ -97,10 +97,16 @@ class FP8Linear(nn.Module):
         self.register_buffer("weight", weight_fp8)                                # [N, K] e4m3
         self.register_buffer("weight_scale", weight_scale.float().reshape(()))    # scalar
         self.register_buffer("input_scale", None if input_scale is None else input_scale.float().reshape(()))
-        self.register_buffer("_scale_b", self.weight_scale.expand(1, self.out_features).contiguous(),
-                             persistent=False)                                    # [1, N] for row-wise GEMMs
         self.out_dtype = out_dtype
         self.force_reference = False   # test hook: the dequantised path on any device
+        self._derive_scales()
+        self.register_load_state_dict_post_hook(lambda module, _: module._derive_scales())
+
+    def _derive_scales(self) -> None:
+        """The weight scale as the [1, N] vector row-wise GEMMs take (not saved; re-derived after a state-dict
+        load, so a loaded scale never meets a stale copy)."""
+        self.register_buffer("_scale_b", self.weight_scale.expand(1, self.out_features).contiguous(),
+                             persistent=False)                                    # [1, N]
 
     @classmethod
     def from_linear(cls, linear: nn.Module) -> "FP8Linear":
@@ -149,19 +155,20 @@ class FP8MoE(nn.Module):
         self.register_buffer("up_input_scale", None if up_input_scale is None else up_input_scale.float().reshape(()))
         self.register_buffer("down_input_scale",
                              None if down_input_scale is None else down_input_scale.float().reshape(()))
-        self.register_buffer("_up_scale_b", self.up_scale[:, None].expand(E, I).contiguous(), persistent=False)
-        self.register_buffer("_down_scale_b", self.down_scale[:, None].expand(E, H).contiguous(), persistent=False)
         self.shared_up = shared_up if shared_up is not None else FP8Linear.from_linear(moe.shared_experts.up_proj)
         self.shared_down = shared_down if shared_down is not None else \
             FP8Linear.from_linear(moe.shared_experts.down_proj)
         self.out_dtype = self.shared_up.out_dtype
-        # the shared expert inside moe_experts_fp8 (GPU, dynamic activation scales): its per-tensor weight scales
-        # as the per-channel vectors the kernels take
-        self.register_buffer("_shared_up_scale_c", self.shared_up.weight_scale.expand(
-            self.shared_up.out_features).contiguous(), persistent=False)         # [Is]
-        self.register_buffer("_shared_down_scale_c", self.shared_down.weight_scale.expand(
-            self.shared_down.out_features).contiguous(), persistent=False)       # [H]
         self.force_reference = False   # test hook: the dequantised path on any device
+        self._derive_scales()
+        self.register_load_state_dict_post_hook(lambda module, _: module._derive_scales())
+
+    def _derive_scales(self) -> None:
+        """Per-expert scales as the per-channel [E, N] matrices the grouped GEMMs take (not saved; re-derived
+        after a state-dict load)."""
+        (E, I, H) = self.up.shape
+        self.register_buffer("_up_scale_b", self.up_scale[:, None].expand(E, I).contiguous(), persistent=False)
+        self.register_buffer("_down_scale_b", self.down_scale[:, None].expand(E, H).contiguous(), persistent=False)
 
     @classmethod
     def from_moe(cls, moe: nn.Module) -> "FP8MoE":
@@ -198,9 +205,10 @@ class FP8MoE(nn.Module):
                 # one pipeline: x quantised once, the shared expert's GEMMs (GEMV at decode sizes) beside the
                 # routed ones, relu^2 fused, its output added in the unpermute (round(routed) + shared, rounded:
                 # the arithmetic of the unfused path below)
+                # the shared expert's per-tensor weight scales as the per-channel vectors the kernels take
                 y = moe_experts_fp8(x2, topk_idx, topk_weight, self.up, self._up_scale_b, self.down,
-                                    self._down_scale_b, self.shared_up.weight, self._shared_up_scale_c,
-                                    self.shared_down.weight, self._shared_down_scale_c)
+                                    self._down_scale_b, self.shared_up.weight, self.shared_up._scale_b[0],
+                                    self.shared_down.weight, self.shared_down._scale_b[0])
                 return y.to(x.dtype).view_as(x)
             routed = moe_experts_fp8(x2, topk_idx, topk_weight, self.up, self._up_scale_b, self.down,
                                      self._down_scale_b).float()

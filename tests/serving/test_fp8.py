@@ -158,15 +158,13 @@ def test_dynamic_row_quantisation_is_the_kernels_reference():
 
 
 def test_shared_expert_joins_the_routed_fp8_pipeline_only_with_dynamic_scales(fp32_tiny):
-    """On a GPU the shared expert runs inside moe_experts_fp8 (its per-tensor weight scales as per-channel
-    vectors) unless a checkpoint gave it static input scales, which only its FP8Linears apply."""
+    """On a GPU the shared expert runs inside moe_experts_fp8 unless a checkpoint gave it static input scales,
+    which only its FP8Linears apply."""
     q = build_model(fp32_tiny, dtype=torch.float32, backend="reference", seed=3).eval()
     quantize_model_fp8(q)
     moe = q.layers[2].mixer
     assert moe._shared_fused()
-    assert torch.equal(moe._shared_up_scale_c, moe.shared_up.weight_scale.expand(moe.shared_up.out_features))
-    assert moe._shared_down_scale_c.shape == (fp32_tiny.hidden_size,)
-    assert not any(k.startswith("_shared") for k in moe.state_dict())       # not written to checkpoints
+    assert not any(k.rsplit(".", 1)[-1].startswith("_") for k in moe.state_dict())  # derived: not in checkpoints
     moe.shared_down.input_scale = torch.tensor(0.5)
     assert not moe._shared_fused()
 
@@ -198,3 +196,17 @@ def test_gpu_fp8_engine_captures_its_decode_graphs(byte_tokenizer):
     # the first decode step (the prefill before it is eager in both) runs the same kernels on the same 4 rows:
     # the same greedy tokens (later steps may part at a near-tie, as any two numerically different runs may)
     assert [t[:2] for t in tokens[True]] == [t[:2] for t in tokens[False]], tokens
+
+
+def test_derived_scales_follow_a_state_dict_load(fp32_tiny):
+    """The per-channel scale copies the GPU GEMMs take are re-derived when a state dict brings new scales."""
+    q = build_model(fp32_tiny, dtype=torch.float32, backend="reference", seed=3).eval()
+    quantize_model_fp8(q)
+    moe = q.layers[2].mixer
+    state = {k: v.clone() for k, v in moe.state_dict().items()}
+    state["up_scale"] = state["up_scale"] * 2
+    state["shared_up.weight_scale"] = state["shared_up.weight_scale"] * 3
+    moe.load_state_dict(state)
+    E, I, _ = moe.up.shape
+    assert torch.equal(moe._up_scale_b, state["up_scale"][:, None].expand(E, I))
+    assert torch.equal(moe.shared_up._scale_b, state["shared_up.weight_scale"].expand(1, moe.shared_up.out_features))
