@@ -1,6 +1,7 @@
 """Public op `moe_router`: NemotronH's sigmoid MoE gate (see reference/moe_router.py for the math).
 
-Layers: custom ops `nemotron_kernels::moe_router_logits` (fp32 GEMM, never TF32) -> `::moe_router_fused`
+Layers: custom ops `nemotron_kernels::moe_router_logits` (fp32 logits, never TF32: SGEMM, or from many bf16 tokens
+three exact bf16 pieces of the weight on tensor cores) -> `::moe_router_fused`
 (sigmoid, +bias, group-limited top-k, renormalise, scale, counts: the CUDA kernel for CUDA tensors, the C++
 kernel for CPU tensors, the reference for float64 or without the extension) -> `MoeRouterFn` (autograd:
 topk_weight is differentiable in x and weight; backward GEMMs in `::moe_router_logits_backward`)
@@ -58,9 +59,40 @@ def _use_kernel(logits: torch.Tensor) -> bool:
             and _cuda_kernel_ok())
 
 
+# From this many tokens, CUDA bf16 x with fp32 weights takes the logits from bf16 tensor cores (split_bf16x3)
+# instead of cuBLAS's fp32 SGEMM on CUDA cores (0.36 ms of the 0.38 ms router at T = 16384 on the H200,
+# bench/NOTES.md); below it the split's few small kernels cost about what the SGEMM takes.
+SPLIT_GEMM_MIN_TOKENS = 2048
+# aten::mm.dtype (bf16 operands -> fp32 output) exists on CUDA from torch 2.8
+_MM_OUT_DTYPE = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 8)
+
+
+def split_bf16x3(weight: torch.Tensor) -> torch.Tensor:
+    """weight [E, Hd] fp32 -> [3E, Hd] bf16 pieces (lo; mid; hi) with hi + mid + lo == weight exactly: each piece
+    rounds what the larger ones left, 8 significant bits at a time, and 3 x 8 bits hold fp32's 24."""
+    hi = weight.to(torch.bfloat16)
+    rest = weight - hi.float()                                                  # exact in fp32
+    mid = rest.to(torch.bfloat16)
+    lo = (rest - mid.float()).to(torch.bfloat16)                                # <= 8 significant bits left: exact
+    return torch.cat([lo, mid, hi])
+
+
+def _logits_bf16x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [T, Hd] bf16, weight [E, Hd] fp32 -> [T, E] fp32 = x W^T to fp32 accuracy on tensor cores: bf16 x bf16
+    products are exact and accumulate in fp32, one GEMM over the three pieces, summed smallest first. Not bitwise
+    the SGEMM's rounding (a different summation), so a near-tie of two experts' scores may break either way."""
+    E = weight.shape[0]
+    parts = torch.mm(x, split_bf16x3(weight).t(), out_dtype=torch.float32)       # [T, 3E]: lo, mid, hi
+    return (parts[:, :E] + parts[:, E:2 * E]) + parts[:, 2 * E:]
+
+
 @kernel_op("nemotron_kernels::moe_router_logits", mutates_args=())
 def moe_router_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x [T, Hd], weight [E, Hd] -> logits [T, E] fp32 (fp64 for fp64 x); cuBLAS without TF32."""
+    """x [T, Hd], weight [E, Hd] -> logits [T, E] fp32 (fp64 for fp64 x), never TF32: cuBLAS SGEMM, or for
+    CUDA bf16 x with fp32 weights and T >= SPLIT_GEMM_MIN_TOKENS the exact bf16 x 3 split (_logits_bf16x3)."""
+    if (x.is_cuda and x.dtype == torch.bfloat16 and weight.dtype == torch.float32 and _MM_OUT_DTYPE
+            and x.shape[0] >= SPLIT_GEMM_MIN_TOKENS):
+        return _logits_bf16x3(x, weight)
     cdtype = _compute_dtype(x.dtype)
     with _fp32_matmul_ieee(x.device.type):
         return torch.matmul(x.to(cdtype), weight.to(cdtype).t())

@@ -336,10 +336,38 @@ def test_cuda_ties_and_nan():
             torch.testing.assert_close(a.cpu(), b, rtol=0, atol=0, equal_nan=True)
 
 
+def _assert_valid_topk(idx, keys64, tol):
+    """idx [T, k] is a top-k of keys64 [T, E] (float64 selection keys) up to tol: distinct experts, in descending
+    order, none left out that beats a chosen one by more than tol. What a router computing its logits to fp32
+    accuracy in another summation order than the reference's can promise (near-ties may break either way)."""
+    idx = idx.long()
+    T, k = idx.shape
+    assert (idx.sort(1).values.diff(dim=1) > 0).all(), "an expert chosen twice"
+    chosen = keys64.gather(1, idx)                                                       # [T, k]
+    assert (chosen[:, :-1] >= chosen[:, 1:] - tol).all(), "not in descending order"
+    left_out = keys64.scatter(1, idx, float("-inf")).max(1).values                       # [T]
+    assert (chosen[:, -1] >= left_out - tol).all(), "a left-out expert beats a chosen one"
+
+
+def test_split_bf16x3_is_exact():
+    """The three bf16 pieces of an fp32 weight sum back to it exactly, over fp32's whole exponent range."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 96, generator=g) * torch.exp2(torch.randint(-100, 100, (64, 96), generator=g).float())
+    w[0, :4] = torch.tensor([0.0, -0.0, 1.0, -3.0])
+    pieces = router_ops.split_bf16x3(w)
+    assert pieces.dtype == torch.bfloat16 and pieces.shape == (192, 96)
+    lo, mid, hi = pieces.double().chunk(3)
+    assert torch.equal(lo + mid + hi, w.double())
+    assert torch.equal((lo.float() + mid.float()) + hi.float(), w)
+
+
 @pytest.mark.cuda
 @needs_ext
-@pytest.mark.parametrize("ntokens", [1, 64, 16384])
+@pytest.mark.parametrize("ntokens", [1, 64, 4096, 16384])
 def test_cuda_public_op_nemotron_shape(ntokens):
+    """Below SPLIT_GEMM_MIN_TOKENS the logits are the reference's SGEMM and the indices equal it bit for bit; from
+    it on they come from the exact bf16 x 3 split: a valid top-k within fp32 rounding of the logits, equal to the
+    reference but for near-ties, and weights to the DESIGN rule."""
     g = torch.Generator().manual_seed(ntokens)
     hidden, nexperts, top_k = 2688, 128, 6
     x = torch.randn(ntokens, hidden, generator=g).to(torch.bfloat16).cuda()
@@ -347,9 +375,32 @@ def test_cuda_public_op_nemotron_shape(ntokens):
     bias = (0.05 * torch.randn(nexperts, generator=g)).cuda()
     idx, topk_weight, counts = moe_router(x, weight, bias, top_k, 2.5)
     idx_ref, weight_ref, counts_ref = moe_router_ref(x, weight, bias, top_k, 2.5)
-    assert torch.equal(idx, idx_ref) and torch.equal(counts, counts_ref)
+    assert torch.equal(counts.long(), torch.bincount(idx.flatten().long(), minlength=nexperts))
     assert counts.sum().item() == ntokens * top_k
-    _assert_weights(topk_weight, idx, x.float() @ weight.t(), weight_ref, 2.5)
+    if ntokens < router_ops.SPLIT_GEMM_MIN_TOKENS:
+        assert torch.equal(idx, idx_ref) and torch.equal(counts, counts_ref)
+    else:
+        keys64 = torch.sigmoid(x.double() @ weight.double().t()) + bias.double()        # [T, E]
+        _assert_valid_topk(idx, keys64, tol=1e-5)                   # TF32 logits (~1e-3) would fail this
+        assert (idx != idx_ref).any(1).float().mean().item() < 1e-2, "more than near-ties differ"
+    _assert_weights(topk_weight, idx, x.double() @ weight.double().t(), weight_ref, 2.5)
+
+
+@pytest.mark.cuda
+@needs_ext
+def test_cuda_split_logits_are_as_accurate_as_sgemm():
+    """The bf16 x 3 tensor-core logits against float64: within twice the fp32 SGEMM's error (TF32: ~1e-3)."""
+    g = torch.Generator().manual_seed(11)
+    T, hidden, nexperts = router_ops.SPLIT_GEMM_MIN_TOKENS, 2688, 128
+    x = torch.randn(T, hidden, generator=g).to(torch.bfloat16).cuda()
+    weight = (torch.randn(nexperts, hidden, generator=g) / hidden ** 0.5).cuda()
+    exact = x.double() @ weight.double().t()
+    ours = router_ops.moe_router_logits(x, weight)
+    with router_ops._fp32_matmul_ieee("cuda"):
+        sgemm = x.float() @ weight.t()
+    assert ours.dtype == F32 and ours.shape == (T, nexperts)
+    err, err_sgemm = ((ours.double() - exact).abs().max().item(), (sgemm.double() - exact).abs().max().item())
+    assert err <= 2 * err_sgemm + 1e-7, (err, err_sgemm)
 
 
 @pytest.mark.cuda
