@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One GPU call for the end-to-end figures of issues #6 and #7, after device_check.sh built the extension on the
+# same warm machine (or builds it here): the 1b training preset with our kernels and with the reference ops
+# (no profiler: the profiler slows the host), and the serving bench. Logs and metrics land in $OUT.
+#   TRAIN_STEPS  steps per training run (default 12; the first few compile and warm up)
+#   SERVE_ARGS   arguments for `python -m bench serve` (default --quick); BENCH_SERVE_* variables pass through
+#   SKIP_TRAIN=1 / SKIP_SERVE=1 leave a part out
+# Usage (device tool, carry [".whl"]), from the repository root:  NK_COMMIT=<sha> bash scripts/device_e2e.sh
+set -uo pipefail
+OUT=${OUT:-/tmp/nk-out}
+mkdir -p "$OUT"
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1
+export NK_COMMIT=${NK_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)}
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if ! $PY -c "import nemotron_kernels._C" 2>/dev/null; then
+  MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install --no-build-isolation --no-deps --no-index -e . >"$OUT/build.log" 2>&1 \
+    || { tail -40 "$OUT/build.log"; echo "BUILD FAILED"; }
+fi
+
+if [ "${SKIP_TRAIN:-0}" = 0 ]; then
+  steps=${TRAIN_STEPS:-12}
+  for backend in kernels reference; do
+    timeout 200 $PY -m training.pretrain --preset 1b --device cuda --backend "$backend" --steps 1000 \
+      --stop-at-step "$steps" --out "/tmp/train-$backend" --no-progress >"$OUT/train_$backend.log" 2>&1
+    echo "train 1b [$backend] rc=$?: $(tail -1 "$OUT/train_$backend.log")"
+    # the last training rows: tokens/s and MFU of warm steps
+    grep '"kind": "train"' "/tmp/train-$backend/metrics.jsonl" 2>/dev/null | tail -3 >"$OUT/train_${backend}_metrics.jsonl"
+    $PY - "$OUT/train_${backend}_metrics.jsonl" "$backend" <<'EOF'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+for r in rows:
+    print(f"  {sys.argv[2]:9s} step {r['step']:3d}: {r['tokens_per_s']:,.0f} tok/s, MFU {100 * (r['mfu'] or 0):.1f}%,"
+          f" {r['tokens']} tokens/step")
+EOF
+  done
+fi
+
+if [ "${SKIP_SERVE:-0}" = 0 ]; then
+  timeout 540 $PY -m bench serve ${SERVE_ARGS:---quick} 2>&1 | tee "$OUT/serve.log" | grep -E "^\s+(prefill|decode|serve)|^\|" 
+fi
+tar czf "$OUT/results.tgz" bench/results 2>/dev/null
+exit 0
