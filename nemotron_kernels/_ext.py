@@ -16,6 +16,11 @@ except ImportError as e:  # not built, or built against another torch
     warnings.warn(f"nemotron_kernels._C could not be loaded ({LOAD_ERROR}); ops fall back to the PyTorch "
                   "references. Build it with `pip install --no-build-isolation -e .` (see README).", stacklevel=2)
 
+# torch's release as (major, minor): "2.10.0a0+git..." counts as 2.10. aten::mm.dtype (bf16/fp16 operands -> fp32
+# output, no cast pass) exists on CUDA from 2.8.
+TORCH_RELEASE = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+MM_OUT_DTYPE = TORCH_RELEASE >= (2, 8)
+
 try:
     from ._build_info import BUILD_NOTE
 except ImportError:

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import torch
 
+from nemotron_kernels._ext import MM_OUT_DTYPE, TORCH_RELEASE
+
 from .data import IGNORE_INDEX
 
-# aten::mm.dtype (BF16 operands -> fp32 output) exists on CUDA from 2.8; addmm.dtype accepts an fp32 `self`
-# (accumulate into fp32 in the GEMM) from 2.10 (pytorch#167931). Release numbers: "2.10.0a0+git..." counts as 2.10.
-_TORCH_RELEASE = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
-_MM_OUT_DTYPE = _TORCH_RELEASE >= (2, 8)
-_ADDMM_FP32_ACC = _TORCH_RELEASE >= (2, 10)
+# addmm.dtype accepts an fp32 `self` (accumulate into fp32 in the GEMM) from torch 2.10 (pytorch#167931)
+_ADDMM_FP32_ACC = TORCH_RELEASE >= (2, 10)
 
 
 def default_chunk_rows(vocab_size: int, budget_elems: int = 1 << 28) -> int:
@@ -69,7 +68,7 @@ def cross_entropy_rows_(logits: torch.Tensor, labels: torch.Tensor, grad: bool):
 
 def _logits_fp32(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """h [n, H] @ weight [V, H]^T -> [n, V] fp32. CUDA BF16/FP16: the GEMM writes its fp32 accumulators."""
-    if h.is_cuda and _MM_OUT_DTYPE and weight.dtype in (torch.bfloat16, torch.float16):
+    if h.is_cuda and MM_OUT_DTYPE and weight.dtype in (torch.bfloat16, torch.float16):
         return torch.mm(h, weight.T, out_dtype=torch.float32)
     return (h @ weight.T).to(torch.float32)                                   # CPU: mm.dtype is CUDA-only
 

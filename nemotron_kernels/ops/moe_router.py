@@ -63,8 +63,6 @@ def _use_kernel(logits: torch.Tensor) -> bool:
 # instead of cuBLAS's fp32 SGEMM on CUDA cores (0.36 ms of the 0.38 ms router at T = 16384 on the H200,
 # bench/NOTES.md); below it the split's few small kernels cost about what the SGEMM takes.
 SPLIT_GEMM_MIN_TOKENS = 2048
-# aten::mm.dtype (bf16 operands -> fp32 output) exists on CUDA from torch 2.8
-_MM_OUT_DTYPE = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 8)
 
 
 def split_bf16x3(weight: torch.Tensor) -> torch.Tensor:
@@ -90,7 +88,7 @@ def _logits_bf16x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def moe_router_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x [T, Hd], weight [E, Hd] -> logits [T, E] fp32 (fp64 for fp64 x), never TF32: cuBLAS SGEMM, or for
     CUDA bf16 x with fp32 weights and T >= SPLIT_GEMM_MIN_TOKENS the exact bf16 x 3 split (_logits_bf16x3)."""
-    if (x.is_cuda and x.dtype == torch.bfloat16 and weight.dtype == torch.float32 and _MM_OUT_DTYPE
+    if (x.is_cuda and x.dtype == torch.bfloat16 and weight.dtype == torch.float32 and _ext.MM_OUT_DTYPE
             and x.shape[0] >= SPLIT_GEMM_MIN_TOKENS):
         return _logits_bf16x3(x, weight)
     cdtype = _compute_dtype(x.dtype)

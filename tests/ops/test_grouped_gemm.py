@@ -197,7 +197,7 @@ def test_cuda_graph_capture():
 # ------------------------------------------------------------------------------------------------ FP8
 
 from nemotron_kernels.ops.grouped_gemm import grouped_gemm_fp8, quantize_fp8_rowwise  # noqa: E402
-from nemotron_kernels.reference.grouped_gemm import grouped_gemm_fp8_ref, quantize_fp8_rowwise_ref  # noqa: E402
+from nemotron_kernels.reference.grouped_gemm import quantize_fp8_rowwise_ref  # noqa: E402
 
 
 def test_quantize_fp8_reference_bounds():
