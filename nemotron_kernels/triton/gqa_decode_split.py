@@ -11,8 +11,9 @@ it writes o_part (normalised over its split) and lse_part (log2 domain), and gqa
 Token t of sequence b lives in page block_table[b, t // PAGE_SIZE], row t % PAGE_SIZE. Query i of Sq (the last
 Sq positions) sees tokens <= seq_len - Sq + i.
 
-FP8 caches (e4m3) are widened in registers to q's dtype, or to fp16 (q too) when q is bf16; their descales scale the
-scores (k) and the output (v).
+FP8 caches (e4m3) are widened in registers to q's dtype, or to fp16 (q too) when q is bf16; V is read as int16 pairs
+and widened with one cvt per pair before its layout change (as bytes it cost a shared-memory load per element). The
+descales scale the scores (k) and the output (v).
 
 Shapes: q [B, Sq, Hq, D]; k_cache, v_cache [num_blocks, PAGE_SIZE, Hkv, D] (q's dtype or fp8 e4m3); block_table [B, max_blocks] int32/64;
 seq_lens [B] int32/64; o [B, Sq, Hq, D]; o_part [num_splits, B, Sq*Hq, D] fp32; lse_part [num_splits, B, Sq*Hq].
@@ -24,6 +25,39 @@ import triton.language as tl
 from .gqa_attention_common import LOG2E, aot_compile, dot_precision, interpreting, kernel_module, pack_heads, sm_count
 
 INTERPRETED = interpreting()   # the mode these kernels were defined in (see gqa_attention_common.kernel_module)
+INTERPRET = tl.constexpr(INTERPRETED)
+
+
+@triton.jit
+def _e4m3_pairs_to_f16(w):
+    """int16 [R, C] holding two e4m3 bytes each (low byte first) -> fp16 [R, 2C] in memory order: one
+    cvt.rn.f16x2.e4m3x2 per pair on the GPU. The interpreter has no PTX: there e4m3's fields move into fp16's
+    (sign; exponent and mantissa shifted by 7, which is the value / 2^8: biases 7 and 15); e4m3 NaN is not mapped."""
+    if INTERPRET:
+        w = w.to(tl.int32)
+        lo, hi = w & 0xFF, (w >> 8) & 0xFF
+        lo = (((lo & 0x80) << 8) | ((lo & 0x7F) << 7)).to(tl.int16).to(tl.float16, bitcast=True) * 256.0
+        hi = (((hi & 0x80) << 8) | ((hi & 0x7F) << 7)).to(tl.int16).to(tl.float16, bitcast=True) * 256.0
+    else:
+        lo, hi = tl.inline_asm_elementwise(
+            "{ .reg .b32 t; cvt.rn.f16x2.e4m3x2 t, $2; mov.b32 {$0, $1}, t; }", "=h,=h,h", [w],
+            dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
+    v = tl.join(lo, hi)                                                             # [R, C, 2]
+    return tl.reshape(v, (v.shape[0], v.shape[1] * 2))
+
+
+@triton.jit
+def _load_e4m3_as_f16(V, rows, row_ok, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr):
+    """e4m3 V rows [BN, D] at element offsets rows [BN], read as int16 pairs and widened to fp16 in registers. Read
+    as bytes, V (whose dot reduces over tokens, its strided dim) reached the MMA through one shared-memory load per
+    byte; as fp16 it takes the transposing ldmatrix path."""
+    offs_h = tl.arange(0, HEAD_DIM // 2)
+    ptrs = V.to(tl.pointer_type(tl.int16), bitcast=True) + rows[:, None] // 2 + offs_h[None, :]
+    if MASKED:
+        pairs = tl.load(ptrs, mask=row_ok[:, None], other=0)
+    else:
+        pairs = tl.load(ptrs)
+    return _e4m3_pairs_to_f16(pairs)
 
 
 @triton.jit
@@ -47,13 +81,17 @@ def _decode_inner(acc, l_i, m_i, q, K, V, bt_row, kv_head_off, stride_kb, stride
             in_page = tok % PAGE_SIZE
             k_rows = page * stride_kb + in_page * stride_ks
             v_rows = page * stride_vb + in_page * stride_vs
+        tok_ok = tok < n_hi
         if MASKED:
-            tok_ok = tok < n_hi
             k = tl.load(K + kv_head_off + k_rows[:, None] + offs_d[None, :], mask=tok_ok[:, None], other=0.0)
-            v = tl.load(V + kv_head_off + v_rows[:, None] + offs_d[None, :], mask=tok_ok[:, None], other=0.0)
         else:
             k = tl.load(K + kv_head_off + k_rows[:, None] + offs_d[None, :])                # [BN, D]
-            v = tl.load(V + kv_head_off + v_rows[:, None] + offs_d[None, :])
+        if V.dtype.element_ty == tl.float8e4nv:
+            v = _load_e4m3_as_f16(V, kv_head_off + v_rows, tok_ok, HEAD_DIM, MASKED)       # [BN, D] fp16
+        elif MASKED:
+            v = tl.load(V + kv_head_off + v_rows[:, None] + offs_d[None, :], mask=tok_ok[:, None], other=0.0)
+        else:
+            v = tl.load(V + kv_head_off + v_rows[:, None] + offs_d[None, :])                # [BN, D]
         k = k.to(q.dtype)           # FP8 caches: widened in registers (a no-op for 16-bit caches)
         v = v.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)                 # [BM, BN]
@@ -149,6 +187,22 @@ def _gqa_decode_split_kernel(
             tl.store(O + o_rows[:, None] + offs_d[None, :], out.to(O.dtype.element_ty), mask=row_ok[:, None])
 
 
+@triton.jit
+def _widen_e4m3_kernel(src, dst, C: tl.constexpr):
+    """One row of int16 e4m3 pairs [C] -> fp16 [2C] through _e4m3_pairs_to_f16 (tests: every byte pair)."""
+    row = tl.program_id(0).to(tl.int64)
+    w = tl.load(src + row * C + tl.arange(0, C)[None, :])                          # [1, C]
+    tl.store(dst + row * 2 * C + tl.arange(0, 2 * C)[None, :], _e4m3_pairs_to_f16(w))
+
+
+def widen_e4m3_pairs(pairs: torch.Tensor) -> torch.Tensor:
+    """pairs [R, C] int16 (two e4m3 bytes each, low byte first; C a power of two) -> [R, 2C] fp16, as the decode
+    kernel widens an FP8 V cache."""
+    out = torch.empty(pairs.shape[0], 2 * pairs.shape[1], dtype=torch.float16, device=pairs.device)
+    _widen_e4m3_kernel[(pairs.shape[0],)](pairs, out, C=pairs.shape[1])
+    return out
+
+
 # (BLOCK_N, num_warps, num_stages): memory-bound, so narrow tiles with deep pipelining; BLOCK_M from the rows.
 DECODE_CONFIG = (64, 4, 3)
 INTERPRET_CONFIG = (16, 4, 1)
@@ -184,6 +238,9 @@ def check_decode_inputs(q, k_cache, v_cache, block_table, seq_lens):
     assert d in (16, 32, 64, 128), f"head dim D={d} must be 16, 32, 64 or 128"
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
         assert t.stride(3) == 1, f"{name} must have a contiguous last dim, got strides {t.stride()}"
+    if v_cache.dtype == torch.float8_e4m3fn:   # read as int16 pairs of elements
+        assert all(st % 2 == 0 for st in v_cache.stride()[:3]) and v_cache.data_ptr() % 2 == 0, \
+            f"an fp8 v_cache needs even strides and a 2-byte aligned start, got strides {v_cache.stride()}"
     assert block_table.dim() == 2 and block_table.shape[0] == bsz and block_table.stride(1) == 1, \
         f"block_table must be [B={bsz}, max_blocks] with contiguous rows, got {tuple(block_table.shape)}"
     assert block_table.dtype in (torch.int32, torch.int64), f"block_table must be int32/int64, got {block_table.dtype}"

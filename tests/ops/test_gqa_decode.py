@@ -221,3 +221,25 @@ def test_cuda_graph_capture():
     torch.cuda.synchronize()
     ref = gqa_decode(ql, kl, vl, block_table, seq_lens)
     assert torch.equal(out, ref)
+
+
+def _check_widening(device):
+    """Every pair of e4m3 bytes (NaN aside) widens to torch's own e4m3 -> fp16 value, in memory order."""
+    from nemotron_kernels.triton.common import kernel_module
+    e4m3 = torch.arange(256, dtype=torch.int32)
+    e4m3 = e4m3[(e4m3 & 0x7F) != 0x7F]                                                  # the two NaN codes
+    lo, hi = torch.meshgrid(e4m3, e4m3, indexing="ij")
+    pairs = (lo | (hi << 8)).to(torch.int16).reshape(-1, 254)                            # [254, 254] low byte first
+    want = pairs.view(torch.uint8).view(torch.float8_e4m3fn).to(torch.float16)          # [254, 508]
+    got = kernel_module("gqa_decode_split").widen_e4m3_pairs(
+        torch.nn.functional.pad(pairs, (0, 2)).to(device))[:, :508]                     # C = 256, a power of two
+    assert torch.equal(got.cpu(), want)
+
+
+def test_interpreter_e4m3_widening(interpret):
+    _check_widening("cpu")
+
+
+@pytest.mark.cuda
+def test_cuda_e4m3_widening():
+    _check_widening("cuda")
