@@ -144,6 +144,20 @@ class Mamba2Mixer(nn.Module):
         self.norm = RMSNorm(self.d_inner, cfg.layer_norm_epsilon, **factory)  # gated, groups of d_inner/G
         self.out_proj = Linear(self.d_inner, cfg.hidden_size, **factory)
 
+    def _A(self) -> torch.Tensor:
+        """A = -exp(A_log) [Hm] in fp32 (fp64 stays fp64). Without autograd it is kept until A_log changes (its
+        version counter or storage), so inference steps and their CUDA graphs skip three tiny kernels per layer."""
+        A_log = self.A_log
+        if torch.is_grad_enabled() and A_log.requires_grad:
+            return -torch.exp(A_log.to(torch.promote_types(A_log.dtype, torch.float32)))
+        key = (A_log._version, A_log.data_ptr(), A_log.dtype, A_log.device)
+        cached = self.__dict__.get("_A_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, -torch.exp(A_log.to(torch.promote_types(A_log.dtype, torch.float32))))
+            self.__dict__["_A_cache"] = cached
+        return cached[1]
+
     def _dt_args(self, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
         """(dt, dt_bias, dt_softplus) for the ops: the ops fuse bias + softplus; a non-default time_step_limit
         needs the clamp after the softplus, so then it is applied here."""
@@ -157,7 +171,7 @@ class Mamba2Mixer(nn.Module):
     def forward(self, x: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
         zxbcdt = self.in_proj(x)                                              # [..., d_inner + C + Hm]
         z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, self.num_heads], dim=-1)
-        A = -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))  # [Hm] fp32 / fp64
+        A = self._A()                                                         # [Hm] fp32 / fp64
         dt, dt_bias, dt_softplus = self._dt_args(dt)
         dt_args = (A, dt_bias, dt_softplus)
         if meta.decode:                                                       # x: [S, H]

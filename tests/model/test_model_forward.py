@@ -142,3 +142,20 @@ def test_bad_inputs(tiny_model_f64):
         tiny_model_f64(torch.zeros(1, 5, dtype=torch.long), torch.tensor([0, 4], dtype=torch.int32))
     with pytest.raises(ValueError, match="backend must be one of"):
         tiny_model_f64.set_backend("fast")
+
+
+def test_mamba_A_is_kept_until_A_log_changes(tiny_config):
+    """Without autograd A = -exp(A_log) is computed once and reused until A_log changes in place or is replaced;
+    with autograd it is computed afresh and carries the graph."""
+    model = build_model(tiny_config, dtype=torch.float32, backend="reference", seed=0).eval()
+    mixer = next(b.mixer for b in model.layers if b.kind == "M")
+    with torch.no_grad():
+        first = mixer._A()
+        assert mixer._A() is first
+        mixer.A_log.add_(0.5)                                          # in place: a new version
+        changed = mixer._A()
+        assert changed is not first and torch.equal(changed, -torch.exp(mixer.A_log))
+        model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)  # new storage
+        assert mixer._A() is not changed and torch.equal(mixer._A(), changed)
+    fresh = mixer._A()
+    assert fresh.requires_grad and fresh is not mixer._A()
