@@ -148,7 +148,7 @@ class Mamba2Mixer(nn.Module):
         """A = -exp(A_log) [Hm] in fp32 (fp64 stays fp64). Without autograd it is kept until A_log changes (its
         version counter or storage), so inference steps and their CUDA graphs skip three tiny kernels per layer."""
         A_log = self.A_log
-        if torch.is_grad_enabled() and A_log.requires_grad:
+        if (torch.is_grad_enabled() and A_log.requires_grad) or A_log.is_inference():   # inference tensors: no version
             return -torch.exp(A_log.to(torch.promote_types(A_log.dtype, torch.float32)))
         key = (A_log._version, A_log.data_ptr(), A_log.dtype, A_log.device)
         cached = self.__dict__.get("_A_cache")

@@ -159,3 +159,6 @@ def test_mamba_A_is_kept_until_A_log_changes(tiny_config):
         assert mixer._A() is not changed and torch.equal(mixer._A(), changed)
     fresh = mixer._A()
     assert fresh.requires_grad and fresh is not mixer._A()
+    with torch.inference_mode():                                       # a model loaded under inference_mode
+        model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+        assert mixer.A_log.is_inference() and torch.equal(mixer._A(), changed)
