@@ -7,20 +7,9 @@
 #   machine, so the rebuild is incremental; pass NK_COMMIT=<sha> (the device copy has no .git).
 #   BENCH_ARGS   arguments for `python -m bench` (default: --quick, or the ops given on the command line)
 set -uo pipefail
-OUT=${OUT:-/tmp/nk-out}
-mkdir -p "$OUT"
-PY=${PY:-python3}
-export PYTHONUNBUFFERED=1
-
-# Packages the machine lacks (nvidia-cutlass headers, the mamba-ssm baseline) travel as wheels in .whl/.
-if ls .whl/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+source "$(dirname "$0")/device_env.sh"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
 git log -1 --format='commit %H %s' 2>/dev/null | tee -a "$OUT/gpu.txt"
-# A snapshot without .git: pass NK_COMMIT=<sha> so benchmark results name the tree they measured.
-export NK_COMMIT=${NK_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)}
 
 t0=$(date +%s)
 if ! MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install --no-build-isolation --no-deps --no-index -e . >"$OUT/build.log" 2>&1; then

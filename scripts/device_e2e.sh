@@ -7,15 +7,7 @@
 #   SKIP_TRAIN=1 / SKIP_SERVE=1 leave a part out
 # Usage (device tool, carry [".whl"]), from the repository root:  NK_COMMIT=<sha> bash scripts/device_e2e.sh
 set -uo pipefail
-OUT=${OUT:-/tmp/nk-out}
-mkdir -p "$OUT"
-PY=${PY:-python3}
-export PYTHONUNBUFFERED=1
-export NK_COMMIT=${NK_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)}
-if ls .whl/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+source "$(dirname "$0")/device_env.sh"
 if ! $PY -c "import nemotron_kernels._C" 2>/dev/null; then
   MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install --no-build-isolation --no-deps --no-index -e . >"$OUT/build.log" 2>&1 \
     || { tail -40 "$OUT/build.log"; echo "BUILD FAILED"; }
