@@ -61,6 +61,18 @@ def test_outputs_do_not_depend_on_batching(make_engine, run_all, setup):
         assert any(finals[r].num_preemptions for r in ids), "the setup should have forced a preemption"
 
 
+def test_each_output_keeps_the_tokens_of_its_step(make_engine, byte_tokenizer):
+    # outputs read the sequence's tokens when asked (no copies per step); an early output must not grow later
+    engine = make_engine()
+    prompt = byte_tokenizer.encode("snapshots")
+    engine.add_request(prompt, SamplingParams(max_tokens=5, temperature=0, ignore_eos=True))
+    outs = [o for _ in range(8) for o in engine.step()]
+    assert [len(o.token_ids) for o in outs] == [1, 2, 3, 4, 5]
+    assert [o.token_ids[-1] for o in outs] == [o.new_token_ids[0] for o in outs]
+    assert all(o.prompt_token_ids == prompt and o.num_prompt_tokens == len(prompt) for o in outs)
+    assert outs[-1].finished and not any(o.finished for o in outs[:-1])
+
+
 def test_stop_token_ids_eos_and_context_limit(make_engine, run_all):
     engine = make_engine()
     greedy = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
