@@ -13,6 +13,7 @@ import torch
 
 from .. import _ext
 from ..reference.moe_router import EPS, check_router_args, moe_router_from_logits_ref, router_sigmoid
+from ..triton.mamba_common import kernel_module, use_triton
 from ._kernel_op import kernel_op
 
 
@@ -67,7 +68,10 @@ SPLIT_GEMM_MIN_TOKENS = 2048
 
 def split_bf16x3(weight: torch.Tensor) -> torch.Tensor:
     """weight [E, Hd] fp32 -> [3E, Hd] bf16 pieces (lo; mid; hi) with hi + mid + lo == weight exactly: each piece
-    rounds what the larger ones left, 8 significant bits at a time, and 3 x 8 bits hold fp32's 24."""
+    rounds what the larger ones left, 8 significant bits at a time, and 3 x 8 bits hold fp32's 24. One Triton
+    launch for CUDA tensors (and CPU ones under TRITON_INTERPRET=1); these torch expressions otherwise."""
+    if use_triton(weight) and weight.dtype == torch.float32:
+        return kernel_module("moe_router_split").split_bf16x3(weight.contiguous())
     hi = weight.to(torch.bfloat16)
     rest = weight - hi.float()                                                  # exact in fp32
     mid = rest.to(torch.bfloat16)
