@@ -115,9 +115,10 @@ def rmsnorm_bwd_launch(dout2, x2, weight, rstd, dx2, sm_count: int):
     n_rows, dim = x2.shape
     cfg = bwd_config(dim)
     n_programs = max(1, min(sm_count, triton.cdiv(n_rows, cfg["ROWS"])))
-    dw_partial = torch.zeros((n_programs, dim), dtype=torch.float32, device=x2.device)
     if n_rows == 0:
-        return dw_partial
+        return torch.zeros((1, dim), dtype=torch.float32, device=x2.device)
+    # no memset: there are at most as many programs as row blocks, and each writes its whole row
+    dw_partial = torch.empty((n_programs, dim), dtype=torch.float32, device=x2.device)
     assert dout2.stride(1) == 1 and x2.stride(1) == 1 and dx2.is_contiguous(), "rmsnorm: unit last strides"
     _rmsnorm_bwd_kernel[(n_programs,)](
         dout2, x2, weight, rstd, dx2, dw_partial, n_rows, dim, dout2.stride(0), x2.stride(0),
