@@ -47,6 +47,12 @@ class BlockManager:
         shared = sum(1 for b in seq.block_table[first:last] if self.ref_counts[b] > 1)
         return max(0, last - len(seq.block_table)) + shared
 
+    def fits_in_place(self, seq: Sequence) -> bool:
+        """The next token of `seq` lands in its partly written page, which no other sequence shares: writing it takes
+        no page (num_blocks_needed(seq, 1) == 0, allocate(seq, 1) does nothing). Most decode steps."""
+        pos = seq.num_computed_tokens
+        return pos % self.block_size != 0 and self.ref_counts[seq.block_table[pos // self.block_size]] == 1
+
     def can_allocate(self, num_blocks: int) -> bool:
         return num_blocks <= len(self.free_ids)
 

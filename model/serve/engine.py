@@ -255,12 +255,11 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
-        members = batch.sampled_members()
-        rows = batch.sampled_rows()
+        members = batch.sampled_members                # before num_computed_tokens advances
         tokens = self.runner.execute(batch)
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed_tokens += n
-        for row in rows:
+        for row in batch.sampled_rows:
             if batch.seqs[row].pending_forks:          # prompt done: the other completions start from it
                 self.scheduler.fork(batch.seqs[row])
         outputs = []
@@ -270,11 +269,11 @@ class LLMEngine:
         return outputs
 
     def _after_token(self, seq: Sequence, token: int) -> RequestOutput:
-        p = seq.params
+        p, num_tokens = seq.params, seq.num_tokens
         reason = None
         if (token in self.eos_token_ids and not p.ignore_eos) or token in p.stop_token_ids:
             reason = FinishReason.STOP
-        elif seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+        elif num_tokens - seq.num_prompt_tokens >= p.max_tokens or num_tokens >= self.max_model_len:
             reason = FinishReason.LENGTH
         text, new_text = "", ""
         ts = self._text.get(seq.seq_id)
@@ -297,7 +296,7 @@ class LLMEngine:
             self._text.pop(seq.seq_id, None)
             if all(m.is_finished for m in self.requests.get(seq.request_id, ())):
                 self.requests.pop(seq.request_id, None)
-        return RequestOutput(seq.request_id, seq, seq.num_tokens, [token], text=text,
+        return RequestOutput(seq.request_id, seq, num_tokens, [token], text=text,
                              new_text=new_text, finished=reason is not None,
                              finish_reason=reason.value if reason else None, num_preemptions=seq.num_preemptions,
                              index=seq.index)

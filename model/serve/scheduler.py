@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from .block_manager import BlockManager, StateSlotPool
 from .sequence import FinishReason, Sequence, SequenceStatus
@@ -39,14 +40,18 @@ class ScheduledBatch:
     def num_tokens(self) -> int:
         return sum(self.num_new_tokens)
 
+    # Both are computed once, on first use, which must come before the step advances num_computed_tokens.
+    @cached_property
     def sampled_rows(self) -> list[int]:
-        return [i for i, (s, n) in enumerate(zip(self.seqs, self.num_new_tokens))
-                if s.num_computed_tokens + n == s.num_tokens]
+        D, seqs, ns = self.num_decodes, self.seqs, self.num_new_tokens
+        return list(range(D)) + [i for i in range(D, len(seqs))   # a decode row is always sampled
+                                 if seqs[i].num_computed_tokens + ns[i] == seqs[i].num_tokens]
 
+    @cached_property
     def sampled_members(self) -> list[tuple[int, Sequence]]:
         """(row, sequence) of every token this step samples: a sampled row's sequence, then the completions that
         fork from it this step (they sample from the same logits row)."""
-        return [(i, s) for i in self.sampled_rows() for s in (self.seqs[i], *self.seqs[i].pending_forks)]
+        return [(i, s) for i in self.sampled_rows for s in (self.seqs[i], *self.seqs[i].pending_forks)]
 
 
 class Scheduler:
@@ -119,7 +124,6 @@ class Scheduler:
         scheduled: set[int] = set()
 
         def add_row(seq, n):
-            batch.block_copies += bm.allocate(seq, n)
             batch.seqs.append(seq)
             batch.num_new_tokens.append(n)
             scheduled.add(seq.seq_id)
@@ -130,15 +134,18 @@ class Scheduler:
                 break
             if seq.status is not SequenceStatus.RUNNING:   # preempted while making room for an older one
                 continue
-            while not bm.can_allocate(bm.num_blocks_needed(seq, 1)):
-                victim = next(s for s in reversed(self.running) if s.seq_id not in scheduled)
-                self._preempt(victim)
-                batch.preempted.append(victim)
-                if victim is seq:
-                    break
-            if seq.status is SequenceStatus.RUNNING:
-                add_row(seq, 1)
-                budget -= 1
+            if not bm.fits_in_place(seq):                 # needs a new page or a private copy
+                while not bm.can_allocate(bm.num_blocks_needed(seq, 1)):
+                    victim = next(s for s in reversed(self.running) if s.seq_id not in scheduled)
+                    self._preempt(victim)
+                    batch.preempted.append(victim)
+                    if victim is seq:
+                        break
+                if seq.status is not SequenceStatus.RUNNING:
+                    continue
+                batch.block_copies += bm.allocate(seq, 1)
+            add_row(seq, 1)
+            budget -= 1
         batch.num_decodes = len(batch.seqs)
 
         # 2. prefill chunks of admitted sequences (their pages were reserved on admission)
@@ -148,6 +155,7 @@ class Scheduler:
             if seq.seq_id in scheduled:
                 continue
             n = min(seq.num_uncomputed_tokens, budget)
+            batch.block_copies += bm.allocate(seq, n)
             add_row(seq, n)
             budget -= n
 
@@ -170,9 +178,7 @@ class Scheduler:
             self.running.append(seq)
             bm.allocate(seq, seq.num_tokens)   # reserve the whole prompt; chunks then never wait for pages
             n = min(seq.num_tokens, budget)
-            batch.seqs.append(seq)
-            batch.num_new_tokens.append(n)
-            scheduled.add(seq.seq_id)
+            add_row(seq, n)
             budget -= n
         return batch
 

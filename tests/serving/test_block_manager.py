@@ -45,12 +45,13 @@ def test_fork_shares_pages_and_copies_on_write():
     assert child.block_table == parent.block_table
     assert [bm.ref_counts[b] for b in parent.block_table] == [2, 2]
     # the child writes token 6 into the shared, half-filled second page: it gets a private copy
-    assert bm.num_blocks_needed(child, 1) == 1
+    assert bm.num_blocks_needed(child, 1) == 1 and not bm.fits_in_place(child)
     copies = bm.allocate(child, 1)
     assert copies == [(parent.block_table[1], child.block_table[1])]
     assert child.block_table[0] == parent.block_table[0] and child.block_table[1] != parent.block_table[1]
     assert bm.ref_counts[parent.block_table[0]] == 2 and bm.ref_counts[parent.block_table[1]] == 1
     # the parent now owns its second page alone: no copy
+    assert bm.fits_in_place(parent) and bm.fits_in_place(child)
     assert bm.allocate(parent, 1) == []
     bm.free(parent)
     assert bm.ref_counts[child.block_table[0]] == 1
@@ -79,6 +80,8 @@ def test_random_alloc_fork_free_keeps_invariants():
             live.append(c)
         elif op < 0.8 and live:
             s = rng.choice(live)
+            if bm.fits_in_place(s):                 # the scheduler's decode fast path skips allocate
+                assert bm.num_blocks_needed(s, 1) == 0
             n = rng.randint(1, 5)
             if bm.can_allocate(bm.num_blocks_needed(s, n)):
                 bm.allocate(s, n)

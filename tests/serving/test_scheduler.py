@@ -18,7 +18,7 @@ def new_seq(rid, n_prompt, max_tokens=4):
 def fake_step(sched):
     """Schedule, 'run' (advance computed tokens, append a token to sampled rows), finish at max_tokens."""
     batch = sched.schedule()
-    sampled = batch.sampled_rows()
+    sampled = batch.sampled_rows
     for s, n in zip(batch.seqs, batch.num_new_tokens):
         assert s.status is SequenceStatus.RUNNING and s.slot is not None
         assert len(s.block_table) * sched.block_manager.block_size >= s.num_computed_tokens + n
