@@ -80,9 +80,10 @@ def split_bf16x3(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _logits_bf16x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x [T, Hd] bf16, weight [E, Hd] fp32 -> [T, E] fp32 = x W^T to fp32 accuracy on tensor cores: bf16 x bf16
-    products are exact and accumulate in fp32, one GEMM over the three pieces, summed smallest first. Not bitwise
-    the SGEMM's rounding (a different summation), so a near-tie of two experts' scores may break either way."""
+    """x [T, Hd] bf16, weight [E, Hd] fp32 -> [T, E] fp32 = x W^T near fp32 accuracy on tensor cores: bf16 x bf16
+    products are exact and accumulate in fp32, one GEMM over the three pieces, summed smallest first. Measured on
+    the H200 at Hd = 2688: 1.6e-5 off float64 at most, the SGEMM 2.5e-6, TF32 ~1e-3 (the tensor cores' fp32
+    accumulation, not the split, which is exact). So a near-tie of two experts' scores may break either way."""
     E = weight.shape[0]
     parts = torch.mm(x, split_bf16x3(weight).t(), out_dtype=torch.float32)       # [T, 3E]: lo, mid, hi
     return (parts[:, :E] + parts[:, E:2 * E]) + parts[:, 2 * E:]
