@@ -148,15 +148,15 @@ class Mamba2Mixer(nn.Module):
         """A = -exp(A_log) [Hm] in fp32 (fp64 stays fp64). Without autograd it is kept until A_log changes (its
         version counter or storage), so inference steps and their CUDA graphs skip three tiny kernels per layer."""
         A_log = self.A_log
-        if (torch.is_grad_enabled() and A_log.requires_grad) or A_log.is_inference():   # inference tensors: no version
-            return -torch.exp(A_log.to(torch.promote_types(A_log.dtype, torch.float32)))
-        key = (A_log._version, A_log.data_ptr(), A_log.dtype, A_log.device)
-        cached = self.__dict__.get("_A_cache")
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                cached = (key, -torch.exp(A_log.to(torch.promote_types(A_log.dtype, torch.float32))))
-            self.__dict__["_A_cache"] = cached
-        return cached[1]
+        graph = torch.is_grad_enabled() and A_log.requires_grad
+        key = None if graph or A_log.is_inference() else (A_log._version, A_log.data_ptr(), A_log.dtype, A_log.device)
+        cached = self.__dict__.get("_A_cache")                               # inference tensors have no version
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        A = -torch.exp(A_log.to(torch.promote_types(A_log.dtype, torch.float32)))
+        if key is not None:
+            self.__dict__["_A_cache"] = (key, A)
+        return A
 
     def _dt_args(self, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
         """(dt, dt_bias, dt_softplus) for the ops: the ops fuse bias + softplus; a non-default time_step_limit

@@ -269,11 +269,11 @@ class LLMEngine:
         return outputs
 
     def _after_token(self, seq: Sequence, token: int) -> RequestOutput:
-        p, num_tokens = seq.params, seq.num_tokens
+        p = seq.params
         reason = None
         if (token in self.eos_token_ids and not p.ignore_eos) or token in p.stop_token_ids:
             reason = FinishReason.STOP
-        elif num_tokens - seq.num_prompt_tokens >= p.max_tokens or num_tokens >= self.max_model_len:
+        elif seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
             reason = FinishReason.LENGTH
         text, new_text = "", ""
         ts = self._text.get(seq.seq_id)
@@ -296,7 +296,7 @@ class LLMEngine:
             self._text.pop(seq.seq_id, None)
             if all(m.is_finished for m in self.requests.get(seq.request_id, ())):
                 self.requests.pop(seq.request_id, None)
-        return RequestOutput(seq.request_id, seq, num_tokens, [token], text=text,
+        return RequestOutput(seq.request_id, seq, seq.num_tokens, [token], text=text,
                              new_text=new_text, finished=reason is not None,
                              finish_reason=reason.value if reason else None, num_preemptions=seq.num_preemptions,
                              index=seq.index)
