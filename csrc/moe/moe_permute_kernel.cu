@@ -7,6 +7,7 @@
 //                            row of every (expert, chunk) pair
 //   3. assign_rows_kernel    row = first row of (expert, chunk) + local rank; token_of_row[row] = token
 //   4. gather_rows_kernel    rows[r] = x[token_of_row[r]], or zeros for padding
+// Up to one chunk (decode batches), permute_one_chunk_kernel does 1-3 and the fills in one block: 2 launches.
 // unpermute (and the backward of permute): one block per token gathers its k rows in slot order.
 #include <cub/block/block_scan.cuh>
 #include <cuda_bf16.h>
@@ -148,6 +149,95 @@ __global__ void assign_rows_kernel(const int32_t* __restrict__ topk_idx, int64_t
   row_of_assignment[a] = row;
   token_of_row[row] = int32_t(a / top_k);
   if (row_scale) row_scale[row] = token_scale[a / top_k];
+}
+
+// Steps 1-3 for n_assign <= kChunk in one block (the memset and row_scale fill too), ranks kept in registers: at
+// decode batches the five launches cost more than the work (bench/NOTES.md). Same results as the three kernels.
+constexpr int kSlotsPerThread = kChunk / kRankThreads;
+
+__global__ void __launch_bounds__(kRankThreads)
+permute_one_chunk_kernel(const int32_t* __restrict__ topk_idx, int n_assign, int top_k, int num_experts, int pad_to,
+                         int64_t m_rows, int32_t* __restrict__ row_of_assignment,
+                         int32_t* __restrict__ expert_offsets, int32_t* __restrict__ token_of_row,
+                         const float* __restrict__ token_scale, float* __restrict__ row_scale) {
+  extern __shared__ int32_t smem[];
+  int32_t* running = smem;                                  // [E]: assignments per expert so far
+  int32_t* warp_count = smem + num_experts;                 // [kRankWarps][E]: this round's count per warp and expert
+  int32_t* first_row = smem + num_experts * (kRankWarps + 1);  // [E]
+  using Scan = cub::BlockScan<int32_t, kRankThreads>;
+  __shared__ typename Scan::TempStorage scan_tmp;
+  __shared__ int32_t carry;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  for (int i = tid; i < num_experts * (kRankWarps + 1); i += kRankThreads) smem[i] = 0;
+  for (int64_t r = tid; r < m_rows; r += kRankThreads) {  // -1: padding until an assignment fills the row
+    token_of_row[r] = -1;
+    if (row_scale) row_scale[r] = 0.f;
+  }
+  if (tid == 0) carry = 0;
+  __syncthreads();
+
+  int expert[kSlotsPerThread], rank[kSlotsPerThread];  // of assignment i * kRankThreads + tid
+#pragma unroll
+  for (int i = 0; i < kSlotsPerThread; ++i) {
+    expert[i] = -1;
+    rank[i] = -1;
+    if (i * kRankThreads >= n_assign) continue;  // uniform over the block: the barriers below stay matched
+    const int a = i * kRankThreads + tid;
+    int e = a < n_assign ? topk_idx[a] : -1;
+    if (e < 0 || e >= num_experts) e = -1;  // dropped
+    const unsigned peers = __match_any_sync(0xffffffffu, e);
+    const unsigned lower = peers & ((1u << lane) - 1u);
+    if (e >= 0 && lower == 0) warp_count[warp * num_experts + e] = __popc(peers);
+    __syncthreads();
+    if (e >= 0) {
+      int r = running[e] + __popc(lower);
+      for (int w = 0; w < warp; ++w) r += warp_count[w * num_experts + e];
+      expert[i] = e;
+      rank[i] = r;
+    }
+    __syncthreads();
+    for (int x = tid; x < num_experts; x += kRankThreads) {
+      int c = 0;
+#pragma unroll
+      for (int w = 0; w < kRankWarps; ++w) {
+        c += warp_count[w * num_experts + x];
+        warp_count[w * num_experts + x] = 0;
+      }
+      running[x] += c;
+    }
+    __syncthreads();
+  }
+
+  // Padded rows per expert, exclusive scan over experts kRankThreads at a time -> offsets and first rows.
+  for (int e0 = 0; e0 < num_experts; e0 += kRankThreads) {
+    const int e = e0 + tid;
+    const int32_t padded = e < num_experts ? (running[e] + pad_to - 1) / pad_to * pad_to : 0;
+    int32_t start, total;
+    Scan(scan_tmp).ExclusiveSum(padded, start, total);
+    const int32_t before = carry;
+    __syncthreads();
+    if (e < num_experts) {
+      first_row[e] = before + start;
+      expert_offsets[e] = before + start;
+    }
+    if (tid == 0) carry = before + total;
+    __syncthreads();
+  }
+  if (tid == 0) expert_offsets[num_experts] = carry;
+
+#pragma unroll
+  for (int i = 0; i < kSlotsPerThread; ++i) {
+    const int a = i * kRankThreads + tid;
+    if (a >= n_assign) continue;
+    if (expert[i] < 0) {
+      row_of_assignment[a] = -1;
+      continue;
+    }
+    const int32_t row = first_row[expert[i]] + rank[i];
+    row_of_assignment[a] = row;
+    token_of_row[row] = a / top_k;
+    if (row_scale) row_scale[row] = token_scale[a / top_k];
+  }
 }
 
 // row_scale[r] = 0 for every row no assignment fills (padding, dropped slots); assign_rows_kernel writes the rest.
@@ -355,20 +445,27 @@ void permute_launch(const void* x, int elem_bytes, const int32_t* topk_idx, int6
   const int n_chunks = int(chunks_of(n_assign));
   int32_t* hist = scratch;                                       // [E][n_chunks]
   int32_t* token_of_row = scratch + int64_t(n_chunks) * num_experts;  // [m_rows]
-  if (m_rows > 0) cudaMemsetAsync(token_of_row, 0xff, sizeof(int32_t) * m_rows, stream);  // -1: padding
-  if (row_scale && m_rows > 0) zero_fill_kernel<<<64, 256, 0, stream>>>(row_scale, m_rows);
-  if (n_chunks > 0) {
-    const size_t smem = sizeof(int32_t) * num_experts * (kRankWarps + 1);
-    rank_in_chunk_kernel<<<n_chunks, kRankThreads, smem, stream>>>(topk_idx, n_assign, num_experts, n_chunks,
-                                                                   row_of_assignment, hist);
-  }
-  expert_offsets_kernel<<<1, kScanThreads, sizeof(int32_t) * num_experts, stream>>>(hist, n_chunks, num_experts,
-                                                                                    pad_to, expert_offsets);
-  if (n_assign > 0) {
-    const int threads = 256;
-    assign_rows_kernel<<<(n_assign + threads - 1) / threads, threads, 0, stream>>>(
-        topk_idx, n_assign, top_k, num_experts, hist, n_chunks, row_of_assignment, token_of_row, token_scale,
-        row_scale);
+  if (n_assign <= kChunk && m_rows <= 2 * kChunk) {  // one block also fills the rows (no padding blow-up)
+    const size_t smem = sizeof(int32_t) * num_experts * (kRankWarps + 2);
+    permute_one_chunk_kernel<<<1, kRankThreads, smem, stream>>>(topk_idx, int(n_assign), top_k, num_experts, pad_to,
+                                                                m_rows, row_of_assignment, expert_offsets,
+                                                                token_of_row, token_scale, row_scale);
+  } else {
+    if (m_rows > 0) cudaMemsetAsync(token_of_row, 0xff, sizeof(int32_t) * m_rows, stream);  // -1: padding
+    if (row_scale && m_rows > 0) zero_fill_kernel<<<64, 256, 0, stream>>>(row_scale, m_rows);
+    if (n_chunks > 0) {
+      const size_t smem = sizeof(int32_t) * num_experts * (kRankWarps + 1);
+      rank_in_chunk_kernel<<<n_chunks, kRankThreads, smem, stream>>>(topk_idx, n_assign, num_experts, n_chunks,
+                                                                     row_of_assignment, hist);
+    }
+    expert_offsets_kernel<<<1, kScanThreads, sizeof(int32_t) * num_experts, stream>>>(hist, n_chunks, num_experts,
+                                                                                      pad_to, expert_offsets);
+    if (n_assign > 0) {
+      const int threads = 256;
+      assign_rows_kernel<<<(n_assign + threads - 1) / threads, threads, 0, stream>>>(
+          topk_idx, n_assign, top_k, num_experts, hist, n_chunks, row_of_assignment, token_of_row, token_scale,
+          row_scale);
+    }
   }
   if (m_rows > 0) {
     const int64_t row_bytes = hidden * elem_bytes;

@@ -152,7 +152,10 @@ def test_unpermute_bad_inputs_name_the_argument(change, exc, match):
 # ------------------------------------------------------------------------------------------------ CUDA kernels
 
 CUDA_CASES = CASES + [(0, 4, 2, 1, (), None), (1, 128, 6, 1, (), None), (4096, 128, 6, 1, (), None),
-                      (3000, 100, 8, 16, (7, 99), None), (5000, 1024, 2, 1, (), None)]
+                      (3000, 100, 8, 16, (7, 99), None), (5000, 1024, 2, 1, (), None),
+                      # around the one-block path's limits (2048 assignments, 4096 rows)
+                      (341, 128, 6, 1, (), None), (342, 128, 6, 1, (), None), (300, 64, 4, 16, (5,), None),
+                      (200, 128, 6, 32, (), None), (1024, 1024, 2, 1, (), None)]
 
 
 @pytest.mark.cuda
