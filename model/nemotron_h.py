@@ -145,11 +145,13 @@ class Mamba2Mixer(nn.Module):
         self.out_proj = Linear(self.d_inner, cfg.hidden_size, **factory)
 
     def _A(self) -> torch.Tensor:
-        """A = -exp(A_log) [Hm] in fp32 (fp64 stays fp64). Without autograd it is kept until A_log changes (its
-        version counter or storage), so inference steps and their CUDA graphs skip three tiny kernels per layer."""
+        """A = -exp(A_log) [Hm] in fp32 (fp64 stays fp64). For frozen weights (A_log.requires_grad False, as the
+        serving engine sets them) it is kept until A_log changes (its version counter or storage), so inference steps
+        and their CUDA graphs skip three tiny kernels per layer. Trainable weights never use the kept value: fused
+        optimizers update them without bumping the version counter."""
         A_log = self.A_log
-        graph = torch.is_grad_enabled() and A_log.requires_grad
-        key = None if graph or A_log.is_inference() else (A_log._version, A_log.data_ptr(), A_log.dtype, A_log.device)
+        key = None if A_log.requires_grad or A_log.is_inference() else (A_log._version, A_log.data_ptr(), A_log.dtype,
+                                                                        A_log.device)
         cached = self.__dict__.get("_A_cache")                               # inference tensors have no version
         if key is not None and cached is not None and cached[0] == key:
             return cached[1]

@@ -114,7 +114,7 @@ class LLMEngine:
 
     def __init__(self, model: NemotronH, tokenizer: ServeTokenizer | None = None,
                  config: EngineConfig | None = None):
-        self.model = model.eval()
+        self.model = model.eval().requires_grad_(False)  # frozen: no autograd state; layers may keep constants
         self.tokenizer = tokenizer
         self.config = config = config or EngineConfig()
         mcfg = model.config

@@ -145,20 +145,30 @@ def test_bad_inputs(tiny_model_f64):
 
 
 def test_mamba_A_is_kept_until_A_log_changes(tiny_config):
-    """Without autograd A = -exp(A_log) is computed once and reused until A_log changes in place or is replaced;
-    with autograd it is computed afresh and carries the graph."""
+    """For frozen weights A = -exp(A_log) is computed once and reused until A_log changes in place or is replaced;
+    trainable weights recompute it on every call (a fused AdamW step changes A_log without a new version)."""
     model = build_model(tiny_config, dtype=torch.float32, backend="reference", seed=0).eval()
     mixer = next(b.mixer for b in model.layers if b.kind == "M")
+    opt = torch.optim.AdamW([mixer.A_log], lr=0.1, fused=True)
     with torch.no_grad():
-        first = mixer._A()
-        assert mixer._A() is first
-        mixer.A_log.add_(0.5)                                          # in place: a new version
-        changed = mixer._A()
-        assert changed is not first and torch.equal(changed, -torch.exp(mixer.A_log))
-        model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)  # new storage
-        assert mixer._A() is not changed and torch.equal(mixer._A(), changed)
+        before = mixer._A()
+    mixer._A().sum().backward()
+    opt.step()
+    with torch.no_grad():                                              # evaluation between training steps
+        assert not torch.equal(mixer._A(), before) and torch.equal(mixer._A(), -torch.exp(mixer.A_log))
+        assert mixer._A().requires_grad is False
     fresh = mixer._A()
     assert fresh.requires_grad and fresh is not mixer._A()
+
+    model.requires_grad_(False)                                        # frozen, as the serving engine holds it
+    first = mixer._A()
+    assert mixer._A() is first
+    with torch.no_grad():
+        mixer.A_log.add_(0.5)                                          # in place: a new version
+    changed = mixer._A()
+    assert changed is not first and torch.equal(changed, -torch.exp(mixer.A_log))
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)  # new storage
+    assert mixer._A() is not changed and torch.equal(mixer._A(), changed)
     with torch.inference_mode():                                       # a model loaded under inference_mode
         model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
         assert mixer.A_log.is_inference() and torch.equal(mixer._A(), changed)
