@@ -5,15 +5,19 @@ ours:      BF16: CUTLASS sm90 grouped GEMMs, up with relu^2 fused, then down;
            FP8: rows quantised per row (timed), FP8 up with dequant + relu^2 fused, h re-quantised, FP8 down
 baselines: torch._grouped_mm up -> torch relu^2 -> torch._grouped_mm down (ANCHORS.md);
            torch._scaled_grouped_mm with the same row-wise scales (x pre-quantised, h re-quantised by torch ops);
-           a Python loop over the experts (bf16 matmuls)."""
+           a Python loop over the experts (bf16 matmuls).
+At decode sizes (8 <= T <= 1024) the run also times each kernel path forced (GEMV, swapped operands on 128x32
+tiles, 128-row tiles), so the rows-per-expert thresholds of path_for (csrc/moe/moe_kernels.h) rest on one run."""
 import torch
 
+from nemotron_kernels import _ext
 from nemotron_kernels.ops.grouped_gemm import grouped_gemm, grouped_gemm_fp8, quantize_fp8_rowwise
 
 from .harness import Bench, Variant
 
 HIDDEN, INTER, EXPERTS, TOP_K = 2688, 1856, 128, 6
-TOKENS = (1, 8, 64, 1024, 16384, 65536)
+TOKENS = (1, 8, 64, 256, 1024, 16384, 65536)
+PATHS = {0: "128-row tiles", 1: "swapped 128x32", 2: "GEMV"}  # moe::GemmPath values
 
 
 def routed_counts(ntokens: int, nexperts: int, gen: torch.Generator) -> torch.Tensor:
@@ -62,6 +66,21 @@ def ours_fp8(s):
     return grouped_gemm_fp8(h_q, h_scale, s["down_q"], s["down_scale"], s["offsets"])
 
 
+def forced_path(path: int, fp8: bool):
+    """ours / ours_fp8 with both GEMMs on one kernel path (the extension's `path` argument)."""
+    if fp8:
+        def run(s):
+            rows_q, rows_scale = quantize_fp8_rowwise(s["rows"])
+            h = _ext._C.grouped_gemm_fp8_nt(rows_q, rows_scale, s["up_q"], s["up_scale"], s["offsets"], True, path)
+            h_q, h_scale = quantize_fp8_rowwise(h)
+            return _ext._C.grouped_gemm_fp8_nt(h_q, h_scale, s["down_q"], s["down_scale"], s["offsets"], False, path)
+    else:
+        def run(s):
+            h = _ext._C.grouped_gemm_nt(s["rows"], s["up"], s["offsets"], True, path)
+            return _ext._C.grouped_gemm_nt(h, s["down"], s["offsets"], False, path)
+    return run
+
+
 def _torch_rowwise_fp8(x):
     scale = (x.float().abs().amax(1) / 448.0).clamp_min(1e-12)
     return (x.float() / scale[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn), scale
@@ -98,7 +117,7 @@ def run(bench: Bench) -> None:
     down_q, down_scale = quantize_fp8_rowwise(down.view(-1, INTER))
     fp8_weights = dict(up_q=up_q.view(up.shape), up_scale=up_scale.view(nexperts, INTER),
                        down_q=down_q.view(down.shape), down_scale=down_scale.view(nexperts, HIDDEN))
-    for ntokens in bench.pick(TOKENS, quick=(1, 64, 16384)):
+    for ntokens in bench.pick(TOKENS, quick=(1, 64, 256, 1024, 16384)):
         if bench.device.type == "cpu" and ntokens > 8:
             continue
         make_bf16 = _input_maker(ntokens, up, down, bench.device)
@@ -128,6 +147,16 @@ def run(bench: Bench) -> None:
         variants = [Variant("ours: CUTLASS up+relu2, down", ours, flops=flops, bytes=weight_bytes + act_bytes),
                     Variant("ours fp8: quant, up+relu2, quant, down", ours_fp8, flops=flops, flop_ceiling="fp8",
                             bytes=weight_bytes // 2 + act_bytes)]
+        if bench.device.type == "cuda" and 8 <= ntokens <= 1024:
+            for path, name in PATHS.items():
+                for fp8 in (False, True):
+                    if path == 2 and ntokens > 64:
+                        continue      # the GEMV passes over each expert's weights once per 8 rows
+                    fn = forced_path(path, fp8)
+                    _close(fn(s), want, 0.15 if fp8 else 2e-2, f"path {name} != torch._grouped_mm")
+                    variants.append(Variant(f"ours{' fp8' if fp8 else ''}, forced {name}", fn, flops=flops,
+                                            flop_ceiling="fp8" if fp8 else "bf16",
+                                            bytes=(weight_bytes // 2 if fp8 else weight_bytes) + act_bytes))
         if bench.device.type == "cuda":
             variants.append(Variant("torch: _grouped_mm up, relu2, down", torch_grouped_mm, flops=flops,
                                     bytes=weight_bytes + act_bytes, baseline=True))

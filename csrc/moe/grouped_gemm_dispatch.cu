@@ -13,10 +13,10 @@ NK_GEMM_TU(nn_drelu2)
 NK_GEMM_TU(tn)
 NK_GEMM_TU(fp8_nt)
 NK_GEMM_TU(fp8_nt_relu2)
-NK_GEMM_TU(nt_small)
-NK_GEMM_TU(nt_relu2_small)
-NK_GEMM_TU(fp8_nt_small)
-NK_GEMM_TU(fp8_nt_relu2_small)
+NK_GEMM_TU(nt_swap)
+NK_GEMM_TU(nt_relu2_swap)
+NK_GEMM_TU(fp8_nt_swap)
+NK_GEMM_TU(fp8_nt_relu2_swap)
 #undef NK_GEMM_TU
 
 namespace {
@@ -28,15 +28,15 @@ struct GemmEntry {
 
 #define NK_ENTRY(name) GemmEntry{grouped_gemm_##name##_workspace, grouped_gemm_##name##_run}
 GemmEntry entry_of(GemmKind kind, GemmPath path) {
-  const bool small_tiles = path == GemmPath::kSmallTiles;
+  const bool swap = path == GemmPath::kSwapAB;
   switch (kind) {
-    case GemmKind::kNT: return small_tiles ? NK_ENTRY(nt_small) : NK_ENTRY(nt);
-    case GemmKind::kNTReLU2: return small_tiles ? NK_ENTRY(nt_relu2_small) : NK_ENTRY(nt_relu2);
+    case GemmKind::kNT: return swap ? NK_ENTRY(nt_swap) : NK_ENTRY(nt);
+    case GemmKind::kNTReLU2: return swap ? NK_ENTRY(nt_relu2_swap) : NK_ENTRY(nt_relu2);
     case GemmKind::kNN: return NK_ENTRY(nn);
     case GemmKind::kNNdReLU2: return NK_ENTRY(nn_drelu2);
     case GemmKind::kTN: return NK_ENTRY(tn);
-    case GemmKind::kFp8NT: return small_tiles ? NK_ENTRY(fp8_nt_small) : NK_ENTRY(fp8_nt);
-    case GemmKind::kFp8NTReLU2: return small_tiles ? NK_ENTRY(fp8_nt_relu2_small) : NK_ENTRY(fp8_nt_relu2);
+    case GemmKind::kFp8NT: return swap ? NK_ENTRY(fp8_nt_swap) : NK_ENTRY(fp8_nt);
+    case GemmKind::kFp8NTReLU2: return swap ? NK_ENTRY(fp8_nt_relu2_swap) : NK_ENTRY(fp8_nt_relu2);
   }
   return GemmEntry{nullptr, nullptr};
 }

@@ -90,6 +90,18 @@ using EpiDequant = Sm90EVT<Sm90Compute<cutlass::multiplies, ElementOut, float, k
 template <class TileShape>
 using EpiDequantReLU2 = Sm90EVT<Sm90Compute<SquaredReLU, Bf16, float, kRound>, EpiDequant<TileShape, float>>;
 
+// The same for swapped operands (SwapAB below): D^T's rows are channels (b_scale) and its columns are the group's
+// rows (a_scale, which may start at any row: read one float at a time).
+template <class TileShape>
+using ScaleOfColAnyAlign = Sm90RowBroadcast<0, TileShape, float*, float, Stride<_0, _1, _0>, 1>;
+template <class TileShape, class ElementOut>
+using EpiDequantSwap = Sm90EVT<Sm90Compute<cutlass::multiplies, ElementOut, float, kRound>,    // (.) * a_scale
+                               Sm90EVT<Sm90Compute<cutlass::multiplies, float, float, kRound>, // acc * b_scale
+                                       Sm90AccFetch, ScaleOfRow<TileShape>>,
+                               ScaleOfColAnyAlign<TileShape>>;
+template <class TileShape>
+using EpiDequantSwapReLU2 = Sm90EVT<Sm90Compute<SquaredReLU, Bf16, float, kRound>, EpiDequantSwap<TileShape, float>>;
+
 // Fills the fusion arguments that depend on the per-group arrays (only the dequantising epilogues have any).
 template <class FusionOp>
 struct FusionArgs {
@@ -111,6 +123,21 @@ struct FusionArgs<EpiDequantReLU2<TileShape>> {
     FusionArgs<EpiDequant<TileShape, float>>::fill(args.op_0, a_scale, b_scale);  // {op_0: dequant, op_1: relu^2}
   }
 };
+template <class TileShape, class ElementOut>
+struct FusionArgs<EpiDequantSwap<TileShape, ElementOut>> {
+  template <class Args>
+  static void fill(Args& args, float const** a_scale, float const** b_scale) {
+    args.op_0.op_1.ptr_col = b_scale;  // {op_0: {acc, b_scale, *}, op_1: a_scale, op_2: *}
+    args.op_1.ptr_row = a_scale;
+  }
+};
+template <class TileShape>
+struct FusionArgs<EpiDequantSwapReLU2<TileShape>> {
+  template <class Args>
+  static void fill(Args& args, float const** a_scale, float const** b_scale) {
+    FusionArgs<EpiDequantSwap<TileShape, float>>::fill(args.op_0, a_scale, b_scale);
+  }
+};
 
 // ---- one kernel configuration ----
 
@@ -118,28 +145,26 @@ using Fp8 = cutlass::float_e4m3_t;
 using RowMajor = cutlass::layout::RowMajor;
 using ColumnMajor = cutlass::layout::ColumnMajor;
 
-// Cooperative: both consumer warp groups share one tile (M >= 128); ping-pong: each warp group has its own tile
-// and the two alternate between mainloop and epilogue (small tiles).
+// Cooperative schedule: both consumer warp groups share one tile (M >= 128).
 // FP8 accumulates in the tensor cores' own precision ("fast accumulation"): the default FP8 mainloop promotes
 // into a second fp32 accumulator every 4 k-blocks, which costs registers (128x256 tiles spill) and issue slots;
 // for K <= 2688 the fast-accumulation error is far below the e4m3 quantisation error the test budgets for.
+// SwapAB (NT kinds, few rows per group): computes d^T = b[e] @ a[rows_e]^T, so the weights' channels fill the
+// wgmma's 64-row M side and the group's few rows a narrow N tile; d^T is stored column-major, i.e. d row-major.
 template <class ElementAB_, class LayoutA_, class LayoutB_, class ElementC_, class FusionOp_, class TileShape_,
-          bool PingPong = false>
+          bool SwapAB = false>
 struct GroupedGemm {
+  static constexpr bool kSwapAB = SwapAB;
   static constexpr bool kFp8 = cute::is_same_v<ElementAB_, cutlass::float_e4m3_t>;
   using ClusterShape_ = Shape<_1, _1, _1>;
-  using KernelSchedule_ = cute::conditional_t<
-      PingPong,
-      cute::conditional_t<kFp8, cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpongFP8FastAccum,
-                          cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong>,
+  using KernelSchedule_ =
       cute::conditional_t<kFp8, cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperativeFP8FastAccum,
-                          cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative>>;
-  using EpilogueSchedule_ = cute::conditional_t<PingPong, cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong,
-                                                cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
+                          cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative>;
+  using EpilogueSchedule_ = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
   using ElementAB = ElementAB_;  // Bf16 or cutlass::float_e4m3_t
   using LayoutA = LayoutA_;
   using LayoutB = LayoutB_;
-  using LayoutD = cutlass::layout::RowMajor;
+  using LayoutD = cute::conditional_t<SwapAB, cutlass::layout::ColumnMajor, cutlass::layout::RowMajor>;
   using ElementC = ElementC_;  // void: no source operand
   using FusionOp = FusionOp_;
   using ProblemShape = cutlass::gemm::GroupProblemShape<Shape<int, int, int>>;  // (M, N, K) per group
@@ -261,6 +286,19 @@ __global__ void build_group_args_kernel(GroupedGemmParams p, GroupArrays<G> arr)
     arr.stride_b[e] = cutlass::make_cute_packed_stride(typename G::StrideB{}, {p.k, rows, 1});  // N-major
     arr.stride_c[e] = cutlass::make_cute_packed_stride(typename G::StrideC{}, {p.n, p.k, 1});
     arr.stride_d[e] = cutlass::make_cute_packed_stride(typename G::StrideD{}, {p.n, p.k, 1});
+  } else if constexpr (G::kSwapAB) {
+    // d[rows_e]^T (N x rows) = b[e] (N x K) @ a[rows_e]^T: M = N, N = rows; d^T column-major is d row-major.
+    arr.shapes[e] = typename G::Shape3(p.n, rows, p.k);
+    arr.ptr_a[e] = b + int64_t(e) * p.n * p.k;
+    arr.ptr_b[e] = a + start * p.k;
+    arr.ptr_c[e] = nullptr;
+    arr.ptr_d[e] = d + start * p.n;
+    arr.ptr_a_scale[e] = p.a_scale ? p.a_scale + start : nullptr;
+    arr.ptr_b_scale[e] = p.b_scale ? p.b_scale + int64_t(e) * p.n : nullptr;
+    arr.stride_a[e] = cutlass::make_cute_packed_stride(typename G::StrideA{}, {p.n, p.k, 1});
+    arr.stride_b[e] = cutlass::make_cute_packed_stride(typename G::StrideB{}, {rows, p.k, 1});
+    arr.stride_c[e] = cutlass::make_cute_packed_stride(typename G::StrideC{}, {p.n, rows, 1});
+    arr.stride_d[e] = cutlass::make_cute_packed_stride(typename G::StrideD{}, {p.n, rows, 1});
   } else {
     // d[rows_e] (rows x N) = a[rows_e] (rows x K) @ op(b[e]), op(b[e]) = b[e]^T (NT, b[e] is N x K) or b[e] (NN).
     arr.shapes[e] = typename G::Shape3(rows, p.n, p.k);

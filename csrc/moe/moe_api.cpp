@@ -230,16 +230,23 @@ int64_t check_offsets(const at::Tensor& offsets, const at::Device& dev, const at
   return groups;
 }
 
+// path: -1 = by rows per group (path_for); 0..2 forces a moe::GemmPath (tests and benchmarks compare them).
+void check_path(int64_t path) {
+  TORCH_CHECK_VALUE(path >= -1 && path <= 2, "path must be -1 (auto) or 0..2 (large tiles, swapped operands, GEMV), "
+                    "got ", path);
+}
+
 #ifdef NEMOTRON_WITH_CUDA
 void run_grouped_gemm(moe::GemmKind kind, const at::Tensor& a, const at::Tensor& b, const at::Tensor* c,
                       const at::Tensor& d, const at::Tensor& offsets, int64_t groups, int64_t n, int64_t k,
-                      const at::Tensor* a_scale = nullptr, const at::Tensor* b_scale = nullptr) {
+                      const at::Tensor* a_scale = nullptr, const at::Tensor* b_scale = nullptr,
+                      int64_t path_arg = -1) {
   const c10::cuda::CUDAGuard guard(a.device());
   const int device = a.device().index();
   const int sm_count = moe::sm_count_of(device);
   TORCH_CHECK(sm_count > 0, "grouped_gemm: could not read the multiprocessor count of cuda:", device);
   const auto stream = c10::cuda::getCurrentCUDAStream(device).stream();
-  const moe::GemmPath path = moe::path_for(kind, a.size(0), int(groups));
+  const moe::GemmPath path = path_arg < 0 ? moe::path_for(kind, a.size(0), int(groups)) : moe::GemmPath(path_arg);
   const size_t ws_bytes = moe::grouped_gemm_workspace_bytes(kind, path, int(groups), sm_count);
   auto workspace = at::empty({int64_t(ws_bytes)}, a.options().dtype(at::kByte));
   moe::GroupedGemmParams p{kind,
@@ -265,7 +272,9 @@ void run_grouped_gemm(moe::GemmKind kind, const at::Tensor& a, const at::Tensor&
 #endif
 
 // NT: out[rows_e] = act(a[rows_e] @ b[e]^T); a [M, K], b [E, N, K] -> [M, N]; act = relu^2 when relu2.
-at::Tensor grouped_gemm_nt(const at::Tensor& a, const at::Tensor& b, const at::Tensor& expert_offsets, bool relu2) {
+at::Tensor grouped_gemm_nt(const at::Tensor& a, const at::Tensor& b, const at::Tensor& expert_offsets, bool relu2,
+                           int64_t path) {
+  check_path(path);
   check_cuda(a, "a");
   check_gemm_operand(a, "a", {-1, -1}, a.device());
   TORCH_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
@@ -280,7 +289,7 @@ at::Tensor grouped_gemm_nt(const at::Tensor& a, const at::Tensor& b, const at::T
   auto out = at::empty({a.size(0), n}, a.options());
 #ifdef NEMOTRON_WITH_CUDA
   run_grouped_gemm(relu2 ? moe::GemmKind::kNTReLU2 : moe::GemmKind::kNT, a, b, nullptr, out, expert_offsets, groups,
-                   n, k);
+                   n, k, nullptr, nullptr, path);
 #endif
   return out;
 }
@@ -331,7 +340,9 @@ at::Tensor grouped_gemm_tn(const at::Tensor& a, const at::Tensor& b, const at::T
 // FP8 NT: out[rows_e] = act(a[rows_e] @ b[e]^T * a_scale[row] * b_scale[e, col]) in bf16; a [M, K] e4m3,
 // a_scale [M] fp32, b [E, N, K] e4m3, b_scale [E, N] fp32.
 at::Tensor grouped_gemm_fp8_nt(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& b,
-                               const at::Tensor& b_scale, const at::Tensor& expert_offsets, bool relu2) {
+                               const at::Tensor& b_scale, const at::Tensor& expert_offsets, bool relu2,
+                               int64_t path) {
+  check_path(path);
   check_cuda(a, "a");
   check_gemm_operand(a, "a", {-1, -1}, a.device(), at::kFloat8_e4m3fn);
   TORCH_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
@@ -356,7 +367,7 @@ at::Tensor grouped_gemm_fp8_nt(const at::Tensor& a, const at::Tensor& a_scale, c
   auto out = at::empty({m, n}, out_opts);
 #ifdef NEMOTRON_WITH_CUDA
   run_grouped_gemm(relu2 ? moe::GemmKind::kFp8NTReLU2 : moe::GemmKind::kFp8NT, a, b, nullptr, out, expert_offsets,
-                   groups, n, k, &a_scale, &b_scale);
+                   groups, n, k, &a_scale, &b_scale, path);
 #endif
   return out;
 }
@@ -373,14 +384,14 @@ void register_moe(pybind11::module_& m) {
   m.def("grouped_gemm_fp8_nt", &grouped_gemm_fp8_nt,
         "e4m3 a [M,K] @ b[e]^T per expert, dequantised by a_scale [M] and b_scale [E,N], relu^2 optionally -> bf16",
         py::arg("a"), py::arg("a_scale"), py::arg("b"), py::arg("b_scale"), py::arg("expert_offsets"),
-        py::arg("relu2"));
+        py::arg("relu2"), py::arg("path") = -1);
   m.def("moe_unpermute", &moe_unpermute, "rows [M,H] -> (add +) sum_j w[t,j] rows[row_of_assignment[t,j]] [T,H] (CUDA)",
         py::arg("rows"), py::arg("row_of_assignment"), py::arg("topk_weight"), py::arg("add"));
   m.def("moe_unpermute_bwd", &moe_unpermute_bwd,
         "backward of moe_unpermute -> (d_rows [m_rows,H], d_weight [T,k] fp32 or [0,0] without rows) (CUDA)",
         py::arg("dout"), py::arg("rows"), py::arg("row_of_assignment"), py::arg("topk_weight"), py::arg("m_rows"));
   m.def("grouped_gemm_nt", &grouped_gemm_nt, "a [M,K] @ b[e]^T per expert (b [E,N,K]), relu^2 fused optionally",
-        py::arg("a"), py::arg("b"), py::arg("expert_offsets"), py::arg("relu2"));
+        py::arg("a"), py::arg("b"), py::arg("expert_offsets"), py::arg("relu2"), py::arg("path") = -1);
   m.def("grouped_gemm_nn", &grouped_gemm_nn, "a [M,K] @ b[e] per expert (b [E,K,N]), * 2 sqrt(relu2_out) optionally",
         py::arg("a"), py::arg("b"), py::arg("expert_offsets"), py::arg("relu2_out"));
   m.def("grouped_gemm_tn", &grouped_gemm_tn, "per expert a[rows_e]^T @ b[rows_e] -> [E,P,Q]", py::arg("a"),

@@ -69,10 +69,16 @@ enum class GemmKind : int {
   kFp8NTReLU2 = 6,   // epilogue: relu(acc * a_scale * b_scale)^2
 };
 
-// Kernel choice by rows per group (NT kinds): CUTLASS 128-row tiles for prefill/training; 64x64 ping-pong tiles
-// when few rows per group, so more CTAs stream each expert's weights; a GEMV (moe_gemv_kernel.cu) for decode,
-// where the weights are the whole cost and tensor-core tiles would multiply mostly padding.
-enum class GemmPath : int { kLargeTiles = 0, kSmallTiles = 1, kGemv = 2 };
+// Kernel choice by rows per group (NT kinds): CUTLASS 128-row tiles for prefill/training; with few rows per group,
+// swapped operands (grouped_gemm_*_swap.cu: d^T = b[e] @ a[rows_e]^T on 128x32 tiles, the channels on the MMA's
+// 64-row side and the rows on a 32-wide N side); a GEMV (moe_gemv_kernel.cu) for the fewest rows. At decode the
+// weights are the whole cost: H200, T = 64 / 256, the swapped tiles stream them at copy speed (4.2 TB/s) where
+// 64x64 row tiles reached 3.2-3.3 (bench/NOTES.md, session 6).
+enum class GemmPath : int { kLargeTiles = 0, kSwapAB = 1, kGemv = 2 };
+inline bool is_nt(GemmKind kind) {
+  return kind == GemmKind::kNT || kind == GemmKind::kNTReLU2 || kind == GemmKind::kFp8NT ||
+         kind == GemmKind::kFp8NTReLU2;
+}
 
 struct GroupedGemmParams {
   GemmKind kind;
@@ -96,9 +102,7 @@ struct GroupedGemmParams {
 
 size_t grouped_gemm_workspace_bytes(GemmKind kind, GemmPath path, int groups, int sm_count);
 inline GemmPath path_for(GemmKind kind, int64_t m_rows, int groups) {
-  const bool nt = kind == GemmKind::kNT || kind == GemmKind::kNTReLU2 || kind == GemmKind::kFp8NT ||
-                  kind == GemmKind::kFp8NTReLU2;
-  if (!nt) return GemmPath::kLargeTiles;
+  if (!is_nt(kind)) return GemmPath::kLargeTiles;
   // GEMV: any precision for a couple of tokens; BF16 up to 2 rows per expert on average. The average is over
   // all E experts (the touched count never reaches the host), and skewed routing piles rows on a few experts,
   // each 8 of which cost the GEMV another pass over the weights (H200 serve bench, B64 with 17 experts touched:
@@ -106,7 +110,7 @@ inline GemmPath path_for(GemmKind kind, int64_t m_rows, int groups) {
   // CUDA cores and is instruction-bound there (0.81 vs 0.42 ms at T = 64).
   const bool fp8 = kind == GemmKind::kFp8NT || kind == GemmKind::kFp8NTReLU2;
   if (m_rows <= 16 || (!fp8 && m_rows <= 2 * int64_t(groups))) return GemmPath::kGemv;
-  return m_rows <= 32 * int64_t(groups) ? GemmPath::kSmallTiles : GemmPath::kLargeTiles;
+  return m_rows <= 32 * int64_t(groups) ? GemmPath::kSwapAB : GemmPath::kLargeTiles;
 }
 // Zeroes d[e] (n x k bf16) for every group e without rows (kTN: those groups get no GEMM tiles).
 void zero_empty_groups(const GroupedGemmParams& p);

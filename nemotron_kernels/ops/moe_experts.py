@@ -14,7 +14,8 @@ d rows = dpre @ up[e]; dx = sum_j d rows[row(t, j)] (+ the shared expert's dx, i
 Saved for backward: rows, h, y (for d topk_weight), and the shared expert's hs.
 The forward GEMMs pick their kernel by rows per expert (csrc/moe/moe_kernels.h, path_for): <= 2 on average
 (decode, T <= 42 at top-6 of 128; FP8: T <= 2) a grouped GEMV that streams each touched expert's weights once;
-<= 32 64x64 ping-pong tiles; more, 128-row tiles.
+<= 32 swapped operands (the weights' channels on the MMA's 64-row side, the rows on a 32-wide N side); more,
+128-row tiles.
 Everything else (CPU, other dtypes, unaligned sizes) runs the reference; unaligned sizes on CUDA warn once.
 
 moe_experts_fp8 (+ quantize_experts_fp8): the same layer with FP8 e4m3 GEMMs for inference (per-token activation

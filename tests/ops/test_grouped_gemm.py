@@ -84,6 +84,18 @@ def test_bad_inputs_name_the_argument(change, exc, match):
         grouped_gemm(**{**args, **change})
 
 
+def test_extension_path_argument_is_checked():
+    """The extension's `path` (a moe::GemmPath to force, -1 = by rows per expert) is checked before anything else."""
+    from nemotron_kernels import _ext
+    if _ext._C is None:
+        pytest.skip(f"extension not loaded: {_ext.LOAD_ERROR}")
+    a, b, offsets = operands([2, 0, 3], 8, 8, seed=0, dtype=BF16)
+    with pytest.raises(ValueError, match=r"path must be -1 \(auto\) or 0..2"):
+        _ext._C.grouped_gemm_nt(a, b, offsets, False, 3)
+    with pytest.raises(ValueError, match=r"path must be -1 \(auto\) or 0..2"):
+        _ext._C.grouped_gemm_fp8_nt(a, offsets.float(), b, b[:, :, 0].float(), offsets, False, -2)
+
+
 # ------------------------------------------------------------------------------------------------ CUDA kernels
 
 def routed_counts(ntokens, nexperts, top_k, seed, empty=()):
@@ -105,7 +117,7 @@ def check_forward(counts, n, k, activation, seed=0):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("activation", ["relu2", "none"])
-@pytest.mark.parametrize("ntokens", [1, 8, 64, 512, 2048])   # GEMV (1, 8), small tiles (64, 512), large tiles
+@pytest.mark.parametrize("ntokens", [1, 8, 64, 512, 2048])   # GEMV (1, 8), swapped operands (64, 512), large tiles
 def test_cuda_forward_nemotron_shapes(ntokens, activation):
     counts = routed_counts(ntokens, 128, 6, seed=ntokens, empty=(5,))
     n, k = (1856, 2688) if activation == "relu2" else (2688, 1856)   # up: [E, I, H]; down: [E, H, I]
@@ -124,6 +136,32 @@ def test_cuda_forward_nemotron_shapes(ntokens, activation):
 ])
 def test_cuda_forward_odd_shapes(counts, n, k, activation):
     check_forward(counts, n, k, activation, seed=sum(counts))
+
+
+PATHS = {0: "128-row tiles", 1: "swapped operands, 128x32 tiles", 2: "GEMV"}  # moe::GemmPath
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("activation", ["relu2", "none"])
+@pytest.mark.parametrize("counts,n,k", [
+    (routed_counts(256, 128, 6, seed=21, empty=(9,)), 1856, 2688),   # B256 decode: ~12 rows per expert
+    ([37, 0, 5, 1, 70, 0, 33, 32], 264, 72),   # experts over one and two 32-row tiles, empty ones, odd starts
+    ([1], 8, 8),
+])
+def test_cuda_every_forward_path(path, counts, n, k, activation):
+    """Each kernel path, forced through the extension's `path` argument, on the same problems (path_for picks by
+    rows per expert, so the sizes alone would not reach every path)."""
+    from nemotron_kernels import _ext
+    a, b, offsets = operands(counts, n, k, seed=path + len(counts), device="cuda", dtype=BF16)
+    out = _ext._C.grouped_gemm_nt(a, b, offsets, activation == "relu2", path)
+    ref64 = grouped_gemm_ref(a.double(), b, offsets, activation)
+    assert_error_rule(f"{PATHS[path]} {activation}", out, ref64, torch_bf16(a, b, offsets, activation), 2)
+    a_q, a_scale, b_q, b_scale, offsets = quantized_operands(counts, n, (k + 15) // 16 * 16, seed=path)  # K % 16
+    out = _ext._C.grouped_gemm_fp8_nt(a_q, a_scale, b_q, b_scale, offsets, activation == "relu2", path)
+    exact = grouped_gemm_ref(a_q.double() * a_scale.double()[:, None], b_q.double() * b_scale.double()[..., None],
+                             offsets, activation)
+    assert_error_rule(f"fp8 {PATHS[path]} {activation}", out, exact, exact.to(BF16), 2)
 
 
 @pytest.mark.cuda
