@@ -1,4 +1,5 @@
-"""AdamW parameter groups, the WSD schedule and the chunked fp32 cross-entropy."""
+"""AdamW parameter groups, the WSD schedule, gradient clipping by the global norm and the chunked fp32
+cross-entropy."""
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from model.nemotron_h import build_model
 from training.data import IGNORE_INDEX
 from training.loss import chunked_cross_entropy, default_chunk_rows
 from training.optim import WSDSchedule, build_optimizer, param_groups
+from training.parallel import DistInfo, Parallelism, clip_grad_norm_
 
 
 def test_wsd_schedule_shape():
@@ -51,6 +53,44 @@ def test_weight_decay_on_matrices_only():
     opt = build_optimizer(model, lr=1e-3)
     assert opt.defaults["betas"] == (0.9, 0.95)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def _params_with_grads(*grads):
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    return params
+
+
+def test_clip_grad_norm_scales_to_max_norm_and_returns_the_norm_before():
+    """Above max_norm: every gradient is scaled by the same factor so their global L2 norm becomes max_norm (the
+    direction kept); the returned value is the norm before clipping. Parameters without a gradient are skipped."""
+    torch.manual_seed(0)
+    grads = [torch.randn(7, 5) * 3, torch.randn(11), torch.randn(2, 3, 4) * 0.5]
+    params = _params_with_grads(*grads) + [torch.nn.Parameter(torch.ones(3))]       # the last one: no grad
+    expected = math.sqrt(sum(g.double().square().sum().item() for g in grads))
+    assert expected > 10
+    total = clip_grad_norm_(params, 1.0, Parallelism(DistInfo()))
+    assert total.dtype == torch.float32 and total.shape == ()
+    assert total.item() == pytest.approx(expected, rel=1e-6)
+    after = math.sqrt(sum(p.grad.double().square().sum().item() for p in params[:3]))
+    assert after == pytest.approx(1.0, rel=1e-5)
+    for p, g in zip(params, grads):                                      # one common factor: direction kept
+        torch.testing.assert_close(p.grad, g / expected, rtol=1e-5, atol=0)
+    assert params[3].grad is None
+
+
+@pytest.mark.parametrize("max_norm", [100.0, 0.0])
+def test_clip_grad_norm_leaves_small_gradients_and_max_norm_zero_alone(max_norm):
+    """Below max_norm (or with clipping off, max_norm 0) the gradients stay bit for bit as they were."""
+    torch.manual_seed(1)
+    grads = [torch.randn(4, 4), torch.randn(9) * 2]
+    params = _params_with_grads(*grads)
+    total = clip_grad_norm_(params, max_norm, Parallelism(DistInfo()))
+    assert total.item() == pytest.approx(math.sqrt(sum(g.double().square().sum().item() for g in grads)), rel=1e-6)
+    assert total.item() < 100
+    for p, g in zip(params, grads):
+        assert torch.equal(p.grad, g)
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 5, 16, 64])

@@ -111,6 +111,29 @@ def test_checkpoint_loads_in_transformers(pretrain_argv, tmp_path):
     torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("clip", [0.01, 0.0])
+def test_trainer_clips_the_gradient_before_the_optimizer_step(pretrain_argv, tmp_path, clip):
+    """--grad-clip c: the optimizer steps on gradients of global norm exactly c (the initial gradients are far
+    larger); the logged grad_norm is the norm before clipping. --grad-clip 0: the gradients are not touched."""
+    trainer = build_trainer(pretrain_argv(tmp_path, "--steps", 2, "--eval-every", 0, "--grad-clip", clip))
+    at_step = []
+    step = trainer.optimizer.step
+
+    def recording_step(*a, **kw):
+        at_step.append(math.sqrt(sum(p.grad.double().square().sum().item() for p in trainer.params
+                                     if p.grad is not None)))
+        return step(*a, **kw)
+
+    trainer.optimizer.step = recording_step
+    records = [trainer.train_step(i) for i in range(2)]
+    assert len(at_step) == 2 and all(r["grad_norm"] > 0.1 for r in records)
+    for norm, rec in zip(at_step, records):
+        if clip:
+            assert norm == pytest.approx(clip, rel=1e-5), (norm, rec["grad_norm"])
+        else:
+            assert norm == pytest.approx(rec["grad_norm"], rel=1e-5)
+
+
 def test_non_finite_loss_skips_the_step_and_halts_after_n_in_a_row(pretrain_argv, tmp_path):
     trainer = build_trainer(pretrain_argv(tmp_path, "--steps", 8, "--max-bad-steps", 2, "--eval-every", 0))
     hidden_states = trainer.model.hidden_states
@@ -202,6 +225,53 @@ def test_metrics_and_plots(pretrain_argv, tmp_path):
     main([a for a in pretrain_argv(tmp_path / "plots", "--steps", 2) if a != "--no-plots"])
     assert (tmp_path / "plots" / "loss_lr.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "plots" / "expert_load.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def checkpoint_with_byte_tokenizer(directory: Path) -> Path:
+    """A checkpoint-style folder holding tokenizer.json + tokenizer_config.json (chat template, special tokens) of a
+    byte-level tokenizer unlike our trained BPEs: byte b -> id b, then <s> 256, </s> 257, <pad> 258."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    extra = iter(range(256, 512))
+    char_of = {b: chr(b) if b in printable else chr(next(extra)) for b in range(256)}   # the ByteLevel alphabet
+    vocab = {char_of[b]: b for b in range(256)} | {"<s>": 256, "</s>": 257, "<pad>": 258}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<s>", "</s>", "<pad>"])
+    directory.mkdir(parents=True)
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": {"content": "</s>"}, "pad_token": "<pad>",
+         "chat_template": "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"}))
+    return directory
+
+
+def test_pretraining_with_a_checkpoints_tokenizer(pretrain_argv, tmp_path):
+    """--tokenizer DIR: the shards are that tokenizer's ids (no BPE is trained), the model takes its special ids,
+    and the run's checkpoints carry it (tokenizer.json and tokenizer_config.json with the chat template)."""
+    from training.data import Corpus, TokenStream, load_tokenizer
+    source = checkpoint_with_byte_tokenizer(tmp_path / "ckpt")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(4):
+        (corpus / f"doc{i}.txt").write_text(f"# document {i}: caf\u00e9\n" + "".join(
+            f"def f{i}_{j}(x):\n    return x * {j}\n" for j in range(60)))
+    trainer = build_trainer(pretrain_argv(tmp_path / "out", "--steps", 2, "--eval-every", 0, "--corpus", corpus,
+                                          "--suffixes", ".txt", "--data-dir", tmp_path / "data",
+                                          "--tokenizer", source))
+    config = trainer.model.config
+    assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (256, 257, 258)
+    first = Corpus.from_dir(corpus, suffixes=(".txt",)).train_files[0]
+    stream = TokenStream(trainer.tokenizer_dir, "train")
+    n = int(stream.doc_starts[1])
+    assert stream.read(0, n).tolist() == [256, *first.read_bytes(), 257]           # bytes as ids, no merges
+    trainer.run()
+    saved = load_tokenizer(ckpt.resolve_checkpoint(tmp_path / "out"))
+    assert saved.vocab_size == 259 and (saved.bos_id, saved.eos_id, saved.pad_id) == (256, 257, 258)
+    assert saved.encode("caf\u00e9") == list("caf\u00e9".encode())
+    assert saved.chat_template == load_tokenizer(source).chat_template
 
 
 def test_bad_command_lines(pretrain_argv, tmp_path):

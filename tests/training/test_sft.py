@@ -1,4 +1,5 @@
 """SFT: chat JSONL, the chat template, assistant-only loss, reasoning on/off, packing, the CLI."""
+import itertools
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from training.chat import (SFTBatches, chat_renderer, drop_reasoning, load_chat_
 from training.data import IGNORE_INDEX, load_tokenizer
 from training.monitor import read_metrics
 from training.pretrain import build_trainer as build_pretrain
+from training.sft import build_trainer as build_sft
 from training.sft import main as sft_main
 
 CONV = [{"role": "system", "content": "You add numbers."},
@@ -164,6 +166,25 @@ def test_sft_cli_end_to_end(pretrained, tmp_path):
     assert len(train) == 3 and all(r["lr"] <= 5e-5 for r in train) and train[0]["lr"] > 0
     assert summary["val_loss"] is not None and summary["val_loss"] == summary["val_loss"]
     assert (out / "checkpoints" / "step_00000003" / "tokenizer_config.json").is_file()
+
+
+def test_sft_paper_defaults(pretrained, tmp_path):
+    """Paper SFT (spec 5.2): LR 5e-5 after a linear warmup (800 of 13,000 steps there; 6% of the run here), the
+    sequence-level MoE balance loss at coefficient 1e-4, the aux-loss-free bias update (rate 1e-3) still on."""
+    data = write_jsonl(tmp_path / "chat.jsonl", [json.dumps({"messages": CONV})] * 4)
+    trainer = build_sft(["--data", str(data), "--init", str(pretrained), "--out", str(tmp_path / "sft"),
+                         "--seq-len", "96", "--batch-rows", "2", "--no-progress", "--no-plots", "--device", "cpu"])
+    cfg, schedule = trainer.cfg, trainer.schedule
+    assert (cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup_steps) == (200, 5e-5, 5e-7, 12)   # ceil(0.06 x 200)
+    assert cfg.aux_loss_coeff == 1e-4
+    assert cfg.balance and cfg.bias_update_rate == 1e-3
+    lrs = [schedule.lr(i) for i in range(200)]
+    assert lrs[0] == pytest.approx(5e-5 / 12) and all(a < b for a, b in itertools.pairwise(lrs[:12]))
+    assert lrs[11] == 5e-5 and max(lrs) == 5e-5 and lrs[100] == 5e-5
+    assert lrs[-1] == pytest.approx(5e-7)
+    short = build_sft(["--data", str(data), "--init", str(pretrained), "--out", str(tmp_path / "short"),
+                       "--steps", "10", "--device", "cpu", "--no-progress"])
+    assert short.cfg.warmup_steps == 1 and short.cfg.lr == 5e-5                        # at least one warmup step
 
 
 def test_sft_bad_input(pretrained, tmp_path):
