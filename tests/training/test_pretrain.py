@@ -30,9 +30,9 @@ def test_validation_loss_falls_below_unigram_entropy(pretrain_argv, tmp_path):
     assert summary["val_loss"] < val[-1]["unigram_entropy"] - 0.1, val[-1]
 
 
-@pytest.mark.slow
 def test_tiny_preset_learns_clearly_below_unigram_entropy(data_dir, tmp_path):
-    """The tiny preset as the CLI runs it (300 steps, 4 x 128 tokens) ends well below the unigram entropy."""
+    """The tiny preset as the CLI runs it (300 steps, 4 x 128 tokens) ends well below the unigram entropy: issue #7's
+    CPU criterion, so CI runs it (~1 min on 2 cores)."""
     summary = main(["--preset", "tiny", "--data-dir", str(data_dir), "--max-files", "40", "--out", str(tmp_path),
                     "--no-progress", "--device", "cpu"])
     val = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "val"]
