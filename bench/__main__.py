@@ -25,16 +25,22 @@ def available_ops() -> list[str]:
 
 
 def _commit() -> str | None:
-    """HEAD of the checkout holding this bench, else $NK_COMMIT: an unversioned copy of the tree (a snapshot sent
-    to the GPU machine) must not report the HEAD of some repository above it."""
+    """$NK_COMMIT when set (the GPU machine's copy of the tree can sit in a stale clone of the repository), else the
+    HEAD of the checkout holding this bench, marked "+dirty" when tracked files differ from it; None outside a
+    checkout (an unversioned copy must not report the HEAD of some repository above it)."""
+    if os.environ.get("NK_COMMIT"):
+        return os.environ["NK_COMMIT"]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True, timeout=10).stdout
+
     try:
-        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "--short", "HEAD"], cwd=HERE,
-                             capture_output=True, text=True, timeout=10).stdout.split()
+        out = git("rev-parse", "--show-toplevel", "--short", "HEAD").split()
+        if len(out) != 2 or pathlib.Path(out[0]).resolve() != HERE.parent.resolve():
+            return None
+        return out[1] + ("+dirty" if git("status", "--porcelain", "--untracked-files=no").strip() else "")
     except (OSError, subprocess.SubprocessError):
-        out = []
-    if len(out) == 2 and pathlib.Path(out[0]).resolve() == HERE.parent.resolve():
-        return out[1]
-    return os.environ.get("NK_COMMIT")
+        return None
 
 
 def _environment(device: torch.device) -> dict:

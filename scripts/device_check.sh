@@ -4,12 +4,12 @@
 #   PYTEST_TARGETS  test files / folders to run the `cuda` tests of (default: tests)
 #   PYTEST_ARGS  extra pytest arguments
 #   Run from the repository root (not a copy) on consecutive calls: the ignored build/ folder stays on a warm
-#   machine, so the rebuild is incremental; pass NK_COMMIT=<sha> (the device copy has no .git).
+#   machine, so the rebuild is incremental; pass NK_COMMIT=<sha> (the device copy may sit in a stale clone).
 #   BENCH_ARGS   arguments for `python -m bench` (default: --quick, or the ops given on the command line)
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
-git log -1 --format='commit %H %s' 2>/dev/null | tee -a "$OUT/gpu.txt"
+echo "tree: ${NK_COMMIT:-not given (pass NK_COMMIT=<sha>)}" | tee -a "$OUT/gpu.txt"
 
 t0=$(date +%s)
 if ! MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install --no-build-isolation --no-deps --no-index -e . >"$OUT/build.log" 2>&1; then
