@@ -16,7 +16,7 @@ from nemotron_kernels.ops.grouped_gemm import grouped_gemm, grouped_gemm_fp8, qu
 from .harness import Bench, Variant
 
 HIDDEN, INTER, EXPERTS, TOP_K = 2688, 1856, 128, 6
-TOKENS = (1, 8, 64, 256, 1024, 16384, 65536)
+TOKENS = (1, 8, 16, 32, 64, 256, 1024, 16384, 65536)
 PATHS = {0: "128-row tiles", 1: "swapped 128x32", 2: "GEMV"}  # moe::GemmPath values
 
 
@@ -117,7 +117,7 @@ def run(bench: Bench) -> None:
     down_q, down_scale = quantize_fp8_rowwise(down.view(-1, INTER))
     fp8_weights = dict(up_q=up_q.view(up.shape), up_scale=up_scale.view(nexperts, INTER),
                        down_q=down_q.view(down.shape), down_scale=down_scale.view(nexperts, HIDDEN))
-    for ntokens in bench.pick(TOKENS, quick=(1, 64, 256, 1024, 16384)):
+    for ntokens in bench.pick(TOKENS, quick=(1, 16, 64, 256, 16384)):
         if bench.device.type == "cpu" and ntokens > 8:
             continue
         make_bf16 = _input_maker(ntokens, up, down, bench.device)

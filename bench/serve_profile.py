@@ -59,7 +59,7 @@ SERVE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("router (fp32 gate, top-k)", ("moe_router", "nk::router::")),
     ("moe permute / unpermute / quantise", ("moe_permute", "moe_unpermute", "quantize_fp8", "quantize_rows_fp8",
                                             "rank_in_chunk", "expert_offsets_kernel", "assign_rows", "gather_rows",
-                                            "unpermute", "zero_fill_kernel")),
+                                            "unpermute", "zero_fill_kernel", "permute_one_chunk")),
     # groupproblemshape: the CUTLASS grouped GEMM, whose (often mangled) name has no "grouped_gemm" in it
     ("moe routed experts (grouped GEMM / GEMV)", ("grouped_gemm", "grouped_gemv", "moe_experts", "build_group_args",
                                                   "zero_empty_groups", "grouped_mm", "groupproblemshape")),

@@ -148,11 +148,12 @@ class Mamba2Mixer(nn.Module):
         """A = -exp(A_log) [Hm] in fp32 (fp64 stays fp64). For frozen weights (A_log.requires_grad False, as the
         serving engine sets them) it is kept until A_log changes (its version counter or storage), so inference steps
         and their CUDA graphs skip three tiny kernels per layer. Trainable weights never use the kept value: fused
-        optimizers update them without bumping the version counter."""
+        optimizers update them without bumping the version counter. Nor is a value made under inference_mode kept:
+        an inference tensor cannot enter a later autograd graph (and inference tensors have no version)."""
         A_log = self.A_log
-        key = None if A_log.requires_grad or A_log.is_inference() else (A_log._version, A_log.data_ptr(), A_log.dtype,
-                                                                        A_log.device)
-        cached = self.__dict__.get("_A_cache")                               # inference tensors have no version
+        keep = not (A_log.requires_grad or A_log.is_inference() or torch.is_inference_mode_enabled())
+        key = (A_log._version, A_log.data_ptr(), A_log.dtype, A_log.device) if keep else None
+        cached = self.__dict__.get("_A_cache")
         if key is not None and cached is not None and cached[0] == key:
             return cached[1]
         A = -torch.exp(A_log.to(torch.promote_types(A_log.dtype, torch.float32)))

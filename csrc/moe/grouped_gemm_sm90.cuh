@@ -262,6 +262,7 @@ GroupArrays<G> carve_arrays(char* base, int groups) {
 // never address memory outside the tensors (they give wrong groups, not a crash).
 template <class G, GemmKind K>
 __global__ void build_group_args_kernel(GroupedGemmParams p, GroupArrays<G> arr) {
+  static_assert(!G::kSwapAB || is_nt(K), "swapped operands are built for the NT kinds only");
   const int e = blockIdx.x * blockDim.x + threadIdx.x;
   if (e >= p.groups) return;
   const int64_t start = min(max(int64_t(p.offsets[e]), int64_t(0)), p.m_rows);

@@ -75,7 +75,7 @@ enum class GemmKind : int {
 // weights are the whole cost: H200, T = 64 / 256, the swapped tiles stream them at copy speed (4.2 TB/s) where
 // 64x64 row tiles reached 3.2-3.3 (bench/NOTES.md, session 6).
 enum class GemmPath : int { kLargeTiles = 0, kSwapAB = 1, kGemv = 2 };
-inline bool is_nt(GemmKind kind) {
+constexpr bool is_nt(GemmKind kind) {
   return kind == GemmKind::kNT || kind == GemmKind::kNTReLU2 || kind == GemmKind::kFp8NT ||
          kind == GemmKind::kFp8NTReLU2;
 }
@@ -105,9 +105,10 @@ inline GemmPath path_for(GemmKind kind, int64_t m_rows, int groups) {
   if (!is_nt(kind)) return GemmPath::kLargeTiles;
   // GEMV: any precision for a couple of tokens; BF16 up to 2 rows per expert on average. The average is over
   // all E experts (the touched count never reaches the host), and skewed routing piles rows on a few experts,
-  // each 8 of which cost the GEMV another pass over the weights (H200 serve bench, B64 with 17 experts touched:
-  // 15.8 ms/step at a 4-row limit vs 12.9 ms on tiles). FP8 keeps the tiles sooner: the GEMV widens e4m3 on
-  // CUDA cores and is instruction-bound there (0.81 vs 0.42 ms at T = 64).
+  // each 8 of which cost the GEMV another pass over the weights. FP8 leaves the GEMV sooner: it widens e4m3 on
+  // CUDA cores and is instruction-bound there. Both limits were set against the 64x64 tiles that the swapped
+  // operands replaced (H200, T = 64: GEMV 0.752 ms BF16 / 0.809 FP8, swapped 0.567 / 0.313; bench/NOTES.md,
+  // session 6), so they are conservative until T = 8..32 are measured side by side (bench grouped_gemm).
   const bool fp8 = kind == GemmKind::kFp8NT || kind == GemmKind::kFp8NTReLU2;
   if (m_rows <= 16 || (!fp8 && m_rows <= 2 * int64_t(groups))) return GemmPath::kGemv;
   return m_rows <= 32 * int64_t(groups) ? GemmPath::kSwapAB : GemmPath::kLargeTiles;

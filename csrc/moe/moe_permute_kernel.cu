@@ -1,13 +1,15 @@
 // Expert-sorted token permutation and its weighted inverse (see moe_kernels.h for the contract).
 //
-// permute: 4 launches + 1 memset, no host synchronisation, deterministic (no atomics):
+// permute: no host synchronisation, deterministic (no atomics); in general a memset (and for FP8 rows the row_scale
+// fill, zero_fill_kernel) and 4 launches:
 //   1. rank_in_chunk_kernel  per chunk of kChunk assignments: stable rank of each assignment among the chunk's
 //                            assignments to the same expert (warp match + per-warp counts), and the chunk histogram
 //   2. expert_offsets_kernel one block: tokens per expert, padded, exclusive scan -> expert_offsets; then the first
 //                            row of every (expert, chunk) pair
 //   3. assign_rows_kernel    row = first row of (expert, chunk) + local rank; token_of_row[row] = token
 //   4. gather_rows_kernel    rows[r] = x[token_of_row[r]], or zeros for padding
-// Up to one chunk (decode batches), permute_one_chunk_kernel does 1-3 and the fills in one block: 2 launches.
+// Up to one chunk of assignments and 2 * kChunk rows (decode batches), permute_one_chunk_kernel does 1-3 and the
+// fills in one block: 2 launches.
 // unpermute (and the backward of permute): one block per token gathers its k rows in slot order.
 #include <cub/block/block_scan.cuh>
 #include <cuda_bf16.h>

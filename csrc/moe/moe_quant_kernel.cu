@@ -108,14 +108,16 @@ template <typename T>
 void quantize_typed(const void* x, int64_t rows, int64_t cols, void* q, float* scale, cudaStream_t stream) {
   const auto* xt = static_cast<const T*>(x);
   auto* qt = static_cast<__nv_fp8_e4m3*>(q);
-  const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0;
   constexpr int kWide = 16 / sizeof(T);  // one 16-byte load of x per packet
-  constexpr int kMaxPackets = 3072 / 8 / 32;  // rows of up to 3,072 elements at 8 per packet (bf16 / fp16)
-  if (aligned && cols % kWide == 0 && cols % 8 == 0 && cols / kWide <= 32 * kMaxPackets) {
+  // x and q moved in packets of kWide elements (16 bytes of x)
+  const bool packets = reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0 &&
+                       cols % kWide == 0 && cols % 8 == 0;
+  constexpr int kMaxPackets = 12;  // a warp holds rows of up to 12 x 32 packets: 3,072 bf16 / fp16, 1,536 fp32
+  if (packets && cols / kWide <= 32 * kMaxPackets) {
     constexpr int kRowsPerBlock = kQuantThreads / 32;
     quantize_rows_fp8_warp_kernel<T, kWide, kMaxPackets><<<(rows + kRowsPerBlock - 1) / kRowsPerBlock, kQuantThreads,
                                                            0, stream>>>(xt, rows, cols, qt, scale);
-  } else if (aligned && cols % kWide == 0 && cols % 8 == 0)
+  } else if (packets)
     quantize_rows_fp8_kernel<T, kWide><<<rows, kQuantThreads, 0, stream>>>(xt, cols, qt, scale);
   else
     quantize_rows_fp8_kernel<T, 1><<<rows, kQuantThreads, 0, stream>>>(xt, cols, qt, scale);

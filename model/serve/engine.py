@@ -110,7 +110,8 @@ class _TextState:
 
 
 class LLMEngine:
-    """Continuous-batching engine over one model. Not thread-safe: one caller adds, aborts and steps."""
+    """Continuous-batching engine over one model. Not thread-safe: one caller adds, aborts and steps. The engine
+    owns the model from then on: it is put in eval mode with its weights frozen (requires_grad False)."""
 
     def __init__(self, model: NemotronH, tokenizer: ServeTokenizer | None = None,
                  config: EngineConfig | None = None):

@@ -2,8 +2,9 @@
 (layout in reference/moe_permute.py).
 
 CUDA kernels (csrc/moe/moe_permute_kernel.cu) for bf16/fp16/fp32 CUDA tensors: a stable counting sort, no host
-synchronisation, no atomics (bitwise deterministic), in five launches, or two up to 2,048 assignments (decode
-batches: one block ranks and places, one gathers); unpermute gathers each token's k rows in slot order. The reference runs on CPU, for float64, or without the extension.
+synchronisation, no atomics (bitwise deterministic), in five launches; two (one block ranks and places, one
+gathers) up to 2,048 assignments and 4,096 rows with padding (decode batches). unpermute gathers each token's k
+rows in slot order. The reference runs on CPU, for float64, or without the extension.
 Layers: custom ops `nemotron_kernels::moe_permute` / `::moe_unpermute` / `::moe_unpermute_bwd`
 -> `MoePermuteFn`, `MoeUnpermuteFn` (autograd) -> `moe_permute()`, `moe_unpermute()` (checks, dispatch).
 

@@ -169,6 +169,12 @@ def test_mamba_A_is_kept_until_A_log_changes(tiny_config):
     assert changed is not first and torch.equal(changed, -torch.exp(mixer.A_log))
     model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)  # new storage
     assert mixer._A() is not changed and torch.equal(mixer._A(), changed)
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+    with torch.inference_mode():                                       # made under inference_mode: not kept,
+        assert mixer._A() is not mixer._A()                            # as it could not enter a later graph
+    dt = torch.ones_like(mixer.A_log, requires_grad=True)             # e.g. adapters on the frozen weights
+    (dt * mixer._A()).sum().backward()
+    assert torch.equal(dt.grad, changed)
     with torch.inference_mode():                                       # a model loaded under inference_mode
         model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
         assert mixer.A_log.is_inference() and torch.equal(mixer._A(), changed)

@@ -260,7 +260,7 @@ def test_fp8_reference_is_the_dequantised_gemm():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [BF16, torch.float32])
-@pytest.mark.parametrize("rows,cols", [(1, 2688), (777, 1856), (9, 3072), (3, 3080), (5, 100), (3, 7)])
+@pytest.mark.parametrize("rows,cols", [(1, 2688), (777, 1856), (9, 3072), (3, 3080), (6, 1536), (5, 100), (3, 7)])
 # a warp per row up to 3,072 bf16 / 1,536 fp32 (777 rows: a partly filled last block), a block per row beyond and
 # for unaligned rows
 def test_cuda_quantize_fp8_is_the_reference_bitwise(rows, cols, dtype):

@@ -173,6 +173,26 @@ def test_cuda_permute_is_the_reference_bitwise(ntokens, nexperts, top_k, pad_to,
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("ntokens,pad_to", [(40, 16), (300, 1), (900, 16)])   # one block (<= 2,048 assignments
+def test_cuda_scaled_permute_carries_row_scales(ntokens, pad_to):             # and 4,096 rows), five launches
+    """moe_permute_scaled (FP8 rows + their per-token scales): the rows and offsets as moe_permute's, and row_scale
+    = the scale of each row's token, 0 on padding rows."""
+    from nemotron_kernels.ops.moe_permute import moe_permute_scaled_op
+    nexperts, top_k = 128, 6
+    topk_idx = routing(ntokens, nexperts, top_k, seed=ntokens, device="cuda", skip=(3,), only=None)
+    x = torch.randn(ntokens, 256, device="cuda").to(torch.float8_e4m3fn)
+    x_scale = torch.rand(ntokens, device="cuda") + 0.5
+    rows, row_scale, row_of_assignment, offsets = moe_permute_scaled_op(x, x_scale, topk_idx, nexperts, pad_to)
+    want_rows, want_roa, want_offsets = moe_permute_ref(x.float(), topk_idx, nexperts, pad_to)   # e4m3: exact
+    assert torch.equal(rows.float(), want_rows) and torch.equal(row_of_assignment, want_roa)
+    assert torch.equal(offsets, want_offsets)
+    want_scale = torch.zeros(rows.shape[0], device="cuda")
+    want_scale[want_roa.view(-1).long()] = x_scale.repeat_interleave(top_k)
+    assert torch.equal(row_scale, want_scale)
+    assert (pad_to == 1) == bool((row_scale > 0).all())
+
+
+@pytest.mark.cuda
 def test_cuda_permute_drops_out_of_range_experts():
     topk_idx = torch.tensor([[0, 9], [1, -3]], dtype=torch.int32, device="cuda")
     rows, row_of_assignment, offsets = moe_permute(torch.randn(2, 8, device="cuda"), topk_idx, 4)
