@@ -56,6 +56,8 @@ def main(argv=None) -> int:
     parser.add_argument("ops", nargs="*", help=f"ops to benchmark (default: all of {', '.join(ops)})")
     parser.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
     parser.add_argument("--cpu", action="store_true", help="smoke-run on the CPU (perf_counter, no GPU numbers)")
+    parser.add_argument("--kernels", action="store_true",
+                        help="also list what one call of each variant runs (torch.profiler): kernels by time")
     parser.add_argument("--out", default=str(HERE / "results"), help="folder for JSON / markdown / PNG")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.ops) - set(ops))
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
     print(f"[bench] {env['device']}, torch {env['torch']}, commit {env['commit']}, quick={args.quick}")
     for op in args.ops or ops:
         torch.manual_seed(0)
-        bench = harness.Bench(op, device.type, args.quick)
+        bench = harness.Bench(op, device.type, args.quick, args.kernels)
         print(f"[bench] {op}")
         importlib.import_module(f"bench.bench_{op}").run(bench)
         base = out / f"{op}-{stamp}"

@@ -16,6 +16,10 @@ Timing on CUDA (two numbers per variant):
 Inputs: a pool of input sets whose total size exceeds 2 x the 60 MB L2 (at least 2 sets), so no call finds
 its inputs in L2; random data, warmed up once per set before timing.
 On CPU (`--cpu`, a smoke run of the benchmark code): time.perf_counter per call, median; no ceilings.
+
+`--kernels`: each row also lists what one call runs, most time first (row["kernels"]: name, µs and launches per
+call): the GPU kernels from torch.profiler over a few calls (on CPU, the torch ops' self time). It says which
+stage of a multi-kernel op to work on, and what a baseline launches against ours.
 """
 import dataclasses
 import statistics
@@ -119,6 +123,29 @@ def _cuda_times(fn, pool, reps: int, graph_replays: int, graph: bool = True) -> 
                 timing="cuda graph" if ms_graph is not None else "cuda events (eager)", graph_error=graph_error)
 
 
+def kernel_breakdown(fn, pool, on_gpu: bool, calls: int = 8, top: int = 10) -> list[dict]:
+    """[{name, us, count}] per call of fn, most time first: GPU kernels (self device time) when on_gpu, else torch
+    ops (self CPU time), from torch.profiler over `calls` calls on rotating inputs after one warm-up call."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    fn(pool[0])
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if on_gpu else [ProfilerActivity.CPU]
+    if on_gpu:
+        torch.cuda.synchronize()
+    with profile(activities=activities) as prof:
+        for i in range(calls):
+            fn(pool[i % len(pool)])
+        if on_gpu:
+            torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        if on_gpu and e.device_type == DeviceType.CUDA and e.self_device_time_total > 0:
+            rows.append(dict(name=e.key, us=e.self_device_time_total / calls, count=e.count / calls))
+        elif not on_gpu and e.device_type == DeviceType.CPU and e.self_cpu_time_total > 0:
+            rows.append(dict(name=e.key, us=e.self_cpu_time_total / calls, count=e.count / calls))
+    return sorted(rows, key=lambda r: -r["us"])[:top]
+
+
 def _cpu_times(fn, pool, reps: int) -> dict:
     for inputs in pool:
         fn(inputs)
@@ -134,8 +161,8 @@ def _cpu_times(fn, pool, reps: int) -> dict:
 class Bench:
     """Collects the rows of one op's benchmark. `device` is "cuda" (timed on the GPU) or "cpu" (smoke run)."""
 
-    def __init__(self, op: str, device: str = "cuda", quick: bool = False):
-        self.op, self.device, self.quick = op, torch.device(device), quick
+    def __init__(self, op: str, device: str = "cuda", quick: bool = False, kernels: bool = False):
+        self.op, self.device, self.quick, self.kernels = op, torch.device(device), quick, kernels
         self.rows: list[dict] = []
         self.baseline_names: list[str] = []
 
@@ -170,6 +197,8 @@ class Bench:
             on_gpu = self.device.type == "cuda"
             row["frac_flops"] = row["tflops"] / CEILINGS[f"{v.flop_ceiling}_tflops"] if on_gpu and v.flops else None
             row["frac_copy"] = row["gbps"] / (CEILINGS["copy_tbps"] * 1e3) if on_gpu and v.bytes else None
+            if self.kernels:
+                row["kernels"] = kernel_breakdown(v.fn, pool, on_gpu)
             rows.append(row)
         for b in (r for r in rows if r["baseline"]):
             if b["variant"] not in self.baseline_names:
@@ -179,6 +208,8 @@ class Bench:
                     r[f"x vs {b['variant']}"] = b["ms"] / r["ms"]
         for r in rows:
             print(_row_line(r), flush=True)
+            for k in r.get("kernels", ()):
+                print(f"      {k['us']:10.1f} us  {k['count']:5.1f}x  {k['name'][:110]}", flush=True)
         self.rows.extend(rows)
         return rows
 
