@@ -32,13 +32,42 @@ constexpr int kRowThreads = 256;
 
 int64_t chunks_of(int64_t n_assign) { return (n_assign + kChunk - 1) / kChunk; }
 
+// One round of kRankThreads assignments, called by every thread of the block (it holds the barriers): e is this
+// thread's expert (-1: no assignment, or dropped); returns its stable rank among the block's assignments to e so
+// far (-1 for e < 0) and advances running[E] by the round's counts. warp_count [kRankWarps][E] is zero on entry
+// and on return.
+__device__ __forceinline__ int rank_round(int e, int32_t* running, int32_t* warp_count, int num_experts) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const unsigned peers = __match_any_sync(0xffffffffu, e);
+  const unsigned lower = peers & ((1u << lane) - 1u);
+  if (e >= 0 && lower == 0) warp_count[warp * num_experts + e] = __popc(peers);
+  __syncthreads();
+  int r = -1;
+  if (e >= 0) {
+    r = running[e] + __popc(lower);
+    for (int w = 0; w < warp; ++w) r += warp_count[w * num_experts + e];
+  }
+  __syncthreads();
+  for (int x = tid; x < num_experts; x += kRankThreads) {
+    int c = 0;
+#pragma unroll
+    for (int w = 0; w < kRankWarps; ++w) {
+      c += warp_count[w * num_experts + x];
+      warp_count[w * num_experts + x] = 0;
+    }
+    running[x] += c;
+  }
+  __syncthreads();
+  return r;
+}
+
 __global__ void __launch_bounds__(kRankThreads)
 rank_in_chunk_kernel(const int32_t* __restrict__ topk_idx, int64_t n_assign, int num_experts, int n_chunks,
                      int32_t* __restrict__ local_rank, int32_t* __restrict__ hist /* [E][n_chunks] */) {
   extern __shared__ int32_t smem[];
   int32_t* running = smem;                   // [E]: this chunk's assignments per expert so far
   int32_t* warp_count = smem + num_experts;  // [kRankWarps][E]: this round's count per warp and expert
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tid = threadIdx.x;
   for (int i = tid; i < num_experts * (kRankWarps + 1); i += kRankThreads) smem[i] = 0;
   __syncthreads();
 
@@ -51,29 +80,8 @@ rank_in_chunk_kernel(const int32_t* __restrict__ topk_idx, int64_t n_assign, int
       e = topk_idx[a];
       if (e < 0 || e >= num_experts) e = -1;  // dropped
     }
-    const unsigned peers = __match_any_sync(0xffffffffu, e);
-    const unsigned lower = peers & ((1u << lane) - 1u);
-    if (e >= 0 && lower == 0) warp_count[warp * num_experts + e] = __popc(peers);
-    __syncthreads();
-    if (a < end) {
-      int r = -1;
-      if (e >= 0) {
-        r = running[e] + __popc(lower);
-        for (int w = 0; w < warp; ++w) r += warp_count[w * num_experts + e];
-      }
-      local_rank[a] = r;
-    }
-    __syncthreads();
-    for (int x = tid; x < num_experts; x += kRankThreads) {
-      int s = 0;
-#pragma unroll
-      for (int w = 0; w < kRankWarps; ++w) {
-        s += warp_count[w * num_experts + x];
-        warp_count[w * num_experts + x] = 0;
-      }
-      running[x] += s;
-    }
-    __syncthreads();
+    const int r = rank_round(e, running, warp_count, num_experts);
+    if (a < end) local_rank[a] = r;
   }
   for (int x = tid; x < num_experts; x += kRankThreads) hist[int64_t(x) * n_chunks + blockIdx.x] = running[x];
 }
@@ -169,7 +177,7 @@ permute_one_chunk_kernel(const int32_t* __restrict__ topk_idx, int n_assign, int
   using Scan = cub::BlockScan<int32_t, kRankThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ int32_t carry;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tid = threadIdx.x;
   for (int i = tid; i < num_experts * (kRankWarps + 1); i += kRankThreads) smem[i] = 0;
   for (int64_t r = tid; r < m_rows; r += kRankThreads) {  // -1: padding until an assignment fills the row
     token_of_row[r] = -1;
@@ -183,31 +191,12 @@ permute_one_chunk_kernel(const int32_t* __restrict__ topk_idx, int n_assign, int
   for (int i = 0; i < kSlotsPerThread; ++i) {
     expert[i] = -1;
     rank[i] = -1;
-    if (i * kRankThreads >= n_assign) continue;  // uniform over the block: the barriers below stay matched
+    if (i * kRankThreads >= n_assign) continue;  // uniform over the block: rank_round's barriers stay matched
     const int a = i * kRankThreads + tid;
     int e = a < n_assign ? topk_idx[a] : -1;
     if (e < 0 || e >= num_experts) e = -1;  // dropped
-    const unsigned peers = __match_any_sync(0xffffffffu, e);
-    const unsigned lower = peers & ((1u << lane) - 1u);
-    if (e >= 0 && lower == 0) warp_count[warp * num_experts + e] = __popc(peers);
-    __syncthreads();
-    if (e >= 0) {
-      int r = running[e] + __popc(lower);
-      for (int w = 0; w < warp; ++w) r += warp_count[w * num_experts + e];
-      expert[i] = e;
-      rank[i] = r;
-    }
-    __syncthreads();
-    for (int x = tid; x < num_experts; x += kRankThreads) {
-      int c = 0;
-#pragma unroll
-      for (int w = 0; w < kRankWarps; ++w) {
-        c += warp_count[w * num_experts + x];
-        warp_count[w * num_experts + x] = 0;
-      }
-      running[x] += c;
-    }
-    __syncthreads();
+    expert[i] = e;
+    rank[i] = rank_round(e, running, warp_count, num_experts);
   }
 
   // Padded rows per expert, exclusive scan over experts kRankThreads at a time -> offsets and first rows.

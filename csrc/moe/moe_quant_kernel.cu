@@ -18,6 +18,24 @@ namespace {
 constexpr int kQuantThreads = 256;
 constexpr float kE4m3Max = 448.f;
 
+// max(amax, |p|) over a packet; bf16 / fp16 pairwise in their own type (exact for a max; NaNs ignored, as fmaxf),
+// so the row's fp32 values need not stay live between the amax and the quantisation (registers).
+template <typename T, int N>
+__device__ __forceinline__ float packet_amax(const Packet<T, N>& p, float amax) {
+  if constexpr (std::is_same_v<T, float> || N % 2 != 0) {  // fp32, or single elements (unaligned rows)
+#pragma unroll
+    for (int i = 0; i < N; ++i) amax = fmaxf(amax, fabsf(to_f32(p.v[i])));
+    return amax;
+  } else {
+    using T2 = std::conditional_t<std::is_same_v<T, __half>, __half2, __nv_bfloat162>;
+    const T2* v2 = reinterpret_cast<const T2*>(p.v);
+    T2 m = __habs2(v2[0]);
+#pragma unroll
+    for (int i = 1; i < N / 2; ++i) m = __hmax2(m, __habs2(v2[i]));
+    return fmaxf(amax, fmaxf(to_f32(m.x), to_f32(m.y)));
+  }
+}
+
 template <typename T, int N>
 __global__ void __launch_bounds__(kQuantThreads)
 quantize_rows_fp8_kernel(const T* __restrict__ x, int64_t cols, __nv_fp8_e4m3* __restrict__ q,
@@ -27,11 +45,7 @@ quantize_rows_fp8_kernel(const T* __restrict__ x, int64_t cols, __nv_fp8_e4m3* _
   const int64_t n_vec = cols / N;
   const Packet<T, N>* src = reinterpret_cast<const Packet<T, N>*>(x + row * cols);
   float amax = 0.f;
-  for (int64_t v = threadIdx.x; v < n_vec; v += kQuantThreads) {
-    const Packet<T, N> p = src[v];
-#pragma unroll
-    for (int i = 0; i < N; ++i) amax = fmaxf(amax, fabsf(to_f32(p.v[i])));
-  }
+  for (int64_t v = threadIdx.x; v < n_vec; v += kQuantThreads) amax = packet_amax(src[v], amax);
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
   if ((threadIdx.x & 31) == 0) s_warp[threadIdx.x >> 5] = amax;
@@ -48,24 +62,6 @@ quantize_rows_fp8_kernel(const T* __restrict__ x, int64_t cols, __nv_fp8_e4m3* _
 #pragma unroll
     for (int i = 0; i < N; ++i) o.v[i] = __nv_fp8_e4m3(__fdiv_rn(to_f32(p.v[i]), s));  // RN, saturating
     reinterpret_cast<Packet<__nv_fp8_e4m3, N>*>(dst)[v] = o;
-  }
-}
-
-// max(amax, |p|) over a packet; bf16 / fp16 pairwise in their own type (exact for a max; NaNs ignored, as fmaxf),
-// so the row's fp32 values need not stay live between the amax and the quantisation (registers).
-template <typename T, int N>
-__device__ __forceinline__ float packet_amax(const Packet<T, N>& p, float amax) {
-  if constexpr (std::is_same_v<T, float>) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) amax = fmaxf(amax, fabsf(p.v[i]));
-    return amax;
-  } else {
-    using T2 = std::conditional_t<std::is_same_v<T, __half>, __half2, __nv_bfloat162>;
-    const T2* v2 = reinterpret_cast<const T2*>(p.v);
-    T2 m = __habs2(v2[0]);
-#pragma unroll
-    for (int i = 1; i < N / 2; ++i) m = __hmax2(m, __habs2(v2[i]));
-    return fmaxf(amax, fmaxf(to_f32(m.x), to_f32(m.y)));
   }
 }
 
