@@ -103,14 +103,11 @@ struct GroupedGemmParams {
 size_t grouped_gemm_workspace_bytes(GemmKind kind, GemmPath path, int groups, int sm_count);
 inline GemmPath path_for(GemmKind kind, int64_t m_rows, int groups) {
   if (!is_nt(kind)) return GemmPath::kLargeTiles;
-  // GEMV: any precision for a couple of tokens; BF16 up to 2 rows per expert on average. The average is over
-  // all E experts (the touched count never reaches the host), and skewed routing piles rows on a few experts,
-  // each 8 of which cost the GEMV another pass over the weights. FP8 leaves the GEMV sooner: it widens e4m3 on
-  // CUDA cores and is instruction-bound there. Both limits were set against the 64x64 tiles that the swapped
-  // operands replaced (H200, T = 64: GEMV 0.752 ms BF16 / 0.809 FP8, swapped 0.567 / 0.313; bench/NOTES.md,
-  // session 6), so they are conservative until T = 8..32 are measured side by side (bench grouped_gemm).
-  const bool fp8 = kind == GemmKind::kFp8NT || kind == GemmKind::kFp8NTReLU2;
-  if (m_rows <= 16 || (!fp8 && m_rows <= 2 * int64_t(groups))) return GemmPath::kGemv;
+  // GEMV for a couple of tokens (<= 16 rows, any precision); up to 32 rows per expert on average the swapped
+  // tiles. H200 side by side (bench/NOTES.md, session 7), BF16 up+down, GEMV vs swapped: T = 8 0.205 / 0.201 ms,
+  // T = 16 0.350 / 0.343, T = 32 0.531 / 0.491. FP8's GEMV widens e4m3 on CUDA cores and loses more (T = 16:
+  // 0.344 / 0.209). The average is over all E experts (the touched count never reaches the host).
+  if (m_rows <= 16) return GemmPath::kGemv;
   return m_rows <= 32 * int64_t(groups) ? GemmPath::kSwapAB : GemmPath::kLargeTiles;
 }
 // Zeroes d[e] (n x k bf16) for every group e without rows (kTN: those groups get no GEMM tiles).

@@ -7,8 +7,8 @@ da = dpre @ b[e] (grouped NN GEMM), db[e] = dpre_e^T @ a_e (grouped TN GEMM, K =
 dpre = dout * 2 sqrt(out) for relu^2 (relu(pre) = sqrt(relu(pre)^2), so only the output is kept).
 Decode-sized forwards are a stream of the touched experts' weights, which 128-row tiles would mostly pad: up to 32
 rows per expert on average they run with swapped operands (d^T = b[e] @ a[rows_e]^T on 128x32 tiles: the channels on
-the MMA's 64-row side, the rows on a 32-wide N side), and with the fewest rows (BF16: <= 2 per expert on average;
-any: <= 16 rows) a grouped GEMV (csrc/moe/moe_gemv_kernel.cu). csrc/moe/moe_kernels.h (path_for) has the rule.
+the MMA's 64-row side, the rows on a 32-wide N side), and with the fewest rows (<= 16, a couple of
+tokens) a grouped GEMV (csrc/moe/moe_gemv_kernel.cu). csrc/moe/moe_kernels.h (path_for) has the rule.
 The reference runs on CPU, for dtypes other than bf16, or without the extension.
 Layers: custom ops `nemotron_kernels::grouped_gemm_nt` / `_nn` / `_tn` -> `GroupedGemmFn` -> `grouped_gemm()`.
 

@@ -12,9 +12,9 @@ Backward (dX and dW of both GEMMs, bf16): dy = w * dout (rows), dw = <dout, y>; 
 d_down[e] = dy_e^T h_e and d_up[e] = dpre_e^T rows_e (grouped TN GEMMs, K = the expert's rows);
 d rows = dpre @ up[e]; dx = sum_j d rows[row(t, j)] (+ the shared expert's dx, in the same gather kernel).
 Saved for backward: rows, h, y (for d topk_weight), and the shared expert's hs.
-The forward GEMMs pick their kernel by rows per expert (csrc/moe/moe_kernels.h, path_for): <= 2 on average
-(decode, T <= 42 at top-6 of 128; FP8: T <= 2) a grouped GEMV that streams each touched expert's weights once;
-<= 32 swapped operands (the weights' channels on the MMA's 64-row side, the rows on a 32-wide N side); more,
+The forward GEMMs pick their kernel by rows per expert (csrc/moe/moe_kernels.h, path_for): <= 16 rows in
+all (T <= 2 at top-6) a grouped GEMV that streams each touched expert's weights once; <= 32 rows per expert on
+average swapped operands (the weights' channels on the MMA's 64-row side, the rows on a 32-wide N side); more,
 128-row tiles.
 Everything else (CPU, other dtypes, unaligned sizes) runs the reference; unaligned sizes on CUDA warn once.
 
