@@ -10,6 +10,10 @@ aliases neither a sequence's state nor another padded row. Capture is attempted 
 the step first runs eagerly with host synchronisations turned into errors (a reference op that reads GPU tensors on
 the host cannot be captured); if it is not capturable, decode stays eager and `cuda_graph_status` says why. A
 capture that fails anyway is cleaned up (`capture_graph`), so later GPU work is unaffected.
+
+`launch` returns a step's sampled tokens still on the device (`StepTokens`); they reach the host through a pinned
+buffer and a CUDA event recorded right after the sampler, so the host can launch the next decode step before it
+reads them (the engine's overlapped decode: that step's token ids are copied on the device from these).
 """
 from __future__ import annotations
 
@@ -99,6 +103,34 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0][:240] if text else ''}{where}"
 
 
+class StepTokens:
+    """The tokens one step sampled, one per sampled member (`seqs`, in order): `tokens` [R] int64 on the device, and
+    their copy on its way to the host (CUDA: into one of the runner's two pinned buffers, non-blocking, with an
+    event recorded after it; CPU: the same copy, synchronous). `tolist()` waits for that event only, not for the
+    stream, which may already hold the next step. Read it before two more steps are launched (two buffers)."""
+
+    def __init__(self, runner: ModelRunner, seqs: list, tokens: torch.Tensor, graph: bool):
+        self.seqs, self.tokens, self.graph = seqs, tokens, graph    # graph: a pure decode step on the graph path
+        runner._launches += 1
+        self._ticket = runner._launches
+        k = self._ticket % len(runner._host_tokens)
+        self._owners, self._k = runner._owners, k
+        self._owners[k] = self._ticket
+        self._host = runner._host_tokens[k][:len(tokens)]
+        self._host.copy_(tokens, non_blocking=True)
+        self._event = None
+        if tokens.device.type == "cuda":
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def tolist(self) -> list[int]:
+        if self._owners[self._k] != self._ticket:
+            raise RuntimeError("StepTokens read after its host buffer was reused (two later steps were launched)")
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.tolist()
+
+
 class _DecodeGraph:
     """One decode step of `size` rows over static tensors: replayed as a CUDA graph once captured, else run eagerly.
     buf [4, size] int64 rows: token ids, state slots, cached lengths after the step, flat KV rows written."""
@@ -137,6 +169,12 @@ class ModelRunner:
         self.logits_dtype = torch.promote_types(model.dtype, torch.float32)
         self.graphs: dict[int, _DecodeGraph] = {}
         self.cuda_graph_status = "off"
+        # host buffers of the sampled tokens (StepTokens): two, as one step's tokens may still be unread when the
+        # next step is launched; pinned on CUDA so the copy does not block the host
+        pin = self.device.type == "cuda"
+        self._host_tokens = [torch.empty(num_slots, dtype=torch.long, pin_memory=pin) for _ in range(2)]
+        self._owners = [0, 0]
+        self._launches = 0
         if sizes:
             self._capture(sizes)
 
@@ -193,15 +231,27 @@ class ModelRunner:
             meta.max_seqlen = max(batch.num_new_tokens[D:])
         return self.model.forward_step(ids_d, meta, rows_d)
 
-    def _replay(self, g: _DecodeGraph, seqs) -> torch.Tensor:
-        """Logits [n, V] of a decode step of n <= g.size sequences; rows n.. run on the scratch space."""
+    def _replay(self, g: _DecodeGraph, seqs, prev: StepTokens | None = None) -> torch.Tensor:
+        """Logits [n, V] of a decode step of n <= g.size sequences; rows n.. run on the scratch space. prev: the
+        step that sampled every row's input token, not yet read on the host (the host's token ids are placeholders):
+        the ids are copied from its device tokens."""
         n = len(seqs)
         ids, slots, lens, kv = self._decode_rows(seqs)
         pad_slots, pad_lens, pad_kv = self.cache.scratch_rows(g.size - n)
         host = _longs(ids + [0] * (g.size - n) + slots + pad_slots + lens + pad_lens + kv + pad_kv).view(4, g.size)
         g.buf.copy_(host.pin_memory() if self.device.type == "cuda" else host, non_blocking=True)
+        if prev is not None:
+            g.buf[0, :n].copy_(self._tokens_of(prev, seqs))
         g.replay()
         return g.logits[:n]
+
+    def _tokens_of(self, prev: StepTokens, seqs) -> torch.Tensor:
+        """[n] device tokens that `prev` sampled for `seqs` (each one of prev.seqs)."""
+        n = len(seqs)
+        if prev.seqs[:n] == seqs:                          # the usual case: the same rows, some dropped at the end
+            return prev.tokens[:n]
+        row = {s.seq_id: i for i, s in enumerate(prev.seqs)}
+        return prev.tokens.index_select(0, self._tensor([row[s.seq_id] for s in seqs]))
 
     def _copy_states_to_forks(self, parents) -> None:
         """Completions forking from a prompt start from its Mamba state (its pages are shared, not copied)."""
@@ -213,9 +263,14 @@ class ModelRunner:
         if src:
             self.cache.copy_states(self._tensor(src), self._tensor(dst))
 
-    @torch.no_grad()
     def execute(self, batch: ScheduledBatch) -> list[int]:
         """Runs the step; returns the sampled token of each of batch.sampled_members (one host sync)."""
+        return self.launch(batch).tolist()
+
+    @torch.no_grad()
+    def launch(self, batch: ScheduledBatch, prev: StepTokens | None = None) -> StepTokens:
+        """Launches the step up to its sampled tokens, without waiting for them. prev: see _replay (a pure decode
+        step on the graph path only)."""
         cache = self.cache
         if batch.block_copies:
             src, dst = zip(*batch.block_copies)
@@ -227,8 +282,10 @@ class ModelRunner:
             cache.set_pages(s.slot, s.block_table)
         sampled = batch.sampled_rows
         graph = self._graph_for(batch.num_decodes) if batch.num_decodes == len(batch) else None
+        if prev is not None and graph is None:
+            raise ValueError("token ids from the previous step's device tokens need a decode step on the graph path")
         if graph is not None:                                                     # every decode row is sampled
-            logits = self._replay(graph, batch.seqs)                              # [D, V]
+            logits = self._replay(graph, batch.seqs, prev)                        # [D, V]
         else:
             logits = self._eager(batch, sampled)                                  # [R, V]
         members = batch.sampled_members                                           # [(row, seq)]
@@ -241,7 +298,7 @@ class ModelRunner:
             if s.generator is None and s.params.seed is not None and not s.params.greedy:
                 s.generator = self.sampler.generator_for(s.params)
         tokens = self.sampler(logits, [s.params for s in seqs], [s.generator for s in seqs])
-        return tokens.tolist()
+        return StepTokens(self, seqs, tokens, graph=graph is not None and len(seqs) == len(batch))
 
     # ------------------------------------------------------------------ CUDA graphs
     def _graph_for(self, n: int) -> _DecodeGraph | None:

@@ -148,11 +148,12 @@ class Scheduler:
             budget -= 1
         batch.num_decodes = len(batch.seqs)
 
-        # 2. prefill chunks of admitted sequences (their pages were reserved on admission)
+        # 2. prefill chunks of admitted sequences (their pages were reserved on admission); a sequence with nothing
+        #    to compute is one whose sampled token the host has not read yet (the engine's overlapped decode)
         for seq in self.running:
             if budget == 0:
                 break
-            if seq.seq_id in scheduled:
+            if seq.seq_id in scheduled or seq.num_uncomputed_tokens == 0:
                 continue
             n = min(seq.num_uncomputed_tokens, budget)
             batch.block_copies += bm.allocate(seq, n)

@@ -47,7 +47,7 @@ def test_padded_decode_rows_run_on_scratch_slots_of_their_own(make_engine, run_a
     runner._eager_graphs([2, 8])
     replays = []
     replay = runner._replay
-    runner._replay = lambda g, seqs: replays.append((g.size, len(seqs))) or replay(g, seqs)
+    runner._replay = lambda g, seqs, prev=None: replays.append((g.size, len(seqs))) or replay(g, seqs, prev)
     ids = [engine.add_request(p, SamplingParams(max_tokens=3 + i, temperature=0, ignore_eos=True))
            for i, p in enumerate(PROMPTS)]                                        # batches shrink 5 -> 1
     finals = run_all(engine)
