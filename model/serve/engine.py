@@ -12,7 +12,7 @@ from model.cache import HybridCache
 from model.nemotron_h import NemotronH
 
 from .block_manager import BlockManager, StateSlotPool, cdiv
-from .model_runner import ModelRunner, graph_padding
+from .model_runner import ModelRunner, StepTokens, graph_padding
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
 from .sequence import FinishReason, Sequence
@@ -41,6 +41,8 @@ class EngineConfig:
     watermark: float = 0.01                  # fraction of pages kept free when admitting new sequences
     cuda_graphs: bool | None = None          # None: on when the model is on a GPU
     cuda_graph_sizes: list[int] | None = None  # default 1, 2, 4, 8, 16, 24, ... up to max_num_seqs
+    overlap_decode: bool | None = None       # launch a decode step before reading the last one's tokens (only
+                                             # steps on the CUDA-graph path); None: on when there are graphs
 
     def __post_init__(self):
         def positive(name):
@@ -50,6 +52,9 @@ class EngineConfig:
 
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "block_size", "num_blocks"):
             positive(name)
+        for name in ("cuda_graphs", "overlap_decode"):
+            if getattr(self, name) not in (None, True, False):
+                raise ValueError(f"EngineConfig.{name} must be None, True or False, got {getattr(self, name)!r}")
         if self.kv_cache_dtype not in _KV_DTYPES:
             raise ValueError(f"EngineConfig.kv_cache_dtype must be one of {sorted(_KV_DTYPES)}, "
                              f"got {self.kv_cache_dtype!r}")
@@ -109,9 +114,21 @@ class _TextState:
         self.holdback = max((len(s) for s in self.stops), default=1) - 1
 
 
+_PLACEHOLDER = 0   # the token id a sequence holds while its sampled token is on the device (overlapped decode)
+
+
 class LLMEngine:
     """Continuous-batching engine over one model. Not thread-safe: one caller adds, aborts and steps. The engine
-    owns the model from then on: it is put in eval mode with its weights frozen (requires_grad False)."""
+    owns the model from then on: it is put in eval mode with its weights frozen (requires_grad False).
+
+    Overlapped decode (`EngineConfig.overlap_decode`): a pure decode step on the CUDA-graph path is left running
+    when step() returns; its tokens are read by the next step(), and returned then. When that next step is again a
+    pure decode of the same sequences (no waiting requests, no page copies or preemption, a captured size), it is
+    launched first, its token ids copied on the device from the running step's sampled tokens, and the host reads
+    and processes the running step's tokens while the GPU computes the next. Sequences that reach their length limit
+    in the running step are left out of the next; one that stops there (end of sequence, stop token or string)
+    has its row of the next step discarded. Anything else reads the running step first and runs as without overlap.
+    Outputs (tokens, text, finish reasons) equal those without overlap; they may come one step() later."""
 
     def __init__(self, model: NemotronH, tokenizer: ServeTokenizer | None = None,
                  config: EngineConfig | None = None):
@@ -142,6 +159,8 @@ class LLMEngine:
         self.requests: dict[str, list[Sequence]] = {}   # request id -> its completions (n of them)
         self._text: dict[int, _TextState] = {}          # seq_id -> detokenizer state
         self._ids = itertools.count()
+        self._inflight: StepTokens | None = None        # a launched decode step whose tokens are not read yet
+        self.num_overlapped_steps = 0                   # steps launched before the previous step's tokens were read
         log.info("engine: %d state slots, %d KV pages x %d tokens (%s), max_model_len %d, CUDA graphs %s",
                  num_slots, num_blocks, config.block_size, kv_dtype, self.max_model_len,
                  self.runner.cuda_graph_status)
@@ -242,32 +261,107 @@ class LLMEngine:
         return True
 
     def has_unfinished(self) -> bool:
+        # a sequence of a step in flight stays running until its token is read; steps in flight of finished
+        # sequences only have rows to discard
         return self.scheduler.has_unfinished()
+
+    @property
+    def overlap_decode(self) -> bool:
+        on = self.config.overlap_decode
+        return bool(self.runner.graphs) if on is None else on
 
     def stats(self) -> dict:
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
                 "free_blocks": self.block_manager.num_free_blocks, "num_blocks": self.block_manager.num_blocks,
                 "free_slots": self.slot_pool.num_free, "num_slots": self.slot_pool.num_slots,
-                "cuda_graphs": self.runner.cuda_graph_status}
+                "cuda_graphs": self.runner.cuda_graph_status, "overlap_decode": self.overlap_decode,
+                "overlapped_steps": self.num_overlapped_steps}
 
     # ------------------------------------------------------------------ one step
     def step(self) -> list[RequestOutput]:
-        """Schedules and runs one model step; returns an output for every request that got a token."""
-        batch = self.scheduler.schedule()
-        if not batch.seqs:
-            return []
-        members = batch.sampled_members                # before num_computed_tokens advances
-        tokens = self.runner.execute(batch)
+        """Schedules and runs one model step; returns an output for every request that got a token. With overlapped
+        decode a decode step's outputs come with the next call (this one may return none, the next one more)."""
+        inflight, self._inflight = self._inflight, None
+        try:
+            if inflight is not None:
+                nxt = self._overlap_next(inflight)
+                if nxt is not None:                     # launch the next step, then read this one
+                    for seq in nxt:
+                        seq.append_token(_PLACEHOLDER)
+                    batch = self.scheduler.schedule()
+                    if (batch.seqs != nxt or batch.num_decodes != len(nxt) or batch.block_copies
+                            or batch.preempted):
+                        raise RuntimeError(f"overlapped decode: the scheduler did not decode the expected "
+                                           f"{len(nxt)} sequences: {batch}")
+                    self._inflight = self._launch(batch, prev=inflight)
+                    self.num_overlapped_steps += 1
+                    return self._read(inflight, placeholders=nxt)
+                outputs = self._read(inflight)
+            else:
+                outputs = []
+            batch = self.scheduler.schedule()
+            if not batch.seqs:
+                return outputs
+            launched = self._launch(batch)
+            if launched.graph and self.overlap_decode:  # read it with the next step
+                self._inflight = launched
+                return outputs
+            return outputs + self._read(launched)
+        except BaseException:
+            self._inflight = None                       # a failed step: the caller aborts its requests
+            raise
+
+    def _launch(self, batch, prev: StepTokens | None = None) -> StepTokens:
+        launched = self.runner.launch(batch, prev)      # takes batch.sampled_members before the advance below
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed_tokens += n
         for row in batch.sampled_rows:
             if batch.seqs[row].pending_forks:          # prompt done: the other completions start from it
                 self.scheduler.fork(batch.seqs[row])
-        outputs = []
-        for (_, seq), token in zip(members, tokens):
-            seq.append_token(token)
+        return launched
+
+    def _read(self, launched: StepTokens, placeholders: list[Sequence] = ()) -> list[RequestOutput]:
+        """Reads a launched step's tokens and processes them. `placeholders` (members of the step, in its order)
+        hold a placeholder for their token, as the next step is launched already; the other members get it appended.
+        Members finished since the launch (aborted, or stopped by the step before: this row was overlapped) are
+        skipped."""
+        outputs, j = [], 0
+        for seq, token in zip(launched.seqs, launched.tolist()):
+            if j < len(placeholders) and seq is placeholders[j]:
+                seq.token_ids[-1] = token
+                j += 1
+            elif seq.is_finished:
+                continue
+            else:
+                seq.append_token(token)
             outputs.append(self._after_token(seq, token))
+        assert j == len(placeholders), "placeholders left unfilled"
         return outputs
+
+    def _overlap_next(self, inflight: StepTokens) -> list[Sequence] | None:
+        """The sequences of the next step when it can be launched before `inflight`'s tokens are read, else None.
+        It can when every running sequence is one of inflight's (its token unread: nothing to compute), nothing
+        waits, and the next step decodes those not ended by their length limit on a captured graph size, with no
+        page copies and without preemption (pages for all of them fit) -- exactly the step the scheduler will make
+        once the placeholders are in, plus the rows of sequences that turn out to have stopped (discarded)."""
+        sch, bm = self.scheduler, self.block_manager
+        if not (inflight.graph and self.overlap_decode) or sch.waiting:
+            return None
+        if any(s.num_uncomputed_tokens for s in sch.running):
+            return None
+        nxt = [s for s in sch.running if s.num_output_tokens + 1 < s.params.max_tokens
+               and s.num_tokens + 1 < self.max_model_len]
+        if not nxt or len(nxt) > sch.max_num_batched_tokens or self.runner._graph_for(len(nxt)) is None:
+            return None
+        bs, new_pages = bm.block_size, 0
+        for s in nxt:
+            i = s.num_computed_tokens // bs           # the page the placeholder's KV goes to
+            if i < len(s.block_table):
+                if bm.ref_counts[s.block_table[i]] != 1:
+                    return None                         # shared: a private copy first
+            else:
+                new_pages += 1
+        return nxt if new_pages <= bm.num_free_blocks else None
 
     def _after_token(self, seq: Sequence, token: int) -> RequestOutput:
         p = seq.params
