@@ -48,7 +48,14 @@ def make_engine(tiny_model, byte_tokenizer):
         kw.setdefault("block_size", 4)
         kw.setdefault("max_model_len", 256)
         tokenizer = kw.pop("tokenizer", byte_tokenizer)
-        return LLMEngine(tiny_model, tokenizer, EngineConfig(**kw))
+        eager_graphs = kw.pop("eager_graphs", False)   # the CUDA-graph decode path, run eagerly (no capture on CPU)
+        if eager_graphs:
+            kw.setdefault("cuda_graph_sizes", [1, 2, 4, 8, 16, 24, 32])
+            kw["cuda_graphs"] = True
+        engine = LLMEngine(tiny_model, tokenizer, EngineConfig(**kw))
+        if eager_graphs:
+            engine.runner._eager_graphs(engine.config.graph_sizes())
+        return engine
     return make
 
 

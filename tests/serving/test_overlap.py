@@ -15,9 +15,8 @@ PROMPTS = ["Hello world, this is a test", "The Mamba layer keeps a state that", 
 
 
 def graph_engine(make_engine, overlap: bool, **kw):
-    engine = make_engine(cuda_graphs=True, cuda_graph_sizes=[1, 2, 4, 8], overlap_decode=overlap, **kw)
-    engine.runner._eager_graphs(engine.config.graph_sizes())
-    assert engine.overlap_decode is overlap
+    engine = make_engine(eager_graphs=True, overlap_decode=overlap, **kw)
+    assert engine.overlap_decode is overlap and engine.runner.graphs
     return engine
 
 

@@ -177,8 +177,9 @@ def test_bad_input_gets_400_and_the_server_keeps_serving(make_engine):
     assert_no_leak(engine)
 
 
-def test_disconnect_cancels_and_frees_the_cache(make_engine):
-    engine = make_engine(max_num_seqs=4, max_num_batched_tokens=32)
+@pytest.mark.parametrize("overlap", [False, True], ids=["sync", "overlap"])
+def test_disconnect_cancels_and_frees_the_cache(make_engine, overlap):
+    engine = make_engine(max_num_seqs=4, max_num_batched_tokens=32, eager_graphs=overlap)
     aborted = []
     abort = engine.abort
 
@@ -218,10 +219,13 @@ def test_disconnect_cancels_and_frees_the_cache(make_engine):
 
     serve(engine, scenario)
     assert_no_leak(engine)
+    assert engine.overlap_decode is overlap and (engine.num_overlapped_steps > 0) is overlap
 
 
-def test_load_100_clients_each_request_answered_once_equal_to_offline(make_engine, run_all):
-    engine = make_engine(max_num_seqs=32, max_num_batched_tokens=128)
+@pytest.mark.parametrize("overlap", [False, True], ids=["sync", "overlap"])
+def test_load_100_clients_each_request_answered_once_equal_to_offline(make_engine, run_all, overlap):
+    """overlap: decode on the CUDA-graph path (run eagerly), each step launched before the last one is read."""
+    engine = make_engine(max_num_seqs=32, max_num_batched_tokens=128, eager_graphs=overlap)
     clients, per_client = 100, 3
 
     def request(c, k):
@@ -245,6 +249,7 @@ def test_load_100_clients_each_request_answered_once_equal_to_offline(make_engin
     ids = [body["id"] for _, body in answers]
     assert len(set(ids)) == len(ids), "a response id was reused"
     assert_no_leak(engine)
+    assert engine.overlap_decode is overlap and (engine.num_overlapped_steps > 0) is overlap
 
     offline = make_engine(max_num_seqs=64, max_num_batched_tokens=512)
     rids = {}
