@@ -4,7 +4,10 @@ selective FP8) beside transformers' NemotronHForCausalLM on the same weight tens
 Figures (issue #6):
   prefill 8K        one 8192-token prompt, tokens/s (one engine step: max_num_batched_tokens = 8192)
   decode B@8K       ms per engine step with B = 1, 64, 256 sequences of 8K context each decoding one token
-                    (engine.step wall time: scheduling + graph replay / forward + sampling + the one host sync)
+                    (wall time between the returns of consecutive engine.step calls, the GPU synchronised once
+                    before them: scheduling + graph replay / forward + sampling + the one host sync; with
+                    overlapped decode a call launches the next step before it reads the last, so this is the
+                    step time the GPU and the host together sustain)
   serve 256x8K/1K   256 concurrent requests of 8K random prompt tokens, 1K output tokens each: output tokens/s
 Each is printed against its floors: weight streaming (bytes of weights the step touches / 4.19 TB/s; routed
 experts touched = E(1 - (1 - k/E)^tokens) per MoE layer for uniform routing) plus the cache (KV pages read,
@@ -18,7 +21,8 @@ different experts). Its 256x8K/1K throughput is estimated from those two measure
 `python -m bench serve --cpu` smoke-runs all of it with the tiny preset on the CPU (small sizes).
 To fit one device call, parts can be picked by environment: BENCH_SERVE_BATCHES=1,64 (decode batches),
 BENCH_SERVE_PRECISIONS=bf16 (or fp8, or both), BENCH_SERVE_HF=0 (no transformers baseline),
-BENCH_SERVE_THROUGHPUT=0 (no 256-request run).
+BENCH_SERVE_THROUGHPUT=0 (no 256-request run). BENCH_SERVE_OVERLAP=0 turns overlapped decode off (=1 forces it on;
+unset: the engine's default, on with CUDA graphs), for an A/B of EngineConfig.overlap_decode.
 
 BENCH_SERVE_PROFILE=1: also profile (torch.profiler, CPU + CUDA) one prefill step and a few decode steps at each
 batch of BENCH_SERVE_PROFILE_BATCHES (default 1,64; those the run measures) per precision, print where the time goes
@@ -61,6 +65,7 @@ class Sizes:
         self.precisions = tuple(os.environ.get("BENCH_SERVE_PRECISIONS", "bf16,fp8").split(","))
         self.hf = os.environ.get("BENCH_SERVE_HF", "1") != "0"
         self.throughput = os.environ.get("BENCH_SERVE_THROUGHPUT", "1") != "0"
+        self.overlap = {"0": False, "1": True}.get(os.environ.get("BENCH_SERVE_OVERLAP", ""))
         self.profile = os.environ.get("BENCH_SERVE_PROFILE", "0") not in ("", "0")
         wanted = os.environ.get("BENCH_SERVE_PROFILE_BATCHES", "1,64")
         self.profile_batches = tuple(b for b in (int(x) for x in wanted.split(",") if x) if b in self.batches)
@@ -264,7 +269,7 @@ def _engine(model, sz, kv="auto") -> LLMEngine:
     return LLMEngine(model, None, EngineConfig(
         max_num_seqs=max(max(sz.batches), sz.serve_n), max_num_batched_tokens=max(sz.prefill, 256),
         max_model_len=max_len, block_size=64 if on_gpu else 16, kv_cache_dtype=kv,
-        num_blocks=None if on_gpu else 4096))
+        num_blocks=None if on_gpu else 4096, overlap_decode=sz.overlap))
 
 
 def _drain(engine):
@@ -330,11 +335,15 @@ def _bench_ours(bench, model, sz, gen, label: str, fp8: bool, hf: dict, profiles
         # while the last still prefilled: "B64" ran ~20 rows)
         assert len(engine.scheduler.running) == B, (len(engine.scheduler.running), B)
         times = []
+        overlapped = engine.num_overlapped_steps
+        _sync(dev)
+        t0 = time.perf_counter()
         for _ in range(sz.steps):
-            _sync(dev)
-            t0 = time.perf_counter()
             engine.step()
-            times.append((time.perf_counter() - t0) * 1e3)
+            t1 = time.perf_counter()
+            times.append((t1 - t0) * 1e3)
+            t0 = t1
+        overlapped = engine.num_overlapped_steps - overlapped
         profile = None
         if sz.profile and B in sz.profile_batches:
             from .serve_profile import profile_decode
@@ -346,12 +355,15 @@ def _bench_ours(bench, model, sz, gen, label: str, fp8: bool, hf: dict, profiles
         uniform = _floors(cfg, 1, sz.ctx, B, fp8, True)
         row = _row(bench, f"decode B{B}@{sz.ctx}", f"ours {label}", ms,
                    _floors(cfg, 1, sz.ctx, B, fp8, True, touched), cuda_graphs=engine.runner.cuda_graph_status,
+                   overlap_decode=engine.overlap_decode, overlapped_steps=overlapped, timed_steps=sz.steps,
                    experts_touched=touched, floor_bytes_ms_uniform_routing=uniform["floor_bytes_ms"])
         if profile is not None:
             row["profile"] = profile
         print(f"    routed experts touched per MoE layer: {touched:.1f} of {cfg.n_routed_experts} (uniform routing: "
               f"{cfg.n_routed_experts * (1 - (1 - cfg.num_experts_per_tok / cfg.n_routed_experts) ** B):.1f}); "
-              f"floor with uniform routing {uniform['floor_bytes_ms']:.3f} ms", flush=True)
+              f"floor with uniform routing {uniform['floor_bytes_ms']:.3f} ms; overlapped decode "
+              f"{'on' if engine.overlap_decode else 'off'}: {overlapped} of {sz.steps} timed steps overlapped",
+              flush=True)
     if not sz.throughput:
         return
     # throughput: N concurrent requests, in -> out

@@ -178,8 +178,9 @@ def graphs_eager(engine):
 
 def record(step, n: int, device: torch.device) -> dict:
     """The chrome trace (as a dict) of step(k) for k = 0..n: step 0 is the profiler's warm-up, 1..n are recorded
-    (ProfilerStep# annotations). Each step must end with the GPU idle (an engine step does: it reads its sampled
-    tokens back)."""
+    (ProfilerStep# annotations). Each step should end with the GPU idle (an engine step does: it reads its sampled
+    tokens back), except with overlapped decode, where a step returns with the next one running: its kernels then
+    fall into the next profiled step, so per-step GPU busy time stays right but the last step's is cut off."""
     from torch.profiler import ProfilerActivity, profile, schedule
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
