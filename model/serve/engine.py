@@ -347,20 +347,23 @@ class LLMEngine:
         sch, bm = self.scheduler, self.block_manager
         if not (inflight.graph and self.overlap_decode) or sch.waiting:
             return None
-        if any(s.num_uncomputed_tokens for s in sch.running):
-            return None
-        nxt = [s for s in sch.running if s.num_output_tokens + 1 < s.params.max_tokens
-               and s.num_tokens + 1 < self.max_model_len]
-        if not nxt or len(nxt) > sch.max_num_batched_tokens or self.runner._graph_for(len(nxt)) is None:
-            return None
-        bs, new_pages = bm.block_size, 0
-        for s in nxt:
-            i = s.num_computed_tokens // bs           # the page the placeholder's KV goes to
-            if i < len(s.block_table):
-                if bm.ref_counts[s.block_table[i]] != 1:
+        nxt, new_pages = [], 0
+        bs, refs, max_len = bm.block_size, bm.ref_counts, self.max_model_len
+        for s in sch.running:                           # one pass: this runs before the launch, B times a step
+            n = len(s.token_ids)
+            if s.num_computed_tokens != n:
+                return None                             # not in flight: it has tokens to compute
+            if n - s.num_prompt_tokens + 1 >= s.params.max_tokens or n + 1 >= max_len:
+                continue                                # its token in flight is its last (length)
+            i, table = n // bs, s.block_table         # the page the placeholder's KV goes to
+            if i < len(table):
+                if refs[table[i]] != 1:
                     return None                         # shared: a private copy first
             else:
                 new_pages += 1
+            nxt.append(s)
+        if not nxt or len(nxt) > sch.max_num_batched_tokens or self.runner._graph_for(len(nxt)) is None:
+            return None
         return nxt if new_pages <= bm.num_free_blocks else None
 
     def _after_token(self, seq: Sequence, token: int) -> RequestOutput:
