@@ -39,6 +39,8 @@ def _parse_args(argv):
     p.add_argument("--gpu-memory-utilization", type=float, default=0.90)
     p.add_argument("--kv-cache-dtype", default="auto", help="auto | fp8")
     p.add_argument("--no-cuda-graphs", action="store_true")
+    p.add_argument("--no-overlap-decode", action="store_true",
+                   help="read each decode step's tokens before launching the next (default: overlap with CUDA graphs)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     if (args.checkpoint is None) == (args.preset is None):
@@ -62,7 +64,7 @@ def main(argv=None) -> int:
         max_num_batched_tokens=args.max_num_batched_tokens or (8192 if args.device.startswith("cuda") else 2048),
         max_model_len=args.max_model_len, block_size=args.block_size, num_blocks=args.num_blocks,
         gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_dtype=args.kv_cache_dtype,
-        cuda_graphs=False if args.no_cuda_graphs else None)
+        cuda_graphs=False if args.no_cuda_graphs else None, overlap_decode=False if args.no_overlap_decode else None)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model, tokenizer = load_for_serving(args.checkpoint, preset=args.preset, random_weights=args.random_weights,
                                         device=args.device, dtype=dtype, backend=args.backend, fp8=args.fp8,

@@ -52,9 +52,8 @@ class EngineConfig:
 
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "block_size", "num_blocks"):
             positive(name)
-        for name in ("cuda_graphs", "overlap_decode"):
-            if getattr(self, name) not in (None, True, False):
-                raise ValueError(f"EngineConfig.{name} must be None, True or False, got {getattr(self, name)!r}")
+        if self.overlap_decode not in (None, True, False):
+            raise ValueError(f"EngineConfig.overlap_decode must be None, True or False, got {self.overlap_decode!r}")
         if self.kv_cache_dtype not in _KV_DTYPES:
             raise ValueError(f"EngineConfig.kv_cache_dtype must be one of {sorted(_KV_DTYPES)}, "
                              f"got {self.kv_cache_dtype!r}")

@@ -220,3 +220,16 @@ def test_aborts_of_requests_in_flight(make_engine):
     sync, ovl = compare(make_engine, reqs(params), events=events, aborted={"r0", "r1", "r2", "r3", "r4", "r5"})
     assert ovl.in_flight_aborts >= 5 and ("after", 0) in ovl.finals
     assert not any(k[0] in {"r1", "r2", "r4"} for k in sync.finals)
+
+
+def test_the_switch(make_engine):
+    """None: on exactly when the runner has decode graphs; False: a graph engine that never leaves a step running."""
+    assert not make_engine().overlap_decode and make_engine().stats()["overlap_decode"] is False
+    engine = make_engine(eager_graphs=True)
+    assert engine.config.overlap_decode is None and engine.overlap_decode
+    sync = graph_engine(make_engine, False)
+    sync.add_request("abc", SamplingParams(max_tokens=5, temperature=0, ignore_eos=True))
+    while sync.has_unfinished():
+        assert len(sync.step()) == 1 and sync._inflight is None
+    with pytest.raises(ValueError, match="overlap_decode"):
+        make_engine(overlap_decode="yes")
