@@ -22,7 +22,8 @@ different experts). Its 256x8K/1K throughput is estimated from those two measure
 To fit one device call, parts can be picked by environment: BENCH_SERVE_BATCHES=1,64 (decode batches),
 BENCH_SERVE_PRECISIONS=bf16 (or fp8, or both), BENCH_SERVE_HF=0 (no transformers baseline),
 BENCH_SERVE_THROUGHPUT=0 (no 256-request run). BENCH_SERVE_OVERLAP=0 turns overlapped decode off (=1 forces it on;
-unset: the engine's default, on with CUDA graphs), for an A/B of EngineConfig.overlap_decode.
+unset: the engine's default, on with CUDA graphs); =ab times each decode batch both ways in turn on the same
+sequences (rows "ours <precision> sync" and "... overlapped"): an A/B of EngineConfig.overlap_decode in one run.
 
 BENCH_SERVE_PROFILE=1: also profile (torch.profiler, CPU + CUDA) one prefill step and a few decode steps at each
 batch of BENCH_SERVE_PROFILE_BATCHES (default 1,64; those the run measures) per precision, print where the time goes
@@ -65,7 +66,9 @@ class Sizes:
         self.precisions = tuple(os.environ.get("BENCH_SERVE_PRECISIONS", "bf16,fp8").split(","))
         self.hf = os.environ.get("BENCH_SERVE_HF", "1") != "0"
         self.throughput = os.environ.get("BENCH_SERVE_THROUGHPUT", "1") != "0"
-        self.overlap = {"0": False, "1": True}.get(os.environ.get("BENCH_SERVE_OVERLAP", ""))
+        overlap = os.environ.get("BENCH_SERVE_OVERLAP", "")
+        self.overlap_ab = overlap == "ab"
+        self.overlap = {"0": False, "1": True}.get(overlap)
         self.profile = os.environ.get("BENCH_SERVE_PROFILE", "0") not in ("", "0")
         wanted = os.environ.get("BENCH_SERVE_PROFILE_BATCHES", "1,64")
         self.profile_batches = tuple(b for b in (int(x) for x in wanted.split(",") if x) if b in self.batches)
@@ -259,8 +262,9 @@ def _bench_hf(bench, model, sz, gen) -> dict:
 # ---------------------------------------------------------------------- our engine
 def _decode_tokens(sz, B: int) -> int:
     """max_tokens of the decode batch: B sequences prefill one chunk per step while those admitted first already
-    decode (a token per step, so a chunk holds fewer prompt tokens), and all B must still run for the timed and profiled steps after that."""
-    return 2 * B + sz.steps + 4 + sz.extra_steps
+    decode (a token per step, so a chunk holds fewer prompt tokens), and all B must still run for the timed (twice with
+    BENCH_SERVE_OVERLAP=ab) and profiled steps after that."""
+    return 2 * B + sz.steps * (2 if sz.overlap_ab else 1) + 4 + sz.extra_steps
 
 
 def _engine(model, sz, kv="auto") -> LLMEngine:
@@ -270,6 +274,20 @@ def _engine(model, sz, kv="auto") -> LLMEngine:
         max_num_seqs=max(max(sz.batches), sz.serve_n), max_num_batched_tokens=max(sz.prefill, 256),
         max_model_len=max_len, block_size=64 if on_gpu else 16, kv_cache_dtype=kv,
         num_blocks=None if on_gpu else 4096, overlap_decode=sz.overlap))
+
+
+def _time_steps(engine, steps: int, dev) -> tuple[float, int]:
+    """Median ms between consecutive engine.step returns over `steps` decode steps (one GPU sync before them), and
+    how many of them overlapped."""
+    times, overlapped = [], engine.num_overlapped_steps
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+        t1 = time.perf_counter()
+        times.append((t1 - t0) * 1e3)
+        t0 = t1
+    return statistics.median(times), engine.num_overlapped_steps - overlapped
 
 
 def _drain(engine):
@@ -334,16 +352,10 @@ def _bench_ours(bench, model, sz, gen, label: str, fp8: bool, hf: dict, profiles
         # the timed steps must decode all B at once (a short max_tokens once let the first sequences finish
         # while the last still prefilled: "B64" ran ~20 rows)
         assert len(engine.scheduler.running) == B, (len(engine.scheduler.running), B)
-        times = []
-        overlapped = engine.num_overlapped_steps
-        _sync(dev)
-        t0 = time.perf_counter()
-        for _ in range(sz.steps):
-            engine.step()
-            t1 = time.perf_counter()
-            times.append((t1 - t0) * 1e3)
-            t0 = t1
-        overlapped = engine.num_overlapped_steps - overlapped
+        timed = {}
+        for overlap in ((False, True) if sz.overlap_ab else (sz.overlap,)):
+            engine.config.overlap_decode = overlap
+            timed[overlap] = _time_steps(engine, sz.steps, dev)
         profile = None
         if sz.profile and B in sz.profile_batches:
             from .serve_profile import profile_decode
@@ -351,19 +363,22 @@ def _bench_ours(bench, model, sz, gen, label: str, fp8: bool, hf: dict, profiles
             profiles.setdefault(f"decode B{B}@{sz.ctx}", {})[label] = profile.get("graphs") or profile["eager"]
         touched = _experts_touched(engine, model)
         _drain(engine)
-        ms = statistics.median(times)
         uniform = _floors(cfg, 1, sz.ctx, B, fp8, True)
-        row = _row(bench, f"decode B{B}@{sz.ctx}", f"ours {label}", ms,
-                   _floors(cfg, 1, sz.ctx, B, fp8, True, touched), cuda_graphs=engine.runner.cuda_graph_status,
-                   overlap_decode=engine.overlap_decode, overlapped_steps=overlapped, timed_steps=sz.steps,
-                   experts_touched=touched, floor_bytes_ms_uniform_routing=uniform["floor_bytes_ms"])
+        for overlap, (ms, overlapped) in timed.items():
+            engine.config.overlap_decode = overlap
+            variant = f"ours {label}" + (f" {'overlapped' if overlap else 'sync'}" if sz.overlap_ab else "")
+            row = _row(bench, f"decode B{B}@{sz.ctx}", variant, ms,
+                       _floors(cfg, 1, sz.ctx, B, fp8, True, touched), cuda_graphs=engine.runner.cuda_graph_status,
+                       overlap_decode=engine.overlap_decode, overlapped_steps=overlapped, timed_steps=sz.steps,
+                       experts_touched=touched, floor_bytes_ms_uniform_routing=uniform["floor_bytes_ms"])
+            print(f"    overlapped decode {'on' if engine.overlap_decode else 'off'}: {overlapped} of {sz.steps} "
+                  f"timed steps overlapped", flush=True)
+        engine.config.overlap_decode = sz.overlap
         if profile is not None:
             row["profile"] = profile
         print(f"    routed experts touched per MoE layer: {touched:.1f} of {cfg.n_routed_experts} (uniform routing: "
               f"{cfg.n_routed_experts * (1 - (1 - cfg.num_experts_per_tok / cfg.n_routed_experts) ** B):.1f}); "
-              f"floor with uniform routing {uniform['floor_bytes_ms']:.3f} ms; overlapped decode "
-              f"{'on' if engine.overlap_decode else 'off'}: {overlapped} of {sz.steps} timed steps overlapped",
-              flush=True)
+              f"floor with uniform routing {uniform['floor_bytes_ms']:.3f} ms", flush=True)
     if not sz.throughput:
         return
     # throughput: N concurrent requests, in -> out

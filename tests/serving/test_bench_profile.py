@@ -184,3 +184,17 @@ def test_one_group_grouped_gemms_run_as_the_shared_expert(monkeypatch):
         moe_module.grouped_gemm_fp8_nt(a, a[:, 0], torch.zeros(1, 16, 8), torch.zeros(1, 16), offsets, False)
     assert sum(e.name == SHARED for e in prof.events()) == 2
     assert moe_module.grouped_gemm_nt is gemm and moe_module.grouped_gemm_fp8_nt is gemm     # put back
+
+
+def test_cpu_smoke_run_overlap_ab_times_both_ways(tmp_path, monkeypatch):
+    """BENCH_SERVE_OVERLAP=ab: each decode batch timed synchronous, then overlapped, on the same sequences."""
+    from bench.__main__ import main
+    for k, v in {"BENCH_SERVE_OVERLAP": "ab", "BENCH_SERVE_HF": "0", "BENCH_SERVE_THROUGHPUT": "0",
+                 "BENCH_SERVE_BATCHES": "1,4", "BENCH_SERVE_PRECISIONS": "bf16"}.items():
+        monkeypatch.setenv(k, v)
+    assert main(["serve", "--cpu", "--out", str(tmp_path)]) == 0
+    doc = json.loads(next(tmp_path.glob("serve-*.json")).read_text())
+    decode = [(r["problem"], r["variant"], r["overlap_decode"]) for r in doc["rows"] if r["problem"].startswith("decode")]
+    assert decode == [("decode B1@64", "ours bf16 sync", False), ("decode B1@64", "ours bf16 overlapped", True),
+                      ("decode B4@64", "ours bf16 sync", False), ("decode B4@64", "ours bf16 overlapped", True)]
+    assert all(r["ms"] > 0 and r["timed_steps"] == 3 for r in doc["rows"] if r["problem"].startswith("decode"))
