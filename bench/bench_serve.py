@@ -21,8 +21,8 @@ different experts). Its 256x8K/1K throughput is estimated from those two measure
 `python -m bench serve --cpu` smoke-runs all of it with the tiny preset on the CPU (small sizes).
 To fit one device call, parts can be picked by environment: BENCH_SERVE_BATCHES=1,64 (decode batches),
 BENCH_SERVE_PRECISIONS=bf16 (or fp8, or both), BENCH_SERVE_HF=0 (no transformers baseline),
-BENCH_SERVE_THROUGHPUT=0 (no 256-request run). BENCH_SERVE_OVERLAP=0 turns overlapped decode off (=1 forces it on;
-unset: the engine's default, on with CUDA graphs); =ab times each decode batch both ways in turn on the same
+BENCH_SERVE_THROUGHPUT=0 (no 256-request run). BENCH_SERVE_OVERLAP=0 turns overlapped decode off (1 or unset:
+the engine's default, on with CUDA graphs); =ab times each decode batch both ways in turn on the same
 sequences (rows "ours <precision> sync" and "... overlapped"): an A/B of EngineConfig.overlap_decode in one run.
 
 BENCH_SERVE_PROFILE=1: also profile (torch.profiler, CPU + CUDA) one prefill step and a few decode steps at each
@@ -384,14 +384,14 @@ def _bench_ours(bench, model, sz, gen, label: str, fp8: bool, hf: dict, profiles
     # throughput: N concurrent requests, in -> out
     N, n_in, n_out = sz.serve_n, sz.serve_in, sz.serve_out
     params = SamplingParams(max_tokens=n_out, temperature=0.8, top_p=0.95, seed=0, ignore_eos=True)
-    # warm-up, untimed: the same mix of steps at fewer requests and tokens. The ramp's mixed steps (d decodes +
-    # a chunk of 8K - d prompt tokens, then the prompt's last d tokens) give the kernels new sizes, which Triton
-    # compiles anew (it specialises on divisibility by 16); 17 requests reach every d mod 16. Without it the first
-    # precision's run paid them: its ramp steps took 410 ms against 128-137 ms once warm (H200, 128 x 8K requests;
-    # bench/NOTES.md, session 7), and BF16 / FP8 ran in that order.
-    for i in range(min(N, 17)):
+    # warm-up, untimed: the same ramp of steps. Its mixed steps (d decodes beside a chunk of 8K - d prompt tokens,
+    # then the prompt's last d tokens, d = 0 .. N - 1) give the eager kernels new sizes (suspected: Triton compiling
+    # per size class; scripts/serve_warm_ab.py counts it); the first precision's timed run paid them (ramp steps 410 ms cold against 128-137 ms warm, H200, 128 x 8K;
+    # bench/NOTES.md, session 7). The same N requests with N + 4 output tokens walk the same step sizes: each
+    # still decodes while the last ones prefill.
+    for i in range(N):
         engine.add_request(_random_prompt(gen, n_in, cfg.vocab_size),
-                           SamplingParams(**{**params.__dict__, "seed": i, "max_tokens": min(n_out, 4)}))
+                           SamplingParams(**{**params.__dict__, "seed": i, "max_tokens": min(n_out, N + 4)}))
     while engine.has_unfinished():
         engine.step()
     for i in range(N):

@@ -42,7 +42,7 @@ class EngineConfig:
     cuda_graphs: bool | None = None          # None: on when the model is on a GPU
     cuda_graph_sizes: list[int] | None = None  # default 1, 2, 4, 8, 16, 24, ... up to max_num_seqs
     overlap_decode: bool | None = None       # launch a decode step before reading the last one's tokens (only
-                                             # steps on the CUDA-graph path); None: on when there are graphs
+                                             # steps on the CUDA-graph path): None / True on with decode graphs
 
     def __post_init__(self):
         def positive(name):
@@ -127,7 +127,9 @@ class LLMEngine:
     and processes the running step's tokens while the GPU computes the next. Sequences that reach their length limit
     in the running step are left out of the next; one that stops there (end of sequence, stop token or string)
     has its row of the next step discarded. Anything else reads the running step first and runs as without overlap.
-    Outputs (tokens, text, finish reasons) equal those without overlap; they may come one step() later."""
+    Greedy and seeded sampling give the same outputs (tokens, text, finish reasons) as without overlap, one step()
+    later at most. Unseeded sampling draws from one shared generator, and the discarded rows shift its draws; in
+    bf16 a step's extra rows may also change a kernel's tiling and so its rounding."""
 
     def __init__(self, model: NemotronH, tokenizer: ServeTokenizer | None = None,
                  config: EngineConfig | None = None):
@@ -266,8 +268,8 @@ class LLMEngine:
 
     @property
     def overlap_decode(self) -> bool:
-        on = self.config.overlap_decode
-        return bool(self.runner.graphs) if on is None else on
+        """Whether decode steps overlap: only steps on the CUDA-graph path do, so never without decode graphs."""
+        return self.config.overlap_decode is not False and bool(self.runner.graphs)
 
     def stats(self) -> dict:
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
@@ -287,12 +289,17 @@ class LLMEngine:
                 if nxt is not None:                     # launch the next step, then read this one
                     for seq in nxt:
                         seq.append_token(_PLACEHOLDER)
-                    batch = self.scheduler.schedule()
-                    if (batch.seqs != nxt or batch.num_decodes != len(nxt) or batch.block_copies
-                            or batch.preempted):
-                        raise RuntimeError(f"overlapped decode: the scheduler did not decode the expected "
-                                           f"{len(nxt)} sequences: {batch}")
-                    self._inflight = self._launch(batch, prev=inflight)
+                    try:
+                        batch = self.scheduler.schedule()
+                        if (batch.seqs != nxt or batch.num_decodes != len(nxt) or batch.block_copies
+                                or batch.preempted):
+                            raise RuntimeError(f"overlapped decode: the scheduler did not decode the expected "
+                                               f"{len(nxt)} sequences: {batch}")
+                        self._inflight = self._launch(batch, prev=inflight)
+                    except BaseException:
+                        for seq in nxt:                 # no launched step will fill them
+                            seq.token_ids.pop()
+                        raise
                     self.num_overlapped_steps += 1
                     return self._read(inflight, placeholders=nxt)
                 outputs = self._read(inflight)

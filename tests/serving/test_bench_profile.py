@@ -195,6 +195,7 @@ def test_cpu_smoke_run_overlap_ab_times_both_ways(tmp_path, monkeypatch):
     assert main(["serve", "--cpu", "--out", str(tmp_path)]) == 0
     doc = json.loads(next(tmp_path.glob("serve-*.json")).read_text())
     decode = [(r["problem"], r["variant"], r["overlap_decode"]) for r in doc["rows"] if r["problem"].startswith("decode")]
-    assert decode == [("decode B1@64", "ours bf16 sync", False), ("decode B1@64", "ours bf16 overlapped", True),
-                      ("decode B4@64", "ours bf16 sync", False), ("decode B4@64", "ours bf16 overlapped", True)]
+    # no CUDA graphs on the CPU: the overlapped rows ask for overlap, and the engine reports it cannot
+    assert decode == [("decode B1@64", "ours bf16 sync", False), ("decode B1@64", "ours bf16 overlapped", False),
+                      ("decode B4@64", "ours bf16 sync", False), ("decode B4@64", "ours bf16 overlapped", False)]
     assert all(r["ms"] > 0 and r["timed_steps"] == 3 for r in doc["rows"] if r["problem"].startswith("decode"))

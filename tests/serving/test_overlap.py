@@ -231,5 +231,25 @@ def test_the_switch(make_engine):
     sync.add_request("abc", SamplingParams(max_tokens=5, temperature=0, ignore_eos=True))
     while sync.has_unfinished():
         assert len(sync.step()) == 1 and sync._inflight is None
+    assert not make_engine(overlap_decode=True).overlap_decode      # no decode graphs: nothing can overlap
     with pytest.raises(ValueError, match="overlap_decode"):
         make_engine(overlap_decode="yes")
+
+
+def test_a_failed_overlapped_launch_leaves_no_placeholder(make_engine):
+    """The next step's launch fails after its sequences got placeholders: the step raises, and every sequence has
+    the tokens it had before the call (no placeholder left in its history)."""
+    engine = graph_engine(make_engine, True)
+    for p in PROMPTS[:3]:
+        engine.add_request(p, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True))
+    while engine._inflight is None or engine.scheduler.waiting:
+        engine.step()
+    seqs = list(engine.scheduler.running)
+    before = [list(s.token_ids) for s in seqs]
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("launch failed")
+    engine.runner.launch = fail
+    with pytest.raises(RuntimeError, match="launch failed"):
+        engine.step()
+    assert [list(s.token_ids) for s in seqs] == before and engine._inflight is None
