@@ -106,7 +106,8 @@ inline GemmPath path_for(GemmKind kind, int64_t m_rows, int groups) {
   // GEMV for a couple of tokens (<= 16 rows, any precision); up to 32 rows per expert on average the swapped
   // tiles. H200 side by side (bench/NOTES.md, session 7), BF16 up+down, GEMV vs swapped: T = 8 0.205 / 0.201 ms,
   // T = 16 0.350 / 0.343, T = 32 0.531 / 0.491. FP8's GEMV widens e4m3 on CUDA cores and loses more (T = 16:
-  // 0.344 / 0.209). The average is over all E experts (the touched count never reaches the host).
+  // 0.344 / 0.209); T = 3..7 (18-42 rows) were not timed side by side. The average is over all E experts (the
+  // touched count never reaches the host).
   if (m_rows <= 16) return GemmPath::kGemv;
   return m_rows <= 32 * int64_t(groups) ? GemmPath::kSwapAB : GemmPath::kLargeTiles;
 }
