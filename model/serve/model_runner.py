@@ -111,20 +111,18 @@ class StepTokens:
 
     def __init__(self, runner: ModelRunner, seqs: list, tokens: torch.Tensor, graph: bool):
         self.seqs, self.tokens, self.graph = seqs, tokens, graph    # graph: a pure decode step on the graph path
-        runner._launches += 1
-        self._ticket = runner._launches
-        k = self._ticket % len(runner._host_tokens)
-        self._owners, self._k = runner._owners, k
-        self._owners[k] = self._ticket
+        k = self._k = runner._next_host
+        runner._next_host = 1 - k
+        runner._host_owner[k] = self
+        self._owners = runner._host_owner
         self._host = runner._host_tokens[k][:len(tokens)]
         self._host.copy_(tokens, non_blocking=True)
-        self._event = None
-        if tokens.device.type == "cuda":
-            self._event = torch.cuda.Event()
+        self._event = runner._host_events[k]                          # reused: its buffer's owner reads it first
+        if self._event is not None:
             self._event.record()
 
     def tolist(self) -> list[int]:
-        if self._owners[self._k] != self._ticket:
+        if self._owners[self._k] is not self:
             raise RuntimeError("StepTokens read after its host buffer was reused (two later steps were launched)")
         if self._event is not None:
             self._event.synchronize()
@@ -173,8 +171,9 @@ class ModelRunner:
         # next step is launched; pinned on CUDA so the copy does not block the host
         pin = self.device.type == "cuda"
         self._host_tokens = [torch.empty(num_slots, dtype=torch.long, pin_memory=pin) for _ in range(2)]
-        self._owners = [0, 0]
-        self._launches = 0
+        self._host_events = [torch.cuda.Event() if pin else None for _ in range(2)]
+        self._host_owner: list[StepTokens | None] = [None, None]     # the step whose tokens each buffer holds
+        self._next_host = 0
         if sizes:
             self._capture(sizes)
 

@@ -7,6 +7,7 @@ rows of stopped sequences discarded, preemption, aborts of sequences in flight).
 from collections import defaultdict
 
 import pytest
+import torch
 
 from model.serve import SamplingParams
 
@@ -253,3 +254,13 @@ def test_a_failed_overlapped_launch_leaves_no_placeholder(make_engine):
     with pytest.raises(RuntimeError, match="launch failed"):
         engine.step()
     assert [list(s.token_ids) for s in seqs] == before and engine._inflight is None
+
+
+def test_step_tokens_refuse_a_reused_host_buffer(make_engine):
+    """Two host buffers: a step's tokens read after two later launches would be another step's; that read raises."""
+    from model.serve.model_runner import StepTokens
+    runner = make_engine().runner
+    steps = [StepTokens(runner, [], torch.tensor([i, i + 1]), graph=False) for i in range(3)]
+    assert steps[1].tolist() == [1, 2] and steps[2].tolist() == [2, 3]
+    with pytest.raises(RuntimeError, match="reused"):
+        steps[0].tolist()
