@@ -384,19 +384,21 @@ def _bench_ours(bench, model, sz, gen, label: str, fp8: bool, hf: dict, profiles
     # throughput: N concurrent requests, in -> out
     N, n_in, n_out = sz.serve_n, sz.serve_in, sz.serve_out
     params = SamplingParams(max_tokens=n_out, temperature=0.8, top_p=0.95, seed=0, ignore_eos=True)
+
+    def submit(max_tokens: int) -> None:
+        for i in range(N):
+            engine.add_request(_random_prompt(gen, n_in, cfg.vocab_size),
+                               SamplingParams(**{**params.__dict__, "seed": i, "max_tokens": max_tokens}))
+
     # warm-up, untimed: the same ramp of steps. Its mixed steps (d decodes beside a chunk of 8K - d prompt tokens,
     # then the prompt's last d tokens, d = 0 .. N - 1) give the eager kernels new sizes (suspected: Triton compiling
-    # per size class; scripts/serve_warm_ab.py counts it); the first precision's timed run paid them (ramp steps 410 ms cold against 128-137 ms warm, H200, 128 x 8K;
-    # bench/NOTES.md, session 7). The same N requests with N + 4 output tokens walk the same step sizes: each
-    # still decodes while the last ones prefill.
-    for i in range(N):
-        engine.add_request(_random_prompt(gen, n_in, cfg.vocab_size),
-                           SamplingParams(**{**params.__dict__, "seed": i, "max_tokens": min(n_out, N + 4)}))
+    # per size class; scripts/serve_warm_ab.py counts it). The first precision's timed run paid them: ramp steps
+    # 410 ms cold against 128-137 ms warm (H200, 128 x 8K; bench/NOTES.md, session 7). N requests with N + 4
+    # output tokens walk the same step sizes: each still decodes while the last ones prefill.
+    submit(min(n_out, N + 4))
     while engine.has_unfinished():
         engine.step()
-    for i in range(N):
-        engine.add_request(_random_prompt(gen, n_in, cfg.vocab_size),
-                           SamplingParams(**{**params.__dict__, "seed": i}))
+    submit(n_out)
     _sync(dev)
     t0 = time.perf_counter()
     steps = produced = 0
