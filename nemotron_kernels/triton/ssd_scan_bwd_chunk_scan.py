@@ -249,7 +249,8 @@ def _ssd_bwd_dbc_kernel(
                                tl.cast(carry_seg, tl.int64) * nheads + h, state_size, pn_offs, pn_ok, HAS_CARRY)
         Rs = (R.to(tl.float32) * r_scale[:, None]).to(dtype)
         acc = tl.dot(Rs, St.to(dtype), acc, input_precision=DOT_PRECISION)            # [BLOCK_M, BLOCK_N]
-    # the intra-chunk term of all heads in one dot: V (B or C) is shared by the group's heads
+    # the intra-chunk term of all heads in one dot: V (B or C) is shared by the group's heads. The sum is rounded
+    # once to x's dtype (bf16: as before, within its range; fp16: 8 heads' sum overflows 8x sooner than one head's)
     acc = tl.dot(P_sum.to(dtype), V, acc, input_precision=DOT_PRECISION)               # [BLOCK_M, BLOCK_N]
     tl.store(out_ptr + b * stride_o_b + rows_m[:, None] * stride_o_l + g * stride_o_g + offs_n[None, :],
              acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
