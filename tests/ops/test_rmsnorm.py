@@ -63,6 +63,46 @@ def test_interpreter_strided_rows_and_many_row_blocks():
     check_fwd_bwd(x, weight)
 
 
+def check_residual(x, weight, seed=0):
+    """rmsnorm(x, w, residual=r) against the reference: h and out bit for bit (h = torch's add, then the same norm),
+    and the gradients of x, r and w with a gradient reaching h too (as the next block's add sends it) equal to
+    those of the unfused graph: norm(x + r) with h used again."""
+    g = torch.Generator().manual_seed(seed)
+    r = (torch.randn(x.shape, generator=g, dtype=F64)).to(device=x.device, dtype=x.dtype)
+    dout, dh = (torch.randn(x.shape, generator=g, dtype=F64).to(device=x.device, dtype=x.dtype) for _ in range(2))
+    ours = [t.detach().clone().requires_grad_() for t in (x, r, weight)]
+    out, h = rmsnorm(ours[0], ours[2], 1e-5, residual=ours[1])
+    ref = [t.detach().clone().requires_grad_() for t in (x, r, weight)]
+    h_ref = ref[0] + ref[1]
+    out_ref = rmsnorm(h_ref, ref[2], 1e-5)                     # the unfused kernel path
+    assert torch.equal(h, h_ref) and torch.equal(out, out_ref)
+    assert torch.equal(h, rmsnorm_ref(x, weight, 1e-5, residual=r)[1])
+    torch.autograd.backward((out, h), (dout, dh))
+    torch.autograd.backward((out_ref, h_ref), (dout, dh))
+    for name, a, b in zip(("dx", "dresidual", "dweight"), ours, ref):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_residual_add_fused(dtype):
+    x, weight = make_inputs(21, (5, 3), 40, dtype)
+    check_residual(x, weight)
+    x, weight = make_inputs(22, (2, 9), 32, dtype, noncontiguous=True)
+    check_residual(x, weight, seed=1)
+
+
+@pytest.mark.usefixtures("interpret")
+def test_residual_of_another_dtype_or_shape():
+    """A residual the kernel cannot take in x's dtype runs the reference (torch's promotion); a wrong shape is named."""
+    x, weight = make_inputs(23, (4,), 16, torch.float16)
+    r = torch.randn(4, 16, dtype=torch.float32)
+    out, h = rmsnorm(x, weight, residual=r)
+    assert h.dtype == torch.float32 and torch.equal(h, x + r) and torch.equal(out, rmsnorm_ref(x + r, weight))
+    with pytest.raises(ValueError, match="residual must have shape"):
+        rmsnorm(x, weight, residual=r[:2])
+
+
 @pytest.mark.usefixtures("interpret")
 def test_interpreter_empty():
     x, weight = make_inputs(1, (0,), 16, torch.float32)
@@ -101,12 +141,15 @@ def test_custom_op_registration():
                           test_utils=("test_schema", "test_faketensor"))
     torch.library.opcheck(torch.ops.nemotron_kernels.rmsnorm_bwd.default, (out, x, weight, rstd),
                           test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.nemotron_kernels.rmsnorm_add_fwd.default, (x, torch.randn_like(x), weight, 1e-5),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 def test_aot_compile_sm90():
     """Every kernel configuration compiles for sm_90a (no GPU needed)."""
     lines = aot_lines("rmsnorm")
-    assert sum("rmsnorm_fwd" in line for line in lines) == 3 and sum("rmsnorm_bwd" in line for line in lines) == 3
+    assert sum("rmsnorm_fwd" in line for line in lines) == 6 and sum("rmsnorm_bwd" in line for line in lines) == 3
+    assert sum("residual=True" in line for line in lines) == 3
 
 
 @pytest.mark.cuda
@@ -115,3 +158,4 @@ def test_cuda_nemotron_shapes(lead):
     """NemotronH: D = 2688, bf16 (prefill rows, one decode token, a decode batch)."""
     x, weight = make_inputs(7, lead, 2688, torch.bfloat16, device="cuda")
     check_fwd_bwd(x, weight)
+    check_residual(x, weight)
