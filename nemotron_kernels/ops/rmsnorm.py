@@ -92,13 +92,16 @@ class AddRMSNormFn(torch.autograd.Function):
     def forward(ctx, x, residual, weight, eps: float):
         out, h, rstd = rmsnorm_add_fwd(x, residual, weight, eps)
         ctx.save_for_backward(h, weight, rstd)
+        ctx.set_materialize_grads(False)                      # norm_f's h is unused: no zero gradient made for it
         return out, h
 
     @staticmethod
     def backward(ctx, dout, dh):
         h, weight, rstd = ctx.saved_tensors
+        if dout is None:
+            return dh, dh, None, None
         dx, dw = rmsnorm_bwd(dout.contiguous(), h, weight, rstd)
-        dh = dx + dh                                          # h feeds the norm and the next residual add
+        dh = dx if dh is None else dx + dh                    # h feeds the norm and the next residual add
         return dh, dh, dw, None
 
 
@@ -109,9 +112,10 @@ def rmsnorm(x, weight, eps: float = 1e-5, residual=None):
 
     Args:
         x [..., D]: any float dtype.   weight [D].   eps: added to the mean square.
-        residual [..., D] | None: added to x before the norm (the kernel takes it in x's dtype).
+        residual [..., D] | None: added to x before the norm (the kernel takes it in x's dtype and shape; another
+            dtype runs the reference, where h takes torch's promoted dtype).
     Returns:
-        [..., D] in x's dtype; with residual, (out, h). Differentiable in x, residual and weight.
+        [..., D] in x's (h's) dtype; with residual, (out, h). Differentiable in x, residual and weight.
     """
     if not mamba_common.use_triton(x, weight) or (residual is not None and (
             not isinstance(residual, torch.Tensor) or residual.dtype != x.dtype or residual.shape != x.shape

@@ -93,6 +93,37 @@ def test_interpreter_residual_add_fused(dtype):
 
 
 @pytest.mark.usefixtures("interpret")
+def test_interpreter_residual_h_unused_and_model_blocks():
+    """Only out used (as norm_f): the gradients of x and residual are the norm's. And a tiny model whose norms run
+    the fused kernel (the other ops their references) against the reference model: logits and every weight
+    gradient close (the kernel sums squares in another order), the residual adds' gradients flowing through."""
+    from model.config import NemotronHConfig
+    from model.nemotron_h import build_model
+    x, weight = make_inputs(31, (6,), 24, torch.float32)
+    r = torch.randn(6, 24, generator=torch.Generator().manual_seed(3))
+    leaves = [t.clone().requires_grad_() for t in (x, r)]
+    out, _ = rmsnorm(leaves[0], weight, residual=leaves[1])
+    out.sum().backward()
+    h = (x + r).requires_grad_()
+    rmsnorm(h, weight).sum().backward()
+    assert torch.equal(leaves[0].grad, h.grad) and torch.equal(leaves[1].grad, h.grad)
+
+    cfg = NemotronHConfig.from_preset("tiny")
+    ref_model = build_model(cfg, seed=0, backend="reference")
+    fused = build_model(cfg, seed=0, backend="reference")
+    fused.ops.rmsnorm = rmsnorm                                  # the Triton op, under the interpreter
+    ids = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(4))
+    grads = []
+    for model in (ref_model, fused):
+        loss = model(ids).float().logsumexp(-1).mean()
+        loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-5, msg=n)
+
+
+@pytest.mark.usefixtures("interpret")
 def test_residual_of_another_dtype_or_shape():
     """A residual the kernel cannot take in x's dtype runs the reference (torch's promotion); a wrong shape is named."""
     x, weight = make_inputs(23, (4,), 16, torch.float16)
