@@ -124,8 +124,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.empty(dim, **factory))  # [dim]
         self.eps = eps
 
-    def forward(self, x: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
-        return meta.ops.rmsnorm(x, self.weight, self.eps)
+    def forward(self, x: torch.Tensor, meta: ForwardMeta, residual: torch.Tensor | None = None):
+        """norm(x); with a residual, (norm(x + residual), x + residual) from one fused op."""
+        if residual is None:
+            return meta.ops.rmsnorm(x, self.weight, self.eps)
+        return meta.ops.rmsnorm(x, self.weight, self.eps, residual)
 
 
 class Mamba2Mixer(nn.Module):
@@ -343,7 +346,8 @@ class MoE(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block with one mixer: h + mixer(norm(h))."""
+    """Pre-norm residual block with one mixer: h + mixer(norm(h)). The add is left to the next block's norm, which
+    fuses it: (h, the previous mixer's output) -> (their sum, this mixer's output)."""
 
     def __init__(self, cfg: NemotronHConfig, layer_idx: int, **factory):
         super().__init__()
@@ -358,8 +362,13 @@ class Block(nn.Module):
         else:
             self.mixer = MLP(cfg.hidden_size, cfg.intermediate_size, **factory)
 
-    def forward(self, h: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
-        return h + self.mixer(self.norm(h, meta), meta)
+    def forward(self, h: torch.Tensor, meta: ForwardMeta,
+                pending: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if pending is None:
+            x = self.norm(h, meta)
+        else:
+            x, h = self.norm(h, meta, pending)                                # h + pending, and its norm
+        return h, self.mixer(x, meta)
 
 
 class NemotronH(nn.Module):
@@ -455,10 +464,10 @@ class NemotronH(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def _run(self, input_ids: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
-        h = self.embeddings(input_ids)                                        # [B, L, H] or [S, H]
+        h, pending = self.embeddings(input_ids), None                         # [B, L, H] or [S, H]
         for block in self.layers:
-            h = block(h, meta)
-        return self.norm_f(h, meta)
+            h, pending = block(h, meta, pending)
+        return self.norm_f(h, meta) if pending is None else self.norm_f(h, meta, pending)[0]
 
     def hidden_states(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
                       aux: MoEAux | None = None, offsets: list[int] | None = None) -> torch.Tensor:

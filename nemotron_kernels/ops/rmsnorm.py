@@ -5,7 +5,9 @@ Triton kernels (one forward, one backward; triton/rmsnorm.py) on CUDA tensors; t
 or without Triton — unless TRITON_INTERPRET=1, where CPU fp16/bf16/fp32 tensors run the kernels in Triton's
 interpreter. Plain torch took ~6 kernels forward and ~10 backward per norm (no torch.compile runs here to fuse
 them): hundreds of launches per decode and training step. Layers: custom ops `nemotron_kernels::rmsnorm_fwd` /
-`_bwd` (torch.compile / CUDA-graph visible) -> `RMSNormFn` (autograd) -> `rmsnorm()` (dispatch)."""
+`_bwd` (torch.compile / CUDA-graph visible) -> `RMSNormFn` (autograd) -> `rmsnorm()` (dispatch); with a residual,
+`nemotron_kernels::rmsnorm_add_fwd` -> `AddRMSNormFn`: h = x + residual formed in the forward kernel (the residual
+add of every block, fused into the next norm), the same backward plus the gradient that reaches h itself."""
 import torch
 
 from ..reference.rmsnorm import check_rmsnorm_args, rmsnorm_ref
@@ -34,6 +36,25 @@ def rmsnorm_fwd(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torc
 def _(x, weight, eps):
     n_rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     return torch.empty_like(x), x.new_empty(n_rows, dtype=torch.float32)
+
+
+@kernel_op("nemotron_kernels::rmsnorm_add_fwd", mutates_args=())
+def rmsnorm_add_fwd(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                    eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x, residual [..., D] (same dtype), weight [D] -> (out, h = x + residual, both like x; rstd [n_rows] fp32)."""
+    kernels = mamba_common.kernel_module("rmsnorm")
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    h = torch.empty_like(out)
+    rstd = torch.empty(out.numel() // x.shape[-1], dtype=torch.float32, device=x.device)
+    kernels.rmsnorm_fwd_launch(_rows(x), weight.contiguous(), out.view(-1, x.shape[-1]), rstd, eps,
+                               _rows(residual), h.view(-1, x.shape[-1]))
+    return out, h, rstd
+
+
+@rmsnorm_add_fwd.register_fake
+def _(x, residual, weight, eps):
+    n_rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    return torch.empty_like(x), torch.empty_like(x), x.new_empty(n_rows, dtype=torch.float32)
 
 
 @kernel_op("nemotron_kernels::rmsnorm_bwd", mutates_args=())
@@ -66,20 +87,45 @@ class RMSNormFn(torch.autograd.Function):
         return dx, dw, None
 
 
-def rmsnorm(x, weight, eps: float = 1e-5):
+class AddRMSNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, residual, weight, eps: float):
+        out, h, rstd = rmsnorm_add_fwd(x, residual, weight, eps)
+        ctx.save_for_backward(h, weight, rstd)
+        ctx.set_materialize_grads(False)                      # norm_f's h is unused: no zero gradient made for it
+        return out, h
+
+    @staticmethod
+    def backward(ctx, dout, dh):
+        h, weight, rstd = ctx.saved_tensors
+        if dout is None:
+            return dh, dh, None, None
+        dx, dw = rmsnorm_bwd(dout.contiguous(), h, weight, rstd)
+        dh = dx if dh is None else dx + dh                    # h feeds the norm and the next residual add
+        return dh, dh, dw, None
+
+
+def rmsnorm(x, weight, eps: float = 1e-5, residual=None):
     """RMSNorm over the last dim, normalised in fp32, rounded to x's dtype, then scaled by weight (cast to x's
-    dtype, as in the HF-native model).
+    dtype, as in the HF-native model). With `residual`, the residual add first: h = x + residual is normed, and
+    (out, h) returned (one kernel).
 
     Args:
         x [..., D]: any float dtype.   weight [D].   eps: added to the mean square.
+        residual [..., D] | None: added to x before the norm (the kernel takes it in x's dtype and shape; another
+            dtype runs the reference, where h takes torch's promoted dtype).
     Returns:
-        [..., D] in x's dtype. Differentiable in x and weight.
+        [..., D] in x's (h's) dtype; with residual, (out, h). Differentiable in x, residual and weight.
     """
-    if not mamba_common.use_triton(x, weight):
-        return rmsnorm_ref(x, weight, eps)
+    if not mamba_common.use_triton(x, weight) or (residual is not None and (
+            not isinstance(residual, torch.Tensor) or residual.dtype != x.dtype or residual.shape != x.shape
+            or residual.device != x.device)):
+        return rmsnorm_ref(x, weight, eps, residual)
     check_rmsnorm_args(x, weight)
     if x.shape[-1] > 65536 or x.numel() == 0:
-        return rmsnorm_ref(x, weight, eps)
+        return rmsnorm_ref(x, weight, eps, residual)
+    if residual is not None:
+        return AddRMSNormFn.apply(x, residual, weight, float(eps))
     return RMSNormFn.apply(x, weight, float(eps))
 
 

@@ -6,6 +6,8 @@ rstd [n_rows] fp32 for the backward. Backward, with n = x * rstd and g = dout * 
     dx = rstd * (g - n * mean(g * n)),   dw = sum_rows dout * round(n)
 one program per SM walks row blocks pid, pid + n_programs, ... (loading the next block while it computes one) and
 keeps its dw partial in registers; the launcher sums the [n_programs, D] fp32 partials. Row offsets are int64.
+With a residual r (the previous mixer's output), the forward first forms h = round(x + r) (torch's add: the fp32
+sum rounded to x's dtype), stores h and norms it: the model's residual adds ride on its norms (one kernel, not two).
 
 Why a kernel at all: in plain torch the forward is ~6 elementwise/reduction kernels and the backward ~10; the model
 runs a norm before every one of its 52 mixers, so un-fused norms cost hundreds of launches per decode step and per
@@ -22,11 +24,12 @@ LOAD_TOKEN = object()
 
 @triton.jit
 def _rmsnorm_fwd_kernel(
-    x_ptr, w_ptr, out_ptr, rstd_ptr,          # x, out [n_rows, D] (last stride 1); w [D]; rstd [n_rows] fp32
-    n_rows, dim, stride_x_row, stride_out_row,
+    x_ptr, r_ptr, w_ptr, out_ptr, h_ptr, rstd_ptr,  # x, r, out, h [n_rows, D] (last stride 1); w [D]; rstd [n_rows]
+    n_rows, dim, stride_x_row, stride_r_row, stride_out_row, stride_h_row,
     eps,
     BLOCK_D: tl.constexpr,                    # next power of two >= D
     ROWS: tl.constexpr,                       # rows per program
+    HAS_RESIDUAL: tl.constexpr,               # h = x + r (rounded to x's dtype, as torch's add) is normed and stored
 ):
     rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)   # [ROWS]
     cols = tl.arange(0, BLOCK_D)                                          # [BLOCK_D]
@@ -34,6 +37,11 @@ def _rmsnorm_fwd_kernel(
     row_ok = rows < n_rows
     mask = row_ok[:, None] & col_ok[None, :]
     x = tl.load(x_ptr + rows[:, None] * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        r = tl.load(r_ptr + rows[:, None] * stride_r_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        h = (x + r).to(out_ptr.dtype.element_ty)
+        tl.store(h_ptr + rows[:, None] * stride_h_row + cols[None, :], h, mask=mask)
+        x = h.to(tl.float32)
     w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(out_ptr.dtype.element_ty).to(tl.float32)
     rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / dim + eps)             # [ROWS]
     normed = (x * rstd[:, None]).to(out_ptr.dtype.element_ty).to(tl.float32)
@@ -96,18 +104,21 @@ def bwd_config(dim: int) -> dict:
     return {**cfg, "num_warps": max(1, min(16, cfg["ROWS"] * cfg["BLOCK_D"] // 256))}
 
 
-def rmsnorm_fwd_launch(x2, weight, out2, rstd, eps: float) -> None:
-    """x2, out2 [n_rows, D] with unit last stride; weight [D] contiguous; writes out2 and rstd [n_rows] fp32."""
+def rmsnorm_fwd_launch(x2, weight, out2, rstd, eps: float, r2=None, h2=None) -> None:
+    """x2, out2 [n_rows, D] with unit last stride; weight [D] contiguous; writes out2 and rstd [n_rows] fp32. With
+    r2, h2 (like x2): h2 = x2 + r2 is written and normed instead of x2 (the residual add fused)."""
     n_rows, dim = x2.shape
     if n_rows == 0:
         return
-    assert x2.stride(1) == 1 and out2.stride(1) == 1, "rmsnorm: x and out need a unit stride on the last dim"
+    has_residual = r2 is not None
+    r2, h2 = (r2, h2) if has_residual else (x2, out2)
+    assert all(t.stride(1) == 1 for t in (x2, out2, r2, h2)), "rmsnorm: x, residual, out need a unit last stride"
     assert weight.is_contiguous() and weight.shape == (dim,), "rmsnorm: weight must be contiguous [D]"
     assert dim <= 65536, "rmsnorm: D above 65536 is not supported by the kernel"
     cfg = config(dim)
     _rmsnorm_fwd_kernel[(triton.cdiv(n_rows, cfg["ROWS"]),)](
-        x2, weight, out2, rstd, n_rows, dim, x2.stride(0), out2.stride(0), eps,
-        BLOCK_D=cfg["BLOCK_D"], ROWS=cfg["ROWS"], num_warps=cfg["num_warps"])
+        x2, r2, weight, out2, h2, rstd, n_rows, dim, x2.stride(0), r2.stride(0), out2.stride(0), h2.stride(0), eps,
+        BLOCK_D=cfg["BLOCK_D"], ROWS=cfg["ROWS"], HAS_RESIDUAL=has_residual, num_warps=cfg["num_warps"])
 
 
 def rmsnorm_bwd_launch(dout2, x2, weight, rstd, dx2, sm_count: int):
@@ -132,10 +143,13 @@ def aot_compile_all():
     for dtype, dim in (("bf16", 2688), ("bf16", 1024), ("fp32", 2688)):
         cfg = config(dim)
         consts = {"BLOCK_D": cfg["BLOCK_D"], "ROWS": cfg["ROWS"]}
-        fwd = {"x_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "rstd_ptr": "*fp32",
-               "n_rows": "i32", "dim": "i32", "stride_x_row": "i64", "stride_out_row": "i64", "eps": "fp32"}
-        yield (f"rmsnorm_fwd {dtype} D={dim}",
-               aot_compile(_rmsnorm_fwd_kernel, fwd, consts, num_warps=cfg["num_warps"], num_stages=1))
+        fwd = {"x_ptr": f"*{dtype}", "r_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "out_ptr": f"*{dtype}",
+               "h_ptr": f"*{dtype}", "rstd_ptr": "*fp32", "n_rows": "i32", "dim": "i32", "stride_x_row": "i64",
+               "stride_r_row": "i64", "stride_out_row": "i64", "stride_h_row": "i64", "eps": "fp32"}
+        for residual in (False, True):
+            yield (f"rmsnorm_fwd {dtype} D={dim} residual={residual}",
+                   aot_compile(_rmsnorm_fwd_kernel, fwd, {**consts, "HAS_RESIDUAL": residual},
+                               num_warps=cfg["num_warps"], num_stages=1))
         bwd = {"dout_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "rstd_ptr": "*fp32",
                "dx_ptr": f"*{dtype}", "dw_partial_ptr": "*fp32", "n_rows": "i32", "dim": "i32",
                "stride_dout_row": "i64", "stride_x_row": "i64"}

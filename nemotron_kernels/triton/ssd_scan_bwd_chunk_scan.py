@@ -10,7 +10,8 @@ Per chunk and head, with cs the cumulative sum of a = dt A in the chunk, M[t, s]
               the pair terms, dy . y - x . dx, would cancel their large diagonal terms in rounding);
     per (chunk, head) partial sums of dA = sum_k dt_k da_k and dD = sum_t dy_t . x_t (summed in torch).
   dB / dC kernels (program: chunk, group, block of rows; the group's heads summed in registers, no atomics; dC runs
-  first and also writes the intra-chunk parts of da for the dx kernel):
+  first and also writes the intra-chunk parts of da for the dx kernel). The intra-chunk pair weights of the heads
+  share B (C) and are summed in fp32 before one product with it; the state terms take a product per head:
     dC_t = sum_h [ sum_{s <= t} (dy_t . x_s) exp(cs_t - cs_s) dt_s B_s + exp(cs_t) dy_t S_in ]
     dB_s = sum_h [ sum_{t >= s} (x_s . dy_t) exp(cs_t - cs_s) dt_s C_t + exp(cs_Q - cs_s) dt_s x_s G ]
 Every output element is written by exactly one program and every sum runs in a fixed order, so the backward is
@@ -203,6 +204,7 @@ def _ssd_bwd_dbc_kernel(
         k_le_t = (offs_k[None, :] <= offs_m[:, None]) & m_ok[:, None]
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    P_sum = tl.zeros([BLOCK_M, Q], dtype=tl.float32)   # sum over the group's heads of the decayed pair weights
     for hh in range(heads_per_group):
         h = g * heads_per_group + hh
         A = tl.load(A_ptr + h).to(tl.float32)
@@ -235,7 +237,7 @@ def _ssd_bwd_dbc_kernel(
             Pm = RK * tl.exp(tl.minimum(diff, 0.0)) * dt[None, :]
             r_scale = tl.exp(cs_m_hi)                                                  # exp(cs_t)
         Pm = tl.where(tri, Pm, 0.0)
-        acc = tl.dot(Pm.to(dtype), V, acc, input_precision=DOT_PRECISION)              # [BLOCK_M, BLOCK_N]
+        P_sum += Pm
         head_chunk = tl.cast(gc, tl.int64) * nheads + h
         if not IS_DB:   # da part of these rows t: sum_{t >= k} sum_{s < k} W[t, s]
             W = tl.where(strict, Pm * CB, 0.0)
@@ -247,6 +249,9 @@ def _ssd_bwd_dbc_kernel(
                                tl.cast(carry_seg, tl.int64) * nheads + h, state_size, pn_offs, pn_ok, HAS_CARRY)
         Rs = (R.to(tl.float32) * r_scale[:, None]).to(dtype)
         acc = tl.dot(Rs, St.to(dtype), acc, input_precision=DOT_PRECISION)            # [BLOCK_M, BLOCK_N]
+    # the intra-chunk term of all heads in one dot: V (B or C) is shared by the group's heads. The sum is rounded
+    # once to x's dtype (bf16: as before, within its range; fp16: 8 heads' sum overflows 8x sooner than one head's)
+    acc = tl.dot(P_sum.to(dtype), V, acc, input_precision=DOT_PRECISION)               # [BLOCK_M, BLOCK_N]
     tl.store(out_ptr + b * stride_o_b + rows_m[:, None] * stride_o_l + g * stride_o_g + offs_n[None, :],
              acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
@@ -256,9 +261,10 @@ def bwd_config(n_chunks: int, ngroups: int, heads_per_group: int, headdim: int, 
     """Tiles of both kernels, chosen by the sm_90a register report (cuobjdump -res-usage of the AOT compile at
     NemotronH's shapes, Q=128, P=64, N=128, 8 warps): the dx kernel takes whole chunks, one head per program on the
     GPU (walking the 8 heads of a group to share CB spilled 2.6 KB per thread, 1 head: ~0.1 KB), all heads of the
-    group in the interpreter (sm_count 0); the dC kernel takes BLOCK_M_DC = Q / 4 rows (<= 32: 64 rows spilled
-    0.8 KB, 32 rows 64 B, 16 rows none; < 64 rows use mma.sync, not wgmma), the dB kernel Q / 2 (<= 64: wgmma,
-    0.1 KB spilled)."""
+    group in the interpreter (sm_count 0); the dC kernel takes BLOCK_M_DC = Q / 4 rows (<= 32: 238 registers, no
+    spills; 64 rows spill 288 B, also at 16 warps; < 64 rows use mma.sync, not wgmma), the dB kernel Q / 2 (<= 64:
+    wgmma, 253 registers, no spills; 128 rows spill 352 B). Before the heads' pair weights were summed ahead of one
+    product, 32 / 64 rows spilled 64 / 104 B."""
     block_p = max(16, triton.next_power_of_2(headdim))
     block_n = max(16, triton.next_power_of_2(dstate))
     return {"BLOCK_P": block_p, "BLOCK_N": block_n, "HEADS_PER_PROG": 1 if sm_count else heads_per_group,

@@ -63,6 +63,77 @@ def test_interpreter_strided_rows_and_many_row_blocks():
     check_fwd_bwd(x, weight)
 
 
+def check_residual(x, weight, seed=0):
+    """rmsnorm(x, w, residual=r) against the reference: h and out bit for bit (h = torch's add, then the same norm),
+    and the gradients of x, r and w with a gradient reaching h too (as the next block's add sends it) equal to
+    those of the unfused graph: norm(x + r) with h used again."""
+    g = torch.Generator().manual_seed(seed)
+    r = (torch.randn(x.shape, generator=g, dtype=F64)).to(device=x.device, dtype=x.dtype)
+    dout, dh = (torch.randn(x.shape, generator=g, dtype=F64).to(device=x.device, dtype=x.dtype) for _ in range(2))
+    ours = [t.detach().clone().requires_grad_() for t in (x, r, weight)]
+    out, h = rmsnorm(ours[0], ours[2], 1e-5, residual=ours[1])
+    ref = [t.detach().clone().requires_grad_() for t in (x, r, weight)]
+    h_ref = ref[0] + ref[1]
+    out_ref = rmsnorm(h_ref, ref[2], 1e-5)                     # the unfused kernel path
+    assert torch.equal(h, h_ref) and torch.equal(out, out_ref)
+    assert torch.equal(h, rmsnorm_ref(x, weight, 1e-5, residual=r)[1])
+    torch.autograd.backward((out, h), (dout, dh))
+    torch.autograd.backward((out_ref, h_ref), (dout, dh))
+    for name, a, b in zip(("dx", "dresidual", "dweight"), ours, ref):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_residual_add_fused(dtype):
+    x, weight = make_inputs(21, (5, 3), 40, dtype)
+    check_residual(x, weight)
+    x, weight = make_inputs(22, (2, 9), 32, dtype, noncontiguous=True)
+    check_residual(x, weight, seed=1)
+
+
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_residual_h_unused_and_model_blocks():
+    """Only out used (as norm_f): the gradients of x and residual are the norm's. And a tiny model whose norms run
+    the fused kernel (the other ops their references) against the reference model: logits and every weight
+    gradient close (the kernel sums squares in another order), the residual adds' gradients flowing through."""
+    from model.config import NemotronHConfig
+    from model.nemotron_h import build_model
+    x, weight = make_inputs(31, (6,), 24, torch.float32)
+    r = torch.randn(6, 24, generator=torch.Generator().manual_seed(3))
+    leaves = [t.clone().requires_grad_() for t in (x, r)]
+    out, _ = rmsnorm(leaves[0], weight, residual=leaves[1])
+    out.sum().backward()
+    h = (x + r).requires_grad_()
+    rmsnorm(h, weight).sum().backward()
+    assert torch.equal(leaves[0].grad, h.grad) and torch.equal(leaves[1].grad, h.grad)
+
+    cfg = NemotronHConfig.from_preset("tiny")
+    ref_model = build_model(cfg, seed=0, backend="reference")
+    fused = build_model(cfg, seed=0, backend="reference")
+    fused.ops.rmsnorm = rmsnorm                                  # the Triton op, under the interpreter
+    ids = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(4))
+    grads = []
+    for model in (ref_model, fused):
+        loss = model(ids).float().logsumexp(-1).mean()
+        loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-5, msg=n)
+
+
+@pytest.mark.usefixtures("interpret")
+def test_residual_of_another_dtype_or_shape():
+    """A residual the kernel cannot take in x's dtype runs the reference (torch's promotion); a wrong shape is named."""
+    x, weight = make_inputs(23, (4,), 16, torch.float16)
+    r = torch.randn(4, 16, dtype=torch.float32)
+    out, h = rmsnorm(x, weight, residual=r)
+    assert h.dtype == torch.float32 and torch.equal(h, x + r) and torch.equal(out, rmsnorm_ref(x + r, weight))
+    with pytest.raises(ValueError, match="residual must have shape"):
+        rmsnorm(x, weight, residual=r[:2])
+
+
 @pytest.mark.usefixtures("interpret")
 def test_interpreter_empty():
     x, weight = make_inputs(1, (0,), 16, torch.float32)
@@ -101,12 +172,15 @@ def test_custom_op_registration():
                           test_utils=("test_schema", "test_faketensor"))
     torch.library.opcheck(torch.ops.nemotron_kernels.rmsnorm_bwd.default, (out, x, weight, rstd),
                           test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.nemotron_kernels.rmsnorm_add_fwd.default, (x, torch.randn_like(x), weight, 1e-5),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 def test_aot_compile_sm90():
     """Every kernel configuration compiles for sm_90a (no GPU needed)."""
     lines = aot_lines("rmsnorm")
-    assert sum("rmsnorm_fwd" in line for line in lines) == 3 and sum("rmsnorm_bwd" in line for line in lines) == 3
+    assert sum("rmsnorm_fwd" in line for line in lines) == 6 and sum("rmsnorm_bwd" in line for line in lines) == 3
+    assert sum("residual=True" in line for line in lines) == 3
 
 
 @pytest.mark.cuda
@@ -115,3 +189,4 @@ def test_cuda_nemotron_shapes(lead):
     """NemotronH: D = 2688, bf16 (prefill rows, one decode token, a decode batch)."""
     x, weight = make_inputs(7, lead, 2688, torch.bfloat16, device="cuda")
     check_fwd_bwd(x, weight)
+    check_residual(x, weight)
