@@ -1,9 +1,10 @@
 """Time gqa_decode's split count and tile configuration at the decode shapes #5 still misses or only just meets
 (H200): B1 at context 128K / 32K (targets <= 45 / 20 µs) and FP8 KV at B64 context 32K (target <= 0.32 ms).
-    python scripts/sweep_gqa_decode.py            # from the repository root (bench/ is imported)
+    python scripts/sweep_gqa_decode.py ["B1 ctx128K" ...]    # from the repository root; args pick problems by name
 CUDA-graph replays over rotating inputs (the bench's: pages scattered at random), median of 5, µs per call;
 each configuration is checked against the default's output first."""
 import statistics
+import sys
 
 import torch
 
@@ -35,6 +36,8 @@ def graph_us(fn, pool, calls=10, reps=5):
 def main():
     kernels = kernel_module("gqa_decode_split")
     for name, bsz, ctx, key in PROBLEMS:
+        if len(sys.argv) > 1 and not any(a in name for a in sys.argv[1:]):
+            continue
         n_sets = max(2, -(-2 * 60 * 2**20 // (4 * bsz * ctx * 2 * 128 * 2)))     # past L2 twice (each set 2 layouts)
         pool = [_input_maker(bsz, ctx, torch.device("cuda"))(i) for i in range(min(n_sets, 4))]
 
