@@ -69,7 +69,10 @@ def tensor_bytes(obj) -> int:
     return 0
 
 
-def _cuda_times(fn, pool, reps: int, graph_replays: int, graph: bool = True) -> dict:
+def cuda_times(fn, pool, reps: int, graph_replays: int, graph: bool = True) -> dict:
+    """fn(inputs) timed over the input pool: ms_eager (median of `reps` event-timed eager calls) and ms_graph
+    (median over `graph_replays` replays of a CUDA graph of >= 16 calls cycling the pool; None when capture fails);
+    ms is ms_graph when there is one. Also used by the scripts/ sweeps."""
     for inputs in pool:  # warm-up: every set once (allocator, cuBLAS heuristics, lazy init)
         fn(inputs)
     torch.cuda.synchronize()
@@ -186,7 +189,7 @@ class Bench:
         rows = []
         for v in variants:
             if self.device.type == "cuda":
-                t = _cuda_times(v.fn, pool, reps, graph_replays=5 if self.quick else 20, graph=v.graph)
+                t = cuda_times(v.fn, pool, reps, graph_replays=5 if self.quick else 20, graph=v.graph)
             else:
                 t = _cpu_times(v.fn, pool, max(5, reps // 10))
             row = dict(op=self.op, problem=problem, **params, variant=v.name, baseline=v.baseline, **t,

@@ -4,32 +4,21 @@ Serving's FP8 decode at batch 1 is slower than BF16 (4.08 vs 3.61 ms, bench/NOTE
 fewer bytes. Per Mamba projection (in_proj 2688 -> 10304, out_proj 4096 -> 2688) and M rows this times:
   bf16 F.linear;  FP8Linear.forward (quantize_fp8_rowwise + torch._scaled_mm);  the quantisation alone;
   our grouped FP8 GEMM with one group (the MoE's GEMV for <= 16 rows, swapped tiles above) on the same e4m3 data.
-CUDA-graph replays over 4 weight copies (past L2), median of 5; µs per call and the weight bytes' rate."""
-import statistics
-
+CUDA-graph replays (bench.harness.cuda_times) over 4 weight copies (past L2); µs per call and the weight bytes'
+rate."""
 import torch
 import torch.nn.functional as F
 
+from bench.harness import cuda_times
 from model.serve.fp8 import FP8Linear
 from nemotron_kernels.ops.grouped_gemm import grouped_gemm_fp8, quantize_fp8_rowwise
 
 SHAPES = (("in_proj", 10304, 2688), ("out_proj", 2688, 4096))
 
 
-def graph_us(fn, n_sets, calls=16, reps=5):
-    for i in range(2):
-        fn(i % n_sets)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(calls):
-            fn(i % n_sets)
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); g.replay(); b.record(); torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / calls)
-    return statistics.median(times)
+def graph_us(fn, n_sets):
+    """µs per call of fn(i), i cycling over the n_sets weight copies (CUDA-graph replays)."""
+    return cuda_times(fn, list(range(n_sets)), reps=3, graph_replays=5)["ms"] * 1e3
 
 
 def main():

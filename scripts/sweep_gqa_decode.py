@@ -1,14 +1,14 @@
 """Time gqa_decode's split count and tile configuration at the decode shapes #5 still misses or only just meets
 (H200): B1 at context 128K / 32K (targets <= 45 / 20 µs) and FP8 KV at B64 context 32K (target <= 0.32 ms).
     python scripts/sweep_gqa_decode.py ["B1 ctx128K" ...]    # from the repository root; args pick problems by name
-CUDA-graph replays over rotating inputs (the bench's: pages scattered at random), median of 5, µs per call;
-each configuration is checked against the default's output first."""
-import statistics
+CUDA-graph replays (bench.harness.cuda_times) over rotating inputs (the bench's: pages scattered at random), µs
+per call; each configuration is checked against the default's output first."""
 import sys
 
 import torch
 
 from bench.bench_gqa_decode import _input_maker
+from bench.harness import cuda_times
 from nemotron_kernels.triton.common import kernel_module
 
 CONFIGS = ((64, 4, 3), (64, 4, 4), (64, 8, 3), (128, 4, 3), (128, 8, 3), (32, 4, 4))   # (BLOCK_N, warps, stages)
@@ -17,20 +17,8 @@ PROBLEMS = (("B1 ctx128K bf16 p64", 1, 131072, "paged64"), ("B1 ctx128K bf16 p16
             ("B64 ctx32K fp8", 64, 32768, "paged64_fp8"), ("B64 ctx32K bf16 p64", 64, 32768, "paged64"))
 
 
-def graph_us(fn, pool, calls=10, reps=5):
-    for s in pool[:2]:
-        fn(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(calls):
-            fn(pool[i % len(pool)])
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); g.replay(); b.record(); torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / calls)
-    return statistics.median(times)
+def graph_us(fn, pool):
+    return cuda_times(fn, pool, reps=3, graph_replays=5)["ms"] * 1e3
 
 
 def main():
