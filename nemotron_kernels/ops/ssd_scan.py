@@ -59,14 +59,24 @@ def _unit_last(t):
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
 
+def kernel_configs(nheads: int, headdim: int, ngroups: int, dstate: int, chunk: int, n_chunks: int,
+                   sm_count: int) -> dict:
+    """Each kernel's tile by name, the kernel modules' defaults (sm_count 0: the interpreter's): chunk_state,
+    bwd_chunk_state (chunk_state_config), chunk_scan (chunk_scan_config), dx / dc / db (bwd_config).
+    scripts/sweep_ssd.py swaps this function to time other tiles through the whole op."""
+    state_k = mamba_common.kernel_module("ssd_scan_chunk_state")
+    scan_k = mamba_common.kernel_module("ssd_scan_chunk_scan")
+    bwd_scan_k = mamba_common.kernel_module("ssd_scan_bwd_chunk_scan")
+    shape = (n_chunks, ngroups, nheads // ngroups, headdim, dstate, chunk, sm_count)
+    return dict(chunk_state=state_k.chunk_state_config(headdim, dstate, chunk),
+                bwd_chunk_state=state_k.chunk_state_config(headdim, dstate, chunk),
+                chunk_scan=scan_k.chunk_scan_config(*shape), **bwd_scan_k.bwd_config(*shape))
+
+
 def _plan(x, B, chunk: int, cu_seqlens, nstates: int) -> dict:
     """Chunk geometry shared by the forward and the backward: chunk table (packed), segments of stage 1, tiles."""
     state_k = mamba_common.kernel_module("ssd_scan_chunk_state")
     bsz, seqlen, nheads, headdim = x.shape
-    dstate = B.shape[3]
-    sm = mamba_common.sm_count(x.device)
-    st_cfg = state_k.chunk_state_config(headdim, dstate, chunk)
-    p_blocks = _cdiv(headdim, st_cfg["BLOCK_P"])
     table = last_chunk = first_chunk = seq_len = None
     if cu_seqlens is None:
         chunks_per_row = _cdiv(seqlen, chunk)
@@ -75,11 +85,15 @@ def _plan(x, B, chunk: int, cu_seqlens, nstates: int) -> dict:
         chunks_per_row = 0
         n_chunks = n_table = (seqlen + nstates * (chunk - 1)) // chunk     # >= the chunks of all sequences
         table, last_chunk, first_chunk, seq_len = _chunk_table(cu_seqlens, chunk, n_table)
-    n_seg, seg_len = state_k.segments(n_chunks, nheads, p_blocks, sm)
+    sm = mamba_common.sm_count(x.device)
+    cfg = kernel_configs(nheads, headdim, B.shape[2], B.shape[3], chunk, n_chunks, sm if x.device.type == "cuda" else 0)
+    st_cfg = cfg["chunk_state"]
+    n_seg, seg_len = state_k.segments(n_chunks, nheads, _cdiv(headdim, st_cfg["BLOCK_P"]),
+                                      sm * st_cfg["programs_per_sm"])
     geometry = dict(n_chunks=n_chunks, n_table=n_table, chunks_per_row=chunks_per_row, n_seg=n_seg, seg_len=seg_len,
                     Q=chunk)
     return dict(geometry=geometry, table=table, last_chunk=last_chunk, first_chunk=first_chunk, seq_len=seq_len,
-                st_cfg=st_cfg, sm=sm, precision=mamba_common.dot_precision(x.dtype),
+                cfg=cfg, precision=mamba_common.dot_precision(x.dtype),
                 state_dtype=torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32)
 
 
@@ -98,7 +112,7 @@ def _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus: bool, plan:
     seg_decay = torch.empty(n_seg, nheads, dtype=torch.float32, device=dev)
     final_decay = torch.empty(final.shape[0], nheads, dtype=torch.float32, device=dev) if final is not None else None
     state_k.chunk_state_launch(x, dt, A, B, dt_bias, initial_states, plan["table"], s_in, carry_decay, seg_state,
-                               seg_decay, final, final_decay, geometry, dt_softplus, plan["st_cfg"],
+                               seg_decay, final, final_decay, geometry, dt_softplus, plan["cfg"]["chunk_state"],
                                plan["precision"])
     carry_lp = None
     if n_seg > 1:
@@ -110,6 +124,34 @@ def _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus: bool, plan:
     return s_in, carry_decay, carry_lp
 
 
+def _state_grads(dy, dt, A, C, dt_bias, dfinal, want_dinit: bool, nstates: int, dt_softplus: bool, plan: dict):
+    """Backward stage 1 per segment (last chunk to first), then stage 2 over reversed segments: (g_out [n_chunks, H,
+    P, N] state dtype, gcarry_decay [n_chunks, H] fp32, gcarry [n_seg, H, P, N] fp32 and gcarry_lp in the state
+    dtype | None with one segment, dinit [n_states, H, P, N] fp32 and dinit_decay [n_states, H] fp32 | None)."""
+    bwd_state_k = mamba_common.kernel_module("ssd_scan_bwd_chunk_state")
+    pass_k = mamba_common.kernel_module("ssd_scan_state_passing")
+    _, _, nheads, headdim = dy.shape
+    dstate, dev, state_dtype = C.shape[3], dy.device, plan["state_dtype"]
+    geometry = plan["geometry"]
+    n_chunks, n_seg = geometry["n_chunks"], geometry["n_seg"]
+    g_out = torch.empty(n_chunks, nheads, headdim, dstate, dtype=state_dtype, device=dev)
+    gcarry_decay = torch.empty(n_chunks, nheads, dtype=torch.float32, device=dev)
+    seg_g = torch.empty(n_seg, nheads, headdim, dstate, dtype=torch.float32, device=dev)
+    seg_gdecay = torch.empty(n_seg, nheads, dtype=torch.float32, device=dev)
+    dinit = torch.empty(nstates, nheads, headdim, dstate, dtype=torch.float32, device=dev) if want_dinit else None
+    dinit_decay = torch.empty(nstates, nheads, dtype=torch.float32, device=dev) if want_dinit else None
+    bwd_state_k.bwd_chunk_state_launch(dy, dt, A, C, dt_bias, dfinal, plan["table"], g_out, gcarry_decay, seg_g,
+                                       seg_gdecay, dinit, dinit_decay, geometry, dt_softplus,
+                                       plan["cfg"]["bwd_chunk_state"], plan["precision"])
+    gcarry = gcarry_lp = None
+    if n_seg > 1:
+        gcarry = torch.empty(n_seg, nheads, headdim, dstate, dtype=torch.float32, device=dev)
+        gcarry_lp = gcarry if state_dtype == torch.float32 else torch.empty(gcarry.shape, dtype=state_dtype,
+                                                                            device=dev)
+        pass_k.state_passing_launch(seg_g, seg_gdecay, gcarry, gcarry_lp, None, None, None, geometry)
+    return g_out, gcarry_decay, gcarry, gcarry_lp, dinit, dinit_decay
+
+
 @kernel_op("nemotron_kernels::ssd_scan_fwd", mutates_args=())
 def ssd_scan_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor], dt_softplus: bool, chunk_size: int,
@@ -118,7 +160,7 @@ def ssd_scan_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     """-> (y [B, L, H, P] in x's dtype, final_states [B or S, H, P, N] fp32 (empty [0] unless requested)) (Triton)."""
     scan_k = mamba_common.kernel_module("ssd_scan_chunk_scan")
     bsz, seqlen, nheads, headdim = x.shape
-    ngroups, dstate = B.shape[2], B.shape[3]
+    dstate = B.shape[3]
     dev = x.device
     nstates = bsz if cu_seqlens is None else cu_seqlens.shape[0] - 1
     y = torch.empty(x.shape, dtype=x.dtype, device=dev)
@@ -136,10 +178,8 @@ def ssd_scan_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     plan = _plan(x, B, chunk_size, cu_seqlens, nstates)
     geometry = plan["geometry"]
     s_in, carry_decay, carry_lp = _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus, plan, final)
-    scan_cfg = scan_k.chunk_scan_config(geometry["n_chunks"], ngroups, nheads // ngroups, headdim, dstate, chunk_size,
-                                        plan["sm"] if dev.type == "cuda" else 0)
     scan_k.chunk_scan_launch(x, dt, A, B, C, D, dt_bias, plan["table"], s_in, carry_decay, carry_lp, y, geometry,
-                             dt_softplus, scan_cfg, plan["precision"], autotune=dev.type == "cuda")
+                             dt_softplus, plan["cfg"]["chunk_scan"], plan["precision"])
     if final is None:
         return y, y.new_empty(0, dtype=torch.float32)
     if cu_seqlens is not None:      # empty packed sequences have no chunk: their final state is the initial one
@@ -166,11 +206,8 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     like its input (empty [0] for an absent D / dt_bias / initial_states) (Triton, deterministic).
     Recomputes the forward chunk states (stages 1-2), passes state gradients backwards (bwd stage 1 + stage 2 on
     reversed segments), then the chunk-parallel dC, dx / ddt / dA / dD and dB kernels."""
-    bwd_state_k = mamba_common.kernel_module("ssd_scan_bwd_chunk_state")
-    pass_k = mamba_common.kernel_module("ssd_scan_state_passing")
     bwd_scan_k = mamba_common.kernel_module("ssd_scan_bwd_chunk_scan")
     bsz, seqlen, nheads, headdim = x.shape
-    ngroups, dstate = B.shape[2], B.shape[3]
     dev = x.device
     nstates = bsz if cu_seqlens is None else cu_seqlens.shape[0] - 1
     out_dA = torch.zeros(A.shape, dtype=A.dtype, device=dev)
@@ -191,46 +228,31 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     D32 = None if D is None else D.to(torch.float32).contiguous()
     bias32 = None if dt_bias is None else dt_bias.to(torch.float32).contiguous()
     plan = _plan(x, B, chunk_size, cu_seqlens, nstates)
-    geometry, precision, state_dtype = plan["geometry"], plan["precision"], plan["state_dtype"]
+    geometry, precision = plan["geometry"], plan["precision"]
     n_chunks, n_seg = geometry["n_chunks"], geometry["n_seg"]
     s_in, carry_decay, carry_lp = _chunk_states(x, dt, A32, B, bias32, initial_states, dt_softplus, plan)
 
-    # state gradients: backward stage 1 per segment (last chunk to first), then stage 2 over reversed segments
-    g_out = torch.empty(n_chunks, nheads, headdim, dstate, dtype=state_dtype, device=dev)
-    gcarry_decay = torch.empty(n_chunks, nheads, dtype=torch.float32, device=dev)
-    seg_g = torch.empty(n_seg, nheads, headdim, dstate, dtype=torch.float32, device=dev)
-    seg_gdecay = torch.empty(n_seg, nheads, dtype=torch.float32, device=dev)
     want_dinit = initial_states is not None
-    dinit = torch.empty(nstates, nheads, headdim, dstate, dtype=torch.float32, device=dev) if want_dinit else None
-    dinit_decay = torch.empty(nstates, nheads, dtype=torch.float32, device=dev) if want_dinit else None
-    bwd_state_k.bwd_chunk_state_launch(dy, dt, A32, C, bias32, dfinal, plan["table"], g_out, gcarry_decay, seg_g,
-                                       seg_gdecay, dinit, dinit_decay, geometry, dt_softplus, plan["st_cfg"],
-                                       precision)
-    gcarry = gcarry_lp = None
-    if n_seg > 1:
-        gcarry = torch.empty(n_seg, nheads, headdim, dstate, dtype=torch.float32, device=dev)
-        gcarry_lp = gcarry if state_dtype == torch.float32 else torch.empty(gcarry.shape, dtype=state_dtype,
-                                                                            device=dev)
-        pass_k.state_passing_launch(seg_g, seg_gdecay, gcarry, gcarry_lp, None, None, None, geometry)
+    g_out, gcarry_decay, gcarry, gcarry_lp, dinit, dinit_decay = _state_grads(dy, dt, A32, C, bias32, dfinal,
+                                                                              want_dinit, nstates, dt_softplus, plan)
 
     # chunk-parallel gradients
-    cfg = bwd_scan_k.bwd_config(n_chunks, ngroups, nheads // ngroups, headdim, dstate, chunk_size,
-                                plan["sm"] if dev.type == "cuda" else 0)
+    cfg = plan["cfg"]
     dx = torch.empty(x.shape, dtype=x.dtype, device=dev)
     ddt32 = torch.empty(bsz, seqlen, nheads, dtype=torch.float32, device=dev)
     dA_part = torch.empty(n_chunks, nheads, dtype=torch.float64, device=dev)
     dD_part = torch.empty(n_chunks, nheads, dtype=torch.float64, device=dev)
     dB = torch.empty(B.shape, dtype=B_in.dtype, device=dev)
     dC = torch.empty(C.shape, dtype=C_in.dtype, device=dev)
-    da_part = torch.empty(n_chunks, _cdiv(chunk_size, cfg["BLOCK_M_DC"]), nheads, chunk_size, dtype=torch.float32,
+    da_part = torch.empty(n_chunks, _cdiv(chunk_size, cfg["dc"]["BLOCK_M"]), nheads, chunk_size, dtype=torch.float32,
                           device=dev)
     bwd_scan_k.bwd_dbc_launch(x, dt, A32, bias32, plan["table"], dy, B, C, s_in, carry_decay, carry_lp, dC, da_part,
-                              False, geometry, dt_softplus, cfg, precision)
+                              False, geometry, dt_softplus, cfg["dc"], precision)
     bwd_scan_k.bwd_dx_launch(x, dt, A32, B, C, D32, bias32, plan["table"], dy, s_in, carry_decay, carry_lp, g_out,
-                             gcarry_decay, gcarry_lp, dx, ddt32, dA_part, dD_part, da_part, geometry, dt_softplus, cfg,
-                             precision)
+                             gcarry_decay, gcarry_lp, dx, ddt32, dA_part, dD_part, da_part, geometry, dt_softplus,
+                             cfg["dx"], precision)
     bwd_scan_k.bwd_dbc_launch(x, dt, A32, bias32, plan["table"], dy, C, None, g_out, gcarry_decay, gcarry_lp, dB,
-                              None, True, geometry, dt_softplus, cfg, precision)
+                              None, True, geometry, dt_softplus, cfg["db"], precision)
 
     # parameter gradients: fixed-order fp64 torch reductions of per-chunk partial sums (deterministic)
     out_dA = dA_part.sum(0).to(A.dtype)

@@ -55,8 +55,9 @@ TL_DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: 
 
 
 def aot_compile(kernel, signature: dict, constexprs: dict, num_warps: int = 4, num_stages: int = 2,
-                arch: int = 90, unaligned: tuple = (), aligned: tuple = ()):
+                arch: int = 90, unaligned: tuple = (), aligned: tuple = (), maxnreg: int | None = None):
     """Compile `kernel` (a triton.jit function) for sm_<arch>a without a GPU; returns the CompiledKernel.
+    maxnreg: ptxas' cap on registers per thread (None: ptxas chooses, up to 255).
 
     signature: {arg: "*bf16" | "*fp32" | "i32" | "i64" | "fp32" ...} for every runtime argument;
     constexprs: {arg: value}. Pointers are declared 16-byte aligned and `stride_*` ints divisible by 16 (except
@@ -83,4 +84,4 @@ def aot_compile(kernel, signature: dict, constexprs: dict, num_warps: int = 4, n
             attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": num_warps, "num_stages": num_stages})
+                          options={"num_warps": num_warps, "num_stages": num_stages, "maxnreg": maxnreg})

@@ -258,18 +258,19 @@ def _ssd_bwd_dbc_kernel(
 
 def bwd_config(n_chunks: int, ngroups: int, heads_per_group: int, headdim: int, dstate: int, chunk: int,
                sm_count: int) -> dict:
-    """Tiles of both kernels, chosen by the sm_90a register report (cuobjdump -res-usage of the AOT compile at
-    NemotronH's shapes, Q=128, P=64, N=128, 8 warps): the dx kernel takes whole chunks, one head per program on the
-    GPU (walking the 8 heads of a group to share CB spilled 2.6 KB per thread, 1 head: ~0.1 KB), all heads of the
-    group in the interpreter (sm_count 0); the dC kernel takes BLOCK_M_DC = Q / 4 rows (<= 32: 238 registers, no
-    spills; 64 rows spill 288 B, also at 16 warps; < 64 rows use mma.sync, not wgmma), the dB kernel Q / 2 (<= 64:
-    wgmma, 253 registers, no spills; 128 rows spill 352 B). Before the heads' pair weights were summed ahead of one
-    product, 32 / 64 rows spilled 64 / 104 B."""
-    block_p = max(16, triton.next_power_of_2(headdim))
-    block_n = max(16, triton.next_power_of_2(dstate))
-    return {"BLOCK_P": block_p, "BLOCK_N": block_n, "HEADS_PER_PROG": 1 if sm_count else heads_per_group,
-            "BLOCK_M_DC": max(16, min(chunk // 4, 32)), "BLOCK_M_DB": max(16, min(chunk // 2, 64)), "dx_warps": 8,
-            "dbc_warps": 8, "num_stages": 2}
+    """{"dx": tile, "dc": tile, "db": tile}: the tiles of the three launches, chosen by the sm_90a register report
+    (cuobjdump -res-usage of the AOT compile at NemotronH's shapes, Q=128, P=64, N=128, 8 warps): the dx kernel
+    takes whole chunks, one head per program on the GPU (walking the 8 heads of a group to share CB spilled 2.6 KB
+    per thread, 1 head: ~0.1 KB), all heads of the group in the interpreter (sm_count 0); the dC kernel takes
+    BLOCK_M = Q / 4 rows (<= 32: 238 registers, no spills; 64 rows spill 288 B, also at 16 warps; < 64 rows use
+    mma.sync, not wgmma), the dB kernel Q / 2 (<= 64: wgmma, 253 registers, no spills; 128 rows spill 352 B).
+    Before the heads' pair weights were summed ahead of one product, 32 / 64 rows spilled 64 / 104 B.
+    maxnreg: ptxas' register cap per thread (None: up to 255)."""
+    whole = {"BLOCK_P": max(16, triton.next_power_of_2(headdim)), "BLOCK_N": max(16, triton.next_power_of_2(dstate)),
+             "num_warps": 8, "num_stages": 2, "maxnreg": None}
+    return {"dx": dict(whole, HEADS_PER_PROG=1 if sm_count else heads_per_group),
+            "dc": dict(whole, BLOCK_M=max(16, min(chunk // 4, 32))),
+            "db": dict(whole, BLOCK_M=max(16, min(chunk // 2, 64)))}
 
 
 def _common_args(x, geometry: dict, n_seg: int):
@@ -279,7 +280,8 @@ def _common_args(x, geometry: dict, n_seg: int):
 
 def bwd_dx_launch(x, dt, A, B, C, D, dt_bias, table, dy, s_in, carry_decay, carry, g_out, gcarry_decay, gcarry,
                   dx, ddt, dA_part, dD_part, da_part, geometry: dict, dt_softplus: bool, cfg: dict, dot_precision: str):
-    """dx, ddt, per-chunk dA / dD sums; runs after the dC launch, which writes da_part."""
+    """dx, ddt, per-chunk dA / dD sums at the tile `cfg` (bwd_config's "dx"); runs after the dC launch, which writes
+    da_part. -> the launched CompiledKernel."""
     nheads = x.shape[2]
     ngroups, dstate = B.shape[2], B.shape[3]
     for name, t in (("x", x), ("B", B), ("C", C), ("dy", dy), ("dx", dx)):
@@ -288,7 +290,7 @@ def bwd_dx_launch(x, dt, A, B, C, D, dt_bias, table, dy, s_in, carry_decay, carr
     hpg = nheads // ngroups
     has_carry = carry is not None
     grid = (geometry["n_chunks"], ngroups * (hpg // cfg["HEADS_PER_PROG"]))
-    _ssd_bwd_dx_kernel[grid](
+    return _ssd_bwd_dx_kernel[grid](
         x, dt, A, B, C, D if D is not None else A, dt_bias if dt_bias is not None else A,
         table if table is not None else A, dy, s_in, carry_decay, carry if has_carry else s_in,
         g_out, gcarry_decay, gcarry if has_carry else g_out, dx, ddt, dA_part, dD_part, da_part,
@@ -299,14 +301,15 @@ def bwd_dx_launch(x, dt, A, B, C, D, dt_bias, table, dy, s_in, carry_decay, carr
         Q=geometry["Q"], BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"], HEADS_PER_PROG=cfg["HEADS_PER_PROG"],
         M_BLOCKS=da_part.shape[1], HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus,
         HAS_CARRY=has_carry,
-        IS_VARLEN=table is not None, DOT_PRECISION=dot_precision, num_warps=cfg["dx_warps"],
-        num_stages=cfg["num_stages"])
+        IS_VARLEN=table is not None, DOT_PRECISION=dot_precision, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"])
 
 
 def bwd_dbc_launch(x, dt, A, dt_bias, table, dy, v, u, state, state_decay, state_carry, out, da_part, is_db: bool,
                    geometry: dict, dt_softplus: bool, cfg: dict, dot_precision: str):
     """dC (is_db False: v = B, u = C, state = forward S_in; writes da_part [n_chunks, Q / BLOCK_M, H, Q] fp32 too) or
-    dB (is_db True: v = C, state = backward G_out; u, da_part unused)."""
+    dB (is_db True: v = C, state = backward G_out; u, da_part unused), at the tile `cfg` (bwd_config's "dc" / "db").
+    -> the launched CompiledKernel."""
     nheads = x.shape[2]
     ngroups, dstate = v.shape[2], v.shape[3]
     assert is_db or (u is not None and da_part is not None and da_part.is_contiguous()), \
@@ -314,26 +317,27 @@ def bwd_dbc_launch(x, dt, A, dt_bias, table, dy, v, u, state, state_decay, state
     for name, t in (("x", x), ("dy", dy), ("B/C", v), ("dB/dC", out)) + ((("C", u),) if u is not None else ()):
         assert t.stride(3) == 1, f"ssd_scan bwd dB/dC: {name} needs a unit last stride"
     chunk = geometry["Q"]
-    block_m = cfg["BLOCK_M_DB"] if is_db else cfg["BLOCK_M_DC"]
-    grid = (geometry["n_chunks"], ngroups, triton.cdiv(chunk, block_m))
-    _ssd_bwd_dbc_kernel[grid](
+    grid = (geometry["n_chunks"], ngroups, triton.cdiv(chunk, cfg["BLOCK_M"]))
+    return _ssd_bwd_dbc_kernel[grid](
         x, dt, A, dt_bias if dt_bias is not None else A, table if table is not None else A, dy, v,
         u if u is not None else v, da_part if da_part is not None else state_decay, state, state_decay,
         state_carry if state_carry is not None else state, out,
         *_common_args(x, geometry, geometry["n_seg"]), dstate, nheads // ngroups, nheads,
         x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), dy.stride(0), dy.stride(1), dy.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        *((u if u is not None else v).stride()[:3]), Q=chunk, BLOCK_M=block_m, BLOCK_P=cfg["BLOCK_P"],
+        *((u if u is not None else v).stride()[:3]), Q=chunk, BLOCK_M=cfg["BLOCK_M"], BLOCK_P=cfg["BLOCK_P"],
         BLOCK_N=cfg["BLOCK_N"], IS_DB=is_db,
         HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus, HAS_CARRY=state_carry is not None,
-        IS_VARLEN=table is not None, DOT_PRECISION=dot_precision, num_warps=cfg["dbc_warps"],
-        num_stages=cfg["num_stages"])
+        IS_VARLEN=table is not None, DOT_PRECISION=dot_precision, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"])
 
 
-def aot_compile_all():
-    """(name, CompiledKernel) at NemotronH's shapes (P=64, N=128, Q=128, G=8, bf16, bf16 states), sm_90a."""
+def aot_compile_all(cfg: dict | None = None):
+    """(name, CompiledKernel) at NemotronH's shapes (P=64, N=128, Q=128, G=8, bf16, bf16 states), sm_90a, of the
+    kernels named in `cfg` ({"dx" / "dc" / "db": tile}, default: bwd_config's three), each main variant first."""
     from .mamba_common import aot_compile
-    cfg = bwd_config(256, 8, 8, 64, 128, 128, 132)
+    default = bwd_config(256, 8, 8, 64, 128, 128, 132)
+    cfg = cfg or default
     common = {"dt_ptr": "*bf16", "A_ptr": "*fp32", "dt_bias_ptr": "*fp32", "table_ptr": "*i32", "x_ptr": "*bf16",
               "dy_ptr": "*bf16", "seqlen": "i32", "n_table": "i32", "chunks_per_row": "i32", "seg_len": "i32",
               "n_seg": "i32", "headdim": "i32", "dstate": "i32", "heads_per_group": "i32", "nheads": "i32",
@@ -345,23 +349,26 @@ def aot_compile_all():
                   stride_B_b="i64", stride_B_l="i64", stride_B_g="i32", stride_C_b="i64", stride_C_l="i64",
                   stride_C_g="i32", stride_dx_b="i64", stride_dx_l="i64", stride_dx_h="i32", stride_ddt_b="i64",
                   stride_ddt_l="i64")
-    for varlen, carry in ((False, True), (True, True), (False, False)):
-        consts = {"Q": 128, "BLOCK_P": cfg["BLOCK_P"], "BLOCK_N": cfg["BLOCK_N"],
-                  "HEADS_PER_PROG": cfg["HEADS_PER_PROG"], "M_BLOCKS": 128 // cfg["BLOCK_M_DC"], "HAS_D": True,
-                  "HAS_DT_BIAS": True, "DT_SOFTPLUS": True,
+    dx_variants = ((False, True), (True, True), (False, False)) if "dx" in cfg else ()
+    for varlen, carry in dx_variants:
+        tile = cfg["dx"]
+        consts = {"Q": 128, "BLOCK_P": tile["BLOCK_P"], "BLOCK_N": tile["BLOCK_N"],
+                  "HEADS_PER_PROG": tile["HEADS_PER_PROG"], "M_BLOCKS": 128 // cfg.get("dc", default["dc"])["BLOCK_M"],
+                  "HAS_D": True, "HAS_DT_BIAS": True, "DT_SOFTPLUS": True,
                   "HAS_CARRY": carry, "IS_VARLEN": varlen, "DOT_PRECISION": "tf32"}
         yield (f"ssd_bwd_dx varlen={varlen} carry={carry}",
-               aot_compile(_ssd_bwd_dx_kernel, dx_sig, consts, num_warps=cfg["dx_warps"],
-                           num_stages=cfg["num_stages"], aligned=("headdim", "dstate")))
+               aot_compile(_ssd_bwd_dx_kernel, dx_sig, consts, num_warps=tile["num_warps"],
+                           num_stages=tile["num_stages"], maxnreg=tile["maxnreg"], aligned=("headdim", "dstate")))
     dbc_sig = dict(common, v_ptr="*bf16", u_ptr="*bf16", da_part_ptr="*fp32", st_ptr="*bf16", st_decay_ptr="*fp32",
                    st_carry_ptr="*bf16", out_ptr="*bf16", stride_v_b="i64", stride_v_l="i64", stride_v_g="i32",
                    stride_o_b="i64", stride_o_l="i64", stride_o_g="i32", stride_u_b="i64", stride_u_l="i64",
                    stride_u_g="i32")
-    for is_db, varlen in ((False, False), (True, False), (True, True)):
-        consts = {"Q": 128, "BLOCK_M": cfg["BLOCK_M_DB"] if is_db else cfg["BLOCK_M_DC"], "BLOCK_P": cfg["BLOCK_P"],
-                  "BLOCK_N": cfg["BLOCK_N"],
-                  "IS_DB": is_db, "HAS_DT_BIAS": True, "DT_SOFTPLUS": True, "HAS_CARRY": True, "IS_VARLEN": varlen,
-                  "DOT_PRECISION": "tf32"}
-        yield (f"ssd_bwd_dbc is_db={is_db} varlen={varlen}",
-               aot_compile(_ssd_bwd_dbc_kernel, dbc_sig, consts, num_warps=cfg["dbc_warps"],
-                           num_stages=cfg["num_stages"], aligned=("headdim", "dstate")))
+    dbc_variants = (("dc", False), ("db", False), ("db", True))
+    for kernel, varlen in ((k, varlen) for k, varlen in dbc_variants if k in cfg):
+        tile = cfg[kernel]
+        consts = {"Q": 128, "BLOCK_M": tile["BLOCK_M"], "BLOCK_P": tile["BLOCK_P"], "BLOCK_N": tile["BLOCK_N"],
+                  "IS_DB": kernel == "db", "HAS_DT_BIAS": True, "DT_SOFTPLUS": True, "HAS_CARRY": True,
+                  "IS_VARLEN": varlen, "DOT_PRECISION": "tf32"}
+        yield (f"ssd_bwd_dbc is_db={kernel == 'db'} varlen={varlen}",
+               aot_compile(_ssd_bwd_dbc_kernel, dbc_sig, consts, num_warps=tile["num_warps"],
+                           num_stages=tile["num_stages"], maxnreg=tile["maxnreg"], aligned=("headdim", "dstate")))

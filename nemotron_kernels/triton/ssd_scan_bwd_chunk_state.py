@@ -102,7 +102,8 @@ def _ssd_bwd_chunk_state_kernel(
 
 def bwd_chunk_state_launch(dy, dt, A, C, dt_bias, dfinal, table, g_out, gcarry_decay, seg_g, seg_decay, dinit,
                            dinit_decay, geometry: dict, dt_softplus: bool, cfg: dict, dot_precision: str):
-    """Backward stage 1 over all chunks; `geometry` and `cfg` as forward stage 1 (ssd_scan_chunk_state)."""
+    """Backward stage 1 over all chunks; `geometry` and `cfg` as forward stage 1 (ssd_scan_chunk_state).
+    -> the launched CompiledKernel."""
     _, seqlen, nheads, headdim = dy.shape
     ngroups, dstate = C.shape[2], C.shape[3]
     assert dy.stride(3) == 1 and C.stride(3) == 1 and dt.stride(2) == 1, \
@@ -112,7 +113,7 @@ def bwd_chunk_state_launch(dy, dt, A, C, dt_bias, dfinal, table, g_out, gcarry_d
     assert dinit is None or dinit.is_contiguous(), "ssd_scan bwd: dinit must be contiguous"
     df = dfinal if dfinal is not None else seg_g
     grid = (geometry["n_seg"], nheads, triton.cdiv(headdim, cfg["BLOCK_P"]))
-    _ssd_bwd_chunk_state_kernel[grid](
+    return _ssd_bwd_chunk_state_kernel[grid](
         dy, dt, A, C, dt_bias if dt_bias is not None else A, df, table if table is not None else A,
         g_out, gcarry_decay, seg_g, seg_decay,
         dinit if dinit is not None else seg_g, dinit_decay if dinit_decay is not None else seg_decay,
@@ -123,14 +124,15 @@ def bwd_chunk_state_launch(dy, dt, A, C, dt_bias, dfinal, table, g_out, gcarry_d
         Q=geometry["Q"], BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"], HAS_DT_BIAS=dt_bias is not None,
         DT_SOFTPLUS=dt_softplus, HAS_DFINAL=dfinal is not None, HAS_DINIT=dinit is not None,
         IS_VARLEN=table is not None, DOT_PRECISION=dot_precision, num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"])
+        num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"])
 
 
-def aot_compile_all():
-    """(name, CompiledKernel) at NemotronH's shapes (P=64, N=128, Q=128, bf16, bf16 G_out), sm_90a."""
+def aot_compile_all(cfg: dict | None = None):
+    """(name, CompiledKernel) at NemotronH's shapes (P=64, N=128, Q=128, bf16, bf16 G_out), sm_90a, at the tile `cfg`
+    (default: chunk_state_config's); the batched variant first."""
     from .mamba_common import aot_compile
     from .ssd_scan_chunk_state import chunk_state_config
-    cfg = chunk_state_config(64, 128, 128)
+    cfg = cfg or chunk_state_config(64, 128, 128)
     sig = {"dy_ptr": "*bf16", "dt_ptr": "*bf16", "A_ptr": "*fp32", "C_ptr": "*bf16", "dt_bias_ptr": "*fp32",
            "dfinal_ptr": "*fp32", "table_ptr": "*i32", "g_out_ptr": "*bf16", "gcarry_decay_ptr": "*fp32",
            "seg_g_ptr": "*fp32", "seg_decay_ptr": "*fp32", "dinit_ptr": "*fp32", "dinit_decay_ptr": "*fp32",
@@ -145,4 +147,4 @@ def aot_compile_all():
                   "DOT_PRECISION": "tf32"}
         yield (f"ssd_bwd_chunk_state varlen={varlen} init={has_init}",
                aot_compile(_ssd_bwd_chunk_state_kernel, sig, consts, num_warps=cfg["num_warps"],
-                           num_stages=cfg["num_stages"], aligned=("headdim", "dstate")))
+                           num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"], aligned=("headdim", "dstate")))

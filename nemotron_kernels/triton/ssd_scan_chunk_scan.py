@@ -120,7 +120,9 @@ def chunk_scan_config(n_chunks: int, ngroups: int, heads_per_group: int, headdim
                       sm_count: int) -> dict:
     """Default tile: BLOCK_M rows per program (half the chunk, 16..64), and how many heads of a group one program
     walks: as many as keep >= 4 programs per SM (so CB is computed once for all of them at long sequences); all
-    of them in Triton's interpreter (sm_count 0). On the GPU, BLOCK_M / num_warps are autotuned (AUTOTUNE_CONFIGS)."""
+    of them in Triton's interpreter (sm_count 0). On the GPU ("autotune"), BLOCK_M / num_warps / num_stages are
+    autotuned over autotune_configs; a config without "autotune" launches its own tile. maxnreg: ptxas' register
+    cap per thread (None: up to 255)."""
     block_m = max(16, min(chunk // 2, 64))
     block_p = max(16, triton.next_power_of_2(headdim))
     block_n = max(16, triton.next_power_of_2(dstate))
@@ -130,7 +132,7 @@ def chunk_scan_config(n_chunks: int, ngroups: int, heads_per_group: int, headdim
         heads //= 2
     num_warps = 8 if block_m * max(chunk, block_n) >= 8192 else 4
     return {"BLOCK_M": block_m, "BLOCK_P": block_p, "BLOCK_N": block_n, "HEADS_PER_PROG": heads,
-            "num_warps": num_warps, "num_stages": 2}
+            "num_warps": num_warps, "num_stages": 2, "maxnreg": None, "autotune": sm_count > 0}
 
 
 def autotune_configs(chunk: int) -> list[dict]:
@@ -153,7 +155,8 @@ def _autotuned_kernel(chunk: int):
 
 
 def chunk_scan_launch(x, dt, A, B, C, D, dt_bias, table, s_in, carry_decay, carry, y, geometry: dict,
-                      dt_softplus: bool, cfg: dict, dot_precision: str, autotune: bool = False) -> None:
+                      dt_softplus: bool, cfg: dict, dot_precision: str):
+    """Stage 3 over all chunks at the tile `cfg` (chunk_scan_config). -> the launched CompiledKernel."""
     _, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     assert x.stride(3) == 1 and B.stride(3) == 1 and C.stride(3) == 1 and dt.stride(2) == 1 and y.stride(3) == 1, \
@@ -172,18 +175,20 @@ def chunk_scan_launch(x, dt, A, B, C, D, dt_bias, table, s_in, carry_decay, carr
     consts = dict(Q=chunk, BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"], HEADS_PER_PROG=cfg["HEADS_PER_PROG"],
                   HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus,
                   HAS_CARRY=carry is not None, IS_VARLEN=table is not None, DOT_PRECISION=dot_precision)
-    if autotune:
-        _autotuned_kernel(chunk)[grid](*args, **consts)
-    else:
-        _ssd_chunk_scan_kernel[grid](*args, BLOCK_M=cfg["BLOCK_M"], num_warps=cfg["num_warps"],
-                                     num_stages=cfg["num_stages"], **consts)
+    if cfg.get("autotune"):
+        return _autotuned_kernel(chunk)[grid](*args, **consts)
+    return _ssd_chunk_scan_kernel[grid](*args, BLOCK_M=cfg["BLOCK_M"], num_warps=cfg["num_warps"],
+                                        num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"], **consts)
 
 
-def aot_compile_all():
-    """(name, CompiledKernel) at NemotronH's shapes (P=64, N=128, Q=128, G=8, bf16): every autotune tile of the
-    main variant, and the packed / single-segment variants at the default tile, sm_90a."""
+def aot_compile_all(cfg: dict | None = None):
+    """(name, CompiledKernel) at NemotronH's shapes (P=64, N=128, Q=128, G=8, bf16), sm_90a: every autotune tile of
+    the main variant, and the packed / single-segment variants at the default tile; with `cfg`, the three variants
+    at that tile (the main one first)."""
     from .mamba_common import aot_compile
-    cfg = chunk_scan_config(256, 8, 8, 64, 128, 128, 132)
+    default = chunk_scan_config(256, 8, 8, 64, 128, 128, 132)
+    mains = [cfg] if cfg else [dict(default, **c) for c in autotune_configs(128)]
+    cfg = cfg or default
     sig = {"x_ptr": "*bf16", "dt_ptr": "*bf16", "A_ptr": "*fp32", "B_ptr": "*bf16", "C_ptr": "*bf16",
            "D_ptr": "*fp32", "dt_bias_ptr": "*fp32", "table_ptr": "*i32", "s_in_ptr": "*bf16",
            "carry_decay_ptr": "*fp32", "carry_ptr": "*bf16", "y_ptr": "*bf16", "seqlen": "i32", "n_table": "i32",
@@ -192,13 +197,11 @@ def aot_compile_all():
            "stride_dt_l": "i64", "stride_B_b": "i64", "stride_B_l": "i64", "stride_B_g": "i32",
            "stride_C_b": "i64", "stride_C_l": "i64", "stride_C_g": "i32", "stride_y_b": "i64", "stride_y_l": "i64",
            "stride_y_h": "i32"}
-    tiles = [(c["BLOCK_M"], c["num_warps"], c["num_stages"], False, True) for c in autotune_configs(128)]
-    tiles += [(cfg["BLOCK_M"], cfg["num_warps"], cfg["num_stages"], True, True),
-              (cfg["BLOCK_M"], cfg["num_warps"], cfg["num_stages"], False, False)]
-    for block_m, warps, stages, varlen, carry in tiles:
-        consts = {"Q": 128, "BLOCK_M": block_m, "BLOCK_P": cfg["BLOCK_P"], "BLOCK_N": cfg["BLOCK_N"],
-                  "HEADS_PER_PROG": cfg["HEADS_PER_PROG"], "HAS_D": True, "HAS_DT_BIAS": True, "DT_SOFTPLUS": True,
+    tiles = [(c, False, True) for c in mains] + [(cfg, True, True), (cfg, False, False)]
+    for tile, varlen, carry in tiles:
+        consts = {"Q": 128, "BLOCK_M": tile["BLOCK_M"], "BLOCK_P": tile["BLOCK_P"], "BLOCK_N": tile["BLOCK_N"],
+                  "HEADS_PER_PROG": tile["HEADS_PER_PROG"], "HAS_D": True, "HAS_DT_BIAS": True, "DT_SOFTPLUS": True,
                   "HAS_CARRY": carry, "IS_VARLEN": varlen, "DOT_PRECISION": "tf32"}
-        yield (f"ssd_chunk_scan BLOCK_M={block_m} warps={warps} varlen={varlen} carry={carry}",
-               aot_compile(_ssd_chunk_scan_kernel, sig, consts, num_warps=warps, num_stages=stages,
-                           aligned=("headdim", "dstate")))
+        yield (f"ssd_chunk_scan BLOCK_M={tile['BLOCK_M']} warps={tile['num_warps']} varlen={varlen} carry={carry}",
+               aot_compile(_ssd_chunk_scan_kernel, sig, consts, num_warps=tile["num_warps"],
+                           num_stages=tile["num_stages"], maxnreg=tile["maxnreg"], aligned=("headdim", "dstate")))

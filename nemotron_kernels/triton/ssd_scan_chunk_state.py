@@ -101,21 +101,25 @@ def _ssd_chunk_state_kernel(
 
 
 def chunk_state_config(headdim: int, dstate: int, chunk: int) -> dict:
+    """Tile of stage 1 (and of backward stage 1). maxnreg: ptxas' register cap per thread (None: up to 255).
+    programs_per_sm: how many programs an SM holds at once (registers, shared memory), which sets the segments'
+    wave count; 1 at the default tile (~250 registers x 256 threads)."""
     block_p = max(16, min(64, triton.next_power_of_2(headdim)))
     block_n = max(16, triton.next_power_of_2(dstate))
     num_warps = 8 if block_p * block_n >= 8192 else 4
-    return {"BLOCK_P": block_p, "BLOCK_N": block_n, "num_warps": num_warps, "num_stages": 2}
+    return {"BLOCK_P": block_p, "BLOCK_N": block_n, "num_warps": num_warps, "num_stages": 2, "maxnreg": None,
+            "programs_per_sm": 1}
 
 
-def segments(n_chunks: int, nheads: int, p_blocks: int, sm_count: int) -> tuple[int, int]:
-    """(n_seg, chunks per segment). A program walks its segment's chunks one after another and one program fits
-    an SM at a time (~250 registers x 256 threads), so the time goes as waves x chunks per segment. Take the
-    fewest segments (each adds carry work to stage 3) within 15% of the best such time, n_seg <= 64."""
+def segments(n_chunks: int, nheads: int, p_blocks: int, slots: int) -> tuple[int, int]:
+    """(n_seg, chunks per segment). A program walks its segment's chunks one after another and `slots` programs
+    (SMs x programs per SM) run at a time, so the time goes as waves x chunks per segment. Take the fewest
+    segments (each adds carry work to stage 3) within 15% of the best such time, n_seg <= 64."""
     options = []
     for n_seg in range(1, min(n_chunks, 64) + 1):
         seg_len = triton.cdiv(n_chunks, n_seg)
         n_seg = triton.cdiv(n_chunks, seg_len)
-        options.append((triton.cdiv(n_seg * nheads * p_blocks, sm_count) * seg_len, n_seg, seg_len))
+        options.append((triton.cdiv(n_seg * nheads * p_blocks, slots) * seg_len, n_seg, seg_len))
     best = min(cost for cost, _, _ in options)
     return next((n_seg, seg_len) for cost, n_seg, seg_len in options if cost <= 1.15 * best)
 
@@ -123,7 +127,8 @@ def segments(n_chunks: int, nheads: int, p_blocks: int, sm_count: int) -> tuple[
 def chunk_state_launch(x, dt, A, B, dt_bias, initial_states, table, s_in, carry_decay, seg_state, seg_decay,
                        final, final_decay, geometry: dict, dt_softplus: bool, cfg: dict, dot_precision: str):
     """Stage 1 over all chunks; `geometry` from ops/ssd_scan.py (n_chunks, n_table, chunks_per_row, n_seg, seg_len,
-    Q); see the kernel for the buffers."""
+    Q), `cfg` a chunk_state_config tile; see the kernel for the buffers. -> the launched CompiledKernel (its
+    n_regs / n_spills for sweeps)."""
     _, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     assert x.stride(3) == 1 and B.stride(3) == 1 and dt.stride(2) == 1, \
@@ -132,7 +137,7 @@ def chunk_state_launch(x, dt, A, B, dt_bias, initial_states, table, s_in, carry_
     assert s_in.is_contiguous() and seg_state.is_contiguous(), "ssd_scan: state buffers must be contiguous"
     init = initial_states if initial_states is not None else seg_state
     grid = (geometry["n_seg"], nheads, triton.cdiv(headdim, cfg["BLOCK_P"]))
-    _ssd_chunk_state_kernel[grid](
+    return _ssd_chunk_state_kernel[grid](
         x, dt, A, B, dt_bias if dt_bias is not None else A, init, table if table is not None else A,
         s_in, carry_decay, seg_state, seg_decay,
         final if final is not None else seg_state, final_decay if final_decay is not None else seg_decay,
@@ -143,13 +148,14 @@ def chunk_state_launch(x, dt, A, B, dt_bias, initial_states, table, s_in, carry_
         Q=geometry["Q"], BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"], HAS_DT_BIAS=dt_bias is not None,
         DT_SOFTPLUS=dt_softplus, HAS_INIT=initial_states is not None, HAS_FINAL=final is not None,
         IS_VARLEN=table is not None, DOT_PRECISION=dot_precision, num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"])
+        num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"])
 
 
-def aot_compile_all():
-    """(name, CompiledKernel) at NemotronH's shapes (P=64, N=128, Q=128, bf16, bf16 S_in), sm_90a."""
+def aot_compile_all(cfg: dict | None = None):
+    """(name, CompiledKernel) at NemotronH's shapes (P=64, N=128, Q=128, bf16, bf16 S_in), sm_90a, at the tile `cfg`
+    (default: chunk_state_config's); the batched variant first."""
     from .mamba_common import aot_compile
-    cfg = chunk_state_config(64, 128, 128)
+    cfg = cfg or chunk_state_config(64, 128, 128)
     sig = {"x_ptr": "*bf16", "dt_ptr": "*bf16", "A_ptr": "*fp32", "B_ptr": "*bf16", "dt_bias_ptr": "*fp32",
            "init_ptr": "*fp32", "table_ptr": "*i32", "s_in_ptr": "*bf16", "carry_decay_ptr": "*fp32",
            "seg_state_ptr": "*fp32", "seg_decay_ptr": "*fp32", "final_ptr": "*fp32", "final_decay_ptr": "*fp32",
@@ -164,4 +170,4 @@ def aot_compile_all():
                   "DOT_PRECISION": "tf32"}
         yield (f"ssd_chunk_state varlen={varlen} init={has_init}",
                aot_compile(_ssd_chunk_state_kernel, sig, consts, num_warps=cfg["num_warps"],
-                           num_stages=cfg["num_stages"], aligned=("headdim", "dstate")))
+                           num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"], aligned=("headdim", "dstate")))

@@ -196,6 +196,28 @@ def test_interpreter_backward_runs_the_kernels(monkeypatch):
 
 
 @pytest.mark.usefixtures("interpret")
+def test_interpreter_other_tiles_match_default(monkeypatch):
+    """Other tiles of every kernel (two P blocks, whole-chunk row blocks, one head per program) through the op's
+    kernel_configs give the default tiles' outputs and gradients up to fp32 rounding (scripts/sweep_ssd.py's path)."""
+    import nemotron_kernels.ops.ssd_scan as ssd_ops
+    inputs = make_inputs(13, 1, 70, 4, 32, 2, 16, torch.float32, init=True)
+    dy, dfinal = torch.randn(inputs["x"].shape), torch.randn(1, 4, 32, 16)
+    default = grads(ssd_scan, inputs, 32, dy, dfinal)
+    y_default, final_default = ssd_scan(**inputs, chunk_size=32, return_final_states=True)
+    over = {"chunk_state": dict(BLOCK_P=16), "bwd_chunk_state": dict(BLOCK_P=16),
+            "chunk_scan": dict(BLOCK_M=32, HEADS_PER_PROG=1), "dx": dict(HEADS_PER_PROG=1),
+            "dc": dict(BLOCK_M=32), "db": dict(BLOCK_M=32)}
+    real = ssd_ops.kernel_configs
+    monkeypatch.setattr(ssd_ops, "kernel_configs",
+                        lambda *args: {k: dict(v, **over[k]) for k, v in real(*args).items()})
+    tiled = grads(ssd_scan, inputs, 32, dy, dfinal)
+    y, final = ssd_scan(**inputs, chunk_size=32, return_final_states=True)
+    for name, a, b in [("y", y, y_default), ("final", final, final_default)] + \
+            [(f"d{k}", tiled[k], default[k]) for k in default]:
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max(), f"{name}: other tiles differ from the default's"
+
+
+@pytest.mark.usefixtures("interpret")
 def test_interpreter_backward_empty_sequence_batch():
     inputs = make_inputs(2, 2, 0, 2, 16, 1, 16, torch.float32, init=True)
     dfinal = torch.randn(2, 2, 16, 16)
