@@ -32,7 +32,7 @@ CANDIDATES = {
         dict(BLOCK_P=32, num_warps=4, num_stages=1, programs_per_sm=2),
         dict(BLOCK_P=16, num_warps=8, num_stages=2, programs_per_sm=2),
         dict(BLOCK_P=16, num_warps=4, num_stages=2, programs_per_sm=2),
-        dict(BLOCK_P=64, num_warps=4, num_stages=1, programs_per_sm=2),
+        dict(BLOCK_P=64, num_warps=8, num_stages=2, programs_per_sm=1),     # the default before session 9
         dict(BLOCK_P=32, num_warps=8, num_stages=2, maxnreg=128, programs_per_sm=2),
     ],
     "bwd_chunk_state": [

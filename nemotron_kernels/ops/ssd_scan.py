@@ -62,14 +62,14 @@ def _unit_last(t):
 def kernel_configs(nheads: int, headdim: int, ngroups: int, dstate: int, chunk: int, n_chunks: int,
                    sm_count: int) -> dict:
     """Each kernel's tile by name, the kernel modules' defaults (sm_count 0: the interpreter's): chunk_state,
-    bwd_chunk_state (chunk_state_config), chunk_scan (chunk_scan_config), dx / dc / db (bwd_config).
+    bwd_chunk_state (chunk_state_config, backward), chunk_scan (chunk_scan_config), dx / dc / db (bwd_config).
     scripts/sweep_ssd.py swaps this function to time other tiles through the whole op."""
     state_k = mamba_common.kernel_module("ssd_scan_chunk_state")
     scan_k = mamba_common.kernel_module("ssd_scan_chunk_scan")
     bwd_scan_k = mamba_common.kernel_module("ssd_scan_bwd_chunk_scan")
     shape = (n_chunks, ngroups, nheads // ngroups, headdim, dstate, chunk, sm_count)
     return dict(chunk_state=state_k.chunk_state_config(headdim, dstate, chunk),
-                bwd_chunk_state=state_k.chunk_state_config(headdim, dstate, chunk),
+                bwd_chunk_state=state_k.chunk_state_config(headdim, dstate, chunk, backward=True),
                 chunk_scan=scan_k.chunk_scan_config(*shape), **bwd_scan_k.bwd_config(*shape))
 
 

@@ -132,7 +132,7 @@ def aot_compile_all(cfg: dict | None = None):
     (default: chunk_state_config's); the batched variant first."""
     from .mamba_common import aot_compile
     from .ssd_scan_chunk_state import chunk_state_config
-    cfg = cfg or chunk_state_config(64, 128, 128)
+    cfg = cfg or chunk_state_config(64, 128, 128, backward=True)
     sig = {"dy_ptr": "*bf16", "dt_ptr": "*bf16", "A_ptr": "*fp32", "C_ptr": "*bf16", "dt_bias_ptr": "*fp32",
            "dfinal_ptr": "*fp32", "table_ptr": "*i32", "g_out_ptr": "*bf16", "gcarry_decay_ptr": "*fp32",
            "seg_g_ptr": "*fp32", "seg_decay_ptr": "*fp32", "dinit_ptr": "*fp32", "dinit_decay_ptr": "*fp32",

@@ -100,15 +100,19 @@ def _ssd_chunk_state_kernel(
         tl.store(seg_decay_ptr + seg_head, carry)
 
 
-def chunk_state_config(headdim: int, dstate: int, chunk: int) -> dict:
-    """Tile of stage 1 (and of backward stage 1). maxnreg: ptxas' register cap per thread (None: up to 255).
+def chunk_state_config(headdim: int, dstate: int, chunk: int, backward: bool = False) -> dict:
+    """Tile of stage 1 (backward: of backward stage 1). maxnreg: ptxas' register cap per thread (None: up to 255).
     programs_per_sm: how many programs an SM holds at once (registers, shared memory), which sets the segments'
-    wave count; 1 at the default tile (~250 registers x 256 threads)."""
+    wave count. The forward's wide tiles run 4 warps, one stage, 2 programs per SM: 491 -> 390 us at B1 L32K on
+    the H200 (scripts/sweep_ssd.py, bench/NOTES.md); the backward's are fastest at 8 warps, 1 program per SM."""
     block_p = max(16, min(64, triton.next_power_of_2(headdim)))
     block_n = max(16, triton.next_power_of_2(dstate))
-    num_warps = 8 if block_p * block_n >= 8192 else 4
-    return {"BLOCK_P": block_p, "BLOCK_N": block_n, "num_warps": num_warps, "num_stages": 2, "maxnreg": None,
-            "programs_per_sm": 1}
+    wide = block_p * block_n >= 8192
+    if wide and not backward:
+        return {"BLOCK_P": block_p, "BLOCK_N": block_n, "num_warps": 4, "num_stages": 1, "maxnreg": None,
+                "programs_per_sm": 2}
+    return {"BLOCK_P": block_p, "BLOCK_N": block_n, "num_warps": 8 if wide else 4, "num_stages": 2,
+            "maxnreg": None, "programs_per_sm": 1}
 
 
 def segments(n_chunks: int, nheads: int, p_blocks: int, slots: int) -> tuple[int, int]:
