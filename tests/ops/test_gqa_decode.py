@@ -308,6 +308,19 @@ def test_cuda_fp8_cache():
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("config", [None, (128, 4, 3)])
+def test_cuda_fp8_transposed(config):
+    """The transposed FP8 path on the H200 (FP8 and f16 wgmmas): bf16 q over e4m3 caches with [B, Hkv] descales, an
+    empty slot, split-K; held to check_transposed's two bounds."""
+    lens = [1, 300, 4097, 2048, 0]
+    q, k_cache, v_cache, block_table, seq_lens = make_paged(24, lens, 1, 32, 2, 128, 64, device="cuda")
+    k_descale = torch.rand(5, 2, device="cuda") / 100
+    v_descale = torch.rand(5, 2, device="cuda") / 100
+    check_transposed(q, 50 * k_cache, 60 * v_cache, block_table, seq_lens, torch.bfloat16, config=config,
+                     k_descale=k_descale, v_descale=v_descale)
+
+
+@pytest.mark.cuda
 def test_cuda_graph_capture():
     """No host sync: the op captures into a CUDA graph; replays follow new seq_lens written in place."""
     q, k_cache, v_cache, block_table, seq_lens = make_paged(22, [1000, 50, 3000, 7], 1, 32, 2, 128, 16,
