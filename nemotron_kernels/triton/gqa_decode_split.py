@@ -15,6 +15,25 @@ FP8 caches (e4m3) are widened in registers to q's dtype, or to fp16 (q too) when
 and widened with one cvt per pair before its layout change (as bytes it cost a shared-memory load per element). The
 descales scale the scores (k) and the output (v).
 
+Transposed FP8 path (TRANSPOSED; FP8 caches with 16-row tiles, i.e. Sq * Hq/Hkv <= 16: plain decode). Why: with 16
+query rows the QK^T dot is M = 16, which Triton runs as f16 mma.sync after widening every e4m3 K element; the FP8
+loop was bound by its instructions and shared-memory traffic, not by HBM (2.5 TB/s of FP8 bytes against BF16's
+4.4 TB/s: bench/NOTES.md), and padding q to 64 rows for an FP8 wgmma was slower (48 of 64 rows padding). So the
+keys take the MMA's M side:
+    S^T [BN, BM] = K [BN, D] (e4m3 as loaded: K-major) @ Q8^T [D, BM]      FP8 wgmma, M = BLOCK_N, K unwidened
+    O^T [D, BM] += V^T [D, BN] (widened to fp16) @ P^T [BN, BM] (fp16)    f16 wgmma, M = D
+FP8 wgmma needs both operands K-major, which V^T from a D-contiguous cache is not, so V is widened as above (the
+f16 wgmma gets V^T through ldmatrix.trans). K goes from its cp.async buffer straight into the FP8 wgmma. The softmax
+runs along the key axis (axis 0). sm_90a loop per 64 keys: 315 SASS instructions, 32 e4m3 -> f16 cvts (today's
+path: 387 and 64).
+The trade: q is rounded to e4m3 in the kernel, one fp32 scale per query row (scale = amax |q_row| / 448, so the
+row's largest element is 448): 3 mantissa bits, a relative error of up to 2^-4 per element (amax-relative below
+e4m3's normal range). Measured in float64 at NemotronH's shape (q ~ randn in bf16, 32/2 heads, D=128, 2K tokens of
+e4m3 K/V): rounding q to e4m3 moves o by 2.6% of rms(o) (5.1% with 3x sharper logits), against 2.8% (6.4%) for
+storing K in e4m3 at all; against the reference on the dequantised q8 * q_scale the kernel is at fp16 level (CPU
+interpreter: 1.5e-4 at max |o| 0.34). tests/ops/test_gqa_decode.py holds it to both. The QK wgmma accumulates
+K = D = 128 products in the FP8 MMA's own fp32 accumulation (Triton's sm_90 default).
+
 Shapes: q [B, Sq, Hq, D]; k_cache, v_cache [num_blocks, PAGE_SIZE, Hkv, D] (q's dtype or fp8 e4m3); block_table [B, max_blocks] int32/64;
 seq_lens [B] int32/64; o [B, Sq, Hq, D]; o_part [num_splits, B, Sq*Hq, D] fp32; lse_part [num_splits, B, Sq*Hq].
 """
@@ -114,6 +133,71 @@ def _decode_inner(acc, l_i, m_i, q, K, V, bt_row, kv_head_off, stride_kb, stride
 
 
 @triton.jit
+def _quantize_rows_e4m3(q):
+    """q [BM, D] -> (q8 [BM, D] e4m3, q_scale [BM] fp32) with q ~= q8 * q_scale[:, None]: each row scaled so that its
+    largest |element| becomes 448 (e4m3's largest), rounded to nearest even. Exact divisions (div_rn), so
+    quantize_rows_e4m3 (torch) reproduces it bit for bit. The interpreter casts fp32 -> e4m3 by truncating the
+    mantissa: there the values are first rounded onto e4m3's grid in fp32 (3 mantissa bits, or multiples of 2^-9
+    below 2^-6), which the cast then keeps exactly."""
+    qf = q.to(tl.float32)
+    amax = tl.maximum(tl.max(tl.abs(qf), 1), 1e-30)                                 # [BM]; zero rows stay zero
+    scaled = tl.clamp(qf * tl.math.div_rn(448.0, amax)[:, None], -448.0, 448.0)   # [BM, D]
+    if INTERPRET:
+        bits = scaled.to(tl.int32, bitcast=True)
+        normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & -0x100000).to(tl.float32, bitcast=True)
+        subnormal = (scaled + 24576.0) - 24576.0       # 1.5 * 2^14: its fp32 ulp is e4m3's subnormal step 2^-9
+        scaled = tl.where(tl.abs(scaled) < 0.015625, subnormal, normal)
+    return scaled.to(tl.float8e4nv), tl.math.div_rn(amax, 448.0)
+
+
+@triton.jit
+def _decode_inner_transposed(acc_t, l_t, m_i, q8, K, V, bt_row, kv_head_off, stride_kb, stride_ks, stride_vb,
+                             stride_vs, n_lo, n_hi, kmax0, col_scale,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PACK: tl.constexpr,
+                             PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr):
+    """_decode_inner with keys as the MMA rows (see the module docstring): acc_t O^T [D, BM], m_i [BM], q8 [BM, D]
+    e4m3 over an e4m3 K / V; col_scale [BM] = q_scale * qk_scale turns S^T's columns into log2 logits. l_t [BN, BM]
+    holds per-key partial sums of P^T, rescaled like acc_t and summed over keys once after the loop: a sum along
+    the keys crosses the 4 warps (shared memory + a barrier), which the per-tile max alone still pays."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    for n0 in tl.range(n_lo, n_hi, BLOCK_N):
+        tok = n0 + offs_n                                                           # [BN]
+        if PAGE_SIZE % BLOCK_N == 0:        # the tile lies inside one page
+            page = tl.load(bt_row + n0 // PAGE_SIZE).to(tl.int64)
+            in_page = n0 % PAGE_SIZE + offs_n
+        else:                               # gather: one page id per token
+            page = tl.load(bt_row + tok // PAGE_SIZE, mask=tok < n_hi, other=0).to(tl.int64)
+            in_page = tok % PAGE_SIZE
+        k_rows = page * stride_kb + in_page * stride_ks
+        v_rows = page * stride_vb + in_page * stride_vs
+        tok_ok = tok < n_hi
+        if MASKED:
+            k = tl.load(K + kv_head_off + k_rows[:, None] + offs_d[None, :], mask=tok_ok[:, None], other=0.0)
+        else:
+            k = tl.load(K + kv_head_off + k_rows[:, None] + offs_d[None, :])                # [BN, D] e4m3
+        v = _load_e4m3_as_f16(V, kv_head_off + v_rows, tok_ok, HEAD_DIM, MASKED)           # [BN, D] fp16
+        s_t = tl.dot(k, tl.trans(q8))                                               # [BN, BM] fp32
+        if MASKED:
+            kmax = kmax0 + tl.arange(0, BLOCK_M) // PACK
+            s_t = tl.where((tok[:, None] <= kmax[None, :]) & tok_ok[:, None], s_t * col_scale[None, :],
+                           float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s_t, 0))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p_t = tl.math.exp2(s_t - m_use[None, :])
+            alpha = tl.math.exp2(m_i - m_use)
+        else:               # col_scale > 0: the column max commutes with it
+            m_new = tl.maximum(m_i, tl.max(s_t, 0) * col_scale)
+            p_t = tl.math.exp2(s_t * col_scale[None, :] - m_new[None, :])
+            alpha = tl.math.exp2(m_i - m_new)
+        l_t = l_t * alpha[None, :] + p_t
+        acc_t = acc_t * alpha[None, :]
+        acc_t = tl.dot(tl.trans(v), p_t.to(tl.float16), acc_t)                    # [D, BM]
+        m_i = m_new
+    return acc_t, l_t, m_i
+
+
+@triton.jit
 def _gqa_decode_split_kernel(
     Q, K, V, BLOCK_TABLE, SEQ_LENS, O, O_PART, LSE_PART, K_DESCALE, V_DESCALE,
     stride_qb, stride_qs, stride_qh,
@@ -125,9 +209,11 @@ def _gqa_decode_split_kernel(
     seqlen_q, num_kv_heads, num_head_chunks, batch, split_len, qk_scale, out_scale,
     GROUP: tl.constexpr, PACK: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    TRANSPOSED: tl.constexpr,
 ):
     """K_DESCALE, V_DESCALE (FP8 caches; None when absent): fp32 [B or 1, Hkv] (stride 0 to broadcast); the
-    scores are scaled by k_descale, the output by v_descale * out_scale."""
+    scores are scaled by k_descale, the output by v_descale * out_scale. TRANSPOSED: the FP8 path with keys as the
+    MMA rows (e4m3 caches only; see the module docstring)."""
     POS_PER_TILE: tl.constexpr = BLOCK_M // PACK
     split = tl.program_id(0)
     m_tile = tl.program_id(1) // num_head_chunks
@@ -150,7 +236,7 @@ def _gqa_decode_split_kernel(
         hq = hkv * GROUP + head
         q_rows = b.to(tl.int64) * stride_qb + pos.to(tl.int64) * stride_qs + hq * stride_qh
         q = tl.load(Q + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)        # [BM, D]
-        if (K.dtype.element_ty == tl.float8e4nv) & (Q.dtype.element_ty == tl.bfloat16):
+        if (K.dtype.element_ty == tl.float8e4nv) & (Q.dtype.element_ty == tl.bfloat16) & (not TRANSPOSED):
             # FP8 caches with a bf16 q compute in fp16: e4m3 widens to fp16 in one cvt per pair of elements, and
             # to bf16 through one more cvt per element (20% of the loop's instructions in the sm_90a PTX; FP8 KV
             # decoded no faster than BF16 KV: bench/NOTES.md, session 4). fp16 holds every e4m3 value exactly and
@@ -166,14 +252,28 @@ def _gqa_decode_split_kernel(
         bt_row = BLOCK_TABLE + b.to(tl.int64) * stride_btb
 
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_M], tl.float32)
-        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-        acc, l_i, m_i = _decode_inner(acc, l_i, m_i, q, K, V, bt_row, hkv * stride_kh, stride_kb, stride_ks,
-                                      stride_vb, stride_vs, n_start, full_hi, p0 + shift, qk_scale,
-                                      BLOCK_M, BLOCK_N, PACK, PAGE_SIZE, HEAD_DIM, False, INPUT_PRECISION)
-        acc, l_i, m_i = _decode_inner(acc, l_i, m_i, q, K, V, bt_row, hkv * stride_kh, stride_kb, stride_ks,
-                                      stride_vb, stride_vs, full_hi, hi, p0 + shift, qk_scale,
-                                      BLOCK_M, BLOCK_N, PACK, PAGE_SIZE, HEAD_DIM, True, INPUT_PRECISION)
+        if TRANSPOSED:
+            q8, q_scale = _quantize_rows_e4m3(q)                                    # [BM, D] e4m3, [BM]
+            col_scale = q_scale * qk_scale
+            acc_t = tl.zeros([HEAD_DIM, BLOCK_M], tl.float32)                       # O^T
+            l_t = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+            acc_t, l_t, m_i = _decode_inner_transposed(
+                acc_t, l_t, m_i, q8, K, V, bt_row, hkv * stride_kh, stride_kb, stride_ks, stride_vb, stride_vs,
+                n_start, full_hi, p0 + shift, col_scale, BLOCK_M, BLOCK_N, PACK, PAGE_SIZE, HEAD_DIM, False)
+            acc_t, l_t, m_i = _decode_inner_transposed(
+                acc_t, l_t, m_i, q8, K, V, bt_row, hkv * stride_kh, stride_kb, stride_ks, stride_vb, stride_vs,
+                full_hi, hi, p0 + shift, col_scale, BLOCK_M, BLOCK_N, PACK, PAGE_SIZE, HEAD_DIM, True)
+            l_i = tl.sum(l_t, 0)
+            acc = tl.trans(acc_t)                                                   # [BM, D]
+        else:
+            l_i = tl.zeros([BLOCK_M], tl.float32)
+            acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+            acc, l_i, m_i = _decode_inner(acc, l_i, m_i, q, K, V, bt_row, hkv * stride_kh, stride_kb, stride_ks,
+                                          stride_vb, stride_vs, n_start, full_hi, p0 + shift, qk_scale,
+                                          BLOCK_M, BLOCK_N, PACK, PAGE_SIZE, HEAD_DIM, False, INPUT_PRECISION)
+            acc, l_i, m_i = _decode_inner(acc, l_i, m_i, q, K, V, bt_row, hkv * stride_kh, stride_kb, stride_ks,
+                                          stride_vb, stride_vs, full_hi, hi, p0 + shift, qk_scale,
+                                          BLOCK_M, BLOCK_N, PACK, PAGE_SIZE, HEAD_DIM, True, INPUT_PRECISION)
         seen = l_i > 0.0
         l_div = tl.where(seen, l_i, 1.0)
         out = acc * (out_scale / l_div)[:, None]
@@ -208,6 +308,22 @@ DECODE_CONFIG = (64, 4, 3)
 INTERPRET_CONFIG = (16, 4, 1)
 MIN_SPLIT_TOKENS = 256       # a split below this spends more on its partial output than on its tokens
 MAX_SPLITS = 256
+TRANSPOSED_FP8 = False       # the transposed FP8 path for eligible launches: off until the H200 has measured it (#5)
+
+
+def transposed_eligible(kv_dtype: torch.dtype, block_m: int) -> bool:
+    """Whether the transposed FP8 path can run: an e4m3 cache and 16-row tiles (Sq * Hq/Hkv <= 16, plain decode)."""
+    return kv_dtype == torch.float8_e4m3fn and block_m == 16
+
+
+def quantize_rows_e4m3(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch twin of the kernel's q quantisation, bit for bit: q [..., D] -> (q8 [..., D] e4m3, q_scale [..., 1]
+    fp32), q ~= q8 * q_scale (tests: the reference on the dequantised q isolates the rest of the kernel's error)."""
+    qf = q.to(torch.float32)
+    amax = qf.abs().amax(-1, keepdim=True).clamp_min(1e-30)
+    four48 = torch.full_like(amax, 448.0)
+    q8 = (qf * (four48 / amax)).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+    return q8, amax / four48
 
 
 def block_m_for(rows: int) -> int:
@@ -264,11 +380,11 @@ def _descale_arg(descale, bsz: int, hkv: int, device):
 
 
 def gqa_decode_fwd(q, k_cache, v_cache, block_table, seq_lens, softmax_scale: float, num_splits=None, config=None,
-                   k_descale=None, v_descale=None, out_scale: float = 1.0):
+                   k_descale=None, v_descale=None, out_scale: float = 1.0, transposed=None):
     """Launch paged decode attention. q [B, Sq, Hq, D] -> o [B, Sq, Hq, D] in q's dtype. Caches in q's dtype or
     fp8 e4m3 with descales (None, numbers, or tensors of 1 or [B or 1, Hkv] elements; the output is also scaled
     by out_scale). num_splits: force the number of context splits (tests, benchmarks); config: (BLOCK_N, num_warps,
-    num_stages)."""
+    num_stages); transposed: force the transposed FP8 path on or off (None: TRANSPOSED_FP8 where eligible)."""
     check_decode_inputs(q, k_cache, v_cache, block_table, seq_lens)
     bsz, sq, hq, d = q.shape
     page_size, hkv = k_cache.shape[1], k_cache.shape[2]
@@ -280,6 +396,10 @@ def gqa_decode_fwd(q, k_cache, v_cache, block_table, seq_lens, softmax_scale: fl
     block_m = block_m_for(sq * group)
     pack, chunks = pack_heads(group, block_m)
     m_tiles = triton.cdiv(sq, block_m // pack)
+    eligible = transposed_eligible(k_cache.dtype, block_m)
+    assert not transposed or eligible, \
+        f"the transposed path needs an fp8 e4m3 cache and Sq * Hq/Hkv <= 16 (got {k_cache.dtype}, {sq * group} rows)"
+    transposed = eligible and (TRANSPOSED_FP8 if transposed is None else transposed)
     capacity = max(block_table.shape[1] * page_size, 1)
     if num_splits is None:
         num_splits, split_len = choose_splits(capacity, bsz * hkv * m_tiles * chunks, sm_count(q.device), block_n)
@@ -304,7 +424,7 @@ def gqa_decode_fwd(q, k_cache, v_cache, block_table, seq_lens, softmax_scale: fl
         o.stride(0), o.stride(1), o.stride(2), kd_b, kd_h, vd_b, vd_h,
         sq, hkv, chunks, bsz, split_len, float(softmax_scale) * LOG2E, float(out_scale),
         GROUP=group, PACK=pack, HEAD_DIM=d, PAGE_SIZE=page_size, BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=split,
-        INPUT_PRECISION=dot_precision(q.dtype), num_warps=w, num_stages=s)
+        INPUT_PRECISION=dot_precision(q.dtype), TRANSPOSED=transposed, num_warps=w, num_stages=s)
     if split:
         kernel_module("gqa_decode_combine").gqa_decode_combine(o_part, lse_part, seq_lens, split_len, o)
     return o
@@ -313,24 +433,27 @@ def gqa_decode_fwd(q, k_cache, v_cache, block_table, seq_lens, softmax_scale: fl
 def aot_compile_all():
     """Compile the split kernel for sm_90a: the NemotronH decode case (bf16, D=128, 16 heads per kv head,
     one query token) with page size 16 (gather path, split) and an FP8 cache with page size 64 (one page per
-    tile, unsplit), and a chunked-prefill case (Sq=8: 32-row tiles). Yields (name, CompiledKernel)."""
+    tile, unsplit), the transposed FP8 path (page 64 split, page 16 gather), and a chunked-prefill case (Sq=8:
+    32-row tiles). Yields (name, CompiledKernel)."""
     block_n, w, s = DECODE_CONFIG
     ints = ("stride_", "seqlen_", "num_", "batch", "split_len")
     sig = {n: "i32" for n in _gqa_decode_split_kernel.arg_names if n.startswith(ints)}
     sig.update(BLOCK_TABLE="*i32", SEQ_LENS="*i32", O_PART="*fp32", LSE_PART="*fp32", qk_scale="fp32",
                out_scale="fp32")
-    for dt, kv, d, group, sq, page, split in (("bf16", "bf16", 128, 16, 1, 16, True),
-                                              ("bf16", "fp8e4nv", 128, 16, 1, 64, False),
-                                              ("fp16", "fp16", 64, 4, 8, 32, True)):
+    for dt, kv, d, group, sq, page, split, transposed in (("bf16", "bf16", 128, 16, 1, 16, True, False),
+                                                          ("bf16", "fp8e4nv", 128, 16, 1, 64, False, False),
+                                                          ("bf16", "fp8e4nv", 128, 16, 1, 64, True, True),
+                                                          ("bf16", "fp8e4nv", 128, 16, 1, 16, True, True),
+                                                          ("fp16", "fp16", 64, 4, 8, 32, True, False)):
         block_m = block_m_for(sq * group)
         pack, _ = pack_heads(group, block_m)
         sig.update(Q=f"*{dt}", K=f"*{kv}", V=f"*{kv}", O=f"*{dt}", K_DESCALE="*fp32", V_DESCALE="*fp32")
         const = dict(GROUP=group, PACK=pack, HEAD_DIM=d, PAGE_SIZE=page, BLOCK_M=block_m, BLOCK_N=block_n,
-                     SPLIT=split, INPUT_PRECISION=None)
+                     SPLIT=split, INPUT_PRECISION=None, TRANSPOSED=transposed)
         if kv != "fp8e4nv":
             const.update(K_DESCALE=None, V_DESCALE=None)
         name = (f"gqa_decode_split {dt} kv={kv} D{d} G{group} Sq{sq} page{page} split={split} "
-                f"{block_m}x{block_n} w{w} s{s}")
+                f"{'transposed ' if transposed else ''}{block_m}x{block_n} w{w} s{s}")
         yield name, aot_compile(_gqa_decode_split_kernel, {k: t for k, t in sig.items() if k not in const}, const,
                                 w, s)
     yield from kernel_module("gqa_decode_combine").aot_compile_all()

@@ -329,16 +329,24 @@ def test_backend_report(monkeypatch):
 def run_aot(*modules: str) -> str:
     """Compile every kernel configuration of nemotron_kernels.triton.<module> for sm_90a in one fresh process
     (compiled mode: TRITON_INTERPRET unset); kernels with tl.dot must use tensor cores: wgmma for 64+ row tiles,
-    mma.sync for the 16-row decode tiles."""
+    mma.sync for the 16-row decode tiles. Prints one line per kernel: name, mma kind, shared bytes, the wgmma
+    operand types (e.g. e4m3.e4m3) and the cubin's resource usage (REG, STACK, LOCAL: spills) from cuobjdump."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = (f"import importlib\nmods = {list(modules)!r}\n"
+    code = (f"import importlib, os, re, subprocess, tempfile, triton\nmods = {list(modules)!r}\n"
+            "cuobjdump = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', 'cuobjdump')\n"
             "for name, ck in (c for m in mods for c in importlib.import_module('nemotron_kernels.triton.' + m)"
             ".aot_compile_all()):\n"
             "    ptx = ck.asm['ptx']\n"
             "    uses_dot = any(key in name for key in ('attn_fwd', 'bwd_dkdv', 'bwd_dq', 'decode_split'))\n"
             "    mma = 'wgmma' if 'wgmma' in ptx else 'mma.sync' if 'mma.sync' in ptx else None\n"
             "    assert not uses_dot or mma, name + ': no tensor-core mma in the PTX'\n"
-            "    print(name, mma, ck.metadata.shared)\n")
+            "    kinds = sorted(set(re.findall(r'wgmma\\.mma_async\\.sync\\.aligned\\.m\\d+n\\d+k\\d+\\.f32\\.(\\w+\\.\\w+)', ptx)))\n"
+            "    with tempfile.NamedTemporaryFile(suffix='.cubin') as f:\n"
+            "        f.write(ck.asm['cubin']); f.flush()\n"
+            "        res = subprocess.run([cuobjdump, '-res-usage', f.name], capture_output=True, text=True).stdout\n"
+            "    usage = re.search(r'REG:\\d+ STACK:\\d+ SHARED:\\d+ LOCAL:\\d+', res)\n"
+            "    print(name, '|', mma, ck.metadata.shared, '| wgmma', ','.join(kinds) or '-', '|',"
+            " usage.group(0) if usage else 'usage ?')\n")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]

@@ -92,6 +92,101 @@ def test_interpreter_fp8_cache(interpret, qdtype, splits, descale):
                  k_descale=k_descale, v_descale=v_descale)
 
 
+def check_transposed(q, k_cache, v_cache, block_table, seq_lens, dtype, num_splits=None, config=None,
+                     k_descale=None, v_descale=None):
+    """The transposed FP8 path (q rounded to e4m3 in the kernel) against the float64 reference, twice:
+    (1) on q_dq = q8 * q_scale, the kernel's own rounding of q (quantize_rows_e4m3, its torch twin): the DESIGN rule
+        with the reference run in fp16 (P and V enter the PV product in fp16 whatever q's dtype) on the same q_dq;
+    (2) on q itself: err <= bound(1) + |ref64(q_dq) - ref64(q)|, the triangle inequality, the second term being what
+        rounding q to e4m3 costs, computed exactly. Empty sequences (seq_len 0) must give zeros; the references
+    run on the others. -> (err on q_dq, err on q, that cost, max |o|)."""
+    from nemotron_kernels.triton import gqa_attention_common as common
+    split = common.kernel_module("gqa_decode_split")
+    ql = q.to(dtype)
+    kl, vl = (t.to(torch.float8_e4m3fn) for t in (k_cache, v_cache))
+    descales = dict(k_descale=k_descale, v_descale=v_descale)
+    o = split.gqa_decode_fwd(ql, kl, vl, block_table, seq_lens, q.shape[-1] ** -0.5, num_splits=num_splits,
+                             config=config, transposed=True, **descales)
+    assert o.dtype == dtype and o.shape == q.shape
+    live = seq_lens > 0
+    assert torch.equal(o[~live], torch.zeros_like(o[~live]))
+    o, q, ql, block_table, seq_lens = o[live], q[live], ql[live], block_table[live], seq_lens[live]
+    descales = {n: d[live] if isinstance(d, torch.Tensor) and d.numel() > 1 else d for n, d in descales.items()}
+    q8, q_scale = split.quantize_rows_e4m3(ql)
+    q_dq = q8.to(F64) * q_scale.to(F64)                                             # [B, Sq, Hq, D]
+    d64 = {n: d.to(F64) if isinstance(d, torch.Tensor) else d for n, d in descales.items()}
+    ref = lambda qq, k, v, **d: gqa_decode_ref(qq, k, v, block_table, seq_lens, **d)   # noqa: E731
+    o64_dq = ref(q_dq, kl.to(F64), vl.to(F64), **d64)
+    o_low = ref(q_dq.half(), kl.half(), vl.half(), **{n: d.half() if isinstance(d, torch.Tensor) else d
+                                                      for n, d in descales.items()})
+    assert_error_rule("o (on q_dq)", o, o64_dq, o_low, FWD, dtype=torch.float16)
+    o64 = ref(q, kl.to(F64), vl.to(F64), **d64)
+    floor = torch.finfo(torch.float16).eps * max(o64_dq.abs().max().item(), 1.0)
+    tight = FWD * (o_low.to(F64) - o64_dq).abs().max().item() + floor
+    cost = (o64_dq - o64).abs().max().item()
+    err_dq = (o.to(F64) - o64_dq).abs().max().item()
+    err = (o.to(F64) - o64).abs().max().item()
+    assert err <= tight + cost, f"o (on q): err {err:.3e} > bound on q_dq {tight:.3e} + e4m3-q cost {cost:.3e}"
+    return err_dq, err, cost, o64.abs().max().item()
+
+
+# (lens, Sq, Hq, Hkv, D, page, q dtype, num_splits, descale): rows per tile Sq * Hq/Hkv <= 16
+TRANSPOSED_CASES = [
+    ([45, 0, 17, 33], 1, 32, 2, 32, 12, torch.float16, 3, "tensor"),   # gathered pages, an empty slot, split-K
+    ([45, 0, 17, 33], 1, 32, 2, 32, 12, torch.float16, 1, "number"),   # one split writes o directly
+    ([70, 5, 3], 2, 16, 2, 64, 32, torch.float32, 2, "tensor"),        # Sq=2 x 8 heads: causal rows, whole tiles
+    ([29, 50], 3, 8, 2, 32, 7, torch.float16, 4, None),                # 12 of 16 rows used, no descales
+]
+
+
+@pytest.mark.parametrize("case", TRANSPOSED_CASES, ids=lambda c: "L{}-Sq{}-H{}x{}-D{}-page{}-{}-splits{}-{}".format(
+    "_".join(map(str, c[0])), *c[1:6], str(c[6])[6:], c[7], c[8]))
+def test_interpreter_fp8_transposed(interpret, case):
+    """The transposed FP8 path: several pages, pages that do not hold whole key tiles, seq_lens incl. 0, splits."""
+    lens, sq, hq, hkv, d, page, dtype, splits, descale = case
+    q, k_cache, v_cache, block_table, seq_lens = make_paged(sum(lens) + page, lens, sq, hq, hkv, d, page)
+    k_cache, v_cache = 40 * k_cache, 80 * v_cache                       # use the e4m3 range (< 448)
+    g = torch.Generator().manual_seed(5)
+    descales = {"tensor": dict(k_descale=torch.rand(len(lens), hkv, generator=g) / 20,
+                               v_descale=torch.rand(len(lens), hkv, generator=g) / 50),
+                "number": dict(k_descale=0.03, v_descale=0.01), None: {}}[descale]
+    err_dq, err, cost, o_max = check_transposed(q, k_cache, v_cache, block_table, seq_lens, dtype, splits,
+                                                **descales)
+    print(f"err on q_dq {err_dq:.2e}, on q {err:.2e} (e4m3 q costs {cost:.2e}), max |o| {o_max:.2f}")
+
+
+@pytest.mark.parametrize("page,splits", [(16, 3), (128, 2)])
+def test_interpreter_fp8_transposed_gpu_tile(interpret, page, splits):
+    """The transposed path at the H200 tile shape (64-key tiles: M = 64 for the FP8 MMA), NemotronH's 16 heads per
+    kv head, gathered (16) and whole-tile (128) pages."""
+    from nemotron_kernels.triton import gqa_attention_common as common
+    config = common.kernel_module("gqa_decode_split").DECODE_CONFIG
+    q, k_cache, v_cache, block_table, seq_lens = make_paged(page + 1, [150, 1, 64, 0], 1, 32, 2, 32, page)
+    check_transposed(q, 40 * k_cache, 80 * v_cache, block_table, seq_lens, torch.float16, splits, config,
+                     k_descale=0.02, v_descale=0.01)
+
+
+def test_interpreter_fp8_transposed_dispatch(interpret, monkeypatch):
+    """With TRANSPOSED_FP8 on, FP8 launches with 16-row tiles take the transposed path and wider tiles the other;
+    forcing it onto a wide tile or a 16-bit cache is refused."""
+    from nemotron_kernels.triton import gqa_attention_common as common
+    split = common.kernel_module("gqa_decode_split")
+    q, k_cache, v_cache, block_table, seq_lens = make_paged(9, [20, 9], 2, 16, 2, 16, 8)
+    q, k8, v8 = q.half(), (20 * k_cache).to(torch.float8_e4m3fn), (20 * v_cache).to(torch.float8_e4m3fn)
+    run = lambda qq, **kw: split.gqa_decode_fwd(qq, k8, v8, block_table, seq_lens, 0.25, k_descale=0.05, **kw)  # noqa
+    monkeypatch.setattr(split, "TRANSPOSED_FP8", True)
+    decode = q[:, 1:]                                                  # Sq=1: 8 heads per kv head
+    assert torch.equal(run(decode), run(decode, transposed=True))
+    assert not torch.equal(run(decode), run(decode, transposed=False))
+    assert torch.equal(run(q), run(q, transposed=True))               # Sq=2 x 8 heads = 16 rows: transposed too
+    hq_wide = make_paged(9, [20, 9], 2, 32, 2, 16, 8)[0].half()       # Sq=2 x 16 heads = 32 rows
+    assert torch.equal(run(hq_wide), run(hq_wide, transposed=False))
+    with pytest.raises(AssertionError, match="transposed"):
+        run(hq_wide, transposed=True)
+    with pytest.raises(AssertionError, match="transposed"):
+        split.gqa_decode_fwd(decode, k_cache.half(), v_cache.half(), block_table, seq_lens, 0.25, transposed=True)
+
+
 def test_interpreter_one_token_query_shape(interpret):
     """q [B, Hq, D] (one token per sequence) returns [B, Hq, D]."""
     q, k_cache, v_cache, block_table, seq_lens = make_paged(3, [20, 3], 1, 4, 1, 32, 16)
@@ -166,9 +261,19 @@ def test_split_heuristic():
 
 
 def test_aot_compile_sm90():
+    """Every configuration compiles for sm_90a. The transposed FP8 path runs QK^T as an FP8 wgmma (e4m3 x e4m3)
+    and PV as an f16 wgmma, without spills; the other FP8 path widens K for f16 mma.sync."""
     pytest.importorskip("triton")
     out = run_aot("gqa_decode_split")
     assert "gqa_decode_combine" in out, out
+    lines = [line for line in out.splitlines() if "kv=fp8e4nv" in line]
+    transposed = [line for line in lines if "transposed" in line]
+    assert transposed and len(transposed) < len(lines), out
+    for line in transposed:
+        assert "e4m3.e4m3" in line and "f16.f16" in line, line
+        assert "STACK:0" in line and "LOCAL:0" in line, line
+    for line in set(lines) - set(transposed):
+        assert "| mma.sync" in line, line
 
 
 # ---------------------------------------------------------------------------------------------- GPU (H200)
@@ -200,6 +305,19 @@ def test_cuda_fp8_cache():
     v_descale = torch.rand(4, 2, device="cuda") / 100
     check_decode(q, 50 * k_cache, 60 * v_cache, block_table, seq_lens, torch.bfloat16,
                  kv_dtype=torch.float8_e4m3fn, k_descale=k_descale, v_descale=v_descale)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("config", [None, (128, 4, 3)])
+def test_cuda_fp8_transposed(config):
+    """The transposed FP8 path on the H200 (FP8 and f16 wgmmas): bf16 q over e4m3 caches with [B, Hkv] descales, an
+    empty slot, split-K; held to check_transposed's two bounds."""
+    lens = [1, 300, 4097, 2048, 0]
+    q, k_cache, v_cache, block_table, seq_lens = make_paged(24, lens, 1, 32, 2, 128, 64, device="cuda")
+    k_descale = torch.rand(5, 2, device="cuda") / 100
+    v_descale = torch.rand(5, 2, device="cuda") / 100
+    check_transposed(q, 50 * k_cache, 60 * v_cache, block_table, seq_lens, torch.bfloat16, config=config,
+                     k_descale=k_descale, v_descale=v_descale)
 
 
 @pytest.mark.cuda
