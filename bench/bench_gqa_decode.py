@@ -71,6 +71,16 @@ def _ours_fp8(s):
     return gqa_decode(s["q"], k_cache, v_cache, block_table, s["seq_lens"], k_descale=descale, v_descale=descale)
 
 
+def _ours_fp8_widened(s):
+    """The FP8 path before the transposed one (q kept in 16 bits, K widened for an M = 16 mma.sync): its baseline."""
+    from nemotron_kernels.triton import gqa_attention_common as common
+    k_cache, v_cache, block_table, descale = s["paged64_fp8"]
+    q = s["q"][:, None]                                                      # [B, 1, Hq, D]
+    return common.kernel_module("gqa_decode_split").gqa_decode_fwd(
+        q, k_cache, v_cache, block_table, s["seq_lens"], HEAD_DIM ** -0.5, k_descale=descale, v_descale=descale,
+        transposed=False)[:, 0]
+
+
 def run(bench: Bench) -> None:
     problems = bench.pick(PROBLEMS, quick=((1, 32768), (64, 32768), (256, 4096)))
     backends = BACKENDS
@@ -96,6 +106,9 @@ def run(bench: Bench) -> None:
                     for page in PAGE_SIZES]
         variants.append(Variant("ours: triton paged FP8 KV (page 64)", _ours_fp8, flops=flops,
                                 bytes=io_bytes - kv_bytes // 2))
+        if bench.device.type == "cuda":
+            variants.append(Variant("ours: FP8 KV, widened, q in 16 bits", _ours_fp8_widened, flops=flops,
+                                    bytes=io_bytes - kv_bytes // 2))
         variants += [Variant(f"torch SDPA {label} (contiguous KV)", _sdpa(backend), flops=flops, bytes=io_bytes,
                              baseline=True) for label, backend in backends]
         name = f"B{bsz} ctx{ctx // 1024}K" if ctx >= 1024 else f"B{bsz} ctx{ctx}"

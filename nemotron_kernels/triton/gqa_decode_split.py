@@ -305,10 +305,11 @@ def widen_e4m3_pairs(pairs: torch.Tensor) -> torch.Tensor:
 
 # (BLOCK_N, num_warps, num_stages): memory-bound, so narrow tiles with deep pipelining; BLOCK_M from the rows.
 DECODE_CONFIG = (64, 4, 3)
+TRANSPOSED_CONFIG = (64, 4, 4)   # H200 sweep (bench/NOTES.md): 64-key tiles; 128 broke the error rule (3.8e-3 vs 3.1e-3)
 INTERPRET_CONFIG = (16, 4, 1)
 MIN_SPLIT_TOKENS = 256       # a split below this spends more on its partial output than on its tokens
 MAX_SPLITS = 256
-TRANSPOSED_FP8 = False       # the transposed FP8 path for eligible launches: off until the H200 has measured it (#5)
+TRANSPOSED_FP8 = True        # eligible FP8 launches take the transposed path: 445 -> 319 us at B64 ctx 32K (#5)
 
 
 def transposed_eligible(kv_dtype: torch.dtype, block_m: int) -> bool:
@@ -331,10 +332,12 @@ def block_m_for(rows: int) -> int:
     return max(16, min(64, triton.next_power_of_2(max(rows, 1))))
 
 
-def choose_splits(capacity: int, work_units: int, sms: int, block_n: int) -> tuple[int, int]:
+def choose_splits(capacity: int, work_units: int, sms: int, block_n: int, transposed: bool = False) -> tuple[int, int]:
     """(num_splits, split_len) for a context capacity of `capacity` tokens and `work_units` (sequence, kv head,
-    row tile) programs per split: enough splits to give every SM two programs, each split >= MIN_SPLIT_TOKENS."""
-    want = triton.cdiv(2 * sms, max(work_units, 1))
+    row tile) programs per split: enough splits to give every SM two programs, each split >= MIN_SPLIT_TOKENS.
+    The transposed path (fewer registers) is fastest at four programs per SM in one wave (H200 sweep: 4 splits at
+    B64 ctx 32K; at B1 ctx 128K 264 asked, 256 after rounding splits to whole key tiles)."""
+    want = max(4 * sms // max(work_units, 1), 1) if transposed else triton.cdiv(2 * sms, max(work_units, 1))
     splits = max(1, min(want, triton.cdiv(capacity, MIN_SPLIT_TOKENS), MAX_SPLITS))
     split_len = triton.cdiv(triton.cdiv(capacity, splits), block_n) * block_n
     return triton.cdiv(capacity, split_len), split_len
@@ -392,7 +395,6 @@ def gqa_decode_fwd(q, k_cache, v_cache, block_table, seq_lens, softmax_scale: fl
     o = torch.empty_like(q)
     if o.numel() == 0:
         return o
-    block_n, w, s = config or (INTERPRET_CONFIG if INTERPRETED else DECODE_CONFIG)
     block_m = block_m_for(sq * group)
     pack, chunks = pack_heads(group, block_m)
     m_tiles = triton.cdiv(sq, block_m // pack)
@@ -400,9 +402,12 @@ def gqa_decode_fwd(q, k_cache, v_cache, block_table, seq_lens, softmax_scale: fl
     assert not transposed or eligible, \
         f"the transposed path needs an fp8 e4m3 cache and Sq * Hq/Hkv <= 16 (got {k_cache.dtype}, {sq * group} rows)"
     transposed = eligible and (TRANSPOSED_FP8 if transposed is None else transposed)
+    block_n, w, s = config or (INTERPRET_CONFIG if INTERPRETED else TRANSPOSED_CONFIG if transposed else DECODE_CONFIG)
+    assert not transposed or block_n <= 64, f"the transposed path runs key tiles of <= 64 (got BLOCK_N {block_n})"
     capacity = max(block_table.shape[1] * page_size, 1)
     if num_splits is None:
-        num_splits, split_len = choose_splits(capacity, bsz * hkv * m_tiles * chunks, sm_count(q.device), block_n)
+        num_splits, split_len = choose_splits(capacity, bsz * hkv * m_tiles * chunks, sm_count(q.device), block_n,
+                                              transposed)
     else:
         split_len = triton.cdiv(triton.cdiv(capacity, num_splits), block_n) * block_n
         num_splits = triton.cdiv(capacity, split_len)
@@ -435,7 +440,6 @@ def aot_compile_all():
     one query token) with page size 16 (gather path, split) and an FP8 cache with page size 64 (one page per
     tile, unsplit), the transposed FP8 path (page 64 split, page 16 gather), and a chunked-prefill case (Sq=8:
     32-row tiles). Yields (name, CompiledKernel)."""
-    block_n, w, s = DECODE_CONFIG
     ints = ("stride_", "seqlen_", "num_", "batch", "split_len")
     sig = {n: "i32" for n in _gqa_decode_split_kernel.arg_names if n.startswith(ints)}
     sig.update(BLOCK_TABLE="*i32", SEQ_LENS="*i32", O_PART="*fp32", LSE_PART="*fp32", qk_scale="fp32",
@@ -445,6 +449,7 @@ def aot_compile_all():
                                                           ("bf16", "fp8e4nv", 128, 16, 1, 64, True, True),
                                                           ("bf16", "fp8e4nv", 128, 16, 1, 16, True, True),
                                                           ("fp16", "fp16", 64, 4, 8, 32, True, False)):
+        block_n, w, s = TRANSPOSED_CONFIG if transposed else DECODE_CONFIG
         block_m = block_m_for(sq * group)
         pack, _ = pack_heads(group, block_m)
         sig.update(Q=f"*{dt}", K=f"*{kv}", V=f"*{kv}", O=f"*{dt}", K_DESCALE="*fp32", V_DESCALE="*fp32")

@@ -76,8 +76,11 @@ def test_interpreter_matches_reference(interpret, case):
 
 
 @pytest.mark.parametrize("qdtype,splits,descale", [(torch.float16, 3, "tensor"), (torch.float32, 1, "number")])
-def test_interpreter_fp8_cache(interpret, qdtype, splits, descale):
-    """FP8 e4m3 caches (widened to q's dtype in registers) with [B, Hkv] tensor or Python-number descales."""
+def test_interpreter_fp8_cache(interpret, monkeypatch, qdtype, splits, descale):
+    """FP8 e4m3 caches (widened to q's dtype in registers, the transposed path off) with [B, Hkv] tensor or
+    Python-number descales."""
+    from nemotron_kernels.triton import gqa_attention_common as common
+    monkeypatch.setattr(common.kernel_module("gqa_decode_split"), "TRANSPOSED_FP8", False)
     q, k_cache, v_cache, block_table, seq_lens = make_paged(8, [45, 3, 17], 2, 8, 2, 32, 16)
     k_cache, v_cache = 40 * k_cache, 80 * v_cache                       # use the e4m3 range (< 448)
     if descale == "tensor":
@@ -167,14 +170,14 @@ def test_interpreter_fp8_transposed_gpu_tile(interpret, page, splits):
 
 
 def test_interpreter_fp8_transposed_dispatch(interpret, monkeypatch):
-    """With TRANSPOSED_FP8 on, FP8 launches with 16-row tiles take the transposed path and wider tiles the other;
-    forcing it onto a wide tile or a 16-bit cache is refused."""
+    """By default (TRANSPOSED_FP8), FP8 launches with 16-row tiles take the transposed path and wider tiles the
+    other; forcing it onto a wide tile, a 16-bit cache or 128-key tiles is refused."""
     from nemotron_kernels.triton import gqa_attention_common as common
     split = common.kernel_module("gqa_decode_split")
     q, k_cache, v_cache, block_table, seq_lens = make_paged(9, [20, 9], 2, 16, 2, 16, 8)
     q, k8, v8 = q.half(), (20 * k_cache).to(torch.float8_e4m3fn), (20 * v_cache).to(torch.float8_e4m3fn)
     run = lambda qq, **kw: split.gqa_decode_fwd(qq, k8, v8, block_table, seq_lens, 0.25, k_descale=0.05, **kw)  # noqa
-    monkeypatch.setattr(split, "TRANSPOSED_FP8", True)
+    assert split.TRANSPOSED_FP8
     decode = q[:, 1:]                                                  # Sq=1: 8 heads per kv head
     assert torch.equal(run(decode), run(decode, transposed=True))
     assert not torch.equal(run(decode), run(decode, transposed=False))
@@ -185,6 +188,10 @@ def test_interpreter_fp8_transposed_dispatch(interpret, monkeypatch):
         run(hq_wide, transposed=True)
     with pytest.raises(AssertionError, match="transposed"):
         split.gqa_decode_fwd(decode, k_cache.half(), v_cache.half(), block_table, seq_lens, 0.25, transposed=True)
+    with pytest.raises(AssertionError, match="BLOCK_N 128"):
+        run(decode, config=(128, 4, 3))
+    monkeypatch.setattr(split, "TRANSPOSED_FP8", False)
+    assert torch.equal(run(decode), run(decode, transposed=False))
 
 
 def test_interpreter_one_token_query_shape(interpret):
@@ -258,6 +265,9 @@ def test_split_heuristic():
     splits, split_len = choose_splits(32768, 128, 132, 64)
     assert splits == 3 and split_len % 64 == 0 and splits * split_len >= 32768
     assert choose_splits(4096, 512, 132, 64) == (1, 4096)
+    assert choose_splits(131072, 2, 132, 64, transposed=True) == (256, 512)  # 264 asked: 4 programs per SM
+    assert choose_splits(32768, 128, 132, 64, transposed=True)[0] == 4
+    assert choose_splits(4096, 1024, 132, 64, transposed=True) == (1, 4096)
 
 
 def test_aot_compile_sm90():
@@ -296,9 +306,11 @@ def test_cuda_long_context_split_k():
 
 
 @pytest.mark.cuda
-def test_cuda_fp8_cache():
+def test_cuda_fp8_cache(monkeypatch):
     """bf16 queries over FP8 e4m3 caches with per-(sequence, kv head) descales (2x rule vs the reference on the
-    same fp8 payload)."""
+    same fp8 payload), the transposed path off (test_cuda_fp8_transposed holds that one)."""
+    from nemotron_kernels.triton import gqa_attention_common as common
+    monkeypatch.setattr(common.kernel_module("gqa_decode_split"), "TRANSPOSED_FP8", False)
     lens = [1, 300, 4097, 2048]
     q, k_cache, v_cache, block_table, seq_lens = make_paged(23, lens, 1, 32, 2, 128, 64, device="cuda")
     k_descale = torch.rand(4, 2, device="cuda") / 100
@@ -308,7 +320,7 @@ def test_cuda_fp8_cache():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("config", [None, (128, 4, 3)])
+@pytest.mark.parametrize("config", [None, (64, 4, 3)])
 def test_cuda_fp8_transposed(config):
     """The transposed FP8 path on the H200 (FP8 and f16 wgmmas): bf16 q over e4m3 caches with [B, Hkv] descales, an
     empty slot, split-K; held to check_transposed's two bounds."""
