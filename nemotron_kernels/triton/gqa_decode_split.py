@@ -31,9 +31,9 @@ row's largest element is 448): 3 mantissa bits, a relative error of up to 2^-4 p
 e4m3's normal range). Measured in float64 at NemotronH's shape (q ~ randn in bf16, 32/2 heads, D=128, 2K tokens of
 e4m3 K/V): rounding q to e4m3 moves o by 2.6% of rms(o) (5.1% with 3x sharper logits), against 2.8% (6.4%) for
 storing K in e4m3 at all; against the reference on the dequantised q8 * q_scale the kernel is at fp16 level (CPU
-interpreter: 1.5e-4 at max |o| 0.34). tests/ops/test_gqa_decode.py holds it to both. The QK wgmma's sums are added
-into fp32 registers after every 32 products (max_num_imprecise_acc): sm_90's FP8 MMA accumulates with fewer than
-fp32's bits (DeepSeek-V3 report, section 3.3.2), and Triton's default (never promote) missed the error rule.
+interpreter: 1.5e-4 at max |o| 0.34). tests/ops/test_gqa_decode.py holds it to both. The QK wgmma accumulates
+K = D = 128 products in the FP8 MMA's own accumulator (Triton's sm_90 default, no fp32 promotion): promoting every
+32 products (max_num_imprecise_acc=32) gave the same errors to 3 digits on the H200 and cost 5% (bench/NOTES.md).
 
 Shapes: q [B, Sq, Hq, D]; k_cache, v_cache [num_blocks, PAGE_SIZE, Hkv, D] (q's dtype or fp8 e4m3); block_table [B, max_blocks] int32/64;
 seq_lens [B] int32/64; o [B, Sq, Hq, D]; o_part [num_splits, B, Sq*Hq, D] fp32; lse_part [num_splits, B, Sq*Hq].
@@ -160,7 +160,6 @@ def _decode_inner_transposed(acc_t, l_t, m_i, q8, K, V, bt_row, kv_head_off, str
     e4m3 over an e4m3 K / V; col_scale [BM] = q_scale * qk_scale turns S^T's columns into log2 logits. l_t [BN, BM]
     holds per-key partial sums of P^T, rescaled like acc_t and summed over keys once after the loop: a sum along
     the keys crosses the 4 warps (shared memory + a barrier), which the per-tile max alone still pays."""
-    PROMOTE: tl.constexpr = 32 if HEAD_DIM > 32 else HEAD_DIM       # products per FP8 accumulation before fp32
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     for n0 in tl.range(n_lo, n_hi, BLOCK_N):
@@ -179,9 +178,7 @@ def _decode_inner_transposed(acc_t, l_t, m_i, q8, K, V, bt_row, kv_head_off, str
         else:
             k = tl.load(K + kv_head_off + k_rows[:, None] + offs_d[None, :])                # [BN, D] e4m3
         v = _load_e4m3_as_f16(V, kv_head_off + v_rows, tok_ok, HEAD_DIM, MASKED)           # [BN, D] fp16
-        # promoted to fp32 after every 32-deep wgmma: sm_90's FP8 accumulator keeps fewer bits (Triton's default,
-        # never promoting, missed the error rule on the H200 by 1.1-1.4x)
-        s_t = tl.dot(k, tl.trans(q8), max_num_imprecise_acc=PROMOTE)                # [BN, BM] fp32
+        s_t = tl.dot(k, tl.trans(q8))                                               # [BN, BM] fp32
         if MASKED:
             kmax = kmax0 + tl.arange(0, BLOCK_M) // PACK
             s_t = tl.where((tok[:, None] <= kmax[None, :]) & tok_ok[:, None], s_t * col_scale[None, :],

@@ -99,7 +99,8 @@ def check_transposed(q, k_cache, v_cache, block_table, seq_lens, dtype, num_spli
                      k_descale=None, v_descale=None):
     """The transposed FP8 path (q rounded to e4m3 in the kernel) against the float64 reference, twice:
     (1) on q_dq = q8 * q_scale, the kernel's own rounding of q (quantize_rows_e4m3, its torch twin): the DESIGN rule
-        with the reference run in fp16 (P and V enter the PV product in fp16 whatever q's dtype) on the same q_dq;
+        with the reference run in fp16 (P and V enter the PV product in fp16 whatever q's dtype) on the same q_dq,
+        its output rounded to q's dtype as the kernel's is (bf16's rounding of o dominates with a bf16 q);
     (2) on q itself: err <= bound(1) + |ref64(q_dq) - ref64(q)|, the triangle inequality, the second term being what
         rounding q to e4m3 costs, computed exactly. Empty sequences (seq_len 0) must give zeros; the references
     run on the others. -> (err on q_dq, err on q, that cost, max |o|)."""
@@ -122,9 +123,10 @@ def check_transposed(q, k_cache, v_cache, block_table, seq_lens, dtype, num_spli
     o64_dq = ref(q_dq, kl.to(F64), vl.to(F64), **d64)
     o_low = ref(q_dq.half(), kl.half(), vl.half(), **{n: d.half() if isinstance(d, torch.Tensor) else d
                                                       for n, d in descales.items()})
-    assert_error_rule("o (on q_dq)", o, o64_dq, o_low, FWD, dtype=torch.float16)
+    o_low = o_low.to(dtype)                         # stored in q's dtype, as the kernel stores o
+    assert_error_rule("o (on q_dq)", o, o64_dq, o_low, FWD)
     o64 = ref(q, kl.to(F64), vl.to(F64), **d64)
-    floor = torch.finfo(torch.float16).eps * max(o64_dq.abs().max().item(), 1.0)
+    floor = torch.finfo(dtype).eps * max(o64_dq.abs().max().item(), 1.0)
     tight = FWD * (o_low.to(F64) - o64_dq).abs().max().item() + floor
     cost = (o64_dq - o64).abs().max().item()
     err_dq = (o.to(F64) - o64_dq).abs().max().item()
