@@ -25,16 +25,16 @@ constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
 
 void check_cuda(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor (on CPU the MoE ops run their Python reference), got ",
-              t.device());
+              t.device().str());
 #ifndef NEMOTRON_WITH_CUDA
-  TORCH_CHECK(false, name, " is on ", t.device(), " but nemotron_kernels._C was built without CUDA");
+  TORCH_CHECK(false, name, " is on ", t.device().str(), " but nemotron_kernels._C was built without CUDA");
 #endif
 }
 
 void check_aligned16(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, name,
                     " must start at a 16-byte aligned address (TMA); got a view with storage offset ",
-                    t.storage_offset(), ": pass a fresh contiguous tensor");
+                    num(t.storage_offset()), ": pass a fresh contiguous tensor");
 }
 
 #ifdef NEMOTRON_WITH_CUDA
@@ -64,15 +64,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_permute(const at:
   check_contiguous(topk_idx, "topk_idx");
   check_device(topk_idx, "topk_idx", x.device());
   const int64_t top_k = topk_idx.size(1);
-  TORCH_CHECK_VALUE(top_k >= 1 && top_k <= 32, "topk_idx must have 1 to 32 columns (top_k), got ", top_k);
+  TORCH_CHECK_VALUE(top_k >= 1 && top_k <= 32, "topk_idx must have 1 to 32 columns (top_k), got ", num(top_k));
 #ifdef NEMOTRON_WITH_CUDA
   TORCH_CHECK_VALUE(num_experts >= 1 && num_experts <= moe::kMaxPermuteExperts, "num_experts must be in [1, ",
-                    moe::kMaxPermuteExperts, "], got ", num_experts);
+                    num(moe::kMaxPermuteExperts), "], got ", num(num_experts));
 #endif
-  TORCH_CHECK_VALUE(pad_to >= 1 && pad_to <= 4096, "pad_to must be in [1, 4096], got ", pad_to);
+  TORCH_CHECK_VALUE(pad_to >= 1 && pad_to <= 4096, "pad_to must be in [1, 4096], got ", num(pad_to));
   const int64_t n_assign = ntokens * top_k;
   const int64_t m_rows = n_assign + (pad_to > 1 ? num_experts * (pad_to - 1) : 0);
-  TORCH_CHECK_VALUE(m_rows <= kInt32Max, "x: T*k (+ padding) = ", m_rows, " rows exceed 2^31-1");
+  TORCH_CHECK_VALUE(m_rows <= kInt32Max, "x: T*k (+ padding) = ", num(m_rows), " rows exceed 2^31-1");
 
   if (x_scale) {
     check_dtype(*x_scale, "x_scale", {at::kFloat});
@@ -126,7 +126,7 @@ void check_assignment_args(const at::Tensor& rows, const at::Tensor& row_of_assi
   check_contiguous(row_of_assignment, "row_of_assignment");
   check_device(row_of_assignment, "row_of_assignment", rows.device());
   TORCH_CHECK_VALUE(row_of_assignment.size(1) >= 1 && row_of_assignment.size(1) <= 32,
-                    "row_of_assignment must have 1 to 32 columns (top_k), got ", row_of_assignment.size(1));
+                    "row_of_assignment must have 1 to 32 columns (top_k), got ", num(row_of_assignment.size(1)));
   if (topk_weight) {
     check_dtype(*topk_weight, "topk_weight", {at::kFloat});
     check_shape(*topk_weight, "topk_weight", {row_of_assignment.size(0), row_of_assignment.size(1)});
@@ -175,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor> moe_unpermute_bwd(const at::Tensor& dout, con
   check_shape(dout, "dout", {row_of_assignment.size(0), -1});
   check_contiguous(dout, "dout");
   const int64_t hidden = dout.size(1);
-  TORCH_CHECK_VALUE(m_rows >= 0 && m_rows <= kInt32Max, "m_rows must be in [0, 2^31-1], got ", m_rows);
+  TORCH_CHECK_VALUE(m_rows >= 0 && m_rows <= kInt32Max, "m_rows must be in [0, 2^31-1], got ", num(m_rows));
   if (rows) {
     check_dtype(*rows, "rows", {dout.scalar_type()});
     check_shape(*rows, "rows", {m_rows, hidden});
@@ -211,9 +211,9 @@ void check_gemm_operand(const at::Tensor& t, const char* name, std::vector<int64
 }
 
 void check_tma_dim(int64_t size, const char* what, int64_t multiple = 8, const char* elements = "8 bf16 elements") {
-  TORCH_CHECK_VALUE(size % multiple == 0, what, " = ", size, " must be a multiple of ", multiple,
+  TORCH_CHECK_VALUE(size % multiple == 0, what, " = ", num(size), " must be a multiple of ", num(multiple),
                     ": TMA needs 16-byte aligned row strides (", elements, ")");
-  TORCH_CHECK_VALUE(size <= kInt32Max, what, " = ", size, " exceeds 2^31-1");
+  TORCH_CHECK_VALUE(size <= kInt32Max, what, " = ", num(size), " exceeds 2^31-1");
 }
 
 // -> E; per-expert weights b [E, ...], when given, must have as many experts as expert_offsets describes.
@@ -224,16 +224,16 @@ int64_t check_offsets(const at::Tensor& offsets, const at::Device& dev, const at
   check_contiguous(offsets, "expert_offsets");
   const int64_t groups = offsets.size(0) - 1;
   TORCH_CHECK_VALUE(groups >= 1 && groups <= 65535, "expert_offsets must hold E+1 offsets with 1 <= E <= 65535, got ",
-                    offsets.size(0), " offsets");
-  TORCH_CHECK_VALUE(!b || b->size(0) == groups, "b must have E = ", groups,
-                    " experts (expert_offsets has E+1 entries), got ", b ? b->size(0) : 0);
+                    num(offsets.size(0)), " offsets");
+  TORCH_CHECK_VALUE(!b || b->size(0) == groups, "b must have E = ", num(groups),
+                    " experts (expert_offsets has E+1 entries), got ", num(b ? b->size(0) : 0));
   return groups;
 }
 
 // path: -1 = by rows per group (path_for); 0..2 forces a moe::GemmPath (tests and benchmarks compare them).
 void check_path(int64_t path) {
   TORCH_CHECK_VALUE(path >= -1 && path <= 2, "path must be -1 (auto) or 0..2 (large tiles, swapped operands, GEMV), "
-                    "got ", path);
+                    "got ", num(path));
 }
 
 #ifdef NEMOTRON_WITH_CUDA
@@ -244,7 +244,7 @@ void run_grouped_gemm(moe::GemmKind kind, const at::Tensor& a, const at::Tensor&
   const c10::cuda::CUDAGuard guard(a.device());
   const int device = a.device().index();
   const int sm_count = moe::sm_count_of(device);
-  TORCH_CHECK(sm_count > 0, "grouped_gemm: could not read the multiprocessor count of cuda:", device);
+  TORCH_CHECK(sm_count > 0, "grouped_gemm: could not read the multiprocessor count of cuda:", num(device));
   const auto stream = c10::cuda::getCurrentCUDAStream(device).stream();
   const moe::GemmPath path = path_arg < 0 ? moe::path_for(kind, a.size(0), int(groups)) : moe::GemmPath(path_arg);
   const size_t ws_bytes = moe::grouped_gemm_workspace_bytes(kind, path, int(groups), sm_count);
