@@ -135,6 +135,18 @@ def test_permute_bad_inputs_name_the_argument(change, exc, match):
         moe_permute(**{**_permute_args(), **change})
 
 
+def test_extension_refuses_cpu_tensors_naming_the_device():
+    """The extension's MoE entries are CUDA-only (the ops send CPU inputs to the reference) and say so."""
+    from nemotron_kernels import _ext
+    if _ext._C is None:
+        pytest.skip(f"extension not loaded: {_ext.LOAD_ERROR}")
+    args = _permute_args()
+    with pytest.raises(RuntimeError) as raised:
+        _ext._C.moe_permute(args["x"], args["topk_idx"], args["num_experts"], args["pad_to"], None)
+    assert str(raised.value).splitlines()[0] == (
+        "x must be a CUDA tensor (on CPU the MoE ops run their Python reference), got cpu")
+
+
 @pytest.mark.parametrize("change,exc,match", [
     (dict(rows=torch.randn(8)), ValueError, "rows must be 2-D"),
     (dict(row_of_assignment=torch.zeros(4, 2)), TypeError, "row_of_assignment must have dtype"),

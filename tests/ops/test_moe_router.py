@@ -231,28 +231,36 @@ def test_bad_inputs_name_the_argument(fn, change, exc, match):
         fn(args["x"], args["weight"], args["bias"], args["top_k"], 1.0, args["n_group"], args["topk_group"])
 
 
-BAD_KERNEL_ARGS = [
-    (dict(logits=torch.randn(4, 16, dtype=F64)), TypeError, "logits must have dtype Float"),
-    (dict(logits=torch.randn(16, 4).t()), ValueError, "logits must be contiguous"),
-    (dict(logits=torch.randn(4, 16, 1)), ValueError, "logits must have shape"),
-    (dict(bias=torch.randn(8)), ValueError, "bias must have shape"),
-    (dict(bias=torch.randn(32)[::2]), ValueError, "bias must be contiguous"),
-    (dict(bias=torch.randn(16).half()), TypeError, "bias must have dtype Float"),
-    (dict(top_k=0), ValueError, "top_k must be in"),
-    (dict(top_k=17), ValueError, "top_k must be in"),
-    (dict(n_group=5), ValueError, "n_group"),
-    (dict(n_group=4, topk_group=5), ValueError, "topk_group must be in"),
-    (dict(n_group=4, topk_group=1, top_k=5), ValueError, "top_k"),
+BAD_KERNEL_ARGS = [  # (change to the good arguments, exception, its whole message: numbers and shapes pinned)
+    (dict(logits=torch.randn(4, 16, dtype=F64)), TypeError, "logits must have dtype Float, got Double"),
+    (dict(logits=torch.randn(16, 4).t()), ValueError,
+     "logits must be contiguous, got strides [1, 4] for shape [4, 16]"),
+    (dict(logits=torch.randn(4, 16, 1)), ValueError, "logits must have shape [-1, -1] (-1 = any), got [4, 16, 1]"),
+    (dict(logits=torch.randn(4, 0), bias=torch.randn(0)), ValueError,
+     "logits must have 1 to 2^31-1 experts (columns), got 0"),
+    (dict(bias=torch.randn(8)), ValueError, "bias must have shape [16] (-1 = any), got [8]"),
+    (dict(bias=torch.randn(32)[::2]), ValueError, "bias must be contiguous, got strides [2] for shape [16]"),
+    (dict(bias=torch.randn(16).half()), TypeError, "bias must have dtype Float, got Half"),
+    (dict(bias=torch.randn(16, device="meta")), RuntimeError, "bias must be on cpu (like the other inputs), got meta"),
+    (dict(logits=torch.randn(4, 16, device="meta"), bias=torch.randn(16, device="meta")), RuntimeError,
+     "logits must be on cpu or cuda, got meta"),
+    (dict(top_k=0), ValueError, "top_k must be in [1, E=16], got 0"),
+    (dict(top_k=-3), ValueError, "top_k must be in [1, E=16], got -3"),
+    (dict(top_k=17), ValueError, "top_k must be in [1, E=16], got 17"),
+    (dict(n_group=5), ValueError, "n_group (5) must divide the number of experts E=16"),
+    (dict(n_group=4, topk_group=5), ValueError, "topk_group must be in [1, n_group=4], got 5"),
+    (dict(n_group=4, topk_group=1, top_k=5), ValueError, "top_k (5) must be <= topk_group * E / n_group = 4"),
 ]
 
 
 @needs_ext
-@pytest.mark.parametrize("change,exc,match", BAD_KERNEL_ARGS)
-def test_kernel_entry_checks_name_the_argument(change, exc, match):
+@pytest.mark.parametrize("change,exc,message", BAD_KERNEL_ARGS)
+def test_kernel_entry_checks_name_the_argument(change, exc, message):
     args = dict(logits=torch.randn(4, 16), bias=torch.randn(16), top_k=2, n_group=1, topk_group=1)
     args.update(change)
-    with pytest.raises(exc, match=match):
+    with pytest.raises(exc) as raised:
         _kernel(args["logits"], args["bias"], args["top_k"], 1.0, args["n_group"], args["topk_group"])
+    assert str(raised.value).splitlines()[0] == message
 
 
 @pytest.mark.parametrize("n_group,topk_group", [(1, 1), (4, 2)])
