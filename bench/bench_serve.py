@@ -27,8 +27,9 @@ sequences (rows "ours <precision> sync" and "... overlapped"): an A/B of EngineC
 
 BENCH_SERVE_PROFILE=1: also profile (torch.profiler, CPU + CUDA) one prefill step and a few decode steps at each
 batch of BENCH_SERVE_PROFILE_BATCHES (default 1,64; those the run measures) per precision, print where the time goes
-(GPU busy / idle, GPU time by category, kernels and host syncs per step) and store it in the rows ("profile");
-decode twice: as served (CUDA graphs) and with the graph bodies run eagerly. See bench/serve_profile.py.
+(GPU busy / idle, GPU time by category, kernels and host syncs per step, the idle time gap by gap with its
+causes) and store it in the rows ("profile"); decode twice: as served (CUDA graphs) and with the graph bodies run
+eagerly. See bench/serve_profile.py.
 """
 from __future__ import annotations
 

@@ -7,6 +7,15 @@ for the host) per step, GPU time by category (overlapping kernels counted once),
 the top kernels and the top names of what is left uncategorised. The summaries are printed and stored in the
 benchmark's JSON rows (row["profile"]); BENCH_SERVE_PROFILE_TRACES=DIR also keeps the chrome traces there (.json.gz).
 
+Idle gaps (CUDA; row["profile"]["idle_gaps"]). The idle time of the summary, gap by gap: the intervals of each
+step where no kernel, memcpy or memset runs on any stream, by length (under 20 µs: launch-bound stretches), by
+cause, and the longest ones with the kernels around them. A gap's cause: QUEUED when the kernel after it had been
+launched before it began (the GPU's own latency, not the host's); else SYNCED when a synchronize call (.item(),
+.cpu(), an event or stream sync) was blocked as the GPU went idle; else the allocator / host-issued copies / graph
+launch / module load when their runtime calls take a quarter of it or more; else HOST (Python, op dispatch, launch
+calls). For the host's gaps the report sums the self time of each host op, annotation and runtime call inside
+them: what the host was doing while the GPU waited.
+
 Attribution. Kernels are classified by their own names and the host ops and annotations that launched them. The
 profiled steps run with labels the engine does not have otherwise (record_function around the Mamba in/out
 projections, the attention projections and the rest of each mixer, the shared expert's FP8 linears, the norms, the
@@ -24,12 +33,16 @@ many replays matched; an unmatched replay is classified by kernel names only.
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import gzip
+import itertools
 import json
 import os
+import re
 import tempfile
 from collections import defaultdict
+from typing import NamedTuple
 
 import torch
 from torch.autograd.profiler import record_function
@@ -37,6 +50,7 @@ from torch.autograd.profiler import record_function
 import model.serve.fp8 as fp8_module
 import nemotron_kernels.ops.moe_experts as moe_module
 from training.profile import (
+    _host_tree,
     device_events,
     format_summary,
     label_modules,
@@ -229,6 +243,191 @@ def attach_graph_labels(graph_trace: dict, eager_trace: dict) -> dict:
     return {"replays": len(replays), "matched": matched, "kernels_per_replay": len(names)}
 
 
+# --- idle gaps: where, and behind which host work, the GPU waits ---------------------------------------------------
+
+class Span(NamedTuple):
+    """One interval of a profiled timeline, in µs. kind: "gpu" (a kernel, memcpy or memset, any stream), "call" (a
+    CUDA runtime / driver call), "op" (a host op or record_function annotation) or "step" (a ProfilerStep#
+    annotation: a window to find gaps in, and a host op too). thread: the host thread (ops nest within theirs).
+    For "gpu": context = the host chain that launched it, innermost first; launched = when its launch call
+    returned (None: unknown)."""
+    start: float
+    end: float
+    name: str
+    kind: str
+    thread: object = 0
+    context: tuple = ()
+    launched: float | None = None
+
+
+QUEUED = "GPU-side (next kernel already launched)"
+SYNCED = "after a host sync (queue ran dry)"
+HOST = "host between launches (Python, dispatch)"
+# host calls that block until the GPU is done (torch's .item() and blocking copies end in a stream sync), and how
+# far before a gap one may return and still be its cause (GPU times are mapped onto the host clock: skew assumed)
+WAITS, WAIT_SLACK_US = ("synchronize",), 5.0
+# for gaps whose next kernel the host had not launched yet and that no wait preceded: the cause whose runtime calls
+# (lower-case substrings) take the most, and at least 1/4, of the gap
+GAP_CAUSES: list[tuple[str, tuple[str, ...]]] = [
+    ("allocator (cudaMalloc / cudaFree)", ("cudamalloc", "cudafree", "cumemalloc", "cumemfree", "cumemcreate",
+                                           "cumemmap", "cumemunmap", "cumemrelease", "cudahostalloc")),
+    ("host-issued copies (cudaMemcpy / cudaMemset)", ("memcpy", "memset")),
+    ("CUDA graph launch / capture", ("graphlaunch", "capture", "graphinstantiate", "graphupload")),
+    ("module load (a kernel's first launch)", ("moduleload", "libraryload", "getfunction")),
+]
+GAP_EDGES_US = (3.0, 20.0, 100.0, 1000.0)             # gaps by length; under 20 µs: launch-bound stretches
+SHORT_US = 20.0
+
+
+def _cause(gap: dict) -> str:
+    if gap["launched"] is not None and gap["launched"] <= gap["start"]:
+        return QUEUED
+    if gap["waited"]:
+        return SYNCED
+    calls = {n.lower(): us for n, us in gap["calls"].items()}
+    us, cause = max((sum(t for n, t in calls.items() if any(k in n for k in keys)), c) for c, keys in GAP_CAUSES)
+    return cause if us >= gap["us"] / 4 else HOST
+
+
+def idle_gaps(spans: list[Span]) -> list[dict]:
+    """The intervals of the step windows where no GPU span runs (all streams together), in time order: {"start",
+    "end", "us", "before", "after" (the kernels' names; None at a step's start / end), "launch" (the host chain
+    that launched "after"), "launched" (when), "calls" {runtime / driver call: µs inside the gap}, "host" {host
+    op, annotation or call: its self time inside the gap, µs}, "waited" (the blocking call, see WAITS, that was
+    running when the GPU went idle, or None), "cause"}. The cause: QUEUED when "after" was launched before the gap
+    began; SYNCED when "waited"; else the GAP_CAUSES rule; else HOST."""
+    gpu = sorted((s for s in spans if s.kind == "gpu"), key=lambda s: s.start)
+    host = [s for s in spans if s.kind != "gpu"]
+    gaps = []
+
+    def gap(start, end, before, after):
+        gaps.append({"start": start, "end": end, "us": end - start, "before": before and before.name,
+                     "after": after and after.name, "launch": list(after.context) if after else [],
+                     "launched": after and after.launched, "calls": defaultdict(float), "host": defaultdict(float),
+                     "waited": None})
+
+    for lo, hi in sorted((s.start, s.end) for s in host if s.kind == "step"):
+        cursor, prev = lo, None
+        for k in gpu:
+            if k.start >= hi:
+                break
+            if k.end <= lo:
+                continue
+            if k.start > cursor:
+                gap(cursor, k.start, prev, k)
+            if k.end > cursor:
+                cursor, prev = min(k.end, hi), k
+        if cursor < hi:
+            gap(cursor, hi, prev, None)
+    # host time inside each gap: a span's overlap, less its children's (self time)
+    parent = _host_tree([{"ts": s.start, "dur": s.end - s.start, "tid": s.thread} for s in host])
+    starts, ends = [g["start"] for g in gaps], [g["end"] for g in gaps]
+    for i, s in enumerate(host):
+        j = bisect.bisect_right(ends, s.start)
+        while j < len(gaps) and gaps[j]["start"] < s.end:
+            g = gaps[j]
+            us = min(s.end, g["end"]) - max(s.start, g["start"])
+            g["host"][s.name] += us
+            if parent[i] is not None:
+                g["host"][host[parent[i]].name] -= us
+            if s.kind == "call":
+                g["calls"][s.name] += us
+            j += 1
+        if s.kind == "call" and any(k in s.name.lower() for k in WAITS):
+            j = bisect.bisect_right(starts, s.start)                   # the first gap to begin after the call
+            if j < len(gaps) and gaps[j]["start"] <= s.end + WAIT_SLACK_US:
+                gaps[j]["waited"] = s.name
+    for g in gaps:
+        g["calls"], g["host"] = (dict(sorted(((n, t) for n, t in d.items() if t > 0.01), key=lambda nt: -nt[1]))
+                                 for d in (g["calls"], g["host"]))
+        g["cause"] = _cause(g)
+    return gaps
+
+
+def _short(name: str | None, width: int = 40) -> str:
+    """A kernel's name without return type, namespaces, template and argument lists (mangled names: cut)."""
+    if name is None:
+        return "-"
+    n = name.removeprefix("void ").replace("(anonymous namespace)::", "")
+    n = re.split(r"[<(]", n, maxsplit=1)[0] or n
+    return n.rsplit("::", 1)[-1][:width]
+
+
+def _host_name(name: str) -> str:
+    return "ProfilerStep (engine, outside any op)" if name.startswith("ProfilerStep#") else name
+
+
+def trace_spans(trace: dict) -> list[Span]:
+    """The Spans of a chrome trace (torch.profiler's export_chrome_trace): host events of the threads that launch
+    GPU work (all host events when none does)."""
+    host, dev, chains = device_events(trace)
+    launch = {e["args"]["correlation"]: e for e in host
+              if e.get("cat", "").lower() in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
+    launched = [launch.get(e.get("args", {}).get("correlation")) for e in dev]
+    threads = {(e.get("pid"), e.get("tid")) for e in launched if e is not None}
+    spans = [Span(e["ts"], e["ts"] + e.get("dur", 0), e.get("name", "?"), "gpu", context=tuple(c),
+                  launched=None if ev is None else ev["ts"] + ev.get("dur", 0))
+             for e, c, ev in zip(dev, chains, launched)]
+    for e in host:
+        if threads and (e.get("pid"), e.get("tid")) not in threads:
+            continue
+        kind = "step" if e.get("name", "").startswith("ProfilerStep#") else \
+            "call" if e.get("cat", "").lower() in ("cuda_runtime", "cuda_driver") else "op"
+        spans.append(Span(e["ts"], e["ts"] + e.get("dur", 0), e.get("name", "?"), kind, (e.get("pid"), e.get("tid"))))
+    return spans
+
+
+def gap_report(spans: list[Span], top: int = 12) -> dict:
+    """Per step (ms, gaps): idle time by gap length, by cause, the host's self time inside the gaps it caused (not
+    QUEUED), and the top gaps by length with the kernels around them and the host work inside them."""
+    gaps = idle_gaps(spans)
+    n = max(1, sum(s.kind == "step" for s in spans))
+    edges = (0.0,) + GAP_EDGES_US + (float("inf"),)
+    by_length = []
+    for lo, hi in itertools.pairwise(edges):
+        sel = [g["us"] for g in gaps if lo <= g["us"] < hi]
+        label = f"{lo:g}-{hi:g} µs" if hi < float("inf") else f">= {lo:g} µs"
+        by_length.append([label, len(sel) / n, sum(sel) / n / 1e3])
+    causes, host = defaultdict(lambda: [0, 0.0]), defaultdict(float)
+    for g in gaps:
+        causes[g["cause"]][0] += 1
+        causes[g["cause"]][1] += g["us"]
+        if g["cause"] != QUEUED:
+            for name, us in g["host"].items():
+                host[_host_name(name)] += us
+    short = [g["us"] for g in gaps if g["us"] < SHORT_US]
+    return {
+        "steps": n, "gaps_per_step": len(gaps) / n, "ms_per_step": sum(g["us"] for g in gaps) / n / 1e3,
+        "short_us": SHORT_US, "short_per_step": [len(short) / n, sum(short) / n / 1e3],
+        "long_per_step": [(len(gaps) - len(short)) / n, (sum(g["us"] for g in gaps) - sum(short)) / n / 1e3],
+        "by_length": by_length,
+        "by_cause": [[c, k / n, us / n / 1e3] for c, (k, us) in sorted(causes.items(), key=lambda kv: -kv[1][1])],
+        "host_top": [[name, us / n / 1e3] for name, us in sorted(host.items(), key=lambda kv: -kv[1])[:top]],
+        "top": [{"us": g["us"], "before": _short(g["before"]), "after": _short(g["after"]), "cause": g["cause"],
+                 "launch": " < ".join(x for x in g["launch"][:4] if not x.startswith("ProfilerStep#")) or "-",
+                 "host": [[_host_name(h), us] for h, us in list(g["host"].items())[:3]]}
+                for g in sorted(gaps, key=lambda g: -g["us"])[:top]]}
+
+
+def format_gaps(r: dict) -> str:
+    (ns, ms_s), (nl, ms_l) = r["short_per_step"], r["long_per_step"]
+    head = (f"idle gaps: {r['ms_per_step']:.2f} ms/step in {r['gaps_per_step']:,.0f} gaps/step; under "
+            f"{r['short_us']:g} µs {ns:,.0f} gaps {ms_s:.2f} ms (launch-bound stretches, GPU latency), longer "
+            f"{nl:,.0f} gaps {ms_l:.2f} ms")
+    lines = [head, f"  {'by length':48s} {'gaps/step':>10s} {'ms/step':>9s}"]
+    lines += [f"  {label:48s} {k:10,.1f} {ms:9.3f}" for label, k, ms in r["by_length"] if k]
+    lines.append(f"  {'by cause':48s} {'gaps/step':>10s} {'ms/step':>9s}")
+    lines += [f"  {c[:48]:48s} {k:10,.1f} {ms:9.3f}" for c, k, ms in r["by_cause"]]
+    if r["host_top"]:
+        lines.append("host self time inside the gaps the host caused (ms/step):")
+        lines += [f"  {ms:8.3f}  {name[:100]}" for name, ms in r["host_top"]]
+    if r["top"]:
+        lines.append("longest gaps (µs: kernel before -> kernel after | cause | launched by | host inside, µs):")
+        lines += [f"  {g['us']:9.1f}  {g['before']} -> {g['after']} | {g['cause'].split(' (')[0]} | {g['launch']} | "
+                  + ", ".join(f"{h} {us:.1f}" for h, us in g["host"]) for g in r["top"]]
+    return "\n".join(lines)
+
+
 def _keep(trace: dict, name: str) -> str | None:
     folder = os.environ.get("BENCH_SERVE_PROFILE_TRACES")
     if not folder:
@@ -244,6 +443,9 @@ def _summary(trace: dict, device: torch.device, title: str, tokens: int, **extra
     s = summarize_trace(trace, device.type, top=12, categories=SERVE_CATEGORIES)
     s.update(title=title, tokens_per_step=tokens, **extra)
     text = format_summary(s)
+    if device.type == "cuda":
+        s["idle_gaps"] = gap_report(trace_spans(trace))
+        text += "\n" + format_gaps(s["idle_gaps"])
     print("\n".join("    " + line for line in text.splitlines()), flush=True)
     return s
 

@@ -1,7 +1,7 @@
 """BENCH_SERVE_PROFILE=1 (bench/serve_profile.py): the CPU smoke run end to end, and on synthetic CUDA traces what a
 CPU cannot show: kernels inside CUDA-graph replays taking over the host context of the eager graph body, our MoE
 kernels known by their names under any host context, and the one-group grouped GEMMs of the MoE counted as the
-shared expert."""
+shared expert; the idle-gap report on synthetic timelines."""
 import json
 from types import SimpleNamespace
 
@@ -10,12 +10,22 @@ import torch
 
 import nemotron_kernels.ops.moe_experts as moe_module
 from bench.serve_profile import (
+    GAP_CAUSES,
     GRAPH_BODY,
+    HOST,
+    QUEUED,
     SERVE_CATEGORIES,
     SHARED,
+    SYNCED,
+    Span,
+    _summary,
     attach_graph_labels,
+    format_gaps,
+    gap_report,
+    idle_gaps,
     label_of,
     labels,
+    trace_spans,
 )
 from model.config import NemotronHConfig
 from model.nemotron_h import build_model
@@ -199,3 +209,101 @@ def test_cpu_smoke_run_overlap_ab_times_both_ways(tmp_path, monkeypatch):
     assert decode == [("decode B1@64", "ours bf16 sync", False), ("decode B1@64", "ours bf16 overlapped", False),
                       ("decode B4@64", "ours bf16 sync", False), ("decode B4@64", "ours bf16 overlapped", False)]
     assert all(r["ms"] > 0 and r["timed_steps"] == 3 for r in doc["rows"] if r["problem"].startswith("decode"))
+
+
+STEP = "ProfilerStep#1"
+
+
+def _gpu(name, start, end, launched, *context):
+    return Span(start, end, name, "gpu", context=context, launched=launched)
+
+
+def _timeline():
+    """One step of 1000 us: six gaps, one of each cause (µs)."""
+    host = lambda name, kind, start, end: Span(start, end, name, kind, thread=1)
+    moe = ("cudaLaunchKernel", "aten::copy_", "serve/moe", STEP)
+    return [host(STEP, "step", 0, 1000), host("cudaLaunchKernel", "call", 5, 8),
+            _gpu("void at::native::vectorized_elementwise_kernel<4, add>(int)", 10, 100, 8),
+            _gpu("kernel_b", 102, 200, 30),                      # launched long before: [100, 102] is the GPU's
+            _gpu("nvjet_tst_128x256", 150, 260, 40),             # another stream, over kernel_b
+            host("serve/moe", "op", 200, 420), host("aten::empty", "op", 250, 350),
+            host("cudaMalloc", "call", 260, 340),                # [260, 420]: the allocator (80 of 160 us)
+            host("aten::copy_", "op", 400, 415), host("cudaLaunchKernel", "call", 405, 410),
+            _gpu("void nk::moe::(anonymous namespace)::gather_rows_kernel<uint4>(int)", 420, 430, 410, *moe),
+            host("aten::mul", "op", 430, 437), host("cudaLaunchKernel", "call", 432, 436),
+            _gpu("kernel_d", 440, 500, 436),                     # [430, 440]: launch-bound
+            host("cudaStreamSynchronize", "call", 445, 510),     # [500, 700]: after the sync
+            host("aten::add", "op", 600, 695), host("cudaLaunchKernel", "call", 685, 690),
+            _gpu("kernel_e", 700, 710, 690)]                     # [710, 1000]: the step's end
+
+
+def test_idle_gaps_have_their_kernels_cause_and_host_work():
+    gaps = idle_gaps(_timeline())
+    assert [(g["start"], g["end"], g["cause"]) for g in gaps] == [
+        (0, 10, HOST), (100, 102, QUEUED), (260, 420, GAP_CAUSES[0][0]), (430, 440, HOST), (500, 700, SYNCED),
+        (710, 1000, HOST)]
+    alloc = gaps[2]
+    assert alloc["before"] == "nvjet_tst_128x256" and alloc["after"].startswith("void nk::moe::")
+    assert alloc["launch"] == ["cudaLaunchKernel", "aten::copy_", "serve/moe", STEP] and alloc["launched"] == 410
+    assert alloc["calls"] == {"cudaMalloc": 80, "cudaLaunchKernel": 5}
+    # self time inside the gap: serve/moe's 160 us less aten::empty's 90 and aten::copy_'s 15; the step's is 0
+    assert alloc["host"] == {"cudaMalloc": 80, "serve/moe": 55, "aten::empty": 10, "aten::copy_": 10,
+                             "cudaLaunchKernel": 5}
+    assert gaps[3]["host"] == {"cudaLaunchKernel": 4, "aten::mul": 3, STEP: 3}
+    assert gaps[0]["before"] is None and gaps[-1]["after"] is None and gaps[-1]["launch"] == []
+
+
+
+def test_a_gap_follows_a_sync_that_was_blocked_as_the_gpu_went_idle():
+    call = lambda name, start, end: Span(start, end, name, "call", thread=1)
+    gaps = idle_gaps([Span(0, 300, STEP, "step", thread=1), _gpu("a", 0, 100, 5), _gpu("b", 150, 200, 140),
+                      _gpu("c", 250, 260, 245),
+                      call("cudaEventSynchronize", 50, 98),         # returns 2 us "before" the GPU idles: skew
+                      call("cudaStreamSynchronize", 210, 212)])     # the GPU already idle: it waits for nothing
+    assert [(g["start"], g["cause"], g["waited"]) for g in gaps] == [
+        (100, SYNCED, "cudaEventSynchronize"), (200, HOST, None), (260, HOST, None)]
+
+def test_gap_report_sums_per_step_and_names_the_longest():
+    r = gap_report(_timeline() + [Span(2000, 2100, "ProfilerStep#2", "step", thread=1)], top=3)
+    assert r["steps"] == 2 and r["gaps_per_step"] == 3.5 and r["ms_per_step"] == pytest.approx(0.772 / 2)
+    assert r["short_per_step"] == [1.5, pytest.approx(0.022 / 2)]           # 10, 2 and 10 us
+    assert r["long_per_step"] == [2.0, pytest.approx(0.750 / 2)]            # 160, 200, 290 and the empty step's 100
+    assert [b[1] for b in r["by_length"]] == [0.5, 1.0, 0.0, 2.0, 0.0]
+    causes = {c: (k, ms) for c, k, ms in r["by_cause"]}
+    assert causes[HOST] == (2.0, pytest.approx(0.410 / 2)) and causes[QUEUED] == (0.5, pytest.approx(0.001))
+    host = dict(r["host_top"])
+    assert host["ProfilerStep (engine, outside any op)"] == pytest.approx((7 + 3 + 290 + 100 + 95) / 2e3)
+    assert host["cudaMalloc"] == pytest.approx(0.040)
+    assert [(g["us"], g["before"], g["after"]) for g in r["top"]] == [
+        (290, "kernel_e", "-"), (200, "kernel_d", "kernel_e"), (160, "nvjet_tst_128x256", "gather_rows_kernel")]
+    text = format_gaps(r)
+    assert "idle gaps: 0.39 ms/step in 4 gaps/step; under 20 µs 2 gaps 0.01 ms" in text
+    assert "160.0  nvjet_tst_128x256 -> gather_rows_kernel | allocator | cudaLaunchKernel < aten::copy_ < " \
+           "serve/moe | cudaMalloc 80.0, serve/moe 55.0, aten::empty 10.0" in text
+
+
+def test_gap_report_of_a_chrome_trace_adds_up_to_the_idle_time(capsys):
+    for trace in (_launches([(GEMV, ["aten::mm"]), (ROUTER, ["serve/moe"])]), _eager_trace(), _graph_trace([
+            [k for k, _ in BODY]] * 2)):
+        s = summarize_trace(trace, "cuda", categories=SERVE_CATEGORIES)
+        r = gap_report(trace_spans(trace))
+        assert r["ms_per_step"] == pytest.approx(s["categories_ms_per_step"][IDLE["cuda"]])
+    # the eager body: kernels of 8 us every 15 us, each launched 14 us before it starts: 7 us gaps the GPU's own;
+    # the host's: 22 us before the first (serve/mamba's Python before its launch) and 40 us after the last
+    r = gap_report(trace_spans(_eager_trace()))
+    causes = {c: (k, ms) for c, k, ms in r["by_cause"]}
+    assert causes == {QUEUED: (2.0, pytest.approx(0.014)), HOST: (2.0, pytest.approx(0.062))}
+    host = dict(r["host_top"])
+    assert host["serve/mamba"] > 0 and host[GRAPH_BODY] > 0 and "aten::add" not in host
+    # a cudaMalloc inside a launching op, and the trace's own "PyTorch Profiler" span on no launching thread
+    trace = _launches([(GEMV, ["aten::mm"])])
+    trace["traceEvents"] += [_x("cudaMalloc", "cuda_runtime", 520, 60), _x("PyTorch Profiler (0)", "Trace", 0, 2000,
+                                                                            pid="Spans", tid="PyTorch Profiler"),
+                             _x(GATHER, "kernel", 600, 10, pid=0, tid=7, correlation=99),
+                             _x("cudaLaunchKernel", "cuda_runtime", 585, 2, correlation=99)]
+    r = gap_report(trace_spans(trace))
+    assert [(g["us"], g["cause"]) for g in r["top"]] == [(500, HOST), (390, HOST), (90, GAP_CAUSES[0][0])]
+    assert all("PyTorch Profiler" not in h for h, _ in r["host_top"])
+    s = _summary(trace, torch.device("cuda"), "synthetic", 1)
+    assert s["idle_gaps"]["gaps_per_step"] == 3
+    assert "allocator | cudaLaunchKernel | cudaMalloc 60.0" in capsys.readouterr().out
