@@ -58,6 +58,9 @@ def gqa_decode(q, k_cache, v_cache, block_table, seq_lens, softmax_scale=None, k
         softmax_scale: default D ** -0.5.
         k_descale, v_descale: FP8 cache scales: a number, a one-element tensor or [B, Hkv]; the caches are
             multiplied by them (16-bit caches with descales take the reference).
+    FP8 caches at plain decode (Sq * Hq/Hkv <= 16) run QK^T in FP8 on the GPU: q is rounded to e4m3 with a scale
+    per row, as FP8 attention kernels do (about 2.6% of rms(o) at NemotronH's shape, against 2.8% for the e4m3
+    cache itself; triton/gqa_decode_split.py). `gqa_decode_split.TRANSPOSED_FP8 = False` keeps q in 16 bits.
     Returns:
         o with q's shape, in q's dtype.
     """

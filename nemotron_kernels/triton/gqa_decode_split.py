@@ -15,7 +15,8 @@ FP8 caches (e4m3) are widened in registers to q's dtype, or to fp16 (q too) when
 and widened with one cvt per pair before its layout change (as bytes it cost a shared-memory load per element). The
 descales scale the scores (k) and the output (v).
 
-Transposed FP8 path (TRANSPOSED; FP8 caches with 16-row tiles, i.e. Sq * Hq/Hkv <= 16: plain decode). Why: with 16
+Transposed FP8 path (TRANSPOSED; FP8 caches with 16-row tiles, i.e. Sq * Hq/Hkv <= 16: plain decode; on by default,
+TRANSPOSED_FP8). Why: with 16
 query rows the QK^T dot is M = 16, which Triton runs as f16 mma.sync after widening every e4m3 K element; the FP8
 loop was bound by its instructions and shared-memory traffic, not by HBM (2.5 TB/s of FP8 bytes against BF16's
 4.4 TB/s: bench/NOTES.md), and padding q to 64 rows for an FP8 wgmma was slower (48 of 64 rows padding). So the
