@@ -258,7 +258,8 @@ def test_bad_inputs_raise(interpret):
 
 
 def test_split_heuristic():
-    """Batch 1 at 32K splits into 256-token pieces; batch 64 into a few; batch 256 at 4K does not split."""
+    """Batch 1 at 32K splits into 256-token pieces; batch 64 into a few; batch 256 at 4K does not split. The
+    transposed FP8 path aims at four programs per SM in one wave (splits rounded to whole key tiles)."""
     pytest.importorskip("triton")
     from nemotron_kernels.triton.gqa_decode_split import choose_splits
     assert choose_splits(32768, 2, 132, 64) == (128, 256)
