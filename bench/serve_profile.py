@@ -51,6 +51,7 @@ import model.serve.fp8 as fp8_module
 import nemotron_kernels.ops.moe_experts as moe_module
 from training.profile import (
     _host_tree,
+    _launches,
     device_events,
     format_summary,
     label_modules,
@@ -361,9 +362,8 @@ def trace_spans(trace: dict) -> list[Span]:
     """The Spans of a chrome trace (torch.profiler's export_chrome_trace): host events of the threads that launch
     GPU work (all host events when none does)."""
     host, dev, chains = device_events(trace)
-    launch = {e["args"]["correlation"]: e for e in host
-              if e.get("cat", "").lower() in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
-    launched = [launch.get(e.get("args", {}).get("correlation")) for e in dev]
+    launch = _launches(host)                                             # correlation id -> index into host
+    launched = [host[launch[c]] if (c := e.get("args", {}).get("correlation")) in launch else None for e in dev]
     threads = {(e.get("pid"), e.get("tid")) for e in launched if e is not None}
     spans = [Span(e["ts"], e["ts"] + e.get("dur", 0), e.get("name", "?"), "gpu", context=tuple(c),
                   launched=None if ev is None else ev["ts"] + ev.get("dur", 0))

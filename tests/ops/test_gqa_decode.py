@@ -75,12 +75,17 @@ def test_interpreter_matches_reference(interpret, case):
     check_decode(q, k_cache, v_cache, block_table, seq_lens, dtype, num_splits=splits)
 
 
-@pytest.mark.parametrize("qdtype,splits,descale", [(torch.float16, 3, "tensor"), (torch.float32, 1, "number")])
-def test_interpreter_fp8_cache(interpret, monkeypatch, qdtype, splits, descale):
-    """FP8 e4m3 caches (widened to q's dtype in registers, the transposed path off) with [B, Hkv] tensor or
-    Python-number descales."""
+@pytest.fixture
+def widened_fp8(monkeypatch):
+    """FP8 caches on the widened path (q kept in 16 bits): the transposed one, the default, is off."""
     from nemotron_kernels.triton import gqa_attention_common as common
     monkeypatch.setattr(common.kernel_module("gqa_decode_split"), "TRANSPOSED_FP8", False)
+
+
+@pytest.mark.parametrize("qdtype,splits,descale", [(torch.float16, 3, "tensor"), (torch.float32, 1, "number")])
+def test_interpreter_fp8_cache(interpret, widened_fp8, qdtype, splits, descale):
+    """FP8 e4m3 caches (widened to q's dtype in registers, the transposed path off) with [B, Hkv] tensor or
+    Python-number descales."""
     q, k_cache, v_cache, block_table, seq_lens = make_paged(8, [45, 3, 17], 2, 8, 2, 32, 16)
     k_cache, v_cache = 40 * k_cache, 80 * v_cache                       # use the e4m3 range (< 448)
     if descale == "tensor":
@@ -307,11 +312,9 @@ def test_cuda_long_context_split_k():
 
 
 @pytest.mark.cuda
-def test_cuda_fp8_cache(monkeypatch):
+def test_cuda_fp8_cache(widened_fp8):
     """bf16 queries over FP8 e4m3 caches with per-(sequence, kv head) descales (2x rule vs the reference on the
     same fp8 payload), the transposed path off (test_cuda_fp8_transposed holds that one)."""
-    from nemotron_kernels.triton import gqa_attention_common as common
-    monkeypatch.setattr(common.kernel_module("gqa_decode_split"), "TRANSPOSED_FP8", False)
     lens = [1, 300, 4097, 2048]
     q, k_cache, v_cache, block_table, seq_lens = make_paged(23, lens, 1, 32, 2, 128, 64, device="cuda")
     k_descale = torch.rand(4, 2, device="cuda") / 100
