@@ -314,9 +314,10 @@ MAX_SPLITS = 256
 TRANSPOSED_FP8 = True        # eligible FP8 launches take the transposed path: 445 -> 319 us at B64 ctx 32K (#5)
 
 
-def transposed_eligible(kv_dtype: torch.dtype, block_m: int) -> bool:
-    """Whether the transposed FP8 path can run: an e4m3 cache and 16-row tiles (Sq * Hq/Hkv <= 16, plain decode)."""
-    return kv_dtype == torch.float8_e4m3fn and block_m == 16
+def transposed_eligible(kv_dtype: torch.dtype, block_m: int, head_dim: int) -> bool:
+    """Whether the transposed FP8 path can run: an e4m3 cache, 16-row tiles (Sq * Hq/Hkv <= 16, plain decode) and
+    D >= 32 (an e4m3 wgmma reduces over at least 32: its K @ q8^T reduces over D)."""
+    return kv_dtype == torch.float8_e4m3fn and block_m == 16 and head_dim >= 32
 
 
 def quantize_rows_e4m3(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -400,9 +401,9 @@ def gqa_decode_fwd(q, k_cache, v_cache, block_table, seq_lens, softmax_scale: fl
     block_m = block_m_for(sq * group)
     pack, chunks = pack_heads(group, block_m)
     m_tiles = triton.cdiv(sq, block_m // pack)
-    eligible = transposed_eligible(k_cache.dtype, block_m)
-    assert not transposed or eligible, \
-        f"the transposed path needs an fp8 e4m3 cache and Sq * Hq/Hkv <= 16 (got {k_cache.dtype}, {sq * group} rows)"
+    eligible = transposed_eligible(k_cache.dtype, block_m, q.shape[-1])
+    assert not transposed or eligible, ("the transposed path needs an fp8 e4m3 cache, Sq * Hq/Hkv <= 16 and D >= 32 "
+                                        f"(got {k_cache.dtype}, {sq * group} rows, D={q.shape[-1]})")
     transposed = eligible and (TRANSPOSED_FP8 if transposed is None else transposed)
     block_n, w, s = config or (INTERPRET_CONFIG if INTERPRETED else TRANSPOSED_CONFIG if transposed else DECODE_CONFIG)
     capacity = max(block_table.shape[1] * page_size, 1)
@@ -439,8 +440,9 @@ def gqa_decode_fwd(q, k_cache, v_cache, block_table, seq_lens, softmax_scale: fl
 def aot_compile_all():
     """Compile the split kernel for sm_90a: the NemotronH decode case (bf16, D=128, 16 heads per kv head,
     one query token) with page size 16 (gather path, split) and an FP8 cache with page size 64 (one page per
-    tile, unsplit), the transposed FP8 path (page 64 split, page 16 gather), and a chunked-prefill case (Sq=8:
-    32-row tiles). Yields (name, CompiledKernel)."""
+    tile, unsplit), the transposed FP8 path (page 64 split, page 16 gather), an FP8 cache with D=16 (the tiny
+    serving model: the launcher's rule keeps it off the transposed path), and a chunked-prefill case (Sq=8: 32-row
+    tiles). Yields (name, CompiledKernel)."""
     ints = ("stride_", "seqlen_", "num_", "batch", "split_len")
     sig = {n: "i32" for n in _gqa_decode_split_kernel.arg_names if n.startswith(ints)}
     sig.update(BLOCK_TABLE="*i32", SEQ_LENS="*i32", O_PART="*fp32", LSE_PART="*fp32", qk_scale="fp32",
@@ -449,9 +451,12 @@ def aot_compile_all():
                                                           ("bf16", "fp8e4nv", 128, 16, 1, 64, False, False),
                                                           ("bf16", "fp8e4nv", 128, 16, 1, 64, True, True),
                                                           ("bf16", "fp8e4nv", 128, 16, 1, 16, True, True),
+                                                          ("bf16", "fp8e4nv", 16, 2, 1, 16, True, None),
                                                           ("fp16", "fp16", 64, 4, 8, 32, True, False)):
-        block_n, w, s = TRANSPOSED_CONFIG if transposed else DECODE_CONFIG
         block_m = block_m_for(sq * group)
+        if transposed is None:                                   # what gqa_decode_fwd picks by default
+            transposed = TRANSPOSED_FP8 and transposed_eligible(torch.float8_e4m3fn, block_m, d)
+        block_n, w, s = TRANSPOSED_CONFIG if transposed else DECODE_CONFIG
         pack, _ = pack_heads(group, block_m)
         sig.update(Q=f"*{dt}", K=f"*{kv}", V=f"*{kv}", O=f"*{dt}", K_DESCALE="*fp32", V_DESCALE="*fp32")
         const = dict(GROUP=group, PACK=pack, HEAD_DIM=d, PAGE_SIZE=page, BLOCK_M=block_m, BLOCK_N=block_n,

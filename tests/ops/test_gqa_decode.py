@@ -177,11 +177,11 @@ def test_interpreter_fp8_transposed_gpu_tile(interpret, page, splits):
 
 
 def test_interpreter_fp8_transposed_dispatch(interpret, monkeypatch):
-    """By default (TRANSPOSED_FP8), FP8 launches with 16-row tiles take the transposed path and wider tiles the
-    other; forcing it onto a wide tile or a 16-bit cache is refused."""
+    """By default (TRANSPOSED_FP8), FP8 launches with 16-row tiles and D >= 32 take the transposed path and wider
+    tiles or D=16 the other; forcing it onto a wide tile, D=16 or a 16-bit cache is refused."""
     from nemotron_kernels.triton import gqa_attention_common as common
     split = common.kernel_module("gqa_decode_split")
-    q, k_cache, v_cache, block_table, seq_lens = make_paged(9, [20, 9], 2, 16, 2, 16, 8)
+    q, k_cache, v_cache, block_table, seq_lens = make_paged(9, [20, 9], 2, 16, 2, 32, 8)
     q, k8, v8 = q.half(), (20 * k_cache).to(torch.float8_e4m3fn), (20 * v_cache).to(torch.float8_e4m3fn)
     run = lambda qq, **kw: split.gqa_decode_fwd(qq, k8, v8, block_table, seq_lens, 0.25, k_descale=0.05, **kw)  # noqa
     assert split.TRANSPOSED_FP8
@@ -189,10 +189,17 @@ def test_interpreter_fp8_transposed_dispatch(interpret, monkeypatch):
     assert torch.equal(run(decode), run(decode, transposed=True))
     assert not torch.equal(run(decode), run(decode, transposed=False))
     assert torch.equal(run(q), run(q, transposed=True))               # Sq=2 x 8 heads = 16 rows: transposed too
-    hq_wide = make_paged(9, [20, 9], 2, 32, 2, 16, 8)[0].half()       # Sq=2 x 16 heads = 32 rows
+    hq_wide = make_paged(9, [20, 9], 2, 32, 2, 32, 8)[0].half()       # Sq=2 x 16 heads = 32 rows
     assert torch.equal(run(hq_wide), run(hq_wide, transposed=False))
     with pytest.raises(AssertionError, match="transposed"):
         run(hq_wide, transposed=True)
+    # D=16: an e4m3 dot reduces over >= 32 (the serving test's tiny model failed to compile on the H200)
+    q16, k16, v16 = make_paged(9, [20, 9], 1, 16, 2, 16, 8)[:3]
+    k16, v16 = (20 * k16).to(torch.float8_e4m3fn), (20 * v16).to(torch.float8_e4m3fn)
+    run16 = lambda **kw: split.gqa_decode_fwd(q16.half(), k16, v16, block_table, seq_lens, 0.25, **kw)  # noqa
+    assert torch.equal(run16(), run16(transposed=False))
+    with pytest.raises(AssertionError, match="D >= 32"):
+        run16(transposed=True)
     with pytest.raises(AssertionError, match="transposed"):
         split.gqa_decode_fwd(decode, k_cache.half(), v_cache.half(), block_table, seq_lens, 0.25, transposed=True)
     monkeypatch.setattr(split, "TRANSPOSED_FP8", False)
