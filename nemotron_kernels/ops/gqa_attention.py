@@ -43,17 +43,15 @@ def _(q, k, v, causal, softmax_scale, cu_seqlens, max_seqlen, q_descale=None, k_
 @kernel_op("nemotron_kernels::gqa_attention_bwd", mutates_args=())
 def gqa_attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
                       lse: torch.Tensor, causal: bool, softmax_scale: float, cu_seqlens: Optional[torch.Tensor],
-                      max_seqlen: int, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """do, o [B, Sq, Hq, D], q, k, v, lse [B, Hq, Sq] -> (dq like q, dk like k, dv like v) (Triton).
-    deterministic: no atomics (a separate dq pass; bitwise reproducible); otherwise dq accumulates in fp32 with
-    atomics inside the dk/dv pass (faster; the summation order varies)."""
+                      max_seqlen: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """do, o [B, Sq, Hq, D], q, k, v, lse [B, Hq, Sq] -> (dq like q, dk like k, dv like v) (Triton; no atomics,
+    bitwise reproducible)."""
     kernels = common.kernel_module("gqa_attention_bwd")
-    return kernels.gqa_attention_bwd(do, q, k, v, o, lse, causal, softmax_scale, cu_seqlens, max_seqlen,
-                                     deterministic=deterministic)
+    return kernels.gqa_attention_bwd(do, q, k, v, o, lse, causal, softmax_scale, cu_seqlens, max_seqlen)
 
 
 @gqa_attention_bwd.register_fake
-def _(do, q, k, v, o, lse, causal, softmax_scale, cu_seqlens, max_seqlen, deterministic):
+def _(do, q, k, v, o, lse, causal, softmax_scale, cu_seqlens, max_seqlen):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
@@ -70,7 +68,7 @@ class GqaAttentionFn(torch.autograd.Function):
     def backward(ctx, do, dlse):
         q, k, v, o, lse, cu_seqlens = ctx.saved_tensors
         dq, dk, dv = gqa_attention_bwd(do.contiguous(), q, k, v, o, lse, ctx.causal, ctx.softmax_scale, cu_seqlens,
-                                       ctx.max_seqlen, torch.are_deterministic_algorithms_enabled())
+                                       ctx.max_seqlen)
         return dq, dk, dv, None, None, None, None
 
 
@@ -108,8 +106,7 @@ def gqa_attention(q, k, v, causal: bool = True, softmax_scale=None, cu_seqlens=N
         return_lse: also return lse [B, Hq, Sq] float32 (natural log; not differentiable).
     Returns:
         o [B, Sq, Hq, D] in q's dtype (bf16 for fp8 q), or (o, lse). Differentiable in q, k, v (16-bit inputs);
-        the backward is bitwise reproducible under torch.use_deterministic_algorithms(True) (a separate dq pass),
-        else dq accumulates with fp32 atomics (faster).
+        the backward is bitwise reproducible (no atomics: dk/dv and dq in separate passes).
     """
     descales = (q_descale, k_descale, v_descale)
     if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)

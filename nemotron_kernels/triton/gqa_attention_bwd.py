@@ -3,10 +3,12 @@
   1. preprocess: delta = rowsum(o * do) and lse2 = lse * log2(e) (+inf for rows that saw no key), [B, Hq, Sq];
   2. dk/dv: one program per (kv head, tile of BLOCK_N keys) holds K, V and the fp32 dk, dv accumulators and
      streams every packed (position x query head) tile that sees those keys: the GQA reduction happens in
-     registers. Default (fast) mode: the same loop also adds each tile's dq into an fp32 buffer with atomics
-     (5 matmuls per tile pair in all; the summation order varies run to run), then dq is cast;
-  3. deterministic mode (torch.use_deterministic_algorithms): no atomics; a separate dq kernel, one program
-     per packed query tile (as in the forward), streams the K/V tiles it sees (7 matmuls in all).
+     registers (4 matmuls per tile pair);
+  3. dq: one program per packed query tile (as in the forward) streams the K/V tiles it sees (3 matmuls, 7 in
+     all). No atomics anywhere: the backward is bitwise reproducible.
+The separate dq pass is the only mode because it is faster: adding dq with fp32 atomics inside the dk/dv loop
+(5 matmuls) measured 30.1 ms against 24.0 ms at B4 S8K and 96.6 against 81.6 ms at B1 S32K (H200, 32/2 heads,
+D=128, causal, bf16; 2026-11-30, bench/NOTES.md).
 The main kernels recompute P = exp2(scale*log2e * q.k - lse2) and split causal work into an unmasked run and a
 short masked run across the diagonal.
 
@@ -56,13 +58,11 @@ def _seq_bases(b, CU_SEQLENS, seqlen_q, seqlen_k, stride_qb, stride_qs, stride_k
 
 
 @triton.jit
-def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse2_base, delta_base, dq_base, stride_qs, stride_qh, stride_lh,
-                hkv, chunk, p_lo, p_hi, seqlen_q, seqlen_k, key0, shift, qk_scale, softmax_scale,
+def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse2_base, delta_base, stride_qs, stride_qh, stride_lh,
+                hkv, chunk, p_lo, p_hi, seqlen_q, key0, shift, qk_scale,
                 GROUP: tl.constexpr, PACK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, MASKED: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-                INPUT_PRECISION: tl.constexpr):
-    """Accumulate dk, dv [BN, D] of keys key0 .. key0+BN over packed query tiles at positions [p_lo, p_hi).
-    ATOMIC_DQ: also add each tile's dq = softmax_scale * ds @ k into the fp32 rows at dq_base (atomics)."""
+                BLOCK_N: tl.constexpr, MASKED: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """Accumulate dk, dv [BN, D] of keys key0 .. key0+BN over packed query tiles at positions [p_lo, p_hi)."""
     POS_PER_TILE: tl.constexpr = BLOCK_M // PACK
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -70,7 +70,6 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse2_base, delta_base, dq_base, s
     head_ok = (head < GROUP) & (offs_m < POS_PER_TILE * PACK)
     hq = hkv * GROUP + head
     key = key0 + tl.arange(0, BLOCK_N)
-    partial_keys = key0 + BLOCK_N > seqlen_k          # the last key tile: rows past Sk must give no dq
     for p0 in tl.range(p_lo, p_hi, POS_PER_TILE):
         pos = p0 + offs_m // PACK                                                   # [BM]
         ok = head_ok & (pos < seqlen_q)
@@ -84,33 +83,25 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse2_base, delta_base, dq_base, s
         p_t = tl.math.exp2(s_t * qk_scale - lse2[None, :])
         if MASKED:
             p_t = tl.where(key[:, None] <= pos[None, :] + shift, p_t, 0.0)
-        if ATOMIC_DQ:
-            if partial_keys:
-                p_t = tl.where(key[:, None] < seqlen_k, p_t, 0.0)
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=INPUT_PRECISION)
         dp_t = tl.dot(v, tl.trans(do), input_precision=INPUT_PRECISION)             # [BN, BM]
         ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)
         dk = tl.dot(ds_t, q, dk, input_precision=INPUT_PRECISION)
-        if ATOMIC_DQ:
-            dq = tl.dot(tl.trans(ds_t), k, input_precision=INPUT_PRECISION)          # [BM, D]
-            tl.atomic_add(dq_base + rows[:, None] + offs_d[None, :], dq * softmax_scale, mask=ok[:, None],
-                          sem="relaxed")
     return dk, dv
 
 
 @triton.jit
 def _gqa_attn_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE2, DELTA, DK, DV, DQ_ACC, CU_SEQLENS,
+    Q, K, V, DO, LSE2, DELTA, DK, DV, CU_SEQLENS,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_lb, stride_lh,
     seqlen_q, seqlen_k, num_kv_heads, num_head_chunks, qk_scale, softmax_scale,
     GROUP: tl.constexpr, PACK: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, VARLEN: tl.constexpr, ATOMIC_DQ: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, VARLEN: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
-    """q, do (and the fp32 DQ_ACC of ATOMIC_DQ; unused otherwise) share strides (stride_q*); k, v, dk, dv share
-    strides (stride_k*); lse2, delta [B, Hq, Sq]."""
+    """q, do share strides (stride_q*); k, v, dk, dv share strides (stride_k*); lse2, delta [B, Hq, Sq]."""
     POS_PER_TILE: tl.constexpr = BLOCK_M // PACK
     pid_n = tl.program_id(0)
     hkv = tl.program_id(1) % num_kv_heads
@@ -139,13 +130,13 @@ def _gqa_attn_bwd_dkdv_kernel(
         for chunk in range(num_head_chunks):
             if CAUSAL:
                 dk, dv = _dkdv_inner(dk, dv, k, v, Q + q_off, DO + q_off, LSE2 + l_off, DELTA + l_off,
-                                     DQ_ACC + q_off, stride_qs, stride_qh, stride_lh, hkv, chunk, p_lo, p_mid,
-                                     seqlen_q, seqlen_k, key0, shift, qk_scale, softmax_scale, GROUP, PACK,
-                                     HEAD_DIM, BLOCK_M, BLOCK_N, True, ATOMIC_DQ, INPUT_PRECISION)
+                                     stride_qs, stride_qh, stride_lh, hkv, chunk, p_lo, p_mid, seqlen_q, key0,
+                                     shift, qk_scale, GROUP, PACK, HEAD_DIM, BLOCK_M, BLOCK_N, True,
+                                     INPUT_PRECISION)
             dk, dv = _dkdv_inner(dk, dv, k, v, Q + q_off, DO + q_off, LSE2 + l_off, DELTA + l_off,
-                                 DQ_ACC + q_off, stride_qs, stride_qh, stride_lh, hkv, chunk, p_mid, seqlen_q,
-                                 seqlen_q, seqlen_k, key0, shift, qk_scale, softmax_scale, GROUP, PACK,
-                                 HEAD_DIM, BLOCK_M, BLOCK_N, False, ATOMIC_DQ, INPUT_PRECISION)
+                                 stride_qs, stride_qh, stride_lh, hkv, chunk, p_mid, seqlen_q, seqlen_q, key0,
+                                 shift, qk_scale, GROUP, PACK, HEAD_DIM, BLOCK_M, BLOCK_N, False,
+                                 INPUT_PRECISION)
         dk = dk * softmax_scale
         tl.store(DK + kv_rows[:, None] + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=key_ok[:, None])
         tl.store(DV + kv_rows[:, None] + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=key_ok[:, None])
@@ -257,10 +248,10 @@ def _configs(head_dim: int):
 
 
 def gqa_attention_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, cu_seqlens=None, max_seqlen=None,
-                      deterministic: bool = False, dkdv_config=None, dq_config=None):
-    """Launch the backward. do, o [B, Sq, Hq, D] contiguous; q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D] with contiguous
-    last dims; lse [B, Hq, Sq] fp32 from the forward -> (dq like q, dk like k, dv like v), all contiguous.
-    deterministic: separate dq kernel instead of fp32 atomics (bitwise reproducible)."""
+                      dkdv_config=None, dq_config=None):
+    """Launch the backward (preprocess, dk/dv, dq; bitwise reproducible). do, o [B, Sq, Hq, D] contiguous;
+    q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D] with contiguous last dims; lse [B, Hq, Sq] fp32 from the forward ->
+    (dq like q, dk like k, dv like v), all contiguous."""
     bsz, sq, hq, d = q.shape
     sk, hkv = k.shape[1], k.shape[2]
     assert do.shape == q.shape and o.shape == q.shape, f"do and o must have q's shape {tuple(q.shape)}"
@@ -297,14 +288,11 @@ def gqa_attention_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, c
 
     bm, bn, w, s = dkdv_config or default_dkdv
     pack, chunks = pack_heads(group, bm)
-    dq_acc = None if deterministic else torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     _gqa_attn_bwd_dkdv_kernel[(triton.cdiv(max(rows_k, 1), bn), num_seqs * hkv)](
-        q, k, v, do, lse2, delta, dk, dv, lse if deterministic else dq_acc, cu_seqlens if varlen else q, *strides,
+        q, k, v, do, lse2, delta, dk, dv, cu_seqlens if varlen else q, *strides,
         sq, sk, hkv, chunks, qk_scale, float(softmax_scale),
         GROUP=group, PACK=pack, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=bool(causal), VARLEN=varlen,
-        ATOMIC_DQ=not deterministic, INPUT_PRECISION=dot_precision(q.dtype), num_warps=w, num_stages=s)
-    if not deterministic:
-        return dq.copy_(dq_acc), dk, dv
+        INPUT_PRECISION=dot_precision(q.dtype), num_warps=w, num_stages=s)
 
     bm, bn, w, s = dq_config or default_dq
     pack, chunks = pack_heads(group, bm)
@@ -319,13 +307,9 @@ def gqa_attention_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, c
 def aot_compile_all():
     """Compile the backward kernels for sm_90a at the configurations the launcher uses. Yields (name, kernel)."""
     ints = ("stride_", "seqlen_", "num_")
-    for dt, d, group, causal, varlen, atomic in (("bf16", 128, 16, True, False, True),
-                                                 ("bf16", 128, 16, True, False, False),
-                                                 ("fp16", 64, 3, False, True, False)):
-        dkdv_cfg, dq_cfg = DKDV_CONFIGS[d], DQ_CONFIGS[d]
-        kernels = [(_gqa_attn_bwd_dkdv_kernel, dkdv_cfg, ("Q", "K", "V", "DO", "DK", "DV"))]
-        if not atomic:
-            kernels.append((_gqa_attn_bwd_dq_kernel, dq_cfg, ("Q", "K", "V", "DO", "DQ")))
+    for dt, d, group, causal, varlen in (("bf16", 128, 16, True, False), ("fp16", 64, 3, False, True)):
+        kernels = ((_gqa_attn_bwd_dkdv_kernel, DKDV_CONFIGS[d], ("Q", "K", "V", "DO", "DK", "DV")),
+                   (_gqa_attn_bwd_dq_kernel, DQ_CONFIGS[d], ("Q", "K", "V", "DO", "DQ")))
         for kernel, cfg, tensors in kernels:
             bm, bn, w, s = cfg
             pack, _ = pack_heads(group, bm)
@@ -334,11 +318,7 @@ def aot_compile_all():
             sig.update(LSE2="*fp32", DELTA="*fp32", CU_SEQLENS="*i32", qk_scale="fp32", softmax_scale="fp32")
             const = dict(GROUP=group, PACK=pack, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, VARLEN=varlen,
                          INPUT_PRECISION=None)
-            if kernel is _gqa_attn_bwd_dkdv_kernel:
-                const["ATOMIC_DQ"] = atomic
-                sig["DQ_ACC"] = "*fp32"
-            name = (f"{kernel.__name__} {dt} D{d} G{group} causal={causal} varlen={varlen} atomic_dq={atomic} "
-                    f"{bm}x{bn} w{w} s{s}")
+            name = f"{kernel.__name__} {dt} D{d} G{group} causal={causal} varlen={varlen} {bm}x{bn} w{w} s{s}"
             yield name, aot_compile(kernel, sig, const, w, s)
     for dt, d in (("bf16", 128),):
         sig = dict(O=f"*{dt}", DO=f"*{dt}", LSE="*fp32", DELTA="*fp32", LSE2="*fp32", num_rows="i32",
