@@ -231,16 +231,21 @@ int64_t check_offsets(const at::Tensor& offsets, const at::Device& dev, const at
 }
 
 // path: -1 = by rows per group (path_for); 0..2 forces a moe::GemmPath (tests and benchmarks compare them).
-void check_path(int64_t path) {
+// gemv_split: 0 = by grid size (gemv_split_for); 1, 2, 4 or 8 forces the GEMV's K split (path 2 only).
+void check_path(int64_t path, int64_t gemv_split) {
   TORCH_CHECK_VALUE(path >= -1 && path <= 2, "path must be -1 (auto) or 0..2 (large tiles, swapped operands, GEMV), "
                     "got ", num(path));
+  TORCH_CHECK_VALUE(gemv_split == 0 || gemv_split == 1 || gemv_split == 2 || gemv_split == 4 || gemv_split == 8,
+                    "gemv_split must be 0 (auto), 1, 2, 4 or 8, got ", num(gemv_split));
+  TORCH_CHECK_VALUE(gemv_split == 0 || path == 2, "gemv_split applies to the GEMV path only: pass path=2, got path=",
+                    num(path));
 }
 
 #ifdef NEMOTRON_WITH_CUDA
 void run_grouped_gemm(moe::GemmKind kind, const at::Tensor& a, const at::Tensor& b, const at::Tensor* c,
                       const at::Tensor& d, const at::Tensor& offsets, int64_t groups, int64_t n, int64_t k,
                       const at::Tensor* a_scale = nullptr, const at::Tensor* b_scale = nullptr,
-                      int64_t path_arg = -1) {
+                      int64_t path_arg = -1, int64_t gemv_split = 0) {
   const c10::cuda::CUDAGuard guard(a.device());
   const int device = a.device().index();
   const int sm_count = moe::sm_count_of(device);
@@ -265,7 +270,8 @@ void run_grouped_gemm(moe::GemmKind kind, const at::Tensor& a, const at::Tensor&
                            workspace.data_ptr(),
                            sm_count,
                            device,
-                           stream};
+                           stream,
+                           int(gemv_split)};
   const char* err = moe::grouped_gemm_run(p);
   TORCH_CHECK(err[0] == '\0', "grouped_gemm (CUTLASS sm90): ", err);
 }
@@ -273,8 +279,8 @@ void run_grouped_gemm(moe::GemmKind kind, const at::Tensor& a, const at::Tensor&
 
 // NT: out[rows_e] = act(a[rows_e] @ b[e]^T); a [M, K], b [E, N, K] -> [M, N]; act = relu^2 when relu2.
 at::Tensor grouped_gemm_nt(const at::Tensor& a, const at::Tensor& b, const at::Tensor& expert_offsets, bool relu2,
-                           int64_t path) {
-  check_path(path);
+                           int64_t path, int64_t gemv_split) {
+  check_path(path, gemv_split);
   check_cuda(a, "a");
   check_gemm_operand(a, "a", {-1, -1}, a.device());
   TORCH_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
@@ -289,7 +295,7 @@ at::Tensor grouped_gemm_nt(const at::Tensor& a, const at::Tensor& b, const at::T
   auto out = at::empty({a.size(0), n}, a.options());
 #ifdef NEMOTRON_WITH_CUDA
   run_grouped_gemm(relu2 ? moe::GemmKind::kNTReLU2 : moe::GemmKind::kNT, a, b, nullptr, out, expert_offsets, groups,
-                   n, k, nullptr, nullptr, path);
+                   n, k, nullptr, nullptr, path, gemv_split);
 #endif
   return out;
 }
@@ -341,8 +347,8 @@ at::Tensor grouped_gemm_tn(const at::Tensor& a, const at::Tensor& b, const at::T
 // a_scale [M] fp32, b [E, N, K] e4m3, b_scale [E, N] fp32.
 at::Tensor grouped_gemm_fp8_nt(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& b,
                                const at::Tensor& b_scale, const at::Tensor& expert_offsets, bool relu2,
-                               int64_t path) {
-  check_path(path);
+                               int64_t path, int64_t gemv_split) {
+  check_path(path, gemv_split);
   check_cuda(a, "a");
   check_gemm_operand(a, "a", {-1, -1}, a.device(), at::kFloat8_e4m3fn);
   TORCH_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
@@ -367,7 +373,7 @@ at::Tensor grouped_gemm_fp8_nt(const at::Tensor& a, const at::Tensor& a_scale, c
   auto out = at::empty({m, n}, out_opts);
 #ifdef NEMOTRON_WITH_CUDA
   run_grouped_gemm(relu2 ? moe::GemmKind::kFp8NTReLU2 : moe::GemmKind::kFp8NT, a, b, nullptr, out, expert_offsets,
-                   groups, n, k, &a_scale, &b_scale, path);
+                   groups, n, k, &a_scale, &b_scale, path, gemv_split);
 #endif
   return out;
 }
@@ -384,14 +390,15 @@ void register_moe(pybind11::module_& m) {
   m.def("grouped_gemm_fp8_nt", &grouped_gemm_fp8_nt,
         "e4m3 a [M,K] @ b[e]^T per expert, dequantised by a_scale [M] and b_scale [E,N], relu^2 optionally -> bf16",
         py::arg("a"), py::arg("a_scale"), py::arg("b"), py::arg("b_scale"), py::arg("expert_offsets"),
-        py::arg("relu2"), py::arg("path") = -1);
+        py::arg("relu2"), py::arg("path") = -1, py::arg("gemv_split") = 0);
   m.def("moe_unpermute", &moe_unpermute, "rows [M,H] -> (add +) sum_j w[t,j] rows[row_of_assignment[t,j]] [T,H] (CUDA)",
         py::arg("rows"), py::arg("row_of_assignment"), py::arg("topk_weight"), py::arg("add"));
   m.def("moe_unpermute_bwd", &moe_unpermute_bwd,
         "backward of moe_unpermute -> (d_rows [m_rows,H], d_weight [T,k] fp32 or [0,0] without rows) (CUDA)",
         py::arg("dout"), py::arg("rows"), py::arg("row_of_assignment"), py::arg("topk_weight"), py::arg("m_rows"));
   m.def("grouped_gemm_nt", &grouped_gemm_nt, "a [M,K] @ b[e]^T per expert (b [E,N,K]), relu^2 fused optionally",
-        py::arg("a"), py::arg("b"), py::arg("expert_offsets"), py::arg("relu2"), py::arg("path") = -1);
+        py::arg("a"), py::arg("b"), py::arg("expert_offsets"), py::arg("relu2"), py::arg("path") = -1,
+        py::arg("gemv_split") = 0);
   m.def("grouped_gemm_nn", &grouped_gemm_nn, "a [M,K] @ b[e] per expert (b [E,K,N]), * 2 sqrt(relu2_out) optionally",
         py::arg("a"), py::arg("b"), py::arg("expert_offsets"), py::arg("relu2_out"));
   m.def("grouped_gemm_tn", &grouped_gemm_tn, "per expert a[rows_e]^T @ b[rows_e] -> [E,P,Q]", py::arg("a"),

@@ -7,6 +7,9 @@
 // weight rows once with 16-byte loads (bypassing L1) and multiplies them against up to kMt rows of a at a time
 // (a is tiny and hits L1). Lane partial sums are reduced with shuffles; the epilogue (scales, relu^2) runs in
 // fp32 and rounds once to bf16, as the CUTLASS epilogues do.
+// Small grids (the shared expert at T = 1: one group, 84-116 CTAs on 132 SMs) keep too few loads in flight to
+// stream at copy speed, so `split` warps share each channel group, each taking every split-th 16-byte piece of
+// K; their sums meet in shared memory in a fixed order (deterministic). gemv_split_for picks it from the grid.
 // Tried and measured slower (H200, bench/NOTES.md): mma.sync with one warp per 16 channels and a permuted k order
 // (2.5x slower at T = 1: 4x fewer warps streaming, 64-byte row pieces per load instead of 512 contiguous bytes).
 #include <cuda_bf16.h>
@@ -23,6 +26,7 @@ namespace {
 constexpr int kWarps = 8;   // warps per CTA
 constexpr int kCh = 4;      // output channels per warp (N % 8 == 0, so a warp's channels are all valid or none)
 constexpr int kMt = 8;      // rows of a per pass over the weights
+constexpr int kGemvCtasPerSm = 4;  // grid gemv_split_for aims at (about 3 CTAs of 256 threads are resident)
 
 // 16 bytes of T as fp32: 8 bf16 or 16 e4m3.
 template <typename T>
@@ -70,21 +74,25 @@ __device__ __forceinline__ void find_group(const int32_t* offsets, int groups, i
   if (lane == 0) *group = -1;
 }
 
+// CTA: kWarps / split channel groups of kCh channels; warp w serves group w / split on K pieces w % split.
 template <typename T, bool kScaled, bool kReLU2>
 __global__ void __launch_bounds__(kWarps * 32)
 grouped_gemv_nt_kernel(const T* __restrict__ a, const T* __restrict__ b, __nv_bfloat16* __restrict__ d,
                        const float* __restrict__ a_scale, const float* __restrict__ b_scale,
-                       const int32_t* __restrict__ offsets, int groups, int64_t m_rows, int n, int k) {
+                       const int32_t* __restrict__ offsets, int groups, int64_t m_rows, int n, int k, int split) {
   constexpr int kLen = Chunk<T>::kLen;
   static_assert(kCh == 4, "wc below lists 4 channels");
   __shared__ int s_group;
   __shared__ int64_t s_start, s_end;
+  __shared__ float s_part[kWarps][32];                                      // split partial sums, lane-indexed
   if (threadIdx.x < 32) find_group(offsets, groups, m_rows, blockIdx.y, &s_group, &s_start, &s_end);
   __syncthreads();
   const int group = s_group;
+  if (group < 0) return;                                                    // CTA-uniform
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int n0 = (blockIdx.x * kWarps + warp) * kCh;
-  if (group < 0 || n0 >= n) return;
+  const int slice = warp % split;                                           // which K pieces
+  const int n0 = (blockIdx.x * (kWarps / split) + warp / split) * kCh;
+  const bool live = n0 < n;                      // dead warps still meet the CTA barriers below
   const int64_t start = s_start, end = s_end;
   const T* w = b + (int64_t(group) * n + n0) * k;                           // [kCh, K] rows of b[group]
 
@@ -92,7 +100,7 @@ grouped_gemv_nt_kernel(const T* __restrict__ a, const T* __restrict__ b, __nv_bf
     const int rows = int(min(int64_t(kMt), end - r0));
     float acc[kCh][kMt] = {};
 #pragma unroll 2
-    for (int64_t kk = int64_t(lane) * kLen; kk < k; kk += 32 * kLen) {
+    for (int64_t kk = int64_t(slice * 32 + lane) * kLen; live && kk < k; kk += int64_t(32 * split) * kLen) {
       uint4 raw[kCh];                                                      // weights: read once, not cached
 #pragma unroll
       for (int c = 0; c < kCh; ++c) raw[c] = __ldcs(reinterpret_cast<const uint4*>(w + c * int64_t(k) + kk));
@@ -123,8 +131,16 @@ grouped_gemv_nt_kernel(const T* __restrict__ a, const T* __restrict__ b, __nv_bf
         }
       }
     }
+    if (split > 1) {                             // the group's first warp adds the others' sums in order
+      s_part[warp][lane] = out;
+      __syncthreads();
+      if (slice == 0) {
+        for (int i = 1; i < split; ++i) out += s_part[warp + i][lane];
+      }
+      __syncthreads();                           // s_part is rewritten by the next row chunk
+    }
     const int c = lane % kCh, m = lane / kCh;
-    if (m < rows) {
+    if (live && slice == 0 && m < rows) {
       const int64_t row = r0 + m;
       if constexpr (kScaled) out *= a_scale[row] * b_scale[int64_t(group) * n + n0 + c];
       if constexpr (kReLU2) out = out > 0.f ? out * out : 0.f;
@@ -135,17 +151,34 @@ grouped_gemv_nt_kernel(const T* __restrict__ a, const T* __restrict__ b, __nv_bf
 
 template <typename T, bool kScaled, bool kReLU2>
 const char* launch(const GroupedGemmParams& p) {
-  const int n_blocks = (p.n + kWarps * kCh - 1) / (kWarps * kCh);
   const int touched = int(std::min<int64_t>(p.groups, p.m_rows));   // at most this many groups have rows
+  const int split = p.gemv_split > 0 ? p.gemv_split : gemv_split_for(p.n, p.k, sizeof(T), touched, p.sm_count);
+  if (split < 1 || split > kWarps || kWarps % split != 0) return "grouped GEMV: split must be 1, 2, 4 or 8";
+  const int per_cta = kWarps / split * kCh;                          // channels per CTA
+  const int n_blocks = (p.n + per_cta - 1) / per_cta;
   if (n_blocks == 0 || touched == 0) return "";
   grouped_gemv_nt_kernel<T, kScaled, kReLU2><<<dim3(n_blocks, touched), kWarps * 32, 0, p.stream>>>(
       static_cast<const T*>(p.a), static_cast<const T*>(p.b), static_cast<__nv_bfloat16*>(p.d), p.a_scale,
-      p.b_scale, p.offsets, p.groups, p.m_rows, p.n, p.k);
+      p.b_scale, p.offsets, p.groups, p.m_rows, p.n, p.k, split);
   const cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? "" : cudaGetErrorString(err);
 }
 
 }  // namespace
+
+int gemv_split_for(int n, int k, int elem_bytes, int touched_groups, int sm_count) {
+  // Split until the grid (counting every group that may have rows) gives each SM kGemvCtasPerSm CTAs, while each
+  // warp of a split still gets at least two 16-byte pieces per lane along K.
+  const int pieces = k * elem_bytes / 16;                            // 16-byte pieces of one weight row
+  int split = 1;
+  while (split < kWarps) {
+    const int per_cta = kWarps / split * kCh;
+    const int64_t ctas = int64_t((n + per_cta - 1) / per_cta) * std::max(touched_groups, 1);
+    if (ctas >= int64_t(kGemvCtasPerSm) * sm_count || pieces < 2 * 32 * 2 * split) break;
+    split *= 2;
+  }
+  return split;
+}
 
 const char* grouped_gemv_run(const GroupedGemmParams& p) {
   switch (p.kind) {

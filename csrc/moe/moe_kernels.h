@@ -98,6 +98,7 @@ struct GroupedGemmParams {
   int sm_count;
   int device;
   cudaStream_t stream;
+  int gemv_split = 0;        // GEMV path: warps sharing one channel group's K (1, 2, 4, 8); 0 = gemv_split_for
 };
 
 size_t grouped_gemm_workspace_bytes(GemmKind kind, GemmPath path, int groups, int sm_count);
@@ -117,6 +118,8 @@ void zero_empty_groups(const GroupedGemmParams& p);
 // grouped_gemv_run (NT kinds; N % 8 == 0 and K a multiple of 16 bytes, as for the CUTLASS kernels; no workspace).
 const char* grouped_gemm_run(const GroupedGemmParams& p);
 const char* grouped_gemv_run(const GroupedGemmParams& p);
+// The GEMV's K split for n output channels, k-long rows of elem_bytes and touched_groups groups with rows.
+int gemv_split_for(int n, int k, int elem_bytes, int touched_groups, int sm_count);
 
 // Multiprocessor count of `device` (cached after the first query).
 int sm_count_of(int device);

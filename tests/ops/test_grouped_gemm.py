@@ -94,6 +94,10 @@ def test_extension_path_argument_is_checked():
         _ext._C.grouped_gemm_nt(a, b, offsets, False, 3)
     with pytest.raises(ValueError, match=r"path must be -1 \(auto\) or 0..2 .*, got -2$"):
         _ext._C.grouped_gemm_fp8_nt(a, offsets.float(), b, b[:, :, 0].float(), offsets, False, -2)
+    with pytest.raises(ValueError, match=r"gemv_split must be 0 \(auto\), 1, 2, 4 or 8, got 3$"):
+        _ext._C.grouped_gemm_nt(a, b, offsets, False, 2, 3)
+    with pytest.raises(ValueError, match=r"gemv_split applies to the GEMV path only: pass path=2, got path=-1$"):
+        _ext._C.grouped_gemm_nt(a, b, offsets, False, gemv_split=2)
 
 
 # ------------------------------------------------------------------------------------------------ CUDA kernels
@@ -139,6 +143,30 @@ def test_cuda_forward_odd_shapes(counts, n, k, activation):
 
 
 PATHS = {0: "128-row tiles", 1: "swapped operands, 128x32 tiles", 2: "GEMV"}  # moe::GemmPath
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("split", [0, 1, 2, 4, 8])
+@pytest.mark.parametrize("counts,n,k", [
+    ([1], 3712, 2688),                       # the shared expert's up at T = 1 (one group: auto splits K 4 ways)
+    ([1, 0, 0, 2, 0, 5], 2688, 1856),        # routed down at T = 1..2, empty groups
+    ([12, 0, 9], 264, 1040),                 # two 8-row passes (the split sums meet twice), K pieces uneven
+    ([3], 40, 64),                           # K too short for every split: dead warps and idle lanes
+])
+def test_cuda_gemv_split(split, counts, n, k):
+    """The GEMV's K split (warps sharing a channel group, sums meeting in shared memory in a fixed order), forced
+    through the extension's gemv_split, BF16 and FP8, relu^2: the error rule, bitwise repeatable."""
+    from nemotron_kernels import _ext
+    a, b, offsets = operands(counts, n, k, seed=split + n, device="cuda", dtype=BF16)
+    out = _ext._C.grouped_gemm_nt(a, b, offsets, True, 2, split)
+    ref64 = grouped_gemm_ref(a.double(), b, offsets, "relu2")
+    assert_error_rule(f"GEMV split {split}", out, ref64, torch_bf16(a, b, offsets, "relu2"), 2)
+    assert torch.equal(out, _ext._C.grouped_gemm_nt(a, b, offsets, True, 2, split)), "not deterministic"
+    a_q, a_scale, b_q, b_scale, offsets = quantized_operands(counts, n, k, seed=split)
+    out = _ext._C.grouped_gemm_fp8_nt(a_q, a_scale, b_q, b_scale, offsets, True, 2, split)
+    exact = grouped_gemm_ref(a_q.double() * a_scale.double()[:, None], b_q.double() * b_scale.double()[..., None],
+                             offsets, "relu2")
+    assert_error_rule(f"fp8 GEMV split {split}", out, exact, exact.to(BF16), 2)
 
 
 @pytest.mark.cuda

@@ -1,0 +1,71 @@
+"""Sweep the grouped GEMV's K split (csrc/moe/moe_gemv_kernel.cu, gemv_split) on the decode shapes (H200).
+    python scripts/sweep_gemv_split.py          # from the repository root, after building the extension
+Serving's decode at batch 1 spent 0.56 ms on the shared expert at 1.6 TB/s (bench/NOTES.md, session 9): one group
+gives the GEMV 84-116 CTAs on 132 SMs. Per shape this times each forced split (1, 2, 4, 8) and the automatic
+choice (gemv_split_for), BF16 and FP8, as CUDA-graph replays over enough weight copies to pass the 60 MB L2; it
+prints µs per call and the weights' streaming rate (the H200's copy rate is about 4.2 TB/s)."""
+import torch
+
+from bench.harness import cuda_times
+from nemotron_kernels import _ext
+from nemotron_kernels.ops.grouped_gemm import quantize_fp8_rowwise
+
+E, TOP_K = 128, 6
+# name, groups, rows per touched group (list), N, K, relu2
+SHAPES = (
+    ("shared up T=1", 1, [1], 3712, 2688, True),
+    ("shared down T=1", 1, [1], 2688, 3712, False),
+    ("routed up T=1", E, [1] * TOP_K, 1856, 2688, True),
+    ("routed down T=1", E, [1] * TOP_K, 2688, 1856, False),
+    ("routed up T=8", E, None, 1856, 2688, True),
+    ("routed down T=8", E, None, 2688, 1856, False),
+    ("mamba in_proj M=1", 1, [1], 10304, 2688, False),
+    ("mamba out_proj M=1", 1, [1], 2688, 4096, False),
+)
+
+
+def offsets_for(groups, rows, gen):
+    """Expert offsets [groups + 1] with `rows` on random distinct groups (rows None: a top-6 routing of 8 tokens)."""
+    counts = torch.zeros(groups, dtype=torch.int64)
+    if rows is None:
+        for _ in range(8):
+            counts[torch.randperm(groups, generator=gen)[:TOP_K]] += 1
+    else:
+        counts[torch.randperm(groups, generator=gen)[:len(rows)]] = torch.tensor(rows)
+    return torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).int().cuda(), int(counts.sum())
+
+
+def main():
+    gen = torch.Generator().manual_seed(0)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    print(f"{torch.cuda.get_device_name()}, {sms} SMs")
+    for name, groups, rows, n, k, relu2 in SHAPES:
+        offsets, m = offsets_for(groups, rows, gen)
+        touched = int((offsets[1:] > offsets[:-1]).sum())
+        for fp8 in (False, True):
+            elem = 1 if fp8 else 2
+            copies = min(max(2, -(-200_000_000 // (touched * n * k * elem))), 8)  # touched bytes > 3x the L2
+            w = [torch.randn(groups, n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5 for _ in range(copies)]
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            if fp8:
+                wq = [quantize_fp8_rowwise(t.view(-1, k)) for t in w]
+                w = [(q.view(groups, n, k), s.view(groups, n)) for q, s in wq]
+                xq, xs = quantize_fp8_rowwise(x)
+                call = lambda i, split: _ext._C.grouped_gemm_fp8_nt(xq, xs, w[i][0], w[i][1], offsets, relu2, 2,  # noqa
+                                                                     split)
+            else:
+                call = lambda i, split: _ext._C.grouped_gemm_nt(x, w[i], offsets, relu2, 2, split)  # noqa
+            want = call(0, 1).float()
+            line = []
+            for split in (1, 2, 4, 8, 0):
+                got = call(0, split).float()
+                assert torch.allclose(got, want, rtol=2e-2, atol=2e-2 * want.abs().max().item()), (name, split)
+                us = cuda_times(lambda i: call(i, split), list(range(copies)), reps=5, graph_replays=5)["ms"] * 1e3
+                tbs = touched * n * k * elem / us / 1e6
+                line.append(f"{'auto' if split == 0 else split}: {us:6.1f} us {tbs:4.2f} TB/s")
+            print(f"{name:20s} {'fp8 ' if fp8 else 'bf16'} | " + " | ".join(line), flush=True)
+            del w
+
+
+if __name__ == "__main__":
+    main()
