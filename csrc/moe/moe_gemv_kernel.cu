@@ -8,7 +8,7 @@
 // (a is tiny and hits L1). Lane partial sums are reduced with shuffles; the epilogue (scales, relu^2) runs in
 // fp32 and rounds once to bf16, as the CUTLASS epilogues do.
 // Small grids (the shared expert at T = 1: one group, 84-116 CTAs on 132 SMs) keep too few loads in flight to
-// stream at copy speed, so `split` warps share each channel group, each taking every split-th 16-byte piece of
+// stream at copy speed, so kSplit warps share each channel group, each taking every kSplit-th 16-byte piece of
 // K; their sums meet in shared memory in a fixed order (deterministic). gemv_split_for picks it from the grid.
 // Tried and measured slower (H200, bench/NOTES.md): mma.sync with one warp per 16 channels and a permuted k order
 // (2.5x slower at T = 1: 4x fewer warps streaming, 64-byte row pieces per load instead of 512 contiguous bytes).
@@ -16,6 +16,7 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "moe/moe_kernels.h"
@@ -26,7 +27,6 @@ namespace {
 constexpr int kWarps = 8;   // warps per CTA
 constexpr int kCh = 4;      // output channels per warp (N % 8 == 0, so a warp's channels are all valid or none)
 constexpr int kMt = 8;      // rows of a per pass over the weights
-constexpr int kGemvCtasPerSm = 4;  // grid gemv_split_for aims at (about 3 CTAs of 256 threads are resident)
 
 // 16 bytes of T as fp32: 8 bf16 or 16 e4m3.
 template <typename T>
@@ -74,33 +74,36 @@ __device__ __forceinline__ void find_group(const int32_t* offsets, int groups, i
   if (lane == 0) *group = -1;
 }
 
-// CTA: kWarps / split channel groups of kCh channels; warp w serves group w / split on K pieces w % split.
-template <typename T, bool kScaled, bool kReLU2>
+// CTA: kWarps / kSplit channel groups of kCh channels; warp w serves group w / kSplit on K pieces w % kSplit.
+// kSplit is a template argument: kSplit = 1 is the unsplit loop exactly (constant strides, no barriers).
+template <typename T, bool kScaled, bool kReLU2, int kSplit>
 __global__ void __launch_bounds__(kWarps * 32)
 grouped_gemv_nt_kernel(const T* __restrict__ a, const T* __restrict__ b, __nv_bfloat16* __restrict__ d,
                        const float* __restrict__ a_scale, const float* __restrict__ b_scale,
-                       const int32_t* __restrict__ offsets, int groups, int64_t m_rows, int n, int k, int split) {
+                       const int32_t* __restrict__ offsets, int groups, int64_t m_rows, int n, int k) {
   constexpr int kLen = Chunk<T>::kLen;
   static_assert(kCh == 4, "wc below lists 4 channels");
   __shared__ int s_group;
   __shared__ int64_t s_start, s_end;
-  __shared__ float s_part[kWarps][32];                                      // split partial sums, lane-indexed
+  __shared__ float s_part[kSplit > 1 ? kWarps : 1][32];                     // split partial sums, lane-indexed
   if (threadIdx.x < 32) find_group(offsets, groups, m_rows, blockIdx.y, &s_group, &s_start, &s_end);
   __syncthreads();
   const int group = s_group;
   if (group < 0) return;                                                    // CTA-uniform
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int slice = warp % split;                                           // which K pieces
-  const int n0 = (blockIdx.x * (kWarps / split) + warp / split) * kCh;
-  const bool live = n0 < n;                      // dead warps still meet the CTA barriers below
+  const int slice = warp % kSplit;                                          // which K pieces
+  const int n0 = (blockIdx.x * (kWarps / kSplit) + warp / kSplit) * kCh;
+  const bool live = n0 < n;
+  if (kSplit == 1 && !live) return;              // split warps stay: they meet the CTA barriers below
   const int64_t start = s_start, end = s_end;
+  const int64_t k_begin = live ? int64_t(slice * 32 + lane) * kLen : k;
   const T* w = b + (int64_t(group) * n + n0) * k;                           // [kCh, K] rows of b[group]
 
   for (int64_t r0 = start; r0 < end; r0 += kMt) {
     const int rows = int(min(int64_t(kMt), end - r0));
     float acc[kCh][kMt] = {};
 #pragma unroll 2
-    for (int64_t kk = int64_t(slice * 32 + lane) * kLen; live && kk < k; kk += int64_t(32 * split) * kLen) {
+    for (int64_t kk = k_begin; kk < k; kk += 32 * kSplit * kLen) {
       uint4 raw[kCh];                                                      // weights: read once, not cached
 #pragma unroll
       for (int c = 0; c < kCh; ++c) raw[c] = __ldcs(reinterpret_cast<const uint4*>(w + c * int64_t(k) + kk));
@@ -131,11 +134,12 @@ grouped_gemv_nt_kernel(const T* __restrict__ a, const T* __restrict__ b, __nv_bf
         }
       }
     }
-    if (split > 1) {                             // the group's first warp adds the others' sums in order
+    if constexpr (kSplit > 1) {                  // the group's first warp adds the others' sums in order
       s_part[warp][lane] = out;
       __syncthreads();
       if (slice == 0) {
-        for (int i = 1; i < split; ++i) out += s_part[warp + i][lane];
+#pragma unroll
+        for (int i = 1; i < kSplit; ++i) out += s_part[warp + i][lane];
       }
       __syncthreads();                           // s_part is rewritten by the next row chunk
     }
@@ -149,35 +153,68 @@ grouped_gemv_nt_kernel(const T* __restrict__ a, const T* __restrict__ b, __nv_bf
   }
 }
 
-template <typename T, bool kScaled, bool kReLU2>
-const char* launch(const GroupedGemmParams& p) {
-  const int touched = int(std::min<int64_t>(p.groups, p.m_rows));   // at most this many groups have rows
-  const int split = p.gemv_split > 0 ? p.gemv_split : gemv_split_for(p.n, p.k, sizeof(T), touched, p.sm_count);
-  if (split < 1 || split > kWarps || kWarps % split != 0) return "grouped GEMV: split must be 1, 2, 4 or 8";
-  const int per_cta = kWarps / split * kCh;                          // channels per CTA
-  const int n_blocks = (p.n + per_cta - 1) / per_cta;
+template <typename T, bool kScaled, bool kReLU2, int kSplit>
+const char* launch_split(const GroupedGemmParams& p, int touched) {
+  constexpr int kPerCta = kWarps / kSplit * kCh;                     // channels per CTA
+  const int n_blocks = (p.n + kPerCta - 1) / kPerCta;
   if (n_blocks == 0 || touched == 0) return "";
-  grouped_gemv_nt_kernel<T, kScaled, kReLU2><<<dim3(n_blocks, touched), kWarps * 32, 0, p.stream>>>(
+  grouped_gemv_nt_kernel<T, kScaled, kReLU2, kSplit><<<dim3(n_blocks, touched), kWarps * 32, 0, p.stream>>>(
       static_cast<const T*>(p.a), static_cast<const T*>(p.b), static_cast<__nv_bfloat16*>(p.d), p.a_scale,
-      p.b_scale, p.offsets, p.groups, p.m_rows, p.n, p.k, split);
+      p.b_scale, p.offsets, p.groups, p.m_rows, p.n, p.k);
   const cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? "" : cudaGetErrorString(err);
 }
 
+// Resident CTAs of the unsplit kernel on the whole GPU (the split ones use the same registers; cached per kind).
+template <typename T, bool kScaled, bool kReLU2>
+int resident_ctas(int sm_count) {
+  static const int per_sm = [] {
+    int blocks = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, grouped_gemv_nt_kernel<T, kScaled, kReLU2, 1>,
+                                                      kWarps * 32, 0) != cudaSuccess) {
+      (void)cudaGetLastError();
+      blocks = 1;
+    }
+    return std::max(blocks, 1);
+  }();
+  return per_sm * sm_count;
+}
+
+template <typename T, bool kScaled, bool kReLU2>
+const char* launch(const GroupedGemmParams& p) {
+  const int touched = int(std::min<int64_t>(p.groups, p.m_rows));   // at most this many groups have rows
+  const int split = p.gemv_split > 0 ? p.gemv_split
+                                     : gemv_split_for(p.n, p.k, sizeof(T), touched,
+                                                      resident_ctas<T, kScaled, kReLU2>(p.sm_count));
+  switch (split) {
+    case 1: return launch_split<T, kScaled, kReLU2, 1>(p, touched);
+    case 2: return launch_split<T, kScaled, kReLU2, 2>(p, touched);
+    case 4: return launch_split<T, kScaled, kReLU2, 4>(p, touched);
+    case 8: return launch_split<T, kScaled, kReLU2, 8>(p, touched);
+    default: return "grouped GEMV: split must be 1, 2, 4 or 8";
+  }
+}
+
 }  // namespace
 
-int gemv_split_for(int n, int k, int elem_bytes, int touched_groups, int sm_count) {
-  // Split until the grid (counting every group that may have rows) gives each SM kGemvCtasPerSm CTAs, while each
-  // warp of a split still gets at least two 16-byte pieces per lane along K.
+int gemv_split_for(int n, int k, int elem_bytes, int touched_groups, int resident) {
+  // H200 sweep (scripts/sweep_gemv_split.py, bench/NOTES.md): FP8 never gained from a split (widening e4m3 on the
+  // CUDA cores, not the loads in flight, bounds it). BF16 gained where the unsplit grid is under two waves: the
+  // best split was the largest that still fits one wave (shared expert up 116 CTAs: 2; down 84: 4), or, with
+  // none, the one whose last wave is fullest (routed down at T = 1, 504 CTAs: 2). Each lane keeps >= 2 pieces.
+  if (elem_bytes == 1) return 1;
   const int pieces = k * elem_bytes / 16;                            // 16-byte pieces of one weight row
-  int split = 1;
-  while (split < kWarps) {
-    const int per_cta = kWarps / split * kCh;
-    const int64_t ctas = int64_t((n + per_cta - 1) / per_cta) * std::max(touched_groups, 1);
-    if (ctas >= int64_t(kGemvCtasPerSm) * sm_count || pieces < 2 * 32 * 2 * split) break;
-    split *= 2;
+  auto ctas = [&](int s) { return int64_t((n + kWarps / s * kCh - 1) / (kWarps / s * kCh)) * touched_groups; };
+  if (resident < 1 || touched_groups < 1 || ctas(1) >= 2 * int64_t(resident)) return 1;
+  int one_wave = 0, fullest = 1;
+  double best_fill = 0;
+  for (int s = 1; s <= kWarps && pieces >= 2 * 32 * s; s *= 2) {
+    const int64_t c = ctas(s), waves = (c + resident - 1) / resident;
+    if (c <= resident) one_wave = s;
+    const double fill = double(c) / double(waves * resident);
+    if (fill > best_fill + 1e-9) best_fill = fill, fullest = s;
   }
-  return split;
+  return one_wave ? one_wave : fullest;
 }
 
 const char* grouped_gemv_run(const GroupedGemmParams& p) {

@@ -118,8 +118,9 @@ void zero_empty_groups(const GroupedGemmParams& p);
 // grouped_gemv_run (NT kinds; N % 8 == 0 and K a multiple of 16 bytes, as for the CUTLASS kernels; no workspace).
 const char* grouped_gemm_run(const GroupedGemmParams& p);
 const char* grouped_gemv_run(const GroupedGemmParams& p);
-// The GEMV's K split for n output channels, k-long rows of elem_bytes and touched_groups groups with rows.
-int gemv_split_for(int n, int k, int elem_bytes, int touched_groups, int sm_count);
+// The GEMV's K split for n output channels, k-long rows of elem_bytes, touched_groups groups with rows and
+// `resident` CTAs resident on the GPU at once.
+int gemv_split_for(int n, int k, int elem_bytes, int touched_groups, int resident);
 
 // Multiprocessor count of `device` (cached after the first query).
 int sm_count_of(int device);
