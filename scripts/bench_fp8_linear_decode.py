@@ -2,9 +2,8 @@
     python scripts/bench_fp8_linear_decode.py     # from the repository root, after building the extension
 Serving's FP8 decode at batch 1 is slower than BF16 (4.08 vs 3.61 ms, bench/NOTES.md session 8) though it streams
 fewer bytes. Per Mamba projection (in_proj 2688 -> 10304, out_proj 4096 -> 2688) and M rows this times:
-  bf16 F.linear;  FP8Linear.forward (quantize_fp8_rowwise + our grouped GEMV at <= 16 rows, torch._scaled_mm
-  above);  torch._scaled_mm and the quantisation alone;  our grouped FP8 GEMM with one group (the MoE's GEMV for
-  <= 16 rows, swapped tiles above) on the same e4m3 data.
+  bf16 F.linear;  FP8Linear.forward (quantize_fp8_rowwise + torch._scaled_mm);  the quantisation alone;
+  our grouped FP8 GEMM with one group (the MoE's GEMV for <= 16 rows, swapped tiles above) on the same e4m3 data.
 CUDA-graph replays (bench.harness.cuda_times) over 4 weight copies (past L2); µs per call and the weight bytes'
 rate."""
 import torch
@@ -38,9 +37,7 @@ def main():
             err = ((got - want).abs().max() / want.abs().max()).item()
             rows = {
                 "bf16 F.linear": graph_us(lambda i: F.linear(x, lin[i].weight), 4),
-                "FP8Linear.forward (quant + GEMV <= 16 rows, else _scaled_mm)": graph_us(lambda i: fp8[i](x), 4),
-                "  torch._scaled_mm alone": graph_us(lambda i: torch._scaled_mm(
-                    xq, fp8[i].weight.t(), scale_a=xs[:, None], scale_b=fp8[i]._scale_b, out_dtype=torch.bfloat16), 4),
+                "FP8Linear (quant + _scaled_mm)": graph_us(lambda i: fp8[i](x), 4),
                 "  quantize_fp8_rowwise alone": graph_us(lambda i: quantize_fp8_rowwise(x), 4),
                 "grouped FP8 GEMM, 1 group (ours)": graph_us(lambda i: grouped_gemm_fp8(xq, xs, w_q[i], w_s[i],
                                                                                          offsets), 4),
@@ -48,7 +45,7 @@ def main():
             print(f"{name} M={m} (ours vs FP8Linear: max rel diff {err:.1e})")
             for what, us in rows.items():
                 bytes_w = n * k * (2 if what.startswith("bf16") else 1)
-                rate = "" if "quantize" in what else f"  {bytes_w / us / 1e6:5.2f} TB/s of weights"
+                rate = "" if "alone" in what else f"  {bytes_w / us / 1e6:5.2f} TB/s of weights"
                 print(f"   {us:8.1f} us  {what}{rate}", flush=True)
 
 

@@ -6,9 +6,8 @@ attention, those Mamba layers, every conv1d, norms, embeddings, lm_head; the rou
 
 Scales: one fp32 scale per weight tensor (per expert for the routed experts), as ModelOpt exports them; activations
 use the checkpoint's static `input_scale` when there is one, else a dynamic scale per token (row); the routed
-experts on a GPU always scale per token. GEMMs on a GPU: for the projections our grouped FP8 GEMV with one group at
-decode sizes (<= GEMV_ROWS rows), torch._scaled_mm with row-wise scales above (activations quantised per row by
-nemotron_kernels' fused quantize_fp8_rowwise kernel either way), our CUTLASS FP8 grouped
+experts on a GPU always scale per token. GEMMs on a GPU: torch._scaled_mm with row-wise scales for the projections
+(activations quantised per row by nemotron_kernels' fused quantize_fp8_rowwise kernel), our CUTLASS FP8 grouped
 GEMMs (nemotron_kernels moe_experts_fp8) for the routed experts and, when its activation scales are dynamic, the
 shared expert in the same call (grouped GEMV at decode sizes), out bf16. Elsewhere (CPU,
 or dims that are not multiples of 16) a reference path dequantises: the same fp8 values and scales, the matmul in
@@ -33,7 +32,7 @@ from torch import nn
 from model.checkpoint import CheckpointError, checkpoint_layout, keeps_fp32
 from model.config import NemotronHConfig
 from model.nemotron_h import NemotronH
-from nemotron_kernels.ops.grouped_gemm import grouped_gemm_fp8_nt, quantize_fp8_rowwise
+from nemotron_kernels.ops.grouped_gemm import quantize_fp8_rowwise
 from nemotron_kernels.ops.moe_experts import moe_experts_fp8
 
 log = logging.getLogger("model.serve")
@@ -88,11 +87,6 @@ def _gpu_ok(*dims: int) -> bool:
     return all(d % 16 == 0 for d in dims)
 
 
-# Up to this many rows FP8Linear runs our grouped FP8 GEMM with one group (its GEMV, as the MoE's path_for picks at
-# <= 16 rows): H200, M = 1, in_proj 12.3 / out_proj 8.4 us against torch._scaled_mm's 17.6 / 13.1 (NOTES session 9).
-GEMV_ROWS = 16
-
-
 class FP8Linear(nn.Module):
     """y = x W^T with W in e4m3 (weight [N, K], weight_scale scalar) and x quantised to e4m3 on the fly."""
 
@@ -110,12 +104,9 @@ class FP8Linear(nn.Module):
 
     def _derive_scales(self) -> None:
         """The weight scale as the [1, N] vector row-wise GEMMs take (not saved; re-derived after a state-dict
-        load, so a loaded scale never meets a stale copy), and the one-group offsets [0, m] of the GEMV path."""
+        load, so a loaded scale never meets a stale copy)."""
         self.register_buffer("_scale_b", self.weight_scale.expand(1, self.out_features).contiguous(),
                              persistent=False)                                    # [1, N]
-        rows = torch.arange(GEMV_ROWS + 1, dtype=torch.int32, device=self.weight.device)
-        self.register_buffer("_gemv_offsets", torch.stack([torch.zeros_like(rows), rows], 1),
-                             persistent=False)                                    # [GEMV_ROWS + 1, 2]: row m = [0, m]
 
     @classmethod
     def from_linear(cls, linear: nn.Module) -> "FP8Linear":
@@ -130,19 +121,13 @@ class FP8Linear(nn.Module):
 
     @property
     def path(self) -> str:
-        return (f"grouped FP8 GEMV (<= {GEMV_ROWS} rows), else torch._scaled_mm" if self._use_gpu(self.weight)
-                else "reference (dequantised)")
+        return "torch._scaled_mm" if self._use_gpu(self.weight) else "reference (dequantised)"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)                                      # [M, K]
         xq, sa = quantize_rows(x2, self.input_scale)
-        m = x2.shape[0]
-        if self._use_gpu(x2) and 0 < m <= GEMV_ROWS:
-            # decode: the weight as one expert of the grouped GEMM (b [1, N, K], b_scale [1, N], offsets [0, m])
-            y = grouped_gemm_fp8_nt(xq, sa.reshape(m), self.weight[None], self._scale_b, self._gemv_offsets[m],
-                                    False)
-        elif self._use_gpu(x2):
+        if self._use_gpu(x2):
             y = torch._scaled_mm(xq, self.weight.t(), scale_a=sa, scale_b=self._scale_b, out_dtype=torch.bfloat16)
         else:
             cdtype = torch.promote_types(x.dtype, torch.float32)
