@@ -8,6 +8,8 @@ masked run across the diagonal; tiles past the diagonal are never visited. Progr
 
 Shapes: q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D] (last dim contiguous, other strides free), o like q,
 lse [B, Hq, Sq] float32 (natural log). Varlen: B = 1, cu_seqlens [S+1] shared by q and k.
+FP8 (e4m3 q/k/v, bf16 o): the launcher copies V to v^T [B, Hkv, D, Sk'] so both products are e4m3 wgmmas with
+K-major operands (H200, B4 S8K: 8.67 -> 3.58 ms with the copy; bench/NOTES.md, session 10).
 """
 import torch
 import triton
@@ -20,14 +22,17 @@ INTERPRETED = interpreting()   # the mode these kernels were defined in (see gqa
 
 @triton.jit
 def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, k_desc, v_desc, desc_row0, desc_col,
-                    n_lo, n_hi, seqlen_k, kmax0, qk_scale,
+                    vt_row, vt_col0, n_lo, n_hi, seqlen_k, kmax0, qk_scale,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PACK: tl.constexpr, MASKED: tl.constexpr,
                     CAUSAL: tl.constexpr, USE_TMA: tl.constexpr, IS_FP8: tl.constexpr, P_SCALE: tl.constexpr,
                     INPUT_PRECISION: tl.constexpr):
     """Online-softmax update of (acc [BM, D], l_i [BM], m_i [BM]) over key tiles [n_lo, n_hi) (relative to the
     sequence start). K/V tiles come from k_ptrs/v_ptrs [BN, D] (pointing at key tile 0), or with USE_TMA from the
-    2-D descriptors at rows desc_row0 + key, column desc_col. MASKED: apply the key bound and the causal mask
-    (row m sees keys <= kmax0 + m // PACK); the short masked run is not software-pipelined (fewer registers)."""
+    2-D descriptors at rows desc_row0 + key, column desc_col. IS_FP8: V comes transposed, v_ptrs [D, BN], or the
+    descriptor's [D, BN] box at row vt_row, column vt_col0 + key (an e4m3 wgmma takes its B operand K-major only:
+    V as [keys, D] made Triton transpose every tile through registers). MASKED: apply the key bound and the causal
+    mask (row m sees keys <= kmax0 + m // PACK); the short masked run is not software-pipelined (fewer
+    registers)."""
     offs_n = tl.arange(0, BLOCK_N)
     k_ptrs += n_lo * stride_kn
     v_ptrs += n_lo * stride_vn
@@ -37,12 +42,17 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, k_de
             key_ok = key < seqlen_k
         if USE_TMA:
             k = k_desc.load([desc_row0 + n0, desc_col])                            # [BN, D]
-            v = v_desc.load([desc_row0 + n0, desc_col])
-            if MASKED:      # rows past the sequence belong to the next one (or are zero past the tensor)
-                v = tl.where(key_ok[:, None], v, 0.0)
+            if IS_FP8:
+                v = v_desc.load([vt_row, vt_col0 + n0])                            # [D, BN]
+                if MASKED:  # keys past the sequence belong to the next one (or are padding)
+                    v = tl.where(key_ok[None, :], v, 0.0)
+            else:
+                v = v_desc.load([desc_row0 + n0, desc_col])
+                if MASKED:  # rows past the sequence belong to the next one (or are zero past the tensor)
+                    v = tl.where(key_ok[:, None], v, 0.0)
         elif MASKED:
             k = tl.load(k_ptrs, mask=key_ok[:, None], other=0.0)                   # [BN, D]
-            v = tl.load(v_ptrs, mask=key_ok[:, None], other=0.0)
+            v = tl.load(v_ptrs, mask=key_ok[None, :] if IS_FP8 else key_ok[:, None], other=0.0)
         else:
             k = tl.load(k_ptrs)
             v = tl.load(v_ptrs)
@@ -64,7 +74,7 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, k_de
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         if IS_FP8:          # P in e4m3, scaled by P_SCALE so small probabilities stay normal numbers
-            acc = tl.dot((p * P_SCALE).to(v.dtype), v, acc)
+            acc = tl.dot((p * P_SCALE).to(v.dtype), tl.trans(v), acc)
         else:
             acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)
         m_i = m_new
@@ -78,7 +88,7 @@ def _gqa_attn_fwd_kernel(
     Q, K, V, O, LSE, CU_SEQLENS, K_DESC, V_DESC, Q_DESCALE, K_DESCALE, V_DESCALE,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
-    stride_vb, stride_vs, stride_vh,
+    stride_vb, stride_vs, stride_vh, stride_vd,
     stride_ob, stride_os, stride_oh,
     stride_lb, stride_lh,
     stride_dqb, stride_dqh, stride_dkb, stride_dkh, stride_dvb, stride_dvh,
@@ -89,6 +99,8 @@ def _gqa_attn_fwd_kernel(
     INPUT_PRECISION: tl.constexpr,
 ):
     """K_DESC, V_DESC (USE_TMA): 2-D TMA descriptors over k, v viewed as [B*Sk, Hkv*D] with [BLOCK_N, D] boxes.
+    IS_FP8: V is v^T [B, Hkv, D, Sk'] (stride_vs = 1, stride_vd its row stride; V_DESC over [B*Hkv*D, Sk'] with
+    [D, BLOCK_N] boxes).
     Q/K/V_DESCALE (FP8; None when absent): fp32 [rows, Hkv] (row b of batch / sequence b, stride 0 to broadcast);
     the scores are scaled by q_descale * k_descale and the output by v_descale (times out_scale)."""
     POS_PER_TILE: tl.constexpr = BLOCK_M // PACK
@@ -137,7 +149,10 @@ def _gqa_attn_fwd_kernel(
         q_rows = pos.to(tl.int64) * stride_qs + hq * stride_qh
         q = tl.load(q_base + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)   # [BM, D]
         k_ptrs = k_base + hkv * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :]        # [BN, D]
-        v_ptrs = v_base + hkv * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :]
+        if IS_FP8:
+            v_ptrs = v_base + hkv * stride_vh + offs_d[:, None] * stride_vd + offs_n[None, :] * stride_vs  # [D, BN]
+        else:
+            v_ptrs = v_base + hkv * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :]
 
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -153,12 +168,20 @@ def _gqa_attn_fwd_kernel(
             hi = seqlen_k
         full_hi = (full_end // BLOCK_N) * BLOCK_N
         desc_col = hkv * HEAD_DIM
+        if VARLEN:                                   # v^T rows (batch, kv head, d), columns keys (FP8 only)
+            vt_row = hkv * HEAD_DIM
+            vt_col0 = desc_row0
+        else:
+            vt_row = (b * num_kv_heads + hkv) * HEAD_DIM
+            vt_col0 = 0
         acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_ks, stride_vs, K_DESC, V_DESC,
-                                        desc_row0, desc_col, 0, full_hi, seqlen_k, p0 + shift, qk_scale,
+                                        desc_row0, desc_col, vt_row, vt_col0, 0, full_hi, seqlen_k, p0 + shift,
+                                        qk_scale,
                                         BLOCK_M, BLOCK_N, PACK, False, CAUSAL, USE_TMA, IS_FP8, P_SCALE,
                                         INPUT_PRECISION)
         acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_ks, stride_vs, K_DESC, V_DESC,
-                                        desc_row0, desc_col, full_hi, hi, seqlen_k, p0 + shift, qk_scale,
+                                        desc_row0, desc_col, vt_row, vt_col0, full_hi, hi, seqlen_k, p0 + shift,
+                                        qk_scale,
                                         BLOCK_M, BLOCK_N, PACK, True, CAUSAL, USE_TMA, IS_FP8, P_SCALE,
                                         INPUT_PRECISION)
 
@@ -183,10 +206,11 @@ assert len({c[0] for c in FWD_CONFIGS}) == 1, "autotuned configs must share BLOC
 
 
 def _set_desc_blocks(nargs):
-    """Autotune pre-hook: the TMA boxes follow the config's BLOCK_N."""
+    """Autotune pre-hook: the TMA boxes follow the config's BLOCK_N (V's box is [D, BLOCK_N] for FP8: v^T)."""
     if nargs["K_DESC"] is not None:
-        for name in ("K_DESC", "V_DESC"):
-            nargs[name].block_shape = [nargs["BLOCK_N"], nargs["HEAD_DIM"]]
+        bn, d = nargs["BLOCK_N"], nargs["HEAD_DIM"]
+        nargs["K_DESC"].block_shape = [bn, d]
+        nargs["V_DESC"].block_shape = [d, bn] if nargs["IS_FP8"] else [bn, d]
 
 
 def _tuned(configs):
@@ -213,9 +237,24 @@ def tma_eligible(k, v) -> bool:
 
 
 def _descriptors(k, v, block_n: int):
+    """TMA descriptors: k (and 16-bit v) as [B*Sk, Hkv*D]; an FP8 v^T [B, Hkv, D, Sk'] as [B*Hkv*D, Sk']."""
     from triton.tools.tensor_descriptor import TensorDescriptor
     bsz, sk, hkv, d = k.shape
-    return tuple(TensorDescriptor(t, [bsz * sk, hkv * d], [t.stride(1), 1], [block_n, d]) for t in (k, v))
+    k_desc = TensorDescriptor(k, [bsz * sk, hkv * d], [k.stride(1), 1], [block_n, d])
+    if v.dtype == FP8:
+        rows = v.shape[0] * v.shape[1] * v.shape[2]
+        return k_desc, TensorDescriptor(v, [rows, v.shape[3]], [v.stride(2), 1], [d, block_n])
+    return k_desc, TensorDescriptor(v, [bsz * sk, hkv * d], [v.stride(1), 1], [block_n, d])
+
+
+def transpose_v_fp8(v: torch.Tensor) -> torch.Tensor:
+    """v [B, Sk, Hkv, D] e4m3 -> v^T [B, Hkv, D, Sk'] with Sk' = Sk rounded up to 16 (16-byte TMA rows); the
+    padding is never used unmasked. One copy of V (B4 S8K: 8 MB) buys an FP8 PV product without a per-tile
+    transpose."""
+    bsz, sk, hkv, d = v.shape
+    vt = torch.empty(bsz, hkv, d, -(-sk // 16) * 16, dtype=v.dtype, device=v.device)
+    vt[..., :sk].copy_(v.permute(0, 2, 3, 1))
+    return vt
 
 
 FP8 = torch.float8_e4m3fn
@@ -290,10 +329,15 @@ def gqa_attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens=No
                   INPUT_PRECISION=dot_precision(q.dtype))
     descales = [_descale_arg(t, num_seqs, hkv, q.device) for t in (q_descale, k_descale, v_descale)]
     use_tma = tma_eligible(k, v) and (q.is_cuda if config is None else config[4])
+    if is_fp8:
+        v = transpose_v_fp8(v)                                                    # [B, Hkv, D, Sk']
+        v_strides = (v.stride(0), v.stride(3), v.stride(1), v.stride(2))          # b, key, head, d
+    else:
+        v_strides = (v.stride(0), v.stride(1), v.stride(2), 1)
     k_desc, v_desc = _descriptors(k, v, config[1] if config else FWD_CONFIGS[0][1]) if use_tma else (None, None)
     args = (q, k, v, o, lse, cu_seqlens if varlen else q, k_desc, v_desc, *(t for t, _, _ in descales),
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+            *v_strides, o.stride(0), o.stride(1), o.stride(2),
             lse.stride(0), lse.stride(1), *(st for _, sb, sh in descales for st in (sb, sh)),
             sq, sk, hkv, chunks, float(softmax_scale) * LOG2E, float(out_scale))
 
@@ -331,7 +375,8 @@ def aot_compile_all():
         else:
             const.update(Q_DESCALE=None, K_DESCALE=None, V_DESCALE=None)
         if tma:
-            sig.update(K_DESC=f"tensordesc<{dt}[{bn}, {d}]>", V_DESC=f"tensordesc<{dt}[{bn}, {d}]>")
+            v_box = f"[{d}, {bn}]" if fp8 else f"[{bn}, {d}]"                     # FP8: v^T
+            sig.update(K_DESC=f"tensordesc<{dt}[{bn}, {d}]>", V_DESC=f"tensordesc<{dt}{v_box}>")
         else:
             const.update(K_DESC=None, V_DESC=None)
         name = f"gqa_attn_fwd {dt} D{d} G{group} causal={causal} varlen={varlen} {bm}x{bn} w{w} s{s} tma={tma}"

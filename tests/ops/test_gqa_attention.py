@@ -237,6 +237,15 @@ def test_interpreter_fp8_forward(interpret, causal):
     assert_error_rule("lse", lse, lse64.to(F64), lse_low, FWD, dtype=torch.float32)
 
 
+def test_transpose_v_fp8_layout():
+    """The FP8 forward's v^T: [B, Hkv, D, Sk'] with Sk' = Sk rounded up to 16 (16-byte TMA rows), v's values."""
+    from nemotron_kernels.triton.gqa_attention_fwd import transpose_v_fp8
+    v = torch.randn(2, 37, 3, 16).to(torch.float8_e4m3fn)
+    vt = transpose_v_fp8(v)
+    assert vt.shape == (2, 3, 16, 48) and vt.is_contiguous() and vt.dtype == v.dtype
+    assert torch.equal(vt[..., :37].view(torch.uint8), v.permute(0, 2, 3, 1).view(torch.uint8))
+
+
 def test_interpreter_fp8_varlen_scalar_descales(interpret):
     """Packed sequences with one descale row per sequence, and Python-number / one-element descales."""
     offsets = [0, 5, 5, 30, 41]
