@@ -2,7 +2,8 @@
 and FP8 e4m3, on expert-sorted rows (M = 6 T, a uniform random top-6 routing per input set).
 
 ours:      BF16: CUTLASS sm90 grouped GEMMs, up with relu^2 fused, then down;
-           FP8: rows quantised per row (timed), FP8 up with dequant + relu^2 fused, h re-quantised, FP8 down
+           FP8: rows quantised per row (timed), FP8 up with dequant + relu^2 fused, h re-quantised, FP8 down;
+           at T <= 16 also weights-only FP8 (grouped_gemm_w8: bf16 rows and h, e4m3 weights; no quantisation)
 baselines: torch._grouped_mm up -> torch relu^2 -> torch._grouped_mm down (ANCHORS.md);
            torch._scaled_grouped_mm with the same row-wise scales (x pre-quantised, h re-quantised by torch ops);
            a Python loop over the experts (bf16 matmuls).
@@ -11,7 +12,7 @@ tiles, 128-row tiles), so the rows-per-expert thresholds of path_for (csrc/moe/m
 import torch
 
 from nemotron_kernels import _ext
-from nemotron_kernels.ops.grouped_gemm import grouped_gemm, grouped_gemm_fp8, quantize_fp8_rowwise
+from nemotron_kernels.ops.grouped_gemm import grouped_gemm, grouped_gemm_fp8, grouped_gemm_w8, quantize_fp8_rowwise
 
 from .harness import Bench, Variant
 
@@ -64,6 +65,11 @@ def ours_fp8(s):
     h = grouped_gemm_fp8(rows_q, rows_scale, s["up_q"], s["up_scale"], s["offsets"], "relu2")
     h_q, h_scale = quantize_fp8_rowwise(h)
     return grouped_gemm_fp8(h_q, h_scale, s["down_q"], s["down_scale"], s["offsets"])
+
+
+def ours_w8(s):
+    h = grouped_gemm_w8(s["rows"], s["up_q"], s["up_scale"], s["offsets"], "relu2")
+    return grouped_gemm_w8(h, s["down_q"], s["down_scale"], s["offsets"])
 
 
 def forced_path(path: int, fp8: bool):
@@ -157,6 +163,10 @@ def run(bench: Bench) -> None:
                     variants.append(Variant(f"ours{' fp8' if fp8 else ''}, forced {name}", fn, flops=flops,
                                             flop_ceiling="fp8" if fp8 else "bf16",
                                             bytes=(weight_bytes // 2 if fp8 else weight_bytes) + act_bytes))
+        if ntokens <= 16:
+            _close(ours_w8(s), want if bench.device.type == "cuda" else ours(s), 0.15, "ours w8 != bf16")
+            variants.append(Variant("ours fp8 weights-only (w8a16 GEMV)", ours_w8, flops=flops,
+                                    bytes=weight_bytes // 2 + act_bytes))
         if bench.device.type == "cuda":
             variants.append(Variant("torch: _grouped_mm up, relu2, down", torch_grouped_mm, flops=flops,
                                     bytes=weight_bytes + act_bytes, baseline=True))

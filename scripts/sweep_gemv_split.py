@@ -2,8 +2,8 @@
     python scripts/sweep_gemv_split.py          # from the repository root, after building the extension
 Serving's decode at batch 1 spent 0.56 ms on the shared expert at 1.6 TB/s (bench/NOTES.md, session 9): one group
 gives the GEMV 84-116 CTAs on 132 SMs. Per shape this times each forced split (1, 2, 4, 8) and the automatic
-choice (gemv_split_for), BF16 and FP8, as CUDA-graph replays over enough weight copies to pass the 60 MB L2; it
-prints µs per call and the weights' streaming rate (the H200's copy rate is about 4.2 TB/s)."""
+choice (gemv_split_for), BF16, FP8 and weights-only FP8 (w8), as CUDA-graph replays over enough weight copies to
+pass the 60 MB L2; it prints µs per call and the weights' streaming rate (the H200's copy rate is about 4.2 TB/s)."""
 import torch
 
 from bench.harness import cuda_times
@@ -42,17 +42,20 @@ def main():
     for name, groups, rows, n, k, relu2 in SHAPES:
         offsets, m = offsets_for(groups, rows, gen)
         touched = int((offsets[1:] > offsets[:-1]).sum())
-        for fp8 in (False, True):
-            elem = 1 if fp8 else 2
+        for kind in ("bf16", "fp8", "w8"):                 # w8: bf16 x, e4m3 weights (grouped_gemm_w8)
+            elem = 2 if kind == "bf16" else 1
             copies = min(max(2, -(-200_000_000 // (touched * n * k * elem))), 8)  # touched bytes > 3x the L2
             w = [torch.randn(groups, n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5 for _ in range(copies)]
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            if fp8:
+            if kind != "bf16":
                 wq = [quantize_fp8_rowwise(t.view(-1, k)) for t in w]
                 w = [(q.view(groups, n, k), s.view(groups, n)) for q, s in wq]
                 xq, xs = quantize_fp8_rowwise(x)
+            if kind == "fp8":
                 call = lambda i, split: _ext._C.grouped_gemm_fp8_nt(xq, xs, w[i][0], w[i][1], offsets, relu2, 2,  # noqa
                                                                      split)
+            elif kind == "w8":
+                call = lambda i, split: _ext._C.grouped_gemm_w8_nt(x, w[i][0], w[i][1], offsets, relu2, split)  # noqa
             else:
                 call = lambda i, split: _ext._C.grouped_gemm_nt(x, w[i], offsets, relu2, 2, split)  # noqa
             want = call(0, 1).float()
@@ -63,7 +66,7 @@ def main():
                 us = cuda_times(lambda i: call(i, split), list(range(copies)), reps=5, graph_replays=5)["ms"] * 1e3
                 tbs = touched * n * k * elem / us / 1e6
                 line.append(f"{'auto' if split == 0 else split}: {us:6.1f} us {tbs:4.2f} TB/s")
-            print(f"{name:20s} {'fp8 ' if fp8 else 'bf16'} | " + " | ".join(line), flush=True)
+            print(f"{name:20s} {kind:4s} | " + " | ".join(line), flush=True)
             del w
 
 

@@ -37,6 +37,8 @@ GemmEntry entry_of(GemmKind kind, GemmPath path) {
     case GemmKind::kTN: return NK_ENTRY(tn);
     case GemmKind::kFp8NT: return swap ? NK_ENTRY(fp8_nt_swap) : NK_ENTRY(fp8_nt);
     case GemmKind::kFp8NTReLU2: return swap ? NK_ENTRY(fp8_nt_relu2_swap) : NK_ENTRY(fp8_nt_relu2);
+    case GemmKind::kW8NT:
+    case GemmKind::kW8NTReLU2: break;                    // the GEMV only (grouped_gemv_run)
   }
   return GemmEntry{nullptr, nullptr};
 }

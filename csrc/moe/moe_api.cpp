@@ -378,6 +378,36 @@ at::Tensor grouped_gemm_fp8_nt(const at::Tensor& a, const at::Tensor& a_scale, c
   return out;
 }
 
+// Weights-only FP8 NT (decode): out[rows_e] = act(a[rows_e] @ b[e]^T * b_scale[e, col]) in bf16; a [M, K] bf16,
+// b [E, N, K] e4m3, b_scale [E, N] fp32. The grouped GEMV only (any M, but its cost grows with rows per expert).
+at::Tensor grouped_gemm_w8_nt(const at::Tensor& a, const at::Tensor& b, const at::Tensor& b_scale,
+                              const at::Tensor& expert_offsets, bool relu2, int64_t gemv_split) {
+  check_path(2, gemv_split);
+  check_cuda(a, "a");
+  check_gemm_operand(a, "a", {-1, -1}, a.device());
+  TORCH_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
+  const int64_t m = a.size(0), k = a.size(1);
+  check_gemm_operand(b, "b", {-1, -1, k}, a.device(), at::kFloat8_e4m3fn);
+  const int64_t groups = check_offsets(expert_offsets, a.device(), &b);
+  const int64_t n = b.size(1);
+  TORCH_CHECK_VALUE(k % 16 == 0, "K (a.shape[1], b.shape[2]) = ", num(k),
+                    " must be a multiple of 16: the GEMV reads the e4m3 weights in 16-byte pieces");
+  TORCH_CHECK_VALUE(n % 8 == 0, "N (b.shape[1]) = ", num(n), " must be a multiple of 8");
+  TORCH_CHECK_VALUE(k <= kInt32Max && n <= kInt32Max, "K and N must be below 2^31");
+  check_device(b_scale, "b_scale", a.device());
+  check_dtype(b_scale, "b_scale", {at::kFloat});
+  check_shape(b_scale, "b_scale", {groups, n});
+  check_contiguous(b_scale, "b_scale");
+  if (m == 0 || n == 0) return at::empty({m, n}, a.options());
+  if (k == 0) return at::zeros({m, n}, a.options());
+  auto out = at::empty({m, n}, a.options());
+#ifdef NEMOTRON_WITH_CUDA
+  run_grouped_gemm(relu2 ? moe::GemmKind::kW8NTReLU2 : moe::GemmKind::kW8NT, a, b, nullptr, out, expert_offsets,
+                   groups, n, k, nullptr, &b_scale, 2, gemv_split);
+#endif
+  return out;
+}
+
 }  // namespace
 
 void register_moe(pybind11::module_& m) {
@@ -391,6 +421,10 @@ void register_moe(pybind11::module_& m) {
         "e4m3 a [M,K] @ b[e]^T per expert, dequantised by a_scale [M] and b_scale [E,N], relu^2 optionally -> bf16",
         py::arg("a"), py::arg("a_scale"), py::arg("b"), py::arg("b_scale"), py::arg("expert_offsets"),
         py::arg("relu2"), py::arg("path") = -1, py::arg("gemv_split") = 0);
+  m.def("grouped_gemm_w8_nt", &grouped_gemm_w8_nt,
+        "bf16 a [M,K] @ e4m3 b[e]^T per expert, scaled by b_scale [E,N], relu^2 optionally -> bf16 (grouped GEMV)",
+        py::arg("a"), py::arg("b"), py::arg("b_scale"), py::arg("expert_offsets"), py::arg("relu2"),
+        py::arg("gemv_split") = 0);
   m.def("moe_unpermute", &moe_unpermute, "rows [M,H] -> (add +) sum_j w[t,j] rows[row_of_assignment[t,j]] [T,H] (CUDA)",
         py::arg("rows"), py::arg("row_of_assignment"), py::arg("topk_weight"), py::arg("add"));
   m.def("moe_unpermute_bwd", &moe_unpermute_bwd,

@@ -1,4 +1,6 @@
 // Grouped NT GEMV for decode (few rows per expert): d[rows_e, N] = epi(a[rows_e, K] @ b[e, N, K]^T).
+// Operands: bf16 x bf16, e4m3 x e4m3 (scaled by a_scale[row] * b_scale[e, col]), or weights-only FP8: bf16 a with
+// e4m3 b (scaled by b_scale only; no activation quantisation before the GEMV, which at T = 1 costs a launch).
 //
 // With a handful of tokens the MoE GEMMs are a stream of the touched experts' weights; tensor-core tiles of
 // 64+ rows would mostly multiply padding, and a tile scheduler over all E groups spends its time on empty
@@ -76,13 +78,19 @@ __device__ __forceinline__ void find_group(const int32_t* offsets, int groups, i
 
 // CTA: kWarps / kSplit channel groups of kCh channels; warp w serves group w / kSplit on K pieces w % kSplit.
 // kSplit is a template argument: kSplit = 1 is the unsplit loop exactly (constant strides, no barriers).
-template <typename T, bool kScaled, bool kReLU2, int kSplit>
-__global__ void __launch_bounds__(kWarps * 32)
-grouped_gemv_nt_kernel(const T* __restrict__ a, const T* __restrict__ b, __nv_bfloat16* __restrict__ d,
-                       const float* __restrict__ a_scale, const float* __restrict__ b_scale,
-                       const int32_t* __restrict__ offsets, int groups, int64_t m_rows, int n, int k) {
-  constexpr int kLen = Chunk<T>::kLen;
+// A piece is 16 bytes of weights (kLen elements of TB); a's matching elements take kXLoads 16-byte loads.
+// The weights-only kind is held to 128 registers, 2 CTAs per SM (it took 139: 1 CTA per SM). The others keep
+// ptxas' choice: asking 2 CTAs of BF16 moved it from 80 to 117 registers (3 CTAs per SM to 2).
+template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2, int kSplit>
+__device__ __forceinline__ void grouped_gemv_nt(const TA* __restrict__ a, const TB* __restrict__ b,
+                                                __nv_bfloat16* __restrict__ d, const float* __restrict__ a_scale,
+                                                const float* __restrict__ b_scale, const int32_t* __restrict__ offsets,
+                                                int groups, int64_t m_rows, int n, int k) {
+  constexpr int kLen = Chunk<TB>::kLen;
+  constexpr int kALen = Chunk<TA>::kLen;
+  constexpr int kXLoads = kLen / kALen;
   static_assert(kCh == 4, "wc below lists 4 channels");
+  static_assert(kLen % kALen == 0, "a piece of a must not be narrower than 16 bytes");
   __shared__ int s_group;
   __shared__ int64_t s_start, s_end;
   __shared__ float s_part[kSplit > 1 ? kWarps : 1][32];                     // split partial sums, lane-indexed
@@ -97,7 +105,7 @@ grouped_gemv_nt_kernel(const T* __restrict__ a, const T* __restrict__ b, __nv_bf
   if (kSplit == 1 && !live) return;              // split warps stay: they meet the CTA barriers below
   const int64_t start = s_start, end = s_end;
   const int64_t k_begin = live ? int64_t(slice * 32 + lane) * kLen : k;
-  const T* w = b + (int64_t(group) * n + n0) * k;                           // [kCh, K] rows of b[group]
+  const TB* w = b + (int64_t(group) * n + n0) * k;                          // [kCh, K] rows of b[group]
 
   for (int64_t r0 = start; r0 < end; r0 += kMt) {
     const int rows = int(min(int64_t(kMt), end - r0));
@@ -107,15 +115,19 @@ grouped_gemv_nt_kernel(const T* __restrict__ a, const T* __restrict__ b, __nv_bf
       uint4 raw[kCh];                                                      // weights: read once, not cached
 #pragma unroll
       for (int c = 0; c < kCh; ++c) raw[c] = __ldcs(reinterpret_cast<const uint4*>(w + c * int64_t(k) + kk));
-      const Chunk<T> wc[kCh] = {Chunk<T>(raw[0]), Chunk<T>(raw[1]), Chunk<T>(raw[2]), Chunk<T>(raw[3])};
+      const Chunk<TB> wc[kCh] = {Chunk<TB>(raw[0]), Chunk<TB>(raw[1]), Chunk<TB>(raw[2]), Chunk<TB>(raw[3])};
 #pragma unroll
       for (int m = 0; m < kMt; ++m) {
         if (m < rows) {
-          const Chunk<T> x(__ldg(reinterpret_cast<const uint4*>(a + (r0 + m) * k + kk)));
+          const uint4* xp = reinterpret_cast<const uint4*>(a + (r0 + m) * k + kk);
 #pragma unroll
-          for (int c = 0; c < kCh; ++c) {
+          for (int j = 0; j < kXLoads; ++j) {
+            const Chunk<TA> x(__ldg(xp + j));
 #pragma unroll
-            for (int i = 0; i < kLen; ++i) acc[c][m] = fmaf(wc[c].v[i], x.v[i], acc[c][m]);
+            for (int c = 0; c < kCh; ++c) {
+#pragma unroll
+              for (int i = 0; i < kALen; ++i) acc[c][m] = fmaf(wc[c].v[j * kALen + i], x.v[i], acc[c][m]);
+            }
           }
         }
       }
@@ -146,32 +158,59 @@ grouped_gemv_nt_kernel(const T* __restrict__ a, const T* __restrict__ b, __nv_bf
     const int c = lane % kCh, m = lane / kCh;
     if (live && slice == 0 && m < rows) {
       const int64_t row = r0 + m;
-      if constexpr (kScaled) out *= a_scale[row] * b_scale[int64_t(group) * n + n0 + c];
+      if constexpr (kScaleA) out *= a_scale[row];
+      if constexpr (kScaleB) out *= b_scale[int64_t(group) * n + n0 + c];
       if constexpr (kReLU2) out = out > 0.f ? out * out : 0.f;
       d[row * n + n0 + c] = __float2bfloat16_rn(out);
     }
   }
 }
 
-template <typename T, bool kScaled, bool kReLU2, int kSplit>
+#define NK_GEMV_PARAMS                                                                                         \
+  const TA *__restrict__ a, const TB *__restrict__ b, __nv_bfloat16 *__restrict__ d,                          \
+      const float *__restrict__ a_scale, const float *__restrict__ b_scale, const int32_t *__restrict__ offsets, \
+      int groups, int64_t m_rows, int n, int k
+#define NK_GEMV_ARGS a, b, d, a_scale, b_scale, offsets, groups, m_rows, n, k
+
+template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2, int kSplit>
+__global__ void __launch_bounds__(kWarps * 32) grouped_gemv_nt_kernel(NK_GEMV_PARAMS) {
+  grouped_gemv_nt<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>(NK_GEMV_ARGS);
+}
+
+// Weights-only FP8 (bf16 a, e4m3 b): held to 128 registers, 2 CTAs per SM (unbounded it took 139: 1 CTA per SM).
+// The other kinds keep ptxas' unbounded choice: any minimum-blocks bound moved BF16 from 80 to 117 registers.
+template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2, int kSplit>
+__global__ void __launch_bounds__(kWarps * 32, 2) grouped_gemv_w8_kernel(NK_GEMV_PARAMS) {
+  grouped_gemv_nt<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>(NK_GEMV_ARGS);
+}
+#undef NK_GEMV_PARAMS
+#undef NK_GEMV_ARGS
+
+template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2, int kSplit>
+constexpr auto gemv_kernel() {
+  if constexpr (std::is_same_v<TA, TB>) return grouped_gemv_nt_kernel<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>;
+  else return grouped_gemv_w8_kernel<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>;
+}
+
+template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2, int kSplit>
 const char* launch_split(const GroupedGemmParams& p, int touched) {
   constexpr int kPerCta = kWarps / kSplit * kCh;                     // channels per CTA
   const int n_blocks = (p.n + kPerCta - 1) / kPerCta;
   if (n_blocks == 0 || touched == 0) return "";
-  grouped_gemv_nt_kernel<T, kScaled, kReLU2, kSplit><<<dim3(n_blocks, touched), kWarps * 32, 0, p.stream>>>(
-      static_cast<const T*>(p.a), static_cast<const T*>(p.b), static_cast<__nv_bfloat16*>(p.d), p.a_scale,
-      p.b_scale, p.offsets, p.groups, p.m_rows, p.n, p.k);
+  gemv_kernel<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>()<<<dim3(n_blocks, touched), kWarps * 32, 0, p.stream>>>(
+          static_cast<const TA*>(p.a), static_cast<const TB*>(p.b), static_cast<__nv_bfloat16*>(p.d), p.a_scale,
+          p.b_scale, p.offsets, p.groups, p.m_rows, p.n, p.k);
   const cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? "" : cudaGetErrorString(err);
 }
 
 // Resident CTAs of the unsplit kernel on the whole GPU (the split ones use the same registers; cached per kind).
-template <typename T, bool kScaled, bool kReLU2>
+template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2>
 int resident_ctas(int sm_count) {
   static const int per_sm = [] {
     int blocks = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, grouped_gemv_nt_kernel<T, kScaled, kReLU2, 1>,
-                                                      kWarps * 32, 0) != cudaSuccess) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+            &blocks, gemv_kernel<TA, TB, kScaleA, kScaleB, kReLU2, 1>(), kWarps * 32, 0) != cudaSuccess) {
       (void)cudaGetLastError();
       blocks = 1;
     }
@@ -180,17 +219,18 @@ int resident_ctas(int sm_count) {
   return per_sm * sm_count;
 }
 
-template <typename T, bool kScaled, bool kReLU2>
+template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2>
 const char* launch(const GroupedGemmParams& p) {
   const int touched = int(std::min<int64_t>(p.groups, p.m_rows));   // at most this many groups have rows
-  const int split = p.gemv_split > 0 ? p.gemv_split
-                                     : gemv_split_for(p.n, p.k, sizeof(T), touched,
-                                                      resident_ctas<T, kScaled, kReLU2>(p.sm_count));
+  const int split = p.gemv_split > 0
+                        ? p.gemv_split
+                        : gemv_split_for(p.n, p.k, sizeof(TB), touched,
+                                         resident_ctas<TA, TB, kScaleA, kScaleB, kReLU2>(p.sm_count));
   switch (split) {
-    case 1: return launch_split<T, kScaled, kReLU2, 1>(p, touched);
-    case 2: return launch_split<T, kScaled, kReLU2, 2>(p, touched);
-    case 4: return launch_split<T, kScaled, kReLU2, 4>(p, touched);
-    case 8: return launch_split<T, kScaled, kReLU2, 8>(p, touched);
+    case 1: return launch_split<TA, TB, kScaleA, kScaleB, kReLU2, 1>(p, touched);
+    case 2: return launch_split<TA, TB, kScaleA, kScaleB, kReLU2, 2>(p, touched);
+    case 4: return launch_split<TA, TB, kScaleA, kScaleB, kReLU2, 4>(p, touched);
+    case 8: return launch_split<TA, TB, kScaleA, kScaleB, kReLU2, 8>(p, touched);
     default: return "grouped GEMV: split must be 1, 2, 4 or 8";
   }
 }
@@ -219,10 +259,12 @@ int gemv_split_for(int n, int k, int elem_bytes, int touched_groups, int residen
 
 const char* grouped_gemv_run(const GroupedGemmParams& p) {
   switch (p.kind) {
-    case GemmKind::kNT: return launch<__nv_bfloat16, false, false>(p);
-    case GemmKind::kNTReLU2: return launch<__nv_bfloat16, false, true>(p);
-    case GemmKind::kFp8NT: return launch<__nv_fp8_e4m3, true, false>(p);
-    case GemmKind::kFp8NTReLU2: return launch<__nv_fp8_e4m3, true, true>(p);
+    case GemmKind::kNT: return launch<__nv_bfloat16, __nv_bfloat16, false, false, false>(p);
+    case GemmKind::kNTReLU2: return launch<__nv_bfloat16, __nv_bfloat16, false, false, true>(p);
+    case GemmKind::kFp8NT: return launch<__nv_fp8_e4m3, __nv_fp8_e4m3, true, true, false>(p);
+    case GemmKind::kFp8NTReLU2: return launch<__nv_fp8_e4m3, __nv_fp8_e4m3, true, true, true>(p);
+    case GemmKind::kW8NT: return launch<__nv_bfloat16, __nv_fp8_e4m3, false, true, false>(p);
+    case GemmKind::kW8NTReLU2: return launch<__nv_bfloat16, __nv_fp8_e4m3, false, true, true>(p);
     default: return "grouped GEMV: only the NT kinds have a GEMV path";
   }
 }

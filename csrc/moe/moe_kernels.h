@@ -67,6 +67,8 @@ enum class GemmKind : int {
   kTN = 4,           // epilogue: identity
   kFp8NT = 5,        // epilogue: acc * a_scale * b_scale
   kFp8NTReLU2 = 6,   // epilogue: relu(acc * a_scale * b_scale)^2
+  kW8NT = 7,         // weights-only FP8 (bf16 a, e4m3 b; GEMV path only): acc * b_scale
+  kW8NTReLU2 = 8,    // the same, relu(acc * b_scale)^2
 };
 
 // Kernel choice by rows per group (NT kinds): CUTLASS 128-row tiles for prefill/training; with few rows per group,
@@ -83,11 +85,11 @@ constexpr bool is_nt(GemmKind kind) {
 struct GroupedGemmParams {
   GemmKind kind;
   const void* a;             // bf16, or e4m3 for kFp8*
-  const void* b;             // bf16, or e4m3 for kFp8*
+  const void* b;             // bf16, or e4m3 for kFp8* and kW8*
   const void* c;             // bf16 [m_rows, n] (kNNdReLU2 only)
   void* d;                   // bf16
   const float* a_scale;      // [m_rows] (kFp8* only)
-  const float* b_scale;      // [groups, n] (kFp8* only)
+  const float* b_scale;      // [groups, n] (kFp8* and kW8* only)
   const int32_t* offsets;    // [groups + 1]
   int groups;
   int64_t m_rows;            // rows of a (all groups)
@@ -102,7 +104,9 @@ struct GroupedGemmParams {
 };
 
 size_t grouped_gemm_workspace_bytes(GemmKind kind, GemmPath path, int groups, int sm_count);
+constexpr bool is_w8(GemmKind kind) { return kind == GemmKind::kW8NT || kind == GemmKind::kW8NTReLU2; }
 inline GemmPath path_for(GemmKind kind, int64_t m_rows, int groups) {
+  if (is_w8(kind)) return GemmPath::kGemv;
   if (!is_nt(kind)) return GemmPath::kLargeTiles;
   // GEMV for a couple of tokens (<= 16 rows, any precision); up to 32 rows per expert on average the swapped
   // tiles. H200 side by side (bench/NOTES.md, session 7), BF16 up+down, GEMV vs swapped: T = 8 0.205 / 0.201 ms,

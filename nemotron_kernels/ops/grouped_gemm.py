@@ -20,7 +20,7 @@ import torch
 
 from .. import _ext
 from ..reference.grouped_gemm import (check_grouped_gemm_args, check_grouped_gemm_fp8_args, grouped_gemm_fp8_ref,
-                                      grouped_gemm_ref, quantize_fp8_rowwise_ref)
+                                      grouped_gemm_ref, grouped_gemm_w8_ref, quantize_fp8_rowwise_ref)
 from ._kernel_op import kernel_op
 
 
@@ -175,6 +175,42 @@ def grouped_gemm_fp8(a_q, a_scale, b_q, b_scale, expert_offsets, activation: str
         return grouped_gemm_fp8_nt(a_q, a_scale.float().contiguous(), b_q, b_scale,
                                    expert_offsets.to(torch.int32).contiguous(), activation == "relu2")
     return grouped_gemm_fp8_ref(a_q, a_scale, b_q, b_scale, expert_offsets, activation)
+
+
+@kernel_op("nemotron_kernels::grouped_gemm_w8_nt", mutates_args=())
+def grouped_gemm_w8_nt(a: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor, expert_offsets: torch.Tensor,
+                       relu2: bool) -> torch.Tensor:
+    """a [M, K] bf16, b [E, N, K] e4m3, b_scale [E, N] fp32 -> [M, N] bf16 = act(a[rows_e] @ b[e]^T * b_scale[e])."""
+    return _ext._C.grouped_gemm_w8_nt(a, b, b_scale, expert_offsets, relu2)
+
+
+@grouped_gemm_w8_nt.register_fake
+def _(a, b, b_scale, expert_offsets, relu2):
+    return a.new_empty(a.shape[0], b.shape[1])
+
+
+def grouped_gemm_w8(a, b_q, b_scale, expert_offsets, activation: str = "none"):
+    """Weights-only FP8 grouped GEMM for decode: bf16 activations as they are, e4m3 weights with per-channel
+    scales (forward only). Against grouped_gemm_fp8 it skips the activations' row quantisation (a launch, and
+    their e4m3 rounding); it streams the same e4m3 weight bytes.
+
+    Args:
+        a [M, K] bfloat16; b_q [E, N, K] float8_e4m3fn, b_scale [E, N] fp32; expert_offsets [E+1];
+        activation "none" or "relu2".
+    Returns:
+        [M, N] bfloat16. CUDA: the grouped GEMV (csrc/moe/moe_gemv_kernel.cu; K multiple of 16, N of 8), meant
+        for a few rows per expert; elsewhere the reference.
+    """
+    if (all(isinstance(t, torch.Tensor) and t.is_cuda for t in (a, b_q, b_scale, expert_offsets))
+            and a.dtype == torch.bfloat16 and b_q.dtype == torch.float8_e4m3fn and _ext.cuda_ok()[0]
+            and activation in ("none", "relu2") and a.dim() == 2 and b_q.dim() == 3):
+        k, n = a.shape[1], b_q.shape[1]
+        if k % 16 or n % 8:
+            raise ValueError(f"grouped_gemm_w8: K = {k} must be a multiple of 16 and N = {n} of 8 (the GEMV reads "
+                             "16-byte pieces)")
+        return grouped_gemm_w8_nt(a.contiguous(), b_q.contiguous(), b_scale.float().contiguous(),
+                                  expert_offsets.to(torch.int32).contiguous(), activation == "relu2")
+    return grouped_gemm_w8_ref(a, b_q, b_scale, expert_offsets, activation)
 
 
 def backend_report(device_type: str) -> str:

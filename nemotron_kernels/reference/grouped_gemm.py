@@ -90,6 +90,29 @@ def grouped_gemm_fp8_ref(a_q, a_scale, b_q, b_scale, expert_offsets, activation:
     return grouped_gemm_ref(a, b, expert_offsets, activation).to(torch.bfloat16)
 
 
+def grouped_gemm_w8_ref(a, b_q, b_scale, expert_offsets, activation: str = "none"):
+    """Weights-only FP8 grouped GEMM (reference): act(a[rows_e] @ (b_q[e] * b_scale[e][:, None])^T) per expert,
+    a in its own precision (no activation quantisation), computed in float32 (float64 for float64 a), returned in
+    a's dtype.
+
+    Args:
+        a [M, K] float; b_q [E, N, K] float8_e4m3fn, b_scale [E, N] float32; expert_offsets [E+1];
+        activation "none" or "relu2".
+    """
+    check_float("a", a, "[M, K]", 2)
+    check_tensor_fp8("b_q", b_q, 3)
+    check_float("b_scale", b_scale, "[E, N]", 2)
+    if b_q.shape[2] != a.shape[1]:
+        raise ValueError(f"b_q must have shape [E, N, K] with K = a.shape[1] = {a.shape[1]}, got {tuple(b_q.shape)}")
+    if tuple(b_scale.shape) != tuple(b_q.shape[:2]):
+        raise ValueError(f"b_scale must have shape [E, N] = {tuple(b_q.shape[:2])}, got {tuple(b_scale.shape)}")
+    _check_offsets_and_activation(expert_offsets, "b_q", b_q.shape[0], activation)
+    check_same_device(a=a, b_q=b_q, b_scale=b_scale, expert_offsets=expert_offsets)
+    cdtype = compute_dtype(a.dtype, torch.float32)
+    b = b_q.to(cdtype) * b_scale.to(cdtype)[..., None]                               # [E, N, K]
+    return grouped_gemm_ref(a.to(cdtype), b, expert_offsets, activation).to(a.dtype)
+
+
 def check_grouped_gemm_fp8_args(a_q, a_scale, b_q, b_scale, expert_offsets, activation) -> None:
     """Shapes, dtypes and devices of grouped_gemm_fp8's arguments (no value checks)."""
     check_tensor_fp8("a_q", a_q, 2)

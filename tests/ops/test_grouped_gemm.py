@@ -344,3 +344,67 @@ def test_cuda_fp8_checks_name_the_argument():
     with pytest.raises(TypeError, match="a must have dtype Float8_e4m3fn"):
         from nemotron_kernels.ops.grouped_gemm import grouped_gemm_fp8_nt
         grouped_gemm_fp8_nt(a_q.float().to(BF16), a_scale, b_q, b_scale, offsets, False)
+
+
+# ------------------------------------------------------------------------------------------------ weights-only FP8
+
+from nemotron_kernels.ops.grouped_gemm import grouped_gemm_w8  # noqa: E402
+from nemotron_kernels.reference.grouped_gemm import grouped_gemm_w8_ref  # noqa: E402
+
+
+def w8_operands(counts, n, k, seed, device="cpu"):
+    """bf16 rows, e4m3 weights with per-channel scales (quantised from random bf16 weights)."""
+    a, b, offsets = operands(counts, n, k, seed, device=device, dtype=BF16)
+    b_q, b_scale = quantize_fp8_rowwise_ref(b.reshape(-1, k).cpu())
+    return a, b_q.view(b.shape).to(device), b_scale.view(len(counts), n).to(device), offsets
+
+
+@pytest.mark.parametrize("activation", ["none", "relu2"])
+def test_w8_reference_is_the_dequantised_gemm(activation):
+    """grouped_gemm_w8 off the GPU: a (unquantised) @ dequantised weights per expert, out in a's dtype; empty
+    experts and a zero row included."""
+    a, b_q, b_scale, offsets = w8_operands([3, 0, 5, 1], 24, 32, seed=7)
+    a[4] = 0
+    out = grouped_gemm_w8(a, b_q, b_scale, offsets, activation)
+    want = grouped_gemm_ref(a.double(), b_q.double() * b_scale.double()[..., None], offsets, activation)
+    assert out.dtype == BF16 and out.shape == (9, 24)
+    torch.testing.assert_close(out.double(), want, rtol=2 ** -7, atol=1e-6)
+    assert torch.equal(grouped_gemm_w8_ref(a.double(), b_q, b_scale, offsets, activation), want)
+
+
+def test_w8_bad_inputs_name_the_argument():
+    a, b_q, b_scale, offsets = w8_operands([2, 2], 8, 16, seed=1)
+    with pytest.raises(TypeError, match="b_q must have dtype torch.float8_e4m3fn"):
+        grouped_gemm_w8(a, b_q.float(), b_scale, offsets)
+    with pytest.raises(ValueError, match=r"b_q must have shape \[E, N, K\] with K = a.shape\[1\] = 8"):
+        grouped_gemm_w8(a[:, :8], b_q, b_scale, offsets)
+    with pytest.raises(ValueError, match=r"b_scale must have shape \[E, N\] = \(2, 8\)"):
+        grouped_gemm_w8(a, b_q, b_scale[:, :4], offsets)
+    from nemotron_kernels import _ext
+    if _ext._C is not None:   # the extension checks gemv_split before the device
+        with pytest.raises(ValueError, match=r"gemv_split must be 0 \(auto\), 1, 2, 4 or 8, got 5$"):
+            _ext._C.grouped_gemm_w8_nt(a, b_q, b_scale, offsets, False, 5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("activation", ["none", "relu2"])
+@pytest.mark.parametrize("split", [0, 1, 2, 4])
+@pytest.mark.parametrize("counts,n,k", [
+    ([1, 0, 0, 1, 0, 1, 1, 0, 1, 1], 1856, 2688),   # routed up at T = 1 (6 experts of 10)
+    ([1], 2688, 3712),                              # the shared expert's down
+    ([12, 0, 9], 264, 1040),                        # two 8-row passes, K pieces uneven over the lanes
+    ([3], 40, 64),                                  # K shorter than a warp's pieces: idle lanes
+])
+def test_cuda_w8_gemv(counts, n, k, split, activation):
+    """The weights-only FP8 GEMV (bf16 a, e4m3 b, per-channel scales) at every forced split: the DESIGN 2x rule
+    against float64 on the same operands (a unquantised), bitwise repeatable, and the public op agreeing."""
+    from nemotron_kernels import _ext
+    a, b_q, b_scale, offsets = w8_operands(counts, n, k, seed=split + n, device="cuda")
+    relu2 = activation == "relu2"
+    out = _ext._C.grouped_gemm_w8_nt(a, b_q, b_scale, offsets, relu2, split)
+    want = grouped_gemm_ref(a.double(), b_q.double() * b_scale.double()[..., None], offsets, activation)
+    assert out.dtype == BF16
+    assert_error_rule(f"w8 GEMV split {split}", out, want, want.to(BF16), 2)
+    assert torch.equal(out, _ext._C.grouped_gemm_w8_nt(a, b_q, b_scale, offsets, relu2, split)), "not deterministic"
+    if split == 0:
+        assert torch.equal(grouped_gemm_w8(a, b_q, b_scale, offsets, activation), out)
