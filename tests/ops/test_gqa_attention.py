@@ -380,6 +380,11 @@ def test_aot_compile_sm90():
     for kernel in ("gqa_attn_fwd", "_gqa_attn_bwd_dkdv_kernel", "_gqa_attn_bwd_dq_kernel", "preprocess",
                    "_fp8_amax_kernel", "_fp8_quantize_kernel"):
         assert kernel in out, out
+    # every FP8 forward candidate (FP8_EXTRA_CONFIGS included): both products e4m3 wgmmas, no spills
+    fp8 = [line for line in out.splitlines() if line.startswith("gqa_attn_fwd fp8e4nv D128")]
+    assert len(fp8) == 3, out
+    for line in fp8:
+        assert "| wgmma e4m3.e4m3 |" in line and "STACK:0" in line and "LOCAL:0" in line, line
 
 
 # ---------------------------------------------------------------------------------------------- GPU (H200)
