@@ -24,15 +24,15 @@ namespace {
 constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
 
 void check_cuda(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor (on CPU the MoE ops run their Python reference), got ",
+  NK_CHECK(t.is_cuda(), name, " must be a CUDA tensor (on CPU the MoE ops run their Python reference), got ",
               t.device().str());
 #ifndef NEMOTRON_WITH_CUDA
-  TORCH_CHECK(false, name, " is on ", t.device().str(), " but nemotron_kernels._C was built without CUDA");
+  NK_CHECK(false, name, " is on ", t.device().str(), " but nemotron_kernels._C was built without CUDA");
 #endif
 }
 
 void check_aligned16(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, name,
+  NK_CHECK_VALUE(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, name,
                     " must start at a 16-byte aligned address (TMA); got a view with storage offset ",
                     num(t.storage_offset()), ": pass a fresh contiguous tensor");
 }
@@ -64,15 +64,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_permute(const at:
   check_contiguous(topk_idx, "topk_idx");
   check_device(topk_idx, "topk_idx", x.device());
   const int64_t top_k = topk_idx.size(1);
-  TORCH_CHECK_VALUE(top_k >= 1 && top_k <= 32, "topk_idx must have 1 to 32 columns (top_k), got ", num(top_k));
+  NK_CHECK_VALUE(top_k >= 1 && top_k <= 32, "topk_idx must have 1 to 32 columns (top_k), got ", num(top_k));
 #ifdef NEMOTRON_WITH_CUDA
-  TORCH_CHECK_VALUE(num_experts >= 1 && num_experts <= moe::kMaxPermuteExperts, "num_experts must be in [1, ",
+  NK_CHECK_VALUE(num_experts >= 1 && num_experts <= moe::kMaxPermuteExperts, "num_experts must be in [1, ",
                     num(moe::kMaxPermuteExperts), "], got ", num(num_experts));
 #endif
-  TORCH_CHECK_VALUE(pad_to >= 1 && pad_to <= 4096, "pad_to must be in [1, 4096], got ", num(pad_to));
+  NK_CHECK_VALUE(pad_to >= 1 && pad_to <= 4096, "pad_to must be in [1, 4096], got ", num(pad_to));
   const int64_t n_assign = ntokens * top_k;
   const int64_t m_rows = n_assign + (pad_to > 1 ? num_experts * (pad_to - 1) : 0);
-  TORCH_CHECK_VALUE(m_rows <= kInt32Max, "x: T*k (+ padding) = ", num(m_rows), " rows exceed 2^31-1");
+  NK_CHECK_VALUE(m_rows <= kInt32Max, "x: T*k (+ padding) = ", num(m_rows), " rows exceed 2^31-1");
 
   if (x_scale) {
     check_dtype(*x_scale, "x_scale", {at::kFloat});
@@ -107,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_fp8_rowwise(const at::Tensor& x) {
   check_contiguous(x, "x");
   auto q = at::empty(x.sizes(), x.options().dtype(at::kFloat8_e4m3fn));
   auto scale = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
-  TORCH_CHECK_VALUE(x.size(0) <= kInt32Max, "x: more than 2^31-1 rows");
+  NK_CHECK_VALUE(x.size(0) <= kInt32Max, "x: more than 2^31-1 rows");
 #ifdef NEMOTRON_WITH_CUDA
   const c10::cuda::CUDAGuard guard(x.device());
   const auto stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
@@ -125,7 +125,7 @@ void check_assignment_args(const at::Tensor& rows, const at::Tensor& row_of_assi
   check_shape(row_of_assignment, "row_of_assignment", {-1, -1});
   check_contiguous(row_of_assignment, "row_of_assignment");
   check_device(row_of_assignment, "row_of_assignment", rows.device());
-  TORCH_CHECK_VALUE(row_of_assignment.size(1) >= 1 && row_of_assignment.size(1) <= 32,
+  NK_CHECK_VALUE(row_of_assignment.size(1) >= 1 && row_of_assignment.size(1) <= 32,
                     "row_of_assignment must have 1 to 32 columns (top_k), got ", num(row_of_assignment.size(1)));
   if (topk_weight) {
     check_dtype(*topk_weight, "topk_weight", {at::kFloat});
@@ -142,7 +142,7 @@ at::Tensor moe_unpermute(const at::Tensor& rows, const at::Tensor& row_of_assign
   check_dtype(rows, "rows", {at::kBFloat16, at::kHalf, at::kFloat});
   check_shape(rows, "rows", {-1, -1});
   check_contiguous(rows, "rows");
-  TORCH_CHECK_VALUE(rows.size(0) <= kInt32Max, "rows: more than 2^31-1 rows");
+  NK_CHECK_VALUE(rows.size(0) <= kInt32Max, "rows: more than 2^31-1 rows");
   check_assignment_args(rows, row_of_assignment, topk_weight);
   const int64_t ntokens = row_of_assignment.size(0), top_k = row_of_assignment.size(1), hidden = rows.size(1);
   if (add) {
@@ -175,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor> moe_unpermute_bwd(const at::Tensor& dout, con
   check_shape(dout, "dout", {row_of_assignment.size(0), -1});
   check_contiguous(dout, "dout");
   const int64_t hidden = dout.size(1);
-  TORCH_CHECK_VALUE(m_rows >= 0 && m_rows <= kInt32Max, "m_rows must be in [0, 2^31-1], got ", num(m_rows));
+  NK_CHECK_VALUE(m_rows >= 0 && m_rows <= kInt32Max, "m_rows must be in [0, 2^31-1], got ", num(m_rows));
   if (rows) {
     check_dtype(*rows, "rows", {dout.scalar_type()});
     check_shape(*rows, "rows", {m_rows, hidden});
@@ -211,9 +211,9 @@ void check_gemm_operand(const at::Tensor& t, const char* name, std::vector<int64
 }
 
 void check_tma_dim(int64_t size, const char* what, int64_t multiple = 8, const char* elements = "8 bf16 elements") {
-  TORCH_CHECK_VALUE(size % multiple == 0, what, " = ", num(size), " must be a multiple of ", num(multiple),
+  NK_CHECK_VALUE(size % multiple == 0, what, " = ", num(size), " must be a multiple of ", num(multiple),
                     ": TMA needs 16-byte aligned row strides (", elements, ")");
-  TORCH_CHECK_VALUE(size <= kInt32Max, what, " = ", num(size), " exceeds 2^31-1");
+  NK_CHECK_VALUE(size <= kInt32Max, what, " = ", num(size), " exceeds 2^31-1");
 }
 
 // -> E; per-expert weights b [E, ...], when given, must have as many experts as expert_offsets describes.
@@ -223,9 +223,9 @@ int64_t check_offsets(const at::Tensor& offsets, const at::Device& dev, const at
   check_shape(offsets, "expert_offsets", {-1});
   check_contiguous(offsets, "expert_offsets");
   const int64_t groups = offsets.size(0) - 1;
-  TORCH_CHECK_VALUE(groups >= 1 && groups <= 65535, "expert_offsets must hold E+1 offsets with 1 <= E <= 65535, got ",
+  NK_CHECK_VALUE(groups >= 1 && groups <= 65535, "expert_offsets must hold E+1 offsets with 1 <= E <= 65535, got ",
                     num(offsets.size(0)), " offsets");
-  TORCH_CHECK_VALUE(!b || b->size(0) == groups, "b must have E = ", num(groups),
+  NK_CHECK_VALUE(!b || b->size(0) == groups, "b must have E = ", num(groups),
                     " experts (expert_offsets has E+1 entries), got ", num(b ? b->size(0) : 0));
   return groups;
 }
@@ -233,11 +233,11 @@ int64_t check_offsets(const at::Tensor& offsets, const at::Device& dev, const at
 // path: -1 = by rows per group (path_for); 0..2 forces a moe::GemmPath (tests and benchmarks compare them).
 // gemv_split: 0 = by grid size (gemv_split_for); 1, 2, 4 or 8 forces the GEMV's K split (path 2 only).
 void check_path(int64_t path, int64_t gemv_split) {
-  TORCH_CHECK_VALUE(path >= -1 && path <= 2, "path must be -1 (auto) or 0..2 (large tiles, swapped operands, GEMV), "
+  NK_CHECK_VALUE(path >= -1 && path <= 2, "path must be -1 (auto) or 0..2 (large tiles, swapped operands, GEMV), "
                     "got ", num(path));
-  TORCH_CHECK_VALUE(gemv_split == 0 || gemv_split == 1 || gemv_split == 2 || gemv_split == 4 || gemv_split == 8,
+  NK_CHECK_VALUE(gemv_split == 0 || gemv_split == 1 || gemv_split == 2 || gemv_split == 4 || gemv_split == 8,
                     "gemv_split must be 0 (auto), 1, 2, 4 or 8, got ", num(gemv_split));
-  TORCH_CHECK_VALUE(gemv_split == 0 || path == 2, "gemv_split applies to the GEMV path only: pass path=2, got path=",
+  NK_CHECK_VALUE(gemv_split == 0 || path == 2, "gemv_split applies to the GEMV path only: pass path=2, got path=",
                     num(path));
 }
 
@@ -249,7 +249,7 @@ void run_grouped_gemm(moe::GemmKind kind, const at::Tensor& a, const at::Tensor&
   const c10::cuda::CUDAGuard guard(a.device());
   const int device = a.device().index();
   const int sm_count = moe::sm_count_of(device);
-  TORCH_CHECK(sm_count > 0, "grouped_gemm: could not read the multiprocessor count of cuda:", num(device));
+  NK_CHECK(sm_count > 0, "grouped_gemm: could not read the multiprocessor count of cuda:", num(device));
   const auto stream = c10::cuda::getCurrentCUDAStream(device).stream();
   const moe::GemmPath path = path_arg < 0 ? moe::path_for(kind, a.size(0), int(groups)) : moe::GemmPath(path_arg);
   const size_t ws_bytes = moe::grouped_gemm_workspace_bytes(kind, path, int(groups), sm_count);
@@ -273,7 +273,7 @@ void run_grouped_gemm(moe::GemmKind kind, const at::Tensor& a, const at::Tensor&
                            stream,
                            int(gemv_split)};
   const char* err = moe::grouped_gemm_run(p);
-  TORCH_CHECK(err[0] == '\0', "grouped_gemm (CUTLASS sm90): ", err);
+  NK_CHECK(err[0] == '\0', "grouped_gemm (CUTLASS sm90): ", err);
 }
 #endif
 
@@ -283,7 +283,7 @@ at::Tensor grouped_gemm_nt(const at::Tensor& a, const at::Tensor& b, const at::T
   check_path(path, gemv_split);
   check_cuda(a, "a");
   check_gemm_operand(a, "a", {-1, -1}, a.device());
-  TORCH_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
+  NK_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
   const int64_t k = a.size(1);
   check_gemm_operand(b, "b", {-1, -1, k}, a.device());
   const int64_t groups = check_offsets(expert_offsets, a.device(), &b);
@@ -306,7 +306,7 @@ at::Tensor grouped_gemm_nn(const at::Tensor& a, const at::Tensor& b, const at::T
                            const std::optional<at::Tensor>& relu2_out) {
   check_cuda(a, "a");
   check_gemm_operand(a, "a", {-1, -1}, a.device());
-  TORCH_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
+  NK_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
   const int64_t k = a.size(1);
   check_gemm_operand(b, "b", {-1, k, -1}, a.device());
   const int64_t groups = check_offsets(expert_offsets, a.device(), &b);
@@ -328,7 +328,7 @@ at::Tensor grouped_gemm_nn(const at::Tensor& a, const at::Tensor& b, const at::T
 at::Tensor grouped_gemm_tn(const at::Tensor& a, const at::Tensor& b, const at::Tensor& expert_offsets) {
   check_cuda(a, "a");
   check_gemm_operand(a, "a", {-1, -1}, a.device());
-  TORCH_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
+  NK_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
   check_gemm_operand(b, "b", {a.size(0), -1}, a.device());
   const int64_t groups = check_offsets(expert_offsets, a.device());
   const int64_t p = a.size(1), q = b.size(1);
@@ -351,7 +351,7 @@ at::Tensor grouped_gemm_fp8_nt(const at::Tensor& a, const at::Tensor& a_scale, c
   check_path(path, gemv_split);
   check_cuda(a, "a");
   check_gemm_operand(a, "a", {-1, -1}, a.device(), at::kFloat8_e4m3fn);
-  TORCH_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
+  NK_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
   const int64_t m = a.size(0), k = a.size(1);
   check_gemm_operand(b, "b", {-1, -1, k}, a.device(), at::kFloat8_e4m3fn);
   const int64_t groups = check_offsets(expert_offsets, a.device(), &b);
@@ -385,15 +385,15 @@ at::Tensor grouped_gemm_w8_nt(const at::Tensor& a, const at::Tensor& b, const at
   check_path(2, gemv_split);
   check_cuda(a, "a");
   check_gemm_operand(a, "a", {-1, -1}, a.device());
-  TORCH_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
+  NK_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
   const int64_t m = a.size(0), k = a.size(1);
   check_gemm_operand(b, "b", {-1, -1, k}, a.device(), at::kFloat8_e4m3fn);
   const int64_t groups = check_offsets(expert_offsets, a.device(), &b);
   const int64_t n = b.size(1);
-  TORCH_CHECK_VALUE(k % 16 == 0, "K (a.shape[1], b.shape[2]) = ", num(k),
+  NK_CHECK_VALUE(k % 16 == 0, "K (a.shape[1], b.shape[2]) = ", num(k),
                     " must be a multiple of 16: the GEMV reads the e4m3 weights in 16-byte pieces");
-  TORCH_CHECK_VALUE(n % 8 == 0, "N (b.shape[1]) = ", num(n), " must be a multiple of 8");
-  TORCH_CHECK_VALUE(k <= kInt32Max && n <= kInt32Max, "K and N must be below 2^31");
+  NK_CHECK_VALUE(n % 8 == 0, "N (b.shape[1]) = ", num(n), " must be a multiple of 8");
+  NK_CHECK_VALUE(k <= kInt32Max && n <= kInt32Max, "K and N must be below 2^31");
   check_device(b_scale, "b_scale", a.device());
   check_dtype(b_scale, "b_scale", {at::kFloat});
   check_shape(b_scale, "b_scale", {groups, n});

@@ -46,21 +46,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_router_fused(const at::Tensor
   check_contiguous(bias, "bias");
   check_device(bias, "bias", logits.device());
   const auto device = logits.device();
-  TORCH_CHECK(device.is_cpu() || device.is_cuda(), "logits must be on cpu or cuda, got ", device.str());
-  TORCH_CHECK_VALUE(num_experts >= 1 && num_experts <= std::numeric_limits<int32_t>::max(),
+  NK_CHECK(device.is_cpu() || device.is_cuda(), "logits must be on cpu or cuda, got ", device.str());
+  NK_CHECK_VALUE(num_experts >= 1 && num_experts <= std::numeric_limits<int32_t>::max(),
                     "logits must have 1 to 2^31-1 experts (columns), got ", num(num_experts));
-  TORCH_CHECK_VALUE(top_k >= 1 && top_k <= num_experts, "top_k must be in [1, E=", num(num_experts), "], got ",
+  NK_CHECK_VALUE(top_k >= 1 && top_k <= num_experts, "top_k must be in [1, E=", num(num_experts), "], got ",
                     num(top_k));
-  TORCH_CHECK_VALUE(n_group >= 1 && num_experts % n_group == 0, "n_group (", num(n_group),
+  NK_CHECK_VALUE(n_group >= 1 && num_experts % n_group == 0, "n_group (", num(n_group),
                     ") must divide the number of experts E=", num(num_experts));
-  TORCH_CHECK_VALUE(topk_group >= 1 && topk_group <= n_group, "topk_group must be in [1, n_group=",
+  NK_CHECK_VALUE(topk_group >= 1 && topk_group <= n_group, "topk_group must be in [1, n_group=",
                     num(n_group), "], got ", num(topk_group));
-  TORCH_CHECK_VALUE(top_k <= topk_group * (num_experts / n_group), "top_k (", num(top_k),
+  NK_CHECK_VALUE(top_k <= topk_group * (num_experts / n_group), "top_k (", num(top_k),
                     ") must be <= topk_group * E / n_group = ", num(topk_group * (num_experts / n_group)));
   if (device.is_cuda()) {
-    TORCH_CHECK_VALUE(num_experts <= router::kCudaMaxExperts, "logits: the CUDA kernel supports up to ",
+    NK_CHECK_VALUE(num_experts <= router::kCudaMaxExperts, "logits: the CUDA kernel supports up to ",
                       num(router::kCudaMaxExperts), " experts, got E=", num(num_experts));
-    TORCH_CHECK_VALUE(num_tokens <= std::numeric_limits<int32_t>::max(),
+    NK_CHECK_VALUE(num_tokens <= std::numeric_limits<int32_t>::max(),
                       "logits: the CUDA kernel supports up to 2^31-1 tokens, got T=", num(num_tokens));
   }
 
@@ -80,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_router_fused(const at::Tensor
     const auto stream = c10::cuda::getCurrentCUDAStream(device.index());
     C10_CUDA_CHECK(router::moe_router_cuda(args, sm_count(device.index()), stream.stream()));
 #else
-    TORCH_CHECK(false, "logits is on ", device.str(), " but nemotron_kernels._C was built without CUDA");
+    NK_CHECK(false, "logits is on ", device.str(), " but nemotron_kernels._C was built without CUDA");
 #endif
   }
   return {topk_idx, topk_weight, counts};
