@@ -412,6 +412,12 @@ at::Tensor grouped_gemm_w8_nt(const at::Tensor& a, const at::Tensor& b, const at
 
 void register_moe(pybind11::module_& m) {
   namespace py = pybind11;
+#ifdef NEMOTRON_WITH_CUDA
+  m.def("gemv_split_for", &moe::gemv_split_for,
+        "the grouped GEMV's automatic K split for N, K, bytes per weight element, groups with rows and resident "
+        "CTAs (exposed for the tests of the rule)",
+        py::arg("n"), py::arg("k"), py::arg("elem_bytes"), py::arg("touched_groups"), py::arg("resident"));
+#endif
   m.def("moe_permute", &moe_permute, "x [T,H], topk_idx [T,k] int32 -> (rows [M,H], row_of_assignment [T,k], "
         "expert_offsets [E+1], row_scale [M] or [0]) (CUDA)", py::arg("x"), py::arg("topk_idx"),
         py::arg("num_experts"), py::arg("pad_to"), py::arg("x_scale"));

@@ -100,6 +100,24 @@ def test_extension_path_argument_is_checked():
         _ext._C.grouped_gemm_nt(a, b, offsets, False, gemv_split=2)
 
 
+def test_gemv_split_rule_matches_the_h200_sweep():
+    """gemv_split_for at the H200's resident count (3 CTAs of the 80-register BF16 kernel x 132 SMs) picks the
+    split the sweep measured fastest (bench/NOTES.md, session 10); FP8 (1-byte weights) never splits."""
+    from nemotron_kernels import _ext
+    if _ext._C is None or not hasattr(_ext._C, "gemv_split_for"):
+        pytest.skip("extension built without CUDA")
+    rule = lambda n, k, touched, elem=2: _ext._C.gemv_split_for(n, k, elem, touched, 3 * 132)  # noqa: E731
+    assert rule(3712, 2688, 1) == 2          # shared expert up, T = 1: 116 CTAs unsplit
+    assert rule(2688, 3712, 1) == 4          # shared expert down: 84 CTAs
+    assert rule(2688, 4096, 1) == 4          # Mamba out_proj, M = 1
+    assert rule(10304, 2688, 1) == 1         # Mamba in_proj, M = 1: 322 CTAs already
+    assert rule(1856, 2688, 6) == 1          # routed up, T = 1
+    assert rule(2688, 1856, 6) == 2          # routed down, T = 1: 504 CTAs = 1.3 waves
+    assert rule(1856, 2688, 48) == 1         # routed up, T = 8
+    assert all(rule(n, k, t, elem=1) == 1 for n, k, t in ((3712, 2688, 1), (2688, 3712, 1), (2688, 1856, 6)))
+    assert rule(64, 64, 1) == 1              # K too short for a split: each lane keeps >= 2 pieces
+
+
 # ------------------------------------------------------------------------------------------------ CUDA kernels
 
 def routed_counts(ntokens, nexperts, top_k, seed, empty=()):
