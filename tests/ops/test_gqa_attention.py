@@ -454,6 +454,28 @@ def test_cuda_fp8_forward_error_budget(causal):
                                   f"[b, h, s] {tuple(int(i) for i in torch.unravel_index(worst, err.shape))}")
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("config", [0, 2])            # FWD_CONFIGS: 128x128 through TMA, and through pointers
+def test_cuda_fp8_varlen_is_each_sequence_alone(config):
+    """Packed FP8 varlen (uneven lengths, NemotronH heads) equals each sequence run alone, bit for bit, at a fixed
+    tile: the transposed V (v^T columns = packed keys) must be read from each sequence's start, with the keys of
+    the next sequence masked in the last tile."""
+    from nemotron_kernels.triton import gqa_attention_common as common
+    fwd = common.kernel_module("gqa_attention_fwd")
+    lens = [300, 17, 1000, 129]
+    cu = torch.tensor([0] + lens, device="cuda").cumsum(0).to(torch.int32)
+    q, k, v, _ = (t.bfloat16() for t in make_qkv(21, 1, sum(lens), sum(lens), 32, 2, 128, device="cuda"))
+    (q8, qd), (k8, kd), (v8, vd) = (quantize_fp8(t, 2, cu_seqlens=cu) for t in (2 * q, 2 * k, v))
+    cfg, scale = fwd.FWD_CONFIGS[config], 128 ** -0.5
+    o, lse = fwd.gqa_attention_fwd(q8, k8, v8, True, scale, cu, max(lens), config=cfg, q_descale=qd, k_descale=kd,
+                                   v_descale=vd)
+    for i, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        o1, lse1 = fwd.gqa_attention_fwd(q8[:, a:b], k8[:, a:b], v8[:, a:b], True, scale, config=cfg,
+                                         q_descale=qd[i:i + 1], k_descale=kd[i:i + 1], v_descale=vd[i:i + 1])
+        assert torch.equal(o[:, a:b], o1), f"sequence {i} (rows {a}:{b})"
+        assert torch.equal(lse[..., a:b], lse1), f"sequence {i} lse"
+
+
 def fp8_lse_budget(lse, lse64, lse_low, q8, k8, qd, kd, causal):
     """(|lse - lse64|, budget), both [B, Hq, Sq], for FP8 q/k (Sq = Sk, descales [B, Hkv]; lse64 and lse_low: the
     reference on the same dequantised fp8 inputs in float64 and fp32).
