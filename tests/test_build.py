@@ -30,3 +30,15 @@ def test_cpu_only_build_says_so(tmp_path):
     on_cpu, on_cuda = run.stdout.splitlines()
     assert on_cpu.startswith("cpu:"), on_cpu
     assert "built without CUDA (NEMOTRON_SKIP_CUDA=1)" in on_cuda, on_cuda
+
+
+def test_checks_in_csrc_go_through_nk_check():
+    """Every argument check in csrc uses NK_CHECK* (common/checks.h), whose nk::msg rejects a number or a Device
+    at compile time: streamed into an ostream inside _C, an integer segfaulted on the H200 toolchain (bench/NOTES.md,
+    session 9). TORCH_CHECK* appear only in the three macro definitions."""
+    import re
+    uses = [(path.relative_to(ROOT), n, line.strip()) for path in sorted((ROOT / "csrc").rglob("*"))
+            if path.suffix in (".h", ".cuh", ".cpp", ".cu")
+            for n, line in enumerate(path.read_text().splitlines(), 1) if re.search(r"\bTORCH_CHECK", line)]
+    assert len(uses) == 3 and all(str(p) == "csrc/common/checks.h" and "#define NK_CHECK" in line
+                                  for p, _, line in uses), uses
