@@ -50,8 +50,8 @@ def main():
             if kind != "bf16":
                 wq = [quantize_fp8_rowwise(t.view(-1, k)) for t in w]
                 w = [(q.view(groups, n, k), s.view(groups, n)) for q, s in wq]
-                xq, xs = quantize_fp8_rowwise(x)
             if kind == "fp8":
+                xq, xs = quantize_fp8_rowwise(x)
                 call = lambda i, split: _ext._C.grouped_gemm_fp8_nt(xq, xs, w[i][0], w[i][1], offsets, relu2, 2,  # noqa
                                                                      split)
             elif kind == "w8":

@@ -6,6 +6,7 @@
 #include <limits>
 #include <optional>
 #include <tuple>
+#include <utility>
 
 #ifdef NEMOTRON_WITH_CUDA
 #include <c10/cuda/CUDAException.h>
@@ -230,6 +231,23 @@ int64_t check_offsets(const at::Tensor& offsets, const at::Device& dev, const at
   return groups;
 }
 
+// e4m3 weights b [E, N, K] with per-channel fp32 scales b_scale [E, N] (the FP8 and weights-only FP8 kinds; the
+// GEMV reads 16-byte rows as TMA does) -> (E, N).
+std::pair<int64_t, int64_t> check_fp8_weights(const at::Tensor& b, const at::Tensor& b_scale,
+                                              const at::Tensor& offsets, int64_t k, const at::Device& dev) {
+  check_gemm_operand(b, "b", {-1, -1, k}, dev, at::kFloat8_e4m3fn);
+  const int64_t groups = check_offsets(offsets, dev, &b);
+  const int64_t n = b.size(1);
+  check_tma_dim(k, "K (a.shape[1], b.shape[2])", 16, "16 fp8 elements");
+  check_tma_dim(n, "N (b.shape[1])");
+  check_device(b_scale, "b_scale", dev);
+  check_dtype(b_scale, "b_scale", {at::kFloat});
+  check_shape(b_scale, "b_scale", {groups, n});
+  check_contiguous(b_scale, "b_scale");
+  check_aligned16(b_scale, "b_scale");
+  return {groups, n};
+}
+
 // path: -1 = by rows per group (path_for); 0..2 forces a moe::GemmPath (tests and benchmarks compare them).
 // gemv_split: 0 = by grid size (gemv_split_for); 1, 2, 4 or 8 forces the GEMV's K split (path 2 only).
 void check_path(int64_t path, int64_t gemv_split) {
@@ -353,20 +371,11 @@ at::Tensor grouped_gemm_fp8_nt(const at::Tensor& a, const at::Tensor& a_scale, c
   check_gemm_operand(a, "a", {-1, -1}, a.device(), at::kFloat8_e4m3fn);
   NK_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
   const int64_t m = a.size(0), k = a.size(1);
-  check_gemm_operand(b, "b", {-1, -1, k}, a.device(), at::kFloat8_e4m3fn);
-  const int64_t groups = check_offsets(expert_offsets, a.device(), &b);
-  const int64_t n = b.size(1);
-  check_tma_dim(k, "K (a.shape[1], b.shape[2])", 16, "16 fp8 elements");
-  check_tma_dim(n, "N (b.shape[1])");
+  const auto [groups, n] = check_fp8_weights(b, b_scale, expert_offsets, k, a.device());
   check_device(a_scale, "a_scale", a.device());
   check_dtype(a_scale, "a_scale", {at::kFloat});
   check_shape(a_scale, "a_scale", {m});
   check_contiguous(a_scale, "a_scale");
-  check_device(b_scale, "b_scale", a.device());
-  check_dtype(b_scale, "b_scale", {at::kFloat});
-  check_shape(b_scale, "b_scale", {groups, n});
-  check_contiguous(b_scale, "b_scale");
-  check_aligned16(b_scale, "b_scale");
   auto out_opts = a.options().dtype(at::kBFloat16);
   if (m == 0 || n == 0) return at::empty({m, n}, out_opts);
   if (k == 0) return at::zeros({m, n}, out_opts);
@@ -387,17 +396,7 @@ at::Tensor grouped_gemm_w8_nt(const at::Tensor& a, const at::Tensor& b, const at
   check_gemm_operand(a, "a", {-1, -1}, a.device());
   NK_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
   const int64_t m = a.size(0), k = a.size(1);
-  check_gemm_operand(b, "b", {-1, -1, k}, a.device(), at::kFloat8_e4m3fn);
-  const int64_t groups = check_offsets(expert_offsets, a.device(), &b);
-  const int64_t n = b.size(1);
-  NK_CHECK_VALUE(k % 16 == 0, "K (a.shape[1], b.shape[2]) = ", num(k),
-                    " must be a multiple of 16: the GEMV reads the e4m3 weights in 16-byte pieces");
-  NK_CHECK_VALUE(n % 8 == 0, "N (b.shape[1]) = ", num(n), " must be a multiple of 8");
-  NK_CHECK_VALUE(k <= kInt32Max && n <= kInt32Max, "K and N must be below 2^31");
-  check_device(b_scale, "b_scale", a.device());
-  check_dtype(b_scale, "b_scale", {at::kFloat});
-  check_shape(b_scale, "b_scale", {groups, n});
-  check_contiguous(b_scale, "b_scale");
+  const auto [groups, n] = check_fp8_weights(b, b_scale, expert_offsets, k, a.device());
   if (m == 0 || n == 0) return at::empty({m, n}, a.options());
   if (k == 0) return at::zeros({m, n}, a.options());
   auto out = at::empty({m, n}, a.options());

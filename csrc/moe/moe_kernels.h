@@ -104,9 +104,7 @@ struct GroupedGemmParams {
 };
 
 size_t grouped_gemm_workspace_bytes(GemmKind kind, GemmPath path, int groups, int sm_count);
-constexpr bool is_w8(GemmKind kind) { return kind == GemmKind::kW8NT || kind == GemmKind::kW8NTReLU2; }
 inline GemmPath path_for(GemmKind kind, int64_t m_rows, int groups) {
-  if (is_w8(kind)) return GemmPath::kGemv;
   if (!is_nt(kind)) return GemmPath::kLargeTiles;
   // GEMV for a couple of tokens (<= 16 rows, any precision); up to 32 rows per expert on average the swapped
   // tiles. H200 side by side (bench/NOTES.md, session 7), BF16 up+down, GEMV vs swapped: T = 8 0.205 / 0.201 ms,

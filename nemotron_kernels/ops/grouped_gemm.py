@@ -19,8 +19,9 @@ host: others are clamped into [0, M] (memory-safe, rows outside every group are 
 import torch
 
 from .. import _ext
-from ..reference.grouped_gemm import (check_grouped_gemm_args, check_grouped_gemm_fp8_args, grouped_gemm_fp8_ref,
-                                      grouped_gemm_ref, grouped_gemm_w8_ref, quantize_fp8_rowwise_ref)
+from ..reference.grouped_gemm import (check_grouped_gemm_args, check_grouped_gemm_fp8_args, check_grouped_gemm_w8_args,
+                                      grouped_gemm_fp8_ref, grouped_gemm_ref, grouped_gemm_w8_ref,
+                                      quantize_fp8_rowwise_ref)
 from ._kernel_op import kernel_op
 
 
@@ -203,13 +204,11 @@ def grouped_gemm_w8(a, b_q, b_scale, expert_offsets, activation: str = "none"):
     """
     if (all(isinstance(t, torch.Tensor) and t.is_cuda for t in (a, b_q, b_scale, expert_offsets))
             and a.dtype == torch.bfloat16 and b_q.dtype == torch.float8_e4m3fn and _ext.cuda_ok()[0]
-            and activation in ("none", "relu2") and a.dim() == 2 and b_q.dim() == 3):
-        k, n = a.shape[1], b_q.shape[1]
-        if k % 16 or n % 8:
-            raise ValueError(f"grouped_gemm_w8: K = {k} must be a multiple of 16 and N = {n} of 8 (the GEMV reads "
-                             "16-byte pieces)")
-        return grouped_gemm_w8_nt(a.contiguous(), b_q.contiguous(), b_scale.float().contiguous(),
-                                  expert_offsets.to(torch.int32).contiguous(), activation == "relu2")
+            and activation in ("none", "relu2")):
+        check_grouped_gemm_w8_args(a, b_q, b_scale, expert_offsets, activation)
+        a, b_q, b_scale = a.contiguous(), b_q.contiguous(), b_scale.float().contiguous()
+        check_tma_operands(a.shape[1], b_q.shape[1], 16, "16 fp8 elements", a=a, b_q=b_q, b_scale=b_scale)
+        return grouped_gemm_w8_nt(a, b_q, b_scale, expert_offsets.to(torch.int32).contiguous(), activation == "relu2")
     return grouped_gemm_w8_ref(a, b_q, b_scale, expert_offsets, activation)
 
 

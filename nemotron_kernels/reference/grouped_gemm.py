@@ -99,35 +99,39 @@ def grouped_gemm_w8_ref(a, b_q, b_scale, expert_offsets, activation: str = "none
         a [M, K] float; b_q [E, N, K] float8_e4m3fn, b_scale [E, N] float32; expert_offsets [E+1];
         activation "none" or "relu2".
     """
-    check_float("a", a, "[M, K]", 2)
-    check_tensor_fp8("b_q", b_q, 3)
-    check_float("b_scale", b_scale, "[E, N]", 2)
-    if b_q.shape[2] != a.shape[1]:
-        raise ValueError(f"b_q must have shape [E, N, K] with K = a.shape[1] = {a.shape[1]}, got {tuple(b_q.shape)}")
-    if tuple(b_scale.shape) != tuple(b_q.shape[:2]):
-        raise ValueError(f"b_scale must have shape [E, N] = {tuple(b_q.shape[:2])}, got {tuple(b_scale.shape)}")
-    _check_offsets_and_activation(expert_offsets, "b_q", b_q.shape[0], activation)
-    check_same_device(a=a, b_q=b_q, b_scale=b_scale, expert_offsets=expert_offsets)
+    check_grouped_gemm_w8_args(a, b_q, b_scale, expert_offsets, activation)
     cdtype = compute_dtype(a.dtype, torch.float32)
     b = b_q.to(cdtype) * b_scale.to(cdtype)[..., None]                               # [E, N, K]
     return grouped_gemm_ref(a.to(cdtype), b, expert_offsets, activation).to(a.dtype)
 
 
+def _check_fp8_weights(b_q, b_scale, k: int, k_name: str) -> None:
+    """e4m3 weights b_q [E, N, K] with per-channel scales b_scale [E, N] (the FP8 and weights-only FP8 GEMMs)."""
+    check_tensor_fp8("b_q", b_q, 3)
+    check_float("b_scale", b_scale, "[E, N]", 2)
+    if b_q.shape[2] != k:
+        raise ValueError(f"b_q must have shape [E, N, K] with K = {k_name} = {k}, got {tuple(b_q.shape)}")
+    if tuple(b_scale.shape) != tuple(b_q.shape[:2]):
+        raise ValueError(f"b_scale must have shape [E, N] = {tuple(b_q.shape[:2])}, got {tuple(b_scale.shape)}")
+
+
 def check_grouped_gemm_fp8_args(a_q, a_scale, b_q, b_scale, expert_offsets, activation) -> None:
     """Shapes, dtypes and devices of grouped_gemm_fp8's arguments (no value checks)."""
     check_tensor_fp8("a_q", a_q, 2)
-    check_tensor_fp8("b_q", b_q, 3)
     check_float("a_scale", a_scale, "[M]", 1)
-    check_float("b_scale", b_scale, "[E, N]", 2)
-    if b_q.shape[2] != a_q.shape[1]:
-        raise ValueError(f"b_q must have shape [E, N, K] with K = a_q.shape[1] = {a_q.shape[1]}, "
-                         f"got {tuple(b_q.shape)}")
+    _check_fp8_weights(b_q, b_scale, a_q.shape[1], "a_q.shape[1]")
     if a_scale.shape[0] != a_q.shape[0]:
         raise ValueError(f"a_scale must have shape [M] = ({a_q.shape[0]},), got {tuple(a_scale.shape)}")
-    if tuple(b_scale.shape) != tuple(b_q.shape[:2]):
-        raise ValueError(f"b_scale must have shape [E, N] = {tuple(b_q.shape[:2])}, got {tuple(b_scale.shape)}")
     _check_offsets_and_activation(expert_offsets, "b_q", b_q.shape[0], activation)
     check_same_device(a_q=a_q, a_scale=a_scale, b_q=b_q, b_scale=b_scale, expert_offsets=expert_offsets)
+
+
+def check_grouped_gemm_w8_args(a, b_q, b_scale, expert_offsets, activation) -> None:
+    """Shapes, dtypes and devices of grouped_gemm_w8's arguments (no value checks)."""
+    check_float("a", a, "[M, K]", 2)
+    _check_fp8_weights(b_q, b_scale, a.shape[1], "a.shape[1]")
+    _check_offsets_and_activation(expert_offsets, "b_q", b_q.shape[0], activation)
+    check_same_device(a=a, b_q=b_q, b_scale=b_scale, expert_offsets=expert_offsets)
 
 
 def check_tensor_fp8(name, t, rank):
