@@ -222,10 +222,13 @@ int resident_ctas(int sm_count) {
 template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2>
 const char* launch(const GroupedGemmParams& p) {
   const int touched = int(std::min<int64_t>(p.groups, p.m_rows));   // at most this many groups have rows
-  const int split = p.gemv_split > 0
-                        ? p.gemv_split
-                        : gemv_split_for(p.n, p.k, sizeof(TB), touched,
-                                         resident_ctas<TA, TB, kScaleA, kScaleB, kReLU2>(p.sm_count));
+  // FP8 x FP8 never gained from a split in the H200 sweep (widening both e4m3 operands on the CUDA cores, not the
+  // loads in flight, bounds it); BF16 and weights-only FP8 follow the grid (gemv_split_for).
+  constexpr bool kFp8Acts = sizeof(TA) == 1;
+  const int split = p.gemv_split > 0 ? p.gemv_split
+                    : kFp8Acts       ? 1
+                                     : gemv_split_for(p.n, p.k, sizeof(TB), touched,
+                                                      resident_ctas<TA, TB, kScaleA, kScaleB, kReLU2>(p.sm_count));
   switch (split) {
     case 1: return launch_split<TA, TB, kScaleA, kScaleB, kReLU2, 1>(p, touched);
     case 2: return launch_split<TA, TB, kScaleA, kScaleB, kReLU2, 2>(p, touched);
@@ -238,11 +241,10 @@ const char* launch(const GroupedGemmParams& p) {
 }  // namespace
 
 int gemv_split_for(int n, int k, int elem_bytes, int touched_groups, int resident) {
-  // H200 sweep (scripts/sweep_gemv_split.py, bench/NOTES.md): FP8 never gained from a split (widening e4m3 on the
-  // CUDA cores, not the loads in flight, bounds it). BF16 gained where the unsplit grid is under two waves: the
-  // best split was the largest that still fits one wave (shared expert up 116 CTAs: 2; down 84: 4), or, with
-  // none, the one whose last wave is fullest (routed down at T = 1, 504 CTAs: 2). Each lane keeps >= 2 pieces.
-  if (elem_bytes == 1) return 1;
+  // H200 sweep (scripts/sweep_gemv_split.py, bench/NOTES.md): BF16 and weights-only FP8 gained where the unsplit
+  // grid is under two waves: the best split was the largest that still fits one wave (BF16 shared expert up 116
+  // CTAs: 2; down 84: 4), or, with none, the one whose last wave is fullest (BF16 routed down at T = 1, 504 CTAs:
+  // 2). Each lane keeps >= 2 pieces, which caps the split of 1-byte weights at K / 1024.
   const int pieces = k * elem_bytes / 16;                            // 16-byte pieces of one weight row
   auto ctas = [&](int s) { return int64_t((n + kWarps / s * kCh - 1) / (kWarps / s * kCh)) * touched_groups; };
   if (resident < 1 || touched_groups < 1 || ctas(1) >= 2 * int64_t(resident)) return 1;

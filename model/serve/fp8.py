@@ -9,7 +9,8 @@ use the checkpoint's static `input_scale` when there is one, else a dynamic scal
 experts on a GPU always scale per token. GEMMs on a GPU: torch._scaled_mm with row-wise scales for the projections
 (activations quantised per row by nemotron_kernels' fused quantize_fp8_rowwise kernel), our CUTLASS FP8 grouped
 GEMMs (nemotron_kernels moe_experts_fp8) for the routed experts and, when its activation scales are dynamic, the
-shared expert in the same call (grouped GEMV at decode sizes), out bf16. Elsewhere (CPU,
+shared expert in the same call, out bf16. At decode sizes (<= 16 rows; T * top_k for the experts) every FP8 GEMM is
+weights-only instead: bf16 activations, the e4m3 weights streamed by the weights-only grouped GEMV. Elsewhere (CPU,
 or dims that are not multiples of 16) a reference path dequantises: the same fp8 values and scales, the matmul in
 the compute dtype.
 
@@ -32,8 +33,9 @@ from torch import nn
 from model.checkpoint import CheckpointError, checkpoint_layout, keeps_fp32
 from model.config import NemotronHConfig
 from model.nemotron_h import NemotronH
-from nemotron_kernels.ops.grouped_gemm import quantize_fp8_rowwise
+from nemotron_kernels.ops.grouped_gemm import grouped_gemm_w8, quantize_fp8_rowwise
 from nemotron_kernels.ops.moe_experts import moe_experts_fp8
+from nemotron_kernels.reference.grouped_gemm import weights_only_for
 
 log = logging.getLogger("model.serve")
 
@@ -121,16 +123,27 @@ class FP8Linear(nn.Module):
 
     @property
     def path(self) -> str:
-        return "torch._scaled_mm" if self._use_gpu(self.weight) else "reference (dequantised)"
+        return ("grouped_gemm_w8 (<= 16 rows), torch._scaled_mm" if self._use_gpu(self.weight)
+                else "reference (dequantised)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)                                      # [M, K]
+        rows = x2.shape[0]
+        cdtype = torch.promote_types(x.dtype, torch.float32)
+        if 0 < rows and weights_only_for(rows):
+            # decode: weights-only, x as it is (the GEMM is a stream of the weights; quantising x would cost a
+            # launch and its e4m3 rounding), through the one-group weights-only GEMV; a static input_scale is unused
+            if self._use_gpu(x2) and x2.dtype == torch.bfloat16:
+                offsets = torch.arange(0, 2 * rows, rows, dtype=torch.int32, device=x2.device)    # [0, M]
+                y = grouped_gemm_w8(x2, self.weight.unsqueeze(0), self._scale_b, offsets)
+            else:
+                y = x2.to(cdtype) @ (self.weight.to(cdtype) * self.weight_scale.to(cdtype)).t()
+            return y.to(self.out_dtype).reshape(*lead, self.out_features)
         xq, sa = quantize_rows(x2, self.input_scale)
         if self._use_gpu(x2):
             y = torch._scaled_mm(xq, self.weight.t(), scale_a=sa, scale_b=self._scale_b, out_dtype=torch.bfloat16)
         else:
-            cdtype = torch.promote_types(x.dtype, torch.float32)
             y = (xq.to(cdtype) * sa.to(cdtype)) @ (self.weight.to(cdtype) * self.weight_scale.to(cdtype)).t()
         return y.to(self.out_dtype).reshape(*lead, self.out_features)
 
@@ -221,8 +234,11 @@ class FP8MoE(nn.Module):
         # down_e(relu(up_e x)^2) with up_e = s_up Q_up, down_e = s_down Q_down equals
         # s_down s_up^2 * Q_down(relu(Q_up x)^2): fold the scales into the routing weights
         cdtype = torch.promote_types(x2.dtype, torch.float32)
-        xq, sa = quantize_rows(x2, self.up_input_scale)
-        x_dq = xq.to(cdtype) * sa.to(cdtype)                                      # [T, H] fake-quantised input
+        if weights_only_for(topk_idx.numel()):                                    # decode: x as it is
+            x_dq = x2.to(cdtype)
+        else:
+            xq, sa = quantize_rows(x2, self.up_input_scale)
+            x_dq = xq.to(cdtype) * sa.to(cdtype)                                  # [T, H] fake-quantised input
         fold = (self.down_scale * self.up_scale.square()).to(cdtype)              # [E]
         w = topk_weight.to(cdtype) * fold[topk_idx.long()]                        # [T, k]
         return meta.ops.moe_experts(x_dq, topk_idx, w, self.up, self.down).float()

@@ -19,17 +19,18 @@ average swapped operands (the weights' channels on the MMA's 64-row side, the ro
 Everything else (CPU, other dtypes, unaligned sizes) runs the reference; unaligned sizes on CUDA warn once.
 
 moe_experts_fp8 (+ quantize_experts_fp8): the same layer with FP8 e4m3 GEMMs for inference (per-token activation
-scales, per-channel weight scales, dequantisation and relu^2 fused in the epilogue, h re-quantised per row)."""
+scales, per-channel weight scales, dequantisation and relu^2 fused in the epilogue, h re-quantised per row); at
+decode sizes (T * k <= 16) weights-only instead: bf16 x and h through the weights-only grouped GEMV."""
 import functools
 import warnings
 
 import torch
 
 from .. import _ext
-from ..reference.grouped_gemm import moe_experts_fp8_ref
+from ..reference.grouped_gemm import moe_experts_fp8_ref, weights_only_for
 from ..reference.moe_experts import moe_experts_ref
 from .grouped_gemm import (grouped_gemm_fp8_nt, grouped_gemm_nn, grouped_gemm_nt, grouped_gemm_tn,
-                           quantize_fp8_rowwise, quantize_fp8_rowwise_op, use_kernel)
+                           grouped_gemm_w8_nt, quantize_fp8_rowwise, quantize_fp8_rowwise_op, use_kernel)
 from .moe_permute import (MAX_EXPERTS, MAX_TOP_K, moe_permute_op, moe_permute_scaled_op, moe_unpermute_bwd_op,
                           moe_unpermute_op)
 
@@ -172,15 +173,17 @@ def quantize_experts_fp8(up, down, shared_up=None, shared_down=None) -> dict:
 
 
 def moe_experts_fp8(x, topk_idx, topk_weight, up_q, up_scale, down_q, down_scale, shared_up_q=None,
-                    shared_up_scale=None, shared_down_q=None, shared_down_scale=None):
+                    shared_up_scale=None, shared_down_q=None, shared_down_scale=None, weights_only=None):
     """moe_experts with FP8 e4m3 GEMMs (inference: no autograd). Tokens are quantised per row, weights come
     quantised per output channel (quantize_experts_fp8); relu^2 is fused into the up GEMM's dequantising epilogue,
-    its bf16 output is re-quantised per row for the down GEMM.
+    its bf16 output is re-quantised per row for the down GEMM. Weights-only (the default at decode sizes,
+    T * k <= 16): x and h stay bf16 and go to the weights-only grouped GEMV (grouped_gemm_w8), no quantisation.
 
     Args:
         x [T, H] bf16.   topk_idx [T, k] int32/int64.   topk_weight [T, k].
         up_q [E, I, H] e4m3, up_scale [E, I] fp32; down_q [E, H, I] e4m3, down_scale [E, H] fp32;
         shared_*: the shared expert, quantised the same way (all four or none).
+        weights_only: None (by size, weights_only_for(T * k)), True or False.
     Returns:
         [T, H] bf16. CUDA: permute + CUTLASS FP8 grouped GEMMs (H multiple of 16, I and Is of 16); elsewhere the
         float32 emulation moe_experts_fp8_ref (which also defines the rounding points).
@@ -193,7 +196,11 @@ def moe_experts_fp8(x, topk_idx, topk_weight, up_q, up_scale, down_q, down_scale
     if not (all(isinstance(t, torch.Tensor) and t.is_cuda for t in tensors) and x.dtype == torch.bfloat16
             and _ext.cuda_ok()[0] and sizes_ok and x.shape[0] > 0 and up_q.shape[0] <= MAX_EXPERTS
             and topk_idx.dim() == 2 and topk_idx.shape[1] <= MAX_TOP_K):
-        return moe_experts_fp8_ref(*args)
+        return moe_experts_fp8_ref(*args, weights_only=weights_only)
+    if weights_only is None:
+        weights_only = weights_only_for(topk_idx.numel())
+    if weights_only:
+        return _moe_experts_w8(x.contiguous(), topk_idx.to(torch.int32).contiguous(), topk_weight, *args[3:])
     nexperts = up_q.shape[0]
     x_q, x_scale = quantize_fp8_rowwise_op(x.contiguous())                           # [T, H] e4m3, [T]
     rows, row_scale, row_of_assignment, offsets = moe_permute_scaled_op(
@@ -209,6 +216,22 @@ def moe_experts_fp8(x, topk_idx, topk_weight, up_q, up_scale, down_q, down_scale
         hs_q, hs_scale = quantize_fp8_rowwise_op(hs)
         ys = grouped_gemm_fp8_nt(hs_q, hs_scale, shared_down_q.unsqueeze(0).contiguous(),
                                  shared_down_scale.float().reshape(1, -1).contiguous(), offsets_s, False)
+    return moe_unpermute_op(y, row_of_assignment, topk_weight.float().contiguous(), ys)
+
+
+def _moe_experts_w8(x, topk_idx, topk_weight, up_q, up_scale, down_q, down_scale, shared_up_q, shared_up_scale,
+                    shared_down_q, shared_down_scale):
+    """moe_experts_fp8's weights-only pipeline: bf16 rows through the weights-only grouped GEMV, relu^2 fused."""
+    rows, row_of_assignment, offsets = moe_permute_op(x, topk_idx, up_q.shape[0], 1)   # [M, H], [T, k], [E+1]
+    h = grouped_gemm_w8_nt(rows, up_q.contiguous(), up_scale.float().contiguous(), offsets, True)      # [M, I]
+    y = grouped_gemm_w8_nt(h, down_q.contiguous(), down_scale.float().contiguous(), offsets, False)    # [M, H]
+    ys = None
+    if shared_up_q is not None:
+        offsets_s = _shared_offsets(x.shape[0], x.device)
+        hs = grouped_gemm_w8_nt(x, shared_up_q.unsqueeze(0).contiguous(),
+                                shared_up_scale.float().reshape(1, -1).contiguous(), offsets_s, True)    # [T, Is]
+        ys = grouped_gemm_w8_nt(hs, shared_down_q.unsqueeze(0).contiguous(),
+                                shared_down_scale.float().reshape(1, -1).contiguous(), offsets_s, False)  # [T, H]
     return moe_unpermute_op(y, row_of_assignment, topk_weight.float().contiguous(), ys)
 
 

@@ -143,25 +143,42 @@ def check_tensor_fp8(name, t, rank):
         raise ValueError(f"{name} must be {rank}-D, got shape {tuple(t.shape)}")
 
 
-def _fp8_mlp_rows(x_q, x_scale, up_q, up_scale, down_q, down_scale):
-    """One expert's FP8 MLP on quantised rows, rounding where the kernels round: h in bf16, re-quantised per row,
-    y in bf16. x_q [n, H] e4m3, x_scale [n]; up_q [I, H], up_scale [I]; down_q [H, I], down_scale [H] -> [n, H]."""
+def _fp8_mlp_rows(x_q, x_scale, up_q, up_scale, down_q, down_scale, weights_only=False):
+    """One expert's FP8 MLP on quantised rows, rounding where the kernels round: h in bf16, re-quantised per row
+    (unless weights_only), y in bf16. x_q [n, H] e4m3 (weights_only: float), x_scale [n]; up_q [I, H], up_scale [I];
+    down_q [H, I], down_scale [H] -> [n, H]."""
     a = x_q.float() * x_scale[:, None]
     h = torch.relu(a @ (up_q.float() * up_scale[:, None]).T).square().to(torch.bfloat16)     # [n, I]
-    h_q, h_scale = quantize_fp8_rowwise_ref(h)
+    if weights_only:
+        h_q, h_scale = h, torch.ones(h.shape[0], dtype=torch.float32, device=h.device)
+    else:
+        h_q, h_scale = quantize_fp8_rowwise_ref(h)
     return ((h_q.float() * h_scale[:, None]) @ (down_q.float() * down_scale[:, None]).T).to(torch.bfloat16)
 
 
+# Up to this many rows (T * top_k for the experts) the FP8 layers run weights-only: a GEMM of so few rows is a
+# stream of its weights (the grouped GEMV), so quantising the activations saves no bytes and costs a launch and
+# their e4m3 rounding. The GEMV's own bound (csrc/moe/moe_kernels.h, path_for).
+WEIGHTS_ONLY_MAX_ROWS = 16
+
+
+def weights_only_for(rows: int) -> bool:
+    return rows <= WEIGHTS_ONLY_MAX_ROWS
+
+
 def moe_experts_fp8_ref(x, topk_idx, topk_weight, up_q, up_scale, down_q, down_scale, shared_up_q=None,
-                        shared_up_scale=None, shared_down_q=None, shared_down_scale=None):
+                        shared_up_scale=None, shared_down_q=None, shared_down_scale=None, weights_only=None):
     """The FP8 expert pipeline of moe_experts_fp8, emulated in float32 (reference): tokens quantised per row to e4m3,
     weights given as e4m3 with per-output-channel scales, relu^2 output rounded to bf16 and re-quantised per row,
     expert outputs rounded to bf16, routed sum in float32 rounded to bf16, plus the shared expert (same pipeline).
+    Weights-only (decode): the same with x and h as they are (x in its precision, h rounded to bf16), no
+    activation quantisation.
 
     Args:
         x [T, H] (any float; quantised here).   topk_idx [T, k], topk_weight [T, k].
         up_q [E, I, H] e4m3, up_scale [E, I]; down_q [E, H, I] e4m3, down_scale [E, H];
         shared_up_q [Is, H], shared_up_scale [Is], shared_down_q [H, Is], shared_down_scale [H] (or all None).
+        weights_only: None (default) for T * k <= WEIGHTS_ONLY_MAX_ROWS, or forced on / off.
     Returns:
         [T, H] bfloat16.
     """
@@ -169,14 +186,20 @@ def moe_experts_fp8_ref(x, topk_idx, topk_weight, up_q, up_scale, down_q, down_s
     check_int("topk_idx", topk_idx, "[T, k]", 2)
     check_tensor_fp8("up_q", up_q, 3)
     check_tensor_fp8("down_q", down_q, 3)
-    x_q, x_scale = quantize_fp8_rowwise_ref(x)
+    if weights_only is None:
+        weights_only = weights_only_for(topk_idx.numel())
+    if weights_only:
+        x_q, x_scale = x.float(), torch.ones(x.shape[0], dtype=torch.float32, device=x.device)
+    else:
+        x_q, x_scale = quantize_fp8_rowwise_ref(x)
     routed = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     for e in torch.unique(topk_idx).tolist():
         tok, slot = torch.nonzero(topk_idx == e, as_tuple=True)
-        y = _fp8_mlp_rows(x_q[tok], x_scale[tok], up_q[e], up_scale[e].float(), down_q[e], down_scale[e].float())
+        y = _fp8_mlp_rows(x_q[tok], x_scale[tok], up_q[e], up_scale[e].float(), down_q[e], down_scale[e].float(),
+                          weights_only)
         routed.index_add_(0, tok, topk_weight[tok, slot, None].float() * y.float())
     out = routed.to(torch.bfloat16)
     if shared_up_q is not None:
         out = out + _fp8_mlp_rows(x_q, x_scale, shared_up_q, shared_up_scale.float(), shared_down_q,
-                                  shared_down_scale.float())
+                                  shared_down_scale.float(), weights_only)
     return out

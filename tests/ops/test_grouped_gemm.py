@@ -101,8 +101,9 @@ def test_extension_path_argument_is_checked():
 
 
 def test_gemv_split_rule_matches_the_h200_sweep():
-    """gemv_split_for at the H200's resident count (3 CTAs of the 80-register BF16 kernel x 132 SMs) picks the
-    split the sweep measured fastest (bench/NOTES.md, session 10); FP8 (1-byte weights) never splits."""
+    """gemv_split_for at the H200's resident counts (3 CTAs of the 80-register BF16 kernel x 132 SMs; 2 of the
+    weights-only FP8 kernel) picks the split the sweeps measured fastest (bench/NOTES.md, sessions 10 and 11).
+    FP8 x FP8 never splits: its launcher does not ask."""
     from nemotron_kernels import _ext
     if _ext._C is None or not hasattr(_ext._C, "gemv_split_for"):
         pytest.skip("extension built without CUDA")
@@ -114,7 +115,13 @@ def test_gemv_split_rule_matches_the_h200_sweep():
     assert rule(1856, 2688, 6) == 1          # routed up, T = 1
     assert rule(2688, 1856, 6) == 2          # routed down, T = 1: 504 CTAs = 1.3 waves
     assert rule(1856, 2688, 48) == 1         # routed up, T = 8
-    assert all(rule(n, k, t, elem=1) == 1 for n, k, t in ((3712, 2688, 1), (2688, 3712, 1), (2688, 1856, 6)))
+    w8 = lambda n, k, touched: _ext._C.gemv_split_for(n, k, 1, touched, 2 * 132)  # noqa: E731
+    assert w8(3712, 2688, 1) == 2            # shared expert up: 6.8 us vs 10.0 unsplit
+    assert w8(2688, 3712, 1) == 2            # shared expert down: 8.4 vs 11.8 (4 would leave each lane < 2 pieces)
+    assert w8(10304, 2688, 1) == 2           # Mamba in_proj, M = 1: 15.5 vs 18.4
+    assert w8(2688, 4096, 1) == 2            # Mamba out_proj: 7.5 vs 10.6 (4: 8.6)
+    assert w8(1856, 2688, 6) == 2            # routed up, T = 1: 17.6 vs 20.4
+    assert w8(2688, 1856, 6) == 1            # routed down, T = 1: 17.1 vs 21.0 split
     assert rule(64, 64, 1) == 1              # K too short for a split: each lane keeps >= 2 pieces
 
 

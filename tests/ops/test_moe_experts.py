@@ -143,21 +143,40 @@ def test_cpu_fp8_is_the_emulation_and_close_to_bf16():
     assert rel < 0.1, rel
 
 
-@pytest.mark.cuda
-@pytest.mark.parametrize("ntokens", [1, 64, 1024])
-def test_cuda_fp8_nemotron_shapes(ntokens):
-    """Budget: relative Frobenius error to the float64 BF16-math layer <= 1.25 x that of the float32 emulation of the
-    same FP8 pipeline (+ 1e-3), and <= 10% in absolute terms (e4m3 keeps 3 mantissa bits, relu^2 doubles the
-    relative error of the up projection)."""
-    args = make(ntokens, **NEMOTRON, seed=ntokens + 3, device="cuda", dtype=BF16, empty=(9,))
+def test_cpu_fp8_weights_only_at_decode_sizes():
+    """Up to 16 rows (T * k) the FP8 layer is weights-only by default: x and h are not quantised, so it is the
+    weights-only emulation, closer to the BF16 layer than the fully quantised pipeline; forcing either way works."""
+    from nemotron_kernels.reference.grouped_gemm import WEIGHTS_ONLY_MAX_ROWS
+    args = make(2, 6, 2, 32, 16, 48, seed=5, dtype=torch.float32)                  # 2 tokens x top-2: 4 rows
+    assert args["topk_idx"].numel() <= WEIGHTS_ONLY_MAX_ROWS
     fp8 = _fp8_args(args)
     out = moe_experts_fp8(**fp8)
+    assert torch.equal(out, moe_experts_fp8_ref(**fp8, weights_only=True))
+    quantised = moe_experts_fp8(**fp8, weights_only=False)
+    assert torch.equal(quantised, moe_experts_fp8_ref(**fp8, weights_only=False)) and not torch.equal(out, quantised)
     exact = moe_experts_ref(**{k: (v.double() if v.is_floating_point() else v) for k, v in args.items()})
-    emulated = moe_experts_fp8_ref(**fp8)
+
+    def rel(t):
+        return ((t.double() - exact).norm() / exact.norm()).item()
+    assert rel(out) < rel(quantised) and rel(out) < 0.05, (rel(out), rel(quantised))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("ntokens, weights_only", [(1, None), (1, False), (2, None), (64, None), (64, True),
+                                                   (1024, None)])
+def test_cuda_fp8_nemotron_shapes(ntokens, weights_only):
+    """Budget: relative Frobenius error to the float64 BF16-math layer <= 1.25 x that of the float32 emulation of the
+    same FP8 pipeline (+ 1e-3), and <= 10% in absolute terms (e4m3 keeps 3 mantissa bits, relu^2 doubles the
+    relative error of the up projection). T = 1, 2 run weights-only by default (the weights-only GEMV)."""
+    args = make(ntokens, **NEMOTRON, seed=ntokens + 3, device="cuda", dtype=BF16, empty=(9,))
+    fp8 = _fp8_args(args)
+    out = moe_experts_fp8(**fp8, weights_only=weights_only)
+    exact = moe_experts_ref(**{k: (v.double() if v.is_floating_point() else v) for k, v in args.items()})
+    emulated = moe_experts_fp8_ref(**fp8, weights_only=weights_only)
 
     def rel(t):
         return ((t.double() - exact).norm() / exact.norm()).item()
 
     assert out.dtype == BF16 and torch.isfinite(out).all()
     assert rel(out) <= 1.25 * rel(emulated) + 1e-3 and rel(out) < 0.1, (rel(out), rel(emulated))
-    assert torch.equal(out, moe_experts_fp8(**fp8)), "not deterministic"
+    assert torch.equal(out, moe_experts_fp8(**fp8, weights_only=weights_only)), "not deterministic"

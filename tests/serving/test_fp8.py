@@ -22,6 +22,7 @@ from model.serve.fp8 import (
     quantize_tensor,
     save_fp8_checkpoint,
 )
+from nemotron_kernels.reference.grouped_gemm import weights_only_for
 from nemotron_kernels.testing import assert_error_rule
 
 
@@ -44,17 +45,19 @@ def test_fp8_linear_reference_path():
     torch.manual_seed(0)
     lin = torch.nn.Linear(32, 24, bias=False)
     f = FP8Linear.from_linear(lin)
-    x = torch.randn(5, 3, 32)
+    x = torch.randn(5, 4, 32)
     y = f(x)
-    assert y.shape == (5, 3, 24) and y.dtype == torch.float32
+    assert y.shape == (5, 4, 24) and y.dtype == torch.float32
     # by hand: per-row dynamic activation scale, per-tensor weight scale
     x2 = x.reshape(-1, 32)
     sa = x2.abs().amax(-1, keepdim=True) / 448
     xq = (x2 / sa).to(FP8).float() * sa
-    expected = xq @ (f.weight.float() * f.weight_scale).t()
-    torch.testing.assert_close(y.reshape(-1, 24), expected)
+    w = f.weight.float() * f.weight_scale
+    torch.testing.assert_close(y.reshape(-1, 24), xq @ w.t())
     rel = ((y - lin(x)).norm() / lin(x).norm()).item()
     assert rel < 0.08
+    # up to 16 rows (decode) the activations are not quantised: weights-only
+    torch.testing.assert_close(f(x[:3, :1]).reshape(-1, 24), x2.view(5, 4, 32)[:3, 0] @ w.t())
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +288,7 @@ def test_gpu_fp8_gemms_match_the_reference_path():
     model = build_model(cfg, device="cuda", dtype=torch.bfloat16, seed=0).eval()
     quantize_model_fp8(model)
     fp8 = [m for m in model.modules() if isinstance(m, (FP8Linear, FP8MoE))]
-    assert {m.path for m in fp8} == {"torch._scaled_mm", "moe_experts_fp8 (CUTLASS)"}
+    assert {m.path for m in fp8} == {"grouped_gemm_w8 (<= 16 rows), torch._scaled_mm", "moe_experts_fp8 (CUTLASS)"}
     inputs = {}
     hooks = [m.register_forward_pre_hook(lambda m, args: inputs.setdefault(m, args)) for m in fp8]
     ids = torch.randint(3, 259, (2, 40), device="cuda")
@@ -297,24 +300,36 @@ def test_gpu_fp8_gemms_match_the_reference_path():
         fused = {s for m in fp8 if isinstance(m, FP8MoE) and m._shared_fused() for s in (m.shared_up, m.shared_down)}
         assert fused and set(inputs) == set(fp8) - fused
         for m, args in inputs.items():
-            gpu = m(*args)
-            for r in (m, *((m.shared_up, m.shared_down) if isinstance(m, FP8MoE) else ())):
-                r.force_reference = True
-            ref = m(*args)
-            if isinstance(m, FP8Linear):
-                # the same e4m3 operands and scales on both paths (fp8 products are exact, both accumulate in
-                # fp32, both round to bf16 once): the DESIGN 2x rule against float64 on those operands
-                xq, sa = quantize_rows(args[0].reshape(-1, m.in_features), m.input_scale)
-                ref64 = (xq.double() * sa.double()) @ (m.weight.double() * m.weight_scale.double()).t()
-                assert_error_rule("FP8Linear", gpu.reshape(ref64.shape), ref64, ref.reshape(ref64.shape), k=2)
-            else:
-                # the GPU path quantises the routed experts' hidden activations h = relu(up x)^2 to e4m3 before
-                # the down GEMM (the reference keeps them in fp32): round to nearest with 3 mantissa bits moves
-                # each element of h by at most 2^-4 of itself, so |dh| <= 2^-4 |h| and the down GEMM's output
-                # (routed + shared, the shared part alike on both paths up to bf16) moves by about that fraction;
-                # plus bf16 rounding of the outputs (2^-8). A wrong or missing scale is O(1).
-                rel = ((gpu.float() - ref.float()).norm() / ref.float().norm()).item()
-                assert rel < 2**-4 + 2**-8, rel
+            paths = (m, *((m.shared_up, m.shared_down) if isinstance(m, FP8MoE) else ()))
+            x = args[0]
+            # the captured rows (80: activations quantised), and 4 of them as a decode step (weights-only)
+            for x_in in (x, x.reshape(-1, x.shape[-1])[:4]):
+                for r in paths:
+                    r.force_reference = False
+                gpu = m(x_in, *args[1:])
+                for r in paths:
+                    r.force_reference = True
+                ref = m(x_in, *args[1:])
+                if isinstance(m, FP8Linear):
+                    # the same operands and scales on both paths (e4m3 products, or bf16 x e4m3 ones, are exact in
+                    # fp32; both accumulate in fp32 and round to bf16 once): the DESIGN 2x rule against float64
+                    x2 = x_in.reshape(-1, m.in_features)
+                    w64 = m.weight.double() * m.weight_scale.double()
+                    if weights_only_for(x2.shape[0]):
+                        ref64 = x2.double() @ w64.t()
+                    else:
+                        xq, sa = quantize_rows(x2, m.input_scale)
+                        ref64 = (xq.double() * sa.double()) @ w64.t()
+                    assert_error_rule("FP8Linear", gpu.reshape(ref64.shape), ref64, ref.reshape(ref64.shape), k=2)
+                else:
+                    # the quantised GPU path rounds the routed experts' hidden activations h = relu(up x)^2 to e4m3
+                    # before the down GEMM (the reference keeps them in fp32): round to nearest with 3 mantissa
+                    # bits moves each element of h by at most 2^-4 of itself, so |dh| <= 2^-4 |h| and the down
+                    # GEMM's output (routed + shared, the shared part alike on both paths up to bf16) moves by
+                    # about that fraction; plus bf16 rounding of the outputs (2^-8). A wrong or missing scale is
+                    # O(1). Weights-only keeps h in bf16 (2^-8 per element), well inside the same bound.
+                    rel = ((gpu.float() - ref.float()).norm() / ref.float().norm()).item()
+                    assert rel < 2**-4 + 2**-8, rel
 
 
 def test_dynamic_row_quantisation_is_the_kernels_reference():
