@@ -116,9 +116,10 @@ def _gqa_attn_fwd_kernel(
         seqlen_q = (tl.load(CU_SEQLENS + b + 1) - start).to(tl.int32)
         seqlen_k = seqlen_q
         desc_row0 = start.to(tl.int32)
+        vt_col0 = ((start + 15) // 16 * 16 + 16 * b).to(tl.int32)    # FP8 v^T: the sequence's first column
         q_base = Q + start * stride_qs
         k_base = K + start * stride_ks
-        v_base = V + start * stride_vs
+        v_base = V + (vt_col0 if IS_FP8 else start) * stride_vs
         o_base = O + start * stride_os
         lse_base = LSE + start
     else:
@@ -170,7 +171,6 @@ def _gqa_attn_fwd_kernel(
         desc_col = hkv * HEAD_DIM
         if VARLEN:                                   # v^T rows (batch, kv head, d), columns keys (FP8 only)
             vt_row = hkv * HEAD_DIM
-            vt_col0 = desc_row0
         else:
             vt_row = (b * num_kv_heads + hkv) * HEAD_DIM
             vt_col0 = 0
@@ -251,13 +251,25 @@ def _descriptors(k, v, block_n: int):
     return k_desc, TensorDescriptor(v, [bsz * sk, hkv * d], [v.stride(1), 1], [block_n, d])
 
 
-def transpose_v_fp8(v: torch.Tensor) -> torch.Tensor:
+def transpose_v_fp8(v: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
     """v [B, Sk, Hkv, D] e4m3 -> v^T [B, Hkv, D, Sk'] with Sk' = Sk rounded up to 16 (16-byte TMA rows); the
     padding is never used unmasked. One copy of V (B4 S8K: 8 MB) buys an FP8 PV product without a per-tile
-    transpose."""
+    transpose.
+    Varlen (B = 1, cu_seqlens [S+1]): sequence b's keys start at column 16 * ceil(cu[b] / 16) + 16 * b (the
+    kernel's vt_col0) and Sk' = Sk rounded up to 16, plus 16 * S: every TMA box then starts on a 16-byte column.
+    A box at an unaligned column (keys from cu[b]) faulted on the H200 (illegal instruction, bench/NOTES.md)."""
     bsz, sk, hkv, d = v.shape
-    vt = torch.empty(bsz, hkv, d, -(-sk // 16) * 16, dtype=v.dtype, device=v.device)
-    vt[..., :sk].copy_(v.permute(0, 2, 3, 1))
+    if cu_seqlens is None:
+        vt = torch.empty(bsz, hkv, d, -(-sk // 16) * 16, dtype=v.dtype, device=v.device)
+        vt[..., :sk].copy_(v.permute(0, 2, 3, 1))
+        return vt
+    cu = cu_seqlens.to(device=v.device, dtype=torch.int64)
+    tok = torch.arange(sk, device=v.device)                                      # [Sk]
+    seq = torch.searchsorted(cu[1:], tok, right=True)                            # [Sk] sequence of each key
+    start = cu[seq]
+    col = tok + (start + 15) // 16 * 16 - start + 16 * seq                       # [Sk] column in v^T
+    vt = torch.empty(bsz, hkv, d, -(-sk // 16) * 16 + 16 * (cu.numel() - 1), dtype=v.dtype, device=v.device)
+    vt.view(torch.uint8).index_copy_(3, col, v.view(torch.uint8).permute(0, 2, 3, 1))   # (no fp8 index_copy)
     return vt
 
 
@@ -334,7 +346,7 @@ def gqa_attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens=No
     descales = [_descale_arg(t, num_seqs, hkv, q.device) for t in (q_descale, k_descale, v_descale)]
     use_tma = tma_eligible(k, v) and (q.is_cuda if config is None else config[4])
     if is_fp8:
-        v = transpose_v_fp8(v)                                                    # [B, Hkv, D, Sk']
+        v = transpose_v_fp8(v, cu_seqlens if varlen else None)                   # [B, Hkv, D, Sk']
         v_strides = (v.stride(0), v.stride(3), v.stride(1), v.stride(2))          # b, key, head, d
     else:
         v_strides = (v.stride(0), v.stride(1), v.stride(2), 1)
