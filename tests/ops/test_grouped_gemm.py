@@ -433,3 +433,28 @@ def test_cuda_w8_gemv(counts, n, k, split, activation):
     assert torch.equal(out, _ext._C.grouped_gemm_w8_nt(a, b_q, b_scale, offsets, relu2, split)), "not deterministic"
     if split == 0:
         assert torch.equal(grouped_gemm_w8(a, b_q, b_scale, offsets, activation), out)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("split", [1, 2])
+def test_cuda_w8_gemv_every_e4m3_value(split):
+    """The weights-only GEMV widens e4m3 with integer ops into fp32 times 2^-120 and scales a by 2^64: every finite
+    e4m3 value (subnormals, both zeros, +-448) as a weight, in rows of ordinary, tiny (2^-40) and large (2^40)
+    activations, meets the DESIGN 2x rule against float64; each weight alone (a one-hot row of a) comes out exact."""
+    from nemotron_kernels import _ext
+    codes = torch.tensor([c for c in range(256) if c not in (0x7F, 0xFF)] + [0, 0x80], dtype=torch.uint8)
+    g = torch.Generator().manual_seed(split)
+    k = codes.numel()                                                                    # 256
+    b_q = torch.stack([codes[torch.randperm(k, generator=g)] for _ in range(16)]).view(torch.float8_e4m3fn)
+    b_scale = (torch.rand(1, 16, generator=g) + 0.5).to(BF16).float()    # 8 bits: w * scale is exact in fp32
+    a = torch.randn(3, k, generator=g)
+    a[1] *= 2.0 ** -40
+    a[2] *= 2.0 ** 40
+    onehot = torch.eye(k)[torch.randperm(k, generator=g)[:8]]                            # picks single weights
+    a = torch.cat([a, onehot]).to(BF16)                                                 # [11, K]
+    offsets = torch.tensor([0, a.shape[0]], dtype=torch.int32)
+    a, b_q, b_scale, offsets = (t.cuda() for t in (a, b_q[None], b_scale, offsets))
+    out = _ext._C.grouped_gemm_w8_nt(a, b_q, b_scale, offsets, False, split)
+    want = grouped_gemm_ref(a.double(), b_q.double() * b_scale.double()[..., None], offsets, "none")
+    assert_error_rule(f"w8 GEMV, every e4m3 value, split {split}", out, want, want.to(BF16), 2)
+    assert torch.equal(out[3:], want[3:].to(BF16)), "a single weight times 1 must come out exact"
