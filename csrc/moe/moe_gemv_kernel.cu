@@ -13,7 +13,9 @@
 // stream at copy speed, so kSplit warps share each channel group, each taking every kSplit-th 16-byte piece of
 // K; their sums meet in shared memory in a fixed order (deterministic). gemv_split_for picks it from the grid.
 // Tried and measured slower (H200, bench/NOTES.md): mma.sync with one warp per 16 channels and a permuted k order
-// (2.5x slower at T = 1: 4x fewer warps streaming, 64-byte row pieces per load instead of 512 contiguous bytes).
+// (2.5x slower at T = 1: 4x fewer warps streaming, 64-byte row pieces per load instead of 512 contiguous bytes);
+// for the weights-only kind, widening e4m3 with integer ops (its bits placed as fp32 times 2^-120, a scaled by 2^64)
+// instead of the cvt pair (15-30% slower on the decode shapes).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
@@ -52,30 +54,6 @@ struct Chunk {
   }
 };
 
-// Weights-only FP8: 16 e4m3 weights as fp32 times 2^-120, exactly, subnormals included. The sign goes to bit 31, the
-// exponent and mantissa bits to 20..26 (fp32's exponent bias 127 is e4m3's 7 + 120): two shifts and a LOP3 per
-// element, where Chunk<e4m3> spends two conversions (e4m3x2 -> f16x2, f16 -> f32) that bounded the W8 GEMV at
-// 1.5-1.8 TB/s against BF16's 2.4-3.4 (bench/NOTES.md, session 11). The activations are scaled by 2^64 to meet
-// them (kW8Bias below), so products stay normal floats for |a * w| >= 2^-70; |a| must stay under 2^63.
-struct E4m3Biased {
-  static constexpr int kLen = 16;
-  float v[kLen];
-  __device__ __forceinline__ explicit E4m3Biased(uint4 raw) {
-    const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const uint32_t sign = (w[i] << (24 - 8 * j)) & 0x80000000u;
-        const uint32_t bits = (j < 3 ? w[i] << (20 - 8 * j) : w[i] >> 4) & 0x07f00000u;
-        v[4 * i + j] = __uint_as_float(sign | bits);
-      }
-    }
-  }
-};
-constexpr float kW8ActScale = 0x1p64f;    // a * 2^64 times w * 2^-120: the sums carry 2^-56, undone in the epilogue
-constexpr float kW8Unbias = 0x1p56f;
-
 // Expert id and row range of the j-th group that has rows, or group = -1 when fewer than j+1 groups have rows.
 __device__ __forceinline__ void find_group(const int32_t* offsets, int groups, int64_t m_rows, int j, int* group,
                                            int64_t* start, int64_t* end) {
@@ -110,9 +88,7 @@ __device__ __forceinline__ void grouped_gemv_nt(const TA* __restrict__ a, const 
                                                 __nv_bfloat16* __restrict__ d, const float* __restrict__ a_scale,
                                                 const float* __restrict__ b_scale, const int32_t* __restrict__ offsets,
                                                 int groups, int64_t m_rows, int n, int k) {
-  constexpr bool kW8 = !std::is_same_v<TA, TB>;                            // weights-only FP8
-  using WChunk = std::conditional_t<kW8, E4m3Biased, Chunk<TB>>;
-  constexpr int kLen = WChunk::kLen;
+  constexpr int kLen = Chunk<TB>::kLen;
   constexpr int kALen = Chunk<TA>::kLen;
   constexpr int kXLoads = kLen / kALen;
   static_assert(kCh == 4, "wc below lists 4 channels");
@@ -141,18 +117,14 @@ __device__ __forceinline__ void grouped_gemv_nt(const TA* __restrict__ a, const 
       uint4 raw[kCh];                                                      // weights: read once, not cached
 #pragma unroll
       for (int c = 0; c < kCh; ++c) raw[c] = __ldcs(reinterpret_cast<const uint4*>(w + c * int64_t(k) + kk));
-      const WChunk wc[kCh] = {WChunk(raw[0]), WChunk(raw[1]), WChunk(raw[2]), WChunk(raw[3])};
+      const Chunk<TB> wc[kCh] = {Chunk<TB>(raw[0]), Chunk<TB>(raw[1]), Chunk<TB>(raw[2]), Chunk<TB>(raw[3])};
 #pragma unroll
       for (int m = 0; m < kMt; ++m) {
         if (m < rows) {
           const uint4* xp = reinterpret_cast<const uint4*>(a + (r0 + m) * k + kk);
 #pragma unroll
           for (int j = 0; j < kXLoads; ++j) {
-            Chunk<TA> x(__ldg(xp + j));
-            if constexpr (kW8) {
-#pragma unroll
-              for (int i = 0; i < kALen; ++i) x.v[i] *= kW8ActScale;
-            }
+            const Chunk<TA> x(__ldg(xp + j));
 #pragma unroll
             for (int c = 0; c < kCh; ++c) {
 #pragma unroll
@@ -188,7 +160,6 @@ __device__ __forceinline__ void grouped_gemv_nt(const TA* __restrict__ a, const 
     const int c = lane % kCh, m = lane / kCh;
     if (live && slice == 0 && m < rows) {
       const int64_t row = r0 + m;
-      if constexpr (kW8) out *= kW8Unbias;
       if constexpr (kScaleA) out *= a_scale[row];
       if constexpr (kScaleB) out *= b_scale[int64_t(group) * n + n0 + c];
       if constexpr (kReLU2) out = out > 0.f ? out * out : 0.f;

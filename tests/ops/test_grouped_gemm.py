@@ -438,9 +438,9 @@ def test_cuda_w8_gemv(counts, n, k, split, activation):
 @pytest.mark.cuda
 @pytest.mark.parametrize("split", [1, 2])
 def test_cuda_w8_gemv_every_e4m3_value(split):
-    """The weights-only GEMV widens e4m3 with integer ops into fp32 times 2^-120 and scales a by 2^64: every finite
-    e4m3 value (subnormals, both zeros, +-448) as a weight, in rows of ordinary, tiny (2^-40) and large (2^40)
-    activations, meets the DESIGN 2x rule against float64; each weight alone (a one-hot row of a) comes out exact."""
+    """Every finite e4m3 value (subnormals, both zeros, +-448) as a weight of the weights-only GEMV, in rows of
+    ordinary, tiny (2^-40) and large (2^40) activations, meets the DESIGN 2x rule against float64; each weight alone
+    (a one-hot row of a) comes out exact: any way of widening e4m3 must get every code right."""
     from nemotron_kernels import _ext
     codes = torch.tensor([c for c in range(256) if c not in (0x7F, 0xFF)] + [0, 0x80], dtype=torch.uint8)
     g = torch.Generator().manual_seed(split)
