@@ -9,8 +9,9 @@ use the checkpoint's static `input_scale` when there is one, else a dynamic scal
 experts on a GPU always scale per token. GEMMs on a GPU: torch._scaled_mm with row-wise scales for the projections
 (activations quantised per row by nemotron_kernels' fused quantize_fp8_rowwise kernel), our CUTLASS FP8 grouped
 GEMMs (nemotron_kernels moe_experts_fp8) for the routed experts and, when its activation scales are dynamic, the
-shared expert in the same call, out bf16. At decode sizes (<= 16 rows; T * top_k for the experts) every FP8 GEMM is
-weights-only instead: bf16 activations, the e4m3 weights streamed by the weights-only grouped GEMV. Elsewhere (CPU,
+shared expert in the same call, out bf16. At decode sizes the FP8 GEMMs are weights-only instead (bf16 activations,
+the e4m3 weights streamed by the weights-only grouped GEMV): the experts up to T * top_k = 16 rows, the projections
+at one row (FP8Linear.WEIGHTS_ONLY_ROWS). Elsewhere (CPU,
 or dims that are not multiples of 16) a reference path dequantises: the same fp8 values and scales, the matmul in
 the compute dtype.
 
@@ -90,7 +91,14 @@ def _gpu_ok(*dims: int) -> bool:
 
 
 class FP8Linear(nn.Module):
-    """y = x W^T with W in e4m3 (weight [N, K], weight_scale scalar) and x quantised to e4m3 on the fly."""
+    """y = x W^T with W in e4m3 (weight [N, K], weight_scale scalar) and x quantised to e4m3 on the fly, except for
+    a single row (decode at batch 1), which goes weights-only."""
+
+    # Rows up to which the projection is weights-only. Every row multiplies the whole matrix, so the GEMV's CUDA-core
+    # work grows with M while quantise + torch._scaled_mm stays flat: H200, in_proj, one-group e4m3 GEMV 18.7 us at
+    # M=1 and 54.6 at M=8 against 22.3 / 22.1; weights-only at M=1 15.5 us, out_proj 7.5 against 15.7 (NOTES,
+    # sessions 10-11). M = 2..7 were not timed, so only M = 1 goes weights-only.
+    WEIGHTS_ONLY_ROWS = 1
 
     def __init__(self, weight_fp8: torch.Tensor, weight_scale: torch.Tensor, input_scale: torch.Tensor | None,
                  out_dtype: torch.dtype):
@@ -123,7 +131,7 @@ class FP8Linear(nn.Module):
 
     @property
     def path(self) -> str:
-        return ("grouped_gemm_w8 (<= 16 rows), torch._scaled_mm" if self._use_gpu(self.weight)
+        return ("grouped_gemm_w8 (1 row), torch._scaled_mm" if self._use_gpu(self.weight)
                 else "reference (dequantised)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,9 +139,9 @@ class FP8Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features)                                      # [M, K]
         rows = x2.shape[0]
         cdtype = torch.promote_types(x.dtype, torch.float32)
-        if 0 < rows and weights_only_for(rows):
-            # decode: weights-only, x as it is (the GEMM is a stream of the weights; quantising x would cost a
-            # launch and its e4m3 rounding), through the one-group weights-only GEMV; a static input_scale is unused
+        if 0 < rows <= self.WEIGHTS_ONLY_ROWS:
+            # decode at batch 1: weights-only, x as it is (the GEMM is a stream of the weights; quantising x would
+            # cost a launch and its e4m3 rounding), through the one-group weights-only GEMV; input_scale is unused
             if self._use_gpu(x2) and x2.dtype == torch.bfloat16:
                 offsets = torch.arange(0, 2 * rows, rows, dtype=torch.int32, device=x2.device)    # [0, M]
                 y = grouped_gemm_w8(x2, self.weight.unsqueeze(0), self._scale_b, offsets)

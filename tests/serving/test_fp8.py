@@ -22,7 +22,6 @@ from model.serve.fp8 import (
     quantize_tensor,
     save_fp8_checkpoint,
 )
-from nemotron_kernels.reference.grouped_gemm import weights_only_for
 from nemotron_kernels.testing import assert_error_rule
 
 
@@ -56,8 +55,10 @@ def test_fp8_linear_reference_path():
     torch.testing.assert_close(y.reshape(-1, 24), xq @ w.t())
     rel = ((y - lin(x)).norm() / lin(x).norm()).item()
     assert rel < 0.08
-    # up to 16 rows (decode) the activations are not quantised: weights-only
-    torch.testing.assert_close(f(x[:3, :1]).reshape(-1, 24), x2.view(5, 4, 32)[:3, 0] @ w.t())
+    # one row (decode at batch 1) is not quantised: weights-only; two rows are
+    assert FP8Linear.WEIGHTS_ONLY_ROWS == 1
+    torch.testing.assert_close(f(x[:1, :1]), x[:1, :1] @ w.t())
+    torch.testing.assert_close(f(x[0, :2]), xq[:2] @ w.t())
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +289,7 @@ def test_gpu_fp8_gemms_match_the_reference_path():
     model = build_model(cfg, device="cuda", dtype=torch.bfloat16, seed=0).eval()
     quantize_model_fp8(model)
     fp8 = [m for m in model.modules() if isinstance(m, (FP8Linear, FP8MoE))]
-    assert {m.path for m in fp8} == {"grouped_gemm_w8 (<= 16 rows), torch._scaled_mm", "moe_experts_fp8 (CUTLASS)"}
+    assert {m.path for m in fp8} == {"grouped_gemm_w8 (1 row), torch._scaled_mm", "moe_experts_fp8 (CUTLASS)"}
     inputs = {}
     hooks = [m.register_forward_pre_hook(lambda m, args: inputs.setdefault(m, args)) for m in fp8]
     ids = torch.randint(3, 259, (2, 40), device="cuda")
@@ -302,8 +303,9 @@ def test_gpu_fp8_gemms_match_the_reference_path():
         for m, args in inputs.items():
             paths = (m, *((m.shared_up, m.shared_down) if isinstance(m, FP8MoE) else ()))
             x = args[0]
-            # the captured rows (80: activations quantised), and 4 of them as a decode step (weights-only)
-            for x_in in (x, x.reshape(-1, x.shape[-1])[:4]):
+            # the captured rows (80: activations quantised), and 4 and 1 of them as decode steps (weights-only: the
+            # experts at both, the projections at 1 row)
+            for x_in in (x, x.reshape(-1, x.shape[-1])[:4], x.reshape(-1, x.shape[-1])[:1]):
                 for r in paths:
                     r.force_reference = False
                 gpu = m(x_in, *args[1:])
@@ -315,7 +317,7 @@ def test_gpu_fp8_gemms_match_the_reference_path():
                     # fp32; both accumulate in fp32 and round to bf16 once): the DESIGN 2x rule against float64
                     x2 = x_in.reshape(-1, m.in_features)
                     w64 = m.weight.double() * m.weight_scale.double()
-                    if weights_only_for(x2.shape[0]):
+                    if x2.shape[0] <= m.WEIGHTS_ONLY_ROWS:
                         ref64 = x2.double() @ w64.t()
                     else:
                         xq, sa = quantize_rows(x2, m.input_scale)
