@@ -7,8 +7,8 @@
 // ones. Here grid.y enumerates only the non-empty groups (CTA j takes the j-th, found with a warp ballot scan of
 // the offsets, so no host ever sees the counts), and each warp owns kCh output channels: it streams their
 // weight rows once with 16-byte loads (bypassing L1) and multiplies them against up to kMt rows of a at a time
-// (a is tiny and hits L1). Lane partial sums are reduced with shuffles; the epilogue (scales, relu^2) runs in
-// fp32 and rounds once to bf16, as the CUTLASS epilogues do.
+// (2 for weights-only FP8; a is tiny and hits L1). Lane partial sums are reduced with shuffles; the epilogue
+// (scales, relu^2) runs in fp32 and rounds once to bf16, as the CUTLASS epilogues do.
 // Small grids (the shared expert at T = 1: one group, 84-116 CTAs on 132 SMs) keep too few loads in flight to
 // stream at copy speed, so kSplit warps share each channel group, each taking every kSplit-th 16-byte piece of
 // K; their sums meet in shared memory in a fixed order (deterministic). gemv_split_for picks it from the grid.
@@ -32,6 +32,23 @@ constexpr int kWarps = 8;   // warps per CTA
 constexpr int kCh = 4;      // output channels per warp (N % 8 == 0, so a warp's channels are all valid or none)
 constexpr int kMt = 8;      // rows of a per pass over the weights
 
+// kWords 32-bit words of T as fp32 (4 / sizeof(T) values each).
+template <typename T, int kWords>
+__device__ __forceinline__ void widen(const uint32_t* w, float* v) {
+#pragma unroll
+  for (int i = 0; i < kWords; ++i) {
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      v[2 * i] = __uint_as_float(w[i] << 16);            // bf16 -> fp32 is a shift
+      v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    } else {
+      const __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(w[i] & 0xffff), __NV_E4M3);
+      const __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(w[i] >> 16), __NV_E4M3);
+      const float2 a = __half22float2(__half2(lo)), b = __half22float2(__half2(hi));
+      v[4 * i] = a.x, v[4 * i + 1] = a.y, v[4 * i + 2] = b.x, v[4 * i + 3] = b.y;
+    }
+  }
+}
+
 // 16 bytes of T as fp32: 8 bf16 or 16 e4m3.
 template <typename T>
 struct Chunk {
@@ -39,18 +56,7 @@ struct Chunk {
   float v[kLen];
   __device__ __forceinline__ explicit Chunk(uint4 raw) {
     const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-        v[2 * i] = __uint_as_float(w[i] << 16);            // bf16 -> fp32 is a shift
-        v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-      } else {
-        const __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(w[i] & 0xffff), __NV_E4M3);
-        const __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(w[i] >> 16), __NV_E4M3);
-        const float2 a = __half22float2(__half2(lo)), b = __half22float2(__half2(hi));
-        v[4 * i] = a.x, v[4 * i + 1] = a.y, v[4 * i + 2] = b.x, v[4 * i + 3] = b.y;
-      }
-    }
+    widen<T, 4>(w, v);
   }
 };
 
@@ -81,8 +87,7 @@ __device__ __forceinline__ void find_group(const int32_t* offsets, int groups, i
 // CTA: kWarps / kSplit channel groups of kCh channels; warp w serves group w / kSplit on K pieces w % kSplit.
 // kSplit is a template argument: kSplit = 1 is the unsplit loop exactly (constant strides, no barriers).
 // A piece is 16 bytes of weights (kLen elements of TB); a's matching elements take kXLoads 16-byte loads.
-// The weights-only kind is held to 128 registers, 2 CTAs per SM (it took 139: 1 CTA per SM). The others keep
-// ptxas' choice: asking 2 CTAs of BF16 moved it from 80 to 117 registers (3 CTAs per SM to 2).
+// Register bounds: at the kernels' __global__ wrappers below.
 template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2, int kSplit>
 __device__ __forceinline__ void grouped_gemv_nt(const TA* __restrict__ a, const TB* __restrict__ b,
                                                 __nv_bfloat16* __restrict__ d, const float* __restrict__ a_scale,
@@ -91,6 +96,9 @@ __device__ __forceinline__ void grouped_gemv_nt(const TA* __restrict__ a, const 
   constexpr int kLen = Chunk<TB>::kLen;
   constexpr int kALen = Chunk<TA>::kLen;
   constexpr int kXLoads = kLen / kALen;
+  // Rows of a per pass over the weights. Weights-only FP8 serves decode only (<= 2 rows per expert at T * k <= 16
+  // with top-6, 1 row per projection), so its pass takes 2 rows: 8 accumulators instead of 32.
+  constexpr int kRows = std::is_same_v<TA, TB> ? kMt : 2;
   static_assert(kCh == 4, "wc below lists 4 channels");
   static_assert(kLen % kALen == 0, "a piece of a must not be narrower than 16 bytes");
   __shared__ int s_group;
@@ -109,26 +117,33 @@ __device__ __forceinline__ void grouped_gemv_nt(const TA* __restrict__ a, const 
   const int64_t k_begin = live ? int64_t(slice * 32 + lane) * kLen : k;
   const TB* w = b + (int64_t(group) * n + n0) * k;                          // [kCh, K] rows of b[group]
 
-  for (int64_t r0 = start; r0 < end; r0 += kMt) {
-    const int rows = int(min(int64_t(kMt), end - r0));
-    float acc[kCh][kMt] = {};
+  for (int64_t r0 = start; r0 < end; r0 += kRows) {
+    const int rows = int(min(int64_t(kRows), end - r0));
+    float acc[kCh][kRows] = {};
 #pragma unroll 2
     for (int64_t kk = k_begin; kk < k; kk += 32 * kSplit * kLen) {
       uint4 raw[kCh];                                                      // weights: read once, not cached
 #pragma unroll
       for (int c = 0; c < kCh; ++c) raw[c] = __ldcs(reinterpret_cast<const uint4*>(w + c * int64_t(k) + kk));
-      const Chunk<TB> wc[kCh] = {Chunk<TB>(raw[0]), Chunk<TB>(raw[1]), Chunk<TB>(raw[2]), Chunk<TB>(raw[3])};
+      // One 16-byte piece of a at a time: only its share of the weights is widened and live (W8: 32 floats, not 64).
+      // Each acc[c][m] still sums its products in k order, as with the whole piece widened at once.
 #pragma unroll
-      for (int m = 0; m < kMt; ++m) {
-        if (m < rows) {
-          const uint4* xp = reinterpret_cast<const uint4*>(a + (r0 + m) * k + kk);
+      for (int j = 0; j < kXLoads; ++j) {
+        constexpr int kWords = 4 / kXLoads;                                 // weight words per piece of a
+        float wv[kCh][kALen];
 #pragma unroll
-          for (int j = 0; j < kXLoads; ++j) {
-            const Chunk<TA> x(__ldg(xp + j));
+        for (int c = 0; c < kCh; ++c) {
+          const uint32_t words[4] = {raw[c].x, raw[c].y, raw[c].z, raw[c].w};
+          widen<TB, kWords>(words + j * kWords, wv[c]);
+        }
+#pragma unroll
+        for (int m = 0; m < kRows; ++m) {
+          if (m < rows) {
+            const Chunk<TA> x(__ldg(reinterpret_cast<const uint4*>(a + (r0 + m) * k + kk) + j));
 #pragma unroll
             for (int c = 0; c < kCh; ++c) {
 #pragma unroll
-              for (int i = 0; i < kALen; ++i) acc[c][m] = fmaf(wc[c].v[j * kALen + i], x.v[i], acc[c][m]);
+              for (int i = 0; i < kALen; ++i) acc[c][m] = fmaf(wv[c][i], x.v[i], acc[c][m]);
             }
           }
         }
@@ -137,7 +152,7 @@ __device__ __forceinline__ void grouped_gemv_nt(const TA* __restrict__ a, const 
     // Butterfly sums: every lane ends with every total; lane c + kCh * m writes channel c of row m.
     float out = 0.f;
 #pragma unroll
-    for (int m = 0; m < kMt; ++m) {
+    for (int m = 0; m < kRows; ++m) {
       if (m < rows) {
 #pragma unroll
         for (int c = 0; c < kCh; ++c) {
@@ -179,10 +194,11 @@ __global__ void __launch_bounds__(kWarps * 32) grouped_gemv_nt_kernel(NK_GEMV_PA
   grouped_gemv_nt<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>(NK_GEMV_ARGS);
 }
 
-// Weights-only FP8 (bf16 a, e4m3 b): held to 128 registers, 2 CTAs per SM (unbounded it took 139: 1 CTA per SM).
-// The other kinds keep ptxas' unbounded choice: any minimum-blocks bound moved BF16 from 80 to 117 registers.
+// Weights-only FP8 (bf16 a, e4m3 b): held to 80 registers, 3 CTAs per SM like BF16 (no spills with 2-row passes
+// and the weights widened per piece of a; unbounded it takes 94-98: 2 CTAs per SM). The other kinds keep ptxas'
+// unbounded choice: any minimum-blocks bound moved BF16 from 80 to 117 registers.
 template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2, int kSplit>
-__global__ void __launch_bounds__(kWarps * 32, 2) grouped_gemv_w8_kernel(NK_GEMV_PARAMS) {
+__global__ void __launch_bounds__(kWarps * 32, 3) grouped_gemv_w8_kernel(NK_GEMV_PARAMS) {
   grouped_gemv_nt<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>(NK_GEMV_ARGS);
 }
 #undef NK_GEMV_PARAMS

@@ -101,9 +101,9 @@ def test_extension_path_argument_is_checked():
 
 
 def test_gemv_split_rule_matches_the_h200_sweep():
-    """gemv_split_for at the H200's resident counts (3 CTAs of the 80-register BF16 kernel x 132 SMs; 2 of the
-    weights-only FP8 kernel) picks the split the sweeps measured fastest (bench/NOTES.md, sessions 10 and 11).
-    FP8 x FP8 never splits: its launcher does not ask."""
+    """gemv_split_for at the resident counts the sweeps ran with (3 CTAs of the 80-register BF16 kernel x 132 SMs;
+    2 of the weights-only FP8 kernel as it was then, 128 registers) picks the split they measured fastest
+    (bench/NOTES.md, sessions 10 and 11). FP8 x FP8 never splits: its launcher does not ask."""
     from nemotron_kernels import _ext
     if _ext._C is None or not hasattr(_ext._C, "gemv_split_for"):
         pytest.skip("extension built without CUDA")
