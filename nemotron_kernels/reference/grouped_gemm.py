@@ -143,17 +143,15 @@ def check_tensor_fp8(name, t, rank):
         raise ValueError(f"{name} must be {rank}-D, got shape {tuple(t.shape)}")
 
 
-def _fp8_mlp_rows(x_q, x_scale, up_q, up_scale, down_q, down_scale, weights_only=False):
-    """One expert's FP8 MLP on quantised rows, rounding where the kernels round: h in bf16, re-quantised per row
-    (unless weights_only), y in bf16. x_q [n, H] e4m3 (weights_only: float), x_scale [n]; up_q [I, H], up_scale [I];
+def _fp8_mlp_rows(a, up_q, up_scale, down_q, down_scale, quantise_h: bool):
+    """One expert's FP8 MLP, rounding where the kernels round: h in bf16 (re-quantised per row with quantise_h),
+    y in bf16. a [n, H] fp32 (dequantised e4m3 rows, or the rows as they are); up_q [I, H], up_scale [I];
     down_q [H, I], down_scale [H] -> [n, H]."""
-    a = x_q.float() * x_scale[:, None]
     h = torch.relu(a @ (up_q.float() * up_scale[:, None]).T).square().to(torch.bfloat16)     # [n, I]
-    if weights_only:
-        h_q, h_scale = h, torch.ones(h.shape[0], dtype=torch.float32, device=h.device)
-    else:
+    if quantise_h:
         h_q, h_scale = quantize_fp8_rowwise_ref(h)
-    return ((h_q.float() * h_scale[:, None]) @ (down_q.float() * down_scale[:, None]).T).to(torch.bfloat16)
+        h = h_q.float() * h_scale[:, None]
+    return (h.float() @ (down_q.float() * down_scale[:, None]).T).to(torch.bfloat16)
 
 
 # Up to this many rows (T * top_k for the experts) the FP8 layers run weights-only: a GEMM of so few rows is a
@@ -189,17 +187,17 @@ def moe_experts_fp8_ref(x, topk_idx, topk_weight, up_q, up_scale, down_q, down_s
     if weights_only is None:
         weights_only = weights_only_for(topk_idx.numel())
     if weights_only:
-        x_q, x_scale = x.float(), torch.ones(x.shape[0], dtype=torch.float32, device=x.device)
+        a = x.float()                                                                # [T, H] as they are
     else:
         x_q, x_scale = quantize_fp8_rowwise_ref(x)
+        a = x_q.float() * x_scale[:, None]                                           # [T, H] dequantised e4m3
     routed = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     for e in torch.unique(topk_idx).tolist():
         tok, slot = torch.nonzero(topk_idx == e, as_tuple=True)
-        y = _fp8_mlp_rows(x_q[tok], x_scale[tok], up_q[e], up_scale[e].float(), down_q[e], down_scale[e].float(),
-                          weights_only)
+        y = _fp8_mlp_rows(a[tok], up_q[e], up_scale[e].float(), down_q[e], down_scale[e].float(), not weights_only)
         routed.index_add_(0, tok, topk_weight[tok, slot, None].float() * y.float())
     out = routed.to(torch.bfloat16)
     if shared_up_q is not None:
-        out = out + _fp8_mlp_rows(x_q, x_scale, shared_up_q, shared_up_scale.float(), shared_down_q,
-                                  shared_down_scale.float(), weights_only)
+        out = out + _fp8_mlp_rows(a, shared_up_q, shared_up_scale.float(), shared_down_q, shared_down_scale.float(),
+                                  not weights_only)
     return out
