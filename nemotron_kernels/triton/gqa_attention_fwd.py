@@ -240,12 +240,13 @@ def tma_eligible(k, v) -> bool:
     return True
 
 
-def _descriptors(k, v, block_n: int):
-    """TMA descriptors: k (and 16-bit v) as [B*Sk, Hkv*D]; an FP8 v^T [B, Hkv, D, Sk'] as [B*Hkv*D, Sk']."""
+def _descriptors(k, v, block_n: int, v_transposed: bool):
+    """TMA descriptors: k (and 16-bit v) as [B*Sk, Hkv*D]; v_transposed (FP8: IS_FP8) v^T [B, Hkv, D, Sk'] as
+    [B*Hkv*D, Sk']."""
     from triton.tools.tensor_descriptor import TensorDescriptor
     bsz, sk, hkv, d = k.shape
     k_desc = TensorDescriptor(k, [bsz * sk, hkv * d], [k.stride(1), 1], [block_n, d])
-    if v.dtype == FP8:
+    if v_transposed:
         rows = v.shape[0] * v.shape[1] * v.shape[2]
         return k_desc, TensorDescriptor(v, [rows, v.shape[3]], [v.stride(2), 1], [d, block_n])
     return k_desc, TensorDescriptor(v, [bsz * sk, hkv * d], [v.stride(1), 1], [block_n, d])
@@ -350,7 +351,8 @@ def gqa_attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens=No
         v_strides = (v.stride(0), v.stride(3), v.stride(1), v.stride(2))          # b, key, head, d
     else:
         v_strides = (v.stride(0), v.stride(1), v.stride(2), 1)
-    k_desc, v_desc = _descriptors(k, v, config[1] if config else FWD_CONFIGS[0][1]) if use_tma else (None, None)
+    block_n = config[1] if config else FWD_CONFIGS[0][1]
+    k_desc, v_desc = _descriptors(k, v, block_n, v_transposed=is_fp8) if use_tma else (None, None)
     args = (q, k, v, o, lse, cu_seqlens if varlen else q, k_desc, v_desc, *(t for t, _, _ in descales),
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             *v_strides, o.stride(0), o.stride(1), o.stride(2),
