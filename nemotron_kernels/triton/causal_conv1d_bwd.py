@@ -26,6 +26,7 @@ from triton.language.extra.cuda import libdevice
 
 from . import causal_conv1d_fwd
 from .causal_conv1d_fwd import _pre_act, _row_tap, _segment_start, _tap, check_layout
+from .common import cdiv
 from .mamba_common import dep_tokens, interpreting
 
 INTERPRETED = interpreting()
@@ -403,18 +404,18 @@ def bwd_seg_len(bsz: int, seqlen: int, channels: int, sm_count: int) -> int:
     full one: among the cuts giving 2 to 8 waves (as many as L allows), take the one with the least
     waves x (segment + fixed cost). NemotronH's 32K tokens, 132 SMs: B1 and B4 -> 2 waves (376 tokens), B16 x L2K
     -> 4 waves (188)."""
-    n_c = triton.cdiv(channels, bwd_config(channels)["BLOCK_C"])
+    n_c = cdiv(channels, bwd_config(channels)["BLOCK_C"])
     return _seg_len(bsz, seqlen, n_c, BWD_RESIDENT_PER_SM * sm_count)
 
 
 @functools.lru_cache(maxsize=64)
 def _seg_len(bsz: int, seqlen: int, n_c: int, slots: int) -> int:
-    max_segs = triton.cdiv(seqlen, BWD_ROWS)
-    lo = min(max_segs, triton.cdiv(2 * slots, bsz * n_c))
+    max_segs = cdiv(seqlen, BWD_ROWS)
+    lo = min(max_segs, cdiv(2 * slots, bsz * n_c))
     best = None
     for want in range(lo, min(max_segs, 4 * lo) + 1):
-        seg_len = BWD_ROWS * triton.cdiv(triton.cdiv(seqlen, want), BWD_ROWS)
-        waves = triton.cdiv(bsz * n_c * triton.cdiv(seqlen, seg_len), slots)
+        seg_len = BWD_ROWS * cdiv(cdiv(seqlen, want), BWD_ROWS)
+        waves = cdiv(bsz * n_c * cdiv(seqlen, seg_len), slots)
         cost = waves * (seg_len + BWD_SEG_COST_ROWS)
         if best is None or cost < best[0]:
             best = (cost, seg_len)
@@ -442,7 +443,7 @@ def causal_conv1d_bwd_launch(x, weight, bias, seq_idx, cu_seqlens, initial_state
     cu_arg = cu_seqlens if cu_seqlens is not None else x
     if dinit is not None and dinit.numel():
         assert has_init and dinit.is_contiguous(), "causal_conv1d backward: dinit must be contiguous"
-        _causal_conv1d_bwd_init_kernel[(dinit.shape[0], triton.cdiv(channels, BWD_INIT_BLOCK_C))](
+        _causal_conv1d_bwd_init_kernel[(dinit.shape[0], cdiv(channels, BWD_INIT_BLOCK_C))](
             x, weight, bias_arg, init, cu_arg, dy, dinit, seqlen, channels,
             x.stride(0), x.stride(1), *init_strides, dy.stride(0), dy.stride(1),
             K=width, KPOS=max(2, triton.next_power_of_2(width - 1)), BLOCK_C=BWD_INIT_BLOCK_C,
@@ -454,15 +455,15 @@ def causal_conv1d_bwd_launch(x, weight, bias, seq_idx, cu_seqlens, initial_state
         return
     cfg = bwd_config(channels)
     seg_len = bwd_seg_len(bsz, seqlen, channels, sm_count)
-    n_seg = triton.cdiv(seqlen, seg_len)
+    n_seg = cdiv(seqlen, seg_len)
     part = torch.empty(bsz * n_seg, width + 1, channels, device=x.device, dtype=torch.float32)
-    _causal_conv1d_bwd_kernel[(n_seg, triton.cdiv(channels, cfg["BLOCK_C"]), bsz)](
+    _causal_conv1d_bwd_kernel[(n_seg, cdiv(channels, cfg["BLOCK_C"]), bsz)](
         x, weight, bias_arg, init, seq_idx if seq_idx is not None else x, cu_arg, dy, dx, part,
         seqlen, channels, seg_len, x.stride(0), x.stride(1), *init_strides, dy.stride(0), dy.stride(1),
         dx.stride(0), dx.stride(1), K=width, BLOCK_C=cfg["BLOCK_C"], ROWS=BWD_ROWS, HAS_BIAS=bias is not None,
         HAS_INIT=has_init, IS_VARLEN=cu_seqlens is not None, SILU=silu, num_warps=cfg["num_warps"], num_stages=1,
         **({"maxnreg": BWD_MAXNREG} if BWD_MAXNREG and x.element_size() == 2 and width <= 4 else {}))
-    _causal_conv1d_bwd_dw_kernel[(triton.cdiv(channels, BWD_DW_BLOCK_C), width + (bias is not None))](
+    _causal_conv1d_bwd_dw_kernel[(cdiv(channels, BWD_DW_BLOCK_C), width + (bias is not None))](
         part, dweight, dbias if bias is not None else dweight, part.shape[0], channels,
         K=width, BLOCK_P=BWD_DW_BLOCK_P, BLOCK_C=BWD_DW_BLOCK_C, num_warps=4)
 

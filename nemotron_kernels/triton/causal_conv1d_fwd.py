@@ -13,6 +13,7 @@ last K-1 inputs). Token offsets are int64."""
 import triton
 import triton.language as tl
 
+from .common import cdiv
 from .mamba_common import interpreting
 
 INTERPRETED = interpreting()
@@ -239,9 +240,9 @@ def fwd_config(channels: int) -> dict:
 def fwd_seg_len(bsz: int, seqlen: int, channels: int, sm_count: int) -> int:
     """Tokens per program: enough programs for every SM (~FWD_PROGRAMS_PER_SM each), a multiple of FWD_ROWS.
     Each segment re-reads K-1 halo rows, < 2% extra at NemotronH's prefill shapes."""
-    n_c = triton.cdiv(channels, fwd_config(channels)["BLOCK_C"])
-    per_program = triton.cdiv(bsz * seqlen * n_c, FWD_PROGRAMS_PER_SM * sm_count)
-    return FWD_ROWS * triton.cdiv(max(1, per_program), FWD_ROWS)
+    n_c = cdiv(channels, fwd_config(channels)["BLOCK_C"])
+    per_program = cdiv(bsz * seqlen * n_c, FWD_PROGRAMS_PER_SM * sm_count)
+    return FWD_ROWS * cdiv(max(1, per_program), FWD_ROWS)
 
 
 def check_layout(x, weight, bias, initial_state, where: str) -> None:
@@ -267,7 +268,7 @@ def causal_conv1d_fwd_launch(x, weight, bias, seq_idx, cu_seqlens, initial_state
     has_init = initial_state is not None
     init = initial_state if has_init else x
     init_strides = (init.stride(0), init.stride(1)) if has_init else (0, 0)
-    grid = (triton.cdiv(seqlen, seg_len), triton.cdiv(channels, cfg["BLOCK_C"]), bsz)
+    grid = (cdiv(seqlen, seg_len), cdiv(channels, cfg["BLOCK_C"]), bsz)
     _causal_conv1d_fwd_kernel[grid](
         x, weight, bias if bias is not None else weight, init, seq_idx if seq_idx is not None else x,
         cu_seqlens if cu_seqlens is not None else x, y, seqlen, channels, seg_len, x.stride(0), x.stride(1),
@@ -285,7 +286,7 @@ def causal_conv1d_final_state_launch(x, weight, cu_seqlens, initial_state, final
     assert final.stride(2) == 1, "causal_conv1d: final_state needs a unit last stride"
     init = initial_state if initial_state is not None else final
     block_c = 128
-    grid = (nstates, triton.cdiv(channels, block_c))
+    grid = (nstates, cdiv(channels, block_c))
     _causal_conv1d_final_state_kernel[grid](
         x, init, cu_seqlens if cu_seqlens is not None else final, final,
         x.shape[1], channels, x.stride(0), x.stride(1), init.stride(0), init.stride(1),

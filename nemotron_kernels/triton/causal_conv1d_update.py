@@ -6,6 +6,7 @@ state[slot] <- window[1..K-1]. A program owns BLOCK_C channels of one row: it re
 import triton
 import triton.language as tl
 
+from .common import cdiv
 from .mamba_common import interpreting
 
 INTERPRETED = interpreting()
@@ -65,7 +66,7 @@ def causal_conv1d_update_launch(x, conv_state, weight, bias, slot_idx, y, silu: 
     assert slot_idx is None or slot_idx.is_contiguous(), "causal_conv1d_update: slot_idx must be contiguous"
     if bsz == 0 or channels == 0:
         return
-    grid = (bsz, triton.cdiv(channels, UPDATE_BLOCK_C))
+    grid = (bsz, cdiv(channels, UPDATE_BLOCK_C))
     _causal_conv1d_update_kernel[grid](
         x, conv_state, weight, bias if bias is not None else weight, slot_idx if slot_idx is not None else x, y,
         channels, x.stride(0), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2), y.stride(0),

@@ -52,6 +52,13 @@ def dep_tokens(*modules) -> dict:
     return {m.__name__: m.LOAD_TOKEN for m in modules}
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for host-side grids and plans. Not triton.cdiv: in Triton 3.6 (the H200's) and 3.8 it is a
+    ConstexprFunction, about 5 us per host call, and a plan that loops over it (ssd_scan's segments: ~190 calls,
+    0.55 ms on this project's CI CPU) runs per layer of a prefill while the GPU waits (bench/NOTES.md, session 11)."""
+    return -(-a // b)
+
+
 @functools.lru_cache(maxsize=8)
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count

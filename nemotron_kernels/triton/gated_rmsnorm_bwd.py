@@ -11,6 +11,7 @@ over rows by the launcher's sum of the [n_programs, D] fp32 partials (a tiny red
 import triton
 import triton.language as tl
 
+from .common import cdiv
 from .mamba_common import interpreting
 
 INTERPRETED = interpreting()
@@ -97,7 +98,7 @@ def gated_rmsnorm_bwd_launch(dout2, y2, z2, weight, dy2, dz2, group_size: int, e
     assert weight.is_contiguous() and weight.shape == (dim,), "gated_rmsnorm backward: weight must be contiguous [D]"
     n_groups = dim // group_size
     cfg = bwd_config(group_size, n_groups)
-    n_col_tiles = triton.cdiv(n_groups, cfg["GROUPS"])
+    n_col_tiles = cdiv(n_groups, cfg["GROUPS"])
     n_programs = bwd_programs(n_rows, n_col_tiles, sm_count)
     dw_partial = torch.empty(n_programs, dim, device=y2.device, dtype=torch.float32)   # every program writes its row
     _gated_rmsnorm_bwd_kernel[(n_programs, n_col_tiles)](

@@ -5,6 +5,7 @@ mean square reduced in registers, one store. Row offsets are int64 (safe past 2^
 import triton
 import triton.language as tl
 
+from .common import cdiv
 from .mamba_common import interpreting
 
 INTERPRETED = interpreting()
@@ -57,7 +58,7 @@ def gated_rmsnorm_fwd_launch(y2, z2, weight, out2, group_size: int, eps: float) 
     assert dim % group_size == 0, "gated_rmsnorm: D must be a multiple of group_size"
     assert group_size <= 65536, "gated_rmsnorm: group_size above 65536 is not supported by the kernel"
     cfg = fwd_config(group_size)
-    grid = (triton.cdiv(n_rows, cfg["ROWS"]), dim // group_size)
+    grid = (cdiv(n_rows, cfg["ROWS"]), dim // group_size)
     _gated_rmsnorm_fwd_kernel[grid](
         y2, z2, weight, out2, n_rows, y2.stride(0), z2.stride(0), out2.stride(0), eps,
         GROUP=group_size, BLOCK_G=cfg["BLOCK_G"], ROWS=cfg["ROWS"], num_warps=cfg["num_warps"])

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import cdiv
 from .gqa_attention_common import LOG2E, aot_compile, dot_precision, interpreting, pack_heads
 
 INTERPRETED = interpreting()   # the mode these kernels were defined in (see gqa_attention_common.kernel_module)
@@ -276,7 +277,7 @@ def gqa_attention_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, c
     delta = torch.empty_like(lse)
     lse2 = torch.empty_like(lse)
     rows = bsz * sq * hq
-    _attn_bwd_preprocess_kernel[(triton.cdiv(rows, PREPROCESS_BLOCK),)](
+    _attn_bwd_preprocess_kernel[(cdiv(rows, PREPROCESS_BLOCK),)](
         o, do, lse, delta, lse2, rows, sq, hq, HEAD_DIM=d, BLOCK=PREPROCESS_BLOCK)
 
     num_seqs = cu_seqlens.numel() - 1 if varlen else bsz
@@ -288,7 +289,7 @@ def gqa_attention_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, c
 
     bm, bn, w, s = dkdv_config or default_dkdv
     pack, chunks = pack_heads(group, bm)
-    _gqa_attn_bwd_dkdv_kernel[(triton.cdiv(max(rows_k, 1), bn), num_seqs * hkv)](
+    _gqa_attn_bwd_dkdv_kernel[(cdiv(max(rows_k, 1), bn), num_seqs * hkv)](
         q, k, v, do, lse2, delta, dk, dv, cu_seqlens if varlen else q, *strides,
         sq, sk, hkv, chunks, qk_scale, float(softmax_scale),
         GROUP=group, PACK=pack, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=bool(causal), VARLEN=varlen,
@@ -296,7 +297,7 @@ def gqa_attention_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, c
 
     bm, bn, w, s = dq_config or default_dq
     pack, chunks = pack_heads(group, bm)
-    _gqa_attn_bwd_dq_kernel[(triton.cdiv(max(rows_q, 1), bm // pack), num_seqs * hkv * chunks)](
+    _gqa_attn_bwd_dq_kernel[(cdiv(max(rows_q, 1), bm // pack), num_seqs * hkv * chunks)](
         q, k, v, do, lse2, delta, dq, cu_seqlens if varlen else q, *strides,
         sq, sk, hkv, chunks, qk_scale, float(softmax_scale),
         GROUP=group, PACK=pack, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=bool(causal), VARLEN=varlen,

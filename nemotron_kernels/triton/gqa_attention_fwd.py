@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import cdiv
 from .gqa_attention_common import LOG2E, aot_compile, dot_precision, interpreting, pack_heads
 
 INTERPRETED = interpreting()   # the mode these kernels were defined in (see gqa_attention_common.kernel_module)
@@ -360,7 +361,7 @@ def gqa_attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens=No
             sq, sk, hkv, chunks, float(softmax_scale) * LOG2E, float(out_scale))
 
     def grid(meta):
-        return (triton.cdiv(max(rows_q, 1), meta["BLOCK_M"] // pack), num_seqs * hkv * chunks)
+        return (cdiv(max(rows_q, 1), meta["BLOCK_M"] // pack), num_seqs * hkv * chunks)
 
     if config is not None:
         bm, bn, w, s, _ = config

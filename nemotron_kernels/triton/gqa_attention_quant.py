@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import cdiv
 from .gqa_attention_common import aot_compile, interpreting
 
 INTERPRETED = interpreting()   # the mode these kernels were defined in (see gqa_attention_common.kernel_module)
@@ -100,7 +101,7 @@ def quantize_fp8(x, num_kv_heads: int, cu_seqlens=None, max_seqlen=None, descale
     rows = cu_seqlens.numel() - 1 if varlen else bsz
     group = heads // num_kv_heads
     x8 = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
-    grid = (max(triton.cdiv(max_seqlen if varlen else seqlen, BLOCK_S), 1), rows * num_kv_heads)
+    grid = (max(cdiv(max_seqlen if varlen else seqlen, BLOCK_S), 1), rows * num_kv_heads)
     common = dict(GROUP=group, HEAD_DIM=d, BLOCK_S=BLOCK_S, VARLEN=varlen)
     cu = cu_seqlens if varlen else x
     if descale is None:

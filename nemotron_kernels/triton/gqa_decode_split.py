@@ -43,6 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import cdiv
 from .gqa_attention_common import LOG2E, aot_compile, dot_precision, interpreting, kernel_module, pack_heads, sm_count
 
 INTERPRETED = interpreting()   # the mode these kernels were defined in (see gqa_attention_common.kernel_module)
@@ -340,10 +341,10 @@ def choose_splits(capacity: int, work_units: int, sms: int, block_n: int, transp
     row tile) programs per split: enough splits to give every SM two programs, each split >= MIN_SPLIT_TOKENS.
     The transposed path (fewer registers) is fastest at four programs per SM in one wave (H200 sweep: 4 splits at
     B64 ctx 32K; at B1 ctx 128K 264 asked, 256 after rounding splits to whole key tiles)."""
-    want = max(4 * sms // max(work_units, 1), 1) if transposed else triton.cdiv(2 * sms, max(work_units, 1))
-    splits = max(1, min(want, triton.cdiv(capacity, MIN_SPLIT_TOKENS), MAX_SPLITS))
-    split_len = triton.cdiv(triton.cdiv(capacity, splits), block_n) * block_n
-    return triton.cdiv(capacity, split_len), split_len
+    want = max(4 * sms // max(work_units, 1), 1) if transposed else cdiv(2 * sms, max(work_units, 1))
+    splits = max(1, min(want, cdiv(capacity, MIN_SPLIT_TOKENS), MAX_SPLITS))
+    split_len = cdiv(cdiv(capacity, splits), block_n) * block_n
+    return cdiv(capacity, split_len), split_len
 
 
 def check_decode_inputs(q, k_cache, v_cache, block_table, seq_lens):
@@ -400,7 +401,7 @@ def gqa_decode_fwd(q, k_cache, v_cache, block_table, seq_lens, softmax_scale: fl
         return o
     block_m = block_m_for(sq * group)
     pack, chunks = pack_heads(group, block_m)
-    m_tiles = triton.cdiv(sq, block_m // pack)
+    m_tiles = cdiv(sq, block_m // pack)
     eligible = transposed_eligible(k_cache.dtype, block_m, q.shape[-1])
     assert not transposed or eligible, ("the transposed path needs an fp8 e4m3 cache, Sq * Hq/Hkv <= 16 and D >= 32 "
                                         f"(got {k_cache.dtype}, {sq * group} rows, D={q.shape[-1]})")
@@ -411,8 +412,8 @@ def gqa_decode_fwd(q, k_cache, v_cache, block_table, seq_lens, softmax_scale: fl
         num_splits, split_len = choose_splits(capacity, bsz * hkv * m_tiles * chunks, sm_count(q.device), block_n,
                                               transposed)
     else:
-        split_len = triton.cdiv(triton.cdiv(capacity, num_splits), block_n) * block_n
-        num_splits = triton.cdiv(capacity, split_len)
+        split_len = cdiv(cdiv(capacity, num_splits), block_n) * block_n
+        num_splits = cdiv(capacity, split_len)
     split = num_splits > 1
     if split:
         o_part = torch.empty((num_splits, bsz, sq * hq, d), dtype=torch.float32, device=q.device)

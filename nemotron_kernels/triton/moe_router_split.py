@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import interpreting
+from .common import cdiv, interpreting
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -33,7 +33,7 @@ def split_bf16x3(weight: torch.Tensor) -> torch.Tensor:
     out = torch.empty(3 * E, hidden, dtype=torch.bfloat16, device=weight.device)
     n = weight.numel()
     if n:
-        _split_bf16x3_kernel[(triton.cdiv(n, BLOCK),)](weight, out, n, BLOCK=BLOCK)
+        _split_bf16x3_kernel[(cdiv(n, BLOCK),)](weight, out, n, BLOCK=BLOCK)
     return out
 
 

@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import cdiv
 from .mamba_common import interpreting
 
 INTERPRETED = interpreting()
@@ -116,7 +117,7 @@ def rmsnorm_fwd_launch(x2, weight, out2, rstd, eps: float, r2=None, h2=None) -> 
     assert weight.is_contiguous() and weight.shape == (dim,), "rmsnorm: weight must be contiguous [D]"
     assert dim <= 65536, "rmsnorm: D above 65536 is not supported by the kernel"
     cfg = config(dim)
-    _rmsnorm_fwd_kernel[(triton.cdiv(n_rows, cfg["ROWS"]),)](
+    _rmsnorm_fwd_kernel[(cdiv(n_rows, cfg["ROWS"]),)](
         x2, r2, weight, out2, h2, rstd, n_rows, dim, x2.stride(0), r2.stride(0), out2.stride(0), h2.stride(0), eps,
         BLOCK_D=cfg["BLOCK_D"], ROWS=cfg["ROWS"], HAS_RESIDUAL=has_residual, num_warps=cfg["num_warps"])
 
@@ -125,7 +126,7 @@ def rmsnorm_bwd_launch(dout2, x2, weight, rstd, dx2, sm_count: int):
     """dout2, x2 [n_rows, D] (unit last stride), dx2 [n_rows, D] contiguous -> dw partials [n_programs, D] fp32."""
     n_rows, dim = x2.shape
     cfg = bwd_config(dim)
-    n_programs = max(1, min(sm_count, triton.cdiv(n_rows, cfg["ROWS"])))
+    n_programs = max(1, min(sm_count, cdiv(n_rows, cfg["ROWS"])))
     if n_rows == 0:
         return torch.zeros((1, dim), dtype=torch.float32, device=x2.device)
     # no memset: there are at most as many programs as row blocks, and each writes its whole row

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from . import ssd_scan_common
+from .common import cdiv
 from .mamba_common import dep_tokens, interpreting
 from .ssd_scan_common import _chunk_dt, _chunk_dt_grad_scale, _chunk_info, _chunk_state_full
 
@@ -317,7 +318,7 @@ def bwd_dbc_launch(x, dt, A, dt_bias, table, dy, v, u, state, state_decay, state
     for name, t in (("x", x), ("dy", dy), ("B/C", v), ("dB/dC", out)) + ((("C", u),) if u is not None else ()):
         assert t.stride(3) == 1, f"ssd_scan bwd dB/dC: {name} needs a unit last stride"
     chunk = geometry["Q"]
-    grid = (geometry["n_chunks"], ngroups, triton.cdiv(chunk, cfg["BLOCK_M"]))
+    grid = (geometry["n_chunks"], ngroups, cdiv(chunk, cfg["BLOCK_M"]))
     return _ssd_bwd_dbc_kernel[grid](
         x, dt, A, dt_bias if dt_bias is not None else A, table if table is not None else A, dy, v,
         u if u is not None else v, da_part if da_part is not None else state_decay, state, state_decay,

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from . import ssd_scan_common
+from .common import cdiv
 from .mamba_common import dep_tokens, interpreting
 from .ssd_scan_common import _chunk_dt, _chunk_info
 
@@ -112,7 +113,7 @@ def bwd_chunk_state_launch(dy, dt, A, C, dt_bias, dfinal, table, g_out, gcarry_d
     assert g_out.is_contiguous() and seg_g.is_contiguous(), "ssd_scan bwd: state buffers must be contiguous"
     assert dinit is None or dinit.is_contiguous(), "ssd_scan bwd: dinit must be contiguous"
     df = dfinal if dfinal is not None else seg_g
-    grid = (geometry["n_seg"], nheads, triton.cdiv(headdim, cfg["BLOCK_P"]))
+    grid = (geometry["n_seg"], nheads, cdiv(headdim, cfg["BLOCK_P"]))
     return _ssd_bwd_chunk_state_kernel[grid](
         dy, dt, A, C, dt_bias if dt_bias is not None else A, df, table if table is not None else A,
         g_out, gcarry_decay, seg_g, seg_decay,

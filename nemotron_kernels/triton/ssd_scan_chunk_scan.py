@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from . import ssd_scan_common
+from .common import cdiv
 from .mamba_common import dep_tokens, interpreting
 from .ssd_scan_common import _chunk_dt, _chunk_info
 
@@ -126,7 +127,7 @@ def chunk_scan_config(n_chunks: int, ngroups: int, heads_per_group: int, headdim
     block_m = max(16, min(chunk // 2, 64))
     block_p = max(16, triton.next_power_of_2(headdim))
     block_n = max(16, triton.next_power_of_2(dstate))
-    m_blocks = triton.cdiv(chunk, block_m)
+    m_blocks = cdiv(chunk, block_m)
     heads = heads_per_group
     while sm_count and heads % 2 == 0 and n_chunks * ngroups * (heads_per_group // heads) * m_blocks < 4 * sm_count:
         heads //= 2
@@ -165,7 +166,7 @@ def chunk_scan_launch(x, dt, A, B, C, D, dt_bias, table, s_in, carry_decay, carr
     chunk = geometry["Q"]
 
     def grid(meta):
-        return geometry["n_chunks"], ngroups * (hpg // cfg["HEADS_PER_PROG"]), triton.cdiv(chunk, meta["BLOCK_M"])
+        return geometry["n_chunks"], ngroups * (hpg // cfg["HEADS_PER_PROG"]), cdiv(chunk, meta["BLOCK_M"])
 
     args = (x, dt, A, B, C, D if D is not None else A, dt_bias if dt_bias is not None else A,
             table if table is not None else A, s_in, carry_decay, carry if carry is not None else s_in, y,

@@ -9,10 +9,13 @@ the contribution of the state entering the segment (stage 2's carry). At the seg
 state and total decay; at a sequence end, its final state and decay (completed by stage 2).
 Segments make the sequential walk parallel over the sequence at B = 1 (32K tokens: ~5 segments of ~50 chunks).
 """
+import functools
+
 import triton
 import triton.language as tl
 
 from . import ssd_scan_common
+from .common import cdiv
 from .mamba_common import dep_tokens, interpreting
 from .ssd_scan_common import _chunk_dt, _chunk_info
 
@@ -115,15 +118,16 @@ def chunk_state_config(headdim: int, dstate: int, chunk: int, backward: bool = F
             "maxnreg": None, "programs_per_sm": 1}
 
 
+@functools.lru_cache(maxsize=256)           # called by every forward and backward with a handful of shapes
 def segments(n_chunks: int, nheads: int, p_blocks: int, slots: int) -> tuple[int, int]:
     """(n_seg, chunks per segment). A program walks its segment's chunks one after another and `slots` programs
     (SMs x programs per SM) run at a time, so the time goes as waves x chunks per segment. Take the fewest
     segments (each adds carry work to stage 3) within 15% of the best such time, n_seg <= 64."""
     options = []
     for n_seg in range(1, min(n_chunks, 64) + 1):
-        seg_len = triton.cdiv(n_chunks, n_seg)
-        n_seg = triton.cdiv(n_chunks, seg_len)
-        options.append((triton.cdiv(n_seg * nheads * p_blocks, slots) * seg_len, n_seg, seg_len))
+        seg_len = cdiv(n_chunks, n_seg)
+        n_seg = cdiv(n_chunks, seg_len)
+        options.append((cdiv(n_seg * nheads * p_blocks, slots) * seg_len, n_seg, seg_len))
     best = min(cost for cost, _, _ in options)
     return next((n_seg, seg_len) for cost, n_seg, seg_len in options if cost <= 1.15 * best)
 
@@ -140,7 +144,7 @@ def chunk_state_launch(x, dt, A, B, dt_bias, initial_states, table, s_in, carry_
     assert initial_states is None or initial_states.stride(3) == 1, "ssd_scan: initial_states needs a unit N stride"
     assert s_in.is_contiguous() and seg_state.is_contiguous(), "ssd_scan: state buffers must be contiguous"
     init = initial_states if initial_states is not None else seg_state
-    grid = (geometry["n_seg"], nheads, triton.cdiv(headdim, cfg["BLOCK_P"]))
+    grid = (geometry["n_seg"], nheads, cdiv(headdim, cfg["BLOCK_P"]))
     return _ssd_chunk_state_kernel[grid](
         x, dt, A, B, dt_bias if dt_bias is not None else A, init, table if table is not None else A,
         s_in, carry_decay, seg_state, seg_decay,

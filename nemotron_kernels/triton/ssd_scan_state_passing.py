@@ -8,6 +8,7 @@ segment (with one segment stage 1's states are already complete)."""
 import triton
 import triton.language as tl
 
+from .common import cdiv
 from .mamba_common import interpreting
 
 INTERPRETED = interpreting()
@@ -61,7 +62,7 @@ def state_passing_launch(seg_state, seg_decay, carry, carry_lp, final, final_dec
     assert seg_state.is_contiguous() and carry.is_contiguous() and carry_lp.is_contiguous(), \
         "ssd_scan state passing: buffers must be contiguous"
     assert final is None or final.is_contiguous(), "ssd_scan state passing: final states must be contiguous"
-    grid = (nheads, triton.cdiv(state_size, PASS_BLOCK))
+    grid = (nheads, cdiv(state_size, PASS_BLOCK))
     _ssd_state_passing_kernel[grid](
         seg_state, seg_decay, carry, carry_lp, final if final is not None else carry,
         final_decay if final_decay is not None else seg_decay, last_chunk if last_chunk is not None else seg_decay,

@@ -6,6 +6,7 @@ the state's dtype), so the kernel runs at the HBM bandwidth of the state traffic
 import triton
 import triton.language as tl
 
+from .common import cdiv
 from .mamba_common import interpreting
 
 INTERPRETED = interpreting()
@@ -66,7 +67,7 @@ def update_config(batch: int, heads: int, headdim: int, dstate: int, sm_count: i
     at batch 256; small batches take 8 rows so at least ~2 programs run per SM."""
     block_n = triton.next_power_of_2(dstate)
     block_p = min(triton.next_power_of_2(headdim), max(1, 2048 // block_n), 16)
-    while block_p > 4 and batch * heads * triton.cdiv(headdim, block_p) < 2 * sm_count:
+    while block_p > 4 and batch * heads * cdiv(headdim, block_p) < 2 * sm_count:
         block_p //= 2
     num_warps = 4 if block_p * block_n >= 1024 else 2
     return {"BLOCK_P": block_p, "BLOCK_N": block_n, "num_warps": num_warps}
@@ -86,7 +87,7 @@ def ssd_state_update_launch(state, x, dt, A, B, C, D, dt_bias, dt_softplus: bool
     for name, t in (("A", A), ("D", D), ("dt_bias", dt_bias), ("slot_idx", slot_idx)):
         assert t is None or t.is_contiguous(), f"ssd_state_update: {name} must be contiguous"
     cfg = update_config(bsz, heads, headdim, dstate, sm_count)
-    grid = (triton.cdiv(headdim, cfg["BLOCK_P"]), heads, bsz)
+    grid = (cdiv(headdim, cfg["BLOCK_P"]), heads, bsz)
     _ssd_state_update_kernel[grid](
         state, x, dt, A, B, C, D if D is not None else A, dt_bias if dt_bias is not None else A,
         slot_idx if slot_idx is not None else A, y,
