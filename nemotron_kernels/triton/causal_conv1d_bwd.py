@@ -26,7 +26,7 @@ from triton.language.extra.cuda import libdevice
 
 from . import causal_conv1d_fwd
 from .causal_conv1d_fwd import _pre_act, _row_tap, _segment_start, _tap, check_layout
-from .common import cdiv
+from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
 
 INTERPRETED = interpreting()
@@ -394,7 +394,7 @@ BWD_INIT_BLOCK_C = 128
 
 
 def bwd_config(channels: int) -> dict:
-    block_c = min(BWD_MAX_BLOCK_C, max(32, triton.next_power_of_2(channels)))
+    block_c = min(BWD_MAX_BLOCK_C, max(32, next_power_of_2(channels)))
     return {"BLOCK_C": block_c, "num_warps": max(1, min(4, block_c // 128))}
 
 
@@ -446,7 +446,7 @@ def causal_conv1d_bwd_launch(x, weight, bias, seq_idx, cu_seqlens, initial_state
         _causal_conv1d_bwd_init_kernel[(dinit.shape[0], cdiv(channels, BWD_INIT_BLOCK_C))](
             x, weight, bias_arg, init, cu_arg, dy, dinit, seqlen, channels,
             x.stride(0), x.stride(1), *init_strides, dy.stride(0), dy.stride(1),
-            K=width, KPOS=max(2, triton.next_power_of_2(width - 1)), BLOCK_C=BWD_INIT_BLOCK_C,
+            K=width, KPOS=max(2, next_power_of_2(width - 1)), BLOCK_C=BWD_INIT_BLOCK_C,
             HAS_BIAS=bias is not None, IS_VARLEN=cu_seqlens is not None, SILU=silu, num_warps=4)
     if x.numel() == 0:
         dweight.zero_()

@@ -13,7 +13,7 @@ last K-1 inputs). Token offsets are int64."""
 import triton
 import triton.language as tl
 
-from .common import cdiv
+from .common import cdiv, next_power_of_2
 from .mamba_common import interpreting
 
 INTERPRETED = interpreting()
@@ -233,7 +233,7 @@ FWD_PROGRAMS_PER_SM = 8      # segments are cut so that about this many programs
 
 
 def fwd_config(channels: int) -> dict:
-    block_c = min(FWD_MAX_BLOCK_C, max(32, triton.next_power_of_2(channels)))
+    block_c = min(FWD_MAX_BLOCK_C, max(32, next_power_of_2(channels)))
     return {"BLOCK_C": block_c, "num_warps": max(1, min(4, block_c // 256))}
 
 
@@ -291,7 +291,7 @@ def causal_conv1d_final_state_launch(x, weight, cu_seqlens, initial_state, final
         x, init, cu_seqlens if cu_seqlens is not None else final, final,
         x.shape[1], channels, x.stride(0), x.stride(1), init.stride(0), init.stride(1),
         final.stride(0), final.stride(1),
-        K=km1 + 1, BLOCK_K=triton.next_power_of_2(max(km1, 1)), BLOCK_C=block_c,
+        K=km1 + 1, BLOCK_K=next_power_of_2(max(km1, 1)), BLOCK_C=block_c,
         HAS_INIT=initial_state is not None, IS_VARLEN=cu_seqlens is not None, num_warps=4)
 
 

@@ -11,7 +11,7 @@ over rows by the launcher's sum of the [n_programs, D] fp32 partials (a tiny red
 import triton
 import triton.language as tl
 
-from .common import cdiv
+from .common import cdiv, next_power_of_2
 from .mamba_common import interpreting
 
 INTERPRETED = interpreting()
@@ -74,8 +74,8 @@ BWD_PROGRAMS_PER_SM = 1      # one 16-warp program per SM (121 registers a threa
 
 def bwd_config(group_size: int, n_groups: int) -> dict:
     """Tile of GROUPS whole groups (up to BWD_TILE elements, 8 per thread at 16 warps: 16-byte bf16 loads)."""
-    block_g = triton.next_power_of_2(group_size)
-    groups = max(1, min(triton.next_power_of_2(n_groups), BWD_TILE // block_g))
+    block_g = next_power_of_2(group_size)
+    groups = max(1, min(next_power_of_2(n_groups), BWD_TILE // block_g))
     num_warps = max(1, min(16, groups * block_g // 256))
     return {"BLOCK_G": block_g, "GROUPS": groups, "num_warps": num_warps}
 

@@ -5,7 +5,7 @@ mean square reduced in registers, one store. Row offsets are int64 (safe past 2^
 import triton
 import triton.language as tl
 
-from .common import cdiv
+from .common import cdiv, next_power_of_2
 from .mamba_common import interpreting
 
 INTERPRETED = interpreting()
@@ -41,7 +41,7 @@ def _gated_rmsnorm_fwd_kernel(
 
 def fwd_config(group_size: int) -> dict:
     """Tile of one launch: ~4K elements per program (16 B vector loads on every thread)."""
-    block_g = triton.next_power_of_2(group_size)
+    block_g = next_power_of_2(group_size)
     rows = max(1, min(16, 4096 // block_g))
     num_warps = 8 if rows * block_g >= 4096 else 4
     return {"BLOCK_G": block_g, "ROWS": rows, "num_warps": num_warps}

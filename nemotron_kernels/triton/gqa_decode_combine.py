@@ -14,6 +14,7 @@ domain), seq_lens [B]; o [B, Sq, Hq, D] (row r = position * Hq + head).
 import triton
 import triton.language as tl
 
+from .common import next_power_of_2
 from .gqa_attention_common import aot_compile, interpreting
 
 INTERPRETED = interpreting()   # the mode these kernels were defined in (see gqa_attention_common.kernel_module)
@@ -51,7 +52,7 @@ BLOCK_D = 32
 
 def block_s_for(num_splits: int) -> int:
     """Splits loaded at once: the split count rounded up to a power of two (the split kernel caps it at 256)."""
-    return max(2, triton.next_power_of_2(num_splits))
+    return max(2, next_power_of_2(num_splits))
 
 
 def gqa_decode_combine(o_part, lse_part, seq_lens, split_len: int, o):

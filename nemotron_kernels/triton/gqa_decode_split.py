@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import cdiv
+from .common import cdiv, next_power_of_2
 from .gqa_attention_common import LOG2E, aot_compile, dot_precision, interpreting, kernel_module, pack_heads, sm_count
 
 INTERPRETED = interpreting()   # the mode these kernels were defined in (see gqa_attention_common.kernel_module)
@@ -333,7 +333,7 @@ def quantize_rows_e4m3(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def block_m_for(rows: int) -> int:
     """Rows of a tile: the packed query rows of one kv head, rounded up to a power of two in [16, 64]."""
-    return max(16, min(64, triton.next_power_of_2(max(rows, 1))))
+    return max(16, min(64, next_power_of_2(max(rows, 1))))
 
 
 def choose_splits(capacity: int, work_units: int, sms: int, block_n: int, transposed: bool = False) -> tuple[int, int]:

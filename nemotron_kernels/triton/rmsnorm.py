@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import cdiv
+from .common import cdiv, next_power_of_2
 from .mamba_common import interpreting
 
 INTERPRETED = interpreting()
@@ -92,7 +92,7 @@ def _rmsnorm_bwd_kernel(
 
 def config(dim: int) -> dict:
     """~4K elements per program (16-byte loads on every thread); whole rows."""
-    block_d = triton.next_power_of_2(dim)
+    block_d = next_power_of_2(dim)
     rows = max(1, min(16, 4096 // block_d))
     return {"BLOCK_D": block_d, "ROWS": rows, "num_warps": 8 if rows * block_d >= 4096 else 4}
 

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from . import ssd_scan_common
-from .common import cdiv
+from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
 from .ssd_scan_common import _chunk_dt, _chunk_dt_grad_scale, _chunk_info, _chunk_state_full
 
@@ -267,7 +267,7 @@ def bwd_config(n_chunks: int, ngroups: int, heads_per_group: int, headdim: int, 
     mma.sync, not wgmma), the dB kernel Q / 2 (<= 64: wgmma, 253 registers, no spills; 128 rows spill 352 B).
     Before the heads' pair weights were summed ahead of one product, 32 / 64 rows spilled 64 / 104 B.
     maxnreg: ptxas' register cap per thread (None: up to 255)."""
-    whole = {"BLOCK_P": max(16, triton.next_power_of_2(headdim)), "BLOCK_N": max(16, triton.next_power_of_2(dstate)),
+    whole = {"BLOCK_P": max(16, next_power_of_2(headdim)), "BLOCK_N": max(16, next_power_of_2(dstate)),
              "num_warps": 8, "num_stages": 2, "maxnreg": None}
     return {"dx": dict(whole, HEADS_PER_PROG=1 if sm_count else heads_per_group),
             "dc": dict(whole, BLOCK_M=max(16, min(chunk // 4, 32))),

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from . import ssd_scan_common
-from .common import cdiv
+from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
 from .ssd_scan_common import _chunk_dt, _chunk_info
 
@@ -125,8 +125,8 @@ def chunk_scan_config(n_chunks: int, ngroups: int, heads_per_group: int, headdim
     autotuned over autotune_configs; a config without "autotune" launches its own tile. maxnreg: ptxas' register
     cap per thread (None: up to 255)."""
     block_m = max(16, min(chunk // 2, 64))
-    block_p = max(16, triton.next_power_of_2(headdim))
-    block_n = max(16, triton.next_power_of_2(dstate))
+    block_p = max(16, next_power_of_2(headdim))
+    block_n = max(16, next_power_of_2(dstate))
     m_blocks = cdiv(chunk, block_m)
     heads = heads_per_group
     while sm_count and heads % 2 == 0 and n_chunks * ngroups * (heads_per_group // heads) * m_blocks < 4 * sm_count:

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from . import ssd_scan_common
-from .common import cdiv
+from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
 from .ssd_scan_common import _chunk_dt, _chunk_info
 
@@ -108,8 +108,8 @@ def chunk_state_config(headdim: int, dstate: int, chunk: int, backward: bool = F
     programs_per_sm: how many programs an SM holds at once (registers, shared memory), which sets the segments'
     wave count. The forward's wide tiles run 4 warps, one stage, 2 programs per SM: 491 -> 390 us at B1 L32K on
     the H200 (scripts/sweep_ssd.py, bench/NOTES.md); the backward's are fastest at 8 warps, 1 program per SM."""
-    block_p = max(16, min(64, triton.next_power_of_2(headdim)))
-    block_n = max(16, triton.next_power_of_2(dstate))
+    block_p = max(16, min(64, next_power_of_2(headdim)))
+    block_n = max(16, next_power_of_2(dstate))
     wide = block_p * block_n >= 8192
     if wide and not backward:
         return {"BLOCK_P": block_p, "BLOCK_N": block_n, "num_warps": 4, "num_stages": 1, "maxnreg": None,

@@ -6,7 +6,7 @@ the state's dtype), so the kernel runs at the HBM bandwidth of the state traffic
 import triton
 import triton.language as tl
 
-from .common import cdiv
+from .common import cdiv, next_power_of_2
 from .mamba_common import interpreting
 
 INTERPRETED = interpreting()
@@ -65,8 +65,8 @@ def _ssd_state_update_kernel(
 def update_config(batch: int, heads: int, headdim: int, dstate: int, sm_count: int) -> dict:
     """BLOCK_P rows of the state per program: 16 rows (8 KB of fp32 state at N = 128) keeps ~64K programs in flight
     at batch 256; small batches take 8 rows so at least ~2 programs run per SM."""
-    block_n = triton.next_power_of_2(dstate)
-    block_p = min(triton.next_power_of_2(headdim), max(1, 2048 // block_n), 16)
+    block_n = next_power_of_2(dstate)
+    block_p = min(next_power_of_2(headdim), max(1, 2048 // block_n), 16)
     while block_p > 4 and batch * heads * cdiv(headdim, block_p) < 2 * sm_count:
         block_p //= 2
     num_warps = 4 if block_p * block_n >= 1024 else 2
