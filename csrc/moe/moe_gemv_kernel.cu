@@ -99,7 +99,7 @@ __device__ __forceinline__ void grouped_gemv_nt(const TA* __restrict__ a, const 
   // Rows of a per pass over the weights. Weights-only FP8 serves decode only (<= 2 rows per expert at T * k <= 16
   // with top-6, 1 row per projection), so its pass takes 2 rows: 8 accumulators instead of 32.
   constexpr int kRows = std::is_same_v<TA, TB> ? kMt : 2;
-  static_assert(kCh == 4, "wc below lists 4 channels");
+  static_assert(kCh * kRows <= 32, "lane c + kCh * m of a warp writes channel c of row m");
   static_assert(kLen % kALen == 0, "a piece of a must not be narrower than 16 bytes");
   __shared__ int s_group;
   __shared__ int64_t s_start, s_end;
