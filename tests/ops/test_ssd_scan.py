@@ -382,3 +382,18 @@ def test_cuda_backward_600k_tokens_past_2_31_elements():
     ref_low = grads(ssd_scan_ref, rest, 128, tail_dy, dfinal)
     for k in ("x", "dt", "B", "C"):
         assert_error_rule(f"d{k} tail", got[k][:, seqlen - tail:], ref64[k], ref_low[k], BWD)
+
+
+def test_packed_chunk_table_is_reused_for_the_same_cu_seqlens():
+    """The model passes one cu_seqlens to every Mamba layer of a step: the chunk table (~35 small kernels) is made
+    once per tensor, equal to a fresh one, and made again when the tensor changes in place or the chunk differs."""
+    from nemotron_kernels.ops import ssd_scan as ops_ssd
+    cu = torch.tensor([0, 5, 5, 130, 300], dtype=torch.int32)
+    first = ops_ssd._chunk_table_for(cu, 64, 12)
+    assert all(a is b for a, b in zip(first, ops_ssd._chunk_table_for(cu, 64, 12)))              # reused
+    assert all(torch.equal(a, b) for a, b in zip(first, ops_ssd._chunk_table(cu, 64, 12)))      # as fresh
+    assert not any(a is b for a, b in zip(first, ops_ssd._chunk_table_for(cu, 32, 16)))         # other chunk
+    cu[3] = 140                                                                                 # in place
+    again = ops_ssd._chunk_table_for(cu, 64, 12)
+    assert all(torch.equal(a, b) for a, b in zip(again, ops_ssd._chunk_table(cu, 64, 12)))
+    assert not torch.equal(again[0], first[0])
