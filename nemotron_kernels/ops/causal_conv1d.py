@@ -15,6 +15,7 @@ from ..reference._checks import check_float, check_int, check_optional_float, ch
 from ..reference.causal_conv1d import causal_conv1d_ref, causal_conv1d_update_ref
 from ..triton import mamba_common
 from ._kernel_op import kernel_op
+from ._tensor_cache import derived
 
 
 def _silu(activation) -> bool:
@@ -166,7 +167,7 @@ def causal_conv1d(x, weight, bias=None, activation: str | None = "silu", cu_seql
                          "[B, C, K-1]" if cu_seqlens is None else "[S, C, K-1] (one per sequence of cu_seqlens)")
     check_same_device(x=x, weight=weight, bias=bias, cu_seqlens=cu_seqlens, initial_state=initial_state)
     if cu_seqlens is not None:
-        seq_idx = _seq_idx(cu_seqlens, seqlen)
+        seq_idx = derived(cu_seqlens, "seq_idx", (seqlen,), lambda: _seq_idx(cu_seqlens, seqlen))
     return CausalConv1dFn.apply(x, weight, bias, seq_idx, cu_seqlens, initial_state, silu, return_final_state)
 
 

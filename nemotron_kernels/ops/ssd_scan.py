@@ -24,6 +24,7 @@ from ..reference._checks import check_positive_int
 from ..reference.ssd_scan import check_ssd_args, ssd_scan_ref
 from ..triton import mamba_common
 from ._kernel_op import kernel_op
+from ._tensor_cache import derived
 
 KERNEL_CHUNKS = (16, 32, 64, 128, 256)
 
@@ -55,22 +56,6 @@ def _chunk_table(cu_seqlens: torch.Tensor, chunk: int, n_table: int):
     return table, last_chunk, ends - n_chunks, seq_len
 
 
-def _chunk_table_for(cu_seqlens: torch.Tensor, chunk: int, n_table: int):
-    """_chunk_table, kept on the cu_seqlens tensor itself for the next call with the same tensor: the model passes
-    one cu_seqlens to every Mamba layer of a step (23 in Nano), and the table is ~35 small kernels, ~40% of an 8K
-    packed prefill's launches. Recomputed when the tensor changed in place (its version counter), for another
-    chunk size or stream, and never cached during CUDA-graph capture (graph memory)."""
-    stream = torch.cuda.current_stream(cu_seqlens.device) if cu_seqlens.is_cuda else None
-    if stream is not None and torch.cuda.is_current_stream_capturing():
-        return _chunk_table(cu_seqlens, chunk, n_table)
-    key = (cu_seqlens._version, chunk, n_table, stream)
-    cached = getattr(cu_seqlens, "_nk_chunk_table", None)
-    if cached is None or cached[0] != key:
-        cached = (key, _chunk_table(cu_seqlens, chunk, n_table))
-        cu_seqlens._nk_chunk_table = cached
-    return cached[1]
-
-
 def _unit_last(t):
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
@@ -100,7 +85,8 @@ def _plan(x, B, chunk: int, cu_seqlens, nstates: int) -> dict:
     else:
         chunks_per_row = 0
         n_chunks = n_table = (seqlen + nstates * (chunk - 1)) // chunk     # >= the chunks of all sequences
-        table, last_chunk, first_chunk, seq_len = _chunk_table_for(cu_seqlens, chunk, n_table)
+        table, last_chunk, first_chunk, seq_len = derived(cu_seqlens, "chunk_table", (chunk, n_table),
+                                                          lambda: _chunk_table(cu_seqlens, chunk, n_table))
     sm = mamba_common.sm_count(x.device)
     cfg = kernel_configs(nheads, headdim, B.shape[2], B.shape[3], chunk, n_chunks, sm if x.device.type == "cuda" else 0)
     st_cfg = cfg["chunk_state"]

@@ -388,12 +388,34 @@ def test_packed_chunk_table_is_reused_for_the_same_cu_seqlens():
     """The model passes one cu_seqlens to every Mamba layer of a step: the chunk table (~35 small kernels) is made
     once per tensor, equal to a fresh one, and made again when the tensor changes in place or the chunk differs."""
     from nemotron_kernels.ops import ssd_scan as ops_ssd
+    from nemotron_kernels.ops._tensor_cache import derived
     cu = torch.tensor([0, 5, 5, 130, 300], dtype=torch.int32)
-    first = ops_ssd._chunk_table_for(cu, 64, 12)
-    assert all(a is b for a, b in zip(first, ops_ssd._chunk_table_for(cu, 64, 12)))              # reused
+
+    def table(chunk, n_table):
+        return derived(cu, "chunk_table", (chunk, n_table), lambda: ops_ssd._chunk_table(cu, chunk, n_table))
+    first = table(64, 12)
+    assert all(a is b for a, b in zip(first, table(64, 12)))                                   # reused
     assert all(torch.equal(a, b) for a, b in zip(first, ops_ssd._chunk_table(cu, 64, 12)))      # as fresh
-    assert not any(a is b for a, b in zip(first, ops_ssd._chunk_table_for(cu, 32, 16)))         # other chunk
+    assert not any(a is b for a, b in zip(first, table(32, 16)))                               # other key
     cu[3] = 140                                                                                 # in place
-    again = ops_ssd._chunk_table_for(cu, 64, 12)
+    again = table(64, 12)
     assert all(torch.equal(a, b) for a, b in zip(again, ops_ssd._chunk_table(cu, 64, 12)))
     assert not torch.equal(again[0], first[0])
+
+
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_packed_scan_keeps_its_chunk_table_on_cu_seqlens():
+    """The kernels' packed path keeps the table on the cu_seqlens it was given; a second call with that tensor (the
+    next layer) gives the same outputs as a call with a fresh copy of it."""
+    from nemotron_kernels.ops import ssd_scan as ops_ssd
+    g = torch.Generator().manual_seed(3)
+    x, dt = torch.randn(1, 150, 2, 16, generator=g), torch.rand(1, 150, 2, generator=g)
+    B, C, A = torch.randn(1, 150, 1, 16, generator=g), torch.randn(1, 150, 1, 16, generator=g), -torch.rand(2)
+    cu = torch.tensor([0, 40, 40, 150], dtype=torch.int32)
+    y1, f1 = ssd_scan(x, dt, A, B, C, chunk_size=32, cu_seqlens=cu, return_final_states=True)
+    kept = cu._nk_chunk_table
+    assert torch.equal(kept[1][0], ops_ssd._chunk_table(cu, 32, kept[0][-1])[0])
+    y2, f2 = ssd_scan(x, dt, A, B, C, chunk_size=32, cu_seqlens=cu, return_final_states=True)
+    assert cu._nk_chunk_table is kept
+    y3, f3 = ssd_scan(x, dt, A, B, C, chunk_size=32, cu_seqlens=cu.clone(), return_final_states=True)
+    assert torch.equal(y1, y2) and torch.equal(y2, y3) and torch.equal(f1, f2) and torch.equal(f2, f3)
