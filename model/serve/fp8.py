@@ -117,6 +117,10 @@ class FP8Linear(nn.Module):
         load, so a loaded scale never meets a stale copy)."""
         self.register_buffer("_scale_b", self.weight_scale.expand(1, self.out_features).contiguous(),
                              persistent=False)                                    # [1, N]
+        # the weights-only GEMV's group offsets [0, M] for M <= WEIGHTS_ONLY_ROWS rows, row M of this table: made
+        # once, not per decode step (a kernel per projection in every graph replay)
+        rows = torch.arange(self.WEIGHTS_ONLY_ROWS + 1, dtype=torch.int32, device=self.weight.device)
+        self.register_buffer("_w8_offsets", torch.stack([torch.zeros_like(rows), rows], 1), persistent=False)
 
     @classmethod
     def from_linear(cls, linear: nn.Module) -> "FP8Linear":
@@ -143,8 +147,7 @@ class FP8Linear(nn.Module):
             # decode at batch 1: weights-only, x as it is (the GEMM is a stream of the weights; quantising x would
             # cost a launch and its e4m3 rounding), through the one-group weights-only GEMV; input_scale is unused
             if self._use_gpu(x2) and x2.dtype == torch.bfloat16:
-                offsets = torch.arange(0, 2 * rows, rows, dtype=torch.int32, device=x2.device)    # [0, M]
-                y = grouped_gemm_w8(x2, self.weight.unsqueeze(0), self._scale_b, offsets)
+                y = grouped_gemm_w8(x2, self.weight.unsqueeze(0), self._scale_b, self._w8_offsets[rows])
             else:
                 y = x2.to(cdtype) @ (self.weight.to(cdtype) * self.weight_scale.to(cdtype)).t()
             return y.to(self.out_dtype).reshape(*lead, self.out_features)

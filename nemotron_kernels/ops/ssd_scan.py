@@ -23,14 +23,11 @@ import torch
 from ..reference._checks import check_positive_int
 from ..reference.ssd_scan import check_ssd_args, ssd_scan_ref
 from ..triton import mamba_common
+from ..triton.common import cdiv
 from ._kernel_op import kernel_op
 from ._tensor_cache import derived
 
 KERNEL_CHUNKS = (16, 32, 64, 128, 256)
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _chunk_table(cu_seqlens: torch.Tensor, chunk: int, n_table: int):
@@ -80,7 +77,7 @@ def _plan(x, B, chunk: int, cu_seqlens, nstates: int) -> dict:
     bsz, seqlen, nheads, headdim = x.shape
     table = last_chunk = first_chunk = seq_len = None
     if cu_seqlens is None:
-        chunks_per_row = _cdiv(seqlen, chunk)
+        chunks_per_row = cdiv(seqlen, chunk)
         n_chunks = n_table = bsz * chunks_per_row
     else:
         chunks_per_row = 0
@@ -90,7 +87,7 @@ def _plan(x, B, chunk: int, cu_seqlens, nstates: int) -> dict:
     sm = mamba_common.sm_count(x.device)
     cfg = kernel_configs(nheads, headdim, B.shape[2], B.shape[3], chunk, n_chunks, sm if x.device.type == "cuda" else 0)
     st_cfg = cfg["chunk_state"]
-    n_seg, seg_len = state_k.segments(n_chunks, nheads, _cdiv(headdim, st_cfg["BLOCK_P"]),
+    n_seg, seg_len = state_k.segments(n_chunks, nheads, cdiv(headdim, st_cfg["BLOCK_P"]),
                                       sm * st_cfg["programs_per_sm"])
     geometry = dict(n_chunks=n_chunks, n_table=n_table, chunks_per_row=chunks_per_row, n_seg=n_seg, seg_len=seg_len,
                     Q=chunk)
@@ -246,7 +243,7 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     dD_part = torch.empty(n_chunks, nheads, dtype=torch.float64, device=dev)
     dB = torch.empty(B.shape, dtype=B_in.dtype, device=dev)
     dC = torch.empty(C.shape, dtype=C_in.dtype, device=dev)
-    da_part = torch.empty(n_chunks, _cdiv(chunk_size, cfg["dc"]["BLOCK_M"]), nheads, chunk_size, dtype=torch.float32,
+    da_part = torch.empty(n_chunks, cdiv(chunk_size, cfg["dc"]["BLOCK_M"]), nheads, chunk_size, dtype=torch.float32,
                           device=dev)
     bwd_scan_k.bwd_dbc_launch(x, dt, A32, bias32, plan["table"], dy, B, C, s_in, carry_decay, carry_lp, dC, da_part,
                               False, geometry, dt_softplus, cfg["dc"], precision)
