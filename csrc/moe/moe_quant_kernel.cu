@@ -36,6 +36,13 @@ __device__ __forceinline__ float packet_amax(const Packet<T, N>& p, float amax) 
   }
 }
 
+// x / s rounded to e4m3 (RN, saturating) after an fp32 __fdiv_rn, as the reference divides. A zero dividend is
+// answered without the division: __fdiv_rn's fast-path check sends it to the slow path, and relu² rows (the
+// experts' h) are about half exact zeros. 0 / s = 0 with x's sign, so this is bitwise the division.
+__device__ __forceinline__ __nv_fp8_e4m3 e4m3_div(float x, float s) {
+  return __nv_fp8_e4m3(x == 0.f ? x : __fdiv_rn(x, s));
+}
+
 template <typename T, int N>
 __global__ void __launch_bounds__(kQuantThreads)
 quantize_rows_fp8_kernel(const T* __restrict__ x, int64_t cols, __nv_fp8_e4m3* __restrict__ q,
@@ -60,7 +67,7 @@ quantize_rows_fp8_kernel(const T* __restrict__ x, int64_t cols, __nv_fp8_e4m3* _
     const Packet<T, N> p = src[v];
     Packet<__nv_fp8_e4m3, N> o;
 #pragma unroll
-    for (int i = 0; i < N; ++i) o.v[i] = __nv_fp8_e4m3(__fdiv_rn(to_f32(p.v[i]), s));  // RN, saturating
+    for (int i = 0; i < N; ++i) o.v[i] = e4m3_div(to_f32(p.v[i]), s);
     reinterpret_cast<Packet<__nv_fp8_e4m3, N>*>(dst)[v] = o;
   }
 }
@@ -94,7 +101,7 @@ quantize_rows_fp8_warp_kernel(const T* __restrict__ x, int64_t rows, int64_t col
     if (j * 32 + lane < n_vec) {
       Packet<__nv_fp8_e4m3, N> o;
 #pragma unroll
-      for (int i = 0; i < N; ++i) o.v[i] = __nv_fp8_e4m3(__fdiv_rn(to_f32(p[j].v[i]), s));  // RN, saturating
+      for (int i = 0; i < N; ++i) o.v[i] = e4m3_div(to_f32(p[j].v[i]), s);
       dst[j * 32 + lane] = o;
     }
   }
