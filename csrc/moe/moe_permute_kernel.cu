@@ -255,7 +255,12 @@ __global__ void gather_rows_kernel(const V* __restrict__ x, const int32_t* __res
   }
 }
 
-// out[t] = (add[t] +) sum_j w[t,j] * rows[roa[t,j]]. One token per `threads_per_row` threads.
+// out[t] = (add[t] +) sum_j w[t,j] * rows[roa[t,j]]. One token per `threads_per_row` threads. A token's rows are
+// loaded kUnpermuteBatch at a time before any of them is summed: a plain loop over the runtime top_k made each
+// load wait for the previous sum, six L2 round trips in a row (4.8 us per MoE layer at T = 1 on the H200). The
+// sums still run in j order, so the result is bitwise the plain loop's.
+constexpr int kUnpermuteBatch = 8;
+
 template <typename T, int N>
 __global__ void unpermute_kernel(const T* __restrict__ rows, const int32_t* __restrict__ roa,
                                  const float* __restrict__ weight, const T* __restrict__ add, int64_t ntokens,
@@ -272,13 +277,25 @@ __global__ void unpermute_kernel(const T* __restrict__ rows, const int32_t* __re
     float acc[N];
 #pragma unroll
     for (int i = 0; i < N; ++i) acc[i] = 0.f;
-    for (int j = 0; j < top_k; ++j) {
-      const int32_t r = my_rows[j];
-      if (r < 0 || r >= m_rows) continue;
-      const float w = my_w ? my_w[j] : 1.f;
-      const P p = reinterpret_cast<const P*>(rows + int64_t(r) * hidden)[v];
+    for (int j0 = 0; j0 < top_k; j0 += kUnpermuteBatch) {
+      P p[kUnpermuteBatch];
+      float w[kUnpermuteBatch];
+      bool ok[kUnpermuteBatch];
 #pragma unroll
-      for (int i = 0; i < N; ++i) acc[i] = fmaf(w, to_f32(p.v[i]), acc[i]);
+      for (int b = 0; b < kUnpermuteBatch; ++b) {
+        const int j = j0 + b;
+        const int32_t r = j < top_k ? my_rows[j] : -1;
+        ok[b] = r >= 0 && r < m_rows;                     // dropped assignments add nothing (not 0 * row)
+        w[b] = ok[b] && my_w ? my_w[j] : 1.f;
+        if (ok[b]) p[b] = reinterpret_cast<const P*>(rows + int64_t(r) * hidden)[v];
+      }
+#pragma unroll
+      for (int b = 0; b < kUnpermuteBatch; ++b) {
+        if (ok[b]) {
+#pragma unroll
+          for (int i = 0; i < N; ++i) acc[i] = fmaf(w[b], to_f32(p[b].v[i]), acc[i]);
+        }
+      }
     }
     P o;
     if (add) {

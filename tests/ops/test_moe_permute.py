@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from nemotron_kernels import moe_permute, moe_unpermute
+from nemotron_kernels.ops.moe_permute import moe_unpermute_op
 from nemotron_kernels.reference.moe_permute import moe_permute_ref, moe_unpermute_ref
 
 F64 = torch.float64
@@ -245,6 +246,25 @@ def test_cuda_unpermute_forward_backward(ntokens, hidden, pad_to, dtype):
     out_low.backward(dout)
     _assert_error_rule("d rows", rows.grad, rows64.grad, rows_low.grad, 3)
     _assert_error_rule("d topk_weight", weight.grad, weight64.grad, weight_low.grad, 3)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("top_k", [1, 6, 8, 11])   # 11: two of the kernel's batches of 8 loads, the second partial
+def test_cuda_unpermute_exact_sums_with_dropped_slots_and_add(top_k):
+    # Small integers times quarter weights: every product and partial sum is exact in fp32, so a row loaded for the
+    # wrong slot, a dropped slot (-1) that adds something, or a slot lost past the first batch shows as inequality.
+    ntokens, hidden = 37, 2688
+    m = ntokens * top_k
+    g = torch.Generator(device="cuda").manual_seed(top_k)
+    rows = torch.randint(-8, 9, (m, hidden), device="cuda", generator=g).to(torch.bfloat16)
+    roa = torch.randperm(m, device="cuda", generator=g).view(ntokens, top_k).int()
+    roa[::3, top_k // 2] = -1
+    weight = torch.randint(1, 5, (ntokens, top_k), device="cuda", generator=g).float() / 4
+    add = torch.randint(-8, 9, (ntokens, hidden), device="cuda", generator=g).to(torch.bfloat16)
+    got = moe_unpermute_op(rows, roa, weight, add)
+    kept = weight * (roa >= 0)
+    sums = (rows.float()[roa.clamp(min=0).long()] * kept[..., None]).sum(1)   # [T, H], exact
+    assert torch.equal(got, (sums.to(torch.bfloat16).float() + add.float()).to(torch.bfloat16))
 
 
 @pytest.mark.cuda
