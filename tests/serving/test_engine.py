@@ -5,6 +5,7 @@ import torch
 
 from model.generate import generate
 from model.serve import SamplingParams
+from model.serve.model_runner import _kv_rows
 from model.serve.sampler import Sampler
 
 PROMPTS = ["Hello world, this is a test", "The Mamba layer keeps a state that", "abc", "x",
@@ -238,3 +239,15 @@ def test_n_completions_under_preemption_and_abort(make_engine, run_all):
     assert engine.slot_pool.num_free == 4 and engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
     with pytest.raises(ValueError, match="exceed max_num_seqs"):
         engine.add_request("x", SamplingParams(n=5))
+
+
+@pytest.mark.parametrize("block_size", [1, 4, 16, 64])
+def test_kv_rows_are_the_per_token_page_rows(block_size):
+    """The page-at-a-time KV rows of a chunk equal the per-token formula, for chunks that start and end mid-page,
+    span one page or many, and single decode tokens."""
+    g = torch.Generator().manual_seed(block_size)
+    pages = torch.randperm(4096, generator=g)[:64].tolist()
+    capacity = 64 * block_size
+    for start, n in [(0, 1), (0, capacity), (block_size - 1, 2), (3, 1), (5, 37), (capacity - 7, 7)]:
+        want = [pages[p // block_size] * block_size + p % block_size for p in range(start, start + n)]
+        assert _kv_rows(pages, block_size, start, n) == want, (start, n)
