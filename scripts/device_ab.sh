@@ -2,7 +2,9 @@
 # One GPU call, an A/B: build this tree and an older commit side by side and run the same command under each, so
 # a kernel change is measured against its predecessor on one machine, in one run. Logs in $OUT.
 # Usage (device tool, carry [".whl"]):  bash scripts/device_ab.sh OLD_COMMIT python3 scripts/sweep_gemv_split.py
-#   The command runs from each tree's root (the old tree must have it too), with that tree first on PYTHONPATH.
+#   The command runs from each tree's root, with that tree first on PYTHONPATH. A script the old tree lacks runs
+#   from this tree by its absolute path and still imports the old tree's code:
+#     bash scripts/device_ab.sh 768bc30 python3 $PWD/scripts/bench_quantize.py
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 old=${1:?usage: device_ab.sh OLD_COMMIT COMMAND...}
