@@ -117,7 +117,7 @@ def test_graph_replay_kernels_take_the_host_context_of_the_eager_body():
     names = [k for k, _ in BODY]
     graph = _graph_trace([names, names[:2] + ["some_other_kernel"]])
     match = attach_graph_labels(graph, _eager_trace())
-    assert match == {"replays": 2, "matched": 1, "kernels_per_replay": 3}
+    assert match == {"replays": 2, "matched": 1, "aligned": 0, "kernels_per_replay": 3}  # 2 of 3: too few to align
     s = summarize_trace(graph, "cuda", categories=SERVE_CATEGORIES)
     cats = s["categories_ms_per_step"]
     # replay 1 (matched): in_proj GEMM 10 us, state update 10 us, add 10 us (other); replay 2 (names only): the
@@ -130,6 +130,27 @@ def test_graph_replay_kernels_take_the_host_context_of_the_eager_body():
     assert s["kernels_per_step"] == 3 and s["device_busy_ms_per_step"] == pytest.approx(0.030)
     assert s["kernels_top"][0][1] == pytest.approx(0.010)
     assert "top kernels by GPU time" in format_summary(s)
+
+
+def test_a_replay_that_differs_in_a_few_kernels_is_aligned_along_equal_names():
+    """The eager body launches a kernel the graph does not (and the graph one the body does not): the other
+    kernels still take the body's host context, position by position along the runs of equal names."""
+    body = [(f"kernel_{j}", [f"op_{j}", "serve/mamba"]) for j in range(20)]
+    ev, corr = [_x("ProfilerStep#1", "user_annotation", 0, 1000), _x(GRAPH_BODY, "user_annotation", 1, 900)], 0
+    for j, (kernel, ops) in enumerate(body):
+        t = 2 + 40 * j
+        ev += [_x(op, "user_annotation" if op.startswith("serve/") else "cpu_op", t + 0.1 * d, 10 - d)
+               for d, op in enumerate(reversed(ops))]
+        ev += [_x("cudaLaunchKernel", "cuda_runtime", t + 5, 1, correlation=j + 1),
+               _x(kernel, "kernel", t + 20, 8, pid=0, tid=7, correlation=j + 1)]
+    names = [k for k, _ in body]
+    graph = _graph_trace([names[:7] + names[8:15] + ["graph_only"] + names[15:]])     # kernel_7 missing, one extra
+    match = attach_graph_labels(graph, {"traceEvents": ev})
+    assert match == {"replays": 1, "matched": 0, "aligned": 1, "kernels_per_replay": 20}
+    got = {e["name"]: e["args"].get("labels") for e in graph["traceEvents"] if e.get("cat") == "kernel"}
+    assert got["graph_only"] is None and "kernel_7" not in got
+    for j in set(range(20)) - {7}:                          # each kernel takes its own op's context, none shifted
+        assert f"op_{j}" in got[f"kernel_{j}"] and "serve/mamba" in got[f"kernel_{j}"], (j, got[f"kernel_{j}"])
 
 
 def test_graph_replays_the_profiler_cannot_see_into_are_reported_as_such():
