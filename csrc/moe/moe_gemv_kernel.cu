@@ -262,13 +262,14 @@ int gemv_split_for(int n, int k, int elem_bytes, int touched_groups, int residen
   // H200 sweep (scripts/sweep_gemv_split.py, bench/NOTES.md): BF16 and weights-only FP8 gained where the unsplit
   // grid is under two waves: the best split was the largest that still fits one wave (BF16 shared expert up 116
   // CTAs: 2; down 84: 4), or, with none, the one whose last wave is fullest (BF16 routed down at T = 1, 504 CTAs:
-  // 2). Each lane keeps >= 2 pieces, which caps the split of 1-byte weights at K / 1024.
+  // 2). Each lane keeps >= 1 piece. (A cap of 2 pieces kept weights-only FP8's shared expert down, K = 3,712
+  // bytes, at split 2: 7.8 us where split 4 took 6.8 at 3 CTAs per SM, session 12.)
   const int pieces = k * elem_bytes / 16;                            // 16-byte pieces of one weight row
   auto ctas = [&](int s) { return int64_t((n + kWarps / s * kCh - 1) / (kWarps / s * kCh)) * touched_groups; };
   if (resident < 1 || touched_groups < 1 || ctas(1) >= 2 * int64_t(resident)) return 1;
   int one_wave = 0, fullest = 1;
   double best_fill = 0;
-  for (int s = 1; s <= kWarps && pieces >= 2 * 32 * s; s *= 2) {
+  for (int s = 1; s <= kWarps && pieces >= 32 * s; s *= 2) {
     const int64_t c = ctas(s), waves = (c + resident - 1) / resident;
     if (c <= resident) one_wave = s;
     const double fill = double(c) / double(waves * resident);
