@@ -229,19 +229,27 @@ const char* launch_split(const GroupedGemmParams& p, int touched) {
     const char* v = std::getenv("NK_GEMV_PDL");
     return v != nullptr && v[0] == '1';
   }();
-  cudaLaunchAttribute pdl[1];
-  pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  pdl[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(n_blocks, touched);
-  config.blockDim = dim3(kWarps * 32);
-  config.stream = p.stream;
-  config.attrs = pdl;
-  config.numAttrs = pdl_on ? 1 : 0;
-  cudaError_t err = cudaLaunchKernelEx(&config, gemv_kernel<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>(),
-                                       static_cast<const TA*>(p.a), static_cast<const TB*>(p.b),
-                                       static_cast<__nv_bfloat16*>(p.d), p.a_scale, p.b_scale, p.offsets, p.groups,
-                                       p.m_rows, p.n, p.k);
+  const auto kernel = gemv_kernel<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>();
+  const auto* a = static_cast<const TA*>(p.a);
+  const auto* b = static_cast<const TB*>(p.b);
+  auto* d = static_cast<__nv_bfloat16*>(p.d);
+  const dim3 grid(n_blocks, touched), block(kWarps * 32);
+  cudaError_t err = cudaSuccess;
+  if (pdl_on) {
+    cudaLaunchAttribute pdl[1];
+    pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    pdl[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.stream = p.stream;
+    config.attrs = pdl;
+    config.numAttrs = 1;
+    err = cudaLaunchKernelEx(&config, kernel, a, b, d, p.a_scale, p.b_scale, p.offsets, p.groups, p.m_rows, p.n,
+                             p.k);
+  } else {
+    kernel<<<grid, block, 0, p.stream>>>(a, b, d, p.a_scale, p.b_scale, p.offsets, p.groups, p.m_rows, p.n, p.k);
+  }
   if (err == cudaSuccess) err = cudaGetLastError();
   return err == cudaSuccess ? "" : cudaGetErrorString(err);
 }
