@@ -188,8 +188,8 @@ def moe_experts_fp8(x, topk_idx, topk_weight, up_q, up_scale, down_q, down_scale
         [T, H] bf16. CUDA: permute + CUTLASS FP8 grouped GEMMs (H multiple of 16, I and Is of 16); elsewhere the
         float32 emulation moe_experts_fp8_ref (which also defines the rounding points).
     """
-    shared = (shared_up_q, shared_up_scale, shared_down_q, shared_down_scale)
-    args = (x, topk_idx, topk_weight, up_q, up_scale, down_q, down_scale, *shared)
+    args = (x, topk_idx, topk_weight, up_q, up_scale, down_q, down_scale, shared_up_q, shared_up_scale,
+            shared_down_q, shared_down_scale)
     tensors = [t for t in args if t is not None]
     sizes_ok = (x.dim() == 2 and up_q.dim() == 3 and x.shape[1] % 16 == 0 and up_q.shape[1] % 16 == 0
                 and (shared_up_q is None or shared_up_q.shape[0] % 16 == 0))
@@ -199,40 +199,49 @@ def moe_experts_fp8(x, topk_idx, topk_weight, up_q, up_scale, down_q, down_scale
         return moe_experts_fp8_ref(*args, weights_only=weights_only)
     if weights_only is None:
         weights_only = weights_only_for(topk_idx.numel())
-    if weights_only:
-        return _moe_experts_w8(x.contiguous(), topk_idx.to(torch.int32).contiguous(), topk_weight, *args[3:])
-    nexperts = up_q.shape[0]
-    x_q, x_scale = quantize_fp8_rowwise_op(x.contiguous())                           # [T, H] e4m3, [T]
-    rows, row_scale, row_of_assignment, offsets = moe_permute_scaled_op(
-        x_q, x_scale, topk_idx.to(torch.int32).contiguous(), nexperts, 1)            # [M, H], [M], [T, k], [E+1]
-    h = grouped_gemm_fp8_nt(rows, row_scale, up_q.contiguous(), up_scale.float().contiguous(), offsets, True)
+    shared = None if shared_up_q is None else (*_one_group(shared_up_q, shared_up_scale),
+                                               *_one_group(shared_down_q, shared_down_scale))
+    return _fp8_pipeline(x.contiguous(), topk_idx.to(torch.int32).contiguous(), topk_weight.float().contiguous(),
+                         (up_q.contiguous(), up_scale.float().contiguous(), down_q.contiguous(),
+                          down_scale.float().contiguous()), shared, weights_only)
+
+
+def _one_group(w_q, scale):
+    """The shared expert's e4m3 weight [N, K] and scales [N] as the one-group operands [1, N, K], [1, N]."""
+    return w_q.unsqueeze(0).contiguous(), scale.float().reshape(1, -1).contiguous()
+
+
+def _fp8_mlp(a_q, a_scale, up_q, up_scale, down_q, down_scale, offsets):
+    """e4m3 rows [M, H] with row scales [M] -> FP8 up (dequantised, relu^2 fused), h re-quantised per row, FP8 down
+    -> [M, H] bf16."""
+    h = grouped_gemm_fp8_nt(a_q, a_scale, up_q, up_scale, offsets, True)             # [M, I] bf16
     h_q, h_scale = quantize_fp8_rowwise_op(h)                                         # [M, I] e4m3, [M]
-    y = grouped_gemm_fp8_nt(h_q, h_scale, down_q.contiguous(), down_scale.float().contiguous(), offsets, False)
-    ys = None
-    if shared_up_q is not None:
-        offsets_s = _shared_offsets(x.shape[0], x.device)
-        hs = grouped_gemm_fp8_nt(x_q, x_scale, shared_up_q.unsqueeze(0).contiguous(),
-                                 shared_up_scale.float().reshape(1, -1).contiguous(), offsets_s, True)
-        hs_q, hs_scale = quantize_fp8_rowwise_op(hs)
-        ys = grouped_gemm_fp8_nt(hs_q, hs_scale, shared_down_q.unsqueeze(0).contiguous(),
-                                 shared_down_scale.float().reshape(1, -1).contiguous(), offsets_s, False)
-    return moe_unpermute_op(y, row_of_assignment, topk_weight.float().contiguous(), ys)
+    return grouped_gemm_fp8_nt(h_q, h_scale, down_q, down_scale, offsets, False)      # [M, H]
 
 
-def _moe_experts_w8(x, topk_idx, topk_weight, up_q, up_scale, down_q, down_scale, shared_up_q, shared_up_scale,
-                    shared_down_q, shared_down_scale):
-    """moe_experts_fp8's weights-only pipeline: bf16 rows through the weights-only grouped GEMV, relu^2 fused."""
-    rows, row_of_assignment, offsets = moe_permute_op(x, topk_idx, up_q.shape[0], 1)   # [M, H], [T, k], [E+1]
-    h = grouped_gemm_w8_nt(rows, up_q.contiguous(), up_scale.float().contiguous(), offsets, True)      # [M, I]
-    y = grouped_gemm_w8_nt(h, down_q.contiguous(), down_scale.float().contiguous(), offsets, False)    # [M, H]
-    ys = None
-    if shared_up_q is not None:
-        offsets_s = _shared_offsets(x.shape[0], x.device)
-        hs = grouped_gemm_w8_nt(x, shared_up_q.unsqueeze(0).contiguous(),
-                                shared_up_scale.float().reshape(1, -1).contiguous(), offsets_s, True)    # [T, Is]
-        ys = grouped_gemm_w8_nt(hs, shared_down_q.unsqueeze(0).contiguous(),
-                                shared_down_scale.float().reshape(1, -1).contiguous(), offsets_s, False)  # [T, H]
-    return moe_unpermute_op(y, row_of_assignment, topk_weight.float().contiguous(), ys)
+def _w8_mlp(a, up_q, up_scale, down_q, down_scale, offsets):
+    """Weights-only: bf16 rows [M, H] through the weights-only grouped GEMV, relu^2 fused -> [M, H] bf16."""
+    h = grouped_gemm_w8_nt(a, up_q, up_scale, offsets, True)                          # [M, I]
+    return grouped_gemm_w8_nt(h, down_q, down_scale, offsets, False)                  # [M, H]
+
+
+def _fp8_pipeline(x, topk_idx, weight32, routed, shared, weights_only: bool):
+    """moe_experts_fp8 on the kernels: x [T, H] bf16, topk_idx [T, k] int32, weight32 [T, k] fp32; routed / shared:
+    (up_q, up_scale, down_q, down_scale) as the grouped GEMMs take them (shared: one group, or None). Weights-only:
+    rows permuted as they are; else x quantised per token first and its row scales permuted with it."""
+    nexperts = routed[0].shape[0]
+    offsets_s = _shared_offsets(x.shape[0], x.device) if shared is not None else None
+    if weights_only:
+        rows, row_of_assignment, offsets = moe_permute_op(x, topk_idx, nexperts, 1)  # [M, H], [T, k], [E+1]
+        y = _w8_mlp(rows, *routed, offsets)                                           # [M, H]
+        ys = _w8_mlp(x, *shared, offsets_s) if shared is not None else None          # [T, H]
+    else:
+        x_q, x_scale = quantize_fp8_rowwise_op(x)                                     # [T, H] e4m3, [T]
+        rows, row_scale, row_of_assignment, offsets = moe_permute_scaled_op(
+            x_q, x_scale, topk_idx, nexperts, 1)                                      # [M, H], [M], [T, k], [E+1]
+        y = _fp8_mlp(rows, row_scale, *routed, offsets)
+        ys = _fp8_mlp(x_q, x_scale, *shared, offsets_s) if shared is not None else None
+    return moe_unpermute_op(y, row_of_assignment, weight32, ys)                      # [T, H]
 
 
 def backend_report(device_type: str) -> str:

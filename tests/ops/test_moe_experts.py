@@ -180,3 +180,46 @@ def test_cuda_fp8_nemotron_shapes(ntokens, weights_only):
     assert out.dtype == BF16 and torch.isfinite(out).all()
     assert rel(out) <= 1.25 * rel(emulated) + 1e-3 and rel(out) < 0.1, (rel(out), rel(emulated))
     assert torch.equal(out, moe_experts_fp8(**fp8, weights_only=weights_only)), "not deterministic"
+
+
+@pytest.mark.parametrize("weights_only", [False, True])
+@pytest.mark.parametrize("with_shared", [True, False])
+def test_cpu_fp8_kernel_pipeline_on_reference_entries_is_the_reference(monkeypatch, weights_only, with_shared):
+    """moe_experts_fp8's CUDA pipeline (quantise, permute, FP8 or weights-only grouped GEMMs, the shared expert as
+    one group, unpermute) runs here with each kernel entry swapped for its CPU reference: the plumbing (operand
+    order, scales, offsets, what is quantised) must give moe_experts_fp8_ref's result. CI has no GPU to run it."""
+    import nemotron_kernels.ops.moe_experts as m
+    from nemotron_kernels.reference.grouped_gemm import (grouped_gemm_fp8_ref, grouped_gemm_w8_ref,
+                                                         quantize_fp8_rowwise_ref)
+    from nemotron_kernels.reference.moe_permute import moe_permute_ref, moe_unpermute_ref
+
+    def permute_scaled(x_q, x_scale, topk_idx, nexperts, pad_to):     # e4m3 rows: moved as bytes
+        _, roa, offsets = moe_permute_ref(torch.zeros(x_q.shape[0], 1), topk_idx, nexperts, pad_to)
+        token = torch.arange(topk_idx.numel()) // topk_idx.shape[1]
+        rows = torch.zeros(int(offsets[-1]), x_q.shape[1], dtype=torch.uint8)
+        rows[roa.view(-1).long()] = x_q.view(torch.uint8)[token]
+        row_scale = torch.zeros(int(offsets[-1]))
+        row_scale[roa.view(-1).long()] = x_scale[token]
+        return rows.view(torch.float8_e4m3fn), row_scale, roa, offsets
+
+    def unpermute(rows, roa, weight, add):                              # rounded sum, then + add rounded again
+        out = moe_unpermute_ref(rows, roa, weight)
+        return out if add is None else (out.float() + add.float()).to(out.dtype)
+
+    act = {True: "relu2", False: "none"}
+    monkeypatch.setattr(m, "moe_permute_op", moe_permute_ref)
+    monkeypatch.setattr(m, "moe_permute_scaled_op", permute_scaled)
+    monkeypatch.setattr(m, "moe_unpermute_op", unpermute)
+    monkeypatch.setattr(m, "quantize_fp8_rowwise_op", quantize_fp8_rowwise_ref)
+    monkeypatch.setattr(m, "grouped_gemm_fp8_nt", lambda a, sa, b, sb, o, r: grouped_gemm_fp8_ref(a, sa, b, sb, o, act[r]))
+    monkeypatch.setattr(m, "grouped_gemm_w8_nt", lambda a, b, sb, o, r: grouped_gemm_w8_ref(a, b, sb, o, act[r]))
+    args = make(9, 6, 2, 32, 16, 48 if with_shared else None, seed=7, dtype=torch.bfloat16)
+    fp8 = _fp8_args(args)
+    want = moe_experts_fp8_ref(**fp8, weights_only=weights_only)
+    shared = None
+    if with_shared:
+        shared = (*m._one_group(fp8["shared_up_q"], fp8["shared_up_scale"]),
+                  *m._one_group(fp8["shared_down_q"], fp8["shared_down_scale"]))
+    routed = (fp8["up_q"], fp8["up_scale"].float(), fp8["down_q"], fp8["down_scale"].float())
+    got = m._fp8_pipeline(fp8["x"], fp8["topk_idx"].int(), fp8["topk_weight"].float(), routed, shared, weights_only)
+    assert torch.equal(got, want)           # the same rounding points in the same order, on the same values
