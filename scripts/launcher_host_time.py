@@ -1,34 +1,74 @@
-"""Host time of the Triton ops' launchers at Nemotron 3 Nano prefill shapes (8K tokens), on a CPU, no GPU needed:
-the ops run under TRITON_INTERPRET=1 with the interpreter's kernel execution stubbed out, so what is timed is
-everything the host does per call (checks, plans, tile tables, allocations, argument packing).
-    python scripts/launcher_host_time.py
+"""Host time of the Triton ops' launchers per call: what the host does before the GPU can run an op (checks, plans,
+tile tables, allocations, argument packing, and on a GPU Triton's own launch path).
+    python scripts/launcher_host_time.py              # CPU machine, no GPU: Nemotron 3 Nano prefill shapes (8K)
+    python scripts/launcher_host_time.py --cuda       # H200: real launches at small shapes (the host dominates)
+    ... --profile                                     # also the top functions by own time (cProfile) per op
 Why: a prefill step launches ~2,000 kernels; where the host takes longer per op than the GPU, the GPU waits. The
 H200's prefill profile showed ssd_scan spending ~1 ms of host time per layer (triton.cdiv in a plan loop, bench/
-NOTES.md, session 11). fp16 stands in for bf16 (the interpreter runs tl.dot kernels in fp16/fp32 only); CPU
-allocations stand in for the CUDA caching allocator, and the torch ops an op runs besides its kernels (ssd_scan's
-packed chunk table and final-state select: ~1 ms of the packed case) execute here where a GPU would only launch
-them, so treat the figures as relative."""
+NOTES.md, session 11), and after that fix still ~280 us of SSDScanFn self time before its first kernel in FP8
+prefill (session 12): Triton's JITFunction.run (binding and specialising ~40 arguments) is the suspect, which only
+a GPU run shows.
+CPU mode: the ops run under TRITON_INTERPRET=1 with the interpreter's kernel execution stubbed out; fp16 stands in
+for bf16 (the interpreter runs tl.dot kernels in fp16/fp32 only); CPU allocations stand in for the CUDA caching
+allocator, and the torch ops an op runs besides its kernels (ssd_scan's packed chunk table and final-state select)
+execute here where a GPU would only launch them, so treat the figures as relative.
+CUDA mode: bf16 at L = 256, so each op's kernels take less GPU time than its host path: wall time per call over
+many calls is then the host's; each line also prints the GPU time per call (CUDA events), and says when the GPU,
+not the host, set the pace."""
+import cProfile
+import io
 import os
+import pstats
+import sys
 import time
 
-os.environ["TRITON_INTERPRET"] = "1"
+CUDA = "--cuda" in sys.argv
+PROFILE = "--profile" in sys.argv
+if not CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import torch  # noqa: E402
-import triton.runtime.interpreter as interpreter  # noqa: E402
 
 import nemotron_kernels as nk  # noqa: E402
 
-interpreter.InterpretedFunction.run = lambda self, *args, **kwargs: None     # launch nothing
-L, H, P, G, N, D_INNER, CONV, HID = 8192, 64, 64, 8, 128, 4096, 6144, 2688
-DT = torch.float16
+if not CUDA:
+    import triton.runtime.interpreter as interpreter  # noqa: E402
+    interpreter.InterpretedFunction.run = lambda self, *args, **kwargs: None     # launch nothing
+L = 256 if CUDA else 8192
+H, P, G, N, D_INNER, CONV, HID = 64, 64, 8, 128, 4096, 6144, 2688
+DT = torch.bfloat16 if CUDA else torch.float16
+DEVICE = "cuda" if CUDA else "cpu"
 
 
-def host_us(fn, reps: int = 20) -> float:
-    fn()                                                          # first call: imports, plans, caches
+def host_us(fn, reps: int = 200 if CUDA else 20) -> tuple[float, float | None]:
+    """(wall us per call, GPU us per call or None on the CPU) after a first call (imports, plans, caches)."""
+    fn()
+    if CUDA:
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
     t0 = time.perf_counter()
     for _ in range(reps):
         fn()
-    return (time.perf_counter() - t0) / reps * 1e6
+    wall = (time.perf_counter() - t0) / reps * 1e6
+    if not CUDA:
+        return wall, None
+    end.record()
+    torch.cuda.synchronize()
+    return wall, start.elapsed_time(end) * 1e3 / reps
+
+
+def top_functions(fn, reps: int = 20, n: int = 8) -> str:
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(reps):
+        fn()
+    pr.disable()
+    out = io.StringIO()
+    pstats.Stats(pr, stream=out).sort_stats("tottime").print_stats(n)
+    lines = [s for s in out.getvalue().splitlines()
+             if s.strip() and s.lstrip()[0].isdigit() and "function calls" not in s]            # the table rows
+    return "\n".join("      " + s for s in lines[:n])
 
 
 def main():
@@ -36,11 +76,12 @@ def main():
     g = torch.Generator().manual_seed(0)
 
     def randn(*shape, dtype=DT):
-        return torch.randn(*shape, generator=g).to(dtype)
+        return torch.randn(*shape, generator=g).to(device=DEVICE, dtype=dtype)
 
     x, dt, B, C = randn(1, L, H, P), randn(1, L, H), randn(1, L, G, N), randn(1, L, G, N)
-    A, D, dt_bias = -torch.rand(H, generator=g), randn(H, dtype=torch.float32), randn(H, dtype=torch.float32)
-    cu = torch.tensor([0, L], dtype=torch.int32)
+    A = -torch.rand(H, generator=g).to(DEVICE)
+    D, dt_bias = randn(H, dtype=torch.float32), randn(H, dtype=torch.float32)
+    cu = torch.tensor([0, L], dtype=torch.int32, device=DEVICE)
     xc, w, b = randn(1, L, CONV), randn(CONV, 4), randn(CONV)
     y, z, gw = randn(L, D_INNER), randn(L, D_INNER), randn(D_INNER)
     h, rw = randn(L, HID), randn(HID)
@@ -54,9 +95,16 @@ def main():
         "rmsnorm with residual": lambda: ops.rmsnorm(h, rw, 1e-5, h),
         "gqa_attention (packed)": lambda: ops.gqa_attention(q, k, k, causal=True, cu_seqlens=cu, max_seqlen=L),
     }
+    print(f"{'CUDA, L=' + str(L) + ', bf16' if CUDA else 'CPU (interpreter stubbed), L=' + str(L)}")
     with torch.no_grad():
         for name, fn in cases.items():
-            print(f"{name:40s} {host_us(fn):8.1f} us")
+            wall, gpu = host_us(fn)
+            line = f"{name:40s} {wall:8.1f} us"
+            if gpu is not None:
+                line += f"   GPU {gpu:7.1f} us" + ("   (GPU-bound: host time hidden)" if gpu >= 0.9 * wall else "")
+            print(line, flush=True)
+            if PROFILE:
+                print(top_functions(fn), flush=True)
 
 
 if __name__ == "__main__":
