@@ -14,9 +14,7 @@ root=$PWD
 old_dir=$root/.whl/ab-$old
 
 t0=$(date +%s)
-if ! MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install --no-build-isolation --no-deps --no-index -e . >"$OUT/build_new.log" 2>&1; then
-  tail -40 "$OUT/build_new.log"; echo "BUILD FAILED: this tree"; exit 1
-fi
+nk_build "$OUT/build_new.log" || { echo "(this tree)"; exit 1; }
 rm -rf "$old_dir" && mkdir -p "$old_dir"
 if ! git archive "$old" | tar -x -C "$old_dir"; then echo "no commit $old in this clone"; exit 1; fi
 if ! (cd "$old_dir" && MAX_JOBS=${MAX_JOBS:-16} $PY setup.py build_ext --inplace >"$OUT/build_old.log" 2>&1); then

@@ -12,10 +12,8 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu 
 echo "tree: ${NK_COMMIT:-not given (pass NK_COMMIT=<sha>)}" | tee -a "$OUT/gpu.txt"
 
 t0=$(date +%s)
-if ! MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install --no-build-isolation --no-deps --no-index -e . >"$OUT/build.log" 2>&1; then
-  # Keep going: the Triton kernels and references need no extension; tests that do will fail visibly.
-  tail -60 "$OUT/build.log"; echo "BUILD FAILED (continuing with the tests that do not need _C)"
-fi
+# Keep going on a failed build: the Triton kernels and references need no extension; tests that do fail visibly.
+nk_build "$OUT/build.log" || echo "(continuing with the tests that do not need _C)"
 echo "build: $(( $(date +%s) - t0 )) s"
 $PY -c "import json, nemotron_kernels as nk; print(json.dumps(nk.backends(), indent=1))" 2>&1 | tee "$OUT/backends.txt"
 

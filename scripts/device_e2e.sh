@@ -8,10 +8,7 @@
 # Usage (device tool, carry [".whl"]), from the repository root:  NK_COMMIT=<sha> bash scripts/device_e2e.sh
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
-if ! $PY -c "import nemotron_kernels._C" 2>/dev/null; then
-  MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install --no-build-isolation --no-deps --no-index -e . >"$OUT/build.log" 2>&1 \
-    || { tail -40 "$OUT/build.log"; echo "BUILD FAILED"; }
-fi
+nk_build_if_missing
 
 if [ "${SKIP_TRAIN:-0}" = 0 ]; then
   steps=${TRAIN_STEPS:-12}

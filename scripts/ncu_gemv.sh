@@ -7,14 +7,8 @@
 #   NCU_SECTIONS  ncu sections (default: SpeedOfLight Occupancy LaunchStats WarpStateStats MemoryWorkloadAnalysis)
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
-if ! $PY -c "import nemotron_kernels._C" 2>/dev/null; then
-  MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install --no-build-isolation --no-deps --no-index -e . >"$OUT/build.log" 2>&1 \
-    || { tail -40 "$OUT/build.log"; echo "BUILD FAILED"; }
-fi
-sections=""
-for s in ${NCU_SECTIONS:-SpeedOfLight Occupancy LaunchStats WarpStateStats MemoryWorkloadAnalysis}; do
-  sections="$sections --section $s"
-done
+nk_build_if_missing
+sections=$(ncu_sections SpeedOfLight Occupancy LaunchStats WarpStateStats MemoryWorkloadAnalysis)
 cat >/tmp/ncu_gemv_driver.py <<'PYEOF'
 # Two warm-up rounds, then the profiled one: per shape, the BF16 GEMV and the W8 GEMV at the automatic split.
 import sys, torch

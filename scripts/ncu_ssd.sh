@@ -6,12 +6,8 @@
 #   NCU_SECTIONS  ncu sections (default: SpeedOfLight Occupancy LaunchStats WarpStateStats)
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
-if ! $PY -c "import nemotron_kernels._C" 2>/dev/null; then
-  MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install --no-build-isolation --no-deps --no-index -e . >"$OUT/build.log" 2>&1 \
-    || { tail -40 "$OUT/build.log"; echo "BUILD FAILED"; }
-fi
-sections=""
-for s in ${NCU_SECTIONS:-SpeedOfLight Occupancy LaunchStats WarpStateStats}; do sections="$sections --section $s"; done
+nk_build_if_missing
+sections=$(ncu_sections SpeedOfLight Occupancy LaunchStats WarpStateStats)
 cat >/tmp/ncu_ssd_driver.py <<'PYEOF'
 # Two warm-up calls (Triton compiles, autotunes), then the profiled one: the bench's fwd+bwd step of both.
 import sys, torch

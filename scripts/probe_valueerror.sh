@@ -5,10 +5,7 @@
 # and offset; addr2line names them). Usage (device tool, carry [".whl"]): bash scripts/probe_valueerror.sh
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
-if ! $PY -c "import nemotron_kernels._C" 2>/dev/null; then
-  MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install --no-build-isolation --no-deps --no-index -e . >"$OUT/build.log" 2>&1 \
-    || { tail -40 "$OUT/build.log"; echo "BUILD FAILED"; }
-fi
+nk_build_if_missing
 g++ --version | head -1; which gdb || echo "no gdb"
 cat >/tmp/probe_ve.py <<'PYEOF'
 import faulthandler, torch
