@@ -21,7 +21,6 @@
 #include <cuda_fp8.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <type_traits>
 
 #include "moe/moe_kernels.h"
@@ -105,11 +104,6 @@ __device__ __forceinline__ void grouped_gemv_nt(const TA* __restrict__ a, const 
   __shared__ int s_group;
   __shared__ int64_t s_start, s_end;
   __shared__ float s_part[kSplit > 1 ? kWarps : 1][32];                     // split partial sums, lane-indexed
-  // Programmatic dependent launch (launch_split): this grid may be scheduled while the previous kernel on the
-  // stream still runs. Wait for it (and its memory) before touching global memory, reads and writes alike (the
-  // caching allocator may hand us a buffer it still reads), then let the next PDL kernel be scheduled.
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   if (threadIdx.x < 32) find_group(offsets, groups, m_rows, blockIdx.y, &s_group, &s_start, &s_end);
   __syncthreads();
   const int group = s_group;
@@ -221,36 +215,10 @@ const char* launch_split(const GroupedGemmParams& p, int touched) {
   constexpr int kPerCta = kWarps / kSplit * kCh;                     // channels per CTA
   const int n_blocks = (p.n + kPerCta - 1) / kPerCta;
   if (n_blocks == 0 || touched == 0) return "";
-  // NK_GEMV_PDL=1 (experiment, not yet measured): launched with programmatic stream serialization, the grid is
-  // scheduled as soon as the previous kernel lets it (a GEMV after a GEMV: at its start), so launch latency and CTA
-  // rasterisation could hide under that kernel. The kernel waits for its predecessor (griddepcontrol.wait, a no-op
-  // without the attribute) before any memory access. Read once per process.
-  static const bool pdl_on = [] {
-    const char* v = std::getenv("NK_GEMV_PDL");
-    return v != nullptr && v[0] == '1';
-  }();
-  const auto kernel = gemv_kernel<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>();
-  const auto* a = static_cast<const TA*>(p.a);
-  const auto* b = static_cast<const TB*>(p.b);
-  auto* d = static_cast<__nv_bfloat16*>(p.d);
-  const dim3 grid(n_blocks, touched), block(kWarps * 32);
-  cudaError_t err = cudaSuccess;
-  if (pdl_on) {
-    cudaLaunchAttribute pdl[1];
-    pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    pdl[0].val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = block;
-    config.stream = p.stream;
-    config.attrs = pdl;
-    config.numAttrs = 1;
-    err = cudaLaunchKernelEx(&config, kernel, a, b, d, p.a_scale, p.b_scale, p.offsets, p.groups, p.m_rows, p.n,
-                             p.k);
-  } else {
-    kernel<<<grid, block, 0, p.stream>>>(a, b, d, p.a_scale, p.b_scale, p.offsets, p.groups, p.m_rows, p.n, p.k);
-  }
-  if (err == cudaSuccess) err = cudaGetLastError();
+  gemv_kernel<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>()<<<dim3(n_blocks, touched), kWarps * 32, 0, p.stream>>>(
+          static_cast<const TA*>(p.a), static_cast<const TB*>(p.b), static_cast<__nv_bfloat16*>(p.d), p.a_scale,
+          p.b_scale, p.offsets, p.groups, p.m_rows, p.n, p.k);
+  const cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? "" : cudaGetErrorString(err);
 }
 

@@ -459,37 +459,3 @@ def test_cuda_w8_gemv_every_e4m3_value(split):
     want = grouped_gemm_ref(a.double(), b_q.double() * b_scale.double()[..., None], offsets, "none")
     assert_error_rule(f"w8 GEMV, every e4m3 value, split {split}", out, want, want.to(BF16), 2)
     assert torch.equal(out[3:], want[3:].to(BF16)), "a single weight times 1 must come out exact"
-
-
-_PDL_CHAIN = """
-import sys, torch
-from nemotron_kernels import _ext
-g = torch.Generator(device="cuda").manual_seed(0)
-E, N, K, T = 128, 1856, 2688, 6
-up = torch.randn(E, N, K, device="cuda", generator=g).bfloat16()
-down = torch.randn(E, K, N, device="cuda", generator=g).bfloat16()
-x = torch.randn(T, K, device="cuda", generator=g).bfloat16()
-offsets = torch.zeros(E + 1, dtype=torch.int32, device="cuda")
-offsets[5:] = 1; offsets[40:] = 3; offsets[90:] = T
-outs = []
-for _ in range(3):                        # GEMVs back to back: each may be scheduled under its predecessor
-    h = _ext._C.grouped_gemm_nt(x, up, offsets, True, 2, 0)
-    outs.append(_ext._C.grouped_gemm_nt(h, down, offsets, False, 2, 0))
-torch.save(torch.stack(outs).cpu(), sys.argv[1])
-"""
-
-
-@pytest.mark.cuda
-def test_cuda_gemv_with_programmatic_dependent_launch_gives_the_same_bits(tmp_path):
-    """NK_GEMV_PDL=1 (read once per process, so in subprocesses) changes when GEMVs are scheduled, not what they
-    compute: an up -> down chain, three times over, equals the run without it bitwise."""
-    import os
-    import subprocess
-    import sys
-    got = {}
-    for pdl in ("0", "1"):
-        path = tmp_path / f"pdl{pdl}.pt"
-        subprocess.run([sys.executable, "-c", _PDL_CHAIN, str(path)], check=True,
-                       env={**os.environ, "NK_GEMV_PDL": pdl})
-        got[pdl] = torch.load(path)
-    assert torch.equal(got["0"], got["1"]) and torch.equal(got["1"][0], got["1"][2])
