@@ -13,8 +13,8 @@ for bf16 (the interpreter runs tl.dot kernels in fp16/fp32 only); CPU allocation
 allocator, and the torch ops an op runs besides its kernels (ssd_scan's packed chunk table and final-state select)
 execute here where a GPU would only launch them, so treat the figures as relative.
 CUDA mode: bf16 at L = 256, so each op's kernels take less GPU time than its host path: wall time per call over
-many calls is then the host's; each line also prints the GPU time per call (CUDA events), and says when the GPU,
-not the host, set the pace."""
+many calls is then the host's; each line also prints the GPU's busy time per call (kernel, copy and fill durations
+from the profiler) and says which side set the pace."""
 import cProfile
 import io
 import os
@@ -40,22 +40,34 @@ DT = torch.bfloat16 if CUDA else torch.float16
 DEVICE = "cuda" if CUDA else "cpu"
 
 
-def host_us(fn, reps: int = 200 if CUDA else 20) -> tuple[float, float | None]:
-    """(wall us per call, GPU us per call or None on the CPU) after a first call (imports, plans, caches)."""
+def host_us(fn, reps: int = 200 if CUDA else 20) -> float:
+    """Wall us per call over back-to-back calls, after a first call (imports, plans, caches). When the host is the
+    slower side this is its time per call; the GPU then idles between the op's kernels."""
     fn()
     if CUDA:
         torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
     t0 = time.perf_counter()
     for _ in range(reps):
         fn()
-    wall = (time.perf_counter() - t0) / reps * 1e6
-    if not CUDA:
-        return wall, None
-    end.record()
+    if CUDA:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / reps * 1e6
+
+
+def gpu_busy_us(fn, reps: int = 50) -> tuple[float, float]:
+    """(GPU us per call, device activities per call): the op's kernels, copies and fills summed from the profiler's
+    device records. Events around the calls would also span the GPU's idle time between kernels, which at these
+    small shapes is the host's time: the first version of this script (session 12) misread host time as GPU time."""
+    from torch.profiler import ProfilerActivity, profile
     torch.cuda.synchronize()
-    return wall, start.elapsed_time(end) * 1e3 / reps
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    device = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    if not device:
+        raise RuntimeError("the profiler recorded no device activity (CUPTI unavailable?)")
+    return sum(e.time_range.elapsed_us() for e in device) / reps, len(device) / reps
 
 
 def top_functions(fn, reps: int = 20, n: int = 8) -> str:
@@ -98,10 +110,12 @@ def main():
     print(f"{'CUDA, L=' + str(L) + ', bf16' if CUDA else 'CPU (interpreter stubbed), L=' + str(L)}")
     with torch.no_grad():
         for name, fn in cases.items():
-            wall, gpu = host_us(fn)
+            wall = host_us(fn)
             line = f"{name:40s} {wall:8.1f} us"
-            if gpu is not None:
-                line += f"   GPU {gpu:7.1f} us" + ("   (GPU-bound: host time hidden)" if gpu >= 0.9 * wall else "")
+            if CUDA:
+                gpu, launches = gpu_busy_us(fn)
+                bound = "host-bound" if wall > 1.1 * gpu else "GPU-bound"
+                line += f"   GPU busy {gpu:7.1f} us in {launches:.0f} kernels/copies   ({bound})"
             print(line, flush=True)
             if PROFILE:
                 print(top_functions(fn), flush=True)
