@@ -233,9 +233,12 @@ def _gqa_attn_bwd_dq_kernel(
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages), fixed per head dim (a fresh machine compiles three kernels, no
-# autotuning). dk/dv at D=128: 64x128 spills ~200 B/thread (ptxas), 32x128 ~16 B. Interpreter: small tiles.
-DKDV_CONFIGS = {128: (32, 128, 8, 2), 64: (64, 128, 8, 2)}
-DQ_CONFIGS = {128: (128, 64, 8, 2), 64: (128, 64, 8, 2)}
+# autotuning). D=128 from scripts/sweep_gqa_attention_bwd.py on the H200 (bench/NOTES.md, session 13): the whole
+# backward at B4 S8K 24.4 -> 19.4 ms, B1 S32K 82.5 -> 69.1 ms against dk/dv (32, 128, 8, 2), dq (128, 64, 8, 2).
+# AOT (Triton 3.8): dk/dv 32x64 w4 255 registers + 64 B of stack (64x128 w8: 176 B), dq 214 registers, no stack.
+# Interpreter: small tiles.
+DKDV_CONFIGS = {128: (32, 64, 4, 3), 64: (64, 128, 8, 2)}
+DQ_CONFIGS = {128: (128, 64, 8, 3), 64: (128, 64, 8, 2)}
 INTERPRET_DKDV_CONFIG = (32, 16, 4, 1)
 INTERPRET_DQ_CONFIG = (32, 16, 4, 1)
 PREPROCESS_BLOCK = 64
