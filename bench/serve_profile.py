@@ -72,7 +72,8 @@ SERVE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("fp8 activation quantise (projections)", ("serve/fp8_quantize",)),
     ("moe shared expert", (SHARED,)),
     # our MoE and router kernels by their own names, before any host context ("serve/moe", a GEMM op) claims them
-    ("router (fp32 gate, top-k)", ("moe_router", "nk::router::")),
+    # MoeRouterFn: the router's own host op, so its fp32 cast and cuBLAS logits GEMM count here, not as "moe other"
+    ("router (fp32 gate, top-k)", ("moe_router", "nk::router::", "moerouterfn")),
     ("moe permute / unpermute / quantise", ("moe_permute", "moe_unpermute", "quantize_fp8", "quantize_rows_fp8",
                                             "rank_in_chunk", "expert_offsets_kernel", "assign_rows", "gather_rows",
                                             "unpermute", "zero_fill_kernel", "permute_one_chunk")),
