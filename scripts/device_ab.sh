@@ -1,11 +1,23 @@
 #!/usr/bin/env bash
 # One GPU call, an A/B: build this tree and an older commit side by side and run the same command under each, so
 # a kernel change is measured against its predecessor on one machine, in one run. Logs in $OUT.
-# Usage (device tool, carry [".whl"]):  bash scripts/device_ab.sh OLD_COMMIT python3 scripts/sweep_gemv_split.py
+# The GPU machine's copy of .git can be older than this checkout (session 13: `git archive` found no f92cd0e
+# there), so extract the old tree here first, into .whl/ (carried, ignored by git):
+#   bash scripts/device_ab.sh --prepare OLD_COMMIT                     # CPU machine
+# then (device tool, carry [".whl"]):
+#   bash scripts/device_ab.sh OLD_COMMIT python3 scripts/sweep_gemv_split.py
 #   The command runs from each tree's root, with that tree first on PYTHONPATH. A script the old tree lacks runs
 #   from this tree by its absolute path and still imports the old tree's code:
 #     bash scripts/device_ab.sh 768bc30 python3 $PWD/scripts/bench_quantize.py
+# Without a prepared tree the old commit is taken from the machine's .git, if it has it.
 set -uo pipefail
+if [ "${1:-}" = "--prepare" ]; then
+  old=${2:?usage: device_ab.sh --prepare OLD_COMMIT}
+  dir=.whl/ab-$old
+  rm -rf "$dir" && mkdir -p "$dir" && git archive "$old" | tar -x -C "$dir" || exit 1
+  echo "prepared $dir ($(du -sh "$dir" | cut -f1)); carry [\".whl\"] on the device call"
+  exit 0
+fi
 source "$(dirname "$0")/device_env.sh"
 old=${1:?usage: device_ab.sh OLD_COMMIT COMMAND...}
 shift
@@ -15,8 +27,13 @@ old_dir=$root/.whl/ab-$old
 
 t0=$(date +%s)
 nk_build "$OUT/build_new.log" || { echo "(this tree)"; exit 1; }
-rm -rf "$old_dir" && mkdir -p "$old_dir"
-if ! git archive "$old" | tar -x -C "$old_dir"; then echo "no commit $old in this clone"; exit 1; fi
+if [ ! -f "$old_dir/setup.py" ]; then
+  rm -rf "$old_dir" && mkdir -p "$old_dir"
+  if ! git archive "$old" 2>/dev/null | tar -x -C "$old_dir" 2>/dev/null; then
+    echo "no commit $old in this machine's clone: run 'bash scripts/device_ab.sh --prepare $old' on the CPU machine"
+    exit 1
+  fi
+fi
 if ! (cd "$old_dir" && MAX_JOBS=${MAX_JOBS:-16} $PY setup.py build_ext --inplace >"$OUT/build_old.log" 2>&1); then
   tail -40 "$OUT/build_old.log"; echo "BUILD FAILED: $old"; exit 1
 fi
