@@ -3,7 +3,9 @@
     PYTHONPATH=. python3 scripts/sweep_ssd.py --registers  # no GPU: registers / spills / shared memory (sm_90a AOT)
 Every main kernel ran at 1 program per SM (194-255 registers x 8 warps, 12.5% occupancy: latency bound); the
 candidates below (from the --registers report, Triton 3.8) hold 2+ programs (or 16 warps) per SM, a few at the cost
-of small spills (maxnreg caps); the GPU table prints the registers / spills of its own Triton's compile.
+of small spills (maxnreg caps); the GPU table prints the registers / spills of its own Triton's compile. The
+3-stage candidates (session 13, after 3 stages gave the attention backward 1.2x) are those whose shared memory grew
+with the stage count, i.e. whose loads Triton pipelines (dx and chunk_scan at 4 warps compiled the same as 2 stages).
 Each candidate runs on the same inputs as the op's default tile and must match its outputs (same math, other
 tiling: max |a - b| / max |b| <= 1e-2); times are triton.testing.do_bench medians (L2 flushed between runs).
 The states stages are timed with their state passing (segments follow the candidate's programs_per_sm)."""
@@ -34,6 +36,8 @@ CANDIDATES = {
         dict(BLOCK_P=16, num_warps=4, num_stages=2, programs_per_sm=2),
         dict(BLOCK_P=64, num_warps=8, num_stages=2, programs_per_sm=1),     # the default before session 9
         dict(BLOCK_P=32, num_warps=8, num_stages=2, maxnreg=128, programs_per_sm=2),
+        dict(BLOCK_P=32, num_warps=4, num_stages=3, programs_per_sm=2),
+        dict(BLOCK_P=16, num_warps=4, num_stages=3, programs_per_sm=2),
     ],
     "bwd_chunk_state": [
         dict(BLOCK_P=64, num_warps=8, num_stages=1),
@@ -48,6 +52,7 @@ CANDIDATES = {
         dict(autotune=False, BLOCK_M=32, HEADS_PER_PROG=1, num_warps=4, num_stages=2),
         dict(autotune=False, BLOCK_M=32, HEADS_PER_PROG=1, num_warps=8, num_stages=2, maxnreg=128),
         dict(autotune=False, BLOCK_M=128, HEADS_PER_PROG=1, num_warps=8, num_stages=2),
+        dict(autotune=False, BLOCK_M=64, num_warps=8, num_stages=3),
     ],
     "dx": [
         dict(num_warps=16, num_stages=1),
@@ -59,6 +64,7 @@ CANDIDATES = {
         dict(BLOCK_M=16, num_warps=8, num_stages=1),
         dict(BLOCK_M=16, num_warps=8, num_stages=1, maxnreg=128),
         dict(BLOCK_M=32, num_warps=8, num_stages=1, maxnreg=128),
+        dict(BLOCK_M=16, num_warps=4, num_stages=3),
     ],
     "db": [
         dict(BLOCK_M=16, num_warps=4, num_stages=2),
@@ -66,6 +72,7 @@ CANDIDATES = {
         dict(BLOCK_M=32, num_warps=8, num_stages=1, maxnreg=128),
         dict(BLOCK_M=64, num_warps=8, num_stages=1),
         dict(BLOCK_M=16, num_warps=8, num_stages=1, maxnreg=128),
+        dict(BLOCK_M=16, num_warps=4, num_stages=3),
     ],
 }
 
