@@ -233,7 +233,7 @@ def _gqa_attn_bwd_dq_kernel(
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages), fixed per head dim (a fresh machine compiles three kernels, no
-# autotuning). D=128 from scripts/sweep_gqa_attention_bwd.py on the H200 (bench/NOTES.md, session 13): the whole
+# autotuning). D=128 from scripts/sweep_gqa_attention.py on the H200 (bench/NOTES.md, session 13): the whole
 # backward at B4 S8K 24.4 -> 19.4 ms, B1 S32K 82.5 -> 69.1 ms against dk/dv (32, 128, 8, 2), dq (128, 64, 8, 2).
 # AOT (Triton 3.8): dk/dv 32x64 w4 255 registers + 64 B of stack (64x128 w8: 176 B), dq 214 registers, no stack.
 # Interpreter: small tiles.
