@@ -4,7 +4,8 @@ module in the current Triton mode, and the multiprocessor count.
 Triton decides at *decoration* time whether `@triton.jit` builds a compiled kernel or a CPU-interpreted one
 (TRITON_INTERPRET=1). `kernel_module(name)` imports a kernel module and re-imports it when the mode changed since
 it was loaded, so one process can run interpreted kernels (tests on CPU tensors) and compiled ones.
-The domain modules (mamba_common, gqa_attention_common) add dispatch rules, backend reports and AOT compiles.
+The domain modules (mamba_common, gqa_attention_common) add dispatch rules and backend reports; aot_compile
+(sm_90a without a GPU) serves every kernel module's aot_compile_all.
 """
 import functools
 import importlib
@@ -87,3 +88,39 @@ def sm_count(device: torch.device, cpu: int) -> int:
     if device.type != "cuda":
         return cpu
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def aot_compile(kernel, signature: dict, constexprs: dict, num_warps: int = 4, num_stages: int = 2,
+                arch: int = 90, unaligned: tuple = (), aligned: tuple = (), maxnreg: int | None = None):
+    """Compile `kernel` (a triton.jit function, or an Autotuner / Heuristics around one) for sm_<arch>a without a
+    GPU; returns the CompiledKernel (.asm["ptx"], .asm["cubin"]).
+    maxnreg: ptxas' cap on registers per thread (None: ptxas chooses, up to 255).
+
+    signature: {arg: "*bf16" | "*fp32" | "i32" | "i64" | "fp32" ...} for every runtime argument;
+    constexprs: {arg: value}. Pointers are declared 16-byte aligned and `stride_*` ints divisible by 16 (except
+    those named in `unaligned`), like the other ints named in `aligned`: the specialisation the JIT launcher gets
+    at NemotronH shapes (e.g. x's row stride 10304 inside in_proj's output, 6144 channels). Must run with
+    TRITON_INTERPRET unset."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = kernel
+    while not isinstance(fn, triton.runtime.JITFunction):   # unwrap Autotuner / Heuristics
+        if not hasattr(fn, "fn"):
+            raise TypeError(f"aot_compile needs a compiled-mode triton.jit kernel, got {type(kernel).__name__} "
+                            "(is TRITON_INTERPRET set?)")
+        fn = fn.fn
+    sig, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            sig[name] = "constexpr"
+            continue
+        if name not in signature:
+            raise KeyError(f"aot_compile: no type for argument {name!r} of {fn.__name__}")
+        sig[name] = signature[name]
+        if signature[name].startswith("*") or name in aligned or (name.startswith("stride_") and name not in unaligned):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": num_warps, "num_stages": num_stages, "maxnreg": maxnreg})

@@ -8,7 +8,8 @@ positions) and head `m % PACK` (of the tile's head chunk); a tile covers BLOCK_M
 import torch
 
 from . import common
-from .common import interpreting, kernel_module, triton_status  # noqa: F401  (the ops' and kernels' entry points)
+# the ops' and kernel modules' entry points
+from .common import aot_compile, interpreting, kernel_module, triton_status  # noqa: F401
 
 LOG2E = 1.4426950408889634   # exp(x) = exp2(x * LOG2E): kernels prescale the softmax scale by it
 LN2 = 0.6931471805599453
@@ -58,36 +59,3 @@ def dot_precision(dtype: torch.dtype):
 def triton_dtype_name(dtype: torch.dtype) -> str:
     return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
             torch.float8_e4m3fn: "fp8e4nv", torch.int32: "i32", torch.int64: "i64"}[dtype]
-
-
-def aot_compile(kernel, signature: dict, constexprs: dict, num_warps: int, num_stages: int, arch: int = 90):
-    """Compile `kernel` (a triton.jit function, or an Autotuner around one) for sm_<arch>a without a GPU.
-
-    signature: {arg: "*bf16" | "i32" | "fp32" | ...} for the runtime arguments; constexprs: {arg: value}.
-    Pointer arguments are declared 16-byte aligned and every i32 named `stride_*` divisible by 16, as the
-    launcher's specialisation does for the shapes we run. Returns the CompiledKernel (its .asm["ptx"] holds
-    the PTX)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    fn = kernel
-    while not isinstance(fn, triton.runtime.JITFunction):   # unwrap Autotuner / Heuristics
-        if not hasattr(fn, "fn"):
-            raise TypeError(f"aot_compile needs a compiled-mode triton.jit kernel, got {type(kernel).__name__} "
-                            "(is TRITON_INTERPRET set?)")
-        fn = fn.fn
-    sig = {}
-    attrs = {}
-    for i, name in enumerate(fn.arg_names):
-        if name in constexprs:
-            sig[name] = "constexpr"
-            continue
-        if name not in signature:
-            raise KeyError(f"aot_compile: no type for argument {name!r} of {fn.__name__}")
-        sig[name] = signature[name]
-        if signature[name].startswith("*") or (name.startswith("stride_") and signature[name] == "i32"):
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": num_warps, "num_stages": num_stages})

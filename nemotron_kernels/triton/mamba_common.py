@@ -4,7 +4,8 @@ is triton/common.py's."""
 import torch
 
 from . import common
-from .common import dep_tokens, interpreting, kernel_module, triton_status  # noqa: F401  (the ops' entry points)
+# the ops' and kernel modules' entry points
+from .common import aot_compile, dep_tokens, interpreting, kernel_module, triton_status  # noqa: F401
 
 
 def use_triton(*tensors: torch.Tensor, dot_kernel: bool = False) -> bool:
@@ -52,36 +53,3 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 TL_DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
                   torch.int32: "i32", torch.int64: "i64"}
-
-
-def aot_compile(kernel, signature: dict, constexprs: dict, num_warps: int = 4, num_stages: int = 2,
-                arch: int = 90, unaligned: tuple = (), aligned: tuple = (), maxnreg: int | None = None):
-    """Compile `kernel` (a triton.jit function) for sm_<arch>a without a GPU; returns the CompiledKernel.
-    maxnreg: ptxas' cap on registers per thread (None: ptxas chooses, up to 255).
-
-    signature: {arg: "*bf16" | "*fp32" | "i32" | "i64" | "fp32" ...} for every runtime argument;
-    constexprs: {arg: value}. Pointers are declared 16-byte aligned and `stride_*` ints divisible by 16 (except
-    those named in `unaligned`), like the other ints named in `aligned`: the specialisation the JIT launcher gets
-    at NemotronH shapes (e.g. x's row stride 10304 inside in_proj's output, 6144 channels). Must run with
-    TRITON_INTERPRET unset."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    fn = kernel
-    if not hasattr(fn, "arg_names") or not hasattr(fn, "src"):
-        raise TypeError(f"aot_compile needs a compiled-mode triton.jit kernel, got {type(kernel).__name__} "
-                        "(is TRITON_INTERPRET set?)")
-    sig, attrs = {}, {}
-    for i, name in enumerate(fn.arg_names):
-        if name in constexprs:
-            sig[name] = "constexpr"
-            continue
-        if name not in signature:
-            raise KeyError(f"aot_compile: no type for argument {name!r} of {fn.__name__}")
-        sig[name] = signature[name]
-        if signature[name].startswith("*") or name in aligned or (name.startswith("stride_") and name not in unaligned):
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": num_warps, "num_stages": num_stages, "maxnreg": maxnreg})
