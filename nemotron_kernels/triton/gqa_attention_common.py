@@ -59,3 +59,17 @@ def dot_precision(dtype: torch.dtype):
 def triton_dtype_name(dtype: torch.dtype) -> str:
     return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
             torch.float8_e4m3fn: "fp8e4nv", torch.int32: "i32", torch.int64: "i64"}[dtype]
+
+
+def descale_arg(descale, rows: int, hkv: int, device):
+    """A descale (None or an fp32-able tensor of 1 or [rows or 1, Hkv] elements; rows: sequences, or the decode
+    batch) -> (fp32 tensor | None, stride over rows, stride over kv heads); broadcast dimensions get stride 0."""
+    if descale is None:
+        return None, 0, 0
+    assert descale.device == device, f"descale on {descale.device}, q on {device}"
+    t = descale.to(torch.float32)
+    if t.numel() == 1:
+        return t.reshape(1), 0, 0
+    assert t.dim() == 2 and t.shape[0] in (1, rows) and t.shape[1] == hkv, \
+        f"descale must have 1 or [{rows} or 1, Hkv={hkv}] elements, got {tuple(t.shape)}"
+    return t, (t.stride(0) if t.shape[0] > 1 else 0), t.stride(1)

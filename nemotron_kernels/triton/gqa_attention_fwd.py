@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .common import cdiv
-from .gqa_attention_common import LOG2E, aot_compile, dot_precision, interpreting, pack_heads
+from .gqa_attention_common import LOG2E, aot_compile, descale_arg, dot_precision, interpreting, pack_heads
 
 INTERPRETED = interpreting()   # the mode these kernels were defined in (see gqa_attention_common.kernel_module)
 
@@ -303,20 +303,6 @@ def check_qkv(q, k, v, cu_seqlens, max_seqlen):
         assert max_seqlen is not None and max_seqlen >= 0, "with cu_seqlens, max_seqlen (an int) is required"
 
 
-def _descale_arg(descale, rows: int, hkv: int, device):
-    """A descale (None or an fp32-able tensor of 1 or [rows or 1, Hkv] elements) -> (fp32 tensor | None, stride over
-    batch rows, stride over kv heads); broadcast dimensions get stride 0."""
-    if descale is None:
-        return None, 0, 0
-    assert descale.device == device, f"descale on {descale.device}, q on {device}"
-    t = descale.to(torch.float32)
-    if t.numel() == 1:
-        return t.reshape(1), 0, 0
-    assert t.dim() == 2 and t.shape[0] in (1, rows) and t.shape[1] == hkv, \
-        f"descale must have 1 or [{rows} or 1, Hkv={hkv}] elements, got {tuple(t.shape)}"
-    return t, (t.stride(0) if t.shape[0] > 1 else 0), t.stride(1)
-
-
 def gqa_attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens=None, max_seqlen=None, config=None,
                       q_descale=None, k_descale=None, v_descale=None, out_scale: float = 1.0):
     """Launch the forward kernel. q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D] -> (o like q (bf16 for fp8 q),
@@ -345,7 +331,7 @@ def gqa_attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens=No
     pack, chunks = pack_heads(group, block_m)
     common = dict(GROUP=group, PACK=pack, HEAD_DIM=d, CAUSAL=bool(causal), VARLEN=varlen, IS_FP8=is_fp8,
                   INPUT_PRECISION=dot_precision(q.dtype))
-    descales = [_descale_arg(t, num_seqs, hkv, q.device) for t in (q_descale, k_descale, v_descale)]
+    descales = [descale_arg(t, num_seqs, hkv, q.device) for t in (q_descale, k_descale, v_descale)]
     use_tma = tma_eligible(k, v) and (q.is_cuda if config is None else config[4])
     if is_fp8:
         v = transpose_v_fp8(v, cu_seqlens if varlen else None)                   # [B, Hkv, D, Sk']

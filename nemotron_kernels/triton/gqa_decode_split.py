@@ -44,7 +44,8 @@ import triton
 import triton.language as tl
 
 from .common import cdiv, next_power_of_2
-from .gqa_attention_common import LOG2E, aot_compile, dot_precision, interpreting, kernel_module, pack_heads, sm_count
+from .gqa_attention_common import (LOG2E, aot_compile, descale_arg, dot_precision, interpreting, kernel_module,
+                                   pack_heads, sm_count)
 
 INTERPRETED = interpreting()   # the mode these kernels were defined in (see gqa_attention_common.kernel_module)
 INTERPRET = tl.constexpr(INTERPRETED)
@@ -373,19 +374,6 @@ def check_decode_inputs(q, k_cache, v_cache, block_table, seq_lens):
         assert t.device == q.device, f"{name} is on {t.device}, q on {q.device}"
 
 
-def _descale_arg(descale, bsz: int, hkv: int, device):
-    """None, or a tensor of 1 or [B or 1, Hkv] elements -> (fp32 tensor | None, batch stride, head stride)."""
-    if descale is None:
-        return None, 0, 0
-    assert descale.device == device, f"descale on {descale.device}, q on {device}"
-    t = descale.to(torch.float32)
-    if t.numel() == 1:
-        return t.reshape(1), 0, 0
-    assert t.dim() == 2 and t.shape[0] in (1, bsz) and t.shape[1] == hkv, \
-        f"descale must have 1 or [B={bsz} or 1, Hkv={hkv}] elements, got {tuple(t.shape)}"
-    return t, (t.stride(0) if t.shape[0] > 1 else 0), t.stride(1)
-
-
 def gqa_decode_fwd(q, k_cache, v_cache, block_table, seq_lens, softmax_scale: float, num_splits=None, config=None,
                    k_descale=None, v_descale=None, out_scale: float = 1.0, transposed=None):
     """Launch paged decode attention. q [B, Sq, Hq, D] -> o [B, Sq, Hq, D] in q's dtype. Caches in q's dtype or
@@ -424,7 +412,7 @@ def gqa_decode_fwd(q, k_cache, v_cache, block_table, seq_lens, softmax_scale: fl
         softmax_scale, k_descale = softmax_scale * float(k_descale), None
     if v_descale is not None and not isinstance(v_descale, torch.Tensor):
         out_scale, v_descale = out_scale * float(v_descale), None
-    (kd, kd_b, kd_h), (vd, vd_b, vd_h) = (_descale_arg(t, bsz, hkv, q.device) for t in (k_descale, v_descale))
+    (kd, kd_b, kd_h), (vd, vd_b, vd_h) = (descale_arg(t, bsz, hkv, q.device) for t in (k_descale, v_descale))
     _gqa_decode_split_kernel[(num_splits, m_tiles * chunks, bsz * hkv)](
         q, k_cache, v_cache, block_table, seq_lens, o, o_part, lse_part, kd, vd,
         q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
