@@ -63,6 +63,18 @@ class ForwardMeta:
     router_ids: list | None = None             # per MoE layer: [T, k] int32 experts the router selected
     _parts: tuple | None = field(default=None, repr=False, compare=False)
 
+    def record_routing(self, x2: torch.Tensor, gate_weight: torch.Tensor, counts: torch.Tensor,
+                       topk_idx: torch.Tensor) -> None:
+        """A MoE layer's routing, for the lists that were asked for: counts [E], the sigmoid scores [T, E] of the
+        tokens x2 [T, H] (fp32, differentiable in x2 and the gate), the chosen experts topk_idx [T, k]."""
+        if self.router_counts is not None:
+            self.router_counts.append(counts)
+        if self.router_ids is not None:
+            self.router_ids.append(topk_idx)
+        if self.router_scores is not None:
+            cdtype = torch.promote_types(x2.dtype, torch.float32)
+            self.router_scores.append(torch.sigmoid(F.linear(x2.to(cdtype), gate_weight.to(cdtype))))
+
     @property
     def mixed(self) -> bool:
         """Decode tokens and prefill chunks in one call (activations [T, H])."""
@@ -335,13 +347,7 @@ class MoE(nn.Module):
             self.n_group, self.topk_group)                                    # [T, k] int32, [T, k] fp32, [E] int32
         y = ops.moe_experts(x2, topk_idx, topk_weight, self.experts.up_proj, self.experts.down_proj,
                             self.shared_experts.up_proj.weight, self.shared_experts.down_proj.weight)  # [T, H]
-        if meta.router_counts is not None:
-            meta.router_counts.append(counts)
-        if meta.router_ids is not None:
-            meta.router_ids.append(topk_idx)
-        if meta.router_scores is not None:
-            cdtype = torch.promote_types(x2.dtype, torch.float32)
-            meta.router_scores.append(torch.sigmoid(F.linear(x2.to(cdtype), self.gate.weight.to(cdtype))))
+        meta.record_routing(x2, self.gate.weight, counts, topk_idx)
         return y.view_as(x)
 
 

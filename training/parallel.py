@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -127,13 +126,7 @@ class ExpertParallelMoE(nn.Module):
         routed = torch.zeros(x2.shape, device=x.device, dtype=torch.float32).index_add(
             0, token_of_row, y_rows.float() * w_rows[:, None])                             # [T, H]
         y = routed.to(x.dtype) + self.shared_experts(x2, meta)
-        if meta.router_counts is not None:
-            meta.router_counts.append(counts)
-        if meta.router_ids is not None:
-            meta.router_ids.append(topk_idx)
-        if meta.router_scores is not None:
-            cdtype = torch.promote_types(x2.dtype, torch.float32)
-            meta.router_scores.append(torch.sigmoid(F.linear(x2.to(cdtype), self.gate.weight.to(cdtype))))
+        meta.record_routing(x2, self.gate.weight, counts, topk_idx)
         return y.view_as(x)
 
 
