@@ -35,9 +35,26 @@ from .moe_permute import (MAX_EXPERTS, MAX_TOP_K, moe_permute_op, moe_permute_sc
                           moe_unpermute_op)
 
 
+_SHARED_OFFSETS: dict = {}     # (T, device, CUDA stream) -> [0, T] int32, for T <= _SHARED_OFFSETS_MAX_T
+_SHARED_OFFSETS_MAX_T = 1024
+
+
 def _shared_offsets(ntokens: int, device: torch.device) -> torch.Tensor:
-    """[0, T] int32 made on the device (a host tensor would need a copy, and a sync)."""
-    return torch.arange(0, 2 * ntokens, ntokens, dtype=torch.int32, device=device)
+    """[0, T] int32 made on the device (a host tensor would need a copy, and a sync): the shared expert's one group.
+    Kept per (T, device, stream) for decode-sized T, never freed, so a CUDA-graph capture, whose eager warm-up on the
+    same stream made it, reads it instead of capturing an arange in every MoE layer (23 kernels per decode step in
+    Nano). Not kept when made during a capture (graph memory) or under inference_mode (it may be saved for a
+    backward later)."""
+    stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+    key = (ntokens, device, stream)
+    kept = _SHARED_OFFSETS.get(key)
+    if kept is not None:
+        return kept
+    t = torch.arange(0, 2 * ntokens, ntokens, dtype=torch.int32, device=device)
+    capturing = stream is not None and torch.cuda.is_current_stream_capturing()
+    if ntokens <= _SHARED_OFFSETS_MAX_T and not capturing and not torch.is_inference_mode_enabled():
+        _SHARED_OFFSETS[key] = t
+    return t
 
 
 class MoeExpertsFn(torch.autograd.Function):
