@@ -44,7 +44,9 @@ def _shared_offsets(ntokens: int, device: torch.device) -> torch.Tensor:
     Kept per (T, device, stream) for decode-sized T, never freed, so a CUDA-graph capture, whose eager warm-up on the
     same stream made it, reads it instead of capturing an arange in every MoE layer (23 kernels per decode step in
     Nano). Not kept when made during a capture (graph memory) or under inference_mode (it may be saved for a
-    backward later)."""
+    backward later). Under torch.compile the plain arange is traced."""
+    if torch.compiler.is_compiling():
+        return torch.arange(0, 2 * ntokens, ntokens, dtype=torch.int32, device=device)
     stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
     key = (ntokens, device, stream)
     kept = _SHARED_OFFSETS.get(key)

@@ -83,7 +83,7 @@ def test_cuda_forward_nemotron_shapes(ntokens):
 
 
 def test_shared_offsets_are_kept_for_decode_sizes_only():
-    from nemotron_kernels.ops.moe_experts import _SHARED_OFFSETS_MAX_T, _shared_offsets
+    from nemotron_kernels.ops.moe_experts import _SHARED_OFFSETS, _SHARED_OFFSETS_MAX_T, _shared_offsets
     cpu = torch.device("cpu")
     kept = _shared_offsets(3, cpu)
     assert kept.tolist() == [0, 3] and kept.dtype == torch.int32
@@ -93,6 +93,8 @@ def test_shared_offsets_are_kept_for_decode_sizes_only():
     with torch.inference_mode():                       # an inference tensor could not be saved for a backward later
         assert _shared_offsets(5, cpu) is not _shared_offsets(5, cpu)
     assert not _shared_offsets(5, cpu).is_inference()
+    traced = torch.compile(lambda n: _shared_offsets(n, cpu) + 0, fullgraph=True)      # traced as a plain arange
+    assert traced(7).tolist() == [0, 7] and (7, cpu, None) not in _SHARED_OFFSETS
 
 
 @pytest.mark.cuda
