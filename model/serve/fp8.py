@@ -34,7 +34,7 @@ from torch import nn
 from model.checkpoint import CheckpointError, checkpoint_layout, keeps_fp32
 from model.config import NemotronHConfig
 from model.nemotron_h import NemotronH
-from nemotron_kernels.ops.grouped_gemm import grouped_gemm_w8, quantize_fp8_rowwise
+from nemotron_kernels.ops.grouped_gemm import grouped_gemm_w8, one_group_offsets, quantize_fp8_rowwise
 from nemotron_kernels.ops.moe_experts import moe_experts_fp8
 from nemotron_kernels.reference.grouped_gemm import weights_only_for
 
@@ -117,10 +117,6 @@ class FP8Linear(nn.Module):
         load, so a loaded scale never meets a stale copy)."""
         self.register_buffer("_scale_b", self.weight_scale.expand(1, self.out_features).contiguous(),
                              persistent=False)                                    # [1, N]
-        # the weights-only GEMV's group offsets [0, M] for M <= WEIGHTS_ONLY_ROWS rows, row M of this table: made
-        # once, not per decode step (a kernel per projection in every graph replay)
-        rows = torch.arange(self.WEIGHTS_ONLY_ROWS + 1, dtype=torch.int32, device=self.weight.device)
-        self.register_buffer("_w8_offsets", torch.stack([torch.zeros_like(rows), rows], 1), persistent=False)
 
     @classmethod
     def from_linear(cls, linear: nn.Module) -> "FP8Linear":
@@ -147,7 +143,8 @@ class FP8Linear(nn.Module):
             # decode at batch 1: weights-only, x as it is (the GEMM is a stream of the weights; quantising x would
             # cost a launch and its e4m3 rounding), through the one-group weights-only GEMV; input_scale is unused
             if self._use_gpu(x2) and x2.dtype == torch.bfloat16:
-                y = grouped_gemm_w8(x2, self.weight.unsqueeze(0), self._scale_b, self._w8_offsets[rows])
+                offsets = one_group_offsets(rows, x2.device)                      # [0, M]: one group
+                y = grouped_gemm_w8(x2, self.weight.unsqueeze(0), self._scale_b, offsets)
             else:
                 y = x2.to(cdtype) @ (self.weight.to(cdtype) * self.weight_scale.to(cdtype)).t()
             return y.to(self.out_dtype).reshape(*lead, self.out_features)

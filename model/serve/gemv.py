@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.nemotron_h import Linear, NemotronH
-from nemotron_kernels.ops.grouped_gemm import grouped_gemm, use_kernel
+from nemotron_kernels.ops.grouped_gemm import grouped_gemm, one_group_offsets, use_kernel
 
 
 class GemvLinear(nn.Module):
@@ -23,14 +23,12 @@ class GemvLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight           # the same Parameter: state-dict keys and storage are unchanged
-        self.register_buffer("_offsets", torch.tensor([0, 1], dtype=torch.int32, device=self.weight.device),
-                             persistent=False)                                     # one group of one row
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)                                      # [M, K]
         w = self.weight
         if x2.shape[0] == 1 and use_kernel(x2, w) and x2.data_ptr() % 16 == 0:  # bf16 on the GPU, TMA-aligned
-            y = grouped_gemm(x2, w.unsqueeze(0), self._offsets)                    # [1, N]
+            y = grouped_gemm(x2, w.unsqueeze(0), one_group_offsets(1, x2.device))  # [1, N]
             return y.reshape(*x.shape[:-1], self.out_features)
         return F.linear(x, w)
 

@@ -30,6 +30,31 @@ def use_kernel(*tensors: torch.Tensor) -> bool:
     return all(t.is_cuda and t.dtype == torch.bfloat16 for t in tensors) and _ext.cuda_ok()[0]
 
 
+_ONE_GROUP: dict = {}          # (M, device, CUDA stream) -> [0, M] int32, for M <= ONE_GROUP_MAX_ROWS
+ONE_GROUP_MAX_ROWS = 1024
+
+
+def one_group_offsets(rows: int, device: torch.device) -> torch.Tensor:
+    """expert_offsets [0, M] int32 of one group of all M rows (a plain weight [N, K] as b[None]), made on the device
+    (a host tensor would need a copy, and a sync). Kept per (M, device, stream) for decode-sized M and never freed,
+    so a CUDA-graph capture whose eager warm-up on the same stream made it reads it instead of capturing an arange
+    (the MoE's shared expert and the single-row projections: a kernel per call in every decode graph otherwise).
+    Not kept when made during a capture (graph memory) or under inference_mode (it may be saved for a backward
+    later). Under torch.compile the plain arange is traced."""
+    if torch.compiler.is_compiling():
+        return torch.arange(0, 2 * rows, rows, dtype=torch.int32, device=device)
+    stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+    key = (rows, device, stream)
+    kept = _ONE_GROUP.get(key)
+    if kept is not None:
+        return kept
+    t = torch.arange(0, 2 * rows, rows, dtype=torch.int32, device=device)
+    capturing = stream is not None and torch.cuda.is_current_stream_capturing()
+    if rows <= ONE_GROUP_MAX_ROWS and not capturing and not torch.is_inference_mode_enabled():
+        _ONE_GROUP[key] = t
+    return t
+
+
 @kernel_op("nemotron_kernels::grouped_gemm_nt", mutates_args=())
 def grouped_gemm_nt(a: torch.Tensor, b: torch.Tensor, expert_offsets: torch.Tensor, relu2: bool) -> torch.Tensor:
     """a [M, K] bf16, b [E, N, K] bf16, expert_offsets [E+1] int32 -> [M, N] = act(a[rows_e] @ b[e]^T)."""

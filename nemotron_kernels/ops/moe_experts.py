@@ -30,33 +30,10 @@ from .. import _ext
 from ..reference.grouped_gemm import moe_experts_fp8_ref, weights_only_for
 from ..reference.moe_experts import moe_experts_ref
 from .grouped_gemm import (grouped_gemm_fp8_nt, grouped_gemm_nn, grouped_gemm_nt, grouped_gemm_tn,
-                           grouped_gemm_w8_nt, quantize_fp8_rowwise, quantize_fp8_rowwise_op, use_kernel)
+                           grouped_gemm_w8_nt, one_group_offsets, quantize_fp8_rowwise, quantize_fp8_rowwise_op,
+                           use_kernel)
 from .moe_permute import (MAX_EXPERTS, MAX_TOP_K, moe_permute_op, moe_permute_scaled_op, moe_unpermute_bwd_op,
                           moe_unpermute_op)
-
-
-_SHARED_OFFSETS: dict = {}     # (T, device, CUDA stream) -> [0, T] int32, for T <= _SHARED_OFFSETS_MAX_T
-_SHARED_OFFSETS_MAX_T = 1024
-
-
-def _shared_offsets(ntokens: int, device: torch.device) -> torch.Tensor:
-    """[0, T] int32 made on the device (a host tensor would need a copy, and a sync): the shared expert's one group.
-    Kept per (T, device, stream) for decode-sized T, never freed, so a CUDA-graph capture, whose eager warm-up on the
-    same stream made it, reads it instead of capturing an arange in every MoE layer (23 kernels per decode step in
-    Nano). Not kept when made during a capture (graph memory) or under inference_mode (it may be saved for a
-    backward later). Under torch.compile the plain arange is traced."""
-    if torch.compiler.is_compiling():
-        return torch.arange(0, 2 * ntokens, ntokens, dtype=torch.int32, device=device)
-    stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
-    key = (ntokens, device, stream)
-    kept = _SHARED_OFFSETS.get(key)
-    if kept is not None:
-        return kept
-    t = torch.arange(0, 2 * ntokens, ntokens, dtype=torch.int32, device=device)
-    capturing = stream is not None and torch.cuda.is_current_stream_capturing()
-    if ntokens <= _SHARED_OFFSETS_MAX_T and not capturing and not torch.is_inference_mode_enabled():
-        _SHARED_OFFSETS[key] = t
-    return t
 
 
 class MoeExpertsFn(torch.autograd.Function):
@@ -69,7 +46,7 @@ class MoeExpertsFn(torch.autograd.Function):
         y = grouped_gemm_nt(h, down, offsets, False)                                  # [M, H]
         ys = hs = offsets_s = None
         if has_shared:
-            offsets_s = _shared_offsets(x.shape[0], x.device)
+            offsets_s = one_group_offsets(x.shape[0], x.device)
             hs = grouped_gemm_nt(x, shared_up.unsqueeze(0), offsets_s, True)          # [T, Is]
             ys = grouped_gemm_nt(hs, shared_down.unsqueeze(0), offsets_s, False)      # [T, H]
         weight32 = topk_weight.float().contiguous()                                   # [T, k]
@@ -249,7 +226,7 @@ def _fp8_pipeline(x, topk_idx, weight32, routed, shared, weights_only: bool):
     (up_q, up_scale, down_q, down_scale) as the grouped GEMMs take them (shared: one group, or None). Weights-only:
     rows permuted as they are; else x quantised per token first and its row scales permuted with it."""
     nexperts = routed[0].shape[0]
-    offsets_s = _shared_offsets(x.shape[0], x.device) if shared is not None else None
+    offsets_s = one_group_offsets(x.shape[0], x.device) if shared is not None else None
     if weights_only:
         rows, row_of_assignment, offsets = moe_permute_op(x, topk_idx, nexperts, 1)  # [M, H], [T, k], [E+1]
         y = _w8_mlp(rows, *routed, offsets)                                           # [M, H]

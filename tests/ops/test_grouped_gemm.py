@@ -125,6 +125,22 @@ def test_gemv_split_rule_matches_the_h200_sweep():
     assert rule(64, 64, 1) == 1              # K too short for a split: each lane keeps >= 1 piece
 
 
+def test_one_group_offsets_are_kept_for_decode_sizes_only():
+    from nemotron_kernels.ops.grouped_gemm import _ONE_GROUP, ONE_GROUP_MAX_ROWS, one_group_offsets
+    cpu = torch.device("cpu")
+    kept = one_group_offsets(3, cpu)
+    assert kept.tolist() == [0, 3] and kept.dtype == torch.int32
+    assert one_group_offsets(3, cpu) is kept
+    big = ONE_GROUP_MAX_ROWS + 1
+    assert one_group_offsets(big, cpu).tolist() == [0, big]
+    assert one_group_offsets(big, cpu) is not one_group_offsets(big, cpu)
+    with torch.inference_mode():                       # an inference tensor could not be saved for a backward later
+        assert one_group_offsets(5, cpu) is not one_group_offsets(5, cpu)
+    assert not one_group_offsets(5, cpu).is_inference()
+    traced = torch.compile(lambda n: one_group_offsets(n, cpu) + 0, fullgraph=True)      # traced as a plain arange
+    assert traced(7).tolist() == [0, 7] and (7, cpu, None) not in _ONE_GROUP
+
+
 # ------------------------------------------------------------------------------------------------ CUDA kernels
 
 def routed_counts(ntokens, nexperts, top_k, seed, empty=()):

@@ -82,32 +82,17 @@ def test_cuda_forward_nemotron_shapes(ntokens):
     assert torch.equal(out, moe_experts(**args)), "not deterministic"
 
 
-def test_shared_offsets_are_kept_for_decode_sizes_only():
-    from nemotron_kernels.ops.moe_experts import _SHARED_OFFSETS, _SHARED_OFFSETS_MAX_T, _shared_offsets
-    cpu = torch.device("cpu")
-    kept = _shared_offsets(3, cpu)
-    assert kept.tolist() == [0, 3] and kept.dtype == torch.int32
-    assert _shared_offsets(3, cpu) is kept
-    big = _SHARED_OFFSETS_MAX_T + 1
-    assert _shared_offsets(big, cpu).tolist() == [0, big] and _shared_offsets(big, cpu) is not _shared_offsets(big, cpu)
-    with torch.inference_mode():                       # an inference tensor could not be saved for a backward later
-        assert _shared_offsets(5, cpu) is not _shared_offsets(5, cpu)
-    assert not _shared_offsets(5, cpu).is_inference()
-    traced = torch.compile(lambda n: _shared_offsets(n, cpu) + 0, fullgraph=True)      # traced as a plain arange
-    assert traced(7).tolist() == [0, 7] and (7, cpu, None) not in _SHARED_OFFSETS
-
-
 @pytest.mark.cuda
 def test_cuda_graph_of_a_decode_step_reads_the_kept_shared_offsets():
     """A captured T = 1 MoE (warmed up eagerly on the capture stream, as the engine's probe does) replays the eager
     result, reading the [0, 1] offsets its warm-up kept instead of capturing an arange."""
-    from nemotron_kernels.ops.moe_experts import _SHARED_OFFSETS
+    from nemotron_kernels.ops.grouped_gemm import _ONE_GROUP
     args = make(1, **NEMOTRON, seed=5, device="cuda", dtype=BF16)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         eager = moe_experts(**args)
-    assert (1, args["x"].device, stream) in _SHARED_OFFSETS
+    assert (1, args["x"].device, stream) in _ONE_GROUP
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, stream=stream):
         out = moe_experts(**args)
