@@ -5,14 +5,15 @@ each varied with the other at its default (DKDV_CONFIGS / DQ_CONFIGS in nemotron
 Shape: Nemotron 3 Nano's attention (32 query heads, 2 KV heads, D = 128), causal, bf16. Every candidate is first
 compiled in parallel worker processes (a small call of the same specialisation fills Triton's cache), then run at
 full size, checked against the default tiles' outputs (max |diff| <= 1e-2 max |ref|) and timed (median of 5
-event-timed calls); then the fastest dk/dv and dq tiles together. TFLOP/s count the backward as 2.5 forwards (5
-matmuls), as `python -m bench gqa_attention` does.
+event-timed calls, bench.harness.cuda_times); then the fastest dk/dv and dq tiles together. TFLOP/s count the
+backward as 2.5 forwards (5 matmuls), as `python -m bench gqa_attention` does.
 """
 import multiprocessing as mp
-import statistics
 import sys
 
 import torch
+
+from bench.harness import cuda_times
 
 HQ, HKV, D = 32, 2, 128
 # Candidates kept from the sm_90a AOT report (Triton 3.8, bench/NOTES.md session 13).
@@ -63,26 +64,18 @@ def compile_one(job) -> str:
         return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
 
 
-def timed(fn, reps: int = 5) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+def timed(args, tiles: dict) -> float:
+    """ms per call: median of 5 event-timed eager calls after a warm-up (the backward's calls take 10-90 ms)."""
+    return cuda_times(lambda _: call(args, tiles), [None], reps=5, graph_replays=0, graph=False)["ms_eager"]
 
 
 def sweep(part: str, args, errors: dict, fwd_flops: float) -> None:
     """Times part's ("fwd" or "bwd") candidates against its default tiles."""
     flops = fwd_flops * (1 if part == "fwd" else 2.5)
     names = ("o",) if part == "fwd" else ("dq", "dk", "dv")
-    ref = call(args, {"fwd": None} if part == "fwd" else {})
-    base = timed(lambda: call(args, {"fwd": None} if part == "fwd" else {}))
+    default = {"fwd": None} if part == "fwd" else {}
+    ref = call(args, default)
+    base = timed(args, default)
     print(f"{part} default ({'autotuned' if part == 'fwd' else 'DKDV_CONFIGS / DQ_CONFIGS'}): {base:8.3f} ms  "
           f"{flops / base / 1e9:6.1f} TFLOP/s", flush=True)
 
@@ -90,7 +83,7 @@ def sweep(part: str, args, errors: dict, fwd_flops: float) -> None:
         out = call(args, tiles)
         bad = [name for name, x, r in zip(names, out, ref)
                if (x.float() - r.float()).abs().max() > 1e-2 * r.float().abs().max()]
-        ms = timed(lambda: call(args, tiles))
+        ms = timed(args, tiles)
         print(f"{label}  {ms:8.3f} ms  {flops / ms / 1e9:6.1f} TFLOP/s  {base / ms:5.2f}x"
               + (f"  MISMATCH in {', '.join(bad)}" if bad else ""), flush=True)
         return float("inf") if bad else ms
