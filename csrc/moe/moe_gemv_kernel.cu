@@ -201,12 +201,21 @@ template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2, int
 __global__ void __launch_bounds__(kWarps * 32, 3) grouped_gemv_w8_kernel(NK_GEMV_PARAMS) {
   grouped_gemv_nt<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>(NK_GEMV_ARGS);
 }
+
+// FP8 x FP8: held to 128 registers, 2 CTAs per SM. Unbounded, its split kernels took 153-154 (1 CTA per SM), which
+// is why no split gained for it in session 12's sweep; session 14's measured split 2 at 128 registers (bench/NOTES.md).
+template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2, int kSplit>
+__global__ void __launch_bounds__(kWarps * 32, 2) grouped_gemv_fp8_kernel(NK_GEMV_PARAMS) {
+  grouped_gemv_nt<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>(NK_GEMV_ARGS);
+}
 #undef NK_GEMV_PARAMS
 #undef NK_GEMV_ARGS
 
 template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2, int kSplit>
 constexpr auto gemv_kernel() {
-  if constexpr (std::is_same_v<TA, TB>) return grouped_gemv_nt_kernel<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>;
+  if constexpr (std::is_same_v<TA, __nv_bfloat16> && std::is_same_v<TB, __nv_bfloat16>)
+    return grouped_gemv_nt_kernel<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>;
+  else if constexpr (std::is_same_v<TA, TB>) return grouped_gemv_fp8_kernel<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>;
   else return grouped_gemv_w8_kernel<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>;
 }
 
@@ -240,11 +249,7 @@ int resident_ctas(int sm_count) {
 template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2>
 const char* launch(const GroupedGemmParams& p) {
   const int touched = int(std::min<int64_t>(p.groups, p.m_rows));   // at most this many groups have rows
-  // FP8 x FP8 never gained from a split in the H200 sweep (widening both e4m3 operands on the CUDA cores, not the
-  // loads in flight, bounds it); BF16 and weights-only FP8 follow the grid (gemv_split_for).
-  constexpr bool kFp8Acts = sizeof(TA) == 1;
   const int split = p.gemv_split > 0 ? p.gemv_split
-                    : kFp8Acts       ? 1
                                      : gemv_split_for(p.n, p.k, sizeof(TB), touched,
                                                       resident_ctas<TA, TB, kScaleA, kScaleB, kReLU2>(p.sm_count));
   switch (split) {
@@ -261,9 +266,10 @@ const char* launch(const GroupedGemmParams& p) {
 int gemv_split_for(int n, int k, int elem_bytes, int touched_groups, int resident) {
   // H200 sweep (scripts/sweep_gemv_split.py, bench/NOTES.md): BF16 and weights-only FP8 gained where the unsplit
   // grid is under two waves: the best split was the largest that still fits one wave (BF16 shared expert up 116
-  // CTAs: 2; down 84: 4), or, with none, the one whose last wave is fullest (BF16 routed down at T = 1, 504 CTAs:
-  // 2). Each lane keeps >= 1 piece. (A cap of 2 pieces kept weights-only FP8's shared expert down, K = 3,712
-  // bytes, at split 2: 7.8 us where split 4 took 6.8 at 3 CTAs per SM, session 12.)
+  // CTAs: 2; down 84: 4), or, with none, the one of 1 and 2 whose last wave is fullest (BF16 routed down at T = 1,
+  // 504 CTAs: 2; FP8 x FP8 Mamba in_proj, 322 CTAs at 2 per SM: 2 took 15.4 us where 4, fuller still, took 21.8,
+  // session 14). Each lane keeps >= 1 piece. (A cap of 2 pieces kept weights-only FP8's shared expert down,
+  // K = 3,712 bytes, at split 2: 7.8 us where split 4 took 6.8 at 3 CTAs per SM, session 12.)
   const int pieces = k * elem_bytes / 16;                            // 16-byte pieces of one weight row
   auto ctas = [&](int s) { return int64_t((n + kWarps / s * kCh - 1) / (kWarps / s * kCh)) * touched_groups; };
   if (resident < 1 || touched_groups < 1 || ctas(1) >= 2 * int64_t(resident)) return 1;
@@ -273,7 +279,7 @@ int gemv_split_for(int n, int k, int elem_bytes, int touched_groups, int residen
     const int64_t c = ctas(s), waves = (c + resident - 1) / resident;
     if (c <= resident) one_wave = s;
     const double fill = double(c) / double(waves * resident);
-    if (fill > best_fill + 1e-9) best_fill = fill, fullest = s;
+    if (s <= 2 && fill > best_fill + 1e-9) best_fill = fill, fullest = s;
   }
   return one_wave ? one_wave : fullest;
 }

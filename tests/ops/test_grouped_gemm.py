@@ -103,7 +103,7 @@ def test_extension_path_argument_is_checked():
 def test_gemv_split_rule_matches_the_h200_sweep():
     """gemv_split_for at the resident count the sweeps ran with (3 CTAs of the 80-register BF16 and weights-only FP8
     kernels x 132 SMs) picks the split they measured fastest, or one within the run's noise (bench/NOTES.md,
-    sessions 10 and 12). FP8 x FP8 never splits: its launcher does not ask."""
+    sessions 10 and 12), and at the 2 CTAs per SM of the 128-register FP8 x FP8 kernels (session 14)."""
     from nemotron_kernels import _ext
     if _ext._C is None or not hasattr(_ext._C, "gemv_split_for"):
         pytest.skip("extension built without CUDA")
@@ -122,6 +122,13 @@ def test_gemv_split_rule_matches_the_h200_sweep():
     assert w8(2688, 4096, 1) == 4            # Mamba out_proj: 9.7 / 7.1 / 6.2
     assert w8(1856, 2688, 6) == 1            # routed up, T = 1: 13.6 / 13.7 / 19.6
     assert w8(2688, 1856, 6) == 2            # routed down, T = 1: 16.2 / 16.3 / 17.0 (the fuller last wave)
+    fp8 = lambda n, k, touched: _ext._C.gemv_split_for(n, k, 1, touched, 2 * 132)  # noqa: E731  (µs at 1/2/4)
+    assert fp8(3712, 2688, 1) == 2           # shared expert up: 10.0 / 6.8 / 10.1
+    assert fp8(2688, 3712, 1) == 2           # shared expert down: 11.9 / 8.5 / 10.0
+    assert fp8(10304, 2688, 1) == 2          # Mamba in_proj, M = 1: 19.1 / 15.4 / 21.8 (4 fills its last wave more)
+    assert fp8(2688, 4096, 1) == 2           # Mamba out_proj: 10.7 / 7.4 / 8.4
+    assert fp8(1856, 2688, 6) == 2           # routed up, T = 1: 20.6 / 17.5 / 28.4
+    assert fp8(2688, 1856, 6) == 1           # routed down, T = 1: 16.9 / 21.0 / 22.5
     assert rule(64, 64, 1) == 1              # K too short for a split: each lane keeps >= 1 piece
 
 
