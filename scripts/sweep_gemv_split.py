@@ -1,5 +1,5 @@
 """Sweep the grouped GEMV's K split (csrc/moe/moe_gemv_kernel.cu, gemv_split) on the decode shapes (H200).
-    python scripts/sweep_gemv_split.py          # from the repository root, after building the extension
+    PYTHONPATH=. python scripts/sweep_gemv_split.py     # from the repository root, after building the extension
 Serving's decode at batch 1 spent 0.56 ms on the shared expert at 1.6 TB/s (bench/NOTES.md, session 9): one group
 gives the GEMV 84-116 CTAs on 132 SMs. Per shape this times each forced split (1, 2, 4, 8) and the automatic
 choice (gemv_split_for), BF16, FP8 and weights-only FP8 (w8), as CUDA-graph replays over enough weight copies to
