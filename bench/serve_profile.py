@@ -22,7 +22,8 @@ projections, the attention projections and the rest of each mixer, the shared ex
 lm_head, sampling, FP8 activation quantisation, and the MoE's one-group grouped GEMMs: the shared expert). Our MoE
 and router kernels are then known by their own names, before generic host context (the MoE module, GEMM ops): eager
 calls bypass the custom ops (_kernel_op.py), so the MoE module is all the context they have, and an unmatched graph
-replay has none.
+replay has none. The labels of the shared expert and of the Mamba and attention projections come before those names:
+the same GEMV kernels run them (weights-only FP8, single-row BF16).
 
 CUDA graphs. Decode is profiled twice: (1) as the engine runs it (graph replays: the honest busy / idle split and
 wall time), (2) with the same captured graph bodies run eagerly (_DecodeGraph.run: the same function on the same
@@ -66,11 +67,14 @@ SHARED = "serve/shared_expert"
 # key in any of the names wins. The serve/... names are the labels put on for profiling (see label_of).
 SERVE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     # labels that say more than the kernel's name: the FP8 quantise kernel also serves the projections, the grouped
-    # GEMM / GEMV kernels also run the shared expert
+    # GEMM / GEMV kernels also run the shared expert and the projections (W8 and single-row GEMVs)
     ("sampling", ("serve/sampling",)),
     ("lm_head", ("serve/lm_head",)),
     ("fp8 activation quantise (projections)", ("serve/fp8_quantize",)),
     ("moe shared expert", (SHARED,)),
+    ("mamba in_proj", ("serve/mamba.in_proj",)),
+    ("mamba out_proj", ("serve/mamba.out_proj",)),
+    ("attention q/k/v/o projections", ("serve/attention.proj",)),
     # our MoE and router kernels by their own names, before any host context ("serve/moe", a GEMM op) claims them
     # MoeRouterFn: the router's own host op, so its fp32 cast and cuBLAS logits GEMM count here, not as "moe other"
     ("router (fp32 gate, top-k)", ("moe_router", "nk::router::", "moerouterfn")),
@@ -81,13 +85,10 @@ SERVE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("moe routed experts (grouped GEMM / GEMV)", ("grouped_gemm", "grouped_gemv", "moe_experts", "build_group_args",
                                                   "zero_empty_groups", "grouped_mm", "groupproblemshape")),
     # host context, then generic kernel names
-    ("mamba in_proj", ("serve/mamba.in_proj",)),
-    ("mamba out_proj", ("serve/mamba.out_proj",)),
     ("ssd scan / state update", ("ssd_scan", "ssd_state_update", "_ssd_", "chunk_scan", "chunk_state",
                                  "state_passing")),
     ("conv1d", ("conv1d",)),
     ("gated rmsnorm", ("gated_rmsnorm",)),
-    ("attention q/k/v/o projections", ("serve/attention.proj",)),
     ("attention / decode attention (+ KV page writes)", ("gqa_attention", "gqa_decode", "gqa_attn", "_attn_",
                                                          "flash", "serve/attention")),
     ("rmsnorm", ("rmsnorm", "rms_norm")),
@@ -141,7 +142,7 @@ def labels(engine):
     runner = engine.runner
     handles = label_modules(runner.model, label_of)
     sampler, quantize = runner.sampler, fp8_module.quantize_rows
-    gemms = moe_module.grouped_gemm_nt, moe_module.grouped_gemm_fp8_nt
+    gemms = moe_module.grouped_gemm_nt, moe_module.grouped_gemm_fp8_nt, moe_module.grouped_gemm_w8_nt
 
     def quantize_rows(*args, **kw):
         with record_function("serve/fp8_quantize"):
@@ -166,7 +167,8 @@ def labels(engine):
         return labelled
 
     runner.sampler, fp8_module.quantize_rows = _LabelledSampler(sampler), quantize_rows
-    moe_module.grouped_gemm_nt, moe_module.grouped_gemm_fp8_nt = shared(gemms[0], 1), shared(gemms[1], 2)
+    moe_module.grouped_gemm_nt, moe_module.grouped_gemm_fp8_nt, moe_module.grouped_gemm_w8_nt = \
+        shared(gemms[0], 1), shared(gemms[1], 2), shared(gemms[2], 1)
     for g in runner.graphs.values():
         g.run = body(g)
     try:
@@ -175,7 +177,7 @@ def labels(engine):
         for g in runner.graphs.values():
             g.__dict__.pop("run", None)
         runner.sampler, fp8_module.quantize_rows = sampler, quantize
-        moe_module.grouped_gemm_nt, moe_module.grouped_gemm_fp8_nt = gemms
+        moe_module.grouped_gemm_nt, moe_module.grouped_gemm_fp8_nt, moe_module.grouped_gemm_w8_nt = gemms
         for h in handles:
             h.remove()
 
