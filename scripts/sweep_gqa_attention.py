@@ -78,6 +78,9 @@ def sweep(part: str, args, errors: dict, fwd_flops: float) -> None:
     base = timed(args, default)
     print(f"{part} default ({'autotuned' if part == 'fwd' else 'DKDV_CONFIGS / DQ_CONFIGS'}): {base:8.3f} ms  "
           f"{flops / base / 1e9:6.1f} TFLOP/s", flush=True)
+    if part == "fwd":       # session 14: the bench's autotuned forward ran 7% behind the sweep's fastest forced tile
+        from nemotron_kernels.triton.gqa_attention_fwd import _fwd_tuned_any
+        print(f"  the autotuner's pick: {_fwd_tuned_any.best_config}", flush=True)
 
     def run(label: str, tiles: dict) -> float:
         out = call(args, tiles)
