@@ -268,14 +268,21 @@ def transpose_v_fp8(v: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> 
         vt = torch.empty(bsz, hkv, d, -(-sk // 16) * 16, dtype=v.dtype, device=v.device)
         vt[..., :sk].copy_(v.permute(0, 2, 3, 1))
         return vt
-    cu = cu_seqlens.to(device=v.device, dtype=torch.int64)
-    tok = torch.arange(sk, device=v.device)                                      # [Sk]
-    seq = torch.searchsorted(cu[1:], tok, right=True)                            # [Sk] sequence of each key
-    start = cu[seq]
-    col = tok + (start + 15) // 16 * 16 - start + 16 * seq                       # [Sk] column in v^T
-    vt = torch.empty(bsz, hkv, d, -(-sk // 16) * 16 + 16 * (cu.numel() - 1), dtype=v.dtype, device=v.device)
+    # the column map depends on cu_seqlens only: kept on it for the step's other attention layers (~8 small kernels)
+    from ..ops._tensor_cache import derived
+    col = derived(cu_seqlens, "vt_columns", (sk, v.device), lambda: _vt_columns(cu_seqlens, sk, v.device))
+    vt = torch.empty(bsz, hkv, d, -(-sk // 16) * 16 + 16 * (cu_seqlens.numel() - 1), dtype=v.dtype, device=v.device)
     vt.view(torch.uint8).index_copy_(3, col, v.view(torch.uint8).permute(0, 2, 3, 1))   # (no fp8 index_copy)
     return vt
+
+
+def _vt_columns(cu_seqlens: torch.Tensor, sk: int, device: torch.device) -> torch.Tensor:
+    """[Sk] int64: the column of v^T each packed key goes to (transpose_v_fp8's layout)."""
+    cu = cu_seqlens.to(device=device, dtype=torch.int64)
+    tok = torch.arange(sk, device=device)                                        # [Sk]
+    seq = torch.searchsorted(cu[1:], tok, right=True)                            # [Sk] sequence of each key
+    start = cu[seq]
+    return tok + (start + 15) // 16 * 16 - start + 16 * seq
 
 
 FP8 = torch.float8_e4m3fn

@@ -245,15 +245,25 @@ def test_transpose_v_fp8_layout():
     assert vt.shape == (2, 3, 16, 48) and vt.is_contiguous() and vt.dtype == v.dtype
     assert torch.equal(vt[..., :37].view(torch.uint8), v.permute(0, 2, 3, 1).view(torch.uint8))
     # packed sequences (B = 1): sequence b from column 16 * ceil(cu[b] / 16) + 16 * b, a 16-byte aligned TMA box
+    def check_packed(vt, cu):
+        assert vt.shape == (1, 3, 16, 48 + 4 * 16)
+        prev_end = 0
+        for b, (a, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+            col = -(-a // 16) * 16 + 16 * b
+            assert col % 16 == 0 and col >= prev_end, (b, col)
+            assert torch.equal(vt[0, :, :, col:col + e - a].view(torch.uint8),
+                               v[0, a:e].permute(1, 2, 0).view(torch.uint8)), f"sequence {b}"
+            prev_end = col + e - a
+
     cu = torch.tensor([0, 5, 5, 21, 37], dtype=torch.int32)
-    vt = transpose_v_fp8(v[:1], cu)
-    assert vt.shape == (1, 3, 16, 48 + 4 * 16)
-    for b, (a, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
-        col = -(-a // 16) * 16 + 16 * b
-        assert col % 16 == 0 and (b == 0 or col >= prev_end), (b, col)
-        assert torch.equal(vt[0, :, :, col:col + e - a].view(torch.uint8),
-                           v[0, a:e].permute(1, 2, 0).view(torch.uint8)), f"sequence {b}"
-        prev_end = col + e - a
+    check_packed(transpose_v_fp8(v[:1], cu), cu)
+    # the column map is kept on cu_seqlens for the step's next layer, and made again after an in-place change
+    kept = cu._nk_vt_columns[1]
+    check_packed(transpose_v_fp8(v[:1], cu), cu)
+    assert cu._nk_vt_columns[1] is kept
+    cu[1:4] = torch.tensor([20, 20, 36], dtype=torch.int32)
+    check_packed(transpose_v_fp8(v[:1], cu), cu)
+    assert cu._nk_vt_columns[1] is not kept
 
 
 def test_interpreter_fp8_varlen_scalar_descales(interpret):
