@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..ops._tensor_cache import derived
 from .common import cdiv
 from .gqa_attention_common import LOG2E, aot_compile, descale_arg, dot_precision, interpreting, pack_heads
 
@@ -269,7 +270,6 @@ def transpose_v_fp8(v: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> 
         vt[..., :sk].copy_(v.permute(0, 2, 3, 1))
         return vt
     # the column map depends on cu_seqlens only: kept on it for the step's other attention layers (~8 small kernels)
-    from ..ops._tensor_cache import derived
     col = derived(cu_seqlens, "vt_columns", (sk, v.device), lambda: _vt_columns(cu_seqlens, sk, v.device))
     vt = torch.empty(bsz, hkv, d, -(-sk // 16) * 16 + 16 * (cu_seqlens.numel() - 1), dtype=v.dtype, device=v.device)
     vt.view(torch.uint8).index_copy_(3, col, v.view(torch.uint8).permute(0, 2, 3, 1))   # (no fp8 index_copy)

@@ -107,7 +107,9 @@ def test_gemv_split_rule_matches_the_h200_sweep():
     from nemotron_kernels import _ext
     if _ext._C is None or not hasattr(_ext._C, "gemv_split_for"):
         pytest.skip("extension built without CUDA")
-    rule = lambda n, k, touched, elem=2: _ext._C.gemv_split_for(n, k, elem, touched, 3 * 132)  # noqa: E731
+    def rule(n, k, touched, elem=2, per_sm=3):        # resident CTAs: per_sm x 132 SMs
+        return _ext._C.gemv_split_for(n, k, elem, touched, per_sm * 132)
+
     assert rule(3712, 2688, 1) == 2          # shared expert up, T = 1: 116 CTAs unsplit
     assert rule(2688, 3712, 1) == 4          # shared expert down: 84 CTAs
     assert rule(2688, 4096, 1) == 4          # Mamba out_proj, M = 1
@@ -122,7 +124,7 @@ def test_gemv_split_rule_matches_the_h200_sweep():
     assert w8(2688, 4096, 1) == 4            # Mamba out_proj: 9.7 / 7.1 / 6.2
     assert w8(1856, 2688, 6) == 1            # routed up, T = 1: 13.6 / 13.7 / 19.6
     assert w8(2688, 1856, 6) == 2            # routed down, T = 1: 16.2 / 16.3 / 17.0 (the fuller last wave)
-    fp8 = lambda n, k, touched: _ext._C.gemv_split_for(n, k, 1, touched, 2 * 132)  # noqa: E731  (µs at 1/2/4)
+    fp8 = lambda n, k, touched: rule(n, k, touched, elem=1, per_sm=2)  # noqa: E731  (µs at splits 1/2/4)
     assert fp8(3712, 2688, 1) == 2           # shared expert up: 10.0 / 6.8 / 10.1
     assert fp8(2688, 3712, 1) == 2           # shared expert down: 11.9 / 8.5 / 10.0
     assert fp8(10304, 2688, 1) == 2          # Mamba in_proj, M = 1: 19.1 / 15.4 / 21.8 (4 fills its last wave more)
