@@ -15,7 +15,8 @@
 // Tried and measured slower (H200, bench/NOTES.md): mma.sync with one warp per 16 channels and a permuted k order
 // (2.5x slower at T = 1: 4x fewer warps streaming, 64-byte row pieces per load instead of 512 contiguous bytes);
 // for the weights-only kind, widening e4m3 with integer ops (its bits placed as fp32 times 2^-120, a scaled by 2^64)
-// instead of the cvt pair (15-30% slower on the decode shapes).
+// instead of the cvt pair (15-30% slower on the decode shapes); one L2 bulk prefetch of each warp's whole rows
+// (BF16 in_proj 16.2 -> 20.9 us, W8 12.1 -> 13.9, session 14).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
@@ -117,14 +118,22 @@ __device__ __forceinline__ void grouped_gemv_nt(const TA* __restrict__ a, const 
   const int64_t k_begin = live ? int64_t(slice * 32 + lane) * kLen : k;
   const TB* w = b + (int64_t(group) * n + n0) * k;                          // [kCh, K] rows of b[group]
 
+  constexpr int64_t kStride = 32 * kSplit * kLen;                         // elements of K per trip of a warp
+  auto load_w = [&](uint4 (&raw)[kCh], int64_t kk) {                       // weights: read once, not cached
+#pragma unroll
+    for (int c = 0; c < kCh; ++c) raw[c] = __ldcs(reinterpret_cast<const uint4*>(w + c * int64_t(k) + kk));
+  };
   for (int64_t r0 = start; r0 < end; r0 += kRows) {
     const int rows = int(min(int64_t(kRows), end - r0));
     float acc[kCh][kRows] = {};
-#pragma unroll 2
-    for (int64_t kk = k_begin; kk < k; kk += 32 * kSplit * kLen) {
-      uint4 raw[kCh];                                                      // weights: read once, not cached
-#pragma unroll
-      for (int c = 0; c < kCh; ++c) raw[c] = __ldcs(reinterpret_cast<const uint4*>(w + c * int64_t(k) + kk));
+    // Double-buffered: the next trip's weights are asked for before this trip's math, so each lane always has two
+    // trips of loads in flight. `#pragma unroll 2` did not get that: a's loads sit in `m < rows` branches, and
+    // ptxas issued the second trip's loads only after the first trip's math (SASS, session 14).
+    uint4 raw[kCh];
+    if (k_begin < k) load_w(raw, k_begin);
+    for (int64_t kk = k_begin; kk < k; kk += kStride) {
+      uint4 next[kCh];
+      load_w(next, kk + kStride < k ? kk + kStride : kk);                  // last trip: its own piece again
       // One 16-byte piece of a at a time: only its share of the weights is widened and live (W8: 32 floats, not 64).
       // Each acc[c][m] still sums its products in k order, as with the whole piece widened at once.
 #pragma unroll
@@ -148,6 +157,8 @@ __device__ __forceinline__ void grouped_gemv_nt(const TA* __restrict__ a, const 
           }
         }
       }
+#pragma unroll
+      for (int c = 0; c < kCh; ++c) raw[c] = next[c];
     }
     // Butterfly sums: every lane ends with every total; lane c + kCh * m writes channel c of row m.
     float out = 0.f;
@@ -189,21 +200,16 @@ __device__ __forceinline__ void grouped_gemv_nt(const TA* __restrict__ a, const 
       int groups, int64_t m_rows, int n, int k
 #define NK_GEMV_ARGS a, b, d, a_scale, b_scale, offsets, groups, m_rows, n, k
 
+// BF16 and weights-only FP8 (bf16 a): held to 80 registers, 3 CTAs per SM. Unbounded, the double-buffered loop
+// takes 102 (BF16): 2 CTAs per SM; bounded, one register spills, outside the loop (ptxas, session 14).
 template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2, int kSplit>
-__global__ void __launch_bounds__(kWarps * 32) grouped_gemv_nt_kernel(NK_GEMV_PARAMS) {
+__global__ void __launch_bounds__(kWarps * 32, 3) grouped_gemv_nt_kernel(NK_GEMV_PARAMS) {
   grouped_gemv_nt<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>(NK_GEMV_ARGS);
 }
 
-// Weights-only FP8 (bf16 a, e4m3 b): held to 80 registers, 3 CTAs per SM like BF16 (no spills with 2-row passes
-// and the weights widened per piece of a; unbounded it takes 94-98: 2 CTAs per SM). The other kinds keep ptxas'
-// unbounded choice: any minimum-blocks bound moved BF16 from 80 to 117 registers.
-template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2, int kSplit>
-__global__ void __launch_bounds__(kWarps * 32, 3) grouped_gemv_w8_kernel(NK_GEMV_PARAMS) {
-  grouped_gemv_nt<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>(NK_GEMV_ARGS);
-}
-
-// FP8 x FP8: held to 128 registers, 2 CTAs per SM. Unbounded, its split kernels took 153-154 (1 CTA per SM), which
-// is why no split gained for it in session 12's sweep; session 14's measured split 2 at 128 registers (bench/NOTES.md).
+// FP8 x FP8 (8-row passes): held to 128 registers, 2 CTAs per SM (the split kernels spill 40 bytes, in the epilogue).
+// Unbounded, its split kernels took 153-154 (1 CTA per SM), which is why no split gained for it in session 12's
+// sweep; session 14 measured split 2 at 128 registers (bench/NOTES.md).
 template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2, int kSplit>
 __global__ void __launch_bounds__(kWarps * 32, 2) grouped_gemv_fp8_kernel(NK_GEMV_PARAMS) {
   grouped_gemv_nt<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>(NK_GEMV_ARGS);
@@ -213,10 +219,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2) grouped_gemv_fp8_kernel(NK_GEM
 
 template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2, int kSplit>
 constexpr auto gemv_kernel() {
-  if constexpr (std::is_same_v<TA, __nv_bfloat16> && std::is_same_v<TB, __nv_bfloat16>)
-    return grouped_gemv_nt_kernel<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>;
-  else if constexpr (std::is_same_v<TA, TB>) return grouped_gemv_fp8_kernel<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>;
-  else return grouped_gemv_w8_kernel<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>;
+  if constexpr (sizeof(TA) == 1) return grouped_gemv_fp8_kernel<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>;
+  else return grouped_gemv_nt_kernel<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>;
 }
 
 template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2, int kSplit>
