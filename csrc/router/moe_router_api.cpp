@@ -86,9 +86,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_router_fused(const at::Tensor
   return {topk_idx, topk_weight, counts};
 }
 
+// x [T, K] bf16, weight [E, K] fp32 -> logits [T, E] fp32 (CUDA, T <= kLogitsMaxTokens, K % 4 == 0).
+at::Tensor moe_router_logits(const at::Tensor& x, const at::Tensor& weight) {
+  check_dtype(x, "x", {at::kBFloat16});
+  check_shape(x, "x", {-1, -1});
+  check_contiguous(x, "x");
+  const int64_t tokens = x.size(0), k = x.size(1);
+  check_dtype(weight, "weight", {at::kFloat});
+  check_shape(weight, "weight", {-1, k});
+  check_contiguous(weight, "weight");
+  check_device(weight, "weight", x.device());
+  const int64_t experts = weight.size(0);
+  NK_CHECK(x.device().is_cuda(), "x must be on cuda (the CPU path is torch's matmul), got ", x.device().str());
+  NK_CHECK_VALUE(tokens <= router::kLogitsMaxTokens, "x: the logits GEMV takes up to ",
+                 num(router::kLogitsMaxTokens), " tokens, got T=", num(tokens));
+  NK_CHECK_VALUE(k % 4 == 0, "x: K must be a multiple of 4 (16-byte weight pieces), got K=", num(k));
+  NK_CHECK_VALUE(experts <= std::numeric_limits<int32_t>::max() / 4 && k <= std::numeric_limits<int32_t>::max(),
+                 "weight: E and K must fit the kernel's int32 indices, got [", num(experts), ", ", num(k), "]");
+  NK_CHECK_VALUE(reinterpret_cast<uintptr_t>(x.data_ptr()) % 8 == 0 &&
+                     reinterpret_cast<uintptr_t>(weight.data_ptr()) % 16 == 0,
+                 "x and weight must be 8- and 16-byte aligned (a fresh tensor is)");
+  auto logits = at::empty({tokens, experts}, weight.options());
+#ifdef NEMOTRON_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream(x.device().index());
+  router::LogitsArgs args{x.data_ptr(), weight.data_ptr<float>(), logits.data_ptr<float>(), static_cast<int>(tokens),
+                          static_cast<int>(experts), static_cast<int>(k)};
+  C10_CUDA_CHECK(router::moe_router_logits_cuda(args, stream.stream()));
+#else
+  NK_CHECK(false, "x is on ", x.device().str(), " but nemotron_kernels._C was built without CUDA");
+#endif
+  return logits;
+}
+
 }  // namespace
 
 void register_router(pybind11::module_& m) {
+  m.attr("moe_router_logits_max_tokens") = router::kLogitsMaxTokens;
+  m.def("moe_router_logits", &moe_router_logits,
+        "The router's fp32 logits for a few tokens (CUDA): x [T, K] bf16 (T <= moe_router_logits_max_tokens, "
+        "K % 4 == 0), weight [E, K] fp32 -> x @ weight^T [T, E] fp32, fp32 FMAs (no TF32), deterministic",
+        pybind11::arg("x"), pybind11::arg("weight"));
   m.attr("moe_router_cuda_max_experts") = router::kCudaMaxExperts;
   m.def("moe_router_fused", &moe_router_fused,
         "Fused MoE router after the logits GEMM: sigmoid, +bias for selection, group-limited top-k (ties -> lower "

@@ -66,9 +66,23 @@ struct RouterArgs {
 // C++ CPU kernel (moe_router_cpu.cpp): at::parallel_for over tokens.
 void moe_router_cpu(const RouterArgs& args);
 
+// Arguments of the logits GEMV for a few tokens (moe_router_logits_kernel.cu), contiguous and row-major; K % 4 == 0,
+// x 8-byte and w 16-byte aligned (checked by the host entry).
+struct LogitsArgs {
+  const void* x;   // [T, K] bf16
+  const float* w;  // [E, K]
+  float* logits;   // [T, E]
+  int tokens;      // T <= kLogitsMaxTokens
+  int experts;     // E
+  int k;           // K
+};
+constexpr int kLogitsMaxTokens = 64;  // beyond it the weights' re-reads per 8 tokens outgrow a GEMM's tiles
+
 #ifdef NEMOTRON_WITH_CUDA
-// CUDA kernel (moe_router_kernel.cu), enqueued on `stream`; never synchronises. Returns the launch status.
+// CUDA kernels (moe_router_kernel.cu, moe_router_logits_kernel.cu), enqueued on `stream`; never synchronise.
+// Return the launch status.
 cudaError_t moe_router_cuda(const RouterArgs& args, int num_sms, cudaStream_t stream);
+cudaError_t moe_router_logits_cuda(const LogitsArgs& args, cudaStream_t stream);
 #endif
 
 }  // namespace nk::router

@@ -1,7 +1,8 @@
 """Public op `moe_router`: NemotronH's sigmoid MoE gate (see reference/moe_router.py for the math).
 
-Layers: custom ops `nemotron_kernels::moe_router_logits` (fp32 logits, never TF32: SGEMM, or from many bf16 tokens
-three exact bf16 pieces of the weight on tensor cores) -> `::moe_router_fused`
+Layers: custom ops `nemotron_kernels::moe_router_logits` (fp32 logits, never TF32: for a few CUDA bf16 tokens the
+extension's logits GEMV, for many three exact bf16 pieces of the weight on tensor cores, else SGEMM) ->
+`::moe_router_fused`
 (sigmoid, +bias, group-limited top-k, renormalise, scale, counts: the CUDA kernel for CUDA tensors, the C++
 kernel for CPU tensors, the reference for float64 or without the extension) -> `MoeRouterFn` (autograd:
 topk_weight is differentiable in x and weight; backward GEMMs in `::moe_router_logits_backward`)
@@ -89,10 +90,23 @@ def _logits_bf16x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (parts[:, :E] + parts[:, E:2 * E]) + parts[:, 2 * E:]
 
 
+def _logits_gemv_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """CUDA bf16 x of a few tokens with fp32 weights: the extension's logits GEMV (csrc/router/
+    moe_router_logits_kernel.cu) instead of a cast and cuBLAS's SGEMM, whose small-M kernels took 6.7 us at T = 1
+    (bench/NOTES.md, session 8)."""
+    return (x.is_cuda and x.dtype == torch.bfloat16 and weight.dtype == torch.float32 and _cuda_kernel_ok()
+            and hasattr(_ext._C, "moe_router_logits") and 0 < x.shape[0] <= _ext._C.moe_router_logits_max_tokens
+            and x.shape[1] % 4 == 0 and weight.is_contiguous() and weight.data_ptr() % 16 == 0
+            and (not x.is_contiguous() or x.data_ptr() % 8 == 0))          # a copy of a strided x is aligned
+
+
 @kernel_op("nemotron_kernels::moe_router_logits", mutates_args=())
 def moe_router_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x [T, Hd], weight [E, Hd] -> logits [T, E] fp32 (fp64 for fp64 x), never TF32: cuBLAS SGEMM, or for
-    CUDA bf16 x with fp32 weights and T >= SPLIT_GEMM_MIN_TOKENS the exact bf16 x 3 split (_logits_bf16x3)."""
+    """x [T, Hd], weight [E, Hd] -> logits [T, E] fp32 (fp64 for fp64 x), never TF32: cuBLAS SGEMM; for CUDA bf16
+    x with fp32 weights, the logits GEMV at T <= 64 and the exact bf16 x 3 split (_logits_bf16x3) from
+    SPLIT_GEMM_MIN_TOKENS on."""
+    if _logits_gemv_ok(x, weight):
+        return _ext._C.moe_router_logits(x.contiguous(), weight)
     if (x.is_cuda and x.dtype == torch.bfloat16 and weight.dtype == torch.float32 and _ext.MM_OUT_DTYPE
             and x.shape[0] >= SPLIT_GEMM_MIN_TOKENS):
         return _logits_bf16x3(x, weight)

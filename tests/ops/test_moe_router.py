@@ -392,11 +392,12 @@ def test_cuda_split_bf16x3_kernel_equals_torch():
 
 @pytest.mark.cuda
 @needs_ext
-@pytest.mark.parametrize("ntokens", [1, 64, 4096, 16384])
+@pytest.mark.parametrize("ntokens", [1, 64, 65, 4096, 16384])
 def test_cuda_public_op_nemotron_shape(ntokens):
-    """Below SPLIT_GEMM_MIN_TOKENS the logits are the reference's SGEMM and the indices equal it bit for bit; from
-    it on they come from the exact bf16 x 3 split: a valid top-k within fp32 rounding of the logits, equal to the
-    reference but for near-ties, and weights to the DESIGN rule."""
+    """Between the logits GEMV's 64 tokens and SPLIT_GEMM_MIN_TOKENS the logits are the reference's SGEMM and the
+    indices equal it bit for bit; elsewhere they come from the GEMV (other summation order) or the exact bf16 x 3
+    split: a valid top-k within fp32 rounding of the logits, equal to the reference but for near-ties, and weights
+    to the DESIGN rule."""
     g = torch.Generator().manual_seed(ntokens)
     hidden, nexperts, top_k = 2688, 128, 6
     x = torch.randn(ntokens, hidden, generator=g).to(torch.bfloat16).cuda()
@@ -406,7 +407,7 @@ def test_cuda_public_op_nemotron_shape(ntokens):
     idx_ref, weight_ref, counts_ref = moe_router_ref(x, weight, bias, top_k, 2.5)
     assert torch.equal(counts.long(), torch.bincount(idx.flatten().long(), minlength=nexperts))
     assert counts.sum().item() == ntokens * top_k
-    if ntokens < router_ops.SPLIT_GEMM_MIN_TOKENS:
+    if _ext._C.moe_router_logits_max_tokens < ntokens < router_ops.SPLIT_GEMM_MIN_TOKENS:
         assert torch.equal(idx, idx_ref) and torch.equal(counts, counts_ref)
     else:
         # DESIGN rule 1 on the selection keys: a left-out expert may beat a chosen one by at most twice the
@@ -438,6 +439,51 @@ def test_cuda_split_logits_are_near_sgemm_accuracy():
     assert ours.dtype == F32 and ours.shape == (T, nexperts)
     err, err_sgemm = ((ours.double() - exact).abs().max().item(), (sgemm.double() - exact).abs().max().item())
     assert err <= 10 * err_sgemm, (err, err_sgemm)
+
+
+@pytest.mark.cuda
+@needs_ext
+@pytest.mark.parametrize("tokens,nexperts,hidden", [(1, 128, 2688), (2, 128, 2688), (3, 128, 2688),
+                                                    (8, 128, 2688), (13, 128, 2688), (64, 128, 2688),
+                                                    (5, 37, 100), (1, 1, 4)])
+def test_cuda_logits_gemv_near_sgemm_accuracy(tokens, nexperts, hidden):
+    """The few-token logits GEMV against float64: within 4x the fp32 SGEMM's error (both sum fp32 products, in other
+    orders), deterministic, and what the op returns at these sizes."""
+    g = torch.Generator().manual_seed(tokens * 1000 + nexperts)
+    x = torch.randn(tokens, hidden, generator=g).to(torch.bfloat16).cuda()
+    weight = (torch.randn(nexperts, hidden, generator=g) / hidden ** 0.5).cuda()
+    ours = _ext._C.moe_router_logits(x, weight)
+    exact = x.double() @ weight.double().t()
+    with router_ops._fp32_matmul_ieee("cuda"):
+        sgemm = x.float() @ weight.t()
+    assert ours.dtype == F32 and ours.shape == (tokens, nexperts)
+    err, err_sgemm = ((ours.double() - exact).abs().max().item(), (sgemm.double() - exact).abs().max().item())
+    assert err <= 4 * err_sgemm + 4 * torch.finfo(F32).eps * exact.abs().max().item(), (err, err_sgemm)
+    assert torch.equal(_ext._C.moe_router_logits(x, weight), ours)
+    assert torch.equal(router_ops.moe_router_logits(x, weight), ours)
+
+
+@pytest.mark.cuda
+@needs_ext
+def test_cuda_logits_gemv_bad_input():
+    x, w = torch.randn(2, 64, device="cuda").bfloat16(), torch.randn(8, 64, device="cuda")
+    with pytest.raises(TypeError, match="x must have dtype"):
+        _ext._C.moe_router_logits(x.half(), w)
+    with pytest.raises(TypeError, match="weight must have dtype"):
+        _ext._C.moe_router_logits(x, w.bfloat16())
+    with pytest.raises(ValueError, match="weight must have shape"):
+        _ext._C.moe_router_logits(x, w[:, :32].contiguous())
+    with pytest.raises(ValueError, match="up to 64 tokens"):
+        _ext._C.moe_router_logits(torch.randn(65, 64, device="cuda").bfloat16(), w)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        _ext._C.moe_router_logits(x[:, :62].contiguous(), w[:, :62].contiguous())
+    with pytest.raises(RuntimeError, match="must be on cuda"):
+        _ext._C.moe_router_logits(x.cpu(), w.cpu())
+    # the op falls back to the SGEMM where the GEMV cannot take the input: an unaligned view of x
+    big = torch.randn(2 * 64 + 1, device="cuda").bfloat16()
+    xv = big[1:].view(2, 64)
+    with router_ops._fp32_matmul_ieee("cuda"):
+        assert torch.equal(router_ops.moe_router_logits(xv, w), xv.float() @ w.t())
 
 
 @pytest.mark.cuda
