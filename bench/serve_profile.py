@@ -81,9 +81,11 @@ SERVE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("moe permute / unpermute / quantise", ("moe_permute", "moe_unpermute", "quantize_fp8", "quantize_rows_fp8",
                                             "rank_in_chunk", "expert_offsets_kernel", "assign_rows", "gather_rows",
                                             "unpermute", "zero_fill_kernel", "permute_one_chunk")),
-    # groupproblemshape: the CUTLASS grouped GEMM, whose (often mangled) name has no "grouped_gemm" in it
+    # groupproblemshape: the CUTLASS grouped GEMM, whose (often mangled) name has no "grouped_gemm" in it;
+    # moe_decode_gemv: at decode it runs the shared expert too, in the same launch (no label can split it)
     ("moe routed experts (grouped GEMM / GEMV)", ("grouped_gemm", "grouped_gemv", "moe_experts", "build_group_args",
-                                                  "zero_empty_groups", "grouped_mm", "groupproblemshape")),
+                                                  "zero_empty_groups", "grouped_mm", "groupproblemshape",
+                                                  "moe_decode_gemv")),
     # host context, then generic kernel names
     ("ssd scan / state update", ("ssd_scan", "ssd_state_update", "_ssd_", "chunk_scan", "chunk_state",
                                  "state_passing")),

@@ -120,6 +120,15 @@ std::tuple<at::Tensor, at::Tensor> quantize_fp8_rowwise(const at::Tensor& x) {
 }
 
 // `rows` here is the tensor that fixes device (and, for moe_unpermute, the rows [M, H] themselves).
+void check_topk_weight(const at::Tensor& rows, const at::Tensor& topk_weight, int64_t ntokens, int64_t top_k) {
+  check_dtype(topk_weight, "topk_weight", {at::kFloat});
+  check_shape(topk_weight, "topk_weight", {ntokens, top_k});
+  check_contiguous(topk_weight, "topk_weight");
+  check_device(topk_weight, "topk_weight", rows.device());
+  NK_CHECK_VALUE(topk_weight.size(1) >= 1 && topk_weight.size(1) <= 32,
+                    "topk_weight must have 1 to 32 columns (top_k), got ", num(topk_weight.size(1)));
+}
+
 void check_assignment_args(const at::Tensor& rows, const at::Tensor& row_of_assignment,
                            const std::optional<at::Tensor>& topk_weight) {
   check_dtype(row_of_assignment, "row_of_assignment", {at::kInt});
@@ -128,24 +137,30 @@ void check_assignment_args(const at::Tensor& rows, const at::Tensor& row_of_assi
   check_device(row_of_assignment, "row_of_assignment", rows.device());
   NK_CHECK_VALUE(row_of_assignment.size(1) >= 1 && row_of_assignment.size(1) <= 32,
                     "row_of_assignment must have 1 to 32 columns (top_k), got ", num(row_of_assignment.size(1)));
-  if (topk_weight) {
-    check_dtype(*topk_weight, "topk_weight", {at::kFloat});
-    check_shape(*topk_weight, "topk_weight", {row_of_assignment.size(0), row_of_assignment.size(1)});
-    check_contiguous(*topk_weight, "topk_weight");
-    check_device(*topk_weight, "topk_weight", rows.device());
-  }
+  if (topk_weight) check_topk_weight(rows, *topk_weight, row_of_assignment.size(0), row_of_assignment.size(1));
 }
 
 // out [T, H] = (add +) sum_j topk_weight[t, j] * rows[row_of_assignment[t, j]]  (weight 1 when None).
-at::Tensor moe_unpermute(const at::Tensor& rows, const at::Tensor& row_of_assignment,
+// row_of_assignment None: the rows are in assignment order (row t*k + j, as moe_decode_gemv writes them), with
+// T and k from topk_weight [T, k], then required, and rows [T*k, H].
+at::Tensor moe_unpermute(const at::Tensor& rows, const std::optional<at::Tensor>& row_of_assignment,
                          const std::optional<at::Tensor>& topk_weight, const std::optional<at::Tensor>& add) {
   check_cuda(rows, "rows");
   check_dtype(rows, "rows", {at::kBFloat16, at::kHalf, at::kFloat});
   check_shape(rows, "rows", {-1, -1});
   check_contiguous(rows, "rows");
   NK_CHECK_VALUE(rows.size(0) <= kInt32Max, "rows: more than 2^31-1 rows");
-  check_assignment_args(rows, row_of_assignment, topk_weight);
-  const int64_t ntokens = row_of_assignment.size(0), top_k = row_of_assignment.size(1), hidden = rows.size(1);
+  int64_t ntokens, top_k;
+  if (row_of_assignment) {
+    check_assignment_args(rows, *row_of_assignment, topk_weight);
+    ntokens = row_of_assignment->size(0), top_k = row_of_assignment->size(1);
+  } else {
+    NK_CHECK(topk_weight.has_value(), "topk_weight is required without row_of_assignment (it gives T and k)");
+    check_topk_weight(rows, *topk_weight, -1, -1);
+    ntokens = topk_weight->size(0), top_k = topk_weight->size(1);
+    check_shape(rows, "rows", {ntokens * top_k, -1});
+  }
+  const int64_t hidden = rows.size(1);
   if (add) {
     check_dtype(*add, "add", {rows.scalar_type()});
     check_shape(*add, "add", {ntokens, hidden});
@@ -156,7 +171,8 @@ at::Tensor moe_unpermute(const at::Tensor& rows, const at::Tensor& row_of_assign
 #ifdef NEMOTRON_WITH_CUDA
   const c10::cuda::CUDAGuard guard(rows.device());
   const auto stream = c10::cuda::getCurrentCUDAStream(rows.device().index()).stream();
-  moe::unpermute_launch(rows.data_ptr(), dtype_of(rows), row_of_assignment.data_ptr<int32_t>(),
+  moe::unpermute_launch(rows.data_ptr(), dtype_of(rows),
+                        row_of_assignment ? row_of_assignment->data_ptr<int32_t>() : nullptr,
                         topk_weight ? topk_weight->data_ptr<float>() : nullptr, add ? add->data_ptr() : nullptr,
                         ntokens, int(top_k), hidden, rows.size(0), out.data_ptr(), stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -407,6 +423,96 @@ at::Tensor grouped_gemm_w8_nt(const at::Tensor& a, const at::Tensor& b, const at
   return out;
 }
 
+// MoE decode GEMV: the routed projection of T tokens' k assignments straight from topk_idx (no permute), and
+// optionally the shared expert in the same launch. d[j] = act(a[j / a_div] @ b[topk_idx[j]]^T (* b_scale)) with
+// a [T, K] (a_div = k: the tokens) or [T*k, K] (a_div = 1: one row per assignment), b [E, N, K] bf16, or e4m3 with
+// b_scale [E, N]; shared_d = act(shared_a [T, Ks] @ shared_b [Ns, Ks]^T (* shared_b_scale [Ns])), Ns a multiple
+// of N. An expert id outside [0, E) gives a zero row. -> (d [T*k, N], shared_d [T, Ns]; [T, 0] without), bf16.
+std::tuple<at::Tensor, at::Tensor> moe_decode_gemv(
+    const at::Tensor& a, const at::Tensor& topk_idx, const at::Tensor& b, const std::optional<at::Tensor>& b_scale,
+    const std::optional<at::Tensor>& shared_a, const std::optional<at::Tensor>& shared_b,
+    const std::optional<at::Tensor>& shared_b_scale, bool relu2, int64_t gemv_split) {
+  check_path(2, gemv_split);
+  check_cuda(a, "a");
+  const auto dev = a.device();
+  check_gemm_operand(a, "a", {-1, -1}, dev);
+  check_device(topk_idx, "topk_idx", dev);
+  check_dtype(topk_idx, "topk_idx", {at::kInt});
+  check_shape(topk_idx, "topk_idx", {-1, -1});
+  check_contiguous(topk_idx, "topk_idx");
+  const int64_t ntokens = topk_idx.size(0), top_k = topk_idx.size(1), assignments = ntokens * top_k;
+  NK_CHECK_VALUE(a.size(0) == ntokens || a.size(0) == assignments, "a must have T = ", num(ntokens),
+                    " rows (the tokens) or T*k = ", num(assignments), " (one per assignment), got ", num(a.size(0)));
+  const int64_t k = a.size(1);
+  const bool fp8 = b.scalar_type() == at::kFloat8_e4m3fn;
+  const auto wdtype = fp8 ? at::kFloat8_e4m3fn : at::kBFloat16;
+  check_gemm_operand(b, "b", {-1, -1, k}, dev, wdtype);
+  const int64_t experts = b.size(0), n = b.size(1);
+  check_tma_dim(n, "N (b.shape[1])");
+  check_tma_dim(k, "K (a.shape[1], b.shape[2])", fp8 ? 16 : 8, fp8 ? "16 fp8 elements" : "8 bf16 elements");
+  NK_CHECK_VALUE(k > 0, "K (a.shape[1]) must be positive");
+  NK_CHECK_VALUE(experts <= kInt32Max, "b: more than 2^31-1 experts");
+  auto check_scale = [&](const std::optional<at::Tensor>& scale, const char* name, std::vector<int64_t> shape) {
+    NK_CHECK(scale.has_value() == fp8, name, fp8 ? " is required with e4m3 weights" : " applies to e4m3 weights only");
+    if (scale) check_gemm_operand(*scale, name, std::move(shape), dev, at::kFloat);
+  };
+  check_scale(b_scale, "b_scale", {experts, n});
+  const bool has_shared = shared_a.has_value();
+  NK_CHECK(has_shared == shared_b.has_value(), "shared_a and shared_b: pass both (the shared expert) or neither");
+  int64_t shared_n = 0, shared_k = 0;
+  if (has_shared) {
+    check_gemm_operand(*shared_a, "shared_a", {ntokens, -1}, dev);
+    shared_k = shared_a->size(1);
+    check_gemm_operand(*shared_b, "shared_b", {-1, shared_k}, dev, wdtype);
+    shared_n = shared_b->size(0);
+    check_tma_dim(shared_k, "Ks (shared_a.shape[1], shared_b.shape[1])", fp8 ? 16 : 8,
+                  fp8 ? "16 fp8 elements" : "8 bf16 elements");
+    NK_CHECK_VALUE(shared_k > 0, "Ks (shared_a.shape[1]) must be positive");
+    NK_CHECK_VALUE(n > 0 && shared_n % n == 0, "shared_b must have a multiple of N = ", num(n),
+                      " rows (it runs in blocks of N channels), got ", num(shared_n));
+    check_scale(shared_b_scale, "shared_b_scale", {shared_n});
+  } else {
+    NK_CHECK(!shared_b_scale, "shared_b_scale without the shared expert (shared_a, shared_b)");
+  }
+  const int64_t shared_tasks = n > 0 ? shared_n / n : 0;
+  NK_CHECK_VALUE(assignments + shared_tasks <= 65535, "T*k + Ns/N = ", num(assignments + shared_tasks),
+                    " exceeds the grid's 65535 rows: this GEMV is for decode (a few tokens)");
+  auto d = at::empty({assignments, n}, a.options());
+  auto shared_d = at::empty({ntokens, shared_n}, a.options());
+#ifdef NEMOTRON_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(dev);
+  const int sm_count = moe::sm_count_of(dev.index());
+  NK_CHECK(sm_count > 0, "moe_decode_gemv: could not read the multiprocessor count of cuda:", num(dev.index()));
+  using moe::GemmKind;
+  const GemmKind kind = fp8 ? (relu2 ? GemmKind::kW8NTReLU2 : GemmKind::kW8NT)
+                            : (relu2 ? GemmKind::kNTReLU2 : GemmKind::kNT);
+  moe::MoeDecodeGemvParams p{kind,
+                             a.data_ptr(),
+                             b.data_ptr(),
+                             b_scale ? b_scale->data_ptr<float>() : nullptr,
+                             d.data_ptr(),
+                             topk_idx.data_ptr<int32_t>(),
+                             int(assignments),
+                             a.size(0) == assignments ? 1 : int(top_k),
+                             int(experts),
+                             int(n),
+                             int(k),
+                             has_shared ? shared_a->data_ptr() : nullptr,
+                             has_shared ? shared_b->data_ptr() : nullptr,
+                             shared_b_scale ? shared_b_scale->data_ptr<float>() : nullptr,
+                             has_shared ? shared_d.data_ptr() : nullptr,
+                             int(ntokens),
+                             int(shared_tasks),
+                             int(shared_k),
+                             sm_count,
+                             c10::cuda::getCurrentCUDAStream(dev.index()).stream(),
+                             int(gemv_split)};
+  const char* err = moe::moe_decode_gemv_run(p);
+  NK_CHECK(err[0] == '\0', "moe_decode_gemv: ", err);
+#endif
+  return {d, shared_d};
+}
+
 }  // namespace
 
 void register_moe(pybind11::module_& m) {
@@ -430,7 +536,12 @@ void register_moe(pybind11::module_& m) {
         "bf16 a [M,K] @ e4m3 b[e]^T per expert, scaled by b_scale [E,N], relu^2 optionally -> bf16 (grouped GEMV)",
         py::arg("a"), py::arg("b"), py::arg("b_scale"), py::arg("expert_offsets"), py::arg("relu2"),
         py::arg("gemv_split") = 0);
-  m.def("moe_unpermute", &moe_unpermute, "rows [M,H] -> (add +) sum_j w[t,j] rows[row_of_assignment[t,j]] [T,H] (CUDA)",
+  m.def("moe_decode_gemv", &moe_decode_gemv,
+        "routed (from topk_idx, no permute) + shared expert projection of a few tokens in one GEMV launch -> "
+        "(d [T*k,N], shared_d [T,Ns] or [T,0]) (CUDA)",
+        py::arg("a"), py::arg("topk_idx"), py::arg("b"), py::arg("b_scale"), py::arg("shared_a"), py::arg("shared_b"),
+        py::arg("shared_b_scale"), py::arg("relu2"), py::arg("gemv_split") = 0);
+  m.def("moe_unpermute", &moe_unpermute, "rows [M,H] -> (add +) sum_j w[t,j] rows[row_of_assignment[t,j]] [T,H]; row_of_assignment None: row t*k+j (CUDA)",
         py::arg("rows"), py::arg("row_of_assignment"), py::arg("topk_weight"), py::arg("add"));
   m.def("moe_unpermute_bwd", &moe_unpermute_bwd,
         "backward of moe_unpermute -> (d_rows [m_rows,H], d_weight [T,k] fp32 or [0,0] without rows) (CUDA)",

@@ -12,6 +12,9 @@
 // Small grids (the shared expert at T = 1: one group, 84-116 CTAs on 132 SMs) keep too few loads in flight to
 // stream at copy speed, so kSplit warps share each channel group, each taking every kSplit-th 16-byte piece of
 // K; their sums meet in shared memory in a fixed order (deterministic). gemv_split_for picks it from the grid.
+// moe_decode_gemv_kernel runs the same loop for the MoE layer at decode without the permute: CTA row j takes
+// assignment j's expert straight from topk_idx, and the shared expert's column blocks ride in the same grid
+// (one launch per projection instead of three kernels: permute, routed, shared).
 // Tried and measured slower (H200, bench/NOTES.md): mma.sync with one warp per 16 channels and a permuted k order
 // (2.5x slower at T = 1: 4x fewer warps streaming, 64-byte row pieces per load instead of 512 contiguous bytes);
 // for the weights-only kind, widening e4m3 with integer ops (its bits placed as fp32 times 2^-120, a scaled by 2^64)
@@ -85,15 +88,25 @@ __device__ __forceinline__ void find_group(const int32_t* offsets, int groups, i
   if (lane == 0) *group = -1;
 }
 
+// One CTA's work: `rows` rows of a (row stride k) against one [n, k] weight matrix, into d (row stride ldd).
+template <typename TA, typename TB>
+struct GemvTask {
+  const TA* a;             // [rows, k]
+  const TB* w;             // [n, k]: the group's weights
+  const float* a_scale;    // [rows] (kScaleA only)
+  const float* b_scale;    // [n] (kScaleB only)
+  __nv_bfloat16* d;        // [rows, ldd]
+  int64_t ldd;
+  int64_t rows;
+  int k;
+};
+
 // CTA: kWarps / kSplit channel groups of kCh channels; warp w serves group w / kSplit on K pieces w % kSplit.
 // kSplit is a template argument: kSplit = 1 is the unsplit loop exactly (constant strides, no barriers).
 // A piece is 16 bytes of weights (kLen elements of TB); a's matching elements take kXLoads 16-byte loads.
 // Register bounds: at the kernels' __global__ wrappers below.
 template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2, int kSplit>
-__device__ __forceinline__ void grouped_gemv_nt(const TA* __restrict__ a, const TB* __restrict__ b,
-                                                __nv_bfloat16* __restrict__ d, const float* __restrict__ a_scale,
-                                                const float* __restrict__ b_scale, const int32_t* __restrict__ offsets,
-                                                int groups, int64_t m_rows, int n, int k) {
+__device__ __forceinline__ void gemv_task(const GemvTask<TA, TB>& t, int n) {
   constexpr int kLen = Chunk<TB>::kLen;
   constexpr int kALen = Chunk<TA>::kLen;
   constexpr int kXLoads = kLen / kALen;
@@ -102,29 +115,23 @@ __device__ __forceinline__ void grouped_gemv_nt(const TA* __restrict__ a, const 
   constexpr int kRows = std::is_same_v<TA, TB> ? kMt : 2;
   static_assert(kCh * kRows <= 32, "lane c + kCh * m of a warp writes channel c of row m");
   static_assert(kLen % kALen == 0, "a piece of a must not be narrower than 16 bytes");
-  __shared__ int s_group;
-  __shared__ int64_t s_start, s_end;
   __shared__ float s_part[kSplit > 1 ? kWarps : 1][32];                     // split partial sums, lane-indexed
-  if (threadIdx.x < 32) find_group(offsets, groups, m_rows, blockIdx.y, &s_group, &s_start, &s_end);
-  __syncthreads();
-  const int group = s_group;
-  if (group < 0) return;                                                    // CTA-uniform
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int slice = warp % kSplit;                                          // which K pieces
   const int n0 = (blockIdx.x * (kWarps / kSplit) + warp / kSplit) * kCh;
   const bool live = n0 < n;
   if (kSplit == 1 && !live) return;              // split warps stay: they meet the CTA barriers below
-  const int64_t start = s_start, end = s_end;
+  const int k = t.k;
+  const TA* a = t.a;
   const int64_t k_begin = live ? int64_t(slice * 32 + lane) * kLen : k;
-  const TB* w = b + (int64_t(group) * n + n0) * k;                          // [kCh, K] rows of b[group]
-
+  const TB* w = t.w + int64_t(n0) * k;                                      // [kCh, K]
   constexpr int64_t kStride = 32 * kSplit * kLen;                         // elements of K per trip of a warp
   auto load_w = [&](uint4 (&raw)[kCh], int64_t kk) {                       // weights: read once, not cached
 #pragma unroll
     for (int c = 0; c < kCh; ++c) raw[c] = __ldcs(reinterpret_cast<const uint4*>(w + c * int64_t(k) + kk));
   };
-  for (int64_t r0 = start; r0 < end; r0 += kRows) {
-    const int rows = int(min(int64_t(kRows), end - r0));
+  for (int64_t r0 = 0; r0 < t.rows; r0 += kRows) {
+    const int rows = int(min(int64_t(kRows), t.rows - r0));
     float acc[kCh][kRows] = {};
     // Double-buffered: the next trip's weights are asked for before this trip's math, so each lane always has two
     // trips of loads in flight. `#pragma unroll 2` did not get that: a's loads sit in `m < rows` branches, and
@@ -186,12 +193,32 @@ __device__ __forceinline__ void grouped_gemv_nt(const TA* __restrict__ a, const 
     const int c = lane % kCh, m = lane / kCh;
     if (live && slice == 0 && m < rows) {
       const int64_t row = r0 + m;
-      if constexpr (kScaleA) out *= a_scale[row];
-      if constexpr (kScaleB) out *= b_scale[int64_t(group) * n + n0 + c];
+      if constexpr (kScaleA) out *= t.a_scale[row];
+      if constexpr (kScaleB) out *= t.b_scale[n0 + c];
       if constexpr (kReLU2) out = out > 0.f ? out * out : 0.f;
-      d[row * n + n0 + c] = __float2bfloat16_rn(out);
+      t.d[row * t.ldd + n0 + c] = __float2bfloat16_rn(out);
     }
   }
+}
+
+
+// Grouped: CTA row blockIdx.y takes the blockIdx.y-th group that has rows.
+template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2, int kSplit>
+__device__ __forceinline__ void grouped_gemv_nt(const TA* __restrict__ a, const TB* __restrict__ b,
+                                                __nv_bfloat16* __restrict__ d, const float* __restrict__ a_scale,
+                                                const float* __restrict__ b_scale, const int32_t* __restrict__ offsets,
+                                                int groups, int64_t m_rows, int n, int k) {
+  __shared__ int s_group;
+  __shared__ int64_t s_start, s_end;
+  if (threadIdx.x < 32) find_group(offsets, groups, m_rows, blockIdx.y, &s_group, &s_start, &s_end);
+  __syncthreads();
+  const int group = s_group;
+  if (group < 0) return;                                                    // CTA-uniform
+  const int64_t start = s_start;
+  GemvTask<TA, TB> t{a + start * k, b + int64_t(group) * n * k, nullptr, nullptr, d + start * n, n, s_end - start, k};
+  if constexpr (kScaleA) t.a_scale = a_scale + start;
+  if constexpr (kScaleB) t.b_scale = b_scale + int64_t(group) * n;
+  gemv_task<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>(t, n);
 }
 
 #define NK_GEMV_PARAMS                                                                                         \
@@ -216,6 +243,39 @@ __global__ void __launch_bounds__(kWarps * 32, 2) grouped_gemv_fp8_kernel(NK_GEM
 }
 #undef NK_GEMV_PARAMS
 #undef NK_GEMV_ARGS
+
+// MoE decode: CTA row j < assignments is assignment j (its expert from topk_idx), the rest the shared expert's
+// column blocks. BF16 or weights-only FP8 (bf16 a), bounded like grouped_gemv_nt_kernel.
+template <typename TB, bool kReLU2, int kSplit>
+__global__ void __launch_bounds__(kWarps * 32, 3) moe_decode_gemv_kernel(const MoeDecodeGemvParams p) {
+  using TA = __nv_bfloat16;
+  constexpr bool kScaleB = !std::is_same_v<TA, TB>;
+  const int j = blockIdx.y, n = p.n;
+  // Two inlined copies of the loop, so each branch's row count and K stay constants or kernel parameters (one
+  // GemvTask for both held them in registers: 48 bytes of spills at BF16, split 1).
+  if (j < p.assignments) {
+    const int e = p.topk_idx[j];
+    auto* d = static_cast<__nv_bfloat16*>(p.d) + int64_t(j) * n;
+    if (e < 0 || e >= p.experts) {                                          // CTA-uniform: a zero row
+      constexpr int kPerCta = kWarps / kSplit * kCh;
+      const int c = blockIdx.x * kPerCta + threadIdx.x;
+      if (threadIdx.x < kPerCta && c < n) d[c] = __float2bfloat16_rn(0.f);
+      return;
+    }
+    GemvTask<TA, TB> t{static_cast<const TA*>(p.a) + int64_t(j / p.a_div) * p.k,
+                       static_cast<const TB*>(p.b) + int64_t(e) * n * p.k, nullptr, nullptr, d, n, 1, p.k};
+    if constexpr (kScaleB) t.b_scale = p.b_scale + int64_t(e) * n;
+    gemv_task<TA, TB, false, kScaleB, kReLU2, kSplit>(t, n);
+  } else {
+    const int s = j - p.assignments;                                        // the shared expert's s-th n channels
+    GemvTask<TA, TB> t{static_cast<const TA*>(p.shared_a),
+                       static_cast<const TB*>(p.shared_b) + int64_t(s) * n * p.shared_k, nullptr, nullptr,
+                       static_cast<__nv_bfloat16*>(p.shared_d) + int64_t(s) * n, int64_t(p.shared_tasks) * n,
+                       p.shared_rows, p.shared_k};
+    if constexpr (kScaleB) t.b_scale = p.shared_b_scale + int64_t(s) * n;
+    gemv_task<TA, TB, false, kScaleB, kReLU2, kSplit>(t, n);
+  }
+}
 
 template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2, int kSplit>
 constexpr auto gemv_kernel() {
@@ -265,6 +325,46 @@ const char* launch(const GroupedGemmParams& p) {
   }
 }
 
+template <typename TB, bool kReLU2>
+int decode_resident_ctas(int sm_count) {
+  static const int per_sm = [] {
+    int blocks = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, moe_decode_gemv_kernel<TB, kReLU2, 1>, kWarps * 32,
+                                                      0) != cudaSuccess) {
+      (void)cudaGetLastError();
+      blocks = 1;
+    }
+    return std::max(blocks, 1);
+  }();
+  return per_sm * sm_count;
+}
+
+template <typename TB, bool kReLU2, int kSplit>
+const char* decode_launch_split(const MoeDecodeGemvParams& p, int rows) {
+  constexpr int kPerCta = kWarps / kSplit * kCh;
+  const int n_blocks = (p.n + kPerCta - 1) / kPerCta;
+  if (n_blocks == 0 || rows == 0) return "";
+  moe_decode_gemv_kernel<TB, kReLU2, kSplit><<<dim3(n_blocks, rows), kWarps * 32, 0, p.stream>>>(p);
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? "" : cudaGetErrorString(err);
+}
+
+template <typename TB, bool kReLU2>
+const char* decode_launch(const MoeDecodeGemvParams& p) {
+  const int rows = p.assignments + (p.shared_a ? p.shared_tasks : 0);     // CTA rows of the grid
+  // The rule sees the routed K: the shared expert's longer rows (down: 2 x) only lengthen its CTAs.
+  const int split = p.gemv_split > 0 ? p.gemv_split
+                                     : gemv_split_for(p.n, p.k, sizeof(TB), rows,
+                                                      decode_resident_ctas<TB, kReLU2>(p.sm_count));
+  switch (split) {
+    case 1: return decode_launch_split<TB, kReLU2, 1>(p, rows);
+    case 2: return decode_launch_split<TB, kReLU2, 2>(p, rows);
+    case 4: return decode_launch_split<TB, kReLU2, 4>(p, rows);
+    case 8: return decode_launch_split<TB, kReLU2, 8>(p, rows);
+    default: return "MoE decode GEMV: split must be 1, 2, 4 or 8";
+  }
+}
+
 }  // namespace
 
 int gemv_split_for(int n, int k, int elem_bytes, int touched_groups, int resident) {
@@ -297,6 +397,16 @@ const char* grouped_gemv_run(const GroupedGemmParams& p) {
     case GemmKind::kW8NT: return launch<__nv_bfloat16, __nv_fp8_e4m3, false, true, false>(p);
     case GemmKind::kW8NTReLU2: return launch<__nv_bfloat16, __nv_fp8_e4m3, false, true, true>(p);
     default: return "grouped GEMV: only the NT kinds have a GEMV path";
+  }
+}
+
+const char* moe_decode_gemv_run(const MoeDecodeGemvParams& p) {
+  switch (p.kind) {
+    case GemmKind::kNT: return decode_launch<__nv_bfloat16, false>(p);
+    case GemmKind::kNTReLU2: return decode_launch<__nv_bfloat16, true>(p);
+    case GemmKind::kW8NT: return decode_launch<__nv_fp8_e4m3, false>(p);
+    case GemmKind::kW8NTReLU2: return decode_launch<__nv_fp8_e4m3, true>(p);
+    default: return "MoE decode GEMV: only the BF16 and weights-only FP8 NT kinds";
   }
 }
 

@@ -33,7 +33,7 @@ void permute_launch(const void* x, int elem_bytes, const int32_t* topk_idx, int6
 
 // out[t] = (add[t] +) sum_j weight[t, j] * rows[row_of_assignment[t, j]]   (weight = 1 when null), summed in fp32
 // in slot order j = 0..k-1 (deterministic), rounded to the rows dtype before `add` is added (then rounded again).
-// Slots whose row is outside [0, m_rows) contribute nothing.
+// Slots whose row is outside [0, m_rows) contribute nothing. row_of_assignment null: row t * top_k + j.
 void unpermute_launch(const void* rows, DType dtype, const int32_t* row_of_assignment, const float* weight,
                       const void* add, int64_t ntokens, int top_k, int64_t hidden, int64_t m_rows, void* out,
                       cudaStream_t stream);
@@ -123,6 +123,37 @@ const char* grouped_gemv_run(const GroupedGemmParams& p);
 // The GEMV's K split for n output channels, k-long rows of elem_bytes, touched_groups groups with rows and
 // `resident` CTAs resident on the GPU at once.
 int gemv_split_for(int n, int k, int elem_bytes, int touched_groups, int resident);
+
+// MoE decode GEMV (moe_gemv_kernel.cu): the routed experts of a few tokens straight from topk_idx, no permute,
+// and the shared expert in the same launch. Assignment j (of T * top_k) multiplies row j / a_div of a (a_div =
+// top_k: a is x [T, K]; 1: a is h [T * top_k, K]) by b[topk_idx[j]] into d row j; an expert id outside
+// [0, experts) gives a zero row. The shared expert's [shared_tasks * n, shared_k] weights run as shared_tasks
+// more CTA rows of n channels each, all shared_rows rows of shared_a, into shared_d [shared_rows,
+// shared_tasks * n]. Kinds: kNT / kNTReLU2 (bf16 b) and kW8NT / kW8NTReLU2 (e4m3 b with per-channel b_scale).
+struct MoeDecodeGemvParams {
+  GemmKind kind;
+  const void* a;                 // bf16 [assignments / a_div, k]
+  const void* b;                 // [experts, n, k]
+  const float* b_scale;          // [experts, n] (kW8* only)
+  void* d;                       // bf16 [assignments, n]
+  const int32_t* topk_idx;       // [assignments]
+  int assignments;
+  int a_div;
+  int experts;
+  int n;
+  int k;
+  const void* shared_a;          // bf16 [shared_rows, shared_k], or null: no shared expert
+  const void* shared_b;          // [shared_tasks * n, shared_k], b's dtype
+  const float* shared_b_scale;   // [shared_tasks * n] (kW8* only)
+  void* shared_d;                // bf16 [shared_rows, shared_tasks * n]
+  int shared_rows;
+  int shared_tasks;
+  int shared_k;
+  int sm_count;
+  cudaStream_t stream;
+  int gemv_split = 0;            // as GroupedGemmParams::gemv_split
+};
+const char* moe_decode_gemv_run(const MoeDecodeGemvParams& p);
 
 // Multiprocessor count of `device` (cached after the first query).
 int sm_count_of(int device);

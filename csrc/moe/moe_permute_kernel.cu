@@ -271,7 +271,7 @@ __global__ void unpermute_kernel(const T* __restrict__ rows, const int32_t* __re
   const int64_t t = int64_t(blockIdx.x) * rows_per_block + threadIdx.x / threads_per_row;
   if (t >= ntokens) return;
   const int64_t n_vec = hidden / N;
-  const int32_t* my_rows = roa + t * top_k;
+  const int32_t* my_rows = roa ? roa + t * top_k : nullptr;                // null: row t*k + j (assignment order)
   const float* my_w = weight ? weight + t * top_k : nullptr;
   for (int64_t v = threadIdx.x % threads_per_row; v < n_vec; v += threads_per_row) {
     float acc[N];
@@ -284,7 +284,7 @@ __global__ void unpermute_kernel(const T* __restrict__ rows, const int32_t* __re
 #pragma unroll
       for (int b = 0; b < kUnpermuteBatch; ++b) {
         const int j = j0 + b;
-        const int32_t r = j < top_k ? my_rows[j] : -1;
+        const int32_t r = j >= top_k ? -1 : my_rows ? my_rows[j] : int32_t(t * top_k + j);
         ok[b] = r >= 0 && r < m_rows;                     // dropped assignments add nothing (not 0 * row)
         w[b] = ok[b] && my_w ? my_w[j] : 1.f;
         if (ok[b]) p[b] = reinterpret_cast<const P*>(rows + int64_t(r) * hidden)[v];

@@ -215,6 +215,24 @@ def _(a, b, b_scale, expert_offsets, relu2):
     return a.new_empty(a.shape[0], b.shape[1])
 
 
+@kernel_op("nemotron_kernels::moe_decode_gemv", mutates_args=())
+def moe_decode_gemv(a: torch.Tensor, topk_idx: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor | None,
+                    shared_a: torch.Tensor | None, shared_b: torch.Tensor | None, shared_b_scale: torch.Tensor | None,
+                    relu2: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MoE decode GEMV (reference: moe_decode_gemv_ref): assignment j of topk_idx [T, k] int32 through expert
+    topk_idx[j] straight from the routing, no permute; a [T, K] (the tokens) or [T*k, K] (one row per assignment)
+    bf16, b [E, N, K] bf16, or e4m3 with b_scale [E, N] fp32; the shared expert (shared_a [T, Ks], shared_b [Ns, Ks]
+    with Ns a multiple of N, shared_b_scale [Ns] for e4m3) in the same launch, or None ->
+    (d [T*k, N], shared_d [T, Ns], [T, 0] without) bf16, relu^2 fused optionally."""
+    return tuple(_ext._C.moe_decode_gemv(a, topk_idx, b, b_scale, shared_a, shared_b, shared_b_scale, relu2))
+
+
+@moe_decode_gemv.register_fake
+def _(a, topk_idx, b, b_scale, shared_a, shared_b, shared_b_scale, relu2):
+    return (a.new_empty(topk_idx.numel(), b.shape[1]),
+            a.new_empty(topk_idx.shape[0], shared_b.shape[0] if shared_b is not None else 0))
+
+
 def grouped_gemm_w8(a, b_q, b_scale, expert_offsets, activation: str = "none"):
     """Weights-only FP8 grouped GEMM for decode: bf16 activations as they are, e4m3 weights with per-channel
     scales (forward only). Against grouped_gemm_fp8 it skips the activations' row quantisation (a launch, and

@@ -16,21 +16,24 @@ The forward GEMMs pick their kernel by rows per expert (csrc/moe/moe_kernels.h, 
 all (T <= 2 at top-6) a grouped GEMV that streams each touched expert's weights once; <= 32 rows per expert on
 average swapped operands (the weights' channels on the MMA's 64-row side, the rows on a 32-wide N side); more,
 128-row tiles.
+Inference at decode sizes (no gradient wanted, T * k <= 16) skips the permute: moe_decode_gemv takes each
+assignment's expert straight from topk_idx and runs the shared expert in the same launch, so the layer is three
+kernels (up, down, weighted sum) instead of six.
 Everything else (CPU, other dtypes, unaligned sizes) runs the reference; unaligned sizes on CUDA warn once.
 
 moe_experts_fp8 (+ quantize_experts_fp8): the same layer with FP8 e4m3 GEMMs for inference (per-token activation
 scales, per-channel weight scales, dequantisation and relu^2 fused in the epilogue, h re-quantised per row); at
-decode sizes (T * k <= 16) weights-only instead: bf16 x and h through the weights-only grouped GEMV."""
+decode sizes (T * k <= 16) weights-only instead: bf16 x and h through the weights-only decode GEMV."""
 import functools
 import warnings
 
 import torch
 
 from .. import _ext
-from ..reference.grouped_gemm import moe_experts_fp8_ref, weights_only_for
+from ..reference.grouped_gemm import WEIGHTS_ONLY_MAX_ROWS, moe_experts_fp8_ref, weights_only_for
 from ..reference.moe_experts import moe_experts_ref
 from .grouped_gemm import (grouped_gemm_fp8_nt, grouped_gemm_nn, grouped_gemm_nt, grouped_gemm_tn,
-                           grouped_gemm_w8_nt, one_group_offsets, quantize_fp8_rowwise, quantize_fp8_rowwise_op,
+                           grouped_gemm_w8_nt, moe_decode_gemv, one_group_offsets, quantize_fp8_rowwise, quantize_fp8_rowwise_op,
                            use_kernel)
 from .moe_permute import (MAX_EXPERTS, MAX_TOP_K, moe_permute_op, moe_permute_scaled_op, moe_unpermute_bwd_op,
                           moe_unpermute_op)
@@ -147,8 +150,33 @@ def moe_experts(x, topk_idx, topk_weight, up, down, shared_up=None, shared_down=
         return moe_experts_ref(x, topk_idx, topk_weight, up, down, shared_up, shared_down)      # raises, named
     contig = [t.contiguous() for t in (x, up, down)]
     shared = [t.contiguous() if t is not None else None for t in (shared_up, shared_down)]
-    return MoeExpertsFn.apply(contig[0], topk_idx.to(torch.int32).contiguous(), topk_weight, contig[1], contig[2],
-                              *shared)
+    idx32 = topk_idx.to(torch.int32).contiguous()
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, topk_weight, *weights))
+    if not needs_grad and _decode_ok(idx32, inter, shared_up):
+        return _decode_experts(contig[0], idx32, topk_weight.float().contiguous(), (contig[1], None, contig[2], None),
+                               None if shared_up is None else (shared[0], None, shared[1], None))
+    return MoeExpertsFn.apply(contig[0], idx32, topk_weight, contig[1], contig[2], *shared)
+
+
+def _decode_ok(topk_idx, inter: int, shared_up) -> bool:
+    """The decode path: as few assignments as the GEMV serves (T * k <= 16, csrc/moe/moe_kernels.h path_for), and a
+    shared expert, if any, whose width is whole blocks of the routed width I (Nemotron-H: 3712 = 2 x 1856)."""
+    return topk_idx.numel() <= WEIGHTS_ONLY_MAX_ROWS and (shared_up is None or shared_up.shape[0] % inter == 0)
+
+
+def _decode_experts(x, topk_idx, weight32, routed, shared):
+    """Inference at decode sizes: three launches, no permute. The up GEMV takes each assignment's expert straight
+    from topk_idx (rows in assignment order, row t*k + j) with the shared expert's up in the same grid, the down
+    GEMV likewise, then the weighted sum adds the shared output. x [T, H] bf16, topk_idx [T, k] int32, weight32
+    [T, k] fp32; routed / shared: (up, up_scale, down, down_scale), bf16 weights with None scales or e4m3 with
+    per-channel scales (shared: [Is, H], [Is], [H, Is], [H]; or None) -> [T, H] bf16."""
+    up, up_scale, down, down_scale = routed
+    s_up, s_up_scale, s_down, s_down_scale = shared if shared is not None else (None,) * 4
+    h, hs = moe_decode_gemv(x, topk_idx, up, up_scale, x if shared is not None else None, s_up, s_up_scale,
+                            True)                                                 # [T*k, I], [T, Is]
+    y, ys = moe_decode_gemv(h, topk_idx, down, down_scale, hs if shared is not None else None, s_down,
+                            s_down_scale, False)                                  # [T*k, H], [T, H]
+    return moe_unpermute_op(y, None, weight32, ys if shared is not None else None)   # [T, H]
 
 
 def quantize_experts_fp8(up, down, shared_up=None, shared_down=None) -> dict:
@@ -195,11 +223,15 @@ def moe_experts_fp8(x, topk_idx, topk_weight, up_q, up_scale, down_q, down_scale
         return moe_experts_fp8_ref(*args, weights_only=weights_only)
     if weights_only is None:
         weights_only = weights_only_for(topk_idx.numel())
+    x, topk_idx, weight32 = x.contiguous(), topk_idx.to(torch.int32).contiguous(), topk_weight.float().contiguous()
+    routed = (up_q.contiguous(), up_scale.float().contiguous(), down_q.contiguous(), down_scale.float().contiguous())
+    if weights_only and _decode_ok(topk_idx, up_q.shape[1], shared_up_q):
+        shared = None if shared_up_q is None else (shared_up_q.contiguous(), shared_up_scale.float().contiguous(),
+                                                   shared_down_q.contiguous(), shared_down_scale.float().contiguous())
+        return _decode_experts(x, topk_idx, weight32, routed, shared)
     shared = None if shared_up_q is None else (*_one_group(shared_up_q, shared_up_scale),
                                                *_one_group(shared_down_q, shared_down_scale))
-    return _fp8_pipeline(x.contiguous(), topk_idx.to(torch.int32).contiguous(), topk_weight.float().contiguous(),
-                         (up_q.contiguous(), up_scale.float().contiguous(), down_q.contiguous(),
-                          down_scale.float().contiguous()), shared, weights_only)
+    return _fp8_pipeline(x, topk_idx, weight32, routed, shared, weights_only)
 
 
 def _one_group(w_q, scale):

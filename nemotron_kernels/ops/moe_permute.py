@@ -61,16 +61,18 @@ def _(x, x_scale, topk_idx, num_experts, pad_to):
 
 
 @kernel_op("nemotron_kernels::moe_unpermute", mutates_args=())
-def moe_unpermute_op(rows: torch.Tensor, row_of_assignment: torch.Tensor, topk_weight: torch.Tensor | None,
+def moe_unpermute_op(rows: torch.Tensor, row_of_assignment: torch.Tensor | None, topk_weight: torch.Tensor | None,
                      add: torch.Tensor | None) -> torch.Tensor:
-    """rows [M, H] (CUDA), row_of_assignment [T, k] int32, topk_weight [T, k] fp32 | None (weight 1), add [T, H] |
-    None -> [T, H] = round(sum_j w_j rows[r_j]) (+ add, rounded again), fp32 sums in slot order."""
+    """rows [M, H] (CUDA), row_of_assignment [T, k] int32 | None (rows [T*k, H] in assignment order, row t*k + j;
+    then topk_weight is required), topk_weight [T, k] fp32 | None (weight 1), add [T, H] | None ->
+    [T, H] = round(sum_j w_j rows[r_j]) (+ add, rounded again), fp32 sums in slot order."""
     return _ext._C.moe_unpermute(rows, row_of_assignment, topk_weight, add)
 
 
 @moe_unpermute_op.register_fake
 def _(rows, row_of_assignment, topk_weight, add):
-    return rows.new_empty(row_of_assignment.shape[0], rows.shape[1])
+    ntokens = (row_of_assignment if row_of_assignment is not None else topk_weight).shape[0]
+    return rows.new_empty(ntokens, rows.shape[1])
 
 
 @kernel_op("nemotron_kernels::moe_unpermute_bwd", mutates_args=())

@@ -105,6 +105,58 @@ def grouped_gemm_w8_ref(a, b_q, b_scale, expert_offsets, activation: str = "none
     return grouped_gemm_ref(a.to(cdtype), b, expert_offsets, activation).to(a.dtype)
 
 
+def moe_decode_gemv_ref(a, topk_idx, b, b_scale=None, shared_a=None, shared_b=None, shared_b_scale=None,
+                        activation: str = "none"):
+    """The MoE decode GEMV (reference): each assignment j of topk_idx [T, k] (row-major) through its expert,
+    d[j] = act(a_j @ w[topk_idx[j]]^T), with a_j = a[j // k] when a is [T, K] (the tokens) or a[j] when a is
+    [T*k, K]; an expert id outside [0, E) gives a zero row. The shared expert, when given: act(shared_a @ ws^T).
+    w = b, or b * b_scale[..., None] for e4m3 b with per-channel scales.
+
+    Args:
+        a [T or T*k, K] float; topk_idx [T, k] int; b [E, N, K] float or e4m3, b_scale [E, N] (e4m3 only);
+        shared_a [T, Ks], shared_b [Ns, Ks], shared_b_scale [Ns] (e4m3 only), or None; activation "none" / "relu2".
+    Returns:
+        (d [T*k, N], shared_d [T, Ns], [T, 0] without the shared expert) in a's dtype, computed in float32 (float64
+        for float64 a) and rounded once.
+    """
+    check_float("a", a, "[T or T*k, K]", 2)
+    check_int("topk_idx", topk_idx, "[T, k]", 2)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    ntokens, top_k = topk_idx.shape
+    if a.shape[0] not in (ntokens, ntokens * top_k):
+        raise ValueError(f"a must have T = {ntokens} rows (the tokens) or T*k = {ntokens * top_k} (one per "
+                         f"assignment), got {tuple(a.shape)}")
+    if b.dim() != 3 or b.shape[2] != a.shape[1]:
+        raise ValueError(f"b must have shape [E, N, K] with K = {a.shape[1]}, got {tuple(b.shape)}")
+    if (shared_a is None) != (shared_b is None):
+        raise ValueError("shared_a and shared_b: pass both (the shared expert) or neither")
+    cdtype = compute_dtype(a.dtype, torch.float32)
+
+    def weights(w, scale, name):                                                 # [..., N, K] in cdtype
+        if (w.dtype == torch.float8_e4m3fn) != (scale is not None):
+            raise ValueError(f"{name}_scale must be given exactly when {name} is e4m3")
+        return w.to(cdtype) * scale.to(cdtype)[..., None] if scale is not None else w.to(cdtype)
+
+    def act(y):
+        return (torch.relu(y).square() if activation == "relu2" else y).to(a.dtype)
+
+    w = weights(b, b_scale, "b")                                                 # [E, N, K]
+    idx = topk_idx.reshape(-1).long()                                            # [T*k]
+    rows = a.to(cdtype)
+    if a.shape[0] != idx.numel():
+        rows = rows.repeat_interleave(top_k, 0)                                  # [T*k, K]
+    d = torch.zeros(idx.numel(), b.shape[1], dtype=cdtype, device=a.device)
+    for j in torch.nonzero((idx >= 0) & (idx < b.shape[0])).flatten().tolist():
+        d[j] = w[idx[j]] @ rows[j]
+    if shared_a is None:
+        return act(d), a.new_zeros(ntokens, 0)
+    if shared_a.shape[0] != ntokens or shared_b.dim() != 2 or shared_b.shape[1] != shared_a.shape[1]:
+        raise ValueError(f"shared_a must be [T={ntokens}, Ks] and shared_b [Ns, Ks], got {tuple(shared_a.shape)} and "
+                         f"{tuple(shared_b.shape)}")
+    return act(d), act(shared_a.to(cdtype) @ weights(shared_b, shared_b_scale, "shared_b").T)
+
+
 def _check_fp8_weights(b_q, b_scale, k: int, k_name: str) -> None:
     """e4m3 weights b_q [E, N, K] with per-channel scales b_scale [E, N] (the FP8 and weights-only FP8 GEMMs)."""
     check_tensor_fp8("b_q", b_q, 3)

@@ -162,6 +162,7 @@ def test_graph_replays_the_profiler_cannot_see_into_are_reported_as_such():
 CUTLASS = ("_ZN7cutlass13device_kernelINS_4gemm6kernel13GemmUniversalINS1_17GroupProblemShapeIN4cute5tupleIJiiiEEEEENS1_"
            "10collective13CollectiveMmaINS1_46MainloopSm90TmaGmmaWarpSpecializedPingpongE")
 GEMV = "void nk::moe::(anonymous namespace)::grouped_gemv_nt_kernel<__nv_bfloat16, 4>(...)"
+DECODE = "void nk::moe::(anonymous namespace)::moe_decode_gemv_kernel<__nv_bfloat16, true, 2>(nk::moe::MoeDecodeGemvParams)"
 ARGS = "void nk::moe::sm90::build_group_args_kernel<128>(nk::moe::GroupedGemmParams, nk::moe::sm90::GroupArrays<128>)"
 QUANT = "void nk::moe::(anonymous namespace)::quantize_rows_fp8_kernel<__nv_bfloat16>(...)"
 GATHER = "void nk::moe::(anonymous namespace)::gather_rows_kernel<uint4>(...)"
@@ -189,9 +190,10 @@ def test_our_moe_kernels_are_known_by_name_under_generic_host_context():
                        (QUANT, ["serve/fp8_quantize", "serve/mamba.in_proj", "serve/mamba"]),
                        ("nvjet_tst_64x8", ["aten::mm", "serve/moe"]),
                        ("gemv2T_kernel_val", ["aten::mm", "MoeRouterFn", "serve/moe"]),     # the fp32 logits
-                       ("unrolled_elementwise_kernel", ["aten::copy_", "MoeRouterFn", "serve/moe"])])  # x.float()
+                       ("unrolled_elementwise_kernel", ["aten::copy_", "MoeRouterFn", "serve/moe"]),  # x.float()
+                       (DECODE, ["serve/moe"])])                                   # routed + shared at decode
     cats = summarize_trace(trace, "cuda", categories=SERVE_CATEGORIES)["categories_ms_per_step"]
-    assert cats[ROUTED] == pytest.approx(0.030) and cats[PERMUTE] == pytest.approx(0.020)
+    assert cats[ROUTED] == pytest.approx(0.040) and cats[PERMUTE] == pytest.approx(0.020)
     assert cats["router (fp32 gate, top-k)"] == pytest.approx(0.030)
     assert cats["moe shared expert"] == pytest.approx(0.010)                      # its label beats the name
     assert cats["fp8 activation quantise (projections)"] == pytest.approx(0.010)  # the same quantise kernel
