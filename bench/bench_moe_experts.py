@@ -15,7 +15,7 @@ from .bench_grouped_gemm import make_weights
 from .harness import Bench, Variant
 
 HIDDEN, INTER, SHARED, EXPERTS, TOP_K = 2688, 1856, 3712, 128, 6
-TOKENS = (1, 8, 64, 1024, 16384, 65536)
+TOKENS = (1, 2, 8, 64, 1024, 16384, 65536)
 TRAIN_TOKENS = (1024, 16384)
 
 
@@ -73,7 +73,7 @@ def run(bench: Bench) -> None:
 
     def fp8_layer(s):
         return moe_experts_fp8(s["x"], s["topk_idx"], s["topk_weight"], **fp8_weights)
-    for ntokens in bench.pick(TOKENS, quick=(1, 64, 16384)):
+    for ntokens in bench.pick(TOKENS, quick=(1, 2, 64, 16384)):
         if not on_gpu and ntokens > 8:
             continue
         pool = bench.input_pool(_input_maker(ntokens, weights, bench.device), min_sets=4)
