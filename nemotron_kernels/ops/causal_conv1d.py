@@ -15,7 +15,7 @@ from ..reference._checks import check_float, check_int, check_optional_float, ch
 from ..reference.causal_conv1d import causal_conv1d_ref, causal_conv1d_update_ref
 from ..triton import mamba_common
 from ._kernel_op import kernel_op
-from ._tensor_cache import derived
+from .._tensor_cache import derived
 
 
 def _silu(activation) -> bool:

@@ -25,7 +25,7 @@ from ..reference.ssd_scan import check_ssd_args, ssd_scan_ref
 from ..triton import mamba_common
 from ..triton.common import cdiv
 from ._kernel_op import kernel_op
-from ._tensor_cache import derived
+from .._tensor_cache import derived
 
 KERNEL_CHUNKS = (16, 32, 64, 128, 256)
 

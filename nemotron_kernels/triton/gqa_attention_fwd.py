@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops._tensor_cache import derived
+from .._tensor_cache import derived
 from .common import cdiv
 from .gqa_attention_common import LOG2E, aot_compile, descale_arg, dot_precision, interpreting, pack_heads
 

@@ -389,7 +389,7 @@ def test_packed_chunk_table_is_reused_for_the_same_cu_seqlens():
     """The model passes one cu_seqlens to every Mamba layer of a step: the chunk table (~35 small kernels) is made
     once per tensor, equal to a fresh one, and made again when the tensor changes in place or the chunk differs."""
     from nemotron_kernels.ops import ssd_scan as ops_ssd
-    from nemotron_kernels.ops._tensor_cache import derived
+    from nemotron_kernels._tensor_cache import derived
     cu = torch.tensor([0, 5, 5, 130, 300], dtype=torch.int32)
 
     def table(chunk, n_table):
