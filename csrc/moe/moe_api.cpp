@@ -541,7 +541,9 @@ void register_moe(pybind11::module_& m) {
         "(d [T*k,N], shared_d [T,Ns] or [T,0]) (CUDA)",
         py::arg("a"), py::arg("topk_idx"), py::arg("b"), py::arg("b_scale"), py::arg("shared_a"), py::arg("shared_b"),
         py::arg("shared_b_scale"), py::arg("relu2"), py::arg("gemv_split") = 0);
-  m.def("moe_unpermute", &moe_unpermute, "rows [M,H] -> (add +) sum_j w[t,j] rows[row_of_assignment[t,j]] [T,H]; row_of_assignment None: row t*k+j (CUDA)",
+  m.def("moe_unpermute", &moe_unpermute,
+        "rows [M,H] -> (add +) sum_j w[t,j] rows[row_of_assignment[t,j]] [T,H]; row_of_assignment None: row t*k+j "
+        "(CUDA)",
         py::arg("rows"), py::arg("row_of_assignment"), py::arg("topk_weight"), py::arg("add"));
   m.def("moe_unpermute_bwd", &moe_unpermute_bwd,
         "backward of moe_unpermute -> (d_rows [m_rows,H], d_weight [T,k] fp32 or [0,0] without rows) (CUDA)",

@@ -33,8 +33,8 @@ from .. import _ext
 from ..reference.grouped_gemm import WEIGHTS_ONLY_MAX_ROWS, moe_experts_fp8_ref, weights_only_for
 from ..reference.moe_experts import moe_experts_ref
 from .grouped_gemm import (grouped_gemm_fp8_nt, grouped_gemm_nn, grouped_gemm_nt, grouped_gemm_tn,
-                           grouped_gemm_w8_nt, moe_decode_gemv, one_group_offsets, quantize_fp8_rowwise, quantize_fp8_rowwise_op,
-                           use_kernel)
+                           grouped_gemm_w8_nt, moe_decode_gemv, one_group_offsets, quantize_fp8_rowwise,
+                           quantize_fp8_rowwise_op, use_kernel)
 from .moe_permute import (MAX_EXPERTS, MAX_TOP_K, moe_permute_op, moe_permute_scaled_op, moe_unpermute_bwd_op,
                           moe_unpermute_op)
 

@@ -45,14 +45,15 @@ def test_reference_layer_is_moe_experts(fp8):
     """up (a = the tokens), down (a = one row per assignment), weighted sum + shared: the MoE layer's references."""
     T, k, E, H, I = 2, 3, 5, 32, 16
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(T, H, generator=g, dtype=torch.float64)
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+    x, w = randn(T, H), torch.rand(T, k, generator=g, dtype=torch.float64)
     idx = torch.tensor([[4, 0, 2], [1, 4, 3]], dtype=torch.int32)
-    w = torch.rand(T, k, generator=g, dtype=torch.float64)
-    up, down = torch.randn(E, I, H, generator=g, dtype=torch.float64), torch.randn(E, H, I, generator=g, dtype=torch.float64)
-    s_up, s_down = torch.randn(2 * I, H, generator=g, dtype=torch.float64), torch.randn(H, 2 * I, generator=g, dtype=torch.float64)
+    up, down, s_up, s_down = randn(E, I, H), randn(E, H, I), randn(2 * I, H), randn(H, 2 * I)
     if fp8:
         q = quantize_experts_fp8(up, down, s_up, s_down)
-        h, hs = moe_decode_gemv_ref(x, idx, q["up_q"], q["up_scale"], x, q["shared_up_q"], q["shared_up_scale"], "relu2")
+        h, hs = moe_decode_gemv_ref(x, idx, q["up_q"], q["up_scale"], x, q["shared_up_q"], q["shared_up_scale"],
+                                    "relu2")
         y, ys = moe_decode_gemv_ref(h.to(BF16).double(), idx, q["down_q"], q["down_scale"], hs.to(BF16).double(),
                                     q["shared_down_q"], q["shared_down_scale"])
         want = moe_experts_fp8_ref(x, idx, w, **q, weights_only=True).double()
@@ -218,7 +219,8 @@ def test_cuda_moe_experts_decode_path(ntokens):
     assert_error_rule(f"moe_experts decode T={ntokens}", got, want, low, 2)
     x.requires_grad_(True)
     permuted = moe_experts(x, idx, w, up, down, s_up, s_down)                   # autograd: the permute path
-    torch.testing.assert_close(got.float(), permuted.detach().float(), rtol=2 ** -7, atol=2 ** -7 * got.abs().max().item())
+    torch.testing.assert_close(got.float(), permuted.detach().float(), rtol=2 ** -7,
+                               atol=2 ** -7 * got.abs().max().item())
 
 
 @pytest.mark.cuda
