@@ -23,7 +23,8 @@ lm_head, sampling, FP8 activation quantisation, and the MoE's one-group grouped 
 and router kernels are then known by their own names, before generic host context (the MoE module, GEMM ops): eager
 calls bypass the custom ops (_kernel_op.py), so the MoE module is all the context they have, and an unmatched graph
 replay has none. The labels of the shared expert and of the Mamba and attention projections come before those names:
-the same GEMV kernels run them (weights-only FP8, single-row BF16).
+the same GEMV kernels run them (weights-only FP8, single-row BF16). At decode sizes moe_experts runs the shared expert
+inside moe_decode_gemv's launches, with the routed experts: it then counts as "moe routed experts".
 
 CUDA graphs. Decode is profiled twice: (1) as the engine runs it (graph replays: the honest busy / idle split and
 wall time), (2) with the same captured graph bodies run eagerly (_DecodeGraph.run: the same function on the same
