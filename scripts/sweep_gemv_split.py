@@ -3,7 +3,8 @@
 Serving's decode at batch 1 spent 0.56 ms on the shared expert at 1.6 TB/s (bench/NOTES.md, session 9): one group
 gives the GEMV 84-116 CTAs on 132 SMs. Per shape this times each forced split (1, 2, 4, 8) and the automatic
 choice (gemv_split_for), BF16, FP8 and weights-only FP8 (w8), as CUDA-graph replays over enough weight copies to
-pass the 60 MB L2; it prints µs per call and the weights' streaming rate (the H200's copy rate is about 4.2 TB/s)."""
+pass the 60 MB L2; it prints µs per call and the weights' streaming rate (the H200's copy rate is about 4.2 TB/s).
+The MoE decode GEMV (moe_decode_gemv, routed + shared in one launch) comes first, at T = 1 and 2."""
 import torch
 
 from bench.harness import cuda_times
@@ -35,10 +36,56 @@ def offsets_for(groups, rows, gen):
     return torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).int().cuda(), int(counts.sum())
 
 
+# The MoE decode GEMV (moe_decode_gemv: routed experts straight from topk_idx + the shared expert in one grid):
+# name, tokens, up (a = x, relu2) or down (a = h, the shared K = 2 I)
+DECODE_SHAPES = (("decode up T=1", 1, "up"), ("decode down T=1", 1, "down"),
+                 ("decode up T=2", 2, "up"), ("decode down T=2", 2, "down"))
+HIDDEN, INTER, SHARED = 2688, 1856, 3712
+
+
+def sweep_decode(gen):
+    """moe_decode_gemv at each forced split and the automatic one, BF16 and weights-only FP8 (w8), over enough
+    weight copies to pass the L2; the rate counts the touched experts' and the shared expert's weights."""
+    for name, tokens, proj in DECODE_SHAPES:
+        n, k, sn, sk = (INTER, HIDDEN, SHARED, HIDDEN) if proj == "up" else (HIDDEN, INTER, HIDDEN, SHARED)
+        idx = torch.stack([torch.randperm(E, generator=gen)[:TOP_K] for _ in range(tokens)]).int().cuda()
+        rows = tokens if proj == "up" else tokens * TOP_K
+        a = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+        sa = torch.randn(tokens, sk, device="cuda", dtype=torch.bfloat16)
+        touched = int(torch.unique(idx).numel())
+        for kind in ("bf16", "w8"):
+            elem = 2 if kind == "bf16" else 1
+            copies = min(max(2, -(-200_000_000 // ((touched * n * k + sn * sk) * elem))), 8)
+            w = [(torch.randn(E, n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5,
+                  torch.randn(sn, sk, device="cuda", dtype=torch.bfloat16) / sk ** 0.5) for _ in range(copies)]
+            if kind == "w8":
+                quantised = []
+                for b, s in w:
+                    b_q, b_scale = quantize_fp8_rowwise(b.view(-1, k))
+                    quantised.append((b_q.view(E, n, k), b_scale.view(E, n), *quantize_fp8_rowwise(s)))
+                w = quantised
+            else:
+                w = [(b, None, s, None) for b, s in w]
+            call = lambda i, split: _ext._C.moe_decode_gemv(a, idx, w[i][0], w[i][1], sa, w[i][2], w[i][3],  # noqa
+                                                            proj == "up", split)
+            want = [t.float() for t in call(0, 1)]
+            line = []
+            for split in (1, 2, 4, 8, 0):
+                got = [t.float() for t in call(0, split)]
+                for g_, w_ in zip(got, want):
+                    assert torch.allclose(g_, w_, rtol=2e-2, atol=2e-2 * w_.abs().max().item()), (name, split)
+                us = cuda_times(lambda i: call(i, split), list(range(copies)), reps=5, graph_replays=5)["ms"] * 1e3
+                tbs = (touched * n * k + sn * sk) * elem / us / 1e6
+                line.append(f"{'auto' if split == 0 else split}: {us:6.1f} us {tbs:4.2f} TB/s")
+            print(f"{name:20s} {kind:4s} | " + " | ".join(line), flush=True)
+            del w
+
+
 def main():
     gen = torch.Generator().manual_seed(0)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     print(f"{torch.cuda.get_device_name()}, {sms} SMs")
+    sweep_decode(gen)
     for name, groups, rows, n, k, relu2 in SHAPES:
         offsets, m = offsets_for(groups, rows, gen)
         touched = int((offsets[1:] > offsets[:-1]).sum())
