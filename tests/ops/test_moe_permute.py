@@ -214,10 +214,13 @@ def test_cuda_permute_drops_out_of_range_experts():
     assert torch.count_nonzero(rows[2:]) == 0
 
 
-def _assert_error_rule(name, got, ref64, low, k):
+def _assert_error_rule(name, got, ref64, low, k, scale=None):
+    """err <= k x the low-precision reference's + one eps of `scale` (default max |ref64|; for a long fp32 sum the
+    sum of its terms' magnitudes, the scale of its rounding error whatever the order)."""
     err = (got.double() - ref64).abs().max().item() if got.numel() else 0.0
     base = (low.double() - ref64).abs().max().item() if got.numel() else 0.0
-    floor = torch.finfo(got.dtype).eps * (ref64.abs().max().item() if got.numel() else 0.0)
+    scale = scale if scale is not None else (ref64.abs().max().item() if got.numel() else 0.0)
+    floor = torch.finfo(got.dtype).eps * scale
     assert err <= k * base + floor, f"{name}: err {err:.3e} > {k} x {base:.3e} + {floor:.3e}"
 
 
@@ -245,7 +248,13 @@ def test_cuda_unpermute_forward_backward(ntokens, hidden, pad_to, dtype):
     out64.backward(dout.double())
     out_low.backward(dout)
     _assert_error_rule("d rows", rows.grad, rows64.grad, rows_low.grad, 3)
-    _assert_error_rule("d topk_weight", weight.grad, weight64.grad, weight_low.grad, 3)
+    # d topk_weight[t, j] = <dout[t], rows[r]>: an fp32 sum of H products, rounded in the kernel's order and in
+    # torch's. Its floor is one eps of the products' magnitudes: with few tokens (T = 1: six values) torch's error
+    # alone can fall far below the kernel's by chance. The likely cause of this test's one unexplained failure
+    # (T = 1, bf16, session 15; the failing check was not kept), the only check here on a long sum.
+    terms = (dout.double()[:, None, :] * rows64.detach()[row_of_assignment.long()]).abs().sum(-1)   # [T, k]
+    _assert_error_rule("d topk_weight", weight.grad, weight64.grad, weight_low.grad, 3,
+                       scale=terms.max().item() if terms.numel() else 0.0)
 
 
 @pytest.mark.cuda
