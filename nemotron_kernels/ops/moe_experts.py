@@ -274,4 +274,5 @@ def _fp8_pipeline(x, topk_idx, weight32, routed, shared, weights_only: bool):
 
 def backend_report(device_type: str) -> str:
     return _ext.cuda_only_report(device_type, "CUDA: permute -> CUTLASS sm90 grouped GEMMs (relu^2 fused) -> weighted "
-                                 "gather, fwd+bwd, bf16 (other dtypes or sizes not a multiple of 8 -> reference)")
+                                 "gather, fwd+bwd, bf16; inference at T*k <= 16: the decode GEMV from topk_idx, shared "
+                                 "expert in the same launch (other dtypes or sizes not a multiple of 8 -> reference)")
