@@ -36,6 +36,23 @@ def offsets_for(groups, rows, gen):
     return torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).int().cuda(), int(counts.sum())
 
 
+def split_line(name, kind, call, copies, weight_bytes):
+    """Prints one row: call(i, split) (weight copy i) at each forced split and the auto one (0), checked against
+    split 1 (every output of the call), in µs and the weights' streaming rate."""
+    want = [t.float() for t in _outputs(call(0, 1)) if t.numel()]
+    line = []
+    for split in (1, 2, 4, 8, 0):
+        for got, ref in zip([t for t in _outputs(call(0, split)) if t.numel()], want):
+            assert torch.allclose(got.float(), ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item()), (name, split)
+        us = cuda_times(lambda i: call(i, split), list(range(copies)), reps=5, graph_replays=5)["ms"] * 1e3
+        line.append(f"{'auto' if split == 0 else split}: {us:6.1f} us {weight_bytes / us / 1e6:4.2f} TB/s")
+    print(f"{name:20s} {kind:4s} | " + " | ".join(line), flush=True)
+
+
+def _outputs(out):
+    return out if isinstance(out, (tuple, list)) else (out,)
+
+
 # The MoE decode GEMV (moe_decode_gemv: routed experts straight from topk_idx + the shared expert in one grid):
 # name, tokens, up (a = x, relu2) or down (a = h, the shared K = 2 I)
 DECODE_SHAPES = (("decode up T=1", 1, "up"), ("decode down T=1", 1, "down"),
@@ -68,16 +85,7 @@ def sweep_decode(gen):
                 w = [(b, None, s, None) for b, s in w]
             call = lambda i, split: _ext._C.moe_decode_gemv(a, idx, w[i][0], w[i][1], sa, w[i][2], w[i][3],  # noqa
                                                             proj == "up", split)
-            want = [t.float() for t in call(0, 1)]
-            line = []
-            for split in (1, 2, 4, 8, 0):
-                got = [t.float() for t in call(0, split)]
-                for g_, w_ in zip(got, want):
-                    assert torch.allclose(g_, w_, rtol=2e-2, atol=2e-2 * w_.abs().max().item()), (name, split)
-                us = cuda_times(lambda i: call(i, split), list(range(copies)), reps=5, graph_replays=5)["ms"] * 1e3
-                tbs = (touched * n * k + sn * sk) * elem / us / 1e6
-                line.append(f"{'auto' if split == 0 else split}: {us:6.1f} us {tbs:4.2f} TB/s")
-            print(f"{name:20s} {kind:4s} | " + " | ".join(line), flush=True)
+            split_line(name, kind, call, copies, (touched * n * k + sn * sk) * elem)
             del w
 
 
@@ -105,15 +113,7 @@ def main():
                 call = lambda i, split: _ext._C.grouped_gemm_w8_nt(x, w[i][0], w[i][1], offsets, relu2, split)  # noqa
             else:
                 call = lambda i, split: _ext._C.grouped_gemm_nt(x, w[i], offsets, relu2, 2, split)  # noqa
-            want = call(0, 1).float()
-            line = []
-            for split in (1, 2, 4, 8, 0):
-                got = call(0, split).float()
-                assert torch.allclose(got, want, rtol=2e-2, atol=2e-2 * want.abs().max().item()), (name, split)
-                us = cuda_times(lambda i: call(i, split), list(range(copies)), reps=5, graph_replays=5)["ms"] * 1e3
-                tbs = touched * n * k * elem / us / 1e6
-                line.append(f"{'auto' if split == 0 else split}: {us:6.1f} us {tbs:4.2f} TB/s")
-            print(f"{name:20s} {kind:4s} | " + " | ".join(line), flush=True)
+            split_line(name, kind, call, copies, touched * n * k * elem)
             del w
 
 

@@ -283,86 +283,65 @@ constexpr auto gemv_kernel() {
   else return grouped_gemv_nt_kernel<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>;
 }
 
-template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2, int kSplit>
-const char* launch_split(const GroupedGemmParams& p, int touched) {
-  constexpr int kPerCta = kWarps / kSplit * kCh;                     // channels per CTA
-  const int n_blocks = (p.n + kPerCta - 1) / kPerCta;
-  if (n_blocks == 0 || touched == 0) return "";
-  gemv_kernel<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>()<<<dim3(n_blocks, touched), kWarps * 32, 0, p.stream>>>(
-          static_cast<const TA*>(p.a), static_cast<const TB*>(p.b), static_cast<__nv_bfloat16*>(p.d), p.a_scale,
-          p.b_scale, p.offsets, p.groups, p.m_rows, p.n, p.k);
-  const cudaError_t err = cudaGetLastError();
-  return err == cudaSuccess ? "" : cudaGetErrorString(err);
-}
-
-// Resident CTAs of the unsplit kernel on the whole GPU (the split ones use the same registers; cached per kind).
-template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2>
+// Resident CTAs of `kKernel` on the whole GPU (the split kernels use the unsplit one's registers; cached per kernel).
+template <auto kKernel>
 int resident_ctas(int sm_count) {
   static const int per_sm = [] {
     int blocks = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-            &blocks, gemv_kernel<TA, TB, kScaleA, kScaleB, kReLU2, 1>(), kWarps * 32, 0) != cudaSuccess) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kKernel, kWarps * 32, 0) != cudaSuccess) {
       (void)cudaGetLastError();
       blocks = 1;
     }
     return std::max(blocks, 1);
   }();
   return per_sm * sm_count;
+}
+
+// launch(std::integral_constant<int, kSplit>, grid) for split = kSplit: the grid covers n channels in CTAs of
+// kWarps / kSplit * kCh, times `rows` CTA rows. Returns the launch error, or "".
+template <typename Launch>
+const char* launch_with_split(int split, int n, int rows, Launch&& launch) {
+  auto go = [&](auto split_const) -> const char* {
+    constexpr int kPerCta = kWarps / decltype(split_const)::value * kCh;    // channels per CTA
+    const int n_blocks = (n + kPerCta - 1) / kPerCta;
+    if (n_blocks == 0 || rows == 0) return "";
+    launch(split_const, dim3(n_blocks, rows));
+    const cudaError_t err = cudaGetLastError();
+    return err == cudaSuccess ? "" : cudaGetErrorString(err);
+  };
+  switch (split) {
+    case 1: return go(std::integral_constant<int, 1>{});
+    case 2: return go(std::integral_constant<int, 2>{});
+    case 4: return go(std::integral_constant<int, 4>{});
+    case 8: return go(std::integral_constant<int, 8>{});
+    default: return "split must be 1, 2, 4 or 8";
+  }
 }
 
 template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2>
 const char* launch(const GroupedGemmParams& p) {
   const int touched = int(std::min<int64_t>(p.groups, p.m_rows));   // at most this many groups have rows
-  const int split = p.gemv_split > 0 ? p.gemv_split
-                                     : gemv_split_for(p.n, p.k, sizeof(TB), touched,
-                                                      resident_ctas<TA, TB, kScaleA, kScaleB, kReLU2>(p.sm_count));
-  switch (split) {
-    case 1: return launch_split<TA, TB, kScaleA, kScaleB, kReLU2, 1>(p, touched);
-    case 2: return launch_split<TA, TB, kScaleA, kScaleB, kReLU2, 2>(p, touched);
-    case 4: return launch_split<TA, TB, kScaleA, kScaleB, kReLU2, 4>(p, touched);
-    case 8: return launch_split<TA, TB, kScaleA, kScaleB, kReLU2, 8>(p, touched);
-    default: return "grouped GEMV: split must be 1, 2, 4 or 8";
-  }
-}
-
-template <typename TB, bool kReLU2>
-int decode_resident_ctas(int sm_count) {
-  static const int per_sm = [] {
-    int blocks = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, moe_decode_gemv_kernel<TB, kReLU2, 1>, kWarps * 32,
-                                                      0) != cudaSuccess) {
-      (void)cudaGetLastError();
-      blocks = 1;
-    }
-    return std::max(blocks, 1);
-  }();
-  return per_sm * sm_count;
-}
-
-template <typename TB, bool kReLU2, int kSplit>
-const char* decode_launch_split(const MoeDecodeGemvParams& p, int rows) {
-  constexpr int kPerCta = kWarps / kSplit * kCh;
-  const int n_blocks = (p.n + kPerCta - 1) / kPerCta;
-  if (n_blocks == 0 || rows == 0) return "";
-  moe_decode_gemv_kernel<TB, kReLU2, kSplit><<<dim3(n_blocks, rows), kWarps * 32, 0, p.stream>>>(p);
-  const cudaError_t err = cudaGetLastError();
-  return err == cudaSuccess ? "" : cudaGetErrorString(err);
+  const int split =
+      p.gemv_split > 0 ? p.gemv_split
+                       : gemv_split_for(p.n, p.k, sizeof(TB), touched,
+                                        resident_ctas<gemv_kernel<TA, TB, kScaleA, kScaleB, kReLU2, 1>()>(p.sm_count));
+  return launch_with_split(split, p.n, touched, [&](auto split_const, dim3 grid) {
+    gemv_kernel<TA, TB, kScaleA, kScaleB, kReLU2, decltype(split_const)::value>()<<<grid, kWarps * 32, 0, p.stream>>>(
+        static_cast<const TA*>(p.a), static_cast<const TB*>(p.b), static_cast<__nv_bfloat16*>(p.d), p.a_scale,
+        p.b_scale, p.offsets, p.groups, p.m_rows, p.n, p.k);
+  });
 }
 
 template <typename TB, bool kReLU2>
 const char* decode_launch(const MoeDecodeGemvParams& p) {
-  const int rows = p.assignments + (p.shared_a ? p.shared_tasks : 0);     // CTA rows of the grid
+  const int rows = p.assignments + p.shared_tasks;                        // CTA rows (shared_tasks = 0: none)
   // The rule sees the routed K: the shared expert's longer rows (down: 2 x) only lengthen its CTAs.
   const int split = p.gemv_split > 0 ? p.gemv_split
                                      : gemv_split_for(p.n, p.k, sizeof(TB), rows,
-                                                      decode_resident_ctas<TB, kReLU2>(p.sm_count));
-  switch (split) {
-    case 1: return decode_launch_split<TB, kReLU2, 1>(p, rows);
-    case 2: return decode_launch_split<TB, kReLU2, 2>(p, rows);
-    case 4: return decode_launch_split<TB, kReLU2, 4>(p, rows);
-    case 8: return decode_launch_split<TB, kReLU2, 8>(p, rows);
-    default: return "MoE decode GEMV: split must be 1, 2, 4 or 8";
-  }
+                                                      resident_ctas<moe_decode_gemv_kernel<TB, kReLU2, 1>>(p.sm_count));
+  return launch_with_split(split, p.n, rows, [&](auto split_const, dim3 grid) {
+    moe_decode_gemv_kernel<TB, kReLU2, decltype(split_const)::value><<<grid, kWarps * 32, 0, p.stream>>>(p);
+  });
 }
 
 }  // namespace

@@ -142,7 +142,7 @@ struct MoeDecodeGemvParams {
   int experts;
   int n;
   int k;
-  const void* shared_a;          // bf16 [shared_rows, shared_k], or null: no shared expert
+  const void* shared_a;          // bf16 [shared_rows, shared_k], or null (then shared_tasks = 0): no shared expert
   const void* shared_b;          // [shared_tasks * n, shared_k], b's dtype
   const float* shared_b_scale;   // [shared_tasks * n] (kW8* only)
   void* shared_d;                // bf16 [shared_rows, shared_tasks * n]
