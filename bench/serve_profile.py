@@ -24,7 +24,8 @@ and router kernels are then known by their own names, before generic host contex
 calls bypass the custom ops (_kernel_op.py), so the MoE module is all the context they have, and an unmatched graph
 replay has none. The labels of the shared expert and of the Mamba and attention projections come before those names:
 the same GEMV kernels run them (weights-only FP8, single-row BF16). At decode sizes moe_experts runs the shared expert
-inside moe_decode_gemv's launches, with the routed experts: it then counts as "moe routed experts".
+inside moe_decode_gemv's and moe_decode_down's launches, with the routed experts: it then counts as "moe routed
+experts".
 
 CUDA graphs. Decode is profiled twice: (1) as the engine runs it (graph replays: the honest busy / idle split and
 wall time), (2) with the same captured graph bodies run eagerly (_DecodeGraph.run: the same function on the same
@@ -83,10 +84,11 @@ SERVE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
                                             "rank_in_chunk", "expert_offsets_kernel", "assign_rows", "gather_rows",
                                             "unpermute", "zero_fill_kernel", "permute_one_chunk")),
     # groupproblemshape: the CUTLASS grouped GEMM, whose (often mangled) name has no "grouped_gemm" in it;
-    # moe_decode_gemv: at decode it runs the shared expert too, in the same launch (no label can split it)
+    # moe_decode_gemv / moe_decode_down: at decode they run the shared expert too, in the same launch (no label can
+    # split it)
     ("moe routed experts (grouped GEMM / GEMV)", ("grouped_gemm", "grouped_gemv", "moe_experts", "build_group_args",
                                                   "zero_empty_groups", "grouped_mm", "groupproblemshape",
-                                                  "moe_decode_gemv")),
+                                                  "moe_decode_gemv", "moe_decode_down")),
     # host context, then generic kernel names
     ("ssd scan / state update", ("ssd_scan", "ssd_state_update", "_ssd_", "chunk_scan", "chunk_state",
                                  "state_passing")),

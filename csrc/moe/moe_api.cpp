@@ -423,6 +423,26 @@ at::Tensor grouped_gemm_w8_nt(const at::Tensor& a, const at::Tensor& b, const at
   return out;
 }
 
+// Per-expert weights b [E, N, K] of the decode kernels, bf16 or e4m3 (16-byte rows), K > 0 -> (e4m3, E, N).
+std::tuple<bool, int64_t, int64_t> check_decode_weights(const at::Tensor& b, const char* name, int64_t k,
+                                                        const char* k_what, const char* n_what,
+                                                        const at::Device& dev) {
+  const bool e4m3 = b.scalar_type() == at::kFloat8_e4m3fn;
+  check_gemm_operand(b, name, {-1, -1, k}, dev, e4m3 ? at::kFloat8_e4m3fn : at::kBFloat16);
+  check_tma_dim(b.size(1), n_what);
+  check_tma_dim(k, k_what, e4m3 ? 16 : 8, e4m3 ? "16 fp8 elements" : "8 bf16 elements");
+  NK_CHECK_VALUE(k > 0, k_what, " must be positive");
+  NK_CHECK_VALUE(b.size(0) <= kInt32Max, name, ": more than 2^31-1 experts");
+  return {e4m3, b.size(0), b.size(1)};
+}
+
+// Per-channel fp32 scales: required with e4m3 weights, refused with bf16 ones.
+void check_weight_scale(const std::optional<at::Tensor>& scale, const char* name, bool e4m3,
+                        std::vector<int64_t> shape, const at::Device& dev) {
+  NK_CHECK(scale.has_value() == e4m3, name, e4m3 ? " is required with e4m3 weights" : " applies to e4m3 weights only");
+  if (scale) check_gemm_operand(*scale, name, std::move(shape), dev, at::kFloat);
+}
+
 // MoE decode GEMV: the routed projection of T tokens' k assignments straight from topk_idx (no permute), and
 // optionally the shared expert in the same launch. d[j] = act(a[j / a_div] @ b[topk_idx[j]]^T (* b_scale)) with
 // a [T, K] (a_div = k: the tokens) or [T*k, K] (a_div = 1: one row per assignment), b [E, N, K] bf16, or e4m3 with
@@ -444,19 +464,9 @@ std::tuple<at::Tensor, at::Tensor> moe_decode_gemv(
   NK_CHECK_VALUE(a.size(0) == ntokens || a.size(0) == assignments, "a must have T = ", num(ntokens),
                     " rows (the tokens) or T*k = ", num(assignments), " (one per assignment), got ", num(a.size(0)));
   const int64_t k = a.size(1);
-  const bool fp8 = b.scalar_type() == at::kFloat8_e4m3fn;
+  const auto [fp8, experts, n] = check_decode_weights(b, "b", k, "K (a.shape[1], b.shape[2])", "N (b.shape[1])", dev);
   const auto wdtype = fp8 ? at::kFloat8_e4m3fn : at::kBFloat16;
-  check_gemm_operand(b, "b", {-1, -1, k}, dev, wdtype);
-  const int64_t experts = b.size(0), n = b.size(1);
-  check_tma_dim(n, "N (b.shape[1])");
-  check_tma_dim(k, "K (a.shape[1], b.shape[2])", fp8 ? 16 : 8, fp8 ? "16 fp8 elements" : "8 bf16 elements");
-  NK_CHECK_VALUE(k > 0, "K (a.shape[1]) must be positive");
-  NK_CHECK_VALUE(experts <= kInt32Max, "b: more than 2^31-1 experts");
-  auto check_scale = [&](const std::optional<at::Tensor>& scale, const char* name, std::vector<int64_t> shape) {
-    NK_CHECK(scale.has_value() == fp8, name, fp8 ? " is required with e4m3 weights" : " applies to e4m3 weights only");
-    if (scale) check_gemm_operand(*scale, name, std::move(shape), dev, at::kFloat);
-  };
-  check_scale(b_scale, "b_scale", {experts, n});
+  check_weight_scale(b_scale, "b_scale", fp8, {experts, n}, dev);
   const bool has_shared = shared_a.has_value();
   NK_CHECK(has_shared == shared_b.has_value(), "shared_a and shared_b: pass both (the shared expert) or neither");
   int64_t shared_n = 0, shared_k = 0;
@@ -470,7 +480,7 @@ std::tuple<at::Tensor, at::Tensor> moe_decode_gemv(
     NK_CHECK_VALUE(shared_k > 0, "Ks (shared_a.shape[1]) must be positive");
     NK_CHECK_VALUE(n > 0 && shared_n % n == 0, "shared_b must have a multiple of N = ", num(n),
                       " rows (it runs in blocks of N channels), got ", num(shared_n));
-    check_scale(shared_b_scale, "shared_b_scale", {shared_n});
+    check_weight_scale(shared_b_scale, "shared_b_scale", fp8, {shared_n}, dev);
   } else {
     NK_CHECK(!shared_b_scale, "shared_b_scale without the shared expert (shared_a, shared_b)");
   }
@@ -513,6 +523,67 @@ std::tuple<at::Tensor, at::Tensor> moe_decode_gemv(
   return {d, shared_d};
 }
 
+// Work units of moe_decode_down's CTA (its shared arrays): top_k + Is / I.
+constexpr int64_t kDecodeDownMaxUnits = 16;
+#ifdef NEMOTRON_WITH_CUDA
+static_assert(kDecodeDownMaxUnits == moe::kDecodeDownMaxUnits);
+#endif
+
+// MoE decode, one token: the down projection and the weighted sum in one launch. h [k, I] bf16 (the routed rows in
+// slot order, as moe_decode_gemv's up writes them), topk_idx [1, k] int32, topk_weight [1, k] fp32, down [E, H, I]
+// bf16 or e4m3 with down_scale [E, H]; hs [1, Is] bf16, shared_down [H, Is] (down's dtype, shared_down_scale [H]
+// for e4m3), Is a multiple of I -> out [1, H] bf16: moe_unpermute(moe_decode_gemv(h, ...down...), None, w, ys).
+at::Tensor moe_decode_down(const at::Tensor& h, const at::Tensor& topk_idx, const at::Tensor& topk_weight,
+                           const at::Tensor& down, const std::optional<at::Tensor>& down_scale, const at::Tensor& hs,
+                           const at::Tensor& shared_down, const std::optional<at::Tensor>& shared_down_scale) {
+  check_cuda(h, "h");
+  const auto dev = h.device();
+  check_device(topk_idx, "topk_idx", dev);
+  check_dtype(topk_idx, "topk_idx", {at::kInt});
+  check_shape(topk_idx, "topk_idx", {1, -1});
+  check_contiguous(topk_idx, "topk_idx");
+  const int64_t top_k = topk_idx.size(1);
+  check_topk_weight(h, topk_weight, 1, top_k);
+  check_gemm_operand(h, "h", {top_k, -1}, dev);
+  const int64_t inter = h.size(1);
+  const auto [w8, experts, hidden] = check_decode_weights(down, "down", inter, "I (h.shape[1], down.shape[2])",
+                                                          "H (down.shape[1])", dev);
+  const auto wdtype = w8 ? at::kFloat8_e4m3fn : at::kBFloat16;
+  check_gemm_operand(hs, "hs", {1, -1}, dev);
+  const int64_t shared_inter = hs.size(1);
+  NK_CHECK_VALUE(shared_inter % inter == 0, "hs must have a multiple of I = ", num(inter),
+                    " columns (the shared expert runs in pieces of I), got ", num(shared_inter));
+  check_gemm_operand(shared_down, "shared_down", {hidden, shared_inter}, dev, wdtype);
+  check_weight_scale(down_scale, "down_scale", w8, {experts, hidden}, dev);
+  check_weight_scale(shared_down_scale, "shared_down_scale", w8, {hidden}, dev);
+  const int64_t pieces = shared_inter / inter;
+  NK_CHECK_VALUE(top_k + pieces <= kDecodeDownMaxUnits, "top_k + Is / I = ", num(top_k + pieces),
+                    " exceeds the kernel's ", num(kDecodeDownMaxUnits), " work units");
+  auto out = at::empty({1, hidden}, h.options());
+#ifdef NEMOTRON_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(dev);
+  moe::MoeDecodeDownParams p{w8,
+                             h.data_ptr(),
+                             topk_idx.data_ptr<int32_t>(),
+                             topk_weight.data_ptr<float>(),
+                             down.data_ptr(),
+                             down_scale ? down_scale->data_ptr<float>() : nullptr,
+                             hs.data_ptr(),
+                             shared_down.data_ptr(),
+                             shared_down_scale ? shared_down_scale->data_ptr<float>() : nullptr,
+                             out.data_ptr(),
+                             int(top_k),
+                             int(experts),
+                             int(hidden),
+                             int(inter),
+                             int(pieces),
+                             c10::cuda::getCurrentCUDAStream(dev.index()).stream()};
+  const char* err = moe::moe_decode_down_run(p);
+  NK_CHECK(err[0] == '\0', "moe_decode_down: ", err);
+#endif
+  return out;
+}
+
 }  // namespace
 
 void register_moe(pybind11::module_& m) {
@@ -541,6 +612,11 @@ void register_moe(pybind11::module_& m) {
         "(d [T*k,N], shared_d [T,Ns] or [T,0]) (CUDA)",
         py::arg("a"), py::arg("topk_idx"), py::arg("b"), py::arg("b_scale"), py::arg("shared_a"), py::arg("shared_b"),
         py::arg("shared_b_scale"), py::arg("relu2"), py::arg("gemv_split") = 0);
+  m.def("moe_decode_down", &moe_decode_down,
+        "one token's routed + shared down projection and weighted sum in one launch -> out [1,H] (CUDA)",
+        py::arg("h"), py::arg("topk_idx"), py::arg("topk_weight"), py::arg("down"), py::arg("down_scale"),
+        py::arg("hs"), py::arg("shared_down"), py::arg("shared_down_scale"));
+  m.attr("moe_decode_down_max_units") = kDecodeDownMaxUnits;
   m.def("moe_unpermute", &moe_unpermute,
         "rows [M,H] -> (add +) sum_j w[t,j] rows[row_of_assignment[t,j]] [T,H]; row_of_assignment None: row t*k+j "
         "(CUDA)",

@@ -277,6 +277,94 @@ __global__ void __launch_bounds__(kWarps * 32, 3) moe_decode_gemv_kernel(const M
   }
 }
 
+// MoE decode, one token: the down projection and the weighted sum (moe_kernels.h, MoeDecodeDownParams). A CTA owns
+// kCh channels; warp w streams the kCh weight rows of work units w, w + kWarps, ... (a routed expert, or I columns
+// of the shared expert), double-buffered like gemv_task, and leaves each unit's sums in shared memory; kCh threads
+// then round, weight and add them in slot order, as the decode GEMV's output and moe_unpermute would.
+template <typename TB>
+__global__ void __launch_bounds__(kWarps * 32, 3) moe_decode_down_kernel(const MoeDecodeDownParams p) {
+  using TA = __nv_bfloat16;
+  constexpr int kLen = Chunk<TB>::kLen, kALen = Chunk<TA>::kLen, kXLoads = kLen / kALen;
+  constexpr bool kScale = !std::is_same_v<TA, TB>;
+  constexpr int64_t kStride = 32 * kLen;                                   // elements of K per trip of a warp
+  __shared__ float s_sum[kDecodeDownMaxUnits][kCh];
+  __shared__ bool s_live[kDecodeDownMaxUnits];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int n0 = blockIdx.x * kCh, inter = p.inter, units = p.top_k + p.shared_pieces;
+  for (int u = warp; u < units; u += kWarps) {
+    const TB* w;                                                           // [kCh, inter] rows, row stride ldw
+    const TA* a;                                                           // [inter]
+    int64_t ldw = inter;
+    if (u < p.top_k) {
+      const int e = p.topk_idx[u];
+      if (e < 0 || e >= p.experts) {                                       // warp-uniform: adds nothing
+        if (lane == 0) s_live[u] = false;
+        continue;
+      }
+      w = static_cast<const TB*>(p.down) + (int64_t(e) * p.hidden + n0) * inter;
+      a = static_cast<const TA*>(p.h) + int64_t(u) * inter;
+    } else {
+      const int64_t piece = int64_t(u - p.top_k) * inter;
+      ldw = int64_t(p.shared_pieces) * inter;
+      w = static_cast<const TB*>(p.shared_down) + int64_t(n0) * ldw + piece;
+      a = static_cast<const TA*>(p.hs) + piece;
+    }
+    auto load_w = [&](uint4 (&raw)[kCh], int64_t kk) {
+#pragma unroll
+      for (int c = 0; c < kCh; ++c) raw[c] = __ldcs(reinterpret_cast<const uint4*>(w + c * ldw + kk));
+    };
+    float acc[kCh] = {};
+    const int64_t k_begin = int64_t(lane) * kLen;
+    uint4 raw[kCh];
+    if (k_begin < inter) load_w(raw, k_begin);
+    for (int64_t kk = k_begin; kk < inter; kk += kStride) {               // gemv_task's loop with one row of a
+      uint4 next[kCh];
+      load_w(next, kk + kStride < inter ? kk + kStride : kk);
+#pragma unroll
+      for (int j = 0; j < kXLoads; ++j) {
+        constexpr int kWords = 4 / kXLoads;
+        const Chunk<TA> x(__ldg(reinterpret_cast<const uint4*>(a + kk) + j));
+#pragma unroll
+        for (int c = 0; c < kCh; ++c) {
+          const uint32_t words[4] = {raw[c].x, raw[c].y, raw[c].z, raw[c].w};
+          float wv[kALen];
+          widen<TB, kWords>(words + j * kWords, wv);
+#pragma unroll
+          for (int i = 0; i < kALen; ++i) acc[c] = fmaf(wv[i], x.v[i], acc[c]);
+        }
+      }
+#pragma unroll
+      for (int c = 0; c < kCh; ++c) raw[c] = next[c];
+    }
+#pragma unroll
+    for (int c = 0; c < kCh; ++c) {
+#pragma unroll
+      for (int off = 16; off > 0; off /= 2) acc[c] += __shfl_xor_sync(0xffffffffu, acc[c], off);
+    }
+    if (lane == 0) {
+#pragma unroll
+      for (int c = 0; c < kCh; ++c) s_sum[u][c] = acc[c];
+      s_live[u] = true;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x < kCh) {
+    const int c = threadIdx.x, col = n0 + c;
+    float routed = 0.f;                                                    // slot order, as moe_unpermute
+    for (int j = 0; j < p.top_k; ++j) {
+      if (!s_live[j]) continue;
+      float y = s_sum[j][c];
+      if constexpr (kScale) y *= p.down_scale[int64_t(p.topk_idx[j]) * p.hidden + col];
+      routed = fmaf(p.topk_weight[j], __bfloat162float(__float2bfloat16_rn(y)), routed);
+    }
+    float shared = 0.f;
+    for (int s = 0; s < p.shared_pieces; ++s) shared += s_sum[p.top_k + s][c];
+    if constexpr (kScale) shared *= p.shared_scale[col];
+    const float r = __bfloat162float(__float2bfloat16_rn(routed));
+    static_cast<__nv_bfloat16*>(p.out)[col] = __float2bfloat16_rn(r + __bfloat162float(__float2bfloat16_rn(shared)));
+  }
+}
+
 template <typename TA, typename TB, bool kScaleA, bool kScaleB, bool kReLU2, int kSplit>
 constexpr auto gemv_kernel() {
   if constexpr (sizeof(TA) == 1) return grouped_gemv_fp8_kernel<TA, TB, kScaleA, kScaleB, kReLU2, kSplit>;
@@ -387,6 +475,16 @@ const char* moe_decode_gemv_run(const MoeDecodeGemvParams& p) {
     case GemmKind::kW8NTReLU2: return decode_launch<__nv_fp8_e4m3, true>(p);
     default: return "MoE decode GEMV: only the BF16 and weights-only FP8 NT kinds";
   }
+}
+
+const char* moe_decode_down_run(const MoeDecodeDownParams& p) {
+  if (p.top_k + p.shared_pieces > kDecodeDownMaxUnits) return "MoE decode down: more than 16 work units";
+  const int blocks = p.hidden / kCh;                                       // H % 8 == 0 (checked by the host entry)
+  if (blocks == 0) return "";
+  if (p.w8) moe_decode_down_kernel<__nv_fp8_e4m3><<<blocks, kWarps * 32, 0, p.stream>>>(p);
+  else moe_decode_down_kernel<__nv_bfloat16><<<blocks, kWarps * 32, 0, p.stream>>>(p);
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? "" : cudaGetErrorString(err);
 }
 
 }  // namespace nk::moe

@@ -155,6 +155,32 @@ struct MoeDecodeGemvParams {
 };
 const char* moe_decode_gemv_run(const MoeDecodeGemvParams& p);
 
+// MoE decode, one token: the down projection and the weighted sum in one launch (moe_gemv_kernel.cu).
+// out[c] = round(round(sum_j w[j] * round(h[j] . down[topk_idx[j]][c] (* scale))) + round(hs . shared_down[c]
+// (* scale))), the sums in slot order as moe_unpermute's. A CTA owns kDownCh channels; its warps take the work
+// units in turn: the k routed experts' rows and the shared expert's rows in pieces of I columns (Is = pieces * I).
+// An expert id outside [0, experts) adds nothing.
+struct MoeDecodeDownParams {
+  bool w8;                       // e4m3 weights with per-channel scales, else bf16
+  const void* h;                 // bf16 [k, I]: the routed rows, in slot order
+  const int32_t* topk_idx;       // [k]
+  const float* topk_weight;      // [k] fp32
+  const void* down;              // [experts, H, I]
+  const float* down_scale;       // [experts, H] (w8 only)
+  const void* hs;                // bf16 [Is]
+  const void* shared_down;       // [H, Is]
+  const float* shared_scale;     // [H] (w8 only)
+  void* out;                     // bf16 [H]
+  int top_k;
+  int experts;
+  int hidden;                    // H
+  int inter;                     // I
+  int shared_pieces;             // Is / I
+  cudaStream_t stream;
+};
+constexpr int kDecodeDownMaxUnits = 16;   // top_k + shared_pieces
+const char* moe_decode_down_run(const MoeDecodeDownParams& p);
+
 // Multiprocessor count of `device` (cached after the first query).
 int sm_count_of(int device);
 

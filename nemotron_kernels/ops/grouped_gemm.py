@@ -233,6 +233,22 @@ def _(a, topk_idx, b, b_scale, shared_a, shared_b, shared_b_scale, relu2):
             a.new_empty(topk_idx.shape[0], shared_b.shape[0] if shared_b is not None else 0))
 
 
+@kernel_op("nemotron_kernels::moe_decode_down", mutates_args=())
+def moe_decode_down(h: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor, down: torch.Tensor,
+                    down_scale: torch.Tensor | None, hs: torch.Tensor, shared_down: torch.Tensor,
+                    shared_down_scale: torch.Tensor | None) -> torch.Tensor:
+    """One token's MoE down projection and weighted sum in one launch (reference: moe_decode_down_ref): h [k, I]
+    bf16 (moe_decode_gemv's up rows), topk_idx [1, k] int32, topk_weight [1, k] fp32, down [E, H, I] bf16 or e4m3
+    with down_scale [E, H]; the shared expert's hs [1, Is], shared_down [H, Is] (+ shared_down_scale [H]), Is a
+    multiple of I -> [1, H] bf16, rounded where moe_decode_gemv + moe_unpermute round."""
+    return _ext._C.moe_decode_down(h, topk_idx, topk_weight, down, down_scale, hs, shared_down, shared_down_scale)
+
+
+@moe_decode_down.register_fake
+def _(h, topk_idx, topk_weight, down, down_scale, hs, shared_down, shared_down_scale):
+    return h.new_empty(1, down.shape[1])
+
+
 def grouped_gemm_w8(a, b_q, b_scale, expert_offsets, activation: str = "none"):
     """Weights-only FP8 grouped GEMM for decode: bf16 activations as they are, e4m3 weights with per-channel
     scales (forward only). Against grouped_gemm_fp8 it skips the activations' row quantisation (a launch, and

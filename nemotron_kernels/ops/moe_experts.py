@@ -18,7 +18,7 @@ average swapped operands (the weights' channels on the MMA's 64-row side, the ro
 128-row tiles.
 Inference at decode sizes (no gradient wanted, T * k <= 16) skips the permute: moe_decode_gemv takes each
 assignment's expert straight from topk_idx and runs the shared expert in the same launch, so the layer is three
-kernels (up, down, weighted sum) instead of six.
+kernels (up, down, weighted sum) instead of six; for one token two (moe_decode_down: the down and the sum).
 Everything else (CPU, other dtypes, unaligned sizes) runs the reference; unaligned sizes on CUDA warn once.
 
 moe_experts_fp8 (+ quantize_experts_fp8): the same layer with FP8 e4m3 GEMMs for inference (per-token activation
@@ -33,8 +33,8 @@ from .. import _ext
 from ..reference.grouped_gemm import WEIGHTS_ONLY_MAX_ROWS, moe_experts_fp8_ref, weights_only_for
 from ..reference.moe_experts import moe_experts_ref
 from .grouped_gemm import (grouped_gemm_fp8_nt, grouped_gemm_nn, grouped_gemm_nt, grouped_gemm_tn,
-                           grouped_gemm_w8_nt, moe_decode_gemv, one_group_offsets, quantize_fp8_rowwise,
-                           quantize_fp8_rowwise_op, use_kernel)
+                           grouped_gemm_w8_nt, moe_decode_down, moe_decode_gemv, one_group_offsets,
+                           quantize_fp8_rowwise, quantize_fp8_rowwise_op, use_kernel)
 from .moe_permute import (MAX_EXPERTS, MAX_TOP_K, moe_permute_op, moe_permute_scaled_op, moe_unpermute_bwd_op,
                           moe_unpermute_op)
 
@@ -167,13 +167,17 @@ def _decode_ok(topk_idx, inter: int, shared_up) -> bool:
 def _decode_experts(x, topk_idx, weight32, routed, shared):
     """Inference at decode sizes: three launches, no permute. The up GEMV takes each assignment's expert straight
     from topk_idx (rows in assignment order, row t*k + j) with the shared expert's up in the same grid, the down
-    GEMV likewise, then the weighted sum adds the shared output. x [T, H] bf16, topk_idx [T, k] int32, weight32
+    GEMV likewise, then the weighted sum adds the shared output. One token with a shared expert: two launches, the
+    down projection and the weighted sum in one (moe_decode_down). x [T, H] bf16, topk_idx [T, k] int32, weight32
     [T, k] fp32; routed / shared: (up, up_scale, down, down_scale), bf16 weights with None scales or e4m3 with
     per-channel scales (shared: [Is, H], [Is], [H, Is], [H]; or None) -> [T, H] bf16."""
     up, up_scale, down, down_scale = routed
     s_up, s_up_scale, s_down, s_down_scale = shared if shared is not None else (None,) * 4
     h, hs = moe_decode_gemv(x, topk_idx, up, up_scale, x if shared is not None else None, s_up, s_up_scale,
                             True)                                                 # [T*k, I], [T, Is]
+    if (shared is not None and x.shape[0] == 1 and hasattr(_ext._C, "moe_decode_down")
+            and topk_idx.shape[1] + s_down.shape[1] // h.shape[1] <= _ext._C.moe_decode_down_max_units):
+        return moe_decode_down(h, topk_idx, weight32, down, down_scale, hs, s_down, s_down_scale)   # [1, H]
     y, ys = moe_decode_gemv(h, topk_idx, down, down_scale, hs if shared is not None else None, s_down,
                             s_down_scale, False)                                  # [T*k, H], [T, H]
     return moe_unpermute_op(y, None, weight32, ys if shared is not None else None)   # [T, H]

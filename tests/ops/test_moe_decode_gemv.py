@@ -1,10 +1,11 @@
 """moe_decode_gemv: the MoE layer's projections at decode straight from topk_idx (no permute), the shared expert in
-the same launch; and the decode path of moe_experts / moe_experts_fp8 built on it (three kernels per layer)."""
+the same launch; moe_decode_down: one token's down projection and weighted sum in one launch; and the decode path of
+moe_experts / moe_experts_fp8 built on them (three kernels per layer, two for one token)."""
 import pytest
 import torch
 
 from nemotron_kernels.ops.moe_experts import moe_experts, moe_experts_fp8, quantize_experts_fp8
-from nemotron_kernels.reference.grouped_gemm import (moe_decode_gemv_ref, moe_experts_fp8_ref,
+from nemotron_kernels.reference.grouped_gemm import (moe_decode_down_ref, moe_decode_gemv_ref, moe_experts_fp8_ref,
                                                      quantize_fp8_rowwise_ref)
 from nemotron_kernels.reference.moe_experts import moe_experts_ref
 from nemotron_kernels.testing import assert_error_rule
@@ -252,3 +253,101 @@ def test_cuda_custom_op_opcheck():
     a, idx, b, _, sa, sb, _ = operands(2, 3, 4, 16, 32, 32, seed=11, device="cuda")
     torch.library.opcheck(moe_decode_gemv.op, (a, idx, b, None, sa, sb, None, True))
     torch.library.opcheck(moe_decode_gemv.op, (a, idx, b, None, None, None, None, False))
+
+
+# ---------------------------------------------------------------------------------------------- moe_decode_down
+
+def down_operands(top_k, experts, hidden, inter, pieces, seed, fp8=False, device="cpu"):
+    """h [k, I] bf16, topk_idx [1, k], topk_weight [1, k], down [E, H, I] (+ scales), hs [1, Is], shared_down
+    [H, Is] (+ scales), Is = pieces * I."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(top_k, inter, generator=g).to(BF16)
+    idx = torch.randperm(experts, generator=g)[:top_k][None].to(torch.int32)
+    w = torch.rand(1, top_k, generator=g)
+    down = (torch.randn(experts, hidden, inter, generator=g) * inter ** -0.5).to(BF16)
+    hs = torch.randn(1, pieces * inter, generator=g).to(BF16)
+    sdown = (torch.randn(hidden, pieces * inter, generator=g) * (pieces * inter) ** -0.5).to(BF16)
+    d_scale = s_scale = None
+    if fp8:
+        q, d_scale = quantize_fp8_rowwise_ref(down.reshape(-1, inter))
+        down, d_scale = q.view(experts, hidden, inter), d_scale.view(experts, hidden)
+        sdown, s_scale = quantize_fp8_rowwise_ref(sdown)
+    out = (h, idx, w, down, d_scale, hs, sdown, s_scale)
+    return tuple(t.to(device) if t is not None else None for t in out)
+
+
+def test_down_reference_is_the_layer_for_one_token():
+    """up (moe_decode_gemv_ref) then moe_decode_down_ref is moe_experts_ref for one token, in float64."""
+    g = torch.Generator().manual_seed(12)
+    E, H, I, k = 5, 24, 16, 3
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+    x, w = randn(1, H), torch.rand(1, k, generator=g, dtype=torch.float64)
+    idx = torch.tensor([[3, 0, 4]], dtype=torch.int32)
+    up, down, s_up, s_down = randn(E, I, H), randn(E, H, I), randn(2 * I, H), randn(H, 2 * I)
+    h, hs = moe_decode_gemv_ref(x, idx, up, None, x, s_up, None, "relu2")
+    got = moe_decode_down_ref(h, idx, w, down, None, hs, s_down)
+    torch.testing.assert_close(got, moe_experts_ref(x, idx, w, up, down, s_up, s_down), rtol=1e-12, atol=1e-12)
+    idx_bad = torch.tensor([[3, -1, 4]], dtype=torch.int32)                       # an id outside [0, E): nothing
+    w_kept = w.clone()
+    w_kept[0, 1] = 0
+    torch.testing.assert_close(moe_decode_down_ref(h, idx_bad, w, down, None, hs, s_down),
+                               moe_decode_down_ref(h, idx, w_kept, down, None, hs, s_down))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("top_k,experts,hidden,inter,pieces", [
+    (6, 8, 2688, 1856, 2),        # Nemotron-H: 6 routed + the shared expert's 2 pieces = the CTA's 8 warps
+    (3, 5, 24, 64, 1),            # fewer units than warps
+    (12, 16, 40, 32, 4),          # 16 units: two per warp
+])
+def test_cuda_decode_down_against_float64_and_the_three_kernels(fp8, top_k, experts, hidden, inter, pieces):
+    from nemotron_kernels import _ext
+    from nemotron_kernels.ops.grouped_gemm import moe_decode_down, moe_decode_gemv
+    from nemotron_kernels.ops.moe_permute import moe_unpermute_op
+    ops = down_operands(top_k, experts, hidden, inter, pieces, seed=top_k + hidden, fp8=fp8, device="cuda")
+    h, idx, w, down, d_scale, hs, sdown, s_scale = ops
+    got = moe_decode_down(*ops)
+    f64 = (lambda t: t) if fp8 else (lambda t: t.double())
+    want = moe_decode_down_ref(h.double(), idx, w.double(), f64(down), d_scale, hs.double(), f64(sdown), s_scale)
+    low = moe_decode_down_ref(h, idx, w, down, d_scale, hs, sdown, s_scale)      # bf16 rounding points
+    assert got.dtype == BF16 and got.shape == (1, hidden)
+    assert_error_rule("decode down + sum", got, want, low, 2)
+    assert torch.equal(_ext._C.moe_decode_down(*ops), got), "not deterministic"
+    y, ys = moe_decode_gemv(h, idx, down, d_scale, hs, sdown, s_scale, False)
+    three = moe_unpermute_op(y, None, w, ys)
+    torch.testing.assert_close(got.float(), three.float(), rtol=2 ** -7, atol=2 ** -7 * three.abs().max().item())
+
+
+@pytest.mark.cuda
+def test_cuda_decode_down_invalid_expert_adds_nothing():
+    from nemotron_kernels.ops.grouped_gemm import moe_decode_down
+    h, idx, w, down, _, hs, sdown, _ = down_operands(3, 5, 24, 64, 1, seed=13, device="cuda")
+    bad, kept = idx.clone(), w.clone()
+    bad[0, 1], kept[0, 1] = 7, 0.0
+    assert torch.equal(moe_decode_down(h, bad, w, down, None, hs, sdown, None),
+                       moe_decode_down(h, idx, kept, down, None, hs, sdown, None))
+
+
+@pytest.mark.cuda
+def test_cuda_decode_down_bad_inputs_name_the_argument():
+    from nemotron_kernels import _ext
+    from nemotron_kernels.ops.grouped_gemm import moe_decode_down
+    h, idx, w, down, _, hs, sdown, _ = down_operands(3, 5, 24, 64, 1, seed=14, device="cuda")
+    call = _ext._C.moe_decode_down
+    cases = [
+        ((h, idx.repeat(2, 1), w, down, None, hs, sdown, None), "topk_idx must have shape"),
+        ((h, idx, w.double(), down, None, hs, sdown, None), "topk_weight must have dtype"),
+        ((h[:2].contiguous(), idx, w, down, None, hs, sdown, None), "h must have shape"),
+        ((h, idx, w, down, None, torch.zeros(1, 96, device="cuda", dtype=BF16), sdown, None), "multiple of I = 64"),
+        ((h, idx, w, down, torch.ones(5, 24, device="cuda"), hs, sdown, None), "down_scale applies to e4m3"),
+        ((h, idx, w, down, None, hs, sdown[:16].contiguous(), None), "shared_down must have shape"),
+    ]
+    for args, match in cases:
+        with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
+            call(*args)
+    big = down_operands(12, 16, 24, 16, 5, seed=15, device="cuda")                 # 12 + 5 units > 16
+    with pytest.raises((RuntimeError, ValueError), match="work units"):
+        call(*big)
+    torch.library.opcheck(moe_decode_down.op, (h, idx, w, down, None, hs, sdown, None))
