@@ -28,6 +28,29 @@ __device__ __forceinline__ float dot4(float4 a, float4 b, float acc) {
   return fmaf(a.w, b.w, fmaf(a.z, b.z, fmaf(a.y, b.y, fmaf(a.x, b.x, acc))));
 }
 
+// Sums each of N values (N a power of two <= 32) over the warp in N - 1 + 5 - log2(N) shuffles, where a butterfly
+// per value takes 5 N (160 at 8 rows against 31): each step a lane keeps half of its values and adds its partner's
+// copies of that half. Returns which sum the lane ends with, in v[0]; the 32 / N lanes after each
+// multiple of 32 / N hold the same one. Fixed lanes and order: deterministic.
+template <int N, int kOff = 16>
+__device__ __forceinline__ int warp_sum_scatter(float* v, int lane) {
+  static_assert(N >= 1 && N <= 32 && (N & (N - 1)) == 0);
+  if constexpr (kOff == 0) {
+    return 0;
+  } else if constexpr (N > 1) {
+    const bool upper = lane & kOff;                             // keeps [N/2, N), sends [0, N/2)
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) {
+      const float send = upper ? v[i] : v[i + N / 2];
+      v[i] = (upper ? v[i + N / 2] : v[i]) + __shfl_xor_sync(0xffffffffu, send, kOff);
+    }
+    return (upper ? N / 2 : 0) + warp_sum_scatter<N / 2, kOff / 2>(v, lane);
+  } else {
+    v[0] += __shfl_xor_sync(0xffffffffu, v[0], kOff);
+    return warp_sum_scatter<1, kOff / 2>(v, lane);
+  }
+}
+
 // grid (ceil(E / kCh), ceil(T / kRows)), kWarps * 32 threads.
 template <int kRows>
 __global__ void __launch_bounds__(kWarps * 32)
@@ -43,34 +66,36 @@ __global__ void __launch_bounds__(kWarps * 32)
   float acc[kCh][kRows] = {};
   for (int p0 = warp * 32 + lane; p0 < pieces; p0 += 2 * kStride) {
     const int p1 = p0 + kStride;
-    float4 w0[kCh], w1[kCh];                                    // both pieces asked for before any math
+    float4 w0[kCh], w1[kCh];                                    // both pieces of kCh weight rows
 #pragma unroll
     for (int c = 0; c < kCh; ++c) {
       const float4* row = reinterpret_cast<const float4*>(w + int64_t(min(e0 + c, experts - 1)) * k);
       w0[c] = __ldcs(row + p0);
       w1[c] = p1 < pieces ? __ldcs(row + p1) : zero;
     }
-#pragma unroll
+    uint2 x0[kRows], x1[kRows];                                 // and of every row of x (rows past the end re-read
+#pragma unroll                                                  // the last one; their sums are never stored)
     for (int m = 0; m < kRows; ++m) {
-      if (m < rows) {
-        const uint2* xr = reinterpret_cast<const uint2*>(x + int64_t(r0 + m) * k);
-        const float4 x0 = widen4(__ldg(xr + p0));
-        const float4 x1 = p1 < pieces ? widen4(__ldg(xr + p1)) : zero;
+      const uint2* xr = reinterpret_cast<const uint2*>(x + int64_t(r0 + min(m, rows - 1)) * k);
+      x0[m] = __ldg(xr + p0);
+      x1[m] = p1 < pieces ? __ldg(xr + p1) : make_uint2(0u, 0u);
+    }
+    // The branch (always taken) keeps ptxas from sinking loads between the FMAs: without it every load went out
+    // first only at some row counts (SASS). A branch per row (`m < rows`, before) put the rows' L2 round trips in
+    // series: T = 8 took 5.5 us against 2.0 at T = 1 (bench/NOTES.md, session 16).
+    if (rows > 0) {
 #pragma unroll
-        for (int c = 0; c < kCh; ++c) acc[c][m] = dot4(w1[c], x1, dot4(w0[c], x0, acc[c][m]));
+      for (int m = 0; m < kRows; ++m) {
+        const float4 xa = widen4(x0[m]), xb = widen4(x1[m]);
+#pragma unroll
+        for (int c = 0; c < kCh; ++c) acc[c][m] = dot4(w1[c], xb, dot4(w0[c], xa, acc[c][m]));
       }
     }
   }
-#pragma unroll
-  for (int c = 0; c < kCh; ++c) {
-#pragma unroll
-    for (int m = 0; m < kRows; ++m) {
-      float v = acc[c][m];
-#pragma unroll
-      for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
-      if (lane == 0) part[warp][c * kRows + m] = v;
-    }
-  }
+  constexpr int kSums = kCh * kRows;
+  float* sums = &acc[0][0];                                     // [kCh * kRows], sum c * kRows + m
+  const int mine = warp_sum_scatter<kSums>(sums, lane);
+  if (lane % (32 / kSums) == 0) part[warp][mine] = sums[0];
   __syncthreads();
   if (threadIdx.x < kCh * kRows) {
     const int c = threadIdx.x / kRows, m = threadIdx.x % kRows;
