@@ -83,16 +83,18 @@ def test_cuda_forward_nemotron_shapes(ntokens):
 
 
 @pytest.mark.cuda
-def test_cuda_graph_of_a_decode_step_reads_the_kept_shared_offsets():
-    """A captured T = 1 MoE (warmed up eagerly on the capture stream, as the engine's probe does) replays the eager
-    result, reading the [0, 1] offsets its warm-up kept instead of capturing an arange."""
+@pytest.mark.parametrize("ntokens", [1, 3])
+def test_cuda_graph_of_a_decode_step_reads_the_kept_shared_offsets(ntokens):
+    """A captured decode-sized MoE (warmed up eagerly on the capture stream, as the engine's probe does) replays the
+    eager result. T = 1 takes the decode GEMVs (the shared expert inside them); T = 3 (T * k > 16) the grouped path,
+    whose shared expert reads the [0, T] offsets its warm-up kept instead of capturing an arange."""
     from nemotron_kernels.ops.grouped_gemm import _ONE_GROUP
-    args = make(1, **NEMOTRON, seed=5, device="cuda", dtype=BF16)
+    args = make(ntokens, **NEMOTRON, seed=5, device="cuda", dtype=BF16)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         eager = moe_experts(**args)
-    assert (1, args["x"].device, stream) in _ONE_GROUP
+    assert ((ntokens, args["x"].device, stream) in _ONE_GROUP) == (ntokens > 1)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, stream=stream):
         out = moe_experts(**args)
