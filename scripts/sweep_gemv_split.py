@@ -4,7 +4,8 @@ Serving's decode at batch 1 spent 0.56 ms on the shared expert at 1.6 TB/s (benc
 gives the GEMV 84-116 CTAs on 132 SMs. Per shape this times each forced split (1, 2, 4, 8) and the automatic
 choice (gemv_split_for), BF16, FP8 and weights-only FP8 (w8), as CUDA-graph replays over enough weight copies to
 pass the 60 MB L2; it prints µs per call and the weights' streaming rate (the H200's copy rate is about 4.2 TB/s).
-The MoE decode GEMV (moe_decode_gemv, routed + shared in one launch) comes first, at T = 1 and 2."""
+The MoE decode GEMV (moe_decode_gemv, routed + shared in one launch) comes first, at T = 1 and 2, then one token's
+down projection and weighted sum (moe_decode_down) at 1, 2, 4, 8 output channels per CTA (auto: the default, 4)."""
 import torch
 
 from bench.harness import cuda_times
@@ -37,8 +38,9 @@ def offsets_for(groups, rows, gen):
 
 
 def split_line(name, kind, call, copies, weight_bytes):
-    """Prints one row: call(i, split) (weight copy i) at each forced split and the auto one (0), checked against
-    split 1 (every output of the call), in µs and the weights' streaming rate."""
+    """Prints one row: call(i, split) (weight copy i) at each forced split (or channels per CTA: any knob of 1, 2,
+    4, 8) and the auto one (0), checked against split 1 (every output of the call), in µs and the weights'
+    streaming rate."""
     want = [t.float() for t in _outputs(call(0, 1)) if t.numel()]
     line = []
     for split in (1, 2, 4, 8, 0):
@@ -60,6 +62,23 @@ DECODE_SHAPES = (("decode up T=1", 1, "up"), ("decode down T=1", 1, "down"),
 HIDDEN, INTER, SHARED = 2688, 1856, 3712
 
 
+def _decode_weights(kind, copies, shapes):
+    """`copies` sets of weights of `shapes` ([E, N, K] or [N, K]), bf16 with None scales, or w8: e4m3 with
+    per-channel scales."""
+    sets = []
+    for _ in range(copies):
+        one = []
+        for shape in shapes:
+            w = torch.randn(*shape, device="cuda", dtype=torch.bfloat16) / shape[-1] ** 0.5
+            if kind == "w8":
+                q, scale = quantize_fp8_rowwise(w.view(-1, shape[-1]))
+                one += [q.view(shape), scale.view(shape[:-1])]
+            else:
+                one += [w, None]
+        sets.append(one)
+    return sets
+
+
 def sweep_decode(gen):
     """moe_decode_gemv at each forced split and the automatic one, BF16 and weights-only FP8 (w8), over enough
     weight copies to pass the L2; the rate counts the touched experts' and the shared expert's weights."""
@@ -73,20 +92,28 @@ def sweep_decode(gen):
         for kind in ("bf16", "w8"):
             elem = 2 if kind == "bf16" else 1
             copies = min(max(2, -(-200_000_000 // ((touched * n * k + sn * sk) * elem))), 8)
-            w = [(torch.randn(E, n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5,
-                  torch.randn(sn, sk, device="cuda", dtype=torch.bfloat16) / sk ** 0.5) for _ in range(copies)]
-            if kind == "w8":
-                quantised = []
-                for b, s in w:
-                    b_q, b_scale = quantize_fp8_rowwise(b.view(-1, k))
-                    quantised.append((b_q.view(E, n, k), b_scale.view(E, n), *quantize_fp8_rowwise(s)))
-                w = quantised
-            else:
-                w = [(b, None, s, None) for b, s in w]
+            w = _decode_weights(kind, copies, [(E, n, k), (sn, sk)])
             call = lambda i, split: _ext._C.moe_decode_gemv(a, idx, w[i][0], w[i][1], sa, w[i][2], w[i][3],  # noqa
                                                             proj == "up", split)
             split_line(name, kind, call, copies, (touched * n * k + sn * sk) * elem)
             del w
+
+
+def sweep_decode_down(gen):
+    """moe_decode_down (one token, Nemotron-H's shape) at 1, 2, 4, 8 channels per CTA and the default: the grid
+    is H / channels CTAs; the rate counts the 6 touched experts' and the shared expert's down weights."""
+    idx = torch.randperm(E, generator=gen)[:TOP_K].int().cuda()[None]                        # [1, k]
+    weight = torch.rand(1, TOP_K, device="cuda")                                            # [1, k] fp32
+    h = torch.randn(TOP_K, INTER, device="cuda", dtype=torch.bfloat16)                      # [k, I]
+    hs = torch.randn(1, SHARED, device="cuda", dtype=torch.bfloat16)                        # [1, Is]
+    for kind in ("bf16", "w8"):
+        elem = 2 if kind == "bf16" else 1
+        touched = (TOP_K * HIDDEN * INTER + HIDDEN * SHARED) * elem
+        copies = min(max(2, -(-200_000_000 // touched)), 8)
+        w = _decode_weights(kind, copies, [(E, HIDDEN, INTER), (HIDDEN, SHARED)])
+        call = lambda i, ch: _ext._C.moe_decode_down(h, idx, weight, w[i][0], w[i][1], hs, w[i][2], w[i][3], ch)  # noqa
+        split_line("decode down+sum T=1", kind, call, copies, touched)
+        del w
 
 
 def main():
@@ -94,6 +121,7 @@ def main():
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     print(f"{torch.cuda.get_device_name()}, {sms} SMs")
     sweep_decode(gen)
+    sweep_decode_down(gen)
     for name, groups, rows, n, k, relu2 in SHAPES:
         offsets, m = offsets_for(groups, rows, gen)
         touched = int((offsets[1:] > offsets[:-1]).sum())

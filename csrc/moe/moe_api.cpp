@@ -533,10 +533,14 @@ static_assert(kDecodeDownMaxUnits == moe::kDecodeDownMaxUnits);
 // slot order, as moe_decode_gemv's up writes them), topk_idx [1, k] int32, topk_weight [1, k] fp32, down [E, H, I]
 // bf16 or e4m3 with down_scale [E, H]; hs [1, Is] bf16, shared_down [H, Is] (down's dtype, shared_down_scale [H]
 // for e4m3), Is a multiple of I -> out [1, H] bf16: moe_unpermute(moe_decode_gemv(h, ...down...), None, w, ys).
+// channels: output channels per CTA (0: the kernel's default; the others for scripts/sweep_gemv_split.py).
 at::Tensor moe_decode_down(const at::Tensor& h, const at::Tensor& topk_idx, const at::Tensor& topk_weight,
                            const at::Tensor& down, const std::optional<at::Tensor>& down_scale, const at::Tensor& hs,
-                           const at::Tensor& shared_down, const std::optional<at::Tensor>& shared_down_scale) {
+                           const at::Tensor& shared_down, const std::optional<at::Tensor>& shared_down_scale,
+                           int64_t channels) {
   check_cuda(h, "h");
+  NK_CHECK_VALUE(channels == 0 || channels == 1 || channels == 2 || channels == 4 || channels == 8,
+                    "channels (per CTA) must be 0 (the default), 1, 2, 4 or 8, got ", num(channels));
   const auto dev = h.device();
   check_device(topk_idx, "topk_idx", dev);
   check_dtype(topk_idx, "topk_idx", {at::kInt});
@@ -577,6 +581,7 @@ at::Tensor moe_decode_down(const at::Tensor& h, const at::Tensor& topk_idx, cons
                              int(hidden),
                              int(inter),
                              int(pieces),
+                             int(channels),
                              c10::cuda::getCurrentCUDAStream(dev.index()).stream()};
   const char* err = moe::moe_decode_down_run(p);
   NK_CHECK(err[0] == '\0', "moe_decode_down: ", err);
@@ -615,7 +620,7 @@ void register_moe(pybind11::module_& m) {
   m.def("moe_decode_down", &moe_decode_down,
         "one token's routed + shared down projection and weighted sum in one launch -> out [1,H] (CUDA)",
         py::arg("h"), py::arg("topk_idx"), py::arg("topk_weight"), py::arg("down"), py::arg("down_scale"),
-        py::arg("hs"), py::arg("shared_down"), py::arg("shared_down_scale"));
+        py::arg("hs"), py::arg("shared_down"), py::arg("shared_down_scale"), py::arg("channels") = 0);
   m.attr("moe_decode_down_max_units") = kDecodeDownMaxUnits;
   m.def("moe_unpermute", &moe_unpermute,
         "rows [M,H] -> (add +) sum_j w[t,j] rows[row_of_assignment[t,j]] [T,H]; row_of_assignment None: row t*k+j "

@@ -278,21 +278,27 @@ __global__ void __launch_bounds__(kWarps * 32, 3) moe_decode_gemv_kernel(const M
 }
 
 // MoE decode, one token: the down projection and the weighted sum (moe_kernels.h, MoeDecodeDownParams). A CTA owns
-// kCh channels; warp w streams the kCh weight rows of work units w, w + kWarps, ... (a routed expert, or I columns
-// of the shared expert), double-buffered like gemv_task, and leaves each unit's sums in shared memory; kCh threads
-// then round, weight and add them in slot order, as the decode GEMV's output and moe_unpermute would.
-template <typename TB>
-__global__ void __launch_bounds__(kWarps * 32, 3) moe_decode_down_kernel(const MoeDecodeDownParams p) {
+// kDCh channels; warp w streams the kDCh weight rows of work units w, w + kWarps, ... (a routed expert, or I columns
+// of the shared expert), double-buffered like gemv_task, and leaves each unit's sums in shared memory; kDCh threads
+// then round, weight and add them in slot order, as the decode GEMV's output and moe_unpermute would. Each
+// channel's sums are the same at every kDCh (bit for bit); kDCh only sets the grid (H / kDCh CTAs, resident 2-4 per
+// SM by registers), swept by scripts/sweep_gemv_split.py.
+template <int kDCh>
+constexpr int kDecodeDownMinCtas = kDCh <= 2 ? 4 : (kDCh == 4 ? 3 : 2);
+
+template <typename TB, int kDCh>
+__global__ void __launch_bounds__(kWarps * 32, kDecodeDownMinCtas<kDCh>) moe_decode_down_kernel(
+    const MoeDecodeDownParams p) {
   using TA = __nv_bfloat16;
   constexpr int kLen = Chunk<TB>::kLen, kALen = Chunk<TA>::kLen, kXLoads = kLen / kALen;
   constexpr bool kScale = !std::is_same_v<TA, TB>;
   constexpr int64_t kStride = 32 * kLen;                                   // elements of K per trip of a warp
-  __shared__ float s_sum[kDecodeDownMaxUnits][kCh];
+  __shared__ float s_sum[kDecodeDownMaxUnits][kDCh];
   __shared__ bool s_live[kDecodeDownMaxUnits];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int n0 = blockIdx.x * kCh, inter = p.inter, units = p.top_k + p.shared_pieces;
+  const int n0 = blockIdx.x * kDCh, inter = p.inter, units = p.top_k + p.shared_pieces;
   for (int u = warp; u < units; u += kWarps) {
-    const TB* w;                                                           // [kCh, inter] rows, row stride ldw
+    const TB* w;                                                           // [kDCh, inter] rows, row stride ldw
     const TA* a;                                                           // [inter]
     int64_t ldw = inter;
     if (u < p.top_k) {
@@ -309,23 +315,23 @@ __global__ void __launch_bounds__(kWarps * 32, 3) moe_decode_down_kernel(const M
       w = static_cast<const TB*>(p.shared_down) + int64_t(n0) * ldw + piece;
       a = static_cast<const TA*>(p.hs) + piece;
     }
-    auto load_w = [&](uint4 (&raw)[kCh], int64_t kk) {
+    auto load_w = [&](uint4 (&raw)[kDCh], int64_t kk) {
 #pragma unroll
-      for (int c = 0; c < kCh; ++c) raw[c] = __ldcs(reinterpret_cast<const uint4*>(w + c * ldw + kk));
+      for (int c = 0; c < kDCh; ++c) raw[c] = __ldcs(reinterpret_cast<const uint4*>(w + c * ldw + kk));
     };
-    float acc[kCh] = {};
+    float acc[kDCh] = {};
     const int64_t k_begin = int64_t(lane) * kLen;
-    uint4 raw[kCh];
+    uint4 raw[kDCh];
     if (k_begin < inter) load_w(raw, k_begin);
     for (int64_t kk = k_begin; kk < inter; kk += kStride) {               // gemv_task's loop with one row of a
-      uint4 next[kCh];
+      uint4 next[kDCh];
       load_w(next, kk + kStride < inter ? kk + kStride : kk);
 #pragma unroll
       for (int j = 0; j < kXLoads; ++j) {
         constexpr int kWords = 4 / kXLoads;
         const Chunk<TA> x(__ldg(reinterpret_cast<const uint4*>(a + kk) + j));
 #pragma unroll
-        for (int c = 0; c < kCh; ++c) {
+        for (int c = 0; c < kDCh; ++c) {
           const uint32_t words[4] = {raw[c].x, raw[c].y, raw[c].z, raw[c].w};
           float wv[kALen];
           widen<TB, kWords>(words + j * kWords, wv);
@@ -334,21 +340,21 @@ __global__ void __launch_bounds__(kWarps * 32, 3) moe_decode_down_kernel(const M
         }
       }
 #pragma unroll
-      for (int c = 0; c < kCh; ++c) raw[c] = next[c];
+      for (int c = 0; c < kDCh; ++c) raw[c] = next[c];
     }
 #pragma unroll
-    for (int c = 0; c < kCh; ++c) {
+    for (int c = 0; c < kDCh; ++c) {
 #pragma unroll
       for (int off = 16; off > 0; off /= 2) acc[c] += __shfl_xor_sync(0xffffffffu, acc[c], off);
     }
     if (lane == 0) {
 #pragma unroll
-      for (int c = 0; c < kCh; ++c) s_sum[u][c] = acc[c];
+      for (int c = 0; c < kDCh; ++c) s_sum[u][c] = acc[c];
       s_live[u] = true;
     }
   }
   __syncthreads();
-  if (threadIdx.x < kCh) {
+  if (threadIdx.x < kDCh) {
     const int c = threadIdx.x, col = n0 + c;
     float routed = 0.f;                                                    // slot order, as moe_unpermute
     for (int j = 0; j < p.top_k; ++j) {
@@ -477,12 +483,23 @@ const char* moe_decode_gemv_run(const MoeDecodeGemvParams& p) {
   }
 }
 
+template <int kDCh>
+void decode_down_launch(const MoeDecodeDownParams& p) {
+  const int blocks = p.hidden / kDCh;                                      // H % 8 == 0 (checked by the host entry)
+  if (blocks == 0) return;
+  if (p.w8) moe_decode_down_kernel<__nv_fp8_e4m3, kDCh><<<blocks, kWarps * 32, 0, p.stream>>>(p);
+  else moe_decode_down_kernel<__nv_bfloat16, kDCh><<<blocks, kWarps * 32, 0, p.stream>>>(p);
+}
+
 const char* moe_decode_down_run(const MoeDecodeDownParams& p) {
   if (p.top_k + p.shared_pieces > kDecodeDownMaxUnits) return "MoE decode down: more than 16 work units";
-  const int blocks = p.hidden / kCh;                                       // H % 8 == 0 (checked by the host entry)
-  if (blocks == 0) return "";
-  if (p.w8) moe_decode_down_kernel<__nv_fp8_e4m3><<<blocks, kWarps * 32, 0, p.stream>>>(p);
-  else moe_decode_down_kernel<__nv_bfloat16><<<blocks, kWarps * 32, 0, p.stream>>>(p);
+  switch (p.channels == 0 ? kDecodeDownChannels : p.channels) {
+    case 1: decode_down_launch<1>(p); break;
+    case 2: decode_down_launch<2>(p); break;
+    case 4: decode_down_launch<4>(p); break;
+    case 8: decode_down_launch<8>(p); break;
+    default: return "MoE decode down: channels per CTA must be 1, 2, 4 or 8";
+  }
   const cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? "" : cudaGetErrorString(err);
 }

@@ -176,9 +176,11 @@ struct MoeDecodeDownParams {
   int hidden;                    // H
   int inter;                     // I
   int shared_pieces;             // Is / I
+  int channels;                  // output channels per CTA: 1, 2, 4 or 8 (0: kDecodeDownChannels)
   cudaStream_t stream;
 };
 constexpr int kDecodeDownMaxUnits = 16;   // top_k + shared_pieces
+constexpr int kDecodeDownChannels = 4;    // the default channels per CTA
 const char* moe_decode_down_run(const MoeDecodeDownParams& p);
 
 // Multiprocessor count of `device` (cached after the first query).

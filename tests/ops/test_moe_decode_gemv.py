@@ -321,6 +321,19 @@ def test_cuda_decode_down_against_float64_and_the_three_kernels(fp8, top_k, expe
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("fp8", [False, True])
+def test_cuda_decode_down_channels_per_cta_change_nothing(fp8):
+    """The grid knob (output channels per CTA, for scripts/sweep_gemv_split.py) leaves every channel's sums as they
+    are: bit for bit at 1, 2, 4 and 8, at the Nemotron-H shape and with two units per warp."""
+    from nemotron_kernels import _ext
+    for shape in ((6, 8, 2688, 1856, 2), (12, 16, 40, 32, 4)):
+        ops = down_operands(*shape, seed=sum(shape), fp8=fp8, device="cuda")
+        default = _ext._C.moe_decode_down(*ops)
+        for channels in (1, 2, 4, 8):
+            assert torch.equal(_ext._C.moe_decode_down(*ops, channels), default), (shape, channels)
+
+
+@pytest.mark.cuda
 def test_cuda_decode_down_invalid_expert_adds_nothing():
     from nemotron_kernels.ops.grouped_gemm import moe_decode_down
     h, idx, w, down, _, hs, sdown, _ = down_operands(3, 5, 24, 64, 1, seed=13, device="cuda")
@@ -350,4 +363,6 @@ def test_cuda_decode_down_bad_inputs_name_the_argument():
     big = down_operands(12, 16, 24, 16, 5, seed=15, device="cuda")                 # 12 + 5 units > 16
     with pytest.raises((RuntimeError, ValueError), match="work units"):
         call(*big)
+    with pytest.raises((RuntimeError, ValueError), match="channels .per CTA. must be"):
+        call(h, idx, w, down, None, hs, sdown, None, 3)
     torch.library.opcheck(moe_decode_down.op, (h, idx, w, down, None, hs, sdown, None))
