@@ -2,9 +2,9 @@
 //
 // At decode sizes cuBLAS's SGEMM took 6.7 us at T = 1 and 13 us at T = 64 for a 1.4 MB weight (bench/NOTES.md,
 // session 8), after a cast kernel for x. Here a CTA owns kCh experts and kRows tokens; its 8 warps split K, each
-// lane taking every 256-th 16-byte piece of the weight rows (4 floats), with two pieces' loads in flight before
-// any math; x's matching 4 bf16 (8 bytes, L1/L2 hits) are widened in registers. Lane sums meet with shuffles, the
-// warps' in shared memory in a fixed order: deterministic, the products summed in another order than cuBLAS's.
+// lane taking every 256-th 16-byte piece of the weight rows (4 floats), two pieces of each weight row and of each
+// row of x (4 bf16, 8 bytes, L1/L2 hits) in flight before any math. Lane sums meet in a scatter-reduce, the warps'
+// in shared memory in a fixed order: deterministic, the products summed in another order than cuBLAS's.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int pieces = k / 4;                                     // 16-byte pieces of a weight row
   constexpr int kStride = kWarps * 32;                          // pieces per trip of the CTA
   const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-  float acc[kCh][kRows] = {};
+  float acc[kCh * kRows] = {};                                  // sum c * kRows + m: channel c, row m
   for (int p0 = warp * 32 + lane; p0 < pieces; p0 += 2 * kStride) {
     const int p1 = p0 + kStride;
     float4 w0[kCh], w1[kCh];                                    // both pieces of kCh weight rows
@@ -88,14 +88,13 @@ __global__ void __launch_bounds__(kWarps * 32)
       for (int m = 0; m < kRows; ++m) {
         const float4 xa = widen4(x0[m]), xb = widen4(x1[m]);
 #pragma unroll
-        for (int c = 0; c < kCh; ++c) acc[c][m] = dot4(w1[c], xb, dot4(w0[c], xa, acc[c][m]));
+        for (int c = 0; c < kCh; ++c) acc[c * kRows + m] = dot4(w1[c], xb, dot4(w0[c], xa, acc[c * kRows + m]));
       }
     }
   }
   constexpr int kSums = kCh * kRows;
-  float* sums = &acc[0][0];                                     // [kCh * kRows], sum c * kRows + m
-  const int mine = warp_sum_scatter<kSums>(sums, lane);
-  if (lane % (32 / kSums) == 0) part[warp][mine] = sums[0];
+  const int mine = warp_sum_scatter<kSums>(acc, lane);
+  if (lane % (32 / kSums) == 0) part[warp][mine] = acc[0];
   __syncthreads();
   if (threadIdx.x < kCh * kRows) {
     const int c = threadIdx.x / kRows, m = threadIdx.x % kRows;
