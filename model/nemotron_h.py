@@ -255,13 +255,49 @@ class Attention(nn.Module):
         # FP8 KV pages hold k / k_scale and v / v_scale (per-tensor, ModelOpt's k_proj.k_scale / v_proj.v_scale);
         # plain floats, so decode folds them into its scales without reading the GPU
         self.k_scale, self.v_scale = 1.0, 1.0
+        # [Nq + 2 Nkv, H] once fuse_qkv() has laid the three weights out together (moves with the module)
+        self.register_buffer("qkv_weight", None, persistent=False)
+
+    def fuse_qkv(self) -> bool:
+        """Lays the q, k and v weights out as one [Nq + 2 Nkv, H] tensor, each projection's Parameter a view of its
+        rows (same state-dict keys, no extra memory), so forward runs one GEMM, not three (two of them small: a
+        launch each at decode). Only for three plain Linears of one dtype and device; returns whether it fused."""
+        lins = (self.q_proj, self.k_proj, self.v_proj)
+        if self.qkv_weight is not None or any(type(lin) is not Linear for lin in lins):
+            return False
+        w = [lin.weight for lin in lins]
+        if len({(t.dtype, t.device) for t in w}) != 1:
+            return False
+        fused = torch.cat([t.detach() for t in w])                            # [Nq + 2 Nkv, H]
+        start = 0
+        for lin, t in zip(lins, w):
+            lin.weight = nn.Parameter(fused[start:start + t.shape[0]], requires_grad=t.requires_grad)
+            start += t.shape[0]
+        self.qkv_weight = fused
+        return True
+
+    def _project(self, x: torch.Tensor):
+        """q [..., Nq], k, v [..., Nkv] of x: one GEMM over the fused weight (then column views), else three. A
+        projection whose weight no longer lies in the fused tensor (replaced since, or moved by .to()) unfuses."""
+        w, lins = self.qkv_weight, (self.q_proj, self.k_proj, self.v_proj)
+        if w is not None:
+            start = w.data_ptr()
+            for lin in lins:
+                if type(lin) is not Linear or lin.weight.data_ptr() != start:
+                    w = self.qkv_weight = None
+                    break
+                start += lin.weight.numel() * lin.weight.element_size()
+        if w is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        return F.linear(x, w).split([lin.out_features for lin in lins], dim=-1)
 
     def forward(self, x: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
         D = self.head_dim
         lead = x.shape[:-1]                                                   # [B, L], [S] (decode) or [T] (mixed)
-        q = self.q_proj(x).view(*lead, self.num_heads, D)                     # [..., Hq, D]
-        k = self.k_proj(x).view(*lead, self.num_kv_heads, D)                  # [..., Hkv, D]
-        v = self.v_proj(x).view(*lead, self.num_kv_heads, D)
+        q, k, v = self._project(x)
+        q = q.view(*lead, self.num_heads, D)                                  # [..., Hq, D]
+        k = k.view(*lead, self.num_kv_heads, D)                               # [..., Hkv, D]
+        v = v.view(*lead, self.num_kv_heads, D)
         if meta.cache is not None:
             self._write_pages(meta.cache, k, v, meta.kv_write_idx)
         if meta.mixed:                                                        # [T, ...]: decode tokens, then chunks

@@ -12,7 +12,7 @@ from model.cache import HybridCache
 from model.nemotron_h import NemotronH
 
 from .block_manager import BlockManager, StateSlotPool, cdiv
-from .gemv import use_gemv_for_single_rows
+from .gemv import fuse_attention_qkv, use_gemv_for_single_rows
 from .model_runner import ModelRunner, StepTokens, graph_padding
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
@@ -137,6 +137,7 @@ class LLMEngine:
         self.model = model.eval().requires_grad_(False)  # frozen: no autograd state; layers may keep constants
         if model.device.type == "cuda":
             use_gemv_for_single_rows(model)              # B1 out_proj / o_proj: one GEMV, not cuBLAS split-K + reduce
+        fuse_attention_qkv(model)                        # q, k, v in one GEMM: two launches fewer per attention layer
         self.tokenizer = tokenizer
         self.config = config = config or EngineConfig()
         mcfg = model.config

@@ -33,6 +33,12 @@ class GemvLinear(nn.Module):
         return F.linear(x, w)
 
 
+def fuse_attention_qkv(model: NemotronH) -> int:
+    """Each attention layer's q, k and v projections as one GEMM (Attention.fuse_qkv); returns how many layers were
+    fused (0 on a second call, or for projections FP8 serving has replaced)."""
+    return sum(block.mixer.fuse_qkv() for block in model.layers if hasattr(block.mixer, "fuse_qkv"))
+
+
 def use_gemv_for_single_rows(model: NemotronH) -> int:
     """Swaps each Mamba out_proj and attention o_proj that is still a plain Linear (FP8Linear keeps its own
     weights-only path) with sizes the kernel takes (multiples of 8) for a GemvLinear, in place; returns how many

@@ -178,3 +178,29 @@ def test_mamba_A_is_kept_until_A_log_changes(tiny_config):
     with torch.inference_mode():                                       # a model loaded under inference_mode
         model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
         assert mixer.A_log.is_inference() and torch.equal(mixer._A(), changed)
+
+
+def test_fused_qkv_is_the_three_projections(tiny_config):
+    """Attention.fuse_qkv (serving): one GEMM over one weight tensor, the three Parameters views of its rows (same
+    state dict, no copy); the same logits (float64); a weight replaced afterwards unfuses instead of going stale;
+    only plain Linears fuse."""
+    model = build_model(tiny_config, dtype=torch.float64, backend="reference", seed=0)
+    ids = ids_for(tiny_config, 2, 19)
+    want, state = model(ids), {k: v.clone() for k, v in model.state_dict().items()}
+    attn = [b.mixer for b in model.layers if hasattr(b.mixer, "fuse_qkv")]
+    assert attn and all(m.fuse_qkv() for m in attn) and not any(m.fuse_qkv() for m in attn)
+    m = attn[0]
+    assert m.q_proj.weight.data_ptr() == m.qkv_weight.data_ptr() and m.qkv_weight.shape[0] == (
+        m.q_proj.out_features + m.k_proj.out_features + m.v_proj.out_features)
+    assert model.state_dict().keys() == state.keys() and "qkv_weight" not in str(list(model.state_dict()))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    torch.testing.assert_close(model(ids), want, rtol=0, atol=1e-12)
+    with torch.no_grad():                                                # load_state_dict copies into the views
+        m.v_proj.weight.mul_(2.0)
+    assert m.qkv_weight is not None and torch.equal(m.qkv_weight[-m.v_proj.out_features:], m.v_proj.weight)
+    changed = model(ids)
+    m.k_proj.weight = torch.nn.Parameter(m.k_proj.weight.detach().clone())   # no longer in the fused tensor
+    torch.testing.assert_close(model(ids), changed, rtol=0, atol=1e-12)
+    assert m.qkv_weight is None
+    m.q_proj = torch.nn.Identity()                                       # not a plain Linear: left alone
+    assert not m.fuse_qkv()

@@ -206,6 +206,21 @@ def test_interpreter_fp8_transposed_dispatch(interpret, monkeypatch):
     assert torch.equal(run(decode), run(decode, transposed=False))
 
 
+@pytest.mark.parametrize("kv_dtype", [torch.float16, torch.float8_e4m3fn])
+def test_interpreter_query_sliced_from_a_fused_projection(interpret, kv_dtype):
+    """q [B, Hq, D] as the head slice of one fused q/k/v projection [B, (Hq + 2 Hkv) * D] (serving's fused GEMM):
+    the same bits as a contiguous q, over 16-bit and FP8 caches."""
+    q, k_cache, v_cache, block_table, seq_lens = make_paged(5, [20, 3, 70], 1, 4, 2, 32, 16)
+    kl, vl = k_cache.to(kv_dtype), v_cache.to(kv_dtype)
+    fused = torch.cat([q[:, 0].flatten(1), torch.randn(3, 2 * 2 * 32)], dim=-1).half()   # [B, (Hq + 2 Hkv) D]
+    sliced = fused[:, :4 * 32].unflatten(-1, (4, 32))
+    assert not sliced.is_contiguous()
+    assert torch.equal(gqa_decode(sliced, kl, vl, block_table, seq_lens),
+                       gqa_decode(sliced.contiguous(), kl, vl, block_table, seq_lens))
+    if kv_dtype == torch.float16:        # FP8 caches round q to e4m3 (the error rule is their tests' business)
+        check_decode(sliced, k_cache, v_cache, block_table, seq_lens, torch.float16)
+
+
 def test_interpreter_one_token_query_shape(interpret):
     """q [B, Hq, D] (one token per sequence) returns [B, Hq, D]."""
     q, k_cache, v_cache, block_table, seq_lens = make_paged(3, [20, 3], 1, 4, 1, 32, 16)
