@@ -423,6 +423,12 @@ at::Tensor grouped_gemm_w8_nt(const at::Tensor& a, const at::Tensor& b, const at
   return out;
 }
 
+// The K of a decode kernel's weights: positive, whole 16-byte rows of bf16 or e4m3.
+void check_decode_k(int64_t k, const char* k_what, bool e4m3) {
+  check_tma_dim(k, k_what, e4m3 ? 16 : 8, e4m3 ? "16 fp8 elements" : "8 bf16 elements");
+  NK_CHECK_VALUE(k > 0, k_what, " must be positive");
+}
+
 // Per-expert weights b [E, N, K] of the decode kernels, bf16 or e4m3 (16-byte rows), K > 0 -> (e4m3, E, N).
 std::tuple<bool, int64_t, int64_t> check_decode_weights(const at::Tensor& b, const char* name, int64_t k,
                                                         const char* k_what, const char* n_what,
@@ -430,8 +436,7 @@ std::tuple<bool, int64_t, int64_t> check_decode_weights(const at::Tensor& b, con
   const bool e4m3 = b.scalar_type() == at::kFloat8_e4m3fn;
   check_gemm_operand(b, name, {-1, -1, k}, dev, e4m3 ? at::kFloat8_e4m3fn : at::kBFloat16);
   check_tma_dim(b.size(1), n_what);
-  check_tma_dim(k, k_what, e4m3 ? 16 : 8, e4m3 ? "16 fp8 elements" : "8 bf16 elements");
-  NK_CHECK_VALUE(k > 0, k_what, " must be positive");
+  check_decode_k(k, k_what, e4m3);
   NK_CHECK_VALUE(b.size(0) <= kInt32Max, name, ": more than 2^31-1 experts");
   return {e4m3, b.size(0), b.size(1)};
 }
@@ -475,9 +480,7 @@ std::tuple<at::Tensor, at::Tensor> moe_decode_gemv(
     shared_k = shared_a->size(1);
     check_gemm_operand(*shared_b, "shared_b", {-1, shared_k}, dev, wdtype);
     shared_n = shared_b->size(0);
-    check_tma_dim(shared_k, "Ks (shared_a.shape[1], shared_b.shape[1])", fp8 ? 16 : 8,
-                  fp8 ? "16 fp8 elements" : "8 bf16 elements");
-    NK_CHECK_VALUE(shared_k > 0, "Ks (shared_a.shape[1]) must be positive");
+    check_decode_k(shared_k, "Ks (shared_a.shape[1], shared_b.shape[1])", fp8);
     NK_CHECK_VALUE(n > 0 && shared_n % n == 0, "shared_b must have a multiple of N = ", num(n),
                       " rows (it runs in blocks of N channels), got ", num(shared_n));
     check_weight_scale(shared_b_scale, "shared_b_scale", fp8, {shared_n}, dev);

@@ -438,6 +438,14 @@ const char* decode_launch(const MoeDecodeGemvParams& p) {
   });
 }
 
+template <int kDCh>
+void decode_down_launch(const MoeDecodeDownParams& p) {
+  const int blocks = p.hidden / kDCh;                                      // H % 8 == 0 (checked by the host entry)
+  if (blocks == 0) return;
+  if (p.w8) moe_decode_down_kernel<__nv_fp8_e4m3, kDCh><<<blocks, kWarps * 32, 0, p.stream>>>(p);
+  else moe_decode_down_kernel<__nv_bfloat16, kDCh><<<blocks, kWarps * 32, 0, p.stream>>>(p);
+}
+
 }  // namespace
 
 int gemv_split_for(int n, int k, int elem_bytes, int touched_groups, int resident) {
@@ -481,14 +489,6 @@ const char* moe_decode_gemv_run(const MoeDecodeGemvParams& p) {
     case GemmKind::kW8NTReLU2: return decode_launch<__nv_fp8_e4m3, true>(p);
     default: return "MoE decode GEMV: only the BF16 and weights-only FP8 NT kinds";
   }
-}
-
-template <int kDCh>
-void decode_down_launch(const MoeDecodeDownParams& p) {
-  const int blocks = p.hidden / kDCh;                                      // H % 8 == 0 (checked by the host entry)
-  if (blocks == 0) return;
-  if (p.w8) moe_decode_down_kernel<__nv_fp8_e4m3, kDCh><<<blocks, kWarps * 32, 0, p.stream>>>(p);
-  else moe_decode_down_kernel<__nv_bfloat16, kDCh><<<blocks, kWarps * 32, 0, p.stream>>>(p);
 }
 
 const char* moe_decode_down_run(const MoeDecodeDownParams& p) {

@@ -157,7 +157,7 @@ const char* moe_decode_gemv_run(const MoeDecodeGemvParams& p);
 
 // MoE decode, one token: the down projection and the weighted sum in one launch (moe_gemv_kernel.cu).
 // out[c] = round(round(sum_j w[j] * round(h[j] . down[topk_idx[j]][c] (* scale))) + round(hs . shared_down[c]
-// (* scale))), the sums in slot order as moe_unpermute's. A CTA owns kDownCh channels; its warps take the work
+// (* scale))), the sums in slot order as moe_unpermute's. A CTA owns `channels` channels; its warps take the work
 // units in turn: the k routed experts' rows and the shared expert's rows in pieces of I columns (Is = pieces * I).
 // An expert id outside [0, experts) adds nothing.
 struct MoeDecodeDownParams {

@@ -175,7 +175,7 @@ def _decode_experts(x, topk_idx, weight32, routed, shared):
     s_up, s_up_scale, s_down, s_down_scale = shared if shared is not None else (None,) * 4
     h, hs = moe_decode_gemv(x, topk_idx, up, up_scale, x if shared is not None else None, s_up, s_up_scale,
                             True)                                                 # [T*k, I], [T, Is]
-    if (shared is not None and x.shape[0] == 1 and hasattr(_ext._C, "moe_decode_down")
+    if (shared is not None and x.shape[0] == 1
             and topk_idx.shape[1] + s_down.shape[1] // h.shape[1] <= _ext._C.moe_decode_down_max_units):
         return moe_decode_down(h, topk_idx, weight32, down, down_scale, hs, s_down, s_down_scale)   # [1, H]
     y, ys = moe_decode_gemv(h, topk_idx, down, down_scale, hs if shared is not None else None, s_down,

@@ -6,6 +6,7 @@ FP8 expert pipeline (moe_experts_fp8_ref) with the kernels' rounding points."""
 import torch
 
 from ._checks import check_float, check_int, check_same_device, compute_dtype
+from .moe_permute import moe_unpermute_ref
 
 ACTIVATIONS = ("none", "relu2")
 
@@ -159,19 +160,15 @@ def moe_decode_gemv_ref(a, topk_idx, b, b_scale=None, shared_a=None, shared_b=No
 
 def moe_decode_down_ref(h, topk_idx, topk_weight, down, down_scale=None, hs=None, shared_down=None,
                         shared_down_scale=None):
-    """One token's down projection and weighted sum (reference), rounded where the kernels round: each expert's
-    output and the shared expert's in h's dtype, the routed sum in slot order in float32 (float64 for float64 h) then
-    h's dtype, plus the shared output, rounded again. h [k, I], topk_idx [1, k], topk_weight [1, k], down [E, H, I]
-    (+ down_scale for e4m3), hs [1, Is], shared_down [H, Is] (+ shared_down_scale) -> [1, H] in h's dtype; an
-    expert id outside [0, E) adds nothing."""
+    """One token's down projection and weighted sum (reference): moe_decode_gemv_ref's down rows, summed by
+    moe_unpermute_ref (row j is slot j), plus the shared output, rounded where the kernels round. h [k, I],
+    topk_idx [1, k], topk_weight [1, k], down [E, H, I] (+ down_scale for e4m3), hs [1, Is], shared_down [H, Is]
+    (+ shared_down_scale) -> [1, H] in h's dtype; an expert id outside [0, E) adds nothing (its row is zero)."""
     y, ys = moe_decode_gemv_ref(h, topk_idx, down, down_scale, hs, shared_down, shared_down_scale)   # [k, H], [1, H]
+    slots = torch.arange(y.shape[0], device=h.device)[None]                     # [1, k]
+    routed = moe_unpermute_ref(y, slots, topk_weight)                             # [1, H] in h's dtype
     cdtype = compute_dtype(h.dtype, torch.float32)
-    idx = topk_idx.reshape(-1)
-    routed = torch.zeros(1, y.shape[1], dtype=cdtype, device=h.device)
-    for j in range(idx.numel()):
-        if 0 <= int(idx[j]) < down.shape[0]:
-            routed += topk_weight.reshape(-1)[j].to(cdtype) * y[j].to(cdtype)
-    return (routed.to(h.dtype).to(cdtype) + ys.to(cdtype)).to(h.dtype)
+    return (routed.to(cdtype) + ys.to(cdtype)).to(h.dtype)
 
 
 def _check_fp8_weights(b_q, b_scale, k: int, k_name: str) -> None:

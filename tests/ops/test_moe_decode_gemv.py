@@ -13,21 +13,25 @@ from nemotron_kernels.testing import assert_error_rule
 BF16 = torch.bfloat16
 
 
+def weights(g, *shape, fp8=False):
+    """Random weights [..., N, K] in bf16 scaled by K^-1/2 with None scales, or (fp8) their e4m3 rows with
+    per-channel scales [..., N]."""
+    w = (torch.randn(*shape, generator=g) * shape[-1] ** -0.5).to(BF16)
+    if not fp8:
+        return w, None
+    q, scale = quantize_fp8_rowwise_ref(w.reshape(-1, shape[-1]))
+    return q.view(shape), scale.view(shape[:-1])
+
+
 def operands(ntokens, top_k, experts, n, k, shared_n, seed, fp8=False, per_assignment=False, device="cpu"):
     """a [T or T*k, K] bf16, topk_idx [T, k] int32 (distinct experts per token), b [E, N, K] (+ scales for e4m3),
     and the shared expert's shared_a [T, Ks = K], shared_b [Ns, K] (or None for shared_n = 0)."""
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(ntokens * top_k if per_assignment else ntokens, k, generator=g).to(BF16)
     idx = torch.stack([torch.randperm(experts, generator=g)[:top_k] for _ in range(ntokens)]).to(torch.int32)
-    b = (torch.randn(experts, n, k, generator=g) * k ** -0.5).to(BF16)
+    b, b_scale = weights(g, experts, n, k, fp8=fp8)
     sa = torch.randn(ntokens, k, generator=g).to(BF16) if shared_n else None
-    sb = (torch.randn(shared_n, k, generator=g) * k ** -0.5).to(BF16) if shared_n else None
-    b_scale = sb_scale = None
-    if fp8:
-        b_q, b_scale = quantize_fp8_rowwise_ref(b.reshape(-1, k))
-        b, b_scale = b_q.view(experts, n, k), b_scale.view(experts, n)
-        if shared_n:
-            sb, sb_scale = quantize_fp8_rowwise_ref(sb)
+    sb, sb_scale = weights(g, shared_n, k, fp8=fp8) if shared_n else (None, None)
     out = (a, idx, b, b_scale, sa, sb, sb_scale)
     return tuple(t.to(device) if t is not None else None for t in out)
 
@@ -264,14 +268,9 @@ def down_operands(top_k, experts, hidden, inter, pieces, seed, fp8=False, device
     h = torch.randn(top_k, inter, generator=g).to(BF16)
     idx = torch.randperm(experts, generator=g)[:top_k][None].to(torch.int32)
     w = torch.rand(1, top_k, generator=g)
-    down = (torch.randn(experts, hidden, inter, generator=g) * inter ** -0.5).to(BF16)
+    down, d_scale = weights(g, experts, hidden, inter, fp8=fp8)
     hs = torch.randn(1, pieces * inter, generator=g).to(BF16)
-    sdown = (torch.randn(hidden, pieces * inter, generator=g) * (pieces * inter) ** -0.5).to(BF16)
-    d_scale = s_scale = None
-    if fp8:
-        q, d_scale = quantize_fp8_rowwise_ref(down.reshape(-1, inter))
-        down, d_scale = q.view(experts, hidden, inter), d_scale.view(experts, hidden)
-        sdown, s_scale = quantize_fp8_rowwise_ref(sdown)
+    sdown, s_scale = weights(g, hidden, pieces * inter, fp8=fp8)
     out = (h, idx, w, down, d_scale, hs, sdown, s_scale)
     return tuple(t.to(device) if t is not None else None for t in out)
 
