@@ -258,7 +258,9 @@ __global__ void gather_rows_kernel(const V* __restrict__ x, const int32_t* __res
 // out[t] = (add[t] +) sum_j w[t,j] * rows[roa[t,j]]. One token per `threads_per_row` threads. A token's rows are
 // loaded kUnpermuteBatch at a time before any of them is summed: a plain loop over the runtime top_k made each
 // load wait for the previous sum, six L2 round trips in a row (4.8 us per MoE layer at T = 1 on the H200). The
-// sums still run in j order, so the result is bitwise the plain loop's.
+// batch's indices and weights load first, then its rows, without a branch between them: an index load behind a
+// branch per row had kept the rows' loads in series all the same (SASS: each row load, then its unpacking, then
+// the next index). The sums still run in j order, so the result is bitwise the plain loop's.
 constexpr int kUnpermuteBatch = 8;
 
 template <typename T, int N>
@@ -278,16 +280,20 @@ __global__ void unpermute_kernel(const T* __restrict__ rows, const int32_t* __re
 #pragma unroll
     for (int i = 0; i < N; ++i) acc[i] = 0.f;
     for (int j0 = 0; j0 < top_k; j0 += kUnpermuteBatch) {
-      P p[kUnpermuteBatch];
+      int32_t r[kUnpermuteBatch];
       float w[kUnpermuteBatch];
+#pragma unroll
+      for (int b = 0; b < kUnpermuteBatch; ++b) {         // the batch's row indices and weights, all at once
+        const int j = min(j0 + b, top_k - 1);
+        r[b] = my_rows ? __ldg(my_rows + j) : int32_t(t * top_k + j);
+        w[b] = my_w ? __ldg(my_w + j) : 1.f;
+      }
+      P p[kUnpermuteBatch];
       bool ok[kUnpermuteBatch];
 #pragma unroll
-      for (int b = 0; b < kUnpermuteBatch; ++b) {
-        const int j = j0 + b;
-        const int32_t r = j >= top_k ? -1 : my_rows ? my_rows[j] : int32_t(t * top_k + j);
-        ok[b] = r >= 0 && r < m_rows;                     // dropped assignments add nothing (not 0 * row)
-        w[b] = ok[b] && my_w ? my_w[j] : 1.f;
-        if (ok[b]) p[b] = reinterpret_cast<const P*>(rows + int64_t(r) * hidden)[v];
+      for (int b = 0; b < kUnpermuteBatch; ++b) {         // then the rows, all at once
+        ok[b] = j0 + b < top_k && r[b] >= 0 && r[b] < m_rows;   // dropped assignments add nothing (not 0 * row)
+        if (ok[b]) p[b] = reinterpret_cast<const P*>(rows + int64_t(r[b]) * hidden)[v];
       }
 #pragma unroll
       for (int b = 0; b < kUnpermuteBatch; ++b) {
