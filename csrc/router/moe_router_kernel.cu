@@ -31,13 +31,21 @@ __device__ __forceinline__ float sigmoid_rn(float x) {
   return static_cast<float>(1.0 / (1.0 + exp(-static_cast<double>(x))));
 }
 
+// The warp's largest 64-bit key: two 32-bit redux.sync (sm_80+), the high words, then the low words of the lanes
+// holding the largest high word; a butterfly of 64-bit shuffles took 10 shuffles per round.
 __device__ __forceinline__ uint64_t warp_max(uint64_t v) {
+#if __CUDA_ARCH__ >= 800
+  const uint32_t hi = __reduce_max_sync(kFullMask, static_cast<uint32_t>(v >> 32));
+  const uint32_t lo = __reduce_max_sync(kFullMask, static_cast<uint32_t>(v >> 32) == hi ? static_cast<uint32_t>(v) : 0u);
+  return (static_cast<uint64_t>(hi) << 32) | lo;
+#else
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) {
     const uint64_t other = __shfl_xor_sync(kFullMask, static_cast<unsigned long long>(v), offset);
     v = other > v ? other : v;
   }
   return v;
+#endif
 }
 
 template <int VPT>
@@ -108,16 +116,16 @@ __global__ void __launch_bounds__(kMaxThreads<VPT>)
   float* res_score = reinterpret_cast<float*>(warp_smem + (grouped ? 8 * a.n_group + 4 * num_experts : 0));
   int* res_index = reinterpret_cast<int*>(res_score + top_k);                             // [k]
 
-  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) hist[e] = 0;
-  float bias[VPT];
-#pragma unroll
-  for (int j = 0; j < VPT; ++j) bias[j] = lane + 32 * j < num_experts ? __ldg(a.bias + lane + 32 * j) : 0.f;
-  __syncthreads();
-
+  // The first token's logits and the bias asked for together, before the barrier (no round trip after it)
   const int64_t t_begin = blockIdx.x * tokens_per_block;
   const int64_t t_end = a.num_tokens < t_begin + tokens_per_block ? a.num_tokens : t_begin + tokens_per_block;
   float raw[VPT];  // logits of the warp's current token
   if (t_begin + warp < t_end) load_row<VPT>(raw, a.logits + (t_begin + warp) * num_experts, num_experts, lane);
+  float bias[VPT];
+#pragma unroll
+  for (int j = 0; j < VPT; ++j) bias[j] = lane + 32 * j < num_experts ? __ldg(a.bias + lane + 32 * j) : 0.f;
+  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) hist[e] = 0;
+  __syncthreads();
 
   for (int64_t t = t_begin + warp; t < t_end; t += num_warps) {
     float score[VPT];
