@@ -33,19 +33,13 @@ int sm_count(c10::DeviceIndex device) {
 }
 #endif
 
-// logits [T, E] fp32, bias [E] fp32 -> (topk_idx [T, k] int32, topk_weight [T, k] fp32, counts [E] int32).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_router_fused(const at::Tensor& logits, const at::Tensor& bias,
-                                                                int64_t top_k, double routed_scaling_factor,
-                                                                int64_t n_group, int64_t topk_group) {
-  check_dtype(logits, "logits", {at::kFloat});
-  check_shape(logits, "logits", {-1, -1});
-  const int64_t num_tokens = logits.size(0), num_experts = logits.size(1);
-  check_contiguous(logits, "logits");
+// Checks the fused router's arguments for T tokens of E fp32 logits on `device`.
+void check_router_args(int64_t num_tokens, int64_t num_experts, const at::Tensor& bias, const c10::Device& device,
+                       int64_t top_k, int64_t n_group, int64_t topk_group) {
   check_dtype(bias, "bias", {at::kFloat});
   check_shape(bias, "bias", {num_experts});
   check_contiguous(bias, "bias");
-  check_device(bias, "bias", logits.device());
-  const auto device = logits.device();
+  check_device(bias, "bias", device);
   NK_CHECK(device.is_cpu() || device.is_cuda(), "logits must be on cpu or cuda, got ", device.str());
   NK_CHECK_VALUE(num_experts >= 1 && num_experts <= std::numeric_limits<int32_t>::max(),
                     "logits must have 1 to 2^31-1 experts (columns), got ", num(num_experts));
@@ -63,31 +57,55 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_router_fused(const at::Tensor
     NK_CHECK_VALUE(num_tokens <= std::numeric_limits<int32_t>::max(),
                       "logits: the CUDA kernel supports up to 2^31-1 tokens, got T=", num(num_tokens));
   }
+}
 
+// The fused router's outputs for `logits` [T, E] and their kernel arguments.
+struct Routed {
+  at::Tensor topk_idx, topk_weight, counts;  // [T, k] int32, [T, k] fp32, [E] int32
+  router::RouterArgs args;
+};
+
+Routed routed(const at::Tensor& logits, const at::Tensor& bias, int64_t top_k, double routed_scaling_factor,
+              int64_t n_group, int64_t topk_group) {
+  const int64_t num_tokens = logits.size(0), num_experts = logits.size(1);
   auto topk_idx = at::empty({num_tokens, top_k}, logits.options().dtype(at::kInt));
   auto topk_weight = at::empty({num_tokens, top_k}, logits.options());
   auto counts = at::empty({num_experts}, logits.options().dtype(at::kInt));
-  router::RouterArgs args{logits.data_ptr<float>(),  bias.data_ptr<float>(),     topk_idx.data_ptr<int32_t>(),
-                          topk_weight.data_ptr<float>(), counts.data_ptr<int32_t>(), num_tokens,
-                          static_cast<int>(num_experts), static_cast<int>(top_k), static_cast<int>(n_group),
-                          static_cast<int>(topk_group), static_cast<float>(routed_scaling_factor)};
+  const router::RouterArgs args{logits.data_ptr<float>(),      bias.data_ptr<float>(),
+                                topk_idx.data_ptr<int32_t>(),  topk_weight.data_ptr<float>(),
+                                counts.data_ptr<int32_t>(),    num_tokens,
+                                static_cast<int>(num_experts), static_cast<int>(top_k),
+                                static_cast<int>(n_group),     static_cast<int>(topk_group),
+                                static_cast<float>(routed_scaling_factor)};
+  return {topk_idx, topk_weight, counts, args};
+}
 
+// logits [T, E] fp32, bias [E] fp32 -> (topk_idx [T, k] int32, topk_weight [T, k] fp32, counts [E] int32).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_router_fused(const at::Tensor& logits, const at::Tensor& bias,
+                                                                int64_t top_k, double routed_scaling_factor,
+                                                                int64_t n_group, int64_t topk_group) {
+  check_dtype(logits, "logits", {at::kFloat});
+  check_shape(logits, "logits", {-1, -1});
+  check_contiguous(logits, "logits");
+  const auto device = logits.device();
+  check_router_args(logits.size(0), logits.size(1), bias, device, top_k, n_group, topk_group);
+  Routed r = routed(logits, bias, top_k, routed_scaling_factor, n_group, topk_group);
   if (device.is_cpu()) {
-    router::moe_router_cpu(args);
+    router::moe_router_cpu(r.args);
   } else {
 #ifdef NEMOTRON_WITH_CUDA
     const c10::cuda::CUDAGuard guard(device);
     const auto stream = c10::cuda::getCurrentCUDAStream(device.index());
-    C10_CUDA_CHECK(router::moe_router_cuda(args, sm_count(device.index()), stream.stream()));
+    C10_CUDA_CHECK(router::moe_router_cuda(r.args, sm_count(device.index()), stream.stream()));
 #else
     NK_CHECK(false, "logits is on ", device.str(), " but nemotron_kernels._C was built without CUDA");
 #endif
   }
-  return {topk_idx, topk_weight, counts};
+  return {r.topk_idx, r.topk_weight, r.counts};
 }
 
-// x [T, K] bf16, weight [E, K] fp32 -> logits [T, E] fp32 (CUDA, T <= kLogitsMaxTokens, K % 4 == 0).
-at::Tensor moe_router_logits(const at::Tensor& x, const at::Tensor& weight) {
+// Checks the logits GEMV's x [T, K] bf16 and weight [E, K] fp32 (CUDA, T <= kLogitsMaxTokens, K % 4 == 0).
+void check_logits_args(const at::Tensor& x, const at::Tensor& weight) {
   check_dtype(x, "x", {at::kBFloat16});
   check_shape(x, "x", {-1, -1});
   check_contiguous(x, "x");
@@ -106,17 +124,51 @@ at::Tensor moe_router_logits(const at::Tensor& x, const at::Tensor& weight) {
   NK_CHECK_VALUE(reinterpret_cast<uintptr_t>(x.data_ptr()) % 8 == 0 &&
                      reinterpret_cast<uintptr_t>(weight.data_ptr()) % 16 == 0,
                  "x and weight must be 8- and 16-byte aligned (a fresh tensor is)");
-  auto logits = at::empty({tokens, experts}, weight.options());
+}
+
+#ifdef NEMOTRON_WITH_CUDA
+router::LogitsArgs logits_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& logits) {
+  return {x.data_ptr(), weight.data_ptr<float>(), logits.data_ptr<float>(), static_cast<int>(x.size(0)),
+          static_cast<int>(weight.size(0)), static_cast<int>(x.size(1))};
+}
+#endif
+
+// x [T, K] bf16, weight [E, K] fp32 -> logits [T, E] fp32 (CUDA, T <= kLogitsMaxTokens, K % 4 == 0).
+at::Tensor moe_router_logits(const at::Tensor& x, const at::Tensor& weight) {
+  check_logits_args(x, weight);
+  auto logits = at::empty({x.size(0), weight.size(0)}, weight.options());
 #ifdef NEMOTRON_WITH_CUDA
   const c10::cuda::CUDAGuard guard(x.device());
   const auto stream = c10::cuda::getCurrentCUDAStream(x.device().index());
-  router::LogitsArgs args{x.data_ptr(), weight.data_ptr<float>(), logits.data_ptr<float>(), static_cast<int>(tokens),
-                          static_cast<int>(experts), static_cast<int>(k)};
-  C10_CUDA_CHECK(router::moe_router_logits_cuda(args, stream.stream()));
+  C10_CUDA_CHECK(router::moe_router_logits_cuda(logits_args(x, weight, logits), stream.stream()));
 #else
   NK_CHECK(false, "x is on ", x.device().str(), " but nemotron_kernels._C was built without CUDA");
 #endif
   return logits;
+}
+
+// The two above from one call for a few tokens: the logits GEMV also zeroes the counts, so the fused kernel needs
+// no memset launch at T = 17..64 (its counts are atomics over several CTAs there).
+// -> (logits [T, E] fp32, topk_idx [T, k] int32, topk_weight [T, k] fp32, counts [E] int32).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_router_few(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, int64_t top_k,
+    double routed_scaling_factor, int64_t n_group, int64_t topk_group) {
+  check_logits_args(x, weight);
+  check_router_args(x.size(0), weight.size(0), bias, x.device(), top_k, n_group, topk_group);
+  auto logits = at::empty({x.size(0), weight.size(0)}, weight.options());
+  Routed r = routed(logits, bias, top_k, routed_scaling_factor, n_group, topk_group);
+#ifdef NEMOTRON_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream(x.device().index());
+  router::LogitsArgs la = logits_args(x, weight, logits);
+  la.zero_counts = r.counts.data_ptr<int32_t>();
+  C10_CUDA_CHECK(router::moe_router_logits_cuda(la, stream.stream()));
+  r.args.counts_zeroed = x.size(0) > 0;  // T = 0 launches no GEMV: the fused entry zeroes the counts itself
+  C10_CUDA_CHECK(router::moe_router_cuda(r.args, sm_count(x.device().index()), stream.stream()));
+#else
+  NK_CHECK(false, "x is on ", x.device().str(), " but nemotron_kernels._C was built without CUDA");
+#endif
+  return {logits, r.topk_idx, r.topk_weight, r.counts};
 }
 
 }  // namespace
@@ -127,6 +179,12 @@ void register_router(pybind11::module_& m) {
         "The router's fp32 logits for a few tokens (CUDA): x [T, K] bf16 (T <= moe_router_logits_max_tokens, "
         "K % 4 == 0), weight [E, K] fp32 -> x @ weight^T [T, E] fp32, fp32 FMAs (no TF32), deterministic",
         pybind11::arg("x"), pybind11::arg("weight"));
+  m.def("moe_router_few", &moe_router_few,
+        "moe_router_logits then moe_router_fused in one call for a few tokens (CUDA; the GEMV zeroes the counts, "
+        "so no memset launch): x [T, K] bf16, weight [E, K] fp32, bias [E] fp32 -> (logits [T, E] fp32, "
+        "topk_idx [T, k] int32, topk_weight [T, k] fp32, counts [E] int32), bitwise the two calls",
+        pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("top_k"),
+        pybind11::arg("routed_scaling_factor"), pybind11::arg("n_group"), pybind11::arg("topk_group"));
   m.attr("moe_router_cuda_max_experts") = router::kCudaMaxExperts;
   m.def("moe_router_fused", &moe_router_fused,
         "Fused MoE router after the logits GEMM: sigmoid, +bias for selection, group-limited top-k (ties -> lower "

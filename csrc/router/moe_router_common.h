@@ -61,6 +61,7 @@ struct RouterArgs {
   int n_group;          // groups of E / n_group consecutive experts
   int topk_group;       // groups kept per token
   float scale;          // routed_scaling_factor
+  bool counts_zeroed = false;  // counts already 0 in stream order (the logits GEMV zeroed them): no memset
 };
 
 // C++ CPU kernel (moe_router_cpu.cpp): at::parallel_for over tokens.
@@ -75,6 +76,7 @@ struct LogitsArgs {
   int tokens;      // T <= kLogitsMaxTokens
   int experts;     // E
   int k;           // K
+  int32_t* zero_counts = nullptr;  // [E] set to 0 by the first CTA (the counts of the router kernel after it), or null
 };
 constexpr int kLogitsMaxTokens = 64;  // beyond it the weights' re-reads per 8 tokens outgrow a GEMM's tiles
 

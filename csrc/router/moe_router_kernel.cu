@@ -5,7 +5,8 @@
 // warp's largest key with a 5-step shuffle butterfly, so ties go to the lower expert index exactly as on
 // the CPU. The logits of a warp's next token are loaded while it selects for the current one.
 // Counts: a per-block shared histogram, written straight out when one block covers all tokens (no memset),
-// otherwise added with integer atomics into a zeroed buffer (deterministic).
+// otherwise added with integer atomics into a zeroed buffer (deterministic): zeroed by the logits GEMV before it
+// when the host entry runs both (moe_router_few), else by a memset.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -36,7 +37,8 @@ __device__ __forceinline__ float sigmoid_rn(float x) {
 __device__ __forceinline__ uint64_t warp_max(uint64_t v) {
 #if __CUDA_ARCH__ >= 800
   const uint32_t hi = __reduce_max_sync(kFullMask, static_cast<uint32_t>(v >> 32));
-  const uint32_t lo = __reduce_max_sync(kFullMask, static_cast<uint32_t>(v >> 32) == hi ? static_cast<uint32_t>(v) : 0u);
+  const uint32_t mine = static_cast<uint32_t>(v >> 32) == hi ? static_cast<uint32_t>(v) : 0u;
+  const uint32_t lo = __reduce_max_sync(kFullMask, mine);
   return (static_cast<uint64_t>(hi) << 32) | lo;
 #else
 #pragma unroll
@@ -208,8 +210,10 @@ cudaError_t launch(const RouterArgs& a, int num_sms, cudaStream_t stream) {
     const int64_t tokens_per_warp = std::clamp<int64_t>((a.num_tokens + warps_wanted - 1) / warps_wanted, 1, 16);
     tokens_per_block = warps * tokens_per_warp;
     counts_direct = false;
-    const cudaError_t err = cudaMemsetAsync(a.counts, 0, sizeof(int32_t) * a.num_experts, stream);
-    if (err != cudaSuccess) return err;
+    if (!a.counts_zeroed) {  // a graph node of 0.8 us at T = 17..64 (scripts/prof_router.py) unless the GEMV did it
+      const cudaError_t err = cudaMemsetAsync(a.counts, 0, sizeof(int32_t) * a.num_experts, stream);
+      if (err != cudaSuccess) return err;
+    }
   }
   const int64_t blocks = (a.num_tokens + tokens_per_block - 1) / tokens_per_block;
   const size_t smem = static_cast<size_t>(hist_smem) + static_cast<size_t>(warps) * warp_smem;

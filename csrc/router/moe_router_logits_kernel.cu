@@ -55,7 +55,7 @@ __device__ __forceinline__ int warp_sum_scatter(float* v, int lane) {
 template <int kRows>
 __global__ void __launch_bounds__(kWarps * 32)
     router_logits_kernel(const __nv_bfloat16* __restrict__ x, const float* __restrict__ w, float* __restrict__ logits,
-                         int tokens, int experts, int k) {
+                         int tokens, int experts, int k, int32_t* __restrict__ zero_counts) {
   __shared__ float part[kWarps][kCh * kRows];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int e0 = blockIdx.x * kCh, r0 = blockIdx.y * kRows;
@@ -103,13 +103,17 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int i = 0; i < kWarps; ++i) sum += part[i][threadIdx.x];
     if (m < rows && e0 + c < experts) logits[int64_t(r0 + m) * experts + e0 + c] = sum;
   }
+  // After the math, so the loads above keep their schedule; the next kernel in the stream sees the zeros.
+  if (zero_counts != nullptr && blockIdx.x == 0 && blockIdx.y == 0) {
+    for (int e = threadIdx.x; e < experts; e += kWarps * 32) zero_counts[e] = 0;
+  }
 }
 
 template <int kRows>
 cudaError_t launch(const LogitsArgs& a, cudaStream_t stream) {
   const dim3 grid((a.experts + kCh - 1) / kCh, (a.tokens + kRows - 1) / kRows);
   router_logits_kernel<kRows><<<grid, kWarps * 32, 0, stream>>>(static_cast<const __nv_bfloat16*>(a.x), a.w,
-                                                                 a.logits, a.tokens, a.experts, a.k);
+                                                                 a.logits, a.tokens, a.experts, a.k, a.zero_counts);
   return cudaGetLastError();
 }
 

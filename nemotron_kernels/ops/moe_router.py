@@ -6,7 +6,8 @@ extension's logits GEMV, for many three exact bf16 pieces of the weight on tenso
 (sigmoid, +bias, group-limited top-k, renormalise, scale, counts: the CUDA kernel for CUDA tensors, the C++
 kernel for CPU tensors, the reference for float64 or without the extension) -> `MoeRouterFn` (autograd:
 topk_weight is differentiable in x and weight; backward GEMMs in `::moe_router_logits_backward`)
--> `moe_router()` (argument checks)."""
+-> `moe_router()` (argument checks). For a few CUDA bf16 tokens `::moe_router_few` runs the logits GEMV and the
+fused kernel from one host call (the GEMV zeroes the counts: no memset launch)."""
 import contextlib
 import functools
 
@@ -137,6 +138,25 @@ def _(logits, bias, top_k, routed_scaling_factor, n_group, topk_group):
             logits.new_empty((nexperts,), dtype=torch.int32))
 
 
+@kernel_op("nemotron_kernels::moe_router_few", mutates_args=())
+def moe_router_few(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, top_k: int,
+                   routed_scaling_factor: float, n_group: int, topk_group: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """moe_router_logits then moe_router_fused in one host call, for x that takes the logits GEMV
+    (_logits_gemv_ok): the GEMV zeroes the counts the fused kernel adds into, which saves a memset launch at 17-64
+    tokens. -> (logits [T, E] fp32, topk_idx, topk_weight, counts), bitwise the two ops."""
+    return tuple(_ext._C.moe_router_few(x.contiguous(), weight, bias, top_k, routed_scaling_factor, n_group,
+                                        topk_group))
+
+
+@moe_router_few.register_fake
+def _(x, weight, bias, top_k, routed_scaling_factor, n_group, topk_group):
+    ntokens, nexperts = x.shape[0], weight.shape[0]
+    return (x.new_empty((ntokens, nexperts), dtype=torch.float32),
+            x.new_empty((ntokens, top_k), dtype=torch.int32), x.new_empty((ntokens, top_k), dtype=torch.float32),
+            x.new_empty((nexperts,), dtype=torch.int32))
+
+
 @kernel_op("nemotron_kernels::moe_router_logits_backward", mutates_args=())
 def moe_router_logits_backward(grad_topk_logits: torch.Tensor, topk_idx: torch.Tensor, x: torch.Tensor,
                                weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,9 +182,13 @@ class MoeRouterFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, top_k: int, routed_scaling_factor: float, n_group: int, topk_group: int):
-        logits = moe_router_logits(x, weight)                                  # [T, E]
-        topk_idx, topk_weight, counts = moe_router_fused(logits, bias, top_k, routed_scaling_factor, n_group,
-                                                         topk_group)
+        if _logits_gemv_ok(x, weight) and weight.shape[0] <= _ext._C.moe_router_cuda_max_experts:
+            logits, topk_idx, topk_weight, counts = moe_router_few(x, weight, bias, top_k, routed_scaling_factor,
+                                                                   n_group, topk_group)
+        else:
+            logits = moe_router_logits(x, weight)                              # [T, E]
+            topk_idx, topk_weight, counts = moe_router_fused(logits, bias, top_k, routed_scaling_factor, n_group,
+                                                             topk_group)
         ctx.mark_non_differentiable(topk_idx, counts)
         ctx.scale = routed_scaling_factor
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:

@@ -488,6 +488,38 @@ def test_cuda_logits_gemv_bad_input():
 
 @pytest.mark.cuda
 @needs_ext
+@pytest.mark.parametrize("tokens,nexperts,n_group,topk_group", [(1, 128, 1, 1), (16, 128, 1, 1), (17, 128, 1, 1),
+                                                                (64, 128, 1, 1), (40, 64, 8, 2), (33, 37, 1, 1)])
+def test_cuda_router_few_is_the_two_ops_bitwise(tokens, nexperts, n_group, topk_group):
+    """moe_router_few (the GEMV zeroes the counts, no memset) against moe_router_logits + moe_router_fused, on a
+    counts buffer the caching allocator hands back dirty: T <= 16 writes the counts from one block, T > 16 adds
+    into them from several (atomics over the GEMV's zeros)."""
+    g = torch.Generator().manual_seed(tokens * 7 + nexperts)
+    x = torch.randn(tokens, 2688, generator=g).to(torch.bfloat16).cuda()
+    weight = (torch.randn(nexperts, 2688, generator=g) / 50).cuda()
+    bias = (0.05 * torch.randn(nexperts, generator=g)).cuda()
+    want_logits = _ext._C.moe_router_logits(x, weight)
+    want = _ext._C.moe_router_fused(want_logits, bias, 6, 2.5, n_group, topk_group)
+    for _ in range(3):
+        dirty = [torch.full((nexperts,), -7, dtype=torch.int32, device="cuda") for _ in range(8)]
+        del dirty                                                   # freed: the next small tensors reuse them
+        got = _ext._C.moe_router_few(x, weight, bias, 6, 2.5, n_group, topk_group)
+        assert torch.equal(got[0], want_logits)
+        for a, b in zip(got[1:], want):
+            assert torch.equal(a, b)
+    assert int(got[3].sum()) == tokens * 6
+    idx, w, counts = router_ops.moe_router(x, weight, bias, 6, 2.5, n_group, topk_group)   # the op takes this path
+    assert torch.equal(idx, want[0]) and torch.equal(w, want[1]) and torch.equal(counts, want[2])
+    torch.library.opcheck(torch.ops.nemotron_kernels.moe_router_few.default,
+                          (x, weight, bias, 6, 2.5, n_group, topk_group))
+    with pytest.raises(ValueError, match="top_k must be in"):
+        _ext._C.moe_router_few(x, weight, bias, nexperts + 1, 2.5, 1, 1)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        _ext._C.moe_router_few(x, weight, bias[1:], 6, 2.5, 1, 1)
+
+
+@pytest.mark.cuda
+@needs_ext
 def test_cuda_gradients_match_float64_reference():
     test_gradients_match_float64_reference(torch.bfloat16, device="cuda")
     test_gradients_match_float64_reference(F32, device="cuda")
