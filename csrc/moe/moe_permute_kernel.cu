@@ -7,14 +7,15 @@
 //   2. expert_offsets_kernel one block: tokens per expert, padded, exclusive scan -> expert_offsets; then the first
 //                            row of every (expert, chunk) pair
 //   3. assign_rows_kernel    row = first row of (expert, chunk) + local rank; token_of_row[row] = token
-//   4. gather_rows_kernel    rows[r] = x[token_of_row[r]], or zeros for padding
+//   4. scatter_rows_kernel   rows[row_of_assignment[t, j]] = x[t], x's row read once; zeros for padding
 // Up to one chunk of assignments and 2 * kChunk rows (decode batches), permute_one_chunk_kernel does 1-3 and the
-// fills in one block: 2 launches.
+// fills in one block, and gather_rows_kernel (rows[r] = x[token_of_row[r]]) step 4: 2 launches.
 // unpermute (and the backward of permute): one block per token gathers its k rows in slot order.
 #include <cub/block/block_scan.cuh>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <initializer_list>
 #include <type_traits>
 
@@ -255,6 +256,46 @@ __global__ void gather_rows_kernel(const V* __restrict__ x, const int32_t* __res
   }
 }
 
+// rows[roa[t, j]] = x[t] for every kept slot j, one CTA per token: x's row is read once and stored k times. The
+// gather above reads it once per copy, and past one chunk its reads miss L2 (8K prefill: 528 MB moved per layer
+// in 128 us, the H200's copy rate, for 308 MB of unique bytes). The CTAs after the tokens' zero the rows that no
+// slot fills (token_of_row < 0: padding, dropped slots), blockDim rows each.
+constexpr int kScatterSlots = 8;  // slot rows held in registers per pass over x's row
+
+template <typename V>
+__global__ void __launch_bounds__(512)
+    scatter_rows_kernel(const V* __restrict__ x, const int32_t* __restrict__ roa, int64_t ntokens, int top_k,
+                        const int32_t* __restrict__ token_of_row, int64_t m_rows, int64_t n_vec, V* __restrict__ rows) {
+  if (blockIdx.x < ntokens) {
+    const int64_t t = blockIdx.x;
+    for (int j0 = 0; j0 < top_k; j0 += kScatterSlots) {
+      int32_t r[kScatterSlots];
+#pragma unroll
+      for (int b = 0; b < kScatterSlots; ++b) {
+        r[b] = j0 + b < top_k ? __ldg(roa + t * top_k + j0 + b) : -1;
+        if (r[b] >= m_rows) r[b] = -1;
+      }
+      for (int64_t v = threadIdx.x; v < n_vec; v += blockDim.x) {
+        const V val = x[t * n_vec + v];
+#pragma unroll
+        for (int b = 0; b < kScatterSlots; ++b)
+          if (r[b] >= 0) rows[int64_t(r[b]) * n_vec + v] = val;
+      }
+    }
+    return;
+  }
+  __shared__ int32_t pad[512];
+  __shared__ int n_pad;
+  const int64_t r = (int64_t(blockIdx.x) - ntokens) * blockDim.x + threadIdx.x;
+  const bool mine = r < m_rows && token_of_row[r] < 0;
+  if (threadIdx.x == 0) n_pad = 0;
+  if (!__syncthreads_or(mine)) return;
+  if (mine) pad[atomicAdd(&n_pad, 1)] = int32_t(r);  // any order: every listed row gets zeros
+  __syncthreads();
+  for (int i = 0; i < n_pad; ++i)
+    for (int64_t v = threadIdx.x; v < n_vec; v += blockDim.x) rows[int64_t(pad[i]) * n_vec + v] = V{};
+}
+
 // out[t] = (add[t] +) sum_j w[t,j] * rows[roa[t,j]]. One token per `threads_per_row` threads. A token's rows are
 // loaded kUnpermuteBatch at a time before any of them is summed: a plain loop over the runtime top_k made each
 // load wait for the previous sum, six L2 round trips in a row (4.8 us per MoE layer at T = 1 on the H200). The
@@ -400,6 +441,16 @@ void gather_rows(const void* x, const int32_t* token_of_row, int64_t m_rows, int
                                                         static_cast<V*>(rows));
 }
 
+template <typename V>
+void scatter_rows(const void* x, const int32_t* roa, int64_t ntokens, int top_k, const int32_t* token_of_row,
+                  int64_t m_rows, int64_t row_bytes, void* rows, cudaStream_t stream) {
+  const int64_t n_vec = row_bytes / int64_t(sizeof(V));
+  const int threads = int(std::min<int64_t>(512, (n_vec + 31) / 32 * 32));  // a unit per thread up to 8 KB rows
+  const int64_t blocks = ntokens + (m_rows + threads - 1) / threads;
+  scatter_rows_kernel<V><<<blocks, threads, 0, stream>>>(static_cast<const V*>(x), roa, ntokens, top_k, token_of_row,
+                                                         m_rows, n_vec, static_cast<V*>(rows));
+}
+
 template <typename T>
 void unpermute_typed(const void* rows, const int32_t* roa, const float* weight, const void* add, int64_t ntokens,
                      int top_k, int64_t hidden, int64_t m_rows, void* out, cudaStream_t stream) {
@@ -459,7 +510,8 @@ void permute_launch(const void* x, int elem_bytes, const int32_t* topk_idx, int6
   const int n_chunks = int(chunks_of(n_assign));
   int32_t* hist = scratch;                                       // [E][n_chunks]
   int32_t* token_of_row = scratch + int64_t(n_chunks) * num_experts;  // [m_rows]
-  if (n_assign <= kChunk && m_rows <= 2 * kChunk) {  // one block also fills the rows (no padding blow-up)
+  const bool one_chunk = n_assign <= kChunk && m_rows <= 2 * kChunk;
+  if (one_chunk) {  // one block also fills the rows (no padding blow-up)
     const size_t smem = sizeof(int32_t) * num_experts * (kRankWarps + 2);
     permute_one_chunk_kernel<<<1, kRankThreads, smem, stream>>>(topk_idx, int(n_assign), top_k, num_experts, pad_to,
                                                                 m_rows, row_of_assignment, expert_offsets,
@@ -481,13 +533,25 @@ void permute_launch(const void* x, int elem_bytes, const int32_t* topk_idx, int6
           row_scale);
     }
   }
-  if (m_rows > 0) {
+  if (m_rows > 0 && one_chunk) {  // a few rows, L2-resident: the gather's many small CTAs
     const int64_t row_bytes = hidden * elem_bytes;
     switch (packet_bytes(row_bytes, {x, rows})) {
       case 16: gather_rows<uint4>(x, token_of_row, m_rows, row_bytes, rows, stream); break;
       case 8: gather_rows<uint2>(x, token_of_row, m_rows, row_bytes, rows, stream); break;
       case 4: gather_rows<uint32_t>(x, token_of_row, m_rows, row_bytes, rows, stream); break;
       default: gather_rows<uint16_t>(x, token_of_row, m_rows, row_bytes, rows, stream); break;
+    }
+  } else if (m_rows > 0) {
+    const int64_t row_bytes = hidden * elem_bytes;
+    auto scatter = [&](auto unit) {
+      using V = decltype(unit);
+      scatter_rows<V>(x, row_of_assignment, ntokens, top_k, token_of_row, m_rows, row_bytes, rows, stream);
+    };
+    switch (packet_bytes(row_bytes, {x, rows})) {
+      case 16: scatter(uint4{}); break;
+      case 8: scatter(uint2{}); break;
+      case 4: scatter(uint32_t{}); break;
+      default: scatter(uint16_t{}); break;
     }
   }
 }

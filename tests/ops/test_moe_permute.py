@@ -214,6 +214,30 @@ def test_cuda_permute_drops_out_of_range_experts():
     assert torch.count_nonzero(rows[2:]) == 0
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype,hidden", [(torch.bfloat16, 2688), (torch.float32, 2100)])   # 2100 fp32: 525
+def test_cuda_permute_many_tokens_with_drops(dtype, hidden):                                  # units, two passes
+    """Past one chunk (the scatter: one CTA per token, then CTAs zeroing unfilled rows): every kept slot's row is
+    its token's row bit for bit, dropped slots get row -1, and every row no slot fills is zero."""
+    ntokens, nexperts, top_k = 700, 128, 6
+    topk_idx = routing(ntokens, nexperts, top_k, seed=5, device="cuda", skip=(), only=None)
+    dropped = torch.zeros_like(topk_idx, dtype=torch.bool)
+    dropped[::7, 2] = True
+    dropped[3::11, 5] = True
+    topk_idx = torch.where(dropped, torch.where(torch.rand_like(topk_idx, dtype=torch.float) < 0.5, -1, nexperts),
+                           topk_idx).to(torch.int32)
+    x = torch.randn(ntokens, hidden, device="cuda").to(dtype)
+    rows, roa, offsets = moe_permute(x, topk_idx, nexperts, 8)
+    assert bool((roa[dropped] == -1).all()) and bool((roa[~dropped] >= 0).all())
+    token = torch.arange(ntokens, device="cuda")[:, None].expand(-1, top_k)
+    assert torch.equal(rows[roa[~dropped].long()], x[token[~dropped]])
+    filled = torch.zeros(rows.shape[0], dtype=torch.bool, device="cuda")
+    filled[roa[~dropped].long()] = True
+    assert int(offsets[-1]) <= rows.shape[0] and torch.count_nonzero(rows[~filled]) == 0
+    again = moe_permute(x, topk_idx, nexperts, 8)
+    assert all(torch.equal(a, b) for a, b in zip((rows, roa, offsets), again))
+
+
 def _assert_error_rule(name, got, ref64, low, k, scale=None):
     """err <= k x the low-precision reference's + one eps of `scale` (default max |ref64|; for a long fp32 sum the
     sum of its terms' magnitudes, the scale of its rounding error whatever the order)."""
