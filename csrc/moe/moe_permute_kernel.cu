@@ -260,10 +260,11 @@ __global__ void gather_rows_kernel(const V* __restrict__ x, const int32_t* __res
 // gather above reads it once per copy, and past one chunk its reads miss L2 (8K prefill: 528 MB moved per layer
 // in 128 us, the H200's copy rate, for 308 MB of unique bytes). The CTAs after the tokens' zero the rows that no
 // slot fills (token_of_row < 0: padding, dropped slots), blockDim rows each.
-constexpr int kScatterSlots = 8;  // slot rows held in registers per pass over x's row
+constexpr int kScatterSlots = 8;      // slot rows held in registers per pass over x's row
+constexpr int kScatterThreads = 512;  // at most: a 16-byte unit per thread up to 8 KB rows
 
 template <typename V>
-__global__ void __launch_bounds__(512)
+__global__ void __launch_bounds__(kScatterThreads)
     scatter_rows_kernel(const V* __restrict__ x, const int32_t* __restrict__ roa, int64_t ntokens, int top_k,
                         const int32_t* __restrict__ token_of_row, int64_t m_rows, int64_t n_vec, V* __restrict__ rows) {
   if (blockIdx.x < ntokens) {
@@ -284,7 +285,7 @@ __global__ void __launch_bounds__(512)
     }
     return;
   }
-  __shared__ int32_t pad[512];
+  __shared__ int32_t pad[kScatterThreads];
   __shared__ int n_pad;
   const int64_t r = (int64_t(blockIdx.x) - ntokens) * blockDim.x + threadIdx.x;
   const bool mine = r < m_rows && token_of_row[r] < 0;
@@ -445,7 +446,7 @@ template <typename V>
 void scatter_rows(const void* x, const int32_t* roa, int64_t ntokens, int top_k, const int32_t* token_of_row,
                   int64_t m_rows, int64_t row_bytes, void* rows, cudaStream_t stream) {
   const int64_t n_vec = row_bytes / int64_t(sizeof(V));
-  const int threads = int(std::min<int64_t>(512, (n_vec + 31) / 32 * 32));  // a unit per thread up to 8 KB rows
+  const int threads = int(std::min<int64_t>(kScatterThreads, (n_vec + 31) / 32 * 32));
   const int64_t blocks = ntokens + (m_rows + threads - 1) / threads;
   scatter_rows_kernel<V><<<blocks, threads, 0, stream>>>(static_cast<const V*>(x), roa, ntokens, top_k, token_of_row,
                                                          m_rows, n_vec, static_cast<V*>(rows));

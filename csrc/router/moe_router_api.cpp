@@ -163,7 +163,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_router_few(
   router::LogitsArgs la = logits_args(x, weight, logits);
   la.zero_counts = r.counts.data_ptr<int32_t>();
   C10_CUDA_CHECK(router::moe_router_logits_cuda(la, stream.stream()));
-  r.args.counts_zeroed = x.size(0) > 0;  // T = 0 launches no GEMV: the fused entry zeroes the counts itself
+  r.args.counts_zeroed = true;  // (T = 0 launches no GEMV; the fused entry then memsets the counts regardless)
   C10_CUDA_CHECK(router::moe_router_cuda(r.args, sm_count(x.device().index()), stream.stream()));
 #else
   NK_CHECK(false, "x is on ", x.device().str(), " but nemotron_kernels._C was built without CUDA");

@@ -2,7 +2,7 @@
 //
 // Lane l holds experts e = l + 32 j (j < VPT = ceil(E / 32) rounded up to a power of two) in registers:
 // its sigmoid score and its 64-bit selection key (moe_router_common.h). Each of the k rounds takes the
-// warp's largest key with a 5-step shuffle butterfly, so ties go to the lower expert index exactly as on
+// warp's largest key (warp_max: two redux.sync), so ties go to the lower expert index exactly as on
 // the CPU. The logits of a warp's next token are loaded while it selects for the current one.
 // Counts: a per-block shared histogram, written straight out when one block covers all tokens (no memset),
 // otherwise added with integer atomics into a zeroed buffer (deterministic): zeroed by the logits GEMV before it
