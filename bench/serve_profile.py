@@ -82,7 +82,7 @@ SERVE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("router (fp32 gate, top-k)", ("moe_router", "nk::router::", "moerouterfn")),
     ("moe permute / unpermute / quantise", ("moe_permute", "moe_unpermute", "quantize_fp8", "quantize_rows_fp8",
                                             "rank_in_chunk", "expert_offsets_kernel", "assign_rows", "gather_rows",
-                                            "unpermute", "zero_fill_kernel", "permute_one_chunk")),
+                                            "scatter_rows", "unpermute", "zero_fill_kernel", "permute_one_chunk")),
     # groupproblemshape: the CUTLASS grouped GEMM, whose (often mangled) name has no "grouped_gemm" in it;
     # moe_decode_gemv / moe_decode_down: at decode they run the shared expert too, in the same launch (no label can
     # split it)

@@ -166,6 +166,8 @@ DECODE = "void nk::moe::(anonymous namespace)::moe_decode_gemv_kernel<__nv_bfloa
 ARGS = "void nk::moe::sm90::build_group_args_kernel<128>(nk::moe::GroupedGemmParams, nk::moe::sm90::GroupArrays<128>)"
 QUANT = "void nk::moe::(anonymous namespace)::quantize_rows_fp8_kernel<__nv_bfloat16>(...)"
 GATHER = "void nk::moe::(anonymous namespace)::gather_rows_kernel<uint4>(...)"
+SCATTER = "void nk::moe::(anonymous namespace)::scatter_rows_kernel<uint4>(...)"
+DOWN = "void nk::moe::(anonymous namespace)::moe_decode_down_kernel<__nv_bfloat16, 4>(nk::moe::MoeDecodeDownParams)"
 ROUTER = "void nk::router::(anonymous namespace)::moe_router_kernel<4>(nk::router::RouterArgs, long, int, bool)"
 ROUTED, PERMUTE = "moe routed experts (grouped GEMM / GEMV)", "moe permute / unpermute / quantise"
 
@@ -191,9 +193,10 @@ def test_our_moe_kernels_are_known_by_name_under_generic_host_context():
                        ("nvjet_tst_64x8", ["aten::mm", "serve/moe"]),
                        ("gemv2T_kernel_val", ["aten::mm", "MoeRouterFn", "serve/moe"]),     # the fp32 logits
                        ("unrolled_elementwise_kernel", ["aten::copy_", "MoeRouterFn", "serve/moe"]),  # x.float()
-                       (DECODE, ["serve/moe"])])                                   # routed + shared at decode
+                       (DECODE, ["serve/moe"]), (DOWN, ["serve/moe"]),             # routed + shared at decode
+                       (SCATTER, ["serve/moe"])])                                  # the permute past one chunk
     cats = summarize_trace(trace, "cuda", categories=SERVE_CATEGORIES)["categories_ms_per_step"]
-    assert cats[ROUTED] == pytest.approx(0.040) and cats[PERMUTE] == pytest.approx(0.020)
+    assert cats[ROUTED] == pytest.approx(0.050) and cats[PERMUTE] == pytest.approx(0.030)
     assert cats["router (fp32 gate, top-k)"] == pytest.approx(0.030)
     assert cats["moe shared expert"] == pytest.approx(0.010)                      # its label beats the name
     assert cats["fp8 activation quantise (projections)"] == pytest.approx(0.010)  # the same quantise kernel
