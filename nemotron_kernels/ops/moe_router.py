@@ -6,8 +6,9 @@ extension's logits GEMV, for many three exact bf16 pieces of the weight on tenso
 (sigmoid, +bias, group-limited top-k, renormalise, scale, counts: the CUDA kernel for CUDA tensors, the C++
 kernel for CPU tensors, the reference for float64 or without the extension) -> `MoeRouterFn` (autograd:
 topk_weight is differentiable in x and weight; backward GEMMs in `::moe_router_logits_backward`)
--> `moe_router()` (argument checks). For a few CUDA bf16 tokens `::moe_router_few` runs the logits GEMV and the
-fused kernel from one host call (the GEMV zeroes the counts: no memset launch)."""
+-> `moe_router()` (argument checks). `::moe_router_gate` runs the first two, or for a few CUDA bf16 tokens the
+extension's moe_router_few, the logits GEMV and the fused kernel from one host call (the GEMV zeroes the counts:
+no memset launch)."""
 import contextlib
 import functools
 
@@ -138,23 +139,26 @@ def _(logits, bias, top_k, routed_scaling_factor, n_group, topk_group):
             logits.new_empty((nexperts,), dtype=torch.int32))
 
 
-@kernel_op("nemotron_kernels::moe_router_few", mutates_args=())
-def moe_router_few(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, top_k: int,
-                   routed_scaling_factor: float, n_group: int, topk_group: int
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """moe_router_logits then moe_router_fused in one host call, for x that takes the logits GEMV
-    (_logits_gemv_ok): the GEMV zeroes the counts the fused kernel adds into, which saves a memset launch at 17-64
-    tokens. -> (logits [T, E] fp32, topk_idx, topk_weight, counts), bitwise the two ops."""
-    return tuple(_ext._C.moe_router_few(x.contiguous(), weight, bias, top_k, routed_scaling_factor, n_group,
-                                        topk_group))
+@kernel_op("nemotron_kernels::moe_router_gate", mutates_args=())
+def moe_router_gate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, top_k: int,
+                    routed_scaling_factor: float, n_group: int, topk_group: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [T, Hd], weight [E, Hd], bias [E] -> (logits [T, E], topk_idx, topk_weight, counts): moe_router_logits then
+    moe_router_fused. Where x takes the logits GEMV (_logits_gemv_ok), both come from one host call
+    (_C.moe_router_few: the GEMV zeroes the counts the fused kernel adds into, which saves a memset launch at 17-64
+    tokens), bitwise the same. One op, so the choice (it reads data pointers) stays out of torch.compile's trace."""
+    if _logits_gemv_ok(x, weight) and weight.shape[0] <= _ext._C.moe_router_cuda_max_experts:
+        return tuple(_ext._C.moe_router_few(x.contiguous(), weight, bias, top_k, routed_scaling_factor, n_group,
+                                            topk_group))
+    logits = moe_router_logits(x, weight)                                      # [T, E]
+    return (logits, *moe_router_fused(logits, bias, top_k, routed_scaling_factor, n_group, topk_group))
 
 
-@moe_router_few.register_fake
+@moe_router_gate.register_fake
 def _(x, weight, bias, top_k, routed_scaling_factor, n_group, topk_group):
-    ntokens, nexperts = x.shape[0], weight.shape[0]
-    return (x.new_empty((ntokens, nexperts), dtype=torch.float32),
-            x.new_empty((ntokens, top_k), dtype=torch.int32), x.new_empty((ntokens, top_k), dtype=torch.float32),
-            x.new_empty((nexperts,), dtype=torch.int32))
+    ntokens, nexperts, cdtype = x.shape[0], weight.shape[0], _compute_dtype(x.dtype)
+    return (x.new_empty((ntokens, nexperts), dtype=cdtype), x.new_empty((ntokens, top_k), dtype=torch.int32),
+            x.new_empty((ntokens, top_k), dtype=cdtype), x.new_empty((nexperts,), dtype=torch.int32))
 
 
 @kernel_op("nemotron_kernels::moe_router_logits_backward", mutates_args=())
@@ -182,13 +186,8 @@ class MoeRouterFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, top_k: int, routed_scaling_factor: float, n_group: int, topk_group: int):
-        if _logits_gemv_ok(x, weight) and weight.shape[0] <= _ext._C.moe_router_cuda_max_experts:
-            logits, topk_idx, topk_weight, counts = moe_router_few(x, weight, bias, top_k, routed_scaling_factor,
-                                                                   n_group, topk_group)
-        else:
-            logits = moe_router_logits(x, weight)                              # [T, E]
-            topk_idx, topk_weight, counts = moe_router_fused(logits, bias, top_k, routed_scaling_factor, n_group,
-                                                             topk_group)
+        logits, topk_idx, topk_weight, counts = moe_router_gate(x, weight, bias, top_k, routed_scaling_factor,
+                                                                n_group, topk_group)   # [T, E], [T, k] x 2, [E]
         ctx.mark_non_differentiable(topk_idx, counts)
         ctx.scale = routed_scaling_factor
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:

@@ -270,6 +270,8 @@ def test_opcheck_custom_ops(n_group, topk_group):
                           (logits, bias, 6, 2.5, n_group, topk_group))
     x, weight = torch.randn(13, 24).to(torch.bfloat16), torch.randn(32, 24)
     torch.library.opcheck(torch.ops.nemotron_kernels.moe_router_logits.default, (x, weight))
+    torch.library.opcheck(torch.ops.nemotron_kernels.moe_router_gate.default,
+                          (x, weight, bias, 6, 2.5, n_group, topk_group))
     idx = _kernel(logits, bias, 6) if _ext._C is not None else moe_router_from_logits_ref(logits, bias, 6)
     torch.library.opcheck(torch.ops.nemotron_kernels.moe_router_logits_backward.default,
                           (torch.randn(13, 6), idx[0], x, weight))
@@ -493,7 +495,7 @@ def test_cuda_logits_gemv_bad_input():
 def test_cuda_router_few_is_the_two_ops_bitwise(tokens, nexperts, n_group, topk_group):
     """moe_router_few (the GEMV zeroes the counts, no memset) against moe_router_logits + moe_router_fused, on a
     counts buffer the caching allocator hands back dirty: T <= 16 writes the counts from one block, T > 16 adds
-    into them from several (atomics over the GEMV's zeros)."""
+    into them from several (atomics over the GEMV's zeros). The op that picks it traces under torch.compile."""
     g = torch.Generator().manual_seed(tokens * 7 + nexperts)
     x = torch.randn(tokens, 2688, generator=g).to(torch.bfloat16).cuda()
     weight = (torch.randn(nexperts, 2688, generator=g) / 50).cuda()
@@ -510,8 +512,10 @@ def test_cuda_router_few_is_the_two_ops_bitwise(tokens, nexperts, n_group, topk_
     assert int(got[3].sum()) == tokens * 6
     idx, w, counts = router_ops.moe_router(x, weight, bias, 6, 2.5, n_group, topk_group)   # the op takes this path
     assert torch.equal(idx, want[0]) and torch.equal(w, want[1]) and torch.equal(counts, want[2])
-    torch.library.opcheck(torch.ops.nemotron_kernels.moe_router_few.default,
+    torch.library.opcheck(torch.ops.nemotron_kernels.moe_router_gate.default,
                           (x, weight, bias, 6, 2.5, n_group, topk_group))
+    compiled = torch.compile(router_ops.moe_router, backend="aot_eager", fullgraph=True)
+    assert all(torch.equal(a, b) for a, b in zip(compiled(x, weight, bias, 6, 2.5, n_group, topk_group), want))
     with pytest.raises(ValueError, match="top_k must be in"):
         _ext._C.moe_router_few(x, weight, bias, nexperts + 1, 2.5, 1, 1)
     with pytest.raises(ValueError, match="bias must have shape"):
