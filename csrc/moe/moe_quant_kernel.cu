@@ -36,11 +36,57 @@ __device__ __forceinline__ float packet_amax(const Packet<T, N>& p, float amax) 
   }
 }
 
-// x / s rounded to e4m3 (RN, saturating) after an fp32 __fdiv_rn, as the reference divides. A zero dividend is
-// answered without the division: __fdiv_rn's fast-path check sends it to the slow path, and relu² rows (the
-// experts' h) are about half exact zeros. 0 / s = 0 with x's sign, so this is bitwise the division.
-__device__ __forceinline__ __nv_fp8_e4m3 e4m3_div(float x, float s) {
-  return __nv_fp8_e4m3(x == 0.f ? x : __fdiv_rn(x, s));
+// The divisor of a row: s, its reciprocal RN(1 / s) and whether x / s may take the division-free path.
+struct RowScale {
+  float s, r;
+  bool fast;
+  // Set in the body: nvcc's host pass keeps a member-initialiser list, where the device intrinsics are undeclared.
+  __device__ __forceinline__ explicit RowScale(float amax) {
+    s = amax > 0.f ? __fdiv_rn(amax, kE4m3Max) : 1.f;
+    r = __frcp_rn(s);
+    fast = amax == 0.f || (amax >= 0x1p-60f && amax <= 0x1p100f);
+  }
+};
+
+// RN(x / s) in fp32, as the reference divides, without a division per element: q0 = RN(x r) is within an ulp of
+// x / s, the remainder x - s q0 is exact in one FMA, and one correction q0 + r (x - s q0) rounds to exactly
+// RN(x / s) (Markstein's theorem for a correctly rounded r; an emulation agreed with the division on 1e8 values,
+// specials included, bench/NOTES.md). A zero quotient keeps q0 for x's sign (-0 / s = -0). Valid without underflow
+// or overflow in the remainder: rows with amax outside [2^-60, 2^100] (Inf too) take divide_exact.
+__device__ __forceinline__ float divide_fast(float x, const RowScale& d) {
+  const float q0 = __fmul_rn(x, d.r);
+  const float q1 = fmaf(fmaf(-q0, d.s, x), d.r, q0);
+  return q1 == 0.f ? q0 : q1;
+}
+
+// A zero dividend skips __fdiv_rn, whose fast-path check sends it to the slow path (relu² rows are half zeros).
+__device__ __forceinline__ float divide_exact(float x, const RowScale& d) {
+  return x == 0.f ? x : __fdiv_rn(x, d.s);
+}
+
+// A packet of x / s in e4m3 (RN, saturating), two values per conversion where N is even. The path is chosen per
+// packet (uniform over a row), not per element.
+template <typename T, int N>
+__device__ __forceinline__ Packet<__nv_fp8_e4m3, N> quantize_packet(const Packet<T, N>& p, const RowScale& d) {
+  float q[N];
+  if (d.fast) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) q[i] = divide_fast(to_f32(p.v[i]), d);
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i) q[i] = divide_exact(to_f32(p.v[i]), d);
+  }
+  Packet<__nv_fp8_e4m3, N> o;
+  if constexpr (N % 2 == 0) {
+    auto* pairs = reinterpret_cast<__nv_fp8x2_storage_t*>(o.v);
+#pragma unroll
+    for (int i = 0; i < N; i += 2)
+      pairs[i / 2] = __nv_cvt_float2_to_fp8x2(make_float2(q[i], q[i + 1]), __NV_SATFINITE, __NV_E4M3);
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i) o.v[i] = __nv_fp8_e4m3(q[i]);
+  }
+  return o;
 }
 
 template <typename T, int N>
@@ -60,21 +106,17 @@ quantize_rows_fp8_kernel(const T* __restrict__ x, int64_t cols, __nv_fp8_e4m3* _
   amax = 0.f;
 #pragma unroll
   for (int w = 0; w < kQuantThreads / 32; ++w) amax = fmaxf(amax, s_warp[w]);
-  const float s = amax > 0.f ? __fdiv_rn(amax, kE4m3Max) : 1.f;
-  if (threadIdx.x == 0) scale[row] = s;
+  const RowScale d(amax);
+  if (threadIdx.x == 0) scale[row] = d.s;
   __nv_fp8_e4m3* dst = q + row * cols;
   for (int64_t v = threadIdx.x; v < n_vec; v += kQuantThreads) {
-    const Packet<T, N> p = src[v];
-    Packet<__nv_fp8_e4m3, N> o;
-#pragma unroll
-    for (int i = 0; i < N; ++i) o.v[i] = e4m3_div(to_f32(p.v[i]), s);
-    reinterpret_cast<Packet<__nv_fp8_e4m3, N>*>(dst)[v] = o;
+    reinterpret_cast<Packet<__nv_fp8_e4m3, N>*>(dst)[v] = quantize_packet(src[v], d);
   }
 }
 
 // One warp per row, the row's packets in registers: lane l holds packets l, l + 32, ... (< 32 * kMaxPackets).
 template <typename T, int N, int kMaxPackets>
-__global__ void __launch_bounds__(kQuantThreads, 2)  // <= 128 registers: 16 warps per SM keep enough bytes in flight
+__global__ void __launch_bounds__(kQuantThreads, 3)  // <= 80 registers: 3 CTAs (24 warps) per SM, as before divide_fast
 quantize_rows_fp8_warp_kernel(const T* __restrict__ x, int64_t rows, int64_t cols, __nv_fp8_e4m3* __restrict__ q,
                               float* __restrict__ scale) {
   const int lane = threadIdx.x & 31;
@@ -93,17 +135,12 @@ quantize_rows_fp8_warp_kernel(const T* __restrict__ x, int64_t rows, int64_t col
   }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-  const float s = amax > 0.f ? __fdiv_rn(amax, kE4m3Max) : 1.f;
-  if (lane == 0) scale[row] = s;
+  const RowScale d(amax);
+  if (lane == 0) scale[row] = d.s;
   auto* dst = reinterpret_cast<Packet<__nv_fp8_e4m3, N>*>(q + row * cols);
 #pragma unroll
   for (int j = 0; j < kMaxPackets; ++j) {
-    if (j * 32 + lane < n_vec) {
-      Packet<__nv_fp8_e4m3, N> o;
-#pragma unroll
-      for (int i = 0; i < N; ++i) o.v[i] = e4m3_div(to_f32(p[j].v[i]), s);
-      dst[j * 32 + lane] = o;
-    }
+    if (j * 32 + lane < n_vec) dst[j * 32 + lane] = quantize_packet(p[j], d);
   }
 }
 

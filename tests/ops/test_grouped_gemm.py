@@ -353,6 +353,25 @@ def test_cuda_quantize_fp8_is_the_reference_bitwise(rows, cols, dtype):
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [BF16, torch.float32])   # 2,688 columns: bf16 by a warp per row, fp32 by a block
+def test_cuda_quantize_fp8_exact_at_ties_and_extreme_rows(dtype):
+    """The division-free quotient (moe_quant_kernel.cu, divide_fast) at its hardest inputs: integers times 2^k
+    against a row max of 448 x 2^k, so x / s lands on e4m3 midpoints (round to even decides), and the rows outside
+    its range (amax < 2^-60 or > 2^100), which divide."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    ints = torch.randint(-448, 449, (64, 2688), generator=g, device="cuda").float()
+    ints[:, 0] = 448
+    parts = [ints * 2.0 ** k for k in (-40, -3, 0, 5, 40)]
+    parts += [torch.randn(8, 2688, generator=g, device="cuda") * 2.0 ** e for e in (-70, -61, 99, 105)]
+    x = torch.cat(parts).to(dtype)
+    x[1, 1::7] = -0.0
+    q, scale = quantize_fp8_rowwise(x)
+    q_ref, scale_ref = quantize_fp8_rowwise_ref(x)
+    assert torch.equal(scale, scale_ref)
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+
+
 def quantized_operands(counts, n, k, seed):
     a, b, offsets = operands(counts, n, k, seed, device="cuda", dtype=BF16)
     a_q, a_scale = quantize_fp8_rowwise(a)
