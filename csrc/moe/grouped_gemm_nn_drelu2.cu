@@ -2,5 +2,5 @@
 // (backward: through the down projection into the up projection's pre-activation).
 #include "moe/grouped_gemm_sm90.cuh"
 
-NK_GROUPED_GEMM_TU(nn_drelu2, kNNdReLU2, 128, 256, 64,
+NK_GROUPED_GEMM_TU(nn_drelu2, kNNdReLU2, 128, 192, 64,
                    GroupedGemm<Bf16, RowMajor, RowMajor, Bf16, EpiReLU2Grad, Tile>)

@@ -2,5 +2,5 @@
 // (forward projection without activation: the down projection).
 #include "moe/grouped_gemm_sm90.cuh"
 
-NK_GROUPED_GEMM_TU(nt, kNT, 128, 256, 64,
+NK_GROUPED_GEMM_TU(nt, kNT, 128, 192, 64,
                    GroupedGemm<Bf16, RowMajor, ColumnMajor, void, EpiIdentity, Tile>)

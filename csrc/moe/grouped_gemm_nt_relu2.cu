@@ -2,5 +2,5 @@
 // (forward up projection, squared ReLU fused).
 #include "moe/grouped_gemm_sm90.cuh"
 
-NK_GROUPED_GEMM_TU(nt_relu2, kNTReLU2, 128, 256, 64,
+NK_GROUPED_GEMM_TU(nt_relu2, kNTReLU2, 128, 192, 64,
                    GroupedGemm<Bf16, RowMajor, ColumnMajor, void, EpiReLU2, Tile>)

@@ -181,7 +181,7 @@ def test_cuda_forward_nemotron_shapes(ntokens, activation):
 @pytest.mark.cuda
 @pytest.mark.parametrize("activation", ["relu2", "none"])
 @pytest.mark.parametrize("counts,n,k", [
-    ([37, 0, 300, 1, 129], 104, 200),     # sizes not multiples of the 128x256x64 tile, an empty expert
+    ([37, 0, 300, 1, 129], 104, 200),     # sizes not multiples of the 128x192 / 128x256 tiles, an empty expert
     ([0, 0, 513, 0], 1856, 2688),         # all rows on one expert
     ([1], 8, 8),                          # smallest aligned problem
     ([5, 0, 0, 0, 0, 0, 0, 3], 264, 72),  # E = 8, mostly empty
