@@ -1,5 +1,5 @@
-"""CPU check of the FP8 quantiser's division-free quotient (bench/wip/quant-divide-fast.patch, divide_fast in
-csrc/moe/moe_quant_kernel.cu) against the kernel it replaces, on ~1e8 values: e4m3 bytes must agree everywhere.
+"""CPU check of the FP8 quantiser's division-free quotient (divide_fast in csrc/moe/moe_quant_kernel.cu) against
+the per-element division it replaced, on ~1e8 values: e4m3 bytes must agree everywhere.
     python scripts/check_quant_division.py [rounds=48]
 New: r = RN(1 / s) per row; q0 = RN(x r); q = RN(q0 + r RN(x - s q0)) (two FMAs); q0 where q == 0; rows with amax
 outside [2^-60, 2^100] divide. Old: x == 0 ? x : RN(x / s). FMAs are emulated in float64 (the product is exact

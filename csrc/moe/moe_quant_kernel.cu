@@ -1,6 +1,7 @@
 // Row-wise FP8 e4m3 quantisation: scale[r] = amax(|x[r, :]|) / 448 (1 for an all-zero row),
-// q[r, c] = e4m3_rn_satfinite(x[r, c] / scale[r]). The same rounding as the reference (fp32 division, then
-// round-to-nearest-even), so the kernel and the reference agree bit for bit. Rows of up to 3,072 bf16 (the hidden
+// q[r, c] = e4m3_rn_satfinite(x[r, c] / scale[r]). The same rounding as the reference (the fp32 quotient, then
+// round-to-nearest-even), so the kernel and the reference agree bit for bit; the quotient is found without a division
+// per element (divide_fast). Rows of up to 3,072 bf16 (the hidden
 // size 2,688, the experts' 1,856): one warp per row, the row held in registers between its amax and its quantisation
 // (one read of x, no block barrier); longer or unaligned rows: one block per row, reading x twice.
 #include <cuda_bf16.h>
@@ -116,7 +117,7 @@ quantize_rows_fp8_kernel(const T* __restrict__ x, int64_t cols, __nv_fp8_e4m3* _
 
 // One warp per row, the row's packets in registers: lane l holds packets l, l + 32, ... (< 32 * kMaxPackets).
 template <typename T, int N, int kMaxPackets>
-__global__ void __launch_bounds__(kQuantThreads, 3)  // <= 80 registers: 3 CTAs (24 warps) per SM, as before divide_fast
+__global__ void __launch_bounds__(kQuantThreads, 3)  // <= 80 registers: 3 CTAs (24 warps) per SM keep bytes in flight
 quantize_rows_fp8_warp_kernel(const T* __restrict__ x, int64_t rows, int64_t cols, __nv_fp8_e4m3* __restrict__ q,
                               float* __restrict__ scale) {
   const int lane = threadIdx.x & 31;
