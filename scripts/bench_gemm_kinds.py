@@ -1,6 +1,6 @@
 """Time each large-tile grouped GEMM kind alone at Nemotron 3 Nano's expert shapes (E=128, top-6, H=2688, I=1856,
 uniform random routing): the forward up (relu² fused) and down, their FP8 twins on pre-quantised rows, and the
-backward's dX (plain and with the relu² derivative fused) and dW GEMMs. `bench grouped_gemm` times the forward
+backward's GEMMs: dh with the relu² derivative fused (and unfused: plain nn, then a Triton pass), dx and dW. `bench grouped_gemm` times the forward
 pair and `bench moe_experts` the whole layer; this splits them, so a tile change can be judged per kind.
 --layouts times the forward kinds at T=16384 on three row layouts of the same FLOPs: the routed one (each expert's
 last 128-row tile part empty, a group switch on nearly every tile), 768 rows per expert (switches, no padding) and
