@@ -285,10 +285,11 @@ __global__ void __launch_bounds__(kWarps * 32, 3) moe_decode_gemv_kernel(const M
 // registers), swept by scripts/sweep_gemv_split.py.
 // Load schedule: kTrips = 0 double-buffers the K trips like gemv_task, so a unit of t trips waits about t - 1 load
 // latencies in a row (ncu: the W8 decode GEMVs are latency-bound, bench/NOTES.md). kTrips > 0 ("one shot") asks
-// for all of a unit's kTrips x kDCh pieces before any math (I <= kTrips x 32 pieces of 16 bytes): one latency per
-// unit, for registers (4 trips x 2 channels for W8 at I = 1856; 8 x 1 for BF16).
+// for all of a unit's kTrips x kDCh weight pieces and its pieces of a before any math (I <= kTrips x 32 pieces of
+// 16 bytes): one latency per unit, paid in registers (W8: 4 trips x 2 channels, 80 registers with 16 bytes of
+// spill, or x 1 channel, 72; BF16: 8 x 1, 80 with 48 bytes of spill; 3 CTAs per SM).
 template <int kDCh, int kTrips>
-constexpr int kDecodeDownMinCtas = kTrips > 0 ? 4 : (kDCh <= 2 ? 4 : (kDCh == 4 ? 3 : 2));
+constexpr int kDecodeDownMinCtas = kTrips > 0 ? 3 : (kDCh <= 2 ? 4 : (kDCh == 4 ? 3 : 2));
 
 template <typename TB, int kDCh, int kTrips>
 __global__ void __launch_bounds__(kWarps * 32, kDecodeDownMinCtas<kDCh, kTrips>) moe_decode_down_kernel(
@@ -323,12 +324,16 @@ __global__ void __launch_bounds__(kWarps * 32, kDecodeDownMinCtas<kDCh, kTrips>)
 #pragma unroll
       for (int c = 0; c < kDCh; ++c) raw[c] = __ldcs(reinterpret_cast<const uint4*>(w + c * ldw + kk));
     };
+    auto load_a = [&](uint4 (&xs)[kXLoads], int64_t kk) {
+#pragma unroll
+      for (int j = 0; j < kXLoads; ++j) xs[j] = __ldg(reinterpret_cast<const uint4*>(a + kk) + j);
+    };
     float acc[kDCh] = {};
-    auto accumulate = [&](const uint4 (&raw)[kDCh], int64_t kk) {           // one trip's products, in k order
+    auto accumulate = [&](const uint4 (&raw)[kDCh], const uint4 (&xs)[kXLoads]) {   // one trip's products, k order
 #pragma unroll
       for (int j = 0; j < kXLoads; ++j) {
         constexpr int kWords = 4 / kXLoads;
-        const Chunk<TA> x(__ldg(reinterpret_cast<const uint4*>(a + kk) + j));
+        const Chunk<TA> x(xs[j]);
 #pragma unroll
         for (int c = 0; c < kDCh; ++c) {
           const uint32_t words[4] = {raw[c].x, raw[c].y, raw[c].z, raw[c].w};
@@ -340,23 +345,24 @@ __global__ void __launch_bounds__(kWarps * 32, kDecodeDownMinCtas<kDCh, kTrips>)
       }
     };
     const int64_t k_begin = int64_t(lane) * kLen;
-    if constexpr (kTrips > 0) {
-      uint4 raw[kTrips][kDCh];
+    if constexpr (kTrips > 0) {                                            // weights and a, all before the math
+      uint4 raw[kTrips][kDCh], xs[kTrips][kXLoads];
 #pragma unroll
       for (int t = 0; t < kTrips; ++t) {
-        if (k_begin + t * kStride < inter) load_w(raw[t], k_begin + t * kStride);
+        if (k_begin + t * kStride < inter) load_w(raw[t], k_begin + t * kStride), load_a(xs[t], k_begin + t * kStride);
       }
 #pragma unroll
       for (int t = 0; t < kTrips; ++t) {
-        if (k_begin + t * kStride < inter) accumulate(raw[t], k_begin + t * kStride);
+        if (k_begin + t * kStride < inter) accumulate(raw[t], xs[t]);
       }
     } else {
       uint4 raw[kDCh];
       if (k_begin < inter) load_w(raw, k_begin);
       for (int64_t kk = k_begin; kk < inter; kk += kStride) {             // gemv_task's loop with one row of a
-        uint4 next[kDCh];
+        uint4 next[kDCh], xs[kXLoads];
         load_w(next, kk + kStride < inter ? kk + kStride : kk);
-        accumulate(raw, kk);
+        load_a(xs, kk);
+        accumulate(raw, xs);
 #pragma unroll
         for (int c = 0; c < kDCh; ++c) raw[c] = next[c];
       }
