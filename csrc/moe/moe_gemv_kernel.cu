@@ -349,11 +349,15 @@ __global__ void __launch_bounds__(kWarps * 32, kDecodeDownMinCtas<kDCh, kTrips>)
       uint4 raw[kTrips][kDCh], xs[kTrips][kXLoads];
 #pragma unroll
       for (int t = 0; t < kTrips; ++t) {
-        if (k_begin + t * kStride < inter) load_w(raw[t], k_begin + t * kStride), load_a(xs[t], k_begin + t * kStride);
+        const int64_t kk = k_begin + t * kStride;
+        if (kk < inter) {
+          load_w(raw[t], kk);
+          load_a(xs[t], kk);
+        }
       }
 #pragma unroll
       for (int t = 0; t < kTrips; ++t) {
-        if (k_begin + t * kStride < inter) accumulate(raw[t], xs[t]);
+        if (k_begin + t * kStride < inter) accumulate(raw[t], xs[t]);            // in trip (k) order
       }
     } else {
       uint4 raw[kDCh];
