@@ -6,7 +6,7 @@ choice (gemv_split_for), BF16, FP8 and weights-only FP8 (w8), as CUDA-graph repl
 pass the 60 MB L2; it prints µs per call and the weights' streaming rate (the H200's copy rate is about 4.2 TB/s).
 The MoE decode GEMV (moe_decode_gemv, routed + shared in one launch) comes first, at T = 1 and 2, then one token's
 down projection and weighted sum (moe_decode_down) at 1, 2, 4, 8 output channels per CTA (auto: the default, 4),
-and with its one-shot load schedule (all of a unit's weight loads before its math) at 1 or 2."""
+and with its one-shot load schedule (all of a unit's loads before its math) at 1 or 2."""
 import torch
 
 from bench.harness import cuda_times
@@ -115,7 +115,7 @@ def sweep_decode_down(gen):
         call = lambda i, ch, one_shot=False: _ext._C.moe_decode_down(h, idx, weight, w[i][0], w[i][1], hs,  # noqa
                                                                       w[i][2], w[i][3], ch, one_shot)
         split_line("decode down+sum T=1", kind, call, copies, touched)
-        # all of a unit's weight loads before its math (moe_decode_down_kernel's kTrips): channels 1, 2 (w8) / 1
+        # all of a unit's loads before its math (moe_decode_down_kernel's kTrips): channels 1, 2 (w8) / 1
         split_line("  one-shot loads", kind, lambda i, ch: call(i, ch, True), copies, touched,
                    (1, 2, 0) if kind == "w8" else (1, 0))
         del w

@@ -537,8 +537,8 @@ static_assert(kDecodeDownMaxUnits == moe::kDecodeDownMaxUnits);
 // bf16 or e4m3 with down_scale [E, H]; hs [1, Is] bf16, shared_down [H, Is] (down's dtype, shared_down_scale [H]
 // for e4m3), Is a multiple of I -> out [1, H] bf16: moe_unpermute(moe_decode_gemv(h, ...down...), None, w, ys).
 // channels: output channels per CTA (0: the kernel's default; the others for scripts/sweep_gemv_split.py).
-// one_shot: the load schedule that asks for all of a unit's weights before its math (I <= 2,048; channels 1 or 2
-// for e4m3, 1 for bf16), for the same sweep.
+// one_shot: the load schedule that asks for all of a unit's weights and its h pieces before its math (I <= 2,048;
+// channels 1 or 2 for e4m3, 1 for bf16), for the same sweep.
 at::Tensor moe_decode_down(const at::Tensor& h, const at::Tensor& topk_idx, const at::Tensor& topk_weight,
                            const at::Tensor& down, const std::optional<at::Tensor>& down_scale, const at::Tensor& hs,
                            const at::Tensor& shared_down, const std::optional<at::Tensor>& shared_down_scale,
