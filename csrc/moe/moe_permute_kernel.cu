@@ -534,26 +534,19 @@ void permute_launch(const void* x, int elem_bytes, const int32_t* topk_idx, int6
           row_scale);
     }
   }
-  if (m_rows > 0 && one_chunk) {  // a few rows, L2-resident: the gather's many small CTAs
-    const int64_t row_bytes = hidden * elem_bytes;
-    switch (packet_bytes(row_bytes, {x, rows})) {
-      case 16: gather_rows<uint4>(x, token_of_row, m_rows, row_bytes, rows, stream); break;
-      case 8: gather_rows<uint2>(x, token_of_row, m_rows, row_bytes, rows, stream); break;
-      case 4: gather_rows<uint32_t>(x, token_of_row, m_rows, row_bytes, rows, stream); break;
-      default: gather_rows<uint16_t>(x, token_of_row, m_rows, row_bytes, rows, stream); break;
-    }
-  } else if (m_rows > 0) {
-    const int64_t row_bytes = hidden * elem_bytes;
-    auto scatter = [&](auto unit) {
-      using V = decltype(unit);
-      scatter_rows<V>(x, row_of_assignment, ntokens, top_k, token_of_row, m_rows, row_bytes, rows, stream);
-    };
-    switch (packet_bytes(row_bytes, {x, rows})) {
-      case 16: scatter(uint4{}); break;
-      case 8: scatter(uint2{}); break;
-      case 4: scatter(uint32_t{}); break;
-      default: scatter(uint16_t{}); break;
-    }
+  if (m_rows == 0) return;
+  // A few rows (one chunk, L2-resident): the gather's many small CTAs; past that the scatter reads x's rows once.
+  const int64_t row_bytes = hidden * elem_bytes;
+  auto copy = [&](auto unit) {
+    using V = decltype(unit);
+    if (one_chunk) gather_rows<V>(x, token_of_row, m_rows, row_bytes, rows, stream);
+    else scatter_rows<V>(x, row_of_assignment, ntokens, top_k, token_of_row, m_rows, row_bytes, rows, stream);
+  };
+  switch (packet_bytes(row_bytes, {x, rows})) {
+    case 16: copy(uint4{}); break;
+    case 8: copy(uint2{}); break;
+    case 4: copy(uint32_t{}); break;
+    default: copy(uint16_t{}); break;
   }
 }
 
