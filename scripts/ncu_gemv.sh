@@ -3,8 +3,7 @@
 # (W8), at two decode shapes: Mamba in_proj M=1 (one group, 10304 x 2688) and the routed up at T=1 (6 of 128
 # experts, 1856 x 2688, relu²). W8 streams half BF16's bytes at 1.8-2.3 TB/s where BF16 reaches 3.3 (session 12
 # sweep): this shows which bound it sits on (issue #4's "FP8 decode streams half the bytes and must show it").
-# Then one token's MoE down projection and weighted sum (moe_decode_down, W8) with its looped and one-shot load
-# schedules (session 18).
+# Then one token's MoE down projection and weighted sum (moe_decode_down, W8).
 # Usage (device tool, carry [".whl"]), from the repository root:  NK_COMMIT=<sha> bash scripts/ncu_gemv.sh
 #   NCU_SECTIONS  ncu sections (default: SpeedOfLight Occupancy LaunchStats WarpStateStats MemoryWorkloadAnalysis)
 set -uo pipefail
@@ -29,7 +28,7 @@ for groups, touched, n, k, relu2 in ((1, 1, 10304, 2688, False), (128, 6, 1856, 
     x = torch.randn(touched, k, device="cuda", dtype=bf16)
     calls.append(lambda x=x, w=w, o=offsets, r=relu2: _ext._C.grouped_gemm_nt(x, w, o, r, 2, 0))
     calls.append(lambda x=x, wq=wq, ws=ws, o=offsets, r=relu2: _ext._C.grouped_gemm_w8_nt(x, wq, ws, o, r, 0))
-# One token's MoE down + weighted sum (moe_decode_down), W8, the looped and the one-shot load schedules.
+# One token's MoE down + weighted sum (moe_decode_down), W8.
 H, I, Is = 2688, 1856, 3712
 down = torch.randn(128, H, I, device="cuda", dtype=bf16) / I ** 0.5
 dq, ds = quantize_fp8_rowwise(down.view(-1, I))
@@ -39,9 +38,7 @@ h = torch.randn(6, I, device="cuda", dtype=bf16)
 idx = torch.randperm(128)[:6].int().cuda()[None]
 wt = torch.rand(1, 6, device="cuda")
 hs = torch.randn(1, Is, device="cuda", dtype=bf16)
-for one_shot in (False, True):
-    calls.append(lambda o=one_shot: _ext._C.moe_decode_down(h, idx, wt, dq.view(128, H, I), ds.view(128, H), hs, sdq,
-                                                            sds, 0, o))
+calls.append(lambda: _ext._C.moe_decode_down(h, idx, wt, dq.view(128, H, I), ds.view(128, H), hs, sdq, sds, 0))
 for i in range(3):
     if i == 2:
         torch.cuda.cudart().cudaProfilerStart()

@@ -5,8 +5,7 @@ gives the GEMV 84-116 CTAs on 132 SMs. Per shape this times each forced split (1
 choice (gemv_split_for), BF16, FP8 and weights-only FP8 (w8), as CUDA-graph replays over enough weight copies to
 pass the 60 MB L2; it prints µs per call and the weights' streaming rate (the H200's copy rate is about 4.2 TB/s).
 The MoE decode GEMV (moe_decode_gemv, routed + shared in one launch) comes first, at T = 1 and 2, then one token's
-down projection and weighted sum (moe_decode_down) at 1, 2, 4, 8 output channels per CTA (auto: the default, 4),
-and with its one-shot load schedule (all of a unit's loads before its math) at 1 or 2."""
+down projection and weighted sum (moe_decode_down) at 1, 2, 4, 8 output channels per CTA (auto: the default, 4)."""
 import torch
 
 from bench.harness import cuda_times
@@ -38,13 +37,13 @@ def offsets_for(groups, rows, gen):
     return torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).int().cuda(), int(counts.sum())
 
 
-def split_line(name, kind, call, copies, weight_bytes, knobs=(1, 2, 4, 8, 0)):
+def split_line(name, kind, call, copies, weight_bytes):
     """Prints one row: call(i, split) (weight copy i) at each forced split (or channels per CTA: any knob of 1, 2,
     4, 8) and the auto one (0), checked against split 1 (every output of the call), in µs and the weights'
     streaming rate."""
     want = [t.float() for t in _outputs(call(0, 1)) if t.numel()]
     line = []
-    for split in knobs:
+    for split in (1, 2, 4, 8, 0):
         for got, ref in zip([t for t in _outputs(call(0, split)) if t.numel()], want):
             assert torch.allclose(got.float(), ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item()), (name, split)
         us = cuda_times(lambda i: call(i, split), list(range(copies)), reps=5, graph_replays=5)["ms"] * 1e3
@@ -112,12 +111,8 @@ def sweep_decode_down(gen):
         touched = (TOP_K * HIDDEN * INTER + HIDDEN * SHARED) * elem
         copies = min(max(2, -(-200_000_000 // touched)), 8)
         w = _decode_weights(kind, copies, [(E, HIDDEN, INTER), (HIDDEN, SHARED)])
-        call = lambda i, ch, one_shot=False: _ext._C.moe_decode_down(h, idx, weight, w[i][0], w[i][1], hs,  # noqa
-                                                                      w[i][2], w[i][3], ch, one_shot)
+        call = lambda i, ch: _ext._C.moe_decode_down(h, idx, weight, w[i][0], w[i][1], hs, w[i][2], w[i][3], ch)  # noqa
         split_line("decode down+sum T=1", kind, call, copies, touched)
-        # all of a unit's loads before its math (moe_decode_down_kernel's kTrips): channels 1, 2 (w8) / 1
-        split_line("  one-shot loads", kind, lambda i, ch: call(i, ch, True), copies, touched,
-                   (1, 2, 0) if kind == "w8" else (1, 0))
         del w
 
 

@@ -537,12 +537,10 @@ static_assert(kDecodeDownMaxUnits == moe::kDecodeDownMaxUnits);
 // bf16 or e4m3 with down_scale [E, H]; hs [1, Is] bf16, shared_down [H, Is] (down's dtype, shared_down_scale [H]
 // for e4m3), Is a multiple of I -> out [1, H] bf16: moe_unpermute(moe_decode_gemv(h, ...down...), None, w, ys).
 // channels: output channels per CTA (0: the kernel's default; the others for scripts/sweep_gemv_split.py).
-// one_shot: the load schedule that asks for all of a unit's weights and its h pieces before its math (I <= 2,048;
-// channels 1 or 2 for e4m3, 1 for bf16), for the same sweep.
 at::Tensor moe_decode_down(const at::Tensor& h, const at::Tensor& topk_idx, const at::Tensor& topk_weight,
                            const at::Tensor& down, const std::optional<at::Tensor>& down_scale, const at::Tensor& hs,
                            const at::Tensor& shared_down, const std::optional<at::Tensor>& shared_down_scale,
-                           int64_t channels, bool one_shot) {
+                           int64_t channels) {
   check_cuda(h, "h");
   NK_CHECK_VALUE(channels == 0 || channels == 1 || channels == 2 || channels == 4 || channels == 8,
                     "channels (per CTA) must be 0 (the default), 1, 2, 4 or 8, got ", num(channels));
@@ -566,11 +564,6 @@ at::Tensor moe_decode_down(const at::Tensor& h, const at::Tensor& topk_idx, cons
   check_weight_scale(down_scale, "down_scale", w8, {experts, hidden}, dev);
   check_weight_scale(shared_down_scale, "shared_down_scale", w8, {hidden}, dev);
   const int64_t pieces = shared_inter / inter;
-  if (one_shot) {
-    NK_CHECK_VALUE(inter <= 2048, "one_shot needs I <= 2048 (its loads are unrolled), got I = ", num(inter));
-    NK_CHECK_VALUE(channels == 0 || channels == 1 || (w8 && channels == 2),
-                   "one_shot runs 1 or 2 channels per CTA for e4m3 weights, 1 for bf16; got ", num(channels));
-  }
   NK_CHECK_VALUE(top_k + pieces <= kDecodeDownMaxUnits, "top_k + Is / I = ", num(top_k + pieces),
                     " exceeds the kernel's ", num(kDecodeDownMaxUnits), " work units");
   auto out = at::empty({1, hidden}, h.options());
@@ -592,7 +585,6 @@ at::Tensor moe_decode_down(const at::Tensor& h, const at::Tensor& topk_idx, cons
                              int(inter),
                              int(pieces),
                              int(channels),
-                             one_shot,
                              c10::cuda::getCurrentCUDAStream(dev.index()).stream()};
   const char* err = moe::moe_decode_down_run(p);
   NK_CHECK(err[0] == '\0', "moe_decode_down: ", err);
@@ -631,8 +623,7 @@ void register_moe(pybind11::module_& m) {
   m.def("moe_decode_down", &moe_decode_down,
         "one token's routed + shared down projection and weighted sum in one launch -> out [1,H] (CUDA)",
         py::arg("h"), py::arg("topk_idx"), py::arg("topk_weight"), py::arg("down"), py::arg("down_scale"),
-        py::arg("hs"), py::arg("shared_down"), py::arg("shared_down_scale"), py::arg("channels") = 0,
-        py::arg("one_shot") = false);
+        py::arg("hs"), py::arg("shared_down"), py::arg("shared_down_scale"), py::arg("channels") = 0);
   m.attr("moe_decode_down_max_units") = kDecodeDownMaxUnits;
   m.def("moe_unpermute", &moe_unpermute,
         "rows [M,H] -> (add +) sum_j w[t,j] rows[row_of_assignment[t,j]] [T,H]; row_of_assignment None: row t*k+j "

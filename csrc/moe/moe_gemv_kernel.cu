@@ -279,20 +279,15 @@ __global__ void __launch_bounds__(kWarps * 32, 3) moe_decode_gemv_kernel(const M
 
 // MoE decode, one token: the down projection and the weighted sum (moe_kernels.h, MoeDecodeDownParams). A CTA owns
 // kDCh channels; warp w streams the kDCh weight rows of work units w, w + kWarps, ... (a routed expert, or I columns
-// of the shared expert) and leaves each unit's sums in shared memory; kDCh threads then round, weight and add them
-// in slot order, as the decode GEMV's output and moe_unpermute would. Each channel's sums are the same at every kDCh
-// and either load schedule (bit for bit); kDCh only sets the grid (H / kDCh CTAs, resident 2-4 per SM by
-// registers), swept by scripts/sweep_gemv_split.py.
-// Load schedule: kTrips = 0 double-buffers the K trips like gemv_task, so a unit of t trips waits about t - 1 load
-// latencies in a row (ncu: the W8 decode GEMVs are latency-bound, bench/NOTES.md). kTrips > 0 ("one shot") asks
-// for all of a unit's kTrips x kDCh weight pieces and its pieces of a before any math (I <= kTrips x 32 pieces of
-// 16 bytes): one latency per unit, paid in registers (W8: 4 trips x 2 channels, 80 registers with 16 bytes of
-// spill, or x 1 channel, 72; BF16: 8 x 1, 80 with 48 bytes of spill; 3 CTAs per SM).
-template <int kDCh, int kTrips>
-constexpr int kDecodeDownMinCtas = kTrips > 0 ? 3 : (kDCh <= 2 ? 4 : (kDCh == 4 ? 3 : 2));
+// of the shared expert), double-buffered like gemv_task, and leaves each unit's sums in shared memory; kDCh threads
+// then round, weight and add them in slot order, as the decode GEMV's output and moe_unpermute would. Each
+// channel's sums are the same at every kDCh (bit for bit); kDCh only sets the grid (H / kDCh CTAs, resident 2-4 per
+// SM by registers), swept by scripts/sweep_gemv_split.py.
+template <int kDCh>
+constexpr int kDecodeDownMinCtas = kDCh <= 2 ? 4 : (kDCh == 4 ? 3 : 2);
 
-template <typename TB, int kDCh, int kTrips>
-__global__ void __launch_bounds__(kWarps * 32, kDecodeDownMinCtas<kDCh, kTrips>) moe_decode_down_kernel(
+template <typename TB, int kDCh>
+__global__ void __launch_bounds__(kWarps * 32, kDecodeDownMinCtas<kDCh>) moe_decode_down_kernel(
     const MoeDecodeDownParams p) {
   using TA = __nv_bfloat16;
   constexpr int kLen = Chunk<TB>::kLen, kALen = Chunk<TA>::kLen, kXLoads = kLen / kALen;
@@ -324,16 +319,17 @@ __global__ void __launch_bounds__(kWarps * 32, kDecodeDownMinCtas<kDCh, kTrips>)
 #pragma unroll
       for (int c = 0; c < kDCh; ++c) raw[c] = __ldcs(reinterpret_cast<const uint4*>(w + c * ldw + kk));
     };
-    auto load_a = [&](uint4 (&xs)[kXLoads], int64_t kk) {
-#pragma unroll
-      for (int j = 0; j < kXLoads; ++j) xs[j] = __ldg(reinterpret_cast<const uint4*>(a + kk) + j);
-    };
     float acc[kDCh] = {};
-    auto accumulate = [&](const uint4 (&raw)[kDCh], const uint4 (&xs)[kXLoads]) {   // one trip's products, k order
+    const int64_t k_begin = int64_t(lane) * kLen;
+    uint4 raw[kDCh];
+    if (k_begin < inter) load_w(raw, k_begin);
+    for (int64_t kk = k_begin; kk < inter; kk += kStride) {               // gemv_task's loop with one row of a
+      uint4 next[kDCh];
+      load_w(next, kk + kStride < inter ? kk + kStride : kk);
 #pragma unroll
       for (int j = 0; j < kXLoads; ++j) {
         constexpr int kWords = 4 / kXLoads;
-        const Chunk<TA> x(xs[j]);
+        const Chunk<TA> x(__ldg(reinterpret_cast<const uint4*>(a + kk) + j));
 #pragma unroll
         for (int c = 0; c < kDCh; ++c) {
           const uint32_t words[4] = {raw[c].x, raw[c].y, raw[c].z, raw[c].w};
@@ -343,33 +339,8 @@ __global__ void __launch_bounds__(kWarps * 32, kDecodeDownMinCtas<kDCh, kTrips>)
           for (int i = 0; i < kALen; ++i) acc[c] = fmaf(wv[i], x.v[i], acc[c]);
         }
       }
-    };
-    const int64_t k_begin = int64_t(lane) * kLen;
-    if constexpr (kTrips > 0) {                                            // weights and a, all before the math
-      uint4 raw[kTrips][kDCh], xs[kTrips][kXLoads];
 #pragma unroll
-      for (int t = 0; t < kTrips; ++t) {
-        const int64_t kk = k_begin + t * kStride;
-        if (kk < inter) {
-          load_w(raw[t], kk);
-          load_a(xs[t], kk);
-        }
-      }
-#pragma unroll
-      for (int t = 0; t < kTrips; ++t) {
-        if (k_begin + t * kStride < inter) accumulate(raw[t], xs[t]);            // in trip (k) order
-      }
-    } else {
-      uint4 raw[kDCh];
-      if (k_begin < inter) load_w(raw, k_begin);
-      for (int64_t kk = k_begin; kk < inter; kk += kStride) {             // gemv_task's loop with one row of a
-        uint4 next[kDCh], xs[kXLoads];
-        load_w(next, kk + kStride < inter ? kk + kStride : kk);
-        load_a(xs, kk);
-        accumulate(raw, xs);
-#pragma unroll
-        for (int c = 0; c < kDCh; ++c) raw[c] = next[c];
-      }
+      for (int c = 0; c < kDCh; ++c) raw[c] = next[c];
     }
 #pragma unroll
     for (int c = 0; c < kDCh; ++c) {
@@ -467,29 +438,12 @@ const char* decode_launch(const MoeDecodeGemvParams& p) {
   });
 }
 
-template <typename TB, int kDCh, int kTrips = 0>
+template <int kDCh>
 void decode_down_launch(const MoeDecodeDownParams& p) {
   const int blocks = p.hidden / kDCh;                                      // H % 8 == 0 (checked by the host entry)
-  if (blocks > 0) moe_decode_down_kernel<TB, kDCh, kTrips><<<blocks, kWarps * 32, 0, p.stream>>>(p);
-}
-
-// The one-shot schedule's instantiations: W8 at 1 or 2 channels (4 trips: I <= 2,048), BF16 at 1 (8 trips: I <= 2,048).
-constexpr int kOneShotTrips = 4;   // of 16-byte pieces: W8 4 x 512 elements, BF16 8 x 256
-const char* decode_down_one_shot(const MoeDecodeDownParams& p) {
-  const int channels = p.channels == 0 ? (p.w8 ? 2 : 1) : p.channels;
-  const int64_t max_inter = int64_t(kOneShotTrips) * 32 * 16;              // 2,048 elements either way
-  if (p.inter > max_inter) return "MoE decode down: the one-shot schedule needs I <= 2048";
-  if (p.w8 && channels == 1) decode_down_launch<__nv_fp8_e4m3, 1, kOneShotTrips>(p);
-  else if (p.w8 && channels == 2) decode_down_launch<__nv_fp8_e4m3, 2, kOneShotTrips>(p);
-  else if (!p.w8 && channels == 1) decode_down_launch<__nv_bfloat16, 1, 2 * kOneShotTrips>(p);
-  else return "MoE decode down: the one-shot schedule runs 1 or 2 channels per CTA (W8), 1 (BF16)";
-  return "";
-}
-
-template <int kDCh>
-void decode_down_loop(const MoeDecodeDownParams& p) {
-  if (p.w8) decode_down_launch<__nv_fp8_e4m3, kDCh>(p);
-  else decode_down_launch<__nv_bfloat16, kDCh>(p);
+  if (blocks == 0) return;
+  if (p.w8) moe_decode_down_kernel<__nv_fp8_e4m3, kDCh><<<blocks, kWarps * 32, 0, p.stream>>>(p);
+  else moe_decode_down_kernel<__nv_bfloat16, kDCh><<<blocks, kWarps * 32, 0, p.stream>>>(p);
 }
 
 }  // namespace
@@ -539,16 +493,12 @@ const char* moe_decode_gemv_run(const MoeDecodeGemvParams& p) {
 
 const char* moe_decode_down_run(const MoeDecodeDownParams& p) {
   if (p.top_k + p.shared_pieces > kDecodeDownMaxUnits) return "MoE decode down: more than 16 work units";
-  if (p.one_shot) {
-    if (const char* err = decode_down_one_shot(p); err[0] != '\0') return err;
-  } else {
-    switch (p.channels == 0 ? kDecodeDownChannels : p.channels) {
-      case 1: decode_down_loop<1>(p); break;
-      case 2: decode_down_loop<2>(p); break;
-      case 4: decode_down_loop<4>(p); break;
-      case 8: decode_down_loop<8>(p); break;
-      default: return "MoE decode down: channels per CTA must be 1, 2, 4 or 8";
-    }
+  switch (p.channels == 0 ? kDecodeDownChannels : p.channels) {
+    case 1: decode_down_launch<1>(p); break;
+    case 2: decode_down_launch<2>(p); break;
+    case 4: decode_down_launch<4>(p); break;
+    case 8: decode_down_launch<8>(p); break;
+    default: return "MoE decode down: channels per CTA must be 1, 2, 4 or 8";
   }
   const cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? "" : cudaGetErrorString(err);

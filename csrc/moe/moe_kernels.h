@@ -177,7 +177,6 @@ struct MoeDecodeDownParams {
   int inter;                     // I
   int shared_pieces;             // Is / I
   int channels;                  // output channels per CTA: 1, 2, 4 or 8 (0: kDecodeDownChannels)
-  bool one_shot;                 // all of a unit's loads before its math (I <= 2,048; 0 channels: W8 2, BF16 1)
   cudaStream_t stream;
 };
 constexpr int kDecodeDownMaxUnits = 16;   // top_k + shared_pieces

@@ -322,17 +322,14 @@ def test_cuda_decode_down_against_float64_and_the_three_kernels(fp8, top_k, expe
 @pytest.mark.cuda
 @pytest.mark.parametrize("fp8", [False, True])
 def test_cuda_decode_down_channels_per_cta_change_nothing(fp8):
-    """The grid knob (output channels per CTA, for scripts/sweep_gemv_split.py) and the one-shot load schedule leave
-    every channel's sums as they are: bit for bit at 1, 2, 4 and 8, at the Nemotron-H shape and with two units per
-    warp."""
+    """The grid knob (output channels per CTA, for scripts/sweep_gemv_split.py) leaves every channel's sums as they
+    are: bit for bit at 1, 2, 4 and 8, at the Nemotron-H shape and with two units per warp."""
     from nemotron_kernels import _ext
     for shape in ((6, 8, 2688, 1856, 2), (12, 16, 40, 32, 4)):
         ops = down_operands(*shape, seed=sum(shape), fp8=fp8, device="cuda")
         default = _ext._C.moe_decode_down(*ops)
         for channels in (1, 2, 4, 8):
             assert torch.equal(_ext._C.moe_decode_down(*ops, channels), default), (shape, channels)
-        for channels in (0, 1, 2) if fp8 else (0, 1):   # the one-shot load schedule: the same sums, bit for bit
-            assert torch.equal(_ext._C.moe_decode_down(*ops, channels, True), default), (shape, channels, "one-shot")
 
 
 @pytest.mark.cuda
@@ -367,9 +364,4 @@ def test_cuda_decode_down_bad_inputs_name_the_argument():
         call(*big)
     with pytest.raises((RuntimeError, ValueError), match="channels .per CTA. must be"):
         call(h, idx, w, down, None, hs, sdown, None, 3)
-    with pytest.raises((RuntimeError, ValueError), match="one_shot runs 1 or 2 channels per CTA for e4m3 weights, 1 for bf16"):
-        call(h, idx, w, down, None, hs, sdown, None, 2, True)                      # bf16 weights
-    long = down_operands(3, 5, 24, 2056, 1, seed=16, device="cuda")                # I = 2056 > 2048
-    with pytest.raises((RuntimeError, ValueError), match="one_shot needs I <= 2048"):
-        call(*long, 0, True)
     torch.library.opcheck(moe_decode_down.op, (h, idx, w, down, None, hs, sdown, None))
