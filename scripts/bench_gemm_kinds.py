@@ -1,7 +1,8 @@
 """Time each large-tile grouped GEMM kind alone at Nemotron 3 Nano's expert shapes (E=128, top-6, H=2688, I=1856,
 uniform random routing): the forward up (relu² fused) and down, their FP8 twins on pre-quantised rows, and the
-backward's GEMMs: dh with the relu² derivative fused (and unfused: plain nn, then a Triton pass), dx and dW. `bench grouped_gemm` times the forward
-pair and `bench moe_experts` the whole layer; this splits them, so a tile change can be judged per kind.
+backward's GEMMs: dh (plain nn, then the relu² gradient pass, as the MoE backward runs it), dx and dW.
+`bench grouped_gemm` times the forward pair and `bench moe_experts` the whole layer; this splits them, so a tile
+change can be judged per kind.
 --layouts times the forward kinds at T=16384 on three row layouts of the same FLOPs: the routed one (each expert's
 last 128-row tile part empty, a group switch on nearly every tile), 768 rows per expert (switches, no padding) and
 one group of all rows (neither), beside dense cuBLAS BF16 and FP8 (torch._scaled_mm, row-wise scales): where the
@@ -11,13 +12,11 @@ grouped kernels lose their time.
 import sys
 
 import torch
-import triton
-import triton.language as tl
 
 from bench.bench_grouped_gemm import EXPERTS, HIDDEN, INTER, TOP_K, make_weights, routed_counts
 from bench.harness import cuda_times
 from nemotron_kernels import _ext
-from nemotron_kernels.ops.grouped_gemm import quantize_fp8_rowwise
+from nemotron_kernels.ops.grouped_gemm import quantize_fp8_rowwise, relu2_grad
 
 
 def kinds(rows, up, down, offsets, fp8):
@@ -27,9 +26,9 @@ def kinds(rows, up, down, offsets, fp8):
     return {
         "up nt+relu2    [M,H]x[E,I,H]^T": lambda: C.grouped_gemm_nt(x, up, offsets, True),
         "down nt        [M,I]x[E,H,I]^T": lambda: C.grouped_gemm_nt(h, down, offsets, False),
-        "dh nn+drelu2   [M,H]x[E,H,I]  ": lambda: C.grouped_gemm_nn(dy, down, offsets, h),
-        "dh nn, then relu2 grad (Triton)": lambda: relu2_grad(C.grouped_gemm_nn(dy, down, offsets, None), h),
-        "dx nn          [M,I]x[E,I,H]  ": lambda: C.grouped_gemm_nn(h, up, offsets, None),
+        "dh nn          [M,H]x[E,H,I]  ": lambda: C.grouped_gemm_nn(dy, down, offsets),
+        "dh nn+relu2_grad (Triton pass)": lambda: relu2_grad(C.grouped_gemm_nn(dy, down, offsets), h),
+        "dx nn          [M,I]x[E,I,H]  ": lambda: C.grouped_gemm_nn(h, up, offsets),
         "dW_down tn     [M,H]^Tx[M,I]  ": lambda: C.grouped_gemm_tn(dy, h, offsets),
         "dW_up tn       [M,I]^Tx[M,H]  ": lambda: C.grouped_gemm_tn(h, x, offsets),
         "fp8 up nt+relu2               ": lambda: C.grouped_gemm_fp8_nt(*fp8["x"], *fp8["up"], offsets, True),
@@ -40,23 +39,6 @@ def kinds(rows, up, down, offsets, fp8):
         "dense fp8 up   torch._scaled_mm": lambda: dense_fp8(fp8["x"], fp8["up"]),
         "dense fp8 down torch._scaled_mm": lambda: dense_fp8(fp8["h"], fp8["down"]),
     }
-
-
-@triton.jit
-def _relu2_grad_kernel(g_ptr, h_ptr, out_ptr, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
-    h = tl.load(h_ptr + offs, mask=mask).to(tl.float32)
-    tl.store(out_ptr + offs, (g * 2.0 * tl.sqrt(tl.maximum(h, 0.0))).to(tl.bfloat16), mask=mask)
-
-
-def relu2_grad(g, h):
-    """g * 2 sqrt(relu(h)) as its own pass: what the nn+drelu2 epilogue fuses, timed unfused beside it (the fused
-    kind costs ~570 us more than plain nn at T=16384; one pass over g, h and the output moves 1.1 GB)."""
-    out = torch.empty_like(g)
-    _relu2_grad_kernel[(triton.cdiv(g.numel(), 4096),)](g, h, out, g.numel(), BLOCK=4096, num_warps=8)
-    return out
 
 
 def dense_fp8(a, b):

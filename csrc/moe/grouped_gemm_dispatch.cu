@@ -9,7 +9,6 @@ namespace nk::moe {
 NK_GEMM_TU(nt)
 NK_GEMM_TU(nt_relu2)
 NK_GEMM_TU(nn)
-NK_GEMM_TU(nn_drelu2)
 NK_GEMM_TU(tn)
 NK_GEMM_TU(fp8_nt)
 NK_GEMM_TU(fp8_nt_relu2)
@@ -33,7 +32,6 @@ GemmEntry entry_of(GemmKind kind, GemmPath path) {
     case GemmKind::kNT: return swap ? NK_ENTRY(nt_swap) : NK_ENTRY(nt);
     case GemmKind::kNTReLU2: return swap ? NK_ENTRY(nt_relu2_swap) : NK_ENTRY(nt_relu2);
     case GemmKind::kNN: return NK_ENTRY(nn);
-    case GemmKind::kNNdReLU2: return NK_ENTRY(nn_drelu2);
     case GemmKind::kTN: return NK_ENTRY(tn);
     case GemmKind::kFp8NT: return swap ? NK_ENTRY(fp8_nt_swap) : NK_ENTRY(fp8_nt);
     case GemmKind::kFp8NTReLU2: return swap ? NK_ENTRY(fp8_nt_relu2_swap) : NK_ENTRY(fp8_nt_relu2);

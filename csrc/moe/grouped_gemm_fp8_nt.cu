@@ -4,4 +4,4 @@
 #include "moe/grouped_gemm_sm90.cuh"
 
 NK_GROUPED_GEMM_TU(fp8_nt, kFp8NT, 128, 256, 128,
-                   GroupedGemm<Fp8, RowMajor, ColumnMajor, void, EpiDequant<Tile, Bf16>, Tile>)
+                   GroupedGemm<Fp8, RowMajor, ColumnMajor, EpiDequant<Tile, Bf16>, Tile>)

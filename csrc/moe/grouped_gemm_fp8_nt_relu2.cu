@@ -4,4 +4,4 @@
 #include "moe/grouped_gemm_sm90.cuh"
 
 NK_GROUPED_GEMM_TU(fp8_nt_relu2, kFp8NTReLU2, 128, 192, 128,
-                   GroupedGemm<Fp8, RowMajor, ColumnMajor, void, EpiDequantReLU2<Tile>, Tile>)
+                   GroupedGemm<Fp8, RowMajor, ColumnMajor, EpiDequantReLU2<Tile>, Tile>)

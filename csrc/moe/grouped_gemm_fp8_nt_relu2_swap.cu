@@ -4,4 +4,4 @@
 #include "moe/grouped_gemm_sm90.cuh"
 
 NK_GROUPED_GEMM_TU(fp8_nt_relu2_swap, kFp8NTReLU2, 128, 32, 256,
-                   GroupedGemm<Fp8, RowMajor, ColumnMajor, void, EpiDequantSwapReLU2<Tile>, Tile, /*SwapAB=*/true>)
+                   GroupedGemm<Fp8, RowMajor, ColumnMajor, EpiDequantSwapReLU2<Tile>, Tile, /*SwapAB=*/true>)

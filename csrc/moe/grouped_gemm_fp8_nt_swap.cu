@@ -4,4 +4,4 @@
 #include "moe/grouped_gemm_sm90.cuh"
 
 NK_GROUPED_GEMM_TU(fp8_nt_swap, kFp8NT, 128, 32, 256,
-                   GroupedGemm<Fp8, RowMajor, ColumnMajor, void, EpiDequantSwap<Tile, Bf16>, Tile, /*SwapAB=*/true>)
+                   GroupedGemm<Fp8, RowMajor, ColumnMajor, EpiDequantSwap<Tile, Bf16>, Tile, /*SwapAB=*/true>)

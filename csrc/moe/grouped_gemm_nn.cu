@@ -2,4 +2,4 @@
 #include "moe/grouped_gemm_sm90.cuh"
 
 NK_GROUPED_GEMM_TU(nn, kNN, 128, 192, 64,
-                   GroupedGemm<Bf16, RowMajor, RowMajor, void, EpiIdentity, Tile>)
+                   GroupedGemm<Bf16, RowMajor, RowMajor, EpiIdentity, Tile>)

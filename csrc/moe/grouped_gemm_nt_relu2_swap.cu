@@ -4,4 +4,4 @@
 #include "moe/grouped_gemm_sm90.cuh"
 
 NK_GROUPED_GEMM_TU(nt_relu2_swap, kNTReLU2, 128, 32, 128,
-                   GroupedGemm<Bf16, RowMajor, ColumnMajor, void, EpiReLU2, Tile, /*SwapAB=*/true>)
+                   GroupedGemm<Bf16, RowMajor, ColumnMajor, EpiReLU2, Tile, /*SwapAB=*/true>)

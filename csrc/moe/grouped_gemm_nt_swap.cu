@@ -4,4 +4,4 @@
 #include "moe/grouped_gemm_sm90.cuh"
 
 NK_GROUPED_GEMM_TU(nt_swap, kNT, 128, 32, 128,
-                   GroupedGemm<Bf16, RowMajor, ColumnMajor, void, EpiIdentity, Tile, /*SwapAB=*/true>)
+                   GroupedGemm<Bf16, RowMajor, ColumnMajor, EpiIdentity, Tile, /*SwapAB=*/true>)

@@ -2,4 +2,4 @@
 #include "moe/grouped_gemm_sm90.cuh"
 
 NK_GROUPED_GEMM_TU(tn, kTN, 128, 256, 64,
-                   GroupedGemm<Bf16, ColumnMajor, RowMajor, void, EpiIdentity, Tile>)
+                   GroupedGemm<Bf16, ColumnMajor, RowMajor, EpiIdentity, Tile>)

@@ -276,8 +276,8 @@ void check_path(int64_t path, int64_t gemv_split) {
 }
 
 #ifdef NEMOTRON_WITH_CUDA
-void run_grouped_gemm(moe::GemmKind kind, const at::Tensor& a, const at::Tensor& b, const at::Tensor* c,
-                      const at::Tensor& d, const at::Tensor& offsets, int64_t groups, int64_t n, int64_t k,
+void run_grouped_gemm(moe::GemmKind kind, const at::Tensor& a, const at::Tensor& b, const at::Tensor& d,
+                      const at::Tensor& offsets, int64_t groups, int64_t n, int64_t k,
                       const at::Tensor* a_scale = nullptr, const at::Tensor* b_scale = nullptr,
                       int64_t path_arg = -1, int64_t gemv_split = 0) {
   const c10::cuda::CUDAGuard guard(a.device());
@@ -291,7 +291,6 @@ void run_grouped_gemm(moe::GemmKind kind, const at::Tensor& a, const at::Tensor&
   moe::GroupedGemmParams p{kind,
                            a.data_ptr(),
                            b.data_ptr(),
-                           c ? c->data_ptr() : nullptr,
                            d.data_ptr(),
                            a_scale ? a_scale->data_ptr<float>() : nullptr,
                            b_scale ? b_scale->data_ptr<float>() : nullptr,
@@ -328,16 +327,15 @@ at::Tensor grouped_gemm_nt(const at::Tensor& a, const at::Tensor& b, const at::T
   if (k == 0) return at::zeros({a.size(0), n}, a.options());
   auto out = at::empty({a.size(0), n}, a.options());
 #ifdef NEMOTRON_WITH_CUDA
-  run_grouped_gemm(relu2 ? moe::GemmKind::kNTReLU2 : moe::GemmKind::kNT, a, b, nullptr, out, expert_offsets, groups,
+  run_grouped_gemm(relu2 ? moe::GemmKind::kNTReLU2 : moe::GemmKind::kNT, a, b, out, expert_offsets, groups,
                    n, k, nullptr, nullptr, path, gemv_split);
 #endif
   return out;
 }
 
-// NN: out[rows_e] = a[rows_e] @ b[e] (* 2 sqrt(relu2_out[rows_e]) when given: the squared-ReLU gradient through
-// its forward output); a [M, K], b [E, K, N] -> [M, N].
-at::Tensor grouped_gemm_nn(const at::Tensor& a, const at::Tensor& b, const at::Tensor& expert_offsets,
-                           const std::optional<at::Tensor>& relu2_out) {
+// NN: out[rows_e] = a[rows_e] @ b[e]; a [M, K], b [E, K, N] -> [M, N]. The relu^2 derivative is a separate pass
+// (relu2_grad, Triton): fused into this epilogue it cost 2.2x the pass (bench/NOTES.md, session 19).
+at::Tensor grouped_gemm_nn(const at::Tensor& a, const at::Tensor& b, const at::Tensor& expert_offsets) {
   check_cuda(a, "a");
   check_gemm_operand(a, "a", {-1, -1}, a.device());
   NK_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
@@ -347,13 +345,11 @@ at::Tensor grouped_gemm_nn(const at::Tensor& a, const at::Tensor& b, const at::T
   const int64_t n = b.size(2);
   check_tma_dim(k, "K (a.shape[1], b.shape[1])");
   check_tma_dim(n, "N (b.shape[2])");
-  if (relu2_out) check_gemm_operand(*relu2_out, "relu2_out", {a.size(0), n}, a.device());
   if (a.size(0) == 0 || n == 0) return at::empty({a.size(0), n}, a.options());
   if (k == 0) return at::zeros({a.size(0), n}, a.options());
   auto out = at::empty({a.size(0), n}, a.options());
 #ifdef NEMOTRON_WITH_CUDA
-  run_grouped_gemm(relu2_out ? moe::GemmKind::kNNdReLU2 : moe::GemmKind::kNN, a, b,
-                   relu2_out ? &*relu2_out : nullptr, out, expert_offsets, groups, n, k);
+  run_grouped_gemm(moe::GemmKind::kNN, a, b, out, expert_offsets, groups, n, k);
 #endif
   return out;
 }
@@ -372,7 +368,7 @@ at::Tensor grouped_gemm_tn(const at::Tensor& a, const at::Tensor& b, const at::T
   if (a.size(0) == 0) return at::zeros({groups, p, q}, a.options());
   auto out = at::empty({groups, p, q}, a.options());
 #ifdef NEMOTRON_WITH_CUDA
-  run_grouped_gemm(moe::GemmKind::kTN, a, b, nullptr, out, expert_offsets, groups, p, q);
+  run_grouped_gemm(moe::GemmKind::kTN, a, b, out, expert_offsets, groups, p, q);
 #endif
   return out;
 }
@@ -397,7 +393,7 @@ at::Tensor grouped_gemm_fp8_nt(const at::Tensor& a, const at::Tensor& a_scale, c
   if (k == 0) return at::zeros({m, n}, out_opts);
   auto out = at::empty({m, n}, out_opts);
 #ifdef NEMOTRON_WITH_CUDA
-  run_grouped_gemm(relu2 ? moe::GemmKind::kFp8NTReLU2 : moe::GemmKind::kFp8NT, a, b, nullptr, out, expert_offsets,
+  run_grouped_gemm(relu2 ? moe::GemmKind::kFp8NTReLU2 : moe::GemmKind::kFp8NT, a, b, out, expert_offsets,
                    groups, n, k, &a_scale, &b_scale, path, gemv_split);
 #endif
   return out;
@@ -417,7 +413,7 @@ at::Tensor grouped_gemm_w8_nt(const at::Tensor& a, const at::Tensor& b, const at
   if (k == 0) return at::zeros({m, n}, a.options());
   auto out = at::empty({m, n}, a.options());
 #ifdef NEMOTRON_WITH_CUDA
-  run_grouped_gemm(relu2 ? moe::GemmKind::kW8NTReLU2 : moe::GemmKind::kW8NT, a, b, nullptr, out, expert_offsets,
+  run_grouped_gemm(relu2 ? moe::GemmKind::kW8NTReLU2 : moe::GemmKind::kW8NT, a, b, out, expert_offsets,
                    groups, n, k, nullptr, &b_scale, 2, gemv_split);
 #endif
   return out;
@@ -635,8 +631,8 @@ void register_moe(pybind11::module_& m) {
   m.def("grouped_gemm_nt", &grouped_gemm_nt, "a [M,K] @ b[e]^T per expert (b [E,N,K]), relu^2 fused optionally",
         py::arg("a"), py::arg("b"), py::arg("expert_offsets"), py::arg("relu2"), py::arg("path") = -1,
         py::arg("gemv_split") = 0);
-  m.def("grouped_gemm_nn", &grouped_gemm_nn, "a [M,K] @ b[e] per expert (b [E,K,N]), * 2 sqrt(relu2_out) optionally",
-        py::arg("a"), py::arg("b"), py::arg("expert_offsets"), py::arg("relu2_out"));
+  m.def("grouped_gemm_nn", &grouped_gemm_nn, "a [M,K] @ b[e] per expert (b [E,K,N])", py::arg("a"), py::arg("b"),
+        py::arg("expert_offsets"));
   m.def("grouped_gemm_tn", &grouped_gemm_tn, "per expert a[rows_e]^T @ b[rows_e] -> [E,P,Q]", py::arg("a"),
         py::arg("b"), py::arg("expert_offsets"));
 }

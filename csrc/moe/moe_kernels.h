@@ -63,12 +63,11 @@ enum class GemmKind : int {
   kNT = 0,           // epilogue: identity
   kNTReLU2 = 1,      // epilogue: relu(acc)^2
   kNN = 2,           // epilogue: identity
-  kNNdReLU2 = 3,     // epilogue: acc * 2 * sqrt(c), c = relu(pre)^2 (the forward output): the relu^2 derivative
-  kTN = 4,           // epilogue: identity
-  kFp8NT = 5,        // epilogue: acc * a_scale * b_scale
-  kFp8NTReLU2 = 6,   // epilogue: relu(acc * a_scale * b_scale)^2
-  kW8NT = 7,         // weights-only FP8 (bf16 a, e4m3 b; GEMV path only): acc * b_scale
-  kW8NTReLU2 = 8,    // the same, relu(acc * b_scale)^2
+  kTN = 3,           // epilogue: identity
+  kFp8NT = 4,        // epilogue: acc * a_scale * b_scale
+  kFp8NTReLU2 = 5,   // epilogue: relu(acc * a_scale * b_scale)^2
+  kW8NT = 6,         // weights-only FP8 (bf16 a, e4m3 b; GEMV path only): acc * b_scale
+  kW8NTReLU2 = 7,    // the same, relu(acc * b_scale)^2
 };
 
 // Kernel choice by rows per group (NT kinds): CUTLASS 128-row tiles for prefill/training; with few rows per group,
@@ -86,7 +85,6 @@ struct GroupedGemmParams {
   GemmKind kind;
   const void* a;             // bf16, or e4m3 for kFp8*
   const void* b;             // bf16, or e4m3 for kFp8* and kW8*
-  const void* c;             // bf16 [m_rows, n] (kNNdReLU2 only)
   void* d;                   // bf16
   const float* a_scale;      // [m_rows] (kFp8* only)
   const float* b_scale;      // [groups, n] (kFp8* and kW8* only)

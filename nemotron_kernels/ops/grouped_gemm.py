@@ -4,7 +4,8 @@ CUDA: hand-written CUTLASS 3.x grouped GEMMs for sm_90a (csrc/moe/grouped_gemm_*
 persistent wgmma kernels over ptr-array problem shapes whose per-expert arguments are built on the device from
 expert_offsets (no host sync), BF16 in, fp32 accumulation, BF16 out, relu^2 fused in the epilogue. Backward:
 da = dpre @ b[e] (grouped NN GEMM), db[e] = dpre_e^T @ a_e (grouped TN GEMM, K = the expert's rows), with
-dpre = dout * 2 sqrt(out) for relu^2 (relu(pre) = sqrt(relu(pre)^2), so only the output is kept).
+dpre = relu2_grad(dout, out) = dout * 2 sqrt(out) for relu^2 (relu(pre) = sqrt(relu(pre)^2), so only the output
+is kept), one Triton pass (triton/relu2_grad.py).
 Decode-sized forwards are a stream of the touched experts' weights, which 128-row tiles would mostly pad: up to 32
 rows per expert on average they run with swapped operands (d^T = b[e] @ a[rows_e]^T on 128x32 tiles: the channels on
 the MMA's 64-row side, the rows on a 32-wide N side), and with the fewest rows (<= 16, a couple of
@@ -21,7 +22,9 @@ import torch
 from .. import _ext
 from ..reference.grouped_gemm import (check_grouped_gemm_args, check_grouped_gemm_fp8_args, check_grouped_gemm_w8_args,
                                       grouped_gemm_fp8_ref, grouped_gemm_ref, grouped_gemm_w8_ref,
-                                      quantize_fp8_rowwise_ref)
+                                      quantize_fp8_rowwise_ref, relu2_grad_ref)
+from ..triton import common as triton_common
+from ..triton import mamba_common
 from ._kernel_op import kernel_op
 
 
@@ -67,15 +70,13 @@ def _(a, b, expert_offsets, relu2):
 
 
 @kernel_op("nemotron_kernels::grouped_gemm_nn", mutates_args=())
-def grouped_gemm_nn(a: torch.Tensor, b: torch.Tensor, expert_offsets: torch.Tensor,
-                    relu2_out: torch.Tensor | None) -> torch.Tensor:
-    """a [M, K], b [E, K, N] -> [M, N] = a[rows_e] @ b[e], times 2 sqrt(relu2_out) when given (the relu^2
-    derivative through the forward output, fused in the epilogue)."""
-    return _ext._C.grouped_gemm_nn(a, b, expert_offsets, relu2_out)
+def grouped_gemm_nn(a: torch.Tensor, b: torch.Tensor, expert_offsets: torch.Tensor) -> torch.Tensor:
+    """a [M, K], b [E, K, N] -> [M, N] = a[rows_e] @ b[e]."""
+    return _ext._C.grouped_gemm_nn(a, b, expert_offsets)
 
 
 @grouped_gemm_nn.register_fake
-def _(a, b, expert_offsets, relu2_out):
+def _(a, b, expert_offsets):
     return a.new_empty(a.shape[0], b.shape[2])
 
 
@@ -130,9 +131,27 @@ def check_tma_operands(k: int, n: int, k_multiple: int, k_elements: str, **opera
                              f"{t.storage_offset()}: pass a fresh contiguous tensor")
 
 
+@kernel_op("nemotron_kernels::relu2_grad", mutates_args=())
+def relu2_grad_op(dout: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """dout, out [...] (one shape and dtype, contiguous) -> dout * 2 sqrt(out) (Triton, one pass)."""
+    dpre = torch.empty_like(dout)
+    triton_common.kernel_module("relu2_grad").relu2_grad_launch(dout, out, dpre)
+    return dpre
+
+
+@relu2_grad_op.register_fake
+def _(dout, out):
+    return torch.empty_like(dout)
+
+
 def relu2_grad(dout: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """d pre for out = relu(pre)^2, from the output: dout * 2 sqrt(out), in fp32, rounded once."""
-    return (dout.float() * out.float().sqrt() * 2.0).to(dout.dtype)
+    """The gradient through out = relu(pre)^2 from its output: d pre = dout * 2 sqrt(out), fp32 math rounded once
+    to dout's dtype (bitwise relu2_grad_ref). The Triton pass for CUDA tensors of one shape and dtype (fp16 / bf16 /
+    fp32; on CPU under TRITON_INTERPRET=1), else the reference. Not differentiable (a backward's building block)."""
+    if (isinstance(dout, torch.Tensor) and isinstance(out, torch.Tensor) and out.shape == dout.shape
+            and out.dtype == dout.dtype and out.device == dout.device and mamba_common.use_triton(dout, out)):
+        return relu2_grad_op(dout.contiguous(), out.contiguous())
+    return relu2_grad_ref(dout, out)
 
 
 class GroupedGemmFn(torch.autograd.Function):
@@ -148,7 +167,7 @@ class GroupedGemmFn(torch.autograd.Function):
     def backward(ctx, dout):
         a, b, expert_offsets, out = ctx.saved_tensors
         dpre = relu2_grad(dout, out) if ctx.relu2 else dout.contiguous()                 # [M, N]
-        da = grouped_gemm_nn(dpre, b, expert_offsets, None) if ctx.needs_input_grad[0] else None   # [M, K]
+        da = grouped_gemm_nn(dpre, b, expert_offsets) if ctx.needs_input_grad[0] else None   # [M, K]
         db = grouped_gemm_tn(dpre, a, expert_offsets) if ctx.needs_input_grad[1] else None         # [E, N, K]
         return da, db, None, None
 

@@ -8,7 +8,8 @@ sync and bitwise deterministic:
     hs = relu(x @ shared_up^T)^2, ys = hs @ shared_down^T   (the same kernels with one group)
     out[t] = round(sum_j w[t, j] y[row(t, j)]) + ys[t]       (one gather kernel, fp32 sum in slot order)
 Backward (dX and dW of both GEMMs, bf16): dy = w * dout (rows), dw = <dout, y>; dpre = (dy @ down[e]) * 2 sqrt(h)
-(the relu^2 derivative fused in the NN GEMM's epilogue: relu(pre) = sqrt(h), so only h is kept, never pre);
+(a grouped NN GEMM, then relu2_grad, one Triton pass: relu(pre) = sqrt(h), so only h is kept, never pre; fused
+into the GEMM's epilogue it cost 2.2x the pass, bench/NOTES.md session 19);
 d_down[e] = dy_e^T h_e and d_up[e] = dpre_e^T rows_e (grouped TN GEMMs, K = the expert's rows);
 d rows = dpre @ up[e]; dx = sum_j d rows[row(t, j)] (+ the shared expert's dx, in the same gather kernel).
 Saved for backward: rows, h, y (for d topk_weight), and the shared expert's hs.
@@ -34,7 +35,7 @@ from ..reference.grouped_gemm import WEIGHTS_ONLY_MAX_ROWS, moe_experts_fp8_ref,
 from ..reference.moe_experts import moe_experts_ref
 from .grouped_gemm import (grouped_gemm_fp8_nt, grouped_gemm_nn, grouped_gemm_nt, grouped_gemm_tn,
                            grouped_gemm_w8_nt, moe_decode_down, moe_decode_gemv, one_group_offsets,
-                           quantize_fp8_rowwise, quantize_fp8_rowwise_op, use_kernel)
+                           quantize_fp8_rowwise, quantize_fp8_rowwise_op, relu2_grad, use_kernel)
 from .moe_permute import (MAX_EXPERTS, MAX_TOP_K, moe_permute_op, moe_permute_scaled_op, moe_unpermute_bwd_op,
                           moe_unpermute_op)
 
@@ -70,21 +71,21 @@ class MoeExpertsFn(torch.autograd.Function):
         d_down = grouped_gemm_tn(dy, h, offsets) if need_down else None               # [E, H, I]
         d_up = d_x = d_shared_up = d_shared_down = None
         if need_x or need_up:
-            dpre = grouped_gemm_nn(dy, down, offsets, h)                              # [M, I] = (dy @ down) * 2 sqrt(h)
+            dpre = relu2_grad(grouped_gemm_nn(dy, down, offsets), h)                  # [M, I] = (dy @ down) * 2 sqrt(h)
             if need_up:
                 d_up = grouped_gemm_tn(dpre, rows, offsets)                           # [E, I, H]
             if need_x:
-                d_rows = grouped_gemm_nn(dpre, up, offsets, None)                     # [M, H]
+                d_rows = grouped_gemm_nn(dpre, up, offsets)                           # [M, H]
         d_x_shared = None
         if ctx.has_shared and (need_x or need_sup or need_sdown):
             if need_sdown:
                 d_shared_down = grouped_gemm_tn(dout, hs, offsets_s)[0]               # [H, Is]
             if need_x or need_sup:
-                dpre_s = grouped_gemm_nn(dout, shared_down.unsqueeze(0), offsets_s, hs)   # [T, Is]
+                dpre_s = relu2_grad(grouped_gemm_nn(dout, shared_down.unsqueeze(0), offsets_s), hs)  # [T, Is]
                 if need_sup:
                     d_shared_up = grouped_gemm_tn(dpre_s, x, offsets_s)[0]            # [Is, H]
                 if need_x:
-                    d_x_shared = grouped_gemm_nn(dpre_s, shared_up.unsqueeze(0), offsets_s, None)  # [T, H]
+                    d_x_shared = grouped_gemm_nn(dpre_s, shared_up.unsqueeze(0), offsets_s)  # [T, H]
         if need_x:
             d_x = moe_unpermute_op(d_rows, row_of_assignment, None, d_x_shared)       # [T, H]
         d_weight = d_weight.to(ctx.weight_dtype) if need_w else None

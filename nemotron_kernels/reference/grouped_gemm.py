@@ -60,6 +60,17 @@ def grouped_gemm_ref(a, b, expert_offsets, activation: str = "none"):
     return torch.cat(parts).to(a.dtype) if parts else a.new_zeros(0, b.shape[1])
 
 
+
+def relu2_grad_ref(dout, out):
+    """The gradient through out = relu(pre)^2, written with out itself (reference): d pre = dout * 2 sqrt(out),
+    since relu(pre) = sqrt(out). fp32 math (float64 for float64 inputs), rounded once to dout's dtype."""
+    check_float("dout", dout)
+    check_float("out", out)
+    if out.shape != dout.shape:
+        raise ValueError(f"out must have dout's shape {tuple(dout.shape)}, got {tuple(out.shape)}")
+    check_same_device(dout=dout, out=out)
+    cdtype = compute_dtype(dout.dtype, out.dtype)
+    return (dout.to(cdtype) * out.to(cdtype).sqrt() * 2.0).to(dout.dtype)
 E4M3_MAX = 448.0
 
 

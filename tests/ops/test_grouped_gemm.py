@@ -4,8 +4,10 @@ err(kernel) <= 2 x err(torch bf16) forward, 3 x backward (+ one bf16 ulp of the 
 import pytest
 import torch
 
+from mamba_checks import aot_lines
 from nemotron_kernels import grouped_gemm
-from nemotron_kernels.reference.grouped_gemm import grouped_gemm_ref
+from nemotron_kernels.ops.grouped_gemm import relu2_grad
+from nemotron_kernels.reference.grouped_gemm import grouped_gemm_ref, relu2_grad_ref
 
 F64 = torch.float64
 BF16 = torch.bfloat16
@@ -269,6 +271,59 @@ def test_cuda_backward(counts, n, k, activation):
             assert torch.count_nonzero(b.grad[e]) == 0, f"expert {e} has no rows but a nonzero weight gradient"
 
 
+
+def relu2_grad_operands(shape, dtype, device="cpu", seed=0):
+    """dout and out = relu(pre)^2 rounded to dtype, with exact zeros (pre <= 0) as the forward makes them."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    pre = torch.randn(shape, generator=g)
+    return (torch.randn(shape, generator=g).to(device=device, dtype=dtype),
+            torch.relu(pre).square().to(device=device, dtype=dtype))
+
+
+def test_relu2_grad_reference_is_the_autograd_gradient():
+    """float64: dout * 2 sqrt(relu(pre)^2) is autograd's d/dpre of relu(pre)^2 (sqrt undoes the square)."""
+    pre = torch.randn(7, 33, dtype=F64, requires_grad=True)
+    dout = torch.randn(7, 33, dtype=F64)
+    torch.relu(pre).square().backward(dout)
+    got = relu2_grad(dout, torch.relu(pre.detach()).square())
+    torch.testing.assert_close(got, pre.grad, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.usefixtures("interpret")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, BF16])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 1856), (2, 4097), (0, 8)])   # one element, odd, past one block, none
+def test_interpreter_relu2_grad_is_the_reference(shape, dtype):
+    """The Triton pass under the interpreter: bitwise the reference in fp32 and fp16; in bf16 within one ulp (the
+    interpreter's casts to bf16 truncate where the GPU rounds to nearest)."""
+    dout, out = relu2_grad_operands(shape, dtype)
+    got, ref = relu2_grad(dout, out), relu2_grad_ref(dout, out)
+    assert got.dtype == dtype and got.shape == dout.shape
+    if dtype == BF16:
+        torch.testing.assert_close(got, ref, rtol=2 ** -7, atol=0)
+    else:
+        assert torch.equal(got, ref)
+
+
+def test_relu2_grad_bad_inputs():
+    dout, out = relu2_grad_operands((4, 8), torch.float32)
+    with pytest.raises(ValueError, match="out must have dout's shape"):
+        relu2_grad(dout, out[:, :4])
+    with pytest.raises(TypeError, match="dout must have a floating-point dtype"):
+        relu2_grad(dout.int(), out)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [BF16, torch.float32])
+@pytest.mark.parametrize("shape", [(98304 // 8, 1856), (5, 3712), (1, 7)])
+def test_cuda_relu2_grad_is_the_reference_bitwise(shape, dtype):
+    dout, out = relu2_grad_operands(shape, dtype, device="cuda")
+    assert torch.equal(relu2_grad(dout, out), relu2_grad_ref(dout, out))
+
+
+def test_aot_compile_relu2_grad_sm90():
+    """The relu² gradient pass compiles for sm_90a in bf16 / fp16 / fp32 (no GPU needed)."""
+    assert len(aot_lines("relu2_grad")) == 3
+
 @pytest.mark.cuda
 @pytest.mark.isolated
 def test_cuda_unaligned_sizes_raise_clearly():
@@ -286,13 +341,12 @@ def test_cuda_unaligned_sizes_raise_clearly():
 
 @pytest.mark.cuda
 def test_cuda_custom_ops_opcheck_and_compile():
-    from nemotron_kernels.ops.grouped_gemm import grouped_gemm_nn, grouped_gemm_nt, grouped_gemm_tn
+    from nemotron_kernels.ops.grouped_gemm import grouped_gemm_nn, grouped_gemm_nt, grouped_gemm_tn, relu2_grad_op
     a, b, offsets = operands([5, 0, 11], 24, 32, seed=3, device="cuda", dtype=BF16)
     h = grouped_gemm_nt(a, b, offsets, True)
     torch.library.opcheck(grouped_gemm_nt.op, (a, b, offsets, True))
-    torch.library.opcheck(grouped_gemm_nn.op, (h, b, offsets, None))                     # [16, 24] @ [3, 24, 32]
-    torch.library.opcheck(grouped_gemm_nn.op, (a, b.transpose(1, 2).contiguous(), offsets,   # [16, 32] @ [3, 32, 24]
-                                            torch.rand(16, 24, device="cuda", dtype=BF16)))
+    torch.library.opcheck(grouped_gemm_nn.op, (h, b, offsets))                           # [16, 24] @ [3, 24, 32]
+    torch.library.opcheck(relu2_grad_op.op, (torch.randn_like(h), h))
     torch.library.opcheck(grouped_gemm_tn.op, (h, a, offsets))
     compiled = torch.compile(lambda a, b: grouped_gemm(a, b, offsets, "relu2"), fullgraph=True)
     assert torch.equal(compiled(a, b), grouped_gemm(a, b, offsets, "relu2"))
