@@ -3,4 +3,4 @@
 #include "moe/grouped_gemm_sm90.cuh"
 
 NK_GROUPED_GEMM_TU(nt, kNT, 128, 192, 64,
-                   GroupedGemm<Bf16, RowMajor, ColumnMajor, EpiIdentity, Tile>)
+                   GroupedGemm<Bf16, RowMajor, ColumnMajor, EpiIdentity, Tile, false, Shape<_1, _2, _1>>)

@@ -3,4 +3,4 @@
 #include "moe/grouped_gemm_sm90.cuh"
 
 NK_GROUPED_GEMM_TU(nt_relu2, kNTReLU2, 128, 192, 64,
-                   GroupedGemm<Bf16, RowMajor, ColumnMajor, EpiReLU2, Tile>)
+                   GroupedGemm<Bf16, RowMajor, ColumnMajor, EpiReLU2, Tile, false, Shape<_1, _2, _1>>)
