@@ -23,7 +23,6 @@ from .. import _ext
 from ..reference.grouped_gemm import (check_grouped_gemm_args, check_grouped_gemm_fp8_args, check_grouped_gemm_w8_args,
                                       grouped_gemm_fp8_ref, grouped_gemm_ref, grouped_gemm_w8_ref,
                                       quantize_fp8_rowwise_ref, relu2_grad_ref)
-from ..triton import common as triton_common
 from ..triton import mamba_common
 from ._kernel_op import kernel_op
 
@@ -135,7 +134,7 @@ def check_tma_operands(k: int, n: int, k_multiple: int, k_elements: str, **opera
 def relu2_grad_op(dout: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """dout, out [...] (one shape and dtype, contiguous) -> dout * 2 sqrt(out) (Triton, one pass)."""
     dpre = torch.empty_like(dout)
-    triton_common.kernel_module("relu2_grad").relu2_grad_launch(dout, out, dpre)
+    mamba_common.kernel_module("relu2_grad").relu2_grad_launch(dout, out, dpre)
     return dpre
 
 

@@ -271,7 +271,6 @@ def test_cuda_backward(counts, n, k, activation):
             assert torch.count_nonzero(b.grad[e]) == 0, f"expert {e} has no rows but a nonzero weight gradient"
 
 
-
 def relu2_grad_operands(shape, dtype, device="cpu", seed=0):
     """dout and out = relu(pre)^2 rounded to dtype, with exact zeros (pre <= 0) as the forward makes them."""
     g = torch.Generator(device="cpu").manual_seed(seed)
