@@ -334,7 +334,7 @@ at::Tensor grouped_gemm_nt(const at::Tensor& a, const at::Tensor& b, const at::T
 }
 
 // NN: out[rows_e] = a[rows_e] @ b[e]; a [M, K], b [E, K, N] -> [M, N]. The relu^2 derivative is a separate pass
-// (relu2_grad, Triton): fused into this epilogue it cost 2.2x the pass (bench/NOTES.md, session 19).
+// (relu2_grad, Triton): fused into this epilogue, the pair was 18% slower (bench/NOTES.md, session 19).
 at::Tensor grouped_gemm_nn(const at::Tensor& a, const at::Tensor& b, const at::Tensor& expert_offsets) {
   check_cuda(a, "a");
   check_gemm_operand(a, "a", {-1, -1}, a.device());

@@ -9,7 +9,7 @@ sync and bitwise deterministic:
     out[t] = round(sum_j w[t, j] y[row(t, j)]) + ys[t]       (one gather kernel, fp32 sum in slot order)
 Backward (dX and dW of both GEMMs, bf16): dy = w * dout (rows), dw = <dout, y>; dpre = (dy @ down[e]) * 2 sqrt(h)
 (a grouped NN GEMM, then relu2_grad, one Triton pass: relu(pre) = sqrt(h), so only h is kept, never pre; fused
-into the GEMM's epilogue it cost 2.2x the pass, bench/NOTES.md session 19);
+into the GEMM's epilogue it was 18% slower at T = 16384, bench/NOTES.md session 19);
 d_down[e] = dy_e^T h_e and d_up[e] = dpre_e^T rows_e (grouped TN GEMMs, K = the expert's rows);
 d rows = dpre @ up[e]; dx = sum_j d rows[row(t, j)] (+ the shared expert's dx, in the same gather kernel).
 Saved for backward: rows, h, y (for d topk_weight), and the shared expert's hs.

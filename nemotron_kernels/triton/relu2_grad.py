@@ -1,9 +1,9 @@
 """The squared-ReLU derivative through its output (ops/grouped_gemm.relu2_grad), one elementwise pass:
     d pre = dout * 2 sqrt(out),   out = relu(pre)^2   (so the forward keeps out, never pre)
 fp32 math with an IEEE square root, rounded once to dout's dtype: bitwise reference/grouped_gemm.relu2_grad_ref.
-Why a pass and not the NN GEMM's epilogue: fused there (h as CUTLASS's source operand), it cost 664 µs over the
-plain GEMM at T = 16384; this pass costs ~305 µs (bench/NOTES.md, session 19). Offsets are int64 (M * I passes
-2^31 at 1.2M rows)."""
+Why a pass and not the NN GEMM's epilogue: fused there (h as CUTLASS's source operand), the GEMM took 2377 µs at
+T = 16384; the plain GEMM and this pass, 2018-2053 µs (bench/NOTES.md, session 19). Offsets are int64 (M * I
+passes 2^31 at 1.2M rows)."""
 import torch
 import triton
 import triton.language as tl
