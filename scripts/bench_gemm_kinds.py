@@ -17,6 +17,7 @@ from bench.bench_grouped_gemm import EXPERTS, HIDDEN, INTER, TOP_K, make_weights
 from bench.harness import cuda_times
 from nemotron_kernels import _ext
 from nemotron_kernels.ops.grouped_gemm import quantize_fp8_rowwise, relu2_grad
+from nemotron_kernels.ops.moe_experts import quantize_experts_fp8
 
 
 def kinds(rows, up, down, offsets, fp8):
@@ -71,10 +72,8 @@ def main():
     tokens = [int(t) for t in sys.argv[1:] if t != "--layouts"] or [16384]
     print(torch.cuda.get_device_name())
     up, down = make_weights("cuda")
-    fp8_w = {}
-    for name, w in (("up", up), ("down", down)):          # [E, N, K] -> e4m3 [E, N, K], scale [E, N]
-        w_q, w_scale = quantize_fp8_rowwise(w.view(-1, w.shape[2]))
-        fp8_w[name] = (w_q.view(w.shape), w_scale.view(w.shape[:2]))
+    q = quantize_experts_fp8(up, down)                     # e4m3 [E, N, K], scale [E, N]
+    fp8_w = {name: (q[f"{name}_q"], q[f"{name}_scale"]) for name in ("up", "down")}
     for ntokens in tokens[:1] if layouts else tokens:
         m = ntokens * TOP_K
         # Two input sets, so consecutive calls do not find their rows in L2.

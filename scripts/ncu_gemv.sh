@@ -50,5 +50,5 @@ PYEOF
 ncu --clock-control none --profile-from-start off --kernel-name-base function --kernel-name "regex:grouped_gemv|moe_decode_down" \
   $sections $PY /tmp/ncu_gemv_driver.py >"$OUT/ncu_gemv.txt" 2>&1
 echo "ncu rc=$?"
-grep -E "^  [a-z_]+(gemv|decode_down)|Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Theoretical Occ|Stall|Issued Warp|Eligible|Active Warps Per|L1/TEX Hit|L2 Hit|Mem Busy|Max Bandwidth|Grid Size|Waves" \
+grep -E "^  void .*(grouped_gemv|moe_decode_down)|Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Theoretical Occ|Stall|Issued Warp|Eligible|Active Warps Per|L1/TEX Hit|L2 Hit|Mem Busy|Max Bandwidth|Grid Size|Waves" \
   "$OUT/ncu_gemv.txt" | head -160
