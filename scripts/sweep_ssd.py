@@ -1,6 +1,7 @@
 """Sweep the SSD scan kernels' tiles at Nemotron-H's shape (B1 L32K, H=64, P=64, G=8, N=128, chunk 128, bf16):
     PYTHONPATH=. python3 scripts/sweep_ssd.py              # H200: each kernel's candidates, then the whole op
     PYTHONPATH=. python3 scripts/sweep_ssd.py --registers  # no GPU: registers / spills / shared memory (sm_90a AOT)
+    PYTHONPATH=. python3 scripts/sweep_ssd.py --only chunk_scan   # one kernel's candidates alone
 Every main kernel ran at 1 program per SM (194-255 registers x 8 warps, 12.5% occupancy: latency bound); the
 candidates below (from the --registers report, Triton 3.8) hold 2+ programs (or 16 warps) per SM, a few at the cost
 of small spills (maxnreg caps); the GPU table prints the registers / spills of its own Triton's compile. The
@@ -53,6 +54,8 @@ CANDIDATES = {
         dict(autotune=False, BLOCK_M=32, HEADS_PER_PROG=1, num_warps=8, num_stages=2, maxnreg=128),
         dict(autotune=False, BLOCK_M=128, HEADS_PER_PROG=1, num_warps=8, num_stages=2),
         dict(autotune=False, BLOCK_M=64, num_warps=8, num_stages=3),
+        dict(autotune=False, BLOCK_M=64, num_warps=4, num_stages=1),      # 2 programs per SM (small spills)
+        dict(autotune=False, BLOCK_M=64, num_warps=8, num_stages=1),
     ],
     "dx": [
         dict(num_warps=16, num_stages=1),
@@ -157,7 +160,7 @@ def rel_err(outs, refs) -> float:
                for a, b in zip(outs, refs))
 
 
-def sweep() -> dict:
+def sweep(only: str | None = None) -> dict:
     from triton.testing import do_bench
 
     from bench.bench_ssd_scan import _input_maker
@@ -224,6 +227,8 @@ def sweep() -> dict:
                "db": db}
     best = {}
     for kernel, runner in runners.items():
+        if only and kernel != only:
+            continue
         rows, ref = [], None
         for over in [{}] + CANDIDATES[kernel]:
             fn, outputs, launch = runner(over)
@@ -276,10 +281,14 @@ def whole_op(best: dict) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registers", action="store_true", help="AOT register report (no GPU)")
-    if parser.parse_args().registers:
+    parser.add_argument("--only", choices=CANDIDATES, help="sweep this kernel alone (no whole-op comparison)")
+    args = parser.parse_args()
+    if args.registers:
         registers()
-        return
-    whole_op(sweep())
+    elif args.only:
+        sweep(args.only)
+    else:
+        whole_op(sweep())
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """SSD scan stage 3 (Triton): the outputs of every chunk, fully parallel over chunks.
 
-Program (chunk gc, group g and a run of its heads, block of BLOCK_M rows of the chunk). It computes
-CB = C_m B^T [BLOCK_M, Q] once for the group (tl.dot) and reuses it for its heads:
-    y_t = sum_{s<=t} CB[t, s] exp(cs_t - cs_s) dt_s x_s          (intra-chunk, tl.dot with X [Q, P])
+Program (chunk gc, group g and a run of its heads, block of BLOCK_M rows t of the chunk). Causal, so it computes
+C B^T only for the s at or before its rows: the diagonal block (s in its own rows, masked s <= t) and, past the
+chunk's first block, the off-diagonal block (the s before it), each once for the group's heads (tl.dot):
+    y_t = sum_{s<=t} CB[t, s] exp(cs_t - cs_s) dt_s x_s          (intra-chunk, tl.dot with X, per block)
         + exp(cs_t) C_t . S_in                                   (state entering the chunk, tl.dot)
         + D x_t
 with cs the cumulative sum of dt A in the chunk and S_in = stage 1's state (+ carry_decay * stage 2's carry
-when the scan has several segments)."""
+when the scan has several segments). The first row block skips the off-diagonal work: a quarter of the
+intra-chunk work at two blocks per chunk."""
 import triton
 import triton.language as tl
 
@@ -32,7 +34,7 @@ def _ssd_chunk_scan_kernel(
     stride_B_b, stride_B_l, stride_B_g,
     stride_C_b, stride_C_l, stride_C_g,
     stride_y_b, stride_y_l, stride_y_h,
-    Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    Q: tl.constexpr, BLOCK_M: tl.constexpr, OFF: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     HEADS_PER_PROG: tl.constexpr,
     HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_CARRY: tl.constexpr,
     IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -46,24 +48,32 @@ def _ssd_chunk_scan_kernel(
     b, _, start, length, _, _ = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
     b = tl.cast(b, tl.int64)
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)          # rows t of the chunk
-    offs_s = tl.arange(0, Q)                                  # columns s of the chunk
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)          # rows t of the chunk (and the diagonal block's s)
     offs_p = tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
     m_ok = offs_m < length
-    s_ok = offs_s < length
     p_ok = offs_p < headdim
     n_ok = offs_n < dstate
     rows_m = (start + offs_m).to(tl.int64)
-    rows_s = (start + offs_s).to(tl.int64)
 
     C_m = tl.load(C_ptr + b * stride_C_b + rows_m[:, None] * stride_C_l + g * stride_C_g + offs_n[None, :],
                   mask=m_ok[:, None] & n_ok[None, :], other=0.0)                     # [BLOCK_M, BLOCK_N]
-    B_s = tl.load(B_ptr + b * stride_B_b + rows_s[:, None] * stride_B_l + g * stride_B_g + offs_n[None, :],
-                  mask=s_ok[:, None] & n_ok[None, :], other=0.0)                     # [Q, BLOCK_N]
-    # (C B^T)^T: the [Q, BLOCK_M] orientation keeps the per-column vectors (over t) short in the MMA layout
-    BC = tl.dot(B_s, tl.trans(C_m), input_precision=DOT_PRECISION)                   # [Q, BLOCK_M] fp32
-    causal = (offs_s[:, None] <= offs_m[None, :]) & s_ok[:, None]
+    B_m = tl.load(B_ptr + b * stride_B_b + rows_m[:, None] * stride_B_l + g * stride_B_g + offs_n[None, :],
+                  mask=m_ok[:, None] & n_ok[None, :], other=0.0)                     # [BLOCK_M, BLOCK_N]
+    # (C B^T)^T: the [s, t] orientation keeps the per-column vectors (over t) short in the MMA layout. Causal: only
+    # the diagonal block (s in this block) and the off-diagonal one (s before it; none in the chunk's first block)
+    # are computed, once for all of the program's heads.
+    BC_d = tl.dot(B_m, tl.trans(C_m), input_precision=DOT_PRECISION)                 # [BLOCK_M, BLOCK_M] fp32
+    causal = (offs_m[:, None] <= offs_m[None, :]) & m_ok[:, None]
+    if OFF > 0:   # OFF: a power of two >= Q - BLOCK_M (0 when the block is the whole chunk)
+        offs_o = tl.arange(0, OFF)                            # the s before this block: [0, pid_m * BLOCK_M)
+        o_ok = (offs_o < pid_m * BLOCK_M) & (offs_o < length)
+        rows_o = (start + offs_o).to(tl.int64)
+        BC_o = tl.zeros([OFF, BLOCK_M], tl.float32)
+        if pid_m > 0:
+            B_o = tl.load(B_ptr + b * stride_B_b + rows_o[:, None] * stride_B_l + g * stride_B_g + offs_n[None, :],
+                          mask=o_ok[:, None] & n_ok[None, :], other=0.0)             # [OFF, BLOCK_N]
+            BC_o = tl.dot(B_o, tl.trans(C_m), input_precision=DOT_PRECISION)         # [OFF, BLOCK_M] fp32
     state_size = headdim * dstate
     pn_offs = offs_p[:, None] * dstate + offs_n[None, :]
     pn_ok = p_ok[:, None] & n_ok[None, :] & (length > 0)    # padding chunk slots (packed) have no state
@@ -73,29 +83,33 @@ def _ssd_chunk_scan_kernel(
     for hh in range(HEADS_PER_PROG):
         h = h0 + hh
         A = tl.load(A_ptr + h).to(tl.float32)
-        dt = _chunk_dt(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l, offs_s,
-                       HAS_DT_BIAS, DT_SOFTPLUS)                                       # [Q]
         # Cumulative log-decays summed in fp64 and split into fp32 hi + lo parts: exp(cs_t - cs_s) from plain fp32
         # sums would lose ~eps * |cs| (cancellation); (hi_t - hi_s) + (lo_t - lo_s) keeps ~eps * |cs_t - cs_s|.
-        dA = (dt * A).to(tl.float64)
-        cs = tl.cumsum(dA, axis=0)                                                     # [Q]
-        if BLOCK_M == Q:
-            cs_m = cs
-        else:   # the same sums at this program's rows: the prefix before them plus their own cumsum
-            dt_m = _chunk_dt(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l, offs_m,
-                             HAS_DT_BIAS, DT_SOFTPLUS)
-            prefix = tl.sum(tl.where(offs_s < pid_m * BLOCK_M, dA, 0.0), axis=0)
-            cs_m = prefix + tl.cumsum((dt_m * A).to(tl.float64), axis=0)               # [BLOCK_M]
-        cs_hi = cs.to(tl.float32)
-        cs_lo = (cs - cs_hi.to(tl.float64)).to(tl.float32)
+        dt_m = _chunk_dt(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l, offs_m,
+                         HAS_DT_BIAS, DT_SOFTPLUS)                                     # [BLOCK_M]
+        cs_m = tl.cumsum((dt_m * A).to(tl.float64), axis=0)                            # [BLOCK_M] from the block start
+        x_m = tl.load(x_ptr + b * stride_x_b + rows_m[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
+                      mask=m_ok[:, None] & p_ok[None, :], other=0.0)                   # [BLOCK_M, BLOCK_P]
+        acc = tl.zeros([BLOCK_M, BLOCK_P], tl.float32)
+        if OFF > 0 and pid_m > 0:
+            dt_o = tl.where(o_ok, _chunk_dt(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l,
+                                            offs_o, HAS_DT_BIAS, DT_SOFTPLUS), 0.0)    # [OFF]
+            cs_o = tl.cumsum((dt_o * A).to(tl.float64), axis=0)                        # [OFF]
+            cs_m += tl.sum((dt_o * A).to(tl.float64), axis=0)                         # from the chunk start
+            cs_o_hi = cs_o.to(tl.float32)
+            cs_o_lo = (cs_o - cs_o_hi.to(tl.float64)).to(tl.float32)
+            cs_m_hi = cs_m.to(tl.float32)
+            cs_m_lo = (cs_m - cs_m_hi.to(tl.float64)).to(tl.float32)
+            seg_o = tl.minimum((cs_m_hi[None, :] - cs_o_hi[:, None]) + (cs_m_lo[None, :] - cs_o_lo[:, None]), 0.0)
+            M_o = (BC_o * tl.where(o_ok[:, None], tl.exp(seg_o), 0.0) * dt_o[:, None]).to(x_ptr.dtype.element_ty)
+            x_o = tl.load(x_ptr + b * stride_x_b + rows_o[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
+                          mask=o_ok[:, None] & p_ok[None, :], other=0.0)               # [OFF, BLOCK_P]
+            acc = tl.dot(tl.trans(M_o), x_o, acc, input_precision=DOT_PRECISION)      # [BLOCK_M, BLOCK_P]
         cs_m_hi = cs_m.to(tl.float32)
         cs_m_lo = (cs_m - cs_m_hi.to(tl.float64)).to(tl.float32)
-        seg_sum = tl.minimum((cs_m_hi[None, :] - cs_hi[:, None]) + (cs_m_lo[None, :] - cs_lo[:, None]), 0.0)
-        decay = tl.where(causal, tl.exp(seg_sum), 0.0)                                 # [Q, BLOCK_M]: s, t
-        M_t = (BC * decay * dt[:, None]).to(x_ptr.dtype.element_ty)                   # [Q, BLOCK_M]
-        x_s = tl.load(x_ptr + b * stride_x_b + rows_s[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
-                      mask=s_ok[:, None] & p_ok[None, :], other=0.0)                   # [Q, BLOCK_P]
-        acc = tl.dot(tl.trans(M_t), x_s, input_precision=DOT_PRECISION)                # [BLOCK_M, BLOCK_P]
+        seg_d = tl.minimum((cs_m_hi[None, :] - cs_m_hi[:, None]) + (cs_m_lo[None, :] - cs_m_lo[:, None]), 0.0)
+        M_d = (BC_d * tl.where(causal, tl.exp(seg_d), 0.0) * dt_m[:, None]).to(x_ptr.dtype.element_ty)
+        acc = tl.dot(tl.trans(M_d), x_m, acc, input_precision=DOT_PRECISION)          # [BLOCK_M, BLOCK_P]
 
         head_chunk = tl.cast(gc, tl.int64) * nheads + h
         S = tl.load(s_in_ptr + head_chunk * state_size + pn_offs, mask=pn_ok, other=0.0).to(tl.float32)
@@ -107,12 +121,7 @@ def _ssd_chunk_scan_kernel(
         acc_state = tl.dot(C_m, tl.trans(S.to(x_ptr.dtype.element_ty)), input_precision=DOT_PRECISION)
         acc += acc_state * tl.exp(cs_m_hi)[:, None]
         if HAS_D:
-            if BLOCK_M == Q:
-                x_m = x_s.to(tl.float32)
-            else:
-                x_m = tl.load(x_ptr + b * stride_x_b + rows_m[:, None] * stride_x_l + h * stride_x_h
-                              + offs_p[None, :], mask=m_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
-            acc += tl.load(D_ptr + h).to(tl.float32) * x_m
+            acc += tl.load(D_ptr + h).to(tl.float32) * x_m.to(tl.float32)
         tl.store(y_ptr + b * stride_y_b + rows_m[:, None] * stride_y_l + h * stride_y_h + offs_p[None, :],
                  acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & p_ok[None, :])
 
@@ -136,6 +145,12 @@ def chunk_scan_config(n_chunks: int, ngroups: int, heads_per_group: int, headdim
             "num_warps": num_warps, "num_stages": 2, "maxnreg": None, "autotune": sm_count > 0}
 
 
+def off_rows(chunk: int, block_m: int) -> int:
+    """OFF: the rows of the off-diagonal block (the s before a row block), a power of two >= chunk - block_m and
+    >= 16 (tl.dot); 0 when one block is the whole chunk."""
+    return 0 if block_m >= chunk else max(16, next_power_of_2(chunk - block_m))
+
+
 def autotune_configs(chunk: int) -> list[dict]:
     """The few tiles tried on the GPU (each compiles on a fresh machine): half or whole chunk rows, 8 warps."""
     rows = sorted({max(16, min(chunk // 2, 64)), min(chunk, 128)})
@@ -148,8 +163,8 @@ _AUTOTUNED = {}
 def _autotuned_kernel(chunk: int):
     """The kernel under triton.autotune over autotune_configs(chunk) (key: the shapes that change the best tile)."""
     if chunk not in _AUTOTUNED:
-        configs = [triton.Config({"BLOCK_M": c["BLOCK_M"]}, num_warps=c["num_warps"], num_stages=c["num_stages"])
-                   for c in autotune_configs(chunk)]
+        configs = [triton.Config({"BLOCK_M": c["BLOCK_M"], "OFF": off_rows(chunk, c["BLOCK_M"])},
+                                 num_warps=c["num_warps"], num_stages=c["num_stages"]) for c in autotune_configs(chunk)]
         _AUTOTUNED[chunk] = triton.autotune(configs=configs, key=["headdim", "dstate", "heads_per_group"])(
             _ssd_chunk_scan_kernel)
     return _AUTOTUNED[chunk]
@@ -178,8 +193,9 @@ def chunk_scan_launch(x, dt, A, B, C, D, dt_bias, table, s_in, carry_decay, carr
                   HAS_CARRY=carry is not None, IS_VARLEN=table is not None, DOT_PRECISION=dot_precision)
     if cfg.get("autotune"):
         return _autotuned_kernel(chunk)[grid](*args, **consts)
-    return _ssd_chunk_scan_kernel[grid](*args, BLOCK_M=cfg["BLOCK_M"], num_warps=cfg["num_warps"],
-                                        num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"], **consts)
+    return _ssd_chunk_scan_kernel[grid](*args, BLOCK_M=cfg["BLOCK_M"], OFF=off_rows(chunk, cfg["BLOCK_M"]),
+                                        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                                        maxnreg=cfg["maxnreg"], **consts)
 
 
 def aot_compile_all(cfg: dict | None = None):
@@ -200,7 +216,8 @@ def aot_compile_all(cfg: dict | None = None):
            "stride_y_h": "i32"}
     tiles = [(c, False, True) for c in mains] + [(cfg, True, True), (cfg, False, False)]
     for tile, varlen, carry in tiles:
-        consts = {"Q": 128, "BLOCK_M": tile["BLOCK_M"], "BLOCK_P": tile["BLOCK_P"], "BLOCK_N": tile["BLOCK_N"],
+        consts = {"Q": 128, "BLOCK_M": tile["BLOCK_M"], "OFF": off_rows(128, tile["BLOCK_M"]),
+                  "BLOCK_P": tile["BLOCK_P"], "BLOCK_N": tile["BLOCK_N"],
                   "HEADS_PER_PROG": tile["HEADS_PER_PROG"], "HAS_D": True, "HAS_DT_BIAS": True, "DT_SOFTPLUS": True,
                   "HAS_CARRY": carry, "IS_VARLEN": varlen, "DOT_PRECISION": "tf32"}
         yield (f"ssd_chunk_scan BLOCK_M={tile['BLOCK_M']} warps={tile['num_warps']} varlen={varlen} carry={carry}",
