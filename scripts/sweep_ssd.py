@@ -56,6 +56,14 @@ CANDIDATES = {
         dict(autotune=False, BLOCK_M=64, num_warps=8, num_stages=3),
         dict(autotune=False, BLOCK_M=64, num_warps=4, num_stages=1),      # 2 programs per SM (small spills)
         dict(autotune=False, BLOCK_M=64, num_warps=8, num_stages=1),
+        # mamba_ssm's shape (session 20 ncu: its 2-warp CTAs stall 0.21 cycles per instruction on barriers, ours
+        # 1.00): P split over programs, few warps, several CTAs per SM
+        dict(autotune=False, BLOCK_M=64, BLOCK_P=32, HEADS_PER_PROG=1, num_warps=4, num_stages=2),
+        dict(autotune=False, BLOCK_M=64, BLOCK_P=32, HEADS_PER_PROG=1, num_warps=2, num_stages=2),
+        dict(autotune=False, BLOCK_M=64, BLOCK_P=64, HEADS_PER_PROG=1, num_warps=2, num_stages=2),
+        dict(autotune=False, BLOCK_M=64, BLOCK_P=32, num_warps=4, num_stages=2),
+        dict(autotune=False, BLOCK_M=128, BLOCK_P=32, num_warps=4, num_stages=2),
+        dict(autotune=False, BLOCK_M=128, BLOCK_P=32, num_warps=8, num_stages=2),
     ],
     "dx": [
         dict(num_warps=16, num_stages=1),

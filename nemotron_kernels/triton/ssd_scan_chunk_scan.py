@@ -1,6 +1,7 @@
 """SSD scan stage 3 (Triton): the outputs of every chunk, fully parallel over chunks.
 
-Program (chunk gc, group g and a run of its heads, block of BLOCK_M rows t of the chunk). Causal, so it computes
+Program (chunk gc, group g and a run of its heads, block of BLOCK_M rows t of the chunk, block of BLOCK_P of the
+head's P channels: C B^T is recomputed per P block). Causal, so it computes
 C B^T only for the s at or before its rows: the diagonal block (s in its own rows, masked s <= t) and, past the
 chunk's first block, the off-diagonal block (the s before it), each once for the group's heads (tl.dot):
     y_t = sum_{s<=t} CB[t, s] exp(cs_t - cs_s) dt_s x_s          (intra-chunk, tl.dot with X, per block)
@@ -41,7 +42,9 @@ def _ssd_chunk_scan_kernel(
 ):
     gc = tl.program_id(0)
     pid_gh = tl.program_id(1)
-    pid_m = tl.program_id(2)
+    p_blocks = tl.cdiv(headdim, BLOCK_P)
+    pid_m = tl.program_id(2) // p_blocks
+    pid_p = tl.program_id(2) % p_blocks
     splits = heads_per_group // HEADS_PER_PROG
     g = pid_gh // splits
     h0 = g * heads_per_group + (pid_gh % splits) * HEADS_PER_PROG
@@ -49,7 +52,7 @@ def _ssd_chunk_scan_kernel(
     b = tl.cast(b, tl.int64)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)          # rows t of the chunk (and the diagonal block's s)
-    offs_p = tl.arange(0, BLOCK_P)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
     m_ok = offs_m < length
     p_ok = offs_p < headdim
@@ -181,7 +184,8 @@ def chunk_scan_launch(x, dt, A, B, C, D, dt_bias, table, s_in, carry_decay, carr
     chunk = geometry["Q"]
 
     def grid(meta):
-        return geometry["n_chunks"], ngroups * (hpg // cfg["HEADS_PER_PROG"]), cdiv(chunk, meta["BLOCK_M"])
+        return (geometry["n_chunks"], ngroups * (hpg // cfg["HEADS_PER_PROG"]),
+                cdiv(chunk, meta["BLOCK_M"]) * cdiv(headdim, cfg["BLOCK_P"]))
 
     args = (x, dt, A, B, C, D if D is not None else A, dt_bias if dt_bias is not None else A,
             table if table is not None else A, s_in, carry_decay, carry if carry is not None else s_in, y,

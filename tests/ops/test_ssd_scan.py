@@ -206,7 +206,7 @@ def test_interpreter_other_tiles_match_default(monkeypatch):
     default = grads(ssd_scan, inputs, 32, dy, dfinal)
     y_default, final_default = ssd_scan(**inputs, chunk_size=32, return_final_states=True)
     over = {"chunk_state": dict(BLOCK_P=16), "bwd_chunk_state": dict(BLOCK_P=16),
-            "chunk_scan": dict(BLOCK_M=32, HEADS_PER_PROG=1), "dx": dict(HEADS_PER_PROG=1),
+            "chunk_scan": dict(BLOCK_M=32, BLOCK_P=16, HEADS_PER_PROG=1), "dx": dict(HEADS_PER_PROG=1),
             "dc": dict(BLOCK_M=32), "db": dict(BLOCK_M=32)}
     real = ssd_ops.kernel_configs
     monkeypatch.setattr(ssd_ops, "kernel_configs",
