@@ -187,6 +187,7 @@ def sweep(only: str | None = None) -> dict:
     base = plan_with({})
     geo, prec = base["geometry"], base["precision"]
     s_in, c_decay, carry = ssd_ops._chunk_states(x, dt, A, B, bias, None, True, base)
+    dtcs = mamba_common.kernel_module("ssd_scan_chunk_cumsum").chunk_cumsum_launch(dt, A, bias, None, geo, True)
     g_out, g_decay, _, g_carry, _, _ = ssd_ops._state_grads(dy, dt, A, C, bias, None, False, 1, True, base)
     da_m = Q // base["cfg"]["dc"]["BLOCK_M"]
     da_part = torch.empty(N_CHUNKS, da_m, H, Q, device="cuda")
@@ -209,8 +210,8 @@ def sweep(only: str | None = None) -> dict:
 
     def scan(over):
         cfg, y = dict(base["cfg"]["chunk_scan"], **over), torch.empty_like(x)
-        return (lambda: scan_k.chunk_scan_launch(x, dt, A, B, C, D, bias, None, s_in, c_decay, carry, y, geo, True,
-                                                 cfg, prec), lambda _: (y,), None)
+        return (lambda: scan_k.chunk_scan_launch(x, dtcs, B, C, D, None, s_in, c_decay, carry, y, geo, cfg, prec),
+                lambda _: (y,), None)
 
     def dc(over):
         cfg, dC = dict(base["cfg"]["dc"], **over), torch.empty_like(C)

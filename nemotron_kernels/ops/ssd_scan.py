@@ -1,8 +1,9 @@
 """Public op `ssd_scan`: the chunked Mamba-2 SSD scan (initial / final states, packed sequences), fwd + bwd.
 
-Forward: three Triton stages (nemotron_kernels/triton/ssd_scan_*.py) on CUDA tensors:
+Forward: Triton stages (nemotron_kernels/triton/ssd_scan_*.py) on CUDA tensors:
   1. chunk_state    chunk states carried through segments of consecutive chunks (one tl.dot per chunk),
   2. state_passing  states between segments + final states (only with > 1 segment),
+  0. chunk_cumsum   each chunk's dt and cumulative dt A, head-major, for stage 3,
   3. chunk_scan     outputs of every chunk (CB once per group, tl.dot for the intra-chunk and state terms).
 Backward (Triton, deterministic: no atomics, every sum in a fixed order): forward stages 1-2 recompute the chunk
 states, then
@@ -177,8 +178,10 @@ def ssd_scan_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     plan = _plan(x, B, chunk_size, cu_seqlens, nstates)
     geometry = plan["geometry"]
     s_in, carry_decay, carry_lp = _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus, plan, final)
-    scan_k.chunk_scan_launch(x, dt, A, B, C, D, dt_bias, plan["table"], s_in, carry_decay, carry_lp, y, geometry,
-                             dt_softplus, plan["cfg"]["chunk_scan"], plan["precision"])
+    dtcs = mamba_common.kernel_module("ssd_scan_chunk_cumsum").chunk_cumsum_launch(dt, A, dt_bias, plan["table"],
+                                                                                   geometry, dt_softplus)
+    scan_k.chunk_scan_launch(x, dtcs, B, C, D, plan["table"], s_in, carry_decay, carry_lp, y, geometry,
+                             plan["cfg"]["chunk_scan"], plan["precision"])
     if final is None:
         return y, y.new_empty(0, dtype=torch.float32)
     if cu_seqlens is not None:      # empty packed sequences have no chunk: their final state is the initial one

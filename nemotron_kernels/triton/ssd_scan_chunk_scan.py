@@ -16,7 +16,7 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import _chunk_dt, _chunk_info
+from .ssd_scan_common import _chunk_info
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -26,19 +26,17 @@ DEP_TOKENS = dep_tokens(ssd_scan_common)
 
 @triton.jit
 def _ssd_chunk_scan_kernel(
-    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dt_bias_ptr, table_ptr,
+    x_ptr, dtcs_ptr, B_ptr, C_ptr, D_ptr, table_ptr,
     s_in_ptr, carry_decay_ptr, carry_ptr,     # stage 1 / 2 outputs (S_in and carry in the chunk-state dtype)
     y_ptr,                                    # [B, L, H, P]
-    seqlen, n_table, chunks_per_row, seg_len, headdim, dstate, heads_per_group, nheads,
+    seqlen, n_table, chunks_per_row, seg_len, headdim, dstate, heads_per_group, nheads, plane,
     stride_x_b, stride_x_l, stride_x_h,
-    stride_dt_b, stride_dt_l,
     stride_B_b, stride_B_l, stride_B_g,
     stride_C_b, stride_C_l, stride_C_g,
     stride_y_b, stride_y_l, stride_y_h,
     Q: tl.constexpr, BLOCK_M: tl.constexpr, OFF: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     HEADS_PER_PROG: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_CARRY: tl.constexpr,
-    IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_CARRY: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     gc = tl.program_id(0)
     pid_gh = tl.program_id(1)
@@ -80,36 +78,29 @@ def _ssd_chunk_scan_kernel(
     state_size = headdim * dstate
     pn_offs = offs_p[:, None] * dstate + offs_n[None, :]
     pn_ok = p_ok[:, None] & n_ok[None, :] & (length > 0)    # padding chunk slots (packed) have no state
+    plane = tl.cast(plane, tl.int64)                          # dtcs' plane stride (3 planes may pass 2^31)
     if HAS_CARRY:
         seg = gc // seg_len
 
     for hh in range(HEADS_PER_PROG):
         h = h0 + hh
-        A = tl.load(A_ptr + h).to(tl.float32)
-        # Cumulative log-decays summed in fp64 and split into fp32 hi + lo parts: exp(cs_t - cs_s) from plain fp32
-        # sums would lose ~eps * |cs| (cancellation); (hi_t - hi_s) + (lo_t - lo_s) keeps ~eps * |cs_t - cs_s|.
-        dt_m = _chunk_dt(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l, offs_m,
-                         HAS_DT_BIAS, DT_SOFTPLUS)                                     # [BLOCK_M]
-        cs_m = tl.cumsum((dt_m * A).to(tl.float64), axis=0)                            # [BLOCK_M] from the block start
+        # Stage 0's step sizes and cumulative log-decays (from the chunk start, fp32 hi + lo parts)
+        head_row = dtcs_ptr + (b * nheads + h) * seqlen + start
+        dt_m = tl.load(head_row + offs_m, mask=m_ok, other=0.0)                        # [BLOCK_M]
+        cs_m_hi = tl.load(head_row + plane + offs_m, mask=m_ok, other=0.0)
+        cs_m_lo = tl.load(head_row + 2 * plane + offs_m, mask=m_ok, other=0.0)
         x_m = tl.load(x_ptr + b * stride_x_b + rows_m[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
                       mask=m_ok[:, None] & p_ok[None, :], other=0.0)                   # [BLOCK_M, BLOCK_P]
         acc = tl.zeros([BLOCK_M, BLOCK_P], tl.float32)
         if OFF > 0 and pid_m > 0:
-            dt_o = tl.where(o_ok, _chunk_dt(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l,
-                                            offs_o, HAS_DT_BIAS, DT_SOFTPLUS), 0.0)    # [OFF]
-            cs_o = tl.cumsum((dt_o * A).to(tl.float64), axis=0)                        # [OFF]
-            cs_m += tl.sum((dt_o * A).to(tl.float64), axis=0)                         # from the chunk start
-            cs_o_hi = cs_o.to(tl.float32)
-            cs_o_lo = (cs_o - cs_o_hi.to(tl.float64)).to(tl.float32)
-            cs_m_hi = cs_m.to(tl.float32)
-            cs_m_lo = (cs_m - cs_m_hi.to(tl.float64)).to(tl.float32)
+            dt_o = tl.load(head_row + offs_o, mask=o_ok, other=0.0)                    # [OFF]
+            cs_o_hi = tl.load(head_row + plane + offs_o, mask=o_ok, other=0.0)
+            cs_o_lo = tl.load(head_row + 2 * plane + offs_o, mask=o_ok, other=0.0)
             seg_o = tl.minimum((cs_m_hi[None, :] - cs_o_hi[:, None]) + (cs_m_lo[None, :] - cs_o_lo[:, None]), 0.0)
             M_o = (BC_o * tl.where(o_ok[:, None], tl.exp(seg_o), 0.0) * dt_o[:, None]).to(x_ptr.dtype.element_ty)
             x_o = tl.load(x_ptr + b * stride_x_b + rows_o[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
                           mask=o_ok[:, None] & p_ok[None, :], other=0.0)               # [OFF, BLOCK_P]
             acc = tl.dot(tl.trans(M_o), x_o, acc, input_precision=DOT_PRECISION)      # [BLOCK_M, BLOCK_P]
-        cs_m_hi = cs_m.to(tl.float32)
-        cs_m_lo = (cs_m - cs_m_hi.to(tl.float64)).to(tl.float32)
         seg_d = tl.minimum((cs_m_hi[None, :] - cs_m_hi[:, None]) + (cs_m_lo[None, :] - cs_m_lo[:, None]), 0.0)
         M_d = (BC_d * tl.where(causal, tl.exp(seg_d), 0.0) * dt_m[:, None]).to(x_ptr.dtype.element_ty)
         acc = tl.dot(tl.trans(M_d), x_m, acc, input_precision=DOT_PRECISION)          # [BLOCK_M, BLOCK_P]
@@ -173,13 +164,15 @@ def _autotuned_kernel(chunk: int):
     return _AUTOTUNED[chunk]
 
 
-def chunk_scan_launch(x, dt, A, B, C, D, dt_bias, table, s_in, carry_decay, carry, y, geometry: dict,
-                      dt_softplus: bool, cfg: dict, dot_precision: str):
-    """Stage 3 over all chunks at the tile `cfg` (chunk_scan_config). -> the launched CompiledKernel."""
+def chunk_scan_launch(x, dtcs, B, C, D, table, s_in, carry_decay, carry, y, geometry: dict, cfg: dict,
+                      dot_precision: str):
+    """Stage 3 over all chunks at the tile `cfg` (chunk_scan_config); dtcs [3, B, H, L] from stage 0
+    (chunk_cumsum_launch). -> the launched CompiledKernel."""
     _, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
-    assert x.stride(3) == 1 and B.stride(3) == 1 and C.stride(3) == 1 and dt.stride(2) == 1 and y.stride(3) == 1, \
-        "ssd_scan chunk_scan: x, B, C, y need a unit last stride, dt a unit head stride"
+    assert x.stride(3) == 1 and B.stride(3) == 1 and C.stride(3) == 1 and y.stride(3) == 1, \
+        "ssd_scan chunk_scan: x, B, C, y need a unit last stride"
+    assert dtcs.is_contiguous() and dtcs.shape == (3, x.shape[0], nheads, seqlen), "ssd_scan chunk_scan: stage 0's dtcs"
     hpg = nheads // ngroups
     chunk = geometry["Q"]
 
@@ -187,14 +180,14 @@ def chunk_scan_launch(x, dt, A, B, C, D, dt_bias, table, s_in, carry_decay, carr
         return (geometry["n_chunks"], ngroups * (hpg // cfg["HEADS_PER_PROG"]),
                 cdiv(chunk, meta["BLOCK_M"]) * cdiv(headdim, cfg["BLOCK_P"]))
 
-    args = (x, dt, A, B, C, D if D is not None else A, dt_bias if dt_bias is not None else A,
-            table if table is not None else A, s_in, carry_decay, carry if carry is not None else s_in, y,
-            seqlen, geometry["n_table"], geometry["chunks_per_row"], geometry["seg_len"], headdim, dstate, hpg, nheads,
-            x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1), B.stride(2),
-            C.stride(0), C.stride(1), C.stride(2), y.stride(0), y.stride(1), y.stride(2))
+    args = (x, dtcs, B, C, D if D is not None else dtcs, table if table is not None else dtcs, s_in, carry_decay,
+            carry if carry is not None else s_in, y, seqlen, geometry["n_table"], geometry["chunks_per_row"],
+            geometry["seg_len"], headdim, dstate, hpg, nheads, dtcs[0].numel(), x.stride(0), x.stride(1), x.stride(2),
+            B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2), y.stride(0), y.stride(1),
+            y.stride(2))
     consts = dict(Q=chunk, BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"], HEADS_PER_PROG=cfg["HEADS_PER_PROG"],
-                  HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus,
-                  HAS_CARRY=carry is not None, IS_VARLEN=table is not None, DOT_PRECISION=dot_precision)
+                  HAS_D=D is not None, HAS_CARRY=carry is not None, IS_VARLEN=table is not None,
+                  DOT_PRECISION=dot_precision)
     if cfg.get("autotune"):
         return _autotuned_kernel(chunk)[grid](*args, **consts)
     return _ssd_chunk_scan_kernel[grid](*args, BLOCK_M=cfg["BLOCK_M"], OFF=off_rows(chunk, cfg["BLOCK_M"]),
@@ -210,20 +203,19 @@ def aot_compile_all(cfg: dict | None = None):
     default = chunk_scan_config(256, 8, 8, 64, 128, 128, 132)
     mains = [cfg] if cfg else [dict(default, **c) for c in autotune_configs(128)]
     cfg = cfg or default
-    sig = {"x_ptr": "*bf16", "dt_ptr": "*bf16", "A_ptr": "*fp32", "B_ptr": "*bf16", "C_ptr": "*bf16",
-           "D_ptr": "*fp32", "dt_bias_ptr": "*fp32", "table_ptr": "*i32", "s_in_ptr": "*bf16",
-           "carry_decay_ptr": "*fp32", "carry_ptr": "*bf16", "y_ptr": "*bf16", "seqlen": "i32", "n_table": "i32",
-           "chunks_per_row": "i32", "seg_len": "i32", "headdim": "i32", "dstate": "i32", "heads_per_group": "i32",
-           "nheads": "i32", "stride_x_b": "i64", "stride_x_l": "i64", "stride_x_h": "i32", "stride_dt_b": "i64",
-           "stride_dt_l": "i64", "stride_B_b": "i64", "stride_B_l": "i64", "stride_B_g": "i32",
+    sig = {"x_ptr": "*bf16", "dtcs_ptr": "*fp32", "B_ptr": "*bf16", "C_ptr": "*bf16", "D_ptr": "*fp32",
+           "table_ptr": "*i32", "s_in_ptr": "*bf16", "carry_decay_ptr": "*fp32", "carry_ptr": "*bf16",
+           "y_ptr": "*bf16", "seqlen": "i32", "n_table": "i32", "chunks_per_row": "i32", "seg_len": "i32",
+           "headdim": "i32", "dstate": "i32", "heads_per_group": "i32", "nheads": "i32", "plane": "i32",
+           "stride_x_b": "i64", "stride_x_l": "i64", "stride_x_h": "i32", "stride_B_b": "i64", "stride_B_l": "i64",
+           "stride_B_g": "i32",
            "stride_C_b": "i64", "stride_C_l": "i64", "stride_C_g": "i32", "stride_y_b": "i64", "stride_y_l": "i64",
            "stride_y_h": "i32"}
     tiles = [(c, False, True) for c in mains] + [(cfg, True, True), (cfg, False, False)]
     for tile, varlen, carry in tiles:
         consts = {"Q": 128, "BLOCK_M": tile["BLOCK_M"], "OFF": off_rows(128, tile["BLOCK_M"]),
                   "BLOCK_P": tile["BLOCK_P"], "BLOCK_N": tile["BLOCK_N"],
-                  "HEADS_PER_PROG": tile["HEADS_PER_PROG"], "HAS_D": True, "HAS_DT_BIAS": True, "DT_SOFTPLUS": True,
-                  "HAS_CARRY": carry, "IS_VARLEN": varlen, "DOT_PRECISION": "tf32"}
+                  "HEADS_PER_PROG": tile["HEADS_PER_PROG"], "HAS_D": True, "HAS_CARRY": carry, "IS_VARLEN": varlen, "DOT_PRECISION": "tf32"}
         yield (f"ssd_chunk_scan BLOCK_M={tile['BLOCK_M']} warps={tile['num_warps']} varlen={varlen} carry={carry}",
                aot_compile(_ssd_chunk_scan_kernel, sig, consts, num_warps=tile["num_warps"],
                            num_stages=tile["num_stages"], maxnreg=tile["maxnreg"], aligned=("headdim", "dstate")))

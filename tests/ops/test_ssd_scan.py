@@ -281,6 +281,7 @@ def test_custom_op_registration():
 def test_aot_compile_sm90():
     assert len(aot_lines("ssd_scan_chunk_state")) == 2
     assert len(aot_lines("ssd_scan_state_passing")) == 2
+    assert len(aot_lines("ssd_scan_chunk_cumsum")) == 2
     scan = aot_lines("ssd_scan_chunk_scan")
     assert len(scan) == 4 and all(line.endswith("| wgmma") for line in scan), scan
     assert len(aot_lines("ssd_scan_bwd_chunk_state")) == 2

@@ -1,0 +1,82 @@
+"""SSD scan stage 0 (Triton): each chunk's step sizes and cumulative log-decays, once, in a head-major layout.
+
+Program (chunk gc, block of BLOCK_H heads). dt [Q, BLOCK_H] is read along the heads (coalesced), + dt_bias,
+softplus; cs = cumsum over the chunk of dt A, summed in fp64 and split into fp32 hi + lo parts (stage 3 takes
+exp((hi_t - hi_s) + (lo_t - lo_s)), which keeps ~eps * |cs_t - cs_s| where plain fp32 sums would lose ~eps * |cs|).
+Out: dtcs [3, B, H, L] fp32 = (dt, cs hi, cs lo), each head's tokens contiguous. Stage 3 used to compute these per
+head in its loop: a strided dt load and an fp64 scan across warps, 10 of its 16 barriers per head iteration
+(PTX, 128-row tile) and the top stall reason against mamba_ssm's kernel (ncu, bench/NOTES.md session 20)."""
+import torch
+import triton
+import triton.language as tl
+
+from . import ssd_scan_common
+from .common import cdiv, next_power_of_2
+from .mamba_common import dep_tokens, interpreting
+from .ssd_scan_common import _chunk_dt, _chunk_info
+
+INTERPRETED = interpreting()
+LOAD_TOKEN = object()
+DEPENDS = ("ssd_scan_common",)
+DEP_TOKENS = dep_tokens(ssd_scan_common)
+
+
+@triton.jit
+def _ssd_chunk_cumsum_kernel(
+    dt_ptr, A_ptr, dt_bias_ptr, table_ptr,
+    dtcs_ptr,                                 # [3, B, H, L] fp32 out: dt, cs hi, cs lo
+    seqlen, n_table, chunks_per_row, nheads, plane,
+    stride_dt_b, stride_dt_l,                 # dt [B, L, H], unit H stride
+    Q: tl.constexpr, BLOCK_H: tl.constexpr,
+    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    gc = tl.program_id(0)
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    b, _, start, length, _, _ = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
+    b = tl.cast(b, tl.int64)
+    offs_q = tl.arange(0, Q)
+    h_ok = offs_h < nheads
+    h = tl.minimum(offs_h, nheads - 1)        # in-bounds loads for the last block's spare heads (not stored)
+    dt = _chunk_dt(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h[None, :], stride_dt_l, offs_q[:, None],
+                   HAS_DT_BIAS, DT_SOFTPLUS)                                          # [Q, BLOCK_H], 0 past the end
+    A = tl.load(A_ptr + h).to(tl.float32)
+    cs = tl.cumsum((dt * A[None, :]).to(tl.float64), axis=0)                          # [Q, BLOCK_H]
+    cs_hi = cs.to(tl.float32)
+    cs_lo = (cs - cs_hi.to(tl.float64)).to(tl.float32)
+    ok = (offs_q < length)[:, None] & h_ok[None, :]
+    plane = tl.cast(plane, tl.int64)                          # 3 planes may pass 2^31 elements
+    ptrs = dtcs_ptr + (b * nheads + h[None, :]) * seqlen + (start + offs_q)[:, None]
+    tl.store(ptrs, dt, mask=ok)
+    tl.store(ptrs + plane, cs_hi, mask=ok)
+    tl.store(ptrs + 2 * plane, cs_lo, mask=ok)
+
+
+def block_h(nheads: int) -> int:
+    """Heads per program: up to 16 (a chunk's [128, 16] fp64 sums stay in registers)."""
+    return min(16, next_power_of_2(nheads))
+
+
+def chunk_cumsum_launch(dt, A, dt_bias, table, geometry: dict, dt_softplus: bool) -> torch.Tensor:
+    """Stage 0 over all chunks. dt [B, L, H] (unit H stride), A [H] fp32 -> dtcs [3, B, H, L] fp32."""
+    bsz, seqlen, nheads = dt.shape
+    assert dt.stride(2) == 1, "ssd_scan chunk_cumsum: dt needs a unit head stride"
+    dtcs = torch.empty(3, bsz, nheads, seqlen, dtype=torch.float32, device=dt.device)
+    bh = block_h(nheads)
+    _ssd_chunk_cumsum_kernel[(geometry["n_chunks"], cdiv(nheads, bh))](
+        dt, A, dt_bias if dt_bias is not None else A, table if table is not None else A, dtcs,
+        seqlen, geometry["n_table"], geometry["chunks_per_row"], nheads, dtcs[0].numel(), dt.stride(0), dt.stride(1),
+        Q=geometry["Q"], BLOCK_H=bh, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus,
+        IS_VARLEN=table is not None, num_warps=4)
+    return dtcs
+
+
+def aot_compile_all():
+    """(name, CompiledKernel) at NemotronH's shapes (H=64, Q=128, bf16 dt), batched and packed, sm_90a."""
+    from .mamba_common import aot_compile
+    sig = {"dt_ptr": "*bf16", "A_ptr": "*fp32", "dt_bias_ptr": "*fp32", "table_ptr": "*i32", "dtcs_ptr": "*fp32",
+           "seqlen": "i32", "n_table": "i32", "chunks_per_row": "i32", "nheads": "i32", "plane": "i64",
+           "stride_dt_b": "i64", "stride_dt_l": "i64"}
+    for varlen in (False, True):
+        consts = {"Q": 128, "BLOCK_H": block_h(64), "HAS_DT_BIAS": True, "DT_SOFTPLUS": True, "IS_VARLEN": varlen}
+        yield (f"ssd_chunk_cumsum varlen={varlen}",
+               aot_compile(_ssd_chunk_cumsum_kernel, sig, consts, num_warps=4, num_stages=1, aligned=("nheads",)))
