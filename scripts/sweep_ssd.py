@@ -186,8 +186,7 @@ def sweep(only: str | None = None) -> dict:
 
     base = plan_with({})
     geo, prec = base["geometry"], base["precision"]
-    s_in, c_decay, carry = ssd_ops._chunk_states(x, dt, A, B, bias, None, True, base)
-    dtcs = mamba_common.kernel_module("ssd_scan_chunk_cumsum").chunk_cumsum_launch(dt, A, bias, None, geo, True)
+    s_in, c_decay, carry, dtcs = ssd_ops._chunk_states(x, dt, A, B, bias, None, True, base)
     g_out, g_decay, _, g_carry, _, _ = ssd_ops._state_grads(dy, dt, A, C, bias, None, False, 1, True, base)
     da_m = Q // base["cfg"]["dc"]["BLOCK_M"]
     da_part = torch.empty(N_CHUNKS, da_m, H, Q, device="cuda")

@@ -1,11 +1,11 @@
 """Public op `ssd_scan`: the chunked Mamba-2 SSD scan (initial / final states, packed sequences), fwd + bwd.
 
-Forward: Triton stages (nemotron_kernels/triton/ssd_scan_*.py) on CUDA tensors:
+Forward: four Triton stages (nemotron_kernels/triton/ssd_scan_*.py) on CUDA tensors:
+  0. chunk_cumsum   each chunk's dt (+ bias, softplus) and cumulative dt A, head-major, for stages 1 and 3,
   1. chunk_state    chunk states carried through segments of consecutive chunks (one tl.dot per chunk),
   2. state_passing  states between segments + final states (only with > 1 segment),
-  0. chunk_cumsum   each chunk's dt and cumulative dt A, head-major, for stage 3,
   3. chunk_scan     outputs of every chunk (CB once per group, tl.dot for the intra-chunk and state terms).
-Backward (Triton, deterministic: no atomics, every sum in a fixed order): forward stages 1-2 recompute the chunk
+Backward (Triton, deterministic: no atomics, every sum in a fixed order): forward stages 0-2 recompute the chunk
 states, then
   4. bwd_chunk_state  state gradients dL/dS_out carried backwards through each segment (+ the initial states'),
   2. state_passing    the same kernel on reversed segments: the gradient entering each segment from later ones,
@@ -98,8 +98,9 @@ def _plan(x, B, chunk: int, cu_seqlens, nstates: int) -> dict:
 
 
 def _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus: bool, plan: dict, final=None):
-    """Forward stages 1-2: (s_in [n_chunks, H, P, N] state dtype, carry_decay [n_chunks, H] fp32, carry_lp
-    [n_seg, H, P, N] state dtype | None with one segment); completes `final` [n_states, H, P, N] in place if given."""
+    """Forward stages 0-2: (s_in [n_chunks, H, P, N] state dtype, carry_decay [n_chunks, H] fp32, carry_lp
+    [n_seg, H, P, N] state dtype | None with one segment, dtcs [3, B, H, L] fp32: stage 0's dt and cumulative dt A
+    for stage 3); completes `final` [n_states, H, P, N] in place if given."""
     state_k = mamba_common.kernel_module("ssd_scan_chunk_state")
     pass_k = mamba_common.kernel_module("ssd_scan_state_passing")
     _, _, nheads, headdim = x.shape
@@ -111,9 +112,10 @@ def _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus: bool, plan:
     seg_state = torch.empty(n_seg, nheads, headdim, dstate, dtype=torch.float32, device=dev)
     seg_decay = torch.empty(n_seg, nheads, dtype=torch.float32, device=dev)
     final_decay = torch.empty(final.shape[0], nheads, dtype=torch.float32, device=dev) if final is not None else None
-    state_k.chunk_state_launch(x, dt, A, B, dt_bias, initial_states, plan["table"], s_in, carry_decay, seg_state,
-                               seg_decay, final, final_decay, geometry, dt_softplus, plan["cfg"]["chunk_state"],
-                               plan["precision"])
+    dtcs = mamba_common.kernel_module("ssd_scan_chunk_cumsum").chunk_cumsum_launch(dt, A, dt_bias, plan["table"],
+                                                                                   geometry, dt_softplus)
+    state_k.chunk_state_launch(x, dtcs, B, initial_states, plan["table"], s_in, carry_decay, seg_state, seg_decay,
+                               final, final_decay, geometry, plan["cfg"]["chunk_state"], plan["precision"])
     carry_lp = None
     if n_seg > 1:
         carry = torch.empty(n_seg, nheads, headdim, dstate, dtype=torch.float32, device=dev)
@@ -121,7 +123,7 @@ def _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus: bool, plan:
         carry_lp = carry if state_dtype == torch.float32 else torch.empty(carry.shape, dtype=state_dtype, device=dev)
         pass_k.state_passing_launch(seg_state, seg_decay, carry, carry_lp, final, final_decay, plan["last_chunk"],
                                     geometry)
-    return s_in, carry_decay, carry_lp
+    return s_in, carry_decay, carry_lp, dtcs
 
 
 def _state_grads(dy, dt, A, C, dt_bias, dfinal, want_dinit: bool, nstates: int, dt_softplus: bool, plan: dict):
@@ -177,9 +179,8 @@ def ssd_scan_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     dt_bias = None if dt_bias is None else dt_bias.to(torch.float32).contiguous()
     plan = _plan(x, B, chunk_size, cu_seqlens, nstates)
     geometry = plan["geometry"]
-    s_in, carry_decay, carry_lp = _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus, plan, final)
-    dtcs = mamba_common.kernel_module("ssd_scan_chunk_cumsum").chunk_cumsum_launch(dt, A, dt_bias, plan["table"],
-                                                                                   geometry, dt_softplus)
+    s_in, carry_decay, carry_lp, dtcs = _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus, plan,
+                                                      final)
     scan_k.chunk_scan_launch(x, dtcs, B, C, D, plan["table"], s_in, carry_decay, carry_lp, y, geometry,
                              plan["cfg"]["chunk_scan"], plan["precision"])
     if final is None:
@@ -235,7 +236,7 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     plan = _plan(x, B, chunk_size, cu_seqlens, nstates)
     geometry, precision = plan["geometry"], plan["precision"]
     n_chunks, n_seg = geometry["n_chunks"], geometry["n_seg"]
-    s_in, carry_decay, carry_lp = _chunk_states(x, dt, A32, B, bias32, initial_states, dt_softplus, plan)
+    s_in, carry_decay, carry_lp, _ = _chunk_states(x, dt, A32, B, bias32, initial_states, dt_softplus, plan)
 
     want_dinit = initial_states is not None
     g_out, gcarry_decay, gcarry, gcarry_lp, dinit, dinit_decay = _state_grads(dy, dt, A32, C, bias32, dfinal,

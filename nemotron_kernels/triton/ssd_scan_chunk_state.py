@@ -17,7 +17,7 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import _chunk_dt, _chunk_info
+from .ssd_scan_common import _chunk_info
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -27,18 +27,16 @@ DEP_TOKENS = dep_tokens(ssd_scan_common)
 
 @triton.jit
 def _ssd_chunk_state_kernel(
-    x_ptr, dt_ptr, A_ptr, B_ptr, dt_bias_ptr, init_ptr, table_ptr,
+    x_ptr, dtcs_ptr, B_ptr, init_ptr, table_ptr,  # dtcs [3, B, H, L] fp32: stage 0's dt, cumulative dt A (hi, lo)
     s_in_ptr,                     # [n_chunks, H, P, N] state entering each chunk (from the segment start), state dtype
     carry_decay_ptr,              # [n_chunks, H] fp32
     seg_state_ptr, seg_decay_ptr,  # [n_seg, H, P, N] fp32, [n_seg, H] fp32
     final_ptr, final_decay_ptr,   # [n_states, H, P, N] fp32, [n_states, H] fp32
-    seqlen, n_chunks, n_table, chunks_per_row, seg_len, headdim, dstate, heads_per_group, nheads,
+    seqlen, n_chunks, n_table, chunks_per_row, seg_len, headdim, dstate, heads_per_group, nheads, plane,
     stride_x_b, stride_x_l, stride_x_h,       # x [B, L, H, P], unit P stride
-    stride_dt_b, stride_dt_l,                 # dt [B, L, H], unit H stride
     stride_B_b, stride_B_l, stride_B_g,       # B [B, L, G, N], unit N stride
     stride_init_s, stride_init_h, stride_init_p,
-    Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_FINAL: tl.constexpr,
+    Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, HAS_INIT: tl.constexpr, HAS_FINAL: tl.constexpr,
     IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     seg = tl.program_id(0)
@@ -53,10 +51,10 @@ def _ssd_chunk_state_kernel(
     pn_ok = p_ok[:, None] & n_ok[None, :]
     state_size = headdim * dstate
     pn_offs = offs_p[:, None] * dstate + offs_n[None, :]                  # into a contiguous [P, N] state
-    A = tl.load(A_ptr + h).to(tl.float32)
+    plane = tl.cast(plane, tl.int64)                                       # dtcs' plane stride
 
     S = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
-    carry = A * 0.0 + 1.0                                                  # decay since the segment start
+    carry = tl.full([], 1.0, tl.float32)                                   # decay since the segment start
     gc_start = seg * seg_len
     gc_end = tl.minimum(gc_start + seg_len, n_chunks)
     for gc in range(gc_start, gc_end):
@@ -76,15 +74,18 @@ def _ssd_chunk_state_kernel(
         if pid_p == 0:
             tl.store(carry_decay_ptr + head_chunk, carry)
 
-        dt = _chunk_dt(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l, offs_q,
-                       HAS_DT_BIAS, DT_SOFTPLUS)                                     # [Q]
-        dA = dt * A
-        total = tl.sum(dA, axis=0)
-        # sum_{s>t} dA_s as total - cumsum in fp64: in fp32 the difference of two long sums cancels badly
-        dA64 = dA.to(tl.float64)
-        to_end = tl.exp((tl.sum(dA64, axis=0) - tl.cumsum(dA64, axis=0)).to(tl.float32)) * dt   # [Q]
         rows = (start + offs_q).to(tl.int64)
         q_ok = offs_q < length
+        head_row = dtcs_ptr + (b * nheads + h) * seqlen + start
+        dt = tl.load(head_row + offs_q, mask=q_ok, other=0.0)                       # [Q]
+        cs_hi = tl.load(head_row + plane + offs_q, mask=q_ok, other=0.0)
+        cs_lo = tl.load(head_row + 2 * plane + offs_q, mask=q_ok, other=0.0)
+        end = tl.maximum(length - 1, 0)
+        end_hi = tl.load(head_row + plane + end, mask=length > 0, other=0.0)        # the chunk's sum of dt A
+        end_lo = tl.load(head_row + 2 * plane + end, mask=length > 0, other=0.0)
+        # sum_{s>t} dA_s from the fp64 sums' hi + lo parts: a plain fp32 difference of two long sums cancels badly
+        to_end = tl.exp((end_hi - cs_hi) + (end_lo - cs_lo)) * dt                     # [Q]
+        total = end_hi + end_lo
         x = tl.load(x_ptr + b * stride_x_b + rows[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
                     mask=q_ok[:, None] & p_ok[None, :], other=0.0)                   # [Q, BLOCK_P]
         Bt = tl.load(B_ptr + b * stride_B_b + rows[:, None] * stride_B_l + g * stride_B_g + offs_n[None, :],
@@ -132,31 +133,30 @@ def segments(n_chunks: int, nheads: int, p_blocks: int, slots: int) -> tuple[int
     return next((n_seg, seg_len) for cost, n_seg, seg_len in options if cost <= 1.15 * best)
 
 
-def chunk_state_launch(x, dt, A, B, dt_bias, initial_states, table, s_in, carry_decay, seg_state, seg_decay,
-                       final, final_decay, geometry: dict, dt_softplus: bool, cfg: dict, dot_precision: str):
-    """Stage 1 over all chunks; `geometry` from ops/ssd_scan.py (n_chunks, n_table, chunks_per_row, n_seg, seg_len,
-    Q), `cfg` a chunk_state_config tile; see the kernel for the buffers. -> the launched CompiledKernel (its
-    n_regs / n_spills for sweeps)."""
+def chunk_state_launch(x, dtcs, B, initial_states, table, s_in, carry_decay, seg_state, seg_decay, final,
+                       final_decay, geometry: dict, cfg: dict, dot_precision: str):
+    """Stage 1 over all chunks; dtcs [3, B, H, L] from stage 0 (ssd_scan_chunk_cumsum); `geometry` from
+    ops/ssd_scan.py (n_chunks, n_table, chunks_per_row, n_seg, seg_len, Q), `cfg` a chunk_state_config tile; see the
+    kernel for the buffers. -> the launched CompiledKernel (its n_regs / n_spills for sweeps)."""
     _, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
-    assert x.stride(3) == 1 and B.stride(3) == 1 and dt.stride(2) == 1, \
-        "ssd_scan chunk_state: x, B need a unit last stride, dt a unit head stride"
+    assert x.stride(3) == 1 and B.stride(3) == 1, "ssd_scan chunk_state: x, B need a unit last stride"
+    assert dtcs.is_contiguous() and dtcs.shape == (3, x.shape[0], nheads, seqlen), "ssd_scan chunk_state: stage 0's dtcs"
     assert initial_states is None or initial_states.stride(3) == 1, "ssd_scan: initial_states needs a unit N stride"
     assert s_in.is_contiguous() and seg_state.is_contiguous(), "ssd_scan: state buffers must be contiguous"
     init = initial_states if initial_states is not None else seg_state
     grid = (geometry["n_seg"], nheads, cdiv(headdim, cfg["BLOCK_P"]))
     return _ssd_chunk_state_kernel[grid](
-        x, dt, A, B, dt_bias if dt_bias is not None else A, init, table if table is not None else A,
+        x, dtcs, B, init, table if table is not None else dtcs,
         s_in, carry_decay, seg_state, seg_decay,
         final if final is not None else seg_state, final_decay if final_decay is not None else seg_decay,
         seqlen, geometry["n_chunks"], geometry["n_table"], geometry["chunks_per_row"], geometry["seg_len"],
-        headdim, dstate, nheads // ngroups, nheads,
-        x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1), B.stride(2),
+        headdim, dstate, nheads // ngroups, nheads, dtcs[0].numel(),
+        x.stride(0), x.stride(1), x.stride(2), B.stride(0), B.stride(1), B.stride(2),
         init.stride(0), init.stride(1), init.stride(2),
-        Q=geometry["Q"], BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"], HAS_DT_BIAS=dt_bias is not None,
-        DT_SOFTPLUS=dt_softplus, HAS_INIT=initial_states is not None, HAS_FINAL=final is not None,
-        IS_VARLEN=table is not None, DOT_PRECISION=dot_precision, num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"])
+        Q=geometry["Q"], BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"], HAS_INIT=initial_states is not None,
+        HAS_FINAL=final is not None, IS_VARLEN=table is not None, DOT_PRECISION=dot_precision,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"])
 
 
 def aot_compile_all(cfg: dict | None = None):
@@ -164,17 +164,16 @@ def aot_compile_all(cfg: dict | None = None):
     (default: chunk_state_config's); the batched variant first."""
     from .mamba_common import aot_compile
     cfg = cfg or chunk_state_config(64, 128, 128)
-    sig = {"x_ptr": "*bf16", "dt_ptr": "*bf16", "A_ptr": "*fp32", "B_ptr": "*bf16", "dt_bias_ptr": "*fp32",
+    sig = {"x_ptr": "*bf16", "dtcs_ptr": "*fp32", "B_ptr": "*bf16",
            "init_ptr": "*fp32", "table_ptr": "*i32", "s_in_ptr": "*bf16", "carry_decay_ptr": "*fp32",
            "seg_state_ptr": "*fp32", "seg_decay_ptr": "*fp32", "final_ptr": "*fp32", "final_decay_ptr": "*fp32",
            "seqlen": "i32", "n_chunks": "i32", "n_table": "i32", "chunks_per_row": "i32", "seg_len": "i32",
-           "headdim": "i32", "dstate": "i32", "heads_per_group": "i32", "nheads": "i32",
-           "stride_x_b": "i64", "stride_x_l": "i64", "stride_x_h": "i32", "stride_dt_b": "i64", "stride_dt_l": "i64",
+           "headdim": "i32", "dstate": "i32", "heads_per_group": "i32", "nheads": "i32", "plane": "i32",
+           "stride_x_b": "i64", "stride_x_l": "i64", "stride_x_h": "i32",
            "stride_B_b": "i64", "stride_B_l": "i64", "stride_B_g": "i32", "stride_init_s": "i64",
            "stride_init_h": "i32", "stride_init_p": "i32"}
     for varlen, has_init in ((False, False), (True, True)):
-        consts = {"Q": 128, "BLOCK_P": cfg["BLOCK_P"], "BLOCK_N": cfg["BLOCK_N"], "HAS_DT_BIAS": True,
-                  "DT_SOFTPLUS": True, "HAS_INIT": has_init, "HAS_FINAL": True, "IS_VARLEN": varlen,
+        consts = {"Q": 128, "BLOCK_P": cfg["BLOCK_P"], "BLOCK_N": cfg["BLOCK_N"], "HAS_INIT": has_init, "HAS_FINAL": True, "IS_VARLEN": varlen,
                   "DOT_PRECISION": "tf32"}
         yield (f"ssd_chunk_state varlen={varlen} init={has_init}",
                aot_compile(_ssd_chunk_state_kernel, sig, consts, num_warps=cfg["num_warps"],
