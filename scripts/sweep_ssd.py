@@ -190,8 +190,8 @@ def sweep(only: str | None = None) -> dict:
     g_out, g_decay, _, g_carry, _, _ = ssd_ops._state_grads(dy, dt, A, C, bias, None, False, 1, True, base)
     da_m = Q // base["cfg"]["dc"]["BLOCK_M"]
     da_part = torch.empty(N_CHUNKS, da_m, H, Q, device="cuda")
-    bwd_k.bwd_dbc_launch(x, dt, A, bias, None, dy, B, C, s_in, c_decay, carry, torch.empty_like(C), da_part, False,
-                         geo, True, base["cfg"]["dc"], prec)
+    bwd_k.bwd_dbc_launch(x, dtcs, None, dy, B, C, s_in, c_decay, carry, torch.empty_like(C), da_part, False, geo,
+                         base["cfg"]["dc"], prec)
 
     def states(over):        # stage 1 + state passing -> (full states entering each chunk, final states)
         plan = plan_with({"chunk_state": over})
@@ -215,21 +215,22 @@ def sweep(only: str | None = None) -> dict:
     def dc(over):
         cfg, dC = dict(base["cfg"]["dc"], **over), torch.empty_like(C)
         part = torch.empty(N_CHUNKS, Q // cfg["BLOCK_M"], H, Q, device="cuda")
-        return (lambda: bwd_k.bwd_dbc_launch(x, dt, A, bias, None, dy, B, C, s_in, c_decay, carry, dC, part, False,
-                                             geo, True, cfg, prec), lambda _: (dC, part.sum(1)), None)
+        return (lambda: bwd_k.bwd_dbc_launch(x, dtcs, None, dy, B, C, s_in, c_decay, carry, dC, part, False, geo,
+                                             cfg, prec), lambda _: (dC, part.sum(1)), None)
 
     def dx(over):
         cfg = dict(base["cfg"]["dx"], **over)
         outs = (torch.empty_like(x), torch.empty(1, L, H, device="cuda"),
                 torch.empty(N_CHUNKS, H, dtype=torch.float64, device="cuda"),
                 torch.empty(N_CHUNKS, H, dtype=torch.float64, device="cuda"))
-        return (lambda: bwd_k.bwd_dx_launch(x, dt, A, B, C, D, bias, None, dy, s_in, c_decay, carry, g_out, g_decay,
-                                            g_carry, *outs, da_part, geo, True, cfg, prec), lambda _: outs, None)
+        return (lambda: bwd_k.bwd_dx_launch(x, dt, dtcs, A, B, C, D, bias, None, dy, s_in, c_decay, carry, g_out,
+                                            g_decay, g_carry, *outs, da_part, geo, True, cfg, prec),
+                lambda _: outs, None)
 
     def db(over):
         cfg, dB = dict(base["cfg"]["db"], **over), torch.empty_like(B)
-        return (lambda: bwd_k.bwd_dbc_launch(x, dt, A, bias, None, dy, C, None, g_out, g_decay, g_carry, dB, None,
-                                             True, geo, True, cfg, prec), lambda _: (dB,), None)
+        return (lambda: bwd_k.bwd_dbc_launch(x, dtcs, None, dy, C, None, g_out, g_decay, g_carry, dB, None, True,
+                                             geo, cfg, prec), lambda _: (dB,), None)
 
     runners = {"chunk_state": states, "bwd_chunk_state": grad_states, "chunk_scan": scan, "dx": dx, "dc": dc,
                "db": db}

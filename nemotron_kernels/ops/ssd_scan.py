@@ -236,7 +236,7 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     plan = _plan(x, B, chunk_size, cu_seqlens, nstates)
     geometry, precision = plan["geometry"], plan["precision"]
     n_chunks, n_seg = geometry["n_chunks"], geometry["n_seg"]
-    s_in, carry_decay, carry_lp, _ = _chunk_states(x, dt, A32, B, bias32, initial_states, dt_softplus, plan)
+    s_in, carry_decay, carry_lp, dtcs = _chunk_states(x, dt, A32, B, bias32, initial_states, dt_softplus, plan)
 
     want_dinit = initial_states is not None
     g_out, gcarry_decay, gcarry, gcarry_lp, dinit, dinit_decay = _state_grads(dy, dt, A32, C, bias32, dfinal,
@@ -252,13 +252,13 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     dC = torch.empty(C.shape, dtype=C_in.dtype, device=dev)
     da_part = torch.empty(n_chunks, cdiv(chunk_size, cfg["dc"]["BLOCK_M"]), nheads, chunk_size, dtype=torch.float32,
                           device=dev)
-    bwd_scan_k.bwd_dbc_launch(x, dt, A32, bias32, plan["table"], dy, B, C, s_in, carry_decay, carry_lp, dC, da_part,
-                              False, geometry, dt_softplus, cfg["dc"], precision)
-    bwd_scan_k.bwd_dx_launch(x, dt, A32, B, C, D32, bias32, plan["table"], dy, s_in, carry_decay, carry_lp, g_out,
-                             gcarry_decay, gcarry_lp, dx, ddt32, dA_part, dD_part, da_part, geometry, dt_softplus,
-                             cfg["dx"], precision)
-    bwd_scan_k.bwd_dbc_launch(x, dt, A32, bias32, plan["table"], dy, C, None, g_out, gcarry_decay, gcarry_lp, dB,
-                              None, True, geometry, dt_softplus, cfg["db"], precision)
+    bwd_scan_k.bwd_dbc_launch(x, dtcs, plan["table"], dy, B, C, s_in, carry_decay, carry_lp, dC, da_part, False,
+                              geometry, cfg["dc"], precision)
+    bwd_scan_k.bwd_dx_launch(x, dt, dtcs, A32, B, C, D32, bias32, plan["table"], dy, s_in, carry_decay, carry_lp,
+                             g_out, gcarry_decay, gcarry_lp, dx, ddt32, dA_part, dD_part, da_part, geometry,
+                             dt_softplus, cfg["dx"], precision)
+    bwd_scan_k.bwd_dbc_launch(x, dtcs, plan["table"], dy, C, None, g_out, gcarry_decay, gcarry_lp, dB, None, True,
+                              geometry, cfg["db"], precision)
 
     # parameter gradients: fixed-order fp64 torch reductions of per-chunk partial sums (deterministic)
     out_dA = dA_part.sum(0).to(A.dtype)

@@ -22,7 +22,7 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import _chunk_dt, _chunk_dt_grad_scale, _chunk_info, _chunk_state_full
+from .ssd_scan_common import _chunk_dt_grad_scale, _chunk_dtcs, _chunk_info, _chunk_state_full
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -32,14 +32,14 @@ DEP_TOKENS = dep_tokens(ssd_scan_common)
 
 @triton.jit
 def _ssd_bwd_dx_kernel(
-    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dt_bias_ptr, table_ptr, dy_ptr,
+    x_ptr, dt_ptr, dtcs_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dt_bias_ptr, table_ptr, dy_ptr,
     s_in_ptr, carry_decay_ptr, carry_ptr,       # forward: S_in from the segment start, decay, carry (state dtype)
     g_out_ptr, gcarry_decay_ptr, gcarry_ptr,    # backward stage 1: G from the segment end, decay, carry (reversed)
     dx_ptr,                                     # [B, L, H, P] x's dtype
     ddt_ptr,                                    # [B, L, H] fp32, gradient of the raw dt input
     dA_part_ptr, dD_part_ptr,                   # [n_chunks, H] fp64 partial sums
     da_part_ptr,                                # [n_chunks, M_BLOCKS, H, Q] fp32 intra-chunk parts of da (dC kernel)
-    seqlen, n_table, chunks_per_row, seg_len, n_seg, headdim, dstate, heads_per_group, nheads,
+    seqlen, n_table, chunks_per_row, seg_len, n_seg, headdim, dstate, heads_per_group, nheads, plane,
     stride_x_b, stride_x_l, stride_x_h,
     stride_dt_b, stride_dt_l,
     stride_B_b, stride_B_l, stride_B_g,
@@ -80,21 +80,17 @@ def _ssd_bwd_dx_kernel(
     pn_offs = offs_p[:, None] * dstate + offs_n[None, :]
     pn_ok = p_ok[:, None] & n_ok[None, :] & (length > 0)    # padding chunk slots (packed) have no state
     seg = gc // seg_len
+    plane = tl.cast(plane, tl.int64)
 
     for hh in range(HEADS_PER_PROG):
         h = h0 + hh
         A = tl.load(A_ptr + h).to(tl.float32)
-        dt = _chunk_dt(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l, offs_q,
-                       HAS_DT_BIAS, DT_SOFTPLUS)                                       # [Q]
-        # fp64 cumulative sums split into fp32 hi + lo parts, as in the forward chunk_scan stage
-        dA64 = (dt * A).to(tl.float64)
-        cs = tl.cumsum(dA64, axis=0)                                                   # [Q]
-        total64 = tl.sum(dA64, axis=0)
-        cs_hi = cs.to(tl.float32)
-        cs_lo = (cs - cs_hi.to(tl.float64)).to(tl.float32)
+        dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_q, q_ok)  # [Q], stage 0's
+        dt_end, end_hi, end_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, tl.maximum(length - 1, 0),
+                                        length > 0)                                  # cs_Q: the chunk's sum
         seg_sum = tl.minimum((cs_hi[:, None] - cs_hi[None, :]) + (cs_lo[:, None] - cs_lo[None, :]), 0.0)
         M = tl.where(causal, CB * tl.exp(seg_sum), 0.0)                                # [Q, Q]: t, s
-        to_end = tl.exp((total64 - cs).to(tl.float32))                                 # [Q] exp(cs_Q - cs_s)
+        to_end = tl.exp((end_hi - cs_hi) + (end_lo - cs_lo))                           # [Q] exp(cs_Q - cs_s)
         exp_cs = tl.exp(cs_hi)                                                         # [Q]
 
         x = tl.load(x_ptr + b * stride_x_b + rows[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
@@ -128,7 +124,7 @@ def _ssd_bwd_dx_kernel(
             da += tl.load(da_part_ptr + ((tl.cast(gc, tl.int64) * M_BLOCKS + mb) * nheads + h) * Q + offs_q)
         V = dt * tl.sum(xf * GB, axis=1)                                               # [Q]: s
         Z = tl.sum(dyf * SC, axis=1) * exp_cs                                          # [Q]: t
-        da += tl.exp(total64.to(tl.float32)) * tl.sum(tl.sum(G * S, axis=1), axis=0)
+        da += tl.exp(end_hi + end_lo) * tl.sum(tl.sum(G * S, axis=1), axis=0)
         da += tl.cumsum(V, axis=0) - V + tl.cumsum(Z, axis=0, reverse=True)
         ddt = tl.sum(xf * dxpre, axis=1) + A * da
         ddt *= _chunk_dt_grad_scale(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l, offs_q,
@@ -145,22 +141,20 @@ def _ssd_bwd_dx_kernel(
 
 @triton.jit
 def _ssd_bwd_dbc_kernel(
-    x_ptr, dt_ptr, A_ptr, dt_bias_ptr, table_ptr, dy_ptr,
+    x_ptr, dtcs_ptr, table_ptr, dy_ptr,         # dtcs [3, B, H, L] fp32: stage 0's dt, cumulative dt A (hi, lo)
     v_ptr,                                      # dC: B, dB: C  [B, L, G, N]
     u_ptr,                                      # dC: C (for CB and da), dB: unused
     da_part_ptr,                                # dC: [n_chunks, M_BLOCKS, H, Q] fp32 out (see the dx kernel)
     st_ptr, st_decay_ptr, st_carry_ptr,         # dC: S_in, carry_decay, carry; dB: G_out, gcarry_decay, gcarry
     out_ptr,                                    # dC or dB [B, L, G, N]
-    seqlen, n_table, chunks_per_row, seg_len, n_seg, headdim, dstate, heads_per_group, nheads,
+    seqlen, n_table, chunks_per_row, seg_len, n_seg, headdim, dstate, heads_per_group, nheads, plane,
     stride_x_b, stride_x_l, stride_x_h,
-    stride_dt_b, stride_dt_l,
     stride_dy_b, stride_dy_l, stride_dy_h,
     stride_v_b, stride_v_l, stride_v_g,
     stride_o_b, stride_o_l, stride_o_g,
     stride_u_b, stride_u_l, stride_u_g,
     Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, IS_DB: tl.constexpr,
-    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_CARRY: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    HAS_CARRY: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Rows r of the program (tokens t for dC, s for dB) against all columns k of the chunk."""
     gc = tl.program_id(0)
@@ -206,25 +200,11 @@ def _ssd_bwd_dbc_kernel(
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     P_sum = tl.zeros([BLOCK_M, Q], dtype=tl.float32)   # sum over the group's heads of the decayed pair weights
+    plane = tl.cast(plane, tl.int64)
     for hh in range(heads_per_group):
         h = g * heads_per_group + hh
-        A = tl.load(A_ptr + h).to(tl.float32)
-        dt = _chunk_dt(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l, offs_k,
-                       HAS_DT_BIAS, DT_SOFTPLUS)                                       # [Q]
-        dA64 = (dt * A).to(tl.float64)
-        cs = tl.cumsum(dA64, axis=0)                                                   # [Q]
-        if BLOCK_M == Q:
-            dt_m = dt
-            cs_m = cs
-        else:   # the same sums at this program's rows: the prefix before them plus their own cumsum
-            dt_m = _chunk_dt(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l, offs_m,
-                             HAS_DT_BIAS, DT_SOFTPLUS)
-            prefix = tl.sum(tl.where(offs_k < pid_m * BLOCK_M, dA64, 0.0), axis=0)
-            cs_m = prefix + tl.cumsum((dt_m * A).to(tl.float64), axis=0)               # [BLOCK_M]
-        cs_hi = cs.to(tl.float32)
-        cs_lo = (cs - cs_hi.to(tl.float64)).to(tl.float32)
-        cs_m_hi = cs_m.to(tl.float32)
-        cs_m_lo = (cs_m - cs_m_hi.to(tl.float64)).to(tl.float32)
+        dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_k, k_ok)   # [Q], stage 0's
+        dt_m, cs_m_hi, cs_m_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_m, m_ok)  # [BLOCK_M]
         R = tl.load(r_ptr + b * stride_r_b + rows_m[:, None] * stride_r_l + h * stride_r_h + offs_p[None, :],
                     mask=m_ok[:, None] & p_ok[None, :], other=0.0)                     # [BLOCK_M, BLOCK_P]
         K = tl.load(k_ptr + b * stride_k_b + rows_k[:, None] * stride_k_l + h * stride_k_h + offs_p[None, :],
@@ -233,7 +213,9 @@ def _ssd_bwd_dbc_kernel(
         diff = (cs_m_hi[:, None] - cs_hi[None, :]) + (cs_m_lo[:, None] - cs_lo[None, :])   # cs_r - cs_k
         if IS_DB:
             Pm = RK * tl.exp(tl.minimum(-diff, 0.0)) * dt_m[:, None]
-            r_scale = tl.exp((tl.sum(dA64, axis=0) - cs_m).to(tl.float32)) * dt_m        # exp(cs_Q - cs_s) dt_s
+            dt_end, end_hi, end_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start,
+                                            tl.maximum(length - 1, 0), length > 0)   # cs_Q: the chunk's sum
+            r_scale = tl.exp((end_hi - cs_m_hi) + (end_lo - cs_m_lo)) * dt_m            # exp(cs_Q - cs_s) dt_s
         else:
             Pm = RK * tl.exp(tl.minimum(diff, 0.0)) * dt[None, :]
             r_scale = tl.exp(cs_m_hi)                                                  # exp(cs_t)
@@ -279,10 +261,12 @@ def _common_args(x, geometry: dict, n_seg: int):
     return (seqlen, geometry["n_table"], geometry["chunks_per_row"], geometry["seg_len"], n_seg, headdim)
 
 
-def bwd_dx_launch(x, dt, A, B, C, D, dt_bias, table, dy, s_in, carry_decay, carry, g_out, gcarry_decay, gcarry,
-                  dx, ddt, dA_part, dD_part, da_part, geometry: dict, dt_softplus: bool, cfg: dict, dot_precision: str):
+def bwd_dx_launch(x, dt, dtcs, A, B, C, D, dt_bias, table, dy, s_in, carry_decay, carry, g_out, gcarry_decay,
+                  gcarry, dx, ddt, dA_part, dD_part, da_part, geometry: dict, dt_softplus: bool, cfg: dict,
+                  dot_precision: str):
     """dx, ddt, per-chunk dA / dD sums at the tile `cfg` (bwd_config's "dx"); runs after the dC launch, which writes
-    da_part. -> the launched CompiledKernel."""
+    da_part. dtcs: stage 0's [3, B, H, L]; dt and dt_bias only for softplus' derivative. -> the launched
+    CompiledKernel."""
     nheads = x.shape[2]
     ngroups, dstate = B.shape[2], B.shape[3]
     for name, t in (("x", x), ("B", B), ("C", C), ("dy", dy), ("dx", dx)):
@@ -292,10 +276,10 @@ def bwd_dx_launch(x, dt, A, B, C, D, dt_bias, table, dy, s_in, carry_decay, carr
     has_carry = carry is not None
     grid = (geometry["n_chunks"], ngroups * (hpg // cfg["HEADS_PER_PROG"]))
     return _ssd_bwd_dx_kernel[grid](
-        x, dt, A, B, C, D if D is not None else A, dt_bias if dt_bias is not None else A,
+        x, dt, dtcs, A, B, C, D if D is not None else A, dt_bias if dt_bias is not None else A,
         table if table is not None else A, dy, s_in, carry_decay, carry if has_carry else s_in,
         g_out, gcarry_decay, gcarry if has_carry else g_out, dx, ddt, dA_part, dD_part, da_part,
-        *_common_args(x, geometry, geometry["n_seg"]), dstate, hpg, nheads,
+        *_common_args(x, geometry, geometry["n_seg"]), dstate, hpg, nheads, dtcs[0].numel(),
         x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1), B.stride(2),
         C.stride(0), C.stride(1), C.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
         dx.stride(0), dx.stride(1), dx.stride(2), ddt.stride(0), ddt.stride(1),
@@ -306,8 +290,8 @@ def bwd_dx_launch(x, dt, A, B, C, D, dt_bias, table, dy, s_in, carry_decay, carr
         num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"])
 
 
-def bwd_dbc_launch(x, dt, A, dt_bias, table, dy, v, u, state, state_decay, state_carry, out, da_part, is_db: bool,
-                   geometry: dict, dt_softplus: bool, cfg: dict, dot_precision: str):
+def bwd_dbc_launch(x, dtcs, table, dy, v, u, state, state_decay, state_carry, out, da_part, is_db: bool,
+                   geometry: dict, cfg: dict, dot_precision: str):
     """dC (is_db False: v = B, u = C, state = forward S_in; writes da_part [n_chunks, Q / BLOCK_M, H, Q] fp32 too) or
     dB (is_db True: v = C, state = backward G_out; u, da_part unused), at the tile `cfg` (bwd_config's "dc" / "db").
     -> the launched CompiledKernel."""
@@ -320,15 +304,14 @@ def bwd_dbc_launch(x, dt, A, dt_bias, table, dy, v, u, state, state_decay, state
     chunk = geometry["Q"]
     grid = (geometry["n_chunks"], ngroups, cdiv(chunk, cfg["BLOCK_M"]))
     return _ssd_bwd_dbc_kernel[grid](
-        x, dt, A, dt_bias if dt_bias is not None else A, table if table is not None else A, dy, v,
+        x, dtcs, table if table is not None else dtcs, dy, v,
         u if u is not None else v, da_part if da_part is not None else state_decay, state, state_decay,
         state_carry if state_carry is not None else state, out,
-        *_common_args(x, geometry, geometry["n_seg"]), dstate, nheads // ngroups, nheads,
-        x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), dy.stride(0), dy.stride(1), dy.stride(2),
+        *_common_args(x, geometry, geometry["n_seg"]), dstate, nheads // ngroups, nheads, dtcs[0].numel(),
+        x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         *((u if u is not None else v).stride()[:3]), Q=chunk, BLOCK_M=cfg["BLOCK_M"], BLOCK_P=cfg["BLOCK_P"],
-        BLOCK_N=cfg["BLOCK_N"], IS_DB=is_db,
-        HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus, HAS_CARRY=state_carry is not None,
+        BLOCK_N=cfg["BLOCK_N"], IS_DB=is_db, HAS_CARRY=state_carry is not None,
         IS_VARLEN=table is not None, DOT_PRECISION=dot_precision, num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"])
 
@@ -339,12 +322,13 @@ def aot_compile_all(cfg: dict | None = None):
     from .mamba_common import aot_compile
     default = bwd_config(256, 8, 8, 64, 128, 128, 132)
     cfg = cfg or default
-    common = {"dt_ptr": "*bf16", "A_ptr": "*fp32", "dt_bias_ptr": "*fp32", "table_ptr": "*i32", "x_ptr": "*bf16",
-              "dy_ptr": "*bf16", "seqlen": "i32", "n_table": "i32", "chunks_per_row": "i32", "seg_len": "i32",
-              "n_seg": "i32", "headdim": "i32", "dstate": "i32", "heads_per_group": "i32", "nheads": "i32",
-              "stride_x_b": "i64", "stride_x_l": "i64", "stride_x_h": "i32", "stride_dt_b": "i64",
-              "stride_dt_l": "i64", "stride_dy_b": "i64", "stride_dy_l": "i64", "stride_dy_h": "i32"}
-    dx_sig = dict(common, B_ptr="*bf16", C_ptr="*bf16", D_ptr="*fp32", s_in_ptr="*bf16", carry_decay_ptr="*fp32",
+    common = {"dtcs_ptr": "*fp32", "table_ptr": "*i32", "x_ptr": "*bf16", "dy_ptr": "*bf16", "seqlen": "i32",
+              "n_table": "i32", "chunks_per_row": "i32", "seg_len": "i32", "n_seg": "i32", "headdim": "i32",
+              "dstate": "i32", "heads_per_group": "i32", "nheads": "i32", "plane": "i32", "stride_x_b": "i64",
+              "stride_x_l": "i64", "stride_x_h": "i32", "stride_dy_b": "i64", "stride_dy_l": "i64",
+              "stride_dy_h": "i32"}
+    dx_sig = dict(common, dt_ptr="*bf16", A_ptr="*fp32", dt_bias_ptr="*fp32", stride_dt_b="i64", stride_dt_l="i64",
+                  B_ptr="*bf16", C_ptr="*bf16", D_ptr="*fp32", s_in_ptr="*bf16", carry_decay_ptr="*fp32",
                   carry_ptr="*bf16", g_out_ptr="*bf16", gcarry_decay_ptr="*fp32", gcarry_ptr="*bf16",
                   dx_ptr="*bf16", ddt_ptr="*fp32", dA_part_ptr="*fp64", dD_part_ptr="*fp64", da_part_ptr="*fp32",
                   stride_B_b="i64", stride_B_l="i64", stride_B_g="i32", stride_C_b="i64", stride_C_l="i64",
@@ -368,7 +352,7 @@ def aot_compile_all(cfg: dict | None = None):
     for kernel, varlen in ((k, varlen) for k, varlen in dbc_variants if k in cfg):
         tile = cfg[kernel]
         consts = {"Q": 128, "BLOCK_M": tile["BLOCK_M"], "BLOCK_P": tile["BLOCK_P"], "BLOCK_N": tile["BLOCK_N"],
-                  "IS_DB": kernel == "db", "HAS_DT_BIAS": True, "DT_SOFTPLUS": True, "HAS_CARRY": True,
+                  "IS_DB": kernel == "db", "HAS_CARRY": True,
                   "IS_VARLEN": varlen, "DOT_PRECISION": "tf32"}
         yield (f"ssd_bwd_dbc is_db={kernel == 'db'} varlen={varlen}",
                aot_compile(_ssd_bwd_dbc_kernel, dbc_sig, consts, num_warps=tile["num_warps"],

@@ -17,7 +17,7 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import _chunk_info
+from .ssd_scan_common import _chunk_dtcs, _chunk_info
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -76,13 +76,9 @@ def _ssd_chunk_state_kernel(
 
         rows = (start + offs_q).to(tl.int64)
         q_ok = offs_q < length
-        head_row = dtcs_ptr + (b * nheads + h) * seqlen + start
-        dt = tl.load(head_row + offs_q, mask=q_ok, other=0.0)                       # [Q]
-        cs_hi = tl.load(head_row + plane + offs_q, mask=q_ok, other=0.0)
-        cs_lo = tl.load(head_row + 2 * plane + offs_q, mask=q_ok, other=0.0)
-        end = tl.maximum(length - 1, 0)
-        end_hi = tl.load(head_row + plane + end, mask=length > 0, other=0.0)        # the chunk's sum of dt A
-        end_lo = tl.load(head_row + 2 * plane + end, mask=length > 0, other=0.0)
+        dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_q, q_ok)    # [Q]
+        dt_end, end_hi, end_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, tl.maximum(length - 1, 0),
+                                        length > 0)                                  # the chunk's sum of dt A
         # sum_{s>t} dA_s from the fp64 sums' hi + lo parts: a plain fp32 difference of two long sums cancels badly
         to_end = tl.exp((end_hi - cs_hi) + (end_lo - cs_lo)) * dt                     # [Q]
         total = end_hi + end_lo
