@@ -187,7 +187,7 @@ def sweep(only: str | None = None) -> dict:
     base = plan_with({})
     geo, prec = base["geometry"], base["precision"]
     s_in, c_decay, carry, dtcs = ssd_ops._chunk_states(x, dt, A, B, bias, None, True, base)
-    g_out, g_decay, _, g_carry, _, _ = ssd_ops._state_grads(dy, dt, A, C, bias, None, False, 1, True, base)
+    g_out, g_decay, _, g_carry, _, _ = ssd_ops._state_grads(dy, dtcs, C, None, False, 1, base)
     da_m = Q // base["cfg"]["dc"]["BLOCK_M"]
     da_part = torch.empty(N_CHUNKS, da_m, H, Q, device="cuda")
     bwd_k.bwd_dbc_launch(x, dtcs, None, dy, B, C, s_in, c_decay, carry, torch.empty_like(C), da_part, False, geo,
@@ -203,7 +203,7 @@ def sweep(only: str | None = None) -> dict:
     def grad_states(over):   # backward stage 1 + state passing, at the candidate's segments
         geom = {k: over[k] for k in ("BLOCK_P", "programs_per_sm") if k in over}
         plan = plan_with({"chunk_state": geom, "bwd_chunk_state": over})
-        return (lambda: ssd_ops._state_grads(dy, dt, A, C, bias, None, False, 1, True, plan),
+        return (lambda: ssd_ops._state_grads(dy, dtcs, C, None, False, 1, plan),
                 lambda outs: (full_states(outs[0], outs[1], outs[3], plan["geometry"], True),),
                 (bwd_state_k, "bwd_chunk_state_launch"))
 

@@ -126,8 +126,8 @@ def _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus: bool, plan:
     return s_in, carry_decay, carry_lp, dtcs
 
 
-def _state_grads(dy, dt, A, C, dt_bias, dfinal, want_dinit: bool, nstates: int, dt_softplus: bool, plan: dict):
-    """Backward stage 1 per segment (last chunk to first), then stage 2 over reversed segments: (g_out [n_chunks, H,
+def _state_grads(dy, dtcs, C, dfinal, want_dinit: bool, nstates: int, plan: dict):
+    """Backward stage 1 per segment (dtcs: stage 0's, from _chunk_states) (last chunk to first), then stage 2 over reversed segments: (g_out [n_chunks, H,
     P, N] state dtype, gcarry_decay [n_chunks, H] fp32, gcarry [n_seg, H, P, N] fp32 and gcarry_lp in the state
     dtype | None with one segment, dinit [n_states, H, P, N] fp32 and dinit_decay [n_states, H] fp32 | None)."""
     bwd_state_k = mamba_common.kernel_module("ssd_scan_bwd_chunk_state")
@@ -142,9 +142,9 @@ def _state_grads(dy, dt, A, C, dt_bias, dfinal, want_dinit: bool, nstates: int, 
     seg_gdecay = torch.empty(n_seg, nheads, dtype=torch.float32, device=dev)
     dinit = torch.empty(nstates, nheads, headdim, dstate, dtype=torch.float32, device=dev) if want_dinit else None
     dinit_decay = torch.empty(nstates, nheads, dtype=torch.float32, device=dev) if want_dinit else None
-    bwd_state_k.bwd_chunk_state_launch(dy, dt, A, C, dt_bias, dfinal, plan["table"], g_out, gcarry_decay, seg_g,
-                                       seg_gdecay, dinit, dinit_decay, geometry, dt_softplus,
-                                       plan["cfg"]["bwd_chunk_state"], plan["precision"])
+    bwd_state_k.bwd_chunk_state_launch(dy, dtcs, C, dfinal, plan["table"], g_out, gcarry_decay, seg_g, seg_gdecay,
+                                       dinit, dinit_decay, geometry, plan["cfg"]["bwd_chunk_state"],
+                                       plan["precision"])
     gcarry = gcarry_lp = None
     if n_seg > 1:
         gcarry = torch.empty(n_seg, nheads, headdim, dstate, dtype=torch.float32, device=dev)
@@ -239,8 +239,8 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     s_in, carry_decay, carry_lp, dtcs = _chunk_states(x, dt, A32, B, bias32, initial_states, dt_softplus, plan)
 
     want_dinit = initial_states is not None
-    g_out, gcarry_decay, gcarry, gcarry_lp, dinit, dinit_decay = _state_grads(dy, dt, A32, C, bias32, dfinal,
-                                                                              want_dinit, nstates, dt_softplus, plan)
+    g_out, gcarry_decay, gcarry, gcarry_lp, dinit, dinit_decay = _state_grads(dy, dtcs, C, dfinal, want_dinit,
+                                                                              nstates, plan)
 
     # chunk-parallel gradients
     cfg = plan["cfg"]

@@ -16,7 +16,7 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import _chunk_dt, _chunk_info
+from .ssd_scan_common import _chunk_dtcs, _chunk_info
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -26,18 +26,17 @@ DEP_TOKENS = dep_tokens(ssd_scan_common)
 
 @triton.jit
 def _ssd_bwd_chunk_state_kernel(
-    dy_ptr, dt_ptr, A_ptr, C_ptr, dt_bias_ptr, dfinal_ptr, table_ptr,
+    dy_ptr, dtcs_ptr, C_ptr, dfinal_ptr, table_ptr,  # dtcs [3, B, H, L] fp32: stage 0's dt, cumulative dt A (hi, lo)
     g_out_ptr,                    # [n_chunks, H, P, N] dL/dS_out of each chunk (from the segment end), state dtype
     gcarry_decay_ptr,             # [n_chunks, H] fp32
     seg_g_ptr, seg_decay_ptr,     # [n_seg, H, P, N] fp32, [n_seg, H] fp32, reversed segment order
     dinit_ptr, dinit_decay_ptr,   # [n_states, H, P, N] fp32, [n_states, H] fp32
-    seqlen, n_chunks, n_table, chunks_per_row, seg_len, n_seg, headdim, dstate, heads_per_group, nheads,
+    seqlen, n_chunks, n_table, chunks_per_row, seg_len, n_seg, headdim, dstate, heads_per_group, nheads, plane,
     stride_dy_b, stride_dy_l, stride_dy_h,    # dy [B, L, H, P], unit P stride
-    stride_dt_b, stride_dt_l,                 # dt [B, L, H], unit H stride
     stride_C_b, stride_C_l, stride_C_g,       # C [B, L, G, N], unit N stride
     stride_df_s, stride_df_h, stride_df_p,    # dfinal [n_states, H, P, N], unit N stride
     Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_DFINAL: tl.constexpr, HAS_DINIT: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, HAS_DINIT: tl.constexpr,
     IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     seg = tl.program_id(0)
@@ -52,10 +51,10 @@ def _ssd_bwd_chunk_state_kernel(
     pn_ok = p_ok[:, None] & n_ok[None, :]
     state_size = headdim * dstate
     pn_offs = offs_p[:, None] * dstate + offs_n[None, :]                  # into a contiguous [P, N] state
-    A = tl.load(A_ptr + h).to(tl.float32)
+    plane = tl.cast(plane, tl.int64)                                       # dtcs' plane stride
 
     G = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
-    carry = A * 0.0 + 1.0                                                  # decay to the segment end
+    carry = tl.full([], 1.0, tl.float32)                                   # decay to the segment end
     gc_start = seg * seg_len
     gc_end = tl.minimum(gc_start + seg_len, n_chunks)
     for i in range(gc_end - gc_start):
@@ -76,17 +75,17 @@ def _ssd_bwd_chunk_state_kernel(
         if pid_p == 0:
             tl.store(gcarry_decay_ptr + head_chunk, carry)
 
-        dt = _chunk_dt(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l, offs_q,
-                       HAS_DT_BIAS, DT_SOFTPLUS)                                     # [Q]
-        cs = tl.cumsum((dt * A).to(tl.float64), axis=0)                              # [Q] fp64
-        decay = tl.exp(tl.sum(dt * A, axis=0))
         rows = (start + offs_q).to(tl.int64)
         q_ok = offs_q < length
+        dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_q, q_ok)    # [Q]
+        dt_end, end_hi, end_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start,
+                                             tl.maximum(length - 1, 0), length > 0)  # the chunk's sum of dt A
+        decay = tl.exp(end_hi + end_lo)
         dy = tl.load(dy_ptr + b * stride_dy_b + rows[:, None] * stride_dy_l + h * stride_dy_h + offs_p[None, :],
                      mask=q_ok[:, None] & p_ok[None, :], other=0.0)                 # [Q, BLOCK_P]
         Ct = tl.load(C_ptr + b * stride_C_b + rows[:, None] * stride_C_l + g * stride_C_g + offs_n[None, :],
                      mask=q_ok[:, None] & n_ok[None, :], other=0.0)                 # [Q, BLOCK_N]
-        Cw = (Ct.to(tl.float32) * tl.exp(cs.to(tl.float32))[:, None]).to(dy_ptr.dtype.element_ty)
+        Cw = (Ct.to(tl.float32) * tl.exp(cs_hi)[:, None]).to(dy_ptr.dtype.element_ty)
         G = tl.dot(tl.trans(dy), Cw, G * decay, input_precision=DOT_PRECISION)      # [BLOCK_P, BLOCK_N]
         carry = carry * decay
         if HAS_DINIT:
@@ -101,29 +100,28 @@ def _ssd_bwd_chunk_state_kernel(
         tl.store(seg_decay_ptr + rseg, carry)
 
 
-def bwd_chunk_state_launch(dy, dt, A, C, dt_bias, dfinal, table, g_out, gcarry_decay, seg_g, seg_decay, dinit,
-                           dinit_decay, geometry: dict, dt_softplus: bool, cfg: dict, dot_precision: str):
-    """Backward stage 1 over all chunks; `geometry` and `cfg` as forward stage 1 (ssd_scan_chunk_state).
-    -> the launched CompiledKernel."""
+def bwd_chunk_state_launch(dy, dtcs, C, dfinal, table, g_out, gcarry_decay, seg_g, seg_decay, dinit, dinit_decay,
+                           geometry: dict, cfg: dict, dot_precision: str):
+    """Backward stage 1 over all chunks; dtcs [3, B, H, L] from stage 0; `geometry` and `cfg` as forward stage 1
+    (ssd_scan_chunk_state). -> the launched CompiledKernel."""
     _, seqlen, nheads, headdim = dy.shape
     ngroups, dstate = C.shape[2], C.shape[3]
-    assert dy.stride(3) == 1 and C.stride(3) == 1 and dt.stride(2) == 1, \
-        "ssd_scan bwd chunk_state: dy, C need a unit last stride, dt a unit head stride"
+    assert dy.stride(3) == 1 and C.stride(3) == 1, "ssd_scan bwd chunk_state: dy, C need a unit last stride"
+    assert dtcs.is_contiguous() and dtcs.shape == (3, dy.shape[0], nheads, seqlen), "ssd_scan bwd: stage 0's dtcs"
     assert dfinal is None or dfinal.stride(3) == 1, "ssd_scan bwd: dfinal needs a unit N stride"
     assert g_out.is_contiguous() and seg_g.is_contiguous(), "ssd_scan bwd: state buffers must be contiguous"
     assert dinit is None or dinit.is_contiguous(), "ssd_scan bwd: dinit must be contiguous"
     df = dfinal if dfinal is not None else seg_g
     grid = (geometry["n_seg"], nheads, cdiv(headdim, cfg["BLOCK_P"]))
     return _ssd_bwd_chunk_state_kernel[grid](
-        dy, dt, A, C, dt_bias if dt_bias is not None else A, df, table if table is not None else A,
+        dy, dtcs, C, df, table if table is not None else dtcs,
         g_out, gcarry_decay, seg_g, seg_decay,
         dinit if dinit is not None else seg_g, dinit_decay if dinit_decay is not None else seg_decay,
         seqlen, geometry["n_chunks"], geometry["n_table"], geometry["chunks_per_row"], geometry["seg_len"],
-        geometry["n_seg"], headdim, dstate, nheads // ngroups, nheads,
-        dy.stride(0), dy.stride(1), dy.stride(2), dt.stride(0), dt.stride(1), C.stride(0), C.stride(1), C.stride(2),
+        geometry["n_seg"], headdim, dstate, nheads // ngroups, nheads, dtcs[0].numel(),
+        dy.stride(0), dy.stride(1), dy.stride(2), C.stride(0), C.stride(1), C.stride(2),
         df.stride(0), df.stride(1), df.stride(2),
-        Q=geometry["Q"], BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"], HAS_DT_BIAS=dt_bias is not None,
-        DT_SOFTPLUS=dt_softplus, HAS_DFINAL=dfinal is not None, HAS_DINIT=dinit is not None,
+        Q=geometry["Q"], BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"], HAS_DFINAL=dfinal is not None, HAS_DINIT=dinit is not None,
         IS_VARLEN=table is not None, DOT_PRECISION=dot_precision, num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"])
 
@@ -134,17 +132,15 @@ def aot_compile_all(cfg: dict | None = None):
     from .mamba_common import aot_compile
     from .ssd_scan_chunk_state import chunk_state_config
     cfg = cfg or chunk_state_config(64, 128, 128, backward=True)
-    sig = {"dy_ptr": "*bf16", "dt_ptr": "*bf16", "A_ptr": "*fp32", "C_ptr": "*bf16", "dt_bias_ptr": "*fp32",
+    sig = {"dy_ptr": "*bf16", "dtcs_ptr": "*fp32", "C_ptr": "*bf16",
            "dfinal_ptr": "*fp32", "table_ptr": "*i32", "g_out_ptr": "*bf16", "gcarry_decay_ptr": "*fp32",
            "seg_g_ptr": "*fp32", "seg_decay_ptr": "*fp32", "dinit_ptr": "*fp32", "dinit_decay_ptr": "*fp32",
            "seqlen": "i32", "n_chunks": "i32", "n_table": "i32", "chunks_per_row": "i32", "seg_len": "i32",
            "n_seg": "i32", "headdim": "i32", "dstate": "i32", "heads_per_group": "i32", "nheads": "i32",
-           "stride_dy_b": "i64", "stride_dy_l": "i64", "stride_dy_h": "i32", "stride_dt_b": "i64",
-           "stride_dt_l": "i64", "stride_C_b": "i64", "stride_C_l": "i64", "stride_C_g": "i32",
+           "plane": "i32", "stride_dy_b": "i64", "stride_dy_l": "i64", "stride_dy_h": "i32", "stride_C_b": "i64", "stride_C_l": "i64", "stride_C_g": "i32",
            "stride_df_s": "i64", "stride_df_h": "i32", "stride_df_p": "i32"}
     for varlen, has_init in ((False, False), (True, True)):
-        consts = {"Q": 128, "BLOCK_P": cfg["BLOCK_P"], "BLOCK_N": cfg["BLOCK_N"], "HAS_DT_BIAS": True,
-                  "DT_SOFTPLUS": True, "HAS_DFINAL": True, "HAS_DINIT": has_init, "IS_VARLEN": varlen,
+        consts = {"Q": 128, "BLOCK_P": cfg["BLOCK_P"], "BLOCK_N": cfg["BLOCK_N"], "HAS_DFINAL": True, "HAS_DINIT": has_init, "IS_VARLEN": varlen,
                   "DOT_PRECISION": "tf32"}
         yield (f"ssd_bwd_chunk_state varlen={varlen} init={has_init}",
                aot_compile(_ssd_bwd_chunk_state_kernel, sig, consts, num_warps=cfg["num_warps"],
