@@ -70,7 +70,10 @@ def relu2_grad_ref(dout, out):
         raise ValueError(f"out must have dout's shape {tuple(dout.shape)}, got {tuple(out.shape)}")
     check_same_device(dout=dout, out=out)
     cdtype = compute_dtype(dout.dtype, out.dtype)
-    return (dout.to(cdtype) * out.to(cdtype).sqrt() * 2.0).to(dout.dtype)
+    # the square root through float64, then rounded: correctly rounded in cdtype, as the kernel's sqrt_rn is (torch's
+    # CPU fp32 sqrt is 1 ulp off for some inputs on some machines: 0x1.0a5fp-1 -> 0x1.714ca0p-1, not ...a2p-1)
+    root = out.to(torch.float64).sqrt().to(cdtype)
+    return (dout.to(cdtype) * root * 2.0).to(dout.dtype)
 E4M3_MAX = 448.0
 
 
