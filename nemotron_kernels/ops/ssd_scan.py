@@ -127,9 +127,10 @@ def _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus: bool, plan:
 
 
 def _state_grads(dy, dtcs, C, dfinal, want_dinit: bool, nstates: int, plan: dict):
-    """Backward stage 1 per segment (dtcs: stage 0's, from _chunk_states) (last chunk to first), then stage 2 over reversed segments: (g_out [n_chunks, H,
-    P, N] state dtype, gcarry_decay [n_chunks, H] fp32, gcarry [n_seg, H, P, N] fp32 and gcarry_lp in the state
-    dtype | None with one segment, dinit [n_states, H, P, N] fp32 and dinit_decay [n_states, H] fp32 | None)."""
+    """Backward stage 1 per segment (last chunk to first; dtcs: stage 0's, from _chunk_states), then stage 2 over
+    reversed segments: (g_out [n_chunks, H, P, N] state dtype, gcarry_decay [n_chunks, H] fp32, gcarry [n_seg, H, P,
+    N] fp32 and gcarry_lp in the state dtype | None with one segment, dinit [n_states, H, P, N] fp32 and dinit_decay
+    [n_states, H] fp32 | None)."""
     bwd_state_k = mamba_common.kernel_module("ssd_scan_bwd_chunk_state")
     pass_k = mamba_common.kernel_module("ssd_scan_state_passing")
     _, _, nheads, headdim = dy.shape

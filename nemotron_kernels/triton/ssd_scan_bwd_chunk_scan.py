@@ -86,8 +86,8 @@ def _ssd_bwd_dx_kernel(
         h = h0 + hh
         A = tl.load(A_ptr + h).to(tl.float32)
         dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_q, q_ok)  # [Q], stage 0's
-        dt_end, end_hi, end_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, tl.maximum(length - 1, 0),
-                                        length > 0)                                  # cs_Q: the chunk's sum
+        end = tl.maximum(length - 1, 0)
+        dt_end, end_hi, end_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, end, length > 0)  # cs_Q
         seg_sum = tl.minimum((cs_hi[:, None] - cs_hi[None, :]) + (cs_lo[:, None] - cs_lo[None, :]), 0.0)
         M = tl.where(causal, CB * tl.exp(seg_sum), 0.0)                                # [Q, Q]: t, s
         to_end = tl.exp((end_hi - cs_hi) + (end_lo - cs_lo))                           # [Q] exp(cs_Q - cs_s)
@@ -213,8 +213,8 @@ def _ssd_bwd_dbc_kernel(
         diff = (cs_m_hi[:, None] - cs_hi[None, :]) + (cs_m_lo[:, None] - cs_lo[None, :])   # cs_r - cs_k
         if IS_DB:
             Pm = RK * tl.exp(tl.minimum(-diff, 0.0)) * dt_m[:, None]
-            dt_end, end_hi, end_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start,
-                                            tl.maximum(length - 1, 0), length > 0)   # cs_Q: the chunk's sum
+            end = tl.maximum(length - 1, 0)
+            dt_end, end_hi, end_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, end, length > 0)  # cs_Q
             r_scale = tl.exp((end_hi - cs_m_hi) + (end_lo - cs_m_lo)) * dt_m            # exp(cs_Q - cs_s) dt_s
         else:
             Pm = RK * tl.exp(tl.minimum(diff, 0.0)) * dt[None, :]

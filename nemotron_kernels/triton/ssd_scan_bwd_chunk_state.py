@@ -78,8 +78,8 @@ def _ssd_bwd_chunk_state_kernel(
         rows = (start + offs_q).to(tl.int64)
         q_ok = offs_q < length
         dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_q, q_ok)    # [Q]
-        dt_end, end_hi, end_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start,
-                                             tl.maximum(length - 1, 0), length > 0)  # the chunk's sum of dt A
+        end = tl.maximum(length - 1, 0)
+        dt_end, end_hi, end_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, end, length > 0)  # cs_Q
         decay = tl.exp(end_hi + end_lo)
         dy = tl.load(dy_ptr + b * stride_dy_b + rows[:, None] * stride_dy_l + h * stride_dy_h + offs_p[None, :],
                      mask=q_ok[:, None] & p_ok[None, :], other=0.0)                 # [Q, BLOCK_P]
@@ -121,7 +121,8 @@ def bwd_chunk_state_launch(dy, dtcs, C, dfinal, table, g_out, gcarry_decay, seg_
         geometry["n_seg"], headdim, dstate, nheads // ngroups, nheads, dtcs[0].numel(),
         dy.stride(0), dy.stride(1), dy.stride(2), C.stride(0), C.stride(1), C.stride(2),
         df.stride(0), df.stride(1), df.stride(2),
-        Q=geometry["Q"], BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"], HAS_DFINAL=dfinal is not None, HAS_DINIT=dinit is not None,
+        Q=geometry["Q"], BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"], HAS_DFINAL=dfinal is not None,
+        HAS_DINIT=dinit is not None,
         IS_VARLEN=table is not None, DOT_PRECISION=dot_precision, num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"])
 
@@ -137,10 +138,12 @@ def aot_compile_all(cfg: dict | None = None):
            "seg_g_ptr": "*fp32", "seg_decay_ptr": "*fp32", "dinit_ptr": "*fp32", "dinit_decay_ptr": "*fp32",
            "seqlen": "i32", "n_chunks": "i32", "n_table": "i32", "chunks_per_row": "i32", "seg_len": "i32",
            "n_seg": "i32", "headdim": "i32", "dstate": "i32", "heads_per_group": "i32", "nheads": "i32",
-           "plane": "i32", "stride_dy_b": "i64", "stride_dy_l": "i64", "stride_dy_h": "i32", "stride_C_b": "i64", "stride_C_l": "i64", "stride_C_g": "i32",
+           "plane": "i32", "stride_dy_b": "i64", "stride_dy_l": "i64", "stride_dy_h": "i32", "stride_C_b": "i64",
+           "stride_C_l": "i64", "stride_C_g": "i32",
            "stride_df_s": "i64", "stride_df_h": "i32", "stride_df_p": "i32"}
     for varlen, has_init in ((False, False), (True, True)):
-        consts = {"Q": 128, "BLOCK_P": cfg["BLOCK_P"], "BLOCK_N": cfg["BLOCK_N"], "HAS_DFINAL": True, "HAS_DINIT": has_init, "IS_VARLEN": varlen,
+        consts = {"Q": 128, "BLOCK_P": cfg["BLOCK_P"], "BLOCK_N": cfg["BLOCK_N"], "HAS_DFINAL": True,
+                  "HAS_DINIT": has_init, "IS_VARLEN": varlen,
                   "DOT_PRECISION": "tf32"}
         yield (f"ssd_bwd_chunk_state varlen={varlen} init={has_init}",
                aot_compile(_ssd_bwd_chunk_state_kernel, sig, consts, num_warps=cfg["num_warps"],

@@ -209,7 +209,8 @@ def aot_compile_all(cfg: dict | None = None):
     for tile, varlen, carry in tiles:
         consts = {"Q": 128, "BLOCK_M": tile["BLOCK_M"], "OFF": off_rows(128, tile["BLOCK_M"]),
                   "BLOCK_P": tile["BLOCK_P"], "BLOCK_N": tile["BLOCK_N"],
-                  "HEADS_PER_PROG": tile["HEADS_PER_PROG"], "HAS_D": True, "HAS_CARRY": carry, "IS_VARLEN": varlen, "DOT_PRECISION": "tf32"}
+                  "HEADS_PER_PROG": tile["HEADS_PER_PROG"], "HAS_D": True, "HAS_CARRY": carry, "IS_VARLEN": varlen,
+                  "DOT_PRECISION": "tf32"}
         yield (f"ssd_chunk_scan BLOCK_M={tile['BLOCK_M']} warps={tile['num_warps']} varlen={varlen} carry={carry}",
                aot_compile(_ssd_chunk_scan_kernel, sig, consts, num_warps=tile["num_warps"],
                            num_stages=tile["num_stages"], maxnreg=tile["maxnreg"], aligned=("headdim", "dstate")))

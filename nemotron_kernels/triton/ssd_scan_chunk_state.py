@@ -77,8 +77,8 @@ def _ssd_chunk_state_kernel(
         rows = (start + offs_q).to(tl.int64)
         q_ok = offs_q < length
         dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_q, q_ok)    # [Q]
-        dt_end, end_hi, end_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, tl.maximum(length - 1, 0),
-                                        length > 0)                                  # the chunk's sum of dt A
+        end = tl.maximum(length - 1, 0)
+        dt_end, end_hi, end_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, end, length > 0)  # cs_Q
         # sum_{s>t} dA_s from the fp64 sums' hi + lo parts: a plain fp32 difference of two long sums cancels badly
         to_end = tl.exp((end_hi - cs_hi) + (end_lo - cs_lo)) * dt                     # [Q]
         total = end_hi + end_lo
@@ -137,7 +137,8 @@ def chunk_state_launch(x, dtcs, B, initial_states, table, s_in, carry_decay, seg
     _, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     assert x.stride(3) == 1 and B.stride(3) == 1, "ssd_scan chunk_state: x, B need a unit last stride"
-    assert dtcs.is_contiguous() and dtcs.shape == (3, x.shape[0], nheads, seqlen), "ssd_scan chunk_state: stage 0's dtcs"
+    assert dtcs.is_contiguous() and dtcs.shape == (3, x.shape[0], nheads, seqlen), \
+        "ssd_scan chunk_state: stage 0's dtcs"
     assert initial_states is None or initial_states.stride(3) == 1, "ssd_scan: initial_states needs a unit N stride"
     assert s_in.is_contiguous() and seg_state.is_contiguous(), "ssd_scan: state buffers must be contiguous"
     init = initial_states if initial_states is not None else seg_state
@@ -169,7 +170,8 @@ def aot_compile_all(cfg: dict | None = None):
            "stride_B_b": "i64", "stride_B_l": "i64", "stride_B_g": "i32", "stride_init_s": "i64",
            "stride_init_h": "i32", "stride_init_p": "i32"}
     for varlen, has_init in ((False, False), (True, True)):
-        consts = {"Q": 128, "BLOCK_P": cfg["BLOCK_P"], "BLOCK_N": cfg["BLOCK_N"], "HAS_INIT": has_init, "HAS_FINAL": True, "IS_VARLEN": varlen,
+        consts = {"Q": 128, "BLOCK_P": cfg["BLOCK_P"], "BLOCK_N": cfg["BLOCK_N"], "HAS_INIT": has_init,
+                  "HAS_FINAL": True, "IS_VARLEN": varlen,
                   "DOT_PRECISION": "tf32"}
         yield (f"ssd_chunk_state varlen={varlen} init={has_init}",
                aot_compile(_ssd_chunk_state_kernel, sig, consts, num_warps=cfg["num_warps"],

@@ -22,8 +22,8 @@ FWD, BWD = 2.0, 3.0
 # share one compile of all of them (child processes).
 AOT_MODULES = ("rmsnorm", "gated_rmsnorm_fwd", "gated_rmsnorm_bwd", "causal_conv1d_fwd", "causal_conv1d_bwd",
                "causal_conv1d_update", "ssd_state_update", "ssd_scan_chunk_state", "ssd_scan_state_passing",
-               "ssd_scan_chunk_cumsum", "ssd_scan_chunk_scan", "ssd_scan_bwd_chunk_state", "ssd_scan_bwd_chunk_scan", "moe_router_split",
-               "relu2_grad")
+               "ssd_scan_chunk_cumsum", "ssd_scan_chunk_scan", "ssd_scan_bwd_chunk_state", "ssd_scan_bwd_chunk_scan",
+               "moe_router_split", "relu2_grad")
 
 
 @functools.lru_cache(maxsize=1)
