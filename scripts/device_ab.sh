@@ -10,6 +10,8 @@
 #   from this tree by its absolute path and still imports the old tree's code:
 #     bash scripts/device_ab.sh 768bc30 python3 $PWD/scripts/bench_quantize.py
 # Without a prepared tree the old commit is taken from the machine's .git, if it has it.
+# AB_BUILD=0 skips both extension builds (~140 s): for A/Bs of Triton kernels (the SSD scan, attention), whose
+# benchmarks import the package without its C++ extension.
 set -uo pipefail
 if [ "${1:-}" = "--prepare" ]; then
   old=${2:?usage: device_ab.sh --prepare OLD_COMMIT}
@@ -26,7 +28,9 @@ root=$PWD
 old_dir=$root/.whl/ab-$old
 
 t0=$(date +%s)
-nk_build "$OUT/build_new.log" || { echo "(this tree)"; exit 1; }
+if [ "${AB_BUILD:-1}" != 0 ]; then
+  nk_build "$OUT/build_new.log" || { echo "(this tree)"; exit 1; }
+fi
 if [ ! -f "$old_dir/setup.py" ]; then
   rm -rf "$old_dir" && mkdir -p "$old_dir"
   if ! git archive "$old" 2>/dev/null | tar -x -C "$old_dir" 2>/dev/null; then
@@ -34,7 +38,8 @@ if [ ! -f "$old_dir/setup.py" ]; then
     exit 1
   fi
 fi
-if ! (cd "$old_dir" && MAX_JOBS=${MAX_JOBS:-16} $PY setup.py build_ext --inplace >"$OUT/build_old.log" 2>&1); then
+if [ "${AB_BUILD:-1}" != 0 ] && ! (cd "$old_dir" && MAX_JOBS=${MAX_JOBS:-16} $PY setup.py build_ext --inplace \
+                                   >"$OUT/build_old.log" 2>&1); then
   tail -40 "$OUT/build_old.log"; echo "BUILD FAILED: $old"; exit 1
 fi
 echo "builds: $(( $(date +%s) - t0 )) s"
