@@ -278,6 +278,35 @@ def test_custom_op_registration():
                           test_utils=("test_schema", "test_faketensor"))
 
 
+@pytest.mark.usefixtures("interpret")
+@pytest.mark.parametrize("cu", [None, [0, 5, 5, 40, 47]])      # batched rows; packed, with an empty sequence
+def test_interpreter_chunk_cumsum_is_the_float64_sums(cu):
+    """Stage 0 alone: dt (+ bias, softplus; fp32 math) and, per chunk, the running sum of its dt A from the chunk's
+    first token, whose fp32 hi part is that float64 sum rounded (to an ulp) and hi + lo holds it to ~1e-13 of the
+    chunk's largest sum; tokens of other chunks never leak in."""
+    import nemotron_kernels.ops.ssd_scan as ssd_ops
+    from nemotron_kernels.triton import mamba_common
+    bsz, seqlen = (2, 37) if cu is None else (1, cu[-1])
+    inputs = make_inputs(21, bsz, seqlen, 3, 16, 1, 16, torch.float32, cu=cu)
+    dt, A, bias = inputs["dt"], inputs["A"], inputs["dt_bias"]
+    chunk = 16
+    nstates = bsz if cu is None else len(cu) - 1
+    plan = ssd_ops._plan(inputs["x"], inputs["B"], chunk, inputs["cu_seqlens"], nstates)
+    dtcs = mamba_common.kernel_module("ssd_scan_chunk_cumsum").chunk_cumsum_launch(
+        dt, A, bias, plan["table"], plan["geometry"], True)                            # [3, B, H, L]
+    dt64 = torch.nn.functional.softplus(dt.double() + bias.double())                  # [B, L, H]
+    bounds = [list(range(0, seqlen, chunk)) + [seqlen]] * bsz if cu is None else \
+        [sorted({s for a, e in zip(cu[:-1], cu[1:]) for s in range(a, e, chunk)} | {seqlen})]
+    for b in range(bsz):
+        for start, end in zip(bounds[b][:-1], bounds[b][1:]):
+            got_dt, hi, lo = dtcs[:, b, :, start:end]                                  # [H, len] each
+            torch.testing.assert_close(got_dt.double(), dt64[b, start:end].T, rtol=4e-6, atol=4e-7)
+            want = torch.cumsum((got_dt * A[:, None]).double(), 1)                      # its own dt A, summed
+            scale = want.abs().max().item()
+            assert (hi.double() - want).abs().max() <= 2 ** -24 * scale, "hi is not the sum rounded to fp32"
+            assert (hi.double() + lo.double() - want).abs().max() <= 1e-13 * scale, "hi + lo lost the float64 sum"
+
+
 def test_aot_compile_sm90():
     assert len(aot_lines("ssd_scan_chunk_state")) == 2
     assert len(aot_lines("ssd_scan_state_passing")) == 2
