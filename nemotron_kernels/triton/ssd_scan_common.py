@@ -1,4 +1,6 @@
-"""Jit helpers shared by the SSD scan stages (chunk_state, chunk_scan).
+"""Jit helpers shared by the SSD scan stages (chunk_cumsum, chunk_state, chunk_scan and the backward's).
+Stage 0 (chunk_cumsum) computes each chunk's dt and cumulative dt A once, into dtcs [3, B, H, L] fp32; the other
+kernels read them with _chunk_dtcs, contiguous per head.
 
 Chunks: the scan splits every sequence into chunks of Q tokens that start at the sequence's first token, so a
 chunk never spans two sequences. Chunks are numbered globally, gc in [0, n_chunks):
