@@ -22,7 +22,7 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import _chunk_dt_grad_scale, _chunk_dtcs, _chunk_info, _chunk_state_full
+from .ssd_scan_common import _chunk_cs_end, _chunk_dt_grad_scale, _chunk_dtcs, _chunk_info, _chunk_state_full
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -80,14 +80,12 @@ def _ssd_bwd_dx_kernel(
     pn_offs = offs_p[:, None] * dstate + offs_n[None, :]
     pn_ok = p_ok[:, None] & n_ok[None, :] & (length > 0)    # padding chunk slots (packed) have no state
     seg = gc // seg_len
-    plane = tl.cast(plane, tl.int64)
 
     for hh in range(HEADS_PER_PROG):
         h = h0 + hh
         A = tl.load(A_ptr + h).to(tl.float32)
         dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_q, q_ok)  # [Q], stage 0's
-        end = tl.maximum(length - 1, 0)
-        dt_end, end_hi, end_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, end, length > 0)  # cs_Q
+        end_hi, end_lo = _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, seqlen, start, length)   # cs_Q
         seg_sum = tl.minimum((cs_hi[:, None] - cs_hi[None, :]) + (cs_lo[:, None] - cs_lo[None, :]), 0.0)
         M = tl.where(causal, CB * tl.exp(seg_sum), 0.0)                                # [Q, Q]: t, s
         to_end = tl.exp((end_hi - cs_hi) + (end_lo - cs_lo))                           # [Q] exp(cs_Q - cs_s)
@@ -200,7 +198,6 @@ def _ssd_bwd_dbc_kernel(
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     P_sum = tl.zeros([BLOCK_M, Q], dtype=tl.float32)   # sum over the group's heads of the decayed pair weights
-    plane = tl.cast(plane, tl.int64)
     for hh in range(heads_per_group):
         h = g * heads_per_group + hh
         dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_k, k_ok)   # [Q], stage 0's
@@ -213,8 +210,7 @@ def _ssd_bwd_dbc_kernel(
         diff = (cs_m_hi[:, None] - cs_hi[None, :]) + (cs_m_lo[:, None] - cs_lo[None, :])   # cs_r - cs_k
         if IS_DB:
             Pm = RK * tl.exp(tl.minimum(-diff, 0.0)) * dt_m[:, None]
-            end = tl.maximum(length - 1, 0)
-            dt_end, end_hi, end_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, end, length > 0)  # cs_Q
+            end_hi, end_lo = _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, seqlen, start, length)   # cs_Q
             r_scale = tl.exp((end_hi - cs_m_hi) + (end_lo - cs_m_lo)) * dt_m            # exp(cs_Q - cs_s) dt_s
         else:
             Pm = RK * tl.exp(tl.minimum(diff, 0.0)) * dt[None, :]

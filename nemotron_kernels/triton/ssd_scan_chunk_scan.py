@@ -78,7 +78,6 @@ def _ssd_chunk_scan_kernel(
     state_size = headdim * dstate
     pn_offs = offs_p[:, None] * dstate + offs_n[None, :]
     pn_ok = p_ok[:, None] & n_ok[None, :] & (length > 0)    # padding chunk slots (packed) have no state
-    plane = tl.cast(plane, tl.int64)                          # dtcs' plane stride (3 planes may pass 2^31)
     if HAS_CARRY:
         seg = gc // seg_len
 

@@ -17,7 +17,7 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import _chunk_dtcs, _chunk_info
+from .ssd_scan_common import _chunk_cs_end, _chunk_dtcs, _chunk_info
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -51,7 +51,6 @@ def _ssd_chunk_state_kernel(
     pn_ok = p_ok[:, None] & n_ok[None, :]
     state_size = headdim * dstate
     pn_offs = offs_p[:, None] * dstate + offs_n[None, :]                  # into a contiguous [P, N] state
-    plane = tl.cast(plane, tl.int64)                                       # dtcs' plane stride
 
     S = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
     carry = tl.full([], 1.0, tl.float32)                                   # decay since the segment start
@@ -77,8 +76,7 @@ def _ssd_chunk_state_kernel(
         rows = (start + offs_q).to(tl.int64)
         q_ok = offs_q < length
         dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_q, q_ok)    # [Q]
-        end = tl.maximum(length - 1, 0)
-        dt_end, end_hi, end_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, end, length > 0)  # cs_Q
+        end_hi, end_lo = _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, seqlen, start, length)   # cs_Q
         # sum_{s>t} dA_s from the fp64 sums' hi + lo parts: a plain fp32 difference of two long sums cancels badly
         to_end = tl.exp((end_hi - cs_hi) + (end_lo - cs_lo)) * dt                     # [Q]
         total = end_hi + end_lo

@@ -55,11 +55,19 @@ def _chunk_dt(dt_ptr, dt_bias_ptr, row_base, start, length, h, stride_dt_l, offs
 @triton.jit
 def _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs, ok):
     """Stage 0's (dt, cs hi, cs lo) of head h at the chunk's rows `offs`, fp32, 0 where not `ok`: dtcs [3, B, H, L]
-    (ssd_scan_chunk_cumsum; plane = B * H * L, int64), cs the cumulative dt A from the chunk start in fp32 hi + lo
+    (ssd_scan_chunk_cumsum; plane = B * H * L), cs the cumulative dt A from the chunk start in fp32 hi + lo
     parts (exp((hi_t - hi_s) + (lo_t - lo_s)) keeps ~eps * |cs_t - cs_s|, where fp32 sums would lose ~eps * |cs|)."""
+    plane = tl.cast(plane, tl.int64)                          # 3 planes may pass 2^31 elements
     row = dtcs_ptr + (b * nheads + h) * seqlen + start
     return (tl.load(row + offs, mask=ok, other=0.0), tl.load(row + plane + offs, mask=ok, other=0.0),
             tl.load(row + 2 * plane + offs, mask=ok, other=0.0))
+
+
+@triton.jit
+def _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, seqlen, start, length):
+    """cs_Q, the chunk's whole sum of dt A (stage 0's cs at its last token), as fp32 (hi, lo); 0 for an empty slot."""
+    dt_end, hi, lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, tl.maximum(length - 1, 0), length > 0)
+    return hi, lo
 
 
 @triton.jit
