@@ -38,11 +38,14 @@ def _ssd_chunk_scan_kernel(
     HEADS_PER_PROG: tl.constexpr,
     HAS_D: tl.constexpr, HAS_CARRY: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    gc = tl.program_id(0)
-    pid_gh = tl.program_id(1)
+    # a chunk's programs are adjacent (row and P blocks innermost, then heads): its B, C rows stay in L2
     p_blocks = tl.cdiv(headdim, BLOCK_P)
-    pid_m = tl.program_id(2) // p_blocks
-    pid_p = tl.program_id(2) % p_blocks
+    n_mp = tl.cdiv(Q, BLOCK_M) * p_blocks
+    n_gh = nheads // HEADS_PER_PROG
+    gc = tl.program_id(0) // (n_gh * n_mp)
+    pid_gh = tl.program_id(0) // n_mp % n_gh
+    pid_m = tl.program_id(0) % n_mp // p_blocks
+    pid_p = tl.program_id(0) % p_blocks
     splits = heads_per_group // HEADS_PER_PROG
     g = pid_gh // splits
     h0 = g * heads_per_group + (pid_gh % splits) * HEADS_PER_PROG
@@ -170,8 +173,8 @@ def chunk_scan_launch(x, dtcs, B, C, D, table, s_in, carry_decay, carry, y, geom
     chunk = geometry["Q"]
 
     def grid(meta):
-        return (geometry["n_chunks"], ngroups * (hpg // cfg["HEADS_PER_PROG"]),
-                cdiv(chunk, meta["BLOCK_M"]) * cdiv(headdim, cfg["BLOCK_P"]))
+        return (geometry["n_chunks"] * ngroups * (hpg // cfg["HEADS_PER_PROG"])
+                * cdiv(chunk, meta["BLOCK_M"]) * cdiv(headdim, cfg["BLOCK_P"]),)
 
     args = (x, dtcs, B, C, D if D is not None else dtcs, table if table is not None else dtcs, s_in, carry_decay,
             carry if carry is not None else s_in, y, seqlen, geometry["n_table"], geometry["chunks_per_row"],
