@@ -2,6 +2,7 @@
     PYTHONPATH=. python3 scripts/sweep_ssd.py              # H200: each kernel's candidates, then the whole op
     PYTHONPATH=. python3 scripts/sweep_ssd.py --registers  # no GPU: registers / spills / shared memory (sm_90a AOT)
     PYTHONPATH=. python3 scripts/sweep_ssd.py --only chunk_scan   # one kernel's candidates alone
+    PYTHONPATH=. python3 scripts/sweep_ssd.py --only dc db --defaults   # the default tiles alone (A/B of two trees)
 Every main kernel ran at 1 program per SM (194-255 registers x 8 warps, 12.5% occupancy: latency bound); the
 candidates below (from the --registers report, Triton 3.8) hold 2+ programs (or 16 warps) per SM, a few at the cost
 of small spills (maxnreg caps); the GPU table prints the registers / spills of its own Triton's compile. The
@@ -168,7 +169,7 @@ def rel_err(outs, refs) -> float:
                for a, b in zip(outs, refs))
 
 
-def sweep(only: str | None = None) -> dict:
+def sweep(only: list[str] | None = None, defaults: bool = False) -> dict:
     from triton.testing import do_bench
 
     from bench.bench_ssd_scan import _input_maker
@@ -236,10 +237,10 @@ def sweep(only: str | None = None) -> dict:
                "db": db}
     best = {}
     for kernel, runner in runners.items():
-        if only and kernel != only:
+        if only and kernel not in only:
             continue
         rows, ref = [], None
-        for over in [{}] + CANDIDATES[kernel]:
+        for over in [{}] + ([] if defaults else CANDIDATES[kernel]):
             fn, outputs, launch = runner(over)
             launched = []
             with recording(*launch, launched) if launch else contextlib.nullcontext():
@@ -290,12 +291,14 @@ def whole_op(best: dict) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registers", action="store_true", help="AOT register report (no GPU)")
-    parser.add_argument("--only", choices=CANDIDATES, help="sweep this kernel alone (no whole-op comparison)")
+    parser.add_argument("--only", choices=CANDIDATES, nargs="+",
+                        help="sweep these kernels alone (no whole-op comparison)")
+    parser.add_argument("--defaults", action="store_true", help="with --only: time the default tiles alone")
     args = parser.parse_args()
     if args.registers:
         registers()
     elif args.only:
-        sweep(args.only)
+        sweep(args.only, args.defaults)
     else:
         whole_op(sweep())
 
