@@ -187,11 +187,8 @@ def ssd_scan_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     if final is None:
         return y, y.new_empty(0, dtype=torch.float32)
     if cu_seqlens is not None:      # empty packed sequences have no chunk: their final state is the initial one
-        empty = (plan["seq_len"] == 0)[:, None, None, None]                            # [S, 1, 1, 1]
-        if initial_states is None:
-            final.masked_fill_(empty, 0.0)
-        else:
-            final = torch.where(empty, initial_states.to(torch.float32), final)
+        init = None if initial_states is None else initial_states.contiguous()
+        mamba_common.kernel_module("ssd_scan_state_passing").empty_final_launch(final, init, plan["last_chunk"])
     return y, final
 
 

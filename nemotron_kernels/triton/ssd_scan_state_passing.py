@@ -4,7 +4,9 @@ carry[0] = 0 and carry[s+1] = seg_decay[s] * carry[s] + seg_state[s] is the true
 (stage 1's segment states count from the segment start, and seg_decay is 0 when a sequence starts inside it).
 A sequence ending in segment s has final = final_local + final_decay * carry[s]. Program (head, block of the
 P*N state elements); the loop runs over the few segments, then over the sequences. Only launched with > 1
-segment (with one segment stage 1's states are already complete)."""
+segment (with one segment stage 1's states are already complete). A second kernel writes the final states of
+empty packed sequences."""
+import torch
 import triton
 import triton.language as tl
 
@@ -52,7 +54,30 @@ def _ssd_state_passing_kernel(
             tl.store(fptrs, final + decay * carry_s, mask=ok & valid)
 
 
+@triton.jit
+def _ssd_empty_final_kernel(
+    final_ptr,                          # [n_states, H * P * N] fp32 (in place)
+    init_ptr,                           # [n_states, H * P * N] initial states (any float dtype), if HAS_INIT
+    last_chunk_ptr,                     # [n_states] int32: global chunk of each sequence's end (-1: empty)
+    state_numel,
+    BLOCK: tl.constexpr, HAS_INIT: tl.constexpr,
+):
+    """An empty packed sequence has no chunk, so stage 1 never wrote its final state: it is its initial state (0
+    without). Program (sequence, block): the others return at once, so the pass costs a launch, not a read and a
+    write of every final state (torch.where over [S, H, P, N] did)."""
+    s = tl.program_id(0)
+    if tl.load(last_chunk_ptr + s) < 0:
+        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        ok = offs < state_numel
+        base = tl.cast(s, tl.int64) * state_numel
+        value = tl.zeros([BLOCK], dtype=tl.float32)
+        if HAS_INIT:
+            value = tl.load(init_ptr + base + offs, mask=ok, other=0.0).to(tl.float32)
+        tl.store(final_ptr + base + offs, value, mask=ok)
+
+
 PASS_BLOCK = 1024
+EMPTY_BLOCK = 2048
 
 
 def state_passing_launch(seg_state, seg_decay, carry, carry_lp, final, final_decay, last_chunk,
@@ -71,6 +96,21 @@ def state_passing_launch(seg_state, seg_decay, carry, carry_lp, final, final_dec
         num_warps=4)
 
 
+def empty_final_launch(final, initial_states, last_chunk) -> None:
+    """final [S, H, P, N] fp32, in place: the initial state (0 without) for every empty packed sequence."""
+    n_states = final.shape[0]
+    numel = final[0].numel()
+    assert final.is_contiguous() and final.dtype == torch.float32, "ssd_scan: final states fp32, contiguous"
+    assert initial_states is None or (initial_states.is_contiguous() and initial_states.shape == final.shape), \
+        "ssd_scan: initial_states [S, H, P, N], contiguous"
+    assert last_chunk.dtype == torch.int32 and last_chunk.shape == (n_states,), "ssd_scan: last_chunk [S] int32"
+    if n_states == 0 or numel == 0:
+        return
+    _ssd_empty_final_kernel[(n_states, cdiv(numel, EMPTY_BLOCK))](
+        final, initial_states if initial_states is not None else final, last_chunk, numel, BLOCK=EMPTY_BLOCK,
+        HAS_INIT=initial_states is not None, num_warps=4)
+
+
 def aot_compile_all():
     from .mamba_common import aot_compile
     sig = {"seg_state_ptr": "*fp32", "seg_decay_ptr": "*fp32", "carry_ptr": "*fp32", "carry_lp_ptr": "*bf16",
@@ -82,3 +122,8 @@ def aot_compile_all():
         yield (f"ssd_state_passing varlen={varlen}",
                aot_compile(_ssd_state_passing_kernel, sig, consts, num_warps=4, num_stages=1,
                            aligned=("state_size",)))
+    sig = {"final_ptr": "*fp32", "init_ptr": "*bf16", "last_chunk_ptr": "*i32", "state_numel": "i32"}
+    for has_init in (False, True):
+        yield (f"ssd_empty_final init={has_init}",
+               aot_compile(_ssd_empty_final_kernel, sig, {"BLOCK": EMPTY_BLOCK, "HAS_INIT": has_init}, num_warps=4,
+                           num_stages=1, aligned=("state_numel",)))

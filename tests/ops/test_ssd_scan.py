@@ -309,7 +309,7 @@ def test_interpreter_chunk_cumsum_is_the_float64_sums(cu):
 
 def test_aot_compile_sm90():
     assert len(aot_lines("ssd_scan_chunk_state")) == 2
-    assert len(aot_lines("ssd_scan_state_passing")) == 2
+    assert len(aot_lines("ssd_scan_state_passing")) == 4   # state passing (2), empty sequences' final states (2)
     assert len(aot_lines("ssd_scan_chunk_cumsum")) == 2
     scan = aot_lines("ssd_scan_chunk_scan")
     assert len(scan) == 4 and all(line.endswith("| wgmma") for line in scan), scan
@@ -328,8 +328,8 @@ def test_cuda_nemotron_shapes(case):
         inputs = make_inputs(1, 2, 1000, dtype=torch.bfloat16, device="cuda", **NEMOTRON)
     elif case == "B1-L4096":
         inputs = make_inputs(2, 1, 4096, dtype=torch.bfloat16, device="cuda", init=True, **NEMOTRON)
-    elif case == "packed-init":
-        inputs = make_inputs(3, 1, 3000, dtype=torch.bfloat16, device="cuda", cu=[0, 1, 130, 131, 2000, 3000],
+    elif case == "packed-init":   # with an empty sequence: its final state is its initial one
+        inputs = make_inputs(3, 1, 3000, dtype=torch.bfloat16, device="cuda", cu=[0, 1, 130, 131, 131, 2000, 3000],
                              init=True, **NEMOTRON)
     else:
         inputs = make_inputs(4, 4, 127, dtype=torch.bfloat16, device="cuda", init=True, **NEMOTRON)
