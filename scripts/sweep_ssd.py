@@ -40,6 +40,7 @@ CANDIDATES = {
         dict(BLOCK_P=32, num_warps=8, num_stages=2, maxnreg=128, programs_per_sm=2),
         dict(BLOCK_P=32, num_warps=4, num_stages=3, programs_per_sm=2),
         dict(BLOCK_P=16, num_warps=4, num_stages=3, programs_per_sm=2),
+        dict(num_warps=16, programs_per_sm=1),     # 124 registers, no spills: 16 warps per SM (not 2 x 4)
     ],
     "bwd_chunk_state": [
         dict(BLOCK_P=64, num_warps=8, num_stages=1),
@@ -47,6 +48,7 @@ CANDIDATES = {
         dict(BLOCK_P=16, num_warps=4, num_stages=1, programs_per_sm=3),
         dict(BLOCK_P=16, num_warps=8, num_stages=1, maxnreg=128, programs_per_sm=2),
         dict(BLOCK_P=16, num_warps=8, num_stages=2, maxnreg=128, programs_per_sm=2),
+        dict(num_warps=16),                                      # 128 registers, no spills
     ],
     "chunk_scan": [
         dict(autotune=False, BLOCK_M=64, HEADS_PER_PROG=1, num_warps=8, num_stages=2, maxnreg=128),
@@ -57,6 +59,7 @@ CANDIDATES = {
         dict(autotune=False, BLOCK_M=64, num_warps=8, num_stages=3),
         dict(autotune=False, BLOCK_M=64, num_warps=4, num_stages=1),      # 2 programs per SM (small spills)
         dict(autotune=False, BLOCK_M=64, num_warps=8, num_stages=1),
+        dict(autotune=False, BLOCK_M=64, num_warps=16, num_stages=2),     # 128 registers, no spills
         # mamba_ssm's shape (session 20 ncu: its 2-warp CTAs stall 0.21 cycles per instruction on barriers, ours
         # 1.00): P split over programs, few warps, several CTAs per SM
         dict(autotune=False, BLOCK_M=64, BLOCK_P=32, HEADS_PER_PROG=1, num_warps=4, num_stages=2),
