@@ -10,6 +10,8 @@
 #   from this tree by its absolute path and still imports the old tree's code:
 #     bash scripts/device_ab.sh 768bc30 python3 $PWD/scripts/bench_quantize.py
 # Without a prepared tree the old commit is taken from the machine's .git, if it has it.
+# Several old commits, comma-separated (each prepared): the command runs under this tree, then each of them in
+# order (an A/B/C/D of a patch chain in one call); each old side runs with NK_COMMIT set to its own commit.
 # AB_BUILD=0 skips both extension builds (~140 s): for A/Bs of Triton kernels (the SSD scan, attention), whose
 # benchmarks import the package without its C++ extension.
 set -uo pipefail
@@ -21,30 +23,38 @@ if [ "${1:-}" = "--prepare" ]; then
   exit 0
 fi
 source "$(dirname "$0")/device_env.sh"
-old=${1:?usage: device_ab.sh OLD_COMMIT COMMAND...}
+olds=${1:?usage: device_ab.sh OLD_COMMIT[,OLD_COMMIT...] COMMAND...}
 shift
-[ $# -gt 0 ] || { echo "usage: device_ab.sh OLD_COMMIT COMMAND..."; exit 2; }
+[ $# -gt 0 ] || { echo "usage: device_ab.sh OLD_COMMIT[,OLD_COMMIT...] COMMAND..."; exit 2; }
 root=$PWD
-old_dir=$root/.whl/ab-$old
+IFS=, read -r -a old_list <<<"$olds"
 
 t0=$(date +%s)
 if [ "${AB_BUILD:-1}" != 0 ]; then
   nk_build "$OUT/build_new.log" || { echo "(this tree)"; exit 1; }
 fi
-if [ ! -f "$old_dir/setup.py" ]; then
-  rm -rf "$old_dir" && mkdir -p "$old_dir"
-  if ! git archive "$old" 2>/dev/null | tar -x -C "$old_dir" 2>/dev/null; then
-    echo "no commit $old in this machine's clone: run 'bash scripts/device_ab.sh --prepare $old' on the CPU machine"
-    exit 1
+for old in "${old_list[@]}"; do
+  old_dir=$root/.whl/ab-$old
+  if [ ! -f "$old_dir/setup.py" ]; then
+    rm -rf "$old_dir" && mkdir -p "$old_dir"
+    if ! git archive "$old" 2>/dev/null | tar -x -C "$old_dir" 2>/dev/null; then
+      echo "no commit $old in this machine's clone: run 'bash scripts/device_ab.sh --prepare $old' on the CPU machine"
+      exit 1
+    fi
   fi
-fi
-if [ "${AB_BUILD:-1}" != 0 ] && ! (cd "$old_dir" && MAX_JOBS=${MAX_JOBS:-16} $PY setup.py build_ext --inplace \
-                                   >"$OUT/build_old.log" 2>&1); then
-  tail -40 "$OUT/build_old.log"; echo "BUILD FAILED: $old"; exit 1
-fi
+  if [ "${AB_BUILD:-1}" != 0 ] && ! (cd "$old_dir" && MAX_JOBS=${MAX_JOBS:-16} $PY setup.py build_ext --inplace \
+                                     >"$OUT/build_old-$old.log" 2>&1); then
+    tail -40 "$OUT/build_old-$old.log"; echo "BUILD FAILED: $old"; exit 1
+  fi
+done
 echo "builds: $(( $(date +%s) - t0 )) s"
 
 echo "== new: $(git rev-parse --short HEAD 2>/dev/null)${NK_COMMIT:+ (NK_COMMIT $NK_COMMIT)}" | tee "$OUT/ab_new.log"
 PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH} "$@" 2>&1 | tee -a "$OUT/ab_new.log"
-echo "== old: $old" | tee "$OUT/ab_old.log"
-(cd "$old_dir" && PYTHONPATH=$old_dir${PYTHONPATH:+:$PYTHONPATH} "$@" 2>&1) | tee -a "$OUT/ab_old.log"
+for old in "${old_list[@]}"; do
+  old_dir=$root/.whl/ab-$old
+  log=$OUT/ab_old.log
+  [ ${#old_list[@]} -gt 1 ] && log=$OUT/ab_old-$old.log
+  echo "== old: $old" | tee "$log"
+  (cd "$old_dir" && NK_COMMIT=$old PYTHONPATH=$old_dir${PYTHONPATH:+:$PYTHONPATH} "$@" 2>&1) | tee -a "$log"
+done

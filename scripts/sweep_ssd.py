@@ -240,7 +240,7 @@ def sweep(only: list[str] | None = None, defaults: bool = False) -> dict:
                "db": db}
     best = {}
     for kernel, runner in runners.items():
-        if only and kernel not in only:
+        if only is not None and kernel not in only:
             continue
         rows, ref = [], None
         for over in [{}] + ([] if defaults else CANDIDATES[kernel]):
@@ -294,14 +294,18 @@ def whole_op(best: dict) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registers", action="store_true", help="AOT register report (no GPU)")
-    parser.add_argument("--only", choices=CANDIDATES, nargs="+",
-                        help="sweep these kernels alone (no whole-op comparison)")
+    parser.add_argument("--only", nargs="+", metavar="KERNEL",
+                        help=f"sweep these kernels alone (no whole-op comparison), of {', '.join(CANDIDATES)}; "
+                             "others are named and skipped, so one command serves trees with other kernels")
     parser.add_argument("--defaults", action="store_true", help="with --only: time the default tiles alone")
     args = parser.parse_args()
     if args.registers:
         registers()
     elif args.only:
-        sweep(args.only, args.defaults)
+        unknown = [k for k in args.only if k not in CANDIDATES]
+        if unknown:
+            print(f"skipped, not kernels of this tree: {', '.join(unknown)} (it has {', '.join(CANDIDATES)})")
+        sweep([k for k in args.only if k in CANDIDATES], args.defaults)
     else:
         whole_op(sweep())
 
