@@ -46,12 +46,15 @@ def _ssd_state_passing_kernel(
                 lc = s * chunks_per_row + chunks_per_row - 1
             valid = lc >= 0
             seg = tl.maximum(lc, 0) // seg_len
-            carry_s = tl.load(carry_ptr + (tl.cast(seg, tl.int64) * nheads + h) * state_size + offs, mask=ok & valid,
-                              other=0.0)
             decay = tl.load(final_decay_ptr + s * nheads + h, mask=valid, other=0.0)
+            # 0 when the sequence starts in its last segment: its final state is complete, left unread (packed
+            # batches of short sequences: most of them)
+            keep = tl.where(decay != 0.0, ok & valid, False)
+            carry_s = tl.load(carry_ptr + (tl.cast(seg, tl.int64) * nheads + h) * state_size + offs, mask=keep,
+                              other=0.0)
             fptrs = final_ptr + tl.cast(s * nheads + h, tl.int64) * state_size + offs
-            final = tl.load(fptrs, mask=ok & valid, other=0.0)
-            tl.store(fptrs, final + decay * carry_s, mask=ok & valid)
+            final = tl.load(fptrs, mask=keep, other=0.0)
+            tl.store(fptrs, final + decay * carry_s, mask=keep)
 
 
 @triton.jit
