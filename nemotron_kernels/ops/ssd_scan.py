@@ -272,8 +272,8 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
             heads = torch.arange(nheads, device=dev)
             dinit = dinit + dinit_decay[:, :, None, None] * gcarry[rseg[:, None], heads[None, :]]
         if cu_seqlens is not None:  # an empty sequence passes its initial state through as its final state
-            passthrough = dfinal.to(torch.float32) if dfinal is not None else torch.zeros_like(dinit)
-            dinit = torch.where((plan["seq_len"] == 0)[:, None, None, None], passthrough, dinit)
+            mamba_common.kernel_module("ssd_scan_state_passing").empty_final_launch(
+                dinit, None if dfinal is None else dfinal.contiguous(), plan["last_chunk"])
         dinit = dinit.to(initial_states.dtype)
     else:
         dinit = x.new_empty(0)
