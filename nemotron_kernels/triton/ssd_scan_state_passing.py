@@ -5,7 +5,7 @@ carry[0] = 0 and carry[s+1] = seg_decay[s] * carry[s] + seg_state[s] is the true
 A sequence ending in segment s has final = final_local + final_decay * carry[s]. Program (head, block of the
 P*N state elements); the loop runs over the few segments, then over the sequences. Only launched with > 1
 segment (with one segment stage 1's states are already complete). A second kernel writes the final states of
-empty packed sequences."""
+empty packed sequences (and the backward's initial-state gradients of them)."""
 import torch
 import triton
 import triton.language as tl
@@ -100,7 +100,8 @@ def state_passing_launch(seg_state, seg_decay, carry, carry_lp, final, final_dec
 
 
 def empty_final_launch(final, initial_states, last_chunk) -> None:
-    """final [S, H, P, N] fp32, in place: the initial state (0 without) for every empty packed sequence."""
+    """final [S, H, P, N] fp32, in place: for every empty packed sequence, what passes through it (0 without):
+    the forward's initial state into its final state, the backward's final-state gradient into its initial one."""
     n_states = final.shape[0]
     numel = final[0].numel()
     assert final.is_contiguous() and final.dtype == torch.float32, "ssd_scan: final states fp32, contiguous"
