@@ -116,13 +116,15 @@ def _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus: bool, plan:
                                                                                    geometry, dt_softplus)
     state_k.chunk_state_launch(x, dtcs, B, initial_states, plan["table"], s_in, carry_decay, seg_state, seg_decay,
                                final, final_decay, geometry, plan["cfg"]["chunk_state"], plan["precision"])
-    carry_lp = None
+    carry = carry_lp = None
     if n_seg > 1:
         carry = torch.empty(n_seg, nheads, headdim, dstate, dtype=torch.float32, device=dev)
         state_dtype = plan["state_dtype"]
         carry_lp = carry if state_dtype == torch.float32 else torch.empty(carry.shape, dtype=state_dtype, device=dev)
-        pass_k.state_passing_launch(seg_state, seg_decay, carry, carry_lp, final, final_decay, plan["last_chunk"],
-                                    geometry)
+        pass_k.state_passing_launch(seg_state, seg_decay, carry, carry_lp)
+    if final is not None:      # complete with the carries; empty packed sequences pass their initial state through
+        init = None if initial_states is None else initial_states.contiguous()
+        pass_k.final_states_launch(final, init, carry, final_decay, plan["last_chunk"], geometry)
     return s_in, carry_decay, carry_lp, dtcs
 
 
@@ -151,7 +153,7 @@ def _state_grads(dy, dtcs, C, dfinal, want_dinit: bool, nstates: int, plan: dict
         gcarry = torch.empty(n_seg, nheads, headdim, dstate, dtype=torch.float32, device=dev)
         gcarry_lp = gcarry if state_dtype == torch.float32 else torch.empty(gcarry.shape, dtype=state_dtype,
                                                                             device=dev)
-        pass_k.state_passing_launch(seg_g, seg_gdecay, gcarry, gcarry_lp, None, None, None, geometry)
+        pass_k.state_passing_launch(seg_g, seg_gdecay, gcarry, gcarry_lp)
     return g_out, gcarry_decay, gcarry, gcarry_lp, dinit, dinit_decay
 
 
@@ -186,9 +188,6 @@ def ssd_scan_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
                              plan["cfg"]["chunk_scan"], plan["precision"])
     if final is None:
         return y, y.new_empty(0, dtype=torch.float32)
-    if cu_seqlens is not None:      # empty packed sequences have no chunk: their final state is the initial one
-        init = None if initial_states is None else initial_states.contiguous()
-        mamba_common.kernel_module("ssd_scan_state_passing").empty_final_launch(final, init, plan["last_chunk"])
     return y, final
 
 
@@ -272,8 +271,8 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
             heads = torch.arange(nheads, device=dev)
             dinit = dinit + dinit_decay[:, :, None, None] * gcarry[rseg[:, None], heads[None, :]]
         if cu_seqlens is not None:  # an empty sequence passes its initial state through as its final state
-            mamba_common.kernel_module("ssd_scan_state_passing").empty_final_launch(
-                dinit, None if dfinal is None else dfinal.contiguous(), plan["last_chunk"])
+            mamba_common.kernel_module("ssd_scan_state_passing").final_states_launch(
+                dinit, None if dfinal is None else dfinal.contiguous(), None, None, plan["last_chunk"], geometry)
         dinit = dinit.to(initial_states.dtype)
     else:
         dinit = x.new_empty(0)
