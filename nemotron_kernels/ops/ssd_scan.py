@@ -3,7 +3,8 @@
 Forward: four Triton stages (nemotron_kernels/triton/ssd_scan_*.py) on CUDA tensors:
   0. chunk_cumsum   each chunk's dt (+ bias, softplus) and cumulative dt A, head-major, for stages 1 and 3,
   1. chunk_state    chunk states carried through segments of consecutive chunks (one tl.dot per chunk),
-  2. state_passing  states between segments + final states (only with > 1 segment),
+  2. state_passing  states between segments (only with > 1 segment), then final_states: the carries into the
+                    final states, and empty packed sequences' final states (their initial ones),
   3. chunk_scan     outputs of every chunk (CB once per group, tl.dot for the intra-chunk and state terms).
 Backward (Triton, deterministic: no atomics, every sum in a fixed order): forward stages 0-2 recompute the chunk
 states, then
@@ -34,8 +35,7 @@ KERNEL_CHUNKS = (16, 32, 64, 128, 256)
 def _chunk_table(cu_seqlens: torch.Tensor, chunk: int, n_table: int):
     """Chunks of packed sequences, each starting at its sequence's first token (device-side, no sync).
     -> (table [5, n_table] int32: sequence, start, length, first, last; last_chunk [S] int32 (-1: empty sequence);
-    first_chunk [S] int64 (the global chunk of each sequence's start; meaningless for empty sequences);
-    seq_len [S] int64)."""
+    first_chunk [S] int64 (the global chunk of each sequence's start; meaningless for empty sequences))."""
     cu = cu_seqlens.to(torch.int64)
     nseq = cu.numel() - 1
     seq_len = cu[1:] - cu[:-1]                                          # [S]
@@ -51,7 +51,7 @@ def _chunk_table(cu_seqlens: torch.Tensor, chunk: int, n_table: int):
     last = valid & (start + length == cu[seq + 1])
     table = torch.stack([seq, start, length, first.long(), last.long()]).to(torch.int32).contiguous()
     last_chunk = torch.where(n_chunks > 0, ends - 1, -1).to(torch.int32)
-    return table, last_chunk, ends - n_chunks, seq_len
+    return table, last_chunk, ends - n_chunks
 
 
 def _unit_last(t):
@@ -76,15 +76,15 @@ def _plan(x, B, chunk: int, cu_seqlens, nstates: int) -> dict:
     """Chunk geometry shared by the forward and the backward: chunk table (packed), segments of stage 1, tiles."""
     state_k = mamba_common.kernel_module("ssd_scan_chunk_state")
     bsz, seqlen, nheads, headdim = x.shape
-    table = last_chunk = first_chunk = seq_len = None
+    table = last_chunk = first_chunk = None
     if cu_seqlens is None:
         chunks_per_row = cdiv(seqlen, chunk)
         n_chunks = n_table = bsz * chunks_per_row
     else:
         chunks_per_row = 0
         n_chunks = n_table = (seqlen + nstates * (chunk - 1)) // chunk     # >= the chunks of all sequences
-        table, last_chunk, first_chunk, seq_len = derived(cu_seqlens, "chunk_table", (chunk, n_table),
-                                                          lambda: _chunk_table(cu_seqlens, chunk, n_table))
+        table, last_chunk, first_chunk = derived(cu_seqlens, "chunk_table", (chunk, n_table),
+                                                 lambda: _chunk_table(cu_seqlens, chunk, n_table))
     sm = mamba_common.sm_count(x.device)
     cfg = kernel_configs(nheads, headdim, B.shape[2], B.shape[3], chunk, n_chunks, sm if x.device.type == "cuda" else 0)
     st_cfg = cfg["chunk_state"]
@@ -92,8 +92,8 @@ def _plan(x, B, chunk: int, cu_seqlens, nstates: int) -> dict:
                                       sm * st_cfg["programs_per_sm"])
     geometry = dict(n_chunks=n_chunks, n_table=n_table, chunks_per_row=chunks_per_row, n_seg=n_seg, seg_len=seg_len,
                     Q=chunk)
-    return dict(geometry=geometry, table=table, last_chunk=last_chunk, first_chunk=first_chunk, seq_len=seq_len,
-                cfg=cfg, precision=mamba_common.dot_precision(x.dtype),
+    return dict(geometry=geometry, table=table, last_chunk=last_chunk, first_chunk=first_chunk, cfg=cfg,
+                precision=mamba_common.dot_precision(x.dtype),
                 state_dtype=torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32)
 
 
