@@ -74,14 +74,23 @@ CANDIDATES = {
         dict(num_warps=16, num_stages=2),
         dict(num_warps=8, num_stages=1),
     ],
-    "dc": [
-        dict(BLOCK_M=16, num_warps=4, num_stages=2),
-        dict(BLOCK_M=16, num_warps=8, num_stages=1),
-        dict(BLOCK_M=16, num_warps=8, num_stages=1, maxnreg=128),
+    "da": [   # 98-255 registers (Triton 3.8): 1-4 programs per SM
+        dict(BLOCK_M=32, num_warps=4),
+        dict(BLOCK_M=16, num_warps=4),
+        dict(BLOCK_M=32, HEADS_PER_PROG=8),
+        dict(BLOCK_M=64),
+        dict(BLOCK_M=64, maxnreg=128),
+        dict(BLOCK_M=32, num_stages=1),
+    ],
+    "dc": [   # without the da part: 64 rows take wgmma at 255 registers, no spills (16 warps: 128, no spills)
+        dict(num_warps=16),
+        dict(BLOCK_M=32),
+        dict(BLOCK_M=64, num_stages=1),
         dict(BLOCK_M=32, num_warps=8, num_stages=1, maxnreg=128),
-        dict(BLOCK_M=16, num_warps=4, num_stages=3),
+        dict(BLOCK_M=64, num_warps=8, num_stages=1, maxnreg=128),
     ],
     "db": [
+        dict(num_warps=16),     # the default 64 rows at 128 registers, no spills: 16 warps per SM, not 8
         dict(BLOCK_M=16, num_warps=4, num_stages=2),
         dict(BLOCK_M=16, num_warps=8, num_stages=1),
         dict(BLOCK_M=32, num_warps=8, num_stages=1, maxnreg=128),
@@ -192,10 +201,8 @@ def sweep(only: list[str] | None = None, defaults: bool = False) -> dict:
     geo, prec = base["geometry"], base["precision"]
     s_in, c_decay, carry, dtcs = ssd_ops._chunk_states(x, dt, A, B, bias, None, True, base)
     g_out, g_decay, _, g_carry, _, _ = ssd_ops._state_grads(dy, dtcs, C, None, False, 1, base)
-    da_m = Q // base["cfg"]["dc"]["BLOCK_M"]
-    da_part = torch.empty(N_CHUNKS, da_m, H, Q, device="cuda")
-    bwd_k.bwd_dbc_launch(x, dtcs, None, dy, B, C, s_in, c_decay, carry, torch.empty_like(C), da_part, False, geo,
-                         base["cfg"]["dc"], prec)
+    da_part = torch.empty(N_CHUNKS, bwd_k.da_blocks(Q, base["cfg"]["da"]), H, Q, device="cuda")
+    bwd_k.bwd_da_launch(x, dtcs, None, dy, B, C, da_part, geo, base["cfg"]["da"], prec)
 
     def states(over):        # stage 1 + state passing -> (full states entering each chunk, final states)
         plan = plan_with({"chunk_state": over})
@@ -216,11 +223,16 @@ def sweep(only: list[str] | None = None, defaults: bool = False) -> dict:
         return (lambda: scan_k.chunk_scan_launch(x, dtcs, B, C, D, None, s_in, c_decay, carry, y, geo, cfg, prec),
                 lambda _: (y,), None)
 
+    def da(over):
+        cfg = dict(base["cfg"]["da"], **over)
+        part = torch.empty(N_CHUNKS, bwd_k.da_blocks(Q, cfg), H, Q, device="cuda")
+        return (lambda: bwd_k.bwd_da_launch(x, dtcs, None, dy, B, C, part, geo, cfg, prec),
+                lambda _: (part.sum(1),), None)
+
     def dc(over):
         cfg, dC = dict(base["cfg"]["dc"], **over), torch.empty_like(C)
-        part = torch.empty(N_CHUNKS, Q // cfg["BLOCK_M"], H, Q, device="cuda")
-        return (lambda: bwd_k.bwd_dbc_launch(x, dtcs, None, dy, B, C, s_in, c_decay, carry, dC, part, False, geo,
-                                             cfg, prec), lambda _: (dC, part.sum(1)), None)
+        return (lambda: bwd_k.bwd_dbc_launch(x, dtcs, None, dy, B, s_in, c_decay, carry, dC, False, geo, cfg, prec),
+                lambda _: (dC,), None)
 
     def dx(over):
         cfg = dict(base["cfg"]["dx"], **over)
@@ -233,11 +245,11 @@ def sweep(only: list[str] | None = None, defaults: bool = False) -> dict:
 
     def db(over):
         cfg, dB = dict(base["cfg"]["db"], **over), torch.empty_like(B)
-        return (lambda: bwd_k.bwd_dbc_launch(x, dtcs, None, dy, C, None, g_out, g_decay, g_carry, dB, None, True,
-                                             geo, cfg, prec), lambda _: (dB,), None)
+        return (lambda: bwd_k.bwd_dbc_launch(x, dtcs, None, dy, C, g_out, g_decay, g_carry, dB, True, geo, cfg,
+                                             prec), lambda _: (dB,), None)
 
-    runners = {"chunk_state": states, "bwd_chunk_state": grad_states, "chunk_scan": scan, "dx": dx, "dc": dc,
-               "db": db}
+    runners = {"chunk_state": states, "bwd_chunk_state": grad_states, "chunk_scan": scan, "dx": dx, "da": da,
+               "dc": dc, "db": db}
     best = {}
     for kernel, runner in runners.items():
         if only is not None and kernel not in only:

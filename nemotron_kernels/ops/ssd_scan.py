@@ -61,8 +61,8 @@ def _unit_last(t):
 def kernel_configs(nheads: int, headdim: int, ngroups: int, dstate: int, chunk: int, n_chunks: int,
                    sm_count: int) -> dict:
     """Each kernel's tile by name, the kernel modules' defaults (sm_count 0: the interpreter's): chunk_state,
-    bwd_chunk_state (chunk_state_config, backward), chunk_scan (chunk_scan_config), dx / dc / db (bwd_config).
-    scripts/sweep_ssd.py swaps this function to time other tiles through the whole op."""
+    bwd_chunk_state (chunk_state_config, backward), chunk_scan (chunk_scan_config), dx / da / dc / db
+    (bwd_config). scripts/sweep_ssd.py swaps this function to time other tiles through the whole op."""
     state_k = mamba_common.kernel_module("ssd_scan_chunk_state")
     scan_k = mamba_common.kernel_module("ssd_scan_chunk_scan")
     bwd_scan_k = mamba_common.kernel_module("ssd_scan_bwd_chunk_scan")
@@ -247,15 +247,16 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     dD_part = torch.empty(n_chunks, nheads, dtype=torch.float64, device=dev)
     dB = torch.empty(B.shape, dtype=B_in.dtype, device=dev)
     dC = torch.empty(C.shape, dtype=C_in.dtype, device=dev)
-    da_part = torch.empty(n_chunks, cdiv(chunk_size, cfg["dc"]["BLOCK_M"]), nheads, chunk_size, dtype=torch.float32,
-                          device=dev)
-    bwd_scan_k.bwd_dbc_launch(x, dtcs, plan["table"], dy, B, C, s_in, carry_decay, carry_lp, dC, da_part, False,
-                              geometry, cfg["dc"], precision)
+    da_part = torch.empty(n_chunks, bwd_scan_k.da_blocks(chunk_size, cfg["da"]), nheads, chunk_size,
+                          dtype=torch.float32, device=dev)
+    bwd_scan_k.bwd_da_launch(x, dtcs, plan["table"], dy, B, C, da_part, geometry, cfg["da"], precision)
     bwd_scan_k.bwd_dx_launch(x, dt, dtcs, A32, B, C, D32, bias32, plan["table"], dy, s_in, carry_decay, carry_lp,
                              g_out, gcarry_decay, gcarry_lp, dx, ddt32, dA_part, dD_part, da_part, geometry,
                              dt_softplus, cfg["dx"], precision)
-    bwd_scan_k.bwd_dbc_launch(x, dtcs, plan["table"], dy, C, None, g_out, gcarry_decay, gcarry_lp, dB, None, True,
-                              geometry, cfg["db"], precision)
+    bwd_scan_k.bwd_dbc_launch(x, dtcs, plan["table"], dy, B, s_in, carry_decay, carry_lp, dC, False, geometry,
+                              cfg["dc"], precision)
+    bwd_scan_k.bwd_dbc_launch(x, dtcs, plan["table"], dy, C, g_out, gcarry_decay, gcarry_lp, dB, True, geometry,
+                              cfg["db"], precision)
 
     # parameter gradients: fixed-order fp64 torch reductions of per-chunk partial sums (deterministic)
     out_dA = dA_part.sum(0).to(A.dtype)

@@ -1,4 +1,4 @@
-"""SSD scan backward stage 2 (Triton): the gradients of every chunk, fully parallel over chunks, two kernels.
+"""SSD scan backward stage 2 (Triton): the gradients of every chunk, fully parallel over chunks, three kernels.
 
 Per chunk and head, with cs the cumulative sum of a = dt A in the chunk, M[t, s] = (C_t . B_s) exp(cs_t - cs_s)
 (s <= t), S_in the state entering the chunk (forward stages 1-2, recomputed) and G = dL/dS_out (backward stage 1):
@@ -6,12 +6,13 @@ Per chunk and head, with cs the cumulative sum of a = dt A in the chunk, M[t, s]
     dxpre_s = sum_t M[t, s] dy_t + exp(cs_Q - cs_s) G B_s          dx_s = dt_s dxpre_s + D dy_s
     ddt_s   = x_s . dxpre_s + A da_s      (times softplus' when dt_softplus)
     da_k    = dL/d(dt_k A): the terms whose decay spans token k (see the kernel), the intra-chunk pairs s < k <= t
-              summed by the dC kernel with a cumulative sum over its [BLOCK_M, Q] tile (row-minus-column sums of
-              the pair terms, dy . y - x . dx, would cancel their large diagonal terms in rounding);
+              summed by the da kernel (it runs first) with a cumulative sum over its [BLOCK_M, Q] tile
+              (row-minus-column sums of the pair terms, dy . y - x . dx, would cancel their large diagonal terms in
+              rounding);
     per (chunk, head) partial sums of dA = sum_k dt_k da_k and dD = sum_t dy_t . x_t (summed in torch).
-  dB / dC kernels (program: chunk, group, block of rows; the group's heads summed in registers, no atomics; dC runs
-  first and also writes the intra-chunk parts of da for the dx kernel). The intra-chunk pair weights of the heads
-  share B (C) and are summed in fp32 before one product with it; the state terms take a product per head:
+  dB / dC kernel (program: chunk, group, block of rows; the group's heads summed in registers, no atomics). The
+  intra-chunk pair weights of the heads share B (C) and are summed in fp32 before one product with it; the state
+  terms take a product per head:
     dC_t = sum_h [ sum_{s <= t} (dy_t . x_s) exp(cs_t - cs_s) dt_s B_s + exp(cs_t) dy_t S_in ]
     dB_s = sum_h [ sum_{t >= s} (x_s . dy_t) exp(cs_t - cs_s) dt_s C_t + exp(cs_Q - cs_s) dt_s x_s G ]
 Every output element is written by exactly one program and every sum runs in a fixed order, so the backward is
@@ -38,7 +39,7 @@ def _ssd_bwd_dx_kernel(
     dx_ptr,                                     # [B, L, H, P] x's dtype
     ddt_ptr,                                    # [B, L, H] fp32, gradient of the raw dt input
     dA_part_ptr, dD_part_ptr,                   # [n_chunks, H] fp64 partial sums
-    da_part_ptr,                                # [n_chunks, M_BLOCKS, H, Q] fp32 intra-chunk parts of da (dC kernel)
+    da_part_ptr,                                # [n_chunks, M_BLOCKS, H, Q] fp32 intra-chunk parts of da (da kernel)
     seqlen, n_table, chunks_per_row, seg_len, n_seg, headdim, dstate, heads_per_group, nheads, plane,
     stride_x_b, stride_x_l, stride_x_h,
     stride_dt_b, stride_dt_l,
@@ -114,8 +115,8 @@ def _ssd_bwd_dx_kernel(
         dx = dt[:, None] * dxpre
         # da_k = dL/d(dt_k A): every term whose decay spans token k, summed directly over the pairs s < k <= t (not
         # as row minus column sums, whose large diagonal terms would cancel in rounding):
-        #   intra  sum_{t >= k} sum_{s < k} W[t, s],  W[t, s] = M[t, s] dt_s (dy_t . x_s): from the dC kernel, one
-        #          [Q] part per block of its rows t (it holds dy_t . x_s already)
+        #   intra  sum_{t >= k} sum_{s < k} W[t, s],  W[t, s] = M[t, s] dt_s (dy_t . x_s): from the da kernel, one
+        #          [Q] part per block of its rows t
         #   state  exp(cs_Q) <G, S_in> + sum_{s < k} V_s + sum_{t >= k} Z_t
         #          V_s = dt_s exp(cs_Q - cs_s) x_s . (G B_s),  Z_t = exp(cs_t) dy_t . (S_in C_t)
         da = tl.zeros([Q], dtype=tl.float32)
@@ -142,8 +143,6 @@ def _ssd_bwd_dx_kernel(
 def _ssd_bwd_dbc_kernel(
     x_ptr, dtcs_ptr, table_ptr, dy_ptr,         # dtcs [3, B, H, L] fp32: stage 0's dt, cumulative dt A (hi, lo)
     v_ptr,                                      # dC: B, dB: C  [B, L, G, N]
-    u_ptr,                                      # dC: C (for CB and da), dB: unused
-    da_part_ptr,                                # dC: [n_chunks, M_BLOCKS, H, Q] fp32 out (see the dx kernel)
     st_ptr, st_decay_ptr, st_carry_ptr,         # dC: S_in, carry_decay, carry; dB: G_out, gcarry_decay, gcarry
     out_ptr,                                    # dC or dB [B, L, G, N]
     seqlen, n_table, chunks_per_row, seg_len, n_seg, headdim, dstate, heads_per_group, nheads, plane,
@@ -151,7 +150,6 @@ def _ssd_bwd_dbc_kernel(
     stride_dy_b, stride_dy_l, stride_dy_h,
     stride_v_b, stride_v_l, stride_v_g,
     stride_o_b, stride_o_l, stride_o_g,
-    stride_u_b, stride_u_l, stride_u_g,
     Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, IS_DB: tl.constexpr,
     HAS_CARRY: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -193,12 +191,6 @@ def _ssd_bwd_dbc_kernel(
     state_size = headdim * dstate
     pn_offs = offs_p[:, None] * dstate + offs_n[None, :]
     pn_ok = p_ok[:, None] & n_ok[None, :] & (length > 0)
-    if not IS_DB:   # CB rows for the intra-chunk part of da: W[t, s] = CB[t, s] * (the dC weights), s < t
-        U = tl.load(u_ptr + b * stride_u_b + rows_m[:, None] * stride_u_l + g * stride_u_g + offs_n[None, :],
-                    mask=m_ok[:, None] & n_ok[None, :], other=0.0)                   # [BLOCK_M, BLOCK_N] C_t
-        CB = tl.dot(U, tl.trans(V), input_precision=DOT_PRECISION)                     # [BLOCK_M, Q]
-        strict = (offs_k[None, :] < offs_m[:, None]) & k_ok[None, :]
-        k_le_t = (offs_k[None, :] <= offs_m[:, None]) & m_ok[:, None]
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     P_sum = tl.zeros([BLOCK_M, Q], dtype=tl.float32)   # sum over the group's heads of the decayed pair weights
@@ -222,12 +214,6 @@ def _ssd_bwd_dbc_kernel(
         Pm = tl.where(tri, Pm, 0.0)
         P_sum += Pm
         head_chunk = tl.cast(gc, tl.int64) * nheads + h
-        if not IS_DB:   # da part of these rows t: sum_{t >= k} sum_{s < k} W[t, s]
-            W = tl.where(strict, Pm * CB, 0.0)
-            before_k = tl.cumsum(W, axis=1) - W                                        # [t, k]: sum_{s < k} W[t, s]
-            da_rows = tl.sum(tl.where(k_le_t, before_k, 0.0), axis=0)                  # [Q]: k
-            tl.store(da_part_ptr + ((tl.cast(gc, tl.int64) * m_blocks + pid_m) * nheads + h) * Q + offs_k,
-                     da_rows)
         St = _chunk_state_full(st_ptr, st_decay_ptr, st_carry_ptr, head_chunk,
                                tl.cast(carry_seg, tl.int64) * nheads + h, state_size, pn_offs, pn_ok, HAS_CARRY)
         Rs = (R.to(tl.float32) * r_scale[:, None]).to(dtype)
@@ -239,20 +225,79 @@ def _ssd_bwd_dbc_kernel(
              acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
+@triton.jit
+def _ssd_bwd_da_kernel(
+    x_ptr, dtcs_ptr, table_ptr, dy_ptr, B_ptr, C_ptr,
+    da_part_ptr,                                # [n_chunks, Q / BLOCK_M, H, Q] fp32 out (see the dx kernel)
+    seqlen, n_table, chunks_per_row, headdim, dstate, heads_per_group, nheads, plane,
+    stride_x_b, stride_x_l, stride_x_h,
+    stride_dy_b, stride_dy_l, stride_dy_h,
+    stride_B_b, stride_B_l, stride_B_g,
+    stride_C_b, stride_C_l, stride_C_g,
+    Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEADS_PER_PROG: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """The intra-chunk part of da for rows t of one block, per head: sum_{t >= k} sum_{s < k} W[t, s] with
+    W[t, s] = (C_t . B_s) exp(cs_t - cs_s) dt_s (dy_t . x_s), s < t. Its own launch so that dC's registers hold
+    only dC (the scan needs CB and a [BLOCK_M, Q] tile besides the pair weights)."""
+    # a chunk's programs are adjacent (row blocks innermost, then heads): its x / dy columns, B and C stay in L2
+    m_blocks = (Q + BLOCK_M - 1) // BLOCK_M
+    n_gh = nheads // HEADS_PER_PROG
+    gc = tl.program_id(0) // (n_gh * m_blocks)
+    pid_gh = tl.program_id(0) // m_blocks % n_gh
+    pid_m = tl.program_id(0) % m_blocks
+    h0 = pid_gh * HEADS_PER_PROG
+    g = h0 // heads_per_group
+    b, _, start, length, _, _ = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
+    b = tl.cast(b, tl.int64)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, Q)
+    offs_p = tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    m_ok = offs_m < length
+    k_ok = offs_k < length
+    p_ok = offs_p < headdim
+    n_ok = offs_n < dstate
+    rows_m = (start + offs_m).to(tl.int64)
+    rows_k = (start + offs_k).to(tl.int64)
+    C_m = tl.load(C_ptr + b * stride_C_b + rows_m[:, None] * stride_C_l + g * stride_C_g + offs_n[None, :],
+                  mask=m_ok[:, None] & n_ok[None, :], other=0.0)                     # [BLOCK_M, BLOCK_N]
+    B_k = tl.load(B_ptr + b * stride_B_b + rows_k[:, None] * stride_B_l + g * stride_B_g + offs_n[None, :],
+                  mask=k_ok[:, None] & n_ok[None, :], other=0.0)                     # [Q, BLOCK_N]
+    CB = tl.dot(C_m, tl.trans(B_k), input_precision=DOT_PRECISION)                     # [BLOCK_M, Q]: t, s
+    strict = (offs_k[None, :] < offs_m[:, None]) & k_ok[None, :]
+    k_le_t = (offs_k[None, :] <= offs_m[:, None]) & m_ok[:, None]
+    for hh in range(HEADS_PER_PROG):
+        h = h0 + hh
+        dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_k, k_ok)   # [Q]
+        dt_m, cs_m_hi, cs_m_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_m, m_ok)  # [BLOCK_M]
+        dy = tl.load(dy_ptr + b * stride_dy_b + rows_m[:, None] * stride_dy_l + h * stride_dy_h + offs_p[None, :],
+                     mask=m_ok[:, None] & p_ok[None, :], other=0.0)                  # [BLOCK_M, BLOCK_P]
+        x = tl.load(x_ptr + b * stride_x_b + rows_k[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
+                    mask=k_ok[:, None] & p_ok[None, :], other=0.0)                   # [Q, BLOCK_P]
+        dyx = tl.dot(dy, tl.trans(x), input_precision=DOT_PRECISION)                   # [BLOCK_M, Q]: t, s
+        diff = (cs_m_hi[:, None] - cs_hi[None, :]) + (cs_m_lo[:, None] - cs_lo[None, :])   # cs_t - cs_s
+        W = tl.where(strict, dyx * tl.exp(tl.minimum(diff, 0.0)) * dt[None, :] * CB, 0.0)
+        before_k = tl.cumsum(W, axis=1) - W                                            # [t, k]: sum_{s < k} W[t, s]
+        da_rows = tl.sum(tl.where(k_le_t, before_k, 0.0), axis=0)                      # [Q]: k
+        tl.store(da_part_ptr + ((tl.cast(gc, tl.int64) * m_blocks + pid_m) * nheads + h) * Q + offs_k, da_rows)
+
+
 def bwd_config(n_chunks: int, ngroups: int, heads_per_group: int, headdim: int, dstate: int, chunk: int,
                sm_count: int) -> dict:
-    """{"dx": tile, "dc": tile, "db": tile}: the tiles of the three launches, chosen by the sm_90a register report
-    (cuobjdump -res-usage of the AOT compile at NemotronH's shapes, Q=128, P=64, N=128, 8 warps): the dx kernel
-    takes whole chunks, one head per program on the GPU (walking the 8 heads of a group to share CB spilled 2.6 KB
-    per thread, 1 head: ~0.1 KB), all heads of the group in the interpreter (sm_count 0); the dC kernel takes
-    BLOCK_M = Q / 4 rows (<= 32: 238 registers, no spills; 64 rows spill 288 B, also at 16 warps; < 64 rows use
-    mma.sync, not wgmma), the dB kernel Q / 2 (<= 64: wgmma, 253 registers, no spills; 128 rows spill 352 B).
-    Before the heads' pair weights were summed ahead of one product, 32 / 64 rows spilled 64 / 104 B.
-    maxnreg: ptxas' register cap per thread (None: up to 255)."""
+    """{"dx": tile, "da": tile, "dc": tile, "db": tile}: the tiles of the four launches, chosen by the sm_90a
+    register report (cuobjdump -res-usage of the AOT compile at NemotronH's shapes, Q=128, P=64, N=128, 8 warps):
+    the dx kernel takes whole chunks, one head per program on the GPU (walking the 8 heads of a group to share CB
+    spilled 2.6 KB per thread, 1 head: ~0.1 KB), all heads of the group in the interpreter (sm_count 0); the da
+    kernel Q / 4 rows of one head (<= 32: 98 registers, 2 programs per SM; 64 rows: 187, one); the dC and dB
+    kernels Q / 2 rows (<= 64: wgmma, 255 registers, no spills; 128 rows spill 376 B). dC took 32 rows (mma.sync)
+    while it also summed da. maxnreg: ptxas' register cap per thread (None: up to 255)."""
     whole = {"BLOCK_P": max(16, next_power_of_2(headdim)), "BLOCK_N": max(16, next_power_of_2(dstate)),
              "num_warps": 8, "num_stages": 2, "maxnreg": None}
     return {"dx": dict(whole, HEADS_PER_PROG=1 if sm_count else heads_per_group),
-            "dc": dict(whole, BLOCK_M=max(16, min(chunk // 4, 32))),
+            "da": dict(whole, BLOCK_M=max(16, min(chunk // 4, 32)), HEADS_PER_PROG=1 if sm_count else heads_per_group),
+            "dc": dict(whole, BLOCK_M=max(16, min(chunk // 2, 64))),
             "db": dict(whole, BLOCK_M=max(16, min(chunk // 2, 64)))}
 
 
@@ -264,7 +309,7 @@ def _common_args(x, geometry: dict, n_seg: int):
 def bwd_dx_launch(x, dt, dtcs, A, B, C, D, dt_bias, table, dy, s_in, carry_decay, carry, g_out, gcarry_decay,
                   gcarry, dx, ddt, dA_part, dD_part, da_part, geometry: dict, dt_softplus: bool, cfg: dict,
                   dot_precision: str):
-    """dx, ddt, per-chunk dA / dD sums at the tile `cfg` (bwd_config's "dx"); runs after the dC launch, which writes
+    """dx, ddt, per-chunk dA / dD sums at the tile `cfg` (bwd_config's "dx"); runs after the da launch, which writes
     da_part. dtcs: stage 0's [3, B, H, L]; dt and dt_bias only for softplus' derivative. -> the launched
     CompiledKernel."""
     nheads = x.shape[2]
@@ -290,35 +335,60 @@ def bwd_dx_launch(x, dt, dtcs, A, B, C, D, dt_bias, table, dy, s_in, carry_decay
         num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"])
 
 
-def bwd_dbc_launch(x, dtcs, table, dy, v, u, state, state_decay, state_carry, out, da_part, is_db: bool,
-                   geometry: dict, cfg: dict, dot_precision: str):
-    """dC (is_db False: v = B, u = C, state = forward S_in; writes da_part [n_chunks, Q / BLOCK_M, H, Q] fp32 too) or
-    dB (is_db True: v = C, state = backward G_out; u, da_part unused), at the tile `cfg` (bwd_config's "dc" / "db").
-    -> the launched CompiledKernel."""
+def bwd_dbc_launch(x, dtcs, table, dy, v, state, state_decay, state_carry, out, is_db: bool, geometry: dict,
+                   cfg: dict, dot_precision: str):
+    """dC (is_db False: v = B, state = forward S_in) or dB (is_db True: v = C, state = backward G_out), at the tile
+    `cfg` (bwd_config's "dc" / "db"). -> the launched CompiledKernel."""
     nheads = x.shape[2]
     ngroups, dstate = v.shape[2], v.shape[3]
-    assert is_db or (u is not None and da_part is not None and da_part.is_contiguous()), \
-        "ssd_scan bwd dC: needs C and a contiguous da_part"
-    for name, t in (("x", x), ("dy", dy), ("B/C", v), ("dB/dC", out)) + ((("C", u),) if u is not None else ()):
+    for name, t in (("x", x), ("dy", dy), ("B/C", v), ("dB/dC", out)):
         assert t.stride(3) == 1, f"ssd_scan bwd dB/dC: {name} needs a unit last stride"
     chunk = geometry["Q"]
     grid = (geometry["n_chunks"] * cdiv(chunk, cfg["BLOCK_M"]), ngroups)
     return _ssd_bwd_dbc_kernel[grid](
-        x, dtcs, table if table is not None else dtcs, dy, v,
-        u if u is not None else v, da_part if da_part is not None else state_decay, state, state_decay,
+        x, dtcs, table if table is not None else dtcs, dy, v, state, state_decay,
         state_carry if state_carry is not None else state, out,
         *_common_args(x, geometry, geometry["n_seg"]), dstate, nheads // ngroups, nheads, dtcs[0].numel(),
         x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        *((u if u is not None else v).stride()[:3]), Q=chunk, BLOCK_M=cfg["BLOCK_M"], BLOCK_P=cfg["BLOCK_P"],
+        Q=chunk, BLOCK_M=cfg["BLOCK_M"], BLOCK_P=cfg["BLOCK_P"],
         BLOCK_N=cfg["BLOCK_N"], IS_DB=is_db, HAS_CARRY=state_carry is not None,
         IS_VARLEN=table is not None, DOT_PRECISION=dot_precision, num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"])
 
 
+def da_blocks(chunk: int, cfg: dict) -> int:
+    """Row blocks of the da launch at the tile `cfg`: da_part's second dimension."""
+    return cdiv(chunk, cfg["BLOCK_M"])
+
+
+def bwd_da_launch(x, dtcs, table, dy, B, C, da_part, geometry: dict, cfg: dict, dot_precision: str):
+    """The intra-chunk parts of da, da_part [n_chunks, da_blocks, H, Q] fp32, at the tile `cfg` (bwd_config's
+    "da"); the dx launch sums them. -> the launched CompiledKernel."""
+    nheads = x.shape[2]
+    ngroups, dstate = B.shape[2], B.shape[3]
+    hpg = nheads // ngroups
+    chunk = geometry["Q"]
+    assert hpg % cfg["HEADS_PER_PROG"] == 0, "ssd_scan bwd da: HEADS_PER_PROG must divide the heads per group"
+    assert da_part.is_contiguous() and da_part.shape == (geometry["n_chunks"], da_blocks(chunk, cfg), nheads, chunk), \
+        "ssd_scan bwd da: da_part [n_chunks, da_blocks, H, Q], contiguous"
+    for name, t in (("x", x), ("dy", dy), ("B", B), ("C", C)):
+        assert t.stride(3) == 1, f"ssd_scan bwd da: {name} needs a unit last stride"
+    grid = (geometry["n_chunks"] * (nheads // cfg["HEADS_PER_PROG"]) * da_blocks(chunk, cfg),)
+    return _ssd_bwd_da_kernel[grid](
+        x, dtcs, table if table is not None else dtcs, dy, B, C, da_part,
+        x.shape[1], geometry["n_table"], geometry["chunks_per_row"], x.shape[3], dstate, hpg, nheads,
+        dtcs[0].numel(), x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
+        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        Q=chunk, BLOCK_M=cfg["BLOCK_M"], BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"],
+        HEADS_PER_PROG=cfg["HEADS_PER_PROG"], IS_VARLEN=table is not None, DOT_PRECISION=dot_precision,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"])
+
+
 def aot_compile_all(cfg: dict | None = None):
     """(name, CompiledKernel) at NemotronH's shapes (P=64, N=128, Q=128, G=8, bf16, bf16 states), sm_90a, of the
-    kernels named in `cfg` ({"dx" / "dc" / "db": tile}, default: bwd_config's three), each main variant first."""
+    kernels named in `cfg` ({"dx" / "da" / "dc" / "db": tile}, default: bwd_config's four), each main variant
+    first."""
     from .mamba_common import aot_compile
     default = bwd_config(256, 8, 8, 64, 128, 128, 132)
     cfg = cfg or default
@@ -338,16 +408,26 @@ def aot_compile_all(cfg: dict | None = None):
     for varlen, carry in dx_variants:
         tile = cfg["dx"]
         consts = {"Q": 128, "BLOCK_P": tile["BLOCK_P"], "BLOCK_N": tile["BLOCK_N"],
-                  "HEADS_PER_PROG": tile["HEADS_PER_PROG"], "M_BLOCKS": 128 // cfg.get("dc", default["dc"])["BLOCK_M"],
+                  "HEADS_PER_PROG": tile["HEADS_PER_PROG"], "M_BLOCKS": da_blocks(128, cfg.get("da", default["da"])),
                   "HAS_D": True, "HAS_DT_BIAS": True, "DT_SOFTPLUS": True,
                   "HAS_CARRY": carry, "IS_VARLEN": varlen, "DOT_PRECISION": "tf32"}
         yield (f"ssd_bwd_dx varlen={varlen} carry={carry}",
                aot_compile(_ssd_bwd_dx_kernel, dx_sig, consts, num_warps=tile["num_warps"],
                            num_stages=tile["num_stages"], maxnreg=tile["maxnreg"], aligned=("headdim", "dstate")))
-    dbc_sig = dict(common, v_ptr="*bf16", u_ptr="*bf16", da_part_ptr="*fp32", st_ptr="*bf16", st_decay_ptr="*fp32",
-                   st_carry_ptr="*bf16", out_ptr="*bf16", stride_v_b="i64", stride_v_l="i64", stride_v_g="i32",
-                   stride_o_b="i64", stride_o_l="i64", stride_o_g="i32", stride_u_b="i64", stride_u_l="i64",
-                   stride_u_g="i32")
+    da_sig = {k: v for k, v in dx_sig.items() if k in common or k in (
+        "B_ptr", "C_ptr", "da_part_ptr", "stride_B_b", "stride_B_l", "stride_B_g", "stride_C_b", "stride_C_l",
+        "stride_C_g")}
+    del da_sig["seg_len"], da_sig["n_seg"]
+    for varlen in (False, True) if "da" in cfg else ():
+        tile = cfg["da"]
+        consts = {"Q": 128, "BLOCK_M": tile["BLOCK_M"], "BLOCK_P": tile["BLOCK_P"], "BLOCK_N": tile["BLOCK_N"],
+                  "HEADS_PER_PROG": tile["HEADS_PER_PROG"], "IS_VARLEN": varlen, "DOT_PRECISION": "tf32"}
+        yield (f"ssd_bwd_da varlen={varlen}",
+               aot_compile(_ssd_bwd_da_kernel, da_sig, consts, num_warps=tile["num_warps"],
+                           num_stages=tile["num_stages"], maxnreg=tile["maxnreg"], aligned=("headdim", "dstate")))
+    dbc_sig = dict(common, v_ptr="*bf16", st_ptr="*bf16", st_decay_ptr="*fp32", st_carry_ptr="*bf16",
+                   out_ptr="*bf16", stride_v_b="i64", stride_v_l="i64", stride_v_g="i32", stride_o_b="i64",
+                   stride_o_l="i64", stride_o_g="i32")
     dbc_variants = (("dc", False), ("db", False), ("db", True))
     for kernel, varlen in ((k, varlen) for k, varlen in dbc_variants if k in cfg):
         tile = cfg[kernel]

@@ -207,7 +207,7 @@ def test_interpreter_other_tiles_match_default(monkeypatch):
     y_default, final_default = ssd_scan(**inputs, chunk_size=32, return_final_states=True)
     over = {"chunk_state": dict(BLOCK_P=16), "bwd_chunk_state": dict(BLOCK_P=16),
             "chunk_scan": dict(BLOCK_M=32, BLOCK_P=16, HEADS_PER_PROG=1), "dx": dict(HEADS_PER_PROG=1),
-            "dc": dict(BLOCK_M=32), "db": dict(BLOCK_M=32)}
+            "da": dict(BLOCK_M=32, HEADS_PER_PROG=1), "dc": dict(BLOCK_M=32), "db": dict(BLOCK_M=32)}
     real = ssd_ops.kernel_configs
     monkeypatch.setattr(ssd_ops, "kernel_configs",
                         lambda *args: {k: dict(v, **over[k]) for k, v in real(*args).items()})
@@ -314,8 +314,8 @@ def test_aot_compile_sm90():
     scan = aot_lines("ssd_scan_chunk_scan")
     assert len(scan) == 4 and all(line.endswith("| wgmma") for line in scan), scan
     assert len(aot_lines("ssd_scan_bwd_chunk_state")) == 2
-    bwd = aot_lines("ssd_scan_bwd_chunk_scan")   # the dC kernel's 32-row tiles are below wgmma's 64 (mma.sync)
-    assert len(bwd) == 6 and all(line.endswith("| wgmma") for line in bwd if "is_db=False" not in line), bwd
+    bwd = aot_lines("ssd_scan_bwd_chunk_scan")   # dx (3 variants), da (2), dC, dB (2); da's 32 rows use mma.sync
+    assert len(bwd) == 8 and all(line.endswith("| wgmma") for line in bwd if "ssd_bwd_da" not in line), bwd
 
 
 NEMOTRON = dict(nheads=64, headdim=64, ngroups=8, dstate=128)
