@@ -89,14 +89,13 @@ CANDIDATES = {
         dict(BLOCK_M=32, num_warps=8, num_stages=1, maxnreg=128),
         dict(BLOCK_M=64, num_warps=8, num_stages=1, maxnreg=128),
     ],
-    "db": [
-        dict(num_warps=16),     # the default 64 rows at 128 registers, no spills: 16 warps per SM, not 8
-        dict(BLOCK_M=16, num_warps=4, num_stages=2),
-        dict(BLOCK_M=16, num_warps=8, num_stages=1),
-        dict(BLOCK_M=32, num_warps=8, num_stages=1, maxnreg=128),
-        dict(BLOCK_M=64, num_warps=8, num_stages=1),
-        dict(BLOCK_M=16, num_warps=8, num_stages=1, maxnreg=128),
-        dict(BLOCK_M=16, num_warps=4, num_stages=3),
+    "db": [   # reads dC's pair weights: default 64 rows, maxnreg 128 (122 registers, no spills, 2 per SM)
+        dict(maxnreg=None),     # 144 registers, 1 per SM
+        dict(num_warps=16, maxnreg=None),
+        dict(BLOCK_M=128, maxnreg=None),
+        dict(BLOCK_M=128, num_warps=16, maxnreg=None),
+        dict(num_warps=4, maxnreg=None),
+        dict(BLOCK_M=32),
     ],
 }
 
@@ -203,6 +202,9 @@ def sweep(only: list[str] | None = None, defaults: bool = False) -> dict:
     g_out, g_decay, _, g_carry, _, _ = ssd_ops._state_grads(dy, dtcs, C, None, False, 1, base)
     da_part = torch.empty(N_CHUNKS, bwd_k.da_blocks(Q, base["cfg"]["da"]), H, Q, device="cuda")
     bwd_k.bwd_da_launch(x, dtcs, None, dy, B, C, da_part, geo, base["cfg"]["da"], prec)
+    pw = torch.empty(N_CHUNKS, G, Q, Q, dtype=x.dtype, device="cuda")    # dC's pair weights, which dB reads
+    bwd_k.bwd_dbc_launch(x, dtcs, None, dy, B, s_in, c_decay, carry, pw, torch.empty_like(C), False, geo,
+                         base["cfg"]["dc"], prec)
 
     def states(over):        # stage 1 + state passing -> (full states entering each chunk, final states)
         plan = plan_with({"chunk_state": over})
@@ -231,8 +233,9 @@ def sweep(only: list[str] | None = None, defaults: bool = False) -> dict:
 
     def dc(over):
         cfg, dC = dict(base["cfg"]["dc"], **over), torch.empty_like(C)
-        return (lambda: bwd_k.bwd_dbc_launch(x, dtcs, None, dy, B, s_in, c_decay, carry, dC, False, geo, cfg, prec),
-                lambda _: (dC,), None)
+        part = torch.empty_like(pw)
+        return (lambda: bwd_k.bwd_dbc_launch(x, dtcs, None, dy, B, s_in, c_decay, carry, part, dC, False, geo, cfg,
+                                             prec), lambda _: (dC, part), None)
 
     def dx(over):
         cfg = dict(base["cfg"]["dx"], **over)
@@ -245,8 +248,8 @@ def sweep(only: list[str] | None = None, defaults: bool = False) -> dict:
 
     def db(over):
         cfg, dB = dict(base["cfg"]["db"], **over), torch.empty_like(B)
-        return (lambda: bwd_k.bwd_dbc_launch(x, dtcs, None, dy, C, g_out, g_decay, g_carry, dB, True, geo, cfg,
-                                             prec), lambda _: (dB,), None)
+        return (lambda: bwd_k.bwd_dbc_launch(x, dtcs, None, dy, C, g_out, g_decay, g_carry, pw, dB, True, geo,
+                                             cfg, prec), lambda _: (dB,), None)
 
     runners = {"chunk_state": states, "bwd_chunk_state": grad_states, "chunk_scan": scan, "dx": dx, "da": da,
                "dc": dc, "db": db}

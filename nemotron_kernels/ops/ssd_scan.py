@@ -253,9 +253,10 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     bwd_scan_k.bwd_dx_launch(x, dt, dtcs, A32, B, C, D32, bias32, plan["table"], dy, s_in, carry_decay, carry_lp,
                              g_out, gcarry_decay, gcarry_lp, dx, ddt32, dA_part, dD_part, da_part, geometry,
                              dt_softplus, cfg["dx"], precision)
-    bwd_scan_k.bwd_dbc_launch(x, dtcs, plan["table"], dy, B, s_in, carry_decay, carry_lp, dC, False, geometry,
+    pw = torch.empty(n_chunks, B.shape[2], chunk_size, chunk_size, dtype=x.dtype, device=dev)   # dC -> dB
+    bwd_scan_k.bwd_dbc_launch(x, dtcs, plan["table"], dy, B, s_in, carry_decay, carry_lp, pw, dC, False, geometry,
                               cfg["dc"], precision)
-    bwd_scan_k.bwd_dbc_launch(x, dtcs, plan["table"], dy, C, g_out, gcarry_decay, gcarry_lp, dB, True, geometry,
+    bwd_scan_k.bwd_dbc_launch(x, dtcs, plan["table"], dy, C, g_out, gcarry_decay, gcarry_lp, pw, dB, True, geometry,
                               cfg["db"], precision)
 
     # parameter gradients: fixed-order fp64 torch reductions of per-chunk partial sums (deterministic)

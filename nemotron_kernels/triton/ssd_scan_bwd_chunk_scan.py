@@ -11,8 +11,9 @@ Per chunk and head, with cs the cumulative sum of a = dt A in the chunk, M[t, s]
               rounding);
     per (chunk, head) partial sums of dA = sum_k dt_k da_k and dD = sum_t dy_t . x_t (summed in torch).
   dB / dC kernel (program: chunk, group, block of rows; the group's heads summed in registers, no atomics). The
-  intra-chunk pair weights of the heads share B (C) and are summed in fp32 before one product with it; the state
-  terms take a product per head:
+  intra-chunk pair weights of the heads share B (C) and are summed in fp32 before one product with it; dC writes
+  the summed weights (rounded to x's dtype, as its product uses them) and dB, launched after it, reads them
+  transposed; the state terms take a product per head:
     dC_t = sum_h [ sum_{s <= t} (dy_t . x_s) exp(cs_t - cs_s) dt_s B_s + exp(cs_t) dy_t S_in ]
     dB_s = sum_h [ sum_{t >= s} (x_s . dy_t) exp(cs_t - cs_s) dt_s C_t + exp(cs_Q - cs_s) dt_s x_s G ]
 Every output element is written by exactly one program and every sum runs in a fixed order, so the backward is
@@ -144,6 +145,8 @@ def _ssd_bwd_dbc_kernel(
     x_ptr, dtcs_ptr, table_ptr, dy_ptr,         # dtcs [3, B, H, L] fp32: stage 0's dt, cumulative dt A (hi, lo)
     v_ptr,                                      # dC: B, dB: C  [B, L, G, N]
     st_ptr, st_decay_ptr, st_carry_ptr,         # dC: S_in, carry_decay, carry; dB: G_out, gcarry_decay, gcarry
+    pw_ptr,                                     # [n_chunks, G, Q, Q] x's dtype: the group's summed pair weights
+                                                # [t, s], written by dC, read (transposed) by dB
     out_ptr,                                    # dC or dB [B, L, G, N]
     seqlen, n_table, chunks_per_row, seg_len, n_seg, headdim, dstate, heads_per_group, nheads, plane,
     stride_x_b, stride_x_l, stride_x_h,
@@ -175,16 +178,13 @@ def _ssd_bwd_dbc_kernel(
     rows_m = (start + offs_m).to(tl.int64)
     rows_k = (start + offs_k).to(tl.int64)
     if IS_DB:
-        tri = (offs_k[None, :] >= offs_m[:, None]) & k_ok[None, :]                      # t >= s
-        r_ptr, k_ptr = x_ptr, dy_ptr
+        r_ptr = x_ptr
         stride_r_b, stride_r_l, stride_r_h = stride_x_b, stride_x_l, stride_x_h
-        stride_k_b, stride_k_l, stride_k_h = stride_dy_b, stride_dy_l, stride_dy_h
         carry_seg = n_seg - 1 - gc // seg_len
     else:
         tri = (offs_k[None, :] <= offs_m[:, None]) & k_ok[None, :]                      # s <= t
-        r_ptr, k_ptr = dy_ptr, x_ptr
+        r_ptr = dy_ptr
         stride_r_b, stride_r_l, stride_r_h = stride_dy_b, stride_dy_l, stride_dy_h
-        stride_k_b, stride_k_l, stride_k_h = stride_x_b, stride_x_l, stride_x_h
         carry_seg = gc // seg_len
     V = tl.load(v_ptr + b * stride_v_b + rows_k[:, None] * stride_v_l + g * stride_v_g + offs_n[None, :],
                 mask=k_ok[:, None] & n_ok[None, :], other=0.0)                       # [Q, BLOCK_N]
@@ -193,34 +193,42 @@ def _ssd_bwd_dbc_kernel(
     pn_ok = p_ok[:, None] & n_ok[None, :] & (length > 0)
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    P_sum = tl.zeros([BLOCK_M, Q], dtype=tl.float32)   # sum over the group's heads of the decayed pair weights
+    if not IS_DB:
+        P_sum = tl.zeros([BLOCK_M, Q], dtype=tl.float32)   # sum over the group's heads of the decayed pair weights
     for hh in range(heads_per_group):
         h = g * heads_per_group + hh
-        dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_k, k_ok)   # [Q], stage 0's
         dt_m, cs_m_hi, cs_m_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_m, m_ok)  # [BLOCK_M]
         R = tl.load(r_ptr + b * stride_r_b + rows_m[:, None] * stride_r_l + h * stride_r_h + offs_p[None, :],
                     mask=m_ok[:, None] & p_ok[None, :], other=0.0)                     # [BLOCK_M, BLOCK_P]
-        K = tl.load(k_ptr + b * stride_k_b + rows_k[:, None] * stride_k_l + h * stride_k_h + offs_p[None, :],
-                    mask=k_ok[:, None] & p_ok[None, :], other=0.0)                     # [Q, BLOCK_P]
-        RK = tl.dot(R, tl.trans(K), input_precision=DOT_PRECISION)                     # [BLOCK_M, Q]
-        diff = (cs_m_hi[:, None] - cs_hi[None, :]) + (cs_m_lo[:, None] - cs_lo[None, :])   # cs_r - cs_k
         if IS_DB:
-            Pm = RK * tl.exp(tl.minimum(-diff, 0.0)) * dt_m[:, None]
             end_hi, end_lo = _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, seqlen, start, length)   # cs_Q
             r_scale = tl.exp((end_hi - cs_m_hi) + (end_lo - cs_m_lo)) * dt_m            # exp(cs_Q - cs_s) dt_s
         else:
-            Pm = RK * tl.exp(tl.minimum(diff, 0.0)) * dt[None, :]
+            dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_k, k_ok)   # [Q]
+            K = tl.load(x_ptr + b * stride_x_b + rows_k[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
+                        mask=k_ok[:, None] & p_ok[None, :], other=0.0)                 # [Q, BLOCK_P]: x_s
+            RK = tl.dot(R, tl.trans(K), input_precision=DOT_PRECISION)                 # [BLOCK_M, Q]: dy_t . x_s
+            diff = (cs_m_hi[:, None] - cs_hi[None, :]) + (cs_m_lo[:, None] - cs_lo[None, :])   # cs_t - cs_s
+            P_sum += tl.where(tri, RK * tl.exp(tl.minimum(diff, 0.0)) * dt[None, :], 0.0)
             r_scale = tl.exp(cs_m_hi)                                                  # exp(cs_t)
-        Pm = tl.where(tri, Pm, 0.0)
-        P_sum += Pm
         head_chunk = tl.cast(gc, tl.int64) * nheads + h
         St = _chunk_state_full(st_ptr, st_decay_ptr, st_carry_ptr, head_chunk,
                                tl.cast(carry_seg, tl.int64) * nheads + h, state_size, pn_offs, pn_ok, HAS_CARRY)
         Rs = (R.to(tl.float32) * r_scale[:, None]).to(dtype)
         acc = tl.dot(Rs, St.to(dtype), acc, input_precision=DOT_PRECISION)            # [BLOCK_M, BLOCK_N]
     # the intra-chunk term of all heads in one dot: V (B or C) is shared by the group's heads. The sum is rounded
-    # once to x's dtype (bf16: as before, within its range; fp16: 8 heads' sum overflows 8x sooner than one head's)
-    acc = tl.dot(P_sum.to(dtype), V, acc, input_precision=DOT_PRECISION)               # [BLOCK_M, BLOCK_N]
+    # once to x's dtype (bf16: as before, within its range; fp16: 8 heads' sum overflows 8x sooner than one head's).
+    # dB's pair weights are dC's transposed (x_s . dy_t exp(cs_t - cs_s) dt_s, t >= s): dC writes them, dB reads
+    # them instead of recomputing the products and decays of every head
+    pw_base = pw_ptr + (tl.cast(gc, tl.int64) * tl.num_programs(1) + g) * Q * Q
+    if IS_DB:
+        PT = tl.load(pw_base + offs_k[:, None] * Q + offs_m[None, :], mask=k_ok[:, None] & m_ok[None, :],
+                     other=0.0)                                                        # [Q, BLOCK_M]: t, s
+        acc = tl.dot(tl.trans(PT), V, acc, input_precision=DOT_PRECISION)              # [BLOCK_M, BLOCK_N]
+    else:
+        P_w = P_sum.to(dtype)
+        tl.store(pw_base + offs_m[:, None] * Q + offs_k[None, :], P_w, mask=(offs_m < Q)[:, None])
+        acc = tl.dot(P_w, V, acc, input_precision=DOT_PRECISION)                       # [BLOCK_M, BLOCK_N]
     tl.store(out_ptr + b * stride_o_b + rows_m[:, None] * stride_o_l + g * stride_o_g + offs_n[None, :],
              acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
@@ -291,14 +299,16 @@ def bwd_config(n_chunks: int, ngroups: int, heads_per_group: int, headdim: int, 
     the dx kernel takes whole chunks, one head per program on the GPU (walking the 8 heads of a group to share CB
     spilled 2.6 KB per thread, 1 head: ~0.1 KB), all heads of the group in the interpreter (sm_count 0); the da
     kernel Q / 4 rows of one head (<= 32: 98 registers, 2 programs per SM; 64 rows: 187, one); the dC and dB
-    kernels Q / 2 rows (<= 64: wgmma, 255 registers, no spills; 128 rows spill 376 B). dC took 32 rows (mma.sync)
-    while it also summed da. maxnreg: ptxas' register cap per thread (None: up to 255)."""
+    kernels Q / 2 rows (<= 64: wgmma; dC 255 registers, no spills, 128 rows spill 376 B; dB, which reads dC's pair
+    weights, 144, and 122 with no spills under maxnreg 128: 2 programs per SM). dC took 32 rows (mma.sync) while
+    it also summed da. maxnreg: ptxas' register cap per thread (None: up to 255)."""
     whole = {"BLOCK_P": max(16, next_power_of_2(headdim)), "BLOCK_N": max(16, next_power_of_2(dstate)),
              "num_warps": 8, "num_stages": 2, "maxnreg": None}
     return {"dx": dict(whole, HEADS_PER_PROG=1 if sm_count else heads_per_group),
             "da": dict(whole, BLOCK_M=max(16, min(chunk // 4, 32)), HEADS_PER_PROG=1 if sm_count else heads_per_group),
             "dc": dict(whole, BLOCK_M=max(16, min(chunk // 2, 64))),
-            "db": dict(whole, BLOCK_M=max(16, min(chunk // 2, 64)))}
+            "db": dict(whole, BLOCK_M=max(16, min(chunk // 2, 64)),
+                       maxnreg=128 if whole["BLOCK_P"] * whole["BLOCK_N"] <= 64 * 128 else None)}
 
 
 def _common_args(x, geometry: dict, n_seg: int):
@@ -335,19 +345,22 @@ def bwd_dx_launch(x, dt, dtcs, A, B, C, D, dt_bias, table, dy, s_in, carry_decay
         num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"])
 
 
-def bwd_dbc_launch(x, dtcs, table, dy, v, state, state_decay, state_carry, out, is_db: bool, geometry: dict,
+def bwd_dbc_launch(x, dtcs, table, dy, v, state, state_decay, state_carry, pw, out, is_db: bool, geometry: dict,
                    cfg: dict, dot_precision: str):
-    """dC (is_db False: v = B, state = forward S_in) or dB (is_db True: v = C, state = backward G_out), at the tile
-    `cfg` (bwd_config's "dc" / "db"). -> the launched CompiledKernel."""
+    """dC (is_db False: v = B, state = forward S_in; writes pw) or dB (is_db True: v = C, state = backward G_out;
+    reads pw, after dC), at the tile `cfg` (bwd_config's "dc" / "db"). pw [n_chunks, G, Q, Q] in x's dtype: the
+    group's summed pair weights. -> the launched CompiledKernel."""
     nheads = x.shape[2]
     ngroups, dstate = v.shape[2], v.shape[3]
+    chunk = geometry["Q"]
     for name, t in (("x", x), ("dy", dy), ("B/C", v), ("dB/dC", out)):
         assert t.stride(3) == 1, f"ssd_scan bwd dB/dC: {name} needs a unit last stride"
-    chunk = geometry["Q"]
+    assert pw.is_contiguous() and pw.dtype == x.dtype and pw.shape == (geometry["n_chunks"], ngroups, chunk, chunk), \
+        "ssd_scan bwd dB/dC: pw [n_chunks, G, Q, Q] in x's dtype, contiguous"
     grid = (geometry["n_chunks"] * cdiv(chunk, cfg["BLOCK_M"]), ngroups)
     return _ssd_bwd_dbc_kernel[grid](
         x, dtcs, table if table is not None else dtcs, dy, v, state, state_decay,
-        state_carry if state_carry is not None else state, out,
+        state_carry if state_carry is not None else state, pw, out,
         *_common_args(x, geometry, geometry["n_seg"]), dstate, nheads // ngroups, nheads, dtcs[0].numel(),
         x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
@@ -426,8 +439,8 @@ def aot_compile_all(cfg: dict | None = None):
                aot_compile(_ssd_bwd_da_kernel, da_sig, consts, num_warps=tile["num_warps"],
                            num_stages=tile["num_stages"], maxnreg=tile["maxnreg"], aligned=("headdim", "dstate")))
     dbc_sig = dict(common, v_ptr="*bf16", st_ptr="*bf16", st_decay_ptr="*fp32", st_carry_ptr="*bf16",
-                   out_ptr="*bf16", stride_v_b="i64", stride_v_l="i64", stride_v_g="i32", stride_o_b="i64",
-                   stride_o_l="i64", stride_o_g="i32")
+                   pw_ptr="*bf16", out_ptr="*bf16", stride_v_b="i64", stride_v_l="i64", stride_v_g="i32",
+                   stride_o_b="i64", stride_o_l="i64", stride_o_g="i32")
     dbc_variants = (("dc", False), ("db", False), ("db", True))
     for kernel, varlen in ((k, varlen) for k, varlen in dbc_variants if k in cfg):
         tile = cfg[kernel]
