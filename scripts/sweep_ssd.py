@@ -74,17 +74,21 @@ CANDIDATES = {
         dict(num_warps=16, num_stages=2),
         dict(num_warps=8, num_stages=1),
     ],
-    "da": [   # 98-255 registers (Triton 3.8): 1-4 programs per SM
-        dict(BLOCK_M=32, num_warps=4),
-        dict(BLOCK_M=16, num_warps=4),
-        dict(BLOCK_M=32, HEADS_PER_PROG=8),
-        dict(BLOCK_M=64),
-        dict(BLOCK_M=64, maxnreg=128),
-        dict(BLOCK_M=32, num_stages=1),
+    "da": [   # causal column blocks of BLOCK_K up to the row block's diagonal (default 64 x 32, 4 warps)
+        dict(BLOCK_M=64, BLOCK_K=16),
+        dict(BLOCK_M=64, BLOCK_K=64),
+        dict(BLOCK_M=64, num_warps=2),
+        dict(BLOCK_M=64, num_warps=8),
+        dict(BLOCK_M=128, BLOCK_K=32),
+        dict(BLOCK_M=128, BLOCK_K=32, num_warps=8),
+        dict(BLOCK_M=128, BLOCK_K=16),
+        dict(BLOCK_M=32, BLOCK_K=32, num_warps=2),
+        dict(BLOCK_M=64, num_stages=3),
     ],
     "dc": [   # without the da part: 64 rows take wgmma at 255 registers, no spills (16 warps: 128, no spills)
-        dict(num_warps=16),
+        dict(num_warps=8),
         dict(BLOCK_M=32),
+        dict(BLOCK_M=128),
         dict(BLOCK_M=64, num_stages=1),
         dict(BLOCK_M=32, num_warps=8, num_stages=1, maxnreg=128),
         dict(BLOCK_M=64, num_warps=8, num_stages=1, maxnreg=128),
@@ -227,7 +231,7 @@ def sweep(only: list[str] | None = None, defaults: bool = False) -> dict:
 
     def da(over):
         cfg = dict(base["cfg"]["da"], **over)
-        part = torch.empty(N_CHUNKS, bwd_k.da_blocks(Q, cfg), H, Q, device="cuda")
+        part = torch.zeros(N_CHUNKS, bwd_k.da_blocks(Q, cfg), H, Q, device="cuda")   # past the diagonal: unwritten
         return (lambda: bwd_k.bwd_da_launch(x, dtcs, None, dy, B, C, part, geo, cfg, prec),
                 lambda _: (part.sum(1),), None)
 

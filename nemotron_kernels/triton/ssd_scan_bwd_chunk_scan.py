@@ -121,8 +121,9 @@ def _ssd_bwd_dx_kernel(
         #   state  exp(cs_Q) <G, S_in> + sum_{s < k} V_s + sum_{t >= k} Z_t
         #          V_s = dt_s exp(cs_Q - cs_s) x_s . (G B_s),  Z_t = exp(cs_t) dy_t . (S_in C_t)
         da = tl.zeros([Q], dtype=tl.float32)
-        for mb in range(M_BLOCKS):
-            da += tl.load(da_part_ptr + ((tl.cast(gc, tl.int64) * M_BLOCKS + mb) * nheads + h) * Q + offs_q)
+        for mb in range(M_BLOCKS):   # row block mb wrote the columns up to its diagonal block
+            da += tl.load(da_part_ptr + ((tl.cast(gc, tl.int64) * M_BLOCKS + mb) * nheads + h) * Q + offs_q,
+                          mask=offs_q < (mb + 1) * (Q // M_BLOCKS), other=0.0)
         V = dt * tl.sum(xf * GB, axis=1)                                               # [Q]: s
         Z = tl.sum(dyf * SC, axis=1) * exp_cs                                          # [Q]: t
         da += tl.exp(end_hi + end_lo) * tl.sum(tl.sum(G * S, axis=1), axis=0)
@@ -242,54 +243,59 @@ def _ssd_bwd_da_kernel(
     stride_dy_b, stride_dy_l, stride_dy_h,
     stride_B_b, stride_B_l, stride_B_g,
     stride_C_b, stride_C_l, stride_C_g,
-    Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     HEADS_PER_PROG: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The intra-chunk part of da for rows t of one block, per head: sum_{t >= k} sum_{s < k} W[t, s] with
     W[t, s] = (C_t . B_s) exp(cs_t - cs_s) dt_s (dy_t . x_s), s < t. Its own launch so that dC's registers hold
-    only dC (the scan needs CB and a [BLOCK_M, Q] tile besides the pair weights)."""
+    only dC. The columns k (and s) run in blocks of BLOCK_K up to the row block's diagonal, the prefix over s
+    carried from block to block; da_part's columns past the diagonal block are not written (the dx kernel masks
+    them)."""
     # a chunk's programs are adjacent (row blocks innermost, then heads): its x / dy columns, B and C stay in L2
-    m_blocks = (Q + BLOCK_M - 1) // BLOCK_M
+    m_blocks = Q // BLOCK_M
     n_gh = nheads // HEADS_PER_PROG
     gc = tl.program_id(0) // (n_gh * m_blocks)
     pid_gh = tl.program_id(0) // m_blocks % n_gh
-    pid_m = tl.program_id(0) % m_blocks
+    pid_m = m_blocks - 1 - tl.program_id(0) % m_blocks          # the longest row block first
     h0 = pid_gh * HEADS_PER_PROG
     g = h0 // heads_per_group
     b, _, start, length, _, _ = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
     b = tl.cast(b, tl.int64)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_k = tl.arange(0, Q)
     offs_p = tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
     m_ok = offs_m < length
-    k_ok = offs_k < length
     p_ok = offs_p < headdim
     n_ok = offs_n < dstate
     rows_m = (start + offs_m).to(tl.int64)
-    rows_k = (start + offs_k).to(tl.int64)
     C_m = tl.load(C_ptr + b * stride_C_b + rows_m[:, None] * stride_C_l + g * stride_C_g + offs_n[None, :],
                   mask=m_ok[:, None] & n_ok[None, :], other=0.0)                     # [BLOCK_M, BLOCK_N]
-    B_k = tl.load(B_ptr + b * stride_B_b + rows_k[:, None] * stride_B_l + g * stride_B_g + offs_n[None, :],
-                  mask=k_ok[:, None] & n_ok[None, :], other=0.0)                     # [Q, BLOCK_N]
-    CB = tl.dot(C_m, tl.trans(B_k), input_precision=DOT_PRECISION)                     # [BLOCK_M, Q]: t, s
-    strict = (offs_k[None, :] < offs_m[:, None]) & k_ok[None, :]
-    k_le_t = (offs_k[None, :] <= offs_m[:, None]) & m_ok[:, None]
+    part = da_part_ptr + (tl.cast(gc, tl.int64) * m_blocks + pid_m) * nheads * Q
     for hh in range(HEADS_PER_PROG):
         h = h0 + hh
-        dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_k, k_ok)   # [Q]
         dt_m, cs_m_hi, cs_m_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_m, m_ok)  # [BLOCK_M]
         dy = tl.load(dy_ptr + b * stride_dy_b + rows_m[:, None] * stride_dy_l + h * stride_dy_h + offs_p[None, :],
                      mask=m_ok[:, None] & p_ok[None, :], other=0.0)                  # [BLOCK_M, BLOCK_P]
-        x = tl.load(x_ptr + b * stride_x_b + rows_k[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
-                    mask=k_ok[:, None] & p_ok[None, :], other=0.0)                   # [Q, BLOCK_P]
-        dyx = tl.dot(dy, tl.trans(x), input_precision=DOT_PRECISION)                   # [BLOCK_M, Q]: t, s
-        diff = (cs_m_hi[:, None] - cs_hi[None, :]) + (cs_m_lo[:, None] - cs_lo[None, :])   # cs_t - cs_s
-        W = tl.where(strict, dyx * tl.exp(tl.minimum(diff, 0.0)) * dt[None, :] * CB, 0.0)
-        before_k = tl.cumsum(W, axis=1) - W                                            # [t, k]: sum_{s < k} W[t, s]
-        da_rows = tl.sum(tl.where(k_le_t, before_k, 0.0), axis=0)                      # [Q]: k
-        tl.store(da_part_ptr + ((tl.cast(gc, tl.int64) * m_blocks + pid_m) * nheads + h) * Q + offs_k, da_rows)
+        carry = tl.zeros([BLOCK_M], dtype=tl.float32)                                  # sum_{s < k0} W[t, s]
+        for k0 in range(0, (pid_m + 1) * BLOCK_M, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < length
+            rows_k = (start + offs_k).to(tl.int64)
+            B_k = tl.load(B_ptr + b * stride_B_b + rows_k[:, None] * stride_B_l + g * stride_B_g + offs_n[None, :],
+                          mask=k_ok[:, None] & n_ok[None, :], other=0.0)             # [BLOCK_K, BLOCK_N]
+            x = tl.load(x_ptr + b * stride_x_b + rows_k[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
+                        mask=k_ok[:, None] & p_ok[None, :], other=0.0)               # [BLOCK_K, BLOCK_P]
+            dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_k, k_ok)  # [BLOCK_K]
+            CB = tl.dot(C_m, tl.trans(B_k), input_precision=DOT_PRECISION)             # [BLOCK_M, BLOCK_K]: t, s
+            dyx = tl.dot(dy, tl.trans(x), input_precision=DOT_PRECISION)               # [BLOCK_M, BLOCK_K]: t, s
+            diff = (cs_m_hi[:, None] - cs_hi[None, :]) + (cs_m_lo[:, None] - cs_lo[None, :])   # cs_t - cs_s
+            strict = (offs_k[None, :] < offs_m[:, None]) & k_ok[None, :]
+            W = tl.where(strict, dyx * tl.exp(tl.minimum(diff, 0.0)) * dt[None, :] * CB, 0.0)
+            before_k = tl.cumsum(W, axis=1) - W + carry[:, None]                       # [t, k]: sum_{s < k} W[t, s]
+            carry += tl.sum(W, axis=1)
+            k_le_t = (offs_k[None, :] <= offs_m[:, None]) & m_ok[:, None]
+            tl.store(part + h * Q + offs_k, tl.sum(tl.where(k_le_t, before_k, 0.0), axis=0))   # [BLOCK_K]: k
 
 
 def bwd_config(n_chunks: int, ngroups: int, heads_per_group: int, headdim: int, dstate: int, chunk: int,
@@ -305,8 +311,9 @@ def bwd_config(n_chunks: int, ngroups: int, heads_per_group: int, headdim: int, 
     whole = {"BLOCK_P": max(16, next_power_of_2(headdim)), "BLOCK_N": max(16, next_power_of_2(dstate)),
              "num_warps": 8, "num_stages": 2, "maxnreg": None}
     return {"dx": dict(whole, HEADS_PER_PROG=1 if sm_count else heads_per_group),
-            "da": dict(whole, BLOCK_M=max(16, min(chunk // 4, 32)), HEADS_PER_PROG=1 if sm_count else heads_per_group),
-            "dc": dict(whole, BLOCK_M=max(16, min(chunk // 2, 64))),
+            "da": dict(whole, BLOCK_M=max(16, min(chunk // 2, 64)), BLOCK_K=max(16, min(chunk // 4, 32)),
+                       HEADS_PER_PROG=1 if sm_count else heads_per_group, num_warps=4),
+            "dc": dict(whole, BLOCK_M=max(16, min(chunk // 2, 64)), num_warps=16),
             "db": dict(whole, BLOCK_M=max(16, min(chunk // 2, 64)),
                        maxnreg=128 if whole["BLOCK_P"] * whole["BLOCK_N"] <= 64 * 128 else None)}
 
@@ -372,7 +379,7 @@ def bwd_dbc_launch(x, dtcs, table, dy, v, state, state_decay, state_carry, pw, o
 
 def da_blocks(chunk: int, cfg: dict) -> int:
     """Row blocks of the da launch at the tile `cfg`: da_part's second dimension."""
-    return cdiv(chunk, cfg["BLOCK_M"])
+    return chunk // cfg["BLOCK_M"]
 
 
 def bwd_da_launch(x, dtcs, table, dy, B, C, da_part, geometry: dict, cfg: dict, dot_precision: str):
@@ -383,6 +390,7 @@ def bwd_da_launch(x, dtcs, table, dy, B, C, da_part, geometry: dict, cfg: dict, 
     hpg = nheads // ngroups
     chunk = geometry["Q"]
     assert hpg % cfg["HEADS_PER_PROG"] == 0, "ssd_scan bwd da: HEADS_PER_PROG must divide the heads per group"
+    assert chunk % cfg["BLOCK_M"] == 0 and chunk % cfg["BLOCK_K"] == 0, "ssd_scan bwd da: BLOCK_M, BLOCK_K divide Q"
     assert da_part.is_contiguous() and da_part.shape == (geometry["n_chunks"], da_blocks(chunk, cfg), nheads, chunk), \
         "ssd_scan bwd da: da_part [n_chunks, da_blocks, H, Q], contiguous"
     for name, t in (("x", x), ("dy", dy), ("B", B), ("C", C)):
@@ -393,7 +401,7 @@ def bwd_da_launch(x, dtcs, table, dy, B, C, da_part, geometry: dict, cfg: dict, 
         x.shape[1], geometry["n_table"], geometry["chunks_per_row"], x.shape[3], dstate, hpg, nheads,
         dtcs[0].numel(), x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        Q=chunk, BLOCK_M=cfg["BLOCK_M"], BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"],
+        Q=chunk, BLOCK_M=cfg["BLOCK_M"], BLOCK_K=cfg["BLOCK_K"], BLOCK_P=cfg["BLOCK_P"], BLOCK_N=cfg["BLOCK_N"],
         HEADS_PER_PROG=cfg["HEADS_PER_PROG"], IS_VARLEN=table is not None, DOT_PRECISION=dot_precision,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"])
 
@@ -433,8 +441,9 @@ def aot_compile_all(cfg: dict | None = None):
     del da_sig["seg_len"], da_sig["n_seg"]
     for varlen in (False, True) if "da" in cfg else ():
         tile = cfg["da"]
-        consts = {"Q": 128, "BLOCK_M": tile["BLOCK_M"], "BLOCK_P": tile["BLOCK_P"], "BLOCK_N": tile["BLOCK_N"],
-                  "HEADS_PER_PROG": tile["HEADS_PER_PROG"], "IS_VARLEN": varlen, "DOT_PRECISION": "tf32"}
+        consts = {"Q": 128, "BLOCK_M": tile["BLOCK_M"], "BLOCK_K": tile["BLOCK_K"], "BLOCK_P": tile["BLOCK_P"],
+                  "BLOCK_N": tile["BLOCK_N"], "HEADS_PER_PROG": tile["HEADS_PER_PROG"], "IS_VARLEN": varlen,
+                  "DOT_PRECISION": "tf32"}
         yield (f"ssd_bwd_da varlen={varlen}",
                aot_compile(_ssd_bwd_da_kernel, da_sig, consts, num_warps=tile["num_warps"],
                            num_stages=tile["num_stages"], maxnreg=tile["maxnreg"], aligned=("headdim", "dstate")))
