@@ -1,4 +1,5 @@
-"""SSD scan backward stage 2 (Triton): the gradients of every chunk, fully parallel over chunks, three kernels.
+"""SSD scan backward stage 2 (Triton): the gradients of every chunk, fully parallel over chunks, four kernels
+(da, dx, dC, dB, launched in that order).
 
 Per chunk and head, with cs the cumulative sum of a = dt A in the chunk, M[t, s] = (C_t . B_s) exp(cs_t - cs_s)
 (s <= t), S_in the state entering the chunk (forward stages 1-2, recomputed) and G = dL/dS_out (backward stage 1):
@@ -6,9 +7,9 @@ Per chunk and head, with cs the cumulative sum of a = dt A in the chunk, M[t, s]
     dxpre_s = sum_t M[t, s] dy_t + exp(cs_Q - cs_s) G B_s          dx_s = dt_s dxpre_s + D dy_s
     ddt_s   = x_s . dxpre_s + A da_s      (times softplus' when dt_softplus)
     da_k    = dL/d(dt_k A): the terms whose decay spans token k (see the kernel), the intra-chunk pairs s < k <= t
-              summed by the da kernel (it runs first) with a cumulative sum over its [BLOCK_M, Q] tile
-              (row-minus-column sums of the pair terms, dy . y - x . dx, would cancel their large diagonal terms in
-              rounding);
+              summed by the da kernel (program: chunk, head, block of rows t; the columns in blocks up to the
+              diagonal, a cumulative sum over each with the prefix carried), directly over the pairs (row-minus-
+              column sums of the pair terms, dy . y - x . dx, would cancel their large diagonal terms in rounding);
     per (chunk, head) partial sums of dA = sum_k dt_k da_k and dD = sum_t dy_t . x_t (summed in torch).
   dB / dC kernel (program: chunk, group, block of rows; the group's heads summed in registers, no atomics). The
   intra-chunk pair weights of the heads share B (C) and are summed in fp32 before one product with it; dC writes
@@ -301,13 +302,15 @@ def _ssd_bwd_da_kernel(
 def bwd_config(n_chunks: int, ngroups: int, heads_per_group: int, headdim: int, dstate: int, chunk: int,
                sm_count: int) -> dict:
     """{"dx": tile, "da": tile, "dc": tile, "db": tile}: the tiles of the four launches, chosen by the sm_90a
-    register report (cuobjdump -res-usage of the AOT compile at NemotronH's shapes, Q=128, P=64, N=128, 8 warps):
+    register report (cuobjdump -res-usage of the AOT compile at NemotronH's shapes, Q=128, P=64, N=128) and
+    scripts/sweep_ssd.py on the H200 (bench/NOTES.md, session 22):
     the dx kernel takes whole chunks, one head per program on the GPU (walking the 8 heads of a group to share CB
     spilled 2.6 KB per thread, 1 head: ~0.1 KB), all heads of the group in the interpreter (sm_count 0); the da
-    kernel Q / 4 rows of one head (<= 32: 98 registers, 2 programs per SM; 64 rows: 187, one); the dC and dB
-    kernels Q / 2 rows (<= 64: wgmma; dC 255 registers, no spills, 128 rows spill 376 B; dB, which reads dC's pair
-    weights, 144, and 122 with no spills under maxnreg 128: 2 programs per SM). dC took 32 rows (mma.sync) while
-    it also summed da. maxnreg: ptxas' register cap per thread (None: up to 255)."""
+    kernel Q / 2 rows of one head against column blocks of Q / 4 at 4 warps (120 registers, 4 programs per SM:
+    665 us; 8 warps 1,116 us, 32 x 32 at 8 warps 4,928 us); the dC and dB kernels Q / 2 rows (<= 64: wgmma; dC at
+    16 warps, 128 registers: 878 us, 8 warps 255 registers: 1,084 us; dB, which reads dC's pair weights, 122
+    registers with no spills under maxnreg 128: 2 programs per SM). maxnreg: ptxas' register cap per thread (None:
+    up to 255)."""
     whole = {"BLOCK_P": max(16, next_power_of_2(headdim)), "BLOCK_N": max(16, next_power_of_2(dstate)),
              "num_warps": 8, "num_stages": 2, "maxnreg": None}
     return {"dx": dict(whole, HEADS_PER_PROG=1 if sm_count else heads_per_group),

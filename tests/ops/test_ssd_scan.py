@@ -1,7 +1,7 @@
 """ssd_scan (Triton forward: chunk_state -> state_passing -> chunk_scan; Triton backward: recomputed states ->
-bwd_chunk_state -> state_passing -> bwd dx / dB / dC) against the float64 reference and its autograd, under the DESIGN
-error rule. CPU: Triton's interpreter at small shapes (fp16/fp32); `cuda`: NemotronH shapes (H=64, P=64, G=8, N=128,
-chunk 128, bf16), backward determinism, and 600K-token runs past 2^31 elements."""
+bwd_chunk_state -> state_passing -> bwd da / dx / dC / dB) against the float64 reference and its autograd, under
+the DESIGN error rule. CPU: Triton's interpreter at small shapes (fp16/fp32); `cuda`: NemotronH shapes (H=64,
+P=64, G=8, N=128, chunk 128, bf16), backward determinism, and 600K-token runs past 2^31 elements."""
 import pytest
 import torch
 from mamba_checks import BWD, F64, FWD, aot_lines, assert_error_rule, assert_state_rule  # noqa: F401
