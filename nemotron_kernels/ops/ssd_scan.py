@@ -35,7 +35,7 @@ KERNEL_CHUNKS = (16, 32, 64, 128, 256)
 def _chunk_table(cu_seqlens: torch.Tensor, chunk: int, n_table: int):
     """Chunks of packed sequences, each starting at its sequence's first token (device-side, no sync).
     -> (table [5, n_table] int32: sequence, start, length, first, last; last_chunk [S] int32 (-1: empty sequence);
-    first_chunk [S] int64 (the global chunk of each sequence's start; meaningless for empty sequences))."""
+    first_chunk [S] int32 (the global chunk of each sequence's start; meaningless for empty sequences))."""
     cu = cu_seqlens.to(torch.int64)
     nseq = cu.numel() - 1
     seq_len = cu[1:] - cu[:-1]                                          # [S]
@@ -51,7 +51,7 @@ def _chunk_table(cu_seqlens: torch.Tensor, chunk: int, n_table: int):
     last = valid & (start + length == cu[seq + 1])
     table = torch.stack([seq, start, length, first.long(), last.long()]).to(torch.int32).contiguous()
     last_chunk = torch.where(n_chunks > 0, ends - 1, -1).to(torch.int32)
-    return table, last_chunk, ends - n_chunks
+    return table, last_chunk, (ends - n_chunks).to(torch.int32)
 
 
 def _unit_last(t):
@@ -266,15 +266,12 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     if dt_bias is not None:
         out_dbias = ddt32.sum((0, 1), dtype=torch.float64).to(dt_bias.dtype)
     if want_dinit:
-        if n_seg > 1:    # complete with the gradient entering the segment of each sequence's first chunk
-            first = torch.arange(nstates, device=dev) * geometry["chunks_per_row"] if cu_seqlens is None \
-                else plan["first_chunk"].clamp(0, n_chunks - 1)
-            rseg = n_seg - 1 - torch.div(first, geometry["seg_len"], rounding_mode="floor")
-            heads = torch.arange(nheads, device=dev)
-            dinit = dinit + dinit_decay[:, :, None, None] * gcarry[rseg[:, None], heads[None, :]]
-        if cu_seqlens is not None:  # an empty sequence passes its initial state through as its final state
-            mamba_common.kernel_module("ssd_scan_state_passing").final_states_launch(
-                dinit, None if dfinal is None else dfinal.contiguous(), None, None, plan["last_chunk"], geometry)
+        # completed with the gradient entering the segment of each sequence's first chunk; an empty sequence passes
+        # its final-state gradient through to its initial state
+        mamba_common.kernel_module("ssd_scan_state_passing").final_states_launch(
+            dinit, None if dfinal is None or cu_seqlens is None else dfinal.contiguous(),
+            gcarry if n_seg > 1 else None, dinit_decay if n_seg > 1 else None, plan["last_chunk"], geometry,
+            first_chunk=plan["first_chunk"], backward=True)
         dinit = dinit.to(initial_states.dtype)
     else:
         dinit = x.new_empty(0)

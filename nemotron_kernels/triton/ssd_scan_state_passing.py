@@ -48,9 +48,13 @@ def _ssd_final_states_kernel(
     init_ptr,                           # [n_states, H * P * N] what an empty sequence passes through, if HAS_INIT
     carry_ptr, final_decay_ptr,         # [n_seg, H * P * N] fp32, [n_states, H] fp32, if HAS_CARRY
     last_chunk_ptr,                     # [n_states] int32 with packed sequences: global chunk of each end (-1: empty)
-    numel, state_size, nheads, seg_len, chunks_per_row,
+    first_chunk_ptr,                    # [n_states] int32 with packed sequences: global chunk of each start (BACKWARD)
+    numel, state_size, nheads, seg_len, chunks_per_row, n_seg,
     BLOCK: tl.constexpr, HAS_INIT: tl.constexpr, HAS_CARRY: tl.constexpr, IS_VARLEN: tl.constexpr,
+    BACKWARD: tl.constexpr,
 ):
+    """One (sequence, block) of the final states, in place (see final_states_launch). BACKWARD: the initial-state
+    gradients instead, completed with the carry of the reversed segment holding each sequence's first chunk."""
     s = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < numel
@@ -67,8 +71,15 @@ def _ssd_final_states_kernel(
     if HAS_CARRY:
         decay = tl.load(final_decay_ptr + s * nheads + offs // state_size, mask=ok & (lc >= 0), other=0.0)
         keep = ok & (decay != 0.0)                                   # [BLOCK]
-        carry = tl.load(carry_ptr + tl.cast(tl.maximum(lc, 0) // seg_len, tl.int64) * numel + offs, mask=keep,
-                        other=0.0)
+        if BACKWARD:
+            if IS_VARLEN:
+                fc = tl.load(first_chunk_ptr + s)
+            else:
+                fc = s * chunks_per_row
+            seg = n_seg - 1 - tl.maximum(fc, 0) // seg_len
+        else:
+            seg = tl.maximum(lc, 0) // seg_len
+        carry = tl.load(carry_ptr + tl.cast(seg, tl.int64) * numel + offs, mask=keep, other=0.0)
         final = tl.load(final_ptr + base + offs, mask=keep, other=0.0)
         tl.store(final_ptr + base + offs, final + decay * carry, mask=keep)
 
@@ -86,11 +97,13 @@ def state_passing_launch(seg_state, seg_decay, carry, carry_lp) -> None:
         seg_state, seg_decay, carry, carry_lp, n_seg, nheads, state_size, BLOCK=PASS_BLOCK, num_warps=4)
 
 
-def final_states_launch(final, initial_states, carry, final_decay, last_chunk, geometry: dict) -> None:
+def final_states_launch(final, initial_states, carry, final_decay, last_chunk, geometry: dict, first_chunk=None,
+                        backward: bool = False) -> None:
     """final [S, H, P, N] fp32, in place: + final_decay * carry[its last segment] (carry [n_seg, H, P, N] fp32 from
     state_passing_launch, None with one segment), and for every empty packed sequence (last_chunk -1; None when
     batched) what passes through it, `initial_states` or 0: the forward's initial state into its final state, the
-    backward's final-state gradient into its initial one."""
+    backward's final-state gradient into its initial one. backward: `final` holds the initial-state gradients,
+    completed with the reversed-segment carry of each sequence's first chunk (first_chunk [S] int32 when packed)."""
     n_states = final.shape[0]
     numel = final[0].numel()
     assert final.is_contiguous() and final.dtype == torch.float32, "ssd_scan: final states fp32, contiguous"
@@ -100,14 +113,18 @@ def final_states_launch(final, initial_states, carry, final_decay, last_chunk, g
         "ssd_scan: last_chunk [S] int32"
     assert carry is None or (carry.is_contiguous() and final_decay is not None and final_decay.is_contiguous()), \
         "ssd_scan: carry and final_decay, contiguous"
+    assert not (backward and last_chunk is not None) or (first_chunk is not None and first_chunk.dtype == torch.int32
+                                                         and first_chunk.shape == (n_states,)), \
+        "ssd_scan: the backward's packed final-states pass needs first_chunk [S] int32"
     if n_states == 0 or numel == 0 or (carry is None and last_chunk is None):
         return
     _ssd_final_states_kernel[(n_states, cdiv(numel, FINAL_BLOCK))](
         final, initial_states if initial_states is not None else final, carry if carry is not None else final,
         final_decay if final_decay is not None else final, last_chunk if last_chunk is not None else final,
-        numel, final[0, 0].numel(), final.shape[1], geometry["seg_len"], geometry["chunks_per_row"],
+        first_chunk if first_chunk is not None else final, numel, final[0, 0].numel(), final.shape[1],
+        geometry["seg_len"], geometry["chunks_per_row"], geometry["n_seg"],
         BLOCK=FINAL_BLOCK, HAS_INIT=initial_states is not None, HAS_CARRY=carry is not None,
-        IS_VARLEN=last_chunk is not None, num_warps=4)
+        IS_VARLEN=last_chunk is not None, BACKWARD=backward, num_warps=4)
 
 
 def aot_compile_all():
@@ -117,10 +134,12 @@ def aot_compile_all():
     yield ("ssd_state_passing", aot_compile(_ssd_state_passing_kernel, sig, {"BLOCK": PASS_BLOCK}, num_warps=4,
                                             num_stages=1, aligned=("state_size",)))
     sig = {"final_ptr": "*fp32", "init_ptr": "*bf16", "carry_ptr": "*fp32", "final_decay_ptr": "*fp32",
-           "last_chunk_ptr": "*i32", "numel": "i32", "state_size": "i32", "nheads": "i32", "seg_len": "i32",
-           "chunks_per_row": "i32"}
-    for has_init, has_carry, varlen in ((False, True, False), (True, True, True), (True, False, True)):
-        consts = {"BLOCK": FINAL_BLOCK, "HAS_INIT": has_init, "HAS_CARRY": has_carry, "IS_VARLEN": varlen}
-        yield (f"ssd_final_states init={has_init} carry={has_carry} varlen={varlen}",
+           "last_chunk_ptr": "*i32", "first_chunk_ptr": "*i32", "numel": "i32", "state_size": "i32", "nheads": "i32",
+           "seg_len": "i32", "chunks_per_row": "i32", "n_seg": "i32"}
+    for has_init, has_carry, varlen, backward in ((False, True, False, False), (True, True, True, False),
+                                                  (True, False, True, False), (True, True, True, True)):
+        consts = {"BLOCK": FINAL_BLOCK, "HAS_INIT": has_init, "HAS_CARRY": has_carry, "IS_VARLEN": varlen,
+                  "BACKWARD": backward}
+        yield (f"ssd_final_states init={has_init} carry={has_carry} varlen={varlen} backward={backward}",
                aot_compile(_ssd_final_states_kernel, sig, consts, num_warps=4, num_stages=1,
                            aligned=("numel", "state_size")))

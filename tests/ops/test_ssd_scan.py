@@ -309,7 +309,7 @@ def test_interpreter_chunk_cumsum_is_the_float64_sums(cu):
 
 def test_aot_compile_sm90():
     assert len(aot_lines("ssd_scan_chunk_state")) == 2
-    assert len(aot_lines("ssd_scan_state_passing")) == 4   # state passing, final states (3 variants)
+    assert len(aot_lines("ssd_scan_state_passing")) == 5   # state passing, final states (3 variants + backward)
     assert len(aot_lines("ssd_scan_chunk_cumsum")) == 2
     scan = aot_lines("ssd_scan_chunk_scan")
     assert len(scan) == 4 and all(line.endswith("| wgmma") for line in scan), scan
