@@ -86,6 +86,7 @@ CANDIDATES = {
         dict(BLOCK_M=64, num_stages=3),
     ],
     "dc": [   # without the da part: 64 rows take wgmma at 255 registers, no spills (16 warps: 128, no spills)
+        dict(num_stages=3),     # the next head's R, K, S loads one head ahead: 2 stages wait for them at once
         dict(num_warps=8),
         dict(BLOCK_M=32),
         dict(BLOCK_M=128),
@@ -94,6 +95,8 @@ CANDIDATES = {
         dict(BLOCK_M=64, num_warps=8, num_stages=1, maxnreg=128),
     ],
     "db": [   # reads dC's pair weights: default 64 rows, maxnreg 128 (122 registers, no spills, 2 per SM)
+        dict(num_stages=3),     # loads one head ahead, as for dC
+        dict(num_stages=3, num_warps=16, maxnreg=None),
         dict(maxnreg=None),     # 144 registers, 1 per SM
         dict(num_warps=16, maxnreg=None),
         dict(BLOCK_M=128, maxnreg=None),
