@@ -43,6 +43,7 @@ CANDIDATES = {
         dict(num_warps=16, programs_per_sm=1),     # 124 registers, no spills: 16 warps per SM (not 2 x 4)
     ],
     "bwd_chunk_state": [
+        dict(num_stages=3),     # the next chunk's dy, C one chunk ahead (2 stages: the loop waits for them at once)
         dict(BLOCK_P=64, num_warps=8, num_stages=1),
         dict(BLOCK_P=32, num_warps=4, num_stages=1, programs_per_sm=2),
         dict(BLOCK_P=16, num_warps=4, num_stages=1, programs_per_sm=3),
