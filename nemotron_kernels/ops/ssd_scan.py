@@ -208,7 +208,7 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     """dy [B, L, H, P], dfinal [B or S, H, P, N] | None -> (dx, ddt, dA, dB, dC, dD, ddt_bias, dinitial_states), each
     like its input (empty [0] for an absent D / dt_bias / initial_states) (Triton, deterministic).
     Recomputes the forward chunk states (stages 1-2), passes state gradients backwards (bwd stage 1 + stage 2 on
-    reversed segments), then the chunk-parallel dC, dx / ddt / dA / dD and dB kernels."""
+    reversed segments), then the chunk-parallel da, dx / ddt / dA / dD, dC and dB kernels."""
     bwd_scan_k = mamba_common.kernel_module("ssd_scan_bwd_chunk_scan")
     bsz, seqlen, nheads, headdim = x.shape
     dev = x.device
