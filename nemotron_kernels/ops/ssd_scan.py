@@ -123,8 +123,9 @@ def _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus: bool, plan:
         carry_lp = carry if state_dtype == torch.float32 else torch.empty(carry.shape, dtype=state_dtype, device=dev)
         pass_k.state_passing_launch(seg_state, seg_decay, carry, carry_lp)
     if final is not None:      # complete with the carries; empty packed sequences pass their initial state through
-        init = None if initial_states is None else initial_states.contiguous()
-        pass_k.final_states_launch(final, init, carry, final_decay, plan["last_chunk"], geometry)
+        packed_init = initial_states is not None and plan["last_chunk"] is not None    # batched: none is empty
+        pass_k.final_states_launch(final, initial_states.contiguous() if packed_init else None, carry, final_decay,
+                                   plan["last_chunk"], geometry)
     return s_in, carry_decay, carry_lp, dtcs
 
 
@@ -232,7 +233,7 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     bias32 = None if dt_bias is None else dt_bias.to(torch.float32).contiguous()
     plan = _plan(x, B, chunk_size, cu_seqlens, nstates)
     geometry, precision = plan["geometry"], plan["precision"]
-    n_chunks, n_seg = geometry["n_chunks"], geometry["n_seg"]
+    n_chunks = geometry["n_chunks"]
     s_in, carry_decay, carry_lp, dtcs = _chunk_states(x, dt, A32, B, bias32, initial_states, dt_softplus, plan)
 
     want_dinit = initial_states is not None
@@ -269,9 +270,8 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
         # completed with the gradient entering the segment of each sequence's first chunk; an empty sequence passes
         # its final-state gradient through to its initial state
         mamba_common.kernel_module("ssd_scan_state_passing").final_states_launch(
-            dinit, None if dfinal is None or cu_seqlens is None else dfinal.contiguous(),
-            gcarry if n_seg > 1 else None, dinit_decay if n_seg > 1 else None, plan["last_chunk"], geometry,
-            first_chunk=plan["first_chunk"], backward=True)
+            dinit, None if dfinal is None or cu_seqlens is None else dfinal.contiguous(), gcarry, dinit_decay,
+            plan["last_chunk"], geometry, first_chunk=plan["first_chunk"], backward=True)
         dinit = dinit.to(initial_states.dtype)
     else:
         dinit = x.new_empty(0)
