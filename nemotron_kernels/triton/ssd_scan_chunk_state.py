@@ -73,17 +73,18 @@ def _ssd_chunk_state_kernel(
         if pid_p == 0:
             tl.store(carry_decay_ptr + head_chunk, carry)
 
+        # the chunk's x and B before the decays: their round trip overlaps those loads and exponentials
         rows = (start + offs_q).to(tl.int64)
         q_ok = offs_q < length
+        x = tl.load(x_ptr + b * stride_x_b + rows[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
+                    mask=q_ok[:, None] & p_ok[None, :], other=0.0)                   # [Q, BLOCK_P]
+        Bt = tl.load(B_ptr + b * stride_B_b + rows[:, None] * stride_B_l + g * stride_B_g + offs_n[None, :],
+                     mask=q_ok[:, None] & n_ok[None, :], other=0.0)                  # [Q, BLOCK_N]
         dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_q, q_ok)    # [Q]
         end_hi, end_lo = _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, seqlen, start, length)   # cs_Q
         # sum_{s>t} dA_s from the fp64 sums' hi + lo parts: a plain fp32 difference of two long sums cancels badly
         to_end = tl.exp((end_hi - cs_hi) + (end_lo - cs_lo)) * dt                     # [Q]
         total = end_hi + end_lo
-        x = tl.load(x_ptr + b * stride_x_b + rows[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
-                    mask=q_ok[:, None] & p_ok[None, :], other=0.0)                   # [Q, BLOCK_P]
-        Bt = tl.load(B_ptr + b * stride_B_b + rows[:, None] * stride_B_l + g * stride_B_g + offs_n[None, :],
-                     mask=q_ok[:, None] & n_ok[None, :], other=0.0)                  # [Q, BLOCK_N]
         xw = (x.to(tl.float32) * to_end[:, None]).to(x_ptr.dtype.element_ty)
         decay = tl.exp(total)
         S = tl.dot(tl.trans(xw), Bt, S * decay, input_precision=DOT_PRECISION)       # [BLOCK_P, BLOCK_N]
