@@ -86,8 +86,8 @@ CANDIDATES = {
         dict(BLOCK_M=32, BLOCK_K=32, num_warps=2),
         dict(BLOCK_M=64, num_stages=3),
     ],
-    "dc": [   # without the da part: 64 rows take wgmma at 255 registers, no spills (16 warps: 128, no spills)
-        dict(num_stages=3),     # the next head's R, K, S loads one head ahead: 2 stages wait for them at once
+    "dc": [   # without the da part: 64 rows take wgmma at 255 registers, no spills (16 warps: 128, no spills), 3 stages
+        dict(num_stages=2),     # the default before session 23: the loop waits for the next head's loads at once
         dict(num_warps=8),
         dict(BLOCK_M=32),
         dict(BLOCK_M=128),
@@ -95,11 +95,10 @@ CANDIDATES = {
         dict(BLOCK_M=32, num_warps=8, num_stages=1, maxnreg=128),
         dict(BLOCK_M=64, num_warps=8, num_stages=1, maxnreg=128),
     ],
-    "db": [   # reads dC's pair weights: default 64 rows, maxnreg 128 (122 registers, no spills, 2 per SM)
-        dict(num_stages=3),     # loads one head ahead, as for dC
-        dict(num_stages=3, num_warps=16, maxnreg=None),
-        dict(maxnreg=None),     # 144 registers, 1 per SM
+    "db": [   # reads dC's pair weights: default 64 rows, maxnreg 128 (125 registers, no spills, 2 per SM), 3 stages
+        dict(num_stages=2),     # the default before session 23
         dict(num_warps=16, maxnreg=None),
+        dict(maxnreg=None),     # 144 registers, 1 per SM
         dict(BLOCK_M=128, maxnreg=None),
         dict(BLOCK_M=128, num_warps=16, maxnreg=None),
         dict(num_warps=4, maxnreg=None),

@@ -142,9 +142,13 @@ def off_rows(chunk: int, block_m: int) -> int:
 
 
 def autotune_configs(chunk: int) -> list[dict]:
-    """The few tiles tried on the GPU (each compiles on a fresh machine): half or whole chunk rows, 8 warps."""
-    rows = sorted({max(16, min(chunk // 2, 64)), min(chunk, 128)})
-    return [{"BLOCK_M": m, "num_warps": 8, "num_stages": 2} for m in rows]
+    """The few tiles tried on the GPU (each compiles on a fresh machine): half or whole chunk rows at 8 warps, and
+    half rows at 4 warps and 1 stage, 2 programs per SM (H200, B1 L32K: 640 us against 720 us for the best 8-warp
+    tile; bench/NOTES.md, session 23)."""
+    half = max(16, min(chunk // 2, 64))
+    rows = sorted({half, min(chunk, 128)})
+    return [{"BLOCK_M": m, "num_warps": 8, "num_stages": 2} for m in rows] + \
+        [{"BLOCK_M": half, "num_warps": 4, "num_stages": 1}]
 
 
 _AUTOTUNED = {}
