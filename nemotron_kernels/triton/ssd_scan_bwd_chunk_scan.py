@@ -62,6 +62,12 @@ def _ssd_bwd_dx_kernel(
     g = pid_gh // splits
     h0 = g * heads_per_group + (pid_gh % splits) * HEADS_PER_PROG
     b, _, start, length, _, _ = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
+    if IS_VARLEN:
+        if length == 0:     # a spare slot at the end of the packed table: no tokens, zero partial sums
+            for hh in range(HEADS_PER_PROG):
+                tl.store(dA_part_ptr + tl.cast(gc, tl.int64) * nheads + h0 + hh, 0.0)
+                tl.store(dD_part_ptr + tl.cast(gc, tl.int64) * nheads + h0 + hh, 0.0)
+            return
     b = tl.cast(b, tl.int64)
     dtype = x_ptr.dtype.element_ty
 
@@ -166,6 +172,9 @@ def _ssd_bwd_dbc_kernel(
     pid_m = tl.program_id(0) % m_blocks
     g = tl.program_id(1)
     b, _, start, length, _, _ = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
+    if IS_VARLEN:
+        if length == 0:     # a spare slot of the packed table: no rows, and dB reads no weights of it
+            return
     b = tl.cast(b, tl.int64)
     dtype = x_ptr.dtype.element_ty
 
@@ -261,6 +270,9 @@ def _ssd_bwd_da_kernel(
     h0 = pid_gh * HEADS_PER_PROG
     g = h0 // heads_per_group
     b, _, start, length, _, _ = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
+    if IS_VARLEN:
+        if length == 0:     # a spare slot of the packed table: the dx kernel reads none of its parts
+            return
     b = tl.cast(b, tl.int64)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)

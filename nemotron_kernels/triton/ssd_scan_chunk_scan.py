@@ -50,6 +50,9 @@ def _ssd_chunk_scan_kernel(
     g = pid_gh // splits
     h0 = g * heads_per_group + (pid_gh % splits) * HEADS_PER_PROG
     b, _, start, length, _, _ = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
+    if IS_VARLEN:
+        if pid_m * BLOCK_M >= length:   # rows past a packed chunk's end (or a spare slot): no output
+            return
     b = tl.cast(b, tl.int64)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)          # rows t of the chunk (and the diagonal block's s)
