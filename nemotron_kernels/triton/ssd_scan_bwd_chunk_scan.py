@@ -130,7 +130,8 @@ def _ssd_bwd_dx_kernel(
         da = tl.zeros([Q], dtype=tl.float32)
         for mb in range(M_BLOCKS):   # row block mb wrote the columns up to its diagonal block
             da += tl.load(da_part_ptr + ((tl.cast(gc, tl.int64) * M_BLOCKS + mb) * nheads + h) * Q + offs_q,
-                          mask=offs_q < (mb + 1) * (Q // M_BLOCKS), other=0.0)
+                          mask=(offs_q < (mb + 1) * (Q // M_BLOCKS)) & (mb * (Q // M_BLOCKS) < length),
+                          other=0.0)
         V = dt * tl.sum(xf * GB, axis=1)                                               # [Q]: s
         Z = tl.sum(dyf * SC, axis=1) * exp_cs                                          # [Q]: t
         da += tl.exp(end_hi + end_lo) * tl.sum(tl.sum(G * S, axis=1), axis=0)
@@ -173,7 +174,7 @@ def _ssd_bwd_dbc_kernel(
     g = tl.program_id(1)
     b, _, start, length, _, _ = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
     if IS_VARLEN:
-        if length == 0:     # a spare slot of the packed table: no rows, and dB reads no weights of it
+        if pid_m * BLOCK_M >= length:   # rows past a packed chunk's end (or a spare slot): dB masks those weights
             return
     b = tl.cast(b, tl.int64)
     dtype = x_ptr.dtype.element_ty
@@ -271,7 +272,7 @@ def _ssd_bwd_da_kernel(
     g = h0 // heads_per_group
     b, _, start, length, _, _ = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
     if IS_VARLEN:
-        if length == 0:     # a spare slot of the packed table: the dx kernel reads none of its parts
+        if pid_m * BLOCK_M >= length:   # rows past a packed chunk's end (or a spare slot): dx skips those parts
             return
     b = tl.cast(b, tl.int64)
 

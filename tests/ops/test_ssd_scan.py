@@ -219,6 +219,35 @@ def test_interpreter_other_tiles_match_default(monkeypatch):
 
 
 @pytest.mark.usefixtures("interpret")
+def test_interpreter_packed_reads_only_what_it_writes(monkeypatch):
+    """Packed sequences with chunks shorter than a row block (their second row block has no rows and returns) and
+    spare table slots (which return): with every float torch.empty filled with NaN, y, the final states and every
+    gradient equal a plain run's, so no kernel reads an element that no kernel wrote."""
+    lens = [32, 5, 35, 1, 64]        # chunk 32, row blocks of 16: chunks of 5, 3 and 1 tokens; 9 slots for 7 chunks
+    cu = [0]
+    for n in lens:
+        cu.append(cu[-1] + n)
+    inputs = make_inputs(15, 1, cu[-1], 4, 32, 2, 16, torch.float32, cu=cu, init=True)
+    dy, dfinal = torch.randn(inputs["x"].shape), torch.randn(len(lens), 4, 32, 16)
+
+    def run():
+        y, final = ssd_scan(**inputs, chunk_size=32, return_final_states=True)
+        return {"y": y, "final": final, **grads(ssd_scan, inputs, 32, dy, dfinal)}
+
+    want = run()
+    empty = torch.empty
+
+    def poisoned(*args, **kwargs):
+        t = empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", poisoned)
+    got = run()
+    for name in want:
+        assert torch.equal(got[name], want[name]), f"{name}: differs when scratch memory starts as NaN"
+
+
+@pytest.mark.usefixtures("interpret")
 def test_interpreter_backward_empty_sequence_batch():
     inputs = make_inputs(2, 2, 0, 2, 16, 1, 16, torch.float32, init=True)
     dfinal = torch.randn(2, 2, 16, 16)
