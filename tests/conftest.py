@@ -27,6 +27,21 @@ def interpret(monkeypatch):
     yield
 
 
+@pytest.fixture
+def poison_empty(monkeypatch):
+    """Call the returned function to fill every floating torch.empty / torch.empty_like with NaN from then on in
+    this test: an op whose kernels read an element no kernel wrote then returns NaNs, where fresh (zeroed) CPU
+    memory would hide it."""
+    def enable():
+        empty, empty_like = torch.empty, torch.empty_like
+
+        def nan(t):
+            return t.fill_(float("nan")) if t.is_floating_point() else t
+        monkeypatch.setattr(torch, "empty", lambda *args, **kwargs: nan(empty(*args, **kwargs)))
+        monkeypatch.setattr(torch, "empty_like", lambda *args, **kwargs: nan(empty_like(*args, **kwargs)))
+    return enable
+
+
 def pytest_collection_modifyitems(config, items):
     no_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none visible); run scripts/device_check.sh on the H200")
     not_slow = pytest.mark.skip(reason="slow test; set SLOW=1 to run it")

@@ -219,10 +219,10 @@ def test_interpreter_other_tiles_match_default(monkeypatch):
 
 
 @pytest.mark.usefixtures("interpret")
-def test_interpreter_packed_reads_only_what_it_writes(monkeypatch):
+def test_interpreter_packed_reads_only_what_it_writes(poison_empty):
     """Packed sequences with chunks shorter than a row block (their second row block has no rows and returns) and
-    spare table slots (which return): with every float torch.empty filled with NaN, y, the final states and every
-    gradient equal a plain run's, so no kernel reads an element that no kernel wrote."""
+    spare table slots (which return): with scratch memory poisoned as NaN, y, the final states and every gradient
+    equal a plain run's, so no kernel reads an element that no kernel wrote."""
     lens = [32, 5, 35, 1, 64]        # chunk 32, row blocks of 16: chunks of 5, 3 and 1 tokens; 9 slots for 7 chunks
     cu = [0]
     for n in lens:
@@ -235,13 +235,7 @@ def test_interpreter_packed_reads_only_what_it_writes(monkeypatch):
         return {"y": y, "final": final, **grads(ssd_scan, inputs, 32, dy, dfinal)}
 
     want = run()
-    empty = torch.empty
-
-    def poisoned(*args, **kwargs):
-        t = empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", poisoned)
+    poison_empty()
     got = run()
     for name in want:
         assert torch.equal(got[name], want[name]), f"{name}: differs when scratch memory starts as NaN"
