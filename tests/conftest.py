@@ -28,18 +28,22 @@ def interpret(monkeypatch):
 
 
 @pytest.fixture
-def poison_empty(monkeypatch):
-    """Call the returned function to fill every floating torch.empty / torch.empty_like with NaN from then on in
-    this test: an op whose kernels read an element no kernel wrote then returns NaNs, where fresh (zeroed) CPU
-    memory would hide it."""
-    def enable():
+def assert_reads_only_written(monkeypatch):
+    """check(run), run() -> {name: tensor}: runs it, then again with every floating torch.empty / torch.empty_like
+    filled with NaN (for the rest of the test), and requires equal results. An op whose kernels read an element that
+    no kernel wrote then returns NaNs, where fresh (zeroed) CPU memory would hide it."""
+    def check(run):
+        want = run()
         empty, empty_like = torch.empty, torch.empty_like
 
         def nan(t):
             return t.fill_(float("nan")) if t.is_floating_point() else t
         monkeypatch.setattr(torch, "empty", lambda *args, **kwargs: nan(empty(*args, **kwargs)))
         monkeypatch.setattr(torch, "empty_like", lambda *args, **kwargs: nan(empty_like(*args, **kwargs)))
-    return enable
+        got = run()
+        for name in want:
+            assert torch.equal(got[name], want[name]), f"{name}: differs when scratch memory starts as NaN"
+    return check
 
 
 def pytest_collection_modifyitems(config, items):

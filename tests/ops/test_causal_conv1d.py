@@ -99,6 +99,26 @@ def test_interpreter_bwd_segments(monkeypatch, seg_len, packed, width):
     check_fwd_bwd(inputs)
 
 
+@pytest.mark.parametrize("packed,width", [(False, 4), (True, 4), (True, 6)], ids=["batched", "packed", "packed-k6"])
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_reads_only_what_it_writes(assert_reads_only_written, packed, width):
+    """Batched rows, and packed sequences (leading and trailing empty ones, 1 token, fewer than K-1 tokens) cut
+    into 4-token segments; K = 6 keeps dw partial rows in memory: with scratch memory poisoned as NaN, y, the final
+    states and every gradient equal a plain run's, so no kernel reads an element that no kernel wrote."""
+    cu = [0, 0, 1, 3, 10, 11, 29, 29] if packed else None
+    inputs = make_inputs(17 + width, 1 if packed else 2, 29, 20, width, torch.float32, cu, init=True)
+    dy = torch.randn(inputs["x"].shape)
+    names = ("x", "weight", "bias", "initial_state")
+
+    def run():
+        leaves = {k: inputs[k].clone().requires_grad_() for k in names}
+        y, final = causal_conv1d(**leaves, cu_seqlens=inputs["cu_seqlens"], return_final_state=True)
+        grads = torch.autograd.grad(y, list(leaves.values()), dy)
+        return {"y": y.detach(), "final_state": final, **{f"d{k}": g for k, g in zip(names, grads)}}
+
+    assert_reads_only_written(run)
+
+
 @pytest.mark.usefixtures("interpret")
 def test_interpreter_bwd_seg_len():
     """NemotronH's 32K tokens on 132 SMs split into whole waves of programs; every segment is a multiple of 4."""

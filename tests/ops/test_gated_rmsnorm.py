@@ -62,6 +62,24 @@ def test_interpreter_many_rows_per_program():
     check_fwd_bwd(y, z, weight, 8)
 
 
+@pytest.mark.parametrize("dim,group_size", [(36, 12), (40, 40), (4500, 1500)])
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_reads_only_what_it_writes(assert_reads_only_written, dim, group_size):
+    """37 rows (forward row blocks of 16 or 2: the last one partly empty; 16 or 8 backward programs, which loop)
+    of groups narrower than their power-of-two block: 3 groups in a backward tile of 4, one whole-row group, and
+    2 tiles of 2 groups, the second half empty. With scratch memory poisoned as NaN, out and every gradient (the
+    dw partials' sum included) equal a plain run's, so no kernel reads an element that no kernel wrote."""
+    y, z, weight = make_inputs(dim + group_size, (37,), dim, torch.float32)
+    dout = torch.randn(y.shape, generator=torch.Generator().manual_seed(99))
+
+    def run():
+        leaves = [t.clone().requires_grad_() for t in (y, z, weight)]
+        out = gated_rmsnorm(*leaves, group_size)
+        return {"out": out.detach(), **dict(zip(("dy", "dz", "dweight"), torch.autograd.grad(out, leaves, dout)))}
+
+    assert_reads_only_written(run)
+
+
 @pytest.mark.usefixtures("interpret")
 def test_interpreter_empty():
     y, z, weight = make_inputs(1, (0,), 16, torch.float32)

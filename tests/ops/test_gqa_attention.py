@@ -134,6 +134,25 @@ def test_interpreter_varlen_without_max_seqlen(interpret):
     check_fwd_bwd(q, k, v, do, torch.float16, True, cu_seqlens=torch.tensor([0, 4, 21]), backward=False)
 
 
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_varlen_reads_only_what_it_writes(assert_reads_only_written):
+    """Packed causal sequences of 37 tokens (10-position query tiles and 16-key tiles, the last ones in part past
+    its end), 5 (shorter than one query tile), 0 and 1, 3 heads per kv head (30 of 32 tile rows): with scratch
+    memory poisoned as NaN, o, lse, dq, dk and dv equal a plain run's, so no kernel reads an element that no
+    kernel wrote."""
+    offsets = [0, 37, 42, 42, 43]
+    q64, k64, v64, do64 = make_qkv(10, 1, offsets[-1], offsets[-1], 6, 2, 16)
+    cu = torch.tensor(offsets, dtype=torch.int32)
+
+    def run():
+        q, k, v = (t.to(torch.float16).requires_grad_() for t in (q64, k64, v64))
+        o, lse = gqa_attention(q, k, v, True, cu_seqlens=cu, max_seqlen=37, return_lse=True)
+        o.backward(do64.to(torch.float16))
+        return {"o": o.detach(), "lse": lse, "dq": q.grad, "dk": k.grad, "dv": v.grad}
+
+    assert_reads_only_written(run)
+
+
 def test_interpreter_strided_inputs(interpret):
     """q, k, v as head slices of one fused projection [B, S, (Hq + 2 Hkv) * D], as the model produces them."""
     hq, hkv, d = 4, 2, 16

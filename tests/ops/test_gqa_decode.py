@@ -250,6 +250,30 @@ def test_interpreter_empty_slot_gives_zeros(interpret):
         torch.testing.assert_close(o[:1], ref, rtol=0, atol=2e-3)
 
 
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_split_reads_only_what_it_writes(assert_reads_only_written):
+    """Split-K in 16-token splits over sequences of 70, 2, 0 and 33 tokens with 2 query tokens each: 70 fills five
+    splits (the last in part) and leaves one empty, 2 and 0 use split 0 only, and 33's third split holds one token
+    that only its second query sees; over a 16-bit cache and an FP8 one on both FP8 paths (widened, transposed).
+    With scratch memory poisoned as NaN, o equals a plain run's, so the combine reads only partials the split
+    kernel wrote."""
+    from nemotron_kernels.triton import gqa_attention_common as common
+    split = common.kernel_module("gqa_decode_split")
+    q, k_cache, v_cache, block_table, seq_lens = make_paged(11, [70, 2, 0, 33], 2, 8, 2, 32, 16)
+    g = torch.Generator().manual_seed(6)
+    descales = dict(k_descale=torch.rand(4, 2, generator=g) / 20, v_descale=torch.rand(4, 2, generator=g) / 50)
+    fp8 = [t.to(torch.float8_e4m3fn) for t in (40 * k_cache, 80 * v_cache)]
+    cases = {"16-bit cache": ([k_cache.half(), v_cache.half()], {}),
+             "fp8 cache, widened": (fp8, dict(descales, transposed=False)),
+             "fp8 cache, transposed": (fp8, dict(descales, transposed=True))}
+
+    def run():
+        return {f"o ({name})": split.gqa_decode_fwd(q.half(), *caches, block_table, seq_lens, 0.25, num_splits=6, **kw)
+                for name, (caches, kw) in cases.items()}
+
+    assert_reads_only_written(run)
+
+
 def test_interpreter_opcheck(interpret):
     q, k_cache, v_cache, block_table, seq_lens = make_paged(5, [7, 3], 1, 2, 1, 16, 4)
     args = (q.half(), k_cache.half(), v_cache.half(), block_table, seq_lens, 0.25)

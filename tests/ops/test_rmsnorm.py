@@ -63,6 +63,26 @@ def test_interpreter_strided_rows_and_many_row_blocks():
     check_fwd_bwd(x, weight)
 
 
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_reads_only_what_it_writes(assert_reads_only_written):
+    """279 rows of D = 40 (BLOCK_D 64, row blocks of 16: the last one has 7 rows; 18 blocks for 16 backward
+    programs, so two of them loop), with and without the residual: with scratch memory poisoned as NaN, out, h and
+    every gradient (through rstd and the dw partials) equal a plain run's, so no kernel reads an element that no
+    kernel wrote."""
+    x, weight = make_inputs(41, (9, 31), 40, torch.float32)
+    r, dout, dh = (torch.randn(x.shape, generator=torch.Generator().manual_seed(s)) for s in range(3))
+
+    def run():
+        x1, w1, x2, r2, w2 = (t.clone().requires_grad_() for t in (x, weight, x, r, weight))
+        out = rmsnorm(x1, w1)
+        out_add, h = rmsnorm(x2, w2, residual=r2)
+        grads = torch.autograd.grad((out, out_add, h), (x1, w1, x2, r2, w2), (dout, dout, dh))
+        return {"out": out.detach(), "out (residual)": out_add.detach(), "h": h.detach(),
+                **dict(zip(("dx", "dweight", "dx (residual)", "dresidual", "dweight (residual)"), grads))}
+
+    assert_reads_only_written(run)
+
+
 def check_residual(x, weight, seed=0):
     """rmsnorm(x, w, residual=r) against the reference: h and out bit for bit (h = torch's add, then the same norm),
     and the gradients of x, r and w with a gradient reaching h too (as the next block's add sends it) equal to

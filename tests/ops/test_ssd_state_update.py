@@ -77,6 +77,25 @@ def test_interpreter_steps_match_scan():
         torch.testing.assert_close(y_t, y_full[:, t], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_reads_only_what_it_writes(assert_reads_only_written):
+    """P = 6 (4-row blocks: the second half past P) and N = 20 (a 32-column block), with slots, D, dt_bias and
+    softplus and without any: with torch.empty poisoned as NaN, y and the updated state equal a plain run's, so
+    the kernel writes all of y."""
+    state, args, extras = make_inputs(9, 3, 4, 6, 2, 20, 5, torch.float16, torch.float32)
+    options = {"slots, D, dt_bias": dict(extras, dt_softplus=True, slot_idx=torch.tensor([4, 0, 2])), "plain": {}}
+
+    def run():
+        out = {}
+        for name, kw in options.items():
+            s = state.clone()
+            out[f"y ({name})"] = ssd_state_update(s, **args, **kw)
+            out[f"state ({name})"] = s
+        return out
+
+    assert_reads_only_written(run)
+
+
 def test_dispatch(monkeypatch):
     """No interpreter (CPU) or autograd wanted -> the reference."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
