@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from ..reference._checks import check_positive_int
-from ..reference.ssd_scan import check_ssd_args, ssd_scan_ref
+from ..reference.ssd_scan import check_ssd_args, ssd_chunk_table_ref, ssd_scan_ref
 from ..triton import mamba_common
 from ..triton.common import cdiv
 from ._kernel_op import kernel_op
@@ -33,25 +33,13 @@ KERNEL_CHUNKS = (16, 32, 64, 128, 256)
 
 
 def _chunk_table(cu_seqlens: torch.Tensor, chunk: int, n_table: int):
-    """Chunks of packed sequences, each starting at its sequence's first token (device-side, no sync).
-    -> (table [5, n_table] int32: sequence, start, length, first, last; last_chunk [S] int32 (-1: empty sequence);
-    first_chunk [S] int32 (the global chunk of each sequence's start; meaningless for empty sequences))."""
-    cu = cu_seqlens.to(torch.int64)
-    nseq = cu.numel() - 1
-    seq_len = cu[1:] - cu[:-1]                                          # [S]
-    n_chunks = (seq_len + chunk - 1) // chunk
-    ends = torch.cumsum(n_chunks, 0)                                   # chunk index one past each sequence's last
-    slot = torch.arange(n_table, device=cu.device)
-    seq = torch.searchsorted(ends, slot, right=True).clamp_max(nseq - 1)
-    k = slot - (ends - n_chunks)[seq]
-    valid = slot < ends[-1]
-    start = torch.where(valid, cu[seq] + k * chunk, 0)
-    length = torch.where(valid, torch.clamp(cu[seq + 1] - start, max=chunk), 0)
-    first = valid & (k == 0)
-    last = valid & (start + length == cu[seq + 1])
-    table = torch.stack([seq, start, length, first.long(), last.long()]).to(torch.int32).contiguous()
-    last_chunk = torch.where(n_chunks > 0, ends - 1, -1).to(torch.int32)
-    return table, last_chunk, (ends - n_chunks).to(torch.int32)
+    """Chunks of packed sequences, each starting at its sequence's first token (device-side, no sync): on the GPU
+    one Triton launch (inside a CUDA-graph capture it runs on every replay, where the reference's ~20 torch ops
+    would), on the CPU the reference. -> (table [5, n_table] int32: sequence, start, length, first, last; last_chunk
+    [S] int32 (-1: empty sequence); first_chunk [S] int32)."""
+    if cu_seqlens.is_cuda:
+        return mamba_common.kernel_module("ssd_scan_chunk_cumsum").chunk_table_launch(cu_seqlens, chunk, n_table)
+    return ssd_chunk_table_ref(cu_seqlens, chunk, n_table)
 
 
 def _unit_last(t):

@@ -125,6 +125,29 @@ def _ssd_chunked(x, dt, A, B, C, chunk_size: int, state0):
     return y, state
 
 
+def ssd_chunk_table_ref(cu_seqlens: torch.Tensor, chunk: int, n_table: int):
+    """Chunks of packed sequences for the kernels, each starting at its sequence's first token (device-side, no
+    sync); n_table >= the chunks of all sequences, the spare slots empty.
+    -> (table [5, n_table] int32: sequence, start, length, first, last; last_chunk [S] int32 (-1: empty sequence);
+    first_chunk [S] int32 (the global chunk of each sequence's start; meaningless for empty sequences))."""
+    cu = cu_seqlens.to(torch.int64)
+    nseq = cu.numel() - 1
+    seq_len = cu[1:] - cu[:-1]                                          # [S]
+    n_chunks = (seq_len + chunk - 1) // chunk
+    ends = torch.cumsum(n_chunks, 0)                                   # chunk index one past each sequence's last
+    slot = torch.arange(n_table, device=cu.device)
+    seq = torch.searchsorted(ends, slot, right=True).clamp_max(nseq - 1)
+    k = slot - (ends - n_chunks)[seq]
+    valid = slot < ends[-1]
+    start = torch.where(valid, cu[seq] + k * chunk, 0)
+    length = torch.where(valid, torch.clamp(cu[seq + 1] - start, max=chunk), 0)
+    first = valid & (k == 0)
+    last = valid & (start + length == cu[seq + 1])
+    table = torch.stack([seq, start, length, first.long(), last.long()]).to(torch.int32).contiguous()
+    last_chunk = torch.where(n_chunks > 0, ends - 1, -1).to(torch.int32)
+    return table, last_chunk, (ends - n_chunks).to(torch.int32)
+
+
 def ssd_scan_ref(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus: bool = False, chunk_size: int = 128,
                  initial_states=None, cu_seqlens=None, return_final_states: bool = False):
     """Chunked Mamba-2 SSD scan (reference).

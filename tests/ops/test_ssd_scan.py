@@ -329,7 +329,7 @@ def test_interpreter_chunk_cumsum_is_the_float64_sums(cu):
 def test_aot_compile_sm90():
     assert len(aot_lines("ssd_scan_chunk_state")) == 2
     assert len(aot_lines("ssd_scan_state_passing")) == 5   # state passing, final states (3 variants + backward)
-    assert len(aot_lines("ssd_scan_chunk_cumsum")) == 2
+    assert len(aot_lines("ssd_scan_chunk_cumsum")) == 3     # batched, packed; the chunk table
     scan = aot_lines("ssd_scan_chunk_scan")   # 3 autotune tiles, packed and single-segment variants
     assert len(scan) == 5 and all(line.endswith("| wgmma") for line in scan), scan
     assert len(aot_lines("ssd_scan_bwd_chunk_state")) == 2
@@ -432,6 +432,25 @@ def test_cuda_backward_600k_tokens_past_2_31_elements():
     ref_low = grads(ssd_scan_ref, rest, 128, tail_dy, dfinal)
     for k in ("x", "dt", "B", "C"):
         assert_error_rule(f"d{k} tail", got[k][:, seqlen - tail:], ref64[k], ref_low[k], BWD)
+
+
+@pytest.mark.usefixtures("interpret")
+@pytest.mark.parametrize("lens", [[37], [0, 5, 0], [32, 5, 35, 1, 64], [0, 0, 96], [64, 0], [17, 0, 40] * 50],
+                         ids=["one", "empty-ends", "partial", "leading-empty", "trailing-empty", "150-seqs"])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_interpreter_chunk_table_kernel_is_the_reference(lens, index_dtype):
+    """The GPU's one-launch chunk table equals ssd_chunk_table_ref's: exact chunk multiples, partial and empty
+    sequences at either end, spare slots, and more sequences (150) than one step of the kernel's sequence loop
+    (128) over several programs of slots."""
+    from nemotron_kernels.reference.ssd_scan import ssd_chunk_table_ref
+    from nemotron_kernels.triton import mamba_common
+    cu = torch.tensor([0] + lens).cumsum(0).to(index_dtype)
+    chunk = 32
+    n_table = (int(cu[-1]) + len(lens) * (chunk - 1)) // chunk
+    launch = mamba_common.kernel_module("ssd_scan_chunk_cumsum").chunk_table_launch
+    for name, got, want in zip(("table", "last_chunk", "first_chunk"), launch(cu, chunk, n_table),
+                               ssd_chunk_table_ref(cu, chunk, n_table)):
+        assert torch.equal(got, want), f"{name}: {got.tolist()} != {want.tolist()}"
 
 
 def test_packed_chunk_table_is_reused_for_the_same_cu_seqlens():
