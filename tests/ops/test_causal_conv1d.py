@@ -193,6 +193,25 @@ def test_interpreter_update(dtype, state_dtype, slots):
 
 
 @pytest.mark.usefixtures("interpret")
+def test_interpreter_update_reads_only_what_it_writes(assert_reads_only_written):
+    """C = 300 channels (256-channel blocks: the second has 44) for 3 rows in slots 4, 0, 2 of 5, with bias and
+    K = 4; and K = 2 (no tap moves), no bias, no slots, no activation: with scratch memory poisoned as NaN, y and
+    the updated states equal a plain run's, so the kernel writes every element of y."""
+    inputs = make_inputs(13, 3, 1, 300, 4, torch.float32)
+    state = torch.randn(5, 300, 3, generator=torch.Generator().manual_seed(7))
+    slot_idx = torch.tensor([4, 0, 2], dtype=torch.int32)
+    x = inputs["x"][:, 0]
+
+    def run():
+        s4, s2 = state.clone(), state[:3, :, :1].clone()
+        y4 = causal_conv1d_update(x, s4, inputs["weight"], inputs["bias"], "silu", slot_idx)
+        y2 = causal_conv1d_update(x, s2, inputs["weight"][:, :2], activation=None)
+        return {"y (K = 4)": y4, "conv_state (K = 4)": s4, "y (K = 2)": y2, "conv_state (K = 2)": s2}
+
+    assert_reads_only_written(run)
+
+
+@pytest.mark.usefixtures("interpret")
 def test_interpreter_prefill_then_decode():
     """Prefill L-2 tokens (final state), then two update steps == the prefill of all L tokens."""
     inputs = make_inputs(9, 2, 12, 16, 4, torch.float32, init=True)

@@ -341,6 +341,27 @@ def test_interpreter_quantize_fp8_varlen_and_given_scale(interpret):
     assert torch.equal(x8.view(torch.uint8), x8_ref.view(torch.uint8))
 
 
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_quantize_fp8_reads_only_what_it_writes(assert_reads_only_written):
+    """Batch rows of 21 positions (16-position blocks: the second has 5), 4 heads per kv head; packed sequences of
+    7, 0 and 33 tokens (33: three blocks, the last with 1), with computed and with given scales: with scratch
+    memory poisoned as NaN, x8 and descale equal a plain run's, so the kernels write every element of both."""
+    x = make_exactly_quantisable(4, 3, [0, 21], 8, 2, 32).to(torch.float16)
+    offsets = [0, 7, 7, 40]
+    packed = make_exactly_quantisable(5, 1, offsets, 4, 4, 16).to(torch.float16)
+    cu = torch.tensor(offsets)
+    given = quantize_fp8_torch(packed, 4, cu_seqlens=cu)[1]
+
+    def run():
+        x8, descale = quantize_fp8(x, 2)
+        p8, p_descale = quantize_fp8(packed, 4, cu_seqlens=cu, max_seqlen=33)
+        g8, _ = quantize_fp8(packed, 4, cu_seqlens=cu, max_seqlen=33, descale=given)
+        return {"x8": x8.view(torch.uint8), "descale": descale, "x8 (packed)": p8.view(torch.uint8),
+                "descale (packed)": p_descale, "x8 (given scale)": g8.view(torch.uint8)}
+
+    assert_reads_only_written(run)
+
+
 def test_quantize_fp8_torch_roundtrip():
     """The PyTorch path: x8 * descale reproduces x within half an e4m3 ulp (3 mantissa bits) or the subnormal step."""
     x = torch.randn(2, 50, 8, 16, dtype=F64) * torch.logspace(-3, 3, 8, dtype=F64)[None, None, :, None]

@@ -382,6 +382,18 @@ def test_split_bf16x3_is_exact(path, request):
     assert torch.equal((lo.float() + mid.float()) + hi.float(), w)
 
 
+@pytest.mark.usefixtures("interpret")
+def test_interpreter_split_bf16x3_reads_only_what_it_writes(assert_reads_only_written):
+    """A strided [64, 91] slice: 5824 elements, five full 1024-element blocks and a last one of 704: with scratch
+    memory poisoned as NaN, the three pieces equal a plain run's, so the kernel writes every element of out."""
+    w = _split_operand()[:, :91]
+
+    def run():
+        return {"pieces": router_ops.split_bf16x3(w)}
+
+    assert_reads_only_written(run)
+
+
 def test_split_bf16x3_kernel_compiles_for_sm90a():
     assert len(aot_lines("moe_router_split")) == 1
 
