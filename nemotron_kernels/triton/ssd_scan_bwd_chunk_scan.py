@@ -25,7 +25,8 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import _chunk_cs_end, _chunk_dt_grad_scale, _chunk_dtcs, _chunk_info, _chunk_state_full
+from .ssd_scan_common import (_chunk_cs_end, _chunk_dt_grad_scale, _chunk_dtcs, _chunk_info, _chunk_state_full,
+                              _past_chunk_end)
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -62,12 +63,11 @@ def _ssd_bwd_dx_kernel(
     g = pid_gh // splits
     h0 = g * heads_per_group + (pid_gh % splits) * HEADS_PER_PROG
     b, _, start, length, _, _ = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
-    if IS_VARLEN:
-        if length == 0:     # a spare slot at the end of the packed table: no tokens, zero partial sums
-            for hh in range(HEADS_PER_PROG):
-                tl.store(dA_part_ptr + tl.cast(gc, tl.int64) * nheads + h0 + hh, 0.0)
-                tl.store(dD_part_ptr + tl.cast(gc, tl.int64) * nheads + h0 + hh, 0.0)
-            return
+    if _past_chunk_end(0, length, IS_VARLEN):     # a spare slot: no tokens, zero partial sums
+        for hh in range(HEADS_PER_PROG):
+            tl.store(dA_part_ptr + tl.cast(gc, tl.int64) * nheads + h0 + hh, 0.0)
+            tl.store(dD_part_ptr + tl.cast(gc, tl.int64) * nheads + h0 + hh, 0.0)
+        return
     b = tl.cast(b, tl.int64)
     dtype = x_ptr.dtype.element_ty
 
@@ -173,9 +173,8 @@ def _ssd_bwd_dbc_kernel(
     pid_m = tl.program_id(0) % m_blocks
     g = tl.program_id(1)
     b, _, start, length, _, _ = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
-    if IS_VARLEN:
-        if pid_m * BLOCK_M >= length:   # rows past a packed chunk's end (or a spare slot): dB masks those weights
-            return
+    if _past_chunk_end(pid_m * BLOCK_M, length, IS_VARLEN):   # dB masks the weights of rows t past the end
+        return
     b = tl.cast(b, tl.int64)
     dtype = x_ptr.dtype.element_ty
 
@@ -271,9 +270,8 @@ def _ssd_bwd_da_kernel(
     h0 = pid_gh * HEADS_PER_PROG
     g = h0 // heads_per_group
     b, _, start, length, _, _ = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
-    if IS_VARLEN:
-        if pid_m * BLOCK_M >= length:   # rows past a packed chunk's end (or a spare slot): dx skips those parts
-            return
+    if _past_chunk_end(pid_m * BLOCK_M, length, IS_VARLEN):   # dx masks the parts of row blocks past the end
+        return
     b = tl.cast(b, tl.int64)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)

@@ -16,7 +16,7 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import _chunk_dtcs, _chunk_info
+from .ssd_scan_common import _chunk_dtcs, _chunk_info, _past_chunk_end
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -50,9 +50,8 @@ def _ssd_chunk_scan_kernel(
     g = pid_gh // splits
     h0 = g * heads_per_group + (pid_gh % splits) * HEADS_PER_PROG
     b, _, start, length, _, _ = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
-    if IS_VARLEN:
-        if pid_m * BLOCK_M >= length:   # rows past a packed chunk's end (or a spare slot): no output
-            return
+    if _past_chunk_end(pid_m * BLOCK_M, length, IS_VARLEN):
+        return
     b = tl.cast(b, tl.int64)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)          # rows t of the chunk (and the diagonal block's s)

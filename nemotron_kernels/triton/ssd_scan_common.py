@@ -39,6 +39,17 @@ def _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q: tl.constexpr,
 
 
 @triton.jit
+def _past_chunk_end(row0, length, IS_VARLEN: tl.constexpr):
+    """Whether a program's rows, from row0 of its chunk, all lie past the chunk's end, so it has nothing to do: with
+    packed sequences, the spare slots at the end of the chunk table (length 0: the slot count is a bound, which
+    needs no host sync) and the row blocks past a partial chunk's end. Batched chunks always have rows."""
+    past = False
+    if IS_VARLEN:
+        past = row0 >= length
+    return past
+
+
+@triton.jit
 def _chunk_dt(dt_ptr, dt_bias_ptr, row_base, start, length, h, stride_dt_l, offs_q,
               HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr):
     """The chunk's step sizes dt (+ dt_bias, softplus: identity above 20 like torch), fp32 [Q], zero past the end."""
