@@ -56,9 +56,18 @@ def _ssd_bwd_chunk_state_kernel(
     carry = tl.full([], 1.0, tl.float32)                                   # decay to the segment end
     gc_start = seg * seg_len
     gc_end = tl.minimum(gc_start + seg_len, n_chunks)
+    # packed, each chunk's table entry is loaded one step ahead (as in the forward's chunk_state walk)
+    nb, nseq, nstart, nlength, nfirst, nlast = _chunk_info(tl.maximum(gc_end - 1, 0), table_ptr, n_table, seqlen,
+                                                           chunks_per_row, Q, IS_VARLEN)
     for i in range(gc_end - gc_start):
         gc = gc_end - 1 - i
-        b, seq, start, length, first, last = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
+        if IS_VARLEN:
+            b, seq, start, length, first, last = nb, nseq, nstart, nlength, nfirst, nlast
+            nb, nseq, nstart, nlength, nfirst, nlast = _chunk_info(tl.maximum(gc - 1, 0), table_ptr, n_table,
+                                                                   seqlen, chunks_per_row, Q, IS_VARLEN)
+        else:
+            b, seq, start, length, first, last = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q,
+                                                             IS_VARLEN)
         b = tl.cast(b, tl.int64)
         seq = tl.cast(seq, tl.int64)
         if HAS_DFINAL:

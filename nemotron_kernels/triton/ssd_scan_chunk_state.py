@@ -56,8 +56,18 @@ def _ssd_chunk_state_kernel(
     carry = tl.full([], 1.0, tl.float32)                                   # decay since the segment start
     gc_start = seg * seg_len
     gc_end = tl.minimum(gc_start + seg_len, n_chunks)
+    # packed, each chunk's table entry is loaded one step ahead, so the step's x and B loads need not wait on it
+    # (batched, the entry is arithmetic: carrying it cost bwd_chunk_state 356 -> 380 us, bench/NOTES.md session 24)
+    nb, nseq, nstart, nlength, nfirst, nlast = _chunk_info(tl.minimum(gc_start, n_chunks - 1), table_ptr, n_table,
+                                                           seqlen, chunks_per_row, Q, IS_VARLEN)
     for gc in range(gc_start, gc_end):
-        b, seq, start, length, first, last = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
+        if IS_VARLEN:
+            b, seq, start, length, first, last = nb, nseq, nstart, nlength, nfirst, nlast
+            nb, nseq, nstart, nlength, nfirst, nlast = _chunk_info(tl.minimum(gc + 1, n_chunks - 1), table_ptr,
+                                                                   n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
+        else:
+            b, seq, start, length, first, last = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q,
+                                                             IS_VARLEN)
         b = tl.cast(b, tl.int64)
         seq = tl.cast(seq, tl.int64)
         if HAS_INIT:
