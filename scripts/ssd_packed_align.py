@@ -1,0 +1,43 @@
+"""Why is the packed da kernel slower per token than the batched one (session 24: 793 vs 665 us, same code)?
+Times every SSD backward kernel (torch profiler) for B1 L32K batched, the bench's 16 packed sequences, and the
+same 16 sequences with lengths rounded up to multiples of the chunk (aligned chunk starts).
+    PYTHONPATH=. python3 scripts/ssd_packed_align.py     # H200"""
+import collections
+
+import torch
+
+from bench.bench_ssd_scan import CHUNK, _input_maker, _ours_fwd_bwd, _with_grad
+
+LENGTHS = [137, 4096, 1, 900, 2048, 3000, 129, 4000, 512, 2500, 1500, 3100, 256, 1600, 4500, 3001]
+
+
+def profile(name, cu):
+    seqlen = cu[-1] if cu else 32768
+    s = _with_grad(_input_maker(1, seqlen, torch.device("cuda"), cu)(0))
+    for _ in range(3):
+        _ours_fwd_bwd(s)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            _ours_fwd_bwd(s)
+        torch.cuda.synchronize()
+    times = collections.Counter()
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.name.startswith("_ssd"):
+            times[e.name] += e.device_time / 10
+    print(f"{name} ({seqlen} tokens): " + ", ".join(f"{k[5:-7]} {v:.0f}" for k, v in times.most_common()))
+
+
+def cu_of(lengths):
+    cu = [0]
+    for n in lengths:
+        cu.append(cu[-1] + n)
+    return cu
+
+
+profile("batched", None)
+profile("packed", cu_of(LENGTHS))
+profile("packed, lengths rounded up to the chunk", cu_of([-(-n // CHUNK) * CHUNK for n in LENGTHS]))
+profile("packed, one sequence", [0, 32768])
+profile("packed, 64 then 32704 tokens (chunk starts off by 64)", [0, 64, 32768])
+profile("packed, 1 then 32767 tokens (chunk starts off by 1)", [0, 1, 32768])
