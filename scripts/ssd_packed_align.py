@@ -1,8 +1,10 @@
 """Why is the packed da kernel slower per token than the batched one (session 24: 793 vs 665 us, same code)?
 Times every SSD backward kernel (torch profiler) for B1 L32K batched, the bench's 16 packed sequences, and the
 same 16 sequences with lengths rounded up to multiples of the chunk (aligned chunk starts).
-    PYTHONPATH=. python3 scripts/ssd_packed_align.py     # H200"""
+    PYTHONPATH=. python3 scripts/ssd_packed_align.py     # H200
+    ncu --profile-from-start off ... python3 scripts/ssd_packed_align.py --ncu   # one profiled step per case"""
 import collections
+import sys
 
 import torch
 
@@ -17,6 +19,12 @@ def profile(name, cu):
     for _ in range(3):
         _ours_fwd_bwd(s)
     torch.cuda.synchronize()
+    if "--ncu" in sys.argv:
+        torch.cuda.cudart().cudaProfilerStart()
+        _ours_fwd_bwd(s)
+        torch.cuda.synchronize()
+        torch.cuda.cudart().cudaProfilerStop()
+        return
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(10):
             _ours_fwd_bwd(s)
