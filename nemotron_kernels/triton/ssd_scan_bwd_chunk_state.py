@@ -16,7 +16,7 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import _chunk_cs_end, _chunk_dtcs, _chunk_info
+from .ssd_scan_common import _chunk_cs_end, _chunk_dtcs, _chunk_info, _dtcs_span, dtcs_len
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -68,6 +68,7 @@ def _ssd_bwd_chunk_state_kernel(
         else:
             b, seq, start, length, first, last = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q,
                                                              IS_VARLEN)
+        dt_len, dt_pos = _dtcs_span(gc, start, seqlen, n_table, Q, IS_VARLEN)
         b = tl.cast(b, tl.int64)
         seq = tl.cast(seq, tl.int64)
         if HAS_DFINAL:
@@ -85,8 +86,8 @@ def _ssd_bwd_chunk_state_kernel(
 
         rows = (start + offs_q).to(tl.int64)
         q_ok = offs_q < length
-        dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_q, q_ok)    # [Q]
-        end_hi, end_lo = _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, seqlen, start, length)   # cs_Q
+        dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, offs_q, q_ok)    # [Q]
+        end_hi, end_lo = _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, length)   # cs_Q
         decay = tl.exp(end_hi + end_lo)
         dy = tl.load(dy_ptr + b * stride_dy_b + rows[:, None] * stride_dy_l + h * stride_dy_h + offs_p[None, :],
                      mask=q_ok[:, None] & p_ok[None, :], other=0.0)                 # [Q, BLOCK_P]
@@ -114,7 +115,8 @@ def bwd_chunk_state_launch(dy, dtcs, C, dfinal, table, g_out, gcarry_decay, seg_
     _, seqlen, nheads, headdim = dy.shape
     ngroups, dstate = C.shape[2], C.shape[3]
     assert dy.stride(3) == 1 and C.stride(3) == 1, "ssd_scan bwd chunk_state: dy, C need a unit last stride"
-    assert dtcs.is_contiguous() and dtcs.shape == (3, dy.shape[0], nheads, seqlen), "ssd_scan bwd: stage 0's dtcs"
+    row_len = dtcs_len(seqlen, geometry["n_table"], geometry["Q"], table is not None)
+    assert dtcs.is_contiguous() and dtcs.shape == (3, dy.shape[0], nheads, row_len), "ssd_scan bwd: stage 0's dtcs"
     assert dfinal is None or dfinal.stride(3) == 1, "ssd_scan bwd: dfinal needs a unit N stride"
     assert g_out.is_contiguous() and seg_g.is_contiguous(), "ssd_scan bwd: state buffers must be contiguous"
     assert dinit is None or dinit.is_contiguous(), "ssd_scan bwd: dinit must be contiguous"

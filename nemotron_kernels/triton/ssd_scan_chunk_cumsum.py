@@ -4,7 +4,8 @@ the chunk table of packed sequences (_ssd_chunk_table_kernel).
 Program (chunk gc, block of BLOCK_H heads). dt [Q, BLOCK_H] is read along the heads (coalesced), + dt_bias,
 softplus; cs = cumsum over the chunk of dt A, summed in fp64 and split into fp32 hi + lo parts (stage 3 takes
 exp((hi_t - hi_s) + (lo_t - lo_s)), which keeps ~eps * |cs_t - cs_s| where plain fp32 sums would lose ~eps * |cs|).
-Out: dtcs [3, B, H, L] fp32 = (dt, cs hi, cs lo), each head's tokens contiguous. Stage 3 used to compute these per
+Out: dtcs [3, B, H, L] fp32 = (dt, cs hi, cs lo), each head's tokens contiguous (packed: [3, 1, H, n_table Q], each
+slot's chunk Q-aligned, ssd_scan_common._dtcs_span). Stage 3 used to compute these per
 head in its loop: a strided dt load and an fp64 scan across warps, 10 of its 16 barriers per head iteration
 (PTX, 128-row tile) and the top stall reason against mamba_ssm's kernel (ncu, bench/NOTES.md session 20)."""
 import torch
@@ -14,7 +15,7 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import _chunk_dt, _chunk_info
+from .ssd_scan_common import _chunk_dt, _chunk_info, _dtcs_span, dtcs_len
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -25,7 +26,7 @@ DEP_TOKENS = dep_tokens(ssd_scan_common)
 @triton.jit
 def _ssd_chunk_cumsum_kernel(
     dt_ptr, A_ptr, dt_bias_ptr, table_ptr,
-    dtcs_ptr,                                 # [3, B, H, L] fp32 out: dt, cs hi, cs lo
+    dtcs_ptr,                                 # [3, B, H, row length] fp32 out: dt, cs hi, cs lo (_dtcs_span)
     seqlen, n_table, chunks_per_row, nheads, plane,
     stride_dt_b, stride_dt_l,                 # dt [B, L, H], unit H stride
     Q: tl.constexpr, BLOCK_H: tl.constexpr,
@@ -34,6 +35,7 @@ def _ssd_chunk_cumsum_kernel(
     gc = tl.program_id(0)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     b, _, start, length, _, _ = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
+    dt_len, dt_pos = _dtcs_span(gc, start, seqlen, n_table, Q, IS_VARLEN)
     b = tl.cast(b, tl.int64)
     offs_q = tl.arange(0, Q)
     h_ok = offs_h < nheads
@@ -46,7 +48,7 @@ def _ssd_chunk_cumsum_kernel(
     cs_lo = (cs - cs_hi.to(tl.float64)).to(tl.float32)
     ok = (offs_q < length)[:, None] & h_ok[None, :]
     plane = tl.cast(plane, tl.int64)                          # 3 planes may pass 2^31 elements
-    ptrs = dtcs_ptr + (b * nheads + h[None, :]) * seqlen + (start + offs_q)[:, None]
+    ptrs = dtcs_ptr + (b * nheads + h[None, :]) * dt_len + (dt_pos + offs_q)[:, None]
     tl.store(ptrs, dt, mask=ok)
     tl.store(ptrs + plane, cs_hi, mask=ok)
     tl.store(ptrs + 2 * plane, cs_lo, mask=ok)
@@ -117,10 +119,12 @@ def block_h(nheads: int) -> int:
 
 
 def chunk_cumsum_launch(dt, A, dt_bias, table, geometry: dict, dt_softplus: bool) -> torch.Tensor:
-    """Stage 0 over all chunks. dt [B, L, H] (unit H stride), A [H] fp32 -> dtcs [3, B, H, L] fp32."""
+    """Stage 0 over all chunks. dt [B, L, H] (unit H stride), A [H] fp32 -> dtcs [3, B, H, L] fp32, packed
+    [3, 1, H, n_table Q] (dtcs_len)."""
     bsz, seqlen, nheads = dt.shape
     assert dt.stride(2) == 1, "ssd_scan chunk_cumsum: dt needs a unit head stride"
-    dtcs = torch.empty(3, bsz, nheads, seqlen, dtype=torch.float32, device=dt.device)
+    row_len = dtcs_len(seqlen, geometry["n_table"], geometry["Q"], table is not None)
+    dtcs = torch.empty(3, bsz, nheads, row_len, dtype=torch.float32, device=dt.device)
     bh = block_h(nheads)
     _ssd_chunk_cumsum_kernel[(geometry["n_chunks"], cdiv(nheads, bh))](
         dt, A, dt_bias if dt_bias is not None else A, table if table is not None else A, dtcs,

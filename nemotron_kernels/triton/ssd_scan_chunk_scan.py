@@ -16,7 +16,7 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import _chunk_dtcs, _chunk_info, _past_chunk_end
+from .ssd_scan_common import _chunk_dtcs, _chunk_info, _dtcs_span, _past_chunk_end, dtcs_len
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -50,6 +50,7 @@ def _ssd_chunk_scan_kernel(
     g = pid_gh // splits
     h0 = g * heads_per_group + (pid_gh % splits) * HEADS_PER_PROG
     b, _, start, length, _, _ = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q, IS_VARLEN)
+    dt_len, dt_pos = _dtcs_span(gc, start, seqlen, n_table, Q, IS_VARLEN)
     if _past_chunk_end(pid_m * BLOCK_M, length, IS_VARLEN):
         return
     b = tl.cast(b, tl.int64)
@@ -88,12 +89,12 @@ def _ssd_chunk_scan_kernel(
 
     for hh in range(HEADS_PER_PROG):
         h = h0 + hh
-        dt_m, cs_m_hi, cs_m_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_m, m_ok)  # [BLOCK_M]
+        dt_m, cs_m_hi, cs_m_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, offs_m, m_ok)  # [BLOCK_M]
         x_m = tl.load(x_ptr + b * stride_x_b + rows_m[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
                       mask=m_ok[:, None] & p_ok[None, :], other=0.0)                   # [BLOCK_M, BLOCK_P]
         acc = tl.zeros([BLOCK_M, BLOCK_P], tl.float32)
         if OFF > 0 and pid_m > 0:
-            dt_o, cs_o_hi, cs_o_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_o, o_ok)  # [OFF]
+            dt_o, cs_o_hi, cs_o_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, offs_o, o_ok)  # [OFF]
             seg_o = tl.minimum((cs_m_hi[None, :] - cs_o_hi[:, None]) + (cs_m_lo[None, :] - cs_o_lo[:, None]), 0.0)
             M_o = (BC_o * tl.where(o_ok[:, None], tl.exp(seg_o), 0.0) * dt_o[:, None]).to(x_ptr.dtype.element_ty)
             x_o = tl.load(x_ptr + b * stride_x_b + rows_o[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
@@ -174,7 +175,9 @@ def chunk_scan_launch(x, dtcs, B, C, D, table, s_in, carry_decay, carry, y, geom
     ngroups, dstate = B.shape[2], B.shape[3]
     assert x.stride(3) == 1 and B.stride(3) == 1 and C.stride(3) == 1 and y.stride(3) == 1, \
         "ssd_scan chunk_scan: x, B, C, y need a unit last stride"
-    assert dtcs.is_contiguous() and dtcs.shape == (3, x.shape[0], nheads, seqlen), "ssd_scan chunk_scan: stage 0's dtcs"
+    row_len = dtcs_len(seqlen, geometry["n_table"], geometry["Q"], table is not None)
+    assert dtcs.is_contiguous() and dtcs.shape == (3, x.shape[0], nheads, row_len), \
+        "ssd_scan chunk_scan: stage 0's dtcs"
     hpg = nheads // ngroups
     chunk = geometry["Q"]
 

@@ -17,7 +17,7 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import _chunk_cs_end, _chunk_dtcs, _chunk_info
+from .ssd_scan_common import _chunk_cs_end, _chunk_dtcs, _chunk_info, _dtcs_span, dtcs_len
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -68,6 +68,7 @@ def _ssd_chunk_state_kernel(
         else:
             b, seq, start, length, first, last = _chunk_info(gc, table_ptr, n_table, seqlen, chunks_per_row, Q,
                                                              IS_VARLEN)
+        dt_len, dt_pos = _dtcs_span(gc, start, seqlen, n_table, Q, IS_VARLEN)
         b = tl.cast(b, tl.int64)
         seq = tl.cast(seq, tl.int64)
         if HAS_INIT:
@@ -90,8 +91,8 @@ def _ssd_chunk_state_kernel(
                     mask=q_ok[:, None] & p_ok[None, :], other=0.0)                   # [Q, BLOCK_P]
         Bt = tl.load(B_ptr + b * stride_B_b + rows[:, None] * stride_B_l + g * stride_B_g + offs_n[None, :],
                      mask=q_ok[:, None] & n_ok[None, :], other=0.0)                  # [Q, BLOCK_N]
-        dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs_q, q_ok)    # [Q]
-        end_hi, end_lo = _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, seqlen, start, length)   # cs_Q
+        dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, offs_q, q_ok)    # [Q]
+        end_hi, end_lo = _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, length)   # cs_Q
         # sum_{s>t} dA_s from the fp64 sums' hi + lo parts: a plain fp32 difference of two long sums cancels badly
         to_end = tl.exp((end_hi - cs_hi) + (end_lo - cs_lo)) * dt                     # [Q]
         total = end_hi + end_lo
@@ -146,7 +147,8 @@ def chunk_state_launch(x, dtcs, B, initial_states, table, s_in, carry_decay, seg
     _, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     assert x.stride(3) == 1 and B.stride(3) == 1, "ssd_scan chunk_state: x, B need a unit last stride"
-    assert dtcs.is_contiguous() and dtcs.shape == (3, x.shape[0], nheads, seqlen), \
+    row_len = dtcs_len(seqlen, geometry["n_table"], geometry["Q"], table is not None)
+    assert dtcs.is_contiguous() and dtcs.shape == (3, x.shape[0], nheads, row_len), \
         "ssd_scan chunk_state: stage 0's dtcs"
     assert initial_states is None or initial_states.stride(3) == 1, "ssd_scan: initial_states needs a unit N stride"
     assert s_in.is_contiguous() and seg_state.is_contiguous(), "ssd_scan: state buffers must be contiguous"

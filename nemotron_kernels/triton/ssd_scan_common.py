@@ -64,20 +64,35 @@ def _chunk_dt(dt_ptr, dt_bias_ptr, row_base, start, length, h, stride_dt_l, offs
 
 
 @triton.jit
-def _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, offs, ok):
-    """Stage 0's (dt, cs hi, cs lo) of head h at the chunk's rows `offs`, fp32, 0 where not `ok`: dtcs [3, B, H, L]
-    (ssd_scan_chunk_cumsum; plane = B * H * L), cs the cumulative dt A from the chunk start in fp32 hi + lo
-    parts (exp((hi_t - hi_s) + (lo_t - lo_s)) keeps ~eps * |cs_t - cs_s|, where fp32 sums would lose ~eps * |cs|)."""
+def _dtcs_span(gc, start, seqlen, n_table, Q: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """(row length, the chunk's first position) in stage 0's dtcs rows. Batched, dtcs [3, B, H, L] holds each chunk
+    at its tokens. Packed, [3, 1, H, n_table Q] holds slot gc at gc Q: Q-aligned, so the kernels' loads of dt and
+    cs vectorise (at a table start, of alignment unknown to the compiler, they were scalar loads: packed da ran
+    26% slower per token than batched, session 24)."""
+    row_len = seqlen
+    pos = start
+    if IS_VARLEN:
+        row_len = n_table * Q
+        pos = gc * Q
+    return row_len, pos
+
+
+@triton.jit
+def _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, row_len, pos, offs, ok):
+    """Stage 0's (dt, cs hi, cs lo) of head h at the chunk's rows `offs`, fp32, 0 where not `ok`: dtcs [3, B, H,
+    row_len] (ssd_scan_chunk_cumsum; plane = B * H * row_len; the chunk from `pos`, _dtcs_span), cs the cumulative
+    dt A from the chunk start in fp32 hi + lo parts (exp((hi_t - hi_s) + (lo_t - lo_s)) keeps ~eps * |cs_t - cs_s|,
+    where fp32 sums would lose ~eps * |cs|)."""
     plane = tl.cast(plane, tl.int64)                          # 3 planes may pass 2^31 elements
-    row = dtcs_ptr + (b * nheads + h) * seqlen + start
+    row = dtcs_ptr + (b * nheads + h) * row_len + pos
     return (tl.load(row + offs, mask=ok, other=0.0), tl.load(row + plane + offs, mask=ok, other=0.0),
             tl.load(row + 2 * plane + offs, mask=ok, other=0.0))
 
 
 @triton.jit
-def _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, seqlen, start, length):
+def _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, row_len, pos, length):
     """cs_Q, the chunk's whole sum of dt A (stage 0's cs at its last token), as fp32 (hi, lo); 0 for an empty slot."""
-    dt_end, hi, lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, seqlen, start, tl.maximum(length - 1, 0), length > 0)
+    dt_end, hi, lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, row_len, pos, tl.maximum(length - 1, 0), length > 0)
     return hi, lo
 
 
@@ -109,3 +124,8 @@ def _chunk_state_full(state_ptr, decay_ptr, carry_ptr, head_chunk, carry_head, s
         if decay != 0.0:   # 0 when a sequence boundary lies between the chunk and the segment boundary
             S += decay * tl.load(carry_ptr + carry_head * state_size + pn_offs, mask=pn_ok, other=0.0).to(tl.float32)
     return S
+
+
+def dtcs_len(seqlen: int, n_table: int, chunk: int, packed: bool) -> int:
+    """The length of stage 0's dtcs rows (_dtcs_span): the tokens batched, the table's slots x chunk packed."""
+    return n_table * chunk if packed else seqlen

@@ -312,18 +312,21 @@ def test_interpreter_chunk_cumsum_is_the_float64_sums(cu):
     nstates = bsz if cu is None else len(cu) - 1
     plan = ssd_ops._plan(inputs["x"], inputs["B"], chunk, inputs["cu_seqlens"], nstates)
     dtcs = mamba_common.kernel_module("ssd_scan_chunk_cumsum").chunk_cumsum_launch(
-        dt, A, bias, plan["table"], plan["geometry"], True)                            # [3, B, H, L]
+        dt, A, bias, plan["table"], plan["geometry"], True)                    # [3, B, H, L or n_table Q]
     dt64 = torch.nn.functional.softplus(dt.double() + bias.double())                  # [B, L, H]
-    bounds = [list(range(0, seqlen, chunk)) + [seqlen]] * bsz if cu is None else \
-        [sorted({s for a, e in zip(cu[:-1], cu[1:]) for s in range(a, e, chunk)} | {seqlen})]
-    for b in range(bsz):
-        for start, end in zip(bounds[b][:-1], bounds[b][1:]):
-            got_dt, hi, lo = dtcs[:, b, :, start:end]                                  # [H, len] each
-            torch.testing.assert_close(got_dt.double(), dt64[b, start:end].T, rtol=4e-6, atol=4e-7)
-            want = torch.cumsum((got_dt * A[:, None]).double(), 1)                      # its own dt A, summed
-            scale = want.abs().max().item()
-            assert (hi.double() - want).abs().max() <= 2 ** -24 * scale, "hi is not the sum rounded to fp32"
-            assert (hi.double() + lo.double() - want).abs().max() <= 1e-13 * scale, "hi + lo lost the float64 sum"
+    if cu is None:        # (row, token span, dtcs span) of each chunk
+        spans = [(b, start, min(start + chunk, seqlen), start) for b in range(bsz) for start in range(0, seqlen, chunk)]
+    else:                 # packed: slot gc's chunk at dtcs[..., gc * chunk:]
+        seq_of, start_of, length_of = plan["table"][:3].tolist()
+        spans = [(0, start, start + n, gc * chunk) for gc, (start, n) in enumerate(zip(start_of, length_of)) if n]
+        assert sum(n for n in length_of) == seqlen and len(seq_of) == dtcs.shape[-1] // chunk
+    for b, start, end, pos in spans:
+        got_dt, hi, lo = dtcs[:, b, :, pos:pos + end - start]                      # [H, len] each
+        torch.testing.assert_close(got_dt.double(), dt64[b, start:end].T, rtol=4e-6, atol=4e-7)
+        want = torch.cumsum((got_dt * A[:, None]).double(), 1)                      # its own dt A, summed
+        scale = want.abs().max().item()
+        assert (hi.double() - want).abs().max() <= 2 ** -24 * scale, "hi is not the sum rounded to fp32"
+        assert (hi.double() + lo.double() - want).abs().max() <= 1e-13 * scale, "hi + lo lost the float64 sum"
 
 
 def test_aot_compile_sm90():
