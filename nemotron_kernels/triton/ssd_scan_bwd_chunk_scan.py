@@ -95,8 +95,9 @@ def _ssd_bwd_dx_kernel(
     for hh in range(HEADS_PER_PROG):
         h = h0 + hh
         A = tl.load(A_ptr + h).to(tl.float32)
-        dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, offs_q, q_ok)  # [Q], stage 0's
-        end_hi, end_lo = _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, length)   # cs_Q
+        dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos,
+                                       offs_q, q_ok, Q, IS_VARLEN)  # [Q], stage 0's
+        end_hi, end_lo = _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, length, Q, IS_VARLEN)   # cs_Q
         seg_sum = tl.minimum((cs_hi[:, None] - cs_hi[None, :]) + (cs_lo[:, None] - cs_lo[None, :]), 0.0)
         M = tl.where(causal, CB * tl.exp(seg_sum), 0.0)                                # [Q, Q]: t, s
         to_end = tl.exp((end_hi - cs_hi) + (end_lo - cs_lo))                           # [Q] exp(cs_Q - cs_s)
@@ -210,14 +211,16 @@ def _ssd_bwd_dbc_kernel(
         P_sum = tl.zeros([BLOCK_M, Q], dtype=tl.float32)   # sum over the group's heads of the decayed pair weights
     for hh in range(heads_per_group):
         h = g * heads_per_group + hh
-        dt_m, cs_m_hi, cs_m_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, offs_m, m_ok)  # [BLOCK_M]
+        dt_m, cs_m_hi, cs_m_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos,
+                                             offs_m, m_ok, Q, IS_VARLEN)  # [BLOCK_M]
         R = tl.load(r_ptr + b * stride_r_b + rows_m[:, None] * stride_r_l + h * stride_r_h + offs_p[None, :],
                     mask=m_ok[:, None] & p_ok[None, :], other=0.0)                     # [BLOCK_M, BLOCK_P]
         if IS_DB:
-            end_hi, end_lo = _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, length)   # cs_Q
+            end_hi, end_lo = _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, length, Q, IS_VARLEN)   # cs_Q
             r_scale = tl.exp((end_hi - cs_m_hi) + (end_lo - cs_m_lo)) * dt_m            # exp(cs_Q - cs_s) dt_s
         else:
-            dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, offs_k, k_ok)   # [Q]
+            dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos,
+                                           offs_k, k_ok, Q, IS_VARLEN)  # [Q]
             K = tl.load(x_ptr + b * stride_x_b + rows_k[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
                         mask=k_ok[:, None] & p_ok[None, :], other=0.0)                 # [Q, BLOCK_P]: x_s
             RK = tl.dot(R, tl.trans(K), input_precision=DOT_PRECISION)                 # [BLOCK_M, Q]: dy_t . x_s
@@ -289,7 +292,8 @@ def _ssd_bwd_da_kernel(
     part = da_part_ptr + (tl.cast(gc, tl.int64) * m_blocks + pid_m) * nheads * Q
     for hh in range(HEADS_PER_PROG):
         h = h0 + hh
-        dt_m, cs_m_hi, cs_m_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, offs_m, m_ok)  # [BLOCK_M]
+        dt_m, cs_m_hi, cs_m_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos,
+                                             offs_m, m_ok, Q, IS_VARLEN)  # [BLOCK_M]
         dy = tl.load(dy_ptr + b * stride_dy_b + rows_m[:, None] * stride_dy_l + h * stride_dy_h + offs_p[None, :],
                      mask=m_ok[:, None] & p_ok[None, :], other=0.0)                  # [BLOCK_M, BLOCK_P]
         carry = tl.zeros([BLOCK_M], dtype=tl.float32)                                  # sum_{s < k0} W[t, s]
@@ -301,7 +305,8 @@ def _ssd_bwd_da_kernel(
                           mask=k_ok[:, None] & n_ok[None, :], other=0.0)             # [BLOCK_K, BLOCK_N]
             x = tl.load(x_ptr + b * stride_x_b + rows_k[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
                         mask=k_ok[:, None] & p_ok[None, :], other=0.0)               # [BLOCK_K, BLOCK_P]
-            dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, offs_k, k_ok)  # [BLOCK_K]
+            dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos,
+                                           offs_k, k_ok, Q, IS_VARLEN)  # [BLOCK_K]
             CB = tl.dot(C_m, tl.trans(B_k), input_precision=DOT_PRECISION)             # [BLOCK_M, BLOCK_K]: t, s
             dyx = tl.dot(dy, tl.trans(x), input_precision=DOT_PRECISION)               # [BLOCK_M, BLOCK_K]: t, s
             diff = (cs_m_hi[:, None] - cs_hi[None, :]) + (cs_m_lo[:, None] - cs_lo[None, :])   # cs_t - cs_s

@@ -86,8 +86,9 @@ def _ssd_bwd_chunk_state_kernel(
 
         rows = (start + offs_q).to(tl.int64)
         q_ok = offs_q < length
-        dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, offs_q, q_ok)    # [Q]
-        end_hi, end_lo = _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, length)   # cs_Q
+        dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos,
+                                       offs_q, q_ok, Q, IS_VARLEN)  # [Q]
+        end_hi, end_lo = _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, length, Q, IS_VARLEN)   # cs_Q
         decay = tl.exp(end_hi + end_lo)
         dy = tl.load(dy_ptr + b * stride_dy_b + rows[:, None] * stride_dy_l + h * stride_dy_h + offs_p[None, :],
                      mask=q_ok[:, None] & p_ok[None, :], other=0.0)                 # [Q, BLOCK_P]

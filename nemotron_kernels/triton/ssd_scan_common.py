@@ -78,21 +78,32 @@ def _dtcs_span(gc, start, seqlen, n_table, Q: tl.constexpr, IS_VARLEN: tl.conste
 
 
 @triton.jit
-def _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, row_len, pos, offs, ok):
+def _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, row_len, pos, offs, ok,
+                Q: tl.constexpr, IS_VARLEN: tl.constexpr):
     """Stage 0's (dt, cs hi, cs lo) of head h at the chunk's rows `offs`, fp32, 0 where not `ok`: dtcs [3, B, H,
     row_len] (ssd_scan_chunk_cumsum; plane = B * H * row_len; the chunk from `pos`, _dtcs_span), cs the cumulative
     dt A from the chunk start in fp32 hi + lo parts (exp((hi_t - hi_s) + (lo_t - lo_s)) keeps ~eps * |cs_t - cs_s|,
-    where fp32 sums would lose ~eps * |cs|)."""
+    where fp32 sums would lose ~eps * |cs|). Packed, the slot's Q positions are all allocated: they load under the
+    bound Q, which the compiler knows (vector loads), and `ok` (from a loaded length: scalar loads) applies after."""
     plane = tl.cast(plane, tl.int64)                          # 3 planes may pass 2^31 elements
     row = dtcs_ptr + (b * nheads + h) * row_len + pos
-    return (tl.load(row + offs, mask=ok, other=0.0), tl.load(row + plane + offs, mask=ok, other=0.0),
-            tl.load(row + 2 * plane + offs, mask=ok, other=0.0))
+    mask = offs < Q if IS_VARLEN else ok
+    dt = tl.load(row + offs, mask=mask, other=0.0)
+    hi = tl.load(row + plane + offs, mask=mask, other=0.0)
+    lo = tl.load(row + 2 * plane + offs, mask=mask, other=0.0)
+    if IS_VARLEN:     # past the chunk's end: unwritten positions
+        dt = tl.where(ok, dt, 0.0)
+        hi = tl.where(ok, hi, 0.0)
+        lo = tl.where(ok, lo, 0.0)
+    return dt, hi, lo
 
 
 @triton.jit
-def _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, row_len, pos, length):
+def _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, row_len, pos, length, Q: tl.constexpr,
+                  IS_VARLEN: tl.constexpr):
     """cs_Q, the chunk's whole sum of dt A (stage 0's cs at its last token), as fp32 (hi, lo); 0 for an empty slot."""
-    dt_end, hi, lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, row_len, pos, tl.maximum(length - 1, 0), length > 0)
+    dt_end, hi, lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, row_len, pos, tl.maximum(length - 1, 0), length > 0,
+                                 Q, IS_VARLEN)
     return hi, lo
 
 
