@@ -23,6 +23,15 @@ from .harness import Bench, Variant
 
 H, P, G, N, CHUNK = 64, 64, 8, 128, 128
 PROBLEMS = ((4, 8192), (1, 32768), (16, 2048))
+PACKED_LENGTHS = (137, 4096, 1, 900, 2048, 3000, 129, 4000, 512, 2500, 1500, 3100, 256, 1600, 4500, 3001)
+
+
+def packed_cu(lengths=PACKED_LENGTHS) -> list[int]:
+    """cu_seqlens of sequences of these lengths, packed: the bench's 16 uneven sequences, 31,280 tokens."""
+    cu = [0]
+    for n in lengths:
+        cu.append(cu[-1] + n)
+    return cu
 
 
 def _input_maker(bsz: int, seqlen: int, device: torch.device, cu=None):
@@ -128,10 +137,7 @@ def _flops(tokens: int) -> float:
 
 def run(bench: Bench) -> None:
     problems = [(bsz, seqlen, None) for bsz, seqlen in bench.pick(PROBLEMS, quick=((1, 32768),))]
-    lengths = [137, 4096, 1, 900, 2048, 3000, 129, 4000, 512, 2500, 1500, 3100, 256, 1600, 4500, 3001]
-    cu = [0]
-    for n in lengths:
-        cu.append(cu[-1] + n)
+    cu = packed_cu()
     problems.append((1, cu[-1], cu))
     if bench.device.type != "cuda":    # CPU smoke run of this code: tiny shapes (the reference runs)
         problems = [(1, 160, None), (1, 160, [0, 60, 160])]

@@ -8,9 +8,7 @@ import sys
 
 import torch
 
-from bench.bench_ssd_scan import CHUNK, _input_maker, _ours_fwd_bwd, _with_grad
-
-LENGTHS = [137, 4096, 1, 900, 2048, 3000, 129, 4000, 512, 2500, 1500, 3100, 256, 1600, 4500, 3001]
+from bench.bench_ssd_scan import CHUNK, PACKED_LENGTHS, _input_maker, _ours_fwd_bwd, _with_grad, packed_cu
 
 
 def profile(name, cu):
@@ -36,16 +34,9 @@ def profile(name, cu):
     print(f"{name} ({seqlen} tokens): " + ", ".join(f"{k[5:-7]} {v:.0f}" for k, v in times.most_common()))
 
 
-def cu_of(lengths):
-    cu = [0]
-    for n in lengths:
-        cu.append(cu[-1] + n)
-    return cu
-
-
 profile("batched", None)
-profile("packed", cu_of(LENGTHS))
-profile("packed, lengths rounded up to the chunk", cu_of([-(-n // CHUNK) * CHUNK for n in LENGTHS]))
+profile("packed", packed_cu())
+profile("packed, lengths rounded up to the chunk", packed_cu([-(-n // CHUNK) * CHUNK for n in PACKED_LENGTHS]))
 profile("packed, one sequence", [0, 32768])
 profile("packed, 64 then 32704 tokens (chunk starts off by 64)", [0, 64, 32768])
 profile("packed, 1 then 32767 tokens (chunk starts off by 1)", [0, 1, 32768])

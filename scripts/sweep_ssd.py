@@ -3,6 +3,7 @@
     PYTHONPATH=. python3 scripts/sweep_ssd.py --registers  # no GPU: registers / spills / shared memory (sm_90a AOT)
     PYTHONPATH=. python3 scripts/sweep_ssd.py --only chunk_scan   # one kernel's candidates alone
     PYTHONPATH=. python3 scripts/sweep_ssd.py --only dc db --defaults   # the default tiles alone (A/B of two trees)
+    PYTHONPATH=. python3 scripts/sweep_ssd.py --only da --packed   # the bench's 16 packed sequences (packed variants)
 Every main kernel ran at 1 program per SM (194-255 registers x 8 warps, 12.5% occupancy: latency bound); the
 candidates below (from the --registers report, Triton 3.8) hold 2+ programs (or 16 warps) per SM, a few at the cost
 of small spills (maxnreg caps); the GPU table prints the registers / spills of its own Triton's compile. The
@@ -197,12 +198,21 @@ def rel_err(outs, refs) -> float:
                for a, b in zip(outs, refs))
 
 
-def sweep(only: list[str] | None = None, defaults: bool = False) -> dict:
+def problem(packed: bool) -> tuple[str, int, list[int] | None]:
+    """(label, tokens, cu_seqlens): B1 L32K, or the bench's 16 packed sequences."""
+    from bench.bench_ssd_scan import packed_cu
+    cu = packed_cu() if packed else None
+    return ("packed 16 seqs" if packed else "B1 L32K"), (cu[-1] if packed else L), cu
+
+
+def sweep(only: list[str] | None = None, defaults: bool = False, packed: bool = False) -> dict:
     from triton.testing import do_bench
 
     from bench.bench_ssd_scan import _input_maker
-    s = _input_maker(1, L, torch.device("cuda"))(0)
+    label, seqlen, cu = problem(packed)
+    s = _input_maker(1, seqlen, torch.device("cuda"), cu)(0)
     x, dt, A, B, C, D, bias = (s[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias"))
+    cu_t, nstates = s.get("cu_seqlens"), (1 if cu is None else len(cu) - 1)
     dy = torch.randn(x.shape, device="cuda").to(x.dtype)
     state_k = mamba_common.kernel_module("ssd_scan_chunk_state")
     bwd_state_k = mamba_common.kernel_module("ssd_scan_bwd_chunk_state")
@@ -211,21 +221,22 @@ def sweep(only: list[str] | None = None, defaults: bool = False) -> dict:
 
     def plan_with(over: dict) -> dict:
         with tiles(over):
-            return ssd_ops._plan(x, B, Q, None, 1)
+            return ssd_ops._plan(x, B, Q, cu_t, nstates)
 
     base = plan_with({})
-    geo, prec = base["geometry"], base["precision"]
+    geo, prec, table = base["geometry"], base["precision"], base["table"]
+    n_chunks = geo["n_chunks"]
     s_in, c_decay, carry, dtcs = ssd_ops._chunk_states(x, dt, A, B, bias, None, True, base)
-    g_out, g_decay, _, g_carry, _, _ = ssd_ops._state_grads(dy, dtcs, C, None, False, 1, base)
-    da_part = torch.empty(N_CHUNKS, bwd_k.da_blocks(Q, base["cfg"]["da"]), H, Q, device="cuda")
-    bwd_k.bwd_da_launch(x, dtcs, None, dy, B, C, da_part, geo, base["cfg"]["da"], prec)
-    pw = torch.empty(N_CHUNKS, G, Q, Q, dtype=x.dtype, device="cuda")    # dC's pair weights, which dB reads
-    bwd_k.bwd_dbc_launch(x, dtcs, None, dy, B, s_in, c_decay, carry, pw, torch.empty_like(C), False, geo,
+    g_out, g_decay, _, g_carry, _, _ = ssd_ops._state_grads(dy, dtcs, C, None, False, nstates, base)
+    da_part = torch.empty(n_chunks, bwd_k.da_blocks(Q, base["cfg"]["da"]), H, Q, device="cuda")
+    bwd_k.bwd_da_launch(x, dtcs, table, dy, B, C, da_part, geo, base["cfg"]["da"], prec)
+    pw = torch.empty(n_chunks, G, Q, Q, dtype=x.dtype, device="cuda")    # dC's pair weights, which dB reads
+    bwd_k.bwd_dbc_launch(x, dtcs, table, dy, B, s_in, c_decay, carry, pw, torch.empty_like(C), False, geo,
                          base["cfg"]["dc"], prec)
 
     def states(over):        # stage 1 + state passing -> (full states entering each chunk, final states)
         plan = plan_with({"chunk_state": over})
-        final = torch.empty(1, H, P, N, device="cuda")
+        final = torch.empty(nstates, H, P, N, device="cuda")
         return (lambda: ssd_ops._chunk_states(x, dt, A, B, bias, None, True, plan, final),
                 lambda outs: (full_states(outs[0], outs[1], outs[2], plan["geometry"], False), final),
                 (state_k, "chunk_state_launch"))
@@ -233,39 +244,39 @@ def sweep(only: list[str] | None = None, defaults: bool = False) -> dict:
     def grad_states(over):   # backward stage 1 + state passing, at the candidate's segments
         geom = {k: over[k] for k in ("BLOCK_P", "programs_per_sm") if k in over}
         plan = plan_with({"chunk_state": geom, "bwd_chunk_state": over})
-        return (lambda: ssd_ops._state_grads(dy, dtcs, C, None, False, 1, plan),
+        return (lambda: ssd_ops._state_grads(dy, dtcs, C, None, False, nstates, plan),
                 lambda outs: (full_states(outs[0], outs[1], outs[3], plan["geometry"], True),),
                 (bwd_state_k, "bwd_chunk_state_launch"))
 
     def scan(over):
         cfg, y = dict(base["cfg"]["chunk_scan"], **over), torch.empty_like(x)
-        return (lambda: scan_k.chunk_scan_launch(x, dtcs, B, C, D, None, s_in, c_decay, carry, y, geo, cfg, prec),
+        return (lambda: scan_k.chunk_scan_launch(x, dtcs, B, C, D, table, s_in, c_decay, carry, y, geo, cfg, prec),
                 lambda _: (y,), None)
 
     def da(over):
         cfg = dict(base["cfg"]["da"], **over)
-        part = torch.zeros(N_CHUNKS, bwd_k.da_blocks(Q, cfg), H, Q, device="cuda")   # past the diagonal: unwritten
-        return (lambda: bwd_k.bwd_da_launch(x, dtcs, None, dy, B, C, part, geo, cfg, prec),
+        part = torch.zeros(n_chunks, bwd_k.da_blocks(Q, cfg), H, Q, device="cuda")   # past the diagonal: unwritten
+        return (lambda: bwd_k.bwd_da_launch(x, dtcs, table, dy, B, C, part, geo, cfg, prec),
                 lambda _: (part.sum(1),), None)
 
     def dc(over):
         cfg, dC = dict(base["cfg"]["dc"], **over), torch.empty_like(C)
         part = torch.empty_like(pw)
-        return (lambda: bwd_k.bwd_dbc_launch(x, dtcs, None, dy, B, s_in, c_decay, carry, part, dC, False, geo, cfg,
+        return (lambda: bwd_k.bwd_dbc_launch(x, dtcs, table, dy, B, s_in, c_decay, carry, part, dC, False, geo, cfg,
                                              prec), lambda _: (dC, part), None)
 
     def dx(over):
         cfg = dict(base["cfg"]["dx"], **over)
-        outs = (torch.empty_like(x), torch.empty(1, L, H, device="cuda"),
-                torch.empty(N_CHUNKS, H, dtype=torch.float64, device="cuda"),
-                torch.empty(N_CHUNKS, H, dtype=torch.float64, device="cuda"))
-        return (lambda: bwd_k.bwd_dx_launch(x, dt, dtcs, A, B, C, D, bias, None, dy, s_in, c_decay, carry, g_out,
+        outs = (torch.empty_like(x), torch.empty(1, seqlen, H, device="cuda"),
+                torch.empty(n_chunks, H, dtype=torch.float64, device="cuda"),
+                torch.empty(n_chunks, H, dtype=torch.float64, device="cuda"))
+        return (lambda: bwd_k.bwd_dx_launch(x, dt, dtcs, A, B, C, D, bias, table, dy, s_in, c_decay, carry, g_out,
                                             g_decay, g_carry, *outs, da_part, geo, True, cfg, prec),
                 lambda _: outs, None)
 
     def db(over):
         cfg, dB = dict(base["cfg"]["db"], **over), torch.empty_like(B)
-        return (lambda: bwd_k.bwd_dbc_launch(x, dtcs, None, dy, C, g_out, g_decay, g_carry, pw, dB, True, geo,
+        return (lambda: bwd_k.bwd_dbc_launch(x, dtcs, table, dy, C, g_out, g_decay, g_carry, pw, dB, True, geo,
                                              cfg, prec), lambda _: (dB,), None)
 
     runners = {"chunk_state": states, "bwd_chunk_state": grad_states, "chunk_scan": scan, "dx": dx, "da": da,
@@ -289,7 +300,7 @@ def sweep(only: list[str] | None = None, defaults: bool = False) -> dict:
             rows.append((us, compiled.n_regs, compiled.n_spills, compiled.metadata.shared, warps, err, over))
             del outs
         rows.sort(key=lambda r: r[0])
-        print(f"\n{kernel} (B1 L32K): default {next(r[0] for r in rows if not r[-1]):.1f} us")
+        print(f"\n{kernel} ({label}): default {next(r[0] for r in rows if not r[-1]):.1f} us")
         print(f"   {'us':>7s} {'regs':>4s} {'spill':>5s} {'smem KB':>7s} {'prog/SM':>7s} {'err':>8s}  tile")
         for us, regs, spills, smem, warps, err, over in rows:
             flag = "" if err <= TOL else "  MISMATCH"
@@ -299,13 +310,14 @@ def sweep(only: list[str] | None = None, defaults: bool = False) -> dict:
     return best
 
 
-def whole_op(best: dict) -> None:
+def whole_op(best: dict, packed: bool = False) -> None:
     """ssd_scan forward (with final states) and forward + backward (bench_ssd_scan's training step): default tiles
     vs the best of each kernel (the forward stage 1's segments serve the backward stage 1 too)."""
     from triton.testing import do_bench
 
     from bench.bench_ssd_scan import GRAD_KEYS, _input_maker, _ours, _ours_fwd_bwd, _with_grad
-    s = _with_grad(_input_maker(1, L, torch.device("cuda"))(1))
+    label, seqlen, cu = problem(packed)
+    s = _with_grad(_input_maker(1, seqlen, torch.device("cuda"), cu)(1))
     results = {}
     for name, over in (("default", {}), ("best", best)):
         with tiles(over):
@@ -320,7 +332,7 @@ def whole_op(best: dict) -> None:
     print("errors of best vs default (y, final, " + ", ".join(f"d{k}" for k in GRAD_KEYS) + "): "
           + " ".join(f"{e:.1e}" for e in errs))
     for name, (fwd, step, _) in results.items():
-        print(f"ssd_scan B1 L32K {name:7s}: fwd {fwd:.3f} ms, fwd+bwd {step:.3f} ms")
+        print(f"ssd_scan {label} {name:7s}: fwd {fwd:.3f} ms, fwd+bwd {step:.3f} ms")
 
 
 def main():
@@ -330,6 +342,8 @@ def main():
                         help=f"sweep these kernels alone (no whole-op comparison), of {', '.join(CANDIDATES)}; "
                              "others are named and skipped, so one command serves trees with other kernels")
     parser.add_argument("--defaults", action="store_true", help="with --only: time the default tiles alone")
+    parser.add_argument("--packed", action="store_true",
+                        help="the bench's 16 packed sequences (the kernels' packed variants) instead of B1 L32K")
     args = parser.parse_args()
     if args.registers:
         registers(args.only)
@@ -337,9 +351,9 @@ def main():
         unknown = [k for k in args.only if k not in CANDIDATES]
         if unknown:
             print(f"skipped, not kernels of this tree: {', '.join(unknown)} (it has {', '.join(CANDIDATES)})")
-        sweep([k for k in args.only if k in CANDIDATES], args.defaults)
+        sweep([k for k in args.only if k in CANDIDATES], args.defaults, args.packed)
     else:
-        whole_op(sweep())
+        whole_op(sweep(packed=args.packed), args.packed)
 
 
 if __name__ == "__main__":
