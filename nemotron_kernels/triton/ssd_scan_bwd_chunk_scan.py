@@ -26,7 +26,7 @@ from . import ssd_scan_common
 from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
 from .ssd_scan_common import (_chunk_cs_end, _chunk_dt_grad_scale, _chunk_dtcs, _chunk_info, _chunk_state_full,
-                              _dtcs_span, _past_chunk_end)
+                              _dtcs_span, _past_chunk_end, aot_aligned)
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -457,7 +457,7 @@ def aot_compile_all(cfg: dict | None = None):
                   "HAS_CARRY": carry, "IS_VARLEN": varlen, "DOT_PRECISION": "tf32"}
         yield (f"ssd_bwd_dx varlen={varlen} carry={carry}",
                aot_compile(_ssd_bwd_dx_kernel, dx_sig, consts, num_warps=tile["num_warps"],
-                           num_stages=tile["num_stages"], maxnreg=tile["maxnreg"], aligned=("headdim", "dstate")))
+                           num_stages=tile["num_stages"], maxnreg=tile["maxnreg"], aligned=aot_aligned(varlen)))
     da_sig = {k: v for k, v in dx_sig.items() if k in common or k in (
         "B_ptr", "C_ptr", "da_part_ptr", "stride_B_b", "stride_B_l", "stride_B_g", "stride_C_b", "stride_C_l",
         "stride_C_g")}
@@ -469,7 +469,7 @@ def aot_compile_all(cfg: dict | None = None):
                   "DOT_PRECISION": "tf32"}
         yield (f"ssd_bwd_da varlen={varlen}",
                aot_compile(_ssd_bwd_da_kernel, da_sig, consts, num_warps=tile["num_warps"],
-                           num_stages=tile["num_stages"], maxnreg=tile["maxnreg"], aligned=("headdim", "dstate")))
+                           num_stages=tile["num_stages"], maxnreg=tile["maxnreg"], aligned=aot_aligned(varlen)))
     dbc_sig = dict(common, v_ptr="*bf16", st_ptr="*bf16", st_decay_ptr="*fp32", st_carry_ptr="*bf16",
                    pw_ptr="*bf16", out_ptr="*bf16", stride_v_b="i64", stride_v_l="i64", stride_v_g="i32",
                    stride_o_b="i64", stride_o_l="i64", stride_o_g="i32")
@@ -481,4 +481,4 @@ def aot_compile_all(cfg: dict | None = None):
                   "IS_VARLEN": varlen, "DOT_PRECISION": "tf32"}
         yield (f"ssd_bwd_dbc is_db={kernel == 'db'} varlen={varlen}",
                aot_compile(_ssd_bwd_dbc_kernel, dbc_sig, consts, num_warps=tile["num_warps"],
-                           num_stages=tile["num_stages"], maxnreg=tile["maxnreg"], aligned=("headdim", "dstate")))
+                           num_stages=tile["num_stages"], maxnreg=tile["maxnreg"], aligned=aot_aligned(varlen)))

@@ -15,7 +15,7 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import _chunk_dt, _chunk_info, _dtcs_span, dtcs_len
+from .ssd_scan_common import _chunk_dt, _chunk_info, _dtcs_span, aot_aligned, dtcs_len
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -144,7 +144,8 @@ def aot_compile_all():
     for varlen in (False, True):
         consts = {"Q": 128, "BLOCK_H": block_h(64), "HAS_DT_BIAS": True, "DT_SOFTPLUS": True, "IS_VARLEN": varlen}
         yield (f"ssd_chunk_cumsum varlen={varlen}",
-               aot_compile(_ssd_chunk_cumsum_kernel, sig, consts, num_warps=4, num_stages=1, aligned=("nheads",)))
+               aot_compile(_ssd_chunk_cumsum_kernel, sig, consts, num_warps=4, num_stages=1,
+                           aligned=aot_aligned(varlen)))
     sig = {"cu_ptr": "*i32", "table_ptr": "*i32", "last_ptr": "*i32", "first_ptr": "*i32", "nseq": "i32",
            "n_table": "i32"}
     yield "ssd_chunk_table", aot_compile(_ssd_chunk_table_kernel, sig, {"Q": 128, "BLOCK_T": 128, "BLOCK_S": 16},

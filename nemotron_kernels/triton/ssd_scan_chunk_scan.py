@@ -16,7 +16,7 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import _chunk_dtcs, _chunk_info, _dtcs_span, _past_chunk_end, dtcs_len
+from .ssd_scan_common import _chunk_dtcs, _chunk_info, _dtcs_span, _past_chunk_end, aot_aligned, dtcs_len
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -226,4 +226,4 @@ def aot_compile_all(cfg: dict | None = None):
                   "DOT_PRECISION": "tf32"}
         yield (f"ssd_chunk_scan BLOCK_M={tile['BLOCK_M']} warps={tile['num_warps']} varlen={varlen} carry={carry}",
                aot_compile(_ssd_chunk_scan_kernel, sig, consts, num_warps=tile["num_warps"],
-                           num_stages=tile["num_stages"], maxnreg=tile["maxnreg"], aligned=("headdim", "dstate")))
+                           num_stages=tile["num_stages"], maxnreg=tile["maxnreg"], aligned=aot_aligned(varlen)))

@@ -17,7 +17,7 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import _chunk_cs_end, _chunk_dtcs, _chunk_info, _dtcs_span, dtcs_len
+from .ssd_scan_common import _chunk_cs_end, _chunk_dtcs, _chunk_info, _dtcs_span, aot_aligned, dtcs_len
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -187,4 +187,4 @@ def aot_compile_all(cfg: dict | None = None):
                   "DOT_PRECISION": "tf32"}
         yield (f"ssd_chunk_state varlen={varlen} init={has_init}",
                aot_compile(_ssd_chunk_state_kernel, sig, consts, num_warps=cfg["num_warps"],
-                           num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"], aligned=("headdim", "dstate")))
+                           num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"], aligned=aot_aligned(varlen)))
