@@ -238,7 +238,9 @@ def _ssd_bwd_dbc_kernel(
     # them instead of recomputing the products and decays of every head
     pw_base = pw_ptr + (tl.cast(gc, tl.int64) * tl.num_programs(1) + g) * Q * Q
     if IS_DB:
-        PT = tl.load(pw_base + offs_k[:, None] * Q + offs_m[None, :], mask=k_ok[:, None] & m_ok[None, :],
+        # rows t < length were written whole by dC (0 at s past the end): no mask along s, which keeps the loads
+        # vector ones when the length is loaded (packed; session 24: 32 scalar bf16 loads)
+        PT = tl.load(pw_base + offs_k[:, None] * Q + offs_m[None, :], mask=k_ok[:, None],
                      other=0.0)                                                        # [Q, BLOCK_M]: t, s
         acc = tl.dot(tl.trans(PT), V, acc, input_precision=DOT_PRECISION)              # [BLOCK_M, BLOCK_N]
     else:

@@ -46,7 +46,9 @@ def _ssd_chunk_cumsum_kernel(
     cs = tl.cumsum((dt * A[None, :]).to(tl.float64), axis=0)                          # [Q, BLOCK_H]
     cs_hi = cs.to(tl.float32)
     cs_lo = (cs - cs_hi.to(tl.float64)).to(tl.float32)
-    ok = (offs_q < length)[:, None] & h_ok[None, :]
+    # packed, each slot's Q positions are its own: written whole (dt 0 and cs flat past the chunk's end), under
+    # masks the compiler knows constant (vector stores; under the loaded length they were scalar)
+    ok = (offs_q < (Q if IS_VARLEN else length))[:, None] & h_ok[None, :]
     plane = tl.cast(plane, tl.int64)                          # 3 planes may pass 2^31 elements
     ptrs = dtcs_ptr + (b * nheads + h[None, :]) * dt_len + (dt_pos + offs_q)[:, None]
     tl.store(ptrs, dt, mask=ok)
