@@ -8,7 +8,7 @@ CUTLASS_VERSION := 4.2.0.0
 # The real toolkit folder: /usr/local/bin/nvcc is often a wrapper that makes torch guess CUDA_HOME wrong.
 export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 
-.PHONY: demo test build bench selfcheck clean
+.PHONY: demo test build bench selfcheck clean aot-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,14 @@ demo: build
 	else echo "[demo] no GPU visible: skipping the GPU microbenchmarks (python -m bench on a Hopper GPU)"; fi
 	$(PY) -m model.generate --preset tiny --random-weights --seed 0 --max-new-tokens 48 \
 		--prompt "The Mamba layer keeps a state that"
+
+# The GPU machine's Triton (3.6) with CPU torch, for AOT reports that match what the H200 compiles (the default
+# venv's Triton can compile the same kernel differently):
+#   PYTHONPATH=. .venv-aot/bin/python scripts/sweep_ssd.py --registers
+AOT_TRITON ?= 3.6.0
+aot-venv:
+	$(PYTHON) -m venv .venv-aot
+	.venv-aot/bin/pip install -q "triton==$(AOT_TRITON)" "torch==2.13.0" numpy
 
 clean:
 	rm -rf build *.egg-info nemotron_kernels/_C*.so nemotron_kernels/_build_info.py
