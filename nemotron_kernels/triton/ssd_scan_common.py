@@ -66,9 +66,9 @@ def _chunk_dt(dt_ptr, dt_bias_ptr, row_base, start, length, h, stride_dt_l, offs
 @triton.jit
 def _dtcs_span(gc, start, seqlen, n_table, Q: tl.constexpr, IS_VARLEN: tl.constexpr):
     """(row length, the chunk's first position) in stage 0's dtcs rows. Batched, dtcs [3, B, H, L] holds each chunk
-    at its tokens. Packed, [3, 1, H, n_table Q] holds slot gc at gc Q: Q-aligned, so the kernels' loads of dt and
-    cs vectorise (at a table start, of alignment unknown to the compiler, they were scalar loads: packed da ran
-    26% slower per token than batched, session 24)."""
+    at its tokens. Packed, [3, 1, H, n_table Q] holds slot gc at gc Q, the whole slot written: Q-aligned and
+    loadable under the constant bound Q (_chunk_dtcs), so the loads vectorise. At a table start, under the loaded
+    length, they were scalar loads: packed da ran 26% slower per token than batched (session 24)."""
     row_len = seqlen
     pos = start
     if IS_VARLEN:
@@ -91,7 +91,7 @@ def _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, row_len, pos, offs, ok,
     dt = tl.load(row + offs, mask=mask, other=0.0)
     hi = tl.load(row + plane + offs, mask=mask, other=0.0)
     lo = tl.load(row + 2 * plane + offs, mask=mask, other=0.0)
-    if IS_VARLEN:     # past the chunk's end: unwritten positions
+    if IS_VARLEN:     # past the chunk's end the slot holds dt 0 and a flat cs: 0, as batched
         dt = tl.where(ok, dt, 0.0)
         hi = tl.where(ok, hi, 0.0)
         lo = tl.where(ok, lo, 0.0)
