@@ -6,8 +6,8 @@ Forward: four Triton stages (nemotron_kernels/triton/ssd_scan_*.py) on CUDA tens
   2. state_passing  states between segments (only with > 1 segment), then final_states: the carries into the
                     final states, and empty packed sequences' final states (their initial ones),
   3. chunk_scan     outputs of every chunk (CB once per group, tl.dot for the intra-chunk and state terms).
-Backward (Triton, deterministic: no atomics, every sum in a fixed order): forward stages 0-2 recompute the chunk
-states, then
+Backward (Triton, deterministic: no atomics, every sum in a fixed order): the forward's chunk states, kept by the
+autograd Function (stages 0-2 recompute them where absent), then
   4. bwd_chunk_state  state gradients dL/dS_out carried backwards through each segment (+ the initial states'),
   2. state_passing    the same kernel on reversed segments: the gradient entering each segment from later ones,
   5. bwd_chunk_scan   dC (+ the intra-chunk parts of dL/d(dt A)), then dx, ddt and per-chunk dA / dD sums, then
@@ -60,29 +60,51 @@ def kernel_configs(nheads: int, headdim: int, ngroups: int, dstate: int, chunk: 
                 chunk_scan=scan_k.chunk_scan_config(*shape), **bwd_scan_k.bwd_config(*shape))
 
 
-def _plan(x, B, chunk: int, cu_seqlens, nstates: int) -> dict:
-    """Chunk geometry shared by the forward and the backward: chunk table (packed), segments of stage 1, tiles."""
+def _geometry(x, B, chunk: int, packed: bool, nstates: int) -> tuple[dict, dict]:
+    """(geometry, tiles) from shapes alone (no launch: the fake ops size their outputs with it): chunk slots, the
+    segments of stage 1, each kernel's tile."""
     state_k = mamba_common.kernel_module("ssd_scan_chunk_state")
     bsz, seqlen, nheads, headdim = x.shape
-    table = last_chunk = first_chunk = None
-    if cu_seqlens is None:
-        chunks_per_row = cdiv(seqlen, chunk)
-        n_chunks = n_table = bsz * chunks_per_row
-    else:
+    if packed:
         chunks_per_row = 0
         n_chunks = n_table = (seqlen + nstates * (chunk - 1)) // chunk     # >= the chunks of all sequences
-        table, last_chunk, first_chunk = derived(cu_seqlens, "chunk_table", (chunk, n_table),
-                                                 lambda: _chunk_table(cu_seqlens, chunk, n_table))
+    else:
+        chunks_per_row = cdiv(seqlen, chunk)
+        n_chunks = n_table = bsz * chunks_per_row
     sm = mamba_common.sm_count(x.device)
     cfg = kernel_configs(nheads, headdim, B.shape[2], B.shape[3], chunk, n_chunks, sm if x.device.type == "cuda" else 0)
     st_cfg = cfg["chunk_state"]
     n_seg, seg_len = state_k.segments(n_chunks, nheads, cdiv(headdim, st_cfg["BLOCK_P"]),
                                       sm * st_cfg["programs_per_sm"])
-    geometry = dict(n_chunks=n_chunks, n_table=n_table, chunks_per_row=chunks_per_row, n_seg=n_seg, seg_len=seg_len,
-                    Q=chunk)
+    return dict(n_chunks=n_chunks, n_table=n_table, chunks_per_row=chunks_per_row, n_seg=n_seg, seg_len=seg_len,
+                Q=chunk), cfg
+
+
+def _state_dtype(x) -> torch.dtype:
+    return torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
+
+
+def _plan(x, B, chunk: int, cu_seqlens, nstates: int) -> dict:
+    """Chunk geometry shared by the forward and the backward: chunk table (packed), segments of stage 1, tiles."""
+    geometry, cfg = _geometry(x, B, chunk, cu_seqlens is not None, nstates)
+    table = last_chunk = first_chunk = None
+    if cu_seqlens is not None:
+        n_table = geometry["n_table"]
+        table, last_chunk, first_chunk = derived(cu_seqlens, "chunk_table", (chunk, n_table),
+                                                 lambda: _chunk_table(cu_seqlens, chunk, n_table))
     return dict(geometry=geometry, table=table, last_chunk=last_chunk, first_chunk=first_chunk, cfg=cfg,
-                precision=mamba_common.dot_precision(x.dtype),
-                state_dtype=torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32)
+                precision=mamba_common.dot_precision(x.dtype), state_dtype=_state_dtype(x))
+
+
+def _saved_shapes(x, B, chunk: int, packed: bool, nstates: int) -> list[tuple[tuple, torch.dtype]]:
+    """(shape, dtype) of the forward's chunk states that the backward reuses (ssd_scan_fwd's last four outputs):
+    s_in, carry_decay, carry_lp ([0] with one segment), dtcs."""
+    geometry, _ = _geometry(x, B, chunk, packed, nstates)
+    bsz, seqlen, nheads, headdim = x.shape
+    n_chunks, n_seg, state = geometry["n_chunks"], geometry["n_seg"], (nheads, headdim, B.shape[3])
+    row_len = geometry["n_table"] * chunk if packed else seqlen
+    return [((n_chunks, *state), _state_dtype(x)), ((n_chunks, nheads), torch.float32),
+            ((n_seg, *state) if n_seg > 1 else (0,), _state_dtype(x)), ((3, bsz, nheads, row_len), torch.float32)]
 
 
 def _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus: bool, plan: dict, final=None):
@@ -150,8 +172,11 @@ def _state_grads(dy, dtcs, C, dfinal, want_dinit: bool, nstates: int, plan: dict
 def ssd_scan_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor], dt_softplus: bool, chunk_size: int,
                  initial_states: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
-                 return_final_states: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (y [B, L, H, P] in x's dtype, final_states [B or S, H, P, N] fp32 (empty [0] unless requested)) (Triton)."""
+                 return_final_states: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                      torch.Tensor, torch.Tensor]:
+    """-> (y [B, L, H, P] in x's dtype, final_states [B or S, H, P, N] fp32 (empty [0] unless requested), and the
+    chunk states for the backward (_saved_shapes: s_in, carry_decay, carry_lp, dtcs; all empty [0] where the
+    backward recomputes them: no tokens, or B not in x's dtype, which the backward casts)) (Triton)."""
     scan_k = mamba_common.kernel_module("ssd_scan_chunk_scan")
     bsz, seqlen, nheads, headdim = x.shape
     dstate = B.shape[3]
@@ -160,10 +185,11 @@ def ssd_scan_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     y = torch.empty(x.shape, dtype=x.dtype, device=dev)
     final = torch.empty(nstates, nheads, headdim, dstate, dtype=torch.float32, device=dev) \
         if return_final_states else None
+    none = [y.new_empty(0, dtype=torch.float32)] * 4
     if seqlen == 0 or y.numel() == 0:
         if final is not None:
             final.copy_(initial_states if initial_states is not None else torch.zeros_like(final))
-        return y, final if final is not None else y.new_empty(0, dtype=torch.float32)
+        return y, final if final is not None else y.new_empty(0, dtype=torch.float32), *none
 
     x, dt, B, C, initial_states = (_unit_last(t) for t in (x, dt, B, C, initial_states))
     A = A.to(torch.float32).contiguous()
@@ -175,9 +201,8 @@ def ssd_scan_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
                                                       final)
     scan_k.chunk_scan_launch(x, dtcs, B, C, D, plan["table"], s_in, carry_decay, carry_lp, y, geometry,
                              plan["cfg"]["chunk_scan"], plan["precision"])
-    if final is None:
-        return y, y.new_empty(0, dtype=torch.float32)
-    return y, final
+    saved = [s_in, carry_decay, carry_lp if carry_lp is not None else none[0], dtcs] if B.dtype == x.dtype else none
+    return y, final if final is not None else y.new_empty(0, dtype=torch.float32), *saved
 
 
 @ssd_scan_fwd.register_fake
@@ -185,19 +210,26 @@ def _(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size, initial_states, cu_se
     nstates = x.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
     final = x.new_empty(nstates, x.shape[2], x.shape[3], B.shape[3], dtype=torch.float32) if return_final_states \
         else x.new_empty(0, dtype=torch.float32)
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device), final
+    kept = x.shape[1] > 0 and x.numel() > 0 and B.dtype == x.dtype
+    saved = [x.new_empty(shape if kept else (0,), dtype=dtype if kept else torch.float32)
+             for shape, dtype in _saved_shapes(x, B, chunk_size, cu_seqlens is not None, nstates)]
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device), final, *saved
 
 
 @kernel_op("nemotron_kernels::ssd_scan_bwd", mutates_args=())
 def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor], dt_softplus: bool, chunk_size: int,
                  initial_states: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor], dy: torch.Tensor,
-                 dfinal: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                          torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                 dfinal: Optional[torch.Tensor], s_in: Optional[torch.Tensor] = None,
+                 carry_decay: Optional[torch.Tensor] = None, carry_lp: Optional[torch.Tensor] = None,
+                 dtcs: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                               torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """dy [B, L, H, P], dfinal [B or S, H, P, N] | None -> (dx, ddt, dA, dB, dC, dD, ddt_bias, dinitial_states), each
     like its input (empty [0] for an absent D / dt_bias / initial_states) (Triton, deterministic).
-    Recomputes the forward chunk states (stages 1-2), passes state gradients backwards (bwd stage 1 + stage 2 on
-    reversed segments), then the chunk-parallel da, dx / ddt / dA / dD, dC and dB kernels."""
+    Takes the forward's chunk states (s_in, carry_decay, carry_lp, dtcs: ssd_scan_fwd's last outputs) or, where
+    they are absent or empty, recomputes them (stages 0-2: one chunk_state pass, ~0.33 ms at B1 L32K); then passes
+    state gradients backwards (bwd stage 1 + stage 2 on reversed segments), then the chunk-parallel da, dx / ddt /
+    dA / dD, dC and dB kernels."""
     bwd_scan_k = mamba_common.kernel_module("ssd_scan_bwd_chunk_scan")
     bsz, seqlen, nheads, headdim = x.shape
     dev = x.device
@@ -222,7 +254,15 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     plan = _plan(x, B, chunk_size, cu_seqlens, nstates)
     geometry, precision = plan["geometry"], plan["precision"]
     n_chunks = geometry["n_chunks"]
-    s_in, carry_decay, carry_lp, dtcs = _chunk_states(x, dt, A32, B, bias32, initial_states, dt_softplus, plan)
+    if s_in is not None and s_in.numel() > 0:       # the forward's, bitwise what stages 0-2 would recompute
+        want = _saved_shapes(x, B, chunk_size, cu_seqlens is not None, nstates)
+        for name, t, (shape, dtype) in zip(("s_in", "carry_decay", "carry_lp", "dtcs"),
+                                           (s_in, carry_decay, carry_lp, dtcs), want):
+            if t is None or tuple(t.shape) != shape or t.dtype != dtype or not t.is_contiguous():
+                raise ValueError(f"ssd_scan_bwd: the forward's {name} must be {shape} {dtype}, contiguous")
+        carry_lp = carry_lp if carry_lp.numel() > 0 else None
+    else:
+        s_in, carry_decay, carry_lp, dtcs = _chunk_states(x, dt, A32, B, bias32, initial_states, dt_softplus, plan)
 
     want_dinit = initial_states is not None
     g_out, gcarry_decay, gcarry, gcarry_lp, dinit, dinit_decay = _state_grads(dy, dtcs, C, dfinal, want_dinit,
@@ -267,32 +307,35 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
 
 
 @ssd_scan_bwd.register_fake
-def _(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size, initial_states, cu_seqlens, dy, dfinal):
+def _(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size, initial_states, cu_seqlens, dy, dfinal, s_in=None,
+      carry_decay=None, carry_lp=None, dtcs=None):
     def like(t):
         return torch.empty(t.shape, dtype=t.dtype, device=t.device) if t is not None else x.new_empty(0)
     return like(x), like(dt), like(A), like(B), like(C), like(D), like(dt_bias), like(initial_states)
 
 
 class SSDScanFn(torch.autograd.Function):
-    """Forward and backward: the Triton kernels (the backward recomputes the chunk states)."""
+    """Forward and backward: the Triton kernels. The backward reuses the forward's chunk states instead of
+    recomputing them: kept while the graph lives, they are x's size at N = chunk (session 24: ~0.33 ms, 7% of the
+    B1 L32K training step)."""
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens, dt_softplus: bool, chunk_size: int,
                 return_final_states: bool):
-        ctx.save_for_backward(x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens)
         ctx.dt_softplus, ctx.chunk_size, ctx.return_final_states = dt_softplus, chunk_size, return_final_states
-        y, final = ssd_scan_fwd(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size, initial_states, cu_seqlens,
-                                return_final_states)
+        y, final, *chunk_states = ssd_scan_fwd(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size, initial_states,
+                                               cu_seqlens, return_final_states)
+        ctx.save_for_backward(x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens, *chunk_states)
         return (y, final) if return_final_states else y
 
     @staticmethod
     def backward(ctx, dy, *dfinal):
-        x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens = ctx.saved_tensors
+        x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens, *chunk_states = ctx.saved_tensors
         dfinal = dfinal[0] if dfinal else None
         if dy is None:
             dy = torch.zeros_like(x)
         grads = ssd_scan_bwd(x, dt, A, B, C, D, dt_bias, ctx.dt_softplus, ctx.chunk_size, initial_states, cu_seqlens,
-                             dy, dfinal)
+                             dy, dfinal, *chunk_states)
         dx, ddt, dA, dB, dC, dD, ddt_bias, dinit = grads
         return (dx, ddt, dA, dB, dC, dD if D is not None else None, ddt_bias if dt_bias is not None else None,
                 dinit if initial_states is not None else None, None, None, None, None)

@@ -197,6 +197,32 @@ def test_interpreter_backward_runs_the_kernels(monkeypatch):
 
 
 @pytest.mark.usefixtures("interpret")
+@pytest.mark.parametrize("cu", [None, [0, 20, 21, 70]])
+def test_interpreter_backward_reuses_the_forward_chunk_states(monkeypatch, cu):
+    """The autograd backward takes the forward's chunk states (stages 0-2 run once per training step, not twice),
+    and its gradients are bitwise those of the backward op recomputing them; a saved state of the wrong shape is
+    refused by name."""
+    import nemotron_kernels.ops.ssd_scan as ssd_ops
+    inputs = make_inputs(16, 1 if cu else 2, 70, 4, 32, 2, 16, torch.float32, cu=cu, init=True)
+    nstates = len(cu) - 1 if cu else 2
+    dy, dfinal = torch.randn(inputs["x"].shape), torch.randn(nstates, 4, 32, 16)
+    calls = []
+    real = ssd_ops._chunk_states
+    monkeypatch.setattr(ssd_ops, "_chunk_states", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got = grads(ssd_scan, inputs, 16, dy, dfinal)
+    assert len(calls) == 1, "the backward recomputed the chunk states"
+    args = [inputs[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")]
+    recomputed = ssd_ops.ssd_scan_bwd(*args, True, 16, inputs["initial_states"], inputs["cu_seqlens"], dy, dfinal)
+    assert len(calls) == 2
+    for k, want in zip(("x", "dt", "A", "B", "C", "D", "dt_bias", "initial_states"), recomputed):
+        assert torch.equal(got[k], want), f"d{k}: the saved chunk states give other gradients than recomputed ones"
+    saved = list(ssd_ops.ssd_scan_fwd(*args, True, 16, inputs["initial_states"], inputs["cu_seqlens"], True)[2:])
+    with pytest.raises(ValueError, match="dtcs"):
+        ssd_ops.ssd_scan_bwd(*args, True, 16, inputs["initial_states"], inputs["cu_seqlens"], dy, dfinal,
+                             *saved[:3], saved[3][:, :, :, 1:])
+
+
+@pytest.mark.usefixtures("interpret")
 def test_interpreter_other_tiles_match_default(monkeypatch):
     """Other tiles of every kernel (two P blocks, whole-chunk row blocks, one head per program) through the op's
     kernel_configs give the default tiles' outputs and gradients up to fp32 rounding (scripts/sweep_ssd.py's path)."""
