@@ -26,7 +26,7 @@ from . import ssd_scan_common
 from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
 from .ssd_scan_common import (_chunk_cs_end, _chunk_dt_grad_scale, _chunk_dtcs, _chunk_info, _chunk_state_full,
-                              _dtcs_span, _past_chunk_end, aot_aligned)
+                              _dtcs_row, _dtcs_span, _past_chunk_end, aot_aligned)
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -94,10 +94,10 @@ def _ssd_bwd_dx_kernel(
 
     for hh in range(HEADS_PER_PROG):
         h = h0 + hh
+        dt_row = _dtcs_row(dtcs_ptr, b, h, nheads, dt_len, dt_pos)
         A = tl.load(A_ptr + h).to(tl.float32)
-        dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos,
-                                       offs_q, q_ok, Q, IS_VARLEN)  # [Q], stage 0's
-        end_hi, end_lo = _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, length, Q, IS_VARLEN)   # cs_Q
+        dt, cs_hi, cs_lo = _chunk_dtcs(dt_row, plane, offs_q, q_ok, Q, IS_VARLEN)  # [Q], stage 0's
+        end_hi, end_lo = _chunk_cs_end(dt_row, plane, length, Q, IS_VARLEN)   # cs_Q
         seg_sum = tl.minimum((cs_hi[:, None] - cs_hi[None, :]) + (cs_lo[:, None] - cs_lo[None, :]), 0.0)
         M = tl.where(causal, CB * tl.exp(seg_sum), 0.0)                                # [Q, Q]: t, s
         to_end = tl.exp((end_hi - cs_hi) + (end_lo - cs_lo))                           # [Q] exp(cs_Q - cs_s)
@@ -211,16 +211,15 @@ def _ssd_bwd_dbc_kernel(
         P_sum = tl.zeros([BLOCK_M, Q], dtype=tl.float32)   # sum over the group's heads of the decayed pair weights
     for hh in range(heads_per_group):
         h = g * heads_per_group + hh
-        dt_m, cs_m_hi, cs_m_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos,
-                                             offs_m, m_ok, Q, IS_VARLEN)  # [BLOCK_M]
+        dt_row = _dtcs_row(dtcs_ptr, b, h, nheads, dt_len, dt_pos)
+        dt_m, cs_m_hi, cs_m_lo = _chunk_dtcs(dt_row, plane, offs_m, m_ok, Q, IS_VARLEN)  # [BLOCK_M]
         R = tl.load(r_ptr + b * stride_r_b + rows_m[:, None] * stride_r_l + h * stride_r_h + offs_p[None, :],
                     mask=m_ok[:, None] & p_ok[None, :], other=0.0)                     # [BLOCK_M, BLOCK_P]
         if IS_DB:
-            end_hi, end_lo = _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, length, Q, IS_VARLEN)   # cs_Q
+            end_hi, end_lo = _chunk_cs_end(dt_row, plane, length, Q, IS_VARLEN)   # cs_Q
             r_scale = tl.exp((end_hi - cs_m_hi) + (end_lo - cs_m_lo)) * dt_m            # exp(cs_Q - cs_s) dt_s
         else:
-            dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos,
-                                           offs_k, k_ok, Q, IS_VARLEN)  # [Q]
+            dt, cs_hi, cs_lo = _chunk_dtcs(dt_row, plane, offs_k, k_ok, Q, IS_VARLEN)  # [Q]
             K = tl.load(x_ptr + b * stride_x_b + rows_k[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
                         mask=k_ok[:, None] & p_ok[None, :], other=0.0)                 # [Q, BLOCK_P]: x_s
             RK = tl.dot(R, tl.trans(K), input_precision=DOT_PRECISION)                 # [BLOCK_M, Q]: dy_t . x_s
@@ -294,8 +293,8 @@ def _ssd_bwd_da_kernel(
     part = da_part_ptr + (tl.cast(gc, tl.int64) * m_blocks + pid_m) * nheads * Q
     for hh in range(HEADS_PER_PROG):
         h = h0 + hh
-        dt_m, cs_m_hi, cs_m_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos,
-                                             offs_m, m_ok, Q, IS_VARLEN)  # [BLOCK_M]
+        dt_row = _dtcs_row(dtcs_ptr, b, h, nheads, dt_len, dt_pos)
+        dt_m, cs_m_hi, cs_m_lo = _chunk_dtcs(dt_row, plane, offs_m, m_ok, Q, IS_VARLEN)  # [BLOCK_M]
         dy = tl.load(dy_ptr + b * stride_dy_b + rows_m[:, None] * stride_dy_l + h * stride_dy_h + offs_p[None, :],
                      mask=m_ok[:, None] & p_ok[None, :], other=0.0)                  # [BLOCK_M, BLOCK_P]
         carry = tl.zeros([BLOCK_M], dtype=tl.float32)                                  # sum_{s < k0} W[t, s]
@@ -307,8 +306,7 @@ def _ssd_bwd_da_kernel(
                           mask=k_ok[:, None] & n_ok[None, :], other=0.0)             # [BLOCK_K, BLOCK_N]
             x = tl.load(x_ptr + b * stride_x_b + rows_k[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
                         mask=k_ok[:, None] & p_ok[None, :], other=0.0)               # [BLOCK_K, BLOCK_P]
-            dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos,
-                                           offs_k, k_ok, Q, IS_VARLEN)  # [BLOCK_K]
+            dt, cs_hi, cs_lo = _chunk_dtcs(dt_row, plane, offs_k, k_ok, Q, IS_VARLEN)  # [BLOCK_K]
             CB = tl.dot(C_m, tl.trans(B_k), input_precision=DOT_PRECISION)             # [BLOCK_M, BLOCK_K]: t, s
             dyx = tl.dot(dy, tl.trans(x), input_precision=DOT_PRECISION)               # [BLOCK_M, BLOCK_K]: t, s
             diff = (cs_m_hi[:, None] - cs_hi[None, :]) + (cs_m_lo[:, None] - cs_lo[None, :])   # cs_t - cs_s

@@ -16,7 +16,7 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import _chunk_cs_end, _chunk_dtcs, _chunk_info, _dtcs_span, aot_aligned, dtcs_len
+from .ssd_scan_common import (_chunk_cs_end, _chunk_dtcs, _chunk_info, _dtcs_row, _dtcs_span, aot_aligned, dtcs_len)
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -71,6 +71,7 @@ def _ssd_bwd_chunk_state_kernel(
         dt_len, dt_pos = _dtcs_span(gc, start, seqlen, n_table, Q, IS_VARLEN)
         b = tl.cast(b, tl.int64)
         seq = tl.cast(seq, tl.int64)
+        dt_row = _dtcs_row(dtcs_ptr, b, h, nheads, dt_len, dt_pos)
         if HAS_DFINAL:
             dfinal = tl.load(dfinal_ptr + seq * stride_df_s + h * stride_df_h + offs_p[:, None] * stride_df_p
                              + offs_n[None, :], mask=pn_ok & last, other=0.0).to(tl.float32)
@@ -86,9 +87,8 @@ def _ssd_bwd_chunk_state_kernel(
 
         rows = (start + offs_q).to(tl.int64)
         q_ok = offs_q < length
-        dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos,
-                                       offs_q, q_ok, Q, IS_VARLEN)  # [Q]
-        end_hi, end_lo = _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, length, Q, IS_VARLEN)   # cs_Q
+        dt, cs_hi, cs_lo = _chunk_dtcs(dt_row, plane, offs_q, q_ok, Q, IS_VARLEN)  # [Q]
+        end_hi, end_lo = _chunk_cs_end(dt_row, plane, length, Q, IS_VARLEN)   # cs_Q
         decay = tl.exp(end_hi + end_lo)
         dy = tl.load(dy_ptr + b * stride_dy_b + rows[:, None] * stride_dy_l + h * stride_dy_h + offs_p[None, :],
                      mask=q_ok[:, None] & p_ok[None, :], other=0.0)                 # [Q, BLOCK_P]

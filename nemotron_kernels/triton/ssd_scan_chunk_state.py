@@ -17,7 +17,7 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import _chunk_cs_end, _chunk_dtcs, _chunk_info, _dtcs_span, aot_aligned, dtcs_len
+from .ssd_scan_common import (_chunk_cs_end, _chunk_dtcs, _chunk_info, _dtcs_row, _dtcs_span, aot_aligned, dtcs_len)
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -71,6 +71,7 @@ def _ssd_chunk_state_kernel(
         dt_len, dt_pos = _dtcs_span(gc, start, seqlen, n_table, Q, IS_VARLEN)
         b = tl.cast(b, tl.int64)
         seq = tl.cast(seq, tl.int64)
+        dt_row = _dtcs_row(dtcs_ptr, b, h, nheads, dt_len, dt_pos)
         if HAS_INIT:
             init = tl.load(init_ptr + seq * stride_init_s + h * stride_init_h + offs_p[:, None] * stride_init_p
                            + offs_n[None, :], mask=pn_ok & first, other=0.0).to(tl.float32)
@@ -91,9 +92,8 @@ def _ssd_chunk_state_kernel(
                     mask=q_ok[:, None] & p_ok[None, :], other=0.0)                   # [Q, BLOCK_P]
         Bt = tl.load(B_ptr + b * stride_B_b + rows[:, None] * stride_B_l + g * stride_B_g + offs_n[None, :],
                      mask=q_ok[:, None] & n_ok[None, :], other=0.0)                  # [Q, BLOCK_N]
-        dt, cs_hi, cs_lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos,
-                                       offs_q, q_ok, Q, IS_VARLEN)  # [Q]
-        end_hi, end_lo = _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, dt_len, dt_pos, length, Q, IS_VARLEN)   # cs_Q
+        dt, cs_hi, cs_lo = _chunk_dtcs(dt_row, plane, offs_q, q_ok, Q, IS_VARLEN)  # [Q]
+        end_hi, end_lo = _chunk_cs_end(dt_row, plane, length, Q, IS_VARLEN)   # cs_Q
         # sum_{s>t} dA_s from the fp64 sums' hi + lo parts: a plain fp32 difference of two long sums cancels badly
         to_end = tl.exp((end_hi - cs_hi) + (end_lo - cs_lo)) * dt                     # [Q]
         total = end_hi + end_lo

@@ -78,15 +78,19 @@ def _dtcs_span(gc, start, seqlen, n_table, Q: tl.constexpr, IS_VARLEN: tl.conste
 
 
 @triton.jit
-def _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, row_len, pos, offs, ok,
-                Q: tl.constexpr, IS_VARLEN: tl.constexpr):
-    """Stage 0's (dt, cs hi, cs lo) of head h at the chunk's rows `offs`, fp32, 0 where not `ok`: dtcs [3, B, H,
-    row_len] (ssd_scan_chunk_cumsum; plane = B * H * row_len; the chunk from `pos`, _dtcs_span), cs the cumulative
-    dt A from the chunk start in fp32 hi + lo parts (exp((hi_t - hi_s) + (lo_t - lo_s)) keeps ~eps * |cs_t - cs_s|,
-    where fp32 sums would lose ~eps * |cs|). Packed, the slot's Q positions are all allocated: they load under the
-    bound Q, which the compiler knows (vector loads), and `ok` (from a loaded length: scalar loads) applies after."""
+def _dtcs_row(dtcs_ptr, b, h, nheads, row_len, pos):
+    """Head h's row of stage 0's dtcs [3, B, H, row_len] (plane 0), at the chunk's first position (_dtcs_span)."""
+    return dtcs_ptr + (b * nheads + h) * row_len + pos
+
+
+@triton.jit
+def _chunk_dtcs(row, plane, offs, ok, Q: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """Stage 0's (dt, cs hi, cs lo) at the chunk's rows `offs` of a head's dtcs row (_dtcs_row), fp32, 0 where not
+    `ok`: dtcs [3, B, H, row_len] (ssd_scan_chunk_cumsum; plane = B * H * row_len), cs the cumulative dt A from the
+    chunk start in fp32 hi + lo parts (exp((hi_t - hi_s) + (lo_t - lo_s)) keeps ~eps * |cs_t - cs_s|, where fp32
+    sums would lose ~eps * |cs|). Packed, the slot's Q positions are all allocated: they load under the bound Q,
+    which the compiler knows (vector loads), and `ok` (from a loaded length: scalar loads) applies after."""
     plane = tl.cast(plane, tl.int64)                          # 3 planes may pass 2^31 elements
-    row = dtcs_ptr + (b * nheads + h) * row_len + pos
     mask = offs < Q if IS_VARLEN else ok
     dt = tl.load(row + offs, mask=mask, other=0.0)
     hi = tl.load(row + plane + offs, mask=mask, other=0.0)
@@ -99,11 +103,9 @@ def _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, row_len, pos, offs, ok,
 
 
 @triton.jit
-def _chunk_cs_end(dtcs_ptr, plane, b, h, nheads, row_len, pos, length, Q: tl.constexpr,
-                  IS_VARLEN: tl.constexpr):
+def _chunk_cs_end(row, plane, length, Q: tl.constexpr, IS_VARLEN: tl.constexpr):
     """cs_Q, the chunk's whole sum of dt A (stage 0's cs at its last token), as fp32 (hi, lo); 0 for an empty slot."""
-    dt_end, hi, lo = _chunk_dtcs(dtcs_ptr, plane, b, h, nheads, row_len, pos, tl.maximum(length - 1, 0), length > 0,
-                                 Q, IS_VARLEN)
+    dt_end, hi, lo = _chunk_dtcs(row, plane, tl.maximum(length - 1, 0), length > 0, Q, IS_VARLEN)
     return hi, lo
 
 
