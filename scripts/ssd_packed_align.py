@@ -1,6 +1,8 @@
-"""Why is the packed da kernel slower per token than the batched one (session 24: 793 vs 665 us, same code)?
-Times every SSD backward kernel (torch profiler) for B1 L32K batched, the bench's 16 packed sequences, and the
-same 16 sequences with lengths rounded up to multiples of the chunk (aligned chunk starts).
+"""The SSD kernels' times (torch profiler, one fwd + bwd step) for B1 L32K batched against the packed variants on
+the bench's 16 sequences, the same rounded up to the chunk, one 32K sequence, and one whose chunk starts are off
+by 64 or 1 token: whether a packed kernel loses to its batched twin, and whether alignment is why. Session 24:
+the packed da ran 26% slower per token on identical input, from dt / cs loads masked by a length loaded from the
+chunk table (scalar where batched used pairs), not from alignment (bench/NOTES.md).
     PYTHONPATH=. python3 scripts/ssd_packed_align.py     # H200
     ncu --profile-from-start off ... python3 scripts/ssd_packed_align.py --ncu   # one profiled step per case"""
 import collections
