@@ -185,7 +185,7 @@ def ssd_scan_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     y = torch.empty(x.shape, dtype=x.dtype, device=dev)
     final = torch.empty(nstates, nheads, headdim, dstate, dtype=torch.float32, device=dev) \
         if return_final_states else None
-    none = [y.new_empty(0, dtype=torch.float32)] * 4
+    none = [y.new_empty(0, dtype=torch.float32) for _ in range(4)]      # distinct: op outputs may not alias
     if seqlen == 0 or y.numel() == 0:
         if final is not None:
             final.copy_(initial_states if initial_states is not None else torch.zeros_like(final))
@@ -210,9 +210,11 @@ def _(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size, initial_states, cu_se
     nstates = x.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
     final = x.new_empty(nstates, x.shape[2], x.shape[3], B.shape[3], dtype=torch.float32) if return_final_states \
         else x.new_empty(0, dtype=torch.float32)
-    kept = x.shape[1] > 0 and x.numel() > 0 and B.dtype == x.dtype
-    saved = [x.new_empty(shape if kept else (0,), dtype=dtype if kept else torch.float32)
-             for shape, dtype in _saved_shapes(x, B, chunk_size, cu_seqlens is not None, nstates)]
+    if x.shape[1] > 0 and x.numel() > 0 and B.dtype == x.dtype:
+        saved = [x.new_empty(shape, dtype=dtype)
+                 for shape, dtype in _saved_shapes(x, B, chunk_size, cu_seqlens is not None, nstates)]
+    else:
+        saved = [x.new_empty(0, dtype=torch.float32) for _ in range(4)]
     return torch.empty(x.shape, dtype=x.dtype, device=x.device), final, *saved
 
 

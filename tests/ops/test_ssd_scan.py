@@ -321,6 +321,10 @@ def test_custom_op_registration():
             inputs["initial_states"], inputs["cu_seqlens"], True)
     torch.library.opcheck(torch.ops.nemotron_kernels.ssd_scan_fwd.default, args,
                           test_utils=("test_schema", "test_faketensor"))
+    empty = make_inputs(4, 2, 0, 2, 16, 1, 16, torch.float32)        # no tokens: no chunk states to keep
+    args = (empty["x"], empty["dt"], empty["A"], empty["B"], empty["C"], None, None, True, 16, None, None, True)
+    torch.library.opcheck(torch.ops.nemotron_kernels.ssd_scan_fwd.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.usefixtures("interpret")
