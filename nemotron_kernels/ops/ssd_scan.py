@@ -318,8 +318,8 @@ def _(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size, initial_states, cu_se
 
 class SSDScanFn(torch.autograd.Function):
     """Forward and backward: the Triton kernels. The backward reuses the forward's chunk states instead of
-    recomputing them: kept while the graph lives, they are x's size at N = chunk (session 24: ~0.33 ms, 7% of the
-    B1 L32K training step)."""
+    recomputing them: kept while the graph lives, they are x's size at N = chunk (predicted ~0.33 ms, 7% of the
+    B1 L32K training step: bench/NOTES.md, session 24)."""
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens, dt_softplus: bool, chunk_size: int,
