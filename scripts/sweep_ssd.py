@@ -267,9 +267,8 @@ def sweep(only: list[str] | None = None, defaults: bool = False, packed: bool = 
 
     def dx(over):
         cfg = dict(base["cfg"]["dx"], **over)
-        outs = (torch.empty_like(x), torch.empty(1, seqlen, H, device="cuda"),
-                torch.empty(n_chunks, H, dtype=torch.float64, device="cuda"),
-                torch.empty(n_chunks, H, dtype=torch.float64, device="cuda"))
+        outs = (torch.empty_like(x), torch.empty(1, seqlen, H, dtype=dt.dtype, device="cuda"),
+                *(torch.empty(n_chunks, H, dtype=torch.float64, device="cuda") for _ in range(3)))   # dA, dD, dbias
         return (lambda: bwd_k.bwd_dx_launch(x, dt, dtcs, A, B, C, D, bias, table, dy, s_in, c_decay, carry, g_out,
                                             g_decay, g_carry, *outs, da_part, geo, True, cfg, prec),
                 lambda _: outs, None)

@@ -273,17 +273,18 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     # chunk-parallel gradients
     cfg = plan["cfg"]
     dx = torch.empty(x.shape, dtype=x.dtype, device=dev)
-    ddt32 = torch.empty(bsz, seqlen, nheads, dtype=torch.float32, device=dev)
+    ddt = torch.empty(bsz, seqlen, nheads, dtype=dt.dtype, device=dev)
     dA_part = torch.empty(n_chunks, nheads, dtype=torch.float64, device=dev)
     dD_part = torch.empty(n_chunks, nheads, dtype=torch.float64, device=dev)
+    dbias_part = torch.empty(n_chunks, nheads, dtype=torch.float64, device=dev) if dt_bias is not None else None
     dB = torch.empty(B.shape, dtype=B_in.dtype, device=dev)
     dC = torch.empty(C.shape, dtype=C_in.dtype, device=dev)
     da_part = torch.empty(n_chunks, bwd_scan_k.da_blocks(chunk_size, cfg["da"]), nheads, chunk_size,
                           dtype=torch.float32, device=dev)
     bwd_scan_k.bwd_da_launch(x, dtcs, plan["table"], dy, B, C, da_part, geometry, cfg["da"], precision)
     bwd_scan_k.bwd_dx_launch(x, dt, dtcs, A32, B, C, D32, bias32, plan["table"], dy, s_in, carry_decay, carry_lp,
-                             g_out, gcarry_decay, gcarry_lp, dx, ddt32, dA_part, dD_part, da_part, geometry,
-                             dt_softplus, cfg["dx"], precision)
+                             g_out, gcarry_decay, gcarry_lp, dx, ddt, dA_part, dD_part, dbias_part, da_part,
+                             geometry, dt_softplus, cfg["dx"], precision)
     pw = torch.empty(n_chunks, B.shape[2], chunk_size, chunk_size, dtype=x.dtype, device=dev)   # dC -> dB
     bwd_scan_k.bwd_dbc_launch(x, dtcs, plan["table"], dy, B, s_in, carry_decay, carry_lp, pw, dC, False, geometry,
                               cfg["dc"], precision)
@@ -295,7 +296,7 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     if D is not None:
         out_dD = dD_part.sum(0).to(D.dtype)
     if dt_bias is not None:
-        out_dbias = ddt32.sum((0, 1), dtype=torch.float64).to(dt_bias.dtype)
+        out_dbias = dbias_part.sum(0).to(dt_bias.dtype)
     if want_dinit:
         # completed with the gradient entering the segment of each sequence's first chunk; an empty sequence passes
         # its final-state gradient through to its initial state
@@ -305,7 +306,7 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
         dinit = dinit.to(initial_states.dtype)
     else:
         dinit = x.new_empty(0)
-    return dx, ddt32.to(dt.dtype), out_dA, dB, dC, out_dD, out_dbias, dinit
+    return dx, ddt, out_dA, dB, dC, out_dD, out_dbias, dinit
 
 
 @ssd_scan_bwd.register_fake

@@ -40,8 +40,8 @@ def _ssd_bwd_dx_kernel(
     s_in_ptr, carry_decay_ptr, carry_ptr,       # forward: S_in from the segment start, decay, carry (state dtype)
     g_out_ptr, gcarry_decay_ptr, gcarry_ptr,    # backward stage 1: G from the segment end, decay, carry (reversed)
     dx_ptr,                                     # [B, L, H, P] x's dtype
-    ddt_ptr,                                    # [B, L, H] fp32, gradient of the raw dt input
-    dA_part_ptr, dD_part_ptr,                   # [n_chunks, H] fp64 partial sums
+    ddt_ptr,                                    # [B, L, H] dt's dtype, gradient of the raw dt input
+    dA_part_ptr, dD_part_ptr, dbias_part_ptr,   # [n_chunks, H] fp64 partial sums (dbias: with HAS_DT_BIAS)
     da_part_ptr,                                # [n_chunks, M_BLOCKS, H, Q] fp32 intra-chunk parts of da (da kernel)
     seqlen, n_table, chunks_per_row, seg_len, n_seg, headdim, dstate, heads_per_group, nheads, plane,
     stride_x_b, stride_x_l, stride_x_h,
@@ -68,6 +68,8 @@ def _ssd_bwd_dx_kernel(
         for hh in range(HEADS_PER_PROG):
             tl.store(dA_part_ptr + tl.cast(gc, tl.int64) * nheads + h0 + hh, 0.0)
             tl.store(dD_part_ptr + tl.cast(gc, tl.int64) * nheads + h0 + hh, 0.0)
+            if HAS_DT_BIAS:
+                tl.store(dbias_part_ptr + tl.cast(gc, tl.int64) * nheads + h0 + hh, 0.0)
         return
     b = tl.cast(b, tl.int64)
     dtype = x_ptr.dtype.element_ty
@@ -141,7 +143,7 @@ def _ssd_bwd_dx_kernel(
         ddt = tl.sum(xf * dxpre, axis=1) + A * da
         ddt *= _chunk_dt_grad_scale(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l, offs_q,
                                     HAS_DT_BIAS, DT_SOFTPLUS)
-        tl.store(ddt_ptr + b * stride_ddt_b + rows * stride_ddt_l + h, ddt, mask=q_ok)
+        tl.store(ddt_ptr + b * stride_ddt_b + rows * stride_ddt_l + h, ddt.to(ddt_ptr.dtype.element_ty), mask=q_ok)
         if HAS_D:
             dx += tl.load(D_ptr + h).to(tl.float32) * dyf
         tl.store(dx_ptr + b * stride_dx_b + rows[:, None] * stride_dx_l + h * stride_dx_h + offs_p[None, :],
@@ -149,6 +151,8 @@ def _ssd_bwd_dx_kernel(
         # per-head sums over every token: fp64 partials (then summed in fp64), below fp32 summation-order noise
         tl.store(dA_part_ptr + head_chunk, tl.sum(tl.where(q_ok, dt.to(tl.float64) * da.to(tl.float64), 0.0), axis=0))
         tl.store(dD_part_ptr + head_chunk, tl.sum(tl.sum(dyf * xf, axis=1).to(tl.float64), axis=0))
+        if HAS_DT_BIAS:   # ddt_bias = sum of the fp32 ddt over tokens (before ddt is rounded to dt's dtype)
+            tl.store(dbias_part_ptr + head_chunk, tl.sum(tl.where(q_ok, ddt, 0.0).to(tl.float64), axis=0))
 
 
 @triton.jit
@@ -347,11 +351,11 @@ def _common_args(x, geometry: dict, n_seg: int):
 
 
 def bwd_dx_launch(x, dt, dtcs, A, B, C, D, dt_bias, table, dy, s_in, carry_decay, carry, g_out, gcarry_decay,
-                  gcarry, dx, ddt, dA_part, dD_part, da_part, geometry: dict, dt_softplus: bool, cfg: dict,
+                  gcarry, dx, ddt, dA_part, dD_part, dbias_part, da_part, geometry: dict, dt_softplus: bool, cfg: dict,
                   dot_precision: str):
-    """dx, ddt, per-chunk dA / dD sums at the tile `cfg` (bwd_config's "dx"); runs after the da launch, which writes
-    da_part. dtcs: stage 0's [3, B, H, L]; dt and dt_bias only for softplus' derivative. -> the launched
-    CompiledKernel."""
+    """dx, ddt (in ddt's dtype), per-chunk dA / dD / dt_bias sums (dbias_part: None without dt_bias) at the tile
+    `cfg` (bwd_config's "dx"); runs after the da launch, which writes da_part. dtcs: stage 0's [3, B, H, L]; dt
+    and dt_bias only for softplus' derivative. -> the launched CompiledKernel."""
     nheads = x.shape[2]
     ngroups, dstate = B.shape[2], B.shape[3]
     for name, t in (("x", x), ("B", B), ("C", C), ("dy", dy), ("dx", dx)):
@@ -363,7 +367,8 @@ def bwd_dx_launch(x, dt, dtcs, A, B, C, D, dt_bias, table, dy, s_in, carry_decay
     return _ssd_bwd_dx_kernel[grid](
         x, dt, dtcs, A, B, C, D if D is not None else A, dt_bias if dt_bias is not None else A,
         table if table is not None else A, dy, s_in, carry_decay, carry if has_carry else s_in,
-        g_out, gcarry_decay, gcarry if has_carry else g_out, dx, ddt, dA_part, dD_part, da_part,
+        g_out, gcarry_decay, gcarry if has_carry else g_out, dx, ddt, dA_part, dD_part,
+        dbias_part if dt_bias is not None else dD_part, da_part,
         *_common_args(x, geometry, geometry["n_seg"]), dstate, hpg, nheads, dtcs[0].numel(),
         x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1), B.stride(2),
         C.stride(0), C.stride(1), C.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
@@ -444,7 +449,8 @@ def aot_compile_all(cfg: dict | None = None):
     dx_sig = dict(common, dt_ptr="*bf16", A_ptr="*fp32", dt_bias_ptr="*fp32", stride_dt_b="i64", stride_dt_l="i64",
                   B_ptr="*bf16", C_ptr="*bf16", D_ptr="*fp32", s_in_ptr="*bf16", carry_decay_ptr="*fp32",
                   carry_ptr="*bf16", g_out_ptr="*bf16", gcarry_decay_ptr="*fp32", gcarry_ptr="*bf16",
-                  dx_ptr="*bf16", ddt_ptr="*fp32", dA_part_ptr="*fp64", dD_part_ptr="*fp64", da_part_ptr="*fp32",
+                  dx_ptr="*bf16", ddt_ptr="*bf16", dA_part_ptr="*fp64", dD_part_ptr="*fp64", dbias_part_ptr="*fp64",
+                  da_part_ptr="*fp32",
                   stride_B_b="i64", stride_B_l="i64", stride_B_g="i32", stride_C_b="i64", stride_C_l="i64",
                   stride_C_g="i32", stride_dx_b="i64", stride_dx_l="i64", stride_dx_h="i32", stride_ddt_b="i64",
                   stride_ddt_l="i64")
