@@ -236,16 +236,14 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     bsz, seqlen, nheads, headdim = x.shape
     dev = x.device
     nstates = bsz if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    out_dA = torch.zeros(A.shape, dtype=A.dtype, device=dev)
-    out_dD = torch.zeros(D.shape, dtype=D.dtype, device=dev) if D is not None else x.new_empty(0)
-    out_dbias = torch.zeros(dt_bias.shape, dtype=dt_bias.dtype, device=dev) if dt_bias is not None else x.new_empty(0)
     if seqlen == 0 or x.numel() == 0:
         dinit = x.new_empty(0)
         if initial_states is not None:
             dinit = dfinal.to(initial_states.dtype, copy=True) if dfinal is not None \
                 else torch.zeros_like(initial_states)
-        return (torch.zeros_like(x), torch.zeros_like(dt), out_dA, torch.zeros_like(B), torch.zeros_like(C), out_dD,
-                out_dbias, dinit)
+        return (torch.zeros_like(x), torch.zeros_like(dt), torch.zeros_like(A), torch.zeros_like(B),
+                torch.zeros_like(C), torch.zeros_like(D) if D is not None else x.new_empty(0),
+                torch.zeros_like(dt_bias) if dt_bias is not None else x.new_empty(0), dinit)
 
     B_in, C_in = B, C
     x, dt, initial_states, dfinal = (_unit_last(t) for t in (x, dt, initial_states, dfinal))
@@ -274,16 +272,16 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     cfg = plan["cfg"]
     dx = torch.empty(x.shape, dtype=x.dtype, device=dev)
     ddt = torch.empty(bsz, seqlen, nheads, dtype=dt.dtype, device=dev)
-    dA_part = torch.empty(n_chunks, nheads, dtype=torch.float64, device=dev)
-    dD_part = torch.empty(n_chunks, nheads, dtype=torch.float64, device=dev)
-    dbias_part = torch.empty(n_chunks, nheads, dtype=torch.float64, device=dev) if dt_bias is not None else None
+    # per-chunk fp64 partial sums of dA, dD (and ddt_bias), written by dx: one buffer, reduced by one launch
+    parts = torch.empty(2 if dt_bias is None else 3, n_chunks, nheads, dtype=torch.float64, device=dev)
     dB = torch.empty(B.shape, dtype=B_in.dtype, device=dev)
     dC = torch.empty(C.shape, dtype=C_in.dtype, device=dev)
     da_part = torch.empty(n_chunks, bwd_scan_k.da_blocks(chunk_size, cfg["da"]), nheads, chunk_size,
                           dtype=torch.float32, device=dev)
     bwd_scan_k.bwd_da_launch(x, dtcs, plan["table"], dy, B, C, da_part, geometry, cfg["da"], precision)
     bwd_scan_k.bwd_dx_launch(x, dt, dtcs, A32, B, C, D32, bias32, plan["table"], dy, s_in, carry_decay, carry_lp,
-                             g_out, gcarry_decay, gcarry_lp, dx, ddt, dA_part, dD_part, dbias_part, da_part,
+                             g_out, gcarry_decay, gcarry_lp, dx, ddt, parts[0], parts[1],
+                             parts[2] if dt_bias is not None else None, da_part,
                              geometry, dt_softplus, cfg["dx"], precision)
     pw = torch.empty(n_chunks, B.shape[2], chunk_size, chunk_size, dtype=x.dtype, device=dev)   # dC -> dB
     bwd_scan_k.bwd_dbc_launch(x, dtcs, plan["table"], dy, B, s_in, carry_decay, carry_lp, pw, dC, False, geometry,
@@ -292,11 +290,10 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
                               cfg["db"], precision)
 
     # parameter gradients: fixed-order fp64 torch reductions of per-chunk partial sums (deterministic)
-    out_dA = dA_part.sum(0).to(A.dtype)
-    if D is not None:
-        out_dD = dD_part.sum(0).to(D.dtype)
-    if dt_bias is not None:
-        out_dbias = dbias_part.sum(0).to(dt_bias.dtype)
+    sums = parts.sum(1)                                                                # [2 or 3, H] fp64
+    out_dA = sums[0].to(A.dtype, copy=True)           # copies: op outputs may not alias each other
+    out_dD = sums[1].to(D.dtype, copy=True) if D is not None else x.new_empty(0)
+    out_dbias = sums[2].to(dt_bias.dtype, copy=True) if dt_bias is not None else x.new_empty(0)
     if want_dinit:
         # completed with the gradient entering the segment of each sequence's first chunk; an empty sequence passes
         # its final-state gradient through to its initial state
