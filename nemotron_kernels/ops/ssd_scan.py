@@ -62,7 +62,8 @@ def kernel_configs(nheads: int, headdim: int, ngroups: int, dstate: int, chunk: 
 
 def _geometry(x, B, chunk: int, packed: bool, nstates: int) -> tuple[dict, dict]:
     """(geometry, tiles) from shapes alone (no launch: the fake ops size their outputs with it): chunk slots, the
-    segments of stage 1, each kernel's tile."""
+    segments of stage 1, the length of stage 0's dtcs rows (ssd_scan_common._dtcs_span: the tokens batched, the
+    slots x chunk packed), each kernel's tile."""
     state_k = mamba_common.kernel_module("ssd_scan_chunk_state")
     bsz, seqlen, nheads, headdim = x.shape
     if packed:
@@ -77,7 +78,7 @@ def _geometry(x, B, chunk: int, packed: bool, nstates: int) -> tuple[dict, dict]
     n_seg, seg_len = state_k.segments(n_chunks, nheads, cdiv(headdim, st_cfg["BLOCK_P"]),
                                       sm * st_cfg["programs_per_sm"])
     return dict(n_chunks=n_chunks, n_table=n_table, chunks_per_row=chunks_per_row, n_seg=n_seg, seg_len=seg_len,
-                Q=chunk), cfg
+                Q=chunk, dtcs_len=n_table * chunk if packed else seqlen), cfg
 
 
 def _state_dtype(x) -> torch.dtype:
@@ -96,15 +97,14 @@ def _plan(x, B, chunk: int, cu_seqlens, nstates: int) -> dict:
                 precision=mamba_common.dot_precision(x.dtype), state_dtype=_state_dtype(x))
 
 
-def _saved_shapes(x, B, chunk: int, packed: bool, nstates: int) -> list[tuple[tuple, torch.dtype]]:
+def _saved_shapes(x, B, geometry: dict) -> list[tuple[tuple, torch.dtype]]:
     """(shape, dtype) of the forward's chunk states that the backward reuses (ssd_scan_fwd's last four outputs):
     s_in, carry_decay, carry_lp ([0] with one segment), dtcs."""
-    geometry, _ = _geometry(x, B, chunk, packed, nstates)
-    bsz, seqlen, nheads, headdim = x.shape
+    bsz, _, nheads, headdim = x.shape
     n_chunks, n_seg, state = geometry["n_chunks"], geometry["n_seg"], (nheads, headdim, B.shape[3])
-    row_len = geometry["n_table"] * chunk if packed else seqlen
     return [((n_chunks, *state), _state_dtype(x)), ((n_chunks, nheads), torch.float32),
-            ((n_seg, *state) if n_seg > 1 else (0,), _state_dtype(x)), ((3, bsz, nheads, row_len), torch.float32)]
+            ((n_seg, *state) if n_seg > 1 else (0,), _state_dtype(x)),
+            ((3, bsz, nheads, geometry["dtcs_len"]), torch.float32)]
 
 
 def _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus: bool, plan: dict, final=None):
@@ -211,8 +211,8 @@ def _(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size, initial_states, cu_se
     final = x.new_empty(nstates, x.shape[2], x.shape[3], B.shape[3], dtype=torch.float32) if return_final_states \
         else x.new_empty(0, dtype=torch.float32)
     if x.shape[1] > 0 and x.numel() > 0 and B.dtype == x.dtype:
-        saved = [x.new_empty(shape, dtype=dtype)
-                 for shape, dtype in _saved_shapes(x, B, chunk_size, cu_seqlens is not None, nstates)]
+        geometry, _ = _geometry(x, B, chunk_size, cu_seqlens is not None, nstates)
+        saved = [x.new_empty(shape, dtype=dtype) for shape, dtype in _saved_shapes(x, B, geometry)]
     else:
         saved = [x.new_empty(0, dtype=torch.float32) for _ in range(4)]
     return torch.empty(x.shape, dtype=x.dtype, device=x.device), final, *saved
@@ -255,7 +255,7 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     geometry, precision = plan["geometry"], plan["precision"]
     n_chunks = geometry["n_chunks"]
     if s_in is not None and s_in.numel() > 0:       # the forward's, bitwise what stages 0-2 would recompute
-        want = _saved_shapes(x, B, chunk_size, cu_seqlens is not None, nstates)
+        want = _saved_shapes(x, B, geometry)
         for name, t, (shape, dtype) in zip(("s_in", "carry_decay", "carry_lp", "dtcs"),
                                            (s_in, carry_decay, carry_lp, dtcs), want):
             if t is None or tuple(t.shape) != shape or t.dtype != dtype or not t.is_contiguous():

@@ -16,7 +16,7 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import (_chunk_cs_end, _chunk_dtcs, _chunk_info, _dtcs_row, _dtcs_span, aot_aligned, dtcs_len)
+from .ssd_scan_common import _chunk_cs_end, _chunk_dtcs, _chunk_info, _dtcs_row, _dtcs_span, aot_aligned
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -116,7 +116,7 @@ def bwd_chunk_state_launch(dy, dtcs, C, dfinal, table, g_out, gcarry_decay, seg_
     _, seqlen, nheads, headdim = dy.shape
     ngroups, dstate = C.shape[2], C.shape[3]
     assert dy.stride(3) == 1 and C.stride(3) == 1, "ssd_scan bwd chunk_state: dy, C need a unit last stride"
-    row_len = dtcs_len(seqlen, geometry["n_table"], geometry["Q"], table is not None)
+    row_len = geometry["dtcs_len"]
     assert dtcs.is_contiguous() and dtcs.shape == (3, dy.shape[0], nheads, row_len), "ssd_scan bwd: stage 0's dtcs"
     assert dfinal is None or dfinal.stride(3) == 1, "ssd_scan bwd: dfinal needs a unit N stride"
     assert g_out.is_contiguous() and seg_g.is_contiguous(), "ssd_scan bwd: state buffers must be contiguous"

@@ -15,7 +15,7 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import _chunk_dt, _chunk_info, _dtcs_span, aot_aligned, dtcs_len
+from .ssd_scan_common import _chunk_dt, _chunk_info, _dtcs_span, aot_aligned
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -122,10 +122,10 @@ def block_h(nheads: int) -> int:
 
 def chunk_cumsum_launch(dt, A, dt_bias, table, geometry: dict, dt_softplus: bool) -> torch.Tensor:
     """Stage 0 over all chunks. dt [B, L, H] (unit H stride), A [H] fp32 -> dtcs [3, B, H, L] fp32, packed
-    [3, 1, H, n_table Q] (dtcs_len)."""
+    [3, 1, H, n_table Q] (geometry["dtcs_len"])."""
     bsz, seqlen, nheads = dt.shape
     assert dt.stride(2) == 1, "ssd_scan chunk_cumsum: dt needs a unit head stride"
-    row_len = dtcs_len(seqlen, geometry["n_table"], geometry["Q"], table is not None)
+    row_len = geometry["dtcs_len"]
     dtcs = torch.empty(3, bsz, nheads, row_len, dtype=torch.float32, device=dt.device)
     bh = block_h(nheads)
     _ssd_chunk_cumsum_kernel[(geometry["n_chunks"], cdiv(nheads, bh))](

@@ -16,7 +16,7 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import (_chunk_dtcs, _chunk_info, _dtcs_row, _dtcs_span, _past_chunk_end, aot_aligned, dtcs_len)
+from .ssd_scan_common import _chunk_dtcs, _chunk_info, _dtcs_row, _dtcs_span, _past_chunk_end, aot_aligned
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -176,7 +176,7 @@ def chunk_scan_launch(x, dtcs, B, C, D, table, s_in, carry_decay, carry, y, geom
     ngroups, dstate = B.shape[2], B.shape[3]
     assert x.stride(3) == 1 and B.stride(3) == 1 and C.stride(3) == 1 and y.stride(3) == 1, \
         "ssd_scan chunk_scan: x, B, C, y need a unit last stride"
-    row_len = dtcs_len(seqlen, geometry["n_table"], geometry["Q"], table is not None)
+    row_len = geometry["dtcs_len"]
     assert dtcs.is_contiguous() and dtcs.shape == (3, x.shape[0], nheads, row_len), \
         "ssd_scan chunk_scan: stage 0's dtcs"
     hpg = nheads // ngroups

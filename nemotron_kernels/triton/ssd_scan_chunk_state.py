@@ -17,7 +17,7 @@ import triton.language as tl
 from . import ssd_scan_common
 from .common import cdiv, next_power_of_2
 from .mamba_common import dep_tokens, interpreting
-from .ssd_scan_common import (_chunk_cs_end, _chunk_dtcs, _chunk_info, _dtcs_row, _dtcs_span, aot_aligned, dtcs_len)
+from .ssd_scan_common import _chunk_cs_end, _chunk_dtcs, _chunk_info, _dtcs_row, _dtcs_span, aot_aligned
 
 INTERPRETED = interpreting()
 LOAD_TOKEN = object()
@@ -148,7 +148,7 @@ def chunk_state_launch(x, dtcs, B, initial_states, table, s_in, carry_decay, seg
     _, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     assert x.stride(3) == 1 and B.stride(3) == 1, "ssd_scan chunk_state: x, B need a unit last stride"
-    row_len = dtcs_len(seqlen, geometry["n_table"], geometry["Q"], table is not None)
+    row_len = geometry["dtcs_len"]
     assert dtcs.is_contiguous() and dtcs.shape == (3, x.shape[0], nheads, row_len), \
         "ssd_scan chunk_state: stage 0's dtcs"
     assert initial_states is None or initial_states.stride(3) == 1, "ssd_scan: initial_states needs a unit N stride"

@@ -139,11 +139,6 @@ def _chunk_state_full(state_ptr, decay_ptr, carry_ptr, head_chunk, carry_head, s
     return S
 
 
-def dtcs_len(seqlen: int, n_table: int, chunk: int, packed: bool) -> int:
-    """The length of stage 0's dtcs rows (_dtcs_span): the tokens batched, the table's slots x chunk packed."""
-    return n_table * chunk if packed else seqlen
-
-
 def aot_aligned(varlen: bool) -> tuple[str, ...]:
     """The int arguments the JIT launcher finds divisible by 16 (and so specialises) at Nemotron-H's shapes: B1 L32K
     batched, or the bench's 16 packed sequences (31,280 tokens, 260 table slots). Given to aot_compile, the AOT
