@@ -4,6 +4,7 @@ by 64 or 1 token: whether a packed kernel loses to its batched twin, and whether
 the packed da ran 26% slower per token on identical input, from dt / cs loads masked by a length loaded from the
 chunk table (scalar where batched used pairs), not from alignment (bench/NOTES.md).
     PYTHONPATH=. python3 scripts/ssd_packed_align.py     # H200
+    PYTHONPATH=. python3 scripts/ssd_packed_align.py --quick     # batched and the bench's packed case only (A/Bs)
     ncu --profile-from-start off ... python3 scripts/ssd_packed_align.py --ncu   # one profiled step per case"""
 import collections
 import sys
@@ -38,6 +39,8 @@ def profile(name, cu):
 
 profile("batched", None)
 profile("packed", packed_cu())
+if "--quick" in sys.argv:
+    sys.exit(0)
 profile("packed, lengths rounded up to the chunk", packed_cu([-(-n // CHUNK) * CHUNK for n in PACKED_LENGTHS]))
 profile("packed, one sequence", [0, 32768])
 profile("packed, 64 then 32704 tokens (chunk starts off by 64)", [0, 64, 32768])
