@@ -87,8 +87,8 @@ def _ssd_bwd_chunk_state_kernel(
 
         rows = (start + offs_q).to(tl.int64)
         q_ok = offs_q < length
-        dt, cs_hi, cs_lo = _chunk_dtcs(dt_row, plane, offs_q, q_ok, Q, IS_VARLEN)  # [Q]
-        end_hi, end_lo = _chunk_cs_end(dt_row, plane, length, Q, IS_VARLEN)   # cs_Q
+        dt, cs_hi, cs_lo = _chunk_dtcs(dt_row, plane, offs_q, q_ok, Q, False)  # [Q]
+        end_hi, end_lo = _chunk_cs_end(dt_row, plane, length)   # cs_Q
         decay = tl.exp(end_hi + end_lo)
         dy = tl.load(dy_ptr + b * stride_dy_b + rows[:, None] * stride_dy_l + h * stride_dy_h + offs_p[None, :],
                      mask=q_ok[:, None] & p_ok[None, :], other=0.0)                 # [Q, BLOCK_P]
