@@ -152,7 +152,7 @@ def _ssd_bwd_dx_kernel(
         tl.store(dA_part_ptr + head_chunk, tl.sum(tl.where(q_ok, dt.to(tl.float64) * da.to(tl.float64), 0.0), axis=0))
         tl.store(dD_part_ptr + head_chunk, tl.sum(tl.sum(dyf * xf, axis=1).to(tl.float64), axis=0))
         if HAS_DT_BIAS:   # ddt_bias = sum of the fp32 ddt over tokens (before ddt is rounded to dt's dtype)
-            tl.store(dbias_part_ptr + head_chunk, tl.sum(tl.where(q_ok, ddt, 0.0).to(tl.float64), axis=0))
+            tl.store(dbias_part_ptr + head_chunk, tl.sum(tl.where(q_ok, ddt, 0.0), axis=0).to(tl.float64))
 
 
 @triton.jit
