@@ -144,6 +144,8 @@ def _ssd_bwd_dx_kernel(
         ddt *= _chunk_dt_grad_scale(dt_ptr, dt_bias_ptr, b * stride_dt_b, start, length, h, stride_dt_l, offs_q,
                                     HAS_DT_BIAS, DT_SOFTPLUS)
         tl.store(ddt_ptr + b * stride_ddt_b + rows * stride_ddt_l + h, ddt.to(ddt_ptr.dtype.element_ty), mask=q_ok)
+        if HAS_DT_BIAS:   # ddt_bias = sum of the fp32 ddt over tokens (before ddt is rounded to dt's dtype)
+            tl.store(dbias_part_ptr + head_chunk, tl.sum(tl.where(q_ok, ddt, 0.0), axis=0).to(tl.float64))
         if HAS_D:
             dx += tl.load(D_ptr + h).to(tl.float32) * dyf
         tl.store(dx_ptr + b * stride_dx_b + rows[:, None] * stride_dx_l + h * stride_dx_h + offs_p[None, :],
@@ -152,8 +154,6 @@ def _ssd_bwd_dx_kernel(
         # the kernel cost dx 26-50 us on the H200, session 25)
         tl.store(dA_part_ptr + head_chunk, tl.sum(tl.where(q_ok, dt * da, 0.0), axis=0).to(tl.float64))
         tl.store(dD_part_ptr + head_chunk, tl.sum(tl.sum(dyf * xf, axis=1), axis=0).to(tl.float64))
-        if HAS_DT_BIAS:   # ddt_bias = sum of the fp32 ddt over tokens (before ddt is rounded to dt's dtype)
-            tl.store(dbias_part_ptr + head_chunk, tl.sum(tl.where(q_ok, ddt, 0.0), axis=0).to(tl.float64))
 
 
 @triton.jit
