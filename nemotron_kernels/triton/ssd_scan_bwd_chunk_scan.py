@@ -150,8 +150,8 @@ def _ssd_bwd_dx_kernel(
             dx += tl.load(D_ptr + h).to(tl.float32) * dyf
         tl.store(dx_ptr + b * stride_dx_b + rows[:, None] * stride_dx_l + h * stride_dx_h + offs_p[None, :],
                  dx.to(dx_ptr.dtype.element_ty), mask=qp_ok)
-        # per-head sums over every token: a chunk's 128 terms in fp32, the chunks' partials in fp64 (fp64 sums in
-        # the kernel cost dx 26-50 us on the H200, session 25)
+        # per-head sums over every token: a chunk's 128 terms in fp32, the chunks' partials in fp64. Where these
+        # sums sit and their precision moved dx by up to 50 us on the H200 (session 25's A/Bs, bench/NOTES.md)
         tl.store(dA_part_ptr + head_chunk, tl.sum(tl.where(q_ok, dt * da, 0.0), axis=0).to(tl.float64))
         tl.store(dD_part_ptr + head_chunk, tl.sum(tl.sum(dyf * xf, axis=1), axis=0).to(tl.float64))
 
