@@ -107,6 +107,12 @@ def _saved_shapes(x, B, geometry: dict) -> list[tuple[tuple, torch.dtype]]:
             ((3, bsz, nheads, geometry["dtcs_len"]), torch.float32)]
 
 
+def _no_saved(x) -> list[torch.Tensor]:
+    """ssd_scan_fwd's chunk-state outputs where the backward recomputes them: four distinct (op outputs may not
+    alias) empty fp32 tensors."""
+    return [x.new_empty(0, dtype=torch.float32) for _ in range(4)]
+
+
 def _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus: bool, plan: dict, final=None):
     """Forward stages 0-2: (s_in [n_chunks, H, P, N] state dtype, carry_decay [n_chunks, H] fp32, carry_lp
     [n_seg, H, P, N] state dtype | None with one segment, dtcs [3, B, H, L] fp32: stage 0's dt and cumulative dt A
@@ -185,11 +191,10 @@ def ssd_scan_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     y = torch.empty(x.shape, dtype=x.dtype, device=dev)
     final = torch.empty(nstates, nheads, headdim, dstate, dtype=torch.float32, device=dev) \
         if return_final_states else None
-    none = [y.new_empty(0, dtype=torch.float32) for _ in range(4)]      # distinct: op outputs may not alias
     if seqlen == 0 or y.numel() == 0:
         if final is not None:
             final.copy_(initial_states if initial_states is not None else torch.zeros_like(final))
-        return y, final if final is not None else y.new_empty(0, dtype=torch.float32), *none
+        return y, final if final is not None else y.new_empty(0, dtype=torch.float32), *_no_saved(x)
 
     x, dt, B, C, initial_states = (_unit_last(t) for t in (x, dt, B, C, initial_states))
     A = A.to(torch.float32).contiguous()
@@ -201,7 +206,9 @@ def ssd_scan_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
                                                       final)
     scan_k.chunk_scan_launch(x, dtcs, B, C, D, plan["table"], s_in, carry_decay, carry_lp, y, geometry,
                              plan["cfg"]["chunk_scan"], plan["precision"])
-    saved = [s_in, carry_decay, carry_lp if carry_lp is not None else none[0], dtcs] if B.dtype == x.dtype else none
+    # one segment: no carry, an empty one in the state dtype (_saved_shapes)
+    saved = [s_in, carry_decay, carry_lp if carry_lp is not None else s_in.new_empty(0), dtcs] \
+        if B.dtype == x.dtype else _no_saved(x)
     return y, final if final is not None else y.new_empty(0, dtype=torch.float32), *saved
 
 
@@ -214,7 +221,7 @@ def _(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size, initial_states, cu_se
         geometry, _ = _geometry(x, B, chunk_size, cu_seqlens is not None, nstates)
         saved = [x.new_empty(shape, dtype=dtype) for shape, dtype in _saved_shapes(x, B, geometry)]
     else:
-        saved = [x.new_empty(0, dtype=torch.float32) for _ in range(4)]
+        saved = _no_saved(x)
     return torch.empty(x.shape, dtype=x.dtype, device=x.device), final, *saved
 
 

@@ -223,6 +223,26 @@ def test_interpreter_backward_reuses_the_forward_chunk_states(monkeypatch, cu):
 
 
 @pytest.mark.usefixtures("interpret")
+def test_interpreter_bf16_single_segment_backward_takes_the_saved_states(monkeypatch):
+    """bf16 keeps its chunk states in bf16, and one segment has no carry: the forward's empty carry must be the
+    state dtype the backward checks for (it was fp32, and the training step raised). Values are not compared: the
+    interpreter's bf16 dots are not the GPU's (the GPU tests cover bf16 values)."""
+    import nemotron_kernels.ops.ssd_scan as ssd_ops
+    inputs = make_inputs(17, 1, 10, 2, 16, 1, 16, torch.bfloat16)
+    calls = []
+    real = ssd_ops._chunk_states
+    monkeypatch.setattr(ssd_ops, "_chunk_states", lambda *a, **k: calls.append(1) or real(*a, **k))
+    leaves = {k: inputs[k].detach().requires_grad_() for k in ("x", "dt", "B", "C")}
+    inp = {**inputs, **leaves}
+    # the autograd Function itself: on the CPU the public op sends bf16 to the reference
+    y = ssd_ops.SSDScanFn.apply(*(inp[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")), None, None, True, 16,
+                                False)
+    y.float().sum().backward()
+    assert len(calls) == 1, "the backward recomputed the chunk states"
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in leaves.values())
+
+
+@pytest.mark.usefixtures("interpret")
 def test_interpreter_other_tiles_match_default(monkeypatch):
     """Other tiles of every kernel (two P blocks, whole-chunk row blocks, one head per program) through the op's
     kernel_configs give the default tiles' outputs and gradients up to fp32 rounding (scripts/sweep_ssd.py's path)."""
@@ -319,6 +339,11 @@ def test_custom_op_registration():
     inputs = make_inputs(4, 1, 20, 2, 16, 1, 16, torch.float32, cu=[0, 7, 20], init=True)
     args = (inputs["x"], inputs["dt"], inputs["A"], inputs["B"], inputs["C"], inputs["D"], inputs["dt_bias"], True, 16,
             inputs["initial_states"], inputs["cu_seqlens"], True)
+    torch.library.opcheck(torch.ops.nemotron_kernels.ssd_scan_fwd.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+    # bf16 keeps its chunk states in bf16, also the empty carry of a single segment (test_faketensor: metadata)
+    half = make_inputs(4, 1, 10, 2, 16, 1, 16, torch.bfloat16)
+    args = (half["x"], half["dt"], half["A"], half["B"], half["C"], None, None, True, 16, None, None, True)
     torch.library.opcheck(torch.ops.nemotron_kernels.ssd_scan_fwd.default, args,
                           test_utils=("test_schema", "test_faketensor"))
     empty = make_inputs(4, 2, 0, 2, 16, 1, 16, torch.float32)        # no tokens: no chunk states to keep
