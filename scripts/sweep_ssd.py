@@ -93,6 +93,10 @@ CANDIDATES = {
         dict(BLOCK_M=128, BLOCK_K=16),
         dict(BLOCK_M=32, BLOCK_K=32, num_warps=2),
         dict(BLOCK_M=64, num_stages=3),
+        # several heads of a group per program: the chunk's table entry (packed: a dependent load before any
+        # other) and its C rows loaded once for them; packed da runs 18% slower per token than batched (session 25)
+        dict(HEADS_PER_PROG=2),
+        dict(HEADS_PER_PROG=4),
     ],
     "dc": [   # without the da part: 64 rows take wgmma at 255 registers, no spills (16 warps: 128, no spills), 3 stages
         dict(num_stages=2),     # the default before session 23: the loop waits for the next head's loads at once
