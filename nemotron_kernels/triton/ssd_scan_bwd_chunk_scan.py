@@ -98,7 +98,7 @@ def _ssd_bwd_dx_kernel(
         h = h0 + hh
         dt_row = _dtcs_row(dtcs_ptr, b, h, nheads, dt_len, dt_pos)
         A = tl.load(A_ptr + h).to(tl.float32)
-        dt, cs_hi, cs_lo = _chunk_dtcs(dt_row, plane, offs_q, q_ok, Q, False)  # [Q], stage 0's
+        dt, cs_hi, cs_lo = _chunk_dtcs(dt_row, plane, offs_q, q_ok)  # [Q], stage 0's
         end_hi, end_lo = _chunk_cs_end(dt_row, plane, length)   # cs_Q
         seg_sum = tl.minimum((cs_hi[:, None] - cs_hi[None, :]) + (cs_lo[:, None] - cs_lo[None, :]), 0.0)
         M = tl.where(causal, CB * tl.exp(seg_sum), 0.0)                                # [Q, Q]: t, s
@@ -217,14 +217,14 @@ def _ssd_bwd_dbc_kernel(
     for hh in range(heads_per_group):
         h = g * heads_per_group + hh
         dt_row = _dtcs_row(dtcs_ptr, b, h, nheads, dt_len, dt_pos)
-        dt_m, cs_m_hi, cs_m_lo = _chunk_dtcs(dt_row, plane, offs_m, m_ok, Q, False)  # [BLOCK_M]
+        dt_m, cs_m_hi, cs_m_lo = _chunk_dtcs(dt_row, plane, offs_m, m_ok)  # [BLOCK_M]
         R = tl.load(r_ptr + b * stride_r_b + rows_m[:, None] * stride_r_l + h * stride_r_h + offs_p[None, :],
                     mask=m_ok[:, None] & p_ok[None, :], other=0.0)                     # [BLOCK_M, BLOCK_P]
         if IS_DB:
             end_hi, end_lo = _chunk_cs_end(dt_row, plane, length)   # cs_Q
             r_scale = tl.exp((end_hi - cs_m_hi) + (end_lo - cs_m_lo)) * dt_m            # exp(cs_Q - cs_s) dt_s
         else:
-            dt, cs_hi, cs_lo = _chunk_dtcs(dt_row, plane, offs_k, k_ok, Q, False)  # [Q]
+            dt, cs_hi, cs_lo = _chunk_dtcs(dt_row, plane, offs_k, k_ok)  # [Q]
             K = tl.load(x_ptr + b * stride_x_b + rows_k[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
                         mask=k_ok[:, None] & p_ok[None, :], other=0.0)                 # [Q, BLOCK_P]: x_s
             RK = tl.dot(R, tl.trans(K), input_precision=DOT_PRECISION)                 # [BLOCK_M, Q]: dy_t . x_s

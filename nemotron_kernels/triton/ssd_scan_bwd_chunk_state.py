@@ -87,7 +87,7 @@ def _ssd_bwd_chunk_state_kernel(
 
         rows = (start + offs_q).to(tl.int64)
         q_ok = offs_q < length
-        dt, cs_hi, cs_lo = _chunk_dtcs(dt_row, plane, offs_q, q_ok, Q, False)  # [Q]
+        dt, cs_hi, cs_lo = _chunk_dtcs(dt_row, plane, offs_q, q_ok)  # [Q]
         end_hi, end_lo = _chunk_cs_end(dt_row, plane, length)   # cs_Q
         decay = tl.exp(end_hi + end_lo)
         dy = tl.load(dy_ptr + b * stride_dy_b + rows[:, None] * stride_dy_l + h * stride_dy_h + offs_p[None, :],

@@ -90,12 +90,12 @@ def _ssd_chunk_scan_kernel(
     for hh in range(HEADS_PER_PROG):
         h = h0 + hh
         dt_row = _dtcs_row(dtcs_ptr, b, h, nheads, dt_len, dt_pos)
-        dt_m, cs_m_hi, cs_m_lo = _chunk_dtcs(dt_row, plane, offs_m, m_ok, Q, False)  # [BLOCK_M]
+        dt_m, cs_m_hi, cs_m_lo = _chunk_dtcs(dt_row, plane, offs_m, m_ok)  # [BLOCK_M]
         x_m = tl.load(x_ptr + b * stride_x_b + rows_m[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],
                       mask=m_ok[:, None] & p_ok[None, :], other=0.0)                   # [BLOCK_M, BLOCK_P]
         acc = tl.zeros([BLOCK_M, BLOCK_P], tl.float32)
         if OFF > 0 and pid_m > 0:
-            dt_o, cs_o_hi, cs_o_lo = _chunk_dtcs(dt_row, plane, offs_o, o_ok, Q, False)  # [OFF]
+            dt_o, cs_o_hi, cs_o_lo = _chunk_dtcs(dt_row, plane, offs_o, o_ok)  # [OFF]
             seg_o = tl.minimum((cs_m_hi[None, :] - cs_o_hi[:, None]) + (cs_m_lo[None, :] - cs_o_lo[:, None]), 0.0)
             M_o = (BC_o * tl.where(o_ok[:, None], tl.exp(seg_o), 0.0) * dt_o[:, None]).to(x_ptr.dtype.element_ty)
             x_o = tl.load(x_ptr + b * stride_x_b + rows_o[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :],

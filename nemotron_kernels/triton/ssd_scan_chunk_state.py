@@ -92,7 +92,7 @@ def _ssd_chunk_state_kernel(
                     mask=q_ok[:, None] & p_ok[None, :], other=0.0)                   # [Q, BLOCK_P]
         Bt = tl.load(B_ptr + b * stride_B_b + rows[:, None] * stride_B_l + g * stride_B_g + offs_n[None, :],
                      mask=q_ok[:, None] & n_ok[None, :], other=0.0)                  # [Q, BLOCK_N]
-        dt, cs_hi, cs_lo = _chunk_dtcs(dt_row, plane, offs_q, q_ok, Q, False)  # [Q]
+        dt, cs_hi, cs_lo = _chunk_dtcs(dt_row, plane, offs_q, q_ok)  # [Q]
         end_hi, end_lo = _chunk_cs_end(dt_row, plane, length)   # cs_Q
         # sum_{s>t} dA_s from the fp64 sums' hi + lo parts: a plain fp32 difference of two long sums cancels badly
         to_end = tl.exp((end_hi - cs_hi) + (end_lo - cs_lo)) * dt                     # [Q]

@@ -84,7 +84,7 @@ def _dtcs_row(dtcs_ptr, b, h, nheads, row_len, pos):
 
 
 @triton.jit
-def _chunk_dtcs(row, plane, offs, ok, Q: tl.constexpr, SLOT_BOUND: tl.constexpr):
+def _chunk_dtcs(row, plane, offs, ok, Q: tl.constexpr = 0, SLOT_BOUND: tl.constexpr = False):
     """Stage 0's (dt, cs hi, cs lo) at the chunk's rows `offs` of a head's dtcs row (_dtcs_row), fp32, 0 where not
     `ok`: dtcs [3, B, H, row_len] (ssd_scan_chunk_cumsum; plane = B * H * row_len), cs the cumulative dt A from the
     chunk start in fp32 hi + lo parts (exp((hi_t - hi_s) + (lo_t - lo_s)) keeps ~eps * |cs_t - cs_s|, where fp32
@@ -106,7 +106,7 @@ def _chunk_dtcs(row, plane, offs, ok, Q: tl.constexpr, SLOT_BOUND: tl.constexpr)
 @triton.jit
 def _chunk_cs_end(row, plane, length):
     """cs_Q, the chunk's whole sum of dt A (stage 0's cs at its last token), as fp32 (hi, lo); 0 for an empty slot."""
-    dt_end, hi, lo = _chunk_dtcs(row, plane, tl.maximum(length - 1, 0), length > 0, 1, False)
+    dt_end, hi, lo = _chunk_dtcs(row, plane, tl.maximum(length - 1, 0), length > 0)
     return hi, lo
 
 
