@@ -26,11 +26,8 @@ prints registers (ptxas, setmaxnreg per partition, the highest SASS register), s
 setmaxnreg, wgmma.mma_async and cp.async.bulk.tensor."""
 import argparse
 import math
-import os
 import re
-import subprocess
 import sys
-import tempfile
 
 import torch
 import triton
@@ -39,6 +36,9 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from scripts.gluon_aot import compile_sm90a, report
+from scripts.probe_attn_ws import rel_err, sdpa      # the same reference and error measure as the WS probe
 
 HQ, HKV, D = 32, 2, 128
 BLOCK_M, BLOCK_N, STAGES = 128, 128, 2      # query rows per CTA (two warpgroups of 64), keys per tile, K/V ring
@@ -268,93 +268,27 @@ def probe_attn_gluon(q, k, v, pingpong: bool = PINGPONG):
 
 def aot(pingpong: bool = PINGPONG):
     """Compile for sm_90a without a GPU; print registers, shared memory and PTX instruction counts."""
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-
     q_layout = gl.NVMMASharedLayout.get_default_for([WG_M, D], gl.bfloat16)
     kv_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D], gl.bfloat16)
     q_ty = f"tensordesc<bf16[{WG_M}, {D}],{q_layout!r}>"
     kv_ty = f"tensordesc<bf16[{BLOCK_N}, {D}],{kv_layout!r}>"
-    fn = _attn_fwd_kernel
     constexprs = {"HQ": HQ, "HKV": HKV, "BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N, "STAGES": STAGES, "PINGPONG": pingpong,
                   "WORKER_REG_0": WORKER_REGS[0], "WORKER_REG_1": WORKER_REGS[1]}
-    types = {"q_desc": q_ty, "k_desc": kv_ty, "v_desc": kv_ty, "o_desc": q_ty, "seqlen": "i32",
-             "qk_scale": "fp32"}
-    sig = {name: ("constexpr" if name in constexprs else types[name]) for name in fn.arg_names}
-    attrs = {(fn.arg_names.index("seqlen"), ): [["tt.divisibility", 16]]}
-    src = GluonASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
-    ck = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                        options={"num_warps": NUM_WARPS, "num_stages": 1, "maxnreg": MAXNREG})
-    ptx = ck.asm["ptx"]
-    md = ck.metadata
-    print(f"compiled {fn.__name__} (pingpong={pingpong}) for sm_90a (triton {triton.__version__}): "
-          f"num_warps={md.num_warps} (4 consumer + 4 consumer + 1 producer, padded to 3 warpgroups), "
-          f"shared={md.shared} B", flush=True)
-    m = re.search(r"\.maxnreg\s+(\d+)", ptx)
-    print(f"  .maxnreg: {m.group(1) if m else 'none'}")
-    setmax = re.findall(r"setmaxnreg\.(inc|dec)\.sync\.aligned\.u32\s+(\d+)", ptx)
-    print(f"  setmaxnreg in PTX: {'yes' if setmax else 'no'} {sorted(set(setmax))}")
-    ttgir = ck.asm.get("ttgir", "")
-    for key in ("requestedRegisters", "actualRegisters", "partitionNumWarps", "warpGroupStartIds"):
-        mm = re.search(key + r"\s*=\s*array<i32:([^>]*)>", ttgir)
-        if mm:
-            print(f"  ttgir {key}: [{mm.group(1).strip()}]")
-
-    def count(pattern):
-        return len(re.findall(pattern, ptx))
-
-    # setmaxnreg targets, in the order the lowering gives them: the default partition (consumer WG 0) decreases
-    # from its prologue's 256 to what the workers leave it; consumer WG 1 increases, the producer decreases
-    print(f"  registers per partition (setmaxnreg): consumer WG0 (default) "
-          f"{_default_regs(ptx)}, consumer WG1 {WORKER_REGS[0]}, producer {WORKER_REGS[1]}")
-    print(f"  wgmma.mma_async: {count(r'wgmma[.]mma_async')} "
-          "(2 warpgroups x 4 sites: peeled S, loop S and P V, last P V; 8 k-steps each)")
-    print(f"  cp.async.bulk.tensor: {count(r'cp[.]async[.]bulk[.]tensor')} "
-          "(8 loads: Q halves, K, V, each as two 64-column boxes of the 128-byte swizzle; 1 O store per group)")
-    print(f"  mbarrier.arrive: {count(r'mbarrier[.]arrive')}, bar.sync / barrier.sync: "
-          f"{count(r'(?:bar|barrier)[.]sync')}")
-    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    with tempfile.TemporaryDirectory() as tmp:
-        path, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
-        with open(path, "w") as f:
-            f.write(ptx)
-        res = subprocess.run([os.path.join(bindir, "ptxas"), "-v", "--gpu-name", "sm_90a", path, "-o", cubin],
-                             capture_output=True, text=True)
-        for line in (res.stdout + res.stderr).splitlines():
-            if "registers" in line or "spill" in line or "error" in line.lower() or "warning" in line.lower():
-                print("  ptxas:", line.strip())
-        sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", cubin], capture_output=True, text=True)
-        regs = [int(r) for r in re.findall(r"\bR(\d+)\b", sass.stdout)]
-        if regs:                                                                  # what the partitions really touch
-            print(f"  SASS: highest register R{max(regs)}, HGMMA {sass.stdout.count('HGMMA')}")
-    out = os.environ.get("PROBE_DUMP")
-    if out:                                                                       # PROBE_DUMP=dir: keep the IRs
-        os.makedirs(out, exist_ok=True)
-        for key in ("ttgir", "llir", "ptx"):
-            with open(os.path.join(out, f"attn.{key}"), "w") as f:
-                f.write(ck.asm[key])
-
-
-def _default_regs(ptx: str) -> str:
-    """The default partition's setmaxnreg.dec target: the first .dec after its prologue's .inc 256."""
-    m = re.search(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+256;.*?setmaxnreg\.dec\.sync\.aligned\.u32\s+(\d+);", ptx,
-                  re.S)
-    return m.group(1) if m else "?"
+    types = {"q_desc": q_ty, "k_desc": kv_ty, "v_desc": kv_ty, "o_desc": q_ty, "seqlen": "i32", "qk_scale": "fp32"}
+    ck = compile_sm90a(_attn_fwd_kernel, types, constexprs, aligned=("seqlen", ), num_warps=NUM_WARPS,
+                       maxnreg=MAXNREG)
+    print(f"compiled _attn_fwd_kernel (pingpong={pingpong}) for sm_90a: 4 consumer + 4 consumer + 1 producer warps",
+          flush=True)
+    # setmaxnreg targets: the default partition (consumer WG 0) decreases from its prologue's 256 to what the
+    # workers leave it; consumer WG 1 increases, the producer decreases
+    m = re.search(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+256;.*?setmaxnreg\.dec\.sync\.aligned\.u32\s+(\d+);",
+                  ck.asm["ptx"], re.S)
+    print(f"  registers per partition (setmaxnreg): consumer WG0 (default) {m.group(1) if m else '?'}, "
+          f"consumer WG1 {WORKER_REGS[0]}, producer {WORKER_REGS[1]}")
+    report(ck, f"attn_pingpong{int(pingpong)}")
 
 
 # ---------------------------------------------------------------------------------------------------------- GPU
-
-
-def sdpa(q, k, v):
-    rep = HQ // HKV
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(1, 2), k.repeat_interleave(rep, 2).transpose(1, 2), v.repeat_interleave(rep, 2).transpose(1, 2),
-        is_causal=True)
-    return out.transpose(1, 2)
-
-
-def rel_err(a, b) -> float:
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
 def main():

@@ -1,0 +1,69 @@
+"""Ahead-of-time builds of Gluon kernels for the H200 (sm_90a) on a machine without a GPU, and what to read from
+them, for the Gluon probes (probe_attn_gluon.py, probe_ssd_chunk_scan_gluon.py):
+    ck = compile_sm90a(kernel, types, constexprs, aligned=(...), num_warps=4, maxnreg=168)
+    report(ck, "attn")      # registers, setmaxnreg, shared memory, wgmma / TMA counts, ptxas, SASS
+Run from the repository root with the GPU machine's Triton (`.venv-aot`, Triton 3.6): its compile is the one that
+matters. PROBE_DUMP=dir keeps the ttgir, llir and PTX."""
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+
+
+def compile_sm90a(fn, types: dict, constexprs: dict, aligned=(), **options):
+    """fn (a gluon.jit kernel) compiled for sm_90a: `types` the Triton type of each runtime argument
+    ("*fp32", "i32", "tensordesc<...>"), `aligned` the arguments the JIT launcher would find divisible by 16
+    (pointers, sizes), `options` num_warps / num_stages / maxnreg. -> the CompiledKernel."""
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    sig = {name: ("constexpr" if name in constexprs else types[name]) for name in fn.arg_names}
+    attrs = {(fn.arg_names.index(a), ): [["tt.divisibility", 16]] for a in aligned}
+    src = GluonASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_stages": 1, **options})
+
+
+def report(ck, dump_name: str) -> None:
+    """Print what the compile shows: the launch register cap, the setmaxnreg targets, the partitions' requested
+    registers, the PTX counts of wgmma / TMA / mbarrier / bar.sync, ptxas' registers and spills, the SASS's highest
+    register; with PROBE_DUMP=dir, write dir/<dump_name>.{ttgir,llir,ptx}."""
+    ptx = ck.asm["ptx"]
+    print(f"  shared memory {ck.metadata.shared} B, {ck.metadata.num_warps} warps (triton {triton.__version__})")
+    m = re.search(r"\.maxnreg\s+(\d+)", ptx)
+    print(f"  .maxnreg: {m.group(1) if m else 'none'}")
+    setmax = re.findall(r"setmaxnreg\.(inc|dec)\.sync\.aligned\.u32\s+(\d+)", ptx)
+    print(f"  setmaxnreg in PTX: {'yes' if setmax else 'no'} {sorted(set(setmax))}")
+    ttgir = ck.asm.get("ttgir", "")
+    for key in ("requestedRegisters", "actualRegisters", "partitionNumWarps", "warpGroupStartIds"):
+        mm = re.search(key + r"\s*=\s*array<i32:([^>]*)>", ttgir)
+        if mm:
+            print(f"  ttgir {key}: [{mm.group(1).strip()}]")
+
+    def count(pattern):
+        return len(re.findall(pattern, ptx))
+
+    print(f"  wgmma.mma_async: {count(r'wgmma[.]mma_async')}, cp.async.bulk.tensor: "
+          f"{count(r'cp[.]async[.]bulk[.]tensor')}, mbarrier.arrive: {count(r'mbarrier[.]arrive')}, "
+          f"bar.sync / barrier.sync: {count(r'(?:bar|barrier)[.]sync')}")
+    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    with tempfile.TemporaryDirectory() as tmp:
+        path, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
+        with open(path, "w") as f:
+            f.write(ptx)
+        res = subprocess.run([os.path.join(bindir, "ptxas"), "-v", "--gpu-name", "sm_90a", path, "-o", cubin],
+                             capture_output=True, text=True)
+        for line in (res.stdout + res.stderr).splitlines():
+            if "registers" in line or "spill" in line or "error" in line.lower() or "warning" in line.lower():
+                print("  ptxas:", line.strip())
+        sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", cubin], capture_output=True, text=True)
+        regs = [int(r) for r in re.findall(r"\bR(\d+)\b", sass.stdout)]
+        if regs:                                                                  # what the partitions really touch
+            print(f"  SASS: highest register R{max(regs)}, HGMMA {sass.stdout.count('HGMMA')}")
+    out = os.environ.get("PROBE_DUMP")
+    if out:
+        os.makedirs(out, exist_ok=True)
+        for key in ("ttgir", "llir", "ptx"):
+            with open(os.path.join(out, f"{dump_name}.{key}"), "w") as f:
+                f.write(ck.asm[key])
