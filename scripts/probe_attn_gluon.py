@@ -37,8 +37,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from scripts.gluon_aot import compile_sm90a, report
-from scripts.probe_attn_ws import rel_err, sdpa      # the same reference and error measure as the WS probe
+from scripts.gluon_probe import compile_sm90a, rel_err, report
+from scripts.probe_attn_ws import sdpa      # the same reference as the WS probe
 
 HQ, HKV, D = 32, 2, 128
 BLOCK_M, BLOCK_N, STAGES = 128, 128, 2      # query rows per CTA (two warpgroups of 64), keys per tile, K/V ring

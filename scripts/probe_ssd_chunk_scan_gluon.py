@@ -45,7 +45,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from bench.bench_ssd_scan import _input_maker
-from scripts.gluon_aot import compile_sm90a, report
+from scripts.gluon_probe import compile_sm90a, rel_err, report
 
 H, P, G, N, Q = 64, 64, 8, 128, 128
 HPG = H // G                    # heads per group: a CTA walks them
@@ -366,9 +366,6 @@ def _stage3_inputs(s: dict):
                                                              s["dt_bias"].float().contiguous(), None, True, plan)
     return plan, s_in, carry_decay, carry_lp, dtcs
 
-
-def rel_err(a, b) -> float:
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
 def main():

@@ -1,9 +1,10 @@
-"""Ahead-of-time builds of Gluon kernels for the H200 (sm_90a) on a machine without a GPU, and what to read from
-them, for the Gluon probes (probe_attn_gluon.py, probe_ssd_chunk_scan_gluon.py):
+"""What the Gluon probes (probe_attn_gluon.py, probe_ssd_chunk_scan_gluon.py, probe_ssd_chunk_state_gluon.py) share:
+their ahead-of-time build for the H200 (sm_90a) on a machine without a GPU, what to read from it, and the error
+measure of their GPU checks:
     ck = compile_sm90a(kernel, types, constexprs, aligned=(...), num_warps=4, maxnreg=168)
     report(ck, "attn")      # registers, setmaxnreg, shared memory, wgmma / TMA counts, ptxas, SASS
-Run from the repository root with the GPU machine's Triton (`.venv-aot`, Triton 3.6): its compile is the one that
-matters. PROBE_DUMP=dir keeps the ttgir, llir and PTX."""
+Run the AOT build from the repository root with the GPU machine's Triton (`.venv-aot`, Triton 3.6): its compile
+is the one that matters. PROBE_DUMP=dir keeps the ttgir, llir and PTX."""
 import os
 import re
 import subprocess
@@ -67,3 +68,8 @@ def report(ck, dump_name: str) -> None:
         for key in ("ttgir", "llir", "ptx"):
             with open(os.path.join(out, f"{dump_name}.{key}"), "w") as f:
                 f.write(ck.asm[key])
+
+
+def rel_err(a, b) -> float:
+    """max |a - b| / max |b| over the whole tensors (0 when both are all zero)."""
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-20)).item()
