@@ -61,7 +61,8 @@ def report(ck, dump_name: str) -> None:
         sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", cubin], capture_output=True, text=True)
         regs = [int(r) for r in re.findall(r"\bR(\d+)\b", sass.stdout)]
         if regs:                                                                  # what the partitions really touch
-            print(f"  SASS: highest register R{max(regs)}, HGMMA {sass.stdout.count('HGMMA')}")
+            print(f"  SASS: highest register R{max(regs)}, HGMMA {sass.stdout.count('HGMMA')} (16-bit wgmma), "
+                  f"QGMMA {sass.stdout.count('QGMMA')} (8-bit), SHFL {sass.stdout.count('SHFL')}")
     out = os.environ.get("PROBE_DUMP")
     if out:
         os.makedirs(out, exist_ok=True)
