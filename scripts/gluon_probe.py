@@ -1,6 +1,6 @@
 """What the Gluon probes (probe_attn_gluon.py, probe_ssd_chunk_scan_gluon.py, probe_ssd_chunk_state_gluon.py) share:
 their ahead-of-time build for the H200 (sm_90a) on a machine without a GPU, what to read from it, and the error
-measure of their GPU checks:
+check and timing rows of their GPU runs:
     ck = compile_sm90a(kernel, types, constexprs, aligned=(...), num_warps=4, maxnreg=168)
     report(ck, "attn")      # registers, setmaxnreg, shared memory, wgmma / TMA counts, ptxas, SASS
 Run the AOT build from the repository root with the GPU machine's Triton (`.venv-aot`, Triton 3.6): its compile
@@ -9,6 +9,8 @@ import os
 import re
 import subprocess
 import tempfile
+
+import sys
 
 import triton
 
@@ -74,3 +76,20 @@ def report(ck, dump_name: str) -> None:
 def rel_err(a, b) -> float:
     """max |a - b| / max |b| over the whole tensors (0 when both are all zero)."""
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-20)).item()
+
+
+def check(label: str, errs: dict, tol: float, against: str) -> None:
+    """Print a variant's relative max errors ({name: rel_err}) against the reference; any above tol (or NaN):
+    WRONG, and exit 1 before anything is timed."""
+    text = ", ".join(f"{name} {e:.1e}" for name, e in errs.items())
+    if not all(e <= tol for e in errs.values()):
+        print(f"  {label}: WRONG, differs from {against} (relative max: {text})", flush=True)
+        sys.exit(1)
+    print(f"  {label}: matches {against} (relative max: {text})", flush=True)
+
+
+def time_us(label: str, fn) -> float:
+    """One timing row: fn's time by triton.testing.do_bench (warmup 10, rep 100), printed in us; -> ms."""
+    ms = triton.testing.do_bench(fn, warmup=10, rep=100)
+    print(f"  {label:52s} {ms * 1e3:8.1f} us", flush=True)
+    return ms

@@ -40,7 +40,6 @@ cp.async.bulk.tensor, and the SASS's wgmma (HGMMA / QGMMA) and SHFL counts."""
 import argparse
 import math
 import re
-import sys
 
 import torch
 import triton
@@ -50,7 +49,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from scripts.gluon_probe import compile_sm90a, rel_err, report
+from scripts.gluon_probe import check, compile_sm90a, rel_err, report
 from scripts.probe_attn_ws import sdpa      # the same reference as the WS probe
 
 HQ, HKV, D = 32, 2, 128
@@ -444,13 +443,7 @@ def main():
         for pingpong in variants:
             out = probe_attn_gluon(q, k, v, pingpong)
             torch.cuda.synchronize()
-            err = rel_err(out, ref)
-            if not err <= 2e-2:                                                   # wrong (or NaN): not timed
-                print(f"gluon FA3 probe pingpong={pingpong} B{b} S{s}: WRONG, differs from SDPA by {err:.2e} "
-                      "(relative max)", flush=True)
-                sys.exit(1)
-            print(f"gluon FA3 probe pingpong={pingpong} B{b} S{s}: matches SDPA ({err:.1e} relative max)",
-                  flush=True)
+            check(f"gluon FA3 probe pingpong={pingpong} B{b} S{s}", {"o": rel_err(out, ref)}, 2e-2, "SDPA")
     flops = 2.0 * bsz * HQ * seqlen * seqlen * D                                  # causal: half of 4 B H S^2 D
     print(f"\nB{bsz} S{seqlen // 1024}K causal, {HQ}/{HKV} heads, D={D}, bf16 ({torch.cuda.get_device_name()}, "
           f"triton {triton.__version__})", flush=True)
@@ -482,13 +475,8 @@ def main():
         for pingpong in variants:
             out = probe_attn_gluon_fp8(q8, k8, vt8, descales, pingpong)
             torch.cuda.synchronize()
-            err = rel_err(out, ref)
-            if not err <= 5e-2:
-                print(f"gluon FA3 probe fp8 pingpong={pingpong} B{b} S{s}: WRONG, differs from SDPA on the "
-                      f"dequantised inputs by {err:.2e} (relative max)", flush=True)
-                sys.exit(1)
-            print(f"gluon FA3 probe fp8 pingpong={pingpong} B{b} S{s}: matches SDPA on the dequantised inputs "
-                  f"({err:.1e} relative max)", flush=True)
+            check(f"gluon FA3 probe fp8 pingpong={pingpong} B{b} S{s}", {"o": rel_err(out, ref)}, 5e-2,
+                  "SDPA on the dequantised inputs")
         del ref
     print(f"\nB{bsz} S{seqlen // 1024}K causal, fp8 e4m3 q/k/v (per-tensor descales), bf16 out; the probe's V^T "
           "transpose untimed", flush=True)

@@ -34,7 +34,6 @@ both Gluon variants: relative max error above 1e-2 prints WRONG and exits 1 unti
 with triton.testing.do_bench (warmup 10, rep 100) in us. --aot compiles both variants (with and without carry)
 and prints registers, shared memory, setmaxnreg and the PTX counts of wgmma and cp.async.bulk.tensor."""
 import argparse
-import sys
 
 import torch
 import triton
@@ -45,7 +44,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from bench.bench_ssd_scan import _input_maker
-from scripts.gluon_probe import compile_sm90a, rel_err, report
+from scripts.gluon_probe import check, compile_sm90a, rel_err, report, time_us
 
 H, P, G, N, Q = 64, 64, 8, 128, 128
 HPG = H // G                    # heads per group: a CTA walks them
@@ -401,23 +400,14 @@ def main():
             y = torch.empty_like(x)
             gluon_chunk_scan(x, dtcs, B, C, D, s_in, carry_decay, carry_lp, y, geometry, num_wg)
             torch.cuda.synchronize()
-            err = rel_err(y, y_ref)
-            if not err <= 1e-2:                                                   # wrong (or NaN): not timed
-                print(f"  gluon NUM_WG={num_wg}: WRONG, differs from chunk_scan_launch by {err:.2e} "
-                      "(relative max)", flush=True)
-                sys.exit(1)
-            print(f"  gluon NUM_WG={num_wg}: matches chunk_scan_launch ({err:.1e} relative max)", flush=True)
+            check(f"gluon NUM_WG={num_wg}", {"y": rel_err(y, y_ref)}, 1e-2, "chunk_scan_launch")
             outs[num_wg] = y
 
-        def row(label, fn):
-            ms = triton.testing.do_bench(fn, warmup=10, rep=100)
-            print(f"  {label:52s} {ms * 1e3:8.1f} us", flush=True)
-
-        row("ours: triton chunk_scan_launch", ours)
+        time_us("ours: triton chunk_scan_launch", ours)
         for num_wg in (2, 1):
-            row(f"gluon probe NUM_WG={num_wg} ({num_wg} consumer WG{'s' if num_wg > 1 else ''} + TMA warp)",
-                lambda num_wg=num_wg: gluon_chunk_scan(x, dtcs, B, C, D, s_in, carry_decay, carry_lp, outs[num_wg],
-                                                       geometry, num_wg))
+            time_us(f"gluon probe NUM_WG={num_wg} ({num_wg} consumer WG{'s' if num_wg > 1 else ''} + TMA warp)",
+                    lambda num_wg=num_wg: gluon_chunk_scan(x, dtcs, B, C, D, s_in, carry_decay, carry_lp,
+                                                           outs[num_wg], geometry, num_wg))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ GPU mode builds bench/bench_ssd_scan.py's inputs (dt softplus, dt_bias) at B1 L1
 in us, each row as it is measured. --aot compiles both variants and prints registers, shared memory, setmaxnreg
 and the PTX counts of wgmma and cp.async.bulk.tensor."""
 import argparse
-import sys
 
 import torch
 import triton
@@ -48,7 +47,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from bench.bench_ssd_scan import _input_maker
-from scripts.gluon_probe import compile_sm90a, rel_err, report
+from scripts.gluon_probe import check, compile_sm90a, rel_err, report, time_us
 
 H, P, G, N, Q = 64, 64, 8, 128, 128
 STAGES = 2                      # the x / B ring: 2 x 48 KB (3 stages would leave one CTA per SM)
@@ -300,23 +299,14 @@ def main():
             got = _outputs(x, B, geometry)
             gluon_chunk_state(x, dtcs, B, *got, geometry, tma_store)
             torch.cuda.synchronize()
-            errs = {nm: rel_err(a, r) for nm, a, r in zip(names, got, ref)}
-            text = ", ".join(f"{nm} {e:.1e}" for nm, e in errs.items())
-            if not all(e <= 1e-2 for e in errs.values()):                       # wrong (or NaN): not timed
-                print(f"  gluon S_IN_TMA={tma_store}: WRONG, differs from chunk_state_launch (relative max: {text})",
-                      flush=True)
-                sys.exit(1)
-            print(f"  gluon S_IN_TMA={tma_store}: matches chunk_state_launch (relative max: {text})", flush=True)
+            check(f"gluon S_IN_TMA={tma_store}", {nm: rel_err(a, r) for nm, a, r in zip(names, got, ref)}, 1e-2,
+                  "chunk_state_launch")
             outs[tma_store] = got
 
-        def row(label, fn):
-            ms = triton.testing.do_bench(fn, warmup=10, rep=100)
-            print(f"  {label:52s} {ms * 1e3:8.1f} us", flush=True)
-
-        row("ours: triton chunk_state_launch", ours)
+        time_us("ours: triton chunk_state_launch", ours)
         for tma_store in (True, False):
-            row(f"gluon probe S_IN_TMA={tma_store} (consumer WG + TMA warp)",
-                lambda t=tma_store: gluon_chunk_state(x, dtcs, B, *outs[t], geometry, t))
+            time_us(f"gluon probe S_IN_TMA={tma_store} (consumer WG + TMA warp)",
+                    lambda t=tma_store: gluon_chunk_state(x, dtcs, B, *outs[t], geometry, t))
 
 
 if __name__ == "__main__":

@@ -107,6 +107,12 @@ def _saved_shapes(x, B, geometry: dict) -> list[tuple[tuple, torch.dtype]]:
             ((3, bsz, nheads, geometry["dtcs_len"]), torch.float32)]
 
 
+def _keeps_states(x, B) -> bool:
+    """Whether ssd_scan_fwd returns its chunk states for the backward: there are tokens, and B is in x's dtype
+    (the backward casts B, so states from another B would differ)."""
+    return x.shape[1] > 0 and x.numel() > 0 and B.dtype == x.dtype
+
+
 def _no_saved(x) -> list[torch.Tensor]:
     """ssd_scan_fwd's chunk-state outputs where the backward recomputes them: four distinct (op outputs may not
     alias) empty fp32 tensors."""
@@ -208,7 +214,7 @@ def ssd_scan_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
                              plan["cfg"]["chunk_scan"], plan["precision"])
     # one segment: no carry, an empty one in the state dtype (_saved_shapes)
     saved = [s_in, carry_decay, carry_lp if carry_lp is not None else s_in.new_empty(0), dtcs] \
-        if B.dtype == x.dtype else _no_saved(x)
+        if _keeps_states(x, B) else _no_saved(x)
     return y, final if final is not None else y.new_empty(0, dtype=torch.float32), *saved
 
 
@@ -217,7 +223,7 @@ def _(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size, initial_states, cu_se
     nstates = x.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
     final = x.new_empty(nstates, x.shape[2], x.shape[3], B.shape[3], dtype=torch.float32) if return_final_states \
         else x.new_empty(0, dtype=torch.float32)
-    if x.shape[1] > 0 and x.numel() > 0 and B.dtype == x.dtype:
+    if _keeps_states(x, B):
         geometry, _ = _geometry(x, B, chunk_size, cu_seqlens is not None, nstates)
         saved = [x.new_empty(shape, dtype=dtype) for shape, dtype in _saved_shapes(x, B, geometry)]
     else:
@@ -323,8 +329,8 @@ def _(x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size, initial_states, cu_se
 
 class SSDScanFn(torch.autograd.Function):
     """Forward and backward: the Triton kernels. The backward reuses the forward's chunk states instead of
-    recomputing them: kept while the graph lives, they are x's size at N = chunk (predicted ~0.33 ms, 7% of the
-    B1 L32K training step: bench/NOTES.md, session 24)."""
+    recomputing them: kept while the graph lives, they are x's size at N = chunk (B1 L32K training step 4.86 ->
+    4.51 ms on the H200, bench/NOTES.md, session 25)."""
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens, dt_softplus: bool, chunk_size: int,

@@ -67,8 +67,9 @@ def _chunk_dt(dt_ptr, dt_bias_ptr, row_base, start, length, h, stride_dt_l, offs
 def _dtcs_span(gc, start, seqlen, n_table, Q: tl.constexpr, IS_VARLEN: tl.constexpr):
     """(row length, the chunk's first position) in stage 0's dtcs rows. Batched, dtcs [3, B, H, L] holds each chunk
     at its tokens. Packed, [3, 1, H, n_table Q] holds slot gc at gc Q, the whole slot written: Q-aligned and
-    loadable under the constant bound Q (_chunk_dtcs), so the loads vectorise. At a table start, under the loaded
-    length, they were scalar loads: packed da ran 26% slower per token than batched (session 24)."""
+    loadable under the constant bound Q (_chunk_dtcs' SLOT_BOUND, which da uses), so those loads vectorise. At a
+    table start, under the loaded length, they were scalar loads: packed da ran 26% slower per token than batched
+    (session 24)."""
     row_len = seqlen
     pos = start
     if IS_VARLEN:

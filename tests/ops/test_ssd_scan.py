@@ -196,6 +196,15 @@ def test_interpreter_backward_runs_the_kernels(monkeypatch):
         assert torch.equal(first[k], second[k]), f"d{k} differs between two runs"
 
 
+def count_chunk_state_passes(monkeypatch) -> list:
+    """A list that gains an entry at each stage 0-2 pass of ssd_scan (its _chunk_states calls) from here on."""
+    import nemotron_kernels.ops.ssd_scan as ssd_ops
+    calls = []
+    real = ssd_ops._chunk_states
+    monkeypatch.setattr(ssd_ops, "_chunk_states", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
 @pytest.mark.usefixtures("interpret")
 @pytest.mark.parametrize("cu", [None, [0, 20, 21, 70]])
 def test_interpreter_backward_reuses_the_forward_chunk_states(monkeypatch, cu):
@@ -206,9 +215,7 @@ def test_interpreter_backward_reuses_the_forward_chunk_states(monkeypatch, cu):
     inputs = make_inputs(16, 1 if cu else 2, 70, 4, 32, 2, 16, torch.float32, cu=cu, init=True)
     nstates = len(cu) - 1 if cu else 2
     dy, dfinal = torch.randn(inputs["x"].shape), torch.randn(nstates, 4, 32, 16)
-    calls = []
-    real = ssd_ops._chunk_states
-    monkeypatch.setattr(ssd_ops, "_chunk_states", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = count_chunk_state_passes(monkeypatch)
     got = grads(ssd_scan, inputs, 16, dy, dfinal)
     assert len(calls) == 1, "the backward recomputed the chunk states"
     args = [inputs[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")]
@@ -229,9 +236,7 @@ def test_interpreter_bf16_single_segment_backward_takes_the_saved_states(monkeyp
     interpreter's bf16 dots are not the GPU's (the GPU tests cover bf16 values)."""
     import nemotron_kernels.ops.ssd_scan as ssd_ops
     inputs = make_inputs(17, 1, 10, 2, 16, 1, 16, torch.bfloat16)
-    calls = []
-    real = ssd_ops._chunk_states
-    monkeypatch.setattr(ssd_ops, "_chunk_states", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = count_chunk_state_passes(monkeypatch)
     leaves = {k: inputs[k].detach().requires_grad_() for k in ("x", "dt", "B", "C")}
     inp = {**inputs, **leaves}
     # the autograd Function itself: on the CPU the public op sends bf16 to the reference
