@@ -1,4 +1,4 @@
-"""What the Gluon probes (probe_attn_gluon.py, probe_ssd_chunk_scan_gluon.py, probe_ssd_chunk_state_gluon.py) share:
+"""What the Gluon probes (probe_attn_bwd_gluon.py, probe_ssd_*_gluon.py) share:
 their ahead-of-time build for the H200 (sm_90a) on a machine without a GPU, what to read from it, and the error
 check and timing rows of their GPU runs:
     ck = compile_sm90a(kernel, types, constexprs, aligned=(...), num_warps=4, maxnreg=168)
@@ -14,18 +14,10 @@ import sys
 
 import triton
 
+from nemotron_kernels.triton.common import aot_compile_gluon
 
-def compile_sm90a(fn, types: dict, constexprs: dict, aligned=(), **options):
-    """fn (a gluon.jit kernel) compiled for sm_90a: `types` the Triton type of each runtime argument
-    ("*fp32", "i32", "tensordesc<...>"), `aligned` the arguments the JIT launcher would find divisible by 16
-    (pointers, sizes), `options` num_warps / num_stages / maxnreg. -> the CompiledKernel."""
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
 
-    sig = {name: ("constexpr" if name in constexprs else types[name]) for name in fn.arg_names}
-    attrs = {(fn.arg_names.index(a), ): [["tt.divisibility", 16]] for a in aligned}
-    src = GluonASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_stages": 1, **options})
+compile_sm90a = aot_compile_gluon      # the library's AOT build of a Gluon kernel (sm_90a, no GPU)
 
 
 def report(ck, dump_name: str) -> None:

@@ -5,7 +5,8 @@ Triton decides at *decoration* time whether `@triton.jit` builds a compiled kern
 (TRITON_INTERPRET=1). `kernel_module(name)` imports a kernel module and re-imports it when the mode changed since
 it was loaded, so one process can run interpreted kernels (tests on CPU tensors) and compiled ones.
 The domain modules (mamba_common, gqa_attention_common) add dispatch rules and backend reports; aot_compile
-(sm_90a without a GPU) serves every kernel module's aot_compile_all.
+(sm_90a without a GPU) serves every kernel module's aot_compile_all. gluon_platform gates the Hopper Gluon kernels
+(*_gluon.py, never interpreted, imported plainly), aot_compile_gluon compiles them.
 """
 import functools
 import importlib
@@ -88,6 +89,52 @@ def sm_count(device: torch.device, cpu: int) -> int:
     if device.type != "cuda":
         return cpu
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+GLUON_TRITON = "3.6."    # the Gluon API is experimental: the Triton release the Hopper Gluon kernels were verified on
+
+
+@functools.lru_cache(maxsize=8)
+def _capability(index: int) -> tuple[int, int]:
+    return tuple(torch.cuda.get_device_capability(index))
+
+
+def _triton_version() -> str:
+    import triton
+    return triton.__version__
+
+
+def gluon_platform(device: torch.device) -> tuple[bool, str]:
+    """(whether the Hopper Gluon kernels (*_gluon.py) may run on `device`, why (not)): NK_GLUON not "0" (read per
+    call), a CUDA device of compute capability 9.0, Triton 3.6, compiled Triton (Gluon has no interpreter). Each
+    op adds its kernels' scope on top."""
+    if os.environ.get("NK_GLUON") == "0":
+        return False, "off (NK_GLUON=0)"
+    if device.type != "cuda":
+        return False, f"{device.type} tensors"
+    cap = _capability(device.index if device.index is not None else torch.cuda.current_device())
+    if cap != (9, 0):
+        return False, f"compute capability {cap[0]}.{cap[1]}, not Hopper's 9.0"
+    version = _triton_version()
+    if not version.startswith(GLUON_TRITON):
+        return False, f"triton {version}: the experimental Gluon kernels are verified with triton 3.6 only"
+    if interpreting():
+        return False, "Triton's interpreter (TRITON_INTERPRET=1)"
+    return True, f"Hopper, triton {version}"
+
+
+def aot_compile_gluon(fn, types: dict, constexprs: dict, aligned=(), **options):
+    """fn (a gluon.jit kernel) compiled for sm_90a without a GPU, with Triton 3.6's Gluon: `types` the Triton type
+    of each runtime argument ("*fp32", "i32", "tensordesc<...>"), `aligned` the arguments the JIT launcher finds
+    divisible by 16, `options` num_warps / maxnreg. -> the CompiledKernel. Must run with TRITON_INTERPRET unset."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    sig = {name: ("constexpr" if name in constexprs else types[name]) for name in fn.arg_names}
+    attrs = {(fn.arg_names.index(a), ): [["tt.divisibility", 16]] for a in aligned}
+    src = GluonASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_stages": 1, **options})
 
 
 def aot_compile(kernel, signature: dict, constexprs: dict, num_warps: int = 4, num_stages: int = 2,
