@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import cdiv
+from .common import cdiv, gluon_platform
 from .gqa_attention_common import LOG2E, aot_compile, dot_precision, interpreting, pack_heads
 
 INTERPRETED = interpreting()   # the mode these kernels were defined in (see gqa_attention_common.kernel_module)
@@ -255,7 +255,8 @@ def gqa_attention_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, c
                       dkdv_config=None, dq_config=None):
     """Launch the backward (preprocess, dk/dv, dq; bitwise reproducible). do, o [B, Sq, Hq, D] contiguous;
     q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D] with contiguous last dims; lse [B, Hq, Sq] fp32 from the forward ->
-    (dq like q, dk like k, dv like v), all contiguous."""
+    (dq like q, dk like k, dv like v), all contiguous. Without configs, inputs gqa_attention_bwd_gluon accepts
+    (sm_90, triton 3.6, fp16/bf16, D=128, Sq = Sk a multiple of 128, no varlen) run its Gluon FA3 kernels."""
     bsz, sq, hq, d = q.shape
     sk, hkv = k.shape[1], k.shape[2]
     assert do.shape == q.shape and o.shape == q.shape, f"do and o must have q's shape {tuple(q.shape)}"
@@ -271,6 +272,11 @@ def gqa_attention_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, c
     varlen = cu_seqlens is not None
     if varlen:
         assert bsz == 1 and sk == sq and max_seqlen is not None, "varlen: B = 1, Sk == Sq and max_seqlen required"
+    if dkdv_config is None and dq_config is None and gluon_platform(q.device)[0]:
+        # the Gluon FA3 backward on sm_90 (imported here: Hopper with triton 3.6 only, never in the interpreter)
+        from . import gqa_attention_bwd_gluon as gluon_bwd
+        if gluon_bwd.gluon_bwd_ineligible_reason(q, k, v, causal, cu_seqlens) is None:
+            return gluon_bwd.gqa_attention_bwd_gluon(do, q, k, v, o, lse, causal, softmax_scale)
     group = hq // hkv
     # q/do and k/v/dk/dv share strides inside the kernels: make them contiguous alike
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()

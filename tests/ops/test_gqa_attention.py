@@ -570,3 +570,342 @@ def test_cuda_torch_compile_and_graph():
     q, k, v, _ = (t.bfloat16() for t in make_qkv(15, 1, 256, 256, 32, 2, 128, device="cuda"))
     compiled = torch.compile(lambda a, b, c: gqa_attention(a, b, c), fullgraph=True)
     torch.testing.assert_close(compiled(q, k, v), gqa_attention(q, k, v), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------- Gluon forward (sm_90, triton 3.6)
+def gluon_module():
+    """nemotron_kernels.triton.gqa_attention_fwd_gluon (imports on any Triton with Gluon; runs on 3.6 only)."""
+    pytest.importorskip("triton")
+    with pytest.MonkeyPatch.context() as m:
+        if not torch.cuda.is_available():
+            # conftest imported triton.language in interpreter mode here, and Gluon's import asserts that mode
+            m.setenv("TRITON_INTERPRET", "1")
+        from nemotron_kernels.triton import gqa_attention_fwd_gluon
+    return gqa_attention_fwd_gluon
+
+
+def skip_unless_gluon(q, k, v, causal):
+    """Skip unless the dispatch would run the Gluon forward on these inputs (with NK_GLUON unset)."""
+    why = gluon_module().gluon_ineligible_reason(q, k, v, causal, None, (None, None, None))
+    if why is not None:
+        pytest.skip(f"the Gluon forward does not run here: {why}")
+
+
+@pytest.fixture
+def gluon_calls(monkeypatch):
+    """The Gluon forward's launches during the test: a list that gets (B, S, Hq) per call."""
+    return spy_launches(monkeypatch, gluon_module(), "gqa_attention_fwd_gluon", 0)
+
+
+def spy_launches(monkeypatch, mod, name: str, q_arg: int) -> list:
+    """Replace launcher `mod.name` by a spy that records (B, S, Hq) of its q (argument q_arg) per call and launches;
+    NK_GLUON unset. -> the list of calls."""
+    monkeypatch.delenv("NK_GLUON", raising=False)
+    calls, launch = [], getattr(mod, name)
+
+    def spy(*args, **kwargs):
+        calls.append(tuple(args[q_arg].shape[:3]))
+        return launch(*args, **kwargs)
+
+    monkeypatch.setattr(mod, name, spy)
+    return calls
+
+
+def test_gluon_eligibility_rules(monkeypatch):
+    """gluon_eligible on CPU tensors: False on CPU (triton/common.py gluon_platform, tested in test_ssd_scan.py);
+    with the platform passed by monkeypatching, True for 32/2 heads D=128 S=256 fp16/bf16 causal or not, and False
+    for each disqualifier."""
+    mod = gluon_module()
+
+    def qkv(bsz=2, sq=256, sk=256, hq=32, hkv=2, d=128, dtype=torch.bfloat16, device="cpu"):
+        return (torch.empty(bsz, s, h, d, dtype=dtype, device=device) for s, h in ((sq, hq), (sk, hkv), (sk, hkv)))
+
+    none3 = (None, None, None)
+    assert "cpu" in mod.gluon_ineligible_reason(*qkv(), True, None, none3)
+    assert not mod.gluon_eligible(*qkv(), True, None, none3)
+    monkeypatch.setattr(mod, "gluon_platform", lambda device: (True, "test"))
+    for dtype in (torch.bfloat16, torch.float16):
+        for causal in (True, False):
+            assert mod.gluon_eligible(*qkv(dtype=dtype), causal, None, none3), (dtype, causal)
+    assert mod.gluon_eligible(*qkv(bsz=1, sq=128, sk=128, hq=6, hkv=2), True, None, none3)
+    q8, k8, v8 = (t.to(torch.float8_e4m3fn) for t in qkv())
+    q16, k16, v16 = qkv(dtype=torch.float16)
+    rejected = {
+        "dtype": [(*qkv(dtype=torch.float32), True, None, none3), (q8, k8, v8, True, None, none3),
+                  (q16, k16.bfloat16(), v16, True, None, none3)],
+        "descales": [(*qkv(), True, None, (torch.ones(1), None, None)),
+                     (*qkv(), True, None, (None, None, torch.ones(1)))],
+        "varlen": [(*qkv(bsz=1), True, torch.tensor([0, 128, 256], dtype=torch.int32), none3)],
+        "Sq": [(*qkv(sq=128, sk=256), True, None, none3), (*qkv(sq=256, sk=128), False, None, none3)],
+        "empty": [(*qkv(bsz=0), True, None, none3), (*qkv(sq=0, sk=0), True, None, none3)],
+        "multiple of 128": [(*qkv(sq=200, sk=200), True, None, none3), (*qkv(sq=64, sk=64), True, None, none3)],
+        "D 64": [(*qkv(d=64), True, None, none3)],
+        "65535": [(*qkv(bsz=2049, sq=128, sk=128, device="meta"), True, None, none3)],    # B * Hq past grid y
+    }
+    for reason, cases in rejected.items():
+        for args in cases:
+            why = mod.gluon_ineligible_reason(*args)
+            assert why is not None and reason in why, (reason, why)
+            assert not mod.gluon_eligible(*args)
+    monkeypatch.setattr(mod, "gluon_platform", lambda device: (False, "off (NK_GLUON=0)"))
+    assert mod.gluon_ineligible_reason(*qkv(), True, None, none3) == "off (NK_GLUON=0)"
+
+
+def test_gluon_rows_view_keeps_viewable_strides():
+    """The TMA descriptors read q / k / v in place when they are [B*S, H*D] rows (a fused projection's head
+    slices), and from a contiguous copy otherwise (heads-major, a padded head dim, an unaligned base)."""
+    mod = gluon_module()
+    bsz, seqlen, hq, hkv, d = 2, 8, 4, 2, 128
+    fused = torch.zeros(bsz, seqlen, (hq + 2 * hkv) * d, dtype=torch.bfloat16)
+    q, k, v = (t.unflatten(-1, (-1, d)) for t in fused.split([hq * d, hkv * d, hkv * d], dim=-1))
+    for t in (q, k, v):
+        assert not t.is_contiguous() and mod._rows_view(t) is t
+    heads_major = torch.zeros(bsz, hq, seqlen, d, dtype=torch.bfloat16).transpose(1, 2)
+    padded = torch.zeros(bsz, seqlen, hq, d + 8, dtype=torch.bfloat16)[..., :d]
+    unaligned = torch.zeros(bsz * seqlen * hq * d + 1, dtype=torch.bfloat16)[1:].view(bsz, seqlen, hq, d)
+    for t in (heads_major, padded, unaligned):
+        view = mod._rows_view(t)
+        assert view is not t and view.is_contiguous() and torch.equal(view, t)
+
+
+def test_gluon_aot_compile_sm90():
+    """The Gluon forward compiles for sm_90a in every variant the dispatch launches (bf16 / fp16, causal / full):
+    16-bit wgmmas, no spills. Its Gluon API is Triton 3.6's (common.GLUON_TRITON): skipped on other
+    versions (CI's 3.8). Checked without importing the module here: Triton 3.6 cannot import Gluon in a process
+    whose triton.language was first imported in interpreter mode (conftest, without a GPU)."""
+    triton = pytest.importorskip("triton")
+    if not triton.__version__.startswith("3.6"):
+        pytest.skip(f"triton {triton.__version__}: the Gluon kernel is built for triton 3.6 only")
+    out = run_aot("gqa_attention_fwd_gluon")
+    lines = [line for line in out.splitlines() if line.startswith("gqa_attn_fwd_gluon")]
+    assert len(lines) == 4, out
+    for line in lines:
+        kind = "bf16.bf16" if " bf16 " in line else "f16.f16"
+        assert f"| wgmma {kind} |" in line and "STACK:0" in line and "LOCAL:0" in line, line
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("bsz,seqlen,hq,hkv,causal,dtype", [
+    (2, 1024, 32, 2, True, torch.bfloat16),        # NemotronH heads
+    (1, 256, 4, 4, False, torch.float16),          # full attention, one query head per kv head
+    (2, 128, 32, 2, True, torch.bfloat16),         # one block: the diagonal only
+    (1, 384, 6, 2, True, torch.float16),           # 3 heads per kv head, 3 blocks
+    (1, 384, 6, 2, False, torch.bfloat16),
+])
+def test_cuda_gluon_forward_matches_reference(gluon_calls, bsz, seqlen, hq, hkv, causal, dtype):
+    """gqa_attention's forward on the Gluon kernel (one launch): o and lse vs the float64 reference (2x rule)."""
+    q, k, v, do = make_qkv(seqlen + hq, bsz, seqlen, seqlen, hq, hkv, 128, device="cuda")
+    skip_unless_gluon(*(t.to(dtype) for t in (q, k, v)), causal)
+    check_fwd_bwd(q, k, v, do, dtype, causal, backward=False)
+    assert gluon_calls == [(bsz, seqlen, hq)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("causal", [True, False])
+def test_cuda_gluon_forward_then_triton_backward(gluon_calls, causal):
+    """Autograd through gqa_attention with the Gluon forward: the Triton backward consumes its o and lse (natural
+    log); dq, dk, dv vs the float64 reference (3x rule)."""
+    q, k, v, do = make_qkv(31, 1, 512, 512, 32, 2, 128, device="cuda")
+    skip_unless_gluon(*(t.bfloat16() for t in (q, k, v)), causal)
+    check_fwd_bwd(q, k, v, do, torch.bfloat16, causal)
+    assert gluon_calls == [(1, 512, 32)]
+
+
+@pytest.mark.cuda
+def test_cuda_gluon_path_is_taken(gluon_calls, monkeypatch):
+    """Eligible inputs launch the Gluon kernel once; NK_GLUON=0 sends them to the Triton kernel (no launch); the
+    two agree (o within a bf16 step of its largest value, lse within 1e-3)."""
+    q, k, v = (t.bfloat16() for t in make_qkv(32, 2, 512, 512, 32, 2, 128, device="cuda")[:3])
+    skip_unless_gluon(q, k, v, True)
+    o, lse = gqa_attention(q, k, v, return_lse=True)
+    assert gluon_calls == [(2, 512, 32)]
+    monkeypatch.setenv("NK_GLUON", "0")
+    o_triton, lse_triton = gqa_attention(q, k, v, return_lse=True)
+    assert len(gluon_calls) == 1
+    torch.testing.assert_close(o, o_triton, rtol=0, atol=2 ** -7 * o_triton.abs().max().item())
+    torch.testing.assert_close(lse, lse_triton, rtol=0, atol=1e-3)
+
+
+@pytest.mark.cuda
+def test_cuda_gluon_strided_inputs():
+    """q / k / v as head slices of one fused projection (read in place through the descriptors' row stride) and
+    heads-major (copied first) give the contiguous inputs' o and lse bit for bit."""
+    mod = gluon_module()
+    hq, hkv, d = 8, 2, 128
+    q, k, v = (t.bfloat16() for t in make_qkv(33, 2, 256, 256, hq, hkv, d, device="cuda")[:3])
+    skip_unless_gluon(q, k, v, True)
+    want = gqa_attention(q, k, v, return_lse=True)
+    fused = torch.cat([q.flatten(2), k.flatten(2), v.flatten(2)], dim=-1)
+    sliced = [t.unflatten(-1, (-1, d)) for t in fused.split([hq * d, hkv * d, hkv * d], dim=-1)]
+    assert all(mod._rows_view(t) is t for t in sliced)
+    heads_major = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)]
+    for ins in (sliced, heads_major):
+        got = gqa_attention(*ins, return_lse=True)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+# ------------------------------------------------------------------------------ Gluon backward (sm_90, triton 3.6)
+def gluon_bwd_module():
+    """nemotron_kernels.triton.gqa_attention_bwd_gluon (imports on any Triton with Gluon; runs on 3.6 only)."""
+    pytest.importorskip("triton")
+    with pytest.MonkeyPatch.context() as m:
+        if not torch.cuda.is_available():
+            m.setenv("TRITON_INTERPRET", "1")        # as gluon_module: conftest's interpreter-mode triton.language
+        from nemotron_kernels.triton import gqa_attention_bwd_gluon
+    return gqa_attention_bwd_gluon
+
+
+def skip_unless_gluon_bwd(q, k, v, causal):
+    """Skip unless gqa_attention_bwd would run the Gluon backward on these inputs (with NK_GLUON unset)."""
+    why = gluon_bwd_module().gluon_bwd_ineligible_reason(q, k, v, causal, None)
+    if why is not None:
+        pytest.skip(f"the Gluon backward does not run here: {why}")
+
+
+@pytest.fixture
+def gluon_bwd_calls(monkeypatch):
+    """The Gluon backward's launches during the test: a list that gets (B, S, Hq) per call."""
+    return spy_launches(monkeypatch, gluon_bwd_module(), "gqa_attention_bwd_gluon", 1)
+
+
+def test_gluon_bwd_eligibility_rules(monkeypatch):
+    """gluon_bwd_ineligible_reason on CPU / meta tensors: the platform's reason first (CPU here); with the platform
+    passed by monkeypatching, None for fp16 / bf16, causal or not, any Hq multiple of Hkv, and a reason naming each
+    disqualifier."""
+    mod = gluon_bwd_module()
+
+    def qkv(bsz=2, sq=256, sk=256, hq=32, hkv=2, d=128, dtype=torch.bfloat16, device="cpu"):
+        return tuple(torch.empty(bsz, s, h, d, dtype=dtype, device=device) for s, h in ((sq, hq), (sk, hkv), (sk, hkv)))
+
+    assert mod.gluon_bwd_ineligible_reason(*qkv(), True, None) is not None              # CPU tensors
+    fwd = gluon_module()                           # its inputs_ineligible_reason checks the platform for both
+    monkeypatch.setattr(fwd, "gluon_platform", lambda device: (False, "platform says no"))
+    assert mod.gluon_bwd_ineligible_reason(*qkv(), True, None) == "platform says no"
+    monkeypatch.setattr(fwd, "gluon_platform", lambda device: (True, "patched"))
+    for dtype in (torch.bfloat16, torch.float16):
+        for causal in (True, False):
+            assert mod.gluon_bwd_ineligible_reason(*qkv(dtype=dtype), causal, None) is None, (dtype, causal)
+    for hq, hkv in ((6, 2), (4, 4), (1, 1), (48, 2)):
+        assert mod.gluon_bwd_ineligible_reason(*qkv(bsz=1, sq=128, sk=128, hq=hq, hkv=hkv), True, None) is None
+    q16, k16, v16 = qkv(dtype=torch.float16)
+    q, k, v = qkv()
+    big = 128 * 65536                                                                     # S // 128 past grid y
+    rejected = {
+        "dtype": [(*qkv(dtype=torch.float32), True, None),
+                  (*(t.to(torch.float8_e4m3fn) for t in qkv()), True, None), (q16, k16.bfloat16(), v16, True, None)],
+        "varlen": [(*qkv(bsz=1), True, torch.tensor([0, 128, 256], dtype=torch.int32))],
+        "Sq": [(*qkv(sq=128, sk=256), True, None), (*qkv(sq=256, sk=128), False, None)],
+        "empty": [(*qkv(bsz=0), True, None), (*qkv(sq=0, sk=0), True, None)],
+        "multiple of 128": [(*qkv(sq=200, sk=200), True, None), (*qkv(sq=64, sk=64), False, None)],
+        "D 64": [(*qkv(d=64), True, None)],
+        "Hq 3 not a multiple of Hkv 2": [(*qkv(hq=3, hkv=2), True, None)],
+        "65535": [(*qkv(bsz=1, sq=big, sk=big, hq=1, hkv=1, device="meta"), True, None)],
+        "devices differ": [(q, k.to("meta"), v, True, None)],
+    }
+    for reason, cases in rejected.items():
+        for args in cases:
+            why = mod.gluon_bwd_ineligible_reason(*args)
+            assert why is not None and reason in why, (reason, why)
+
+
+def test_gluon_bwd_dispatch(monkeypatch):
+    """gqa_attention_bwd (the Triton launcher the op calls) hands eligible inputs to the Gluon launcher (spied, with
+    the platform passed by monkeypatching, CPU tensors under the interpreter) and keeps its Triton kernels for
+    ineligible ones."""
+    mod = gluon_bwd_module()                       # imported before the interpreter mode is set
+    from nemotron_kernels.triton import gqa_attention_common as common
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    bwd = common.kernel_module("gqa_attention_bwd")
+    for m in (bwd, gluon_module()):
+        monkeypatch.setattr(m, "gluon_platform", lambda device: (True, "patched"))
+    calls = []
+    monkeypatch.setattr(mod, "gqa_attention_bwd_gluon", lambda do, q, *args: calls.append(q.shape) or "gluon")
+
+    def run(seqlen, d):
+        q, k, v, do = (t.to(torch.float16) for t in make_qkv(seqlen + d, 1, seqlen, seqlen, 4, 2, d))
+        o, lse = q.flip(1), torch.full((1, 4, seqlen), 3.0)                   # any o and lse: shapes only
+        return bwd.gqa_attention_bwd(do, q, k, v, o, lse, True, d ** -0.5)
+
+    assert run(128, 128) == "gluon" and calls == [(1, 128, 4, 128)]
+    dq, dk, dv = run(48, 16)                                                   # S not a multiple of 128: Triton
+    assert len(calls) == 1 and dq.shape == (1, 48, 4, 16) and dk.shape == dv.shape == (1, 48, 2, 16)
+
+
+def test_gluon_bwd_aot_compile_sm90():
+    """The Gluon backward compiles for sm_90a in every variant the dispatch launches (dk/dv and dq, bf16 / fp16,
+    causal / full): 16-bit wgmmas, no spills. Triton 3.6's Gluon API: skipped on other versions (CI's 3.8); checked
+    in a fresh process, like test_gluon_aot_compile_sm90."""
+    triton = pytest.importorskip("triton")
+    if not triton.__version__.startswith("3.6"):
+        pytest.skip(f"triton {triton.__version__}: the Gluon kernels are built for triton 3.6 only")
+    out = run_aot("gqa_attention_bwd_gluon")
+    lines = [line for line in out.splitlines() if line.startswith(("gqa_attn_bwd_dkdv_gluon", "gqa_attn_bwd_dq_gluon"))]
+    assert len(lines) == 8, out
+    for line in lines:
+        kind = "bf16.bf16" if " bf16 " in line else "f16.f16"
+        assert f"| wgmma {kind} |" in line and "STACK:0" in line and "LOCAL:0" in line, line
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("bsz,seqlen,hq,hkv,causal,dtype", [
+    (2, 1024, 32, 2, True, torch.bfloat16),        # NemotronH heads
+    (2, 1024, 32, 2, False, torch.bfloat16),
+    (1, 256, 4, 4, True, torch.float16),           # one query head per kv head
+    (1, 256, 4, 4, False, torch.float16),
+    (2, 128, 32, 2, True, torch.bfloat16),         # one key block: the diagonal only
+    (1, 384, 6, 2, False, torch.float16),          # 3 heads per kv head, full attention
+])
+def test_cuda_gluon_bwd_matches_reference(gluon_bwd_calls, bsz, seqlen, hq, hkv, causal, dtype):
+    """gqa_attention's backward on the Gluon kernels (one launch): dq, dk, dv vs the float64 reference (3x rule)."""
+    q, k, v, do = make_qkv(seqlen + hq + 50, bsz, seqlen, seqlen, hq, hkv, 128, device="cuda")
+    skip_unless_gluon_bwd(*(t.to(dtype) for t in (q, k, v)), causal)
+    check_fwd_bwd(q, k, v, do, dtype, causal)
+    assert gluon_bwd_calls == [(bsz, seqlen, hq)]
+
+
+@pytest.mark.cuda
+def test_cuda_gluon_bwd_path_is_taken(gluon_bwd_calls, monkeypatch):
+    """On the same o and lse, gqa_attention_bwd launches the Gluon backward once; NK_GLUON=0 sends it to the Triton
+    kernels (no launch); dq, dk, dv agree within 2^-6 of each gradient's largest magnitude."""
+    from nemotron_kernels.triton import gqa_attention_common as common
+    q, k, v, do = (t.bfloat16() for t in make_qkv(52, 2, 512, 512, 32, 2, 128, device="cuda"))
+    skip_unless_gluon_bwd(q, k, v, True)
+    bwd = common.kernel_module("gqa_attention_bwd")
+    o, lse = gqa_attention(q, k, v, return_lse=True)
+    gluon = bwd.gqa_attention_bwd(do, q, k, v, o, lse, True, 128 ** -0.5)
+    assert gluon_bwd_calls == [(2, 512, 32)]
+    monkeypatch.setenv("NK_GLUON", "0")
+    triton_grads = bwd.gqa_attention_bwd(do, q, k, v, o, lse, True, 128 ** -0.5)
+    assert len(gluon_bwd_calls) == 1
+    for name, g, t in zip(("dq", "dk", "dv"), gluon, triton_grads):
+        assert g.shape == t.shape and g.dtype == t.dtype, name
+        torch.testing.assert_close(g, t, rtol=0, atol=2 ** -6 * t.abs().max().item(), msg=name)
+
+
+@pytest.mark.cuda
+def test_cuda_gluon_bwd_is_deterministic(gluon_bwd_calls):
+    """Two Gluon backward runs at 2048 tokens (NemotronH heads) give the same bits (no atomics)."""
+    q, k, v, do = make_qkv(53, 1, 2048, 2048, 32, 2, 128, device="cuda")
+    skip_unless_gluon_bwd(*(t.bfloat16() for t in (q, k, v)), True)
+    assert_backward_reproducible(q, k, v, do, torch.bfloat16)
+    assert gluon_bwd_calls == [(1, 2048, 32)] * 2
+
+
+@pytest.mark.cuda
+def test_cuda_gluon_bwd_strided_inputs(gluon_bwd_calls):
+    """q / k / v as head slices of one fused projection (read in place through the descriptors' row stride) and
+    heads-major (copied first) give the contiguous inputs' dq, dk, dv bit for bit."""
+    from nemotron_kernels.triton import gqa_attention_common as common
+    hq, hkv, d = 8, 2, 128
+    q, k, v, do = (t.bfloat16() for t in make_qkv(54, 2, 256, 256, hq, hkv, d, device="cuda"))
+    skip_unless_gluon_bwd(q, k, v, True)
+    bwd = common.kernel_module("gqa_attention_bwd")
+    o, lse = gqa_attention(q, k, v, return_lse=True)
+    want = bwd.gqa_attention_bwd(do, q, k, v, o, lse, True, d ** -0.5)
+    fused = torch.cat([q.flatten(2), k.flatten(2), v.flatten(2)], dim=-1)
+    sliced = [t.unflatten(-1, (-1, d)) for t in fused.split([hq * d, hkv * d, hkv * d], dim=-1)]
+    heads_major = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)]
+    for ins in (sliced, heads_major):
+        got = bwd.gqa_attention_bwd(do, *ins, o, lse, True, d ** -0.5)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert len(gluon_bwd_calls) == 3
