@@ -6,6 +6,8 @@ Forward: four Triton stages (nemotron_kernels/triton/ssd_scan_*.py) on CUDA tens
   2. state_passing  states between segments (only with > 1 segment), then final_states: the carries into the
                     final states, and empty packed sequences' final states (their initial ones),
   3. chunk_scan     outputs of every chunk (CB once per group, tl.dot for the intra-chunk and state terms).
+On Hopper with Triton 3.6, stages 1 and 3 run warp-specialised Gluon kernels (triton/ssd_scan_chunk_*_gluon.py)
+where gluon_eligible holds (batched bf16, L a multiple of 128, P 64, N 128; NK_GLUON=0 turns them off).
 Backward (Triton, deterministic: no atomics, every sum in a fixed order): the forward's chunk states, kept by the
 autograd Function (stages 0-2 recompute them where absent), then
   4. bwd_chunk_state  state gradients dL/dS_out carried backwards through each segment (+ the initial states'),
@@ -25,7 +27,7 @@ import torch
 from ..reference._checks import check_positive_int
 from ..reference.ssd_scan import check_ssd_args, ssd_chunk_table_ref, ssd_scan_ref
 from ..triton import mamba_common
-from ..triton.common import cdiv
+from ..triton.common import cdiv, gluon_platform
 from ._kernel_op import kernel_op
 from .._tensor_cache import derived
 
@@ -85,6 +87,42 @@ def _state_dtype(x) -> torch.dtype:
     return torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
 
 
+def _tma_rows(t) -> bool:
+    """Whether t [B, L, K, D] reads as one 2-D TMA view [B*L, K*D] (the Gluon kernels' descriptors): unit last
+    stride, its K rows of D packed, rows evenly spaced over the batch, a 16-byte aligned base and row stride (the
+    model's x, B, C, views of one conv output row, qualify)."""
+    bsz, seqlen, k, d = t.shape
+    s_b, s_l, s_k, s_d = t.stride()
+    return s_d == 1 and (s_k == d or k == 1) and (s_b == seqlen * s_l or bsz == 1) \
+        and (s_l * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
+
+
+def gluon_eligible(stage: str, x, B, C=None, chunk: int = 128, packed: bool = False,
+                   initial_states=None) -> tuple[bool, str]:
+    """(whether ssd_scan's `stage`, "chunk_state" or "chunk_scan", runs its Hopper Gluon kernel
+    (triton/ssd_scan_<stage>_gluon.py) for this call, why (not)). Exactly the kernels' scope; the rest runs the
+    Triton kernels: gluon_platform (triton/common.py), batched (packed: cu_seqlens given), chunk 128 and L a
+    positive multiple of it, P = 64, N = 128 (any H, G), bf16 x, B (and C: the chunk states are then bf16 too),
+    _tma_rows views; chunk_state without initial states (final states: yes), chunk_scan with or without D."""
+    ok, why = gluon_platform(x.device)
+    if not ok:
+        return ok, why
+    tensors = (x, B) if stage == "chunk_state" else (x, B, C)
+    if packed:
+        return False, "packed sequences (cu_seqlens)"
+    if chunk != 128 or x.numel() == 0 or x.shape[1] % 128:
+        return False, "needs chunk 128 and L a positive multiple of 128"
+    if x.shape[3] != 64 or B.shape[3] != 128:
+        return False, "needs P = 64 and N = 128"
+    if any(t.dtype != torch.bfloat16 for t in tensors):
+        return False, "needs bf16 x, B, C"
+    if stage == "chunk_state" and initial_states is not None:
+        return False, "initial states (chunk_state)"
+    if not all(_tma_rows(t) for t in tensors):
+        return False, "strides a 2-D TMA view cannot take"
+    return True, why
+
+
 def _plan(x, B, chunk: int, cu_seqlens, nstates: int) -> dict:
     """Chunk geometry shared by the forward and the backward: chunk table (packed), segments of stage 1, tiles."""
     geometry, cfg = _geometry(x, B, chunk, cu_seqlens is not None, nstates)
@@ -123,7 +161,6 @@ def _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus: bool, plan:
     """Forward stages 0-2: (s_in [n_chunks, H, P, N] state dtype, carry_decay [n_chunks, H] fp32, carry_lp
     [n_seg, H, P, N] state dtype | None with one segment, dtcs [3, B, H, L] fp32: stage 0's dt and cumulative dt A
     for stage 3); completes `final` [n_states, H, P, N] in place if given."""
-    state_k = mamba_common.kernel_module("ssd_scan_chunk_state")
     pass_k = mamba_common.kernel_module("ssd_scan_state_passing")
     _, _, nheads, headdim = x.shape
     dstate, dev = B.shape[3], x.device
@@ -136,6 +173,10 @@ def _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus: bool, plan:
     final_decay = torch.empty(final.shape[0], nheads, dtype=torch.float32, device=dev) if final is not None else None
     dtcs = mamba_common.kernel_module("ssd_scan_chunk_cumsum").chunk_cumsum_launch(dt, A, dt_bias, plan["table"],
                                                                                    geometry, dt_softplus)
+    if gluon_eligible("chunk_state", x, B, None, geometry["Q"], plan["table"] is not None, initial_states)[0]:
+        from ..triton import ssd_scan_chunk_state_gluon as state_k    # plain import: CUDA only, never interpreted
+    else:
+        state_k = mamba_common.kernel_module("ssd_scan_chunk_state")
     state_k.chunk_state_launch(x, dtcs, B, initial_states, plan["table"], s_in, carry_decay, seg_state, seg_decay,
                                final, final_decay, geometry, plan["cfg"]["chunk_state"], plan["precision"])
     carry = carry_lp = None
@@ -188,8 +229,8 @@ def ssd_scan_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
                                                       torch.Tensor, torch.Tensor]:
     """-> (y [B, L, H, P] in x's dtype, final_states [B or S, H, P, N] fp32 (empty [0] unless requested), and the
     chunk states for the backward (_saved_shapes: s_in, carry_decay, carry_lp, dtcs; all empty [0] where the
-    backward recomputes them: no tokens, or B not in x's dtype, which the backward casts)) (Triton)."""
-    scan_k = mamba_common.kernel_module("ssd_scan_chunk_scan")
+    backward recomputes them: no tokens, or B not in x's dtype, which the backward casts)) (Triton; stages 1 and
+    3 in Gluon where gluon_eligible holds)."""
     bsz, seqlen, nheads, headdim = x.shape
     dstate = B.shape[3]
     dev = x.device
@@ -210,6 +251,10 @@ def ssd_scan_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     geometry = plan["geometry"]
     s_in, carry_decay, carry_lp, dtcs = _chunk_states(x, dt, A, B, dt_bias, initial_states, dt_softplus, plan,
                                                       final)
+    if gluon_eligible("chunk_scan", x, B, C, chunk_size, cu_seqlens is not None)[0]:
+        from ..triton import ssd_scan_chunk_scan_gluon as scan_k      # plain import: CUDA only, never interpreted
+    else:
+        scan_k = mamba_common.kernel_module("ssd_scan_chunk_scan")
     scan_k.chunk_scan_launch(x, dtcs, B, C, D, plan["table"], s_in, carry_decay, carry_lp, y, geometry,
                              plan["cfg"]["chunk_scan"], plan["precision"])
     # one segment: no carry, an empty one in the state dtype (_saved_shapes)
@@ -385,4 +430,9 @@ def ssd_scan(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus: bool = False, ch
 
 
 def backend_report(device_type: str) -> str:
-    return mamba_common.backend_report(device_type, "ssd_scan forward + deterministic backward", dot_kernel=True)
+    report = mamba_common.backend_report(device_type, "ssd_scan forward + deterministic backward", dot_kernel=True)
+    if device_type == "cuda" and report.startswith("triton") and torch.cuda.is_available():
+        ok, why = gluon_platform(torch.device("cuda"))
+        report += f"; forward stages 1 and 3 in Gluon ({why}) for batched bf16, L % 128 == 0, P 64, N 128" if ok \
+            else f"; no Gluon stages ({why})"
+    return report

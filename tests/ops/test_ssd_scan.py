@@ -2,9 +2,13 @@
 bwd_chunk_state -> state_passing -> bwd da / dx / dC / dB) against the float64 reference and its autograd, under
 the DESIGN error rule. CPU: Triton's interpreter at small shapes (fp16/fp32); `cuda`: NemotronH shapes (H=64,
 P=64, G=8, N=128, chunk 128, bf16), backward determinism, and 600K-token runs past 2^31 elements."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
-from mamba_checks import BWD, F64, FWD, aot_lines, assert_error_rule, assert_state_rule  # noqa: F401
+from mamba_checks import BWD, F64, FWD, ROOT, aot_lines, assert_error_rule, assert_state_rule  # noqa: F401
 
 from nemotron_kernels.ops.ssd_scan import ssd_scan
 from nemotron_kernels.reference.ssd_scan import ssd_recurrence_ref, ssd_scan_ref
@@ -551,3 +555,181 @@ def test_interpreter_packed_scan_keeps_its_chunk_table_on_cu_seqlens():
     assert cu._nk_chunk_table is kept
     y3, f3 = ssd_scan(x, dt, A, B, C, chunk_size=32, cu_seqlens=cu.clone(), return_final_states=True)
     assert torch.equal(y1, y2) and torch.equal(y2, y3) and torch.equal(f1, f2) and torch.equal(f2, f3)
+
+
+# Hopper Gluon stages 1 and 3 (triton/ssd_scan_chunk_*_gluon.py), where ops/ssd_scan.py gluon_eligible holds
+
+def test_gluon_platform_rules(monkeypatch):
+    """triton/common.py gluon_platform (every Gluon kernel's gate), with the GPU's capability and Triton's version
+    monkeypatched: Hopper (9.0) and Triton 3.6 only, compiled CUDA only, and NK_GLUON=0 turns it off; each rule
+    refuses on its own."""
+    from nemotron_kernels.triton import common
+    monkeypatch.delenv("NK_GLUON", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(common, "_capability", lambda index: (9, 0))
+    monkeypatch.setattr(common, "_triton_version", lambda: "3.6.0")
+    cuda = torch.device("cuda", 0)
+    assert common.gluon_platform(cuda) == (True, "Hopper, triton 3.6.0")
+    monkeypatch.setenv("NK_GLUON", "1")
+    assert common.gluon_platform(cuda)[0]
+    refusals = {"NK_GLUON=0": lambda m: m.setenv("NK_GLUON", "0"),
+                "interpreter": lambda m: m.setenv("TRITON_INTERPRET", "1"),
+                "capability 8.0": lambda m: m.setattr(common, "_capability", lambda index: (8, 0)),
+                "capability 10.0": lambda m: m.setattr(common, "_capability", lambda index: (10, 0)),
+                "triton 3.8.0": lambda m: m.setattr(common, "_triton_version", lambda: "3.8.0"),
+                "triton 3.5.1": lambda m: m.setattr(common, "_triton_version", lambda: "3.5.1")}
+    for name, refuse in refusals.items():
+        with monkeypatch.context() as m:
+            refuse(m)
+            ok, why = common.gluon_platform(cuda)
+            assert not ok and why, f"{name}: not refused"
+    assert common.gluon_platform(cuda)[0]
+    assert common.gluon_platform(torch.device("cpu")) == (False, "cpu tensors")
+
+
+def test_gluon_scope_rules(monkeypatch):
+    """gluon_eligible's scope on CPU tensors (the platform monkeypatched to pass): batched bf16, chunk 128, L a
+    positive multiple of 128, P 64, N 128, any H / G, views a 2-D TMA descriptor takes (the model's conv-output
+    views do), no initial states for chunk_state; each rule refuses on its own. Unpatched, CPU tensors never go."""
+    import nemotron_kernels.ops.ssd_scan as ssd_ops
+    bf16 = torch.bfloat16
+    bsz, seqlen, nheads, headdim, ngroups, dstate = 2, 256, 8, 64, 2, 128
+    hp, gn = nheads * headdim, ngroups * dstate
+
+    def xbc(width=hp + 2 * gn, rows=seqlen, n=bsz):
+        """x, B, C as the model makes them: views of one conv output [B, L, H*P + 2*G*N]."""
+        buf = torch.empty(n, rows, width, dtype=bf16)[:, :seqlen]
+        return (buf[..., :hp].view(n, seqlen, nheads, headdim), buf[..., hp:hp + gn].view(n, seqlen, ngroups, dstate),
+                buf[..., hp + gn:hp + 2 * gn].view(n, seqlen, ngroups, dstate))
+
+    def eligible(stage, x, B, C, chunk=128, packed=False, init=None):
+        return ssd_ops.gluon_eligible(stage, x, B, C, chunk, packed, init)
+
+    x, B, C = xbc()
+    assert not eligible("chunk_state", x, B, C)[0], "CPU tensors must not take the Gluon kernels"
+    monkeypatch.setattr(ssd_ops, "gluon_platform", lambda device: (True, "test"))
+    contiguous = [t.contiguous() for t in (x, B, C)]
+    for stage in ("chunk_state", "chunk_scan"):
+        assert eligible(stage, x, B, C) == (True, "test"), stage
+        assert eligible(stage, *contiguous)[0], stage
+        assert eligible(stage, *xbc(rows=2 * seqlen, n=1))[0], f"{stage}: B = 1, any batch stride"
+        assert eligible(stage, *(t[:, :, :1] for t in (x, B, C)))[0], f"{stage}: one head, one group"
+    misaligned = torch.empty(x.numel() + 1, dtype=bf16)[1:].view(x.shape)
+    view = "strides"
+    refusals = {   # name: (a word of the reason, stage, x, B, C, chunk, packed, initial_states)
+        "packed": ("packed", "chunk_scan", x, B, C, 128, True, None),
+        "chunk 64": ("chunk 128", "chunk_scan", x, B, C, 64, False, None),
+        "L % 128": ("multiple", "chunk_state", x[:, :200], B[:, :200], C[:, :200], 128, False, None),
+        "no tokens": ("positive", "chunk_state", x[:, :0], B[:, :0], C[:, :0], 128, False, None),
+        "P 32": ("P = 64", "chunk_scan", x[..., :32], B, C, 128, False, None),
+        "N 64": ("N = 128", "chunk_state", x, B[..., :64], C[..., :64], 128, False, None),
+        "fp16 x": ("bf16", "chunk_state", x.half(), B, C, 128, False, None),
+        "fp32 C": ("bf16", "chunk_scan", x, B, C.float(), 128, False, None),
+        "initial states": ("initial", "chunk_state", x, B, C, 128, False, torch.zeros(bsz, nheads, headdim, dstate)),
+        "misaligned base": (view, "chunk_state", misaligned, B, C, 128, False, None),
+        "heads not packed": (view, "chunk_scan", torch.empty(bsz, seqlen, nheads, 2 * headdim, dtype=bf16)[..., :64],
+                             B, C, 128, False, None),
+        "row stride not 16-byte": (view, "chunk_scan", *xbc(width=hp + 2 * gn + 4), 128, False, None),
+        "batch rows uneven": (view, "chunk_state", *xbc(rows=2 * seqlen)[:2], C, 128, False, None),
+    }
+    for name, (word, stage, *args) in refusals.items():
+        ok, why = eligible(stage, *args)
+        assert not ok and word in why, f"{name}: {(ok, why)}"
+    # what the other stage does not read does not matter
+    assert eligible("chunk_scan", x, B, C, 128, False, torch.zeros(bsz, nheads, headdim, dstate))[0]
+    assert eligible("chunk_state", x, B, C.float())[0]
+
+
+def test_gluon_aot_compile_sm90a():
+    """The shipped Gluon kernels compile for sm_90a with Triton 3.6 (the Gluon API they are written for), in a
+    fresh process as the other AOT builds (compiled mode); chunk_state fits two CTAs an SM, as the op's segments
+    assume (chunk_state_config's programs_per_sm)."""
+    import triton
+    if not triton.__version__.startswith("3.6."):
+        pytest.skip(f"the Gluon kernels are built for triton 3.6 only (this is {triton.__version__})")
+    code = ("import importlib\n"
+            "for mod in ('ssd_scan_chunk_state_gluon', 'ssd_scan_chunk_scan_gluon'):\n"
+            "    m = importlib.import_module('nemotron_kernels.triton.' + mod)\n"
+            "    for name, ck in m.aot_compile_all():\n"
+            "        wgmma = 'wgmma' if 'wgmma' in ck.asm['ptx'] else 'no-wgmma'\n"
+            "        print('AOT', mod, ck.metadata.shared, wgmma, name, flush=True)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-6000:]
+    lines = [line.split() for line in run.stdout.splitlines() if line.startswith("AOT ")]
+    state = [words for words in lines if words[1] == "ssd_scan_chunk_state_gluon"]
+    scan = [words for words in lines if words[1] == "ssd_scan_chunk_scan_gluon"]
+    assert len(state) == 2 and len(scan) == 3 and all(words[3] == "wgmma" for words in lines), run.stdout
+    # an H200 SM holds 228 KB of shared memory, 1 KB of it reserved per CTA
+    assert all(2 * (int(words[2]) + 1024) <= 228 * 1024 for words in state), state
+
+
+def _gluon_or_skip():
+    import nemotron_kernels.ops.ssd_scan as ssd_ops
+    ok, why = ssd_ops.gluon_platform(torch.device("cuda"))
+    if not ok:
+        pytest.skip(f"the Gluon SSD stages do not run here: {why}")
+
+
+def spy_gluon(monkeypatch) -> list:
+    """A list that gains "chunk_state" / "chunk_scan" at each call of a Gluon launcher from here on."""
+    from nemotron_kernels.triton import ssd_scan_chunk_scan_gluon, ssd_scan_chunk_state_gluon
+    calls = []
+    for mod, stage in ((ssd_scan_chunk_state_gluon, "chunk_state"), (ssd_scan_chunk_scan_gluon, "chunk_scan")):
+        real = getattr(mod, f"{stage}_launch")
+        monkeypatch.setattr(mod, f"{stage}_launch", lambda *a, real=real, stage=stage: calls.append(stage) or real(*a))
+    return calls
+
+
+GLUON_CASES = {   # id: (seed, bsz, seqlen, head shapes, extras: D, dt_bias, softplus)
+    "B2-L1024": (41, 2, 1024, NEMOTRON, True),
+    "B3-L1024-rows-inside-segments": (42, 3, 1024, NEMOTRON, True),    # segments of 6 chunks, rows of 8 (H200)
+    "B1-L4096-carry": (43, 1, 4096, NEMOTRON, True),
+    "B1-L2048-H12-G3-no-D": (44, 1, 2048, dict(nheads=12, headdim=64, ngroups=3, dstate=128), False),
+}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", list(GLUON_CASES))
+def test_cuda_gluon_forward(monkeypatch, case):
+    """The Gluon stages run (both launchers called, gluon_eligible true): y and the final states against the
+    float64 reference; the chunk states and final states bitwise those of the Triton stages (NK_GLUON=0: the
+    same math, as the probe measured), y within the error rule's bound of Triton's y."""
+    import nemotron_kernels.ops.ssd_scan as ssd_ops
+    from nemotron_kernels.testing import error_bound
+    _gluon_or_skip()
+    seed, bsz, seqlen, heads, extras = GLUON_CASES[case]
+    inputs = make_inputs(seed, bsz, seqlen, dtype=torch.bfloat16, device="cuda", extras=extras, **heads)
+    x, B, C = inputs["x"], inputs["B"], inputs["C"]
+    for stage in ("chunk_state", "chunk_scan"):
+        ok, why = ssd_ops.gluon_eligible(stage, x, B, C)
+        assert ok, f"{stage} not eligible: {why}"
+    calls = spy_gluon(monkeypatch)
+    check_forward(inputs, 128)
+    assert calls == ["chunk_state", "chunk_scan"], f"Gluon launchers called: {calls}"
+    args = [inputs[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")] + [inputs["dt_softplus"], 128, None, None,
+                                                                               True]
+    gluon = ssd_ops.ssd_scan_fwd(*args)
+    monkeypatch.setenv("NK_GLUON", "0")
+    triton_out = ssd_ops.ssd_scan_fwd(*args)
+    assert len(calls) == 4, f"NK_GLUON=0 still ran a Gluon kernel: {calls}"
+    if case.endswith("carry"):
+        assert gluon[4].numel() > 0, "one segment: the carry path is not exercised"
+    for name, a, b in zip(("final_states", "s_in", "carry_decay", "carry_lp", "dtcs"), gluon[1:], triton_out[1:]):
+        assert torch.equal(a, b), f"{name}: the Gluon chunk_state differs from the Triton one"
+    y64 = ssd_scan_ref(**to64(inputs), chunk_size=128)
+    y_low = ssd_scan_ref(**inputs, chunk_size=128)
+    diff, bound = max_error(gluon[0], triton_out[0]), error_bound(y64, y_low, FWD, torch.bfloat16)
+    assert diff <= bound, f"y: Gluon and Triton differ by {diff:.3e} > the error rule's bound {bound:.3e}"
+
+
+@pytest.mark.cuda
+def test_cuda_gluon_forward_backward(monkeypatch):
+    """fwd + bwd through ssd_scan at B1 L2048 with the Gluon stages (final states too): every gradient against
+    float64 autograd; the backward takes the Gluon chunk_state's saved states."""
+    _gluon_or_skip()
+    inputs = make_inputs(45, 1, 2048, dtype=torch.bfloat16, device="cuda", **NEMOTRON)
+    calls = spy_gluon(monkeypatch)
+    check_backward(inputs, 128, seed=45)
+    assert calls == ["chunk_state", "chunk_scan"], f"Gluon launchers called: {calls}"
