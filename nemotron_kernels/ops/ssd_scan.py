@@ -7,7 +7,8 @@ Forward: four Triton stages (nemotron_kernels/triton/ssd_scan_*.py) on CUDA tens
                     final states, and empty packed sequences' final states (their initial ones),
   3. chunk_scan     outputs of every chunk (CB once per group, tl.dot for the intra-chunk and state terms).
 On Hopper with Triton 3.6, stages 1 and 3 run warp-specialised Gluon kernels (triton/ssd_scan_chunk_*_gluon.py)
-where gluon_eligible holds (batched bf16, L a multiple of 128, P 64, N 128; NK_GLUON=0 turns them off).
+where gluon_eligible holds (batched bf16, L a multiple of 128, P 64, N 128; NK_GLUON=0 turns them off), and so
+does the backward's dx kernel (triton/ssd_scan_bwd_dx_gluon.py; also D, dt_bias and dt softplus).
 Backward (Triton, deterministic: no atomics, every sum in a fixed order): the forward's chunk states, kept by the
 autograd Function (stages 0-2 recompute them where absent), then
   4. bwd_chunk_state  state gradients dL/dS_out carried backwards through each segment (+ the initial states'),
@@ -97,17 +98,20 @@ def _tma_rows(t) -> bool:
         and (s_l * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
 
 
-def gluon_eligible(stage: str, x, B, C=None, chunk: int = 128, packed: bool = False,
-                   initial_states=None) -> tuple[bool, str]:
-    """(whether ssd_scan's `stage`, "chunk_state" or "chunk_scan", runs its Hopper Gluon kernel
-    (triton/ssd_scan_<stage>_gluon.py) for this call, why (not)). Exactly the kernels' scope; the rest runs the
-    Triton kernels: gluon_platform (triton/common.py), batched (packed: cu_seqlens given), chunk 128 and L a
-    positive multiple of it, P = 64, N = 128 (any H, G), bf16 x, B (and C: the chunk states are then bf16 too),
-    _tma_rows views; chunk_state without initial states (final states: yes), chunk_scan with or without D."""
+def gluon_eligible(stage: str, x, B, C=None, chunk: int = 128, packed: bool = False, initial_states=None,
+                   dy=None, D=None, dt_bias=None, dt_softplus: bool = False) -> tuple[bool, str]:
+    """(whether ssd_scan's `stage`, "chunk_state", "chunk_scan" or the backward's "dx", runs its Hopper Gluon
+    kernel (triton/ssd_scan_<stage>_gluon.py, ssd_scan_bwd_dx_gluon.py) for this call, why (not)). Exactly the
+    kernels' scope; the rest runs the Triton kernels: gluon_platform (triton/common.py), batched (packed:
+    cu_seqlens given), chunk 128 and L a positive multiple of it, P = 64, N = 128 (any H, G), bf16 x, B (and C, and
+    dy for dx: the chunk states are then bf16 too), _tma_rows views; chunk_state without initial states (final
+    states: yes), chunk_scan with or without D; dx with D, dt_bias and dt_softplus (Nemotron's; dt any strides and
+    dtype), with or without initial states and final-state gradients (they change only the values of the states
+    it reads) and with or without the carries between segments."""
     ok, why = gluon_platform(x.device)
     if not ok:
         return ok, why
-    tensors = (x, B) if stage == "chunk_state" else (x, B, C)
+    tensors = {"chunk_state": (x, B), "chunk_scan": (x, B, C), "dx": (x, B, C, dy)}[stage]
     if packed:
         return False, "packed sequences (cu_seqlens)"
     if chunk != 128 or x.numel() == 0 or x.shape[1] % 128:
@@ -115,9 +119,11 @@ def gluon_eligible(stage: str, x, B, C=None, chunk: int = 128, packed: bool = Fa
     if x.shape[3] != 64 or B.shape[3] != 128:
         return False, "needs P = 64 and N = 128"
     if any(t.dtype != torch.bfloat16 for t in tensors):
-        return False, "needs bf16 x, B, C"
+        return False, "needs bf16 x, B, C (dx: dy)"
     if stage == "chunk_state" and initial_states is not None:
         return False, "initial states (chunk_state)"
+    if stage == "dx" and (D is None or dt_bias is None or not dt_softplus):
+        return False, "dx needs D, dt_bias and dt_softplus"
     if not all(_tma_rows(t) for t in tensors):
         return False, "strides a 2-D TMA view cannot take"
     return True, why
@@ -337,10 +343,13 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     da_part = torch.empty(n_chunks, bwd_scan_k.da_blocks(chunk_size, cfg["da"]), nheads, chunk_size,
                           dtype=torch.float32, device=dev)
     bwd_scan_k.bwd_da_launch(x, dtcs, plan["table"], dy, B, C, da_part, geometry, cfg["da"], precision)
-    bwd_scan_k.bwd_dx_launch(x, dt, dtcs, A32, B, C, D32, bias32, plan["table"], dy, s_in, carry_decay, carry_lp,
-                             g_out, gcarry_decay, gcarry_lp, dx, ddt, parts[0], parts[1],
-                             parts[2] if dt_bias is not None else None, da_part,
-                             geometry, dt_softplus, cfg["dx"], precision)
+    if gluon_eligible("dx", x, B, C, chunk_size, cu_seqlens is not None, None, dy, D32, bias32, dt_softplus)[0]:
+        from ..triton import ssd_scan_bwd_dx_gluon as dx_k            # plain import: CUDA only, never interpreted
+    else:
+        dx_k = bwd_scan_k
+    dx_k.bwd_dx_launch(x, dt, dtcs, A32, B, C, D32, bias32, plan["table"], dy, s_in, carry_decay, carry_lp, g_out,
+                       gcarry_decay, gcarry_lp, dx, ddt, parts[0], parts[1], parts[2] if dt_bias is not None else None,
+                       da_part, geometry, dt_softplus, cfg["dx"], precision)
     pw = torch.empty(n_chunks, B.shape[2], chunk_size, chunk_size, dtype=x.dtype, device=dev)   # dC -> dB
     bwd_scan_k.bwd_dbc_launch(x, dtcs, plan["table"], dy, B, s_in, carry_decay, carry_lp, pw, dC, False, geometry,
                               cfg["dc"], precision)
@@ -433,6 +442,6 @@ def backend_report(device_type: str) -> str:
     report = mamba_common.backend_report(device_type, "ssd_scan forward + deterministic backward", dot_kernel=True)
     if device_type == "cuda" and report.startswith("triton") and torch.cuda.is_available():
         ok, why = gluon_platform(torch.device("cuda"))
-        report += f"; forward stages 1 and 3 in Gluon ({why}) for batched bf16, L % 128 == 0, P 64, N 128" if ok \
-            else f"; no Gluon stages ({why})"
+        report += (f"; forward stages 1 and 3 and the backward's dx in Gluon ({why}) for batched bf16, L % 128 == 0,"
+                   " P 64, N 128 (dx: with D, dt_bias, dt softplus)") if ok else f"; no Gluon stages ({why})"
     return report

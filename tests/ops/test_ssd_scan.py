@@ -641,14 +641,14 @@ def test_gluon_scope_rules(monkeypatch):
 
 
 def test_gluon_aot_compile_sm90a():
-    """The shipped Gluon kernels compile for sm_90a with Triton 3.6 (the Gluon API they are written for), in a
-    fresh process as the other AOT builds (compiled mode); chunk_state fits two CTAs an SM, as the op's segments
-    assume (chunk_state_config's programs_per_sm)."""
+    """The shipped Gluon kernels (stages 1 and 3, the backward's dx) compile for sm_90a with Triton 3.6 (the Gluon
+    API they are written for), in a fresh process as the other AOT builds (compiled mode); chunk_state fits two
+    CTAs an SM, as the op's segments assume (chunk_state_config's programs_per_sm), the others one."""
     import triton
     if not triton.__version__.startswith("3.6."):
         pytest.skip(f"the Gluon kernels are built for triton 3.6 only (this is {triton.__version__})")
     code = ("import importlib\n"
-            "for mod in ('ssd_scan_chunk_state_gluon', 'ssd_scan_chunk_scan_gluon'):\n"
+            "for mod in ('ssd_scan_chunk_state_gluon', 'ssd_scan_chunk_scan_gluon', 'ssd_scan_bwd_dx_gluon'):\n"
             "    m = importlib.import_module('nemotron_kernels.triton.' + mod)\n"
             "    for name, ck in m.aot_compile_all():\n"
             "        wgmma = 'wgmma' if 'wgmma' in ck.asm['ptx'] else 'no-wgmma'\n"
@@ -660,9 +660,12 @@ def test_gluon_aot_compile_sm90a():
     lines = [line.split() for line in run.stdout.splitlines() if line.startswith("AOT ")]
     state = [words for words in lines if words[1] == "ssd_scan_chunk_state_gluon"]
     scan = [words for words in lines if words[1] == "ssd_scan_chunk_scan_gluon"]
-    assert len(state) == 2 and len(scan) == 3 and all(words[3] == "wgmma" for words in lines), run.stdout
+    dx = [words for words in lines if words[1] == "ssd_scan_bwd_dx_gluon"]
+    assert len(state) == 2 and len(scan) == 3 and len(dx) == 2 and all(words[3] == "wgmma" for words in lines), \
+        run.stdout
     # an H200 SM holds 228 KB of shared memory, 1 KB of it reserved per CTA
     assert all(2 * (int(words[2]) + 1024) <= 228 * 1024 for words in state), state
+    assert all(int(words[2]) + 1024 <= 228 * 1024 for words in scan + dx), scan + dx
 
 
 def _gluon_or_skip():
@@ -733,3 +736,111 @@ def test_cuda_gluon_forward_backward(monkeypatch):
     calls = spy_gluon(monkeypatch)
     check_backward(inputs, 128, seed=45)
     assert calls == ["chunk_state", "chunk_scan"], f"Gluon launchers called: {calls}"
+
+
+# Hopper Gluon dx kernel of the backward (triton/ssd_scan_bwd_dx_gluon.py), where gluon_eligible("dx") holds
+
+def test_gluon_dx_scope_rules(monkeypatch):
+    """gluon_eligible("dx")'s scope on CPU tensors (the platform monkeypatched to pass): the forward stages' rules
+    with dy too (bf16, a 2-D TMA view), plus D, dt_bias and dt_softplus; initial states allowed; each rule refuses on
+    its own. Unpatched, CPU tensors never go."""
+    import nemotron_kernels.ops.ssd_scan as ssd_ops
+    bf16 = torch.bfloat16
+    bsz, seqlen, nheads, headdim, ngroups, dstate = 2, 256, 8, 64, 2, 128
+    hp, gn = nheads * headdim, ngroups * dstate
+    buf = torch.empty(bsz, seqlen, hp + 2 * gn, dtype=bf16)          # x, B, C: views of one conv output row
+    x = buf[..., :hp].view(bsz, seqlen, nheads, headdim)
+    B = buf[..., hp:hp + gn].view(bsz, seqlen, ngroups, dstate)
+    C = buf[..., hp + gn:].view(bsz, seqlen, ngroups, dstate)
+    dy = torch.empty(bsz, seqlen, nheads, headdim, dtype=bf16)
+    D, bias = torch.zeros(nheads), torch.zeros(nheads)
+    init = torch.zeros(bsz, nheads, headdim, dstate)
+
+    def eligible(x=x, B=B, C=C, dy=dy, D=D, bias=bias, softplus=True, chunk=128, packed=False, init=None):
+        return ssd_ops.gluon_eligible("dx", x, B, C, chunk, packed, init, dy, D, bias, softplus)
+
+    assert not eligible()[0], "CPU tensors must not take the Gluon kernels"
+    monkeypatch.setattr(ssd_ops, "gluon_platform", lambda device: (True, "test"))
+    assert eligible() == (True, "test")
+    assert eligible(init=init)[0], "initial states change only the values of the states dx reads"
+    assert eligible(*(t.contiguous() for t in (x, B, C)))[0]
+    assert eligible(*(t[:1] for t in (x, B, C, dy)))[0], "B = 1"
+    view = "strides"
+    refusals = {   # name: (a word of the reason, eligible's arguments)
+        "no D": ("D, dt_bias", dict(D=None)),
+        "no dt_bias": ("D, dt_bias", dict(bias=None)),
+        "no softplus": ("softplus", dict(softplus=False)),
+        "packed": ("packed", dict(packed=True)),
+        "chunk 64": ("chunk 128", dict(chunk=64)),
+        "L % 128": ("multiple", dict(x=x[:, :200], B=B[:, :200], C=C[:, :200], dy=dy[:, :200])),
+        "P 32": ("P = 64", dict(x=x[..., :32], dy=dy[..., :32])),
+        "N 64": ("N = 128", dict(B=B[..., :64], C=C[..., :64])),
+        "fp32 dy": ("bf16", dict(dy=dy.float())),
+        "fp16 x": ("bf16", dict(x=x.half())),
+        "dy heads not packed": (view, dict(dy=torch.empty(bsz, seqlen, nheads, 2 * headdim, dtype=bf16)[..., :64])),
+        "dy misaligned": (view, dict(dy=torch.empty(dy.numel() + 1, dtype=bf16)[1:].view(dy.shape))),
+        "C rows uneven": (view, dict(C=torch.empty(bsz, 2 * seqlen, ngroups, dstate, dtype=bf16)[:, :seqlen])),
+    }
+    for name, (word, kwargs) in refusals.items():
+        ok, why = eligible(**kwargs)
+        assert not ok and word in why, f"{name}: {(ok, why)}"
+
+
+def spy_gluon_dx(monkeypatch) -> list:
+    """A list that gains "dx" at each call of the Gluon dx launcher from here on."""
+    from nemotron_kernels.triton import ssd_scan_bwd_dx_gluon
+    calls, real = [], ssd_scan_bwd_dx_gluon.bwd_dx_launch
+    monkeypatch.setattr(ssd_scan_bwd_dx_gluon, "bwd_dx_launch", lambda *a: calls.append("dx") or real(*a))
+    return calls
+
+
+GLUON_DX_CASES = {   # id: (seed, bsz, seqlen, head shapes, initial states, dt a strided view)
+    "B1-L2048": (61, 1, 2048, NEMOTRON, False, False),
+    "B2-L1024-init-dt-view": (62, 2, 1024, NEMOTRON, True, True),
+    "B1-L128-one-segment": (63, 1, 128, NEMOTRON, False, False),        # one chunk: no carries
+    "B1-L1024-H12-G3": (64, 1, 1024, dict(nheads=12, headdim=64, ngroups=3, dstate=128), False, False),
+}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", list(GLUON_DX_CASES))
+def test_cuda_gluon_backward_dx(monkeypatch, case):
+    """The Gluon dx kernel runs (its launcher called, gluon_eligible("dx") true; not under NK_GLUON=0): every
+    gradient (final-state gradients too) against float64 autograd; then ssd_scan_bwd against its NK_GLUON=0 run on
+    the same inputs: dx and ddt bitwise equal (as the probe measured on the H200), dB, dC, dinit bitwise (the same
+    Triton kernels), dA, dD, ddt_bias within 1e-5 relative (fp64 sums of fp32 terms summed in another order)."""
+    import nemotron_kernels.ops.ssd_scan as ssd_ops
+    _gluon_or_skip()
+    seed, bsz, seqlen, heads, init, dt_view = GLUON_DX_CASES[case]
+    inputs = make_inputs(seed, bsz, seqlen, dtype=torch.bfloat16, device="cuda", init=init, **heads)
+    x, B, C = inputs["x"], inputs["B"], inputs["C"]
+    if dt_view:   # as the model's dt, a slice of in_proj's output
+        wide = torch.randn(bsz, seqlen, heads["nheads"] + 8, device="cuda").bfloat16()
+        wide[..., :heads["nheads"]] = inputs["dt"]
+        inputs["dt"] = wide[..., :heads["nheads"]]
+    ok, why = ssd_ops.gluon_eligible("dx", x, B, C, 128, False, inputs["initial_states"], torch.empty_like(x),
+                                     inputs["D"], inputs["dt_bias"], inputs["dt_softplus"])
+    assert ok, f"dx not eligible: {why}"
+    n_seg = ssd_ops._plan(x, B, 128, None, bsz)["geometry"]["n_seg"]
+    assert (n_seg == 1) == case.endswith("one-segment"), f"{n_seg} segments: not the carry case meant"
+    calls = spy_gluon_dx(monkeypatch)
+    check_backward(inputs, 128, seed=seed)
+    assert calls == ["dx"], f"Gluon dx launcher called: {calls}"
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    dy = torch.randn(x.shape, generator=g, device="cuda").bfloat16()
+    dfinal = torch.randn(bsz, heads["nheads"], 64, 128, generator=g, device="cuda")
+    args = [inputs[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")] + [True, 128, inputs["initial_states"],
+                                                                               None, dy, dfinal]
+    gluon = ssd_ops.ssd_scan_bwd(*args)
+    assert calls == ["dx", "dx"], f"Gluon dx launcher called: {calls}"
+    monkeypatch.setenv("NK_GLUON", "0")
+    triton_out = ssd_ops.ssd_scan_bwd(*args)
+    assert len(calls) == 2, f"NK_GLUON=0 still ran the Gluon dx kernel: {calls}"
+    names = ("dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias", "dinit")
+    for name, a, b in zip(names, gluon, triton_out):
+        if name in ("dA", "dD", "ddt_bias"):
+            err = (a - b).abs().max().item() / b.abs().max().item()
+            assert err <= 1e-5, f"{name}: Gluon and Triton differ by {err:.2e} (relative max)"
+        else:
+            assert torch.equal(a, b), f"{name}: the Gluon dx run differs from the Triton one"
