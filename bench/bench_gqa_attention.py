@@ -96,9 +96,9 @@ def run(bench: Bench) -> None:
         fwd_flops = 2.0 * bsz * HQ * seqlen * seqlen * HEAD_DIM
         io_bytes = 2 * (2 * bsz * seqlen * HQ * HEAD_DIM + 2 * bsz * seqlen * HKV * HEAD_DIM)   # q, o, k, v
 
-        variants = [Variant("ours: triton fwd", lambda s: gqa_attention(s["q"], s["k"], s["v"]),
+        variants = [Variant("ours: fwd", lambda s: gqa_attention(s["q"], s["k"], s["v"]),
                             flops=fwd_flops, bytes=io_bytes),
-                    Variant("ours: triton fp8 fwd", _ours_fp8, flops=fwd_flops, bytes=io_bytes * 3 // 4,
+                    Variant("ours: fp8 fwd", _ours_fp8, flops=fwd_flops, bytes=io_bytes * 3 // 4,
                             flop_ceiling="fp8")]
         for label, backend in BACKENDS:
             attend, expanded = _pick_sdpa(backend, pool[0], grad=False)
@@ -134,7 +134,7 @@ def run(bench: Bench) -> None:
         bwd_pool = [prepare(s) for s in pool]
         del pool
         # autograd.grad is not capturable into a CUDA graph: eager CUDA-event timing (large problems, so fair)
-        variants = [Variant("ours: triton bwd", lambda s: backward(s["ours"]), flops=2.5 * fwd_flops, graph=False)]
+        variants = [Variant("ours: bwd", lambda s: backward(s["ours"]), flops=2.5 * fwd_flops, graph=False)]
         for label, _ in BACKENDS:
             expanded = impls[label][1]
             variants.append(Variant(f"torch SDPA {label} bwd{' (kv expanded)' if expanded else ''}",

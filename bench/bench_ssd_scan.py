@@ -160,7 +160,7 @@ def run(bench: Bench) -> None:
         tokens = bsz * seqlen
         io_bytes = sum(first[k].numel() * first[k].element_size() for k in ("x", "dt", "B", "C")) \
             + first["x"].numel() * 2 + (bsz if cu_list is None else len(cu_list) - 1) * H * P * N * 4
-        variants = [Variant("ours: triton 3-stage", _ours, flops=_flops(tokens), bytes=io_bytes)]
+        variants = [Variant("ours: fwd", _ours, flops=_flops(tokens), bytes=io_bytes)]
         if ssd_combined is not None and bench.device.type == "cuda":   # a GPU-only Triton baseline
             variants.append(Variant("mamba_ssm 2.3.2 chunk_scan_combined", _mamba(ssd_combined), flops=_flops(tokens),
                                     bytes=io_bytes, baseline=True))
@@ -178,7 +178,7 @@ def run(bench: Bench) -> None:
             _check_bwd(grad_pool[0])
         bwd_bytes = io_bytes + 2 * sum(first[k].numel() * first[k].element_size() for k in ("x", "dt", "B", "C")) \
             + first["x"].numel() * 2
-        variants = [Variant("ours: triton fwd + triton bwd", _ours_fwd_bwd, flops=3 * _flops(tokens), bytes=bwd_bytes)]
+        variants = [Variant("ours: fwd + bwd", _ours_fwd_bwd, flops=3 * _flops(tokens), bytes=bwd_bytes)]
         if ssd_combined is not None and bench.device.type == "cuda":
             variants.append(Variant("mamba_ssm 2.3.2 chunk_scan_combined", _mamba_fwd_bwd(ssd_combined),
                                     flops=3 * _flops(tokens), bytes=bwd_bytes, baseline=True))
