@@ -12,6 +12,7 @@ import tempfile
 
 import sys
 
+import torch
 import triton
 
 from nemotron_kernels.triton.common import aot_compile_gluon
@@ -85,3 +86,16 @@ def time_us(label: str, fn) -> float:
     ms = triton.testing.do_bench(fn, warmup=10, rep=100)
     print(f"  {label:52s} {ms * 1e3:8.1f} us", flush=True)
     return ms
+
+
+def worst(name: str, a, ref, tol: float, chunk: int = 128) -> None:
+    """Where a differs most from ref (index into ref's shape; for [B, L, ...] tensors also the chunk and row of
+    `chunk` rows), and its NaN count: printed when the error passes tol, before check() exits on a WRONG, so a
+    first GPU run can be debugged from its log."""
+    if rel_err(a, ref) <= tol:
+        return
+    diff = (a.double() - ref.double()).abs().nan_to_num(float("inf"))
+    idx = [int(i) for i in torch.unravel_index(diff.argmax(), diff.shape)]
+    where = f" (chunk {idx[1] // chunk}, row {idx[1] % chunk})" if a.dim() >= 3 else ""
+    print(f"    {name}: worst at {idx}{where}: {a[tuple(idx)].item():.4g} vs {ref[tuple(idx)].item():.4g}, "
+          f"{int(a.isnan().sum())} NaN of {a.numel()}", flush=True)

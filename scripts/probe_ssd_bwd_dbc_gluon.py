@@ -61,8 +61,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from bench.bench_ssd_scan import _input_maker
-from scripts.gluon_probe import check, compile_sm90a, rel_err, report, time_us
+from scripts.gluon_probe import check, compile_sm90a, rel_err, report, time_us, worst
+from scripts.probe_ssd_bwd_dx_gluon import bwd_inputs
 
 H, Q, P, N = 64, 128, 64, 128   # Nemotron's heads, the chunk, head dim, state size: the scope
 BF16_TOL = 1e-2                 # relative max error of dC, dB (bf16)
@@ -379,34 +379,6 @@ def aot_compile_all():
                              maxnreg=MAXNREG))
 
 
-def _dbc_inputs(bsz: int, seqlen: int):
-    """Every input of the dB / dC launches, as ssd_scan_bwd builds them for the bench's fwd+bwd (dt softplus,
-    dt_bias, no initial states, no final-state gradient; dy as the dx probe draws it)."""
-    from nemotron_kernels.ops import ssd_scan as ssd_op
-    dev = torch.device("cuda")
-    s = _input_maker(bsz, seqlen, dev)(0)                                         # the bench's inputs
-    gen = torch.Generator(device="cpu").manual_seed(seqlen)
-    dy = torch.randn(s["x"].shape, generator=gen).to(device=dev, dtype=s["x"].dtype)
-    x, dt, B, C = s["x"].contiguous(), s["dt"].contiguous(), s["B"].contiguous(), s["C"].contiguous()
-    A32, bias32 = (s[k].float().contiguous() for k in ("A", "dt_bias"))
-    plan = ssd_op._plan(x, B, Q, None, bsz)
-    s_in, carry_decay, carry_lp, dtcs = ssd_op._chunk_states(x, dt, A32, B, bias32, None, True, plan)
-    g_out, gcarry_decay, _, gcarry_lp, _, _ = ssd_op._state_grads(dy, dtcs, C, None, False, bsz, plan)
-    return dict(x=x, dtcs=dtcs, B=B, C=C, dy=dy, s_in=s_in, carry_decay=carry_decay, carry=carry_lp, g_out=g_out,
-                gcarry_decay=gcarry_decay, gcarry=gcarry_lp, plan=plan)
-
-
-def _worst(name: str, a, ref, tol: float) -> None:
-    """Where a differs most from ref ([B, L, G, N]: chunk and row too) and its NaN count, printed before check()
-    exits on a WRONG, to debug the first GPU run from its log."""
-    if rel_err(a, ref) <= tol:
-        return
-    diff = (a.double() - ref.double()).abs().nan_to_num(float("inf"))
-    idx = [int(i) for i in torch.unravel_index(diff.argmax(), diff.shape)]
-    print(f"    {name}: worst at {idx} (chunk {idx[1] // Q}, row {idx[1] % Q}): {a[tuple(idx)].item():.4g} vs "
-          f"{ref[tuple(idx)].item():.4g}, {int(a.isnan().sum())} NaN of {a.numel()}", flush=True)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--aot", action="store_true", help="compile for sm_90a without a GPU and report")
@@ -420,7 +392,7 @@ def main():
     bwd_scan_k = mamba_common.kernel_module("ssd_scan_bwd_chunk_scan")
     print(f"{torch.cuda.get_device_name()}, triton {triton.__version__}", flush=True)
     for bsz, seqlen in ((1, 1024), (1, 32768)):
-        d = _dbc_inputs(bsz, seqlen)
+        d = bwd_inputs(bsz, seqlen)
         plan = d["plan"]
         geometry, cfg = plan["geometry"], plan["cfg"]
         x, B, C = d["x"], d["B"], d["C"]
@@ -444,8 +416,8 @@ def main():
         name = f"B{bsz} L{seqlen // 1024}K" if seqlen % 1024 == 0 else f"B{bsz} L{seqlen}"
         print(f"{name}: {geometry['n_chunks']} chunks, {geometry['n_seg']} segments "
               f"(carry {'yes' if d['carry'] is not None else 'no'})", flush=True)
-        _worst("dC", got[0], ref[0], BF16_TOL)
-        _worst("dB", got[1], ref[1], BF16_TOL)
+        worst("dC", got[0], ref[0], BF16_TOL)
+        worst("dB", got[1], ref[1], BF16_TOL)
         check("gluon dB/dC (bf16)", {"dC": rel_err(got[0], ref[0]), "dB": rel_err(got[1], ref[1])}, BF16_TOL,
               "bwd_dbc_launch x 2")
         print(f"  bitwise equal: dC {torch.equal(got[0], ref[0])}, dB {torch.equal(got[1], ref[1])}", flush=True)

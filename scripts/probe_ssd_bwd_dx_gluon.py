@@ -27,15 +27,16 @@ import triton
 
 from bench.bench_ssd_scan import _input_maker
 from nemotron_kernels.triton import ssd_scan_bwd_dx_gluon as gluon_dx
-from scripts.gluon_probe import check, rel_err, report, time_us
+from scripts.gluon_probe import check, rel_err, report, time_us, worst
 
 H, Q = 64, 128                  # Nemotron's heads, the chunk
 BF16_TOL, SUM_TOL = 1e-2, 1e-3  # relative max error: bf16 outputs, fp64 partial sums
 
 
-def _dx_inputs(bsz: int, seqlen: int):
-    """Every input of the dx launch, as ssd_scan_bwd builds them for the bench's fwd+bwd (dt softplus, dt_bias, D,
-    no initial states, no final-state gradient; dy as bench_ssd_scan._with_grad draws it)."""
+def bwd_inputs(bsz: int, seqlen: int):
+    """Every input of the dx launch (and of dB / dC: probe_ssd_bwd_dbc_gluon.py), as ssd_scan_bwd builds them for
+    the bench's fwd+bwd (dt softplus, dt_bias, D, no initial states, no final-state gradient; dy as
+    bench_ssd_scan._with_grad draws it)."""
     from nemotron_kernels.ops import ssd_scan as ssd_op
     from nemotron_kernels.triton import mamba_common
     bwd_scan_k = mamba_common.kernel_module("ssd_scan_bwd_chunk_scan")
@@ -68,18 +69,6 @@ def _outputs(d: dict):
     return dx, ddt, parts
 
 
-def _worst(name: str, a, ref, tol: float) -> None:
-    """Where a differs most from ref (index into ref's shape; for [B, L, ...] tensors also chunk and row), and its
-    NaN count: printed before check() exits on a WRONG, to debug the first GPU run from its log."""
-    if rel_err(a, ref) <= tol:
-        return
-    diff = (a.double() - ref.double()).abs().nan_to_num(float("inf"))
-    idx = [int(i) for i in torch.unravel_index(diff.argmax(), diff.shape)]
-    where = f" (chunk {idx[1] // Q}, row {idx[1] % Q})" if a.dim() >= 3 else ""
-    print(f"    {name}: worst at {idx}{where}: {a[tuple(idx)].item():.4g} vs {ref[tuple(idx)].item():.4g}, "
-          f"{int(a.isnan().sum())} NaN of {a.numel()}", flush=True)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--aot", action="store_true", help="compile for sm_90a without a GPU and report")
@@ -94,7 +83,7 @@ def main():
     bwd_scan_k = mamba_common.kernel_module("ssd_scan_bwd_chunk_scan")
     print(f"{torch.cuda.get_device_name()}, triton {triton.__version__}", flush=True)
     for bsz, seqlen in ((1, 1024), (1, 32768)):
-        d = _dx_inputs(bsz, seqlen)
+        d = bwd_inputs(bsz, seqlen)
         plan = d["plan"]
         geometry = plan["geometry"]
         ref, got = _outputs(d), _outputs(d)
@@ -116,13 +105,13 @@ def main():
         name = f"B{bsz} L{seqlen // 1024}K" if seqlen % 1024 == 0 else f"B{bsz} L{seqlen}"
         print(f"{name}: {geometry['n_chunks']} chunks, {geometry['n_seg']} segments "
               f"(carry {'yes' if d['carry'] is not None else 'no'}), da blocks {d['da_part'].shape[1]}", flush=True)
-        _worst("dx", got[0], ref[0], BF16_TOL)
-        _worst("ddt", got[1], ref[1], BF16_TOL)
+        worst("dx", got[0], ref[0], BF16_TOL)
+        worst("ddt", got[1], ref[1], BF16_TOL)
         check("gluon bwd_dx_launch dx, ddt (bf16)", {"dx": rel_err(got[0], ref[0]), "ddt": rel_err(got[1], ref[1])},
               BF16_TOL, "bwd_dx_launch")
         names = ("dA_part", "dD_part", "dbias_part")
         for k, nm in enumerate(names):
-            _worst(nm, got[2][k], ref[2][k], SUM_TOL)
+            worst(nm, got[2][k], ref[2][k], SUM_TOL)
         errs = {nm: rel_err(got[2][k], ref[2][k]) for k, nm in enumerate(names)}
         check("gluon bwd_dx_launch partial sums (fp64)", errs, SUM_TOL, "bwd_dx_launch")
         print(f"  bitwise equal: dx {torch.equal(got[0], ref[0])}, ddt {torch.equal(got[1], ref[1])}", flush=True)
