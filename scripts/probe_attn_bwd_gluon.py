@@ -10,6 +10,7 @@ errors equal to ours at B1 S128, B2 S384 and B4 S8K: dk/dv 7.25 ms (606 TFLOP/s)
 
     PYTHONPATH=. python3 scripts/probe_attn_bwd_gluon.py                      # H200: check, then time
     PYTHONPATH=. .venv-aot/bin/python scripts/probe_attn_bwd_gluon.py --aot   # CPU machine: compile for sm_90a only
+    PYTHONPATH=. python3 scripts/probe_attn_bwd_gluon.py --varlen 8 --batch 1 --seqlen 32768   # packed varlen
 GPU mode: o and lse from gqa_attention's forward, delta and lse2 from our preprocess kernel, then dk, dv (and dq) of
 the Gluon kernels and of our Triton backward (gqa_attention_bwd with NK_GLUON=0) against an fp32 reference (plain
 torch per head, P materialised) at B1 S128, B2 S384 (and non-causal B2 S384) and the benchmark shape (default B4
@@ -125,9 +126,14 @@ def main():
     parser.add_argument("--aot", action="store_true", help="compile for sm_90a without a GPU and report")
     parser.add_argument("--seqlen", type=int, default=8192)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--varlen", type=int, default=0, metavar="N",
+                        help="instead: N packed sequences of uneven lengths totalling batch x seqlen tokens")
     args = parser.parse_args()
     if args.aot:
         aot_report()
+        return
+    if args.varlen:
+        varlen_rows(args.varlen, args.batch * args.seqlen)
         return
     from nemotron_kernels.ops.gqa_attention import gqa_attention
     from nemotron_kernels.triton.gqa_attention_bwd import gqa_attention_bwd
@@ -200,6 +206,55 @@ def main():
                     lambda: torch.autograd.grad(out, (qt, ke, ve), dot, retain_graph=True), 5 * causal)
         except RuntimeError as err:
             print(f"  torch SDPA {name}: unavailable ({str(err).splitlines()[0][:80]})", flush=True)
+
+
+def varlen_rows(num_seqs: int, total: int):
+    """Packed causal varlen (B = 1, cu_seqlens, the training loop's and prefill's call): num_seqs sequences of
+    uneven lengths (seeded, not multiples of 128) totalling `total` tokens. The Gluon forward and backward (the
+    dispatch) against our Triton kernels (NK_GLUON=0): o and gradients within 2^-6 of their largest magnitude
+    (else WRONG, exit 1, untimed), then ms and TFLOP/s of each forward (2 x sum HQ L^2 D FLOPs) and backward
+    (5 x, preprocess included)."""
+    from nemotron_kernels.ops.gqa_attention import gqa_attention
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    weights = torch.rand(num_seqs, generator=gen) + 0.5
+    lengths = (weights / weights.sum() * total).long()
+    lengths[-1] += total - int(lengths.sum())
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).to("cuda", torch.int32)
+    max_seqlen = int(lengths.max())
+    q, k, v, do = (torch.randn(1, total, h, D, generator=gen).to("cuda", torch.bfloat16) for h in (HQ, HKV, HKV, HQ))
+    flops = sum(HQ * int(n) ** 2 * D for n in lengths)                            # sum HQ L^2 D
+    print(f"varlen causal: {num_seqs} sequences {lengths.tolist()} ({total} tokens), {HQ}/{HKV} heads, D={D}, "
+          f"bf16 ({torch.cuda.get_device_name()}, triton {triton.__version__})", flush=True)
+
+    def fwd():
+        return gqa_attention(q, k, v, True, cu_seqlens=cu, max_seqlen=max_seqlen, return_lse=True)
+
+    def fwd_bwd():
+        ins = [t.detach().requires_grad_() for t in (q, k, v)]
+        o = gqa_attention(*ins, True, cu_seqlens=cu, max_seqlen=max_seqlen)
+        o.backward(do)
+        return o.detach(), *(t.grad for t in ins)
+
+    def under(gluon: bool, fn):
+        os.environ["NK_GLUON"] = "1" if gluon else "0"
+        try:
+            return fn()
+        finally:
+            del os.environ["NK_GLUON"]
+
+    why = gluon_bwd.gluon_bwd_ineligible_reason(q, k, v, True, cu, max_seqlen)
+    print(f"  the Gluon kernels {'run' if why is None else 'do not run: ' + why}", flush=True)
+    errs = {name: rel_err(g, t) for name, g, t in zip(("o", "dq", "dk", "dv"), under(True, fwd_bwd),
+                                                       under(False, fwd_bwd))}
+    check("gluon varlen against ours (Triton)", errs, 2 ** -6, "our Triton kernels")
+    from nemotron_kernels.triton.gqa_attention_bwd import gqa_attention_bwd
+    o, lse = under(True, fwd)
+    for gluon in (True, False):
+        name = "gluon" if gluon else "ours (Triton)"
+        for what, fn, mult in (("forward", fwd, 2), ("backward", lambda: gqa_attention_bwd(
+                do, q, k, v, o, lse, True, D ** -0.5, cu, max_seqlen), 5)):
+            ms = under(gluon, lambda: triton.testing.do_bench(fn, warmup=10, rep=100))
+            print(f"  {name + ' ' + what:52s} {ms:7.3f} ms  {mult * flops / ms / 1e9:6.1f} TFLOP/s", flush=True)
 
 
 if __name__ == "__main__":

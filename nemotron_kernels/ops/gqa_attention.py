@@ -204,5 +204,5 @@ def quantize_fp8(x, num_kv_heads: int, cu_seqlens=None, max_seqlen=None, descale
 def backend_report(device_type: str) -> str:
     return common.backend_report(device_type, "flash attention fwd+bwd (fp16/bf16), FP8 e4m3 fwd with descales, "
                                               "causal/varlen, D in (16, 32, 64, 128); fp16/bf16 fwd and bwd by "
-                                              "Gluon FA3 kernels on sm_90 with triton 3.6 (D=128, Sq = Sk a "
-                                              "multiple of 128, no varlen; NK_GLUON=0 disables them)")
+                                              "Gluon FA3 kernels on sm_90 with triton 3.6 (D=128, Sq = Sk, "
+                                              "varlen too; NK_GLUON=0 disables them)")

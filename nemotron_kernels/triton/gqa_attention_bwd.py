@@ -256,7 +256,7 @@ def gqa_attention_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, c
     """Launch the backward (preprocess, dk/dv, dq; bitwise reproducible). do, o [B, Sq, Hq, D] contiguous;
     q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D] with contiguous last dims; lse [B, Hq, Sq] fp32 from the forward ->
     (dq like q, dk like k, dv like v), all contiguous. Without configs, inputs gqa_attention_bwd_gluon accepts
-    (sm_90, triton 3.6, fp16/bf16, D=128, Sq = Sk a multiple of 128, no varlen) run its Gluon FA3 kernels."""
+    (sm_90, triton 3.6, fp16/bf16, D=128, Sq = Sk, varlen too) run its Gluon FA3 kernels."""
     bsz, sq, hq, d = q.shape
     sk, hkv = k.shape[1], k.shape[2]
     assert do.shape == q.shape and o.shape == q.shape, f"do and o must have q's shape {tuple(q.shape)}"
@@ -275,8 +275,9 @@ def gqa_attention_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, c
     if dkdv_config is None and dq_config is None and gluon_platform(q.device)[0]:
         # the Gluon FA3 backward on sm_90 (imported here: Hopper with triton 3.6 only, never in the interpreter)
         from . import gqa_attention_bwd_gluon as gluon_bwd
-        if gluon_bwd.gluon_bwd_ineligible_reason(q, k, v, causal, cu_seqlens) is None:
-            return gluon_bwd.gqa_attention_bwd_gluon(do, q, k, v, o, lse, causal, softmax_scale)
+        if gluon_bwd.gluon_bwd_ineligible_reason(q, k, v, causal, cu_seqlens, max_seqlen) is None:
+            return gluon_bwd.gqa_attention_bwd_gluon(do, q, k, v, o, lse, causal, softmax_scale, cu_seqlens,
+                                                     max_seqlen)
     group = hq // hkv
     # q/do and k/v/dk/dv share strides inside the kernels: make them contiguous alike
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()

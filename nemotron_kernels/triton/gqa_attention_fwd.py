@@ -320,7 +320,7 @@ def gqa_attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens=No
     scores use q_descale * k_descale * softmax_scale, the output is scaled by v_descale * out_scale.
     config: optional (BLOCK_M, BLOCK_N, num_warps, num_stages, use_tma) to bypass autotuning (tests, benchmarks).
     Without config, inputs gqa_attention_fwd_gluon.gluon_eligible accepts (sm_90, triton 3.6, fp16/bf16, D=128,
-    Sq = Sk a multiple of 128, no varlen or descales) run the Gluon FA3 kernel instead."""
+    Sq = Sk, varlen too, no descales) run the Gluon FA3 kernel instead."""
     check_qkv(q, k, v, cu_seqlens, max_seqlen)
     bsz, sq, hq, d = q.shape
     sk, hkv = k.shape[1], k.shape[2]
@@ -333,8 +333,8 @@ def gqa_attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens=No
     if config is None and out_scale == 1.0 and gluon_platform(q.device)[0]:
         # the Gluon FA3 forward on sm_90 (imported here: Hopper with triton 3.6 only, never in the interpreter)
         from . import gqa_attention_fwd_gluon as gluon_fwd
-        if gluon_fwd.gluon_eligible(q, k, v, causal, cu_seqlens, (q_descale, k_descale, v_descale)):
-            return gluon_fwd.gqa_attention_fwd_gluon(q, k, v, causal, softmax_scale, o, lse)
+        if gluon_fwd.gluon_eligible(q, k, v, causal, cu_seqlens, (q_descale, k_descale, v_descale), max_seqlen):
+            return gluon_fwd.gqa_attention_fwd_gluon(q, k, v, causal, softmax_scale, o, lse, cu_seqlens, max_seqlen)
     varlen = cu_seqlens is not None
     if varlen:
         num_seqs = cu_seqlens.numel() - 1

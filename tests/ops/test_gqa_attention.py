@@ -628,6 +628,13 @@ def test_gluon_eligibility_rules(monkeypatch):
         for causal in (True, False):
             assert mod.gluon_eligible(*qkv(dtype=dtype), causal, None, none3), (dtype, causal)
     assert mod.gluon_eligible(*qkv(bsz=1, sq=128, sk=128, hq=6, hkv=2), True, None, none3)
+    # any S (the last block of a sequence is masked), and packed varlen with B = 1 and max_seqlen given
+    for s in (1, 64, 200, 1000):
+        assert mod.gluon_eligible(*qkv(sq=s, sk=s), True, None, none3), s
+    for dtype in (torch.int32, torch.int64):
+        cu = torch.tensor([0, 0, 1, 131, 256], dtype=dtype)
+        for causal in (True, False):
+            assert mod.gluon_eligible(*qkv(bsz=1), causal, cu, none3, 130), (dtype, causal)
     q8, k8, v8 = (t.to(torch.float8_e4m3fn) for t in qkv())
     q16, k16, v16 = qkv(dtype=torch.float16)
     rejected = {
@@ -635,12 +642,16 @@ def test_gluon_eligibility_rules(monkeypatch):
                   (q16, k16.bfloat16(), v16, True, None, none3)],
         "descales": [(*qkv(), True, None, (torch.ones(1), None, None)),
                      (*qkv(), True, None, (None, None, torch.ones(1)))],
-        "varlen": [(*qkv(bsz=1), True, torch.tensor([0, 128, 256], dtype=torch.int32), none3)],
+        "varlen without max_seqlen": [(*qkv(bsz=1), True, torch.tensor([0, 128, 256], dtype=torch.int32), none3)],
+        "varlen with B = 2": [(*qkv(), True, torch.tensor([0, 128, 256], dtype=torch.int32), none3, 128)],
+        "cu_seqlens torch.float32": [(*qkv(bsz=1), True, torch.tensor([0.0, 256.0]), none3, 256)],
+        "cu_seqlens on meta": [(*qkv(bsz=1), True, torch.tensor([0, 256], device="meta"), none3, 256)],
         "Sq": [(*qkv(sq=128, sk=256), True, None, none3), (*qkv(sq=256, sk=128), False, None, none3)],
         "empty": [(*qkv(bsz=0), True, None, none3), (*qkv(sq=0, sk=0), True, None, none3)],
-        "multiple of 128": [(*qkv(sq=200, sk=200), True, None, none3), (*qkv(sq=64, sk=64), True, None, none3)],
         "D 64": [(*qkv(d=64), True, None, none3)],
-        "65535": [(*qkv(bsz=2049, sq=128, sk=128, device="meta"), True, None, none3)],    # B * Hq past grid y
+        "B * Hq = 65568 > 65535": [(*qkv(bsz=2049, sq=128, sk=128, device="meta"), True, None, none3)],
+        "num_seqs * Hq = 65536 > 65535": [(*qkv(bsz=1, sq=4096, sk=4096, device="meta"), True,
+                                           torch.arange(0, 4097, 2, device="meta"), none3, 2)],
     }
     for reason, cases in rejected.items():
         for args in cases:
@@ -678,7 +689,7 @@ def test_gluon_aot_compile_sm90():
         pytest.skip(f"triton {triton.__version__}: the Gluon kernel is built for triton 3.6 only")
     out = run_aot("gqa_attention_fwd_gluon")
     lines = [line for line in out.splitlines() if line.startswith("gqa_attn_fwd_gluon")]
-    assert len(lines) == 4, out
+    assert len(lines) == 12, out                   # (batched, varlen, ragged batched) x dtype x causal
     for line in lines:
         kind = "bf16.bf16" if " bf16 " in line else "f16.f16"
         assert f"| wgmma {kind} |" in line and "STACK:0" in line and "LOCAL:0" in line, line
@@ -787,19 +798,28 @@ def test_gluon_bwd_eligibility_rules(monkeypatch):
             assert mod.gluon_bwd_ineligible_reason(*qkv(dtype=dtype), causal, None) is None, (dtype, causal)
     for hq, hkv in ((6, 2), (4, 4), (1, 1), (48, 2)):
         assert mod.gluon_bwd_ineligible_reason(*qkv(bsz=1, sq=128, sk=128, hq=hq, hkv=hkv), True, None) is None
+    for s in (1, 64, 200, 1000):                                                          # any S
+        assert mod.gluon_bwd_ineligible_reason(*qkv(sq=s, sk=s), False, None) is None, s
+    for dtype in (torch.int32, torch.int64):                                              # packed varlen
+        cu = torch.tensor([0, 0, 1, 131, 256], dtype=dtype)
+        for causal in (True, False):
+            assert mod.gluon_bwd_ineligible_reason(*qkv(bsz=1), causal, cu, 130) is None, (dtype, causal)
     q16, k16, v16 = qkv(dtype=torch.float16)
     q, k, v = qkv()
-    big = 128 * 65536                                                                     # S // 128 past grid y
+    big = 128 * 65535 + 1                                                                 # cdiv(S, 128) past grid y
+    meta_cu = torch.tensor([0, big], device="meta")
     rejected = {
         "dtype": [(*qkv(dtype=torch.float32), True, None),
                   (*(t.to(torch.float8_e4m3fn) for t in qkv()), True, None), (q16, k16.bfloat16(), v16, True, None)],
-        "varlen": [(*qkv(bsz=1), True, torch.tensor([0, 128, 256], dtype=torch.int32))],
+        "varlen without max_seqlen": [(*qkv(bsz=1), True, torch.tensor([0, 128, 256], dtype=torch.int32))],
+        "varlen with B = 2": [(*qkv(), True, torch.tensor([0, 128, 256], dtype=torch.int32), 128)],
         "Sq": [(*qkv(sq=128, sk=256), True, None), (*qkv(sq=256, sk=128), False, None)],
         "empty": [(*qkv(bsz=0), True, None), (*qkv(sq=0, sk=0), True, None)],
-        "multiple of 128": [(*qkv(sq=200, sk=200), True, None), (*qkv(sq=64, sk=64), False, None)],
         "D 64": [(*qkv(d=64), True, None)],
         "Hq 3 not a multiple of Hkv 2": [(*qkv(hq=3, hkv=2), True, None)],
-        "65535": [(*qkv(bsz=1, sq=big, sk=big, hq=1, hkv=1, device="meta"), True, None)],
+        "cdiv(S, 128) = 65536 > 65535": [(*qkv(bsz=1, sq=big, sk=big, hq=1, hkv=1, device="meta"), True, None),
+                                         (*qkv(bsz=1, sq=big, sk=big, hq=1, hkv=1, device="meta"), True, meta_cu,
+                                          big)],
         "devices differ": [(q, k.to("meta"), v, True, None)],
     }
     for reason, cases in rejected.items():
@@ -819,16 +839,20 @@ def test_gluon_bwd_dispatch(monkeypatch):
     for m in (bwd, gluon_module()):
         monkeypatch.setattr(m, "gluon_platform", lambda device: (True, "patched"))
     calls = []
-    monkeypatch.setattr(mod, "gqa_attention_bwd_gluon", lambda do, q, *args: calls.append(q.shape) or "gluon")
+    monkeypatch.setattr(mod, "gqa_attention_bwd_gluon",
+                        lambda do, q, *args: calls.append((tuple(q.shape), *args[-2:])) or "gluon")
 
-    def run(seqlen, d):
+    def run(seqlen, d, cu=None, max_seqlen=None):
         q, k, v, do = (t.to(torch.float16) for t in make_qkv(seqlen + d, 1, seqlen, seqlen, 4, 2, d))
         o, lse = q.flip(1), torch.full((1, 4, seqlen), 3.0)                   # any o and lse: shapes only
-        return bwd.gqa_attention_bwd(do, q, k, v, o, lse, True, d ** -0.5)
+        return bwd.gqa_attention_bwd(do, q, k, v, o, lse, True, d ** -0.5, cu, max_seqlen)
 
-    assert run(128, 128) == "gluon" and calls == [(1, 128, 4, 128)]
-    dq, dk, dv = run(48, 16)                                                   # S not a multiple of 128: Triton
-    assert len(calls) == 1 and dq.shape == (1, 48, 4, 16) and dk.shape == dv.shape == (1, 48, 2, 16)
+    assert run(128, 128) == "gluon" and calls == [((1, 128, 4, 128), None, None)]
+    assert run(200, 128) == "gluon" and calls[-1] == ((1, 200, 4, 128), None, None)     # any S
+    cu = torch.tensor([0, 70, 70, 200], dtype=torch.int32)
+    assert run(200, 128, cu, 130) == "gluon" and calls[-1] == ((1, 200, 4, 128), cu, 130)  # varlen
+    dq, dk, dv = run(48, 16)                                                   # D 16: Triton
+    assert len(calls) == 3 and dq.shape == (1, 48, 4, 16) and dk.shape == dv.shape == (1, 48, 2, 16)
 
 
 def test_gluon_bwd_aot_compile_sm90():
@@ -840,10 +864,15 @@ def test_gluon_bwd_aot_compile_sm90():
         pytest.skip(f"triton {triton.__version__}: the Gluon kernels are built for triton 3.6 only")
     out = run_aot("gqa_attention_bwd_gluon")
     lines = [line for line in out.splitlines() if line.startswith(("gqa_attn_bwd_dkdv_gluon", "gqa_attn_bwd_dq_gluon"))]
-    assert len(lines) == 8, out
+    assert len(lines) == 24, out                   # 2 kernels x (batched, varlen, ragged batched) x dtype x causal
     for line in lines:
         kind = "bf16.bf16" if " bf16 " in line else "f16.f16"
-        assert f"| wgmma {kind} |" in line and "STACK:0" in line and "LOCAL:0" in line, line
+        assert f"| wgmma {kind} |" in line and "LOCAL:0" in line, line
+        # ragged dk/dv: ptxas keeps 4-6 scalars (16-24 B) on the stack, stored before the query-tile loops and
+        # reloaded after them (one L1 load per diagonal tile); everything else: no stack
+        ragged_dkdv = "dkdv" in line and ("varlen" in line or "ragged" in line)
+        stack = int(line.split("STACK:")[1].split()[0])
+        assert stack <= (32 if ragged_dkdv else 0), line
 
 
 @pytest.mark.cuda
@@ -909,3 +938,80 @@ def test_cuda_gluon_bwd_strided_inputs(gluon_bwd_calls):
         got = bwd.gqa_attention_bwd(do, *ins, o, lse, True, d ** -0.5)
         assert all(torch.equal(a, b) for a, b in zip(got, want))
     assert len(gluon_bwd_calls) == 3
+
+
+# ------------------------------------------------------------------ Gluon, packed varlen and any S (sm_90, triton 3.6)
+VARLEN_LENGTHS = [0, 1, 130, 128, 700, 33]          # empty, one token, past / at a block, long, short
+VARLEN_OFFSETS = [0, 0, 1, 131, 259, 959, 992]
+
+
+def skip_unless_gluon_fwd_bwd(q, k, v, causal, cu_seqlens=None, max_seqlen=None):
+    """Skip unless gqa_attention would run both the Gluon forward and backward on these inputs."""
+    why = gluon_module().gluon_ineligible_reason(q, k, v, causal, cu_seqlens, (None, None, None), max_seqlen)
+    why = why or gluon_bwd_module().gluon_bwd_ineligible_reason(q, k, v, causal, cu_seqlens, max_seqlen)
+    if why is not None:
+        pytest.skip(f"the Gluon kernels do not run here: {why}")
+
+
+def poison_cuda_cache():
+    """Fill the caching allocator's free memory with NaN (its large-block pool, and small blocks of up to 1 MB), so
+    fresh torch.empty outputs hold NaN where a kernel leaves them unwritten."""
+    torch.full((256 << 20, ), float("nan"), dtype=torch.float32, device="cuda")
+    [torch.full((n, ), float("nan"), dtype=torch.float32, device="cuda") for n in (1 << 16, 1 << 18) for _ in range(32)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("causal,cu_dtype", [(True, torch.int32), (False, torch.int64)])
+def test_cuda_gluon_varlen_matches_reference(gluon_calls, gluon_bwd_calls, causal, cu_dtype):
+    """Packed sequences of lengths 0, 1, 130, 128, 700, 33 (NemotronH heads, bf16) through the Gluon forward and
+    backward (one launch each): o, lse [1, Hq, T], dq, dk, dv vs the float64 reference (2x / 3x rule) on every
+    row, with the outputs' memory poisoned first (a row left unwritten would be NaN)."""
+    q, k, v, do = make_qkv(61, 1, VARLEN_OFFSETS[-1], VARLEN_OFFSETS[-1], 32, 2, 128, device="cuda")
+    cu = torch.tensor(VARLEN_OFFSETS, dtype=cu_dtype, device="cuda")
+    skip_unless_gluon_fwd_bwd(*(t.bfloat16() for t in (q, k, v)), causal, cu, max(VARLEN_LENGTHS))
+    poison_cuda_cache()
+    check_fwd_bwd(q, k, v, do, torch.bfloat16, causal, cu_seqlens=cu, max_seqlen=max(VARLEN_LENGTHS))
+    assert gluon_calls == [(1, VARLEN_OFFSETS[-1], 32)] and gluon_bwd_calls == [(1, VARLEN_OFFSETS[-1], 32)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("bsz,seqlen,causal", [(2, 200, True), (2, 200, False), (3, 50, True), (1, 1, True),
+                                               (2, 1000, True), (1, 129, False)])
+def test_cuda_gluon_any_length_matches_reference(gluon_calls, gluon_bwd_calls, bsz, seqlen, causal):
+    """Batched S not a multiple of 128 (the last block of each batch row masked, its neighbour's rows untouched;
+    S < 64 leaves a warpgroup's rows all past the end) through the Gluon kernels: the 2x / 3x rule, poisoned."""
+    q, k, v, do = make_qkv(seqlen + bsz, bsz, seqlen, seqlen, 32, 2, 128, device="cuda")
+    skip_unless_gluon_fwd_bwd(*(t.bfloat16() for t in (q, k, v)), causal)
+    poison_cuda_cache()
+    check_fwd_bwd(q, k, v, do, torch.bfloat16, causal)
+    assert gluon_calls == [(bsz, seqlen, 32)] and gluon_bwd_calls == [(bsz, seqlen, 32)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("causal", [True, False])
+def test_cuda_gluon_varlen_matches_triton(gluon_calls, gluon_bwd_calls, monkeypatch, causal):
+    """The Gluon varlen path against the Triton kernels (NK_GLUON=0) on the same packed inputs, with a max_seqlen
+    larger than any sequence (whole grid rows past every end): o within a bf16 step of its largest value, lse
+    within 1e-3, dq, dk, dv within 2^-6 of each gradient's largest magnitude; two Gluon runs give the same bits."""
+    q, k, v, do = (t.bfloat16() for t in make_qkv(62, 1, VARLEN_OFFSETS[-1], VARLEN_OFFSETS[-1], 32, 2, 128,
+                                                  device="cuda"))
+    cu = torch.tensor(VARLEN_OFFSETS, dtype=torch.int32, device="cuda")
+    skip_unless_gluon_fwd_bwd(q, k, v, causal, cu, 1000)
+
+    def run():
+        ins = [t.clone().requires_grad_() for t in (q, k, v)]
+        o, lse = gqa_attention(*ins, causal=causal, cu_seqlens=cu, max_seqlen=1000, return_lse=True)
+        o.backward(do)
+        return o.detach(), lse, *(t.grad for t in ins)
+
+    gluon, again = run(), run()
+    assert len(gluon_calls) == 2 and len(gluon_bwd_calls) == 2
+    for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), gluon, again):
+        assert torch.equal(a, b), f"{name}: two Gluon runs differ"
+    monkeypatch.setenv("NK_GLUON", "0")
+    triton_out = run()
+    assert len(gluon_calls) == 2 and len(gluon_bwd_calls) == 2
+    for name, g, t in zip(("o", "lse", "dq", "dk", "dv"), gluon, triton_out):
+        assert g.shape == t.shape and g.dtype == t.dtype, name
+        atol = 1e-3 if name == "lse" else (2 ** -7 if name == "o" else 2 ** -6) * t.abs().max().item()
+        torch.testing.assert_close(g, t, rtol=0, atol=atol, msg=name)
