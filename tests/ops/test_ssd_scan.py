@@ -422,12 +422,18 @@ def test_cuda_nemotron_shapes(case):
     check_forward(inputs, 128)
 
 
+# (L, tail): L and L - tail not multiples of 128 take the Triton kernels everywhere; multiples of 128 take the
+# Gluon ones on Hopper with Triton 3.6 (gluon_eligible)
+LONG_CASES = {"triton": (600_000, 1000), "gluon": (600_064, 1024)}
+
+
 @pytest.mark.cuda
 @pytest.mark.slow
-def test_cuda_600k_tokens_past_2_31_elements():
+@pytest.mark.parametrize("case", list(LONG_CASES))
+def test_cuda_600k_tokens_past_2_31_elements(case):
     """600K tokens at NemotronH shapes: x holds 2.46e9 elements and the chunk-state buffer 2.4e9, so every offset
     past 2^31 is exercised. The tail of y and the final state must continue the scan of the prefix exactly."""
-    seqlen, tail = 600_000, 1000
+    seqlen, tail = LONG_CASES[case]
     inputs = make_inputs(6, 1, seqlen, dtype=torch.bfloat16, device="cuda", **NEMOTRON)
     y, final = ssd_scan(**inputs, chunk_size=128, return_final_states=True)
     head = {k: (v[:, :seqlen - tail] if k in ("x", "dt", "B", "C") else v) for k, v in inputs.items()}
@@ -476,11 +482,12 @@ def test_cuda_backward_deterministic(packed):
 
 @pytest.mark.cuda
 @pytest.mark.slow
-def test_cuda_backward_600k_tokens_past_2_31_elements():
-    """Backward at 600K tokens (x and the chunk-state buffers hold > 2^31 elements) with a loss on the last 1000
+@pytest.mark.parametrize("case", list(LONG_CASES))
+def test_cuda_backward_600k_tokens_past_2_31_elements(case):
+    """Backward at 600K tokens (x and the chunk-state buffers hold > 2^31 elements) with a loss on the last `tail`
     tokens of y and on the final state: the tail gradients equal float64 autograd of a scan over the tail started
     from the state the prefix leaves, and every gradient is finite."""
-    seqlen, tail = 600_000, 1000
+    seqlen, tail = LONG_CASES[case]
     inputs = make_inputs(7, 1, seqlen, dtype=torch.bfloat16, device="cuda", **NEMOTRON)
     g = torch.Generator(device="cuda").manual_seed(8)
     dy = torch.zeros(inputs["x"].shape, device="cuda", dtype=torch.bfloat16)
