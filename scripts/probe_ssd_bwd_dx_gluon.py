@@ -12,11 +12,12 @@ of M^T during the state products 1,033; the math warps issuing their own TMA loa
 
     PYTHONPATH=. python3 scripts/probe_ssd_bwd_dx_gluon.py                                # H200
     PYTHONPATH=. .venv-aot/bin/python scripts/probe_ssd_bwd_dx_gluon.py --aot             # CPU: sm_90a compile
-GPU mode builds bench/bench_ssd_scan.py's inputs (and its fwd+bwd dy) at B1 L1024 then B1 L32K, runs the op's
-backward stages up to dx as ssd_scan_bwd does (_plan, _chunk_states, _state_grads, bwd_da_launch), our
-bwd_dx_launch for the reference outputs, then the Gluon launcher (outputs poisoned with NaN first). A relative max
-error (max |a - b| / max |b|) above 1e-2 for dx, ddt (bf16: one rounding step is 3.9e-3) or above 1e-3 for dA_part,
-dD_part, dbias_part (fp64 sums of fp32 terms; only the order of fp32 sums differs) prints where the worst element
+GPU mode builds bench/bench_ssd_scan.py's inputs (and its fwd+bwd dy) at B1 L1024, B1 L32K, then its 16 packed
+sequences (31,280 tokens), runs the op's backward stages up to dx as ssd_scan_bwd does (_plan, _chunk_states,
+_state_grads, bwd_da_launch), our bwd_dx_launch for the reference outputs, then the Gluon launcher (outputs
+poisoned with NaN first). A relative max error (max |a - b| / max |b|) above 1e-2 for dx, ddt (bf16: one rounding
+step is 3.9e-3) or above 1e-3 for dA_part, dD_part, dbias_part (fp64 sums of fp32 terms; only the order of fp32
+sums differs) prints where the worst element
 is, then WRONG, and exits 1 untimed. Then it times both with triton.testing.do_bench (warmup 10, rep 100) in us
 (each launch builds its TMA descriptors, as in the op). --aot compiles the module's builds (with and without the
 carries) and prints registers, spills, shared memory, setmaxnreg and the PTX counts of wgmma and TMA."""
@@ -25,7 +26,7 @@ import argparse
 import torch
 import triton
 
-from bench.bench_ssd_scan import _input_maker
+from bench.bench_ssd_scan import _input_maker, packed_cu
 from nemotron_kernels.triton import ssd_scan_bwd_dx_gluon as gluon_dx
 from scripts.gluon_probe import check, rel_err, report, time_us, worst
 
@@ -33,27 +34,29 @@ H, Q = 64, 128                  # Nemotron's heads, the chunk
 BF16_TOL, SUM_TOL = 1e-2, 1e-3  # relative max error: bf16 outputs, fp64 partial sums
 
 
-def bwd_inputs(bsz: int, seqlen: int):
+def bwd_inputs(bsz: int, seqlen: int, cu=None):
     """Every input of the dx launch (and of dB / dC: probe_ssd_bwd_dbc_gluon.py), as ssd_scan_bwd builds them for
     the bench's fwd+bwd (dt softplus, dt_bias, D, no initial states, no final-state gradient; dy as
-    bench_ssd_scan._with_grad draws it)."""
+    bench_ssd_scan._with_grad draws it); cu: packed (B = 1)."""
     from nemotron_kernels.ops import ssd_scan as ssd_op
     from nemotron_kernels.triton import mamba_common
     bwd_scan_k = mamba_common.kernel_module("ssd_scan_bwd_chunk_scan")
     dev = torch.device("cuda")
-    s = _input_maker(bsz, seqlen, dev)(0)                                         # the bench's inputs
+    s = _input_maker(bsz, seqlen, dev, cu)(0)                                     # the bench's inputs
+    cu_t = s.get("cu_seqlens")
+    nstates = bsz if cu is None else len(cu) - 1
     gen = torch.Generator(device="cpu").manual_seed(seqlen)
     dy = torch.randn(s["x"].shape, generator=gen).to(device=dev, dtype=s["x"].dtype)
     x, dt, B, C = s["x"].contiguous(), s["dt"].contiguous(), s["B"].contiguous(), s["C"].contiguous()
     A32, D32, bias32 = (s[k].float().contiguous() for k in ("A", "D", "dt_bias"))
-    plan = ssd_op._plan(x, B, Q, None, bsz)
+    plan = ssd_op._plan(x, B, Q, cu_t, nstates)
     geometry = plan["geometry"]
     s_in, carry_decay, carry_lp, dtcs = ssd_op._chunk_states(x, dt, A32, B, bias32, None, True, plan)
-    g_out, gcarry_decay, _, gcarry_lp, _, _ = ssd_op._state_grads(dy, dtcs, C, None, False, bsz, plan)
+    g_out, gcarry_decay, _, gcarry_lp, _, _ = ssd_op._state_grads(dy, dtcs, C, None, False, nstates, plan)
     cfg = plan["cfg"]
     da_part = torch.empty(geometry["n_chunks"], bwd_scan_k.da_blocks(Q, cfg["da"]), H, Q, dtype=torch.float32,
                           device=dev)
-    bwd_scan_k.bwd_da_launch(x, dtcs, None, dy, B, C, da_part, geometry, cfg["da"], plan["precision"])
+    bwd_scan_k.bwd_da_launch(x, dtcs, plan["table"], dy, B, C, da_part, geometry, cfg["da"], plan["precision"])
     return dict(x=x, dt=dt, dtcs=dtcs, A=A32, B=B, C=C, D=D32, dt_bias=bias32, dy=dy, s_in=s_in,
                 carry_decay=carry_decay, carry=carry_lp, g_out=g_out, gcarry_decay=gcarry_decay, gcarry=gcarry_lp,
                 da_part=da_part, plan=plan)
@@ -82,18 +85,20 @@ def main():
     from nemotron_kernels.triton import mamba_common
     bwd_scan_k = mamba_common.kernel_module("ssd_scan_bwd_chunk_scan")
     print(f"{torch.cuda.get_device_name()}, triton {triton.__version__}", flush=True)
-    for bsz, seqlen in ((1, 1024), (1, 32768)):
-        d = bwd_inputs(bsz, seqlen)
+    for bsz, seqlen, cu in ((1, 1024, None), (1, 32768, None), (1, packed_cu()[-1], packed_cu())):
+        d = bwd_inputs(bsz, seqlen, cu)
         plan = d["plan"]
         geometry = plan["geometry"]
         ref, got = _outputs(d), _outputs(d)
-        ok = ssd_op.gluon_eligible("dx", d["x"], d["B"], d["C"], Q, False, None, d["dy"], d["D"], d["dt_bias"], True)
+        ok = ssd_op.gluon_eligible("dx", d["x"], d["B"], d["C"], Q, cu is not None, None, d["dy"], d["D"],
+                                   d["dt_bias"], True)
         print(f"  gluon_eligible dx: {ok}", flush=True)
 
         def launch(kernels, outs):
             dx, ddt, parts = outs
             return lambda: kernels.bwd_dx_launch(d["x"], d["dt"], d["dtcs"], d["A"], d["B"], d["C"], d["D"],
-                                                 d["dt_bias"], None, d["dy"], d["s_in"], d["carry_decay"], d["carry"],
+                                                 d["dt_bias"], plan["table"], d["dy"], d["s_in"], d["carry_decay"],
+                                                 d["carry"],
                                                  d["g_out"], d["gcarry_decay"], d["gcarry"], dx, ddt, parts[0],
                                                  parts[1], parts[2], d["da_part"], geometry, True, plan["cfg"]["dx"],
                                                  plan["precision"])
@@ -103,6 +108,7 @@ def main():
         gluon()
         torch.cuda.synchronize()
         name = f"B{bsz} L{seqlen // 1024}K" if seqlen % 1024 == 0 else f"B{bsz} L{seqlen}"
+        name += f" packed ({len(cu) - 1} sequences)" if cu else ""
         print(f"{name}: {geometry['n_chunks']} chunks, {geometry['n_seg']} segments "
               f"(carry {'yes' if d['carry'] is not None else 'no'}), da blocks {d['da_part'].shape[1]}", flush=True)
         worst("dx", got[0], ref[0], BF16_TOL)

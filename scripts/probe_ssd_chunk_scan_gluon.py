@@ -8,7 +8,8 @@ against Triton's 634; one warpgroup per 64-row block took 568 us and was dropped
 
     PYTHONPATH=. python3 scripts/probe_ssd_chunk_scan_gluon.py                                # H200
     PYTHONPATH=. .venv-aot/bin/python scripts/probe_ssd_chunk_scan_gluon.py --aot             # CPU: sm_90a compile
-GPU mode builds bench/bench_ssd_scan.py's inputs (dt softplus, dt_bias, D) at B1 L1024 then B1 L32K, gets the
+GPU mode builds bench/bench_ssd_scan.py's inputs (dt softplus, dt_bias, D) at B1 L1024, B1 L32K, then its 16 packed
+sequences (31,280 tokens: the chunk table's slots, y poisoned with NaN so every row must be written), gets the
 chunk states through the op module (_plan, _chunk_states), runs our chunk_scan_launch for the reference y, then
 the Gluon launcher: relative max error above 1e-2 prints WRONG and exits 1 untimed (the Gluon kernel adds the
 carry term in fp32 where ours rounds S_in + carry to bf16 first: ~2e-3). Then it times both with
@@ -20,7 +21,7 @@ import argparse
 import torch
 import triton
 
-from bench.bench_ssd_scan import _input_maker
+from bench.bench_ssd_scan import _input_maker, packed_cu
 from nemotron_kernels.triton import ssd_scan_chunk_scan_gluon as gluon_scan
 from scripts.gluon_probe import check, rel_err, report, time_us
 
@@ -30,8 +31,8 @@ Q = 128
 def _stage3_inputs(s: dict):
     """What ssd_scan_fwd hands stage 3: the plan and stages 0-2's outputs (dt_softplus, no initial states)."""
     from nemotron_kernels.ops import ssd_scan as ssd_op
-    x, B = s["x"], s["B"]
-    plan = ssd_op._plan(x, B, Q, None, x.shape[0])
+    x, B, cu = s["x"], s["B"], s.get("cu_seqlens")
+    plan = ssd_op._plan(x, B, Q, cu, x.shape[0] if cu is None else cu.numel() - 1)
     s_in, carry_decay, carry_lp, dtcs = ssd_op._chunk_states(x, s["dt"], s["A"].float().contiguous(), B,
                                                              s["dt_bias"].float().contiguous(), None, True, plan)
     return plan, s_in, carry_decay, carry_lp, dtcs
@@ -50,23 +51,24 @@ def main():
     from nemotron_kernels.triton import mamba_common
     scan_k = mamba_common.kernel_module("ssd_scan_chunk_scan")
     print(f"{torch.cuda.get_device_name()}, triton {triton.__version__}", flush=True)
-    for bsz, seqlen in ((1, 1024), (1, 32768)):
-        s = _input_maker(bsz, seqlen, torch.device("cuda"))(0)      # the bench's inputs
+    for bsz, seqlen, cu in ((1, 1024, None), (1, 32768, None), (1, packed_cu()[-1], packed_cu())):
+        s = _input_maker(bsz, seqlen, torch.device("cuda"), cu)(0)  # the bench's inputs (packed: its 16 sequences)
         x, B, C, D = s["x"], s["B"].contiguous(), s["C"].contiguous(), s["D"].float().contiguous()
-        print(f"  gluon_eligible: {ssd_op.gluon_eligible('chunk_scan', x, B, C, Q)}", flush=True)
+        print(f"  gluon_eligible: {ssd_op.gluon_eligible('chunk_scan', x, B, C, Q, cu is not None)}", flush=True)
         plan, s_in, carry_decay, carry_lp, dtcs = _stage3_inputs(s)
         geometry = plan["geometry"]
-        y_ref, y = torch.empty_like(x), torch.empty_like(x)
+        y_ref, y = torch.full_like(x, float("nan")), torch.full_like(x, float("nan"))   # every row must be written
 
         def launch(kernels, out):
-            return lambda: kernels.chunk_scan_launch(x, dtcs, B, C, D, None, s_in, carry_decay, carry_lp, out,
-                                                     geometry, plan["cfg"]["chunk_scan"], plan["precision"])
+            return lambda: kernels.chunk_scan_launch(x, dtcs, B, C, D, plan["table"], s_in, carry_decay, carry_lp,
+                                                     out, geometry, plan["cfg"]["chunk_scan"], plan["precision"])
 
         ours, gluon = launch(scan_k, y_ref), launch(gluon_scan, y)
         ours()
         gluon()
         torch.cuda.synchronize()
         name = f"B{bsz} L{seqlen // 1024}K" if seqlen % 1024 == 0 else f"B{bsz} L{seqlen}"
+        name += f" packed ({len(cu) - 1} sequences)" if cu else ""
         print(f"{name}: {geometry['n_chunks']} chunks, {geometry['n_seg']} segments "
               f"(carry {'yes' if carry_lp is not None else 'no'})", flush=True)
         check("gluon chunk_scan_launch", {"y": rel_err(y, y_ref)}, 1e-2, "chunk_scan_launch")

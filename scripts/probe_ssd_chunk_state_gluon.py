@@ -8,35 +8,38 @@ variant storing S_in from registers took 310 us and was dropped. Traffic floor (
 
     PYTHONPATH=. python3 scripts/probe_ssd_chunk_state_gluon.py                                # H200
     PYTHONPATH=. .venv-aot/bin/python scripts/probe_ssd_chunk_state_gluon.py --aot             # CPU: sm_90a compile
-GPU mode builds bench/bench_ssd_scan.py's inputs (dt softplus, dt_bias) at B1 L1024 then B1 L32K, stage 0's dtcs
-(chunk_cumsum_launch) and the op's plan, runs our chunk_state_launch for the reference, then the Gluon launcher,
-comparing s_in, carry_decay, seg_state, seg_decay, final and final_decay: a relative max error above 1e-2 prints
-WRONG and exits 1 untimed. Then it times both with triton.testing.do_bench (warmup 10, rep 100) in us, each row as
-it is measured (at L1K the host's launch path dominates). --aot compiles the module's variants (with and without
-final states) and prints registers, shared memory, setmaxnreg and the PTX counts of wgmma and
-cp.async.bulk.tensor."""
+GPU mode builds bench/bench_ssd_scan.py's inputs (dt softplus, dt_bias) at B1 L1024, B1 L32K, then its 16 packed
+sequences (31,280 tokens: 260 chunk-table slots, 7 of them padding), stage 0's dtcs (chunk_cumsum_launch) and the
+op's plan, runs our chunk_state_launch for the reference, then the Gluon launcher, outputs NaN-filled first (an
+entry one kernel leaves unwritten shows), comparing s_in (packed: the slots with rows; padding slots' S_in is never
+written), carry_decay, seg_state, seg_decay, final and final_decay: a relative max error above 1e-2 (or a NaN)
+prints WRONG and exits 1 untimed. Then it times both with triton.testing.do_bench (warmup 10, rep 100) in us, each
+row as it is measured (at L1K the host's launch path dominates). --aot compiles the module's variants (batched with
+and without final states, with initial states; packed without either, with final states as the bench, with both)
+and prints registers, shared memory, setmaxnreg and the PTX counts of wgmma and cp.async.bulk.tensor."""
 import argparse
 
 import torch
 import triton
 
-from bench.bench_ssd_scan import _input_maker
+from bench.bench_ssd_scan import _input_maker, packed_cu
 from nemotron_kernels.triton import ssd_scan_chunk_state_gluon as gluon_state
 from scripts.gluon_probe import check, rel_err, report, time_us
 
 H, P, G, N, Q = 64, 64, 8, 128, 128
 
 
-def _outputs(x, B, geometry: dict):
-    """Empty stage-1 outputs as _chunk_states allocates them: s_in (bf16), carry_decay, seg_state, seg_decay, and
-    the final states (final, final_decay) of the batch rows."""
-    n_chunks, n_seg, bsz, dev = geometry["n_chunks"], geometry["n_seg"], x.shape[0], x.device
-    return (torch.empty(n_chunks, H, P, N, dtype=torch.bfloat16, device=dev),
-            torch.empty(n_chunks, H, dtype=torch.float32, device=dev),
-            torch.empty(n_seg, H, P, N, dtype=torch.float32, device=dev),
-            torch.empty(n_seg, H, dtype=torch.float32, device=dev),
-            torch.empty(bsz, H, P, N, dtype=torch.float32, device=dev),
-            torch.empty(bsz, H, dtype=torch.float32, device=dev))
+def _outputs(x, geometry: dict, nstates: int):
+    """Stage-1 outputs as _chunk_states allocates them, NaN-filled: s_in (bf16), carry_decay, seg_state, seg_decay,
+    and the final states (final, final_decay) of the batch rows or sequences."""
+    n_chunks, n_seg, dev = geometry["n_chunks"], geometry["n_seg"], x.device
+    nan = float("nan")
+    return (torch.full((n_chunks, H, P, N), nan, dtype=torch.bfloat16, device=dev),
+            torch.full((n_chunks, H), nan, dtype=torch.float32, device=dev),
+            torch.full((n_seg, H, P, N), nan, dtype=torch.float32, device=dev),
+            torch.full((n_seg, H), nan, dtype=torch.float32, device=dev),
+            torch.full((nstates, H, P, N), nan, dtype=torch.float32, device=dev),
+            torch.full((nstates, H), nan, dtype=torch.float32, device=dev))
 
 
 def main():
@@ -54,19 +57,20 @@ def main():
     cumsum_k = mamba_common.kernel_module("ssd_scan_chunk_cumsum")
     print(f"{torch.cuda.get_device_name()}, triton {triton.__version__}", flush=True)
     names = ("s_in", "carry_decay", "seg_state", "seg_decay", "final", "final_decay")
-    for bsz, seqlen in ((1, 1024), (1, 32768)):
-        s = _input_maker(bsz, seqlen, torch.device("cuda"))(0)      # the bench's inputs
+    for bsz, seqlen, cu in ((1, 1024, None), (1, 32768, None), (1, packed_cu()[-1], packed_cu())):
+        s = _input_maker(bsz, seqlen, torch.device("cuda"), cu)(0)  # the bench's inputs (packed: its 16 sequences)
         x, B = s["x"].contiguous(), s["B"].contiguous()
-        plan = ssd_op._plan(x, B, Q, None, bsz)
-        geometry = plan["geometry"]
+        nstates = bsz if cu is None else len(cu) - 1
+        plan = ssd_op._plan(x, B, Q, s.get("cu_seqlens"), nstates)
+        geometry, table = plan["geometry"], plan["table"]
         assert plan["state_dtype"] == torch.bfloat16
-        print(f"  gluon_eligible: {ssd_op.gluon_eligible('chunk_state', x, B, None, Q)}", flush=True)
+        print(f"  gluon_eligible: {ssd_op.gluon_eligible('chunk_state', x, B, None, Q, cu is not None)}", flush=True)
         dtcs = cumsum_k.chunk_cumsum_launch(s["dt"], s["A"].float().contiguous(), s["dt_bias"].float().contiguous(),
-                                            None, geometry, True)            # stage 0, dt softplus
-        ref, got = _outputs(x, B, geometry), _outputs(x, B, geometry)
+                                            table, geometry, True)           # stage 0, dt softplus
+        ref, got = _outputs(x, geometry, nstates), _outputs(x, geometry, nstates)
 
         def launch(kernels, outs):
-            return lambda: kernels.chunk_state_launch(x, dtcs, B, None, None, *outs, geometry,
+            return lambda: kernels.chunk_state_launch(x, dtcs, B, None, table, *outs, geometry,
                                                       plan["cfg"]["chunk_state"], plan["precision"])
 
         ours, gluon = launch(state_k, ref), launch(gluon_state, got)
@@ -74,10 +78,14 @@ def main():
         gluon()
         torch.cuda.synchronize()
         name = f"B{bsz} L{seqlen // 1024}K" if seqlen % 1024 == 0 else f"B{bsz} L{seqlen}"
+        name += f" packed ({nstates} sequences)" if cu else ""
         print(f"{name}: {geometry['n_chunks']} chunks, {geometry['n_seg']} segments of {geometry['seg_len']}",
               flush=True)
+        if table is not None:          # padding slots' S_in is never written (Triton's mask): the slots with rows
+            rows = table[2] > 0
+            ref, got = (ref[0][rows], *ref[1:]), (got[0][rows], *got[1:])
         check("gluon chunk_state_launch", {nm: rel_err(a, r) for nm, a, r in zip(names, got, ref)}, 1e-2,
-              "chunk_state_launch")
+              "chunk_state_launch")                                     # (a NaN left unwritten: WRONG)
         print(f"  bitwise equal: {all(torch.equal(a, r) for a, r in zip(got, ref))}", flush=True)
         time_us("ours: triton chunk_state_launch", ours)
         time_us("gluon chunk_state_launch (consumer WG + TMA warp)", gluon)

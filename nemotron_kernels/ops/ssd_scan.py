@@ -7,8 +7,9 @@ Forward: four Triton stages (nemotron_kernels/triton/ssd_scan_*.py) on CUDA tens
                     final states, and empty packed sequences' final states (their initial ones),
   3. chunk_scan     outputs of every chunk (CB once per group, tl.dot for the intra-chunk and state terms).
 On Hopper with Triton 3.6, stages 1 and 3 run warp-specialised Gluon kernels (triton/ssd_scan_chunk_*_gluon.py)
-where gluon_eligible holds (batched bf16, L a multiple of 128, P 64, N 128; NK_GLUON=0 turns them off), and so
-does the backward's dx kernel (triton/ssd_scan_bwd_dx_gluon.py; also D, dt_bias and dt softplus).
+where gluon_eligible holds (bf16, P 64, N 128; batched with L a multiple of 128, or packed; NK_GLUON=0 turns
+them off), and so does the backward's dx kernel (triton/ssd_scan_bwd_dx_gluon.py; batched or packed; also D,
+dt_bias and dt softplus).
 Backward (Triton, deterministic: no atomics, every sum in a fixed order): the forward's chunk states, kept by the
 autograd Function (stages 0-2 recompute them where absent), then
   4. bwd_chunk_state  state gradients dL/dS_out carried backwards through each segment (+ the initial states'),
@@ -102,26 +103,25 @@ def gluon_eligible(stage: str, x, B, C=None, chunk: int = 128, packed: bool = Fa
                    dy=None, D=None, dt_bias=None, dt_softplus: bool = False) -> tuple[bool, str]:
     """(whether ssd_scan's `stage`, "chunk_state", "chunk_scan" or the backward's "dx", runs its Hopper Gluon
     kernel (triton/ssd_scan_<stage>_gluon.py, ssd_scan_bwd_dx_gluon.py) for this call, why (not)). Exactly the
-    kernels' scope; the rest runs the Triton kernels: gluon_platform (triton/common.py), batched (packed:
-    cu_seqlens given), chunk 128 and L a positive multiple of it, P = 64, N = 128 (any H, G), bf16 x, B (and C, and
-    dy for dx: the chunk states are then bf16 too), _tma_rows views; chunk_state without initial states (final
-    states: yes), chunk_scan with or without D; dx with D, dt_bias and dt_softplus (Nemotron's; dt any strides and
-    dtype), with or without initial states and final-state gradients (they change only the values of the states
-    it reads) and with or without the carries between segments."""
+    kernels' scope; the rest runs the Triton kernels: gluon_platform (triton/common.py), chunk 128, tokens, batched
+    with L a multiple of 128 or packed (cu_seqlens given: any lengths, the chunk table's slots), P = 64, N = 128
+    (any H, G), bf16 x, B (and C, and dy for dx: the chunk states are then bf16 too), _tma_rows views; chunk_state
+    with or without initial states (any float dtype, [P, N] rows contiguous) and final states, chunk_scan with or
+    without D; dx with D, dt_bias and dt_softplus (Nemotron's; dt any strides and dtype), with or without initial
+    states and final-state gradients (they change only the values of the states it reads) and with or without the
+    carries between segments."""
     ok, why = gluon_platform(x.device)
     if not ok:
         return ok, why
     tensors = {"chunk_state": (x, B), "chunk_scan": (x, B, C), "dx": (x, B, C, dy)}[stage]
-    if packed:
-        return False, "packed sequences (cu_seqlens)"
-    if chunk != 128 or x.numel() == 0 or x.shape[1] % 128:
-        return False, "needs chunk 128 and L a positive multiple of 128"
+    if chunk != 128 or x.numel() == 0 or (not packed and x.shape[1] % 128):
+        return False, "needs chunk 128 and tokens, batched L a positive multiple of 128"
     if x.shape[3] != 64 or B.shape[3] != 128:
         return False, "needs P = 64 and N = 128"
     if any(t.dtype != torch.bfloat16 for t in tensors):
         return False, "needs bf16 x, B, C (dx: dy)"
-    if stage == "chunk_state" and initial_states is not None:
-        return False, "initial states (chunk_state)"
+    if stage == "chunk_state" and initial_states is not None and initial_states.stride()[2:] != (B.shape[3], 1):
+        return False, "initial states' [P, N] rows not contiguous (chunk_state)"
     if stage == "dx" and (D is None or dt_bias is None or not dt_softplus):
         return False, "dx needs D, dt_bias and dt_softplus"
     if not all(_tma_rows(t) for t in tensors):
@@ -442,6 +442,7 @@ def backend_report(device_type: str) -> str:
     report = mamba_common.backend_report(device_type, "ssd_scan forward + deterministic backward", dot_kernel=True)
     if device_type == "cuda" and report.startswith("triton") and torch.cuda.is_available():
         ok, why = gluon_platform(torch.device("cuda"))
-        report += (f"; forward stages 1 and 3 and the backward's dx in Gluon ({why}) for batched bf16, L % 128 == 0,"
-                   " P 64, N 128 (dx: with D, dt_bias, dt softplus)") if ok else f"; no Gluon stages ({why})"
+        report += (f"; forward stages 1 and 3 and the backward's dx in Gluon ({why}) for bf16, P 64, N 128, batched"
+                   " with L % 128 == 0 or packed (dx: with D, dt_bias, dt softplus)") if ok \
+            else f"; no Gluon stages ({why})"
     return report

@@ -14,9 +14,16 @@ for s <= t, else 0:
     dbias_part = sum_s ddt_s (fp32 sum, then fp64)                          [n_chunks, H] each
 Differences from Triton: the order of fp32 sums (wgmma K order, GB added first, the scans' tree) only; on the H200
 dx and ddt came out bitwise equal, the fp64 partial sums within 1e-7 (scripts/probe_ssd_bwd_dx_gluon.py).
-Scope (ops/ssd_scan.py gluon_eligible "dx"; else the Triton kernel runs): batched, L a multiple of Q = 128, P = 64,
-N = 128, bf16 x / dy / B / C / states, D and dt_bias present, dt softplus; any H, G; with or without the carries
-(one segment: none; that build first ran on a GPU with the op's tests, B1 L128).
+Scope (ops/ssd_scan.py gluon_eligible "dx"; else the Triton kernel runs): batched with L a multiple of Q = 128, or
+packed (cu_seqlens, B = 1, any lengths); P = 64, N = 128, bf16 x / dy / B / C / states, D and dt_bias present, dt
+softplus; any H, G; with or without the carries (one segment: none; that build first ran on a GPU with the op's
+tests, B1 L128).
+Packed (PACKED): CTA gc is slot gc of the chunk table (rows start .. start + length - 1, dtcs at slot position
+gc Q). Its boxes also hold the next sequence's rows (or TMA's zeros past T), where Triton loads zeros; what they
+would add to a valid row is masked: CB^T's columns t >= length (their dy_t would reach dxpre_s), Z_t, dy_t . x_t,
+and da_part's row blocks past the end (never written); dt_s is 0 there (stage 0), which zeroes V_s. ddt, the
+partial sums and dx keep the valid rows only (a partial slot's dx by masked register stores: a TMA box would
+overwrite the next sequence's); padding slots (length 0) write zero partial sums and exit, as Triton's programs.
 
 Design: one CTA per (chunk, group), walking the group's heads (Triton: one program per (chunk, head), C B^T
 recomputed by each); gl.warp_specialize, 9 warps (padded to 12):
@@ -86,12 +93,16 @@ def _producer(x_desc, dy_desc, b_desc, c_desc, s_desc, g_desc, c_smem, b_smem, x
 
 
 @gluon.jit
-def _causal(cbt, T0: gl.constexpr, mma: gl.constexpr):
-    """CB^T's block [Q (s), TQ (t = T0 ..)] zeroed where t < s, once per CTA, so the head loop applies no mask (a
-    mask in the loop is loop-invariant: LLVM hoisted it out, 64 predicates a thread held across the loop)."""
-    t = T0 + gl.arange(0, cbt.shape[1], layout=gl.SliceLayout(0, mma))
-    s = gl.arange(0, cbt.shape[0], layout=gl.SliceLayout(1, mma))
-    return gl.where(gl.expand_dims(t, 0) >= gl.expand_dims(s, 1), cbt, 0.0)
+def _causal(cbt, T0: gl.constexpr, mma: gl.constexpr, length, PACKED: gl.constexpr):
+    """CB^T's block [Q (s), TQ (t = T0 ..)] zeroed where t < s (packed: and where t >= length, the next sequence's
+    rows), once per CTA, so the head loop applies no mask (a mask in the loop is loop-invariant: LLVM hoisted it
+    out, 64 predicates a thread held across the loop)."""
+    t = gl.expand_dims(T0 + gl.arange(0, cbt.shape[1], layout=gl.SliceLayout(0, mma)), 0)
+    s = gl.expand_dims(gl.arange(0, cbt.shape[0], layout=gl.SliceLayout(1, mma)), 1)
+    keep = t >= s
+    if PACKED:
+        keep = keep & (t < length)
+    return gl.where(keep, cbt, 0.0)
 
 
 @gluon.jit
@@ -113,13 +124,23 @@ def _mt_block(cbt, hl_smem, T0: gl.constexpr, hi_s2, lo_s2, mma: gl.constexpr, o
 
 
 @gluon.jit
+def _store_dx(dx_desc, dx_smem, dx, row, col):
+    """dx [Q, P] fp32 -> dx's box at (row, col) through shared memory and a TMA store."""
+    tma.store_wait(pendings=0)                                                    # the last head's dx has left
+    dx_smem.store(dx.to(dx_desc.dtype))
+    fence_async_shared()                                                          # generic writes -> TMA reads
+    tma.async_copy_shared_to_global(dx_desc, [row, col], dx_smem)
+
+
+@gluon.jit
 def _consumer(c_smem, b_smem, x_bufs, dy_bufs, s_bufs, g_bufs, dx_smem, hl_smem, bc_bar, ready, empty, dx_desc,
               dt_ptr, dtcs_ptr, A_ptr, D_ptr, dt_bias_ptr, carry_decay_ptr, carry_ptr, gcarry_decay_ptr, gcarry_ptr,
               da_part_ptr, ddt_ptr, dA_part_ptr, dD_part_ptr, dbias_part_ptr, gc, b, c, row0, g, seqlen, seg_len,
-              n_seg, plane, stride_dt_b, stride_dt_l, H: gl.constexpr, HPG: gl.constexpr, STAGES: gl.constexpr,
-              M_BLOCKS: gl.constexpr, HAS_CARRY: gl.constexpr):
+              n_seg, plane, stride_dt_b, stride_dt_l, dx_ptr, length, H: gl.constexpr, HPG: gl.constexpr,
+              STAGES: gl.constexpr, M_BLOCKS: gl.constexpr, HAS_CARRY: gl.constexpr, PACKED: gl.constexpr):
     """The math (8 warps): rows r = 0..127 of the chunk (as s or t), the group's HPG heads in turn; each stage is
-    released to the producer warp (empty) once read."""
+    released to the producer warp (empty) once read. Packed: seqlen is the dtcs row length (n_table Q), dx_ptr dx
+    [T, H*P] contiguous, length the slot's rows (r_ok: the rows r < length)."""
     Q: gl.constexpr = x_bufs.shape[1]                                             # 128
     P: gl.constexpr = x_bufs.shape[2]                                             # 64
     N: gl.constexpr = c_smem.shape[1]                                             # 128
@@ -140,7 +161,13 @@ def _consumer(c_smem, b_smem, x_bufs, dy_bufs, s_bufs, g_bufs, dx_smem, hl_smem,
     hl_i = gl.arange(0, 2 * Q, layout=gl.BlockedLayout([1], [32], [8], [0]))     # [2Q]: cs hi, lo; 1 a thread
     hl_offs = (1 + hl_i // Q).to(gl.int64) * plane64 + hl_i % Q
     seg = gc // seg_len                                                           # the carries' segment
-    dt_rows = dt_ptr + b.to(gl.int64) * stride_dt_b + (c * Q + r).to(gl.int64) * stride_dt_l   # [Q] of head 0
+    if PACKED:
+        dt_rows = dt_ptr + (row0 + r).to(gl.int64) * stride_dt_l                  # [Q] of head 0
+        r_ok = r < length
+        end = length - 1                                                          # cs_Q: at the slot's last row
+    else:
+        dt_rows = dt_ptr + b.to(gl.int64) * stride_dt_b + (c * Q + r).to(gl.int64) * stride_dt_l   # [Q] of head 0
+        end = Q - 1
     ddt_ty: gl.constexpr = ddt_ptr.dtype.element_ty
 
     # CB^T [s, t] once for all heads (Triton recomputes C B^T per head), 4 pieces of TQ columns t, fp32 [Q, TQ]
@@ -151,31 +178,39 @@ def _consumer(c_smem, b_smem, x_bufs, dy_bufs, s_bufs, g_bufs, dx_smem, hl_smem,
     cbt_2 = warpgroup_mma(b_smem, c_smem.slice(2 * TQ, TQ).permute((1, 0)), zq, use_acc=False, is_async=True)
     cbt_3 = warpgroup_mma(b_smem, c_smem.slice(3 * TQ, TQ).permute((1, 0)), zq, use_acc=False, is_async=True)
     cbt_0, cbt_1, cbt_2, cbt_3 = warpgroup_mma_wait(num_outstanding=0, deps=(cbt_0, cbt_1, cbt_2, cbt_3))
-    cbt_0 = _causal(cbt_0, 0, mmq)
-    cbt_1 = _causal(cbt_1, TQ, mmq)
-    cbt_2 = _causal(cbt_2, 2 * TQ, mmq)
-    cbt_3 = _causal(cbt_3, 3 * TQ, mmq)
+    cbt_0 = _causal(cbt_0, 0, mmq, length, PACKED)
+    cbt_1 = _causal(cbt_1, TQ, mmq, length, PACKED)
+    cbt_2 = _causal(cbt_2, 2 * TQ, mmq, length, PACKED)
+    cbt_3 = _causal(cbt_3, 3 * TQ, mmq, length, PACKED)
 
     for i in range(HPG):
         h = g * HPG + i
         stage = i % STAGES
         head_chunk = gc.to(gl.int64) * H + h
         # per-head vectors and scalars: plain loads, issued before the stage is waited for
-        row = dtcs_ptr + ((b * H + h).to(gl.int64) * seqlen + c * Q)              # head h's dtcs at the chunk
+        if PACKED:
+            row = dtcs_ptr + (h.to(gl.int64) * seqlen + gc * Q)                   # head h's dtcs at slot gc
+        else:
+            row = dtcs_ptr + ((b * H + h).to(gl.int64) * seqlen + c * Q)          # head h's dtcs at the chunk
         dt_s = gl.load(row + r)                                                   # [Q] over s
         hi_s = gl.load(row + plane64 + r)
         lo_s = gl.load(row + 2 * plane64 + r)
         hl = gl.load(row + hl_offs)                                               # [2Q]: cs hi, lo over t
-        end_hi = gl.load(row + plane64 + (Q - 1))                                 # cs_Q
-        end_lo = gl.load(row + 2 * plane64 + (Q - 1))
+        end_hi = gl.load(row + plane64 + end)                                     # cs_Q
+        end_lo = gl.load(row + 2 * plane64 + end)
         a_h = gl.load(A_ptr + h)
         d_h = gl.load(D_ptr + h)
-        pre = gl.load(dt_rows + h).to(gl.float32) + gl.load(dt_bias_ptr + h)
+        if PACKED:                                                                # no rows past T
+            pre = gl.load(dt_rows + h, mask=r_ok, other=0.0).to(gl.float32) + gl.load(dt_bias_ptr + h)
+        else:
+            pre = gl.load(dt_rows + h).to(gl.float32) + gl.load(dt_bias_ptr + h)
         scale = gl.where(pre > 20.0, 1.0, 1.0 / (1.0 + gl.exp(-gl.minimum(pre, 20.0))))   # softplus'
         da = gl.zeros([Q], gl.float32, layout=rows_l)
         for mb in gl.static_range(M_BLOCKS):      # row block mb of the da kernel wrote the columns up to its end
-            da += gl.load(da_part_ptr + ((gc * M_BLOCKS + mb) * H + h).to(gl.int64) * Q + r,
-                          mask=r < (mb + 1) * (Q // M_BLOCKS), other=0.0)
+            mb_ok = r < (mb + 1) * (Q // M_BLOCKS)
+            if PACKED:                            # (blocks past the slot's end wrote nothing)
+                mb_ok = mb_ok & (mb * (Q // M_BLOCKS) < length)
+            da += gl.load(da_part_ptr + ((gc * M_BLOCKS + mb) * H + h).to(gl.int64) * Q + r, mask=mb_ok, other=0.0)
         if HAS_CARRY:                             # Triton loads a carry only where its decay is not 0
             decay = gl.load(carry_decay_ptr + head_chunk)
             gdecay = gl.load(gcarry_decay_ptr + head_chunk)
@@ -211,6 +246,9 @@ def _consumer(c_smem, b_smem, x_bufs, dy_bufs, s_bufs, g_bufs, dx_smem, hl_smem,
         z = gl.sum(dyf * a_sc, axis=1) * gl.exp(hi_s)                             # Z [Q] over t
         xf = x_slot.load(mma).to(gl.float32)                                      # [s, p]
         dd_rows = gl.sum(dyf * xf, axis=1)                                        # dy_t . x_t
+        if PACKED:                                                                # the next sequence's dy
+            z = gl.where(r_ok, z, 0.0)
+            dd_rows = gl.where(r_ok, dd_rows, 0.0)
         to_end = gl.exp((end_hi - hi_s) + (end_lo - lo_s))                        # exp(cs_Q - cs_s)
         gb = a_gb * gl.expand_dims(to_end, 1)                                     # GB [s, p]
         v = dt_s * gl.sum(xf * gb, axis=1)                                        # V [Q] over s
@@ -245,18 +283,29 @@ def _consumer(c_smem, b_smem, x_bufs, dy_bufs, s_bufs, g_bufs, dx_smem, hl_smem,
         gl.thread_barrier()
         mbarrier.arrive(empty.index(stage), count=1)
 
-        gl.store(ddt_ptr + (row0 + r).to(gl.int64) * H + h, ddt.to(ddt_ty))      # [B, L, H] contiguous
         # the three sums over the chunk's rows in one reduction (one trip through shared memory): ddt in fp32 (then
         # fp64), dA's terms in fp64, dD's rows in fp64, as Triton
-        sum_ddt, sum_da, sum_dd = gl.reduce((ddt, dt_s.to(gl.float64) * da.to(gl.float64), dd_rows.to(gl.float64)),
-                                            0, _add3)
+        da_terms = dt_s.to(gl.float64) * da.to(gl.float64)
+        if PACKED:
+            gl.store(ddt_ptr + (row0 + r).to(gl.int64) * H + h, ddt.to(ddt_ty), mask=r_ok)   # [1, T, H]
+            ddt = gl.where(r_ok, ddt, 0.0)
+            da_terms = gl.where(r_ok, da_terms, 0.0)
+        else:
+            gl.store(ddt_ptr + (row0 + r).to(gl.int64) * H + h, ddt.to(ddt_ty))  # [B, L, H] contiguous
+        sum_ddt, sum_da, sum_dd = gl.reduce((ddt, da_terms, dd_rows.to(gl.float64)), 0, _add3)
         gl.store(dbias_part_ptr + head_chunk, sum_ddt.to(gl.float64))
         gl.store(dA_part_ptr + head_chunk, sum_da)
         gl.store(dD_part_ptr + head_chunk, sum_dd)
-        tma.store_wait(pendings=0)                                                # the last head's dx has left
-        dx_smem.store(dx.to(dx_desc.dtype))
-        fence_async_shared()                                                      # generic writes -> TMA reads
-        tma.async_copy_shared_to_global(dx_desc, [row0, h * P], dx_smem)
+        if PACKED:
+            if length < Q:                    # the rows past the slot's sequence end are not dx's: not stored
+                p = gl.arange(0, P, layout=gl.SliceLayout(0, mma))
+                dx_offs = gl.expand_dims((row0 + r).to(gl.int64) * (H * P) + h * P, 1) + gl.expand_dims(p, 0)
+                dx_ok = gl.expand_dims(r, 1) + gl.expand_dims(p * 0, 0) < length         # [s, p]
+                gl.store(dx_ptr + dx_offs, dx.to(dx_desc.dtype), mask=dx_ok)
+            else:
+                _store_dx(dx_desc, dx_smem, dx, row0, h * P)
+        else:
+            _store_dx(dx_desc, dx_smem, dx, row0, h * P)
     tma.store_wait(pendings=0)
 
 
@@ -264,23 +313,39 @@ def _consumer(c_smem, b_smem, x_bufs, dy_bufs, s_bufs, g_bufs, dx_smem, hl_smem,
 def _bwd_dx_kernel(x_desc, dy_desc, b_desc, c_desc, s_desc, g_desc, dx_desc, dt_ptr, dtcs_ptr, A_ptr, D_ptr,
                    dt_bias_ptr, carry_decay_ptr, carry_ptr, gcarry_decay_ptr, gcarry_ptr, da_part_ptr, ddt_ptr,
                    dA_part_ptr, dD_part_ptr, dbias_part_ptr, seqlen, chunks_per_row, seg_len, n_seg, plane,
-                   stride_dt_b, stride_dt_l, H: gl.constexpr, G: gl.constexpr, STAGES: gl.constexpr,
-                   M_BLOCKS: gl.constexpr, HAS_CARRY: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+                   stride_dt_b, stride_dt_l, dx_ptr, table_ptr, n_table, H: gl.constexpr, G: gl.constexpr,
+                   STAGES: gl.constexpr, M_BLOCKS: gl.constexpr, HAS_CARRY: gl.constexpr, PACKED: gl.constexpr,
+                   PRODUCER_REGS: gl.constexpr):
     """x_desc / dy_desc / dx_desc: [B*L, H*P] in [Q, P] boxes; b_desc / c_desc: [B*L, G*N] in [Q, N] boxes;
     s_desc / g_desc: s_in / g_out [n_chunks*H*P, N] in [P, N] boxes; dt [B, L, H] (raw; unit head stride), dtcs
     [3, B, H, L] fp32 (plane = B*H*L), A / D / dt_bias [H] fp32, carry_decay / gcarry_decay [n_chunks, H] fp32,
     carry / gcarry [n_seg, H, P, N] bf16 (unused without HAS_CARRY), da_part [n_chunks, M_BLOCKS, H, Q] fp32;
     out: ddt [B, L, H] contiguous in dt's dtype, dA / dD / dbias parts [n_chunks, H] fp64. Grid: n_chunks * G, a
-    chunk's CTAs adjacent (its B, C rows stay in L2)."""
+    chunk's CTAs adjacent (its B, C rows stay in L2). Packed: the views' rows are [T, .], table [5, n_table] int32
+    (sequence, start, length, first, last), dx_ptr dx [T, H*P], dtcs [3, 1, H, n_table Q] (seqlen = n_table Q);
+    batched, dx_ptr, table_ptr and n_table are unused."""
     gl.static_assert(STAGES == 2, "the producer's ring phases assume 2 stages")
     HPG: gl.constexpr = H // G
     Q: gl.constexpr = x_desc.block_type.shape[0]
     pid = gl.program_id(0)
     gc = pid // G
     g = pid % G
-    b = gc // chunks_per_row
-    c = gc - b * chunks_per_row
-    row0 = b * seqlen + c * Q                                                     # the chunk's first row
+    if PACKED:
+        row0 = gl.load(table_ptr + n_table + gc)                                  # the slot's first row
+        length = gl.load(table_ptr + 2 * n_table + gc)
+        if length == 0:                                                           # a padding slot: zero sums
+            for i in range(HPG):
+                gl.store(dA_part_ptr + gc * H + g * HPG + i, 0.0)
+                gl.store(dD_part_ptr + gc * H + g * HPG + i, 0.0)
+                gl.store(dbias_part_ptr + gc * H + g * HPG + i, 0.0)
+            return
+        b = 0
+        c = 0
+    else:
+        b = gc // chunks_per_row
+        c = gc - b * chunks_per_row
+        row0 = b * seqlen + c * Q                                                 # the chunk's first row
+        length = Q
 
     # shared memory: C, B [Q, N] 32 KB each; ring [STAGES] x (x, dy [Q, P] 16 KB each; S_in, G_out [P, N] 16 KB
     # each); dx [Q, P] 16 KB; cs hi / lo of a head 1 KB: 209 KB
@@ -306,7 +371,8 @@ def _bwd_dx_kernel(x_desc, dy_desc, b_desc, c_desc, s_desc, g_desc, dx_desc, dt_
         (_consumer, (c_smem, b_smem, x_bufs, dy_bufs, s_bufs, g_bufs, dx_smem, hl_smem, bc_bar, ready, empty, dx_desc,
                      dt_ptr, dtcs_ptr, A_ptr, D_ptr, dt_bias_ptr, carry_decay_ptr, carry_ptr, gcarry_decay_ptr,
                      gcarry_ptr, da_part_ptr, ddt_ptr, dA_part_ptr, dD_part_ptr, dbias_part_ptr, gc, b, c, row0, g,
-                     seqlen, seg_len, n_seg, plane, stride_dt_b, stride_dt_l, H, HPG, STAGES, M_BLOCKS, HAS_CARRY)),
+                     seqlen, seg_len, n_seg, plane, stride_dt_b, stride_dt_l, dx_ptr, length, H, HPG, STAGES,
+                     M_BLOCKS, HAS_CARRY, PACKED)),
         # worker, 1 warp: TMA loads
         (_producer, (x_desc, dy_desc, b_desc, c_desc, s_desc, g_desc, c_smem, b_smem, x_bufs, dy_bufs, s_bufs,
                      g_bufs, bc_bar, ready, empty, gc, row0, g, H, HPG, STAGES)),
@@ -321,9 +387,11 @@ def bwd_dx_launch(x, dt, dtcs, A, B, C, D, dt_bias, table, dy, s_in, carry_decay
     and B / C [B, L, G, N] bf16 that read as [B*L, H*P] / [B*L, G*N] TMA views; dx, ddt, s_in, g_out, the carries,
     dtcs, da_part contiguous; dt with a unit head stride; cfg and dot_precision unused. -> the launched
     CompiledKernel."""
-    assert table is None and D is not None and dt_bias is not None and dt_softplus and geometry["Q"] == Q, \
+    assert D is not None and dt_bias is not None and dt_softplus and geometry["Q"] == Q, \
         "ssd_scan gluon dx: out of scope"
     bsz, seqlen, nheads, _ = x.shape
+    packed = table is not None
+    assert not packed or bsz == 1, "ssd_scan gluon dx: packed x [1, T, H, P]"
     ngroups = B.shape[2]
     rows = bsz * seqlen
     assert dt.stride(2) == 1 and ddt.is_contiguous() and dx.is_contiguous(), "ssd_scan gluon dx: dt, ddt, dx strides"
@@ -340,14 +408,15 @@ def bwd_dx_launch(x, dt, dtcs, A, B, C, D, dt_bias, table, dy, s_in, carry_decay
     return _bwd_dx_kernel[(geometry["n_chunks"] * ngroups, )](
         x_desc, dy_desc, b_desc, c_desc, s_desc, g_desc, dx_desc, dt, dtcs, A, D, dt_bias, carry_decay,
         carry if has_carry else carry_decay, gcarry_decay, gcarry if has_carry else gcarry_decay, da_part, ddt,
-        dA_part, dD_part, dbias_part, seqlen, geometry["chunks_per_row"], geometry["seg_len"], geometry["n_seg"],
-        dtcs.stride(0), dt.stride(0), dt.stride(1), H=nheads, G=ngroups, STAGES=STAGES, M_BLOCKS=da_part.shape[1],
-        HAS_CARRY=has_carry, PRODUCER_REGS=PRODUCER_REGS, num_warps=MATH_WARPS, maxnreg=MAXNREG)
+        dA_part, dD_part, dbias_part, geometry["dtcs_len"], geometry["chunks_per_row"], geometry["seg_len"],
+        geometry["n_seg"], dtcs.stride(0), dt.stride(0), dt.stride(1), dx, table if packed else carry_decay,
+        geometry["n_table"], H=nheads, G=ngroups, STAGES=STAGES, M_BLOCKS=da_part.shape[1], HAS_CARRY=has_carry,
+        PACKED=packed, PRODUCER_REGS=PRODUCER_REGS, num_warps=MATH_WARPS, maxnreg=MAXNREG)
 
 
 def aot_compile_all():
-    """(name, CompiledKernel) for sm_90a at Nemotron-H's shape (H=64, G=8, da's 2 row blocks), with and without the
-    carries: needs Triton 3.6 (the Gluon API the kernel is written for), no GPU."""
+    """(name, CompiledKernel) for sm_90a at Nemotron-H's shape (H=64, G=8, da's 2 row blocks): batched with and
+    without the carries, packed with them: needs Triton 3.6 (the Gluon API the kernel is written for), no GPU."""
     from .common import aot_compile_gluon
     x_ty = f"tensordesc<bf16[{Q}, {P}],{X_LAYOUT!r}>"
     bc_ty = f"tensordesc<bf16[{Q}, {N}],{BC_LAYOUT!r}>"
@@ -357,15 +426,18 @@ def aot_compile_all():
              "dt_bias_ptr": "*fp32", "carry_decay_ptr": "*fp32", "carry_ptr": "*bf16", "gcarry_decay_ptr": "*fp32",
              "gcarry_ptr": "*bf16", "da_part_ptr": "*fp32", "ddt_ptr": "*bf16", "dA_part_ptr": "*fp64",
              "dD_part_ptr": "*fp64", "dbias_part_ptr": "*fp64", "seqlen": "i32", "chunks_per_row": "i32",
-             "seg_len": "i32", "n_seg": "i32", "plane": "i32", "stride_dt_b": "i32", "stride_dt_l": "i32"}
+             "seg_len": "i32", "n_seg": "i32", "plane": "i32", "stride_dt_b": "i32", "stride_dt_l": "i32",
+             "dx_ptr": "*bf16", "table_ptr": "*i32", "n_table": "i32"}
     # what the JIT launcher specialises at B1 L32K with a contiguous dt (pointers 16-byte aligned; seqlen,
     # chunks_per_row, plane and dt's strides multiples of 16; seg_len and n_seg not in general)
     aligned = ("dt_ptr", "dtcs_ptr", "A_ptr", "D_ptr", "dt_bias_ptr", "carry_decay_ptr", "carry_ptr",
                "gcarry_decay_ptr", "gcarry_ptr", "da_part_ptr", "ddt_ptr", "dA_part_ptr", "dD_part_ptr",
                "dbias_part_ptr", "seqlen", "chunks_per_row", "plane", "stride_dt_b", "stride_dt_l")
-    for has_carry in (True, False):
-        constexprs = {"H": 64, "G": 8, "STAGES": STAGES, "M_BLOCKS": 2, "HAS_CARRY": has_carry,
+    # (packed, as the bench's 16 sequences: 260 table slots, seqlen = 260 Q; plane not a multiple of 16 there)
+    packed_aligned = tuple(a for a in aligned if a not in ("chunks_per_row", "plane")) + ("dx_ptr", "table_ptr")
+    for has_carry, packed in ((True, False), (False, False), (True, True)):
+        constexprs = {"H": 64, "G": 8, "STAGES": STAGES, "M_BLOCKS": 2, "HAS_CARRY": has_carry, "PACKED": packed,
                       "PRODUCER_REGS": PRODUCER_REGS}
-        yield (f"ssd_bwd_dx_gluon carry={has_carry}",
-               aot_compile_gluon(_bwd_dx_kernel, types, constexprs, aligned=aligned, num_warps=MATH_WARPS,
-                                 maxnreg=MAXNREG))
+        yield (f"ssd_bwd_dx_gluon carry={has_carry}" + (" packed" if packed else ""),
+               aot_compile_gluon(_bwd_dx_kernel, types, constexprs, aligned=packed_aligned if packed else aligned,
+                                 num_warps=MATH_WARPS, maxnreg=MAXNREG))

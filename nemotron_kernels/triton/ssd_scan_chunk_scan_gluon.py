@@ -6,8 +6,14 @@ Math (the Triton kernel's, ssd_scan_chunk_scan.py; cs = stage 0's cumulative dt 
         + D x_t
 One difference: the carry term is its own wgmma (C carry^T, scaled by carry_decay in fp32) where Triton rounds
 S_in + carry_decay carry to bf16 before one dot: y agrees within bf16 rounding (2.3e-3 relative at B1 L32K).
-Scope (ops/ssd_scan.py gluon_eligible; else the Triton kernel runs): batched, L a multiple of Q = 128, P = 64,
-N = 128, bf16 x / B / C / y / S_in; any H, G; D present or not.
+Scope (ops/ssd_scan.py gluon_eligible; else the Triton kernel runs): batched with L a multiple of Q = 128, or
+packed (cu_seqlens, B = 1, any lengths); P = 64, N = 128, bf16 x / B / C / y / S_in; any H, G; D present or not.
+Packed (PACKED): CTA gc is slot gc of the chunk table (ssd_scan_common: its sequence's rows start .. start +
+length - 1, dtcs at slot position gc Q). Its 128-row boxes also hold the next sequence's rows (or rows past T,
+which TMA zero-fills): they need no mask, as for a row t < length every s >= length lies past t (causal mask)
+and has dt_s = 0 (stage 0 writes the slot's tail dt 0, cs flat); rows t >= length are computed but never stored:
+a partial slot stores y by masked register stores (a TMA box would overwrite the next sequence's y). Padding
+slots (length 0) exit at once, as Triton's programs do.
 
 Design: one CTA per (chunk, group), 9 warps (padded to 12), gl.warp_specialize into
   - consumer warpgroup 0 (the default partition): rows 0..63 of the chunk (the diagonal block only),
@@ -77,10 +83,21 @@ def _dtcs_at(row, plane, offs):
 
 
 @gluon.jit
+def _store_y(y_desc, y_m, acc, row, col):
+    """acc [64, P] fp32 -> y's box at (row, col) through shared memory and a TMA store."""
+    tma.store_wait(pendings=0)                                                    # the last head's y has left
+    y_m.store(acc.to(gl.bfloat16))
+    fence_async_shared()                                                          # generic writes -> TMA reads
+    tma.async_copy_shared_to_global(y_desc, [row, col], y_m)
+
+
+@gluon.jit
 def _consumer(y_desc, c_smem, b_smem, x_bufs, s_bufs, carry_bufs, y_smem, bc_bar, ready, empty, dtcs_ptr, D_ptr,
-              carry_decay_ptr, gc, b, row0, g, seqlen, plane, BLK: gl.constexpr, H: gl.constexpr, HPG: gl.constexpr,
-              STAGES: gl.constexpr, HAS_D: gl.constexpr, HAS_CARRY: gl.constexpr):
-    """A consumer warpgroup (4 warps): rows BLK*64 .. BLK*64+63 of the chunk (t), for the group's HPG heads."""
+              carry_decay_ptr, gc, b, row0, g, seqlen, plane, y_ptr, length, BLK: gl.constexpr, H: gl.constexpr,
+              HPG: gl.constexpr, STAGES: gl.constexpr, HAS_D: gl.constexpr, HAS_CARRY: gl.constexpr,
+              PACKED: gl.constexpr):
+    """A consumer warpgroup (4 warps): rows BLK*64 .. BLK*64+63 of the chunk (t), for the group's HPG heads.
+    Packed: seqlen is the dtcs row length (n_table Q), y_ptr y [T, H*P] contiguous, length the slot's rows."""
     BM: gl.constexpr = y_desc.block_type.shape[0]                                 # 64
     P: gl.constexpr = y_desc.block_type.shape[1]                                  # 64
     gl.static_assert(BM == P, "one accumulator layout for [t, s] and [t, p] tiles")
@@ -111,7 +128,10 @@ def _consumer(y_desc, c_smem, b_smem, x_bufs, s_bufs, carry_bufs, y_smem, bc_bar
     for i in range(HPG):
         h = g * HPG + i
         stage = i % STAGES
-        row = dtcs_ptr + ((b * H + h).to(gl.int64) * seqlen + (row0 - b * seqlen))   # head h at the chunk start
+        if PACKED:                                                                # head h at slot gc
+            row = dtcs_ptr + (h.to(gl.int64) * seqlen + gc * 2 * BM)
+        else:
+            row = dtcs_ptr + ((b * H + h).to(gl.int64) * seqlen + (row0 - b * seqlen))   # head h at the chunk start
         _, hi_t, lo_t = _dtcs_at(row, plane64, offs_t)                            # [64] over t (2 per thread)
         if HAS_D:
             d_h = gl.load(D_ptr + h)
@@ -158,29 +178,45 @@ def _consumer(y_desc, c_smem, b_smem, x_bufs, s_bufs, carry_bufs, y_smem, bc_bar
         if HAS_D:
             acc = acc + d_h * xv
 
-        tma.store_wait(pendings=0)                                                # the last head's y has left
-        y_m.store(acc.to(gl.bfloat16))
-        fence_async_shared()                                                      # generic writes -> TMA reads
-        tma.async_copy_shared_to_global(y_desc, [row0 + BLK * BM, h * P], y_m)
+        if PACKED:
+            if length < 2 * BM:               # the rows past the slot's sequence end are not y's: not stored
+                y_offs = (gl.expand_dims((row0 + offs_t).to(gl.int64) * (H * P) + h * P, 1)
+                          + gl.expand_dims(c, 0))                                 # [t, p] into y [T, H*P]
+                t_ok = gl.expand_dims(offs_t, 1) + gl.expand_dims(c * 0, 0) < length
+                gl.store(y_ptr + y_offs, acc.to(gl.bfloat16), mask=t_ok)
+            else:
+                _store_y(y_desc, y_m, acc, row0 + BLK * BM, h * P)
+        else:
+            _store_y(y_desc, y_m, acc, row0 + BLK * BM, h * P)
     tma.store_wait(pendings=0)
 
 
 @gluon.jit
 def _chunk_scan_kernel(x_desc, b_desc, c_desc, s_desc, carry_desc, y_desc, dtcs_ptr, D_ptr, carry_decay_ptr, seqlen,
-                       chunks_per_row, seg_len, plane, H: gl.constexpr, G: gl.constexpr, STAGES: gl.constexpr,
-                       HAS_D: gl.constexpr, HAS_CARRY: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                       PRODUCER_REGS: gl.constexpr):
+                       chunks_per_row, seg_len, plane, y_ptr, table_ptr, n_table, H: gl.constexpr, G: gl.constexpr,
+                       STAGES: gl.constexpr, HAS_D: gl.constexpr, HAS_CARRY: gl.constexpr, PACKED: gl.constexpr,
+                       CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
     """x_desc / y_desc: [B*L, H*P] in [64, P] boxes; b_desc / c_desc: [B*L, G*N] in [64, N] boxes; s_desc:
     s_in [n_chunks*H*P, N], carry_desc: carry [n_seg*H*P, N] (s_desc again without carry), [P, N] boxes;
     dtcs [3, B, H, L] fp32 (plane = B*H*L), D [H] fp32, carry_decay [n_chunks, H] fp32. Grid (n_chunks * G, ):
-    a chunk's CTAs are adjacent, so its rows of x stay in L2."""
+    a chunk's CTAs are adjacent, so its rows of x stay in L2. Packed: the views' rows are [T, .], table [5, n_table]
+    int32 (sequence, start, length, first, last), y_ptr y [T, H*P], dtcs [3, 1, H, n_table Q] (seqlen = n_table Q);
+    batched, y_ptr, table_ptr and n_table are unused."""
     HPG: gl.constexpr = H // G
     Q: gl.constexpr = 2 * x_desc.block_type.shape[0]                              # two 64-row blocks per chunk
     pid = gl.program_id(0)
     gc = pid // G
     g = pid % G
-    b = gc // chunks_per_row
-    row0 = b * seqlen + (gc - b * chunks_per_row) * Q                             # in the [B*L, .] views
+    if PACKED:
+        row0 = gl.load(table_ptr + n_table + gc)                                  # the slot's first row
+        length = gl.load(table_ptr + 2 * n_table + gc)
+        if length == 0:                                                           # a padding slot: no rows
+            return
+        b = 0
+    else:
+        b = gc // chunks_per_row
+        row0 = b * seqlen + (gc - b * chunks_per_row) * Q                         # in the [B*L, .] views
+        length = Q
 
     # shared memory (carry): C, B [2, 64, N] 32 KB each; ring: x [STAGES*2, 64, P] 32 KB, S_in and the carry
     # [STAGES, P, N] 32 KB each; y [2, 64, P] 16 KB: 176 KB
@@ -209,10 +245,12 @@ def _chunk_scan_kernel(x_desc, b_desc, c_desc, s_desc, carry_desc, y_desc, dtcs_
     gl.warp_specialize([
         # default partition (num_warps = 4): consumer of rows 0..63
         (_consumer, (y_desc, c_smem, b_smem, x_bufs, s_bufs, carry_bufs, y_smem, bc_bar, ready, empty, dtcs_ptr, D_ptr,
-                     carry_decay_ptr, gc, b, row0, g, seqlen, plane, BLK0, H, HPG, STAGES, HAS_D, HAS_CARRY)),
+                     carry_decay_ptr, gc, b, row0, g, seqlen, plane, y_ptr, length, BLK0, H, HPG, STAGES,
+                     HAS_D, HAS_CARRY, PACKED)),
         # worker, 4 warps: consumer of rows 64..127
         (_consumer, (y_desc, c_smem, b_smem, x_bufs, s_bufs, carry_bufs, y_smem, bc_bar, ready, empty, dtcs_ptr, D_ptr,
-                     carry_decay_ptr, gc, b, row0, g, seqlen, plane, BLK1, H, HPG, STAGES, HAS_D, HAS_CARRY)),
+                     carry_decay_ptr, gc, b, row0, g, seqlen, plane, y_ptr, length, BLK1, H, HPG, STAGES,
+                     HAS_D, HAS_CARRY, PACKED)),
         # worker, 1 warp: TMA loads
         (_producer, (x_desc, b_desc, c_desc, s_desc, carry_desc, c_smem, b_smem, x_bufs, s_bufs, carry_bufs, bc_bar,
                      ready, empty, gc, row0, g, seg_len, H, HPG, STAGES, HAS_CARRY)),
@@ -227,8 +265,10 @@ def chunk_scan_launch(x, dtcs, B, C, D, table, s_in, carry_decay, carry, y, geom
     Host: six descriptor builds (~2 us each on a CI CPU; the probe also rebuilt the layouts, ~6 us each), then
     Gluon's JIT launch: Triton's argument binding plus, in the launcher, one cuTensorMapEncodeTiled per descriptor
     (not measurable without a GPU: scripts/launcher_host_time.py --cuda). -> the launched CompiledKernel."""
-    assert table is None and geometry["Q"] == Q, "ssd_scan gluon chunk_scan: out of scope"
+    assert geometry["Q"] == Q, "ssd_scan gluon chunk_scan: out of scope"
     bsz, seqlen, nheads, _ = x.shape
+    packed = table is not None
+    assert not packed or (bsz == 1 and y.is_contiguous()), "ssd_scan gluon chunk_scan: packed y [1, T, H, P]"
     ngroups = B.shape[2]
     rows = bsz * seqlen
     x_desc = TensorDescriptor(x, [rows, nheads * P], [x.stride(1), 1], [BLOCK_M, P], XY_LAYOUT)
@@ -240,27 +280,33 @@ def chunk_scan_launch(x, dtcs, B, C, D, table, s_in, carry_decay, carry, y, geom
     carry_desc = s_desc if carry is None else \
         TensorDescriptor(carry, [carry.shape[0] * nheads * P, N], [N, 1], [P, N], BCS_LAYOUT)
     return _chunk_scan_kernel[(geometry["n_chunks"] * ngroups, )](
-        x_desc, b_desc, c_desc, s_desc, carry_desc, y_desc, dtcs, D if D is not None else dtcs, carry_decay, seqlen,
-        geometry["chunks_per_row"], geometry["seg_len"], dtcs.stride(0), H=nheads, G=ngroups, STAGES=STAGES,
-        HAS_D=D is not None, HAS_CARRY=carry is not None, CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS,
-        num_warps=4, maxnreg=MAXNREG)
+        x_desc, b_desc, c_desc, s_desc, carry_desc, y_desc, dtcs, D if D is not None else dtcs, carry_decay,
+        geometry["dtcs_len"], geometry["chunks_per_row"], geometry["seg_len"], dtcs.stride(0), y,
+        table if packed else carry_decay, geometry["n_table"], H=nheads, G=ngroups, STAGES=STAGES,
+        HAS_D=D is not None, HAS_CARRY=carry is not None, PACKED=packed, CONSUMER_REGS=CONSUMER_REGS,
+        PRODUCER_REGS=PRODUCER_REGS, num_warps=4, maxnreg=MAXNREG)
 
 
 def aot_compile_all():
-    """(name, CompiledKernel) for sm_90a at Nemotron-H's shape (H=64, G=8): with D, with and without a carry, and
-    without D: needs Triton 3.6 (the Gluon API the kernel is written for), no GPU."""
+    """(name, CompiledKernel) for sm_90a at Nemotron-H's shape (H=64, G=8): batched with D, with and without a
+    carry, and without D; packed with D and a carry: needs Triton 3.6 (the Gluon API the kernel is written for), no
+    GPU."""
     from .common import aot_compile_gluon
     xy = f"tensordesc<bf16[{BLOCK_M}, {P}],{XY_LAYOUT!r}>"
     bcs = f"tensordesc<bf16[{BLOCK_M}, {N}],{BCS_LAYOUT!r}>"
     types = {"x_desc": xy, "y_desc": xy, "b_desc": bcs, "c_desc": bcs, "s_desc": bcs, "carry_desc": bcs,
              "dtcs_ptr": "*fp32", "D_ptr": "*fp32", "carry_decay_ptr": "*fp32", "seqlen": "i32",
-             "chunks_per_row": "i32", "seg_len": "i32", "plane": "i32"}
+             "chunks_per_row": "i32", "seg_len": "i32", "plane": "i32", "y_ptr": "*bf16", "table_ptr": "*i32",
+             "n_table": "i32"}
     # what the JIT launcher specialises at B1 L32K (pointers 16-byte aligned, seqlen / plane / chunks_per_row
     # multiples of 16)
+    # (packed, as the bench's 16 sequences: 260 table slots, seqlen = 260 Q; plane not a multiple of 16 there)
     aligned = ("dtcs_ptr", "D_ptr", "carry_decay_ptr", "seqlen", "chunks_per_row", "plane")
-    for has_d, has_carry in ((True, True), (True, False), (False, True)):
-        constexprs = {"H": 64, "G": 8, "STAGES": STAGES, "HAS_D": has_d, "HAS_CARRY": has_carry,
+    packed_aligned = ("dtcs_ptr", "D_ptr", "carry_decay_ptr", "seqlen", "y_ptr", "table_ptr")
+    for has_d, has_carry, packed in ((True, True, False), (True, False, False), (False, True, False),
+                                     (True, True, True)):
+        constexprs = {"H": 64, "G": 8, "STAGES": STAGES, "HAS_D": has_d, "HAS_CARRY": has_carry, "PACKED": packed,
                       "CONSUMER_REGS": CONSUMER_REGS, "PRODUCER_REGS": PRODUCER_REGS}
-        yield (f"ssd_chunk_scan_gluon D={has_d} carry={has_carry}",
-               aot_compile_gluon(_chunk_scan_kernel, types, constexprs, aligned=aligned, num_warps=4,
-                                 maxnreg=MAXNREG))
+        yield (f"ssd_chunk_scan_gluon D={has_d} carry={has_carry}" + (" packed" if packed else ""),
+               aot_compile_gluon(_chunk_scan_kernel, types, constexprs, aligned=packed_aligned if packed else aligned,
+                                 num_warps=4, maxnreg=MAXNREG))

@@ -595,9 +595,10 @@ def test_gluon_platform_rules(monkeypatch):
 
 
 def test_gluon_scope_rules(monkeypatch):
-    """gluon_eligible's scope on CPU tensors (the platform monkeypatched to pass): batched bf16, chunk 128, L a
-    positive multiple of 128, P 64, N 128, any H / G, views a 2-D TMA descriptor takes (the model's conv-output
-    views do), no initial states for chunk_state; each rule refuses on its own. Unpatched, CPU tensors never go."""
+    """gluon_eligible's scope on CPU tensors (the platform monkeypatched to pass): bf16, chunk 128, batched L a
+    positive multiple of 128 or packed with any tokens, P 64, N 128, any H / G, views a 2-D TMA descriptor takes (the
+    model's conv-output views do), chunk_state's initial states with contiguous [P, N] rows; each rule refuses on
+    its own. Unpatched, CPU tensors never go."""
     import nemotron_kernels.ops.ssd_scan as ssd_ops
     bf16 = torch.bfloat16
     bsz, seqlen, nheads, headdim, ngroups, dstate = 2, 256, 8, 64, 2, 128
@@ -623,8 +624,18 @@ def test_gluon_scope_rules(monkeypatch):
         assert eligible(stage, *(t[:, :, :1] for t in (x, B, C)))[0], f"{stage}: one head, one group"
     misaligned = torch.empty(x.numel() + 1, dtype=bf16)[1:].view(x.shape)
     view = "strides"
+    one_row = xbc(rows=2 * seqlen, n=1)
+    init = torch.zeros(bsz, nheads, headdim, dstate)
+    for stage in ("chunk_state", "chunk_scan"):
+        assert eligible(stage, *one_row, 128, True)[0], f"{stage}: packed"
+        assert eligible(stage, *(t[:, :200] for t in one_row), 128, True)[0], f"{stage}: packed, any number of tokens"
+        assert eligible(stage, *one_row, 128, True, init[:1])[0], f"{stage}: packed, initial states"
+    assert eligible("chunk_state", x, B, C, 128, False, init)[0], "chunk_state: initial states"
+    assert eligible("chunk_state", x, B, C, 128, False, init.bfloat16())[0], "chunk_state: initial states any dtype"
+    init_rows_apart = torch.zeros(bsz, nheads, headdim, 2 * dstate)[..., :dstate]
     refusals = {   # name: (a word of the reason, stage, x, B, C, chunk, packed, initial_states)
-        "packed": ("packed", "chunk_scan", x, B, C, 128, True, None),
+        "packed chunk 64": ("chunk 128", "chunk_scan", *one_row, 64, True, None),
+        "packed no tokens": ("tokens", "chunk_scan", *(t[:, :0] for t in one_row), 128, True, None),
         "chunk 64": ("chunk 128", "chunk_scan", x, B, C, 64, False, None),
         "L % 128": ("multiple", "chunk_state", x[:, :200], B[:, :200], C[:, :200], 128, False, None),
         "no tokens": ("positive", "chunk_state", x[:, :0], B[:, :0], C[:, :0], 128, False, None),
@@ -632,7 +643,8 @@ def test_gluon_scope_rules(monkeypatch):
         "N 64": ("N = 128", "chunk_state", x, B[..., :64], C[..., :64], 128, False, None),
         "fp16 x": ("bf16", "chunk_state", x.half(), B, C, 128, False, None),
         "fp32 C": ("bf16", "chunk_scan", x, B, C.float(), 128, False, None),
-        "initial states": ("initial", "chunk_state", x, B, C, 128, False, torch.zeros(bsz, nheads, headdim, dstate)),
+        "initial states' rows apart": ("initial", "chunk_state", x, B, C, 128, False, init_rows_apart),
+        "packed initial states' rows apart": ("initial", "chunk_state", *one_row, 128, True, init_rows_apart[:1]),
         "misaligned base": (view, "chunk_state", misaligned, B, C, 128, False, None),
         "heads not packed": (view, "chunk_scan", torch.empty(bsz, seqlen, nheads, 2 * headdim, dtype=bf16)[..., :64],
                              B, C, 128, False, None),
@@ -643,7 +655,7 @@ def test_gluon_scope_rules(monkeypatch):
         ok, why = eligible(stage, *args)
         assert not ok and word in why, f"{name}: {(ok, why)}"
     # what the other stage does not read does not matter
-    assert eligible("chunk_scan", x, B, C, 128, False, torch.zeros(bsz, nheads, headdim, dstate))[0]
+    assert eligible("chunk_scan", x, B, C, 128, False, init_rows_apart)[0]
     assert eligible("chunk_state", x, B, C.float())[0]
 
 
@@ -668,7 +680,7 @@ def test_gluon_aot_compile_sm90a():
     state = [words for words in lines if words[1] == "ssd_scan_chunk_state_gluon"]
     scan = [words for words in lines if words[1] == "ssd_scan_chunk_scan_gluon"]
     dx = [words for words in lines if words[1] == "ssd_scan_bwd_dx_gluon"]
-    assert len(state) == 2 and len(scan) == 3 and len(dx) == 2 and all(words[3] == "wgmma" for words in lines), \
+    assert len(state) == 6 and len(scan) == 4 and len(dx) == 3 and all(words[3] == "wgmma" for words in lines), \
         run.stdout
     # an H200 SM holds 228 KB of shared memory, 1 KB of it reserved per CTA
     assert all(2 * (int(words[2]) + 1024) <= 228 * 1024 for words in state), state
@@ -692,8 +704,9 @@ def spy_gluon(monkeypatch) -> list:
     return calls
 
 
-GLUON_CASES = {   # id: (seed, bsz, seqlen, head shapes, extras: D, dt_bias, softplus)
+GLUON_CASES = {   # id: (seed, bsz, seqlen, head shapes, extras: D, dt_bias, softplus); "-init": initial states
     "B2-L1024": (41, 2, 1024, NEMOTRON, True),
+    "B2-L1024-init": (46, 2, 1024, NEMOTRON, True),
     "B3-L1024-rows-inside-segments": (42, 3, 1024, NEMOTRON, True),    # segments of 6 chunks, rows of 8 (H200)
     "B1-L4096-carry": (43, 1, 4096, NEMOTRON, True),
     "B1-L2048-H12-G3-no-D": (44, 1, 2048, dict(nheads=12, headdim=64, ngroups=3, dstate=128), False),
@@ -710,16 +723,17 @@ def test_cuda_gluon_forward(monkeypatch, case):
     from nemotron_kernels.testing import error_bound
     _gluon_or_skip()
     seed, bsz, seqlen, heads, extras = GLUON_CASES[case]
-    inputs = make_inputs(seed, bsz, seqlen, dtype=torch.bfloat16, device="cuda", extras=extras, **heads)
+    inputs = make_inputs(seed, bsz, seqlen, dtype=torch.bfloat16, device="cuda", extras=extras,
+                         init=case.endswith("-init"), **heads)
     x, B, C = inputs["x"], inputs["B"], inputs["C"]
     for stage in ("chunk_state", "chunk_scan"):
-        ok, why = ssd_ops.gluon_eligible(stage, x, B, C)
+        ok, why = ssd_ops.gluon_eligible(stage, x, B, C, 128, False, inputs["initial_states"])
         assert ok, f"{stage} not eligible: {why}"
     calls = spy_gluon(monkeypatch)
     check_forward(inputs, 128)
     assert calls == ["chunk_state", "chunk_scan"], f"Gluon launchers called: {calls}"
-    args = [inputs[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")] + [inputs["dt_softplus"], 128, None, None,
-                                                                               True]
+    args = [inputs[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")] + [inputs["dt_softplus"], 128,
+                                                                               inputs["initial_states"], None, True]
     gluon = ssd_ops.ssd_scan_fwd(*args)
     monkeypatch.setenv("NK_GLUON", "0")
     triton_out = ssd_ops.ssd_scan_fwd(*args)
@@ -748,9 +762,9 @@ def test_cuda_gluon_forward_backward(monkeypatch):
 # Hopper Gluon dx kernel of the backward (triton/ssd_scan_bwd_dx_gluon.py), where gluon_eligible("dx") holds
 
 def test_gluon_dx_scope_rules(monkeypatch):
-    """gluon_eligible("dx")'s scope on CPU tensors (the platform monkeypatched to pass): the forward stages' rules
-    with dy too (bf16, a 2-D TMA view), plus D, dt_bias and dt_softplus; initial states allowed; each rule refuses on
-    its own. Unpatched, CPU tensors never go."""
+    """gluon_eligible("dx")'s scope on CPU tensors (the platform monkeypatched to pass): chunk_scan's rules (packed
+    too) with dy too (bf16, a 2-D TMA view), plus D, dt_bias and dt_softplus; initial states allowed; each rule
+    refuses on its own. Unpatched, CPU tensors never go."""
     import nemotron_kernels.ops.ssd_scan as ssd_ops
     bf16 = torch.bfloat16
     bsz, seqlen, nheads, headdim, ngroups, dstate = 2, 256, 8, 64, 2, 128
@@ -772,12 +786,14 @@ def test_gluon_dx_scope_rules(monkeypatch):
     assert eligible(init=init)[0], "initial states change only the values of the states dx reads"
     assert eligible(*(t.contiguous() for t in (x, B, C)))[0]
     assert eligible(*(t[:1] for t in (x, B, C, dy)))[0], "B = 1"
+    assert eligible(*(t[:1] for t in (x, B, C, dy)), packed=True)[0], "packed"
+    assert eligible(*(t[:1, :200] for t in (x, B, C, dy)), packed=True)[0], "packed: any number of tokens"
     view = "strides"
     refusals = {   # name: (a word of the reason, eligible's arguments)
         "no D": ("D, dt_bias", dict(D=None)),
         "no dt_bias": ("D, dt_bias", dict(bias=None)),
         "no softplus": ("softplus", dict(softplus=False)),
-        "packed": ("packed", dict(packed=True)),
+        "packed chunk 64": ("chunk 128", dict(packed=True, chunk=64)),
         "chunk 64": ("chunk 128", dict(chunk=64)),
         "L % 128": ("multiple", dict(x=x[:, :200], B=B[:, :200], C=C[:, :200], dy=dy[:, :200])),
         "P 32": ("P = 64", dict(x=x[..., :32], dy=dy[..., :32])),
@@ -844,6 +860,104 @@ def test_cuda_gluon_backward_dx(monkeypatch, case):
     monkeypatch.setenv("NK_GLUON", "0")
     triton_out = ssd_ops.ssd_scan_bwd(*args)
     assert len(calls) == 2, f"NK_GLUON=0 still ran the Gluon dx kernel: {calls}"
+    names = ("dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias", "dinit")
+    for name, a, b in zip(names, gluon, triton_out):
+        if name in ("dA", "dD", "ddt_bias"):
+            err = (a - b).abs().max().item() / b.abs().max().item()
+            assert err <= 1e-5, f"{name}: Gluon and Triton differ by {err:.2e} (relative max)"
+        else:
+            assert torch.equal(a, b), f"{name}: the Gluon dx run differs from the Triton one"
+
+
+# packed sequences (cu_seqlens) through the Gluon chunk_state, chunk_scan and dx: each sequence starts a chunk slot of
+# the table, so a slot's 128-row boxes also hold the next sequence's rows (or run past T), which the kernels mask and
+# never store
+
+GLUON_PACKED_CASES = {   # id: (seed, cu_seqlens: T = the last)
+    # a sequence shorter than a chunk, one of exactly 128 tokens, an empty one, one token, 1024 (8 chunks), 297, 1500;
+    # T = 3000 not a multiple of 64: the last slot's boxes run past T (TMA zero-fills)
+    "uneven": (71, [0, 50, 178, 178, 179, 1203, 1500, 3000]),
+    "one-sequence": (72, [0, 2000]),
+    "16-sequences-carry": (73, [0] + [i * 513 + (37 * i) % 128 for i in range(1, 16)] + [8300]),
+}
+
+
+def spy_gluon_all(monkeypatch) -> list:
+    """spy_gluon and spy_gluon_dx in one list."""
+    calls = spy_gluon(monkeypatch)
+    from nemotron_kernels.triton import ssd_scan_bwd_dx_gluon
+    real = ssd_scan_bwd_dx_gluon.bwd_dx_launch
+    monkeypatch.setattr(ssd_scan_bwd_dx_gluon, "bwd_dx_launch", lambda *a: calls.append("dx") or real(*a))
+    return calls
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("init", [False, True])
+@pytest.mark.parametrize("case", list(GLUON_PACKED_CASES))
+def test_cuda_gluon_packed_forward(monkeypatch, case, init):
+    """Packed input takes the Gluon chunk_state and chunk_scan (with or without initial states): y and the final
+    states against the float64 reference; the chunk states (S_in of the slots with rows: padding slots' is never
+    written) and final states bitwise those of the NK_GLUON=0 run, y within the error rule's bound of its y (rows of
+    every sequence: a partial slot's store must not reach the next sequence)."""
+    import nemotron_kernels.ops.ssd_scan as ssd_ops
+    from nemotron_kernels.testing import error_bound
+    _gluon_or_skip()
+    seed, cu = GLUON_PACKED_CASES[case]
+    inputs = make_inputs(seed, 1, cu[-1], dtype=torch.bfloat16, device="cuda", cu=cu, init=init, **NEMOTRON)
+    x, B, C = inputs["x"], inputs["B"], inputs["C"]
+    for stage in ("chunk_state", "chunk_scan"):
+        ok, why = ssd_ops.gluon_eligible(stage, x, B, C, 128, True, inputs["initial_states"])
+        assert ok, f"{stage} not eligible: {why}"
+    calls = spy_gluon(monkeypatch)
+    check_forward(inputs, 128)
+    assert calls == ["chunk_state", "chunk_scan"], f"Gluon launchers called: {calls}"
+    args = [inputs[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")] + [True, 128, inputs["initial_states"],
+                                                                               inputs["cu_seqlens"], True]
+    gluon = ssd_ops.ssd_scan_fwd(*args)
+    monkeypatch.setenv("NK_GLUON", "0")
+    triton_out = ssd_ops.ssd_scan_fwd(*args)
+    assert calls == ["chunk_state", "chunk_scan"] * 2, f"NK_GLUON=0 still ran a Gluon kernel: {calls}"
+    if case.endswith("carry"):
+        assert gluon[4].numel() > 0, "one segment: the carry path is not exercised"
+    table = ssd_ops._plan(x, B, 128, inputs["cu_seqlens"], len(cu) - 1)["table"]
+    has_rows = table[2] > 0                                     # the slots with rows (padding slots: length 0)
+    assert not has_rows.all() or case == "one-sequence", "no padding slot: their pass-through is not exercised"
+    for name, a, b in zip(("final_states", "s_in", "carry_decay", "carry_lp", "dtcs"), gluon[1:], triton_out[1:]):
+        if name == "s_in":
+            a, b = a[has_rows], b[has_rows]
+        assert torch.equal(a, b), f"{name}: the Gluon chunk_state differs from the Triton one"
+    y64 = ssd_scan_ref(**to64(inputs), chunk_size=128)
+    y_low = ssd_scan_ref(**inputs, chunk_size=128)
+    diff, bound = max_error(gluon[0], triton_out[0]), error_bound(y64, y_low, FWD, torch.bfloat16)
+    assert diff <= bound, f"y: Gluon and Triton differ by {diff:.3e} > the error rule's bound {bound:.3e}"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", list(GLUON_PACKED_CASES))
+def test_cuda_gluon_packed_backward(monkeypatch, case):
+    """fwd + bwd of packed input with the Gluon chunk_state, chunk_scan and dx (initial states, final-state
+    gradients; the backward without saved states recomputes them with the Gluon chunk_state): every
+    gradient against float64 autograd; then ssd_scan_bwd against its NK_GLUON=0 run: dx and ddt bitwise equal (the
+    batched path's rule; rows past a slot's end are masked to Triton's zeros), dB, dC, dinit bitwise, dA, dD,
+    ddt_bias within 1e-5 relative (fp64 sums of fp32 terms summed in another order)."""
+    import nemotron_kernels.ops.ssd_scan as ssd_ops
+    _gluon_or_skip()
+    seed, cu = GLUON_PACKED_CASES[case]
+    inputs = make_inputs(seed, 1, cu[-1], dtype=torch.bfloat16, device="cuda", cu=cu, init=True, **NEMOTRON)
+    x = inputs["x"]
+    calls = spy_gluon_all(monkeypatch)
+    check_backward(inputs, 128, seed=seed)
+    assert calls == ["chunk_state", "chunk_scan", "dx"], f"Gluon launchers called: {calls}"
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    dy = torch.randn(x.shape, generator=g, device="cuda").bfloat16()
+    dfinal = torch.randn(len(cu) - 1, 64, 64, 128, generator=g, device="cuda")
+    args = [inputs[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")] + [True, 128, inputs["initial_states"],
+                                                                               inputs["cu_seqlens"], dy, dfinal]
+    gluon = ssd_ops.ssd_scan_bwd(*args)
+    monkeypatch.setenv("NK_GLUON", "0")
+    triton_out = ssd_ops.ssd_scan_bwd(*args)
+    assert calls == ["chunk_state", "chunk_scan", "dx", "chunk_state", "dx"], f"Gluon launchers called: {calls}"
     names = ("dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias", "dinit")
     for name, a, b in zip(names, gluon, triton_out):
         if name in ("dA", "dD", "ddt_bias"):
