@@ -4,7 +4,8 @@ op runs it on Hopper with Triton 3.6 where ops/ssd_scan.py gluon_eligible holds.
 Triton `chunk_scan_launch` (nemotron_kernels/triton/ssd_scan_chunk_scan.py) at Nemotron's shape (H=64, P=64, G=8,
 N=128, chunk Q=128, bf16 x / B / C / y, with D and, at L32K, a carry across several segments).
 First run (session 26, the probe's own copy, two consumer warpgroups per (chunk, group)): 422 us at B1 L32K
-against Triton's 634; one warpgroup per 64-row block took 568 us and was dropped.
+against Triton's 634; one warpgroup per 64-row block took 568 us and was dropped. Session 27 (the dtcs rows through
+the TMA ring): 337 us, the 16 packed sequences 348 against 620 (the kernel's docstring: what else was tried).
 
     PYTHONPATH=. python3 scripts/probe_ssd_chunk_scan_gluon.py                                # H200
     PYTHONPATH=. .venv-aot/bin/python scripts/probe_ssd_chunk_scan_gluon.py --aot             # CPU: sm_90a compile
@@ -14,8 +15,8 @@ chunk states through the op module (_plan, _chunk_states), runs our chunk_scan_l
 the Gluon launcher: relative max error above 1e-2 prints WRONG and exits 1 untimed (the Gluon kernel adds the
 carry term in fp32 where ours rounds S_in + carry to bf16 first: ~2e-3). Then it times both with
 triton.testing.do_bench (warmup 10, rep 100) in us (at L1K the host's launch path dominates). --aot compiles the
-module's variants and prints registers, shared memory, setmaxnreg and the PTX counts of wgmma and
-cp.async.bulk.tensor."""
+module's variants (every one the op dispatches) and prints registers, shared memory, setmaxnreg and the PTX counts
+of wgmma and cp.async.bulk.tensor."""
 import argparse
 
 import torch

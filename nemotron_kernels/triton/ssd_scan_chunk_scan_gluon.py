@@ -19,13 +19,23 @@ Design: one CTA per (chunk, group), 9 warps (padded to 12), gl.warp_specialize i
   - consumer warpgroup 0 (the default partition): rows 0..63 of the chunk (the diagonal block only),
   - consumer warpgroup 1 (a 4-warp worker, 240 registers): rows 64..127 (diagonal + off-diagonal block),
   - a producer (1 warp, 24 registers): TMA loads of C and B [128, N] once, then per head of the group x [128, P],
-    S_in [P, N] and the carry [P, N] into a 2-stage ring (ready / empty mbarriers; empty counts one arrival per
-    warpgroup). S_in and the carry are read once per (chunk, head), where the Triton kernel reads them per row block.
+    S_in [P, N], the carry [P, N] and stage 0's 3 dtcs rows [Q] into a 2-stage ring (ready / empty mbarriers; empty
+    counts one arrival per warpgroup). S_in and the carry are read once per (chunk, head), where the Triton kernel
+    reads them per row block.
 A consumer computes C B^T once (wgmma, [t, s]: the masked, decayed M = (C B^T o exp(segsum)) dt_s goes straight to
 the A operand of the next wgmma from registers), then per head: the state wgmmas C S_in^T and C carry^T (async),
 M in registers meanwhile, M x, D x from the ring's x, y through shared memory and a TMA store.
-H200, B1 L32K (scripts/probe_ssd_chunk_scan_gluon.py, bench/NOTES.md session 26): 422 us against Triton's 634.
-Imported only where gluon_eligible holds (never interpreted: Gluon has no interpreter), so not via kernel_module."""
+Imported only where gluon_eligible holds (never interpreted: Gluon has no interpreter), so not via kernel_module.
+
+H200 (scripts/probe_ssd_chunk_scan_gluon.py, bench/NOTES.md sessions 26-27; y bitwise the same throughout): B1 L32K
+(256 chunks, carries) 337 us against Triton's 634, packed (16 sequences, 260 chunks) 348 against 620. Session 26's
+build read the dtcs rows by global loads after each head's ready wait, a DRAM latency on every head's path to its
+stage release: 420 us, packed 445. Tried with the ring's dtcs and dropped, neither gaining: a third stage (340 us,
+packed 355) and y staged in B's slots once C B^T has read them (336, 350). What is left (estimates): ~0.96 GB
+through DRAM (x, S_in, y 268 MB each, B / C 134, dtcs 25) takes 230 us at the 4.19 TB/s copy ceiling, so 337 us is
+68% of it; as deeper buffering did not help, the rest is likely each CTA's serial start (C / B and the first stage
+in one latency, then C B^T: ~2 us of its ~21) and end (the last y store's drain) over 16 waves. Not tried: a
+persistent grid (prefetching the next tile's C / B needs 64 KB more), 2 CTAs an SM (> 113 KB each)."""
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
@@ -34,21 +44,24 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 Q, P, N = 128, 64, 128          # chunk, head dim, state size: the scope
 BLOCK_M = 64                    # rows per consumer warpgroup (a wgmma's M): two per chunk
-STAGES = 2                      # the per-head ring (x, S_in, carry)
+STAGES = 2                      # the per-head ring (x, S_in, carry, dtcs): a third stage gained nothing (H200)
 MAXNREG = 168                   # 12 warps x 32 threads x 168 <= 64K registers at launch
 CONSUMER_REGS, PRODUCER_REGS = 240, 24      # setmaxnreg targets of the workers: consumer WG 1, producer
 # NVMMA shared layouts (128-byte swizzle) of the [64, P] x / y boxes and the [64, N] B / C / state boxes: built once
 # here, as each costs ~6 us of host time (the probe built them per call)
 XY_LAYOUT = gl.NVMMASharedLayout.get_default_for([BLOCK_M, P], gl.bfloat16)
 BCS_LAYOUT = gl.NVMMASharedLayout.get_default_for([BLOCK_M, N], gl.bfloat16)
+# stage 0's (dt, cs hi, cs lo) rows of a (chunk, head): [1, Q] fp32 boxes, unswizzled (read as plain vectors)
+DT_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
 
 
 @gluon.jit
-def _producer(x_desc, b_desc, c_desc, s_desc, carry_desc, c_smem, b_smem, x_bufs, s_bufs, carry_bufs, bc_bar, ready,
-              empty, gc, row0, g, seg_len, H: gl.constexpr, HPG: gl.constexpr, STAGES: gl.constexpr,
-              HAS_CARRY: gl.constexpr):
+def _producer(x_desc, b_desc, c_desc, s_desc, carry_desc, dt_desc, c_smem, b_smem, x_bufs, s_bufs, carry_bufs,
+              dt_bufs, bc_bar, ready, empty, gc, row0, g, seg_len, dt_row, dt_col, dt_plane_rows, H: gl.constexpr,
+              HPG: gl.constexpr, STAGES: gl.constexpr, HAS_CARRY: gl.constexpr):
     """One warp: C / B rows of the chunk (group g) once (bc_bar), then per head i of the group into stage
-    i % STAGES: both 64-row halves of x (warpgroup 1 also reads rows 0..63), S_in and the carry."""
+    i % STAGES: both 64-row halves of x (warpgroup 1 also reads rows 0..63), S_in, the carry and the head's 3 dtcs
+    rows (plane k: row k dt_plane_rows + dt_row + h, columns dt_col .. dt_col + Q - 1)."""
     BM: gl.constexpr = x_desc.block_type.shape[0]         # 64 rows per box
     P: gl.constexpr = x_desc.block_type.shape[1]
     N: gl.constexpr = c_desc.block_type.shape[1]
@@ -61,12 +74,13 @@ def _producer(x_desc, b_desc, c_desc, s_desc, carry_desc, c_smem, b_smem, x_bufs
     X_BYTES: gl.constexpr = 2 * x_desc.block_type.nbytes
     S_BYTES: gl.constexpr = s_desc.block_type.nbytes
     C_BYTES: gl.constexpr = carry_desc.block_type.nbytes if HAS_CARRY else 0
+    DT_BYTES: gl.constexpr = 3 * dt_desc.block_type.nbytes
     for i in range(HPG):
         h = g * HPG + i
         stage = i % STAGES
         # a fresh mbarrier passes a wait on parity 1 at once: the first STAGES heads need no release
         mbarrier.wait(empty.index(stage), ((i // STAGES) & 1) ^ 1)
-        mbarrier.expect(ready.index(stage), X_BYTES + S_BYTES + C_BYTES)
+        mbarrier.expect(ready.index(stage), X_BYTES + S_BYTES + C_BYTES + DT_BYTES)
         for k in gl.static_range(2):                                             # x [64 rows, P] halves
             tma.async_copy_global_to_shared(x_desc, [row0 + k * BM, h * P], ready.index(stage),
                                             x_bufs.index(stage * 2 + k))
@@ -74,12 +88,21 @@ def _producer(x_desc, b_desc, c_desc, s_desc, carry_desc, c_smem, b_smem, x_bufs
         if HAS_CARRY:
             tma.async_copy_global_to_shared(carry_desc, [(seg * H + h) * P, 0], ready.index(stage),
                                             carry_bufs.index(stage))
+        for k in gl.static_range(3):                                             # dt, cs hi, cs lo
+            tma.async_copy_global_to_shared(dt_desc, [k * dt_plane_rows + dt_row + h, dt_col], ready.index(stage),
+                                            dt_bufs.index(stage * 3 + k))
 
 
 @gluon.jit
-def _dtcs_at(row, plane, offs):
-    """Stage 0's (dt, cs hi, cs lo) of one head at chunk rows `offs` (layout of offs), fp32: dtcs [3, B, H, L]."""
-    return gl.load(row + offs), gl.load(row + plane + offs), gl.load(row + 2 * plane + offs)
+def _dtcs_smem(dt_bufs, stage, start: gl.constexpr, layout: gl.constexpr):
+    """(dt, cs hi, cs lo) at chunk rows start .. start + 63 from ring stage `stage` (dt_bufs [STAGES*3, 1, Q] fp32),
+    in `layout` (a slice of the wgmma layout)."""
+    BM: gl.constexpr = 64
+    Q: gl.constexpr = dt_bufs.shape[2]
+    LIN: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[0])   # plain fp32 [Q]
+    return (dt_bufs.index(stage * 3)._reinterpret(gl.float32, [Q], LIN).slice(start, BM).load(layout),
+            dt_bufs.index(stage * 3 + 1)._reinterpret(gl.float32, [Q], LIN).slice(start, BM).load(layout),
+            dt_bufs.index(stage * 3 + 2)._reinterpret(gl.float32, [Q], LIN).slice(start, BM).load(layout))
 
 
 @gluon.jit
@@ -92,12 +115,11 @@ def _store_y(y_desc, y_m, acc, row, col):
 
 
 @gluon.jit
-def _consumer(y_desc, c_smem, b_smem, x_bufs, s_bufs, carry_bufs, y_smem, bc_bar, ready, empty, dtcs_ptr, D_ptr,
-              carry_decay_ptr, gc, b, row0, g, seqlen, plane, y_ptr, length, BLK: gl.constexpr, H: gl.constexpr,
-              HPG: gl.constexpr, STAGES: gl.constexpr, HAS_D: gl.constexpr, HAS_CARRY: gl.constexpr,
-              PACKED: gl.constexpr):
+def _consumer(y_desc, c_smem, b_smem, x_bufs, s_bufs, carry_bufs, dt_bufs, y_smem, bc_bar, ready, empty, D_ptr,
+              carry_decay_ptr, gc, row0, g, y_slot, length, BLK: gl.constexpr, H: gl.constexpr, HPG: gl.constexpr,
+              STAGES: gl.constexpr, HAS_D: gl.constexpr, HAS_CARRY: gl.constexpr, PACKED: gl.constexpr):
     """A consumer warpgroup (4 warps): rows BLK*64 .. BLK*64+63 of the chunk (t), for the group's HPG heads.
-    Packed: seqlen is the dtcs row length (n_table Q), y_ptr y [T, H*P] contiguous, length the slot's rows."""
+    Packed: y_slot y's row row0 (y [T, H*P] contiguous), length the slot's rows."""
     BM: gl.constexpr = y_desc.block_type.shape[0]                                 # 64
     P: gl.constexpr = y_desc.block_type.shape[1]                                  # 64
     gl.static_assert(BM == P, "one accumulator layout for [t, s] and [t, p] tiles")
@@ -109,12 +131,10 @@ def _consumer(y_desc, c_smem, b_smem, x_bufs, s_bufs, carry_bufs, y_smem, bc_bar
     r = gl.arange(0, BM, layout=rows_l)
     c = gl.arange(0, BM, layout=cols_l)
     offs_t = BLK * BM + r                                                         # chunk rows t
-    offs_s = BLK * BM + c                                                         # the same rows, as s
     causal = gl.expand_dims(c, 0) <= gl.expand_dims(r, 1)                         # [t, s]: s <= t
     zero = gl.full([BM, BM], 0.0, gl.float32, layout=mma)
     c_m = c_smem.index(BLK)                                                       # [64, N] bf16
     y_m = y_smem.index(BLK)                                                       # [64, P] bf16
-    plane64 = plane.to(gl.int64)                                                  # 3 planes may pass 2^31
 
     # C B^T once for all heads: the diagonal block [t, s] and (block 1) the off-diagonal one [t, s in 0..63]
     mbarrier.wait(bc_bar, 0)
@@ -128,18 +148,15 @@ def _consumer(y_desc, c_smem, b_smem, x_bufs, s_bufs, carry_bufs, y_smem, bc_bar
     for i in range(HPG):
         h = g * HPG + i
         stage = i % STAGES
-        if PACKED:                                                                # head h at slot gc
-            row = dtcs_ptr + (h.to(gl.int64) * seqlen + gc * 2 * BM)
-        else:
-            row = dtcs_ptr + ((b * H + h).to(gl.int64) * seqlen + (row0 - b * seqlen))   # head h at the chunk start
-        _, hi_t, lo_t = _dtcs_at(row, plane64, offs_t)                            # [64] over t (2 per thread)
         if HAS_D:
             d_h = gl.load(D_ptr + h)
         if HAS_CARRY:
             carry_decay = gl.load(carry_decay_ptr + gc * H + h)
 
+        # dtcs come with the stage (H200: 420 -> 337 us at B1 L32K against global loads after this wait)
         mbarrier.wait(ready.index(stage), (i // STAGES) & 1)
-        # state terms first (they need only the ring): the dtcs loads and exp work below overlap them
+        _, hi_t, lo_t = _dtcs_smem(dt_bufs, stage, BLK * BM, rows_l)              # [64] over t
+        # state terms first (they need only the ring): the exp work below overlaps them
         a_st = warpgroup_mma(c_m, s_bufs.index(stage).permute((1, 0)), zero, use_acc=False,
                              is_async=True)                                       # C_m S_in^T [t, p]
         if HAS_CARRY:
@@ -151,12 +168,12 @@ def _consumer(y_desc, c_smem, b_smem, x_bufs, s_bufs, carry_bufs, y_smem, bc_bar
         lo_t2 = gl.expand_dims(lo_t, 1)
         x_m = x_bufs.index(stage * 2 + BLK)                                       # [64 (s), P] bf16
         if BLK > 0:
-            dt_o, hi_o, lo_o = _dtcs_at(row, plane64, c)                          # [64] over s in rows 0..63
+            dt_o, hi_o, lo_o = _dtcs_smem(dt_bufs, stage, 0, cols_l)              # [64] over s in rows 0..63
             seg_o = gl.minimum((hi_t2 - gl.expand_dims(hi_o, 0)) + (lo_t2 - gl.expand_dims(lo_o, 0)), 0.0)
             m_o = cb_o * gl.exp(seg_o) * gl.expand_dims(dt_o, 0)                  # [t, s in 0..63] fp32
             m_o = gl.convert_layout(m_o.to(gl.bfloat16), op_a)                    # registers: the A operand
             a_in = warpgroup_mma(m_o, x_bufs.index(stage * 2), zero, use_acc=False, is_async=True)   # [t, p]
-        dt_s, hi_s, lo_s = _dtcs_at(row, plane64, offs_s)                         # [64] over s
+        dt_s, hi_s, lo_s = _dtcs_smem(dt_bufs, stage, BLK * BM, cols_l)           # [64] over s
         seg_d = gl.minimum((hi_t2 - gl.expand_dims(hi_s, 0)) + (lo_t2 - gl.expand_dims(lo_s, 0)), 0.0)
         m_d = cb_d * gl.where(causal, gl.exp(seg_d), 0.0) * gl.expand_dims(dt_s, 0)   # [t, s] fp32
         m_d = gl.convert_layout(m_d.to(gl.bfloat16), op_a)
@@ -180,10 +197,12 @@ def _consumer(y_desc, c_smem, b_smem, x_bufs, s_bufs, carry_bufs, y_smem, bc_bar
 
         if PACKED:
             if length < 2 * BM:               # the rows past the slot's sequence end are not y's: not stored
-                y_offs = (gl.expand_dims((row0 + offs_t).to(gl.int64) * (H * P) + h * P, 1)
-                          + gl.expand_dims(c, 0))                                 # [t, p] into y [T, H*P]
+                # addresses from y_slot and length (captures): LLVM hoists what only kernel arguments and the
+                # thread index give above the partitions' dispatch, where ptxas spilled it (8-16 B)
+                y_rows = gl.minimum(offs_t, length - 1)
+                y_offs = gl.expand_dims(y_rows * (H * P) + h * P, 1) + gl.expand_dims(c, 0)   # [t, p] in y's rows
                 t_ok = gl.expand_dims(offs_t, 1) + gl.expand_dims(c * 0, 0) < length
-                gl.store(y_ptr + y_offs, acc.to(gl.bfloat16), mask=t_ok)
+                gl.store(y_slot + y_offs, acc.to(gl.bfloat16), mask=t_ok)
             else:
                 _store_y(y_desc, y_m, acc, row0 + BLK * BM, h * P)
         else:
@@ -192,18 +211,20 @@ def _consumer(y_desc, c_smem, b_smem, x_bufs, s_bufs, carry_bufs, y_smem, bc_bar
 
 
 @gluon.jit
-def _chunk_scan_kernel(x_desc, b_desc, c_desc, s_desc, carry_desc, y_desc, dtcs_ptr, D_ptr, carry_decay_ptr, seqlen,
-                       chunks_per_row, seg_len, plane, y_ptr, table_ptr, n_table, H: gl.constexpr, G: gl.constexpr,
-                       STAGES: gl.constexpr, HAS_D: gl.constexpr, HAS_CARRY: gl.constexpr, PACKED: gl.constexpr,
-                       CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+def _chunk_scan_kernel(x_desc, b_desc, c_desc, s_desc, carry_desc, y_desc, dt_desc, D_ptr, carry_decay_ptr, seqlen,
+                       chunks_per_row, seg_len, dt_plane_rows, y_ptr, table_ptr, n_table, H: gl.constexpr,
+                       G: gl.constexpr, STAGES: gl.constexpr, HAS_D: gl.constexpr, HAS_CARRY: gl.constexpr,
+                       PACKED: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
     """x_desc / y_desc: [B*L, H*P] in [64, P] boxes; b_desc / c_desc: [B*L, G*N] in [64, N] boxes; s_desc:
-    s_in [n_chunks*H*P, N], carry_desc: carry [n_seg*H*P, N] (s_desc again without carry), [P, N] boxes;
-    dtcs [3, B, H, L] fp32 (plane = B*H*L), D [H] fp32, carry_decay [n_chunks, H] fp32. Grid (n_chunks * G, ):
-    a chunk's CTAs are adjacent, so its rows of x stay in L2. Packed: the views' rows are [T, .], table [5, n_table]
-    int32 (sequence, start, length, first, last), y_ptr y [T, H*P], dtcs [3, 1, H, n_table Q] (seqlen = n_table Q);
-    batched, y_ptr, table_ptr and n_table are unused."""
+    s_in [n_chunks*H*P, N], carry_desc: carry [n_seg*H*P, N] (s_desc again without carry), [P, N] boxes; dt_desc:
+    dtcs [3, B, H, L] fp32 as [3*B*H, L] rows (dt_plane_rows = B*H a plane) in [1, Q] boxes; D [H] fp32,
+    carry_decay [n_chunks, H] fp32. Grid (n_chunks * G, ): a chunk's CTAs are adjacent, so its rows of x stay in
+    L2. Packed: the views' rows are [T, .], table [5, n_table] int32 (sequence, start, length, first, last), y_ptr
+    y [T, H*P] contiguous, dtcs [3, 1, H, n_table Q]; batched, y_ptr, table_ptr and n_table are unused, packed
+    seqlen and chunks_per_row."""
     HPG: gl.constexpr = H // G
     Q: gl.constexpr = 2 * x_desc.block_type.shape[0]                              # two 64-row blocks per chunk
+    P: gl.constexpr = x_desc.block_type.shape[1]
     pid = gl.program_id(0)
     gc = pid // G
     g = pid % G
@@ -212,14 +233,19 @@ def _chunk_scan_kernel(x_desc, b_desc, c_desc, s_desc, carry_desc, y_desc, dtcs_
         length = gl.load(table_ptr + 2 * n_table + gc)
         if length == 0:                                                           # a padding slot: no rows
             return
-        b = 0
+        dt_row = 0                                                                # head 0's dtcs row: slot gc's
+        dt_col = gc * Q                                                           # columns
+        y_slot = y_ptr + row0.to(gl.int64) * (H * P)                             # y's row row0
     else:
         b = gc // chunks_per_row
-        row0 = b * seqlen + (gc - b * chunks_per_row) * Q                         # in the [B*L, .] views
+        dt_col = (gc - b * chunks_per_row) * Q                                    # the chunk's start in its row
+        row0 = b * seqlen + dt_col                                                # in the [B*L, .] views
         length = Q
+        dt_row = b * H
+        y_slot = y_ptr                                                            # unused
 
     # shared memory (carry): C, B [2, 64, N] 32 KB each; ring: x [STAGES*2, 64, P] 32 KB, S_in and the carry
-    # [STAGES, P, N] 32 KB each; y [2, 64, P] 16 KB: 176 KB
+    # [STAGES, P, N] 32 KB each, dtcs [STAGES*3, 1, Q] fp32 3 KB; y [2, 64, P] 16 KB: 179 KB
     c_smem = gl.allocate_shared_memory(c_desc.dtype, [2] + c_desc.block_type.shape, c_desc.layout)
     b_smem = gl.allocate_shared_memory(b_desc.dtype, [2] + b_desc.block_type.shape, b_desc.layout)
     x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES * 2] + x_desc.block_type.shape, x_desc.layout)
@@ -229,6 +255,7 @@ def _chunk_scan_kernel(x_desc, b_desc, c_desc, s_desc, carry_desc, y_desc, dtcs_
                                                carry_desc.layout)
     else:
         carry_bufs = s_bufs                                                       # never read
+    dt_bufs = gl.allocate_shared_memory(gl.float32, [STAGES * 3] + dt_desc.block_type.shape, dt_desc.layout)
     y_smem = gl.allocate_shared_memory(y_desc.dtype, [2] + y_desc.block_type.shape, y_desc.layout)
     bc_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -244,25 +271,24 @@ def _chunk_scan_kernel(x_desc, b_desc, c_desc, s_desc, carry_desc, y_desc, dtcs_
     # (argument tuples written out: a tuple sum here would turn the constexprs into plain ints)
     gl.warp_specialize([
         # default partition (num_warps = 4): consumer of rows 0..63
-        (_consumer, (y_desc, c_smem, b_smem, x_bufs, s_bufs, carry_bufs, y_smem, bc_bar, ready, empty, dtcs_ptr, D_ptr,
-                     carry_decay_ptr, gc, b, row0, g, seqlen, plane, y_ptr, length, BLK0, H, HPG, STAGES,
-                     HAS_D, HAS_CARRY, PACKED)),
+        (_consumer, (y_desc, c_smem, b_smem, x_bufs, s_bufs, carry_bufs, dt_bufs, y_smem, bc_bar, ready, empty, D_ptr,
+                     carry_decay_ptr, gc, row0, g, y_slot, length, BLK0, H, HPG, STAGES, HAS_D, HAS_CARRY, PACKED)),
         # worker, 4 warps: consumer of rows 64..127
-        (_consumer, (y_desc, c_smem, b_smem, x_bufs, s_bufs, carry_bufs, y_smem, bc_bar, ready, empty, dtcs_ptr, D_ptr,
-                     carry_decay_ptr, gc, b, row0, g, seqlen, plane, y_ptr, length, BLK1, H, HPG, STAGES,
-                     HAS_D, HAS_CARRY, PACKED)),
+        (_consumer, (y_desc, c_smem, b_smem, x_bufs, s_bufs, carry_bufs, dt_bufs, y_smem, bc_bar, ready, empty, D_ptr,
+                     carry_decay_ptr, gc, row0, g, y_slot, length, BLK1, H, HPG, STAGES, HAS_D, HAS_CARRY, PACKED)),
         # worker, 1 warp: TMA loads
-        (_producer, (x_desc, b_desc, c_desc, s_desc, carry_desc, c_smem, b_smem, x_bufs, s_bufs, carry_bufs, bc_bar,
-                     ready, empty, gc, row0, g, seg_len, H, HPG, STAGES, HAS_CARRY)),
+        (_producer, (x_desc, b_desc, c_desc, s_desc, carry_desc, dt_desc, c_smem, b_smem, x_bufs, s_bufs, carry_bufs,
+                     dt_bufs, bc_bar, ready, empty, gc, row0, g, seg_len, dt_row, dt_col, dt_plane_rows, H, HPG,
+                     STAGES, HAS_CARRY)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
 def chunk_scan_launch(x, dtcs, B, C, D, table, s_in, carry_decay, carry, y, geometry: dict, cfg: dict,
                       dot_precision: str):
     """Stage 3 over all chunks into y [B, L, H, P]: the Triton chunk_scan_launch's signature (the op swaps the
-    module), in gluon_eligible's scope: table None, x / y [B, L, H, P] and B / C [B, L, G, N] bf16 that read as
-    [B*L, H*P] / [B*L, G*N] TMA views, s_in / carry bf16 contiguous; cfg and dot_precision unused.
-    Host: six descriptor builds (~2 us each on a CI CPU; the probe also rebuilt the layouts, ~6 us each), then
+    module), in gluon_eligible's scope: x / y [B, L, H, P] and B / C [B, L, G, N] bf16 that read as [B*L, H*P] /
+    [B*L, G*N] TMA views, s_in / carry bf16 contiguous, dtcs chunk_cumsum_launch's; cfg and dot_precision unused.
+    Host: seven descriptor builds (~2 us each on a CI CPU; the probe also rebuilt the layouts, ~6 us each), then
     Gluon's JIT launch: Triton's argument binding plus, in the launcher, one cuTensorMapEncodeTiled per descriptor
     (not measurable without a GPU: scripts/launcher_host_time.py --cuda). -> the launched CompiledKernel."""
     assert geometry["Q"] == Q, "ssd_scan gluon chunk_scan: out of scope"
@@ -279,34 +305,40 @@ def chunk_scan_launch(x, dtcs, B, C, D, table, s_in, carry_decay, carry, y, geom
     s_desc = TensorDescriptor(s_in, [s_in.shape[0] * nheads * P, N], [N, 1], [P, N], BCS_LAYOUT)
     carry_desc = s_desc if carry is None else \
         TensorDescriptor(carry, [carry.shape[0] * nheads * P, N], [N, 1], [P, N], BCS_LAYOUT)
+    # dtcs [3, B, H, len] as [3*B*H, len] rows: chunk_cumsum_launch's fresh tensor (a 16-byte aligned base) with
+    # len = L (a multiple of Q here) or n_table Q, so the row stride is a multiple of 16 bytes, as TMA needs
+    row_len = geometry["dtcs_len"]
+    assert dtcs.is_contiguous() and dtcs.shape[-1] == row_len and row_len % Q == 0, \
+        "ssd_scan gluon chunk_scan: dtcs [3, B, H, len] contiguous, len a multiple of the chunk"
+    dt_desc = TensorDescriptor(dtcs, [dtcs.numel() // row_len, row_len], [row_len, 1], [1, Q], DT_LAYOUT)
     return _chunk_scan_kernel[(geometry["n_chunks"] * ngroups, )](
-        x_desc, b_desc, c_desc, s_desc, carry_desc, y_desc, dtcs, D if D is not None else dtcs, carry_decay,
-        geometry["dtcs_len"], geometry["chunks_per_row"], geometry["seg_len"], dtcs.stride(0), y,
+        x_desc, b_desc, c_desc, s_desc, carry_desc, y_desc, dt_desc, D if D is not None else carry_decay,
+        carry_decay, row_len, geometry["chunks_per_row"], geometry["seg_len"], dtcs.shape[1] * nheads, y,
         table if packed else carry_decay, geometry["n_table"], H=nheads, G=ngroups, STAGES=STAGES,
         HAS_D=D is not None, HAS_CARRY=carry is not None, PACKED=packed, CONSUMER_REGS=CONSUMER_REGS,
         PRODUCER_REGS=PRODUCER_REGS, num_warps=4, maxnreg=MAXNREG)
 
 
 def aot_compile_all():
-    """(name, CompiledKernel) for sm_90a at Nemotron-H's shape (H=64, G=8): batched with D, with and without a
-    carry, and without D; packed with D and a carry: needs Triton 3.6 (the Gluon API the kernel is written for), no
-    GPU."""
+    """(name, CompiledKernel) for sm_90a at Nemotron-H's shape (H=64, G=8) of every variant the op dispatches:
+    batched and packed, with and without D, with and without a carry: needs Triton 3.6 (the Gluon API the kernel
+    is written for), no GPU."""
     from .common import aot_compile_gluon
     xy = f"tensordesc<bf16[{BLOCK_M}, {P}],{XY_LAYOUT!r}>"
     bcs = f"tensordesc<bf16[{BLOCK_M}, {N}],{BCS_LAYOUT!r}>"
     types = {"x_desc": xy, "y_desc": xy, "b_desc": bcs, "c_desc": bcs, "s_desc": bcs, "carry_desc": bcs,
-             "dtcs_ptr": "*fp32", "D_ptr": "*fp32", "carry_decay_ptr": "*fp32", "seqlen": "i32",
-             "chunks_per_row": "i32", "seg_len": "i32", "plane": "i32", "y_ptr": "*bf16", "table_ptr": "*i32",
-             "n_table": "i32"}
-    # what the JIT launcher specialises at B1 L32K (pointers 16-byte aligned, seqlen / plane / chunks_per_row
-    # multiples of 16)
-    # (packed, as the bench's 16 sequences: 260 table slots, seqlen = 260 Q; plane not a multiple of 16 there)
-    aligned = ("dtcs_ptr", "D_ptr", "carry_decay_ptr", "seqlen", "chunks_per_row", "plane")
-    packed_aligned = ("dtcs_ptr", "D_ptr", "carry_decay_ptr", "seqlen", "y_ptr", "table_ptr")
-    for has_d, has_carry, packed in ((True, True, False), (True, False, False), (False, True, False),
-                                     (True, True, True)):
-        constexprs = {"H": 64, "G": 8, "STAGES": STAGES, "HAS_D": has_d, "HAS_CARRY": has_carry, "PACKED": packed,
-                      "CONSUMER_REGS": CONSUMER_REGS, "PRODUCER_REGS": PRODUCER_REGS}
-        yield (f"ssd_chunk_scan_gluon D={has_d} carry={has_carry}" + (" packed" if packed else ""),
-               aot_compile_gluon(_chunk_scan_kernel, types, constexprs, aligned=packed_aligned if packed else aligned,
-                                 num_warps=4, maxnreg=MAXNREG))
+             "dt_desc": f"tensordesc<fp32[1, {Q}],{DT_LAYOUT!r}>", "D_ptr": "*fp32", "carry_decay_ptr": "*fp32",
+             "seqlen": "i32", "chunks_per_row": "i32", "seg_len": "i32", "dt_plane_rows": "i32", "y_ptr": "*bf16",
+             "table_ptr": "*i32", "n_table": "i32"}
+    # what the JIT launcher specialises at B1 L32K (pointers 16-byte aligned, seqlen / chunks_per_row / B*H
+    # multiples of 16) and at the bench's 16 packed sequences (260 table slots, seqlen = 260 Q)
+    aligned = ("D_ptr", "carry_decay_ptr", "seqlen", "chunks_per_row", "dt_plane_rows")
+    packed_aligned = ("D_ptr", "carry_decay_ptr", "seqlen", "dt_plane_rows", "y_ptr", "table_ptr")
+    for packed in (False, True):
+        for has_d in (True, False):
+            for has_carry in (True, False):
+                constexprs = {"H": 64, "G": 8, "STAGES": STAGES, "HAS_D": has_d, "HAS_CARRY": has_carry,
+                              "PACKED": packed, "CONSUMER_REGS": CONSUMER_REGS, "PRODUCER_REGS": PRODUCER_REGS}
+                yield (f"ssd_chunk_scan_gluon D={has_d} carry={has_carry}" + (" packed" if packed else ""),
+                       aot_compile_gluon(_chunk_scan_kernel, types, constexprs,
+                                         aligned=packed_aligned if packed else aligned, num_warps=4, maxnreg=MAXNREG))
