@@ -2,6 +2,7 @@
 bwd_chunk_state -> state_passing -> bwd da / dx / dC / dB) against the float64 reference and its autograd, under
 the DESIGN error rule. CPU: Triton's interpreter at small shapes (fp16/fp32); `cuda`: NemotronH shapes (H=64,
 P=64, G=8, N=128, chunk 128, bf16), backward determinism, and 600K-token runs past 2^31 elements."""
+import importlib
 import os
 import subprocess
 import sys
@@ -695,14 +696,46 @@ def _gluon_or_skip():
         pytest.skip(f"the Gluon SSD stages do not run here: {why}")
 
 
-def spy_gluon(monkeypatch) -> list:
-    """A list that gains "chunk_state" / "chunk_scan" at each call of a Gluon launcher from here on."""
-    from nemotron_kernels.triton import ssd_scan_chunk_scan_gluon, ssd_scan_chunk_state_gluon
+GLUON_LAUNCHERS = {   # stage: (module in nemotron_kernels.triton, launcher)
+    "chunk_state": ("ssd_scan_chunk_state_gluon", "chunk_state_launch"),
+    "chunk_scan": ("ssd_scan_chunk_scan_gluon", "chunk_scan_launch"),
+    "dx": ("ssd_scan_bwd_dx_gluon", "bwd_dx_launch"),
+}
+
+
+def spy_gluon(monkeypatch, stages=("chunk_state", "chunk_scan")) -> list:
+    """A list that gains the stage's name at each call of its Gluon launcher (GLUON_LAUNCHERS) from here on."""
     calls = []
-    for mod, stage in ((ssd_scan_chunk_state_gluon, "chunk_state"), (ssd_scan_chunk_scan_gluon, "chunk_scan")):
-        real = getattr(mod, f"{stage}_launch")
-        monkeypatch.setattr(mod, f"{stage}_launch", lambda *a, real=real, stage=stage: calls.append(stage) or real(*a))
+    for stage in stages:
+        mod_name, launcher = GLUON_LAUNCHERS[stage]
+        mod = importlib.import_module(f"nemotron_kernels.triton.{mod_name}")
+        real = getattr(mod, launcher)
+        monkeypatch.setattr(mod, launcher, lambda *a, real=real, stage=stage: calls.append(stage) or real(*a))
     return calls
+
+
+def bwd_args(inputs: dict, seed: int) -> list:
+    """ssd_scan_bwd's arguments (dt softplus, chunk 128, no saved chunk states) on CUDA `inputs`, with a random dy
+    and final-state gradient."""
+    x = inputs["x"]
+    nstates = x.shape[0] if inputs["cu_seqlens"] is None else inputs["cu_seqlens"].numel() - 1
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    dy = torch.randn(x.shape, generator=g, device="cuda").bfloat16()
+    dfinal = torch.randn(nstates, x.shape[2], x.shape[3], inputs["B"].shape[3], generator=g, device="cuda")
+    return [inputs[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")] + [True, 128, inputs["initial_states"],
+                                                                               inputs["cu_seqlens"], dy, dfinal]
+
+
+def assert_bwd_matches_triton(gluon: tuple, triton_out: tuple, what: str) -> None:
+    """ssd_scan_bwd's outputs with Gluon kernels against its NK_GLUON=0 run on the same inputs: dA, dD, ddt_bias
+    within 1e-5 relative (fp64 sums of fp32 terms summed in another order), the rest bitwise."""
+    names = ("dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias", "dinit")
+    for name, a, b in zip(names, gluon, triton_out):
+        if name in ("dA", "dD", "ddt_bias"):
+            err = (a - b).abs().max().item() / b.abs().max().item()
+            assert err <= 1e-5, f"{name}: Gluon and Triton differ by {err:.2e} (relative max)"
+        else:
+            assert torch.equal(a, b), f"{name}: the {what} run differs from the Triton one"
 
 
 GLUON_CASES = {   # id: (seed, bsz, seqlen, head shapes, extras: D, dt_bias, softplus); "-init": initial states
@@ -810,14 +843,6 @@ def test_gluon_dx_scope_rules(monkeypatch):
         assert not ok and word in why, f"{name}: {(ok, why)}"
 
 
-def spy_gluon_dx(monkeypatch) -> list:
-    """A list that gains "dx" at each call of the Gluon dx launcher from here on."""
-    from nemotron_kernels.triton import ssd_scan_bwd_dx_gluon
-    calls, real = [], ssd_scan_bwd_dx_gluon.bwd_dx_launch
-    monkeypatch.setattr(ssd_scan_bwd_dx_gluon, "bwd_dx_launch", lambda *a: calls.append("dx") or real(*a))
-    return calls
-
-
 GLUON_DX_CASES = {   # id: (seed, bsz, seqlen, head shapes, initial states, dt a strided view)
     "B1-L2048": (61, 1, 2048, NEMOTRON, False, False),
     "B2-L1024-init-dt-view": (62, 2, 1024, NEMOTRON, True, True),
@@ -847,27 +872,17 @@ def test_cuda_gluon_backward_dx(monkeypatch, case):
     assert ok, f"dx not eligible: {why}"
     n_seg = ssd_ops._plan(x, B, 128, None, bsz)["geometry"]["n_seg"]
     assert (n_seg == 1) == case.endswith("one-segment"), f"{n_seg} segments: not the carry case meant"
-    calls = spy_gluon_dx(monkeypatch)
+    calls = spy_gluon(monkeypatch, ("dx",))
     check_backward(inputs, 128, seed=seed)
     assert calls == ["dx"], f"Gluon dx launcher called: {calls}"
 
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    dy = torch.randn(x.shape, generator=g, device="cuda").bfloat16()
-    dfinal = torch.randn(bsz, heads["nheads"], 64, 128, generator=g, device="cuda")
-    args = [inputs[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")] + [True, 128, inputs["initial_states"],
-                                                                               None, dy, dfinal]
+    args = bwd_args(inputs, seed)
     gluon = ssd_ops.ssd_scan_bwd(*args)
     assert calls == ["dx", "dx"], f"Gluon dx launcher called: {calls}"
     monkeypatch.setenv("NK_GLUON", "0")
     triton_out = ssd_ops.ssd_scan_bwd(*args)
     assert len(calls) == 2, f"NK_GLUON=0 still ran the Gluon dx kernel: {calls}"
-    names = ("dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias", "dinit")
-    for name, a, b in zip(names, gluon, triton_out):
-        if name in ("dA", "dD", "ddt_bias"):
-            err = (a - b).abs().max().item() / b.abs().max().item()
-            assert err <= 1e-5, f"{name}: Gluon and Triton differ by {err:.2e} (relative max)"
-        else:
-            assert torch.equal(a, b), f"{name}: the Gluon dx run differs from the Triton one"
+    assert_bwd_matches_triton(gluon, triton_out, "Gluon dx")
 
 
 # packed sequences (cu_seqlens) through the Gluon chunk_state, chunk_scan and dx: each sequence starts a chunk slot of
@@ -881,15 +896,6 @@ GLUON_PACKED_CASES = {   # id: (seed, cu_seqlens: T = the last)
     "one-sequence": (72, [0, 2000]),
     "16-sequences-carry": (73, [0] + [i * 513 + (37 * i) % 128 for i in range(1, 16)] + [8300]),
 }
-
-
-def spy_gluon_all(monkeypatch) -> list:
-    """spy_gluon and spy_gluon_dx in one list."""
-    calls = spy_gluon(monkeypatch)
-    from nemotron_kernels.triton import ssd_scan_bwd_dx_gluon
-    real = ssd_scan_bwd_dx_gluon.bwd_dx_launch
-    monkeypatch.setattr(ssd_scan_bwd_dx_gluon, "bwd_dx_launch", lambda *a: calls.append("dx") or real(*a))
-    return calls
 
 
 @pytest.mark.cuda
@@ -945,24 +951,13 @@ def test_cuda_gluon_packed_backward(monkeypatch, case):
     _gluon_or_skip()
     seed, cu = GLUON_PACKED_CASES[case]
     inputs = make_inputs(seed, 1, cu[-1], dtype=torch.bfloat16, device="cuda", cu=cu, init=True, **NEMOTRON)
-    x = inputs["x"]
-    calls = spy_gluon_all(monkeypatch)
+    calls = spy_gluon(monkeypatch, ("chunk_state", "chunk_scan", "dx"))
     check_backward(inputs, 128, seed=seed)
     assert calls == ["chunk_state", "chunk_scan", "dx"], f"Gluon launchers called: {calls}"
 
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    dy = torch.randn(x.shape, generator=g, device="cuda").bfloat16()
-    dfinal = torch.randn(len(cu) - 1, 64, 64, 128, generator=g, device="cuda")
-    args = [inputs[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")] + [True, 128, inputs["initial_states"],
-                                                                               inputs["cu_seqlens"], dy, dfinal]
+    args = bwd_args(inputs, seed)
     gluon = ssd_ops.ssd_scan_bwd(*args)
     monkeypatch.setenv("NK_GLUON", "0")
     triton_out = ssd_ops.ssd_scan_bwd(*args)
     assert calls == ["chunk_state", "chunk_scan", "dx", "chunk_state", "dx"], f"Gluon launchers called: {calls}"
-    names = ("dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias", "dinit")
-    for name, a, b in zip(names, gluon, triton_out):
-        if name in ("dA", "dD", "ddt_bias"):
-            err = (a - b).abs().max().item() / b.abs().max().item()
-            assert err <= 1e-5, f"{name}: Gluon and Triton differ by {err:.2e} (relative max)"
-        else:
-            assert torch.equal(a, b), f"{name}: the Gluon dx run differs from the Triton one"
+    assert_bwd_matches_triton(gluon, triton_out, "Gluon dx")
