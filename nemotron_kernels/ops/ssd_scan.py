@@ -8,8 +8,9 @@ Forward: four Triton stages (nemotron_kernels/triton/ssd_scan_*.py) on CUDA tens
   3. chunk_scan     outputs of every chunk (CB once per group, tl.dot for the intra-chunk and state terms).
 On Hopper with Triton 3.6, stages 1 and 3 run warp-specialised Gluon kernels (triton/ssd_scan_chunk_*_gluon.py)
 where gluon_eligible holds (bf16, P 64, N 128; batched with L a multiple of 128, or packed; NK_GLUON=0 turns
-them off), and so does the backward's dx kernel (triton/ssd_scan_bwd_dx_gluon.py; batched or packed; also D,
-dt_bias and dt softplus).
+them off), and so do the backward's dx kernel (triton/ssd_scan_bwd_dx_gluon.py; batched or packed; also D,
+dt_bias and dt softplus) and its dB / dC kernel (triton/ssd_scan_bwd_dbc_gluon.py: both in one launch, no pw
+scratch; batched, from GLUON_DBC_MIN_WAVES waves of CTAs up).
 Backward (Triton, deterministic: no atomics, every sum in a fixed order): the forward's chunk states, kept by the
 autograd Function (stages 0-2 recompute them where absent), then
   4. bwd_chunk_state  state gradients dL/dS_out carried backwards through each segment (+ the initial states'),
@@ -34,6 +35,10 @@ from ._kernel_op import kernel_op
 from .._tensor_cache import derived
 
 KERNEL_CHUNKS = (16, 32, 64, 128, 256)
+# the Gluon dB / dC (one CTA per chunk and group, one CTA an SM) from this many waves of CTAs up: at 64 CTAs (B1 L1K)
+# it took 109 us against Triton's 83 (H200, session 27). 2 is a guess between that and B1 L32K (2,048 CTAs: 623 us
+# against 1,041), to be confirmed on the GPU (scripts/probe_ssd_bwd_dbc_gluon.py --lengths)
+GLUON_DBC_MIN_WAVES = 2
 
 
 def _chunk_table(cu_seqlens: torch.Tensor, chunk: int, n_table: int):
@@ -101,31 +106,39 @@ def _tma_rows(t) -> bool:
 
 def gluon_eligible(stage: str, x, B, C=None, chunk: int = 128, packed: bool = False, initial_states=None,
                    dy=None, D=None, dt_bias=None, dt_softplus: bool = False) -> tuple[bool, str]:
-    """(whether ssd_scan's `stage`, "chunk_state", "chunk_scan" or the backward's "dx", runs its Hopper Gluon
-    kernel (triton/ssd_scan_<stage>_gluon.py, ssd_scan_bwd_dx_gluon.py) for this call, why (not)). Exactly the
-    kernels' scope; the rest runs the Triton kernels: gluon_platform (triton/common.py), chunk 128, tokens, batched
-    with L a multiple of 128 or packed (cu_seqlens given: any lengths, the chunk table's slots), P = 64, N = 128
-    (any H, G), bf16 x, B (and C, and dy for dx: the chunk states are then bf16 too), _tma_rows views; chunk_state
-    with or without initial states (any float dtype, [P, N] rows contiguous) and final states, chunk_scan with or
-    without D; dx with D, dt_bias and dt_softplus (Nemotron's; dt any strides and dtype), with or without initial
-    states and final-state gradients (they change only the values of the states it reads) and with or without the
-    carries between segments."""
+    """(whether ssd_scan's `stage`, "chunk_state", "chunk_scan" or the backward's "dx" or "dbc" (dB and dC), runs
+    its Hopper Gluon kernel (triton/ssd_scan_<stage>_gluon.py, ssd_scan_bwd_{dx,dbc}_gluon.py) for this call, why
+    (not)). Exactly the kernels' scope; the rest runs the Triton kernels: gluon_platform (triton/common.py), chunk
+    128, tokens, batched with L a multiple of 128 or packed (cu_seqlens given: any lengths, the chunk table's slots;
+    not dbc), P = 64, N = 128 (any H, G), bf16 x, B (and C, and dy for dx and dbc: the chunk states are then bf16
+    too; dbc takes the op's B, C, as it writes dB, dC in their dtype), _tma_rows views; chunk_state with or without
+    initial states (any float dtype, [P, N] rows contiguous) and final states, chunk_scan with or without D; dx with
+    D, dt_bias and dt_softplus (Nemotron's; dt any strides and dtype); dx and dbc with or without initial states
+    and final-state gradients (they change only the values of the states they read) and with or without the
+    carries between segments. Beyond the scope, dbc needs GLUON_DBC_MIN_WAVES waves of CTAs (n_chunks G, one an SM):
+    below, Triton's two launches were faster."""
     ok, why = gluon_platform(x.device)
     if not ok:
         return ok, why
-    tensors = {"chunk_state": (x, B), "chunk_scan": (x, B, C), "dx": (x, B, C, dy)}[stage]
+    tensors = {"chunk_state": (x, B), "chunk_scan": (x, B, C), "dx": (x, B, C, dy), "dbc": (x, B, C, dy)}[stage]
+    if stage == "dbc" and packed:
+        return False, "dbc: batched only (no cu_seqlens)"
     if chunk != 128 or x.numel() == 0 or (not packed and x.shape[1] % 128):
         return False, "needs chunk 128 and tokens, batched L a positive multiple of 128"
     if x.shape[3] != 64 or B.shape[3] != 128:
         return False, "needs P = 64 and N = 128"
     if any(t.dtype != torch.bfloat16 for t in tensors):
-        return False, "needs bf16 x, B, C (dx: dy)"
+        return False, "needs bf16 x, B, C (dx, dbc: dy)"
     if stage == "chunk_state" and initial_states is not None and initial_states.stride()[2:] != (B.shape[3], 1):
         return False, "initial states' [P, N] rows not contiguous (chunk_state)"
     if stage == "dx" and (D is None or dt_bias is None or not dt_softplus):
         return False, "dx needs D, dt_bias and dt_softplus"
     if not all(_tma_rows(t) for t in tensors):
         return False, "strides a 2-D TMA view cannot take"
+    if stage == "dbc":
+        ctas, sms = x.shape[0] * (x.shape[1] // 128) * B.shape[2], mamba_common.sm_count(x.device)
+        if ctas < GLUON_DBC_MIN_WAVES * sms:
+            return False, f"dbc: {ctas} CTAs, under {GLUON_DBC_MIN_WAVES} waves of {sms} SMs (the size rule)"
     return True, why
 
 
@@ -295,7 +308,7 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     Takes the forward's chunk states (s_in, carry_decay, carry_lp, dtcs: ssd_scan_fwd's last outputs) or, where
     they are absent or empty, recomputes them (stages 0-2: one chunk_state pass, ~0.33 ms at B1 L32K); then passes
     state gradients backwards (bwd stage 1 + stage 2 on reversed segments), then the chunk-parallel da, dx / ddt /
-    dA / dD, dC and dB kernels."""
+    dA / dD, dC and dB kernels (dx and dB + dC in Gluon where gluon_eligible holds)."""
     bwd_scan_k = mamba_common.kernel_module("ssd_scan_bwd_chunk_scan")
     bsz, seqlen, nheads, headdim = x.shape
     dev = x.device
@@ -350,11 +363,17 @@ def ssd_scan_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     dx_k.bwd_dx_launch(x, dt, dtcs, A32, B, C, D32, bias32, plan["table"], dy, s_in, carry_decay, carry_lp, g_out,
                        gcarry_decay, gcarry_lp, dx, ddt, parts[0], parts[1], parts[2] if dt_bias is not None else None,
                        da_part, geometry, dt_softplus, cfg["dx"], precision)
-    pw = torch.empty(n_chunks, B.shape[2], chunk_size, chunk_size, dtype=x.dtype, device=dev)   # dC -> dB
-    bwd_scan_k.bwd_dbc_launch(x, dtcs, plan["table"], dy, B, s_in, carry_decay, carry_lp, pw, dC, False, geometry,
-                              cfg["dc"], precision)
-    bwd_scan_k.bwd_dbc_launch(x, dtcs, plan["table"], dy, C, g_out, gcarry_decay, gcarry_lp, pw, dB, True, geometry,
-                              cfg["db"], precision)
+    # dbc checks the op's B_in, C_in, whose dtype dB, dC take; eligible (bf16, unit last stride), they are B, C
+    if gluon_eligible("dbc", x, B_in, C_in, chunk_size, cu_seqlens is not None, None, dy)[0]:
+        from ..triton import ssd_scan_bwd_dbc_gluon as dbc_k          # plain import: CUDA only, never interpreted
+        dbc_k.bwd_dc_db_launch(x, dtcs, dy, B, C, s_in, carry_decay, carry_lp, g_out, gcarry_decay, gcarry_lp, dC,
+                               dB, geometry)                          # the pair weights stay on the SM: no pw
+    else:
+        pw = torch.empty(n_chunks, B.shape[2], chunk_size, chunk_size, dtype=x.dtype, device=dev)   # dC -> dB
+        bwd_scan_k.bwd_dbc_launch(x, dtcs, plan["table"], dy, B, s_in, carry_decay, carry_lp, pw, dC, False,
+                                  geometry, cfg["dc"], precision)
+        bwd_scan_k.bwd_dbc_launch(x, dtcs, plan["table"], dy, C, g_out, gcarry_decay, gcarry_lp, pw, dB, True,
+                                  geometry, cfg["db"], precision)
 
     # parameter gradients: fixed-order fp64 torch reductions of per-chunk partial sums (deterministic)
     sums = parts.sum(1)                                                                # [2 or 3, H] fp64
@@ -442,7 +461,8 @@ def backend_report(device_type: str) -> str:
     report = mamba_common.backend_report(device_type, "ssd_scan forward + deterministic backward", dot_kernel=True)
     if device_type == "cuda" and report.startswith("triton") and torch.cuda.is_available():
         ok, why = gluon_platform(torch.device("cuda"))
-        report += (f"; forward stages 1 and 3 and the backward's dx in Gluon ({why}) for bf16, P 64, N 128, batched"
-                   " with L % 128 == 0 or packed (dx: with D, dt_bias, dt softplus)") if ok \
+        report += (f"; forward stages 1 and 3 and the backward's dx and dB / dC in Gluon ({why}) for bf16, P 64, N 128,"
+                   " batched with L % 128 == 0 or packed (dx: with D, dt_bias, dt softplus; dB / dC: batched only, from"
+                   f" {GLUON_DBC_MIN_WAVES} waves of CTAs up)") if ok \
             else f"; no Gluon stages ({why})"
     return report

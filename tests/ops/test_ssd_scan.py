@@ -661,15 +661,16 @@ def test_gluon_scope_rules(monkeypatch):
 
 
 def test_gluon_aot_compile_sm90a():
-    """The shipped Gluon kernels (stages 1 and 3, the backward's dx) compile for sm_90a with Triton 3.6 (the Gluon
-    API they are written for), in a fresh process as the other AOT builds (compiled mode; chunk_scan: the 8 variants
-    the op dispatches); chunk_state fits two CTAs an SM, as the op's segments assume (chunk_state_config's
+    """The shipped Gluon kernels (stages 1 and 3, the backward's dx and dB / dC) compile for sm_90a with Triton 3.6
+    (the Gluon API they are written for), in a fresh process as the other AOT builds (compiled mode; chunk_scan: the
+    8 variants the op dispatches); chunk_state fits two CTAs an SM, as the op's segments assume (chunk_state_config's
     programs_per_sm), the others one."""
     import triton
     if not triton.__version__.startswith("3.6."):
         pytest.skip(f"the Gluon kernels are built for triton 3.6 only (this is {triton.__version__})")
     code = ("import importlib\n"
-            "for mod in ('ssd_scan_chunk_state_gluon', 'ssd_scan_chunk_scan_gluon', 'ssd_scan_bwd_dx_gluon'):\n"
+            "for mod in ('ssd_scan_chunk_state_gluon', 'ssd_scan_chunk_scan_gluon', 'ssd_scan_bwd_dx_gluon',\n"
+            "            'ssd_scan_bwd_dbc_gluon'):\n"
             "    m = importlib.import_module('nemotron_kernels.triton.' + mod)\n"
             "    for name, ck in m.aot_compile_all():\n"
             "        wgmma = 'wgmma' if 'wgmma' in ck.asm['ptx'] else 'no-wgmma'\n"
@@ -682,11 +683,12 @@ def test_gluon_aot_compile_sm90a():
     state = [words for words in lines if words[1] == "ssd_scan_chunk_state_gluon"]
     scan = [words for words in lines if words[1] == "ssd_scan_chunk_scan_gluon"]
     dx = [words for words in lines if words[1] == "ssd_scan_bwd_dx_gluon"]
-    assert len(state) == 6 and len(scan) == 8 and len(dx) == 3 and all(words[3] == "wgmma" for words in lines), \
-        run.stdout
+    dbc = [words for words in lines if words[1] == "ssd_scan_bwd_dbc_gluon"]        # with and without the carries
+    assert len(state) == 6 and len(scan) == 8 and len(dx) == 3 and len(dbc) == 2, run.stdout
+    assert all(words[3] == "wgmma" for words in lines), run.stdout
     # an H200 SM holds 228 KB of shared memory, 1 KB of it reserved per CTA
     assert all(2 * (int(words[2]) + 1024) <= 228 * 1024 for words in state), state
-    assert all(int(words[2]) + 1024 <= 228 * 1024 for words in scan + dx), scan + dx
+    assert all(int(words[2]) + 1024 <= 228 * 1024 for words in scan + dx + dbc), scan + dx + dbc
 
 
 def _gluon_or_skip():
@@ -700,6 +702,7 @@ GLUON_LAUNCHERS = {   # stage: (module in nemotron_kernels.triton, launcher)
     "chunk_state": ("ssd_scan_chunk_state_gluon", "chunk_state_launch"),
     "chunk_scan": ("ssd_scan_chunk_scan_gluon", "chunk_scan_launch"),
     "dx": ("ssd_scan_bwd_dx_gluon", "bwd_dx_launch"),
+    "dbc": ("ssd_scan_bwd_dbc_gluon", "bwd_dc_db_launch"),
 }
 
 
@@ -885,6 +888,119 @@ def test_cuda_gluon_backward_dx(monkeypatch, case):
     assert_bwd_matches_triton(gluon, triton_out, "Gluon dx")
 
 
+# Hopper Gluon dB / dC kernel of the backward (triton/ssd_scan_bwd_dbc_gluon.py), where gluon_eligible("dbc") holds
+
+def test_gluon_dbc_scope_rules(monkeypatch):
+    """gluon_eligible("dbc")'s scope on CPU tensors (the platform monkeypatched to pass, 132 SMs as the H200's):
+    batched only, chunk 128, L a multiple of 128, P 64, N 128, any H, G, bf16 x, dy and the op's B, C (dB, dC take
+    their dtype), 2-D TMA views, initial states allowed; then the size rule: at least GLUON_DBC_MIN_WAVES waves of
+    CTAs, one per chunk of every row and group (at G 8: B1 L4224, 264 CTAs, goes; L4096, 256, not); each rule
+    refuses on its own. Unpatched, CPU tensors never go."""
+    import nemotron_kernels.ops.ssd_scan as ssd_ops
+    from nemotron_kernels.triton.common import cdiv
+    bf16 = torch.bfloat16
+    sms, nheads, headdim, ngroups, dstate = 132, 16, 64, 8, 128
+    min_chunks = cdiv(ssd_ops.GLUON_DBC_MIN_WAVES * sms, ngroups)       # B1: the shortest L that goes, in chunks
+    seqlen, hp, gn = 128 * min_chunks, nheads * headdim, ngroups * dstate
+    buf = torch.empty(1, seqlen, hp + 2 * gn, dtype=bf16)             # x, B, C: views of one conv output row
+    x = buf[..., :hp].view(1, seqlen, nheads, headdim)
+    B = buf[..., hp:hp + gn].view(1, seqlen, ngroups, dstate)
+    C = buf[..., hp + gn:].view(1, seqlen, ngroups, dstate)
+    dy = torch.empty(1, seqlen, nheads, headdim, dtype=bf16)
+    init = torch.zeros(1, nheads, headdim, dstate)
+
+    def eligible(x=x, B=B, C=C, dy=dy, chunk=128, packed=False, init=None):
+        return ssd_ops.gluon_eligible("dbc", x, B, C, chunk, packed, init, dy)
+
+    def rows(n):
+        return dict(x=x[:, :n], B=B[:, :n], C=C[:, :n], dy=dy[:, :n])
+
+    assert not eligible()[0], "CPU tensors must not take the Gluon kernels"
+    monkeypatch.setattr(ssd_ops, "gluon_platform", lambda device: (True, "test"))
+    monkeypatch.setattr(ssd_ops.mamba_common, "sm_count", lambda device: sms)
+    assert eligible() == (True, "test")
+    assert eligible(init=init)[0], "initial states change only the values of the states dB / dC read"
+    assert eligible(*(t.contiguous() for t in (x, B, C)))[0]
+    assert eligible(x=x[:, :, :8], dy=dy[:, :, :8])[0], "one head a group"
+    half = 128 * cdiv(min_chunks, 2)
+    assert eligible(*(torch.empty(2, half, *t.shape[2:], dtype=bf16) for t in (x, B, C, dy)))[0], \
+        "B2: the CTAs of every row count"
+    view = "strides"
+    refusals = {   # name: (a word of the reason, eligible's arguments)
+        "packed": ("batched", dict(packed=True)),
+        "chunk 64": ("chunk 128", dict(chunk=64)),
+        "L % 128": ("multiple", rows(seqlen - 64)),
+        "P 32": ("P = 64", dict(x=x[..., :32], dy=dy[..., :32])),
+        "N 64": ("N = 128", dict(B=B[..., :64], C=C[..., :64])),
+        "fp16 x": ("bf16", dict(x=x.half())),
+        "fp32 B: dB fp32": ("bf16", dict(B=B.float())),
+        "fp32 dy": ("bf16", dict(dy=dy.float())),
+        "dy heads not packed": (view, dict(dy=torch.empty(1, seqlen, nheads, 2 * headdim, dtype=bf16)[..., :64])),
+        "C misaligned": (view, dict(C=torch.empty(C.numel() + 1, dtype=bf16)[1:].view(C.shape))),
+        "a chunk short of the waves": ("waves", rows(seqlen - 128)),
+        "one group": ("waves", dict(B=B[:, :, :1], C=C[:, :, :1])),
+    }
+    for name, (word, kwargs) in refusals.items():
+        ok, why = eligible(**kwargs)
+        assert not ok and word in why, f"{name}: {(ok, why)}"
+
+
+GLUON_DBC_CASES = {   # id: (seed, bsz, seqlen, head shapes, initial states); CTAs (n_chunks G) >= 2 waves of 132
+    "B1-L4224-two-waves": (91, 1, 4224, NEMOTRON, False),            # 33 chunks x 8 groups: 264 CTAs, the edge
+    "B2-L4096-init": (92, 2, 4096, NEMOTRON, True),                  # 512 CTAs
+    "B1-L12288-H12-G3": (93, 1, 12288, dict(nheads=12, headdim=64, ngroups=3, dstate=128), False),   # 288
+    # enough heads that stage 1 takes one segment: no carries; 512 CTAs
+    "B1-L1024-H512-G64-one-segment": (94, 1, 1024, dict(nheads=512, headdim=64, ngroups=64, dstate=128), False),
+}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", list(GLUON_DBC_CASES))
+def test_cuda_gluon_backward_dbc(monkeypatch, case):
+    """The Gluon dB / dC kernel runs (its launcher called, gluon_eligible("dbc") true; not under NK_GLUON=0), with
+    the carries across segments or without: every gradient (final-state gradients too) against float64 autograd;
+    then ssd_scan_bwd against its NK_GLUON=0 run on the same inputs: dB and dC bitwise equal (as the probe measured
+    on the H200), and the Gluon dx's outputs as its own test asks."""
+    import nemotron_kernels.ops.ssd_scan as ssd_ops
+    _gluon_or_skip()
+    seed, bsz, seqlen, heads, init = GLUON_DBC_CASES[case]
+    inputs = make_inputs(seed, bsz, seqlen, dtype=torch.bfloat16, device="cuda", init=init, **heads)
+    x, B, C = inputs["x"], inputs["B"], inputs["C"]
+    ok, why = ssd_ops.gluon_eligible("dbc", x, B, C, 128, False, inputs["initial_states"], torch.empty_like(x))
+    assert ok, f"dbc not eligible: {why}"
+    n_seg = ssd_ops._plan(x, B, 128, None, bsz)["geometry"]["n_seg"]
+    assert (n_seg == 1) == case.endswith("one-segment"), f"{n_seg} segments: not the carry case meant"
+    calls = spy_gluon(monkeypatch, ("dx", "dbc"))
+    check_backward(inputs, 128, seed=seed)
+    assert calls == ["dx", "dbc"], f"Gluon backward launchers called: {calls}"
+
+    args = bwd_args(inputs, seed)
+    gluon = ssd_ops.ssd_scan_bwd(*args)
+    assert calls == ["dx", "dbc"] * 2, f"Gluon backward launchers called: {calls}"
+    monkeypatch.setenv("NK_GLUON", "0")
+    triton_out = ssd_ops.ssd_scan_bwd(*args)
+    assert len(calls) == 4, f"NK_GLUON=0 still ran a Gluon backward kernel: {calls}"
+    assert_bwd_matches_triton(gluon, triton_out, "Gluon dx + dB / dC")
+
+
+@pytest.mark.cuda
+def test_cuda_gluon_dbc_size_rule_takes_triton(monkeypatch):
+    """Below GLUON_DBC_MIN_WAVES waves of CTAs the backward runs Triton's two dB / dC launches: at Nemotron's shape
+    the longest such B1 L (L4096 on the H200's 132 SMs: 256 CTAs) is refused by the size rule, the Gluon dB / dC
+    launcher is not called (the Gluon dx is), and every gradient matches float64 autograd."""
+    import nemotron_kernels.ops.ssd_scan as ssd_ops
+    _gluon_or_skip()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    seqlen = 128 * ((ssd_ops.GLUON_DBC_MIN_WAVES * sms - 1) // NEMOTRON["ngroups"])
+    inputs = make_inputs(95, 1, seqlen, dtype=torch.bfloat16, device="cuda", **NEMOTRON)
+    x, B, C = inputs["x"], inputs["B"], inputs["C"]
+    ok, why = ssd_ops.gluon_eligible("dbc", x, B, C, 128, False, None, torch.empty_like(x))
+    assert not ok and "waves" in why, f"L{seqlen}: {(ok, why)}"
+    calls = spy_gluon(monkeypatch, ("dx", "dbc"))
+    check_backward(inputs, 128, seed=95)
+    assert calls == ["dx"], f"Gluon backward launchers called: {calls}"
+
+
 # packed sequences (cu_seqlens) through the Gluon chunk_state, chunk_scan and dx: each sequence starts a chunk slot of
 # the table, so a slot's 128-row boxes also hold the next sequence's rows (or run past T), which the kernels mask and
 # never store
@@ -943,15 +1059,16 @@ def test_cuda_gluon_packed_forward(monkeypatch, case, init):
 @pytest.mark.parametrize("case", list(GLUON_PACKED_CASES))
 def test_cuda_gluon_packed_backward(monkeypatch, case):
     """fwd + bwd of packed input with the Gluon chunk_state, chunk_scan and dx (initial states, final-state
-    gradients; the backward without saved states recomputes them with the Gluon chunk_state): every
-    gradient against float64 autograd; then ssd_scan_bwd against its NK_GLUON=0 run: dx and ddt bitwise equal (the
-    batched path's rule; rows past a slot's end are masked to Triton's zeros), dB, dC, dinit bitwise, dA, dD,
-    ddt_bias within 1e-5 relative (fp64 sums of fp32 terms summed in another order)."""
+    gradients; the backward without saved states recomputes them with the Gluon chunk_state; dB / dC: Triton, the
+    Gluon one is batched only): every gradient against float64 autograd; then ssd_scan_bwd against its NK_GLUON=0
+    run: dx and ddt bitwise equal (the batched path's rule; rows past a slot's end are masked to Triton's zeros),
+    dB, dC, dinit bitwise, dA, dD, ddt_bias within 1e-5 relative (fp64 sums of fp32 terms summed in another
+    order)."""
     import nemotron_kernels.ops.ssd_scan as ssd_ops
     _gluon_or_skip()
     seed, cu = GLUON_PACKED_CASES[case]
     inputs = make_inputs(seed, 1, cu[-1], dtype=torch.bfloat16, device="cuda", cu=cu, init=True, **NEMOTRON)
-    calls = spy_gluon(monkeypatch, ("chunk_state", "chunk_scan", "dx"))
+    calls = spy_gluon(monkeypatch, ("chunk_state", "chunk_scan", "dx", "dbc"))
     check_backward(inputs, 128, seed=seed)
     assert calls == ["chunk_state", "chunk_scan", "dx"], f"Gluon launchers called: {calls}"
 
