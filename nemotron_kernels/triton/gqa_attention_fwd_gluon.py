@@ -1,23 +1,69 @@
 """GQA flash-attention forward for Hopper in Gluon (FlashAttention-3 style): the BF16/FP16 forward on sm_90.
 
-H200, B4 S8K 32/2 heads D=128 causal bf16: 671 TFLOP/s against 533 for our Triton forward and 557 for cuDNN
-(bench/NOTES.md session 26; the probe it grew from, with an FP8 mode: git show 132c2e6:scripts/probe_attn_gluon.py).
+H200, 32/2 heads D=128 causal bf16 (session 27, the dispatch's knobs): 620 TFLOP/s at B4 S8K, 637 at B1 S32K,
+1.10x / 1.08x cuDNN SDPA (table below; the probe it grew from, with an FP8 mode: git show
+132c2e6:scripts/probe_attn_gluon.py).
 
-One CTA per (128-row query block, batch * query head), the longest (last) query blocks launched first;
+Per 128-row query block of a (batch, query head), the longest (last) query blocks first; the batched kernel runs
+one CTA per block, the persistent one (the dispatch's for batched inputs, below) walks blocks on one CTA per SM;
 gl.warp_specialize with three partitions (12 warps launched, 9 used):
   - consumer warpgroup 0 (the default partition, 4 warps): query rows 0..63 of the block,
   - consumer warpgroup 1 (a 4-warp worker, 240 registers): query rows 64..127,
   - producer (a 1-warp worker, 24 registers): TMA loads of Q once, then K and V tiles (128 keys x D) into a
-    2-stage shared-memory ring guarded by ready / empty mbarriers (empty counts one arrival per warpgroup).
+    STAGES-deep shared-memory ring guarded by ready / empty mbarriers (empty counts one arrival per warpgroup).
 Each consumer: S = Q K^T by wgmma, online softmax in base 2, P in registers as the A operand of O += P V. Key
 blocks run from the last (causal: the diagonal, the only masked one) down to 0; S_i is issued before
 O += P_{i-1} V_{i-1}, so softmax(S_i) overlaps that wgmma, and an mbarrier "turn" makes the two warpgroups issue
 their wgmmas alternately (ping-pong), so one's softmax overlaps the other's MMAs. Epilogue: O / l through shared
 memory (the group's Q half, no longer read) and a TMA store; lse = (m + log2 l) * ln 2 stored from registers.
 
-Shapes: q [B, S, Hq, D], k / v [B, S, Hkv, D] (Sq == Sk, S % 128 == 0, D = 128, fp16 / bf16), read through 2-D
+Shapes: q [B, S, Hq, D], k / v [B, S, Hkv, D] (Sq == Sk, D = 128, fp16 / bf16; RAGGED: any S), read through 2-D
 TMA descriptors over [B*S, H*D]; o [B, S, Hq, D] contiguous, lse [B, Hq, S] fp32 (natural log): the outputs of
 gqa_attention_fwd.py's Triton forward, so its backward consumes them. `gluon_eligible` says which inputs run here.
+
+SASS (Triton 3.6 AOT, sm_90a, batched causal bf16, stages 2), the steady-state loop of one consumer warpgroup, per
+key block (per thread: 64 of the 64x128 scores): 459 instructions, 16 HGMMA 64x128x16 (8 for S, 8 for P V),
+66 MUFU.EX2, 66 FFMA (s * scale - m), 66 FMUL (O *= alpha), 68 FADD + 68 FMNMX (row sums / maxima), 32 F2FP (P to
+bf16; the accumulator -> A-operand relayout needs no SHFL), 8 SHFL.BFLY, 3 mbarrier waits + 3 arrives, 4 BAR.SYNC (the
+group's, before each single-thread arrive), 2 WARPGROUP.DEPBAR. Per 128x128 block (both groups) per SM:
+tensor 2 x 2 x 64x128x128 MAC / 2048 MAC/clk = 2048 clk; MUFU 2 x 128 x 66 / 16 per clk = 1056 clk (52 %);
+issue 2 x 459 = 918 of 2048 slots per SMSP (45 %): tensor-bound, not MUFU-bound. Ping-pong: a group's S is done
+512 clk after its turn; its softmax is ~750-850 clk on its SMSP (64 FMNMX + 2 shuffle rounds, 64 MUFU at 8 clk a
+warp instruction, then sums and packing), + 64 FMUL rescale once its P V is done; it must issue again when the other
+group's 1024 clk of wgmmas drain, 1536 clk after its S: ~600 clk of slack, so the steady state keeps the tensor
+cores busy and an FMA-pipe exp2 would shorten a path that has slack (not added). Measured (session 26, one CTA a
+block) 616 TFLOP/s = 78 % of the 789 measured bf16 ceiling: the loss sits outside the loop, per tile (one 164 KB
+CTA an SM, 8192 tiles, ~62 an SM at B4 S8K, ~32.5 blocks = ~38 us each): CTA launch and barrier init, Q and K_0's
+TMA latency, the first S and WG 0's first softmax before any P V, the last P V and the epilogue (O store,
+store_wait) with the tensor cores idle: ~2-3 us a tile, 5-8 % at B4 S8K, ~2 % at B1 S32K (4x longer tiles).
+Knobs (VARIANTS, timed by scripts/sweep_attn_fwd_gluon.py; bitwise equal outputs): persistent
+(_gqa_attn_fwd_gluon_persistent_kernel: grid = #SMs over a static longest-first snake schedule; the producer
+streams the next tile's Q and K/V during the current tile's last P V and epilogue; at stages 2 O goes through its
+own buffer, 196,984 B, at 3 through Q, 229,800 B) and stages (the K/V ring: 164,160 / 229,760 B batched, 229,776 B
+ragged at 3). Dispatch: persistent with stages 3 for batched inputs (S % 128 == 0, no cu_seqlens), stages 3 for
+ragged / varlen (their kernel only). H200, causal bf16, TFLOP/s (x cuDNN SDPA, same run), session 27:
+    persistent, stages | B4 S8K          | B1 S32K         | mean
+    0, 2 (until s. 27) | 608.8 (1.084x)  | 604.6 (1.024x)  | 606.7
+    0, 3               | 604.3 (1.076x)  | 645.4 (1.093x)  | 624.9
+    1, 2               | 589.3 (1.049x)  | 624.7 (1.058x)  | 607.0
+    1, 3 (dispatch)    | 620.3 (1.105x)  | 636.9 (1.078x)  | 628.6
+    cuDNN SDPA         | 561.6           | 590.7           |
+EXP_EMU lost for bf16 everywhere (tensor-bound, above): 16 / 32 / 64 at (0, 2) gave 566 / 558 / 531 at B4 S8K
+and 621 / 578 / 563 at B1 S32K, all under the best knobs (16 at S32K beat only (0, 2)); bf16 runs EXP_EMU 0.
+
+FP8 (opt-in: gqa_attention_fwd_gluon_fp8, not in the dispatch; constexpr FP8 of both kernels, after the probe of
+132c2e6): q / k e4m3 [B, S, H, D], V^T e4m3 [B, Hkv, D, S] with the keys of each 32 reordered (_vt_fp8, host side),
+per-tensor descales [3] read on the device (q * k folded into qk_scale, v in the epilogue), bf16 O through its own
+buffer (115,040 B at stages 2), lse as the bf16 path. Both wgmmas e4m3 m64n128k32 (QGMMA); P quantised with scale 1.
+P crosses the loop packed: _softmax turns each A register's 4 keys into one int32 (two cvt.e4m3x2 in an asm) and
+_p_operand unpacks it by shifts LLVM folds away; P carried as 64 e4m3 values instead cost 110 PRMT + 32 SHF a
+block (the probe's loop: 650 instructions, now 456). EXP_EMU (opt-in, FP8 only): the first EXP_EMU of the 128
+score columns take 2^x on the FMA pipe (_exp2_fma: 1 FMNMX + 3 FADD + 3 FFMA + 1 LEA for one MUFU.EX2).
+FP8 loop per warp and key block (Triton 3.6 SASS): EXP_EMU 0 / 16 / 32 / 48 / 64: 456 / 512 / 568 / 623 / 682
+instructions, 66 / 58 / 50 / 42 / 34 MUFU.EX2, 8 QGMMA. Per 128x128 block per SM: tensor 1024 clk (4096 e4m3
+MAC/clk), MUFU 2 x 128 x n_ex2 / 16 = 1056 / 928 / 800 / 672 / 544 clk, issue 2 warps x loop per SMSP = 912 / 1024
+/ 1136 / 1246 / 1364 slots: at 0 MUFU-bound, 16 balanced, from 32 on issue-bound (bf16's 2048-clk tensor bound
+hides every EXP_EMU: 459 -> 684 instructions at 64, under 2048 issue slots). Unverified on a GPU.
 
 Gluon kernels are never interpreted (gluon.jit always compiles), so this module is imported plainly, never through
 common.kernel_module (no INTERPRETED / LOAD_TOKEN), and only for CUDA tensors (gqa_attention_fwd's dispatch).
@@ -33,7 +79,7 @@ from .common import aot_compile_gluon, cdiv, gluon_platform
 from .gqa_attention_common import LOG2E
 
 HEAD_DIM = 128                              # the wgmma instr_shape N = 128 (S = Q K^T's and O's columns)
-BLOCK_M, BLOCK_N, STAGES = 128, 128, 2      # query rows per CTA (two warpgroups of 64), keys per tile, K/V ring
+BLOCK_M, BLOCK_N, STAGES = 128, 128, 3      # query rows per CTA (two warpgroups of 64), keys per tile, K/V ring
 WG_M = BLOCK_M // 2                         # query rows per consumer warpgroup
 NUM_WARPS = 4                               # the default partition: consumer warpgroup 0
 MAXNREG = 168                               # 12 warps x 32 threads x 168 <= 64K registers at launch
@@ -42,19 +88,20 @@ WORKER_REGS = (240, 24)                     # setmaxnreg targets: consumer warpg
 
 @gluon.jit
 def _producer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, bars, q_row, q_col, kv_row, kv_col, n_blocks,
-              BLOCK_N: gl.constexpr, STAGES: gl.constexpr, RAGGED: gl.constexpr):
+              BLOCK_N: gl.constexpr, STAGES: gl.constexpr, RAGGED: gl.constexpr, vt_row=0, FP8: gl.constexpr = False):
     """One warp: Q once (two [64, D] halves, one per consumer warpgroup), then for i = 0 .. n_blocks-1 key block
     j = n_blocks-1-i (the diagonal first, as the consumers want it) as K_i and V_i into stage i % STAGES. K and V
     have their own barriers, so a consumer can start S = Q K^T while V is still in flight. RAGGED: n_blocks = 0
-    (a block past its sequence's end) loads nothing, as its consumers wait for nothing."""
+    (a block past its sequence's end) loads nothing, as its consumers wait for nothing. FP8: V_i is the [D, BLOCK_N]
+    tile of V^T ([B*HKV*D, S], _vt_fp8) at rows vt_row.., the block's keys as columns."""
     if not RAGGED or n_blocks > 0:
         _produce(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, bars, q_row, q_col, kv_row, kv_col, n_blocks,
-                 BLOCK_N, STAGES)
+                 BLOCK_N, STAGES, vt_row, FP8)
 
 
 @gluon.jit
 def _produce(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, bars, q_row, q_col, kv_row, kv_col, n_blocks,
-             BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+             BLOCK_N: gl.constexpr, STAGES: gl.constexpr, vt_row=0, FP8: gl.constexpr = False):
     q_bar, k_ready, k_empty, v_ready, v_empty, turn = bars
     mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar, q_smem.index(0))
@@ -70,7 +117,17 @@ def _produce(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, bars, q_row, q_col,
         tma.async_copy_global_to_shared(k_desc, [key_row, kv_col], k_ready.index(stage), k_bufs.index(stage))
         mbarrier.wait(v_empty.index(stage), phase ^ 1)
         mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(v_desc, [key_row, kv_col], v_ready.index(stage), v_bufs.index(stage))
+        _load_v(v_desc, v_bufs.index(stage), v_ready.index(stage), key_row, kv_row, kv_col, vt_row, FP8)
+
+
+@gluon.jit
+def _load_v(v_desc, buf, bar, key_row, kv_row, kv_col, vt_row, FP8: gl.constexpr):
+    """The TMA load of one V tile: V [BLOCK_N, D] at rows key_row.. (16-bit), or FP8 V^T [D, BLOCK_N] at rows
+    vt_row.. (this batch's kv head's), columns key_row - kv_row.. (the block's keys within the sequence)."""
+    if FP8:
+        tma.async_copy_global_to_shared(v_desc, [vt_row, key_row - kv_row], bar, buf)
+    else:
+        tma.async_copy_global_to_shared(v_desc, [key_row, kv_col], bar, buf)
 
 
 @gluon.jit
@@ -86,14 +143,80 @@ def _pass_turn(turn, WG: gl.constexpr):
     mbarrier.arrive(turn.index(1 - WG), count=1)
 
 
+# 2^f on [-1/2, 1/2] ~ 1 + f (C1 + f (C2 + f C3)): the relative-error minimax cubic with p(0) = 1 exactly (so
+# 2^0 = 1 and 2^-127 -> +0 exactly, see _exp2_fma), fitted for this file with numpy (Lawson-weighted least squares
+# on 20001 points, 300 iterations, then rounded to fp32): max relative error 1.014e-4 (fp32 Horner, measured on
+# the grid), against 3.9e-3 for P's bf16 rounding (6.3e-2 for e4m3). A quartic would reach 2.9e-6 for one FFMA more.
+EXP2_C1 = gl.constexpr(0.6932829022407532)
+EXP2_C2 = gl.constexpr(0.24221062660217285)
+EXP2_C3 = gl.constexpr(0.05500869080424309)
+EXP2_ROUND = gl.constexpr(12582912.0)       # 1.5 * 2^23: x + it rounds x to an integer in the low mantissa bits
+
+
+@gluon.jit
+def _exp2_fma(x):
+    """2^x (x <= 0, -inf allowed) on the FMA / ALU pipes, no MUFU (FA3 / FA4's exp2 emulation): x clamped to
+    >= -127, j = round(x) by the 1.5 * 2^23 trick (t = x + 1.5 * 2^23 holds j in its low mantissa bits, t - 1.5
+    * 2^23 = j exactly), f = x - j in [-1/2, 1/2], 2^f by the cubic, 2^j applied by adding j << 23 (= bits(t) <<
+    23 mod 2^32) to its exponent field. No floor (FRND / F2I run at the conversion rate, like MUFU): SASS 1
+    FMNMX + 3 FADD + 3 FFMA + 1 LEA (shift and add). Range: j >= -126 gives a normal or subnormal-pattern value
+    >= 0; j = -127 only for x in [-127, -126.5], where f >= 0, p(f) >= 1 and the exponent field ends at 0 (x =
+    -127, i.e. -inf, gives +0 exactly, as p(0) = 1)."""
+    x = gl.maximum(x, -127.0)
+    t = x + EXP2_ROUND
+    f = x - (t - EXP2_ROUND)
+    p = gl.fma(gl.fma(gl.fma(f, EXP2_C3, EXP2_C2), f, EXP2_C1), f, 1.0)
+    bits = p.to(gl.int32, bitcast=True) + (t.to(gl.int32, bitcast=True) << 23)
+    return bits.to(gl.float32, bitcast=True)
+
+
+@gluon.jit
+def _exp2_cols(x, EXP_EMU: gl.constexpr):
+    """2^x of x [R, W]: columns 0 .. EXP_EMU-1 by _exp2_fma, the rest by MUFU.EX2, halving W until a half is all
+    one kind (EXP_EMU a multiple of W / 2^k; the halves must be register dimensions, see _exp2_tile)."""
+    W: gl.constexpr = x.shape[1]
+    if EXP_EMU == 0:
+        p = gl.exp2(x)
+    elif EXP_EMU == W:
+        p = _exp2_fma(x)
+    else:
+        H: gl.constexpr = W // 2
+        LO: gl.constexpr = EXP_EMU if EXP_EMU < H else H
+        HI: gl.constexpr = EXP_EMU - H if EXP_EMU > H else 0
+        lo, hi = gl.split(gl.permute(gl.reshape(x, [x.shape[0], 2, H]), (0, 2, 1)))   # columns 0.., H..
+        # (a half that was split again comes back in its reshape's layout: the split's, as join wants, by renaming)
+        lo = gl.convert_layout(_exp2_cols(lo, LO), lo.type.layout, assert_trivial=True)
+        hi = gl.convert_layout(_exp2_cols(hi, HI), hi.type.layout, assert_trivial=True)
+        p = gl.reshape(gl.permute(gl.join(lo, hi), (0, 2, 1)), [x.shape[0], W])
+    return p
+
+
+@gluon.jit
+def _exp2_tile(x, mma: gl.constexpr, EXP_EMU: gl.constexpr):
+    """2^x of a score tile x [64, 128] in mma's layout: columns 0 .. EXP_EMU-1 by _exp2_fma (FMA pipe), the rest by
+    MUFU.EX2. EXP_EMU a multiple of 16: each thread holds 2 x 32 of the 128 columns, 8c + 2(lane % 4) + {0, 1} for
+    c = 0..15, so column bits 3 .. 6 are register bits and the splits into halves down to 16 columns move no data
+    (reshape / permute / split, then join back, asserted trivial)."""
+    gl.static_assert(EXP_EMU % 16 == 0 and EXP_EMU >= 0 and EXP_EMU <= 128, "EXP_EMU: a multiple of 16, <= 128")
+    gl.static_assert(x.shape[1] == 128, "128 score columns")
+    if EXP_EMU == 0:
+        p = gl.exp2(x)
+    else:
+        p = gl.convert_layout(_exp2_cols(x, EXP_EMU), mma, assert_trivial=True)
+    return p
+
+
 @gluon.jit
 def _softmax(s, m_i, l_i, qk_scale, key0, row0, MASK: gl.constexpr, mma: gl.constexpr,
-             DTYPE: gl.constexpr, key_end=0, BOUND: gl.constexpr = False):
+             DTYPE: gl.constexpr, key_end=0, BOUND: gl.constexpr = False, FP8: gl.constexpr = False,
+             EXP_EMU: gl.constexpr = 0):
     """Online softmax of one score tile s [64, BLOCK_N] fp32 in base 2 (x = s * qk_scale, qk_scale = softmax
     scale * log2 e). m_i, l_i [64]: running max (scaled) and sum. MASK: keys key0.. past rows row0.. -> -inf;
     BOUND: keys key0.. from key_end on (past a ragged sequence's end: the next one's) -> -inf.
     -> (P [64, BLOCK_N] in DTYPE (the inputs') as the A operand of the P V wgmma, alpha [64] (the factor for O's
-    older terms), m_new, l_new). l sums the fp32 P, not the rounded P of the wgmma (as FA3)."""
+    older terms), m_new, l_new). l sums the fp32 P, not the rounded P of the wgmma (as FA3).
+    FP8 (DTYPE e4m3): P quantised with scale 1 (P <= 1) and its keys reordered within each 32 (see below).
+    EXP_EMU: P's first EXP_EMU columns by the FMA-pipe exp2 (_exp2_tile); alpha stays on MUFU."""
     WG_M: gl.constexpr = s.shape[0]
     BLOCK_N: gl.constexpr = s.shape[1]
     if MASK:
@@ -107,27 +230,50 @@ def _softmax(s, m_i, l_i, qk_scale, key0, row0, MASK: gl.constexpr, mma: gl.cons
         s = gl.where(gl.expand_dims(cols < key_end, 0), s, -float("inf"))
     m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)                        # [64]
     alpha = gl.exp2(m_i - m_new)                                                  # [64]; 0 when m_i = -inf
-    p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))                          # [64, BLOCK_N]
+    p = _exp2_tile(s * qk_scale - gl.expand_dims(m_new, 1), mma, EXP_EMU)         # [64, BLOCK_N]
     l_new = l_i * alpha + gl.sum(p, axis=1)
-    # accumulator layout -> A-operand layout of the same warps: a register shuffle, no shared memory (k_width 2:
-    # two 16-bit values per 32-bit register)
-    p_op = gl.convert_layout(p.to(DTYPE), gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2))
+    if FP8:
+        # 8-bit A wants keys 4c..4c+3 (+16) of each 32 in lane c % 4 (k_width 4), the accumulator holds 2c, 2c+1
+        # (+8, +16, +24): rather than move bytes across lanes, reorder the keys (as FA3): P'[:, 32g+16h+4c+2e+p] =
+        # P[:, 32g+16h+8e+2c+p], a relabelling of registers (assert_trivial); V^T's keys come in the same order
+        # (_vt_fp8), so P' V' = P V
+        # (in fp32, then one asm per A register: two cvt.e4m3x2 and a 16-bit pair move, where .to(e4m3) went through
+        # single bytes: 3 PRMT + 2 SHF more per register in the loop's SASS)
+        pr = gl.reshape(p, [WG_M, BLOCK_N // 32, 2, 2, 4, 2])                       # [row, g, h, e, c, p]
+        pr = gl.reshape(gl.permute(pr, (0, 1, 2, 4, 3, 5)), [WG_M, BLOCK_N])       # [row, (g, h, c, e, p)]
+        pr = gl.convert_layout(pr, gl.DotOperandLayout(operand_index=0, parent=mma, k_width=4),
+                               assert_trivial=True)
+        # the 4 keys of each A register (4j .. 4j+3 of P', consecutive registers of a thread) -> one int32: the
+        # loop carries P as 16 packed registers, not 64 bytes (_fp8_a_operand unpacks it for the wgmma)
+        pr_a, pr_b = gl.split(gl.reshape(pr, [WG_M, BLOCK_N // 4, 2, 2]))       # key 4j + 2a + b: b = 0, 1
+        k0, k2 = gl.split(pr_a)
+        k1, k3 = gl.split(pr_b)
+        p_op = gl.inline_asm_elementwise(
+            "{ .reg .b16 lo, hi; cvt.rn.satfinite.e4m3x2.f32 lo, $2, $1; cvt.rn.satfinite.e4m3x2.f32 hi, $4, $3; "
+            "mov.b32 $0, {lo, hi}; }", "=r,r,r,r,r", [k0, k1, k2, k3], dtype=gl.int32, is_pure=True, pack=1)
+    else:
+        # accumulator layout -> A-operand layout of the same warps: a register shuffle, no shared memory (k_width
+        # 2: two 16-bit values per 32-bit register)
+        p_op = gl.convert_layout(p.to(DTYPE), gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2))
     return p_op, alpha, m_new, l_new
 
 
 @gluon.jit
 def _consumer(q_desc, k_desc, o_desc, q_smem, k_bufs, v_bufs, bars, lse_row, q_row, q_col, q_pos0, n_blocks,
               qk_scale, seq_len, o_ptr, WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-              CAUSAL: gl.constexpr, RAGGED: gl.constexpr, O_STRIDE: gl.constexpr):
+              CAUSAL: gl.constexpr, RAGGED: gl.constexpr, O_STRIDE: gl.constexpr, o_smem=None, descale_ptr=None,
+              FP8: gl.constexpr = False, EXP_EMU: gl.constexpr = 0):
     """A consumer warpgroup (4 warps): query rows WG*64 .. WG*64+63 of the CTA's block (positions q_pos0 + ..,
     rows q_row + .. of the [B*S, Hq*D] views). Iteration i consumes ring slot i % STAGES (key block n_blocks-1-i)
     and issues S_i = Q K_i^T before O += P_{i-1} V_{i-1}; O is rescaled by alpha_i once that wgmma is done.
     lse_row: this block's first lse element. RAGGED (seq_len, o_ptr, O_STRIDE = Hq*D: see the kernel): n_blocks = 0
     does nothing; rows from seq_len on are computed (from the next sequence's Q or TMA's zeros; row-local) but never
-    stored."""
+    stored. FP8 (e4m3 Q / K / V^T, bf16 O; not RAGGED): O goes out through o_smem (bf16 [2, 64, D]), scaled by
+    v_descale (descale_ptr[2]). EXP_EMU: see _softmax."""
     if not RAGGED or n_blocks > 0:
         _consume(q_desc, k_desc, o_desc, q_smem, k_bufs, v_bufs, bars, lse_row, q_row, q_col, q_pos0, n_blocks,
-                 qk_scale, seq_len, o_ptr, WG, BLOCK_N, STAGES, CAUSAL, RAGGED, O_STRIDE)
+                 qk_scale, seq_len, o_ptr, WG, BLOCK_N, STAGES, CAUSAL, RAGGED, O_STRIDE, o_smem, descale_ptr, FP8,
+                 EXP_EMU)
 
 
 @gluon.jit
@@ -151,62 +297,19 @@ def _store_rows(buf, ptr, row, col, n_rows, ROW_STRIDE: gl.constexpr):
 @gluon.jit
 def _consume(q_desc, k_desc, o_desc, q_smem, k_bufs, v_bufs, bars, lse_row, q_row, q_col, q_pos0, n_blocks,
              qk_scale, seq_len, o_ptr, WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-             CAUSAL: gl.constexpr, RAGGED: gl.constexpr, O_STRIDE: gl.constexpr):
+             CAUSAL: gl.constexpr, RAGGED: gl.constexpr, O_STRIDE: gl.constexpr, o_smem=None, descale_ptr=None,
+             FP8: gl.constexpr = False, EXP_EMU: gl.constexpr = 0):
     q_bar, k_ready, k_empty, v_ready, v_empty, turn = bars
     WG_M: gl.constexpr = q_desc.block_type.shape[0]
-    HEAD_D: gl.constexpr = q_desc.block_type.shape[1]
-    DTYPE: gl.constexpr = k_desc.dtype
-    # wgmma accumulator layout: 4 warps stacked along M (16 rows each), m64n128k16 instructions
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 128, 16])
+    INSTR_K: gl.constexpr = 32 if FP8 else 16                                    # 32 bytes of K per wgmma
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                  instr_shape=[16, 128, INSTR_K])
     row_layout: gl.constexpr = gl.SliceLayout(1, mma)
-    q = q_smem.index(WG)                                                          # [64, D] this group's rows
     row0 = q_pos0 + WG * WG_M                                                     # its first query position
-    s_zero = gl.full([WG_M, BLOCK_N], 0.0, gl.float32, layout=mma)
-    acc = gl.full([WG_M, HEAD_D], 0.0, gl.float32, layout=mma)                    # O [64, D], fp32
-    m_i = gl.full([WG_M], -float("inf"), gl.float32, layout=row_layout)
-    l_i = gl.full([WG_M], 0.0, gl.float32, layout=row_layout)
     mbarrier.wait(q_bar, 0)
-
-    # i = 0: the last key block (causal: the diagonal, masked); O is still zero, so no P V yet
-    _wait_turn(turn, 0, WG)
-    mbarrier.wait(k_ready.index(0), 0)
-    s = warpgroup_mma(q, k_bufs.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-    _pass_turn(turn, WG)
-    s = warpgroup_mma_wait(num_outstanding=0, deps=(s, ))                         # S_0 [64, BLOCK_N]
-    mbarrier.arrive(k_empty.index(0), count=1)                                    # K_0 read: may be refilled
-    # RAGGED, causal: a row before seq_len sees keys <= itself < seq_len only, so the diagonal mask also bounds the
-    # keys; full: the last key block (this one) is bounded explicitly
-    p_op, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, (n_blocks - 1) * BLOCK_N, row0, CAUSAL, mma, DTYPE,
-                                     seq_len, RAGGED and not CAUSAL)
-
-    for i in range(1, n_blocks):                                                  # unmasked key blocks
-        stage = i % STAGES
-        phase = (i // STAGES) & 1
-        prev = (i - 1) % STAGES
-        prev_phase = ((i - 1) // STAGES) & 1
-        _wait_turn(turn, i, WG)
-        mbarrier.wait(k_ready.index(stage), phase)
-        s = warpgroup_mma(q, k_bufs.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-        mbarrier.wait(v_ready.index(prev), prev_phase)
-        acc = warpgroup_mma(p_op, v_bufs.index(prev), acc, is_async=True)        # O += P_{i-1} V_{i-1}
-        _pass_turn(turn, WG)
-        s = warpgroup_mma_wait(num_outstanding=1, deps=(s, ))                     # S_i done (issued first)
-        mbarrier.arrive(k_empty.index(stage), count=1)
-        p_op, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, (n_blocks - 1 - i) * BLOCK_N, row0, False, mma,
-                                         DTYPE)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))                 # P_{i-1} V_{i-1} done
-        mbarrier.arrive(v_empty.index(prev), count=1)
-        acc = acc * gl.expand_dims(alpha, 1)                                      # O to the new running max
-
-    # the last P V
-    last = (n_blocks - 1) % STAGES
-    last_phase = ((n_blocks - 1) // STAGES) & 1
-    _wait_turn(turn, n_blocks, WG)
-    mbarrier.wait(v_ready.index(last), last_phase)
-    acc = warpgroup_mma(p_op, v_bufs.index(last), acc, is_async=True)
-    _pass_turn(turn, WG)
-    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
-    mbarrier.arrive(v_empty.index(last), count=1)
+    acc, m_i, l_i = _attend(q_smem.index(WG), k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, turn, q_bar,
+                            n_blocks, 0, 0, qk_scale, row0, seq_len, k_desc.dtype, WG, BLOCK_N, STAGES, CAUSAL,
+                            RAGGED, False, FP8, EXP_EMU)
 
     # lse [64] (natural log, the Triton forward's convention; every row saw a key, so l > 0); rows replicated
     # across a quad's lanes store the same value
@@ -216,9 +319,14 @@ def _consume(q_desc, k_desc, o_desc, q_smem, k_bufs, v_bufs, bars, lse_row, q_ro
         gl.store(lse_row + WG * WG_M + offs, lse, mask=row0 + offs < seq_len)
     else:
         gl.store(lse_row + WG * WG_M + gl.arange(0, WG_M, layout=row_layout), lse)
-    # O = acc / l through this group's Q buffer (its last reader, the S wgmma, has completed)
-    o = (acc / gl.expand_dims(l_i, 1)).to(o_desc.dtype)                           # [64, D]
-    o_buf = q_smem.index(WG)
+    if FP8:
+        # O = acc * v_descale / l through its own bf16 buffer (Q's is 8-bit)
+        o = (acc * gl.expand_dims(gl.load(descale_ptr + 2) / l_i, 1)).to(o_desc.dtype)
+        o_buf = o_smem.index(WG)
+    else:
+        # O = acc / l through this group's Q buffer (its last reader, the S wgmma, has completed)
+        o = (acc / gl.expand_dims(l_i, 1)).to(o_desc.dtype)                       # [64, D]
+        o_buf = q_smem.index(WG)
     o_buf.store(o)
     if RAGGED and row0 + WG_M > seq_len:                                         # the sequence ends in these rows
         _store_rows(o_buf, o_ptr, q_row + WG * WG_M, q_col, seq_len - row0, O_STRIDE)
@@ -229,16 +337,123 @@ def _consume(q_desc, k_desc, o_desc, q_smem, k_bufs, v_bufs, bars, lse_row, q_ro
 
 
 @gluon.jit
+def _p_operand(p_op, mma: gl.constexpr, FP8: gl.constexpr):
+    """The A operand of O += P V from _softmax's P: as is (16-bit), or FP8's packed int32 [64, BLOCK_N / 4] (4 e4m3
+    keys a register) as the e4m3 [64, BLOCK_N] tensor of the DotOperand layout (k_width 4), byte k of register j
+    being key 4j + k (shifts and truncations LLVM folds back into the registers)."""
+    if FP8:
+        b0 = p_op.to(gl.int8).to(gl.float8e4nv, bitcast=True)
+        b1 = (p_op >> 8).to(gl.int8).to(gl.float8e4nv, bitcast=True)
+        b2 = (p_op >> 16).to(gl.int8).to(gl.float8e4nv, bitcast=True)
+        b3 = (p_op >> 24).to(gl.int8).to(gl.float8e4nv, bitcast=True)
+        p4 = gl.permute(gl.join(gl.join(b0, b1), gl.join(b2, b3)), (0, 1, 3, 2))  # [row, j, a, b]: key 4j + 2a + b
+        p8 = gl.reshape(p4, [p_op.shape[0], 4 * p_op.shape[1]])
+        return gl.convert_layout(p8, gl.DotOperandLayout(operand_index=0, parent=mma, k_width=4), assert_trivial=True)
+    else:
+        return p_op
+
+
+@gluon.jit
+def _v_operand(v_bufs, stage, FP8: gl.constexpr):
+    """The B operand [BLOCK_N, D] of O += P V from ring slot `stage`: 16-bit V [BLOCK_N, D] as stored (N-major, which
+    16-bit wgmma allows); FP8 V^T [D, BLOCK_N] viewed transposed, K-major as 8-bit wgmma requires."""
+    if FP8:
+        return v_bufs.index(stage).permute((1, 0))
+    else:
+        return v_bufs.index(stage)
+
+
+@gluon.jit
+def _attend(q, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, turn, q_free, n_blocks, g0, t0, qk_scale, row0,
+            seq_len, DTYPE: gl.constexpr, WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+            CAUSAL: gl.constexpr, RAGGED: gl.constexpr, FREE_Q: gl.constexpr, FP8: gl.constexpr = False,
+            EXP_EMU: gl.constexpr = 0):
+    """One consumer warpgroup's key blocks of one query tile: q [64, D] (shared, landed) against key blocks
+    n_blocks-1 .. 0, the i-th in ring slot (g0 + i) % STAGES (g0: the ring's count of blocks before this tile, 0
+    unless persistent), its wgmma batches the turns t0 .. t0 + n_blocks (t0: turns taken before, ditto). Iteration
+    i issues S_i = Q K_i^T before O += P_{i-1} V_{i-1}; O is rescaled by alpha_i once that wgmma is done.
+    FREE_Q: arrive on q_free once the last S (q's last reader) has completed. -> (acc [64, D] fp32 (O * l),
+    m_i, l_i [64]). FP8: e4m3 wgmmas (m64n128k32; V^T tiles used through a permute, K-major as 8-bit wgmma
+    requires), P in e4m3 (_softmax). EXP_EMU: see _softmax."""
+    HEAD_D: gl.constexpr = q.shape[1]
+    WG_M: gl.constexpr = q.shape[0]
+    # wgmma accumulator layout: 4 warps stacked along M (16 rows each), m64n128k16 instructions (k32 for 8-bit)
+    INSTR_K: gl.constexpr = 32 if FP8 else 16
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                  instr_shape=[16, 128, INSTR_K])
+    row_layout: gl.constexpr = gl.SliceLayout(1, mma)
+    s_zero = gl.full([WG_M, BLOCK_N], 0.0, gl.float32, layout=mma)
+    acc = gl.full([WG_M, HEAD_D], 0.0, gl.float32, layout=mma)                    # O [64, D], fp32
+    m_i = gl.full([WG_M], -float("inf"), gl.float32, layout=row_layout)
+    l_i = gl.full([WG_M], 0.0, gl.float32, layout=row_layout)
+
+    # i = 0: the last key block (causal: the diagonal, masked); O is still zero, so no P V yet
+    first = g0 % STAGES
+    _wait_turn(turn, t0, WG)
+    mbarrier.wait(k_ready.index(first), (g0 // STAGES) & 1)
+    s = warpgroup_mma(q, k_bufs.index(first).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    _pass_turn(turn, WG)
+    s = warpgroup_mma_wait(num_outstanding=0, deps=(s, ))                         # S_0 [64, BLOCK_N]
+    mbarrier.arrive(k_empty.index(first), count=1)                                # K_0 read: may be refilled
+    if FREE_Q:
+        if n_blocks == 1:
+            mbarrier.arrive(q_free, count=1)
+    # RAGGED, causal: a row before seq_len sees keys <= itself < seq_len only, so the diagonal mask also bounds the
+    # keys; full: the last key block (this one) is bounded explicitly
+    p_op, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, (n_blocks - 1) * BLOCK_N, row0, CAUSAL, mma, DTYPE,
+                                     seq_len, RAGGED and not CAUSAL, FP8, EXP_EMU)
+
+    for i in range(1, n_blocks):                                                  # unmasked key blocks
+        stage = (g0 + i) % STAGES
+        phase = ((g0 + i) // STAGES) & 1
+        prev = (g0 + i - 1) % STAGES
+        prev_phase = ((g0 + i - 1) // STAGES) & 1
+        _wait_turn(turn, t0 + i, WG)
+        mbarrier.wait(k_ready.index(stage), phase)
+        s = warpgroup_mma(q, k_bufs.index(stage).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        mbarrier.wait(v_ready.index(prev), prev_phase)
+        acc = warpgroup_mma(_p_operand(p_op, mma, FP8), _v_operand(v_bufs, prev, FP8), acc,
+                            is_async=True)                                        # O += P_{i-1} V_{i-1}
+        _pass_turn(turn, WG)
+        s = warpgroup_mma_wait(num_outstanding=1, deps=(s, ))                     # S_i done (issued first)
+        mbarrier.arrive(k_empty.index(stage), count=1)
+        if FREE_Q:
+            if i == n_blocks - 1:
+                mbarrier.arrive(q_free, count=1)
+        p_op, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, (n_blocks - 1 - i) * BLOCK_N, row0, False, mma,
+                                         DTYPE, 0, False, FP8, EXP_EMU)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))                 # P_{i-1} V_{i-1} done
+        mbarrier.arrive(v_empty.index(prev), count=1)
+        acc = acc * gl.expand_dims(alpha, 1)                                      # O to the new running max
+
+    # the last P V
+    last = (g0 + n_blocks - 1) % STAGES
+    last_phase = ((g0 + n_blocks - 1) // STAGES) & 1
+    _wait_turn(turn, t0 + n_blocks, WG)
+    mbarrier.wait(v_ready.index(last), last_phase)
+    acc = warpgroup_mma(_p_operand(p_op, mma, FP8), _v_operand(v_bufs, last, FP8), acc, is_async=True)
+    _pass_turn(turn, WG)
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+    mbarrier.arrive(v_empty.index(last), count=1)
+    return acc, m_i, l_i
+
+
+@gluon.jit
 def _gqa_attn_fwd_gluon_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen, qk_scale, o_ptr, cu_seqlens,
-                               HQ: gl.constexpr, HKV: gl.constexpr, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr,
-                               BLOCK_N: gl.constexpr, STAGES: gl.constexpr, WORKER_REG_0: gl.constexpr,
-                               WORKER_REG_1: gl.constexpr, RAGGED: gl.constexpr, VARLEN: gl.constexpr):
+                               descale_ptr, HQ: gl.constexpr, HKV: gl.constexpr, CAUSAL: gl.constexpr,
+                               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                               WORKER_REG_0: gl.constexpr, WORKER_REG_1: gl.constexpr, RAGGED: gl.constexpr,
+                               VARLEN: gl.constexpr, FP8: gl.constexpr, EXP_EMU: gl.constexpr):
     """q_desc / o_desc: [B*S, HQ*D] in [64, D] boxes; k_desc / v_desc: [B*S, HKV*D] in [BLOCK_N, D] boxes;
     lse_ptr: fp32 [B, HQ, S] contiguous. Grid (cdiv(S, BLOCK_M), B * HQ).
     RAGGED (S need not be a multiple of BLOCK_M): the last block of a sequence masks keys / stores by rows;
     o_ptr: o's data ([B*S, HQ*D] contiguous; None unless RAGGED). VARLEN (RAGGED too): B = 1 and cu_seqlens
     [num_seqs + 1] splits the S = T packed rows into sequences; lse [1, HQ, T]; grid (cdiv(max_seqlen, BLOCK_M),
-    num_seqs * HQ), blocks past their sequence's end do nothing."""
+    num_seqs * HQ), blocks past their sequence's end do nothing.
+    FP8 (not RAGGED; None / False / 0 in the dispatch's variants): q / k e4m3, v_desc over V^T [B*HKV*D, S] e4m3
+    (_vt_fp8) in [D, BLOCK_N] boxes, o bf16; descale_ptr -> fp32 (q_descale, k_descale, v_descale): S is scaled by
+    q_descale * k_descale (folded into qk_scale), O by v_descale. EXP_EMU: score columns per row whose exp2 runs
+    on the FMA pipe (_exp2_tile)."""
     gl.static_assert(BLOCK_M == BLOCK_N, "the causal bounds assume square blocks")
     gl.static_assert(2 * q_desc.block_type.shape[0] == BLOCK_M, "two consumer warpgroups of BLOCK_M / 2 rows")
     gl.static_assert(RAGGED or not VARLEN, "varlen is ragged")
@@ -268,11 +483,23 @@ def _gqa_attn_fwd_gluon_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen, 
         n_blocks = seqlen // BLOCK_N
     if RAGGED:
         n_blocks = gl.where(q_pos0 < seq_len, n_blocks, 0)                       # 0: past the sequence's end
+    if FP8:
+        gl.static_assert(not RAGGED, "FP8: S % BLOCK_M == 0, batched")
+        gl.static_assert(q_desc.dtype == gl.float8e4nv and o_desc.dtype == gl.bfloat16, "FP8: e4m3 in, bf16 out")
+        qk_scale = qk_scale * gl.load(descale_ptr) * gl.load(descale_ptr + 1)    # S = Q K^T q_descale k_descale
+        vt_row = (b * HKV + h // (HQ // HKV)) * HEAD_D                            # its rows of V^T
+    else:
+        vt_row = 0
 
-    # shared memory: Q [2, 64, D] (reused for O), K and V rings [STAGES, BLOCK_N, D]: 32 + 64 + 64 KB (16-bit)
+    # shared memory: Q [2, 64, D] (reused for O), K and V rings [STAGES, BLOCK_N, D]: 32 + 64 + 64 KB (16-bit);
+    # FP8: Q 16 KB, K ring 32 KB, V^T ring [STAGES, D, BLOCK_N] 32 KB and O [2, 64, D] bf16 32 KB of its own
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
     k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    if FP8:
+        o_smem = gl.allocate_shared_memory(o_desc.dtype, [2] + o_desc.block_type.shape, o_desc.layout)
+    else:
+        o_smem: gl.constexpr = None                   # O goes through Q (a constexpr: no partition capture)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -296,13 +523,201 @@ def _gqa_attn_fwd_gluon_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen, 
     gl.warp_specialize([
         # default partition (num_warps = 4): consumer of rows 0..63
         (_consumer, (q_desc, k_desc, o_desc, q_smem, k_bufs, v_bufs, bars, lse_row, q_row, q_col, q_pos0, n_blocks,
-                     qk_scale, seq_len, o_ptr, WG0, BLOCK_N, STAGES, CAUSAL, RAGGED, O_STRIDE)),
+                     qk_scale, seq_len, o_ptr, WG0, BLOCK_N, STAGES, CAUSAL, RAGGED, O_STRIDE, o_smem, descale_ptr,
+                     FP8, EXP_EMU)),
         # worker, 4 warps: consumer of rows 64..127
         (_consumer, (q_desc, k_desc, o_desc, q_smem, k_bufs, v_bufs, bars, lse_row, q_row, q_col, q_pos0, n_blocks,
-                     qk_scale, seq_len, o_ptr, WG1, BLOCK_N, STAGES, CAUSAL, RAGGED, O_STRIDE)),
+                     qk_scale, seq_len, o_ptr, WG1, BLOCK_N, STAGES, CAUSAL, RAGGED, O_STRIDE, o_smem, descale_ptr,
+                     FP8, EXP_EMU)),
         # worker, 1 warp: TMA loads
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, bars, q_row, q_col, kv_row, kv_col, n_blocks,
-                     BLOCK_N, STAGES, RAGGED)),
+                     BLOCK_N, STAGES, RAGGED, vt_row, FP8)),
+    ], [4, 1], [WORKER_REG_0, WORKER_REG_1])
+
+
+# ---------------------------------------------------------------------------------------- persistent (opt-in)
+
+
+@gluon.jit
+def _tile_count(pid, n_progs, num_tiles):
+    """How many tiles program pid of n_progs walks (see _tile): one a wave, the last wave partial."""
+    waves = num_tiles // n_progs
+    last_pos = pid + (waves % 2) * (n_progs - 1 - 2 * pid)
+    return waves + (last_pos < num_tiles % n_progs).to(gl.int32)
+
+
+@gluon.jit
+def _tile(k, pid, n_progs, n_mblocks, num_bh, seqlen, HQ: gl.constexpr, HKV: gl.constexpr, HEAD_D: gl.constexpr,
+          BLOCK_M: gl.constexpr, CAUSAL: gl.constexpr):
+    """Program pid's k-th tile of the static schedule: tiles t = 0 .. n_mblocks * num_bh - 1 longest first (query
+    block n_mblocks - 1 - t // num_bh of (batch * head) t % num_bh), dealt in waves of n_progs, snaking (even waves
+    to programs 0 .. n_progs-1, odd waves back), so the programs' sums of key blocks stay within a block or so.
+    -> (q_row, q_col, kv_row, kv_col, q_pos0, n_blocks, lse_off): as the batched kernel computes them."""
+    t = k * n_progs + pid + (k % 2) * (n_progs - 1 - 2 * pid)
+    pid_m = n_mblocks - 1 - t // num_bh
+    bh = t % num_bh
+    b = bh // HQ
+    h = bh % HQ
+    q_pos0 = pid_m * BLOCK_M
+    if CAUSAL:
+        n_blocks = pid_m + 1
+    else:
+        n_blocks = n_mblocks
+    lse_off = bh.to(gl.int64) * seqlen + q_pos0
+    return (b * seqlen + q_pos0, h * HEAD_D, b * seqlen, (h // (HQ // HKV)) * HEAD_D, q_pos0, n_blocks, lse_off)
+
+
+@gluon.jit
+def _producer_persistent(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, bars, q_free, pid, n_progs, seqlen,
+                         num_bh, HQ: gl.constexpr, HKV: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                         STAGES: gl.constexpr, CAUSAL: gl.constexpr, FP8: gl.constexpr = False):
+    """The TMA warp over this program's tiles. The ring's count g and Q's tile count k run on across tiles (their
+    barriers' phases continue, never reset). Tile k's Q half w waits for q_free[w] (group w's last S of tile k-1
+    done; parity 1 on a fresh barrier passes at once for k = 0); its first K goes between the two halves, so group
+    0's first S of the next tile needs nothing of group 1."""
+    q_bar, k_ready, k_empty, v_ready, v_empty, turn = bars
+    HEAD_D: gl.constexpr = q_desc.block_type.shape[1]
+    n_mblocks = seqlen // BLOCK_M
+    g = 0
+    for k in range(_tile_count(pid, n_progs, n_mblocks * num_bh)):
+        q_row, q_col, kv_row, kv_col, q_pos0, n_blocks, lse_off = _tile(k, pid, n_progs, n_mblocks, num_bh, seqlen,
+                                                                         HQ, HKV, HEAD_D, BLOCK_M, CAUSAL)
+        if FP8:
+            vt_row = (kv_row // seqlen * HKV) * HEAD_D + kv_col                  # (b * HKV + kv head) * D
+        else:
+            vt_row = 0
+        for i in range(n_blocks):
+            stage = (g + i) % STAGES
+            phase = ((g + i) // STAGES) & 1
+            key_row = kv_row + (n_blocks - 1 - i) * BLOCK_N
+            if i == 0:
+                mbarrier.wait(q_free.index(0), (k & 1) ^ 1)
+                mbarrier.expect(q_bar.index(0), q_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar.index(0), q_smem.index(0))
+            mbarrier.wait(k_empty.index(stage), phase ^ 1)
+            mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(k_desc, [key_row, kv_col], k_ready.index(stage), k_bufs.index(stage))
+            if i == 0:
+                mbarrier.wait(q_free.index(1), (k & 1) ^ 1)
+                mbarrier.expect(q_bar.index(1), q_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(q_desc, [q_row + q_desc.block_type.shape[0], q_col], q_bar.index(1),
+                                                q_smem.index(1))
+            mbarrier.wait(v_empty.index(stage), phase ^ 1)
+            mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
+            _load_v(v_desc, v_bufs.index(stage), v_ready.index(stage), key_row, kv_row, kv_col, vt_row, FP8)
+        g += n_blocks
+
+
+@gluon.jit
+def _consumer_persistent(q_desc, k_desc, o_desc, q_smem, o_smem, k_bufs, v_bufs, bars, q_free, lse_ptr, qk_scale,
+                         pid, n_progs, seqlen, num_bh, WG: gl.constexpr, HQ: gl.constexpr, HKV: gl.constexpr,
+                         BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+                         O_OWN: gl.constexpr, descale_ptr=None, FP8: gl.constexpr = False,
+                         EXP_EMU: gl.constexpr = 0):
+    """Consumer warpgroup WG over this program's tiles (_tile); the ring count g and the turn count tc run on
+    across tiles (a tile takes n_blocks + 1 turns). O_OWN: O goes through its own buffer, Q's half is freed once
+    the tile's last S is done (the producer loads the next Q during the last P V and the epilogue), and a tile's
+    O store is waited for only before the next tile writes the buffer; else O goes through Q's half, freed once
+    the store has read it. FP8 (O_OWN): O scaled by v_descale (descale_ptr[2]); EXP_EMU: see _softmax."""
+    q_bar, k_ready, k_empty, v_ready, v_empty, turn = bars
+    WG_M: gl.constexpr = q_desc.block_type.shape[0]
+    HEAD_D: gl.constexpr = q_desc.block_type.shape[1]
+    INSTR_K: gl.constexpr = 32 if FP8 else 16
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                  instr_shape=[16, 128, INSTR_K])
+    row_layout: gl.constexpr = gl.SliceLayout(1, mma)
+    q = q_smem.index(WG)
+    o_buf = o_smem.index(WG)
+    n_mblocks = seqlen // BLOCK_M
+    if FP8:
+        o_scale = gl.load(descale_ptr + 2)                                        # v_descale
+    g = 0
+    tc = 0
+    for k in range(_tile_count(pid, n_progs, n_mblocks * num_bh)):
+        q_row, q_col, kv_row, kv_col, q_pos0, n_blocks, lse_off = _tile(k, pid, n_progs, n_mblocks, num_bh, seqlen,
+                                                                         HQ, HKV, HEAD_D, BLOCK_M, CAUSAL)
+        row0 = q_pos0 + WG * WG_M
+        mbarrier.wait(q_bar.index(WG), k & 1)
+        acc, m_i, l_i = _attend(q, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, turn, q_free.index(WG),
+                                n_blocks, g, tc, qk_scale, row0, seqlen, k_desc.dtype, WG, BLOCK_N, STAGES, CAUSAL,
+                                False, O_OWN, FP8, EXP_EMU)
+        g += n_blocks
+        tc += n_blocks + 1
+        lse = (m_i + gl.log2(l_i)) * 0.6931471805599453                         # natural log
+        gl.store(lse_ptr + lse_off + WG * WG_M + gl.arange(0, WG_M, layout=row_layout), lse)
+        if FP8:
+            o = (acc * gl.expand_dims(o_scale / l_i, 1)).to(o_desc.dtype)
+        else:
+            o = (acc / gl.expand_dims(l_i, 1)).to(o_desc.dtype)                   # [64, D]
+        if O_OWN:
+            tma.store_wait(pendings=0)                # the last tile's O store has read o_buf (+ a group barrier)
+        o_buf.store(o)
+        fence_async_shared()
+        tma.async_copy_shared_to_global(o_desc, [q_row + WG * WG_M, q_col], o_buf)
+        if not O_OWN:
+            tma.store_wait(pendings=0)
+            mbarrier.arrive(q_free.index(WG), count=1)                           # Q's half (= o_buf) read
+    if O_OWN:
+        tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def _gqa_attn_fwd_gluon_persistent_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen, qk_scale, num_bh,
+                                          descale_ptr, HQ: gl.constexpr, HKV: gl.constexpr, CAUSAL: gl.constexpr,
+                                          BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                                          WORKER_REG_0: gl.constexpr, WORKER_REG_1: gl.constexpr,
+                                          FP8: gl.constexpr, EXP_EMU: gl.constexpr):
+    """The batched kernel (S % BLOCK_M == 0, not ragged) on a persistent grid (min(#SMs, tiles), ) walking the
+    static longest-first schedule of _tile; num_bh = B * HQ. The same partitions and per-tile work (_attend), but
+    no launch / prologue / epilogue per tile on the critical path: the producer streams the next tile's Q and K/V
+    while the consumers finish the current one. Shared memory: STAGES = 2 adds an O buffer (32 + 128 + 32 KB);
+    STAGES = 3 has no room for one (32 + 192 KB), so O goes through Q as in the batched kernel. FP8 (see the batched
+    kernel): always its own bf16 O buffer (16 + 16 / 24 + 16 / 24 + 32 KB)."""
+    gl.static_assert(BLOCK_M == BLOCK_N, "the causal bounds assume square blocks")
+    gl.static_assert(2 * q_desc.block_type.shape[0] == BLOCK_M, "two consumer warpgroups of BLOCK_M / 2 rows")
+    O_OWN: gl.constexpr = STAGES == 2 or FP8
+    if FP8:
+        gl.static_assert(q_desc.dtype == gl.float8e4nv and o_desc.dtype == gl.bfloat16, "FP8: e4m3 in, bf16 out")
+        qk_scale = qk_scale * gl.load(descale_ptr) * gl.load(descale_ptr + 1)    # S = Q K^T q_descale k_descale
+    pid = gl.program_id(0)
+    n_progs = gl.num_programs(0)
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+    k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
+    v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    if O_OWN:
+        o_smem = gl.allocate_shared_memory(o_desc.dtype, [2] + o_desc.block_type.shape, o_desc.layout)
+    else:
+        o_smem = q_smem
+    q_bar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())    # Q half w landed
+    q_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())   # Q half w free
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(k_empty.index(i), count=2)
+        mbarrier.init(v_empty.index(i), count=2)
+    for i in gl.static_range(2):
+        mbarrier.init(q_bar.index(i), count=1)
+        mbarrier.init(q_free.index(i), count=1)     # its consumer group's one arrival
+        mbarrier.init(turn.index(i), count=1)
+    fence_async_shared()
+    bars = (q_bar, k_ready, k_empty, v_ready, v_empty, turn)
+
+    WG0: gl.constexpr = 0
+    WG1: gl.constexpr = 1
+    gl.warp_specialize([
+        (_consumer_persistent, (q_desc, k_desc, o_desc, q_smem, o_smem, k_bufs, v_bufs, bars, q_free, lse_ptr,
+                                qk_scale, pid, n_progs, seqlen, num_bh, WG0, HQ, HKV, BLOCK_M, BLOCK_N, STAGES,
+                                CAUSAL, O_OWN, descale_ptr, FP8, EXP_EMU)),
+        (_consumer_persistent, (q_desc, k_desc, o_desc, q_smem, o_smem, k_bufs, v_bufs, bars, q_free, lse_ptr,
+                                qk_scale, pid, n_progs, seqlen, num_bh, WG1, HQ, HKV, BLOCK_M, BLOCK_N, STAGES,
+                                CAUSAL, O_OWN, descale_ptr, FP8, EXP_EMU)),
+        (_producer_persistent, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, bars, q_free, pid, n_progs, seqlen,
+                                num_bh, HQ, HKV, BLOCK_M, BLOCK_N, STAGES, CAUSAL, FP8)),
     ], [4, 1], [WORKER_REG_0, WORKER_REG_1])
 
 
@@ -348,14 +763,14 @@ def _grid_rows(q, cu_seqlens, max_seqlen) -> tuple[int, int]:
 
 def gluon_ineligible_reason(q, k, v, causal, cu_seqlens, descales, max_seqlen=None) -> str | None:
     """Why the Gluon forward cannot run these inputs (None: it can): inputs_ineligible_reason, then no descales
-    (each None or a tensor) and the grid's limit. causal is either."""
+    (each None or a tensor) and, for ragged inputs (one CTA per block), the grid's limit. causal is either."""
     why = inputs_ineligible_reason(q, k, v, cu_seqlens, max_seqlen)
     if why is not None:
         return why
     if any(d is not None for d in descales):
         return "descales"
     seqs = _grid_rows(q, cu_seqlens, max_seqlen)[1]
-    if seqs * q.shape[2] > 65535:
+    if _ragged(q, cu_seqlens) and seqs * q.shape[2] > 65535:
         return f"{'num_seqs' if cu_seqlens is not None else 'B'} * Hq = {seqs * q.shape[2]} > 65535 (the grid's " \
                "second dimension)"
     return None
@@ -364,6 +779,12 @@ def gluon_ineligible_reason(q, k, v, causal, cu_seqlens, descales, max_seqlen=No
 def gluon_eligible(q, k, v, causal, cu_seqlens, descales, max_seqlen=None) -> bool:
     """Whether gqa_attention_fwd runs these inputs with the Gluon kernel (see gluon_ineligible_reason)."""
     return gluon_ineligible_reason(q, k, v, causal, cu_seqlens, descales, max_seqlen) is None
+
+
+def _ragged(q, cu_seqlens) -> bool:
+    """Whether the inputs need the RAGGED kernel (packed sequences, or S not a multiple of BLOCK_M); else batched,
+    which the dispatch runs on the persistent kernel."""
+    return cu_seqlens is not None or q.shape[1] % BLOCK_M != 0
 
 
 def _rows_view(t: torch.Tensor) -> torch.Tensor:
@@ -385,11 +806,13 @@ def _descriptor(t: torch.Tensor, rows_per_box: int) -> TensorDescriptor:
     return TensorDescriptor(t, [bsz * seqlen, heads * d], [t.stride(1), 1], [rows_per_box, d], layout)
 
 
-def gqa_attention_fwd_gluon(q, k, v, causal: bool, softmax_scale: float, o, lse, cu_seqlens=None, max_seqlen=None):
+def gqa_attention_fwd_gluon(q, k, v, causal: bool, softmax_scale: float, o, lse, cu_seqlens=None, max_seqlen=None,
+                            persistent: bool | None = None, stages: int = STAGES):
     """q [B, S, Hq, D], k / v [B, S, Hkv, D] (gluon_eligible), o [B, S, Hq, D] (q's dtype) and lse [B, Hq, S]
     fp32, both fresh contiguous -> (o, lse) written (lse in natural log). cu_seqlens [num_seqs + 1], max_seqlen:
     packed sequences (B = 1); rows of no sequence (none when cu_seqlens[-1] = S, as gqa_attention checks) stay
-    unwritten."""
+    unwritten. persistent / stages: the tuning knobs (VARIANTS; the dispatch passes neither): persistent runs the
+    batched case (S % 128 == 0, no cu_seqlens) only, None = persistent exactly then."""
     bsz, seqlen, hq, _ = q.shape
     hkv = k.shape[2]
     assert o.shape == q.shape and o.dtype == q.dtype and o.is_contiguous(), "o: contiguous, q's shape and dtype"
@@ -398,15 +821,96 @@ def gqa_attention_fwd_gluon(q, k, v, causal: bool, softmax_scale: float, o, lse,
     rows, seqs = _grid_rows(q, cu_seqlens, max_seqlen)
     if rows == 0:
         return o, lse
-    ragged = cu_seqlens is not None or seqlen % BLOCK_M != 0
+    ragged = _ragged(q, cu_seqlens)
+    if persistent is None:
+        persistent = not ragged
     q, k, v = (_rows_view(t) for t in (q, k, v))
     q_desc, o_desc = _descriptor(q, WG_M), _descriptor(o, WG_M)
     k_desc, v_desc = _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N)
+    if persistent:
+        assert not ragged, "persistent: batched, S % 128 == 0"
+        tiles = (seqlen // BLOCK_M) * bsz * hq
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+        _gqa_attn_fwd_gluon_persistent_kernel[(min(tiles, sms), )](
+            q_desc, k_desc, v_desc, o_desc, lse, seqlen, float(softmax_scale) * LOG2E, bsz * hq, None, HQ=hq,
+            HKV=hkv, CAUSAL=bool(causal), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=stages,
+            WORKER_REG_0=WORKER_REGS[0], WORKER_REG_1=WORKER_REGS[1], FP8=False, EXP_EMU=0, num_warps=NUM_WARPS,
+            maxnreg=MAXNREG)
+        return o, lse
     _gqa_attn_fwd_gluon_kernel[(cdiv(rows, BLOCK_M), seqs * hq)](
         q_desc, k_desc, v_desc, o_desc, lse, seqlen, float(softmax_scale) * LOG2E, o if ragged else None,
-        cu_seqlens, HQ=hq, HKV=hkv, CAUSAL=bool(causal), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=STAGES,
+        cu_seqlens, None, HQ=hq, HKV=hkv, CAUSAL=bool(causal), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=stages,
         WORKER_REG_0=WORKER_REGS[0], WORKER_REG_1=WORKER_REGS[1], RAGGED=ragged, VARLEN=cu_seqlens is not None,
-        num_warps=NUM_WARPS, maxnreg=MAXNREG)
+        FP8=False, EXP_EMU=0, num_warps=NUM_WARPS, maxnreg=MAXNREG)
+    return o, lse
+
+
+# ------------------------------------------------------------------------------------------- FP8 (opt-in, host)
+
+
+def _vt_fp8(v8: torch.Tensor) -> torch.Tensor:
+    """v8 [B, S, HKV, D] e4m3 (S % 32 == 0) -> V^T [B, HKV, D, S] contiguous e4m3, the keys of each group of 32 in
+    the order of the kernel's P' (_softmax): column 32g+16h+4c+2e+p holds key 32g+16h+8e+2c+p. Host-side (torch
+    ops on v8's device); a quantisation kernel could write this layout directly."""
+    bsz, seqlen = v8.shape[:2]
+    assert v8.dtype == torch.float8_e4m3fn and seqlen % 32 == 0, "_vt_fp8: e4m3 [B, S, HKV, D], S % 32 == 0"
+    keys = torch.arange(seqlen, device=v8.device).view(seqlen // 32, 2, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(-1)
+    vt = v8.view(torch.uint8)[:, keys].permute(0, 2, 3, 1).contiguous()           # (bytes: index ops on fp8)
+    return vt.view(torch.float8_e4m3fn)
+
+
+def _descriptors_fp8(q8, k8, vt8, o):
+    """TMA descriptors of the FP8 forward: q8 / k8 [B, S, H, D] e4m3 as [B*S, H*D] ([64, D] / [BLOCK_N, D] boxes),
+    vt8 [B, HKV, D, S] e4m3 as [B*HKV*D, S] in [D, BLOCK_N] boxes, o [B, S, HQ, D] bf16 in [64, D] boxes."""
+    bsz, seqlen, hq, d = q8.shape
+    hkv = k8.shape[2]
+
+    def desc(t, shape, strides, box, dtype):
+        return TensorDescriptor(t, shape, strides, box, gl.NVMMASharedLayout.get_default_for(box, dtype))
+
+    f8 = gl.float8e4nv
+    return (desc(q8, [bsz * seqlen, hq * d], [hq * d, 1], [WG_M, d], f8),
+            desc(k8, [bsz * seqlen, hkv * d], [hkv * d, 1], [BLOCK_N, d], f8),
+            desc(vt8, [bsz * hkv * d, seqlen], [seqlen, 1], [d, BLOCK_N], f8),
+            desc(o, [bsz * seqlen, hq * d], [hq * d, 1], [WG_M, d], gl.bfloat16))
+
+
+def gqa_attention_fwd_gluon_fp8(q8, k8, vt8, descales, causal: bool, softmax_scale: float, o, lse,
+                                persistent: bool = False, stages: int = STAGES, exp_emu: int = 0):
+    """The FP8 e4m3 forward (opt-in, not in gqa_attention's dispatch; scripts/sweep_attn_fwd_gluon.py runs it):
+    q8 [B, S, Hq, D], k8 [B, S, Hkv, D] contiguous e4m3, vt8 = _vt_fp8(v8) [B, Hkv, D, S], descales [3] fp32
+    (q_descale, k_descale, v_descale: per tensor, read on the device), S % 128 == 0, D = 128, no varlen;
+    o [B, S, Hq, D] bf16 and lse [B, Hq, S] fp32, fresh contiguous -> (o, lse) of the dequantised inputs
+    (q8 * q_descale, ...). P is quantised to e4m3 with scale 1. persistent / stages / exp_emu: the knobs."""
+    bsz, seqlen, hq, d = q8.shape
+    hkv = k8.shape[2]
+    f8 = torch.float8_e4m3fn
+    assert q8.dtype == k8.dtype == vt8.dtype == f8, "q8 / k8 / vt8: float8_e4m3fn"
+    assert q8.is_contiguous() and k8.is_contiguous() and vt8.is_contiguous(), "q8 / k8 / vt8: contiguous"
+    assert d == HEAD_DIM and k8.shape == (bsz, seqlen, hkv, d) and hq % hkv == 0, "q8 / k8: [B, S, H, 128]"
+    assert vt8.shape == (bsz, hkv, d, seqlen), "vt8: [B, Hkv, D, S] (_vt_fp8)"
+    assert seqlen % BLOCK_M == 0 and seqlen > 0, "S % 128 == 0"
+    assert exp_emu in range(0, 129, 16), f"exp_emu {exp_emu}: a multiple of 16, <= 128"
+    assert descales.dtype == torch.float32 and descales.numel() == 3 and descales.is_contiguous() and \
+        descales.device == q8.device, "descales: [3] fp32 on q8's device"
+    assert o.shape == q8.shape and o.dtype == torch.bfloat16 and o.is_contiguous(), "o: contiguous bf16"
+    assert lse.shape == (bsz, hq, seqlen) and lse.dtype == torch.float32 and lse.is_contiguous(), \
+        "lse: contiguous fp32 [B, Hq, S]"
+    q_desc, k_desc, v_desc, o_desc = _descriptors_fp8(q8, k8, vt8, o)
+    qk_scale = float(softmax_scale) * LOG2E                                       # * q_descale k_descale inside
+    if persistent:
+        tiles = (seqlen // BLOCK_M) * bsz * hq
+        sms = torch.cuda.get_device_properties(q8.device).multi_processor_count
+        _gqa_attn_fwd_gluon_persistent_kernel[(min(tiles, sms), )](
+            q_desc, k_desc, v_desc, o_desc, lse, seqlen, qk_scale, bsz * hq, descales, HQ=hq, HKV=hkv,
+            CAUSAL=bool(causal), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=stages, WORKER_REG_0=WORKER_REGS[0],
+            WORKER_REG_1=WORKER_REGS[1], FP8=True, EXP_EMU=exp_emu, num_warps=NUM_WARPS, maxnreg=MAXNREG)
+        return o, lse
+    _gqa_attn_fwd_gluon_kernel[(seqlen // BLOCK_M, bsz * hq)](
+        q_desc, k_desc, v_desc, o_desc, lse, seqlen, qk_scale, None, None, descales, HQ=hq, HKV=hkv,
+        CAUSAL=bool(causal), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=stages, WORKER_REG_0=WORKER_REGS[0],
+        WORKER_REG_1=WORKER_REGS[1], RAGGED=False, VARLEN=False, FP8=True, EXP_EMU=exp_emu, num_warps=NUM_WARPS,
+        maxnreg=MAXNREG)
     return o, lse
 
 
@@ -415,27 +919,80 @@ def gqa_attention_fwd_gluon(q, k, v, causal: bool, softmax_scale: float, o, lse,
 
 def aot_compile_all():
     """Compile for sm_90a every variant the dispatch launches at Nemotron's heads (32 / 2): bf16 and fp16, causal
-    and full; S % 128 == 0 batched, then ragged (varlen with int32 cu_seqlens, and batched with any S). Yields
-    (name, CompiledKernel)."""
+    and full; S % 128 == 0 batched (the persistent kernel), then ragged (varlen with int32 cu_seqlens, and batched
+    with any S), all at STAGES. Yields (name, CompiledKernel)."""
     for dtype, name in ((gl.bfloat16, "bf16"), (gl.float16, "fp16")):
-        def desc(rows):
-            layout = gl.NVMMASharedLayout.get_default_for([rows, HEAD_DIM], dtype)
-            return f"tensordesc<{name}[{rows}, {HEAD_DIM}],{layout!r}>"
-
-        types = {"q_desc": desc(WG_M), "o_desc": desc(WG_M), "k_desc": desc(BLOCK_N), "v_desc": desc(BLOCK_N),
-                 "lse_ptr": "*fp32", "seqlen": "i32", "qk_scale": "fp32", "o_ptr": f"*{name}", "cu_seqlens": "*i32"}
-        for ragged, varlen in ((False, False), (True, True), (True, False)):
+        for causal in (True, False):
+            yield (f"gqa_attn_fwd_gluon {name} D{HEAD_DIM} G16 causal={causal} persistent",
+                   aot_compile_variant(True, STAGES, causal, dtype))
+        qd, kd = _desc_type(dtype, [WG_M, HEAD_DIM]), _desc_type(dtype, [BLOCK_N, HEAD_DIM])
+        types = {"q_desc": qd, "o_desc": qd, "k_desc": kd, "v_desc": kd, "lse_ptr": "*fp32", "seqlen": "i32",
+                 "qk_scale": "fp32", "o_ptr": f"*{name}", "cu_seqlens": "*i32"}
+        for varlen in (True, False):
             for causal in (True, False):
                 constexprs = dict(HQ=32, HKV=2, CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=STAGES,
-                                  WORKER_REG_0=WORKER_REGS[0], WORKER_REG_1=WORKER_REGS[1], RAGGED=ragged,
-                                  VARLEN=varlen)
-                if not ragged:
-                    constexprs["o_ptr"] = None
+                                  WORKER_REG_0=WORKER_REGS[0], WORKER_REG_1=WORKER_REGS[1], RAGGED=True,
+                                  VARLEN=varlen, descale_ptr=None, FP8=False, EXP_EMU=0)
                 if not varlen:
                     constexprs["cu_seqlens"] = None
-                # ragged: any S (varlen: T)
-                aligned = ("lse_ptr", ) + (("o_ptr", ) if ragged else ("seqlen", )) + (("cu_seqlens", ) * varlen)
+                # any S (varlen: T)
+                aligned = ("lse_ptr", "o_ptr") + (("cu_seqlens", ) * varlen)
                 ck = aot_compile_gluon(_gqa_attn_fwd_gluon_kernel, types, constexprs, aligned=aligned,
                                        num_warps=NUM_WARPS, maxnreg=MAXNREG)
-                mode = " varlen" if varlen else " ragged" if ragged else ""
-                yield f"gqa_attn_fwd_gluon {name} D{HEAD_DIM} G16 causal={causal}{mode}", ck
+                mode = "varlen" if varlen else "ragged"
+                yield f"gqa_attn_fwd_gluon {name} D{HEAD_DIM} G16 causal={causal} {mode}", ck
+
+
+# (persistent, stages) the tuning sweep (scripts/sweep_attn_fwd_gluon.py) times; the dispatch's: (True, STAGES)
+VARIANTS = ((False, 2), (False, 3), (True, 2), (True, 3))
+EXP_EMUS = (0, 16, 32, 64)                  # EXP_EMU settings the sweep times (FP8, in every VARIANTS)
+
+
+def _desc_type(dtype, box) -> str:
+    """The Triton type string of a TMA descriptor of `box` with the default NVMMA shared layout."""
+    name = {gl.bfloat16: "bf16", gl.float16: "fp16", gl.float8e4nv: "fp8e4nv"}[dtype]
+    return f"tensordesc<{name}[{box[0]}, {box[1]}],{gl.NVMMASharedLayout.get_default_for(box, dtype)!r}>"
+
+
+def aot_compile_variant(persistent: bool, stages: int, causal: bool = True, dtype=gl.bfloat16, fp8: bool = False,
+                        exp_emu: int = 0):
+    """Compile for sm_90a the batched kernel (S % 128 == 0) at Nemotron's heads in one knob setting (fp8: e4m3
+    inputs, V^T, bf16 out; dtype ignored). -> the CompiledKernel."""
+    if fp8:
+        types = {"q_desc": _desc_type(gl.float8e4nv, [WG_M, HEAD_DIM]),
+                 "k_desc": _desc_type(gl.float8e4nv, [BLOCK_N, HEAD_DIM]),
+                 "v_desc": _desc_type(gl.float8e4nv, [HEAD_DIM, BLOCK_N]),
+                 "o_desc": _desc_type(gl.bfloat16, [WG_M, HEAD_DIM]), "descale_ptr": "*fp32"}
+    else:
+        qd, kd = _desc_type(dtype, [WG_M, HEAD_DIM]), _desc_type(dtype, [BLOCK_N, HEAD_DIM])
+        types = {"q_desc": qd, "o_desc": qd, "k_desc": kd, "v_desc": kd}
+    types.update({"lse_ptr": "*fp32", "seqlen": "i32", "qk_scale": "fp32", "num_bh": "i32"})
+    constexprs = dict(HQ=32, HKV=2, CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=stages,
+                      WORKER_REG_0=WORKER_REGS[0], WORKER_REG_1=WORKER_REGS[1], FP8=fp8, EXP_EMU=exp_emu)
+    if not fp8:
+        constexprs["descale_ptr"] = None
+    if persistent:
+        kernel = _gqa_attn_fwd_gluon_persistent_kernel
+    else:
+        kernel = _gqa_attn_fwd_gluon_kernel
+        constexprs.update(o_ptr=None, cu_seqlens=None, RAGGED=False, VARLEN=False)
+    aligned = ("lse_ptr", "seqlen") + (("num_bh", ) if persistent else ()) + (("descale_ptr", ) if fp8 else ())
+    return aot_compile_gluon(kernel, types, constexprs, aligned=aligned, num_warps=NUM_WARPS, maxnreg=MAXNREG)
+
+
+def aot_compile_variants(causal: bool = True, dtype=gl.bfloat16):
+    """Compile for sm_90a the batched kernel (S % 128 == 0) at Nemotron's heads in every VARIANTS knob setting.
+    Yields (name, CompiledKernel)."""
+    name = "bf16" if dtype == gl.bfloat16 else "fp16"
+    for persistent, stages in VARIANTS:
+        yield (f"gqa_attn_fwd_gluon {name} causal={causal} persistent={persistent} stages={stages}",
+               aot_compile_variant(persistent, stages, causal, dtype))
+
+
+def aot_compile_fp8_variants(causal: bool = True):
+    """The opt-in FP8 variants the sweep times: every VARIANTS knob setting with each EXP_EMUS. Yields (name,
+    CompiledKernel)."""
+    for persistent, stages in VARIANTS:
+        for exp_emu in EXP_EMUS:
+            yield (f"gqa_attn_fwd_gluon fp8 causal={causal} persistent={persistent} stages={stages} "
+                   f"exp_emu={exp_emu}", aot_compile_variant(persistent, stages, causal, fp8=True, exp_emu=exp_emu))

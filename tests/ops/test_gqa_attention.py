@@ -10,6 +10,7 @@ k = 2 forward / 3 backward, floor = eps(kernel dtype) * max(max |x_fp64|, 1).
 """
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -631,6 +632,8 @@ def test_gluon_eligibility_rules(monkeypatch):
     # any S (the last block of a sequence is masked), and packed varlen with B = 1 and max_seqlen given
     for s in (1, 64, 200, 1000):
         assert mod.gluon_eligible(*qkv(sq=s, sk=s), True, None, none3), s
+    # batched inputs run on the persistent grid (#SMs CTAs): no B * Hq limit, unlike ragged ones (below)
+    assert mod.gluon_eligible(*qkv(bsz=2049, sq=128, sk=128, device="meta"), True, None, none3)
     for dtype in (torch.int32, torch.int64):
         cu = torch.tensor([0, 0, 1, 131, 256], dtype=dtype)
         for causal in (True, False):
@@ -649,7 +652,7 @@ def test_gluon_eligibility_rules(monkeypatch):
         "Sq": [(*qkv(sq=128, sk=256), True, None, none3), (*qkv(sq=256, sk=128), False, None, none3)],
         "empty": [(*qkv(bsz=0), True, None, none3), (*qkv(sq=0, sk=0), True, None, none3)],
         "D 64": [(*qkv(d=64), True, None, none3)],
-        "B * Hq = 65568 > 65535": [(*qkv(bsz=2049, sq=128, sk=128, device="meta"), True, None, none3)],
+        "B * Hq = 65568 > 65535": [(*qkv(bsz=2049, sq=100, sk=100, device="meta"), True, None, none3)],
         "num_seqs * Hq = 65536 > 65535": [(*qkv(bsz=1, sq=4096, sk=4096, device="meta"), True,
                                            torch.arange(0, 4097, 2, device="meta"), none3, 2)],
     }
@@ -680,8 +683,9 @@ def test_gluon_rows_view_keeps_viewable_strides():
 
 
 def test_gluon_aot_compile_sm90():
-    """The Gluon forward compiles for sm_90a in every variant the dispatch launches (bf16 / fp16, causal / full):
-    16-bit wgmmas, no spills. Its Gluon API is Triton 3.6's (common.GLUON_TRITON): skipped on other
+    """The Gluon forward compiles for sm_90a in every variant the dispatch launches (bf16 / fp16, causal / full;
+    batched on the persistent kernel, varlen, ragged): 16-bit wgmmas, no spills, shared memory within the H200's
+    232,448 B a block. Its Gluon API is Triton 3.6's (common.GLUON_TRITON): skipped on other
     versions (CI's 3.8). Checked without importing the module here: Triton 3.6 cannot import Gluon in a process
     whose triton.language was first imported in interpreter mode (conftest, without a GPU)."""
     triton = pytest.importorskip("triton")
@@ -689,10 +693,11 @@ def test_gluon_aot_compile_sm90():
         pytest.skip(f"triton {triton.__version__}: the Gluon kernel is built for triton 3.6 only")
     out = run_aot("gqa_attention_fwd_gluon")
     lines = [line for line in out.splitlines() if line.startswith("gqa_attn_fwd_gluon")]
-    assert len(lines) == 12, out                   # (batched, varlen, ragged batched) x dtype x causal
+    assert len(lines) == 12, out                   # (batched persistent, varlen, ragged batched) x dtype x causal
     for line in lines:
         kind = "bf16.bf16" if " bf16 " in line else "f16.f16"
         assert f"| wgmma {kind} |" in line and "STACK:0" in line and "LOCAL:0" in line, line
+        assert int(re.search(r"\| wgmma (\d+) \|", line).group(1)) <= 232448, line
 
 
 @pytest.mark.cuda
