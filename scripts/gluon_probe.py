@@ -2,7 +2,7 @@
 their ahead-of-time build for the H200 (sm_90a) on a machine without a GPU, what to read from it, and the error
 check and timing rows of their GPU runs:
     ck = compile_sm90a(kernel, types, constexprs, aligned=(...), num_warps=4, maxnreg=168)
-    report(ck, "attn")      # registers, setmaxnreg, shared memory, wgmma / TMA counts, ptxas, SASS
+    report(ck, "attn")      # registers, setmaxnreg, shared memory, wgmma / TMA counts, ptxas, SASS, uninit reads
 Run the AOT build from the repository root with the GPU machine's Triton (`.venv-aot`, Triton 3.6): its compile
 is the one that matters. PROBE_DUMP=dir keeps the ttgir, llir and PTX."""
 import os
@@ -15,16 +15,17 @@ import sys
 import torch
 import triton
 
-from nemotron_kernels.triton.common import aot_compile_gluon
+from nemotron_kernels.triton.common import aot_compile_gluon, live_in_registers
 
 
 compile_sm90a = aot_compile_gluon      # the library's AOT build of a Gluon kernel (sm_90a, no GPU)
 
 
-def report(ck, dump_name: str) -> None:
+def report(ck, dump_name: str) -> list[int]:
     """Print what the compile shows: the launch register cap, the setmaxnreg targets, the partitions' requested
     registers, the PTX counts of wgmma / TMA / mbarrier / bar.sync, ptxas' registers and spills, the SASS's highest
-    register; with PROBE_DUMP=dir, write dir/<dump_name>.{ttgir,llir,ptx}."""
+    register, the registers read before written on some path (common.live_in_registers); with PROBE_DUMP=dir,
+    write dir/<dump_name>.{ttgir,llir,ptx}. -> those registers."""
     ptx = ck.asm["ptx"]
     print(f"  shared memory {ck.metadata.shared} B, {ck.metadata.num_warps} warps (triton {triton.__version__})")
     m = re.search(r"\.maxnreg\s+(\d+)", ptx)
@@ -58,12 +59,16 @@ def report(ck, dump_name: str) -> None:
         if regs:                                                                  # what the partitions really touch
             print(f"  SASS: highest register R{max(regs)}, HGMMA {sass.stdout.count('HGMMA')} (16-bit wgmma), "
                   f"QGMMA {sass.stdout.count('QGMMA')} (8-bit), SHFL {sass.stdout.count('SHFL')}")
+    uninit = live_in_registers(ck.asm["cubin"])
+    print(f"  registers read before written on some path: {', '.join(f'R{r}' for r in uninit) or 'none'}"
+          + ("  <- garbage if that path runs (common.live_in_registers)" if uninit else ""))
     out = os.environ.get("PROBE_DUMP")
     if out:
         os.makedirs(out, exist_ok=True)
         for key in ("ttgir", "llir", "ptx"):
             with open(os.path.join(out, f"{dump_name}.{key}"), "w") as f:
                 f.write(ck.asm[key])
+    return uninit
 
 
 def rel_err(a, b) -> float:

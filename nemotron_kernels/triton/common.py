@@ -6,7 +6,8 @@ Triton decides at *decoration* time whether `@triton.jit` builds a compiled kern
 it was loaded, so one process can run interpreted kernels (tests on CPU tensors) and compiled ones.
 The domain modules (mamba_common, gqa_attention_common) add dispatch rules and backend reports; aot_compile
 (sm_90a without a GPU) serves every kernel module's aot_compile_all. gluon_platform gates the Hopper Gluon kernels
-(*_gluon.py, never interpreted, imported plainly), aot_compile_gluon compiles them.
+(*_gluon.py, never interpreted, imported plainly), aot_compile_gluon compiles them, live_in_registers checks a
+compile for registers read before they are written.
 """
 import functools
 import importlib
@@ -135,6 +136,33 @@ def aot_compile_gluon(fn, types: dict, constexprs: dict, aligned=(), **options):
     attrs = {(fn.arg_names.index(a), ): [["tt.divisibility", 16]] for a in aligned}
     src = GluonASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_stages": 1, **options})
+
+
+def live_in_registers(cubin: bytes) -> list[int]:
+    """The general registers a compiled kernel reads before writing them on some path from its entry (live at its
+    first instruction in nvdisasm's life ranges, Triton's nvdisasm). Such a read takes garbage when its path runs:
+    ptxas 12.8 (Triton 3.6) produced one in the FP8 attention forward's straight-line code (gqa_attention_fwd_gluon
+    PACK_E4M3). The analysis ignores which paths can run: a read behind a loop that never runs zero times is listed
+    too (the Gluon dk/dv and SSD dx kernels, correct on the H200, list a few)."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        lines = subprocess.run([nvdisasm, "-plr", f.name], capture_output=True, text=True, check=True).stdout
+    lines = lines.splitlines()
+    # the header "// |   # 0 1 2 ... |" numbers the GPR columns; a register's mark stands under its last digit
+    head = next(i for i, line in enumerate(lines) if re.search(r"// \|\s+# 0 1 2 ", line))
+    start = lines[head].index("// |") + 4
+    gprs = lines[head][start:lines[head].index("|", start)]
+    columns = {int(m.group()): start + m.end() - 1 for m in re.finditer(r"\d+", gprs)}
+    entry = next(line for line in lines[head:] if re.search(r"/\*0000\*/\s+\w", line))
+    # ':' live across, 'v' last use, 'x' use and redefinition: read before the kernel wrote it ('^' = written)
+    return [reg for reg, col in columns.items() if col < len(entry) and entry[col] in ":vx"]
 
 
 def aot_compile(kernel, signature: dict, constexprs: dict, num_warps: int = 4, num_stages: int = 2,

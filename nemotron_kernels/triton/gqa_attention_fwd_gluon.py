@@ -57,13 +57,16 @@ per-tensor descales [3] read on the device (q * k folded into qk_scale, v in the
 buffer (115,040 B at stages 2), lse as the bf16 path. Both wgmmas e4m3 m64n128k32 (QGMMA); P quantised with scale 1.
 P crosses the loop packed: _softmax turns each A register's 4 keys into one int32 (two cvt.e4m3x2 in an asm) and
 _p_operand unpacks it by shifts LLVM folds away; P carried as 64 e4m3 values instead cost 110 PRMT + 32 SHF a
-block (the probe's loop: 650 instructions, now 456). EXP_EMU (opt-in, FP8 only): the first EXP_EMU of the 128
-score columns take 2^x on the FMA pipe (_exp2_fma: 1 FMNMX + 3 FADD + 3 FFMA + 1 LEA for one MUFU.EX2).
+block (the probe's loop: 650 instructions, now 456). Session 27's first H200 run gave NaN (B1 S256, the first
+variant): ptxas read two registers uninitialised while packing the diagonal tile's P, in every FP8 variant but one;
+that tile now packs by prmt (PACK_E4M3_PRMT), and tests/ops check the compile (common.live_in_registers).
+EXP_EMU (opt-in, FP8 only): the first EXP_EMU of the 128 score columns take 2^x on the FMA pipe (_exp2_fma:
+1 FMNMX + 3 FADD + 3 FFMA + 1 LEA for one MUFU.EX2).
 FP8 loop per warp and key block (Triton 3.6 SASS): EXP_EMU 0 / 16 / 32 / 48 / 64: 456 / 512 / 568 / 623 / 682
 instructions, 66 / 58 / 50 / 42 / 34 MUFU.EX2, 8 QGMMA. Per 128x128 block per SM: tensor 1024 clk (4096 e4m3
 MAC/clk), MUFU 2 x 128 x n_ex2 / 16 = 1056 / 928 / 800 / 672 / 544 clk, issue 2 warps x loop per SMSP = 912 / 1024
 / 1136 / 1246 / 1364 slots: at 0 MUFU-bound, 16 balanced, from 32 on issue-bound (bf16's 2048-clk tensor bound
-hides every EXP_EMU: 459 -> 684 instructions at 64, under 2048 issue slots). Unverified on a GPU.
+hides every EXP_EMU: 459 -> 684 instructions at 64, under 2048 issue slots). Not yet correct on a GPU.
 
 Gluon kernels are never interpreted (gluon.jit always compiles), so this module is imported plainly, never through
 common.kernel_module (no INTERPRETED / LOAD_TOKEN), and only for CUDA tensors (gqa_attention_fwd's dispatch).
@@ -206,6 +209,19 @@ def _exp2_tile(x, mma: gl.constexpr, EXP_EMU: gl.constexpr):
     return p
 
 
+# FP8's P: keys 4j .. 4j+3 ($1 .. $4, fp32) -> e4m3 bytes 0 .. 3 of one int32 (cvt puts its first source in the
+# high byte). PACK_E4M3 joins the two 16-bit pairs by a vector mov (F2FP.MERGE_C in SASS, no PRMT). In the diagonal
+# tile, where masked keys make pairs of equal 16-bit halves, ptxas 12.8 (Triton 3.6) reuses such a half through
+# MERGE_C before computing it: registers read uninitialised (common.live_in_registers: R154 / R155), garbage bytes
+# for keys that should weigh 0, 0x7F / 0xFF among them e4m3 NaN (session 27's FP8 NaN). PACK_E4M3_PRMT, for that
+# tile, widens the pairs and joins them by prmt (+1 PRMT a register; the loop keeps PACK_E4M3).
+PACK_E4M3 = gl.constexpr("{ .reg .b16 lo, hi; cvt.rn.satfinite.e4m3x2.f32 lo, $2, $1; "
+                         "cvt.rn.satfinite.e4m3x2.f32 hi, $4, $3; mov.b32 $0, {lo, hi}; }")
+PACK_E4M3_PRMT = gl.constexpr("{ .reg .b16 lo, hi; .reg .b32 l, h; cvt.rn.satfinite.e4m3x2.f32 lo, $2, $1; "
+                              "cvt.rn.satfinite.e4m3x2.f32 hi, $4, $3; cvt.u32.u16 l, lo; cvt.u32.u16 h, hi; "
+                              "prmt.b32 $0, l, h, 0x5410; }")
+
+
 @gluon.jit
 def _softmax(s, m_i, l_i, qk_scale, key0, row0, MASK: gl.constexpr, mma: gl.constexpr,
              DTYPE: gl.constexpr, key_end=0, BOUND: gl.constexpr = False, FP8: gl.constexpr = False,
@@ -244,13 +260,12 @@ def _softmax(s, m_i, l_i, qk_scale, key0, row0, MASK: gl.constexpr, mma: gl.cons
         pr = gl.convert_layout(pr, gl.DotOperandLayout(operand_index=0, parent=mma, k_width=4),
                                assert_trivial=True)
         # the 4 keys of each A register (4j .. 4j+3 of P', consecutive registers of a thread) -> one int32: the
-        # loop carries P as 16 packed registers, not 64 bytes (_fp8_a_operand unpacks it for the wgmma)
-        pr_a, pr_b = gl.split(gl.reshape(pr, [WG_M, BLOCK_N // 4, 2, 2]))       # key 4j + 2a + b: b = 0, 1
-        k0, k2 = gl.split(pr_a)
-        k1, k3 = gl.split(pr_b)
-        p_op = gl.inline_asm_elementwise(
-            "{ .reg .b16 lo, hi; cvt.rn.satfinite.e4m3x2.f32 lo, $2, $1; cvt.rn.satfinite.e4m3x2.f32 hi, $4, $3; "
-            "mov.b32 $0, {lo, hi}; }", "=r,r,r,r,r", [k0, k1, k2, k3], dtype=gl.int32, is_pure=True, pack=1)
+        # loop carries P as 16 packed registers, not 64 bytes (_p_operand unpacks it for the wgmma)
+        even, odd = gl.split(gl.reshape(pr, [WG_M, BLOCK_N // 4, 2, 2]))        # key 4j + 2a + b: b = 0, 1
+        k0, k2 = gl.split(even)
+        k1, k3 = gl.split(odd)
+        p_op = gl.inline_asm_elementwise(PACK_E4M3_PRMT if MASK else PACK_E4M3, "=r,r,r,r,r", [k0, k1, k2, k3],
+                                         dtype=gl.int32, is_pure=True, pack=1)
     else:
         # accumulator layout -> A-operand layout of the same warps: a register shuffle, no shared memory (k_width
         # 2: two 16-bit values per 32-bit register)

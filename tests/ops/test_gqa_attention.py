@@ -413,7 +413,6 @@ def run_aot(*modules: str) -> str:
     (compiled mode: TRITON_INTERPRET unset); kernels with tl.dot must use tensor cores: wgmma for 64+ row tiles,
     mma.sync for the 16-row decode tiles. Prints one line per kernel: name, mma kind, shared bytes, the wgmma
     operand types (e.g. e4m3.e4m3) and the cubin's resource usage (REG, STACK, LOCAL: spills) from cuobjdump."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = (f"import importlib, os, re, subprocess, tempfile, triton\nmods = {list(modules)!r}\n"
             "cuobjdump = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', 'cuobjdump')\n"
             "for name, ck in (c for m in mods for c in importlib.import_module('nemotron_kernels.triton.' + m)"
@@ -429,6 +428,13 @@ def run_aot(*modules: str) -> str:
             "    usage = re.search(r'REG:\\d+ STACK:\\d+ SHARED:\\d+ LOCAL:\\d+', res)\n"
             "    print(name, '|', mma, ck.metadata.shared, '| wgmma', ','.join(kinds) or '-', '|',"
             " usage.group(0) if usage else 'usage ?')\n")
+    return run_compiled(code)
+
+
+def run_compiled(code: str) -> str:
+    """Run `code` in a fresh process in compiled mode (TRITON_INTERPRET unset) from the repository root; -> its
+    stdout (the process must succeed)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
@@ -698,6 +704,24 @@ def test_gluon_aot_compile_sm90():
         kind = "bf16.bf16" if " bf16 " in line else "f16.f16"
         assert f"| wgmma {kind} |" in line and "STACK:0" in line and "LOCAL:0" in line, line
         assert int(re.search(r"\| wgmma (\d+) \|", line).group(1)) <= 232448, line
+
+
+def test_gluon_fp8_aot_reads_no_uninitialised_register():
+    """The opt-in FP8 forward (gqa_attention_fwd_gluon_fp8, the sweep's) compiles for sm_90a, batched and
+    persistent, to e4m3 wgmmas that read no register before writing it (common.live_in_registers): ptxas 12.8 did
+    so when packing the diagonal tile's P (see PACK_E4M3_PRMT), which gave NaN on the H200 in session 27. Triton
+    3.6 only (test_gluon_aot_compile_sm90)."""
+    triton = pytest.importorskip("triton")
+    if not triton.__version__.startswith("3.6"):
+        pytest.skip(f"triton {triton.__version__}: the Gluon kernel is built for triton 3.6 only")
+    out = run_compiled("from nemotron_kernels.triton import gqa_attention_fwd_gluon as m\n"
+                       "from nemotron_kernels.triton.common import live_in_registers\n"
+                       "for persistent in (False, True):\n"
+                       "    ck = m.aot_compile_variant(persistent, 2, fp8=True)\n"
+                       "    print('fp8 persistent', persistent, 'f32.e4m3.e4m3' in ck.asm['ptx'],"
+                       " live_in_registers(ck.asm['cubin']))\n")
+    lines = [line for line in out.splitlines() if line.startswith("fp8 persistent")]
+    assert lines == ["fp8 persistent False True []", "fp8 persistent True True []"], out
 
 
 @pytest.mark.cuda
