@@ -2,8 +2,9 @@
 (bwd_dbc_launch, dC then dB) on the H200, and match them? And from what length on (the dispatch's cutoff)?
 The kernel lives in nemotron_kernels/triton/ssd_scan_bwd_dbc_gluon.py (its docstring: math, design, scope); the op
 runs it on Hopper with Triton 3.6 where ops/ssd_scan.py gluon_eligible("dbc") holds, which includes a size rule:
-at least GLUON_DBC_MIN_WAVES (2) waves of CTAs, n_chunks G >= 2 x 132 SMs (B1 L >= 4224 at G = 8), a guess this
-script's --lengths run is to confirm or move.
+at least GLUON_DBC_MIN_WAVES (1) wave of CTAs, n_chunks G >= 132 SMs (B1 L >= 2176 at G = 8), set by this
+script's --lengths run (session 27, us, Gluon against ours: L1K 109.3 / 83.1, L2K 138.9 / 136.1, L4K 130.7 / 160.6,
+L8K 179.8 / 292.6, L32K 626.0 / 1,050.9).
 First run (session 27, the probe's own copy of the kernel, now the library's): dC and dB bitwise equal to ours at
 B1 L1K and B1 L32K; B1 L32K 622.9 us against ours 1,041.3 (the prediction, 430-480 us, missed by ~30%); B1 L1K
 (64 CTAs) 109.3 against 83.1: slower (host launch cost, half the SMs idle).

@@ -35,10 +35,10 @@ from ._kernel_op import kernel_op
 from .._tensor_cache import derived
 
 KERNEL_CHUNKS = (16, 32, 64, 128, 256)
-# the Gluon dB / dC (one CTA per chunk and group, one CTA an SM) from this many waves of CTAs up: at 64 CTAs (B1 L1K)
-# it took 109 us against Triton's 83 (H200, session 27). 2 is a guess between that and B1 L32K (2,048 CTAs: 623 us
-# against 1,041), to be confirmed on the GPU (scripts/probe_ssd_bwd_dbc_gluon.py --lengths)
-GLUON_DBC_MIN_WAVES = 2
+# the Gluon dB / dC (one CTA per chunk and group, one CTA an SM) from one wave of CTAs up. H200 (session 27,
+# scripts/probe_ssd_bwd_dbc_gluon.py --lengths, us against Triton's two launches): 64 CTAs (B1 L1K) 109 vs 83,
+# 128 (L2K) 139 vs 136, 256 (L4K) 131 vs 161, 512 (L8K) 180 vs 293, 2,048 (L32K) 626 vs 1,051
+GLUON_DBC_MIN_WAVES = 1
 
 
 def _chunk_table(cu_seqlens: torch.Tensor, chunk: int, n_table: int):
@@ -138,7 +138,7 @@ def gluon_eligible(stage: str, x, B, C=None, chunk: int = 128, packed: bool = Fa
     if stage == "dbc":
         ctas, sms = x.shape[0] * (x.shape[1] // 128) * B.shape[2], mamba_common.sm_count(x.device)
         if ctas < GLUON_DBC_MIN_WAVES * sms:
-            return False, f"dbc: {ctas} CTAs, under {GLUON_DBC_MIN_WAVES} waves of {sms} SMs (the size rule)"
+            return False, f"dbc: {ctas} CTAs, under {GLUON_DBC_MIN_WAVES} wave(s) of {sms} SMs (the size rule)"
     return True, why
 
 

@@ -36,7 +36,9 @@ math warps at 240 registers, no spills; the exps' masks rebuilt in the head loop
 H200 (session 27, the probe): B1 L32K 622.9 us against Triton's 1,041.3 (1.67x). The prediction was 430-480 us
 (traffic 1.37-1.63 GB: a floor of 326-390 us at 4.19 TB/s, the wgmmas (~150 us) and the pair weights' exps (~65 us)
 under it, ~10% for the serial tail): missed by ~30%, not yet profiled. B1 L1K (64 CTAs: half the SMs idle, and the
-host's launch cost with 8 TMA descriptors) 109.3 us against 83.1: slower, hence the waves cutoff.
+host's launch cost with 8 TMA descriptors) 109.3 us against 83.1: slower, hence the size rule (ops/ssd_scan.py
+GLUON_DBC_MIN_WAVES: one wave; the library's build, probe --lengths: L2K 138.9 / 136.1, L4K 130.7 / 160.6, L8K
+179.8 / 292.6, L32K 626.0 / 1,050.9).
 Imported only where gluon_eligible holds (never interpreted: Gluon has no interpreter), so not via kernel_module."""
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl

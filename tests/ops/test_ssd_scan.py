@@ -894,7 +894,7 @@ def test_gluon_dbc_scope_rules(monkeypatch):
     """gluon_eligible("dbc")'s scope on CPU tensors (the platform monkeypatched to pass, 132 SMs as the H200's):
     batched only, chunk 128, L a multiple of 128, P 64, N 128, any H, G, bf16 x, dy and the op's B, C (dB, dC take
     their dtype), 2-D TMA views, initial states allowed; then the size rule: at least GLUON_DBC_MIN_WAVES waves of
-    CTAs, one per chunk of every row and group (at G 8: B1 L4224, 264 CTAs, goes; L4096, 256, not); each rule
+    CTAs, one per chunk of every row and group (at G 8: B1 L2176, 136 CTAs, goes; L2048, 128, not); each rule
     refuses on its own. Unpatched, CPU tensors never go."""
     import nemotron_kernels.ops.ssd_scan as ssd_ops
     from nemotron_kernels.triton.common import cdiv
@@ -937,16 +937,16 @@ def test_gluon_dbc_scope_rules(monkeypatch):
         "fp32 dy": ("bf16", dict(dy=dy.float())),
         "dy heads not packed": (view, dict(dy=torch.empty(1, seqlen, nheads, 2 * headdim, dtype=bf16)[..., :64])),
         "C misaligned": (view, dict(C=torch.empty(C.numel() + 1, dtype=bf16)[1:].view(C.shape))),
-        "a chunk short of the waves": ("waves", rows(seqlen - 128)),
-        "one group": ("waves", dict(B=B[:, :, :1], C=C[:, :, :1])),
+        "a chunk short of the waves": ("size rule", rows(seqlen - 128)),
+        "one group": ("size rule", dict(B=B[:, :, :1], C=C[:, :, :1])),
     }
     for name, (word, kwargs) in refusals.items():
         ok, why = eligible(**kwargs)
         assert not ok and word in why, f"{name}: {(ok, why)}"
 
 
-GLUON_DBC_CASES = {   # id: (seed, bsz, seqlen, head shapes, initial states); CTAs (n_chunks G) >= 2 waves of 132
-    "B1-L4224-two-waves": (91, 1, 4224, NEMOTRON, False),            # 33 chunks x 8 groups: 264 CTAs, the edge
+GLUON_DBC_CASES = {   # id: (seed, bsz, seqlen, head shapes, initial states); CTAs (n_chunks G) >= 1 wave of 132
+    "B1-L2176-one-wave": (91, 1, 2176, NEMOTRON, False),             # 17 chunks x 8 groups: 136 CTAs, the edge
     "B2-L4096-init": (92, 2, 4096, NEMOTRON, True),                  # 512 CTAs
     "B1-L12288-H12-G3": (93, 1, 12288, dict(nheads=12, headdim=64, ngroups=3, dstate=128), False),   # 288
     # enough heads that stage 1 takes one segment: no carries; 512 CTAs
@@ -986,7 +986,7 @@ def test_cuda_gluon_backward_dbc(monkeypatch, case):
 @pytest.mark.cuda
 def test_cuda_gluon_dbc_size_rule_takes_triton(monkeypatch):
     """Below GLUON_DBC_MIN_WAVES waves of CTAs the backward runs Triton's two dB / dC launches: at Nemotron's shape
-    the longest such B1 L (L4096 on the H200's 132 SMs: 256 CTAs) is refused by the size rule, the Gluon dB / dC
+    the longest such B1 L (L2048 on the H200's 132 SMs: 128 CTAs) is refused by the size rule, the Gluon dB / dC
     launcher is not called (the Gluon dx is), and every gradient matches float64 autograd."""
     import nemotron_kernels.ops.ssd_scan as ssd_ops
     _gluon_or_skip()
@@ -995,7 +995,7 @@ def test_cuda_gluon_dbc_size_rule_takes_triton(monkeypatch):
     inputs = make_inputs(95, 1, seqlen, dtype=torch.bfloat16, device="cuda", **NEMOTRON)
     x, B, C = inputs["x"], inputs["B"], inputs["C"]
     ok, why = ssd_ops.gluon_eligible("dbc", x, B, C, 128, False, None, torch.empty_like(x))
-    assert not ok and "waves" in why, f"L{seqlen}: {(ok, why)}"
+    assert not ok and "size rule" in why, f"L{seqlen}: {(ok, why)}"
     calls = spy_gluon(monkeypatch, ("dx", "dbc"))
     check_backward(inputs, 128, seed=95)
     assert calls == ["dx"], f"Gluon backward launchers called: {calls}"
