@@ -5,17 +5,13 @@ L = 1K .. 32K with NK_GLUON=0 (Triton only) and NK_GLUON=1 (Gluon where gluon_el
 inputs (Nemotron's H 64, P 64, G 8, N 128, bf16, D, dt_bias, softplus, final states). Two clocks per row:
 triton.testing.do_bench (median ms of events around back-to-back calls: the GPU's time, host gaps included when the
 host is slower) and the host's own time per call (perf_counter over 20 calls, no sync between them).
-A size cutoff in gluon_eligible (ops/ssd_scan.py) is worth adding where the NK_GLUON=1 column loses.
-Session 27 found both paths host-bound up to L8K (0.4-0.9 ms a forward) and the bench's eager forward at B1 L32K
-0.76 ms against 0.52 of GPU time. --profile runs the forward (or --profile-pass fwd+bwd) 50 times at the first of
---lengths under cProfile and prints the functions with the most cumulative host time: where the host's time goes.
+A size cutoff in gluon_eligible (ops/ssd_scan.py) is worth adding where the NK_GLUON=1 column loses. Session 27
+found both paths host-bound up to L8K (0.4-0.9 ms a forward); where the host's time goes per op:
+scripts/launcher_host_time.py --cuda --profile.
 
-    PYTHONPATH=. python3 scripts/probe_ssd_host_cost.py [--lengths 1024,2048,4096,8192,32768]      # H200
-    PYTHONPATH=. python3 scripts/probe_ssd_host_cost.py --profile --lengths 32768                  # H200"""
+    PYTHONPATH=. python3 scripts/probe_ssd_host_cost.py [--lengths 1024,2048,4096,8192,32768]      # H200"""
 import argparse
-import cProfile
 import os
-import pstats
 import time
 
 import torch
@@ -41,42 +37,18 @@ def _host_ms(fn, calls: int = 20) -> float:
     return (t1 - t0) * 1e3 / calls
 
 
-def _inputs(L: int, dev: torch.device):
-    s = _input_maker(1, L, dev)(0)
-    for k in GRAD_KEYS:
-        s[k].requires_grad_(True)
-    return s, torch.randn_like(s["x"])
-
-
-def profile(L: int, fwd_bwd: bool, calls: int = 50) -> None:
-    """cProfile over `calls` eager calls (the GPU is synchronised once, after them): the top 30 by cumulative time."""
-    s, dy = _inputs(L, torch.device("cuda"))
-    fn = (lambda: _fwd_bwd(s, dy)) if fwd_bwd else (lambda: _ours(s))
-    fn()
-    torch.cuda.synchronize()
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(calls):
-        fn()
-    prof.disable()
-    torch.cuda.synchronize()
-    print(f"B1 L{L} {'fwd+bwd' if fwd_bwd else 'fwd'}: cProfile of {calls} calls (times in s, for all calls)")
-    pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="1024,2048,4096,8192,32768")
-    parser.add_argument("--profile", action="store_true", help="cProfile the host path at the first length")
-    parser.add_argument("--profile-pass", choices=("fwd", "fwd+bwd"), default="fwd")
     args = parser.parse_args()
-    if args.profile:
-        return profile(int(args.lengths.split(",")[0]), args.profile_pass == "fwd+bwd")
     dev = torch.device("cuda")
     print(f"{torch.cuda.get_device_name()}, triton {triton.__version__}; ms: GPU (do_bench) / host issue per call")
     print(f"{'B1 L':>8} {'pass':>8} {'NK_GLUON=0':>20} {'NK_GLUON=1':>20}  gluon/triton")
     for L in (int(v) for v in args.lengths.split(",")):
-        s, dy = _inputs(L, dev)
+        s = _input_maker(1, L, dev)(0)
+        for k in GRAD_KEYS:
+            s[k].requires_grad_(True)
+        dy = torch.randn_like(s["x"])
         row = {}
         for name, fn in (("fwd", lambda: _ours(s)), ("fwd+bwd", lambda: _fwd_bwd(s, dy))):
             for flag in ("0", "1"):
