@@ -46,6 +46,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from .ssd_scan_gluon_common import (_barrier, _batched_chunk, _dtcs_row, _load_boxes, _release, _ring_barriers,
+                                    _smem_box, _smem_ring, _wait_free)
+
 Q, P, N = 128, 64, 128          # chunk, head dim, state size: the scope
 STAGES = 2                      # the ring (x, dy, S_in or G: 48 KB a stage)
 MATH_WARPS = 8                  # two warpgroups over the chunk's 128 rows (the default partition)
@@ -65,19 +68,11 @@ def _producer(x_desc, dy_desc, b_desc, c_desc, s_desc, g_desc, b_smem, c_smem, x
     (ready): i < HPG head i's x, dy [Q, P] (columns h P of the [B*L, H*P] views) and S_in [P, N] (rows (gc H + h) P
     of the [n_chunks*H*P, N] view); i >= HPG head i - HPG's x and G_out (into the S slot)."""
     P: gl.constexpr = x_desc.block_type.shape[1]
-    N: gl.constexpr = b_desc.block_type.shape[1]
-    mbarrier.expect(bc_bar, b_desc.block_type.nbytes + c_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(b_desc, [row0, g * N], bc_bar, b_smem)
-    tma.async_copy_global_to_shared(c_desc, [row0, g * N], bc_bar, c_smem)
+    _load_boxes(b_desc, c_desc, row0, g, bc_bar, b_smem, c_smem)
     DC_BYTES: gl.constexpr = x_desc.block_type.nbytes + dy_desc.block_type.nbytes + s_desc.block_type.nbytes
     DB_BYTES: gl.constexpr = x_desc.block_type.nbytes + g_desc.block_type.nbytes
     for i in range(2 * HPG):
-        stage = i % STAGES
-        # completion k of empty[stage] is the math warps' release of iteration k STAGES + stage. A fresh mbarrier
-        # passes a wait on parity 1 at once: iterations i < STAGES need no release; i >= STAGES waits for
-        # completion i // STAGES - 1, parity ((i // STAGES) & 1) ^ 1 (never more than one phase ahead: each is
-        # waited for in turn)
-        mbarrier.wait(empty.index(stage), ((i // STAGES) & 1) ^ 1)
+        stage = _wait_free(empty, i, STAGES)                                      # iteration i - STAGES released
         if i < HPG:
             h = g * HPG + i
             mbarrier.expect(ready.index(stage), DC_BYTES)
@@ -170,7 +165,7 @@ def _consumer(b_smem, c_smem, x_bufs, dy_bufs, s_bufs, pwt_smem, hl_smem, bc_bar
         h = g * HPG + i
         stage = i % STAGES
         head_chunk = gc.to(gl.int64) * H + h
-        row = dtcs_ptr + ((b * H + h).to(gl.int64) * seqlen + c * Q)              # head h's dtcs at the chunk
+        row = _dtcs_row(dtcs_ptr, b, c, h, seqlen, H, Q)                            # head h's dtcs at the chunk
         hl = gl.load(row + hl_offs, mask=hl_ok, other=0.0)                        # [4Q] over s
         hi_t = gl.load(row + plane64 + r)                                         # [Q] over t
         lo_t = gl.load(row + 2 * plane64 + r)
@@ -201,9 +196,7 @@ def _consumer(b_smem, c_smem, x_bufs, dy_bufs, s_bufs, pwt_smem, hl_smem, bc_bar
         rk_2 = warpgroup_mma_wait(num_outstanding=1, deps=(rk_2, ))
         pw_2 = _pair_piece(pw_2, rk_2, hl_smem, 2 * TQ, hi_t2, lo_t2, t2, mmq)
         rk_3 = warpgroup_mma_wait(num_outstanding=0, deps=(rk_3, ))
-        # both warpgroups' wgmmas and loads of the stage are done before one thread hands it on
-        gl.thread_barrier()
-        mbarrier.arrive(empty.index(stage), count=1)
+        _release(empty, stage)                    # both warpgroups' wgmmas and loads of the stage are done
         pw_3 = _pair_piece(pw_3, rk_3, hl_smem, 3 * TQ, hi_t2, lo_t2, t2, mmq)
 
     # dC's pair term: Pw in bf16 (Triton rounds the fp32 sum once), the A operand of 4 wgmmas of K = TQ against B's
@@ -239,7 +232,7 @@ def _consumer(b_smem, c_smem, x_bufs, dy_bufs, s_bufs, pwt_smem, hl_smem, bc_bar
         h = g * HPG + i - HPG
         stage = i % STAGES
         head_chunk = gc.to(gl.int64) * H + h
-        row = dtcs_ptr + ((b * H + h).to(gl.int64) * seqlen + c * Q)
+        row = _dtcs_row(dtcs_ptr, b, c, h, seqlen, H, Q)
         dt_s = gl.load(row + r)                                                   # [Q] over s
         hi_s = gl.load(row + plane64 + r)
         lo_s = gl.load(row + 2 * plane64 + r)
@@ -256,8 +249,7 @@ def _consumer(b_smem, c_smem, x_bufs, dy_bufs, s_bufs, pwt_smem, hl_smem, bc_bar
         xs = gl.convert_layout(xs, op_a)
         acc = warpgroup_mma(xs, g_slot, acc, is_async=True)                       # [s, n] += xs G
         acc, xs = warpgroup_mma_wait(num_outstanding=0, deps=(acc, xs))
-        gl.thread_barrier()
-        mbarrier.arrive(empty.index(stage), count=1)
+        _release(empty, stage)
 
     # dB's pair term: Pw^T [s, t] (pass 1's stores, fenced; every thread past the barriers of pass 2) times C's rows t
     acc = warpgroup_mma(pwt_smem, c_smem, acc, is_async=True)
@@ -284,26 +276,19 @@ def _bwd_dbc_kernel(x_desc, dy_desc, b_desc, c_desc, s_desc, g_desc, dc_desc, db
     pid = gl.program_id(0)
     gc = pid // G
     g = pid % G
-    b = gc // chunks_per_row
-    c = gc - b * chunks_per_row
-    row0 = b * seqlen + c * Q                                                     # the chunk's first row
+    b, c, row0 = _batched_chunk(gc, chunks_per_row, seqlen, Q)                    # row0: the chunk's first row
 
     # shared memory: B, C [Q, N] 32 KB each (then dC, dB); ring [STAGES] x (x, dy [Q, P], S_in or G [P, N]: 16 KB
     # each); Pw^T [Q, Q] 32 KB; a head's dt / cs hi / cs lo 2 KB: ~194 KB
-    b_smem = gl.allocate_shared_memory(b_desc.dtype, b_desc.block_type.shape, b_desc.layout)
-    c_smem = gl.allocate_shared_memory(c_desc.dtype, c_desc.block_type.shape, c_desc.layout)
-    x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
-    dy_bufs = gl.allocate_shared_memory(dy_desc.dtype, [STAGES] + dy_desc.block_type.shape, dy_desc.layout)
-    s_bufs = gl.allocate_shared_memory(s_desc.dtype, [STAGES] + s_desc.block_type.shape, s_desc.layout)
+    b_smem = _smem_box(b_desc)
+    c_smem = _smem_box(c_desc)
+    x_bufs = _smem_ring(x_desc, STAGES)
+    dy_bufs = _smem_ring(dy_desc, STAGES)
+    s_bufs = _smem_ring(s_desc, STAGES)
     pwt_smem = gl.allocate_shared_memory(gl.bfloat16, [Q, Q], PW_LAYOUT)
     hl_smem = gl.allocate_shared_memory(gl.float32, [4 * Q], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-    bc_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(bc_bar, count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=1)        # the producer's expect-tx arrival
-        mbarrier.init(empty.index(i), count=1)        # the math warps' one arrival per iteration
+    bc_bar = _barrier()                               # B, C landed
+    ready, empty = _ring_barriers(STAGES)             # empty: the math warps' one arrival per iteration
     fence_async_shared()                              # barrier inits visible to the async proxy (TMA)
 
     gl.warp_specialize([

@@ -44,6 +44,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from .ssd_scan_gluon_common import (_barrier, _batched_chunk, _dtcs_row, _load_boxes, _release, _ring_barriers,
+                                    _smem_box, _smem_ring, _wait_free)
+
 Q, P, N = 128, 64, 128          # chunk, head dim, state size: the scope
 STAGES = 2                      # the per-head ring (x, dy, S_in, G_out: 64 KB a stage)
 MATH_WARPS = 8                  # two warpgroups over the chunk's 128 rows (the default partition)
@@ -73,18 +76,12 @@ def _producer(x_desc, dy_desc, b_desc, c_desc, s_desc, g_desc, c_smem, b_smem, x
     i % STAGES (ready): x, dy [Q, P] (head h's columns of the [B*L, H*P] views), S_in and G_out [P, N] (rows
     (gc H + h) P of the [n_chunks*H*P, N] views)."""
     P: gl.constexpr = x_desc.block_type.shape[1]
-    N: gl.constexpr = c_desc.block_type.shape[1]
-    mbarrier.expect(bc_bar, c_desc.block_type.nbytes + b_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(c_desc, [row0, g * N], bc_bar, c_smem)
-    tma.async_copy_global_to_shared(b_desc, [row0, g * N], bc_bar, b_smem)
+    _load_boxes(c_desc, b_desc, row0, g, bc_bar, c_smem, b_smem)
     STAGE_BYTES: gl.constexpr = (x_desc.block_type.nbytes + dy_desc.block_type.nbytes + s_desc.block_type.nbytes
                                  + g_desc.block_type.nbytes)
     for i in range(HPG):
         h = g * HPG + i
-        stage = i % STAGES
-        # a fresh mbarrier passes a wait on parity 1 at once: the first STAGES heads need no release; head i >=
-        # STAGES waits for the consumer's release of head i - STAGES, completion (i // STAGES) - 1 of the stage
-        mbarrier.wait(empty.index(stage), ((i // STAGES) & 1) ^ 1)
+        stage = _wait_free(empty, i, STAGES)                                      # head i - STAGES released
         mbarrier.expect(ready.index(stage), STAGE_BYTES)
         tma.async_copy_global_to_shared(x_desc, [row0, h * P], ready.index(stage), x_bufs.index(stage))
         tma.async_copy_global_to_shared(dy_desc, [row0, h * P], ready.index(stage), dy_bufs.index(stage))
@@ -191,7 +188,7 @@ def _consumer(c_smem, b_smem, x_bufs, dy_bufs, s_bufs, g_bufs, dx_smem, hl_smem,
         if PACKED:
             row = dtcs_ptr + (h.to(gl.int64) * seqlen + gc * Q)                   # head h's dtcs at slot gc
         else:
-            row = dtcs_ptr + ((b * H + h).to(gl.int64) * seqlen + c * Q)          # head h's dtcs at the chunk
+            row = _dtcs_row(dtcs_ptr, b, c, h, seqlen, H, Q)                        # head h's dtcs at the chunk
         dt_s = gl.load(row + r)                                                   # [Q] over s
         hi_s = gl.load(row + plane64 + r)
         lo_s = gl.load(row + 2 * plane64 + r)
@@ -279,9 +276,7 @@ def _consumer(c_smem, b_smem, x_bufs, dy_bufs, s_bufs, g_bufs, dx_smem, hl_smem,
         dyf = dy_slot.load(mma).to(gl.float32)
         ddt = (gl.sum(xf * dxpre, axis=1) + a_h * da) * scale                     # x_s . dxpre_s + A da_s
         dx = gl.expand_dims(dt_s, 1) * dxpre + d_h * dyf                          # [s, p] fp32
-        # every warp's reads of the stage are done (their values used above) before one thread hands it on
-        gl.thread_barrier()
-        mbarrier.arrive(empty.index(stage), count=1)
+        _release(empty, stage)                    # every warp's reads of the stage done (their values used above)
 
         # the three sums over the chunk's rows in one reduction (one trip through shared memory): ddt in fp32 (then
         # fp64), dA's terms in fp64, dD's rows in fp64, as Triton
@@ -342,28 +337,21 @@ def _bwd_dx_kernel(x_desc, dy_desc, b_desc, c_desc, s_desc, g_desc, dx_desc, dt_
         b = 0
         c = 0
     else:
-        b = gc // chunks_per_row
-        c = gc - b * chunks_per_row
-        row0 = b * seqlen + c * Q                                                 # the chunk's first row
+        b, c, row0 = _batched_chunk(gc, chunks_per_row, seqlen, Q)                # row0: the chunk's first row
         length = Q
 
     # shared memory: C, B [Q, N] 32 KB each; ring [STAGES] x (x, dy [Q, P] 16 KB each; S_in, G_out [P, N] 16 KB
     # each); dx [Q, P] 16 KB; cs hi / lo of a head 1 KB: 209 KB
-    c_smem = gl.allocate_shared_memory(c_desc.dtype, c_desc.block_type.shape, c_desc.layout)
-    b_smem = gl.allocate_shared_memory(b_desc.dtype, b_desc.block_type.shape, b_desc.layout)
-    x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
-    dy_bufs = gl.allocate_shared_memory(dy_desc.dtype, [STAGES] + dy_desc.block_type.shape, dy_desc.layout)
-    s_bufs = gl.allocate_shared_memory(s_desc.dtype, [STAGES] + s_desc.block_type.shape, s_desc.layout)
-    g_bufs = gl.allocate_shared_memory(g_desc.dtype, [STAGES] + g_desc.block_type.shape, g_desc.layout)
-    dx_smem = gl.allocate_shared_memory(dx_desc.dtype, dx_desc.block_type.shape, dx_desc.layout)
+    c_smem = _smem_box(c_desc)
+    b_smem = _smem_box(b_desc)
+    x_bufs = _smem_ring(x_desc, STAGES)
+    dy_bufs = _smem_ring(dy_desc, STAGES)
+    s_bufs = _smem_ring(s_desc, STAGES)
+    g_bufs = _smem_ring(g_desc, STAGES)
+    dx_smem = _smem_box(dx_desc)
     hl_smem = gl.allocate_shared_memory(gl.float32, [2 * Q], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-    bc_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(bc_bar, count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=1)        # the producer's expect-tx arrival
-        mbarrier.init(empty.index(i), count=1)        # the math warps' one arrival per head
+    bc_bar = _barrier()                               # C, B landed
+    ready, empty = _ring_barriers(STAGES)             # empty: the math warps' one arrival per head
     fence_async_shared()                              # barrier inits visible to the async proxy (TMA)
 
     gl.warp_specialize([

@@ -34,6 +34,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from .ssd_scan_gluon_common import _dtcs_row, _ring_barriers, _smem_box, _smem_ring, _wait_free
+
 Q, P, N = 128, 64, 128          # chunk, head dim, state size: the scope
 STAGES = 2                      # the x / B ring: 2 x 48 KB (3 stages would leave one CTA per SM)
 MAXNREG = 128                   # 8 warps (5 used) x 32 threads x 128 x 2 CTAs = 64K registers of an SM
@@ -57,12 +59,10 @@ def _producer(x_desc, b_desc, x_bufs, b_bufs, ready, empty, gc0, n, h, g, table_
     if PACKED:
         row_next = gl.load(table_ptr + n_table + gc0)                             # slot gc0's first row
     for k in range(n):
-        stage = k % STAGES
         if PACKED:
             row = row_next
             row_next = gl.load(table_ptr + n_table + gc0 + gl.minimum(k + 1, n - 1))
-        # a fresh mbarrier passes a wait on parity 1 at once: the first STAGES chunks need no release
-        mbarrier.wait(empty.index(stage), ((k // STAGES) & 1) ^ 1)
+        stage = _wait_free(empty, k, STAGES)                                      # chunk k - STAGES released
         mbarrier.expect(ready.index(stage), x_desc.block_type.nbytes + b_desc.block_type.nbytes)
         if not PACKED:
             row = (gc0 + k) * Q
@@ -77,7 +77,7 @@ def _chunk_dtcs(dtcs_ptr, plane, gc, h, seqlen, chunks_per_row, H: gl.constexpr,
     (end hi, end lo): dtcs [3, B, H, L] fp32, plane = B H L. Issued two chunks ahead of use (plain loads)."""
     b = gc // chunks_per_row
     c = gc - b * chunks_per_row
-    row = dtcs_ptr + ((b * H + h).to(gl.int64) * seqlen + c * Q)                 # head h's row at the chunk start
+    row = _dtcs_row(dtcs_ptr, b, c, h, seqlen, H, Q)                             # head h's row at the chunk start
     plane64 = plane.to(gl.int64)                                                  # 3 planes may pass 2^31
     offs = gl.arange(0, Q, layout=vec)
     return (gl.load(row + offs), gl.load(row + plane64 + offs), gl.load(row + 2 * plane64 + offs),
@@ -256,14 +256,10 @@ def _chunk_state_kernel(x_desc, b_desc, s_desc, dtcs_ptr, carry_decay_ptr, seg_s
     n = gl.minimum(seg_len, n_chunks - gc0)                                       # chunks of this segment
 
     # shared memory: ring x [STAGES, Q, P] 16 KB a stage, B [STAGES, Q, N] 32 KB a stage; S_in [P, N] 16 KB
-    x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
-    b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES] + b_desc.block_type.shape, b_desc.layout)
-    s_smem = gl.allocate_shared_memory(s_desc.dtype, s_desc.block_type.shape, s_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=1)        # the producer's expect-tx arrival
-        mbarrier.init(empty.index(i), count=1)        # the consumer warpgroup's release
+    x_bufs = _smem_ring(x_desc, STAGES)
+    b_bufs = _smem_ring(b_desc, STAGES)
+    s_smem = _smem_box(s_desc)
+    ready, empty = _ring_barriers(STAGES)             # empty: the consumer warpgroup's release
     fence_async_shared()                              # barrier inits visible to the async proxy (TMA)
 
     gl.warp_specialize([
