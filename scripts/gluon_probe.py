@@ -104,3 +104,10 @@ def worst(name: str, a, ref, tol: float, chunk: int = 128) -> None:
     where = f" (chunk {idx[1] // chunk}, row {idx[1] % chunk})" if a.dim() >= 3 else ""
     print(f"    {name}: worst at {idx}{where}: {a[tuple(idx)].item():.4g} vs {ref[tuple(idx)].item():.4g}, "
           f"{int(a.isnan().sum())} NaN of {a.numel()}", flush=True)
+
+
+def report_all(variants, layout: str) -> None:
+    """--aot: report() each (name, CompiledKernel) of a module's aot_compile_all(); layout names its partitions."""
+    for name, ck in variants:
+        print(f"compiled {name} for sm_90a: {layout}", flush=True)
+        report(ck, name.replace(" ", "_").replace("=", ""))

@@ -26,7 +26,7 @@ import torch
 import triton
 
 from nemotron_kernels.triton import ssd_scan_bwd_dbc_gluon as gluon_dbc
-from scripts.gluon_probe import check, rel_err, report, time_us, worst
+from scripts.gluon_probe import check, rel_err, report_all, time_us, worst
 from scripts.probe_ssd_bwd_dx_gluon import bwd_inputs
 
 Q = 128                         # the chunk
@@ -39,9 +39,7 @@ def main():
     parser.add_argument("--lengths", default="1024,32768", help="comma-separated L at B1 (multiples of 128)")
     args = parser.parse_args()
     if args.aot:
-        for name, ck in gluon_dbc.aot_compile_all():
-            print(f"compiled {name} for sm_90a: 8 math warps + 1 TMA warp", flush=True)
-            report(ck, name.replace(" ", "_").replace("=", ""))
+        report_all(gluon_dbc.aot_compile_all(), "8 math warps + 1 TMA warp")
         return
     from nemotron_kernels.ops import ssd_scan as ssd_op
     from nemotron_kernels.triton import mamba_common

@@ -28,7 +28,7 @@ import triton
 
 from bench.bench_ssd_scan import _input_maker, packed_cu
 from nemotron_kernels.triton import ssd_scan_bwd_dx_gluon as gluon_dx
-from scripts.gluon_probe import check, rel_err, report, time_us, worst
+from scripts.gluon_probe import check, rel_err, report_all, time_us, worst
 
 H, Q = 64, 128                  # Nemotron's heads, the chunk
 BF16_TOL, SUM_TOL = 1e-2, 1e-3  # relative max error: bf16 outputs, fp64 partial sums
@@ -77,9 +77,7 @@ def main():
     parser.add_argument("--aot", action="store_true", help="compile for sm_90a without a GPU and report")
     args = parser.parse_args()
     if args.aot:
-        for name, ck in gluon_dx.aot_compile_all():
-            print(f"compiled {name} for sm_90a: 8 math warps + 1 TMA warp", flush=True)
-            report(ck, name.replace(" ", "_").replace("=", ""))
+        report_all(gluon_dx.aot_compile_all(), "8 math warps + 1 TMA warp")
         return
     from nemotron_kernels.ops import ssd_scan as ssd_op
     from nemotron_kernels.triton import mamba_common

@@ -24,7 +24,7 @@ import triton
 
 from bench.bench_ssd_scan import _input_maker, packed_cu
 from nemotron_kernels.triton import ssd_scan_chunk_state_gluon as gluon_state
-from scripts.gluon_probe import check, rel_err, report, time_us
+from scripts.gluon_probe import check, rel_err, report_all, time_us
 
 H, P, G, N, Q = 64, 64, 8, 128, 128
 
@@ -47,9 +47,7 @@ def main():
     parser.add_argument("--aot", action="store_true", help="compile for sm_90a without a GPU and report")
     args = parser.parse_args()
     if args.aot:
-        for name, ck in gluon_state.aot_compile_all():
-            print(f"compiled {name} for sm_90a: 4 consumer + 1 producer warps", flush=True)
-            report(ck, name.replace(" ", "_").replace("=", ""))
+        report_all(gluon_state.aot_compile_all(), "4 consumer + 1 producer warps")
         return
     from nemotron_kernels.ops import ssd_scan as ssd_op
     from nemotron_kernels.triton import mamba_common

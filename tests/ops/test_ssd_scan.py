@@ -741,6 +741,29 @@ def assert_bwd_matches_triton(gluon: tuple, triton_out: tuple, what: str) -> Non
             assert torch.equal(a, b), f"{name}: the {what} run differs from the Triton one"
 
 
+def assert_fwd_matches_triton(monkeypatch, inputs: dict, args: list, calls: list, carry: bool,
+                              s_in_rows=None) -> None:
+    """ssd_scan_fwd(*args) with the Gluon stages (calls: spy_gluon's list) against its NK_GLUON=0 run: the chunk
+    states and final states bitwise (S_in only at s_in_rows when given: padding slots' is never written), y within
+    the error rule's bound of Triton's y; carry: the case must exercise the carries between segments."""
+    import nemotron_kernels.ops.ssd_scan as ssd_ops
+    from nemotron_kernels.testing import error_bound
+    gluon = ssd_ops.ssd_scan_fwd(*args)
+    monkeypatch.setenv("NK_GLUON", "0")
+    triton_out = ssd_ops.ssd_scan_fwd(*args)
+    assert calls == ["chunk_state", "chunk_scan"] * 2, f"NK_GLUON=0 still ran a Gluon kernel: {calls}"
+    if carry:
+        assert gluon[4].numel() > 0, "one segment: the carry path is not exercised"
+    for name, a, b in zip(("final_states", "s_in", "carry_decay", "carry_lp", "dtcs"), gluon[1:], triton_out[1:]):
+        if name == "s_in" and s_in_rows is not None:
+            a, b = a[s_in_rows], b[s_in_rows]
+        assert torch.equal(a, b), f"{name}: the Gluon chunk_state differs from the Triton one"
+    y64 = ssd_scan_ref(**to64(inputs), chunk_size=128)
+    y_low = ssd_scan_ref(**inputs, chunk_size=128)
+    diff, bound = max_error(gluon[0], triton_out[0]), error_bound(y64, y_low, FWD, torch.bfloat16)
+    assert diff <= bound, f"y: Gluon and Triton differ by {diff:.3e} > the error rule's bound {bound:.3e}"
+
+
 GLUON_CASES = {   # id: (seed, bsz, seqlen, head shapes, extras: D, dt_bias, softplus); "-init": initial states
     "B2-L1024": (41, 2, 1024, NEMOTRON, True),
     "B2-L1024-init": (46, 2, 1024, NEMOTRON, True),
@@ -757,7 +780,6 @@ def test_cuda_gluon_forward(monkeypatch, case):
     float64 reference; the chunk states and final states bitwise those of the Triton stages (NK_GLUON=0: the
     same math, as the probe measured), y within the error rule's bound of Triton's y."""
     import nemotron_kernels.ops.ssd_scan as ssd_ops
-    from nemotron_kernels.testing import error_bound
     _gluon_or_skip()
     seed, bsz, seqlen, heads, extras = GLUON_CASES[case]
     inputs = make_inputs(seed, bsz, seqlen, dtype=torch.bfloat16, device="cuda", extras=extras,
@@ -771,18 +793,7 @@ def test_cuda_gluon_forward(monkeypatch, case):
     assert calls == ["chunk_state", "chunk_scan"], f"Gluon launchers called: {calls}"
     args = [inputs[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")] + [inputs["dt_softplus"], 128,
                                                                                inputs["initial_states"], None, True]
-    gluon = ssd_ops.ssd_scan_fwd(*args)
-    monkeypatch.setenv("NK_GLUON", "0")
-    triton_out = ssd_ops.ssd_scan_fwd(*args)
-    assert len(calls) == 4, f"NK_GLUON=0 still ran a Gluon kernel: {calls}"
-    if case.endswith("carry"):
-        assert gluon[4].numel() > 0, "one segment: the carry path is not exercised"
-    for name, a, b in zip(("final_states", "s_in", "carry_decay", "carry_lp", "dtcs"), gluon[1:], triton_out[1:]):
-        assert torch.equal(a, b), f"{name}: the Gluon chunk_state differs from the Triton one"
-    y64 = ssd_scan_ref(**to64(inputs), chunk_size=128)
-    y_low = ssd_scan_ref(**inputs, chunk_size=128)
-    diff, bound = max_error(gluon[0], triton_out[0]), error_bound(y64, y_low, FWD, torch.bfloat16)
-    assert diff <= bound, f"y: Gluon and Triton differ by {diff:.3e} > the error rule's bound {bound:.3e}"
+    assert_fwd_matches_triton(monkeypatch, inputs, args, calls, case.endswith("carry"))
 
 
 @pytest.mark.cuda
@@ -1023,7 +1034,6 @@ def test_cuda_gluon_packed_forward(monkeypatch, case, init):
     written) and final states bitwise those of the NK_GLUON=0 run, y within the error rule's bound of its y (rows of
     every sequence: a partial slot's store must not reach the next sequence)."""
     import nemotron_kernels.ops.ssd_scan as ssd_ops
-    from nemotron_kernels.testing import error_bound
     _gluon_or_skip()
     seed, cu = GLUON_PACKED_CASES[case]
     inputs = make_inputs(seed, 1, cu[-1], dtype=torch.bfloat16, device="cuda", cu=cu, init=init, **NEMOTRON)
@@ -1036,23 +1046,10 @@ def test_cuda_gluon_packed_forward(monkeypatch, case, init):
     assert calls == ["chunk_state", "chunk_scan"], f"Gluon launchers called: {calls}"
     args = [inputs[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")] + [True, 128, inputs["initial_states"],
                                                                                inputs["cu_seqlens"], True]
-    gluon = ssd_ops.ssd_scan_fwd(*args)
-    monkeypatch.setenv("NK_GLUON", "0")
-    triton_out = ssd_ops.ssd_scan_fwd(*args)
-    assert calls == ["chunk_state", "chunk_scan"] * 2, f"NK_GLUON=0 still ran a Gluon kernel: {calls}"
-    if case.endswith("carry"):
-        assert gluon[4].numel() > 0, "one segment: the carry path is not exercised"
     table = ssd_ops._plan(x, B, 128, inputs["cu_seqlens"], len(cu) - 1)["table"]
     has_rows = table[2] > 0                                     # the slots with rows (padding slots: length 0)
     assert not has_rows.all() or case == "one-sequence", "no padding slot: their pass-through is not exercised"
-    for name, a, b in zip(("final_states", "s_in", "carry_decay", "carry_lp", "dtcs"), gluon[1:], triton_out[1:]):
-        if name == "s_in":
-            a, b = a[has_rows], b[has_rows]
-        assert torch.equal(a, b), f"{name}: the Gluon chunk_state differs from the Triton one"
-    y64 = ssd_scan_ref(**to64(inputs), chunk_size=128)
-    y_low = ssd_scan_ref(**inputs, chunk_size=128)
-    diff, bound = max_error(gluon[0], triton_out[0]), error_bound(y64, y_low, FWD, torch.bfloat16)
-    assert diff <= bound, f"y: Gluon and Triton differ by {diff:.3e} > the error rule's bound {bound:.3e}"
+    assert_fwd_matches_triton(monkeypatch, inputs, args, calls, case.endswith("carry"), has_rows)
 
 
 @pytest.mark.cuda
