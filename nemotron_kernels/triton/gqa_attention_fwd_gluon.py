@@ -79,7 +79,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .common import aot_compile_gluon, cdiv, gluon_platform
-from .gqa_attention_common import LOG2E
+from .gqa_attention_common import LOG2E, sm_count
 
 HEAD_DIM = 128                              # the wgmma instr_shape N = 128 (S = Q K^T's and O's columns)
 BLOCK_M, BLOCK_N, STAGES = 128, 128, 3      # query rows per CTA (two warpgroups of 64), keys per tile, K/V ring
@@ -845,7 +845,7 @@ def gqa_attention_fwd_gluon(q, k, v, causal: bool, softmax_scale: float, o, lse,
     if persistent:
         assert not ragged, "persistent: batched, S % 128 == 0"
         tiles = (seqlen // BLOCK_M) * bsz * hq
-        sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+        sms = sm_count(q.device)
         _gqa_attn_fwd_gluon_persistent_kernel[(min(tiles, sms), )](
             q_desc, k_desc, v_desc, o_desc, lse, seqlen, float(softmax_scale) * LOG2E, bsz * hq, None, HQ=hq,
             HKV=hkv, CAUSAL=bool(causal), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=stages,
@@ -915,7 +915,7 @@ def gqa_attention_fwd_gluon_fp8(q8, k8, vt8, descales, causal: bool, softmax_sca
     qk_scale = float(softmax_scale) * LOG2E                                       # * q_descale k_descale inside
     if persistent:
         tiles = (seqlen // BLOCK_M) * bsz * hq
-        sms = torch.cuda.get_device_properties(q8.device).multi_processor_count
+        sms = sm_count(q8.device)
         _gqa_attn_fwd_gluon_persistent_kernel[(min(tiles, sms), )](
             q_desc, k_desc, v_desc, o_desc, lse, seqlen, qk_scale, bsz * hq, descales, HQ=hq, HKV=hkv,
             CAUSAL=bool(causal), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=stages, WORKER_REG_0=WORKER_REGS[0],
