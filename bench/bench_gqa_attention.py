@@ -2,7 +2,8 @@
 
 ours:      the Triton flash attention (q/k/v [B, S, H, D] as the model holds them), forward; backward alone
            (a dk/dv pass and a dq pass, no atomics);
-           FP8 e4m3 forward on q/k/v quantised beforehand (not timed) with one descale per (batch, kv head).
+           FP8 e4m3 forward on q/k/v quantised beforehand (not timed) with one descale per (batch, kv head),
+           through the same dispatch (on sm_90 with triton 3.6: the Gluon FP8 forward, its V^T copy timed).
 baselines: torch SDPA with the cuDNN and FLASH backends on the same data (views [B, H, S, D]); GQA via
            enable_gqa=True where the backend takes it, else K/V expanded to 32 heads beforehand (not timed).
 Flops: causal forward 2*B*Hq*S^2*D (half of the full 4*B*Hq*S^2*D), backward 2.5x the forward (5 matmuls vs 2).

@@ -10,19 +10,21 @@ bf16: every variant is checked against SDPA (the math backend in float32 on K/V 
 tiles than SMs, and several waves), then at each full shape against the dispatch's o and lse (the per-tile
 arithmetic is the same: expected bitwise equal); a mismatch exits 1 before anything is timed (bf16 EXP_EMU lost
 everywhere in session 27 and is no longer swept).
-FP8: q / k / v quantised per tensor on the GPU (amax / 448), V^T built by _vt_fp8 (untimed: a quantisation kernel
-would write it); every variant (VARIANTS x EXP_EMUS) checked at the small and full shapes against `reference`
-(fp32 on the dequantised inputs, by chunks of query rows): o and lse, relative max errors < FP8_TOL. A wrong
-variant gets a diagnosis at its first wrong shape (fp8_diagnosis: which elements of o are never written / NaN /
-off, by head, query tile, row mod 128 and d column, and whether lse, i.e. m and l, is right), is never timed, and
-the run goes on to exit 1 at the end. The right ones are timed next to our Triton FP8 (gqa_attention(q8, k8, v8,
-q_descale=...)) and cuDNN BF16 on the bf16 inputs.
+FP8: q / k / v quantised per tensor on the GPU (amax / 448), V^T built by _vt_fp8 and the descale table by
+descale_table (untimed: a quantisation kernel would write them); every variant (VARIANTS x EXP_EMUS) checked at the
+small and full shapes against `reference` (fp32 on the dequantised inputs, by chunks of query rows): o and lse,
+relative max errors < FP8_TOL. A wrong variant gets a diagnosis at its first wrong shape (fp8_diagnosis: which
+elements of o are never written / NaN / off, by head, query tile, row mod 128 and d column, and whether lse, i.e. m
+and l, is right), is never timed, and the run goes on to exit 1 at the end. The right ones are timed next to the
+dispatch (gqa_attention(q8, k8, v8, q_descale=...): the FP8_DISPATCH variant with V^T and the table built in each
+call), our Triton FP8 (the same call with NK_GLUON=0) and cuDNN BF16 on the bf16 inputs.
 Timing: triton.testing.do_bench (median ms); TFLOP/s count the causal forward as 2 * B * Hq * S^2 * D (half of
 4 B Hq S^2 D). --aot adds the SASS counts of every variant (MUFU.EX2, HGMMA / QGMMA, whole kernel and the
 steady-state loop of a consumer: the offload's proof) and exits 1 if one reads a register before writing it on
 some path (common.live_in_registers; session 27's FP8 NaN; every variant here has none)."""
 import argparse
 import concurrent.futures
+import contextlib
 import math
 import multiprocessing
 import os
@@ -40,6 +42,7 @@ HQ, HKV, D = 32, 2, 128
 SHAPES = ((4, 8192), (1, 32768))                     # (B, S)
 SMALL = ((1, 256), (2, 1024), (1, 2048))             # 64 tiles (< 132 SMs), 512 and 512 tiles (several waves)
 DISPATCH = (True, 3)                                 # the knobs gqa_attention's dispatch runs (batched bf16)
+FP8_DISPATCH = (True, 2, 0)                          # and for FP8: persistent, FP8_STAGES, EXP_EMU 0
 # FP8 tolerances (relative max): o carries P rounded to e4m3 (2^-4 of a value); lse comes from the fp32 P
 FP8_TOL = {"o": 5e-2, "lse": 1e-2}
 O_POISON, LSE_POISON = 0x7FA5, 0x7FC0BEEF            # NaN payloads the kernel never computes: kept = not written
@@ -48,7 +51,7 @@ O_POISON, LSE_POISON = 0x7FA5, 0x7FC0BEEF            # NaN payloads the kernel n
 def label(persistent: bool, stages: int, exp_emu: int = 0, fp8: bool = False) -> str:
     name = f"gluon{' fp8' if fp8 else ''} persistent={int(persistent)} stages={stages}"
     if fp8:
-        return f"{name} exp_emu={exp_emu}"
+        return f"{name} exp_emu={exp_emu}" + ("  (dispatch)" if (persistent, stages, exp_emu) == FP8_DISPATCH else "")
     return name + ("  (dispatch)" if (persistent, stages) == DISPATCH else "")
 
 
@@ -75,9 +78,23 @@ def quantize(x):
 
 
 def fp8_inputs(mod, q, k, v):
-    """-> (q8, k8, v8, vt8, descales [3], (qd, kd, vd)) of bf16 q / k / v."""
+    """-> (q8, k8, v8, vt8, descales [B, Hkv, 3] (descale_table), (qd, kd, vd)) of bf16 q / k / v."""
     (q8, qd), (k8, kd), (v8, vd) = (quantize(t) for t in (q, k, v))
-    return q8, k8, v8, mod._vt_fp8(v8), torch.cat([qd, kd, vd]), (qd, kd, vd)
+    return q8, k8, v8, mod._vt_fp8(v8), mod.descale_table((qd, kd, vd), q.shape[0], HKV, q.device), (qd, kd, vd)
+
+
+@contextlib.contextmanager
+def gluon_off():
+    """NK_GLUON=0 inside (gluon_platform reads it per call): gqa_attention runs our Triton FP8 forward."""
+    before = os.environ.get("NK_GLUON")
+    os.environ["NK_GLUON"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["NK_GLUON"]
+        else:
+            os.environ["NK_GLUON"] = before
 
 
 def ours_fp8(mod, q8, k8, vt8, descales, persistent: bool, stages: int, exp_emu: int):
@@ -233,7 +250,8 @@ def run_gpu_fp8(mod, crashed=()) -> list:
 
 
 def time_fp8(mod, variants, q, k, v, q8, k8, v8, vt8, descales, scales, gqa_attention) -> None:
-    """Time the FP8 variants at one full shape, then our Triton FP8 and cuDNN bf16 on the same inputs."""
+    """Time the FP8 variants at one full shape, then the dispatch (V^T and descale table included), our Triton FP8
+    and cuDNN bf16 on the same inputs."""
     bsz, s = q.shape[:2]
     flops = 2.0 * bsz * HQ * s * s * D
     print(f"B{bsz} S{s} Hq{HQ} Hkv{HKV} D{D} causal fp8 e4m3 (per-tensor descales, bf16 out; V^T untimed)",
@@ -247,8 +265,11 @@ def time_fp8(mod, variants, q, k, v, q8, k8, v8, vt8, descales, scales, gqa_atte
             warmup=25, rep=200)
         rows.append((label(persistent, stages, exp_emu, fp8=True), ms))
     qd, kd, vd = scales
-    rows.append(("ours Triton fp8: gqa_attention(q8, k8, v8, descales)", triton.testing.do_bench(
+    rows.append(("ours dispatch fp8: gqa_attention (Gluon, V^T timed)", triton.testing.do_bench(
         lambda: gqa_attention(q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd), warmup=25, rep=200)))
+    with gluon_off():
+        rows.append(("ours Triton fp8: gqa_attention, NK_GLUON=0", triton.testing.do_bench(
+            lambda: gqa_attention(q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd), warmup=25, rep=200)))
     cudnn = cudnn_ms(q, k, v)
     rows.append(("torch SDPA cuDNN bf16 (kv expanded)", cudnn))
     print_rows(rows, flops, cudnn)
@@ -268,7 +289,8 @@ def warm_one(job) -> None:
             ours_fp8(mod, q8, k8, vt8, descales, *job[1:])
         else:
             from nemotron_kernels.ops.gqa_attention import gqa_attention
-            gqa_attention(q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd)
+            with gluon_off():
+                gqa_attention(q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd)
     torch.cuda.synchronize()
 
 

@@ -1,10 +1,10 @@
 """Public op `gqa_attention`: causal (bottom-right aligned) grouped-query flash attention, packed varlen, lse.
 
 Triton kernels on CUDA fp16/bf16 tensors (forward + backward) and FP8 e4m3 q/k/v with descales (forward, bf16
-output); the reference on CPU, for fp32/float64, for descales on 16-bit inputs, or without Triton — unless
-TRITON_INTERPRET=1, where CPU fp16/fp32/fp8 tensors run the kernels in Triton's interpreter. Layers: custom ops
-`nemotron_kernels::gqa_attention_fwd` / `_bwd` (visible to torch.compile and CUDA graphs) -> `GqaAttentionFn`
-(autograd) -> `gqa_attention()` (dispatch).
+output), Gluon ones in their scope on sm_90 (triton/gqa_attention_fwd_gluon.py, _bwd_gluon.py); the reference on
+CPU, for fp32/float64, for descales on 16-bit inputs, or without Triton — unless TRITON_INTERPRET=1, where CPU
+fp16/fp32/fp8 tensors run the kernels in Triton's interpreter. Layers: custom ops `nemotron_kernels::gqa_attention_fwd`
+/ `_bwd` (visible to torch.compile and CUDA graphs) -> `GqaAttentionFn` (autograd) -> `gqa_attention()` (dispatch).
 """
 from typing import Optional
 
@@ -205,4 +205,5 @@ def backend_report(device_type: str) -> str:
     return common.backend_report(device_type, "flash attention fwd+bwd (fp16/bf16), FP8 e4m3 fwd with descales, "
                                               "causal/varlen, D in (16, 32, 64, 128); fp16/bf16 fwd and bwd by "
                                               "Gluon FA3 kernels on sm_90 with triton 3.6 (D=128, Sq = Sk, "
-                                              "varlen too; NK_GLUON=0 disables them)")
+                                              "varlen too), the FP8 fwd too for batched S % 128 == 0 (descales "
+                                              "per tensor or per (batch, kv head)); NK_GLUON=0 disables them")

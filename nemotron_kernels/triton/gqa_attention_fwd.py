@@ -319,8 +319,9 @@ def gqa_attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens=No
     lse [B, Hq, Sq] fp32). Descales (FP8): None or fp32 tensors of one element or [B (or S) or 1, Hkv]; the
     scores use q_descale * k_descale * softmax_scale, the output is scaled by v_descale * out_scale.
     config: optional (BLOCK_M, BLOCK_N, num_warps, num_stages, use_tma) to bypass autotuning (tests, benchmarks).
-    Without config, inputs gqa_attention_fwd_gluon.gluon_eligible accepts (sm_90, triton 3.6, fp16/bf16, D=128,
-    Sq = Sk, varlen too, no descales) run the Gluon FA3 kernel instead."""
+    Without config, inputs gqa_attention_fwd_gluon.gluon_eligible accepts run the Gluon FA3 kernel instead: sm_90,
+    triton 3.6, D=128, Sq = Sk; fp16/bf16 (varlen too, no descales) or FP8 e4m3 (batched, S % 128 == 0, descales
+    per tensor or per (batch, kv head), any out_scale)."""
     check_qkv(q, k, v, cu_seqlens, max_seqlen)
     bsz, sq, hq, d = q.shape
     sk, hkv = k.shape[1], k.shape[2]
@@ -330,11 +331,13 @@ def gqa_attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens=No
     lse = torch.empty((bsz, hq, sq), dtype=torch.float32, device=q.device)
     if o.numel() == 0:
         return o, lse
-    if config is None and out_scale == 1.0 and gluon_platform(q.device)[0]:
+    if config is None and gluon_platform(q.device)[0]:
         # the Gluon FA3 forward on sm_90 (imported here: Hopper with triton 3.6 only, never in the interpreter)
         from . import gqa_attention_fwd_gluon as gluon_fwd
-        if gluon_fwd.gluon_eligible(q, k, v, causal, cu_seqlens, (q_descale, k_descale, v_descale), max_seqlen):
-            return gluon_fwd.gqa_attention_fwd_gluon(q, k, v, causal, softmax_scale, o, lse, cu_seqlens, max_seqlen)
+        descales = (q_descale, k_descale, v_descale)
+        if gluon_fwd.gluon_eligible(q, k, v, causal, cu_seqlens, descales, max_seqlen, out_scale):
+            return gluon_fwd.gqa_attention_fwd_gluon(q, k, v, causal, softmax_scale, o, lse, cu_seqlens, max_seqlen,
+                                                     descales, out_scale)
     varlen = cu_seqlens is not None
     if varlen:
         num_seqs = cu_seqlens.numel() - 1

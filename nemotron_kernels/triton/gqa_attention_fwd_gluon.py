@@ -1,4 +1,5 @@
-"""GQA flash-attention forward for Hopper in Gluon (FlashAttention-3 style): the BF16/FP16 forward on sm_90.
+"""GQA flash-attention forward for Hopper in Gluon (FlashAttention-3 style): the BF16/FP16 and FP8 e4m3 forward on
+sm_90.
 
 H200, 32/2 heads D=128 causal bf16 (session 27, the dispatch's knobs): 620 TFLOP/s at B4 S8K, 637 at B1 S32K,
 1.10x / 1.08x cuDNN SDPA (table below; the probe it grew from, with an FP8 mode: git show
@@ -51,10 +52,16 @@ ragged / varlen (their kernel only). H200, causal bf16, TFLOP/s (x cuDNN SDPA, s
 EXP_EMU lost for bf16 everywhere (tensor-bound, above): 16 / 32 / 64 at (0, 2) gave 566 / 558 / 531 at B4 S8K
 and 621 / 578 / 563 at B1 S32K, all under the best knobs (16 at S32K beat only (0, 2)); bf16 runs EXP_EMU 0.
 
-FP8 (opt-in: gqa_attention_fwd_gluon_fp8, not in the dispatch; constexpr FP8 of both kernels, after the probe of
-132c2e6): q / k e4m3 [B, S, H, D], V^T e4m3 [B, Hkv, D, S] with the keys of each 32 reordered (_vt_fp8, host side),
-per-tensor descales [3] read on the device (q * k folded into qk_scale, v in the epilogue), bf16 O through its own
-buffer (115,040 B at stages 2), lse as the bf16 path. Both wgmmas e4m3 m64n128k32 (QGMMA); P quantised with scale 1.
+FP8 (gqa_attention_fwd_gluon_fp8; constexpr FP8 of both kernels, after the probe of 132c2e6): q / k e4m3
+[B, S, H, D], V^T e4m3 [B, Hkv, D, S] with the keys of each 32 reordered (_vt_fp8, one copy of V on the host side,
+counted in the dispatch's time), descales per (batch, kv head) as an fp32 [B, Hkv, 3] table (descale_table: per
+tensor ones broadcast, out_scale folded into v's) read once per tile (q * k folded into the tile's qk_scale, v in
+the epilogue), bf16 O through its own buffer (115,040 B at stages 2), lse as the bf16 path. In the dispatch
+(gluon_eligible) for batched inputs with S % 128 == 0, causal or not, on the persistent kernel with FP8_STAGES = 2
+and EXP_EMU 0. H200, causal, 32/2 heads, per-tensor descales, V^T untimed, TFLOP/s (session 27 sweep; p: persistent,
+s: stages, e: EXP_EMU): B4 S8K p1 s2 e0 796.9 (1.47x cuDNN bf16 541.3), p1 s3 e0 773.8, p1 s2 e16 774.3, p0
+612-631, our Triton FP8 691.4; B1 S32K p1 s2 e0 817.4 (1.38x cuDNN 592.7), p1 s3 e0 815.6, p1 s3 e16 797.7, p0
+650-668, Triton FP8 741.5. Both wgmmas e4m3 m64n128k32 (QGMMA); P quantised with scale 1.
 P crosses the loop packed: _softmax turns each A register's 4 keys into one int32 (two cvt.e4m3x2 in an asm) and
 _p_operand unpacks it by shifts LLVM folds away; P carried as 64 e4m3 values instead cost 110 PRMT + 32 SHF a
 block (the probe's loop: 650 instructions, now 456). Session 27's first H200 run gave NaN (B1 S256, the first
@@ -66,7 +73,9 @@ FP8 loop per warp and key block (Triton 3.6 SASS): EXP_EMU 0 / 16 / 32 / 48 / 64
 instructions, 66 / 58 / 50 / 42 / 34 MUFU.EX2, 8 QGMMA. Per 128x128 block per SM: tensor 1024 clk (4096 e4m3
 MAC/clk), MUFU 2 x 128 x n_ex2 / 16 = 1056 / 928 / 800 / 672 / 544 clk, issue 2 warps x loop per SMSP = 912 / 1024
 / 1136 / 1246 / 1364 slots: at 0 MUFU-bound, 16 balanced, from 32 on issue-bound (bf16's 2048-clk tensor bound
-hides every EXP_EMU: 459 -> 684 instructions at 64, under 2048 issue slots). Not yet correct on a GPU.
+hides every EXP_EMU: 459 -> 684 instructions at 64, under 2048 issue slots). Every FP8 variant passed the sweep's
+checks (o and lse against fp32 on the dequantised inputs) on the H200 in session 27. The per-tile descales (for the
+dispatch) left the persistent loop as it was (463 instructions causal; AOT) and added 8 to the kernel.
 
 Gluon kernels are never interpreted (gluon.jit always compiles), so this module is imported plainly, never through
 common.kernel_module (no INTERPRETED / LOAD_TOKEN), and only for CUDA tensors (gqa_attention_fwd's dispatch).
@@ -276,7 +285,7 @@ def _softmax(s, m_i, l_i, qk_scale, key0, row0, MASK: gl.constexpr, mma: gl.cons
 @gluon.jit
 def _consumer(q_desc, k_desc, o_desc, q_smem, k_bufs, v_bufs, bars, lse_row, q_row, q_col, q_pos0, n_blocks,
               qk_scale, seq_len, o_ptr, WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-              CAUSAL: gl.constexpr, RAGGED: gl.constexpr, O_STRIDE: gl.constexpr, o_smem=None, descale_ptr=None,
+              CAUSAL: gl.constexpr, RAGGED: gl.constexpr, O_STRIDE: gl.constexpr, o_smem=None, descale_row=None,
               FP8: gl.constexpr = False, EXP_EMU: gl.constexpr = 0):
     """A consumer warpgroup (4 warps): query rows WG*64 .. WG*64+63 of the CTA's block (positions q_pos0 + ..,
     rows q_row + .. of the [B*S, Hq*D] views). Iteration i consumes ring slot i % STAGES (key block n_blocks-1-i)
@@ -284,10 +293,10 @@ def _consumer(q_desc, k_desc, o_desc, q_smem, k_bufs, v_bufs, bars, lse_row, q_r
     lse_row: this block's first lse element. RAGGED (seq_len, o_ptr, O_STRIDE = Hq*D: see the kernel): n_blocks = 0
     does nothing; rows from seq_len on are computed (from the next sequence's Q or TMA's zeros; row-local) but never
     stored. FP8 (e4m3 Q / K / V^T, bf16 O; not RAGGED): O goes out through o_smem (bf16 [2, 64, D]), scaled by
-    v_descale (descale_ptr[2]). EXP_EMU: see _softmax."""
+    v_descale (descale_row[2]: the tile's (batch, kv head) row of the descale table). EXP_EMU: see _softmax."""
     if not RAGGED or n_blocks > 0:
         _consume(q_desc, k_desc, o_desc, q_smem, k_bufs, v_bufs, bars, lse_row, q_row, q_col, q_pos0, n_blocks,
-                 qk_scale, seq_len, o_ptr, WG, BLOCK_N, STAGES, CAUSAL, RAGGED, O_STRIDE, o_smem, descale_ptr, FP8,
+                 qk_scale, seq_len, o_ptr, WG, BLOCK_N, STAGES, CAUSAL, RAGGED, O_STRIDE, o_smem, descale_row, FP8,
                  EXP_EMU)
 
 
@@ -312,7 +321,7 @@ def _store_rows(buf, ptr, row, col, n_rows, ROW_STRIDE: gl.constexpr):
 @gluon.jit
 def _consume(q_desc, k_desc, o_desc, q_smem, k_bufs, v_bufs, bars, lse_row, q_row, q_col, q_pos0, n_blocks,
              qk_scale, seq_len, o_ptr, WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-             CAUSAL: gl.constexpr, RAGGED: gl.constexpr, O_STRIDE: gl.constexpr, o_smem=None, descale_ptr=None,
+             CAUSAL: gl.constexpr, RAGGED: gl.constexpr, O_STRIDE: gl.constexpr, o_smem=None, descale_row=None,
              FP8: gl.constexpr = False, EXP_EMU: gl.constexpr = 0):
     q_bar, k_ready, k_empty, v_ready, v_empty, turn = bars
     WG_M: gl.constexpr = q_desc.block_type.shape[0]
@@ -336,7 +345,7 @@ def _consume(q_desc, k_desc, o_desc, q_smem, k_bufs, v_bufs, bars, lse_row, q_ro
         gl.store(lse_row + WG * WG_M + gl.arange(0, WG_M, layout=row_layout), lse)
     if FP8:
         # O = acc * v_descale / l through its own bf16 buffer (Q's is 8-bit)
-        o = (acc * gl.expand_dims(gl.load(descale_ptr + 2) / l_i, 1)).to(o_desc.dtype)
+        o = (acc * gl.expand_dims(gl.load(descale_row + 2) / l_i, 1)).to(o_desc.dtype)
         o_buf = o_smem.index(WG)
     else:
         # O = acc / l through this group's Q buffer (its last reader, the S wgmma, has completed)
@@ -465,10 +474,11 @@ def _gqa_attn_fwd_gluon_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen, 
     o_ptr: o's data ([B*S, HQ*D] contiguous; None unless RAGGED). VARLEN (RAGGED too): B = 1 and cu_seqlens
     [num_seqs + 1] splits the S = T packed rows into sequences; lse [1, HQ, T]; grid (cdiv(max_seqlen, BLOCK_M),
     num_seqs * HQ), blocks past their sequence's end do nothing.
-    FP8 (not RAGGED; None / False / 0 in the dispatch's variants): q / k e4m3, v_desc over V^T [B*HKV*D, S] e4m3
-    (_vt_fp8) in [D, BLOCK_N] boxes, o bf16; descale_ptr -> fp32 (q_descale, k_descale, v_descale): S is scaled by
-    q_descale * k_descale (folded into qk_scale), O by v_descale. EXP_EMU: score columns per row whose exp2 runs
-    on the FMA pipe (_exp2_tile)."""
+    FP8 (not RAGGED; here for the sweep only, the dispatch runs FP8 on the persistent kernel): q / k e4m3, v_desc
+    over V^T [B*HKV*D, S] e4m3 (_vt_fp8) in [D, BLOCK_N] boxes, o bf16; descale_ptr -> fp32 [B, HKV, 3]
+    (q_descale, k_descale, v_descale of each (batch, kv head), descale_table): S is scaled by q_descale * k_descale
+    (folded into qk_scale), O by v_descale. EXP_EMU: score columns per row whose exp2 runs on the FMA pipe
+    (_exp2_tile)."""
     gl.static_assert(BLOCK_M == BLOCK_N, "the causal bounds assume square blocks")
     gl.static_assert(2 * q_desc.block_type.shape[0] == BLOCK_M, "two consumer warpgroups of BLOCK_M / 2 rows")
     gl.static_assert(RAGGED or not VARLEN, "varlen is ragged")
@@ -501,9 +511,12 @@ def _gqa_attn_fwd_gluon_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen, 
     if FP8:
         gl.static_assert(not RAGGED, "FP8: S % BLOCK_M == 0, batched")
         gl.static_assert(q_desc.dtype == gl.float8e4nv and o_desc.dtype == gl.bfloat16, "FP8: e4m3 in, bf16 out")
-        qk_scale = qk_scale * gl.load(descale_ptr) * gl.load(descale_ptr + 1)    # S = Q K^T q_descale k_descale
-        vt_row = (b * HKV + h // (HQ // HKV)) * HEAD_D                            # its rows of V^T
+        kv_bh = b * HKV + h // (HQ // HKV)                                        # (batch, kv head)
+        descale_row = descale_ptr + kv_bh * 3
+        qk_scale = qk_scale * gl.load(descale_row) * gl.load(descale_row + 1)    # S = Q K^T q_descale k_descale
+        vt_row = kv_bh * HEAD_D                                                   # its rows of V^T
     else:
+        descale_row: gl.constexpr = None              # (a constexpr: no partition capture)
         vt_row = 0
 
     # shared memory: Q [2, 64, D] (reused for O), K and V rings [STAGES, BLOCK_N, D]: 32 + 64 + 64 KB (16-bit);
@@ -538,11 +551,11 @@ def _gqa_attn_fwd_gluon_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen, 
     gl.warp_specialize([
         # default partition (num_warps = 4): consumer of rows 0..63
         (_consumer, (q_desc, k_desc, o_desc, q_smem, k_bufs, v_bufs, bars, lse_row, q_row, q_col, q_pos0, n_blocks,
-                     qk_scale, seq_len, o_ptr, WG0, BLOCK_N, STAGES, CAUSAL, RAGGED, O_STRIDE, o_smem, descale_ptr,
+                     qk_scale, seq_len, o_ptr, WG0, BLOCK_N, STAGES, CAUSAL, RAGGED, O_STRIDE, o_smem, descale_row,
                      FP8, EXP_EMU)),
         # worker, 4 warps: consumer of rows 64..127
         (_consumer, (q_desc, k_desc, o_desc, q_smem, k_bufs, v_bufs, bars, lse_row, q_row, q_col, q_pos0, n_blocks,
-                     qk_scale, seq_len, o_ptr, WG1, BLOCK_N, STAGES, CAUSAL, RAGGED, O_STRIDE, o_smem, descale_ptr,
+                     qk_scale, seq_len, o_ptr, WG1, BLOCK_N, STAGES, CAUSAL, RAGGED, O_STRIDE, o_smem, descale_row,
                      FP8, EXP_EMU)),
         # worker, 1 warp: TMA loads
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, bars, q_row, q_col, kv_row, kv_col, n_blocks,
@@ -567,7 +580,8 @@ def _tile(k, pid, n_progs, n_mblocks, num_bh, seqlen, HQ: gl.constexpr, HKV: gl.
     """Program pid's k-th tile of the static schedule: tiles t = 0 .. n_mblocks * num_bh - 1 longest first (query
     block n_mblocks - 1 - t // num_bh of (batch * head) t % num_bh), dealt in waves of n_progs, snaking (even waves
     to programs 0 .. n_progs-1, odd waves back), so the programs' sums of key blocks stay within a block or so.
-    -> (q_row, q_col, kv_row, kv_col, q_pos0, n_blocks, lse_off): as the batched kernel computes them."""
+    -> (q_row, q_col, kv_row, kv_col, q_pos0, n_blocks, lse_off, kv_bh): as the batched kernel computes them
+    (kv_bh = b * HKV + kv head: FP8's rows of V^T and of the descale table)."""
     t = k * n_progs + pid + (k % 2) * (n_progs - 1 - 2 * pid)
     pid_m = n_mblocks - 1 - t // num_bh
     bh = t % num_bh
@@ -579,7 +593,8 @@ def _tile(k, pid, n_progs, n_mblocks, num_bh, seqlen, HQ: gl.constexpr, HKV: gl.
     else:
         n_blocks = n_mblocks
     lse_off = bh.to(gl.int64) * seqlen + q_pos0
-    return (b * seqlen + q_pos0, h * HEAD_D, b * seqlen, (h // (HQ // HKV)) * HEAD_D, q_pos0, n_blocks, lse_off)
+    kv_h = h // (HQ // HKV)
+    return (b * seqlen + q_pos0, h * HEAD_D, b * seqlen, kv_h * HEAD_D, q_pos0, n_blocks, lse_off, b * HKV + kv_h)
 
 
 @gluon.jit
@@ -595,12 +610,10 @@ def _producer_persistent(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, bars, q
     n_mblocks = seqlen // BLOCK_M
     g = 0
     for k in range(_tile_count(pid, n_progs, n_mblocks * num_bh)):
-        q_row, q_col, kv_row, kv_col, q_pos0, n_blocks, lse_off = _tile(k, pid, n_progs, n_mblocks, num_bh, seqlen,
-                                                                         HQ, HKV, HEAD_D, BLOCK_M, CAUSAL)
-        if FP8:
-            vt_row = (kv_row // seqlen * HKV) * HEAD_D + kv_col                  # (b * HKV + kv head) * D
-        else:
-            vt_row = 0
+        q_row, q_col, kv_row, kv_col, q_pos0, n_blocks, lse_off, kv_bh = _tile(k, pid, n_progs, n_mblocks, num_bh,
+                                                                                seqlen, HQ, HKV, HEAD_D, BLOCK_M,
+                                                                                CAUSAL)
+        vt_row = kv_bh * HEAD_D                                                   # FP8: its rows of V^T
         for i in range(n_blocks):
             stage = (g + i) % STAGES
             phase = ((g + i) // STAGES) & 1
@@ -633,7 +646,8 @@ def _consumer_persistent(q_desc, k_desc, o_desc, q_smem, o_smem, k_bufs, v_bufs,
     across tiles (a tile takes n_blocks + 1 turns). O_OWN: O goes through its own buffer, Q's half is freed once
     the tile's last S is done (the producer loads the next Q during the last P V and the epilogue), and a tile's
     O store is waited for only before the next tile writes the buffer; else O goes through Q's half, freed once
-    the store has read it. FP8 (O_OWN): O scaled by v_descale (descale_ptr[2]); EXP_EMU: see _softmax."""
+    the store has read it. FP8 (O_OWN): S scaled by the tile's q_descale * k_descale, O by its v_descale (the
+    tile's (batch, kv head) row of the descale table [B, HKV, 3]); EXP_EMU: see _softmax."""
     q_bar, k_ready, k_empty, v_ready, v_empty, turn = bars
     WG_M: gl.constexpr = q_desc.block_type.shape[0]
     HEAD_D: gl.constexpr = q_desc.block_type.shape[1]
@@ -644,17 +658,22 @@ def _consumer_persistent(q_desc, k_desc, o_desc, q_smem, o_smem, k_bufs, v_bufs,
     q = q_smem.index(WG)
     o_buf = o_smem.index(WG)
     n_mblocks = seqlen // BLOCK_M
-    if FP8:
-        o_scale = gl.load(descale_ptr + 2)                                        # v_descale
     g = 0
     tc = 0
     for k in range(_tile_count(pid, n_progs, n_mblocks * num_bh)):
-        q_row, q_col, kv_row, kv_col, q_pos0, n_blocks, lse_off = _tile(k, pid, n_progs, n_mblocks, num_bh, seqlen,
-                                                                         HQ, HKV, HEAD_D, BLOCK_M, CAUSAL)
+        q_row, q_col, kv_row, kv_col, q_pos0, n_blocks, lse_off, kv_bh = _tile(k, pid, n_progs, n_mblocks, num_bh,
+                                                                                seqlen, HQ, HKV, HEAD_D, BLOCK_M,
+                                                                                CAUSAL)
         row0 = q_pos0 + WG * WG_M
+        if FP8:                                       # loaded before the wait for Q, which hides their latency
+            descale_row = descale_ptr + kv_bh * 3
+            tile_scale = qk_scale * gl.load(descale_row) * gl.load(descale_row + 1)   # * q_descale k_descale
+            o_scale = gl.load(descale_row + 2)                                          # v_descale
+        else:
+            tile_scale = qk_scale
         mbarrier.wait(q_bar.index(WG), k & 1)
         acc, m_i, l_i = _attend(q, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, turn, q_free.index(WG),
-                                n_blocks, g, tc, qk_scale, row0, seqlen, k_desc.dtype, WG, BLOCK_N, STAGES, CAUSAL,
+                                n_blocks, g, tc, tile_scale, row0, seqlen, k_desc.dtype, WG, BLOCK_N, STAGES, CAUSAL,
                                 False, O_OWN, FP8, EXP_EMU)
         g += n_blocks
         tc += n_blocks + 1
@@ -687,13 +706,12 @@ def _gqa_attn_fwd_gluon_persistent_kernel(q_desc, k_desc, v_desc, o_desc, lse_pt
     no launch / prologue / epilogue per tile on the critical path: the producer streams the next tile's Q and K/V
     while the consumers finish the current one. Shared memory: STAGES = 2 adds an O buffer (32 + 128 + 32 KB);
     STAGES = 3 has no room for one (32 + 192 KB), so O goes through Q as in the batched kernel. FP8 (see the batched
-    kernel): always its own bf16 O buffer (16 + 16 / 24 + 16 / 24 + 32 KB)."""
+    kernel; the descales are read per tile): always its own bf16 O buffer (16 + 16 / 24 + 16 / 24 + 32 KB)."""
     gl.static_assert(BLOCK_M == BLOCK_N, "the causal bounds assume square blocks")
     gl.static_assert(2 * q_desc.block_type.shape[0] == BLOCK_M, "two consumer warpgroups of BLOCK_M / 2 rows")
     O_OWN: gl.constexpr = STAGES == 2 or FP8
     if FP8:
         gl.static_assert(q_desc.dtype == gl.float8e4nv and o_desc.dtype == gl.bfloat16, "FP8: e4m3 in, bf16 out")
-        qk_scale = qk_scale * gl.load(descale_ptr) * gl.load(descale_ptr + 1)    # S = Q K^T q_descale k_descale
     pid = gl.program_id(0)
     n_progs = gl.num_programs(0)
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
@@ -737,20 +755,25 @@ def _gqa_attn_fwd_gluon_persistent_kernel(q_desc, k_desc, v_desc, o_desc, lse_pt
 
 
 # ------------------------------------------------------------------------------------------------------- host
+FP8 = torch.float8_e4m3fn
+FP8_STAGES = 2          # the FP8 dispatch's K/V ring (persistent, EXP_EMU 0): the sweep's best (module docstring)
+_GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, FP8: gl.float8e4nv}
 
 
-def inputs_ineligible_reason(q, k, v, cu_seqlens, max_seqlen=None) -> str | None:
+def inputs_ineligible_reason(q, k, v, cu_seqlens, max_seqlen=None,
+                             dtypes=(torch.float16, torch.bfloat16)) -> str | None:
     """Why the Gluon attention kernels (this forward and gqa_attention_bwd_gluon) cannot take these q [B, Sq, Hq, D],
-    k / v [B, Sk, Hkv, D] (None: they can): the platform (common.gluon_platform), fp16 / bf16 alike, Sq == Sk,
-    D = 128, not empty; varlen (cu_seqlens [num_seqs + 1] int32 / int64 on q's device): B = 1 and max_seqlen given
-    (q and k packed alike, as gqa_attention_fwd's check_qkv asks). Any S: blocks past a sequence's end are masked."""
+    k / v [B, Sk, Hkv, D] (None: they can): the platform (common.gluon_platform), one of `dtypes` (the forward adds
+    FP8 e4m3), Sq == Sk, D = 128, not empty; varlen (cu_seqlens [num_seqs + 1] int32 / int64 on q's device): B = 1
+    and max_seqlen given (q and k packed alike, as gqa_attention_fwd's check_qkv asks). Any S: blocks past a
+    sequence's end are masked."""
     ok, why = gluon_platform(q.device)
     if not ok:
         return why
     if not q.device == k.device == v.device:
         return f"devices differ (q {q.device}, k {k.device}, v {v.device})"
-    if not q.dtype == k.dtype == v.dtype or q.dtype not in (torch.float16, torch.bfloat16):
-        return f"dtype {q.dtype} (fp16 / bf16 only)"
+    if not q.dtype == k.dtype == v.dtype or q.dtype not in dtypes:
+        return f"dtype {q.dtype} ({' / '.join(str(t)[6:] for t in dtypes)} only)"
     if q.shape[1] != k.shape[1]:
         return f"Sq {q.shape[1]} != Sk {k.shape[1]}"
     if q.numel() == 0 or k.numel() == 0:
@@ -776,14 +799,20 @@ def _grid_rows(q, cu_seqlens, max_seqlen) -> tuple[int, int]:
     return max_seqlen, cu_seqlens.numel() - 1
 
 
-def gluon_ineligible_reason(q, k, v, causal, cu_seqlens, descales, max_seqlen=None) -> str | None:
-    """Why the Gluon forward cannot run these inputs (None: it can): inputs_ineligible_reason, then no descales
-    (each None or a tensor) and, for ragged inputs (one CTA per block), the grid's limit. causal is either."""
-    why = inputs_ineligible_reason(q, k, v, cu_seqlens, max_seqlen)
+def gluon_ineligible_reason(q, k, v, causal, cu_seqlens, descales, max_seqlen=None,
+                            out_scale: float = 1.0) -> str | None:
+    """Why the Gluon forward cannot run these inputs (None: it can): inputs_ineligible_reason (fp16 / bf16 / FP8
+    e4m3), then for FP8 _fp8_ineligible_reason, for 16-bit inputs no descales (each None or a tensor), out_scale 1
+    and, for ragged inputs (one CTA per block), the grid's limit. causal is either."""
+    why = inputs_ineligible_reason(q, k, v, cu_seqlens, max_seqlen, (torch.float16, torch.bfloat16, FP8))
     if why is not None:
         return why
+    if q.dtype == FP8:
+        return _fp8_ineligible_reason(q, k, cu_seqlens, descales)
     if any(d is not None for d in descales):
-        return "descales"
+        return "descales (16-bit inputs)"
+    if out_scale != 1.0:
+        return f"out_scale {out_scale} (16-bit inputs)"
     seqs = _grid_rows(q, cu_seqlens, max_seqlen)[1]
     if _ragged(q, cu_seqlens) and seqs * q.shape[2] > 65535:
         return f"{'num_seqs' if cu_seqlens is not None else 'B'} * Hq = {seqs * q.shape[2]} > 65535 (the grid's " \
@@ -791,9 +820,31 @@ def gluon_ineligible_reason(q, k, v, causal, cu_seqlens, descales, max_seqlen=No
     return None
 
 
-def gluon_eligible(q, k, v, causal, cu_seqlens, descales, max_seqlen=None) -> bool:
+def gluon_eligible(q, k, v, causal, cu_seqlens, descales, max_seqlen=None, out_scale: float = 1.0) -> bool:
     """Whether gqa_attention_fwd runs these inputs with the Gluon kernel (see gluon_ineligible_reason)."""
-    return gluon_ineligible_reason(q, k, v, causal, cu_seqlens, descales, max_seqlen) is None
+    return gluon_ineligible_reason(q, k, v, causal, cu_seqlens, descales, max_seqlen, out_scale) is None
+
+
+def _fp8_ineligible_reason(q8, k8, cu_seqlens, descales) -> str | None:
+    """The FP8 kernel's scope past inputs_ineligible_reason: batched (no cu_seqlens), S % 128 == 0 (the persistent
+    kernel's whole blocks), Hq % Hkv == 0, descales (q, k, v) each None or a float tensor of one element or
+    [B or 1, Hkv] on q's device (descale_table)."""
+    bsz, seqlen, hq, _ = q8.shape
+    hkv = k8.shape[2]
+    if cu_seqlens is not None:
+        return "FP8 varlen (the FP8 kernel runs batched inputs only)"
+    if seqlen % BLOCK_M:
+        return f"FP8 with S {seqlen} % {BLOCK_M} != 0 (the FP8 kernel runs whole blocks only)"
+    if hq % hkv:
+        return f"Hq {hq} not a multiple of Hkv {hkv}"
+    for name, d in zip(("q_descale", "k_descale", "v_descale"), descales):
+        if d is None:
+            continue
+        if not isinstance(d, torch.Tensor) or not d.is_floating_point() or d.device != q8.device:
+            return f"{name}: not a float tensor on q's device"
+        if d.numel() != 1 and (d.dim() != 2 or d.shape[0] not in (1, bsz) or d.shape[1] != hkv):
+            return f"{name} shape {tuple(d.shape)} (1 element or [B={bsz} or 1, Hkv={hkv}])"
+    return None
 
 
 def _ragged(q, cu_seqlens) -> bool:
@@ -816,20 +867,27 @@ def _rows_view(t: torch.Tensor) -> torch.Tensor:
 def _descriptor(t: torch.Tensor, rows_per_box: int) -> TensorDescriptor:
     """A 2-D TMA descriptor over t [B, S, H, D] (a rows view, see _rows_view) as [B*S, H*D] in [rows, D] boxes."""
     bsz, seqlen, heads, d = t.shape
-    dtype = gl.bfloat16 if t.dtype == torch.bfloat16 else gl.float16
-    layout = gl.NVMMASharedLayout.get_default_for([rows_per_box, d], dtype)
+    layout = gl.NVMMASharedLayout.get_default_for([rows_per_box, d], _GL_DTYPES[t.dtype])
     return TensorDescriptor(t, [bsz * seqlen, heads * d], [t.stride(1), 1], [rows_per_box, d], layout)
 
 
 def gqa_attention_fwd_gluon(q, k, v, causal: bool, softmax_scale: float, o, lse, cu_seqlens=None, max_seqlen=None,
-                            persistent: bool | None = None, stages: int = STAGES):
-    """q [B, S, Hq, D], k / v [B, S, Hkv, D] (gluon_eligible), o [B, S, Hq, D] (q's dtype) and lse [B, Hq, S]
-    fp32, both fresh contiguous -> (o, lse) written (lse in natural log). cu_seqlens [num_seqs + 1], max_seqlen:
-    packed sequences (B = 1); rows of no sequence (none when cu_seqlens[-1] = S, as gqa_attention checks) stay
-    unwritten. persistent / stages: the tuning knobs (VARIANTS; the dispatch passes neither): persistent runs the
-    batched case (S % 128 == 0, no cu_seqlens) only, None = persistent exactly then."""
+                            descales=(None, None, None), out_scale: float = 1.0, persistent: bool | None = None,
+                            stages: int = STAGES):
+    """q [B, S, Hq, D], k / v [B, S, Hkv, D] (gluon_eligible), o [B, S, Hq, D] (q's dtype; bf16 for FP8) and lse
+    [B, Hq, S] fp32, both fresh contiguous -> (o, lse) written (lse in natural log). cu_seqlens [num_seqs + 1],
+    max_seqlen: packed sequences (B = 1); rows of no sequence (none when cu_seqlens[-1] = S, as gqa_attention
+    checks) stay unwritten. FP8 e4m3 q / k / v (batched, S % 128 == 0): descales (q, k, v; see descale_table) and
+    out_scale scale the dequantised inputs and the output; V^T is built here (_vt_fp8, one copy of V), then
+    gqa_attention_fwd_gluon_fp8 runs with its dispatch knobs. persistent / stages: the 16-bit tuning knobs
+    (VARIANTS; the dispatch passes neither): persistent runs the batched case (S % 128 == 0, no cu_seqlens) only,
+    None = persistent exactly then."""
     bsz, seqlen, hq, _ = q.shape
     hkv = k.shape[2]
+    if q.dtype == FP8:
+        assert cu_seqlens is None, "FP8: batched inputs only"
+        table = descale_table(descales, bsz, hkv, q.device, out_scale)
+        return gqa_attention_fwd_gluon_fp8(q, k, _vt_fp8(v), table, causal, softmax_scale, o, lse)
     assert o.shape == q.shape and o.dtype == q.dtype and o.is_contiguous(), "o: contiguous, q's shape and dtype"
     assert lse.shape == (bsz, hq, seqlen) and lse.dtype == torch.float32 and lse.is_contiguous(), \
         "lse: contiguous fp32 [B, Hq, S]"
@@ -860,58 +918,61 @@ def gqa_attention_fwd_gluon(q, k, v, causal: bool, softmax_scale: float, o, lse,
     return o, lse
 
 
-# ------------------------------------------------------------------------------------------- FP8 (opt-in, host)
+# ------------------------------------------------------------------------------------------------------ FP8 host
 
 
 def _vt_fp8(v8: torch.Tensor) -> torch.Tensor:
-    """v8 [B, S, HKV, D] e4m3 (S % 32 == 0) -> V^T [B, HKV, D, S] contiguous e4m3, the keys of each group of 32 in
-    the order of the kernel's P' (_softmax): column 32g+16h+4c+2e+p holds key 32g+16h+8e+2c+p. Host-side (torch
-    ops on v8's device); a quantisation kernel could write this layout directly."""
-    bsz, seqlen = v8.shape[:2]
-    assert v8.dtype == torch.float8_e4m3fn and seqlen % 32 == 0, "_vt_fp8: e4m3 [B, S, HKV, D], S % 32 == 0"
-    keys = torch.arange(seqlen, device=v8.device).view(seqlen // 32, 2, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(-1)
-    vt = v8.view(torch.uint8)[:, keys].permute(0, 2, 3, 1).contiguous()           # (bytes: index ops on fp8)
-    return vt.view(torch.float8_e4m3fn)
+    """v8 [B, S, HKV, D] e4m3 (S % 32 == 0, any strides) -> V^T [B, HKV, D, S] contiguous e4m3, the keys of each
+    group of 32 in the order of the kernel's P' (_softmax): column 32g+16h+4c+2e+p holds key 32g+16h+8e+2c+p. One
+    copy (torch, on v8's device): v8's keys split as (g, h, e, c, p), permuted to (g, h, c, e, p)."""
+    bsz, seqlen, hkv, d = v8.shape
+    assert v8.dtype == FP8 and seqlen % 32 == 0, "_vt_fp8: e4m3 [B, S, HKV, D], S % 32 == 0"
+    vt = torch.empty(bsz, hkv, d, seqlen, dtype=FP8, device=v8.device)
+    keys = v8.view(bsz, seqlen // 32, 2, 2, 4, 2, hkv, d)                           # [b, g, h, e, c, p, kv, d]
+    vt.view(bsz, hkv, d, seqlen // 32, 2, 4, 2, 2).copy_(keys.permute(0, 6, 7, 1, 2, 4, 3, 5))
+    return vt
 
 
-def _descriptors_fp8(q8, k8, vt8, o):
-    """TMA descriptors of the FP8 forward: q8 / k8 [B, S, H, D] e4m3 as [B*S, H*D] ([64, D] / [BLOCK_N, D] boxes),
-    vt8 [B, HKV, D, S] e4m3 as [B*HKV*D, S] in [D, BLOCK_N] boxes, o [B, S, HQ, D] bf16 in [64, D] boxes."""
-    bsz, seqlen, hq, d = q8.shape
-    hkv = k8.shape[2]
-
-    def desc(t, shape, strides, box, dtype):
-        return TensorDescriptor(t, shape, strides, box, gl.NVMMASharedLayout.get_default_for(box, dtype))
-
-    f8 = gl.float8e4nv
-    return (desc(q8, [bsz * seqlen, hq * d], [hq * d, 1], [WG_M, d], f8),
-            desc(k8, [bsz * seqlen, hkv * d], [hkv * d, 1], [BLOCK_N, d], f8),
-            desc(vt8, [bsz * hkv * d, seqlen], [seqlen, 1], [d, BLOCK_N], f8),
-            desc(o, [bsz * seqlen, hq * d], [hq * d, 1], [WG_M, d], gl.bfloat16))
+def descale_table(descales, bsz: int, hkv: int, device, out_scale: float = 1.0) -> torch.Tensor:
+    """descales (q_descale, k_descale, v_descale), each None (1), a one-element tensor (per tensor) or [B or 1, Hkv]
+    (per (batch, kv head)) -> fp32 [B, Hkv, 3] contiguous on `device`: row (b, kv head) holds that (batch, kv head)'s
+    three descales, v's times out_scale. The FP8 kernels read one row per tile."""
+    cols = []
+    for d in descales:
+        if d is None:
+            d = torch.ones((), dtype=torch.float32, device=device)
+        d = d.to(torch.float32)
+        cols.append((d.reshape(()) if d.numel() == 1 else d).expand(bsz, hkv))
+    if out_scale != 1.0:
+        cols[2] = cols[2] * out_scale
+    return torch.stack(cols, dim=-1)
 
 
 def gqa_attention_fwd_gluon_fp8(q8, k8, vt8, descales, causal: bool, softmax_scale: float, o, lse,
-                                persistent: bool = False, stages: int = STAGES, exp_emu: int = 0):
-    """The FP8 e4m3 forward (opt-in, not in gqa_attention's dispatch; scripts/sweep_attn_fwd_gluon.py runs it):
-    q8 [B, S, Hq, D], k8 [B, S, Hkv, D] contiguous e4m3, vt8 = _vt_fp8(v8) [B, Hkv, D, S], descales [3] fp32
-    (q_descale, k_descale, v_descale: per tensor, read on the device), S % 128 == 0, D = 128, no varlen;
-    o [B, S, Hq, D] bf16 and lse [B, Hq, S] fp32, fresh contiguous -> (o, lse) of the dequantised inputs
-    (q8 * q_descale, ...). P is quantised to e4m3 with scale 1. persistent / stages / exp_emu: the knobs."""
+                                persistent: bool = True, stages: int = FP8_STAGES, exp_emu: int = 0):
+    """The FP8 e4m3 forward (gqa_attention_fwd_gluon calls it with the default knobs; the sweep with each):
+    q8 [B, S, Hq, D], k8 [B, S, Hkv, D] e4m3 (rows views, _rows_view), vt8 = _vt_fp8(v8) [B, Hkv, D, S] contiguous,
+    descales fp32 [B, Hkv, 3] contiguous (descale_table), S % 128 == 0, D = 128, no varlen; o [B, S, Hq, D] bf16 and
+    lse [B, Hq, S] fp32, fresh contiguous -> (o, lse) of the dequantised inputs (q8 * q_descale, ...), o times
+    v's column (v_descale * out_scale). P is quantised to e4m3 with scale 1. persistent / stages / exp_emu: the
+    knobs."""
     bsz, seqlen, hq, d = q8.shape
     hkv = k8.shape[2]
-    f8 = torch.float8_e4m3fn
-    assert q8.dtype == k8.dtype == vt8.dtype == f8, "q8 / k8 / vt8: float8_e4m3fn"
-    assert q8.is_contiguous() and k8.is_contiguous() and vt8.is_contiguous(), "q8 / k8 / vt8: contiguous"
+    assert q8.dtype == k8.dtype == vt8.dtype == FP8, "q8 / k8 / vt8: float8_e4m3fn"
+    assert vt8.is_contiguous(), "vt8: contiguous"
     assert d == HEAD_DIM and k8.shape == (bsz, seqlen, hkv, d) and hq % hkv == 0, "q8 / k8: [B, S, H, 128]"
     assert vt8.shape == (bsz, hkv, d, seqlen), "vt8: [B, Hkv, D, S] (_vt_fp8)"
     assert seqlen % BLOCK_M == 0 and seqlen > 0, "S % 128 == 0"
     assert exp_emu in range(0, 129, 16), f"exp_emu {exp_emu}: a multiple of 16, <= 128"
-    assert descales.dtype == torch.float32 and descales.numel() == 3 and descales.is_contiguous() and \
-        descales.device == q8.device, "descales: [3] fp32 on q8's device"
+    assert descales.dtype == torch.float32 and descales.shape == (bsz, hkv, 3) and descales.is_contiguous() and \
+        descales.device == q8.device, "descales: contiguous fp32 [B, Hkv, 3] on q8's device (descale_table)"
     assert o.shape == q8.shape and o.dtype == torch.bfloat16 and o.is_contiguous(), "o: contiguous bf16"
     assert lse.shape == (bsz, hq, seqlen) and lse.dtype == torch.float32 and lse.is_contiguous(), \
         "lse: contiguous fp32 [B, Hq, S]"
-    q_desc, k_desc, v_desc, o_desc = _descriptors_fp8(q8, k8, vt8, o)
+    q8, k8 = _rows_view(q8), _rows_view(k8)
+    q_desc, k_desc, o_desc = _descriptor(q8, WG_M), _descriptor(k8, BLOCK_N), _descriptor(o, WG_M)
+    v_desc = TensorDescriptor(vt8, [bsz * hkv * d, seqlen], [seqlen, 1], [d, BLOCK_N],
+                              gl.NVMMASharedLayout.get_default_for([d, BLOCK_N], gl.float8e4nv))
     qk_scale = float(softmax_scale) * LOG2E                                       # * q_descale k_descale inside
     if persistent:
         tiles = (seqlen // BLOCK_M) * bsz * hq
@@ -935,7 +996,11 @@ def gqa_attention_fwd_gluon_fp8(q8, k8, vt8, descales, causal: bool, softmax_sca
 def aot_compile_all():
     """Compile for sm_90a every variant the dispatch launches at Nemotron's heads (32 / 2): bf16 and fp16, causal
     and full; S % 128 == 0 batched (the persistent kernel), then ragged (varlen with int32 cu_seqlens, and batched
-    with any S), all at STAGES. Yields (name, CompiledKernel)."""
+    with any S), all at STAGES; FP8 (batched, persistent, FP8_STAGES, EXP_EMU 0), causal and full. Yields (name,
+    CompiledKernel)."""
+    for causal in (True, False):
+        yield (f"gqa_attn_fwd_gluon fp8 D{HEAD_DIM} G16 causal={causal} persistent stages={FP8_STAGES}",
+               aot_compile_variant(True, FP8_STAGES, causal, fp8=True))
     for dtype, name in ((gl.bfloat16, "bf16"), (gl.float16, "fp16")):
         for causal in (True, False):
             yield (f"gqa_attn_fwd_gluon {name} D{HEAD_DIM} G16 causal={causal} persistent",
@@ -958,7 +1023,8 @@ def aot_compile_all():
                 yield f"gqa_attn_fwd_gluon {name} D{HEAD_DIM} G16 causal={causal} {mode}", ck
 
 
-# (persistent, stages) the tuning sweep (scripts/sweep_attn_fwd_gluon.py) times; the dispatch's: (True, STAGES)
+# (persistent, stages) the tuning sweep (scripts/sweep_attn_fwd_gluon.py) times; the dispatch's: (True, STAGES), FP8
+# (True, FP8_STAGES)
 VARIANTS = ((False, 2), (False, 3), (True, 2), (True, 3))
 # EXP_EMU settings the sweep times (FP8, in every VARIANTS); 64 predicted issue-bound (~680 TFLOP/s, docstring), not
 # above our Triton FP8's 690
@@ -1007,7 +1073,7 @@ def aot_compile_variants(causal: bool = True, dtype=gl.bfloat16):
 
 
 def aot_compile_fp8_variants(causal: bool = True):
-    """The opt-in FP8 variants the sweep times: every VARIANTS knob setting with each EXP_EMUS. Yields (name,
+    """The FP8 variants the sweep times: every VARIANTS knob setting with each EXP_EMUS. Yields (name,
     CompiledKernel)."""
     for persistent, stages in VARIANTS:
         for exp_emu in EXP_EMUS:

@@ -499,18 +499,27 @@ def test_cuda_quantize_fp8_matches_torch():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("causal", [True, False])
-def test_cuda_fp8_forward_error_budget(causal):
-    """FP8 e4m3 forward at NemotronH shapes against the float64 attention of the same (dequantised) fp8 inputs.
-    Budget: the kernel rounds P to e4m3 (3 mantissa bits; P is scaled by 256 first so small probabilities stay
-    normal): max |err| <= 2^-4 * max |v| (a half-ulp of e4m3 on the largest weight) and RMS err <= 2^-5 * RMS(o);
-    lse: the 2x rule plus the fp8 tensor-core accumulation budget of `fp8_lse_budget`, row by row."""
+def test_cuda_fp8_forward_error_budget(gluon_calls, causal):
+    """FP8 e4m3 forward at NemotronH shapes (S 1000: Triton's FP8 kernel, not Gluon's) against the float64
+    attention of the same (dequantised) fp8 inputs, within assert_fp8_budget."""
     q, k, v, _ = (t.bfloat16() for t in make_qkv(16, 2, 1000, 1000, 32, 2, 128, device="cuda"))
     (q8, qd), (k8, kd), (v8, vd) = quantize_fp8(2 * q, 2), quantize_fp8(2 * k, 2), quantize_fp8(v, 2)
     o, lse = gqa_attention(q8, k8, v8, causal, q_descale=qd, k_descale=kd, v_descale=vd, return_lse=True)
+    assert_fp8_budget(o, lse, q8, k8, v8, qd, kd, vd, causal)
+    assert gluon_calls == []
+
+
+def assert_fp8_budget(o, lse, q8, k8, v8, qd, kd, vd, causal):
+    """An FP8 forward's o [B, S, Hq, D] bf16 and lse [B, Hq, S] against the float64 attention of the same
+    (dequantised) fp8 inputs (Sq = Sk; descales qd, kd, vd fp32 [B, Hkv], vd with any out_scale folded in).
+    Budget: the kernels round P to e4m3 (3 mantissa bits; Triton's scales P by 256 first so small probabilities
+    stay normal, Gluon's rounds P itself: those under 2^-6 go subnormal, a loss that weighs little in o): max |err|
+    <= 2^-4 * max |v| (a half-ulp of e4m3 on the largest weight) and RMS err <= 2^-5 * RMS(o); lse: the 2x rule plus
+    the fp8 tensor-core accumulation budget of `fp8_lse_budget`, row by row."""
     o64, lse64 = gqa_attention_ref(q8.to(F64), k8.to(F64), v8.to(F64), causal, q_descale=qd.to(F64),
                                    k_descale=kd.to(F64), v_descale=vd.to(F64), return_lse=True)
     _, lse_low = gqa_attention_ref(q8, k8, v8, causal, q_descale=qd, k_descale=kd, v_descale=vd, return_lse=True)
-    assert o.dtype == torch.bfloat16 and torch.isfinite(o).all()
+    assert o.dtype == torch.bfloat16 and o.shape == q8.shape and torch.isfinite(o).all()
     err = (o.to(F64) - o64).abs()
     v_max = (v8.to(F64) * vd.to(F64)[:, None, :, None]).abs().max().item()
     assert err.max().item() <= 2 ** -4 * v_max, (err.max().item(), v_max)
@@ -647,7 +656,7 @@ def test_gluon_eligibility_rules(monkeypatch):
     q8, k8, v8 = (t.to(torch.float8_e4m3fn) for t in qkv())
     q16, k16, v16 = qkv(dtype=torch.float16)
     rejected = {
-        "dtype": [(*qkv(dtype=torch.float32), True, None, none3), (q8, k8, v8, True, None, none3),
+        "dtype": [(*qkv(dtype=torch.float32), True, None, none3), (q8, k8, v16.bfloat16(), True, None, none3),
                   (q16, k16.bfloat16(), v16, True, None, none3)],
         "descales": [(*qkv(), True, None, (torch.ones(1), None, None)),
                      (*qkv(), True, None, (None, None, torch.ones(1)))],
@@ -671,6 +680,107 @@ def test_gluon_eligibility_rules(monkeypatch):
     assert mod.gluon_ineligible_reason(*qkv(), True, None, none3) == "off (NK_GLUON=0)"
 
 
+def test_gluon_fp8_eligibility_rules(monkeypatch):
+    """gluon_ineligible_reason for FP8 e4m3 q / k / v (the platform passed by monkeypatching, CPU / meta tensors):
+    None for batched S % 128 == 0, D 128, causal or not, any Hq multiple of Hkv, descales None, per tensor (one
+    element) or per (batch, kv head) ([B or 1, Hkv]), any out_scale; a reason naming each disqualifier, so
+    gqa_attention_fwd keeps those on its Triton FP8 kernel."""
+    mod = gluon_module()
+    fp8 = torch.float8_e4m3fn
+
+    def qkv(bsz=2, s=256, hq=32, hkv=2, d=128, device="cpu"):
+        return tuple(torch.empty(bsz, s, h, d, dtype=fp8, device=device) for h in (hq, hkv, hkv))
+
+    none3 = (None, None, None)
+    assert "cpu" in mod.gluon_ineligible_reason(*qkv(), True, None, none3)
+    monkeypatch.setattr(mod, "gluon_platform", lambda device: (True, "test"))
+    per_tensor = (torch.tensor([0.5]), torch.tensor(2.0), torch.ones(1, 1))
+    per_head = (torch.rand(2, 2), torch.rand(1, 2), torch.rand(2, 2, dtype=F64))
+    for causal in (True, False):
+        for descales in (none3, per_tensor, per_head):
+            assert mod.gluon_eligible(*qkv(), causal, None, descales), (causal, descales)
+    assert mod.gluon_eligible(*qkv(), True, None, per_head, out_scale=0.25)
+    for bsz, s, hq, hkv in ((1, 128, 6, 2), (3, 384, 4, 4), (1, 32768, 32, 2), (4096, 128, 32, 2)):
+        assert mod.gluon_eligible(*qkv(bsz, s, hq, hkv, device="meta"), True, None, none3), (bsz, s, hq, hkv)
+    q8, k8, v8 = qkv()
+    rejected = {
+        "FP8 varlen": [(*qkv(bsz=1), True, torch.tensor([0, 128, 256], dtype=torch.int32), none3, 128)],
+        "S 200 % 128": [(*qkv(s=200), True, None, none3)],
+        "S 64 % 128": [(*qkv(s=64), False, None, none3)],
+        "Hq 3 not a multiple of Hkv 2": [(*qkv(hq=3), True, None, none3)],
+        "D 64": [(*qkv(d=64), True, None, none3)],
+        "Sq": [(q8, k8[:, :128], v8[:, :128], True, None, none3)],
+        "empty": [(*qkv(bsz=0), True, None, none3)],
+        "dtype": [(q8, k8, v8.bfloat16(), True, None, none3)],
+        "q_descale shape (3, 2)": [(*qkv(), True, None, (torch.ones(3, 2), None, None))],
+        "v_descale shape (2,)": [(*qkv(), True, None, (None, None, torch.ones(2)))],
+        "k_descale: not a float tensor": [(*qkv(), True, None, (None, torch.ones(1, dtype=torch.int32), None)),
+                                          (*qkv(), True, None, (None, torch.ones(2, 2, device="meta"), None))],
+    }
+    for reason, cases in rejected.items():
+        for args in cases:
+            why = mod.gluon_ineligible_reason(*args)
+            assert why is not None and reason in why, (reason, why)
+    monkeypatch.setattr(mod, "gluon_platform", lambda device: (False, "off (NK_GLUON=0)"))
+    assert mod.gluon_ineligible_reason(*qkv(), True, None, none3) == "off (NK_GLUON=0)"
+
+
+def test_gluon_fp8_vt_layout_and_descale_table():
+    """The FP8 launcher's host side: _vt_fp8 writes V^T [B, Hkv, D, S] with column 32g+16h+4c+2e+p holding key
+    32g+16h+8e+2c+p (the order of the kernel's packed P), in one copy, from strided V too; descale_table gives the
+    [B, Hkv, 3] fp32 rows the kernels read per tile (None -> 1, one element or [1, Hkv] broadcast, out_scale on v's
+    column)."""
+    mod = gluon_module()
+    v8 = torch.randn(2, 4, 256, 128).to(torch.float8_e4m3fn)[:, 1:3].transpose(1, 2)          # [B, S, Hkv, D]
+    assert not v8.is_contiguous()
+    vt = mod._vt_fp8(v8)
+    assert vt.shape == (2, 2, 128, 256) and vt.is_contiguous() and vt.dtype == v8.dtype
+    col = torch.arange(256)
+    g, h, c, e, p = col // 32, col // 16 % 2, col // 4 % 4, col // 2 % 2, col % 2
+    key = 32 * g + 16 * h + 8 * e + 2 * c + p
+    assert sorted(key.tolist()) == list(range(256))
+    assert torch.equal(vt.view(torch.uint8), v8.view(torch.uint8).permute(0, 2, 3, 1)[..., key])
+    qd, vd = torch.rand(3, 2), torch.rand(1, 2, dtype=F64)
+    table = mod.descale_table((qd, torch.tensor([0.5]), vd), 3, 2, "cpu", out_scale=4.0)
+    assert table.shape == (3, 2, 3) and table.dtype == torch.float32 and table.is_contiguous()
+    assert torch.equal(table[..., 0], qd) and (table[..., 1] == 0.5).all()
+    assert torch.equal(table[..., 2], (vd.float() * 4.0).expand(3, 2))
+    assert torch.equal(mod.descale_table((None, None, None), 2, 4, "cpu"), torch.ones(2, 4, 3))
+
+
+def test_gluon_fp8_dispatch(monkeypatch):
+    """gqa_attention_fwd (the Triton launcher the op calls) hands eligible FP8 inputs, with their descales and
+    out_scale, to the Gluon launcher (spied, the platform passed by monkeypatching, CPU tensors under the
+    interpreter) and keeps its Triton FP8 kernel for the rest (S not a multiple of 128 here)."""
+    mod = gluon_module()                           # imported before the interpreter mode is set
+    from nemotron_kernels.triton import gqa_attention_common as common
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    fwd = common.kernel_module("gqa_attention_fwd")
+    for m in (fwd, mod):
+        monkeypatch.setattr(m, "gluon_platform", lambda device: (True, "patched"))
+    calls = []
+    monkeypatch.setattr(mod, "gqa_attention_fwd_gluon", lambda q, k, v, causal, scale, o, lse, *args:
+                        calls.append((tuple(q.shape), causal, *args)) or (o, lse))
+    q8, k8, v8, qd, kd, vd = make_fp8_exact(3, 2, 256, 4, 2, 128)
+    qd, kd, vd = qd.float(), kd.float(), vd.float()
+    o, lse = fwd.gqa_attention_fwd(q8, k8, v8, False, 0.1, q_descale=qd, k_descale=kd, v_descale=vd, out_scale=0.5)
+    assert o.dtype == torch.bfloat16 and o.shape == q8.shape and lse.shape == (2, 4, 256)
+    assert len(calls) == 1
+    shape, causal, cu, max_seqlen, descales, out_scale = calls[0]
+    assert shape == (2, 256, 4, 128) and causal is False and cu is None and out_scale == 0.5
+    assert all(a is b for a, b in zip(descales, (qd, kd, vd)))
+    q8, k8, v8, qd, kd, vd = make_fp8_exact(4, 1, 40, 4, 2, 128)          # S 40: Triton (interpreted)
+    scale = math.log(2)
+    o, lse = fwd.gqa_attention_fwd(q8, k8, v8, True, scale, q_descale=qd.float(), k_descale=kd.float(),
+                                   v_descale=vd.float())
+    assert len(calls) == 1
+    o64 = gqa_attention_ref(q8.to(F64), k8.to(F64), v8.to(F64), True, scale, q_descale=qd, k_descale=kd,
+                            v_descale=vd)
+    o_low = gqa_attention_ref(q8, k8, v8, True, scale, q_descale=qd.float(), k_descale=kd.float(),
+                              v_descale=vd.float())
+    assert_error_rule("o", o, o64, o_low, FWD)
+
+
 def test_gluon_rows_view_keeps_viewable_strides():
     """The TMA descriptors read q / k / v in place when they are [B*S, H*D] rows (a fused projection's head
     slices), and from a contiguous copy otherwise (heads-major, a padded head dim, an unaligned base)."""
@@ -690,38 +800,42 @@ def test_gluon_rows_view_keeps_viewable_strides():
 
 def test_gluon_aot_compile_sm90():
     """The Gluon forward compiles for sm_90a in every variant the dispatch launches (bf16 / fp16, causal / full;
-    batched on the persistent kernel, varlen, ragged): 16-bit wgmmas, no spills, shared memory within the H200's
-    232,448 B a block. Its Gluon API is Triton 3.6's (common.GLUON_TRITON): skipped on other
-    versions (CI's 3.8). Checked without importing the module here: Triton 3.6 cannot import Gluon in a process
-    whose triton.language was first imported in interpreter mode (conftest, without a GPU)."""
+    batched on the persistent kernel, varlen, ragged; FP8 batched on the persistent kernel, causal / full): 16-bit
+    wgmmas (FP8: e4m3), no spills, shared memory within the H200's 232,448 B a block. Its Gluon API is Triton 3.6's
+    (common.GLUON_TRITON): skipped on other versions (CI's 3.8). Checked without importing the module here: Triton
+    3.6 cannot import Gluon in a process whose triton.language was first imported in interpreter mode (conftest,
+    without a GPU)."""
     triton = pytest.importorskip("triton")
     if not triton.__version__.startswith("3.6"):
         pytest.skip(f"triton {triton.__version__}: the Gluon kernel is built for triton 3.6 only")
     out = run_aot("gqa_attention_fwd_gluon")
     lines = [line for line in out.splitlines() if line.startswith("gqa_attn_fwd_gluon")]
-    assert len(lines) == 12, out                   # (batched persistent, varlen, ragged batched) x dtype x causal
+    # (batched persistent, varlen, ragged batched) x 16-bit dtype x causal, + FP8 persistent x causal
+    assert len(lines) == 14, out
+    assert sum(" fp8 " in line for line in lines) == 2, out
     for line in lines:
-        kind = "bf16.bf16" if " bf16 " in line else "f16.f16"
+        kind = "e4m3.e4m3" if " fp8 " in line else "bf16.bf16" if " bf16 " in line else "f16.f16"
         assert f"| wgmma {kind} |" in line and "STACK:0" in line and "LOCAL:0" in line, line
         assert int(re.search(r"\| wgmma (\d+) \|", line).group(1)) <= 232448, line
 
 
 def test_gluon_fp8_aot_reads_no_uninitialised_register():
-    """The opt-in FP8 forward (gqa_attention_fwd_gluon_fp8, the sweep's) compiles for sm_90a, batched and
-    persistent, to e4m3 wgmmas that read no register before writing it (common.live_in_registers): ptxas 12.8 did
-    so when packing the diagonal tile's P (see PACK_E4M3_PRMT), which gave NaN on the H200 in session 27. Triton
-    3.6 only (test_gluon_aot_compile_sm90)."""
+    """The FP8 forward compiles for sm_90a, in the dispatch's variants (persistent, FP8_STAGES, causal and full)
+    and the sweep's batched one, to e4m3 wgmmas that read no register before writing it
+    (common.live_in_registers): ptxas 12.8 did so when packing the diagonal tile's P (see PACK_E4M3_PRMT), which
+    gave NaN on the H200 in session 27. Triton 3.6 only (test_gluon_aot_compile_sm90)."""
     triton = pytest.importorskip("triton")
     if not triton.__version__.startswith("3.6"):
         pytest.skip(f"triton {triton.__version__}: the Gluon kernel is built for triton 3.6 only")
     out = run_compiled("from nemotron_kernels.triton import gqa_attention_fwd_gluon as m\n"
                        "from nemotron_kernels.triton.common import live_in_registers\n"
-                       "for persistent in (False, True):\n"
-                       "    ck = m.aot_compile_variant(persistent, 2, fp8=True)\n"
-                       "    print('fp8 persistent', persistent, 'f32.e4m3.e4m3' in ck.asm['ptx'],"
+                       "for persistent, causal in ((False, True), (True, True), (True, False)):\n"
+                       "    ck = m.aot_compile_variant(persistent, m.FP8_STAGES, causal, fp8=True)\n"
+                       "    print('fp8 persistent', persistent, 'causal', causal, 'f32.e4m3.e4m3' in ck.asm['ptx'],"
                        " live_in_registers(ck.asm['cubin']))\n")
     lines = [line for line in out.splitlines() if line.startswith("fp8 persistent")]
-    assert lines == ["fp8 persistent False True []", "fp8 persistent True True []"], out
+    assert lines == ["fp8 persistent False causal True True []", "fp8 persistent True causal True True []",
+                     "fp8 persistent True causal False True []"], out
 
 
 @pytest.mark.cuda
@@ -782,6 +896,82 @@ def test_cuda_gluon_strided_inputs():
     for ins in (sliced, heads_major):
         got = gqa_attention(*ins, return_lse=True)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def make_fp8_per_head(seed, bsz, seqlen, hq, hkv):
+    """FP8 e4m3 q [B, S, Hq, 128], k / v [B, S, Hkv, 128] on the GPU, quantised per (batch, kv head) by
+    quantize_fp8 from bf16 data whose scale differs by (batch, kv head): q by 2^e, k by 2^-e (the scores keep the
+    test_cuda_fp8_forward_error_budget statistics), v by 2^f, e in -2..2, f in -3..3, so a tile reading another
+    (batch, kv head)'s descales is off by a power of 2. -> (q8, k8, v8, qd, kd, vd), descales fp32 [B, Hkv]."""
+    q, k, v, _ = (t.bfloat16() for t in make_qkv(seed, bsz, seqlen, seqlen, hq, hkv, 128, device="cuda"))
+    g = torch.Generator().manual_seed(seed)
+    e = (2.0 ** torch.randint(-2, 3, (bsz, hkv), generator=g)).cuda()
+    f = (2.0 ** torch.randint(-3, 4, (bsz, hkv), generator=g)).cuda()
+    q_scale = e.repeat_interleave(hq // hkv, dim=1)[:, None, :, None].bfloat16()
+    (q8, qd), (k8, kd), (v8, vd) = (quantize_fp8(2 * q * q_scale, hkv), quantize_fp8(2 * k / e[:, None, :, None],
+                                    hkv), quantize_fp8(v * f[:, None, :, None], hkv))
+    return q8, k8, v8, qd, kd, vd
+
+
+def skip_unless_gluon_fp8(q8, k8, v8, causal, descales):
+    """Skip unless the dispatch would run the Gluon FP8 forward on these inputs (with NK_GLUON unset)."""
+    why = gluon_module().gluon_ineligible_reason(q8, k8, v8, causal, None, descales)
+    if why is not None:
+        pytest.skip(f"the Gluon FP8 forward does not run here: {why}")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("bsz,seqlen,hq,hkv,causal,descales", [
+    (2, 128, 32, 2, True, "per_head"),           # one block, the diagonal only: 64 tiles, fewer than SMs
+    (2, 1024, 32, 2, True, "per_head"),          # NemotronH heads, 8 blocks: 512 tiles, ~4 waves of the grid
+    (2, 1024, 32, 2, False, "per_head"),
+    (2, 2048, 32, 2, True, "per_tensor"),
+    (1, 384, 6, 2, True, "per_tensor"),          # 3 heads per kv head, 3 blocks
+    (2, 256, 4, 4, False, "numbers"),            # one query head per kv head; Python numbers: out_scale
+])
+def test_cuda_gluon_fp8_forward_matches_reference(gluon_calls, bsz, seqlen, hq, hkv, causal, descales):
+    """gqa_attention's FP8 e4m3 forward on the Gluon kernel (one launch, V^T built in it) with descales per (batch,
+    kv head) ([B, Hkv] from quantize_fp8), per tensor (one-element tensors: their first row's) or Python numbers
+    (the same values; the op folds q's and k's into the scale, v's into out_scale): o and lse vs the float64
+    attention of the dequantised inputs within assert_fp8_budget, with the outputs' memory poisoned first (a row
+    left unwritten would be NaN)."""
+    q8, k8, v8, qd, kd, vd = make_fp8_per_head(seqlen + hq + 70, bsz, seqlen, hq, hkv)
+    if descales == "per_head":
+        args = (qd, kd, vd)
+    else:
+        qd, kd, vd = (d[:1, :1].expand(bsz, hkv).contiguous() for d in (qd, kd, vd))      # [B, Hkv] for the budget
+        args = (qd[0, :1], kd[0, :1], vd[:1, :1]) if descales == "per_tensor" else (qd[0, 0].item(),
+                                                                                     kd[0, 0].item(), vd[0, 0].item())
+    skip_unless_gluon_fp8(q8, k8, v8, causal, tuple(a if isinstance(a, torch.Tensor) else None for a in args))
+    poison_cuda_cache()
+    o, lse = gqa_attention(q8, k8, v8, causal, q_descale=args[0], k_descale=args[1], v_descale=args[2],
+                           return_lse=True)
+    assert gluon_calls == [(bsz, seqlen, hq)]
+    assert_fp8_budget(o, lse, q8, k8, v8, qd, kd, vd, causal)
+
+
+@pytest.mark.cuda
+def test_cuda_gluon_fp8_path_is_taken(gluon_calls, monkeypatch):
+    """Eligible FP8 inputs launch the Gluon forward (one launch a call) and give the same bits again; q / k / v as
+    head slices of one fused e4m3 projection (q and k read in place) give them too; NK_GLUON=0 sends the inputs to
+    the Triton FP8 kernel (no launch), and both meet assert_fp8_budget."""
+    q8, k8, v8, qd, kd, vd = make_fp8_per_head(71, 2, 512, 32, 2)
+    skip_unless_gluon_fp8(q8, k8, v8, True, (qd, kd, vd))
+    kw = dict(q_descale=qd, k_descale=kd, v_descale=vd, return_lse=True)
+    o, lse = gqa_attention(q8, k8, v8, **kw)
+    again = gqa_attention(q8, k8, v8, **kw)
+    assert torch.equal(o, again[0]) and torch.equal(lse, again[1])
+    fused = torch.cat([t.flatten(2).view(torch.uint8) for t in (q8, k8, v8)], dim=-1).view(torch.float8_e4m3fn)
+    sliced = [t.unflatten(-1, (-1, 128)) for t in fused.split([32 * 128, 2 * 128, 2 * 128], dim=-1)]
+    assert all(gluon_module()._rows_view(t) is t for t in sliced)
+    got = gqa_attention(*sliced, **kw)
+    assert torch.equal(got[0], o) and torch.equal(got[1], lse)
+    assert gluon_calls == [(2, 512, 32)] * 3
+    assert_fp8_budget(o, lse, q8, k8, v8, qd, kd, vd, True)
+    monkeypatch.setenv("NK_GLUON", "0")
+    o_triton, lse_triton = gqa_attention(q8, k8, v8, **kw)
+    assert len(gluon_calls) == 3
+    assert_fp8_budget(o_triton, lse_triton, q8, k8, v8, qd, kd, vd, True)
 
 
 # ------------------------------------------------------------------------------ Gluon backward (sm_90, triton 3.6)
