@@ -43,7 +43,8 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .common import aot_compile_gluon, cdiv, kernel_module
 from .gqa_attention_common import LOG2E
-from .gqa_attention_fwd_gluon import _descriptor, _grid_rows, _rows_view, _store_rows, inputs_ineligible_reason
+from .gqa_attention_fwd_gluon import (_descriptor, _grid_rows, _produce_kv, _rows_view, _store_rows,
+                                      inputs_ineligible_reason)
 
 HEAD_DIM = 128                  # the wgmma instr_shape N (dK, dV, dQ columns)
 BLOCK_N = 128                   # dk/dv: keys per CTA (two consumer warpgroups of 64)
@@ -376,16 +377,8 @@ def _dq_produce(q_desc, do_desc, k_desc, v_desc, smem, bars, h, q0, n_blocks, se
         tma.async_copy_global_to_shared(q_desc, [seq0 + q0 + w * WG_M, h * HEAD_D], q_bar, q_smem.index(w))
         tma.async_copy_global_to_shared(do_desc, [seq0 + q0 + w * WG_M, h * HEAD_D], q_bar, do_smem.index(w))
     kv_col = (h // GROUP) * HEAD_D                                                # GQA: kv head h // group
-    for i in range(n_blocks):
-        stage = i % STAGES
-        phase = (i // STAGES) & 1                     # parity 1 on a fresh barrier passes: no release needed
-        key_row = seq0 + (n_blocks - 1 - i) * BLOCK_N
-        mbarrier.wait(k_empty.index(stage), phase ^ 1)
-        mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [key_row, kv_col], k_ready.index(stage), k_bufs.index(stage))
-        mbarrier.wait(v_empty.index(stage), phase ^ 1)
-        mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(v_desc, [key_row, kv_col], v_ready.index(stage), v_bufs.index(stage))
+    _produce_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, seq0, kv_col, n_blocks, BLOCK_N,
+                STAGES)
 
 
 @gluon.jit

@@ -118,18 +118,47 @@ def _produce(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, bars, q_row, q_col,
     mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar, q_smem.index(0))
     tma.async_copy_global_to_shared(q_desc, [q_row + q_desc.block_type.shape[0], q_col], q_bar, q_smem.index(1))
+    _produce_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, kv_row, kv_col, n_blocks,
+                BLOCK_N, STAGES, vt_row, FP8)
+
+
+@gluon.jit
+def _produce_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, kv_row, kv_col, n_blocks,
+                BLOCK_N: gl.constexpr, STAGES: gl.constexpr, vt_row=0, FP8: gl.constexpr = False, g=0, next_q=None):
+    """The K/V ring of the forward's producers and the Gluon backward's dq producer: for i = 0 .. n_blocks-1 the
+    key block j = n_blocks-1-i (rows kv_row + j BLOCK_N..) as K_i and V_i into stage (g + i) % STAGES, each on its
+    own ready barrier once the consumers released the stage (its empty barrier); g: the ring's count of earlier
+    tiles (the persistent producer's). next_q (the persistent producer's (q_desc, q_smem, q_bar, q_free, q_row,
+    q_col, k)): tile k's two Q halves, half 0 before K_0 and half 1 between K_0 and V_0 (_load_q_half)."""
     for i in range(n_blocks):
-        stage = i % STAGES
+        stage = (g + i) % STAGES
         # a fresh mbarrier counts its (virtual) previous phase as complete: waiting on parity 1 passes at once,
         # so the first STAGES tiles need no release
-        phase = (i // STAGES) & 1
+        phase = ((g + i) // STAGES) & 1
         key_row = kv_row + (n_blocks - 1 - i) * BLOCK_N
+        if next_q is not None:
+            if i == 0:
+                _load_q_half(next_q, 0)
         mbarrier.wait(k_empty.index(stage), phase ^ 1)
         mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(k_desc, [key_row, kv_col], k_ready.index(stage), k_bufs.index(stage))
+        if next_q is not None:
+            if i == 0:
+                _load_q_half(next_q, 1)
         mbarrier.wait(v_empty.index(stage), phase ^ 1)
         mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
         _load_v(v_desc, v_bufs.index(stage), v_ready.index(stage), key_row, kv_row, kv_col, vt_row, FP8)
+
+
+@gluon.jit
+def _load_q_half(next_q, w: gl.constexpr):
+    """The persistent producer's Q half w of tile k, once group w released its buffer (q_free[w]: the group's last
+    S of tile k-1 done; parity 1 on a fresh barrier passes at once for k = 0)."""
+    q_desc, q_smem, q_bar, q_free, q_row, q_col, k = next_q
+    mbarrier.wait(q_free.index(w), (k & 1) ^ 1)
+    mbarrier.expect(q_bar.index(w), q_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [q_row + w * q_desc.block_type.shape[0], q_col], q_bar.index(w),
+                                    q_smem.index(w))
 
 
 @gluon.jit
@@ -614,25 +643,8 @@ def _producer_persistent(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, bars, q
                                                                                 seqlen, HQ, HKV, HEAD_D, BLOCK_M,
                                                                                 CAUSAL)
         vt_row = kv_bh * HEAD_D                                                   # FP8: its rows of V^T
-        for i in range(n_blocks):
-            stage = (g + i) % STAGES
-            phase = ((g + i) // STAGES) & 1
-            key_row = kv_row + (n_blocks - 1 - i) * BLOCK_N
-            if i == 0:
-                mbarrier.wait(q_free.index(0), (k & 1) ^ 1)
-                mbarrier.expect(q_bar.index(0), q_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar.index(0), q_smem.index(0))
-            mbarrier.wait(k_empty.index(stage), phase ^ 1)
-            mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(k_desc, [key_row, kv_col], k_ready.index(stage), k_bufs.index(stage))
-            if i == 0:
-                mbarrier.wait(q_free.index(1), (k & 1) ^ 1)
-                mbarrier.expect(q_bar.index(1), q_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(q_desc, [q_row + q_desc.block_type.shape[0], q_col], q_bar.index(1),
-                                                q_smem.index(1))
-            mbarrier.wait(v_empty.index(stage), phase ^ 1)
-            mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
-            _load_v(v_desc, v_bufs.index(stage), v_ready.index(stage), key_row, kv_row, kv_col, vt_row, FP8)
+        _produce_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, kv_row, kv_col, n_blocks,
+                    BLOCK_N, STAGES, vt_row, FP8, g, (q_desc, q_smem, q_bar, q_free, q_row, q_col, k))
         g += n_blocks
 
 
