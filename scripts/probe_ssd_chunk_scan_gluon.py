@@ -6,27 +6,36 @@ N=128, chunk Q=128, bf16 x / B / C / y, with D and, at L32K, a carry across seve
 First run (session 26, the probe's own copy, two consumer warpgroups per (chunk, group)): 422 us at B1 L32K
 against Triton's 634; one warpgroup per 64-row block took 568 us and was dropped. Session 27 (the dtcs rows through
 the TMA ring): 337 us, the 16 packed sequences 348 against 620 (the kernel's docstring: what else was tried).
+Variants: triton (our chunk_scan_launch), gluon (the shipped Gluon build), persistent (the opt-in persistent grid,
+chunk_scan_launch(..., persistent=True); prepared unverified, the kernel's docstring has its prediction).
 
-    PYTHONPATH=. python3 scripts/probe_ssd_chunk_scan_gluon.py                                # H200
+    PYTHONPATH=. python3 scripts/probe_ssd_chunk_scan_gluon.py                                # H200, ~1 min
+    PYTHONPATH=. python3 scripts/probe_ssd_chunk_scan_gluon.py --variants gluon,persistent    # time only these
     PYTHONPATH=. .venv-aot/bin/python scripts/probe_ssd_chunk_scan_gluon.py --aot             # CPU: sm_90a compile
-GPU mode builds bench/bench_ssd_scan.py's inputs (dt softplus, dt_bias, D) at B1 L1024, B1 L32K, then its 16 packed
+GPU mode builds bench/bench_ssd_scan.py's inputs (dt softplus, dt_bias, D) at B1 L1K, B1 L4K, B4 L8K, B16 L2K (the
+bench's shapes and the size rule's edge), B1 L32K, then its 16 packed
 sequences (31,280 tokens: the chunk table's slots, y poisoned with NaN so every row must be written), gets the
-chunk states through the op module (_plan, _chunk_states), runs our chunk_scan_launch for the reference y, then
-the Gluon launcher: relative max error above 1e-2 prints WRONG and exits 1 untimed (the Gluon kernel adds the
-carry term in fp32 where ours rounds S_in + carry to bf16 first: ~2e-3). Then it times both with
+chunk states through the op module (_plan, _chunk_states) and runs every variant once, whatever --variants says:
+the shipped Gluon build against ours within 1e-2 relative (the Gluon kernel adds the carry term in fp32 where ours
+rounds S_in + carry to bf16 first: ~2e-3), the persistent one bitwise against the shipped build; a failed check
+prints where the worst element is, WRONG, and exits 1 untimed. Then it times the --variants (default all) with
 triton.testing.do_bench (warmup 10, rep 100) in us (at L1K the host's launch path dominates). --aot compiles the
-module's variants (every one the op dispatches) and prints registers, shared memory, setmaxnreg and the PTX counts
-of wgmma and cp.async.bulk.tensor."""
+module's variants (every one the op dispatches, then the same 8 persistent) and prints registers, shared memory,
+setmaxnreg, spills, the PTX counts of wgmma and cp.async.bulk.tensor, and registers read before written."""
 import argparse
+import sys
 
 import torch
 import triton
 
 from bench.bench_ssd_scan import _input_maker, packed_cu
 from nemotron_kernels.triton import ssd_scan_chunk_scan_gluon as gluon_scan
-from scripts.gluon_probe import check, rel_err, report, time_us
+from scripts.gluon_probe import check, rel_err, report, time_us, worst
 
 Q = 128
+VARIANTS = ("triton", "gluon", "persistent")
+LABELS = {"triton": "ours: triton chunk_scan_launch", "gluon": "gluon chunk_scan_launch (2 consumer WGs + TMA warp)",
+          "persistent": "gluon, persistent grid (#SMs programs)"}
 
 
 def _stage3_inputs(s: dict):
@@ -42,39 +51,59 @@ def _stage3_inputs(s: dict):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--aot", action="store_true", help="compile for sm_90a without a GPU and report")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, of {', '.join(VARIANTS)}: what to time (all are checked)")
     args = parser.parse_args()
+    timed = args.variants.split(",")
+    assert set(timed) <= set(VARIANTS), f"--variants: {timed} not all of {VARIANTS}"
     if args.aot:
-        for name, ck in gluon_scan.aot_compile_all():
-            print(f"compiled {name} for sm_90a: 2 consumer WGs + 1 producer warp", flush=True)
-            report(ck, name.replace(" ", "_").replace("=", ""))
+        for persistent in (False, True):
+            for name, ck in gluon_scan.aot_compile_all(persistent):
+                print(f"compiled {name} for sm_90a: 2 consumer WGs + 1 producer warp", flush=True)
+                report(ck, name.replace(" ", "_").replace("=", ""))
         return
     from nemotron_kernels.ops import ssd_scan as ssd_op
     from nemotron_kernels.triton import mamba_common
     scan_k = mamba_common.kernel_module("ssd_scan_chunk_scan")
     print(f"{torch.cuda.get_device_name()}, triton {triton.__version__}", flush=True)
-    for bsz, seqlen, cu in ((1, 1024, None), (1, 32768, None), (1, packed_cu()[-1], packed_cu())):
+    shapes = ((1, 1024, None), (1, 4096, None), (4, 8192, None), (16, 2048, None), (1, 32768, None),
+              (1, packed_cu()[-1], packed_cu()))
+    for bsz, seqlen, cu in shapes:
         s = _input_maker(bsz, seqlen, torch.device("cuda"), cu)(0)  # the bench's inputs (packed: its 16 sequences)
         x, B, C, D = s["x"], s["B"].contiguous(), s["C"].contiguous(), s["D"].float().contiguous()
         print(f"  gluon_eligible: {ssd_op.gluon_eligible('chunk_scan', x, B, C, Q, cu is not None)}", flush=True)
         plan, s_in, carry_decay, carry_lp, dtcs = _stage3_inputs(s)
         geometry = plan["geometry"]
-        y_ref, y = torch.full_like(x, float("nan")), torch.full_like(x, float("nan"))   # every row must be written
+        ys = {name: torch.full_like(x, float("nan")) for name in VARIANTS}     # every row must be written
 
-        def launch(kernels, out):
+        def launch(name):
+            kernels, extra = (scan_k, {}) if name == "triton" else (gluon_scan, dict(persistent=name == "persistent"))
             return lambda: kernels.chunk_scan_launch(x, dtcs, B, C, D, plan["table"], s_in, carry_decay, carry_lp,
-                                                     out, geometry, plan["cfg"]["chunk_scan"], plan["precision"])
+                                                     ys[name], geometry, plan["cfg"]["chunk_scan"], plan["precision"],
+                                                     **extra)
 
-        ours, gluon = launch(scan_k, y_ref), launch(gluon_scan, y)
-        ours()
-        gluon()
+        runs = {name: launch(name) for name in VARIANTS}
+        for run in runs.values():
+            run()
         torch.cuda.synchronize()
         name = f"B{bsz} L{seqlen // 1024}K" if seqlen % 1024 == 0 else f"B{bsz} L{seqlen}"
         name += f" packed ({len(cu) - 1} sequences)" if cu else ""
+        tiles = geometry["n_table"] * B.shape[2]
+        rule = tiles >= gluon_scan.PERSISTENT_MIN_WAVES * torch.cuda.get_device_properties(0).multi_processor_count
         print(f"{name}: {geometry['n_chunks']} chunks, {geometry['n_seg']} segments "
-              f"(carry {'yes' if carry_lp is not None else 'no'})", flush=True)
-        check("gluon chunk_scan_launch", {"y": rel_err(y, y_ref)}, 1e-2, "chunk_scan_launch")
-        time_us("ours: triton chunk_scan_launch", ours)
-        time_us("gluon chunk_scan_launch (2 consumer WGs + TMA warp)", gluon)
+              f"(carry {'yes' if carry_lp is not None else 'no'}), {tiles} tiles: the op's size rule takes "
+              f"{'the persistent grid' if rule else 'a CTA a tile'}", flush=True)
+        worst("y (gluon)", ys["gluon"], ys["triton"], 1e-2)
+        check("gluon chunk_scan_launch", {"y": rel_err(ys["gluon"], ys["triton"])}, 1e-2, "chunk_scan_launch")
+        differ = int((ys["persistent"].view(torch.int16) != ys["gluon"].view(torch.int16)).sum())
+        if differ:
+            worst("y (persistent)", ys["persistent"], ys["gluon"], 0.0)
+            print(f"  gluon persistent: WRONG, {differ} of {x.numel()} elements differ from the shipped build "
+                  "(bits)", flush=True)
+            sys.exit(1)
+        print("  gluon persistent: bitwise equal to the shipped build", flush=True)
+        for variant in timed:
+            time_us(LABELS[variant], runs[variant])
 
 
 if __name__ == "__main__":

@@ -1012,6 +1012,37 @@ def test_cuda_gluon_dbc_size_rule_takes_triton(monkeypatch):
     assert calls == ["dx"], f"Gluon backward launchers called: {calls}"
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", ["B1-L8192", "16-sequences-carry"])
+def test_cuda_gluon_chunk_scan_persistent(monkeypatch, case):
+    """From PERSISTENT_MIN_WAVES waves of (chunk, group) tiles the op's chunk_scan runs the persistent grid (batched,
+    and packed with padding slots to skip): y against the float64 reference through the op, then the launcher's
+    size-rule y bitwise that of one CTA a tile on the same stage inputs."""
+    import nemotron_kernels.ops.ssd_scan as ssd_ops
+    from nemotron_kernels.triton import ssd_scan_chunk_scan_gluon as gluon_scan
+    _gluon_or_skip()
+    seed, cu = (74, None) if case == "B1-L8192" else GLUON_PACKED_CASES[case]
+    inputs = make_inputs(seed, 1, 8192 if cu is None else cu[-1], dtype=torch.bfloat16, device="cuda", cu=cu,
+                         **NEMOTRON)
+    check_forward(inputs, 128)
+    x, B, C, cu_t = inputs["x"], inputs["B"], inputs["C"], inputs["cu_seqlens"]
+    plan = ssd_ops._plan(x, B, 128, cu_t, 1 if cu is None else len(cu) - 1)
+    s_in, carry_decay, carry_lp, dtcs = ssd_ops._chunk_states(x, inputs["dt"], inputs["A"].float().contiguous(), B,
+                                                              inputs["dt_bias"].float().contiguous(), None, True,
+                                                              plan)
+    tiles = plan["geometry"]["n_table"] * B.shape[2]
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    assert tiles >= gluon_scan.PERSISTENT_MIN_WAVES * sms, f"{tiles} tiles: the size rule keeps a CTA a tile"
+    ys = []
+    for persistent in (None, False):
+        y = torch.full_like(x, float("nan"))                         # every row must be written
+        gluon_scan.chunk_scan_launch(x, dtcs, B, C, inputs["D"].float().contiguous(), plan["table"], s_in,
+                                     carry_decay, carry_lp, y, plan["geometry"], None, None, persistent)
+        ys.append(y)
+    assert not ys[1].isnan().any(), "one CTA a tile left rows unwritten"
+    assert torch.equal(ys[0].view(torch.int16), ys[1].view(torch.int16)), "persistent y differs from a CTA a tile"
+
+
 # packed sequences (cu_seqlens) through the Gluon chunk_state, chunk_scan and dx: each sequence starts a chunk slot of
 # the table, so a slot's 128-row boxes also hold the next sequence's rows (or run past T), which the kernels mask and
 # never store
