@@ -45,7 +45,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .ssd_scan_gluon_common import (_barrier, _batched_chunk, _dtcs_row, _load_boxes, _release, _ring_barriers,
-                                    _smem_box, _smem_ring, _wait_free)
+                                    _smem_box, _smem_ring, _store_box, _wait_free)
 
 Q, P, N = 128, 64, 128          # chunk, head dim, state size: the scope
 STAGES = 2                      # the per-head ring (x, dy, S_in, G_out: 64 KB a stage)
@@ -118,15 +118,6 @@ def _mt_block(cbt, hl_smem, T0: gl.constexpr, hi_s2, lo_s2, mma: gl.constexpr, o
     mt = cbt * gl.exp(seg)                                                            # [s, t] fp32
     # accumulator layout -> A-operand layout of the same warps: a register shuffle
     return gl.convert_layout(mt.to(gl.bfloat16), op_a)
-
-
-@gluon.jit
-def _store_dx(dx_desc, dx_smem, dx, row, col):
-    """dx [Q, P] fp32 -> dx's box at (row, col) through shared memory and a TMA store."""
-    tma.store_wait(pendings=0)                                                    # the last head's dx has left
-    dx_smem.store(dx.to(dx_desc.dtype))
-    fence_async_shared()                                                          # generic writes -> TMA reads
-    tma.async_copy_shared_to_global(dx_desc, [row, col], dx_smem)
 
 
 @gluon.jit
@@ -298,9 +289,9 @@ def _consumer(c_smem, b_smem, x_bufs, dy_bufs, s_bufs, g_bufs, dx_smem, hl_smem,
                 dx_ok = gl.expand_dims(r, 1) + gl.expand_dims(p * 0, 0) < length         # [s, p]
                 gl.store(dx_ptr + dx_offs, dx.to(dx_desc.dtype), mask=dx_ok)
             else:
-                _store_dx(dx_desc, dx_smem, dx, row0, h * P)
+                _store_box(dx_desc, dx_smem, dx, row0, h * P)
         else:
-            _store_dx(dx_desc, dx_smem, dx, row0, h * P)
+            _store_box(dx_desc, dx_smem, dx, row0, h * P)
     tma.store_wait(pendings=0)
 
 

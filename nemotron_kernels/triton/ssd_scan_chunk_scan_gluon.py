@@ -61,6 +61,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .common import sm_count
+from .ssd_scan_gluon_common import _store_box
 
 Q, P, N = 128, 64, 128          # chunk, head dim, state size: the scope
 BLOCK_M = 64                    # rows per consumer warpgroup (a wgmma's M): two per chunk
@@ -192,15 +193,6 @@ def _dtcs_smem(dt_bufs, stage, start: gl.constexpr, layout: gl.constexpr):
 
 
 @gluon.jit
-def _store_y(y_desc, y_m, acc, row, col):
-    """acc [64, P] fp32 -> y's box at (row, col) through shared memory and a TMA store."""
-    tma.store_wait(pendings=0)                                                    # the last head's y has left
-    y_m.store(acc.to(gl.bfloat16))
-    fence_async_shared()                                                          # generic writes -> TMA reads
-    tma.async_copy_shared_to_global(y_desc, [row, col], y_m)
-
-
-@gluon.jit
 def _opaque_ptr(p, ALIGN: gl.constexpr):
     """Pointer p (ALIGN bytes aligned) through an asm move with side effects: addresses computed from it stay
     below the move."""
@@ -309,9 +301,9 @@ def _head(y_desc, c_m, x_bufs, s_bufs, carry_bufs, dt_bufs, y_m, ready, empty, D
             t_ok = gl.expand_dims(offs_t, 1) + gl.expand_dims(c * 0, 0) < length
             gl.store(y_slot + y_offs, acc.to(gl.bfloat16), mask=t_ok)
         else:
-            _store_y(y_desc, y_m, acc, row0 + BLK * BM, h * P)
+            _store_box(y_desc, y_m, acc, row0 + BLK * BM, h * P)
     else:
-        _store_y(y_desc, y_m, acc, row0 + BLK * BM, h * P)
+        _store_box(y_desc, y_m, acc, row0 + BLK * BM, h * P)
 
 
 @gluon.jit

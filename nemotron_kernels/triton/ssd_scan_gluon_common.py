@@ -1,13 +1,13 @@
-"""Gluon (sm_90a) jit helpers shared by the SSD scan's warp-specialised kernels: ssd_scan_chunk_state_gluon and the
-backward's ssd_scan_bwd_dx_gluon / ssd_scan_bwd_dbc_gluon (one CTA per (chunk, group); a 1-warp TMA producer feeding
-a ring of STAGES stages through ready / empty mbarriers, the loaded-once C and B boxes through a third). Inlined
-where called: the kernels' SASS is what it was with these lines written out (every aot_compile_all variant compared).
-Not folded: the CTA's (chunk, group) decode from the program id (pid // G, pid % G): as a helper it changed the dx
-kernel's batched SASS (96 more instructions) with the same PTX instructions, only the line info differing.
-Imported only by those modules (Gluon, never interpreted)."""
+"""Gluon (sm_90a) jit helpers shared by the SSD scan's warp-specialised kernels: ssd_scan_chunk_state_gluon,
+ssd_scan_chunk_scan_gluon and the backward's ssd_scan_bwd_dx_gluon / ssd_scan_bwd_dbc_gluon (one CTA per (chunk, group),
+or a persistent grid; a 1-warp TMA producer feeding a ring of STAGES stages through ready / empty mbarriers, the
+loaded-once C and B boxes through a third). Inlined where called: the kernels' SASS is what it was with these lines
+written out (every aot_compile_all variant compared). Not folded: the CTA's (chunk, group) decode from the program id
+(pid // G, pid % G): as a helper it changed the dx kernel's batched SASS (96 more instructions) with the same PTX
+instructions, only the line info differing. Imported only by those modules (Gluon, never interpreted)."""
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
 
 @gluon.jit
@@ -87,3 +87,13 @@ def _release(empty, stage):
     for) before one arrival hands it back to the producer."""
     gl.thread_barrier()
     mbarrier.arrive(empty.index(stage), count=1)
+
+
+@gluon.jit
+def _store_box(desc, smem, acc, row, col):
+    """Consumer epilogue: acc fp32 in registers (dx [Q, P], y [64, P]) -> desc's box at (row, col) through smem (one
+    box of desc) and a TMA store, left in flight: the next call's wait, or the caller's before exit, drains it."""
+    tma.store_wait(pendings=0)                                                    # the last head's box has left
+    smem.store(acc.to(desc.dtype))
+    fence_async_shared()                                                          # generic writes -> TMA reads
+    tma.async_copy_shared_to_global(desc, [row, col], smem)
