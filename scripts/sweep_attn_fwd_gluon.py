@@ -1,18 +1,17 @@
 """Sweep the Gluon attention forward's tuning knobs on the H200 (gqa_attention_fwd_gluon.VARIANTS: persistent grid,
-K/V ring stages; FP8 also EXP_EMUS: score columns whose exp2 runs on the FMA pipe), bf16 and FP8 e4m3, with cuDNN
-SDPA (K/V expanded to 32 heads) and our Triton FP8 forward timed in the same run:
-    PYTHONPATH=. python3 scripts/sweep_attn_fwd_gluon.py             # GPU: check, then time (FP8 part ~40 s)
+K/V ring stages), bf16 and FP8 e4m3, with cuDNN SDPA (K/V expanded to 32 heads) and our Triton FP8 forward timed in
+the same run:
+    PYTHONPATH=. python3 scripts/sweep_attn_fwd_gluon.py             # GPU: check, then time
     PYTHONPATH=. python3 scripts/sweep_attn_fwd_gluon.py --fp8-only  # GPU: the FP8 part only (--bf16-only: bf16)
     PYTHONPATH=. .venv-aot/bin/python scripts/sweep_attn_fwd_gluon.py --aot    # CPU: compile every variant, report
 Every kernel compiles first, in parallel worker processes on tiny inputs of the same specialisation (warm), so
 Triton's disk cache serves the run. Shapes B4 S8K and B1 S32K, 32 / 2 heads, D = 128, causal.
 bf16: every variant is checked against SDPA (the math backend in float32 on K/V expanded) at small shapes (fewer
 tiles than SMs, and several waves), then at each full shape against the dispatch's o and lse (the per-tile
-arithmetic is the same: expected bitwise equal); a mismatch exits 1 before anything is timed (bf16 EXP_EMU lost
-everywhere in session 27 and is no longer swept).
+arithmetic is the same: expected bitwise equal); a mismatch exits 1 before anything is timed.
 FP8: q / k / v quantised per tensor on the GPU (amax / 448), V^T built by _vt_fp8 and the descale table by
-descale_table (untimed: a quantisation kernel would write them); every variant (VARIANTS x EXP_EMUS) checked at the
-small and full shapes against `reference` (fp32 on the dequantised inputs, by chunks of query rows): o and lse,
+descale_table (untimed: a quantisation kernel would write them); every variant (VARIANTS) checked at the small
+and full shapes against `reference` (fp32 on the dequantised inputs, by chunks of query rows): o and lse,
 relative max errors < FP8_TOL. A wrong variant gets a diagnosis at its first wrong shape (fp8_diagnosis: which
 elements of o are never written / NaN / off, by head, query tile, row mod 128 and d column, and whether lse, i.e. m
 and l, is right), is never timed, and the run goes on to exit 1 at the end. The right ones are timed next to the
@@ -20,8 +19,8 @@ dispatch (gqa_attention(q8, k8, v8, q_descale=...): the FP8_DISPATCH variant wit
 call), our Triton FP8 (the same call with NK_GLUON=0) and cuDNN BF16 on the bf16 inputs.
 Timing: triton.testing.do_bench (median ms); TFLOP/s count the causal forward as 2 * B * Hq * S^2 * D (half of
 4 B Hq S^2 D). --aot adds the SASS counts of every variant (MUFU.EX2, HGMMA / QGMMA, whole kernel and the
-steady-state loop of a consumer: the offload's proof) and exits 1 if one reads a register before writing it on
-some path (common.live_in_registers; session 27's FP8 NaN; every variant here has none)."""
+steady-state loop of a consumer) and exits 1 if one reads a register before writing it on some path
+(common.live_in_registers; session 27's FP8 NaN; every variant here has none)."""
 import argparse
 import concurrent.futures
 import contextlib
@@ -42,17 +41,15 @@ HQ, HKV, D = 32, 2, 128
 SHAPES = ((4, 8192), (1, 32768))                     # (B, S)
 SMALL = ((1, 256), (2, 1024), (1, 2048))             # 64 tiles (< 132 SMs), 512 and 512 tiles (several waves)
 DISPATCH = (True, 3)                                 # the knobs gqa_attention's dispatch runs (batched bf16)
-FP8_DISPATCH = (True, 2, 0)                          # and for FP8: persistent, FP8_STAGES, EXP_EMU 0
+FP8_DISPATCH = (True, 2)                             # and for FP8: persistent, FP8_STAGES
 # FP8 tolerances (relative max): o carries P rounded to e4m3 (2^-4 of a value); lse comes from the fp32 P
 FP8_TOL = {"o": 5e-2, "lse": 1e-2}
 O_POISON, LSE_POISON = 0x7FA5, 0x7FC0BEEF            # NaN payloads the kernel never computes: kept = not written
 
 
-def label(persistent: bool, stages: int, exp_emu: int = 0, fp8: bool = False) -> str:
+def label(persistent: bool, stages: int, fp8: bool = False) -> str:
     name = f"gluon{' fp8' if fp8 else ''} persistent={int(persistent)} stages={stages}"
-    if fp8:
-        return f"{name} exp_emu={exp_emu}" + ("  (dispatch)" if (persistent, stages, exp_emu) == FP8_DISPATCH else "")
-    return name + ("  (dispatch)" if (persistent, stages) == DISPATCH else "")
+    return name + ("  (dispatch)" if (persistent, stages) == (FP8_DISPATCH if fp8 else DISPATCH) else "")
 
 
 def make(bsz: int, s: int, seed: int = 0):
@@ -97,18 +94,14 @@ def gluon_off():
             os.environ["NK_GLUON"] = before
 
 
-def ours_fp8(mod, q8, k8, vt8, descales, persistent: bool, stages: int, exp_emu: int):
+def ours_fp8(mod, q8, k8, vt8, descales, persistent: bool, stages: int):
     """-> (o [B, S, Hq, D] bf16, lse) of one FP8 knob setting, poisoned beforehand with NaNs of their own payload
     (O_POISON, LSE_POISON)."""
     bsz, s = q8.shape[:2]
     o = torch.full(q8.shape, O_POISON, device=q8.device, dtype=torch.int16).view(torch.bfloat16)
     lse = torch.full((bsz, HQ, s), LSE_POISON, device=q8.device, dtype=torch.int32).view(torch.float32)
     return mod.gqa_attention_fwd_gluon_fp8(q8, k8, vt8, descales, True, D ** -0.5, o, lse, persistent=persistent,
-                                           stages=stages, exp_emu=exp_emu)
-
-
-def fp8_variants(mod):
-    return [(p, st, e) for p, st in mod.VARIANTS for e in mod.EXP_EMUS]
+                                           stages=stages)
 
 
 def sdpa(q, k, v, backend):
@@ -219,19 +212,19 @@ def run_gpu_fp8(mod, crashed=()) -> list:
     from nemotron_kernels.ops.gqa_attention import gqa_attention
     wrong, full = set(crashed), {}
     print(f"FP8 checks, o / lse relative max error vs fp32 on the dequantised inputs (tolerance {FP8_TOL['o']:.0e}"
-          f" / {FP8_TOL['lse']:.0e}; pP sS eE: persistent, stages, exp_emu):", flush=True)
+          f" / {FP8_TOL['lse']:.0e}; pP sS: persistent, stages):", flush=True)
     for bsz, s in SMALL + SHAPES:
         q, k, v = make(bsz, s, seed=s + 1)
         q8, k8, v8, vt8, descales, scales = fp8_inputs(mod, q, k, v)
         ref_o, ref_lse = reference(*(t.float() * d for t, d in zip((q8, k8, v8), scales)))
         results, diagnoses = [], []
-        for variant in fp8_variants(mod):
+        for variant in mod.VARIANTS:
             if variant in crashed:
                 continue
             o, lse = ours_fp8(mod, q8, k8, vt8, descales, *variant)
             errs = fp8_errors(o, lse, ref_o, ref_lse)
             ok = all(errs[name] <= FP8_TOL[name] for name in errs)
-            results.append(f"p{int(variant[0])} s{variant[1]} e{variant[2]} {errs['o']:.1e} / {errs['lse']:.1e}"
+            results.append(f"p{int(variant[0])} s{variant[1]} {errs['o']:.1e} / {errs['lse']:.1e}"
                            + ("" if ok else " WRONG"))
             if not ok and variant not in wrong:
                 wrong.add(variant)
@@ -243,7 +236,7 @@ def run_gpu_fp8(mod, crashed=()) -> list:
         if (bsz, s) in SHAPES:
             full[bsz, s] = (q, k, v, q8, k8, v8, vt8, descales, scales)
         del ref_o, ref_lse
-    right = [variant for variant in fp8_variants(mod) if variant not in wrong]
+    right = [variant for variant in mod.VARIANTS if variant not in wrong]
     for inputs in full.values():
         time_fp8(mod, right, *inputs, gqa_attention)
     return sorted(wrong)
@@ -259,11 +252,10 @@ def time_fp8(mod, variants, q, k, v, q8, k8, v8, vt8, descales, scales, gqa_atte
     rows = []
     o = torch.empty(q.shape, device="cuda", dtype=torch.bfloat16)
     lse = torch.empty(bsz, HQ, s, device="cuda", dtype=torch.float32)
-    for persistent, stages, exp_emu in variants:
+    for persistent, stages in variants:
         ms = triton.testing.do_bench(lambda: mod.gqa_attention_fwd_gluon_fp8(
-            q8, k8, vt8, descales, True, D ** -0.5, o, lse, persistent=persistent, stages=stages, exp_emu=exp_emu),
-            warmup=25, rep=200)
-        rows.append((label(persistent, stages, exp_emu, fp8=True), ms))
+            q8, k8, vt8, descales, True, D ** -0.5, o, lse, persistent=persistent, stages=stages), warmup=25, rep=200)
+        rows.append((label(persistent, stages, fp8=True), ms))
     qd, kd, vd = scales
     rows.append(("ours dispatch fp8: gqa_attention (Gluon, V^T timed)", triton.testing.do_bench(
         lambda: gqa_attention(q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd), warmup=25, rep=200)))
@@ -277,7 +269,7 @@ def time_fp8(mod, variants, q, k, v, q8, k8, v8, vt8, descales, scales, gqa_atte
 
 def warm_one(job) -> None:
     """Worker: launch one kernel on tiny inputs (B1 S128: the specialisation of the sweep's shapes), which puts its
-    compile in Triton's disk cache. job: ("bf16", persistent, stages), ("fp8", persistent, stages, exp_emu), or
+    compile in Triton's disk cache. job: ("bf16", persistent, stages), ("fp8", persistent, stages), or
     ("triton fp8", ) for our Triton FP8 forward (its autotune configs)."""
     from nemotron_kernels.triton import gqa_attention_fwd_gluon as mod
     q, k, v = make(1, 128)
@@ -323,7 +315,7 @@ def run_gpu(bf16: bool = True, fp8: bool = True) -> None:
     from nemotron_kernels.triton import gqa_attention_fwd_gluon as mod
     print(f"{torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).multi_processor_count} SMs, "
           f"triton {triton.__version__}", flush=True)
-    jobs = [("triton fp8", )] + [("fp8", *variant) for variant in fp8_variants(mod)] if fp8 else []
+    jobs = [("triton fp8", )] + [("fp8", *variant) for variant in mod.VARIANTS] if fp8 else []
     failed = warm(jobs + ([("bf16", p, st) for p, st in mod.VARIANTS] if bf16 else []))  # the longest (6 configs) 1st
     for job, error in failed.items():
         print(f"warm-up (B1 S128) of {job} raised {error}", flush=True)
@@ -332,8 +324,8 @@ def run_gpu(bf16: bool = True, fp8: bool = True) -> None:
     if fp8:
         wrong = run_gpu_fp8(mod, [job[1:] for job in failed if job[0] == "fp8"])
         if wrong:
-            print(f"FP8: {len(wrong)} of {len(fp8_variants(mod))} variants WRONG (not timed): "
-                  + "; ".join(f"p{int(p)} s{st} e{e}" for p, st, e in wrong), flush=True)
+            print(f"FP8: {len(wrong)} of {len(mod.VARIANTS)} variants WRONG (not timed): "
+                  + "; ".join(f"p{int(p)} s{st}" for p, st in wrong), flush=True)
             sys.exit(1)
 
 
@@ -407,8 +399,8 @@ def sass_counts(ck) -> str:
 
 
 def run_aot() -> None:
-    """Compile and report every variant (bf16 knobs, FP8 knobs x EXP_EMUS); exit 1 if any reads a register before
-    writing it (the FP8 NaN of session 27)."""
+    """Compile and report every variant (bf16 and FP8 knobs); exit 1 if any reads a register before writing it (the
+    FP8 NaN of session 27)."""
     from nemotron_kernels.triton import gqa_attention_fwd_gluon as mod
     wrong = []
     for gen in (mod.aot_compile_variants(), mod.aot_compile_fp8_variants()):

@@ -32,7 +32,7 @@ issue 2 x 459 = 918 of 2048 slots per SMSP (45 %): tensor-bound, not MUFU-bound.
 512 clk after its turn; its softmax is ~750-850 clk on its SMSP (64 FMNMX + 2 shuffle rounds, 64 MUFU at 8 clk a
 warp instruction, then sums and packing), + 64 FMUL rescale once its P V is done; it must issue again when the other
 group's 1024 clk of wgmmas drain, 1536 clk after its S: ~600 clk of slack, so the steady state keeps the tensor
-cores busy and an FMA-pipe exp2 would shorten a path that has slack (not added). Measured (session 26, one CTA a
+cores busy and an FMA-pipe exp2 would shorten a path with slack (it lost: FP8 below). Measured (session 26, one CTA a
 block) 616 TFLOP/s = 78 % of the 789 measured bf16 ceiling: the loss sits outside the loop, per tile (one 164 KB
 CTA an SM, 8192 tiles, ~62 an SM at B4 S8K, ~32.5 blocks = ~38 us each): CTA launch and barrier init, Q and K_0's
 TMA latency, the first S and WG 0's first softmax before any P V, the last P V and the epilogue (O store,
@@ -49,31 +49,27 @@ ragged / varlen (their kernel only). H200, causal bf16, TFLOP/s (x cuDNN SDPA, s
     1, 2               | 589.3 (1.049x)  | 624.7 (1.058x)  | 607.0
     1, 3 (dispatch)    | 620.3 (1.105x)  | 636.9 (1.078x)  | 628.6
     cuDNN SDPA         | 561.6           | 590.7           |
-EXP_EMU lost for bf16 everywhere (tensor-bound, above): 16 / 32 / 64 at (0, 2) gave 566 / 558 / 531 at B4 S8K
-and 621 / 578 / 563 at B1 S32K, all under the best knobs (16 at S32K beat only (0, 2)); bf16 runs EXP_EMU 0.
 
 FP8 (gqa_attention_fwd_gluon_fp8; constexpr FP8 of both kernels, after the probe of 132c2e6): q / k e4m3
 [B, S, H, D], V^T e4m3 [B, Hkv, D, S] with the keys of each 32 reordered (_vt_fp8, one copy of V on the host side,
 counted in the dispatch's time), descales per (batch, kv head) as an fp32 [B, Hkv, 3] table (descale_table: per
 tensor ones broadcast, out_scale folded into v's) read once per tile (q * k folded into the tile's qk_scale, v in
 the epilogue), bf16 O through its own buffer (115,040 B at stages 2), lse as the bf16 path. In the dispatch
-(gluon_eligible) for batched inputs with S % 128 == 0, causal or not, on the persistent kernel with FP8_STAGES = 2
-and EXP_EMU 0. H200, causal, 32/2 heads, per-tensor descales, V^T untimed, TFLOP/s (session 27 sweep; p: persistent,
-s: stages, e: EXP_EMU): B4 S8K p1 s2 e0 796.9 (1.47x cuDNN bf16 541.3), p1 s3 e0 773.8, p1 s2 e16 774.3, p0
-612-631, our Triton FP8 691.4; B1 S32K p1 s2 e0 817.4 (1.38x cuDNN 592.7), p1 s3 e0 815.6, p1 s3 e16 797.7, p0
-650-668, Triton FP8 741.5. Both wgmmas e4m3 m64n128k32 (QGMMA); P quantised with scale 1.
+(gluon_eligible) for batched inputs with S % 128 == 0, causal or not, on the persistent kernel with FP8_STAGES = 2.
+H200, causal, 32/2 heads, per-tensor descales, V^T untimed, TFLOP/s (session 27 sweep; p: persistent, s: stages):
+B4 S8K p1 s2 796.9 (1.47x cuDNN bf16 541.3), p1 s3 773.8, p0 630-631, our Triton FP8 691.4; B1 S32K p1 s2 817.4
+(1.38x cuDNN 592.7), p1 s3 815.6, p0 663-668, Triton FP8 741.5. Both wgmmas e4m3 m64n128k32 (QGMMA); P quantised
+with scale 1.
 P crosses the loop packed: _softmax turns each A register's 4 keys into one int32 (two cvt.e4m3x2 in an asm) and
 _p_operand unpacks it by shifts LLVM folds away; P carried as 64 e4m3 values instead cost 110 PRMT + 32 SHF a
 block (the probe's loop: 650 instructions, now 456). Session 27's first H200 run gave NaN (B1 S256, the first
 variant): ptxas read two registers uninitialised while packing the diagonal tile's P, in every FP8 variant but one;
 that tile now packs by prmt (PACK_E4M3_PRMT), and tests/ops check the compile (common.live_in_registers).
-EXP_EMU (opt-in, FP8 only): the first EXP_EMU of the 128 score columns take 2^x on the FMA pipe (_exp2_fma:
-1 FMNMX + 3 FADD + 3 FFMA + 1 LEA for one MUFU.EX2).
-FP8 loop per warp and key block (Triton 3.6 SASS): EXP_EMU 0 / 16 / 32 / 48 / 64: 456 / 512 / 568 / 623 / 682
-instructions, 66 / 58 / 50 / 42 / 34 MUFU.EX2, 8 QGMMA. Per 128x128 block per SM: tensor 1024 clk (4096 e4m3
-MAC/clk), MUFU 2 x 128 x n_ex2 / 16 = 1056 / 928 / 800 / 672 / 544 clk, issue 2 warps x loop per SMSP = 912 / 1024
-/ 1136 / 1246 / 1364 slots: at 0 MUFU-bound, 16 balanced, from 32 on issue-bound (bf16's 2048-clk tensor bound
-hides every EXP_EMU: 459 -> 684 instructions at 64, under 2048 issue slots). Every FP8 variant passed the sweep's
+FP8 loop per warp and key block (Triton 3.6 SASS): 456 instructions, 66 MUFU.EX2, 8 QGMMA. Per 128x128 block per
+SM: tensor 1024 clk (4096 e4m3 MAC/clk), MUFU 2 x 128 x 66 / 16 = 1056 clk, issue 2 warps x 456 = 912 slots per
+SMSP: MUFU-bound on paper. Yet exp2 partly on the FMA pipe (EXP_EMU 16 / 32: a cubic, 8 FMA / ALU instructions per
+MUFU.EX2 saved) measured 3-8% slower than all-MUFU on the H200 (sessions 27 and 28; bf16 lost too) and was
+removed (git show ef9e7d1:nemotron_kernels/triton/gqa_attention_fwd_gluon.py). Every FP8 variant passed the sweep's
 checks (o and lse against fp32 on the dequantised inputs) on the H200 in session 27. The per-tile descales (for the
 dispatch) left the persistent loop as it was (463 instructions causal; AOT) and added 8 to the kernel.
 
@@ -184,69 +180,6 @@ def _pass_turn(turn, WG: gl.constexpr):
     mbarrier.arrive(turn.index(1 - WG), count=1)
 
 
-# 2^f on [-1/2, 1/2] ~ 1 + f (C1 + f (C2 + f C3)): the relative-error minimax cubic with p(0) = 1 exactly (so
-# 2^0 = 1 and 2^-127 -> +0 exactly, see _exp2_fma), fitted for this file with numpy (Lawson-weighted least squares
-# on 20001 points, 300 iterations, then rounded to fp32): max relative error 1.014e-4 (fp32 Horner, measured on
-# the grid), against 3.9e-3 for P's bf16 rounding (6.3e-2 for e4m3). A quartic would reach 2.9e-6 for one FFMA more.
-EXP2_C1 = gl.constexpr(0.6932829022407532)
-EXP2_C2 = gl.constexpr(0.24221062660217285)
-EXP2_C3 = gl.constexpr(0.05500869080424309)
-EXP2_ROUND = gl.constexpr(12582912.0)       # 1.5 * 2^23: x + it rounds x to an integer in the low mantissa bits
-
-
-@gluon.jit
-def _exp2_fma(x):
-    """2^x (x <= 0, -inf allowed) on the FMA / ALU pipes, no MUFU (FA3 / FA4's exp2 emulation): x clamped to
-    >= -127, j = round(x) by the 1.5 * 2^23 trick (t = x + 1.5 * 2^23 holds j in its low mantissa bits, t - 1.5
-    * 2^23 = j exactly), f = x - j in [-1/2, 1/2], 2^f by the cubic, 2^j applied by adding j << 23 (= bits(t) <<
-    23 mod 2^32) to its exponent field. No floor (FRND / F2I run at the conversion rate, like MUFU): SASS 1
-    FMNMX + 3 FADD + 3 FFMA + 1 LEA (shift and add). Range: j >= -126 gives a normal or subnormal-pattern value
-    >= 0; j = -127 only for x in [-127, -126.5], where f >= 0, p(f) >= 1 and the exponent field ends at 0 (x =
-    -127, i.e. -inf, gives +0 exactly, as p(0) = 1)."""
-    x = gl.maximum(x, -127.0)
-    t = x + EXP2_ROUND
-    f = x - (t - EXP2_ROUND)
-    p = gl.fma(gl.fma(gl.fma(f, EXP2_C3, EXP2_C2), f, EXP2_C1), f, 1.0)
-    bits = p.to(gl.int32, bitcast=True) + (t.to(gl.int32, bitcast=True) << 23)
-    return bits.to(gl.float32, bitcast=True)
-
-
-@gluon.jit
-def _exp2_cols(x, EXP_EMU: gl.constexpr):
-    """2^x of x [R, W]: columns 0 .. EXP_EMU-1 by _exp2_fma, the rest by MUFU.EX2, halving W until a half is all
-    one kind (EXP_EMU a multiple of W / 2^k; the halves must be register dimensions, see _exp2_tile)."""
-    W: gl.constexpr = x.shape[1]
-    if EXP_EMU == 0:
-        p = gl.exp2(x)
-    elif EXP_EMU == W:
-        p = _exp2_fma(x)
-    else:
-        H: gl.constexpr = W // 2
-        LO: gl.constexpr = EXP_EMU if EXP_EMU < H else H
-        HI: gl.constexpr = EXP_EMU - H if EXP_EMU > H else 0
-        lo, hi = gl.split(gl.permute(gl.reshape(x, [x.shape[0], 2, H]), (0, 2, 1)))   # columns 0.., H..
-        # (a half that was split again comes back in its reshape's layout: the split's, as join wants, by renaming)
-        lo = gl.convert_layout(_exp2_cols(lo, LO), lo.type.layout, assert_trivial=True)
-        hi = gl.convert_layout(_exp2_cols(hi, HI), hi.type.layout, assert_trivial=True)
-        p = gl.reshape(gl.permute(gl.join(lo, hi), (0, 2, 1)), [x.shape[0], W])
-    return p
-
-
-@gluon.jit
-def _exp2_tile(x, mma: gl.constexpr, EXP_EMU: gl.constexpr):
-    """2^x of a score tile x [64, 128] in mma's layout: columns 0 .. EXP_EMU-1 by _exp2_fma (FMA pipe), the rest by
-    MUFU.EX2. EXP_EMU a multiple of 16: each thread holds 2 x 32 of the 128 columns, 8c + 2(lane % 4) + {0, 1} for
-    c = 0..15, so column bits 3 .. 6 are register bits and the splits into halves down to 16 columns move no data
-    (reshape / permute / split, then join back, asserted trivial)."""
-    gl.static_assert(EXP_EMU % 16 == 0 and EXP_EMU >= 0 and EXP_EMU <= 128, "EXP_EMU: a multiple of 16, <= 128")
-    gl.static_assert(x.shape[1] == 128, "128 score columns")
-    if EXP_EMU == 0:
-        p = gl.exp2(x)
-    else:
-        p = gl.convert_layout(_exp2_cols(x, EXP_EMU), mma, assert_trivial=True)
-    return p
-
-
 # FP8's P: keys 4j .. 4j+3 ($1 .. $4, fp32) -> e4m3 bytes 0 .. 3 of one int32 (cvt puts its first source in the
 # high byte). PACK_E4M3 joins the two 16-bit pairs by a vector mov (F2FP.MERGE_C in SASS, no PRMT). In the diagonal
 # tile, where masked keys make pairs of equal 16-bit halves, ptxas 12.8 (Triton 3.6) reuses such a half through
@@ -262,15 +195,13 @@ PACK_E4M3_PRMT = gl.constexpr("{ .reg .b16 lo, hi; .reg .b32 l, h; cvt.rn.satfin
 
 @gluon.jit
 def _softmax(s, m_i, l_i, qk_scale, key0, row0, MASK: gl.constexpr, mma: gl.constexpr,
-             DTYPE: gl.constexpr, key_end=0, BOUND: gl.constexpr = False, FP8: gl.constexpr = False,
-             EXP_EMU: gl.constexpr = 0):
+             DTYPE: gl.constexpr, key_end=0, BOUND: gl.constexpr = False, FP8: gl.constexpr = False):
     """Online softmax of one score tile s [64, BLOCK_N] fp32 in base 2 (x = s * qk_scale, qk_scale = softmax
     scale * log2 e). m_i, l_i [64]: running max (scaled) and sum. MASK: keys key0.. past rows row0.. -> -inf;
     BOUND: keys key0.. from key_end on (past a ragged sequence's end: the next one's) -> -inf.
     -> (P [64, BLOCK_N] in DTYPE (the inputs') as the A operand of the P V wgmma, alpha [64] (the factor for O's
     older terms), m_new, l_new). l sums the fp32 P, not the rounded P of the wgmma (as FA3).
-    FP8 (DTYPE e4m3): P quantised with scale 1 (P <= 1) and its keys reordered within each 32 (see below).
-    EXP_EMU: P's first EXP_EMU columns by the FMA-pipe exp2 (_exp2_tile); alpha stays on MUFU."""
+    FP8 (DTYPE e4m3): P quantised with scale 1 (P <= 1) and its keys reordered within each 32 (see below)."""
     WG_M: gl.constexpr = s.shape[0]
     BLOCK_N: gl.constexpr = s.shape[1]
     if MASK:
@@ -284,7 +215,7 @@ def _softmax(s, m_i, l_i, qk_scale, key0, row0, MASK: gl.constexpr, mma: gl.cons
         s = gl.where(gl.expand_dims(cols < key_end, 0), s, -float("inf"))
     m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)                        # [64]
     alpha = gl.exp2(m_i - m_new)                                                  # [64]; 0 when m_i = -inf
-    p = _exp2_tile(s * qk_scale - gl.expand_dims(m_new, 1), mma, EXP_EMU)         # [64, BLOCK_N]
+    p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))                          # [64, BLOCK_N]
     l_new = l_i * alpha + gl.sum(p, axis=1)
     if FP8:
         # 8-bit A wants keys 4c..4c+3 (+16) of each 32 in lane c % 4 (k_width 4), the accumulator holds 2c, 2c+1
@@ -315,18 +246,17 @@ def _softmax(s, m_i, l_i, qk_scale, key0, row0, MASK: gl.constexpr, mma: gl.cons
 def _consumer(q_desc, k_desc, o_desc, q_smem, k_bufs, v_bufs, bars, lse_row, q_row, q_col, q_pos0, n_blocks,
               qk_scale, seq_len, o_ptr, WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
               CAUSAL: gl.constexpr, RAGGED: gl.constexpr, O_STRIDE: gl.constexpr, o_smem=None, descale_row=None,
-              FP8: gl.constexpr = False, EXP_EMU: gl.constexpr = 0):
+              FP8: gl.constexpr = False):
     """A consumer warpgroup (4 warps): query rows WG*64 .. WG*64+63 of the CTA's block (positions q_pos0 + ..,
     rows q_row + .. of the [B*S, Hq*D] views). Iteration i consumes ring slot i % STAGES (key block n_blocks-1-i)
     and issues S_i = Q K_i^T before O += P_{i-1} V_{i-1}; O is rescaled by alpha_i once that wgmma is done.
     lse_row: this block's first lse element. RAGGED (seq_len, o_ptr, O_STRIDE = Hq*D: see the kernel): n_blocks = 0
     does nothing; rows from seq_len on are computed (from the next sequence's Q or TMA's zeros; row-local) but never
     stored. FP8 (e4m3 Q / K / V^T, bf16 O; not RAGGED): O goes out through o_smem (bf16 [2, 64, D]), scaled by
-    v_descale (descale_row[2]: the tile's (batch, kv head) row of the descale table). EXP_EMU: see _softmax."""
+    v_descale (descale_row[2]: the tile's (batch, kv head) row of the descale table)."""
     if not RAGGED or n_blocks > 0:
         _consume(q_desc, k_desc, o_desc, q_smem, k_bufs, v_bufs, bars, lse_row, q_row, q_col, q_pos0, n_blocks,
-                 qk_scale, seq_len, o_ptr, WG, BLOCK_N, STAGES, CAUSAL, RAGGED, O_STRIDE, o_smem, descale_row, FP8,
-                 EXP_EMU)
+                 qk_scale, seq_len, o_ptr, WG, BLOCK_N, STAGES, CAUSAL, RAGGED, O_STRIDE, o_smem, descale_row, FP8)
 
 
 @gluon.jit
@@ -351,7 +281,7 @@ def _store_rows(buf, ptr, row, col, n_rows, ROW_STRIDE: gl.constexpr):
 def _consume(q_desc, k_desc, o_desc, q_smem, k_bufs, v_bufs, bars, lse_row, q_row, q_col, q_pos0, n_blocks,
              qk_scale, seq_len, o_ptr, WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
              CAUSAL: gl.constexpr, RAGGED: gl.constexpr, O_STRIDE: gl.constexpr, o_smem=None, descale_row=None,
-             FP8: gl.constexpr = False, EXP_EMU: gl.constexpr = 0):
+             FP8: gl.constexpr = False):
     q_bar, k_ready, k_empty, v_ready, v_empty, turn = bars
     WG_M: gl.constexpr = q_desc.block_type.shape[0]
     INSTR_K: gl.constexpr = 32 if FP8 else 16                                    # 32 bytes of K per wgmma
@@ -362,7 +292,7 @@ def _consume(q_desc, k_desc, o_desc, q_smem, k_bufs, v_bufs, bars, lse_row, q_ro
     mbarrier.wait(q_bar, 0)
     acc, m_i, l_i = _attend(q_smem.index(WG), k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, turn, q_bar,
                             n_blocks, 0, 0, qk_scale, row0, seq_len, k_desc.dtype, WG, BLOCK_N, STAGES, CAUSAL,
-                            RAGGED, False, FP8, EXP_EMU)
+                            RAGGED, False, FP8)
 
     # lse [64] (natural log, the Triton forward's convention; every row saw a key, so l > 0); rows replicated
     # across a quad's lanes store the same value
@@ -419,15 +349,14 @@ def _v_operand(v_bufs, stage, FP8: gl.constexpr):
 @gluon.jit
 def _attend(q, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, turn, q_free, n_blocks, g0, t0, qk_scale, row0,
             seq_len, DTYPE: gl.constexpr, WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-            CAUSAL: gl.constexpr, RAGGED: gl.constexpr, FREE_Q: gl.constexpr, FP8: gl.constexpr = False,
-            EXP_EMU: gl.constexpr = 0):
+            CAUSAL: gl.constexpr, RAGGED: gl.constexpr, FREE_Q: gl.constexpr, FP8: gl.constexpr = False):
     """One consumer warpgroup's key blocks of one query tile: q [64, D] (shared, landed) against key blocks
     n_blocks-1 .. 0, the i-th in ring slot (g0 + i) % STAGES (g0: the ring's count of blocks before this tile, 0
     unless persistent), its wgmma batches the turns t0 .. t0 + n_blocks (t0: turns taken before, ditto). Iteration
     i issues S_i = Q K_i^T before O += P_{i-1} V_{i-1}; O is rescaled by alpha_i once that wgmma is done.
     FREE_Q: arrive on q_free once the last S (q's last reader) has completed. -> (acc [64, D] fp32 (O * l),
     m_i, l_i [64]). FP8: e4m3 wgmmas (m64n128k32; V^T tiles used through a permute, K-major as 8-bit wgmma
-    requires), P in e4m3 (_softmax). EXP_EMU: see _softmax."""
+    requires), P in e4m3 (_softmax)."""
     HEAD_D: gl.constexpr = q.shape[1]
     WG_M: gl.constexpr = q.shape[0]
     # wgmma accumulator layout: 4 warps stacked along M (16 rows each), m64n128k16 instructions (k32 for 8-bit)
@@ -454,7 +383,7 @@ def _attend(q, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, turn, q_free,
     # RAGGED, causal: a row before seq_len sees keys <= itself < seq_len only, so the diagonal mask also bounds the
     # keys; full: the last key block (this one) is bounded explicitly
     p_op, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, (n_blocks - 1) * BLOCK_N, row0, CAUSAL, mma, DTYPE,
-                                     seq_len, RAGGED and not CAUSAL, FP8, EXP_EMU)
+                                     seq_len, RAGGED and not CAUSAL, FP8)
 
     for i in range(1, n_blocks):                                                  # unmasked key blocks
         stage = (g0 + i) % STAGES
@@ -474,7 +403,7 @@ def _attend(q, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, turn, q_free,
             if i == n_blocks - 1:
                 mbarrier.arrive(q_free, count=1)
         p_op, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, (n_blocks - 1 - i) * BLOCK_N, row0, False, mma,
-                                         DTYPE, 0, False, FP8, EXP_EMU)
+                                         DTYPE, 0, False, FP8)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))                 # P_{i-1} V_{i-1} done
         mbarrier.arrive(v_empty.index(prev), count=1)
         acc = acc * gl.expand_dims(alpha, 1)                                      # O to the new running max
@@ -496,7 +425,7 @@ def _gqa_attn_fwd_gluon_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen, 
                                descale_ptr, HQ: gl.constexpr, HKV: gl.constexpr, CAUSAL: gl.constexpr,
                                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                                WORKER_REG_0: gl.constexpr, WORKER_REG_1: gl.constexpr, RAGGED: gl.constexpr,
-                               VARLEN: gl.constexpr, FP8: gl.constexpr, EXP_EMU: gl.constexpr):
+                               VARLEN: gl.constexpr, FP8: gl.constexpr):
     """q_desc / o_desc: [B*S, HQ*D] in [64, D] boxes; k_desc / v_desc: [B*S, HKV*D] in [BLOCK_N, D] boxes;
     lse_ptr: fp32 [B, HQ, S] contiguous. Grid (cdiv(S, BLOCK_M), B * HQ).
     RAGGED (S need not be a multiple of BLOCK_M): the last block of a sequence masks keys / stores by rows;
@@ -506,8 +435,7 @@ def _gqa_attn_fwd_gluon_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen, 
     FP8 (not RAGGED; here for the sweep only, the dispatch runs FP8 on the persistent kernel): q / k e4m3, v_desc
     over V^T [B*HKV*D, S] e4m3 (_vt_fp8) in [D, BLOCK_N] boxes, o bf16; descale_ptr -> fp32 [B, HKV, 3]
     (q_descale, k_descale, v_descale of each (batch, kv head), descale_table): S is scaled by q_descale * k_descale
-    (folded into qk_scale), O by v_descale. EXP_EMU: score columns per row whose exp2 runs on the FMA pipe
-    (_exp2_tile)."""
+    (folded into qk_scale), O by v_descale."""
     gl.static_assert(BLOCK_M == BLOCK_N, "the causal bounds assume square blocks")
     gl.static_assert(2 * q_desc.block_type.shape[0] == BLOCK_M, "two consumer warpgroups of BLOCK_M / 2 rows")
     gl.static_assert(RAGGED or not VARLEN, "varlen is ragged")
@@ -581,11 +509,11 @@ def _gqa_attn_fwd_gluon_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen, 
         # default partition (num_warps = 4): consumer of rows 0..63
         (_consumer, (q_desc, k_desc, o_desc, q_smem, k_bufs, v_bufs, bars, lse_row, q_row, q_col, q_pos0, n_blocks,
                      qk_scale, seq_len, o_ptr, WG0, BLOCK_N, STAGES, CAUSAL, RAGGED, O_STRIDE, o_smem, descale_row,
-                     FP8, EXP_EMU)),
+                     FP8)),
         # worker, 4 warps: consumer of rows 64..127
         (_consumer, (q_desc, k_desc, o_desc, q_smem, k_bufs, v_bufs, bars, lse_row, q_row, q_col, q_pos0, n_blocks,
                      qk_scale, seq_len, o_ptr, WG1, BLOCK_N, STAGES, CAUSAL, RAGGED, O_STRIDE, o_smem, descale_row,
-                     FP8, EXP_EMU)),
+                     FP8)),
         # worker, 1 warp: TMA loads
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, bars, q_row, q_col, kv_row, kv_col, n_blocks,
                      BLOCK_N, STAGES, RAGGED, vt_row, FP8)),
@@ -652,14 +580,13 @@ def _producer_persistent(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, bars, q
 def _consumer_persistent(q_desc, k_desc, o_desc, q_smem, o_smem, k_bufs, v_bufs, bars, q_free, lse_ptr, qk_scale,
                          pid, n_progs, seqlen, num_bh, WG: gl.constexpr, HQ: gl.constexpr, HKV: gl.constexpr,
                          BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-                         O_OWN: gl.constexpr, descale_ptr=None, FP8: gl.constexpr = False,
-                         EXP_EMU: gl.constexpr = 0):
+                         O_OWN: gl.constexpr, descale_ptr=None, FP8: gl.constexpr = False):
     """Consumer warpgroup WG over this program's tiles (_tile); the ring count g and the turn count tc run on
     across tiles (a tile takes n_blocks + 1 turns). O_OWN: O goes through its own buffer, Q's half is freed once
     the tile's last S is done (the producer loads the next Q during the last P V and the epilogue), and a tile's
     O store is waited for only before the next tile writes the buffer; else O goes through Q's half, freed once
     the store has read it. FP8 (O_OWN): S scaled by the tile's q_descale * k_descale, O by its v_descale (the
-    tile's (batch, kv head) row of the descale table [B, HKV, 3]); EXP_EMU: see _softmax."""
+    tile's (batch, kv head) row of the descale table [B, HKV, 3])."""
     q_bar, k_ready, k_empty, v_ready, v_empty, turn = bars
     WG_M: gl.constexpr = q_desc.block_type.shape[0]
     HEAD_D: gl.constexpr = q_desc.block_type.shape[1]
@@ -686,7 +613,7 @@ def _consumer_persistent(q_desc, k_desc, o_desc, q_smem, o_smem, k_bufs, v_bufs,
         mbarrier.wait(q_bar.index(WG), k & 1)
         acc, m_i, l_i = _attend(q, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, turn, q_free.index(WG),
                                 n_blocks, g, tc, tile_scale, row0, seqlen, k_desc.dtype, WG, BLOCK_N, STAGES, CAUSAL,
-                                False, O_OWN, FP8, EXP_EMU)
+                                False, O_OWN, FP8)
         g += n_blocks
         tc += n_blocks + 1
         lse = (m_i + gl.log2(l_i)) * 0.6931471805599453                         # natural log
@@ -712,7 +639,7 @@ def _gqa_attn_fwd_gluon_persistent_kernel(q_desc, k_desc, v_desc, o_desc, lse_pt
                                           descale_ptr, HQ: gl.constexpr, HKV: gl.constexpr, CAUSAL: gl.constexpr,
                                           BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                                           WORKER_REG_0: gl.constexpr, WORKER_REG_1: gl.constexpr,
-                                          FP8: gl.constexpr, EXP_EMU: gl.constexpr):
+                                          FP8: gl.constexpr):
     """The batched kernel (S % BLOCK_M == 0, not ragged) on a persistent grid (min(#SMs, tiles), ) walking the
     static longest-first schedule of _tile; num_bh = B * HQ. The same partitions and per-tile work (_attend), but
     no launch / prologue / epilogue per tile on the critical path: the producer streams the next tile's Q and K/V
@@ -757,10 +684,10 @@ def _gqa_attn_fwd_gluon_persistent_kernel(q_desc, k_desc, v_desc, o_desc, lse_pt
     gl.warp_specialize([
         (_consumer_persistent, (q_desc, k_desc, o_desc, q_smem, o_smem, k_bufs, v_bufs, bars, q_free, lse_ptr,
                                 qk_scale, pid, n_progs, seqlen, num_bh, WG0, HQ, HKV, BLOCK_M, BLOCK_N, STAGES,
-                                CAUSAL, O_OWN, descale_ptr, FP8, EXP_EMU)),
+                                CAUSAL, O_OWN, descale_ptr, FP8)),
         (_consumer_persistent, (q_desc, k_desc, o_desc, q_smem, o_smem, k_bufs, v_bufs, bars, q_free, lse_ptr,
                                 qk_scale, pid, n_progs, seqlen, num_bh, WG1, HQ, HKV, BLOCK_M, BLOCK_N, STAGES,
-                                CAUSAL, O_OWN, descale_ptr, FP8, EXP_EMU)),
+                                CAUSAL, O_OWN, descale_ptr, FP8)),
         (_producer_persistent, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, bars, q_free, pid, n_progs, seqlen,
                                 num_bh, HQ, HKV, BLOCK_M, BLOCK_N, STAGES, CAUSAL, FP8)),
     ], [4, 1], [WORKER_REG_0, WORKER_REG_1])
@@ -768,7 +695,7 @@ def _gqa_attn_fwd_gluon_persistent_kernel(q_desc, k_desc, v_desc, o_desc, lse_pt
 
 # ------------------------------------------------------------------------------------------------------- host
 FP8 = torch.float8_e4m3fn
-FP8_STAGES = 2          # the FP8 dispatch's K/V ring (persistent, EXP_EMU 0): the sweep's best (module docstring)
+FP8_STAGES = 2          # the FP8 dispatch's K/V ring (persistent): the sweep's best (module docstring)
 _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, FP8: gl.float8e4nv}
 
 
@@ -919,14 +846,13 @@ def gqa_attention_fwd_gluon(q, k, v, causal: bool, softmax_scale: float, o, lse,
         _gqa_attn_fwd_gluon_persistent_kernel[(min(tiles, sms), )](
             q_desc, k_desc, v_desc, o_desc, lse, seqlen, float(softmax_scale) * LOG2E, bsz * hq, None, HQ=hq,
             HKV=hkv, CAUSAL=bool(causal), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=stages,
-            WORKER_REG_0=WORKER_REGS[0], WORKER_REG_1=WORKER_REGS[1], FP8=False, EXP_EMU=0, num_warps=NUM_WARPS,
-            maxnreg=MAXNREG)
+            WORKER_REG_0=WORKER_REGS[0], WORKER_REG_1=WORKER_REGS[1], FP8=False, num_warps=NUM_WARPS, maxnreg=MAXNREG)
         return o, lse
     _gqa_attn_fwd_gluon_kernel[(cdiv(rows, BLOCK_M), seqs * hq)](
         q_desc, k_desc, v_desc, o_desc, lse, seqlen, float(softmax_scale) * LOG2E, o if ragged else None,
         cu_seqlens, None, HQ=hq, HKV=hkv, CAUSAL=bool(causal), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=stages,
         WORKER_REG_0=WORKER_REGS[0], WORKER_REG_1=WORKER_REGS[1], RAGGED=ragged, VARLEN=cu_seqlens is not None,
-        FP8=False, EXP_EMU=0, num_warps=NUM_WARPS, maxnreg=MAXNREG)
+        FP8=False, num_warps=NUM_WARPS, maxnreg=MAXNREG)
     return o, lse
 
 
@@ -961,13 +887,12 @@ def descale_table(descales, bsz: int, hkv: int, device, out_scale: float = 1.0) 
 
 
 def gqa_attention_fwd_gluon_fp8(q8, k8, vt8, descales, causal: bool, softmax_scale: float, o, lse,
-                                persistent: bool = True, stages: int = FP8_STAGES, exp_emu: int = 0):
+                                persistent: bool = True, stages: int = FP8_STAGES):
     """The FP8 e4m3 forward (gqa_attention_fwd_gluon calls it with the default knobs; the sweep with each):
     q8 [B, S, Hq, D], k8 [B, S, Hkv, D] e4m3 (rows views, _rows_view), vt8 = _vt_fp8(v8) [B, Hkv, D, S] contiguous,
     descales fp32 [B, Hkv, 3] contiguous (descale_table), S % 128 == 0, D = 128, no varlen; o [B, S, Hq, D] bf16 and
     lse [B, Hq, S] fp32, fresh contiguous -> (o, lse) of the dequantised inputs (q8 * q_descale, ...), o times
-    v's column (v_descale * out_scale). P is quantised to e4m3 with scale 1. persistent / stages / exp_emu: the
-    knobs."""
+    v's column (v_descale * out_scale). P is quantised to e4m3 with scale 1. persistent / stages: the knobs."""
     bsz, seqlen, hq, d = q8.shape
     hkv = k8.shape[2]
     assert q8.dtype == k8.dtype == vt8.dtype == FP8, "q8 / k8 / vt8: float8_e4m3fn"
@@ -975,7 +900,6 @@ def gqa_attention_fwd_gluon_fp8(q8, k8, vt8, descales, causal: bool, softmax_sca
     assert d == HEAD_DIM and k8.shape == (bsz, seqlen, hkv, d) and hq % hkv == 0, "q8 / k8: [B, S, H, 128]"
     assert vt8.shape == (bsz, hkv, d, seqlen), "vt8: [B, Hkv, D, S] (_vt_fp8)"
     assert seqlen % BLOCK_M == 0 and seqlen > 0, "S % 128 == 0"
-    assert exp_emu in range(0, 129, 16), f"exp_emu {exp_emu}: a multiple of 16, <= 128"
     assert descales.dtype == torch.float32 and descales.shape == (bsz, hkv, 3) and descales.is_contiguous() and \
         descales.device == q8.device, "descales: contiguous fp32 [B, Hkv, 3] on q8's device (descale_table)"
     assert o.shape == q8.shape and o.dtype == torch.bfloat16 and o.is_contiguous(), "o: contiguous bf16"
@@ -992,13 +916,12 @@ def gqa_attention_fwd_gluon_fp8(q8, k8, vt8, descales, causal: bool, softmax_sca
         _gqa_attn_fwd_gluon_persistent_kernel[(min(tiles, sms), )](
             q_desc, k_desc, v_desc, o_desc, lse, seqlen, qk_scale, bsz * hq, descales, HQ=hq, HKV=hkv,
             CAUSAL=bool(causal), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=stages, WORKER_REG_0=WORKER_REGS[0],
-            WORKER_REG_1=WORKER_REGS[1], FP8=True, EXP_EMU=exp_emu, num_warps=NUM_WARPS, maxnreg=MAXNREG)
+            WORKER_REG_1=WORKER_REGS[1], FP8=True, num_warps=NUM_WARPS, maxnreg=MAXNREG)
         return o, lse
     _gqa_attn_fwd_gluon_kernel[(seqlen // BLOCK_M, bsz * hq)](
         q_desc, k_desc, v_desc, o_desc, lse, seqlen, qk_scale, None, None, descales, HQ=hq, HKV=hkv,
         CAUSAL=bool(causal), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=stages, WORKER_REG_0=WORKER_REGS[0],
-        WORKER_REG_1=WORKER_REGS[1], RAGGED=False, VARLEN=False, FP8=True, EXP_EMU=exp_emu, num_warps=NUM_WARPS,
-        maxnreg=MAXNREG)
+        WORKER_REG_1=WORKER_REGS[1], RAGGED=False, VARLEN=False, FP8=True, num_warps=NUM_WARPS, maxnreg=MAXNREG)
     return o, lse
 
 
@@ -1008,7 +931,7 @@ def gqa_attention_fwd_gluon_fp8(q8, k8, vt8, descales, causal: bool, softmax_sca
 def aot_compile_all():
     """Compile for sm_90a every variant the dispatch launches at Nemotron's heads (32 / 2): bf16 and fp16, causal
     and full; S % 128 == 0 batched (the persistent kernel), then ragged (varlen with int32 cu_seqlens, and batched
-    with any S), all at STAGES; FP8 (batched, persistent, FP8_STAGES, EXP_EMU 0), causal and full. Yields (name,
+    with any S), all at STAGES; FP8 (batched, persistent, FP8_STAGES), causal and full. Yields (name,
     CompiledKernel)."""
     for causal in (True, False):
         yield (f"gqa_attn_fwd_gluon fp8 D{HEAD_DIM} G16 causal={causal} persistent stages={FP8_STAGES}",
@@ -1024,7 +947,7 @@ def aot_compile_all():
             for causal in (True, False):
                 constexprs = dict(HQ=32, HKV=2, CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=STAGES,
                                   WORKER_REG_0=WORKER_REGS[0], WORKER_REG_1=WORKER_REGS[1], RAGGED=True,
-                                  VARLEN=varlen, descale_ptr=None, FP8=False, EXP_EMU=0)
+                                  VARLEN=varlen, descale_ptr=None, FP8=False)
                 if not varlen:
                     constexprs["cu_seqlens"] = None
                 # any S (varlen: T)
@@ -1038,9 +961,6 @@ def aot_compile_all():
 # (persistent, stages) the tuning sweep (scripts/sweep_attn_fwd_gluon.py) times; the dispatch's: (True, STAGES), FP8
 # (True, FP8_STAGES)
 VARIANTS = ((False, 2), (False, 3), (True, 2), (True, 3))
-# EXP_EMU settings the sweep times (FP8, in every VARIANTS); 64 predicted issue-bound (~680 TFLOP/s, docstring), not
-# above our Triton FP8's 690
-EXP_EMUS = (0, 16, 32)
 
 
 def _desc_type(dtype, box) -> str:
@@ -1049,8 +969,7 @@ def _desc_type(dtype, box) -> str:
     return f"tensordesc<{name}[{box[0]}, {box[1]}],{gl.NVMMASharedLayout.get_default_for(box, dtype)!r}>"
 
 
-def aot_compile_variant(persistent: bool, stages: int, causal: bool = True, dtype=gl.bfloat16, fp8: bool = False,
-                        exp_emu: int = 0):
+def aot_compile_variant(persistent: bool, stages: int, causal: bool = True, dtype=gl.bfloat16, fp8: bool = False):
     """Compile for sm_90a the batched kernel (S % 128 == 0) at Nemotron's heads in one knob setting (fp8: e4m3
     inputs, V^T, bf16 out; dtype ignored). -> the CompiledKernel."""
     if fp8:
@@ -1063,7 +982,7 @@ def aot_compile_variant(persistent: bool, stages: int, causal: bool = True, dtyp
         types = {"q_desc": qd, "o_desc": qd, "k_desc": kd, "v_desc": kd}
     types.update({"lse_ptr": "*fp32", "seqlen": "i32", "qk_scale": "fp32", "num_bh": "i32"})
     constexprs = dict(HQ=32, HKV=2, CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=stages,
-                      WORKER_REG_0=WORKER_REGS[0], WORKER_REG_1=WORKER_REGS[1], FP8=fp8, EXP_EMU=exp_emu)
+                      WORKER_REG_0=WORKER_REGS[0], WORKER_REG_1=WORKER_REGS[1], FP8=fp8)
     if not fp8:
         constexprs["descale_ptr"] = None
     if persistent:
@@ -1085,9 +1004,7 @@ def aot_compile_variants(causal: bool = True, dtype=gl.bfloat16):
 
 
 def aot_compile_fp8_variants(causal: bool = True):
-    """The FP8 variants the sweep times: every VARIANTS knob setting with each EXP_EMUS. Yields (name,
-    CompiledKernel)."""
+    """The FP8 variants the sweep times: every VARIANTS knob setting. Yields (name, CompiledKernel)."""
     for persistent, stages in VARIANTS:
-        for exp_emu in EXP_EMUS:
-            yield (f"gqa_attn_fwd_gluon fp8 causal={causal} persistent={persistent} stages={stages} "
-                   f"exp_emu={exp_emu}", aot_compile_variant(persistent, stages, causal, fp8=True, exp_emu=exp_emu))
+        yield (f"gqa_attn_fwd_gluon fp8 causal={causal} persistent={persistent} stages={stages}",
+               aot_compile_variant(persistent, stages, causal, fp8=True))
