@@ -3,7 +3,9 @@
 ours:      the Triton flash attention (q/k/v [B, S, H, D] as the model holds them), forward; backward alone
            (a dk/dv pass and a dq pass, no atomics);
            FP8 e4m3 forward on q/k/v quantised beforehand (not timed) with one descale per (batch, kv head),
-           through the same dispatch (on sm_90 with triton 3.6: the Gluon FP8 forward, its V^T copy timed).
+           through the same dispatch (on sm_90 with triton 3.6: the Gluon FP8 forward, its V^T copy timed);
+           varlen: the same B sequences packed ([1, B*S] with cu_seqlens, the layout the serving engine's
+           prefill passes), forward and backward: the varlen kernels against the batched ones on the same work.
 baselines: torch SDPA with the cuDNN and FLASH backends on the same data (views [B, H, S, D]); GQA via
            enable_gqa=True where the backend takes it, else K/V expanded to 32 heads beforehand (not timed).
 Flops: causal forward 2*B*Hq*S^2*D (half of the full 4*B*Hq*S^2*D), backward 2.5x the forward (5 matmuls vs 2).
@@ -28,7 +30,8 @@ def _input_maker(bsz: int, seqlen: int, device: torch.device):
         v = torch.randn(bsz, seqlen, HKV, HEAD_DIM, device=device, dtype=torch.bfloat16)
         do = torch.randn(bsz, seqlen, HQ, HEAD_DIM, device=device, dtype=torch.bfloat16)
         fp8 = {f"{n}8": _quantize_fp8(t) for n, t in (("q", q), ("k", k), ("v", v))}
-        return dict(q=q, k=k, v=v, do=do, **fp8)
+        cu = torch.arange(0, bsz + 1, device=device, dtype=torch.int32) * seqlen            # [B+1] packed offsets
+        return dict(q=q, k=k, v=v, do=do, cu=cu, **fp8)
     return make
 
 
@@ -39,6 +42,13 @@ def _quantize_fp8(x):
     descale = amax / torch.finfo(torch.float8_e4m3fn).max                   # [B, Hkv]
     x8 = (x.float() / descale.repeat_interleave(heads // HKV, dim=1)[:, None, :, None]).to(torch.float8_e4m3fn)
     return x8, descale
+
+
+def _ours_varlen(q, k, v, cu):
+    """gqa_attention over the B sequences packed: [B, S, H, D] viewed [1, B*S, H, D] with cu_seqlens."""
+    seqlen = q.shape[1]
+    packed = (t.reshape(1, -1, *t.shape[2:]) for t in (q, k, v))
+    return gqa_attention(*packed, cu_seqlens=cu, max_seqlen=seqlen).view(q.shape)
 
 
 def _ours_fp8(s):
@@ -99,6 +109,8 @@ def run(bench: Bench) -> None:
 
         variants = [Variant("ours: fwd", lambda s: gqa_attention(s["q"], s["k"], s["v"]),
                             flops=fwd_flops, bytes=io_bytes),
+                    Variant("ours: varlen fwd", lambda s: _ours_varlen(s["q"], s["k"], s["v"], s["cu"]),
+                            flops=fwd_flops, bytes=io_bytes),
                     Variant("ours: fp8 fwd", _ours_fp8, flops=fwd_flops, bytes=io_bytes * 3 // 4,
                             flop_ceiling="fp8")]
         for label, backend in BACKENDS:
@@ -117,7 +129,8 @@ def run(bench: Bench) -> None:
 
         # backward alone: each input set holds one autograd graph per implementation, and every timed call is an
         # autograd.grad that retains it (CUDA-graph capture of autograd may fail: the harness then times eagerly)
-        impls = {"ours": (lambda q, k, v: gqa_attention(q, k, v), False)}
+        impls = {"ours": (lambda q, k, v: gqa_attention(q, k, v), False),
+                 "ours varlen": (lambda q, k, v, cu=pool[0]["cu"]: _ours_varlen(q, k, v, cu), False)}
         for label, backend in BACKENDS:
             impls[label] = _pick_sdpa(backend, pool[0], grad=True)
 
@@ -135,7 +148,9 @@ def run(bench: Bench) -> None:
         bwd_pool = [prepare(s) for s in pool]
         del pool
         # autograd.grad is not capturable into a CUDA graph: eager CUDA-event timing (large problems, so fair)
-        variants = [Variant("ours: bwd", lambda s: backward(s["ours"]), flops=2.5 * fwd_flops, graph=False)]
+        variants = [Variant("ours: bwd", lambda s: backward(s["ours"]), flops=2.5 * fwd_flops, graph=False),
+                    Variant("ours: varlen bwd", lambda s: backward(s["ours varlen"]), flops=2.5 * fwd_flops,
+                            graph=False)]
         for label, _ in BACKENDS:
             expanded = impls[label][1]
             variants.append(Variant(f"torch SDPA {label} bwd{' (kv expanded)' if expanded else ''}",
