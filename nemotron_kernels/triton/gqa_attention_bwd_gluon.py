@@ -43,7 +43,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .common import aot_compile_gluon, cdiv, kernel_module
 from .gqa_attention_common import LOG2E
-from .gqa_attention_fwd_gluon import (_descriptor, _grid_rows, _produce_kv, _rows_view, _store_rows,
+from .gqa_attention_fwd_gluon import (_descriptor, _grid_rows, _kv_rings, _produce_kv, _rows_view, _store_rows,
                                       inputs_ineligible_reason)
 
 HEAD_DIM = 128                  # the wgmma instr_shape N (dK, dV, dQ columns)
@@ -508,19 +508,9 @@ def _gqa_attn_bwd_dq_gluon_kernel(q_desc, do_desc, k_desc, v_desc, dq_desc, lse2
     # shared memory: Q, dO [2, 64, D] (Q reused for dQ) 64 KB; K, V rings [STAGES, BLOCK_N, D] 128 KB at 2 stages
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
     do_smem = gl.allocate_shared_memory(do_desc.dtype, [2] + do_desc.block_type.shape, do_desc.layout)
-    k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
-    v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_bar, count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(k_ready.index(i), count=1)      # the producer's expect-tx arrival
-        mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(k_empty.index(i), count=2)      # one arrival per consumer warpgroup
-        mbarrier.init(v_empty.index(i), count=2)
+    mbarrier.init(q_bar, count=1)                     # before the rings': the init order shows in the SASS
+    k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty = _kv_rings(k_desc, v_desc, STAGES)
     fence_async_shared()                              # barrier inits visible to the async proxy (TMA)
     smem = (q_smem, do_smem, k_bufs, v_bufs)
     bars = (q_bar, k_ready, k_empty, v_ready, v_empty)

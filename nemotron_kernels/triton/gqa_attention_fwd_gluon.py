@@ -421,6 +421,24 @@ def _attend(q, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, turn, q_free,
 
 
 @gluon.jit
+def _kv_rings(k_desc, v_desc, STAGES: gl.constexpr):
+    """The K and V rings, [STAGES] + each descriptor's box, and their ready / empty mbarriers [STAGES, 1],
+    initialised (the fence is the caller's). -> (k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty)"""
+    k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
+    v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)      # the producer's expect-tx arrival
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(k_empty.index(i), count=2)      # one arrival per consumer warpgroup
+        mbarrier.init(v_empty.index(i), count=2)
+    return k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty
+
+
+@gluon.jit
 def _gqa_attn_fwd_gluon_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen, qk_scale, o_ptr, cu_seqlens,
                                descale_ptr, HQ: gl.constexpr, HKV: gl.constexpr, CAUSAL: gl.constexpr,
                                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
@@ -479,24 +497,14 @@ def _gqa_attn_fwd_gluon_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen, 
     # shared memory: Q [2, 64, D] (reused for O), K and V rings [STAGES, BLOCK_N, D]: 32 + 64 + 64 KB (16-bit);
     # FP8: Q 16 KB, K ring 32 KB, V^T ring [STAGES, D, BLOCK_N] 32 KB and O [2, 64, D] bf16 32 KB of its own
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
-    k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
-    v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
-    if FP8:
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)                     # before the rings': the init order shows in the SASS
+    k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty = _kv_rings(k_desc, v_desc, STAGES)
+    if FP8:                                           # after the rings: the allocation order sets the offsets
         o_smem = gl.allocate_shared_memory(o_desc.dtype, [2] + o_desc.block_type.shape, o_desc.layout)
     else:
         o_smem: gl.constexpr = None                   # O goes through Q (a constexpr: no partition capture)
-    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_bar, count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(k_ready.index(i), count=1)      # the producer's expect-tx arrival
-        mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(k_empty.index(i), count=2)      # one arrival per consumer warpgroup
-        mbarrier.init(v_empty.index(i), count=2)
     for i in gl.static_range(2):
         mbarrier.init(turn.index(i), count=1)
     fence_async_shared()                              # barrier inits visible to the async proxy (TMA)
@@ -654,24 +662,16 @@ def _gqa_attn_fwd_gluon_persistent_kernel(q_desc, k_desc, v_desc, o_desc, lse_pt
     pid = gl.program_id(0)
     n_progs = gl.num_programs(0)
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
-    k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
-    v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    # the allocation order sets the offsets, the init order shows in the SASS: q_bar, q_free before the rings'
+    # barriers, O after the rings, and the rings' inits first
+    q_bar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())    # Q half w landed
+    q_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())   # Q half w free
+    k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty = _kv_rings(k_desc, v_desc, STAGES)
     if O_OWN:
         o_smem = gl.allocate_shared_memory(o_desc.dtype, [2] + o_desc.block_type.shape, o_desc.layout)
     else:
         o_smem = q_smem
-    q_bar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())    # Q half w landed
-    q_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())   # Q half w free
-    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(k_ready.index(i), count=1)
-        mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(k_empty.index(i), count=2)
-        mbarrier.init(v_empty.index(i), count=2)
     for i in gl.static_range(2):
         mbarrier.init(q_bar.index(i), count=1)
         mbarrier.init(q_free.index(i), count=1)     # its consumer group's one arrival
