@@ -741,6 +741,20 @@ def assert_bwd_matches_triton(gluon: tuple, triton_out: tuple, what: str) -> Non
             assert torch.equal(a, b), f"{name}: the {what} run differs from the Triton one"
 
 
+def check_gluon_forward(monkeypatch, inputs: dict, packed: bool) -> list:
+    """Both Gluon forward stages eligible for `inputs`, then check_forward (y and the final states against float64)
+    with exactly their two launchers called. -> the spy's list (assert_fwd_matches_triton's `calls`)."""
+    import nemotron_kernels.ops.ssd_scan as ssd_ops
+    x, B, C = inputs["x"], inputs["B"], inputs["C"]
+    for stage in ("chunk_state", "chunk_scan"):
+        ok, why = ssd_ops.gluon_eligible(stage, x, B, C, 128, packed, inputs["initial_states"])
+        assert ok, f"{stage} not eligible: {why}"
+    calls = spy_gluon(monkeypatch)
+    check_forward(inputs, 128)
+    assert calls == ["chunk_state", "chunk_scan"], f"Gluon launchers called: {calls}"
+    return calls
+
+
 def assert_fwd_matches_triton(monkeypatch, inputs: dict, args: list, calls: list, carry: bool,
                               s_in_rows=None) -> None:
     """ssd_scan_fwd(*args) with the Gluon stages (calls: spy_gluon's list) against its NK_GLUON=0 run: the chunk
@@ -779,18 +793,11 @@ def test_cuda_gluon_forward(monkeypatch, case):
     """The Gluon stages run (both launchers called, gluon_eligible true): y and the final states against the
     float64 reference; the chunk states and final states bitwise those of the Triton stages (NK_GLUON=0: the
     same math, as the probe measured), y within the error rule's bound of Triton's y."""
-    import nemotron_kernels.ops.ssd_scan as ssd_ops
     _gluon_or_skip()
     seed, bsz, seqlen, heads, extras = GLUON_CASES[case]
     inputs = make_inputs(seed, bsz, seqlen, dtype=torch.bfloat16, device="cuda", extras=extras,
                          init=case.endswith("-init"), **heads)
-    x, B, C = inputs["x"], inputs["B"], inputs["C"]
-    for stage in ("chunk_state", "chunk_scan"):
-        ok, why = ssd_ops.gluon_eligible(stage, x, B, C, 128, False, inputs["initial_states"])
-        assert ok, f"{stage} not eligible: {why}"
-    calls = spy_gluon(monkeypatch)
-    check_forward(inputs, 128)
-    assert calls == ["chunk_state", "chunk_scan"], f"Gluon launchers called: {calls}"
+    calls = check_gluon_forward(monkeypatch, inputs, packed=False)
     args = [inputs[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")] + [inputs["dt_softplus"], 128,
                                                                                inputs["initial_states"], None, True]
     assert_fwd_matches_triton(monkeypatch, inputs, args, calls, case.endswith("carry"))
@@ -1068,13 +1075,8 @@ def test_cuda_gluon_packed_forward(monkeypatch, case, init):
     _gluon_or_skip()
     seed, cu = GLUON_PACKED_CASES[case]
     inputs = make_inputs(seed, 1, cu[-1], dtype=torch.bfloat16, device="cuda", cu=cu, init=init, **NEMOTRON)
-    x, B, C = inputs["x"], inputs["B"], inputs["C"]
-    for stage in ("chunk_state", "chunk_scan"):
-        ok, why = ssd_ops.gluon_eligible(stage, x, B, C, 128, True, inputs["initial_states"])
-        assert ok, f"{stage} not eligible: {why}"
-    calls = spy_gluon(monkeypatch)
-    check_forward(inputs, 128)
-    assert calls == ["chunk_state", "chunk_scan"], f"Gluon launchers called: {calls}"
+    calls = check_gluon_forward(monkeypatch, inputs, packed=True)
+    x, B = inputs["x"], inputs["B"]
     args = [inputs[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")] + [True, 128, inputs["initial_states"],
                                                                                inputs["cu_seqlens"], True]
     table = ssd_ops._plan(x, B, 128, inputs["cu_seqlens"], len(cu) - 1)["table"]
