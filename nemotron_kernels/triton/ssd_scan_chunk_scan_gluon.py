@@ -37,7 +37,7 @@ through DRAM (x, S_in, y 268 MB each, B / C 134, dtcs 25) takes 230 us at the 4.
 in one latency, then C B^T: ~2 us of its ~21) and end (the last y store's drain) over 16 waves. 2 CTAs an SM
 cannot be: the partitions take all 64K registers (12 warps at 168).
 
-Persistent (opt-in: chunk_scan_launch(persistent=True), PERSISTENT; prepared on a CPU, unmeasured): grid
+Persistent (PERSISTENT; the op's grid from PERSISTENT_MIN_WAVES waves of tiles up): grid
 (min(#SMs, tiles), ), program p walks tiles p, p + #programs, ... (a wave's order, a chunk's G tiles adjacent;
 packed padding slots are skipped, not returned from). The producer runs on into the next tile: its C and B, then
 its heads into the ring, whose fill count (k HPG + i for the k-th tile with rows) and so its phases run on across
@@ -49,11 +49,16 @@ B-operand descriptors out of the tile loop and ptxas spilled them (12-88 B). Pac
 through an asm move per tile (_opaque_ptr), else y_ptr + the thread's columns is hoisted above the partitions'
 dispatch and spilled. AOT (sm_90a, Triton 3.6, 8 variants): no spills, no register read before written, highest
 register R214-R237, 216,448 B shared memory with the carry (183,632 without) of 232,448.
-Prediction (unmeasured): a tile boundary keeps C B^T (24 m64n64k16 wgmmas, ~0.4 us) and, packed, the consumers'
+Prediction: a tile boundary keeps C B^T (24 m64n64k16 wgmmas, ~0.4 us) and, packed, the consumers'
 table read (an L2 hit, ~0.5 us); it loses the CTA launch and barrier set-up, the wait for C / B and the first stage
 (issued ~2 heads early now) and the last head with no loads in flight, ~1.5-2.5 us of a tile's 20.7 at B1 L32K
-(2048 tiles: 68 programs take 16, 64 take 15). 331 us (probe, today) - 15 boundaries x 1.5-2.5 us = 294-309 us,
-~300; packed (2080 tiles, 342 us, 21.4 a tile) 1.0-2.0 us a boundary: 312-327, ~320. The DRAM floor is 230 us."""
+(2048 tiles: 68 programs take 16, 64 take 15). 331 us (probe, session 27) - 15 boundaries x 1.5-2.5 us = 294-309 us,
+~300; packed (2080 tiles, 342 us, 21.4 a tile) 1.0-2.0 us a boundary: 312-327, ~320. The DRAM floor is 230 us.
+Measured (H200, session 28, y bitwise equal): 2048 tiles (B1 L32K, B4 L8K, B16 L2K) 335-339 -> 323-326 us, packed
+340 -> 324 (3.5-5%): B1 L32K gained 11 us, a third to a half of the predicted 22-37; packed landed inside its range.
+At 1.9 waves (B1 L4K, 256 tiles) persistent lost, 130 -> 134 us, so the rule starts at 2 waves."""
+import itertools
+
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
@@ -506,10 +511,10 @@ def chunk_scan_launch(x, dtcs, B, C, D, table, s_in, carry_decay, carry, y, geom
         PRODUCER_REGS=PRODUCER_REGS, num_warps=4, maxnreg=MAXNREG, **knob)
 
 
-def aot_compile_all(persistent: bool = False):
+def aot_compile_all():
     """(name, CompiledKernel) for sm_90a at Nemotron-H's shape (H=64, G=8) of every variant the op dispatches:
-    batched and packed, with and without D, with and without a carry (persistent: the same 8 on the persistent
-    grid): needs Triton 3.6 (the Gluon API the kernel is written for), no GPU."""
+    batched and packed, with and without D, with and without a carry, one CTA a tile and on the persistent grid
+    (16): needs Triton 3.6 (the Gluon API the kernel is written for), no GPU."""
     from .common import aot_compile_gluon
     xy = f"tensordesc<bf16[{BLOCK_M}, {P}],{XY_LAYOUT!r}>"
     bcs = f"tensordesc<bf16[{BLOCK_M}, {N}],{BCS_LAYOUT!r}>"
@@ -521,13 +526,11 @@ def aot_compile_all(persistent: bool = False):
     # multiples of 16) and at the bench's 16 packed sequences (260 table slots, seqlen = 260 Q)
     aligned = ("D_ptr", "carry_decay_ptr", "seqlen", "chunks_per_row", "dt_plane_rows")
     packed_aligned = ("D_ptr", "carry_decay_ptr", "seqlen", "dt_plane_rows", "y_ptr", "table_ptr")
-    for packed in (False, True):
-        for has_d in (True, False):
-            for has_carry in (True, False):
-                constexprs = {"H": 64, "G": 8, "STAGES": STAGES, "HAS_D": has_d, "HAS_CARRY": has_carry,
-                              "PACKED": packed, "CONSUMER_REGS": CONSUMER_REGS, "PRODUCER_REGS": PRODUCER_REGS,
-                              "PERSISTENT": persistent}
-                yield (f"ssd_chunk_scan_gluon D={has_d} carry={has_carry}" + (" packed" if packed else "")
-                       + (" persistent" if persistent else ""),
-                       aot_compile_gluon(_chunk_scan_kernel, types, constexprs,
-                                         aligned=packed_aligned if packed else aligned, num_warps=4, maxnreg=MAXNREG))
+    for persistent, packed, has_d, has_carry in itertools.product((False, True), repeat=4):
+        constexprs = {"H": 64, "G": 8, "STAGES": STAGES, "HAS_D": has_d, "HAS_CARRY": has_carry,
+                      "PACKED": packed, "CONSUMER_REGS": CONSUMER_REGS, "PRODUCER_REGS": PRODUCER_REGS,
+                      "PERSISTENT": persistent}
+        yield (f"ssd_chunk_scan_gluon D={has_d} carry={has_carry}" + (" packed" if packed else "")
+               + (" persistent" if persistent else ""),
+               aot_compile_gluon(_chunk_scan_kernel, types, constexprs,
+                                 aligned=packed_aligned if packed else aligned, num_warps=4, maxnreg=MAXNREG))

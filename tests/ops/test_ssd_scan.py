@@ -663,8 +663,8 @@ def test_gluon_scope_rules(monkeypatch):
 def test_gluon_aot_compile_sm90a():
     """The shipped Gluon kernels (stages 1 and 3, the backward's dx and dB / dC) compile for sm_90a with Triton 3.6
     (the Gluon API they are written for), in a fresh process as the other AOT builds (compiled mode; chunk_scan: the
-    8 variants the op dispatches); chunk_state fits two CTAs an SM, as the op's segments assume (chunk_state_config's
-    programs_per_sm), the others one."""
+    16 variants the op dispatches, one CTA a tile and persistent); chunk_state fits two CTAs an SM, as the op's
+    segments assume (chunk_state_config's programs_per_sm), the others one."""
     import triton
     if not triton.__version__.startswith("3.6."):
         pytest.skip(f"the Gluon kernels are built for triton 3.6 only (this is {triton.__version__})")
@@ -684,7 +684,7 @@ def test_gluon_aot_compile_sm90a():
     scan = [words for words in lines if words[1] == "ssd_scan_chunk_scan_gluon"]
     dx = [words for words in lines if words[1] == "ssd_scan_bwd_dx_gluon"]
     dbc = [words for words in lines if words[1] == "ssd_scan_bwd_dbc_gluon"]        # with and without the carries
-    assert len(state) == 6 and len(scan) == 8 and len(dx) == 3 and len(dbc) == 2, run.stdout
+    assert len(state) == 6 and len(scan) == 16 and len(dx) == 3 and len(dbc) == 2, run.stdout
     assert all(words[3] == "wgmma" for words in lines), run.stdout
     # an H200 SM holds 228 KB of shared memory, 1 KB of it reserved per CTA
     assert all(2 * (int(words[2]) + 1024) <= 228 * 1024 for words in state), state
