@@ -1,7 +1,7 @@
 """gqa_attention at Nemotron 3 Nano's shape: 32 query heads, 2 kv heads, D=128, causal, bf16; B4 S8K and B1 S32K.
 
-ours:      the Triton flash attention (q/k/v [B, S, H, D] as the model holds them), forward; backward alone
-           (a dk/dv pass and a dq pass, no atomics);
+ours:      gqa_attention's dispatch (the Gluon FA3 kernels on sm_90 with triton 3.6, else Triton; q/k/v
+           [B, S, H, D] as the model holds them), forward; backward alone (a dk/dv pass and a dq pass, no atomics);
            FP8 e4m3 forward on q/k/v quantised beforehand (not timed) with one descale per (batch, kv head),
            through the same dispatch (on sm_90 with triton 3.6: the Gluon FP8 forward, its V^T copy timed);
            varlen: the same B sequences packed ([1, B*S] with cu_seqlens, the layout the serving engine's

@@ -201,7 +201,8 @@ def _softmax(s, m_i, l_i, qk_scale, key0, row0, MASK: gl.constexpr, mma: gl.cons
     BOUND: keys key0.. from key_end on (past a ragged sequence's end: the next one's) -> -inf.
     -> (P [64, BLOCK_N] in DTYPE (the inputs') as the A operand of the P V wgmma, alpha [64] (the factor for O's
     older terms), m_new, l_new). l sums the fp32 P, not the rounded P of the wgmma (as FA3).
-    FP8 (DTYPE e4m3): P quantised with scale 1 (P <= 1) and its keys reordered within each 32 (see below)."""
+    FP8 (DTYPE e4m3): P quantised with scale 1 (P <= 1) and its keys reordered within each 32 (see below), returned
+    packed, 4 e4m3 to an int32 [64, BLOCK_N / 4] (_p_operand unpacks it for the wgmma)."""
     WG_M: gl.constexpr = s.shape[0]
     BLOCK_N: gl.constexpr = s.shape[1]
     if MASK:
@@ -494,8 +495,9 @@ def _gqa_attn_fwd_gluon_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen, 
         descale_row: gl.constexpr = None              # (a constexpr: no partition capture)
         vt_row = 0
 
-    # shared memory: Q [2, 64, D] (reused for O), K and V rings [STAGES, BLOCK_N, D]: 32 + 64 + 64 KB (16-bit);
-    # FP8: Q 16 KB, K ring 32 KB, V^T ring [STAGES, D, BLOCK_N] 32 KB and O [2, 64, D] bf16 32 KB of its own
+    # shared memory, 16-bit: Q [2, 64, D] 32 KB (reused for O), K and V rings [STAGES, BLOCK_N, D] 32 KB a stage
+    # each (32 + 64 + 64 KB at 2 stages, 32 + 96 + 96 at 3); FP8: Q 16 KB, the K and V^T ([STAGES, D, BLOCK_N])
+    # rings 16 KB a stage each, and O [2, 64, D] bf16 32 KB of its own
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(q_bar, count=1)                     # before the rings': the init order shows in the SASS
@@ -528,7 +530,7 @@ def _gqa_attn_fwd_gluon_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen, 
     ], [4, 1], [WORKER_REG_0, WORKER_REG_1])
 
 
-# ---------------------------------------------------------------------------------------- persistent (opt-in)
+# ------------------------------------------------------------------------------ persistent (the batched dispatch)
 
 
 @gluon.jit
@@ -653,7 +655,8 @@ def _gqa_attn_fwd_gluon_persistent_kernel(q_desc, k_desc, v_desc, o_desc, lse_pt
     no launch / prologue / epilogue per tile on the critical path: the producer streams the next tile's Q and K/V
     while the consumers finish the current one. Shared memory: STAGES = 2 adds an O buffer (32 + 128 + 32 KB);
     STAGES = 3 has no room for one (32 + 192 KB), so O goes through Q as in the batched kernel. FP8 (see the batched
-    kernel; the descales are read per tile): always its own bf16 O buffer (16 + 16 / 24 + 16 / 24 + 32 KB)."""
+    kernel; the descales are read per tile): always its own bf16 O buffer (Q 16 + K 32 / 48 + V^T 32 / 48 + O 32
+    KB at 2 / 3 stages)."""
     gl.static_assert(BLOCK_M == BLOCK_N, "the causal bounds assume square blocks")
     gl.static_assert(2 * q_desc.block_type.shape[0] == BLOCK_M, "two consumer warpgroups of BLOCK_M / 2 rows")
     O_OWN: gl.constexpr = STAGES == 2 or FP8

@@ -46,18 +46,14 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from .ssd_scan_gluon_common import (_barrier, _batched_chunk, _dtcs_row, _load_boxes, _release, _ring_barriers,
-                                    _smem_box, _smem_ring, _wait_free)
+from .ssd_scan_gluon_common import (BC_LAYOUT, S_LAYOUT, X_LAYOUT, N, P, Q, _barrier, _batched_chunk, _dtcs_row,
+                                    _load_boxes, _release, _ring_barriers, _smem_box, _smem_ring, _wait_free)
 
-Q, P, N = 128, 64, 128          # chunk, head dim, state size: the scope
 STAGES = 2                      # the ring (x, dy, S_in or G: 48 KB a stage)
 MATH_WARPS = 8                  # two warpgroups over the chunk's 128 rows (the default partition)
 PRODUCER_REGS = 24              # setmaxnreg target of the TMA warp
 MAXNREG = 168                   # 12 warps x 32 threads x 168 <= 64K registers at launch (math warps: 240)
-# NVMMA shared layouts (128-byte swizzle): built once here, as each costs ~6 us of host time
-X_LAYOUT = gl.NVMMASharedLayout.get_default_for([Q, P], gl.bfloat16)      # x, dy boxes
-BC_LAYOUT = gl.NVMMASharedLayout.get_default_for([Q, N], gl.bfloat16)     # B, C, dB, dC boxes
-S_LAYOUT = gl.NVMMASharedLayout.get_default_for([P, N], gl.bfloat16)      # S_in, G_out boxes
+# the Pw^T box's NVMMA shared layout (the others: ssd_scan_gluon_common), built once here (~6 us of host time)
 PW_LAYOUT = gl.NVMMASharedLayout.get_default_for([Q, Q], gl.bfloat16)     # Pw^T [s, t]
 
 

@@ -66,9 +66,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .common import sm_count
-from .ssd_scan_gluon_common import _store_box
+from .ssd_scan_gluon_common import N, P, Q, _store_box
 
-Q, P, N = 128, 64, 128          # chunk, head dim, state size: the scope
 BLOCK_M = 64                    # rows per consumer warpgroup (a wgmma's M): two per chunk
 STAGES = 2                      # the per-head ring (x, S_in, carry, dtcs): a third stage gained nothing (H200)
 MAXNREG = 168                   # 12 warps x 32 threads x 168 <= 64K registers at launch

@@ -34,17 +34,12 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from .ssd_scan_gluon_common import _dtcs_row, _ring_barriers, _smem_box, _smem_ring, _wait_free
+from .ssd_scan_gluon_common import (BC_LAYOUT, S_LAYOUT, X_LAYOUT, N, P, Q, _dtcs_row, _ring_barriers, _smem_box,
+                                    _smem_ring, _wait_free)
 
-Q, P, N = 128, 64, 128          # chunk, head dim, state size: the scope
 STAGES = 2                      # the x / B ring: 2 x 48 KB (3 stages would leave one CTA per SM)
 MAXNREG = 128                   # 8 warps (5 used) x 32 threads x 128 x 2 CTAs = 64K registers of an SM
 PRODUCER_REGS = 24              # setmaxnreg target of the TMA warp
-# NVMMA shared layouts (128-byte swizzle) of the x [Q, P], B [Q, N] and S_in [P, N] boxes: built once here, as each
-# costs ~6 us of host time (the probe built them per call)
-X_LAYOUT = gl.NVMMASharedLayout.get_default_for([Q, P], gl.bfloat16)
-B_LAYOUT = gl.NVMMASharedLayout.get_default_for([Q, N], gl.bfloat16)
-S_LAYOUT = gl.NVMMASharedLayout.get_default_for([P, N], gl.bfloat16)
 
 
 @gluon.jit
@@ -291,7 +286,7 @@ def chunk_state_launch(x, dtcs, B, initial_states, table, s_in, carry_decay, seg
     assert not has_init or initial_states.stride()[2:] == (N, 1), "ssd_scan gluon chunk_state: initial_states [P, N]"
     ngroups = B.shape[2]
     x_desc = TensorDescriptor(x, [bsz * seqlen, nheads * P], [x.stride(1), 1], [Q, P], X_LAYOUT)
-    b_desc = TensorDescriptor(B, [bsz * seqlen, ngroups * N], [B.stride(1), 1], [Q, N], B_LAYOUT)
+    b_desc = TensorDescriptor(B, [bsz * seqlen, ngroups * N], [B.stride(1), 1], [Q, N], BC_LAYOUT)
     # s_in [n_chunks, H, P, N] contiguous as [n_chunks*H*P, N] (< 2^31 rows: the buffer would pass 500 GB first)
     s_desc = TensorDescriptor(s_in, [s_in.shape[0] * nheads * P, N], [N, 1], [P, N], S_LAYOUT)
     return _chunk_state_kernel[(geometry["n_seg"], nheads)](
@@ -310,7 +305,7 @@ def aot_compile_all():
     (the bench's forward) and with both (prefill from states): needs Triton 3.6 (the Gluon API the kernel is written
     for), no GPU."""
     from .common import aot_compile_gluon
-    types = {"x_desc": f"tensordesc<bf16[{Q}, {P}],{X_LAYOUT!r}>", "b_desc": f"tensordesc<bf16[{Q}, {N}],{B_LAYOUT!r}>",
+    types = {"x_desc": f"tensordesc<bf16[{Q}, {P}],{X_LAYOUT!r}>", "b_desc": f"tensordesc<bf16[{Q}, {N}],{BC_LAYOUT!r}>",
              "s_desc": f"tensordesc<bf16[{P}, {N}],{S_LAYOUT!r}>", "dtcs_ptr": "*fp32", "carry_decay_ptr": "*fp32",
              "seg_state_ptr": "*fp32", "seg_decay_ptr": "*fp32", "final_ptr": "*fp32", "final_decay_ptr": "*fp32",
              "seqlen": "i32", "n_chunks": "i32", "chunks_per_row": "i32", "seg_len": "i32", "plane": "i32",

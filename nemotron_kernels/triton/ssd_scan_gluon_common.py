@@ -9,6 +9,13 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
+Q, P, N = 128, 64, 128          # chunk, head dim, state size: the kernels' scope
+# NVMMA shared layouts (128-byte swizzle) of the [Q, P] x / dy / dx boxes, the [Q, N] B / C / dB / dC boxes and the
+# [P, N] state boxes: built once here, as each costs ~6 us of host time
+X_LAYOUT = gl.NVMMASharedLayout.get_default_for([Q, P], gl.bfloat16)
+BC_LAYOUT = gl.NVMMASharedLayout.get_default_for([Q, N], gl.bfloat16)
+S_LAYOUT = gl.NVMMASharedLayout.get_default_for([P, N], gl.bfloat16)
+
 
 @gluon.jit
 def _batched_chunk(gc, chunks_per_row, seqlen, Q: gl.constexpr):
