@@ -40,8 +40,8 @@ from scripts.gluon_probe import check, rel_err, report
 HQ, HKV, D = 32, 2, 128
 SHAPES = ((4, 8192), (1, 32768))                     # (B, S)
 SMALL = ((1, 256), (2, 1024), (1, 2048))             # 64 tiles (< 132 SMs), 512 and 512 tiles (several waves)
-DISPATCH = (True, 3)                                 # the knobs gqa_attention's dispatch runs (batched bf16)
-FP8_DISPATCH = (True, 2)                             # and for FP8: persistent, FP8_STAGES
+DISPATCH = (True, 3)                                 # the knobs gqa_attention's dispatch runs (batched bf16:
+FP8_DISPATCH = (True, 2)                             # persistent, STAGES) and for FP8 (FP8_STAGES)
 # FP8 tolerances (relative max): o carries P rounded to e4m3 (2^-4 of a value); lse comes from the fp32 P
 FP8_TOL = {"o": 5e-2, "lse": 1e-2}
 O_POISON, LSE_POISON = 0x7FA5, 0x7FC0BEEF            # NaN payloads the kernel never computes: kept = not written
@@ -313,6 +313,8 @@ def warm(jobs) -> dict:
 
 def run_gpu(bf16: bool = True, fp8: bool = True) -> None:
     from nemotron_kernels.triton import gqa_attention_fwd_gluon as mod
+    # the "(dispatch)" labels and the bitwise reference must be the knobs the module dispatches
+    assert DISPATCH == (True, mod.STAGES) and FP8_DISPATCH == (True, mod.FP8_STAGES), "DISPATCH: update to the module"
     print(f"{torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).multi_processor_count} SMs, "
           f"triton {triton.__version__}", flush=True)
     jobs = [("triton fp8", )] + [("fp8", *variant) for variant in mod.VARIANTS] if fp8 else []

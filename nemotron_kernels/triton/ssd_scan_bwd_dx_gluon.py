@@ -357,10 +357,10 @@ def bwd_dx_launch(x, dt, dtcs, A, B, C, D, dt_bias, table, dy, s_in, carry_decay
                   gcarry, dx, ddt, dA_part, dD_part, dbias_part, da_part, geometry: dict, dt_softplus: bool, cfg: dict,
                   dot_precision: str):
     """dx, ddt, the per-chunk dA / dD / dt_bias sums: the Triton bwd_dx_launch's signature and outputs (the op swaps
-    the module), in gluon_eligible("dx")'s scope: table None, D and dt_bias given, dt_softplus; x / dy [B, L, H, P]
-    and B / C [B, L, G, N] bf16 that read as [B*L, H*P] / [B*L, G*N] TMA views; dx, ddt, s_in, g_out, the carries,
-    dtcs, da_part contiguous; dt with a unit head stride; cfg and dot_precision unused. -> the launched
-    CompiledKernel."""
+    the module), in gluon_eligible("dx")'s scope: table None (batched) or the chunk table (packed, B = 1), D and
+    dt_bias given, dt_softplus; x / dy [B, L, H, P] and B / C [B, L, G, N] bf16 that read as [B*L, H*P] /
+    [B*L, G*N] TMA views; dx, ddt, s_in, g_out, the carries, dtcs, da_part contiguous; dt with a unit head stride;
+    cfg and dot_precision unused. -> the launched CompiledKernel."""
     assert D is not None and dt_bias is not None and dt_softplus and geometry["Q"] == Q, \
         "ssd_scan gluon dx: out of scope"
     bsz, seqlen, nheads, _ = x.shape

@@ -600,9 +600,10 @@ def gluon_module():
     return gqa_attention_fwd_gluon
 
 
-def skip_unless_gluon(q, k, v, causal):
-    """Skip unless the dispatch would run the Gluon forward on these inputs (with NK_GLUON unset)."""
-    why = gluon_module().gluon_ineligible_reason(q, k, v, causal, None, (None, None, None))
+def skip_unless_gluon(q, k, v, causal, descales=(None, None, None)):
+    """Skip unless the dispatch would run the Gluon forward (FP8 with these descales) on these inputs (with
+    NK_GLUON unset)."""
+    why = gluon_module().gluon_ineligible_reason(q, k, v, causal, None, descales)
     if why is not None:
         pytest.skip(f"the Gluon forward does not run here: {why}")
 
@@ -913,13 +914,6 @@ def make_fp8_per_head(seed, bsz, seqlen, hq, hkv):
     return q8, k8, v8, qd, kd, vd
 
 
-def skip_unless_gluon_fp8(q8, k8, v8, causal, descales):
-    """Skip unless the dispatch would run the Gluon FP8 forward on these inputs (with NK_GLUON unset)."""
-    why = gluon_module().gluon_ineligible_reason(q8, k8, v8, causal, None, descales)
-    if why is not None:
-        pytest.skip(f"the Gluon FP8 forward does not run here: {why}")
-
-
 @pytest.mark.cuda
 @pytest.mark.parametrize("bsz,seqlen,hq,hkv,causal,descales", [
     (2, 128, 32, 2, True, "per_head"),           # one block, the diagonal only: 64 tiles, fewer than SMs
@@ -942,7 +936,7 @@ def test_cuda_gluon_fp8_forward_matches_reference(gluon_calls, bsz, seqlen, hq, 
         qd, kd, vd = (d[:1, :1].expand(bsz, hkv).contiguous() for d in (qd, kd, vd))      # [B, Hkv] for the budget
         args = (qd[0, :1], kd[0, :1], vd[:1, :1]) if descales == "per_tensor" else (qd[0, 0].item(),
                                                                                      kd[0, 0].item(), vd[0, 0].item())
-    skip_unless_gluon_fp8(q8, k8, v8, causal, tuple(a if isinstance(a, torch.Tensor) else None for a in args))
+    skip_unless_gluon(q8, k8, v8, causal, tuple(a if isinstance(a, torch.Tensor) else None for a in args))
     poison_cuda_cache()
     o, lse = gqa_attention(q8, k8, v8, causal, q_descale=args[0], k_descale=args[1], v_descale=args[2],
                            return_lse=True)
@@ -956,7 +950,7 @@ def test_cuda_gluon_fp8_path_is_taken(gluon_calls, monkeypatch):
     head slices of one fused e4m3 projection (q and k read in place) give them too; NK_GLUON=0 sends the inputs to
     the Triton FP8 kernel (no launch), and both meet assert_fp8_budget."""
     q8, k8, v8, qd, kd, vd = make_fp8_per_head(71, 2, 512, 32, 2)
-    skip_unless_gluon_fp8(q8, k8, v8, True, (qd, kd, vd))
+    skip_unless_gluon(q8, k8, v8, True, (qd, kd, vd))
     kw = dict(q_descale=qd, k_descale=kd, v_descale=vd, return_lse=True)
     o, lse = gqa_attention(q8, k8, v8, **kw)
     again = gqa_attention(q8, k8, v8, **kw)
