@@ -5,17 +5,31 @@ check and timing rows of their GPU runs:
     report(ck, "attn")      # registers, setmaxnreg, shared memory, wgmma / TMA counts, ptxas, SASS, uninit reads
 Run the AOT build from the repository root with the GPU machine's Triton (`.venv-aot`, Triton 3.6): its compile
 is the one that matters. PROBE_DUMP=dir keeps the ttgir, llir and PTX."""
+import contextlib
 import os
 import re
 import subprocess
-import tempfile
-
 import sys
+import tempfile
 
 import torch
 import triton
 
 from nemotron_kernels.triton.common import aot_compile_gluon, live_in_registers
+
+
+@contextlib.contextmanager
+def gluon_off():
+    """NK_GLUON=0 inside (gluon_platform reads it per call): the ops run our Triton kernels, the probes' baseline."""
+    before = os.environ.get("NK_GLUON")
+    os.environ["NK_GLUON"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["NK_GLUON"]
+        else:
+            os.environ["NK_GLUON"] = before
 
 
 compile_sm90a = aot_compile_gluon      # the library's AOT build of a Gluon kernel (sm_90a, no GPU)

@@ -30,7 +30,7 @@ import torch
 import triton
 
 from nemotron_kernels.triton import gqa_attention_bwd_gluon as gluon_bwd
-from scripts.gluon_probe import check, rel_err, report
+from scripts.gluon_probe import check, gluon_off, rel_err, report
 
 HQ, HKV, D = 32, 2, 128
 GROUP = HQ // HKV               # query heads per kv head
@@ -59,15 +59,8 @@ def aot_report():
 def triton_bwd(do, q, k, v, o, lse, causal, scale):
     """Our Triton backward: gqa_attention_bwd with its Gluon dispatch off (NK_GLUON=0 for the call)."""
     from nemotron_kernels.triton.gqa_attention_bwd import gqa_attention_bwd
-    before = os.environ.get("NK_GLUON")
-    os.environ["NK_GLUON"] = "0"
-    try:
+    with gluon_off():
         return gqa_attention_bwd(do, q, k, v, o, lse, causal, scale)
-    finally:
-        if before is None:
-            del os.environ["NK_GLUON"]
-        else:
-            os.environ["NK_GLUON"] = before
 
 
 def _ours_kernel(which, q, k, v, do, lse2, delta):

@@ -23,7 +23,6 @@ steady-state loop of a consumer) and exits 1 if one reads a register before writ
 (common.live_in_registers; session 27's FP8 NaN; every variant here has none)."""
 import argparse
 import concurrent.futures
-import contextlib
 import math
 import multiprocessing
 import os
@@ -35,7 +34,7 @@ import tempfile
 import torch
 import triton
 
-from scripts.gluon_probe import check, rel_err, report
+from scripts.gluon_probe import check, gluon_off, rel_err, report
 
 HQ, HKV, D = 32, 2, 128
 SHAPES = ((4, 8192), (1, 32768))                     # (B, S)
@@ -78,20 +77,6 @@ def fp8_inputs(mod, q, k, v):
     """-> (q8, k8, v8, vt8, descales [B, Hkv, 3] (descale_table), (qd, kd, vd)) of bf16 q / k / v."""
     (q8, qd), (k8, kd), (v8, vd) = (quantize(t) for t in (q, k, v))
     return q8, k8, v8, mod._vt_fp8(v8), mod.descale_table((qd, kd, vd), q.shape[0], HKV, q.device), (qd, kd, vd)
-
-
-@contextlib.contextmanager
-def gluon_off():
-    """NK_GLUON=0 inside (gluon_platform reads it per call): gqa_attention runs our Triton FP8 forward."""
-    before = os.environ.get("NK_GLUON")
-    os.environ["NK_GLUON"] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["NK_GLUON"]
-        else:
-            os.environ["NK_GLUON"] = before
 
 
 def ours_fp8(mod, q8, k8, vt8, descales, persistent: bool, stages: int):
