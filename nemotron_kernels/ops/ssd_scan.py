@@ -463,6 +463,6 @@ def backend_report(device_type: str) -> str:
         ok, why = gluon_platform(torch.device("cuda"))
         report += (f"; forward stages 1 and 3 and the backward's dx and dB / dC in Gluon ({why}) for bf16, P 64, N 128,"
                    " batched with L % 128 == 0 or packed (dx: with D, dt_bias, dt softplus; dB / dC: batched only, from"
-                   f" {GLUON_DBC_MIN_WAVES} waves of CTAs up)") if ok \
+                   f" {GLUON_DBC_MIN_WAVES} wave(s) of CTAs up)") if ok \
             else f"; no Gluon stages ({why})"
     return report

@@ -296,7 +296,6 @@ def _bwd_dbc_kernel(x_desc, dy_desc, b_desc, c_desc, s_desc, g_desc, dc_desc, db
     ], [1], [PRODUCER_REGS])
 
 
-
 def bwd_dc_db_launch(x, dtcs, dy, B, C, s_in, carry_decay, carry, g_out, gcarry_decay, gcarry, dC, dB,
                      geometry: dict):
     """dC and dB (the Triton bwd_dbc_launch's two calls, without pw) in gluon_eligible("dbc")'s scope: x / dy
