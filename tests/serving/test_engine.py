@@ -250,4 +250,4 @@ def test_kv_rows_are_the_per_token_page_rows(block_size):
     capacity = 64 * block_size
     for start, n in [(0, 1), (0, capacity), (block_size - 1, 2), (3, 1), (5, 37), (capacity - 7, 7)]:
         want = [pages[p // block_size] * block_size + p % block_size for p in range(start, start + n)]
-        assert _kv_rows(pages, block_size, start, n) == want, (start, n)
+        assert _kv_rows(pages, block_size, start, n).tolist() == want, (start, n)
