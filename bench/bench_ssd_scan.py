@@ -2,16 +2,17 @@
 chunk 128, bf16, with D, dt_bias, softplus and final states (the prefill call of the model), 32K tokens as B4·L8K,
 B1·L32K, B16·L2K, plus a packed batch (cu_seqlens) of 16 uneven sequences.
 
-ours:      the three Triton stages (chunk_state over segments -> state_passing -> chunk_scan).
+ours:      the op (cumsum -> chunk_state over segments -> state_passing -> chunk_scan; Gluon stages on Hopper).
 baselines: mamba_ssm 2.3.2 `mamba_chunk_scan_combined` (pure-Triton SSD; carried as a wheel in .whl/, loaded
-           without running the mamba_ssm package __init__, which needs CUDA extensions the wheel lacks).
+           without running the mamba_ssm package __init__, which needs CUDA extensions the wheel lacks), and our
+           torch reference (`ssd_scan_ref`, chunked, fp32 compute) on the same device.
 Bytes: x, B, C, dt read once, y written once, final states written (the anchor's 0.68 GB at 32K tokens);
 flops: the chunked algorithm's matmuls, 2 * L * H * (Q * N (CB, per group: / heads_per_group) + Q * P + 2 * P * N).
 
 fwd+bwd (the training step of the scan): forward then torch.autograd.grad of y (dy random, no final-state gradient:
 training does not use the final states) w.r.t. x, dt, A, B, C, D, dt_bias, for ours (Triton forward + Triton
-backward, which recomputes the chunk states) and mamba_ssm's `mamba_chunk_scan_combined` (its Triton fwd + bwd);
-the reference's autograd on CPU. Flops counted as 3x the forward's (backward = 2x forward, the usual convention);
+backward, which recomputes the chunk states), mamba_ssm's `mamba_chunk_scan_combined` (its Triton fwd + bwd) and
+the reference's autograd. Flops counted as 3x the forward's (backward = 2x forward, the usual convention);
 bytes: the forward's inputs and y, plus dy read and dx, ddt, dB, dC written."""
 import torch
 
@@ -164,10 +165,9 @@ def run(bench: Bench) -> None:
         if ssd_combined is not None and bench.device.type == "cuda":   # a GPU-only Triton baseline
             variants.append(Variant("mamba_ssm 2.3.2 chunk_scan_combined", _mamba(ssd_combined), flops=_flops(tokens),
                                     bytes=io_bytes, baseline=True))
-        if bench.device.type != "cuda":
-            variants.append(Variant("reference (torch)", lambda s: ssd_scan_ref(
-                s["x"], s["dt"], s["A"], s["B"], s["C"], D=s["D"], dt_bias=s["dt_bias"], dt_softplus=True,
-                chunk_size=CHUNK, cu_seqlens=s.get("cu_seqlens"), return_final_states=True), baseline=True))
+        variants.append(Variant("reference (torch)", lambda s: ssd_scan_ref(
+            s["x"], s["dt"], s["A"], s["B"], s["C"], D=s["D"], dt_bias=s["dt_bias"], dt_softplus=True,
+            chunk_size=CHUNK, cu_seqlens=s.get("cu_seqlens"), return_final_states=True), baseline=True))
         length = f"L{seqlen // 1024}K" if seqlen % 1024 == 0 else f"L{seqlen}"
         name = f"B{bsz} {length}" if cu_list is None else f"packed {len(cu_list) - 1} seqs, {seqlen} tokens"
         bench.measure(name, pool, variants, B=bsz, L=seqlen, H=H, P=P, G=G, N=N, chunk=CHUNK,
@@ -182,7 +182,6 @@ def run(bench: Bench) -> None:
         if ssd_combined is not None and bench.device.type == "cuda":
             variants.append(Variant("mamba_ssm 2.3.2 chunk_scan_combined", _mamba_fwd_bwd(ssd_combined),
                                     flops=3 * _flops(tokens), bytes=bwd_bytes, baseline=True))
-        if bench.device.type != "cuda":
-            variants.append(Variant("reference (torch)", _ref_fwd_bwd, baseline=True))
+        variants.append(Variant("reference (torch)", _ref_fwd_bwd, baseline=True))
         bench.measure(f"fwd+bwd {name}", grad_pool, variants, B=bsz, L=seqlen, H=H, P=P, G=G, N=N, chunk=CHUNK,
                       packed=cu_list is not None, kind="fwd+bwd")
