@@ -69,13 +69,22 @@ def tensor_bytes(obj) -> int:
     return 0
 
 
-def cuda_times(fn, pool, reps: int, graph_replays: int, graph: bool = True) -> dict:
+def cuda_times(fn, pool, reps: int, graph_replays: int, graph: bool = True, budget_ms: float = 4000.0) -> dict:
     """fn(inputs) timed over the input pool: ms_eager (median of `reps` event-timed eager calls) and ms_graph
     (median over `graph_replays` replays of a CUDA graph of >= 16 calls cycling the pool; None when capture fails);
-    ms is ms_graph when there is one. Also used by the scripts/ sweeps."""
+    ms is ms_graph when there is one. A slow fn (a reference baseline: ~0.2 s a call) gets fewer reps and replays,
+    about budget_ms of GPU time for each of the two (never under 5 and 3, nor over what was asked): the ssd_scan
+    bench's reference rows took ~100 s each at 200 reps. Also used by the scripts/ sweeps."""
     for inputs in pool:  # warm-up: every set once (allocator, cuBLAS heuristics, lazy init)
         fn(inputs)
     torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn(pool[0])
+    end.record()
+    end.synchronize()
+    one_ms = max(start.elapsed_time(end), 1e-3)
+    reps = min(reps, max(5, int(budget_ms / one_ms)))
 
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
@@ -88,6 +97,7 @@ def cuda_times(fn, pool, reps: int, graph_replays: int, graph: bool = True) -> d
     ms_eager = statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
 
     calls = len(pool) * -(-16 // len(pool))  # >= 16 calls, whole passes over the pool
+    graph_replays = min(graph_replays, max(3, int(budget_ms / (one_ms * calls))))
     ms_graph, graph_error = None, None
     if not graph:
         return dict(ms=ms_eager, ms_graph=None, ms_eager=ms_eager, timing="cuda events (eager)",
