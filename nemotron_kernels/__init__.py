@@ -24,6 +24,7 @@ _MODULES = {
     "moe_experts": moe_experts,
     "gqa_attention": gqa_attention,
     "gqa_decode": gqa_decode,
+    "quantize_fp8": gqa_attention,
 }
 OPS = tuple(_MODULES)
 globals().update({name: getattr(mod, name) for name, mod in _MODULES.items()})

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from ..reference._checks import check_descale, check_divisible, check_float, check_same_device, check_shape
-from ..reference.gqa_attention import gqa_attention_ref
+from ..reference.gqa_attention import gqa_attention_ref, quantize_fp8_ref
 from ..triton import gqa_attention_common as common
 from ._kernel_op import kernel_op
 
@@ -147,26 +147,6 @@ def gqa_attention(q, k, v, causal: bool = True, softmax_scale=None, cu_seqlens=N
     return (o, lse) if return_lse else o
 
 
-def quantize_fp8_torch(x, num_kv_heads: int, cu_seqlens=None, descale=None):
-    """Plain-PyTorch FP8 quantisation (the CPU path and the kernels' ground truth); see `quantize_fp8`."""
-    bsz, seqlen, heads, d = x.shape
-    group = heads // num_kv_heads
-    offsets = [0, seqlen] if cu_seqlens is None else [int(o) for o in cu_seqlens.tolist()]
-    xs = [x] if cu_seqlens is None else [x[:, a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-    if descale is None:       # [rows, Hkv]: amax over positions, the group's heads and D
-        amax = torch.stack([t.float().abs().view(t.shape[0], t.shape[1], num_kv_heads, group * d).amax(dim=(1, 3))
-                            if t.shape[1] else torch.zeros(t.shape[0], num_kv_heads, device=x.device) for t in xs])
-        descale = (amax.clamp_min(1e-12) / 448.0).reshape(-1, num_kv_heads)       # [B or S, Hkv]
-    descale = descale.float()
-    per_row = descale.repeat_interleave(group, dim=1)                              # [rows, H]
-    if cu_seqlens is None:
-        scaled = x.float() / per_row[:, None, :, None]
-    else:
-        lengths = torch.tensor([b - a for a, b in zip(offsets[:-1], offsets[1:])], device=x.device)
-        scaled = x.float() / per_row.repeat_interleave(lengths, dim=0)[None, :, :, None]
-    return scaled.clamp(-448.0, 448.0).to(FP8), descale
-
-
 def quantize_fp8(x, num_kv_heads: int, cu_seqlens=None, max_seqlen=None, descale=None):
     """FP8 e4m3 quantisation of attention inputs with scales computed on the device, one per (batch row or packed
     sequence, kv head), the descale granularity `gqa_attention` and `gqa_decode` take.
@@ -192,7 +172,7 @@ def quantize_fp8(x, num_kv_heads: int, cu_seqlens=None, max_seqlen=None, descale
     kernel_ok = (common.triton_status()[0] and x.dtype != torch.float64 and x.shape[-1] in (16, 32, 64, 128, 256)
                  and (x.is_cuda or (x.device.type == "cpu" and common.interpreting())))
     if not kernel_ok:
-        return quantize_fp8_torch(x, num_kv_heads, cu_seqlens, descale)
+        return quantize_fp8_ref(x, num_kv_heads, cu_seqlens, max_seqlen, descale)
     if cu_seqlens is not None and max_seqlen is None:
         max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())                 # host sync
     x = x if x.stride(-1) == 1 else x.contiguous()

@@ -115,3 +115,30 @@ def gqa_attention_ref(q, k, v, causal: bool = True, softmax_scale=None, cu_seqle
         lse = torch.cat([p[1] for p in parts], dim=2)                        # [1, Hq, Sq]
     o = o.to(output_dtype(q.dtype))
     return (o, lse.to(torch.float32)) if return_lse else o
+
+
+def quantize_fp8_ref(x, num_kv_heads: int, cu_seqlens=None, max_seqlen=None, descale=None):
+    """FP8 e4m3 quantisation of attention inputs, one scale per (batch row or packed sequence, kv head):
+    x [B, S, H, D] -> (x8 float8_e4m3fn, descale [B or S, Hkv] fp32 = amax / 448, floored at 1e-12), x ~= x8 *
+    descale; with `descale` given, quantise with it. The CPU path and the kernels' ground truth (ops.gqa_attention
+    .quantize_fp8 documents the arguments; max_seqlen is not needed here)."""
+    check_float("x", x, "[B, S, H, D]", 4)
+    check_divisible("H (heads of x)", x.shape[2], "num_kv_heads", num_kv_heads)
+    if cu_seqlens is not None and x.shape[0] != 1:
+        raise ValueError(f"with cu_seqlens, x must have B = 1, got shape {tuple(x.shape)}")
+    bsz, seqlen, heads, d = x.shape
+    group = heads // num_kv_heads
+    offsets = [0, seqlen] if cu_seqlens is None else [int(o) for o in cu_seqlens.tolist()]
+    xs = [x] if cu_seqlens is None else [x[:, a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    if descale is None:       # [rows, Hkv]: amax over positions, the group's heads and D
+        amax = torch.stack([t.float().abs().view(t.shape[0], t.shape[1], num_kv_heads, group * d).amax(dim=(1, 3))
+                            if t.shape[1] else torch.zeros(t.shape[0], num_kv_heads, device=x.device) for t in xs])
+        descale = (amax.clamp_min(1e-12) / 448.0).reshape(-1, num_kv_heads)       # [B or S, Hkv]
+    descale = descale.float()
+    per_row = descale.repeat_interleave(group, dim=1)                              # [rows, H]
+    if cu_seqlens is None:
+        scaled = x.float() / per_row[:, None, :, None]
+    else:
+        lengths = torch.tensor([b - a for a, b in zip(offsets[:-1], offsets[1:])], device=x.device)
+        scaled = x.float() / per_row.repeat_interleave(lengths, dim=0)[None, :, :, None]
+    return scaled.clamp(-448.0, 448.0).to(torch.float8_e4m3fn), descale

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nemotron_kernels.ops.gqa_attention import gqa_attention, quantize_fp8, quantize_fp8_torch
+from nemotron_kernels.ops.gqa_attention import gqa_attention, quantize_fp8
+from nemotron_kernels.reference.gqa_attention import quantize_fp8_ref
 from nemotron_kernels.reference.gqa_attention import gqa_attention_ref
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -324,7 +325,7 @@ def make_exactly_quantisable(seed, bsz, offsets, heads, hkv, d):
 def test_interpreter_quantize_fp8(interpret, dtype):
     x = make_exactly_quantisable(4, 3, [0, 21], 8, 2, 32).to(dtype)
     x8, descale = quantize_fp8(x, 2)
-    x8_ref, descale_ref = quantize_fp8_torch(x, 2)
+    x8_ref, descale_ref = quantize_fp8_ref(x, 2)
     assert torch.equal(descale, descale_ref) and descale.shape == (3, 2)
     assert torch.equal(x8.view(torch.uint8), x8_ref.view(torch.uint8))
 
@@ -334,7 +335,7 @@ def test_interpreter_quantize_fp8_varlen_and_given_scale(interpret):
     x = make_exactly_quantisable(5, 1, offsets, 4, 4, 16).to(torch.float16)
     cu = torch.tensor(offsets)
     x8, descale = quantize_fp8(x, 4, cu_seqlens=cu)
-    x8_ref, descale_ref = quantize_fp8_torch(x, 4, cu_seqlens=cu)
+    x8_ref, descale_ref = quantize_fp8_ref(x, 4, cu_seqlens=cu)
     assert torch.equal(descale, descale_ref) and descale.shape == (3, 4)
     assert torch.equal(x8.view(torch.uint8), x8_ref.view(torch.uint8))
     x8, same = quantize_fp8(x, 4, cu_seqlens=cu, max_seqlen=33, descale=descale_ref)
@@ -351,7 +352,7 @@ def test_interpreter_quantize_fp8_reads_only_what_it_writes(assert_reads_only_wr
     offsets = [0, 7, 7, 40]
     packed = make_exactly_quantisable(5, 1, offsets, 4, 4, 16).to(torch.float16)
     cu = torch.tensor(offsets)
-    given = quantize_fp8_torch(packed, 4, cu_seqlens=cu)[1]
+    given = quantize_fp8_ref(packed, 4, cu_seqlens=cu)[1]
 
     def run():
         x8, descale = quantize_fp8(x, 2)
@@ -363,10 +364,10 @@ def test_interpreter_quantize_fp8_reads_only_what_it_writes(assert_reads_only_wr
     assert_reads_only_written(run)
 
 
-def test_quantize_fp8_torch_roundtrip():
+def test_quantize_fp8_ref_roundtrip():
     """The PyTorch path: x8 * descale reproduces x within half an e4m3 ulp (3 mantissa bits) or the subnormal step."""
     x = torch.randn(2, 50, 8, 16, dtype=F64) * torch.logspace(-3, 3, 8, dtype=F64)[None, None, :, None]
-    x8, descale = quantize_fp8_torch(x, 2)
+    x8, descale = quantize_fp8_ref(x, 2)
     back = x8.to(F64) * descale.to(F64).repeat_interleave(4, dim=1)[:, None, :, None]
     step = descale.to(F64).repeat_interleave(4, dim=1)[:, None, :, None] * 2.0 ** -9
     assert ((back - x).abs() <= 2.0 ** -4 * x.abs() + step).all()
@@ -492,7 +493,7 @@ def test_cuda_quantize_fp8_matches_torch():
     q, _, _, _ = (t.bfloat16() for t in make_qkv(17, 2, 777, 777, 32, 2, 128, device="cuda"))
     for args in ((q, 2), (q[:1], 2, torch.tensor([0, 5, 5, 700, 777], device="cuda"))):
         x8, descale = quantize_fp8(*args)
-        x8_ref, descale_ref = quantize_fp8_torch(*args)
+        x8_ref, descale_ref = quantize_fp8_ref(*args)
         assert torch.equal(descale, descale_ref)
         assert torch.equal(x8.view(torch.uint8), x8_ref.view(torch.uint8))
 
