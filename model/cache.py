@@ -3,7 +3,9 @@
 Per Mamba layer i:     conv[i] [num_slots + scratch_slots, C, K-1] (model dtype; the last K-1 xBC inputs, oldest first)
                        ssm[i]  [num_slots + scratch_slots, Hm, P, N] (fp32 by default, config.mamba_ssm_cache_dtype)
 Per attention layer i: k[i], v[i] [num_blocks + scratch_blocks, block_size, Hkv, D] (model dtype unless kv_dtype;
-                       FP8 e4m3 pages hold k / k_scale, v / v_scale of the attention layer)
+                       FP8 e4m3 pages hold k / k_scale, v / v_scale: kv_scales="layer", the attention layer's
+                       floats (an FP8 checkpoint's, else 1); kv_scales="device", k_scale[i], v_scale[i] [1] fp32
+                       on the device, computed from the first prefill that writes the layer (calibrate_kv))
 Shared:                block_table [num_slots + scratch_slots, max_blocks] int32 (pages of each slot, in order),
                        seq_lens [num_slots] int32 (tokens the model has seen per slot; host mirror host_seq_lens).
 
@@ -24,6 +26,8 @@ import torch
 from .config import NemotronHConfig
 from .nemotron_h import ForwardMeta
 
+KV_HEADROOM = 2.0  # device-computed FP8 page scales leave this factor above the first prefill's |k| / |v| max
+_E4M3_MAX = 448.0
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -35,12 +39,14 @@ class HybridCache:
     def __init__(self, config: NemotronHConfig, num_slots: int, max_seq_len: int, *, block_size: int = 16,
                  num_blocks: int | None = None, paged: bool = False, scratch_slots: int = 0, device="cpu",
                  dtype: torch.dtype = torch.bfloat16, kv_dtype: torch.dtype | None = None,
-                 ssm_dtype: torch.dtype | None = None):
+                 ssm_dtype: torch.dtype | None = None, kv_scales: str = "layer"):
         for name, v in (("num_slots", num_slots), ("max_seq_len", max_seq_len), ("block_size", block_size)):
             if not isinstance(v, int) or v <= 0:
                 raise ValueError(f"HybridCache: {name} must be a positive int, got {v!r}")
         if not isinstance(scratch_slots, int) or scratch_slots < 0:
             raise ValueError(f"HybridCache: scratch_slots must be an int >= 0, got {scratch_slots!r}")
+        if kv_scales not in ("layer", "device"):
+            raise ValueError(f"HybridCache: kv_scales must be 'layer' or 'device', got {kv_scales!r}")
         self.config, self.num_slots, self.block_size, self.paged = config, num_slots, block_size, paged
         self.max_blocks = math.ceil(max_seq_len / block_size)           # pages per slot
         self.num_blocks = num_slots * self.max_blocks if num_blocks is None else num_blocks
@@ -62,6 +68,11 @@ class HybridCache:
         kv_shape = (self.num_blocks + self.scratch_blocks, block_size, c.num_key_value_heads, c.head_dim)
         self.k = {i: torch.zeros(kv_shape, device=device, dtype=kv_dtype) for i in c.layer_indices("*")}
         self.v = {i: torch.zeros(kv_shape, device=device, dtype=kv_dtype) for i in c.layer_indices("*")}
+        # device-computed FP8 page scales: tensors from the start (CUDA graphs read them), set by calibrate_kv
+        device_scales = kv_dtype == torch.float8_e4m3fn and kv_scales == "device"
+        self.k_scale = {i: torch.ones(1, device=device) for i in self.k} if device_scales else None
+        self.v_scale = {i: torch.ones(1, device=device) for i in self.k} if device_scales else None
+        self.kv_calibrated: set[int] = set()
         tables = torch.zeros(n_states, self.max_blocks, dtype=torch.int32)
         if not paged:
             tables[:num_slots] = torch.arange(num_slots * self.max_blocks, dtype=torch.int32).view(num_slots, -1)
@@ -71,6 +82,15 @@ class HybridCache:
         self.seq_lens = torch.zeros(num_slots, device=device, dtype=torch.int32)
         self.host_seq_lens = [0] * num_slots
         self.device = torch.device(device)
+
+    def calibrate_kv(self, i: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Attention layer i's FP8 page scales from the keys and values of its first prefill, on the device (no host
+        sync): max |k| x KV_HEADROOM / 448, the same for v, fixed from then on; later values past that range
+        saturate at +-448 when written."""
+        for new, scale in ((k, self.k_scale[i]), (v, self.v_scale[i])):
+            amax = new.detach().abs().amax().to(torch.float32)
+            scale.copy_((amax * (KV_HEADROOM / _E4M3_MAX)).clamp_min(1e-12).reshape(1))
+        self.kv_calibrated.add(i)
 
     @classmethod
     def for_model(cls, model, num_slots: int, max_seq_len: int, **kw) -> HybridCache:

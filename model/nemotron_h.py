@@ -253,8 +253,11 @@ class Attention(nn.Module):
         self.v_proj = Linear(H, self.num_kv_heads * D, **factory)
         self.o_proj = Linear(self.num_heads * D, H, **factory)
         # FP8 KV pages hold k / k_scale and v / v_scale (per-tensor, ModelOpt's k_proj.k_scale / v_proj.v_scale);
-        # plain floats, so decode folds them into its scales without reading the GPU
+        # plain floats, so decode folds them into its scales without reading the GPU (a cache built with
+        # kv_scales="device" has its own, computed on the device)
         self.k_scale, self.v_scale = 1.0, 1.0
+        # prefill attention in FP8 e4m3 (q, k, v quantised on the device per sequence and kv head), inference only
+        self.fp8_prefill = False
         # [Nq + 2 Nkv, H] once fuse_qkv() has laid the three weights out together (moves with the module)
         self.register_buffer("qkv_weight", None, persistent=False)
 
@@ -299,7 +302,7 @@ class Attention(nn.Module):
         k = k.view(*lead, self.num_kv_heads, D)                               # [..., Hkv, D]
         v = v.view(*lead, self.num_kv_heads, D)
         if meta.cache is not None:
-            self._write_pages(meta.cache, k, v, meta.kv_write_idx)
+            self._write_pages(meta.cache, k, v, meta.kv_write_idx, calibrate=not meta.decode)
         if meta.mixed:                                                        # [T, ...]: decode tokens, then chunks
             dec, pre = meta.split()
             n = meta.num_decodes
@@ -309,12 +312,23 @@ class Attention(nn.Module):
             o = self._attend(q, k, v, meta)
         return self.o_proj(o.reshape(*lead, self.num_heads * D))
 
-    def _write_pages(self, cache, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> None:
-        """The new keys / values into their page rows (rows [T] flat indices into [num_blocks * block_size])."""
+    def _kv_scales(self, cache) -> tuple:
+        """(k_scale, v_scale) of this layer's FP8 pages: the cache's device tensors, else the layer's floats."""
+        if cache.k_scale is not None:
+            return cache.k_scale[self.layer_idx], cache.v_scale[self.layer_idx]
+        return self.k_scale, self.v_scale
+
+    def _write_pages(self, cache, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, calibrate: bool) -> None:
+        """The new keys / values into their page rows (rows [T] flat indices into [num_blocks * block_size]).
+        calibrate: a prefill may set the cache's device-computed FP8 scales (the layer's first one does)."""
         i = self.layer_idx
-        for new, pages, scale in ((k, cache.k[i], self.k_scale), (v, cache.v[i], self.v_scale)):
+        fp8 = cache.k[i].dtype == torch.float8_e4m3fn
+        if fp8 and calibrate and cache.k_scale is not None and i not in cache.kv_calibrated:
+            cache.calibrate_kv(i, k, v)
+        scales = self._kv_scales(cache) if fp8 else (1.0, 1.0)
+        for new, pages, scale in ((k, cache.k[i], scales[0]), (v, cache.v[i], scales[1])):
             new = new.reshape(-1, self.num_kv_heads, self.head_dim)           # [T, Hkv, D]
-            if pages.dtype == torch.float8_e4m3fn:                            # scaled into e4m3's range
+            if fp8:                                                           # scaled into e4m3's range
                 new = (new.to(torch.promote_types(new.dtype, torch.float32)) / scale).clamp(-_E4M3_MAX, _E4M3_MAX)
             pages.view(-1, self.num_kv_heads, self.head_dim)[rows] = new.to(pages.dtype)
 
@@ -322,16 +336,30 @@ class Attention(nn.Module):
         """q [B, L, Hq, D] / [S, Hq, D] (decode) -> o of q's shape, over the new k / v or the cache's pages."""
         ops, cache, i = meta.ops, meta.cache, self.layer_idx
         if cache is None or meta.fresh and not meta.decode:
+            if self.fp8_prefill and cache is not None:
+                return self._attend_fp8(q, k, v, meta)
             return ops.gqa_attention(q, k, v, causal=True, cu_seqlens=meta.cu_seqlens, max_seqlen=meta.max_seqlen)
         descales = {}
-        if cache.k[i].dtype == torch.float8_e4m3fn and (self.k_scale, self.v_scale) != (1.0, 1.0):
-            descales = {"k_descale": self.k_scale, "v_descale": self.v_scale}
+        if cache.k[i].dtype == torch.float8_e4m3fn:
+            k_scale, v_scale = self._kv_scales(cache)
+            if isinstance(k_scale, torch.Tensor) or (k_scale, v_scale) != (1.0, 1.0):
+                descales = {"k_descale": k_scale, "v_descale": v_scale}
         if meta.decode or meta.offsets is None:  # [S, Hq, D] or [B, L, Hq, D]: the last tokens of each sequence
             return ops.gqa_decode(q, cache.k[i], cache.v[i], meta.block_table, meta.seq_lens, **descales)
         # packed continuation (chunked prefill): one sequence at a time, its new tokens are its last ones
         return torch.cat([ops.gqa_decode(q[:, a:b], cache.k[i], cache.v[i], meta.block_table[s:s + 1],
                                          meta.seq_lens[s:s + 1], **descales)
                           for s, (a, b) in enumerate(zip(meta.offsets[:-1], meta.offsets[1:]))], dim=1)
+
+    def _attend_fp8(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
+        """A fresh prefill's attention in FP8: q, k, v [B, L, H, D] quantised to e4m3 with scales computed on the
+        device, one per (sequence, kv head), then the FP8 kernel -> o [B, L, Hq, D] in q's dtype."""
+        ops, Hkv = meta.ops, self.num_kv_heads
+        cu, max_len = meta.cu_seqlens, meta.max_seqlen
+        (q8, qd), (k8, kd), (v8, vd) = (ops.quantize_fp8(t, Hkv, cu, max_len) for t in (q, k, v))
+        o = ops.gqa_attention(q8, k8, v8, causal=True, cu_seqlens=cu, max_seqlen=max_len, q_descale=qd,
+                              k_descale=kd, v_descale=vd)
+        return o.to(q.dtype)
 
 
 class Router(nn.Module):

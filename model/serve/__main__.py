@@ -38,6 +38,10 @@ def _parse_args(argv):
     p.add_argument("--num-blocks", type=int, default=None)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.90)
     p.add_argument("--kv-cache-dtype", default="auto", help="auto | fp8")
+    p.add_argument("--kv-cache-scales", default="auto", choices=("auto", "layer", "device"),
+                   help="FP8 pages' scales: the checkpoint's (layer), computed on the device from the first prefill "
+                        "(device), or layer where the checkpoint has them (auto)")
+    p.add_argument("--fp8-attention", action="store_true", help="prefill attention in FP8 e4m3")
     p.add_argument("--no-cuda-graphs", action="store_true")
     p.add_argument("--no-overlap-decode", action="store_true",
                    help="read each decode step's tokens before launching the next (default: overlap with CUDA graphs)")
@@ -64,6 +68,7 @@ def main(argv=None) -> int:
         max_num_batched_tokens=args.max_num_batched_tokens or (8192 if args.device.startswith("cuda") else 2048),
         max_model_len=args.max_model_len, block_size=args.block_size, num_blocks=args.num_blocks,
         gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_dtype=args.kv_cache_dtype,
+        kv_cache_scales=args.kv_cache_scales, fp8_attention=args.fp8_attention,
         cuda_graphs=False if args.no_cuda_graphs else None, overlap_decode=False if args.no_overlap_decode else None)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model, tokenizer = load_for_serving(args.checkpoint, preset=args.preset, random_weights=args.random_weights,

@@ -37,8 +37,11 @@ class EngineConfig:
     num_blocks: int | None = None            # KV pages
     kv_cache_memory_gb: float | None = None
     gpu_memory_utilization: float = 0.90
-    kv_cache_dtype: str = "auto"             # "auto" (model dtype) | a float dtype name | "fp8": e4m3 pages scaled by
-                                             # each attention layer's k_scale / v_scale (from an FP8 checkpoint, else 1)
+    kv_cache_dtype: str = "auto"             # "auto" (model dtype) | a float dtype name | "fp8": e4m3 pages
+    kv_cache_scales: str = "auto"            # fp8 pages' scales: "layer" (each attention layer's k_scale / v_scale,
+                                             # an FP8 checkpoint's), "device" (computed on the device from the first
+                                             # prefill), "auto" (layer where the checkpoint gave scales, else device)
+    fp8_attention: bool = False              # prefill attention in FP8 e4m3 (q, k, v quantised on the device)
     watermark: float = 0.01                  # fraction of pages kept free when admitting new sequences
     cuda_graphs: bool | None = None          # None: on when the model is on a GPU
     cuda_graph_sizes: list[int] | None = None  # default 1, 2, 4, 8, 16, 24, ... up to max_num_seqs
@@ -58,6 +61,9 @@ class EngineConfig:
         if self.kv_cache_dtype not in _KV_DTYPES:
             raise ValueError(f"EngineConfig.kv_cache_dtype must be one of {sorted(_KV_DTYPES)}, "
                              f"got {self.kv_cache_dtype!r}")
+        if self.kv_cache_scales not in ("auto", "layer", "device"):
+            raise ValueError(f"EngineConfig.kv_cache_scales must be 'auto', 'layer' or 'device', "
+                             f"got {self.kv_cache_scales!r}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"EngineConfig.gpu_memory_utilization must be in (0, 1], "
                              f"got {self.gpu_memory_utilization}")
@@ -144,6 +150,12 @@ class LLMEngine:
         self.max_model_len = config.max_model_len or mcfg.max_position_embeddings
         self.eos_token_ids = set(mcfg.eos_token_ids) | set(tokenizer.eos_token_ids if tokenizer else ())
         kv_dtype = _KV_DTYPES[config.kv_cache_dtype] or model.dtype
+        attention = [model.layers[i].mixer for i in mcfg.layer_indices("*")]
+        kv_scales = config.kv_cache_scales
+        if kv_scales == "auto":
+            kv_scales = "layer" if any((a.k_scale, a.v_scale) != (1.0, 1.0) for a in attention) else "device"
+        for a in attention:
+            a.fp8_prefill = config.fp8_attention
         num_slots = config.max_num_seqs
         use_graphs = config.cuda_graphs if config.cuda_graphs is not None else model.device.type == "cuda"
         graph_sizes = config.graph_sizes() if use_graphs else None
@@ -159,7 +171,7 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, self.slot_pool, num_slots, config.max_num_batched_tokens,
                                    watermark_blocks=int(config.watermark * num_blocks))
         self.runner = ModelRunner(model, num_slots=num_slots, num_blocks=num_blocks, block_size=config.block_size,
-                                  max_model_len=self.max_model_len, kv_dtype=kv_dtype,
+                                  max_model_len=self.max_model_len, kv_dtype=kv_dtype, kv_scales=kv_scales,
                                   cuda_graph_sizes=graph_sizes)
         self.requests: dict[str, list[Sequence]] = {}   # request id -> its completions (n of them)
         self._text: dict[int, _TextState] = {}          # seq_id -> detokenizer state

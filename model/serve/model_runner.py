@@ -161,7 +161,8 @@ class _DecodeGraph:
 
 class ModelRunner:
     def __init__(self, model: NemotronH, *, num_slots: int, num_blocks: int, block_size: int, max_model_len: int,
-                 kv_dtype: torch.dtype | None = None, cuda_graph_sizes: list[int] | None = None):
+                 kv_dtype: torch.dtype | None = None, kv_scales: str = "layer",
+                 cuda_graph_sizes: list[int] | None = None):
         self.model = model
         self.config = model.config
         self.device = model.device
@@ -171,7 +172,7 @@ class ModelRunner:
             raise ValueError(f"cuda_graph_sizes must lie in [1, num_slots={num_slots}], got {sizes}")
         self.cache = HybridCache(model.config, num_slots, max_model_len, block_size=block_size, num_blocks=num_blocks,
                                  paged=True, scratch_slots=graph_padding(sizes), device=self.device,
-                                 dtype=model.dtype, kv_dtype=kv_dtype)
+                                 dtype=model.dtype, kv_dtype=kv_dtype, kv_scales=kv_scales)
         self.max_blocks = self.cache.max_blocks
         self.sampler = Sampler(self.device)
         self.logits_dtype = torch.promote_types(model.dtype, torch.float32)

@@ -184,3 +184,85 @@ def test_fp8_kv_pages_hold_k_and_v_over_their_scales():
     err_scaled = ((scaled - exact).norm() / exact.norm()).item()
     err_unit = ((unit - exact).norm() / exact.norm()).item()
     assert err_scaled < 0.03 and err_unit > 5 * err_scaled, (err_scaled, err_unit)
+
+
+def _tiny_kv_model(seed: int = 3):
+    """The tiny model with keys and values of ~1e-4 (below e4m3's smallest subnormal) and the same function."""
+    from model.config import NemotronHConfig
+    cfg = NemotronHConfig.from_preset("tiny")
+    model = build_model(cfg, dtype=torch.float32, backend="reference", seed=seed)
+    with torch.no_grad():
+        for i in cfg.layer_indices("*"):
+            attn = model.layers[i].mixer
+            for lin, factor in ((attn.k_proj, 1e-4), (attn.v_proj, 1e-4), (attn.q_proj, 1e4), (attn.o_proj, 1e4)):
+                lin.weight.mul_(factor)
+    return model
+
+
+def test_fp8_kv_scales_computed_on_the_device():
+    """kv_scales="device": each attention layer's first prefill sets its page scales (device tensors); decode reads
+    the pages through them (as accurate as a checkpoint's scales), and neither decode steps nor a later prefill
+    change them."""
+    model = _tiny_kv_model()
+    cfg = model.config
+    seqs = prompts_for(cfg, [11, 6], seed=7)
+    ids, cu = packed(seqs)
+
+    def run(kv_dtype, kv_scales="layer"):
+        cache = HybridCache.for_model(model, 3, 16, block_size=4, kv_dtype=kv_dtype, kv_scales=kv_scales)
+        logits = [model.prefill(ids, cache, cu_seqlens=cu, slots=[0, 1])]
+        for _ in range(3):
+            logits.append(model.decode_step(logits[-1].argmax(-1), cache, slots=[0, 1]))
+        return torch.stack(logits[1:]), cache
+
+    exact, exact_cache = run(None)
+    dynamic, cache = run(torch.float8_e4m3fn, "device")
+    unit, _ = run(torch.float8_e4m3fn)                                            # the layers' 1.0: no scales
+    assert cache.kv_calibrated == set(cfg.layer_indices("*"))
+    first = {i: (cache.k_scale[i].clone(), cache.v_scale[i].clone()) for i in cfg.layer_indices("*")}
+    for i, scales in first.items():                                               # values: the next test
+        assert all(t.shape == (1,) and t.dtype == torch.float32 and 0 < t.item() < 1e-5 for t in scales)
+    err_dynamic = ((dynamic - exact).norm() / exact.norm()).item()
+    err_unit = ((unit - exact).norm() / exact.norm()).item()
+    assert err_dynamic < 0.03 and err_unit > 5 * err_dynamic, (err_dynamic, err_unit)
+    model.prefill(seqs[0][None] * 0 + 5, cache, slots=[2])                      # another prompt: scales stay
+    for i in cfg.layer_indices("*"):
+        assert torch.equal(cache.k_scale[i], first[i][0]) and torch.equal(cache.v_scale[i], first[i][1])
+
+
+def test_fp8_kv_scales_follow_the_prefill_that_first_writes_the_layer():
+    """The scales are max |k| x KV_HEADROOM / 448 of exactly the first prefill's keys (its rows of the pages)."""
+    from model.cache import KV_HEADROOM
+    model = _tiny_kv_model(seed=5)
+    cfg = model.config
+    ids = prompts_for(cfg, [9], seed=2)[0][None]
+    ref = HybridCache.for_model(model, 1, 16, block_size=4)
+    model.prefill(ids, ref)
+    cache = HybridCache.for_model(model, 1, 16, block_size=4, kv_dtype=torch.float8_e4m3fn, kv_scales="device")
+    model.prefill(ids, cache)
+    for i in cfg.layer_indices("*"):
+        for pages, scale in ((ref.k[i], cache.k_scale[i]), (ref.v[i], cache.v_scale[i])):
+            torch.testing.assert_close(scale, (pages.abs().amax() * KV_HEADROOM / 448).reshape(1))
+
+
+def test_fp8_prefill_attention_quantises_q_k_v_on_the_device(monkeypatch):
+    """fp8_prefill: a fresh prefill's attention runs on e4m3 q, k, v (three quantize_fp8 calls per attention layer,
+    per-sequence scales) with logits within FP8's error of the exact model; training forwards (no cache) stay exact."""
+    from model.config import NemotronHConfig
+    cfg = NemotronHConfig.from_preset("tiny")
+    model = build_model(cfg, dtype=torch.float32, backend="reference", seed=1)
+    seqs = prompts_for(cfg, [13, 29], seed=4)
+    ids, cu = packed(seqs)
+    exact = model.prefill(ids, HybridCache.for_model(model, 2, 64, block_size=8), cu_seqlens=cu)
+    calls = []
+    quantize = model.ops.quantize_fp8
+    monkeypatch.setattr(model.ops, "quantize_fp8", lambda *a, **k: calls.append(a[0].shape) or quantize(*a, **k))
+    for i in cfg.layer_indices("*"):
+        model.layers[i].mixer.fp8_prefill = True
+    fp8 = model.prefill(ids, HybridCache.for_model(model, 2, 64, block_size=8), cu_seqlens=cu)
+    assert len(calls) == 3 * len(cfg.layer_indices("*"))
+    err = ((fp8 - exact).norm() / exact.norm()).item()
+    assert 0 < err < 0.05, err
+    calls.clear()
+    torch.testing.assert_close(model(ids[None], cu), model(ids[None], cu))       # no cache: no FP8
+    assert not calls

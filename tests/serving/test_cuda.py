@@ -75,24 +75,31 @@ def _assert_gpu_usable():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8"])
-def test_engine_on_gpu_end_to_end(gpu_model, byte_tokenizer, kv_cache_dtype):
-    if kv_cache_dtype == "fp8":
+@pytest.mark.parametrize("case", ["auto", "fp8", "fp8-device-scales", "fp8-attention"])
+def test_engine_on_gpu_end_to_end(gpu_model, byte_tokenizer, case):
+    """Seeded sampling twice gives the same tokens: BF16 pages; FP8 pages with the layers' scales (as a checkpoint
+    sets them) or with scales computed on the device (CUDA graphs read them); FP8 prefill attention."""
+    if case == "fp8":
         for i in gpu_model.config.layer_indices("*"):
             gpu_model.layers[i].mixer.k_scale = gpu_model.layers[i].mixer.v_scale = 0.5
     try:
         engine = LLMEngine(gpu_model, byte_tokenizer, EngineConfig(
             max_num_seqs=8, max_num_batched_tokens=32, block_size=16, max_model_len=256,
-            kv_cache_dtype=kv_cache_dtype))
+            kv_cache_dtype="auto" if case in ("auto", "fp8-attention") else "fp8",
+            fp8_attention=case == "fp8-attention"))
         print("CUDA graphs:", engine.runner.cuda_graph_status)
+        assert (engine.runner.cache.k_scale is not None) == (case == "fp8-device-scales")
         params = SamplingParams(max_tokens=12, temperature=0.7, top_p=0.9, seed=3, ignore_eos=True)
         seeded = _run(engine, params)
         assert all(len(t) == 12 for t in seeded)
         assert _run(engine, params) == seeded
+        if case == "fp8-device-scales":
+            assert all(0 < engine.runner.cache.k_scale[i].item() < 1e3 for i in engine.runner.cache.kv_calibrated)
         _assert_gpu_usable()
     finally:
         for i in gpu_model.config.layer_indices("*"):
             gpu_model.layers[i].mixer.k_scale = gpu_model.layers[i].mixer.v_scale = 1.0
+            gpu_model.layers[i].mixer.fp8_prefill = False
 
 
 # the ops of a decode step that are capturable only as kernels (rmsnorm's reference is capturable too)

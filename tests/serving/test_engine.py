@@ -251,3 +251,39 @@ def test_kv_rows_are_the_per_token_page_rows(block_size):
     for start, n in [(0, 1), (0, capacity), (block_size - 1, 2), (3, 1), (5, 37), (capacity - 7, 7)]:
         want = [pages[p // block_size] * block_size + p % block_size for p in range(start, start + n)]
         assert _kv_rows(pages, block_size, start, n).tolist() == want, (start, n)
+
+
+def test_fp8_kv_cache_scales(make_engine, tiny_model, run_all):
+    """kv_cache_scales="auto" computes FP8 page scales on the device unless a layer has a checkpoint's scales;
+    "device" always does; the first prefill sets them and requests complete."""
+    attention = [tiny_model.layers[i].mixer for i in tiny_model.config.layer_indices("*")]
+    engine = make_engine(kv_cache_dtype="fp8")
+    cache = engine.runner.cache
+    assert cache.k_scale is not None and not cache.kv_calibrated                  # random weights: no scales
+    rid = engine.add_request("fp8 pages", SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
+    assert len(run_all(engine)[rid].token_ids) == 4
+    assert cache.kv_calibrated == set(tiny_model.config.layer_indices("*"))
+    assert all(cache.k_scale[i].item() != 1.0 for i in cache.kv_calibrated)
+    attention[0].k_scale = 0.5                                                    # as an FP8 checkpoint sets it
+    try:
+        assert make_engine(kv_cache_dtype="fp8").runner.cache.k_scale is None
+        assert make_engine(kv_cache_dtype="fp8", kv_cache_scales="device").runner.cache.k_scale is not None
+    finally:
+        attention[0].k_scale = 1.0
+    assert make_engine().runner.cache.k_scale is None                             # pages in the model's dtype
+    with pytest.raises(ValueError, match="kv_cache_scales must be"):
+        make_engine(kv_cache_scales="dynamic")
+
+
+def test_fp8_attention_prefill(make_engine, tiny_model, run_all):
+    """fp8_attention=True sets every attention layer's FP8 prefill (and a later engine without it clears it);
+    requests complete through it."""
+    attention = [tiny_model.layers[i].mixer for i in tiny_model.config.layer_indices("*")]
+    engine = make_engine(fp8_attention=True)
+    try:
+        assert all(a.fp8_prefill for a in attention)
+        rid = engine.add_request("fp8 attention", SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
+        assert len(run_all(engine)[rid].token_ids) == 4
+    finally:
+        make_engine()
+    assert not any(a.fp8_prefill for a in attention)
