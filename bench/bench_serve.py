@@ -20,7 +20,8 @@ different experts). Its 256x8K/1K throughput is estimated from those two measure
 
 `python -m bench serve --cpu` smoke-runs all of it with the tiny preset on the CPU (small sizes).
 To fit one device call, parts can be picked by environment: BENCH_SERVE_BATCHES=1,64 (decode batches),
-BENCH_SERVE_PRECISIONS=bf16 (or fp8, or both), BENCH_SERVE_HF=0 (no transformers baseline),
+BENCH_SERVE_PRECISIONS=bf16 (or fp8, or both; fp8kv: selective FP8 plus e4m3 KV pages with device-computed
+scales and FP8 prefill attention), BENCH_SERVE_HF=0 (no transformers baseline),
 BENCH_SERVE_THROUGHPUT=0 (no 256-request run). BENCH_SERVE_OVERLAP=0 turns overlapped decode off (1 or unset:
 the engine's default, on with CUDA graphs); =ab times each decode batch both ways in turn on the same
 sequences (rows "ours <precision> sync" and "... overlapped"): an A/B of EngineConfig.overlap_decode in one run.
@@ -126,10 +127,11 @@ def _flops(cfg: NemotronHConfig, new_tokens: int, ctx_before: int, seqs: int = 1
     return gemm, att + scan * new_tokens * seqs
 
 
-def _floors(cfg, new_tokens, ctx_before, seqs, fp8: bool, with_cache: bool, touched: float | None = None) -> dict:
+def _floors(cfg, new_tokens, ctx_before, seqs, fp8: bool, with_cache: bool, touched: float | None = None,
+            kv_bytes: int = 2) -> dict:
     gemm, other = _flops(cfg, new_tokens, ctx_before, seqs)
     weights = _weight_bytes(cfg, new_tokens * seqs, fp8, touched)
-    cache = _cache_bytes(cfg, seqs, ctx_before + new_tokens) if with_cache else 0.0
+    cache = _cache_bytes(cfg, seqs, ctx_before + new_tokens, kv_bytes) if with_cache else 0.0
     gemm_tflops = CEILINGS["fp8_tflops"] if fp8 else CEILINGS["bf16_tflops"]
     return dict(bytes=weights + cache, weight_bytes=weights, flops=gemm + other,
                 floor_weights_ms=weights / (CEILINGS["copy_tbps"] * 1e12) * 1e3,
@@ -268,12 +270,12 @@ def _decode_tokens(sz, B: int) -> int:
     return 2 * B + sz.steps * (2 if sz.overlap_ab else 1) + 4 + sz.extra_steps
 
 
-def _engine(model, sz, kv="auto") -> LLMEngine:
+def _engine(model, sz, kv="auto", fp8_attention: bool = False) -> LLMEngine:
     on_gpu = model.device.type == "cuda"
     max_len = max(sz.prefill, sz.ctx + _decode_tokens(sz, max(sz.batches)) + 4, sz.serve_in + sz.serve_out) + 64
     return LLMEngine(model, None, EngineConfig(
         max_num_seqs=max(max(sz.batches), sz.serve_n), max_num_batched_tokens=max(sz.prefill, 256),
-        max_model_len=max_len, block_size=64 if on_gpu else 16, kv_cache_dtype=kv,
+        max_model_len=max_len, block_size=64 if on_gpu else 16, kv_cache_dtype=kv, fp8_attention=fp8_attention,
         num_blocks=None if on_gpu else 4096, overlap_decode=sz.overlap))
 
 
@@ -321,8 +323,12 @@ def _experts_touched(engine: LLMEngine, model) -> float:
 
 
 def _bench_ours(bench, model, sz, gen, label: str, fp8: bool, hf: dict, profiles: dict | None = None) -> None:
+    """label bf16, fp8 (selective FP8 weights) or fp8kv (also e4m3 KV pages, scales computed on the device, and FP8
+    prefill attention)."""
     cfg, dev = model.config, model.device
-    engine = _engine(model, sz)
+    kv8 = label == "fp8kv"
+    kv_bytes = 1 if kv8 else 2
+    engine = _engine(model, sz, "fp8" if kv8 else "auto", fp8_attention=kv8)
     print(f"  [{label}] engine: {engine.stats()}", flush=True)
     greedy = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
     # prefill: one prompt, one step
@@ -364,12 +370,13 @@ def _bench_ours(bench, model, sz, gen, label: str, fp8: bool, hf: dict, profiles
             profiles.setdefault(f"decode B{B}@{sz.ctx}", {})[label] = profile.get("graphs") or profile["eager"]
         touched = _experts_touched(engine, model)
         _drain(engine)
-        uniform = _floors(cfg, 1, sz.ctx, B, fp8, True)
+        uniform = _floors(cfg, 1, sz.ctx, B, fp8, True, kv_bytes=kv_bytes)
         for overlap, (ms, overlapped) in timed.items():
             engine.config.overlap_decode = overlap
             variant = f"ours {label}" + (f" {'overlapped' if overlap else 'sync'}" if sz.overlap_ab else "")
             row = _row(bench, f"decode B{B}@{sz.ctx}", variant, ms,
-                       _floors(cfg, 1, sz.ctx, B, fp8, True, touched), cuda_graphs=engine.runner.cuda_graph_status,
+                       _floors(cfg, 1, sz.ctx, B, fp8, True, touched, kv_bytes),
+                       cuda_graphs=engine.runner.cuda_graph_status,
                        overlap_decode=engine.overlap_decode, overlapped_steps=overlapped, timed_steps=sz.steps,
                        experts_touched=touched, floor_bytes_ms_uniform_routing=uniform["floor_bytes_ms"])
             print(f"    overlapped decode {'on' if engine.overlap_decode else 'off'}: {overlapped} of {sz.steps} "
@@ -409,7 +416,7 @@ def _bench_ours(bench, model, sz, gen, label: str, fp8: bool, hf: dict, profiles
     seconds = time.perf_counter() - t0
     assert produced == N * n_out, (produced, N * n_out)
     tok_s = N * n_out / seconds
-    floors = _floors(cfg, 1, n_in + n_out // 2, N, fp8, True)
+    floors = _floors(cfg, 1, n_in + n_out // 2, N, fp8, True, kv_bytes=kv_bytes)
     row = _row(bench, f"serve {N}x{n_in}/{n_out}", f"ours {label}", seconds * 1e3 / steps, floors,
                tokens_per_s=tok_s, steps=steps, total_s=seconds)
     if "serve_tok_s" in hf:
@@ -443,16 +450,21 @@ def run(bench: Bench) -> None:
             print(f"  transformers baseline skipped: {e}", flush=True)
     if "bf16" in sz.precisions:
         _bench_ours(bench, model, sz, gen, "bf16", fp8=False, hf=hf, profiles=profiles)
-    if "fp8" in sz.precisions:
+    fp8_labels = [p for p in ("fp8", "fp8kv") if p in sz.precisions]
+    if fp8_labels:
         quantize_model_fp8(model)
         gc.collect()
         if on_gpu:
             torch.cuda.empty_cache()
-        _bench_ours(bench, model, sz, gen, "fp8", fp8=True, hf=hf, profiles=profiles)
-    serve = [r for r in bench.rows if r["problem"].startswith("serve") and r["variant"].startswith("ours")]
-    if len(serve) == 2:
-        print(f"  FP8 / BF16 output throughput at {sz.serve_n} concurrent: "
-              f"{serve[1]['tokens_per_s'] / serve[0]['tokens_per_s']:.2f}x (target >= 1.6)", flush=True)
+    for label in fp8_labels:
+        _bench_ours(bench, model, sz, gen, label, fp8=True, hf=hf, profiles=profiles)
+    serve = {r["variant"]: r for r in bench.rows
+             if r["problem"].startswith("serve") and r["variant"].startswith("ours")}
+    for label in fp8_labels:
+        if "ours bf16" in serve and f"ours {label}" in serve:
+            print(f"  {label} / bf16 output throughput at {sz.serve_n} concurrent: "
+                  f"{serve[f'ours {label}']['tokens_per_s'] / serve['ours bf16']['tokens_per_s']:.2f}x "
+                  f"(target >= 1.6)", flush=True)
     if profiles:
         from .serve_profile import categories_table
         for phase, by_label in profiles.items():
