@@ -400,6 +400,24 @@ def test_bad_inputs_raise(interpret):
         gqa_attention(q, k, v, cu_seqlens=torch.tensor([0, 6]), max_seqlen=-1)
 
 
+@pytest.mark.parametrize("quantize", [quantize_fp8, quantize_fp8_ref])
+def test_quantize_fp8_bad_inputs_raise(interpret, quantize):
+    """The op and its reference name what is wrong: heads not a multiple of Hkv, packed with B > 1, a 3-D or an
+    integer input (TypeError, as every op), a descale of the wrong shape."""
+    x = torch.randn(2, 8, 4, 16, dtype=torch.float16)
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        quantize(x, 3)
+    with pytest.raises(ValueError, match="B = 1"):
+        quantize(x, 2, torch.tensor([0, 8], dtype=torch.int32))
+    with pytest.raises(ValueError, match="x must be 4-D"):
+        quantize(x[0], 2)
+    with pytest.raises(TypeError, match="floating-point"):
+        quantize(x.to(torch.int32), 2)
+    if quantize is quantize_fp8:
+        with pytest.raises(ValueError, match="descale"):
+            quantize(x, 2, descale=torch.ones(3, 2))
+
+
 def test_backend_report(monkeypatch):
     from nemotron_kernels.ops.gqa_attention import backend_report
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
