@@ -66,7 +66,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .common import sm_count
-from .ssd_scan_gluon_common import N, P, Q, _store_box
+from .ssd_scan_gluon_common import N, P, Q, _store_box, _wait_free
 
 BLOCK_M = 64                    # rows per consumer warpgroup (a wgmma's M): two per chunk
 STAGES = 2                      # the per-head ring (x, S_in, carry, dtcs): a third stage gained nothing (H200)
@@ -126,10 +126,7 @@ def _load_heads(x_desc, s_desc, carry_desc, dt_desc, x_bufs, s_bufs, carry_bufs,
     DT_BYTES: gl.constexpr = 3 * dt_desc.block_type.nbytes
     for i in range(HPG):
         h = g * HPG + i
-        n = n0 + i
-        stage = n % STAGES
-        # a fresh mbarrier passes a wait on parity 1 at once: the first STAGES fills need no release
-        mbarrier.wait(empty.index(stage), ((n // STAGES) & 1) ^ 1)
+        stage = _wait_free(empty, n0 + i, STAGES)
         mbarrier.expect(ready.index(stage), X_BYTES + S_BYTES + C_BYTES + DT_BYTES)
         _load_rows(x_desc, x_bufs, stage * 2, ready.index(stage), row0, h * P)       # x [64 rows, P] halves
         tma.async_copy_global_to_shared(s_desc, [(gc * H + h) * P, 0], ready.index(stage), s_bufs.index(stage))
