@@ -36,7 +36,8 @@ def backends(device: str | None = None) -> dict[str, str]:
     """{op: "<implementation>: <why>"} for tensors on `device` (default: cuda if visible, else cpu)."""
     import torch
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return {name: mod.backend_report(torch.device(device).type) for name, mod in _MODULES.items()}
+    kind = torch.device(device).type
+    return {name: getattr(mod, f"{name}_backend_report", mod.backend_report)(kind) for name, mod in _MODULES.items()}
 
 
 def ops_for(backend: str = "auto") -> SimpleNamespace:

@@ -74,10 +74,12 @@ class GqaAttentionFn(torch.autograd.Function):
 
 def _kernel_eligible(q, k, v, cu_seqlens, descales) -> bool:
     """Whether the Triton kernels can run these inputs (anything else goes to the reference): 16-bit q/k/v without
-    descales, or FP8 e4m3 q/k/v with any descales."""
+    descales, or FP8 e4m3 q/k/v with any descales and D >= 32 (an e4m3 wgmma reduces over at least 32: q k^T over
+    D = 16 does not compile, bench/NOTES.md session 29)."""
     fp8 = q.dtype == FP8
     return (common.use_triton(q, fp8=True) and q.dtype == k.dtype == v.dtype and q.shape[-1] in KERNEL_HEAD_DIMS
-            and (fp8 or all(d is None for d in descales)) and (cu_seqlens is None or q.shape[0] == 1))
+            and (not fp8 or q.shape[-1] >= 32) and (fp8 or all(d is None for d in descales))
+            and (cu_seqlens is None or q.shape[0] == 1))
 
 
 def _split_descale(descale):
@@ -181,8 +183,14 @@ def quantize_fp8(x, num_kv_heads: int, cu_seqlens=None, max_seqlen=None, descale
                                 None if descale is None else descale.float().contiguous())
 
 
+def quantize_fp8_backend_report(device_type: str) -> str:
+    return common.backend_report(device_type, "FP8 e4m3 quantisation: amax per (row or sequence, kv head), then the "
+                                              "scaled cast, D in (16, 32, 64, 128, 256)")
+
+
 def backend_report(device_type: str) -> str:
-    return common.backend_report(device_type, "flash attention fwd+bwd (fp16/bf16), FP8 e4m3 fwd with descales, "
+    return common.backend_report(device_type, "flash attention fwd+bwd (fp16/bf16), FP8 e4m3 fwd with descales "
+                                              "(D >= 32), "
                                               "causal/varlen, D in (16, 32, 64, 128); fp16/bf16 fwd and bwd by "
                                               "Gluon FA3 kernels on sm_90 with triton 3.6 (D=128, Sq = Sk, "
                                               "varlen too), the FP8 fwd too for batched S % 128 == 0 (descales "

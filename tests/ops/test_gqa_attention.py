@@ -245,7 +245,7 @@ def make_fp8_exact(seed, bsz, seqlen, hq, hkv, d, rows=None):
 def test_interpreter_fp8_forward(interpret, causal):
     """FP8 e4m3 q/k/v with per-(batch, kv head) descales -> bf16 output, vs the reference (2x rule). The
     probabilities are exact in e4m3 here: the interpreter's fp32 -> e4m3 cast mis-rounds (checked on the GPU)."""
-    q8, k8, v8, qd, kd, vd = make_fp8_exact(1, 2, 37, 4, 2, 16)
+    q8, k8, v8, qd, kd, vd = make_fp8_exact(1, 2, 37, 4, 2, 32)                  # D >= 32: an e4m3 dot
     scale = math.log(2)
     o, lse = gqa_attention(q8, k8, v8, causal, scale, q_descale=qd.float(), k_descale=kd.float(),
                            v_descale=vd.float(), return_lse=True)
@@ -290,7 +290,7 @@ def test_transpose_v_fp8_layout():
 def test_interpreter_fp8_varlen_scalar_descales(interpret):
     """Packed sequences with one descale row per sequence, and Python-number / one-element descales."""
     offsets = [0, 5, 5, 30, 41]
-    q8, k8, v8, qd, kd, vd = make_fp8_exact(2, 1, 41, 4, 2, 16, rows=4)
+    q8, k8, v8, qd, kd, vd = make_fp8_exact(2, 1, 41, 4, 2, 32, rows=4)
     cu = torch.tensor(offsets, dtype=torch.int32)
     scale = math.log(2)
     kw = dict(causal=True, softmax_scale=scale, cu_seqlens=cu, max_seqlen=25)
@@ -398,6 +398,15 @@ def test_bad_inputs_raise(interpret):
         gqa_attention(q, k, v, cu_seqlens=torch.tensor([0.0, 6.0]))
     with pytest.raises(ValueError, match="max_seqlen"):
         gqa_attention(q, k, v, cu_seqlens=torch.tensor([0, 6]), max_seqlen=-1)
+
+
+def test_fp8_head_dim_16_takes_the_reference(interpret):
+    """An e4m3 tensor-core dot reduces over at least 32: FP8 attention with D = 16 runs the reference (the Triton
+    kernel would not compile for sm_90), D = 32 the kernel."""
+    from nemotron_kernels.ops.gqa_attention import _kernel_eligible
+    for d, eligible in ((16, False), (32, True)):
+        q8, k8, v8, *_ = make_fp8_exact(5, 1, 8, 4, 2, d)
+        assert _kernel_eligible(q8, k8, v8, None, (None, None, None)) is eligible, d
 
 
 @pytest.mark.parametrize("quantize", [quantize_fp8, quantize_fp8_ref])
