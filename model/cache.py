@@ -5,7 +5,8 @@ Per Mamba layer i:     conv[i] [num_slots + scratch_slots, C, K-1] (model dtype;
 Per attention layer i: k[i], v[i] [num_blocks + scratch_blocks, block_size, Hkv, D] (model dtype unless kv_dtype;
                        FP8 e4m3 pages hold k / k_scale, v / v_scale: kv_scales="layer", the attention layer's
                        floats (an FP8 checkpoint's, else 1); kv_scales="device", k_scale[i], v_scale[i] [1] fp32
-                       on the device, computed from the first prefill that writes the layer (calibrate_kv))
+                       on the device, computed from the first prefill that writes the layer (calibrate_kv));
+                       fp8_attention: fresh prefills attend over e4m3 q / k / v (scales computed on the device)
 Shared:                block_table [num_slots + scratch_slots, max_blocks] int32 (pages of each slot, in order),
                        seq_lens [num_slots] int32 (tokens the model has seen per slot; host mirror host_seq_lens).
 
@@ -39,7 +40,7 @@ class HybridCache:
     def __init__(self, config: NemotronHConfig, num_slots: int, max_seq_len: int, *, block_size: int = 16,
                  num_blocks: int | None = None, paged: bool = False, scratch_slots: int = 0, device="cpu",
                  dtype: torch.dtype = torch.bfloat16, kv_dtype: torch.dtype | None = None,
-                 ssm_dtype: torch.dtype | None = None, kv_scales: str = "layer"):
+                 ssm_dtype: torch.dtype | None = None, kv_scales: str = "layer", fp8_attention: bool = False):
         for name, v in (("num_slots", num_slots), ("max_seq_len", max_seq_len), ("block_size", block_size)):
             if not isinstance(v, int) or v <= 0:
                 raise ValueError(f"HybridCache: {name} must be a positive int, got {v!r}")
@@ -73,6 +74,7 @@ class HybridCache:
         self.k_scale = {i: torch.ones(1, device=device) for i in self.k} if device_scales else None
         self.v_scale = {i: torch.ones(1, device=device) for i in self.k} if device_scales else None
         self.kv_calibrated: set[int] = set()
+        self.fp8_attention = fp8_attention        # fresh prefills attend in FP8 e4m3 (Attention._attend_fp8)
         tables = torch.zeros(n_states, self.max_blocks, dtype=torch.int32)
         if not paged:
             tables[:num_slots] = torch.arange(num_slots * self.max_blocks, dtype=torch.int32).view(num_slots, -1)

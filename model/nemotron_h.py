@@ -256,8 +256,6 @@ class Attention(nn.Module):
         # plain floats, so decode folds them into its scales without reading the GPU (a cache built with
         # kv_scales="device" has its own, computed on the device)
         self.k_scale, self.v_scale = 1.0, 1.0
-        # prefill attention in FP8 e4m3 (q, k, v quantised on the device per sequence and kv head), inference only
-        self.fp8_prefill = False
         # [Nq + 2 Nkv, H] once fuse_qkv() has laid the three weights out together (moves with the module)
         self.register_buffer("qkv_weight", None, persistent=False)
 
@@ -336,7 +334,7 @@ class Attention(nn.Module):
         """q [B, L, Hq, D] / [S, Hq, D] (decode) -> o of q's shape, over the new k / v or the cache's pages."""
         ops, cache, i = meta.ops, meta.cache, self.layer_idx
         if cache is None or meta.fresh and not meta.decode:
-            if self.fp8_prefill and cache is not None:
+            if cache is not None and cache.fp8_attention:
                 return self._attend_fp8(q, k, v, meta)
             return ops.gqa_attention(q, k, v, causal=True, cu_seqlens=meta.cu_seqlens, max_seqlen=meta.max_seqlen)
         descales = {}

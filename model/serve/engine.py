@@ -154,8 +154,6 @@ class LLMEngine:
         kv_scales = config.kv_cache_scales
         if kv_scales == "auto":
             kv_scales = "layer" if any((a.k_scale, a.v_scale) != (1.0, 1.0) for a in attention) else "device"
-        for a in attention:
-            a.fp8_prefill = config.fp8_attention
         num_slots = config.max_num_seqs
         use_graphs = config.cuda_graphs if config.cuda_graphs is not None else model.device.type == "cuda"
         graph_sizes = config.graph_sizes() if use_graphs else None
@@ -172,7 +170,7 @@ class LLMEngine:
                                    watermark_blocks=int(config.watermark * num_blocks))
         self.runner = ModelRunner(model, num_slots=num_slots, num_blocks=num_blocks, block_size=config.block_size,
                                   max_model_len=self.max_model_len, kv_dtype=kv_dtype, kv_scales=kv_scales,
-                                  cuda_graph_sizes=graph_sizes)
+                                  fp8_attention=config.fp8_attention, cuda_graph_sizes=graph_sizes)
         self.requests: dict[str, list[Sequence]] = {}   # request id -> its completions (n of them)
         self._text: dict[int, _TextState] = {}          # seq_id -> detokenizer state
         self._ids = itertools.count()

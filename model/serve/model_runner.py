@@ -161,7 +161,7 @@ class _DecodeGraph:
 
 class ModelRunner:
     def __init__(self, model: NemotronH, *, num_slots: int, num_blocks: int, block_size: int, max_model_len: int,
-                 kv_dtype: torch.dtype | None = None, kv_scales: str = "layer",
+                 kv_dtype: torch.dtype | None = None, kv_scales: str = "layer", fp8_attention: bool = False,
                  cuda_graph_sizes: list[int] | None = None):
         self.model = model
         self.config = model.config
@@ -172,7 +172,8 @@ class ModelRunner:
             raise ValueError(f"cuda_graph_sizes must lie in [1, num_slots={num_slots}], got {sizes}")
         self.cache = HybridCache(model.config, num_slots, max_model_len, block_size=block_size, num_blocks=num_blocks,
                                  paged=True, scratch_slots=graph_padding(sizes), device=self.device,
-                                 dtype=model.dtype, kv_dtype=kv_dtype, kv_scales=kv_scales)
+                                 dtype=model.dtype, kv_dtype=kv_dtype, kv_scales=kv_scales,
+                                 fp8_attention=fp8_attention)
         self.max_blocks = self.cache.max_blocks
         self.sampler = Sampler(self.device)
         self.logits_dtype = torch.promote_types(model.dtype, torch.float32)

@@ -246,8 +246,9 @@ def test_fp8_kv_scales_follow_the_prefill_that_first_writes_the_layer():
 
 
 def test_fp8_prefill_attention_quantises_q_k_v_on_the_device(monkeypatch):
-    """fp8_prefill: a fresh prefill's attention runs on e4m3 q, k, v (three quantize_fp8 calls per attention layer,
-    per-sequence scales) with logits within FP8's error of the exact model; training forwards (no cache) stay exact."""
+    """A cache with fp8_attention: a fresh prefill's attention runs on e4m3 q, k, v (three quantize_fp8 calls per
+    attention layer, per-sequence scales) with logits within FP8's error of the exact model; training forwards (no
+    cache) stay exact."""
     from model.config import NemotronHConfig
     cfg = NemotronHConfig.from_preset("tiny")
     model = build_model(cfg, dtype=torch.float32, backend="reference", seed=1)
@@ -257,9 +258,7 @@ def test_fp8_prefill_attention_quantises_q_k_v_on_the_device(monkeypatch):
     calls = []
     quantize = model.ops.quantize_fp8
     monkeypatch.setattr(model.ops, "quantize_fp8", lambda *a, **k: calls.append(a[0].shape) or quantize(*a, **k))
-    for i in cfg.layer_indices("*"):
-        model.layers[i].mixer.fp8_prefill = True
-    fp8 = model.prefill(ids, HybridCache.for_model(model, 2, 64, block_size=8), cu_seqlens=cu)
+    fp8 = model.prefill(ids, HybridCache.for_model(model, 2, 64, block_size=8, fp8_attention=True), cu_seqlens=cu)
     assert len(calls) == 3 * len(cfg.layer_indices("*"))
     err = ((fp8 - exact).norm() / exact.norm()).item()
     assert 0 < err < 0.05, err
