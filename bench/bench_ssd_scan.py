@@ -167,7 +167,8 @@ def run(bench: Bench) -> None:
                                     bytes=io_bytes, baseline=True))
         variants.append(Variant("reference (torch)", lambda s: ssd_scan_ref(
             s["x"], s["dt"], s["A"], s["B"], s["C"], D=s["D"], dt_bias=s["dt_bias"], dt_softplus=True,
-            chunk_size=CHUNK, cu_seqlens=s.get("cu_seqlens"), return_final_states=True), baseline=True))
+            chunk_size=CHUNK, cu_seqlens=s.get("cu_seqlens"), return_final_states=True), baseline=True,
+            graph=cu_list is None))                        # packed: the reference reads cu_seqlens on the host
         length = f"L{seqlen // 1024}K" if seqlen % 1024 == 0 else f"L{seqlen}"
         name = f"B{bsz} {length}" if cu_list is None else f"packed {len(cu_list) - 1} seqs, {seqlen} tokens"
         bench.measure(name, pool, variants, B=bsz, L=seqlen, H=H, P=P, G=G, N=N, chunk=CHUNK,
@@ -182,6 +183,6 @@ def run(bench: Bench) -> None:
         if ssd_combined is not None and bench.device.type == "cuda":
             variants.append(Variant("mamba_ssm 2.3.2 chunk_scan_combined", _mamba_fwd_bwd(ssd_combined),
                                     flops=3 * _flops(tokens), bytes=bwd_bytes, baseline=True))
-        variants.append(Variant("reference (torch)", _ref_fwd_bwd, baseline=True))
+        variants.append(Variant("reference (torch)", _ref_fwd_bwd, baseline=True, graph=cu_list is None))
         bench.measure(f"fwd+bwd {name}", grad_pool, variants, B=bsz, L=seqlen, H=H, P=P, G=G, N=N, chunk=CHUNK,
                       packed=cu_list is not None, kind="fwd+bwd")
