@@ -12,7 +12,7 @@ from nemotron_kernels.reference.moe_router import moe_router_from_logits_ref, mo
 from .harness import Bench, Variant
 
 HIDDEN, EXPERTS, TOP_K, SCALE = 2688, 128, 6, 2.5
-TOKENS = (1, 64, 1024, 16384)
+TOKENS = (1, 8, 64, 1024, 16384, 65536)         # issue #4's T list
 
 
 def _hf_style_router(x, weight, bias):

@@ -3,6 +3,7 @@ DESIGN.md (nemotron_kernels.testing): the float64 reference model on the same we
 model run in bf16 on the reference ops sets the error a bf16 computation may have.
 - the Mamba-2 layer (in_proj -> conv -> SSD scan -> gated norm -> out_proj) with kernels equals the reference layer,
   forward and backward, batched and packed (the Gluon SSD paths at these shapes);
+- the MoE layer (router -> permute -> grouped GEMMs -> weighted combine, + shared expert) likewise, 128 experts;
 - prefill then decode through the HybridCache equals full recomputation (conv and SSM states handed from the scan
   kernels to the decode kernels, KV pages from prefill to paged decode)."""
 import copy
@@ -61,6 +62,42 @@ def test_cuda_mamba_layer_kernels_equal_the_reference_layer(layout):
     assert_error_rule(f"{layout} y", y, y64, y_low, k=2)
     for name in grads:
         assert_error_rule(f"{layout} d{name}", grads[name], grads64[name], grads_low[name], k=3)
+
+
+def test_cuda_moe_layer_kernels_equal_the_reference_layer():
+    """Nano's MoE layer (128 experts, top-6, sigmoid router with the correction bias, ×2.5, shared expert) on the
+    kernels against the float64 reference layer: y at k = 2, the gradients of x, the experts, the shared expert and
+    the router weight at k = 3. 384 tokens: the router's logits are exact fp32 below 2048 tokens, so no expert
+    choice differs from the float64 reference's (a near-tie flip would show as a gross error)."""
+    cfg = NemotronHConfig.from_preset("nemotron3-nano-30b-a3b", pattern="E")
+    model = build_model(cfg, device="cuda", dtype=torch.bfloat16, backend="auto", seed=0)
+    layer = model.layers[0].mixer
+    with torch.no_grad():                                 # a bias that changes choices, as load balancing makes
+        layer.gate.e_score_correction_bias.normal_(0.0, 0.02)
+    layer64 = copy.deepcopy(layer).double()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(2, 192, cfg.hidden_size, device="cuda", generator=g).to(torch.bfloat16)
+    dy = torch.randn(2, 192, cfg.hidden_size, device="cuda", generator=g).to(torch.bfloat16)
+    names = ("x", "up", "down", "shared_up", "shared_down", "gate")
+
+    def run(mod, ops, inp):
+        inp = inp.detach().requires_grad_()
+        y = mod(inp, ForwardMeta(ops=ops))
+        params = (mod.experts.up_proj, mod.experts.down_proj, mod.shared_experts.up_proj.weight,
+                  mod.shared_experts.down_proj.weight, mod.gate.weight)
+        grads = torch.autograd.grad(y, (inp, *params), dy.to(y.dtype), allow_unused=True)
+        return y.detach(), dict(zip(names, grads))
+
+    y, grads = run(layer, model.ops, x)
+    y_low, grads_low = run(layer, REF, x)
+    y64, grads64 = run(layer64, REF, x.double())
+    assert_error_rule("moe y", y, y64, y_low, k=2)
+    for name in names:
+        if grads64[name] is None:
+            assert grads[name] is None, f"d{name}: the kernels give a gradient the reference does not"
+            continue
+        assert grads[name] is not None, f"d{name}: no gradient through the kernels"
+        assert_error_rule(f"moe d{name}", grads[name], grads64[name], grads_low[name], k=3)
 
 
 @torch.no_grad()
