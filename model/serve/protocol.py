@@ -77,7 +77,8 @@ def _check_common(body, allowed: set[str], served_model: str) -> None:
             raise RequestError(f"{name} must be a boolean", name)
     opts = body.get("stream_options")
     if opts is not None:
-        if not isinstance(opts, dict) or set(opts) - {"include_usage", "continuous_usage_stats"}:
+        if not isinstance(opts, dict) or set(opts) - {"include_usage", "continuous_usage_stats"} or any(
+                v is not None and not isinstance(v, bool) for v in opts.values()):
             raise RequestError("stream_options must be an object with include_usage (boolean)", "stream_options")
         if not body.get("stream"):
             raise RequestError("stream_options is only allowed with stream=true", "stream_options")

@@ -147,6 +147,8 @@ class OpenAIServer:
             return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise RequestError(f"malformed JSON body: {e}") from None
+        except RecursionError:              # json's C decoder gives up on deep nesting (a 500 before)
+            raise RequestError("malformed JSON body: nested too deeply") from None
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         try:

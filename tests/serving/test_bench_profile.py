@@ -247,6 +247,29 @@ def test_cpu_smoke_run_overlap_ab_times_both_ways(tmp_path, monkeypatch):
     assert all(r["ms"] > 0 and r["timed_steps"] == 3 for r in doc["rows"] if r["problem"].startswith("decode"))
 
 
+def test_cpu_smoke_run_beside_transformers_with_every_precision(tmp_path, monkeypatch):
+    """The transformers baseline (on by default) runs beside ours on the same weights: its prefill and decode rows,
+    our rows' ratios to it, and the fp8kv precision (FP8 KV pages with device scales, FP8 prefill attention), whose
+    floors count 1-byte KV; every row keeps both floor ratios."""
+    pytest.importorskip("transformers")
+    from bench.__main__ import main
+    for k, v in {"BENCH_SERVE_THROUGHPUT": "0", "BENCH_SERVE_BATCHES": "4",
+                 "BENCH_SERVE_PRECISIONS": "bf16,fp8kv"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("BENCH_SERVE_HF", raising=False)
+    assert main(["serve", "--cpu", "--out", str(tmp_path)]) == 0
+    doc = json.loads(next(tmp_path.glob("serve-*.json")).read_text())
+    rows = {(r["problem"], r["variant"]): r for r in doc["rows"]}
+    hf = "transformers NemotronHForCausalLM"
+    for problem in ("prefill 64", "decode B4@64"):
+        assert rows[(problem, hf)]["baseline"] and rows[(problem, hf)]["ms"] > 0
+        for label in ("bf16", "fp8kv"):
+            row = rows[(problem, f"ours {label}")]
+            assert row[f"x vs {hf}"] > 0 and row["x_over_weight_floor"] >= row["x_over_floor"] > 0
+    bf16, fp8kv = rows[("decode B4@64", "ours bf16")], rows[("decode B4@64", "ours fp8kv")]
+    assert fp8kv["floor_bytes_ms"] - fp8kv["floor_weights_ms"] < bf16["floor_bytes_ms"] - bf16["floor_weights_ms"]
+
+
 STEP = "ProfilerStep#1"
 
 
