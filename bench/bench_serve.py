@@ -12,8 +12,8 @@ Figures (issue #6):
 Each is printed against its floors: weight streaming (bytes of weights the step touches / 4.19 TB/s; routed
 experts touched = E(1 - (1 - k/E)^tokens) per MoE layer for uniform routing) plus the cache (KV pages read,
 Mamba states read + written), and compute (useful flops / 789 TFLOP/s bf16, FP8 GEMMs / 1429); rows keep both
-ratios: x_over_floor (weights + cache) and x_over_weight_floor (the weights alone, #6's definition; at B256 x 8K
-the KV pages alone outweigh the weights, so no step can come within 1.3x of it there).
+ratios: x_over_floor (weights + cache) and x_over_weight_floor (the weights alone, #6's definition: it leaves out
+the KV pages read and the Mamba states read and written, ~15% more bytes at B64 and ~60% at B256 with 8K contexts).
 
 transformers: prefill = one forward with logits_to_keep=1; decode = one cached forward step at batch B, its cache
 made by prefilling one 8K row and repeating its tensors B times (the B decode tokens differ, so the rows route to
