@@ -326,11 +326,11 @@ def _experts_touched(engine: LLMEngine, model) -> float:
     return statistics.mean(touched)
 
 
-def _bench_ours(bench, model, sz, gen, label: str, fp8: bool, hf: dict, profiles: dict | None = None) -> None:
+def _bench_ours(bench, model, sz, gen, label: str, hf: dict, profiles: dict | None = None) -> None:
     """label bf16, fp8 (selective FP8 weights) or fp8kv (also e4m3 KV pages, scales computed on the device, and FP8
     prefill attention)."""
     cfg, dev = model.config, model.device
-    kv8 = label == "fp8kv"
+    fp8, kv8 = label != "bf16", label == "fp8kv"
     kv_bytes = 1 if kv8 else 2
     engine = _engine(model, sz, "fp8" if kv8 else "auto", fp8_attention=kv8)
     print(f"  [{label}] engine: {engine.stats()}", flush=True)
@@ -453,7 +453,7 @@ def run(bench: Bench) -> None:
         except ImportError as e:
             print(f"  transformers baseline skipped: {e}", flush=True)
     if "bf16" in sz.precisions:
-        _bench_ours(bench, model, sz, gen, "bf16", fp8=False, hf=hf, profiles=profiles)
+        _bench_ours(bench, model, sz, gen, "bf16", hf=hf, profiles=profiles)
     fp8_labels = [p for p in ("fp8", "fp8kv") if p in sz.precisions]
     if fp8_labels:
         quantize_model_fp8(model)
@@ -461,7 +461,7 @@ def run(bench: Bench) -> None:
         if on_gpu:
             torch.cuda.empty_cache()
     for label in fp8_labels:
-        _bench_ours(bench, model, sz, gen, label, fp8=True, hf=hf, profiles=profiles)
+        _bench_ours(bench, model, sz, gen, label, hf=hf, profiles=profiles)
     serve = {r["variant"]: r for r in bench.rows
              if r["problem"].startswith("serve") and r["variant"].startswith("ours")}
     for label in fp8_labels:

@@ -25,10 +25,9 @@ import math
 import torch
 
 from .config import NemotronHConfig
-from .nemotron_h import ForwardMeta
+from .nemotron_h import _E4M3_MAX, ForwardMeta
 
 KV_HEADROOM = 2.0  # device-computed FP8 page scales leave this factor above the first prefill's |k| / |v| max
-_E4M3_MAX = 448.0
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

@@ -91,11 +91,16 @@ def _longs(values) -> torch.Tensor:
     return torch.frombuffer(values, dtype=torch.long) if values else torch.zeros(0, dtype=torch.long)
 
 
+def _kv_row(block_table: list[int], block_size: int, pos: int) -> int:
+    """The flat KV-page row of token position pos of a sequence with these pages (a decode token's)."""
+    return block_table[pos // block_size] * block_size + pos % block_size
+
+
 def _kv_rows(block_table: list[int], block_size: int, start: int, n: int) -> torch.Tensor:
     """Flat KV-page rows [n] int64 (host) of token positions start .. start+n-1 of a sequence with these pages: each
     page touched spans its block_size rows in one broadcast add, then the chunk's n are cut out. An 8K prefill chunk
     at 64-token pages takes 32 us of host time on the CPU machine (a Python range per page: 204 us, one step per
-    token: 1.13 ms). Decode tokens take the direct formula instead (a tensor costs ~20 us)."""
+    token: 1.13 ms). Decode tokens take _kv_row instead (a tensor costs ~20 us)."""
     first, offset = divmod(start, block_size)
     pages = _longs(block_table[first:(start + n - 1) // block_size + 1])                # [pages touched]
     return (pages[:, None] * block_size + torch.arange(block_size)).view(-1)[offset:offset + n]
@@ -205,7 +210,7 @@ class ModelRunner:
         bs = self.block_size
         return [[s.token_ids[s.num_computed_tokens] for s in seqs], [s.slot for s in seqs],
                 [s.num_computed_tokens + 1 for s in seqs],
-                [s.block_table[s.num_computed_tokens // bs] * bs + s.num_computed_tokens % bs for s in seqs]]
+                [_kv_row(s.block_table, bs, s.num_computed_tokens) for s in seqs]]
 
     def _decode(self, buf: torch.Tensor) -> torch.Tensor:
         """buf [4, S] int64 on the device (as _decode_rows) -> logits [S, V]; what a decode graph captures."""
@@ -226,7 +231,7 @@ class ModelRunner:
             slots.append(s.slot)
             lens.append(a + n)
             if i < D:
-                kv_dec.append(s.block_table[a // bs] * bs + a % bs)
+                kv_dec.append(_kv_row(s.block_table, bs, a))
             else:
                 kv_pre.append(_kv_rows(s.block_table, bs, a, n))
                 cu.append(cu[-1] + n)

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from ..reference._checks import check_descale, check_divisible, check_float, check_same_device, check_shape
-from ..reference.gqa_attention import gqa_attention_ref, quantize_fp8_ref
+from ..reference.gqa_attention import check_quantize_args, gqa_attention_ref, quantize_fp8_ref
 from ..triton import gqa_attention_common as common
 from ._kernel_op import kernel_op
 
@@ -163,14 +163,7 @@ def quantize_fp8(x, num_kv_heads: int, cu_seqlens=None, max_seqlen=None, descale
         amax / 448 (amax over the row's positions, the group's heads and D; floored at 1e-12).
     Triton on CUDA (and in the interpreter); plain PyTorch otherwise.
     """
-    check_float("x", x, "[B, S, H, D]", 4)
-    check_divisible("H (heads of x)", x.shape[2], "num_kv_heads", num_kv_heads)
-    if cu_seqlens is not None and x.shape[0] != 1:
-        raise ValueError(f"with cu_seqlens, x must have B = 1, got shape {tuple(x.shape)}")
-    rows = x.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
-    if descale is not None:
-        check_float("descale", descale, "[rows, Hkv]", 2)
-        check_shape("descale", descale, (rows, num_kv_heads), "[rows, Hkv]")
+    check_quantize_args(x, num_kv_heads, cu_seqlens, descale)
     kernel_ok = (common.triton_status()[0] and x.dtype != torch.float64 and x.shape[-1] in (16, 32, 64, 128, 256)
                  and (x.is_cuda or (x.device.type == "cpu" and common.interpreting())))
     if not kernel_ok:

@@ -75,10 +75,10 @@ def _geometry(x, B, chunk: int, packed: bool, nstates: int) -> tuple[dict, dict]
     segments of stage 1, the length of stage 0's dtcs rows (ssd_scan_common._dtcs_span: the tokens batched, the
     slots x chunk packed), each kernel's tile. Cached per shape (and kernel_configs, which the sweep swaps): ~40 us
     of host time per call on the H200's host; the dicts are shared, read-only."""
-    args = (tuple(x.shape), B.shape[2], B.shape[3], chunk, packed, nstates)
-    cached = all(type(d) is int for d in (*args[0], *args[1:3], nstates))   # not SymInts (torch.compile's fakes)
-    fn = _geometry_of if cached else _geometry_of.__wrapped__
-    return fn(kernel_configs, *args, x.device, mamba_common.interpreting())
+    dims = (*x.shape, B.shape[2], B.shape[3], nstates)
+    fn = _geometry_of if all(type(d) is int for d in dims) else _geometry_of.__wrapped__   # SymInts: no hash
+    return fn(kernel_configs, tuple(x.shape), B.shape[2], B.shape[3], chunk, packed, nstates, x.device,
+              mamba_common.interpreting())
 
 
 @functools.lru_cache(maxsize=256)

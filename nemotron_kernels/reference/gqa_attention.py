@@ -117,15 +117,25 @@ def gqa_attention_ref(q, k, v, causal: bool = True, softmax_scale=None, cu_seqle
     return (o, lse.to(torch.float32)) if return_lse else o
 
 
+def check_quantize_args(x, num_kv_heads: int, cu_seqlens, descale) -> None:
+    """quantize_fp8's inputs: x [B, S, H, D] float, H a multiple of num_kv_heads, B = 1 when packed, descale None or
+    [rows, Hkv] float (rows: B, or S sequences)."""
+    check_float("x", x, "[B, S, H, D]", 4)
+    check_divisible("H (heads of x)", x.shape[2], "num_kv_heads", num_kv_heads)
+    if cu_seqlens is not None and x.shape[0] != 1:
+        raise ValueError(f"with cu_seqlens, x must have B = 1, got shape {tuple(x.shape)}")
+    if descale is not None:
+        rows = x.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
+        check_float("descale", descale, "[rows, Hkv]", 2)
+        check_shape("descale", descale, (rows, num_kv_heads), "[rows, Hkv]")
+
+
 def quantize_fp8_ref(x, num_kv_heads: int, cu_seqlens=None, max_seqlen=None, descale=None):
     """FP8 e4m3 quantisation of attention inputs, one scale per (batch row or packed sequence, kv head):
     x [B, S, H, D] -> (x8 float8_e4m3fn, descale [B or S, Hkv] fp32 = amax / 448, floored at 1e-12), x ~= x8 *
     descale; with `descale` given, quantise with it. The CPU path and the kernels' ground truth (ops.gqa_attention
     .quantize_fp8 documents the arguments; max_seqlen is not needed here)."""
-    check_float("x", x, "[B, S, H, D]", 4)
-    check_divisible("H (heads of x)", x.shape[2], "num_kv_heads", num_kv_heads)
-    if cu_seqlens is not None and x.shape[0] != 1:
-        raise ValueError(f"with cu_seqlens, x must have B = 1, got shape {tuple(x.shape)}")
+    check_quantize_args(x, num_kv_heads, cu_seqlens, descale)
     bsz, seqlen, heads, d = x.shape
     group = heads // num_kv_heads
     offsets = [0, seqlen] if cu_seqlens is None else [int(o) for o in cu_seqlens.tolist()]
