@@ -38,6 +38,15 @@ def _meta(ops, lengths: list[int] | None) -> ForwardMeta:
     return meta
 
 
+def _output_and_grads(mod, ops, x, dy, meta, params: dict):
+    """mod(x) under `ops` and the gradients of <y, dy> w.r.t. x and params {name: getter(mod)} (None: unused)."""
+    x = x.detach().requires_grad_()
+    y = mod(x, meta(ops))
+    wrt = (x, *(get(mod) for get in params.values()))
+    grads = torch.autograd.grad(y, wrt, dy.to(y.dtype), allow_unused=True)
+    return y.detach(), dict(zip(("x", *params), grads))
+
+
 @pytest.mark.parametrize("layout", ["batched", "packed"])
 def test_cuda_mamba_layer_kernels_equal_the_reference_layer(layout):
     model = build_model(nano("M"), device="cuda", dtype=torch.bfloat16, backend="auto", seed=0)
@@ -49,12 +58,11 @@ def test_cuda_mamba_layer_kernels_equal_the_reference_layer(layout):
     x = torch.randn(*shape, layer.in_proj.in_features, device="cuda", generator=g).to(torch.bfloat16)
     dy = torch.randn(*shape, layer.out_proj.out_features, device="cuda", generator=g).to(torch.bfloat16)
 
+    params = dict(in_proj=lambda m: m.in_proj.weight, conv=lambda m: m.conv1d.weight, A_log=lambda m: m.A_log,
+                  D=lambda m: m.D, dt_bias=lambda m: m.dt_bias, norm=lambda m: m.norm.weight)
+
     def run(mod, ops, inp):
-        inp = inp.detach().requires_grad_()
-        y = mod(inp, _meta(ops, lengths))
-        params = (mod.in_proj.weight, mod.conv1d.weight, mod.A_log, mod.D, mod.dt_bias, mod.norm.weight)
-        grads = torch.autograd.grad(y, (inp, *params), dy.to(y.dtype))
-        return y.detach(), dict(zip(("x", "in_proj", "conv", "A_log", "D", "dt_bias", "norm"), grads))
+        return _output_and_grads(mod, ops, inp, dy, lambda o: _meta(o, lengths), params)
 
     y, grads = run(layer, model.ops, x)
     y_low, grads_low = run(layer, REF, x)
@@ -78,15 +86,13 @@ def test_cuda_moe_layer_kernels_equal_the_reference_layer():
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(2, 192, cfg.hidden_size, device="cuda", generator=g).to(torch.bfloat16)
     dy = torch.randn(2, 192, cfg.hidden_size, device="cuda", generator=g).to(torch.bfloat16)
-    names = ("x", "up", "down", "shared_up", "shared_down", "gate")
+    params = dict(up=lambda m: m.experts.up_proj, down=lambda m: m.experts.down_proj,
+                  shared_up=lambda m: m.shared_experts.up_proj.weight,
+                  shared_down=lambda m: m.shared_experts.down_proj.weight, gate=lambda m: m.gate.weight)
+    names = ("x", *params)
 
     def run(mod, ops, inp):
-        inp = inp.detach().requires_grad_()
-        y = mod(inp, ForwardMeta(ops=ops))
-        params = (mod.experts.up_proj, mod.experts.down_proj, mod.shared_experts.up_proj.weight,
-                  mod.shared_experts.down_proj.weight, mod.gate.weight)
-        grads = torch.autograd.grad(y, (inp, *params), dy.to(y.dtype), allow_unused=True)
-        return y.detach(), dict(zip(names, grads))
+        return _output_and_grads(mod, ops, inp, dy, lambda o: ForwardMeta(ops=o), params)
 
     y, grads = run(layer, model.ops, x)
     y_low, grads_low = run(layer, REF, x)

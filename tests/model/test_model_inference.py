@@ -152,17 +152,24 @@ def test_paged_cache_with_fewer_pages_than_slots_times_length(tiny_model_f64):
         HybridCache.for_model(model, 1, 8, block_size=4).scratch_rows(3)
 
 
-def test_fp8_kv_pages_hold_k_and_v_over_their_scales():
-    """Attention outputs of ~1e-4 (below e4m3's smallest subnormal, 2^-9) survive FP8 pages only through the
-    k_scale / v_scale of the attention layers: pages hold k / k_scale, and decode multiplies them back."""
+def _tiny_kv_model(seed: int = 3):
+    """The tiny model with keys and values of ~1e-4 (below e4m3's smallest subnormal) and the same function."""
     from model.config import NemotronHConfig
     cfg = NemotronHConfig.from_preset("tiny")
-    model = build_model(cfg, dtype=torch.float32, backend="reference", seed=3)
+    model = build_model(cfg, dtype=torch.float32, backend="reference", seed=seed)
     with torch.no_grad():
         for i in cfg.layer_indices("*"):
             attn = model.layers[i].mixer
             for lin, factor in ((attn.k_proj, 1e-4), (attn.v_proj, 1e-4), (attn.q_proj, 1e4), (attn.o_proj, 1e4)):
-                lin.weight.mul_(factor)                                           # same function, tiny k and v
+                lin.weight.mul_(factor)
+    return model
+
+
+def test_fp8_kv_pages_hold_k_and_v_over_their_scales():
+    """Attention outputs of ~1e-4 (below e4m3's smallest subnormal, 2^-9) survive FP8 pages only through the
+    k_scale / v_scale of the attention layers: pages hold k / k_scale, and decode multiplies them back."""
+    model = _tiny_kv_model()
+    cfg = model.config
     seqs = prompts_for(cfg, [11, 6], seed=7)
     ids, cu = packed(seqs)
 
@@ -184,19 +191,6 @@ def test_fp8_kv_pages_hold_k_and_v_over_their_scales():
     err_scaled = ((scaled - exact).norm() / exact.norm()).item()
     err_unit = ((unit - exact).norm() / exact.norm()).item()
     assert err_scaled < 0.03 and err_unit > 5 * err_scaled, (err_scaled, err_unit)
-
-
-def _tiny_kv_model(seed: int = 3):
-    """The tiny model with keys and values of ~1e-4 (below e4m3's smallest subnormal) and the same function."""
-    from model.config import NemotronHConfig
-    cfg = NemotronHConfig.from_preset("tiny")
-    model = build_model(cfg, dtype=torch.float32, backend="reference", seed=seed)
-    with torch.no_grad():
-        for i in cfg.layer_indices("*"):
-            attn = model.layers[i].mixer
-            for lin, factor in ((attn.k_proj, 1e-4), (attn.v_proj, 1e-4), (attn.q_proj, 1e4), (attn.o_proj, 1e4)):
-                lin.weight.mul_(factor)
-    return model
 
 
 def test_fp8_kv_scales_computed_on_the_device():
