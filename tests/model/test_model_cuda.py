@@ -103,7 +103,10 @@ def test_cuda_moe_layer_kernels_equal_the_reference_layer():
             assert grads[name] is None, f"d{name}: the kernels give a gradient the reference does not"
             continue
         assert grads[name] is not None, f"d{name}: no gradient through the kernels"
-        assert_error_rule(f"moe d{name}", grads[name], grads64[name], grads_low[name], k=3)
+        # the fp32 router weight's gradient comes through d topk_weight = <dout, y>, y the bf16 rows the kernels
+        # keep (the reference sums fp32 rows): its floor is a bf16 ulp, measured 0.18 against 0.75 (session 30)
+        eps = torch.bfloat16 if name == "gate" else None
+        assert_error_rule(f"moe d{name}", grads[name], grads64[name], grads_low[name], k=3, eps_dtype=eps)
 
 
 @torch.no_grad()

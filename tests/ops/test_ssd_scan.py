@@ -731,14 +731,23 @@ def bwd_args(inputs: dict, seed: int) -> list:
 
 def assert_bwd_matches_triton(gluon: tuple, triton_out: tuple, what: str) -> None:
     """ssd_scan_bwd's outputs with Gluon kernels against its NK_GLUON=0 run on the same inputs: dA, dD, ddt_bias
-    within 1e-5 relative (fp64 sums of fp32 terms summed in another order), the rest bitwise."""
+    within 1e-5 relative (fp64 sums of fp32 terms summed in another order); ddt within one ulp of dt's dtype per
+    element (an fp32 sum rounded once: the two kernels add in their own order, and on the H200 1 of 139,264
+    elements of B1-L2176 rounded the other way, session 30); the rest bitwise."""
     names = ("dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias", "dinit")
     for name, a, b in zip(names, gluon, triton_out):
         if name in ("dA", "dD", "ddt_bias"):
             err = (a - b).abs().max().item() / b.abs().max().item()
             assert err <= 1e-5, f"{name}: Gluon and Triton differ by {err:.2e} (relative max)"
+        elif name == "ddt":
+            ulp = torch.finfo(b.dtype).eps * torch.maximum(a.float().abs(), b.float().abs())
+            over = int(((a.float() - b.float()).abs() > ulp).sum())
+            assert over == 0, f"ddt: {over} elements differ by more than one ulp between the {what} and Triton runs"
         else:
-            assert torch.equal(a, b), f"{name}: the {what} run differs from the Triton one"
+            diff = (a.float() - b.float()).abs()
+            assert torch.equal(a, b), (f"{name}: the {what} run differs from the Triton one in {int((diff > 0).sum())}"
+                                       f" of {a.numel()} elements, by up to {diff.max().item():.3e} (max |triton| "
+                                       f"{b.abs().max().item():.3e})")
 
 
 def check_gluon_forward(monkeypatch, inputs: dict, packed: bool) -> list:

@@ -90,7 +90,7 @@ def test_engine_on_gpu_end_to_end(gpu_model, byte_tokenizer, case, monkeypatch):
 
     def engine(**kw):
         return LLMEngine(gpu_model, byte_tokenizer, EngineConfig(
-            max_num_seqs=8, max_num_batched_tokens=32, block_size=16, max_model_len=256,
+            max_num_seqs=8, max_num_batched_tokens=32, block_size=16, max_model_len=256, num_blocks=128,
             kv_cache_dtype="auto" if case in ("auto", "fp8-attention") else "fp8",
             fp8_attention=case == "fp8-attention", **kw))
     try:
