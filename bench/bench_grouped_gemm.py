@@ -1,7 +1,8 @@
 """grouped_gemm at Nemotron 3 Nano's expert shapes: up [E=128, I=1856, H=2688] + relu^2 -> down [E, H, I], bf16
 and FP8 e4m3, on expert-sorted rows (M = 6 T, a uniform random top-6 routing per input set).
 
-ours:      BF16: CUTLASS sm90 grouped GEMMs, up with relu^2 fused, then down;
+ours:      BF16: CUTLASS sm90 grouped GEMMs, up with relu^2 fused, then down (also with each row's routing
+           weight applied in the down GEMM's epilogue: row_scale);
            FP8: rows quantised per row (timed), FP8 up with dequant + relu^2 fused, h re-quantised, FP8 down;
            at T <= 16 also weights-only FP8 (grouped_gemm_w8: bf16 rows and h, e4m3 weights; no quantisation)
 baselines: torch._grouped_mm up -> torch relu^2 -> torch._grouped_mm down (ANCHORS.md);
@@ -44,14 +45,21 @@ def _input_maker(ntokens, up, down, device):
         counts = routed_counts(ntokens, up.shape[0], gen)
         ends = torch.cumsum(counts, 0).to(torch.int32)
         rows = torch.randn(ntokens * TOP_K, HIDDEN, generator=gen).to(device=device, dtype=torch.bfloat16)
+        row_weight = torch.rand(ntokens * TOP_K, generator=gen).to(device)       # [M] routing weight of each row
         return dict(rows=rows, up=up, down=down, offsets=torch.cat([ends.new_zeros(1), ends]).to(device),
-                    ends=ends.to(device), counts=counts.tolist())
+                    ends=ends.to(device), counts=counts.tolist(), row_weight=row_weight)
     return make
 
 
 def ours(s):
     h = grouped_gemm(s["rows"], s["up"], s["offsets"], "relu2")
     return grouped_gemm(h, s["down"], s["offsets"])
+
+
+def ours_weighted(s):
+    """The down projection with each row's routing weight applied in its epilogue (row_scale)."""
+    h = grouped_gemm(s["rows"], s["up"], s["offsets"], "relu2")
+    return grouped_gemm(h, s["down"], s["offsets"], row_scale=s["row_weight"])
 
 
 def torch_grouped_mm(s):
@@ -139,6 +147,7 @@ def run(bench: Bench) -> None:
         if bench.device.type == "cuda":
             want = torch_grouped_mm(s)
             _close(ours(s), want, 2e-2, "ours != torch._grouped_mm")
+            _close(ours_weighted(s), want * s["row_weight"][:, None], 2e-2, "ours weighted != torch._grouped_mm * w")
             _close(ours_fp8(s), want, 0.15, "ours fp8 != torch._grouped_mm bf16")
             try:
                 _close(torch_scaled_grouped_mm(s), want, 0.15, "torch._scaled_grouped_mm != torch._grouped_mm")
@@ -151,6 +160,8 @@ def run(bench: Bench) -> None:
         weight_bytes = touched * 2 * INTER * HIDDEN * 2
         act_bytes = m_rows * (HIDDEN * 2 + INTER * 2) * 2                       # rows in, h out+in, y out
         variants = [Variant("ours: CUTLASS up+relu2, down", ours, flops=flops, bytes=weight_bytes + act_bytes),
+                    Variant("ours: the same, down x routing weight (epilogue)", ours_weighted, flops=flops,
+                            bytes=weight_bytes + act_bytes + m_rows * 4),
                     Variant("ours fp8: quant, up+relu2, quant, down", ours_fp8, flops=flops, flop_ceiling="fp8",
                             bytes=weight_bytes // 2 + act_bytes)]
         if bench.device.type == "cuda" and ntokens <= 1024:

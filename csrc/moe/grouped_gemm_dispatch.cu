@@ -16,6 +16,8 @@ NK_GEMM_TU(nt_swap)
 NK_GEMM_TU(nt_relu2_swap)
 NK_GEMM_TU(fp8_nt_swap)
 NK_GEMM_TU(fp8_nt_relu2_swap)
+NK_GEMM_TU(nt_scaled)
+NK_GEMM_TU(nt_scaled_swap)
 #undef NK_GEMM_TU
 
 namespace {
@@ -35,8 +37,10 @@ GemmEntry entry_of(GemmKind kind, GemmPath path) {
     case GemmKind::kTN: return NK_ENTRY(tn);
     case GemmKind::kFp8NT: return swap ? NK_ENTRY(fp8_nt_swap) : NK_ENTRY(fp8_nt);
     case GemmKind::kFp8NTReLU2: return swap ? NK_ENTRY(fp8_nt_relu2_swap) : NK_ENTRY(fp8_nt_relu2);
+    case GemmKind::kNTScaled: return swap ? NK_ENTRY(nt_scaled_swap) : NK_ENTRY(nt_scaled);
     case GemmKind::kW8NT:
-    case GemmKind::kW8NTReLU2: break;                    // the GEMV only (grouped_gemv_run)
+    case GemmKind::kW8NTReLU2:
+    case GemmKind::kW8NTScaled: break;                   // the GEMV only (grouped_gemv_run)
   }
   return GemmEntry{nullptr, nullptr};
 }

@@ -82,7 +82,14 @@ using EpiDequantSwap = Sm90EVT<Sm90Compute<cutlass::multiplies, ElementOut, floa
 template <class TileShape>
 using EpiDequantSwapReLU2 = Sm90EVT<Sm90Compute<SquaredReLU, Bf16, float, kRound>, EpiDequantSwap<TileShape, float>>;
 
-// Fills the fusion arguments that depend on the per-group arrays (only the dequantising epilogues have any).
+// BF16 with a per-row scale (routing weights): D = acc * a_scale[m]; swapped, the rows are D^T's columns.
+template <class TileShape>
+using EpiRowScale = Sm90EVT<Sm90Compute<cutlass::multiplies, Bf16, float, kRound>, Sm90AccFetch, ScaleOfRow<TileShape>>;
+template <class TileShape>
+using EpiRowScaleSwap =
+    Sm90EVT<Sm90Compute<cutlass::multiplies, Bf16, float, kRound>, Sm90AccFetch, ScaleOfColAnyAlign<TileShape>>;
+
+// Fills the fusion arguments that depend on the per-group arrays (only the scaling epilogues have any).
 template <class FusionOp>
 struct FusionArgs {
   template <class Args>
@@ -108,6 +115,20 @@ struct FusionArgs<EpiDequantSwap<TileShape, ElementOut>> {
   template <class Args>
   static void fill(Args& args, float const** a_scale, float const** b_scale) {
     args.op_0.op_1.ptr_col = b_scale;  // {op_0: {acc, b_scale, *}, op_1: a_scale, op_2: *}
+    args.op_1.ptr_row = a_scale;
+  }
+};
+template <class TileShape>
+struct FusionArgs<EpiRowScale<TileShape>> {
+  template <class Args>
+  static void fill(Args& args, float const** a_scale, float const**) {
+    args.op_1.ptr_col = a_scale;  // {op_0: acc, op_1: a_scale, op_2: *}
+  }
+};
+template <class TileShape>
+struct FusionArgs<EpiRowScaleSwap<TileShape>> {
+  template <class Args>
+  static void fill(Args& args, float const** a_scale, float const**) {
     args.op_1.ptr_row = a_scale;
   }
 };

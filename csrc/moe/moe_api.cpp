@@ -310,9 +310,21 @@ void run_grouped_gemm(moe::GemmKind kind, const at::Tensor& a, const at::Tensor&
 }
 #endif
 
-// NT: out[rows_e] = act(a[rows_e] @ b[e]^T); a [M, K], b [E, N, K] -> [M, N]; act = relu^2 when relu2.
+// row_scale [M] fp32 (the NT kinds without relu^2): each output row times its scale, in the epilogue.
+void check_row_scale(const std::optional<at::Tensor>& row_scale, const at::Tensor& a, bool relu2) {
+  if (!row_scale) return;
+  NK_CHECK_VALUE(!relu2, "row_scale applies without relu2 only (the down projection): relu(acc)^2 * s is not the "
+                 "scaled GEMM's relu^2");
+  check_device(*row_scale, "row_scale", a.device());
+  check_dtype(*row_scale, "row_scale", {at::kFloat});
+  check_shape(*row_scale, "row_scale", {a.size(0)});
+  check_contiguous(*row_scale, "row_scale");
+}
+
+// NT: out[rows_e] = act(a[rows_e] @ b[e]^T) (* row_scale[row]); a [M, K], b [E, N, K] -> [M, N]; act = relu^2
+// when relu2.
 at::Tensor grouped_gemm_nt(const at::Tensor& a, const at::Tensor& b, const at::Tensor& expert_offsets, bool relu2,
-                           int64_t path, int64_t gemv_split) {
+                           int64_t path, int64_t gemv_split, const std::optional<at::Tensor>& row_scale) {
   check_path(path, gemv_split);
   check_cuda(a, "a");
   check_gemm_operand(a, "a", {-1, -1}, a.device());
@@ -323,12 +335,14 @@ at::Tensor grouped_gemm_nt(const at::Tensor& a, const at::Tensor& b, const at::T
   const int64_t n = b.size(1);
   check_tma_dim(k, "K (a.shape[1], b.shape[2])");
   check_tma_dim(n, "N (b.shape[1])");
+  check_row_scale(row_scale, a, relu2);
   if (a.size(0) == 0 || n == 0) return at::empty({a.size(0), n}, a.options());
   if (k == 0) return at::zeros({a.size(0), n}, a.options());
   auto out = at::empty({a.size(0), n}, a.options());
 #ifdef NEMOTRON_WITH_CUDA
-  run_grouped_gemm(relu2 ? moe::GemmKind::kNTReLU2 : moe::GemmKind::kNT, a, b, out, expert_offsets, groups,
-                   n, k, nullptr, nullptr, path, gemv_split);
+  const auto kind = row_scale ? moe::GemmKind::kNTScaled : relu2 ? moe::GemmKind::kNTReLU2 : moe::GemmKind::kNT;
+  run_grouped_gemm(kind, a, b, out, expert_offsets, groups, n, k, row_scale ? &*row_scale : nullptr, nullptr, path,
+                   gemv_split);
 #endif
   return out;
 }
@@ -399,22 +413,26 @@ at::Tensor grouped_gemm_fp8_nt(const at::Tensor& a, const at::Tensor& a_scale, c
   return out;
 }
 
-// Weights-only FP8 NT (decode): out[rows_e] = act(a[rows_e] @ b[e]^T * b_scale[e, col]) in bf16; a [M, K] bf16,
-// b [E, N, K] e4m3, b_scale [E, N] fp32. The grouped GEMV only (any M, but its cost grows with rows per expert).
+// Weights-only FP8 NT (decode): out[rows_e] = act(a[rows_e] @ b[e]^T * b_scale[e, col]) (* row_scale[row]) in
+// bf16; a [M, K] bf16, b [E, N, K] e4m3, b_scale [E, N] fp32. The grouped GEMV only (any M, but its cost grows
+// with rows per expert).
 at::Tensor grouped_gemm_w8_nt(const at::Tensor& a, const at::Tensor& b, const at::Tensor& b_scale,
-                              const at::Tensor& expert_offsets, bool relu2, int64_t gemv_split) {
+                              const at::Tensor& expert_offsets, bool relu2, int64_t gemv_split,
+                              const std::optional<at::Tensor>& row_scale) {
   check_path(2, gemv_split);
   check_cuda(a, "a");
   check_gemm_operand(a, "a", {-1, -1}, a.device());
   NK_CHECK_VALUE(a.size(0) <= kInt32Max, "a: more than 2^31-1 rows");
   const int64_t m = a.size(0), k = a.size(1);
   const auto [groups, n] = check_fp8_weights(b, b_scale, expert_offsets, k, a.device());
+  check_row_scale(row_scale, a, relu2);
   if (m == 0 || n == 0) return at::empty({m, n}, a.options());
   if (k == 0) return at::zeros({m, n}, a.options());
   auto out = at::empty({m, n}, a.options());
 #ifdef NEMOTRON_WITH_CUDA
-  run_grouped_gemm(relu2 ? moe::GemmKind::kW8NTReLU2 : moe::GemmKind::kW8NT, a, b, out, expert_offsets,
-                   groups, n, k, nullptr, &b_scale, 2, gemv_split);
+  const auto kind = row_scale ? moe::GemmKind::kW8NTScaled : relu2 ? moe::GemmKind::kW8NTReLU2 : moe::GemmKind::kW8NT;
+  run_grouped_gemm(kind, a, b, out, expert_offsets, groups, n, k, row_scale ? &*row_scale : nullptr, &b_scale, 2,
+                   gemv_split);
 #endif
   return out;
 }
@@ -610,7 +628,7 @@ void register_moe(pybind11::module_& m) {
   m.def("grouped_gemm_w8_nt", &grouped_gemm_w8_nt,
         "bf16 a [M,K] @ e4m3 b[e]^T per expert, scaled by b_scale [E,N], relu^2 optionally -> bf16 (grouped GEMV)",
         py::arg("a"), py::arg("b"), py::arg("b_scale"), py::arg("expert_offsets"), py::arg("relu2"),
-        py::arg("gemv_split") = 0);
+        py::arg("gemv_split") = 0, py::arg("row_scale") = py::none());
   m.def("moe_decode_gemv", &moe_decode_gemv,
         "routed (from topk_idx, no permute) + shared expert projection of a few tokens in one GEMV launch -> "
         "(d [T*k,N], shared_d [T,Ns] or [T,0]) (CUDA)",
@@ -628,9 +646,10 @@ void register_moe(pybind11::module_& m) {
   m.def("moe_unpermute_bwd", &moe_unpermute_bwd,
         "backward of moe_unpermute -> (d_rows [m_rows,H], d_weight [T,k] fp32 or [0,0] without rows) (CUDA)",
         py::arg("dout"), py::arg("rows"), py::arg("row_of_assignment"), py::arg("topk_weight"), py::arg("m_rows"));
-  m.def("grouped_gemm_nt", &grouped_gemm_nt, "a [M,K] @ b[e]^T per expert (b [E,N,K]), relu^2 fused optionally",
+  m.def("grouped_gemm_nt", &grouped_gemm_nt,
+        "a [M,K] @ b[e]^T per expert (b [E,N,K]), relu^2 fused optionally, or each row times row_scale [M] fp32",
         py::arg("a"), py::arg("b"), py::arg("expert_offsets"), py::arg("relu2"), py::arg("path") = -1,
-        py::arg("gemv_split") = 0);
+        py::arg("gemv_split") = 0, py::arg("row_scale") = py::none());
   m.def("grouped_gemm_nn", &grouped_gemm_nn, "a [M,K] @ b[e] per expert (b [E,K,N])", py::arg("a"), py::arg("b"),
         py::arg("expert_offsets"));
   m.def("grouped_gemm_tn", &grouped_gemm_tn, "per expert a[rows_e]^T @ b[rows_e] -> [E,P,Q]", py::arg("a"),

@@ -477,6 +477,8 @@ const char* grouped_gemv_run(const GroupedGemmParams& p) {
     case GemmKind::kFp8NTReLU2: return launch<__nv_fp8_e4m3, __nv_fp8_e4m3, true, true, true>(p);
     case GemmKind::kW8NT: return launch<__nv_bfloat16, __nv_fp8_e4m3, false, true, false>(p);
     case GemmKind::kW8NTReLU2: return launch<__nv_bfloat16, __nv_fp8_e4m3, false, true, true>(p);
+    case GemmKind::kNTScaled: return launch<__nv_bfloat16, __nv_bfloat16, true, false, false>(p);
+    case GemmKind::kW8NTScaled: return launch<__nv_bfloat16, __nv_fp8_e4m3, true, true, false>(p);
     default: return "grouped GEMV: only the NT kinds have a GEMV path";
   }
 }

@@ -57,6 +57,8 @@ void quantize_rows_fp8_launch(const void* x, DType dtype, int64_t rows, int64_t 
 //   NT:  d[rows_e, N]  = epi(a[rows_e, K] @ b[e, N, K]^T)          (forward: up / down projections)
 //   NN:  d[rows_e, N]  = epi(a[rows_e, K] @ b[e, K, N])            (backward: dX)
 //   TN:  d[e, N1, N2]  = a[rows_e, N1]^T @ b[rows_e, N2]           (backward: dW; zero for an empty group)
+// NT scaled: d = (a[rows_e] @ b[e]^T) * a_scale[row] in the epilogue (the down projection with each row's routing
+// weight, so that the combine is a plain sum).
 // FP8 (e4m3 a and b, bf16 d): NT with d = epi(acc * a_scale[row] * b_scale[e, n]) (forward only).
 // ---------------------------------------------------------------------------------------------------------------
 enum class GemmKind : int {
@@ -68,6 +70,8 @@ enum class GemmKind : int {
   kFp8NTReLU2 = 5,   // epilogue: relu(acc * a_scale * b_scale)^2
   kW8NT = 6,         // weights-only FP8 (bf16 a, e4m3 b; GEMV path only): acc * b_scale
   kW8NTReLU2 = 7,    // the same, relu(acc * b_scale)^2
+  kNTScaled = 8,     // epilogue: acc * a_scale[row] (bf16 a and b; a_scale: e.g. routing weights)
+  kW8NTScaled = 9,   // weights-only FP8 (GEMV path only): acc * a_scale[row] * b_scale
 };
 
 // Kernel choice by rows per group (NT kinds): CUTLASS 128-row tiles for prefill/training; with few rows per group,
@@ -78,7 +82,7 @@ enum class GemmKind : int {
 enum class GemmPath : int { kLargeTiles = 0, kSwapAB = 1, kGemv = 2 };
 constexpr bool is_nt(GemmKind kind) {
   return kind == GemmKind::kNT || kind == GemmKind::kNTReLU2 || kind == GemmKind::kFp8NT ||
-         kind == GemmKind::kFp8NTReLU2;
+         kind == GemmKind::kFp8NTReLU2 || kind == GemmKind::kNTScaled;
 }
 
 struct GroupedGemmParams {
@@ -86,7 +90,7 @@ struct GroupedGemmParams {
   const void* a;             // bf16, or e4m3 for kFp8*
   const void* b;             // bf16, or e4m3 for kFp8* and kW8*
   void* d;                   // bf16
-  const float* a_scale;      // [m_rows] (kFp8* only)
+  const float* a_scale;      // [m_rows] (kFp8*, kNTScaled and kW8NTScaled only)
   const float* b_scale;      // [groups, n] (kFp8* and kW8* only)
   const int32_t* offsets;    // [groups + 1]
   int groups;

@@ -6,6 +6,10 @@ expert_offsets (no host sync), BF16 in, fp32 accumulation, BF16 out, relu^2 fuse
 da = dpre @ b[e] (grouped NN GEMM), db[e] = dpre_e^T @ a_e (grouped TN GEMM, K = the expert's rows), with
 dpre = relu2_grad(dout, out) = dout * 2 sqrt(out) for relu^2 (relu(pre) = sqrt(relu(pre)^2), so only the output
 is kept), one Triton pass (triton/relu2_grad.py).
+row_scale (the down projection with each row's routing weight, so the combine is a plain sum): out[r] =
+(a[r] @ b[e]^T) * row_scale[r], applied to the fp32 accumulator in the epilogue (csrc/moe/grouped_gemm_nt_scaled*.cu;
+the FP8 kernels fold it into the row's dequantisation scale). Its backward: g = dout @ b[e] (NN), da = g * s,
+ds = <g, a> per row, db[e] = (dout * s)_e^T a_e.
 Decode-sized forwards are a stream of the touched experts' weights, which 128-row tiles would mostly pad: up to 32
 rows per expert on average they run with swapped operands (d^T = b[e] @ a[rows_e]^T on 128x32 tiles: the channels on
 the MMA's 64-row side, the rows on a 32-wide N side), and with the fewest rows (<= 16, a couple of
@@ -20,8 +24,9 @@ host: others are clamped into [0, M] (memory-safe, rows outside every group are 
 import torch
 
 from .. import _ext
+from ..reference._checks import check_same_device
 from ..reference.grouped_gemm import (check_grouped_gemm_args, check_grouped_gemm_fp8_args, check_grouped_gemm_w8_args,
-                                      grouped_gemm_fp8_ref, grouped_gemm_ref, grouped_gemm_w8_ref,
+                                      check_row_scale, grouped_gemm_fp8_ref, grouped_gemm_ref, grouped_gemm_w8_ref,
                                       quantize_fp8_rowwise_ref, relu2_grad_ref)
 from ..triton import mamba_common
 from ._kernel_op import kernel_op
@@ -58,13 +63,15 @@ def one_group_offsets(rows: int, device: torch.device) -> torch.Tensor:
 
 
 @kernel_op("nemotron_kernels::grouped_gemm_nt", mutates_args=())
-def grouped_gemm_nt(a: torch.Tensor, b: torch.Tensor, expert_offsets: torch.Tensor, relu2: bool) -> torch.Tensor:
-    """a [M, K] bf16, b [E, N, K] bf16, expert_offsets [E+1] int32 -> [M, N] = act(a[rows_e] @ b[e]^T)."""
-    return _ext._C.grouped_gemm_nt(a, b, expert_offsets, relu2)
+def grouped_gemm_nt(a: torch.Tensor, b: torch.Tensor, expert_offsets: torch.Tensor, relu2: bool,
+                    row_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """a [M, K] bf16, b [E, N, K] bf16, expert_offsets [E+1] int32 -> [M, N] = act(a[rows_e] @ b[e]^T), or
+    (a[rows_e] @ b[e]^T) * row_scale[row] with row_scale [M] fp32 (relu2 False)."""
+    return _ext._C.grouped_gemm_nt(a, b, expert_offsets, relu2, row_scale=row_scale)
 
 
 @grouped_gemm_nt.register_fake
-def _(a, b, expert_offsets, relu2):
+def _(a, b, expert_offsets, relu2, row_scale=None):
     return a.new_empty(a.shape[0], b.shape[1])
 
 
@@ -155,39 +162,56 @@ def relu2_grad(dout: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 class GroupedGemmFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a, b, expert_offsets, activation: str):
+    def forward(ctx, a, b, expert_offsets, activation: str, row_scale):
         relu2 = activation == "relu2"
-        out = grouped_gemm_nt(a, b, expert_offsets, relu2)
+        out = grouped_gemm_nt(a, b, expert_offsets, relu2, row_scale)
         ctx.relu2 = relu2
-        ctx.save_for_backward(a, b, expert_offsets, out if relu2 else None)
+        ctx.save_for_backward(a, b, expert_offsets, out if relu2 else None, row_scale)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        a, b, expert_offsets, out = ctx.saved_tensors
-        dpre = relu2_grad(dout, out) if ctx.relu2 else dout.contiguous()                 # [M, N]
-        da = grouped_gemm_nn(dpre, b, expert_offsets) if ctx.needs_input_grad[0] else None   # [M, K]
-        db = grouped_gemm_tn(dpre, a, expert_offsets) if ctx.needs_input_grad[1] else None         # [E, N, K]
-        return da, db, None, None
+        a, b, expert_offsets, out, row_scale = ctx.saved_tensors
+        need_a, need_b, _, _, need_s = ctx.needs_input_grad
+        dout = dout.contiguous()
+        da = ds = None
+        if row_scale is None:
+            dpre = relu2_grad(dout, out) if ctx.relu2 else dout                          # [M, N]
+            da = grouped_gemm_nn(dpre, b, expert_offsets) if need_a else None              # [M, K]
+        else:
+            s = row_scale[:, None]                                                        # [M, 1] fp32
+            dpre = (dout.float() * s).to(dout.dtype)                                      # [M, N]
+            if need_s:                   # ds[r] = <dout[r], a[r] @ b[e]^T> = <dout[r] @ b[e], a[r]>
+                g = grouped_gemm_nn(dout, b, expert_offsets).float()                     # [M, K]
+                ds = (g * a.float()).sum(1).to(row_scale.dtype)                           # [M]
+                da = (g * s).to(a.dtype) if need_a else None
+            elif need_a:
+                da = grouped_gemm_nn(dpre, b, expert_offsets)
+        db = grouped_gemm_tn(dpre, a, expert_offsets) if need_b else None                 # [E, N, K]
+        return da, db, None, None, ds
 
 
-def grouped_gemm(a, b, expert_offsets, activation: str = "none"):
-    """Per-expert GEMM over expert-sorted rows, with an optional fused squared ReLU.
+def grouped_gemm(a, b, expert_offsets, activation: str = "none", row_scale=None):
+    """Per-expert GEMM over expert-sorted rows, with an optional fused squared ReLU or per-row scale.
 
     Args:
         a [M, K]: rows sorted by expert (moe_permute).   b [E, N, K]: per-expert weights, nn.Linear layout.
         expert_offsets [E+1] int32/int64: expert e owns rows [offsets[e], offsets[e+1]), 0 = offsets[0] <= ... <=
             offsets[E] = M.   activation: "none" or "relu2" (relu(.)^2, fused in the epilogue).
+        row_scale [M] float | None: each output row times its scale, applied to the fp32 accumulator in the
+            epilogue (activation "none" only): the down projection with the routing weights (moe_permute's rows
+            carry topk_weight.flatten()[assignment of the row]), after which moe_unpermute(..., None) sums.
     Returns:
-        [M, N] in a's dtype (fp32 accumulation). Differentiable in a and b.
+        [M, N] in a's dtype (fp32 accumulation). Differentiable in a, b and row_scale.
     On CUDA with bf16 a and b the CUTLASS kernel runs (K and N must be multiples of 8); otherwise the reference.
     """
-    check_grouped_gemm_args(a, b, expert_offsets, activation)
+    check_grouped_gemm_args(a, b, expert_offsets, activation, row_scale)
     if not use_kernel(a, b):
-        return grouped_gemm_ref(a, b, expert_offsets, activation)
+        return grouped_gemm_ref(a, b, expert_offsets, activation, row_scale)
     a, b = a.contiguous(), b.contiguous()
     check_tma_operands(a.shape[1], b.shape[1], 8, "8 bf16 elements", a=a, b=b)
-    return GroupedGemmFn.apply(a, b, expert_offsets.to(torch.int32).contiguous(), activation)
+    scale32 = None if row_scale is None else row_scale.float().contiguous()
+    return GroupedGemmFn.apply(a, b, expert_offsets.to(torch.int32).contiguous(), activation, scale32)
 
 
 def quantize_fp8_rowwise(x):
@@ -200,13 +224,15 @@ def quantize_fp8_rowwise(x):
     return quantize_fp8_rowwise_ref(x)
 
 
-def grouped_gemm_fp8(a_q, a_scale, b_q, b_scale, expert_offsets, activation: str = "none"):
+def grouped_gemm_fp8(a_q, a_scale, b_q, b_scale, expert_offsets, activation: str = "none", row_scale=None):
     """FP8 e4m3 grouped GEMM with per-row activation scales and per-channel weight scales (forward only).
 
     Args:
         a_q [M, K] float8_e4m3fn, a_scale [M] fp32 (quantize_fp8_rowwise of the rows);
         b_q [E, N, K] float8_e4m3fn, b_scale [E, N] fp32 (quantize_fp8_rowwise of b.view(E*N, K));
-        expert_offsets [E+1] as for grouped_gemm; activation "none" or "relu2" (applied after dequantisation).
+        expert_offsets [E+1] as for grouped_gemm; activation "none" or "relu2" (applied after dequantisation);
+        row_scale [M] | None: as for grouped_gemm (activation "none"), folded into a_scale, so the epilogue's
+            dequantisation applies it.
     Returns:
         [M, N] bfloat16. CUDA: the CUTLASS sm90 FP8 kernel (K multiple of 16, N of 8); elsewhere the reference.
     """
@@ -214,22 +240,26 @@ def grouped_gemm_fp8(a_q, a_scale, b_q, b_scale, expert_offsets, activation: str
     if (all(isinstance(t, torch.Tensor) and t.is_cuda for t in (a_q, a_scale, b_q, b_scale, expert_offsets))
             and a_q.dtype == fp8 and b_q.dtype == fp8 and _ext.cuda_ok()[0] and activation in ("none", "relu2")):
         check_grouped_gemm_fp8_args(a_q, a_scale, b_q, b_scale, expert_offsets, activation)
+        check_row_scale(row_scale, a_q.shape[0], activation)
+        check_same_device(a_q=a_q, row_scale=row_scale)
         a_q, b_q, b_scale = a_q.contiguous(), b_q.contiguous(), b_scale.float().contiguous()
         check_tma_operands(a_q.shape[1], b_q.shape[1], 16, "16 fp8 elements", a_q=a_q, b_q=b_q, b_scale=b_scale)
-        return grouped_gemm_fp8_nt(a_q, a_scale.float().contiguous(), b_q, b_scale,
+        a_scale = a_scale.float() if row_scale is None else a_scale.float() * row_scale.float()    # [M]
+        return grouped_gemm_fp8_nt(a_q, a_scale.contiguous(), b_q, b_scale,
                                    expert_offsets.to(torch.int32).contiguous(), activation == "relu2")
-    return grouped_gemm_fp8_ref(a_q, a_scale, b_q, b_scale, expert_offsets, activation)
+    return grouped_gemm_fp8_ref(a_q, a_scale, b_q, b_scale, expert_offsets, activation, row_scale)
 
 
 @kernel_op("nemotron_kernels::grouped_gemm_w8_nt", mutates_args=())
 def grouped_gemm_w8_nt(a: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor, expert_offsets: torch.Tensor,
-                       relu2: bool) -> torch.Tensor:
-    """a [M, K] bf16, b [E, N, K] e4m3, b_scale [E, N] fp32 -> [M, N] bf16 = act(a[rows_e] @ b[e]^T * b_scale[e])."""
-    return _ext._C.grouped_gemm_w8_nt(a, b, b_scale, expert_offsets, relu2)
+                       relu2: bool, row_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """a [M, K] bf16, b [E, N, K] e4m3, b_scale [E, N] fp32 -> [M, N] bf16 = act(a[rows_e] @ b[e]^T * b_scale[e])
+    (* row_scale[row], row_scale [M] fp32, relu2 False)."""
+    return _ext._C.grouped_gemm_w8_nt(a, b, b_scale, expert_offsets, relu2, row_scale=row_scale)
 
 
 @grouped_gemm_w8_nt.register_fake
-def _(a, b, b_scale, expert_offsets, relu2):
+def _(a, b, b_scale, expert_offsets, relu2, row_scale=None):
     return a.new_empty(a.shape[0], b.shape[1])
 
 
@@ -267,14 +297,15 @@ def _(h, topk_idx, topk_weight, down, down_scale, hs, shared_down, shared_down_s
     return h.new_empty(1, down.shape[1])
 
 
-def grouped_gemm_w8(a, b_q, b_scale, expert_offsets, activation: str = "none"):
+def grouped_gemm_w8(a, b_q, b_scale, expert_offsets, activation: str = "none", row_scale=None):
     """Weights-only FP8 grouped GEMM for decode: bf16 activations as they are, e4m3 weights with per-channel
     scales (forward only). Against grouped_gemm_fp8 it skips the activations' row quantisation (a launch, and
     their e4m3 rounding); it streams the same e4m3 weight bytes.
 
     Args:
         a [M, K] bfloat16; b_q [E, N, K] float8_e4m3fn, b_scale [E, N] fp32; expert_offsets [E+1];
-        activation "none" or "relu2".
+        activation "none" or "relu2"; row_scale [M] | None: as for grouped_gemm (activation "none"), in the GEMV's
+        epilogue.
     Returns:
         [M, N] bfloat16. CUDA: the grouped GEMV (csrc/moe/moe_gemv_kernel.cu; K multiple of 16, N of 8), meant
         for a few rows per expert; elsewhere the reference.
@@ -283,10 +314,14 @@ def grouped_gemm_w8(a, b_q, b_scale, expert_offsets, activation: str = "none"):
             and a.dtype == torch.bfloat16 and b_q.dtype == torch.float8_e4m3fn and _ext.cuda_ok()[0]
             and activation in ("none", "relu2")):
         check_grouped_gemm_w8_args(a, b_q, b_scale, expert_offsets, activation)
+        check_row_scale(row_scale, a.shape[0], activation)
+        check_same_device(a=a, row_scale=row_scale)
         a, b_q, b_scale = a.contiguous(), b_q.contiguous(), b_scale.float().contiguous()
         check_tma_operands(a.shape[1], b_q.shape[1], 16, "16 fp8 elements", a=a, b_q=b_q, b_scale=b_scale)
-        return grouped_gemm_w8_nt(a, b_q, b_scale, expert_offsets.to(torch.int32).contiguous(), activation == "relu2")
-    return grouped_gemm_w8_ref(a, b_q, b_scale, expert_offsets, activation)
+        scale32 = None if row_scale is None else row_scale.float().contiguous()
+        return grouped_gemm_w8_nt(a, b_q, b_scale, expert_offsets.to(torch.int32).contiguous(), activation == "relu2",
+                                  scale32)
+    return grouped_gemm_w8_ref(a, b_q, b_scale, expert_offsets, activation, row_scale)
 
 
 def backend_report(device_type: str) -> str:

@@ -1,24 +1,34 @@
 """Reference grouped GEMM of the MoE experts: expert-sorted rows times each expert's weight, optionally squared ReLU.
     out[rows_e] = act(a[rows_e] @ b[e]^T),  rows_e = [expert_offsets[e], expert_offsets[e+1]),  act in {none, relu2}
+or, without an activation, each row times its row_scale (the down projection with the routing weights applied).
 b is in nn.Linear layout per expert ([E, N, K]: the up projection is [E, I, H], the down projection [E, H, I]).
 FP8: row-wise e4m3 quantisation (scale = amax / 448), the FP8 grouped GEMM on dequantised operands, and the whole
 FP8 expert pipeline (moe_experts_fp8_ref) with the kernels' rounding points."""
 import torch
 
-from ._checks import check_float, check_int, check_same_device, compute_dtype
+from ._checks import check_float, check_int, check_optional_float, check_same_device, compute_dtype
 from .moe_permute import moe_unpermute_ref
 
 ACTIVATIONS = ("none", "relu2")
 
 
-def check_grouped_gemm_args(a, b, expert_offsets, activation) -> None:
+def check_grouped_gemm_args(a, b, expert_offsets, activation, row_scale=None) -> None:
     """Shapes, dtypes and devices (no value checks: the offsets stay on the device in the kernel path)."""
     check_float("a", a, "[M, K]", 2)
     check_float("b", b, "[E, N, K]", 3)
     if b.shape[2] != a.shape[1]:
         raise ValueError(f"b must have shape [E, N, K] with K = a.shape[1] = {a.shape[1]}, got {tuple(b.shape)}")
     _check_offsets_and_activation(expert_offsets, "b", b.shape[0], activation)
-    check_same_device(a=a, b=b, expert_offsets=expert_offsets)
+    check_row_scale(row_scale, a.shape[0], activation)
+    check_same_device(a=a, b=b, expert_offsets=expert_offsets, row_scale=row_scale)
+
+
+def check_row_scale(row_scale, m_rows: int, activation: str) -> None:
+    """row_scale [M] float or None; only without an activation (relu(acc)^2 * s is no GEMM epilogue of the down
+    projection, and an FP8 kernel folds s into the row's dequantisation scale, which relu^2 would square)."""
+    check_optional_float("row_scale", row_scale, (m_rows,), "[M]")
+    if row_scale is not None and activation != "none":
+        raise ValueError(f"row_scale applies without an activation only, got activation {activation!r}")
 
 
 def _check_offsets_and_activation(expert_offsets, weights_name: str, nexperts: int, activation: str) -> None:
@@ -37,18 +47,19 @@ def check_offsets_values(offsets: list[int], m_rows: int) -> None:
                          f"got {offsets[:8]}{'...' if len(offsets) > 8 else ''} (last {offsets[-1]})")
 
 
-def grouped_gemm_ref(a, b, expert_offsets, activation: str = "none"):
-    """Per-expert a[rows_e] @ b[e]^T with an optional fused squared ReLU (reference).
+def grouped_gemm_ref(a, b, expert_offsets, activation: str = "none", row_scale=None):
+    """Per-expert a[rows_e] @ b[e]^T with an optional fused squared ReLU or per-row scale (reference).
 
     Args:
         a [M, K]: expert-sorted rows, any float dtype.   b [E, N, K]: per-expert weights (nn.Linear layout).
         expert_offsets [E+1] int32/int64: expert e owns rows [expert_offsets[e], expert_offsets[e+1]);
             0 = offsets[0] <= ... <= offsets[E] = M.
         activation: "none" or "relu2" (relu(.)^2).
+        row_scale [M] float | None: out[r] *= row_scale[r] before the one rounding (activation "none" only).
     Returns:
-        [M, N] in a's dtype, computed in float32 (float64 for float64 inputs). Differentiable in a and b.
+        [M, N] in a's dtype, computed in float32 (float64 for float64 inputs). Differentiable in a, b and row_scale.
     """
-    check_grouped_gemm_args(a, b, expert_offsets, activation)
+    check_grouped_gemm_args(a, b, expert_offsets, activation, row_scale)
     offsets = [int(v) for v in expert_offsets.tolist()]
     check_offsets_values(offsets, a.shape[0])
     cdtype = compute_dtype(a.dtype, b.dtype)
@@ -56,6 +67,8 @@ def grouped_gemm_ref(a, b, expert_offsets, activation: str = "none"):
     for e in range(b.shape[0]):
         a_e = a[offsets[e]:offsets[e + 1]].to(cdtype)                              # [M_e, K]
         out_e = a_e @ b[e].to(cdtype).T                                            # [M_e, N]
+        if row_scale is not None:
+            out_e = out_e * row_scale[offsets[e]:offsets[e + 1], None].to(cdtype)
         parts.append(torch.relu(out_e).square() if activation == "relu2" else out_e)
     return torch.cat(parts).to(a.dtype) if parts else a.new_zeros(0, b.shape[1])
 
@@ -91,33 +104,33 @@ def quantize_fp8_rowwise_ref(x):
     return q, scale
 
 
-def grouped_gemm_fp8_ref(a_q, a_scale, b_q, b_scale, expert_offsets, activation: str = "none"):
+def grouped_gemm_fp8_ref(a_q, a_scale, b_q, b_scale, expert_offsets, activation: str = "none", row_scale=None):
     """FP8 grouped GEMM (reference): act((a_q * a_scale[:, None]) @ (b_q[e] * b_scale[e][:, None])^T) per expert,
     computed in float32 from the dequantised operands, returned in bfloat16.
 
     Args:
         a_q [M, K] float8_e4m3fn, a_scale [M] float32; b_q [E, N, K] float8_e4m3fn, b_scale [E, N] float32;
-        expert_offsets [E+1]; activation "none" or "relu2".
+        expert_offsets [E+1]; activation "none" or "relu2"; row_scale [M] | None (as for grouped_gemm_ref).
     """
     check_grouped_gemm_fp8_args(a_q, a_scale, b_q, b_scale, expert_offsets, activation)
     a = a_q.float() * a_scale.float()[:, None]
     b = b_q.float() * b_scale.float()[..., None]
-    return grouped_gemm_ref(a, b, expert_offsets, activation).to(torch.bfloat16)
+    return grouped_gemm_ref(a, b, expert_offsets, activation, row_scale).to(torch.bfloat16)
 
 
-def grouped_gemm_w8_ref(a, b_q, b_scale, expert_offsets, activation: str = "none"):
+def grouped_gemm_w8_ref(a, b_q, b_scale, expert_offsets, activation: str = "none", row_scale=None):
     """Weights-only FP8 grouped GEMM (reference): act(a[rows_e] @ (b_q[e] * b_scale[e][:, None])^T) per expert,
     a in its own precision (no activation quantisation), computed in float32 (float64 for float64 a), returned in
     a's dtype.
 
     Args:
         a [M, K] float; b_q [E, N, K] float8_e4m3fn, b_scale [E, N] float32; expert_offsets [E+1];
-        activation "none" or "relu2".
+        activation "none" or "relu2"; row_scale [M] | None (as for grouped_gemm_ref).
     """
     check_grouped_gemm_w8_args(a, b_q, b_scale, expert_offsets, activation)
     cdtype = compute_dtype(a.dtype, torch.float32)
     b = b_q.to(cdtype) * b_scale.to(cdtype)[..., None]                               # [E, N, K]
-    return grouped_gemm_ref(a.to(cdtype), b, expert_offsets, activation).to(a.dtype)
+    return grouped_gemm_ref(a.to(cdtype), b, expert_offsets, activation, row_scale).to(a.dtype)
 
 
 def moe_decode_gemv_ref(a, topk_idx, b, b_scale=None, shared_a=None, shared_b=None, shared_b_scale=None,

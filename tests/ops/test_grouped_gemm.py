@@ -7,7 +7,8 @@ import torch
 from mamba_checks import aot_lines
 from nemotron_kernels import grouped_gemm
 from nemotron_kernels.ops.grouped_gemm import relu2_grad
-from nemotron_kernels.reference.grouped_gemm import grouped_gemm_ref, relu2_grad_ref
+from nemotron_kernels.reference.grouped_gemm import (grouped_gemm_fp8_ref, grouped_gemm_ref, grouped_gemm_w8_ref,
+                                                   quantize_fp8_rowwise_ref, relu2_grad_ref)
 
 F64 = torch.float64
 BF16 = torch.bfloat16
@@ -82,6 +83,53 @@ def test_reference_gradcheck_and_bf16_output():
 def test_bad_inputs_name_the_argument(change, exc, match):
     a, b, offsets = operands([2, 0, 3], 4, 3, seed=0, dtype=torch.float32)
     args = dict(a=a, b=b, expert_offsets=offsets, activation="none")
+    with pytest.raises(exc, match=match):
+        grouped_gemm(**{**args, **change})
+
+
+def row_scale_of(m: int, seed: int, device="cpu", dtype=F64) -> torch.Tensor:
+    """[M] routing-weight-like scales in (0, 1], a zero among them."""
+    s = torch.rand(m, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + 1e-3
+    if m > 2:
+        s[1] = 0.0
+    return s.to(device=device, dtype=dtype)
+
+
+@pytest.mark.parametrize("counts", [[3, 0, 5, 1], [0, 0, 7], [1]])
+def test_reference_row_scale_is_each_row_times_its_scale(counts):
+    """row_scale (the routing weights in the down projection's epilogue): out[r] = (a[r] @ b[e]^T) * s[r], with
+    gradients in a, b and s (float64 gradcheck); the FP8 and weights-only references pass it through."""
+    a, b, offsets = operands(counts, 6, 5, seed=len(counts))
+    s = row_scale_of(a.shape[0], seed=len(counts))
+    out = grouped_gemm(a, b, offsets, row_scale=s)
+    torch.testing.assert_close(out, grouped_gemm_ref(a, b, offsets) * s[:, None], rtol=1e-13, atol=1e-13)
+    a.requires_grad_()
+    b.requires_grad_()
+    s.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b, s: grouped_gemm(a, b, offsets, row_scale=s), (a, b, s))
+    s = s.detach().float()
+    a_q, a_scale = quantize_fp8_rowwise_ref(a.detach())
+    b_q, b_scale = quantize_fp8_rowwise_ref(b.detach().reshape(-1, 5))
+    b_q, b_scale = b_q.view(b.shape), b_scale.view(b.shape[:2])
+    fp8 = grouped_gemm_fp8_ref(a_q, a_scale, b_q, b_scale, offsets)
+    assert torch.equal(grouped_gemm_fp8_ref(a_q, a_scale, b_q, b_scale, offsets, row_scale=torch.ones_like(s)), fp8)
+    torch.testing.assert_close(grouped_gemm_fp8_ref(a_q, a_scale, b_q, b_scale, offsets, row_scale=s).float(),
+                               fp8.float() * s[:, None], rtol=2 ** -7, atol=1e-6)
+    a16 = a.detach().to(BF16)
+    w8 = grouped_gemm_w8_ref(a16, b_q, b_scale, offsets)
+    torch.testing.assert_close(grouped_gemm_w8_ref(a16, b_q, b_scale, offsets, row_scale=s).float(),
+                               w8.float() * s[:, None], rtol=2 ** -7, atol=1e-6)
+
+
+@pytest.mark.parametrize("change,exc,match", [
+    (dict(activation="relu2"), ValueError, "row_scale applies without an activation only, got activation 'relu2'"),
+    (dict(row_scale=torch.ones(4)), ValueError, r"row_scale must have shape \[M\] = \(5,\), got \(4,\)"),
+    (dict(row_scale=torch.ones(5, 1)), ValueError, "row_scale must be 1-D"),
+    (dict(row_scale=torch.ones(5, dtype=torch.int32)), TypeError, "row_scale must have a floating-point dtype"),
+])
+def test_row_scale_bad_inputs_name_the_argument(change, exc, match):
+    a, b, offsets = operands([2, 0, 3], 4, 3, seed=0, dtype=torch.float32)
+    args = dict(a=a, b=b, expert_offsets=offsets, activation="none", row_scale=torch.ones(5))
     with pytest.raises(exc, match=match):
         grouped_gemm(**{**args, **change})
 
@@ -245,6 +293,78 @@ def test_cuda_every_forward_path(path, counts, n, k, activation):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("counts,n,k", [
+    (routed_counts(256, 128, 6, seed=23, empty=(5,)), 2688, 1856),   # the down projection at B256 decode
+    ([37, 0, 5, 1, 70, 0, 33, 32], 264, 72),
+    ([300, 0, 211, 517, 2, 0, 64, 1], 2688, 1856),
+])
+def test_cuda_row_scale_every_path(path, counts, n, k):
+    """row_scale on each kernel path (BF16 CUTLASS tiles, swapped tiles, GEMV; FP8 folded into a_scale;
+    weights-only FP8 on its GEMV): scales that are powers of two must give exactly the unscaled kernel's output
+    times the scale (the epilogue multiplies the fp32 accumulator before its one rounding), scales of 1 exactly
+    the unscaled output, and random scales the float64 reference under the error rule."""
+    from nemotron_kernels import _ext
+    if path == 2 and sum(counts) > 300:
+        pytest.skip("the GEMV passes over an expert's weights once per 8 rows: slow at this size, not a decode size")
+    a, b, offsets = operands(counts, n, k, seed=path + 3, device="cuda", dtype=BF16)
+    m = a.shape[0]
+    plain = _ext._C.grouped_gemm_nt(a, b, offsets, False, path)
+    ones = torch.ones(m, device="cuda")
+    assert torch.equal(_ext._C.grouped_gemm_nt(a, b, offsets, False, path, row_scale=ones), plain)
+    g = torch.Generator(device="cuda").manual_seed(path)
+    pow2 = torch.exp2(torch.randint(-6, 3, (m,), device="cuda", generator=g).float())   # [M]
+    got = _ext._C.grouped_gemm_nt(a, b, offsets, False, path, row_scale=pow2)
+    assert torch.equal(got, (plain.float() * pow2[:, None]).to(BF16)), f"{PATHS[path]}: not acc * s rounded once"
+    s = row_scale_of(m, seed=path, device="cuda", dtype=torch.float32)
+    got = _ext._C.grouped_gemm_nt(a, b, offsets, False, path, row_scale=s)
+    ref64 = grouped_gemm_ref(a.double(), b.double(), offsets, row_scale=s.double())
+    low = (torch_bf16(a, b, offsets, "none") * s[:, None]).to(BF16)
+    assert_error_rule(f"{PATHS[path]} row_scale", got, ref64, low, 2)
+
+    a_q, a_scale, b_q, b_scale, offsets = quantized_operands(counts, n, (k + 15) // 16 * 16, seed=path)
+    if path == 0:            # FP8 folds s into a_scale (each path's a_scale is tested above); once per problem
+        got = grouped_gemm_fp8(a_q, a_scale, b_q, b_scale, offsets, row_scale=s)
+        exact = grouped_gemm_ref(a_q.double() * a_scale.double()[:, None], b_q.double() * b_scale.double()[..., None],
+                                 offsets, row_scale=s.double())
+        assert_error_rule("fp8 row_scale", got, exact, exact.to(BF16), 2)
+    if path == 2:
+        a16 = (a_q.float() * a_scale[:, None]).to(BF16)
+        got = _ext._C.grouped_gemm_w8_nt(a16, b_q, b_scale, offsets, False, row_scale=s)
+        assert torch.equal(_ext._C.grouped_gemm_w8_nt(a16, b_q, b_scale, offsets, False, row_scale=ones),
+                           _ext._C.grouped_gemm_w8_nt(a16, b_q, b_scale, offsets, False))
+        exact = grouped_gemm_ref(a16.double(), b_q.double() * b_scale.double()[..., None], offsets,
+                                 row_scale=s.double())
+        assert_error_rule("w8 GEMV row_scale", got, exact, exact.to(BF16), 2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("counts,n,k", [
+    ([300, 0, 211, 517, 2, 0, 64, 1], 2688, 1856),   # the down projection's shape, 8 experts, two empty
+    ([37, 0, 130, 1], 104, 200),
+])
+def test_cuda_row_scale_backward(counts, n, k):
+    """grouped_gemm with row_scale, differentiated in a, b and the scale, against the float64 reference's autograd
+    (error rule, k = 3, with torch's bf16 computation as the low-precision baseline); also with the scale not
+    requiring a gradient (the other backward branch)."""
+    a, b, offsets = operands(counts, n, k, seed=9, device="cuda", dtype=BF16)
+    s = row_scale_of(a.shape[0], seed=9, device="cuda", dtype=torch.float32)
+    dout = torch.randn(a.shape[0], n, device="cuda", generator=torch.Generator(device="cuda").manual_seed(1)).to(BF16)
+    leaves = [t.detach().clone().requires_grad_() for t in (a, b, s)]
+    grouped_gemm(*leaves[:2], offsets, row_scale=leaves[2]).backward(dout)
+    leaves64 = [t.detach().double().requires_grad_() for t in (a, b, s)]
+    grouped_gemm_ref(*leaves64[:2], offsets, row_scale=leaves64[2]).backward(dout.double())
+    leaves_low = [t.detach().clone().requires_grad_() for t in (a, b, s)]
+    (torch_bf16(*leaves_low[:2], offsets, "none") * leaves_low[2][:, None]).to(BF16).backward(dout)
+    for name, got, g64, low in zip(("a", "b", "row_scale"), leaves, leaves64, leaves_low):
+        assert_error_rule(f"row_scale d{name}", got.grad, g64.grad, low.grad, 3)
+    no_s = [t.detach().clone().requires_grad_() for t in (a, b)]
+    grouped_gemm(*no_s, offsets, row_scale=s).backward(dout)
+    assert_error_rule("row_scale (no grad) da", no_s[0].grad, leaves64[0].grad, leaves_low[0].grad, 3)
+    assert torch.equal(no_s[1].grad, leaves[1].grad), "db must not depend on whether the scale wants a gradient"
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("activation", ["relu2", "none"])
 @pytest.mark.parametrize("counts,n,k", [
     ([300, 0, 211, 517, 2, 0, 64, 1], 1856, 2688),   # up-projection shape, 8 experts, two empty
@@ -356,6 +476,7 @@ def test_cuda_custom_ops_opcheck_and_compile():
     a, b, offsets = operands([5, 0, 11], 24, 32, seed=3, device="cuda", dtype=BF16)
     h = grouped_gemm_nt(a, b, offsets, True)
     torch.library.opcheck(grouped_gemm_nt.op, (a, b, offsets, True))
+    torch.library.opcheck(grouped_gemm_nt.op, (a, b, offsets, False, torch.rand(a.shape[0], device="cuda")))
     torch.library.opcheck(grouped_gemm_nn.op, (h, b, offsets))                           # [16, 24] @ [3, 24, 32]
     torch.library.opcheck(relu2_grad_op.op, (torch.randn_like(h), h))
     torch.library.opcheck(grouped_gemm_tn.op, (h, a, offsets))
@@ -378,7 +499,6 @@ def test_cuda_graph_capture():
 # ------------------------------------------------------------------------------------------------ FP8
 
 from nemotron_kernels.ops.grouped_gemm import grouped_gemm_fp8, quantize_fp8_rowwise  # noqa: E402
-from nemotron_kernels.reference.grouped_gemm import quantize_fp8_rowwise_ref  # noqa: E402
 
 
 def test_quantize_fp8_reference_bounds():
@@ -484,7 +604,6 @@ def test_cuda_fp8_checks_name_the_argument():
 # ------------------------------------------------------------------------------------------------ weights-only FP8
 
 from nemotron_kernels.ops.grouped_gemm import grouped_gemm_w8  # noqa: E402
-from nemotron_kernels.reference.grouped_gemm import grouped_gemm_w8_ref  # noqa: E402
 
 
 def w8_operands(counts, n, k, seed, device="cpu"):

@@ -83,6 +83,23 @@ def test_cuda_forward_nemotron_shapes(ntokens):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("ntokens", [64, 1024])
+def test_cuda_routing_weights_in_the_down_epilogue(ntokens):
+    """The routed experts composed from the public ops with each row's routing weight applied in the down GEMM's
+    epilogue (grouped_gemm row_scale) and a plain sum (moe_unpermute without weights): the float64 reference
+    under the error rule, as the fused layer is."""
+    from nemotron_kernels import grouped_gemm, moe_permute, moe_unpermute
+    args = make(ntokens, **{**NEMOTRON, "shared_inter": 0}, seed=ntokens + 1, device="cuda", dtype=BF16)
+    rows, row_of_assignment, offsets = moe_permute(args["x"], args["topk_idx"], NEMOTRON["nexperts"])
+    row_weight = torch.zeros(rows.shape[0], device="cuda")                                # [M]
+    row_weight[row_of_assignment.flatten().long()] = args["topk_weight"].flatten()
+    h = grouped_gemm(rows, args["up"], offsets, "relu2")
+    out = moe_unpermute(grouped_gemm(h, args["down"], offsets, row_scale=row_weight), row_of_assignment)
+    as64 = {k: (v.double() if v.is_floating_point() else v) for k, v in args.items()}
+    assert_error_rule("out", out, moe_experts_ref(**as64), torch_bf16(**args), 2)
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("ntokens", [1, 3])
 def test_cuda_graph_of_a_decode_step_reads_the_kept_shared_offsets(ntokens):
     """A captured decode-sized MoE (warmed up eagerly on the capture stream, as the engine's probe does) replays the
