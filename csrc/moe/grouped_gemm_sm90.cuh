@@ -204,7 +204,7 @@ struct GroupArrays {
   typename G::ElementAB const** ptr_a;
   typename G::ElementAB const** ptr_b;
   Bf16** ptr_d;
-  float const** ptr_a_scale;  // FP8 only
+  float const** ptr_a_scale;  // FP8 and kNTScaled only
   float const** ptr_b_scale;
   typename G::StrideA* stride_a;
   typename G::StrideB* stride_b;

@@ -626,7 +626,8 @@ void register_moe(pybind11::module_& m) {
         py::arg("a"), py::arg("a_scale"), py::arg("b"), py::arg("b_scale"), py::arg("expert_offsets"),
         py::arg("relu2"), py::arg("path") = -1, py::arg("gemv_split") = 0);
   m.def("grouped_gemm_w8_nt", &grouped_gemm_w8_nt,
-        "bf16 a [M,K] @ e4m3 b[e]^T per expert, scaled by b_scale [E,N], relu^2 optionally -> bf16 (grouped GEMV)",
+        "bf16 a [M,K] @ e4m3 b[e]^T per expert, scaled by b_scale [E,N], relu^2 optionally, or each row times "
+        "row_scale [M] fp32 -> bf16 (grouped GEMV)",
         py::arg("a"), py::arg("b"), py::arg("b_scale"), py::arg("expert_offsets"), py::arg("relu2"),
         py::arg("gemv_split") = 0, py::arg("row_scale") = py::none());
   m.def("moe_decode_gemv", &moe_decode_gemv,

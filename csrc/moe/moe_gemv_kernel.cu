@@ -1,6 +1,7 @@
 // Grouped NT GEMV for decode (few rows per expert): d[rows_e, N] = epi(a[rows_e, K] @ b[e, N, K]^T).
 // Operands: bf16 x bf16, e4m3 x e4m3 (scaled by a_scale[row] * b_scale[e, col]), or weights-only FP8: bf16 a with
-// e4m3 b (scaled by b_scale only; no activation quantisation before the GEMV, which at T = 1 costs a launch).
+// e4m3 b (scaled by b_scale; no activation quantisation before the GEMV, which at T = 1 costs a launch). The
+// *Scaled kinds also multiply by a_scale[row] (a routing weight per row).
 //
 // With a handful of tokens the MoE GEMMs are a stream of the touched experts' weights; tensor-core tiles of
 // 64+ rows would mostly multiply padding, and a tile scheduler over all E groups spends its time on empty

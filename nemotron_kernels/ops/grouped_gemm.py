@@ -180,11 +180,11 @@ class GroupedGemmFn(torch.autograd.Function):
             da = grouped_gemm_nn(dpre, b, expert_offsets) if need_a else None              # [M, K]
         else:
             s = row_scale[:, None]                                                        # [M, 1] fp32
-            dpre = (dout.float() * s).to(dout.dtype)                                      # [M, N]
+            dpre = (dout.float() * s).to(dout.dtype) if need_b or (need_a and not need_s) else None  # [M, N]
             if need_s:                   # ds[r] = <dout[r], a[r] @ b[e]^T> = <dout[r] @ b[e], a[r]>
-                g = grouped_gemm_nn(dout, b, expert_offsets).float()                     # [M, K]
-                ds = (g * a.float()).sum(1).to(row_scale.dtype)                           # [M]
-                da = (g * s).to(a.dtype) if need_a else None
+                g = grouped_gemm_nn(dout, b, expert_offsets).float()                     # [M, K] fp32
+                ds = (g * a).sum(1).to(row_scale.dtype)                                   # [M], fp32 products
+                da = g.mul_(s).to(a.dtype) if need_a else None
             elif need_a:
                 da = grouped_gemm_nn(dpre, b, expert_offsets)
         db = grouped_gemm_tn(dpre, a, expert_offsets) if need_b else None                 # [E, N, K]
@@ -231,8 +231,9 @@ def grouped_gemm_fp8(a_q, a_scale, b_q, b_scale, expert_offsets, activation: str
         a_q [M, K] float8_e4m3fn, a_scale [M] fp32 (quantize_fp8_rowwise of the rows);
         b_q [E, N, K] float8_e4m3fn, b_scale [E, N] fp32 (quantize_fp8_rowwise of b.view(E*N, K));
         expert_offsets [E+1] as for grouped_gemm; activation "none" or "relu2" (applied after dequantisation);
-        row_scale [M] | None: as for grouped_gemm (activation "none"), folded into a_scale, so the epilogue's
-            dequantisation applies it.
+        row_scale [M] | None: as for grouped_gemm (activation "none"): a routing weight per row, not a
+            dequantisation scale (that is a_scale, which moe_permute_scaled calls its rows' row_scale); folded
+            into a_scale, so the epilogue's dequantisation applies it.
     Returns:
         [M, N] bfloat16. CUDA: the CUTLASS sm90 FP8 kernel (K multiple of 16, N of 8); elsewhere the reference.
     """

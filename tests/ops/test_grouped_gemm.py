@@ -121,6 +121,24 @@ def test_reference_row_scale_is_each_row_times_its_scale(counts):
                                w8.float() * s[:, None], rtol=2 ** -7, atol=1e-6)
 
 
+@pytest.mark.parametrize("wanted", ["a b s", "a b", "b s", "a s", "s"])
+def test_row_scale_backward_formulas(monkeypatch, wanted):
+    """GroupedGemmFn's backward with row_scale (g = dout @ b[e], da = g s, ds = <g, a>, db = (dout s)^T a) on the
+    CPU: its three kernels swapped for float64 per-group products, then gradcheck, for each set of inputs that
+    want a gradient (the backward takes another branch when the scale wants none)."""
+    import nemotron_kernels.ops.grouped_gemm as gg
+    a, b, offsets = operands([3, 0, 4, 1], 5, 6, seed=4)
+    s = row_scale_of(a.shape[0], seed=4)
+    groups = list(zip(offsets.tolist(), offsets.tolist()[1:]))            # (first row, end) per expert
+    monkeypatch.setattr(gg, "grouped_gemm_nt", lambda a, b, offs, relu2, row_scale=None:
+                        grouped_gemm_ref(a, b, offs, "relu2" if relu2 else "none", row_scale))
+    monkeypatch.setattr(gg, "grouped_gemm_nn", lambda x, w, offs: torch.cat(
+        [x[p:q] @ w[e] for e, (p, q) in enumerate(groups)]))
+    monkeypatch.setattr(gg, "grouped_gemm_tn", lambda x, y, offs: torch.stack([x[p:q].T @ y[p:q] for p, q in groups]))
+    inputs = [t.clone().requires_grad_(name in wanted.split()) for name, t in zip("abs", (a, b, s))]
+    assert torch.autograd.gradcheck(lambda a, b, s: gg.GroupedGemmFn.apply(a, b, offsets, "none", s), inputs)
+
+
 @pytest.mark.parametrize("change,exc,match", [
     (dict(activation="relu2"), ValueError, "row_scale applies without an activation only, got activation 'relu2'"),
     (dict(row_scale=torch.ones(4)), ValueError, r"row_scale must have shape \[M\] = \(5,\), got \(4,\)"),
@@ -296,17 +314,18 @@ def test_cuda_every_forward_path(path, counts, n, k, activation):
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("counts,n,k", [
     (routed_counts(256, 128, 6, seed=23, empty=(5,)), 2688, 1856),   # the down projection at B256 decode
+    ([1, 0, 0, 2, 0, 5], 2688, 1856),                                # a decode batch: the GEMV's own size
     ([37, 0, 5, 1, 70, 0, 33, 32], 264, 72),
     ([300, 0, 211, 517, 2, 0, 64, 1], 2688, 1856),
 ])
 def test_cuda_row_scale_every_path(path, counts, n, k):
     """row_scale on each kernel path (BF16 CUTLASS tiles, swapped tiles, GEMV; FP8 folded into a_scale;
-    weights-only FP8 on its GEMV): scales that are powers of two must give exactly the unscaled kernel's output
-    times the scale (the epilogue multiplies the fp32 accumulator before its one rounding), scales of 1 exactly
-    the unscaled output, and random scales the float64 reference under the error rule."""
+    weights-only FP8 on its GEMV): scales of 1 give exactly the unscaled output, powers of two exactly the unscaled
+    output times the scale (each row gets its own scale: a row or column mix-up shows; rounding once or twice
+    cannot, powers of two commute with it), random scales the float64 reference under the error rule."""
     from nemotron_kernels import _ext
     if path == 2 and sum(counts) > 300:
-        pytest.skip("the GEMV passes over an expert's weights once per 8 rows: slow at this size, not a decode size")
+        pytest.skip("not a GEMV size (path_for takes the GEMV up to 16 rows)")
     a, b, offsets = operands(counts, n, k, seed=path + 3, device="cuda", dtype=BF16)
     m = a.shape[0]
     plain = _ext._C.grouped_gemm_nt(a, b, offsets, False, path)
@@ -315,7 +334,7 @@ def test_cuda_row_scale_every_path(path, counts, n, k):
     g = torch.Generator(device="cuda").manual_seed(path)
     pow2 = torch.exp2(torch.randint(-6, 3, (m,), device="cuda", generator=g).float())   # [M]
     got = _ext._C.grouped_gemm_nt(a, b, offsets, False, path, row_scale=pow2)
-    assert torch.equal(got, (plain.float() * pow2[:, None]).to(BF16)), f"{PATHS[path]}: not acc * s rounded once"
+    assert torch.equal(got, (plain.float() * pow2[:, None]).to(BF16)), f"{PATHS[path]}: a scale on the wrong row"
     s = row_scale_of(m, seed=path, device="cuda", dtype=torch.float32)
     got = _ext._C.grouped_gemm_nt(a, b, offsets, False, path, row_scale=s)
     ref64 = grouped_gemm_ref(a.double(), b.double(), offsets, row_scale=s.double())

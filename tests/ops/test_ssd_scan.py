@@ -732,17 +732,18 @@ def bwd_args(inputs: dict, seed: int) -> list:
 def assert_bwd_matches_triton(gluon: tuple, triton_out: tuple, what: str) -> None:
     """ssd_scan_bwd's outputs with Gluon kernels against its NK_GLUON=0 run on the same inputs: dA, dD, ddt_bias
     within 1e-5 relative (fp64 sums of fp32 terms summed in another order); ddt within one ulp of dt's dtype per
-    element (an fp32 sum rounded once: the two kernels add in their own order, and on the H200 1 of 139,264
-    elements of B1-L2176 rounded the other way, session 30); the rest bitwise."""
+    element, in at most 0.1% of them (an fp32 sum rounded once: the two kernels add in their own order, and on the
+    H200 1 of 139,264 elements of B1-L2176 rounded the other way, session 30); the rest bitwise."""
     names = ("dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias", "dinit")
     for name, a, b in zip(names, gluon, triton_out):
         if name in ("dA", "dD", "ddt_bias"):
             err = (a - b).abs().max().item() / b.abs().max().item()
             assert err <= 1e-5, f"{name}: Gluon and Triton differ by {err:.2e} (relative max)"
         elif name == "ddt":
-            ulp = torch.finfo(b.dtype).eps * torch.maximum(a.float().abs(), b.float().abs())
-            over = int(((a.float() - b.float()).abs() > ulp).sum())
+            diff = (a.float() - b.float()).abs()
+            over = int((diff > torch.finfo(b.dtype).eps * torch.maximum(a.float().abs(), b.float().abs())).sum())
             assert over == 0, f"ddt: {over} elements differ by more than one ulp between the {what} and Triton runs"
+            assert int((diff > 0).sum()) <= a.numel() // 1000, f"ddt: more than 0.1% of elements differ ({what})"
         else:
             diff = (a.float() - b.float()).abs()
             assert torch.equal(a, b), (f"{name}: the {what} run differs from the Triton one in {int((diff > 0).sum())}"
