@@ -31,10 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from nemotron_kernels import ops_for
+from nemotron_kernels.reference.grouped_gemm import E4M3_MAX as _E4M3_MAX
 
 from .config import NemotronHConfig
-
-_E4M3_MAX = 448.0   # largest finite float8_e4m3fn
 
 
 @dataclass

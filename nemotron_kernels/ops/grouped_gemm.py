@@ -24,9 +24,8 @@ host: others are clamped into [0, M] (memory-safe, rows outside every group are 
 import torch
 
 from .. import _ext
-from ..reference._checks import check_same_device
 from ..reference.grouped_gemm import (check_grouped_gemm_args, check_grouped_gemm_fp8_args, check_grouped_gemm_w8_args,
-                                      check_row_scale, grouped_gemm_fp8_ref, grouped_gemm_ref, grouped_gemm_w8_ref,
+                                      grouped_gemm_fp8_ref, grouped_gemm_ref, grouped_gemm_w8_ref,
                                       quantize_fp8_rowwise_ref, relu2_grad_ref)
 from ..triton import mamba_common
 from ._kernel_op import kernel_op
@@ -240,9 +239,7 @@ def grouped_gemm_fp8(a_q, a_scale, b_q, b_scale, expert_offsets, activation: str
     fp8 = torch.float8_e4m3fn
     if (all(isinstance(t, torch.Tensor) and t.is_cuda for t in (a_q, a_scale, b_q, b_scale, expert_offsets))
             and a_q.dtype == fp8 and b_q.dtype == fp8 and _ext.cuda_ok()[0] and activation in ("none", "relu2")):
-        check_grouped_gemm_fp8_args(a_q, a_scale, b_q, b_scale, expert_offsets, activation)
-        check_row_scale(row_scale, a_q.shape[0], activation)
-        check_same_device(a_q=a_q, row_scale=row_scale)
+        check_grouped_gemm_fp8_args(a_q, a_scale, b_q, b_scale, expert_offsets, activation, row_scale)
         a_q, b_q, b_scale = a_q.contiguous(), b_q.contiguous(), b_scale.float().contiguous()
         check_tma_operands(a_q.shape[1], b_q.shape[1], 16, "16 fp8 elements", a_q=a_q, b_q=b_q, b_scale=b_scale)
         a_scale = a_scale.float() if row_scale is None else a_scale.float() * row_scale.float()    # [M]
@@ -314,9 +311,7 @@ def grouped_gemm_w8(a, b_q, b_scale, expert_offsets, activation: str = "none", r
     if (all(isinstance(t, torch.Tensor) and t.is_cuda for t in (a, b_q, b_scale, expert_offsets))
             and a.dtype == torch.bfloat16 and b_q.dtype == torch.float8_e4m3fn and _ext.cuda_ok()[0]
             and activation in ("none", "relu2")):
-        check_grouped_gemm_w8_args(a, b_q, b_scale, expert_offsets, activation)
-        check_row_scale(row_scale, a.shape[0], activation)
-        check_same_device(a=a, row_scale=row_scale)
+        check_grouped_gemm_w8_args(a, b_q, b_scale, expert_offsets, activation, row_scale)
         a, b_q, b_scale = a.contiguous(), b_q.contiguous(), b_scale.float().contiguous()
         check_tma_operands(a.shape[1], b_q.shape[1], 16, "16 fp8 elements", a=a, b_q=b_q, b_scale=b_scale)
         scale32 = None if row_scale is None else row_scale.float().contiguous()

@@ -10,6 +10,7 @@ import torch
 
 from ._checks import (check_cu_seqlens, check_descale, check_divisible, check_float, check_positive_int,
                       check_same_device, check_shape, compute_dtype)
+from .grouped_gemm import E4M3_MAX
 
 FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
                    if hasattr(torch, n))
@@ -143,7 +144,7 @@ def quantize_fp8_ref(x, num_kv_heads: int, cu_seqlens=None, max_seqlen=None, des
     if descale is None:       # [rows, Hkv]: amax over positions, the group's heads and D
         amax = torch.stack([t.float().abs().view(t.shape[0], t.shape[1], num_kv_heads, group * d).amax(dim=(1, 3))
                             if t.shape[1] else torch.zeros(t.shape[0], num_kv_heads, device=x.device) for t in xs])
-        descale = (amax.clamp_min(1e-12) / 448.0).reshape(-1, num_kv_heads)       # [B or S, Hkv]
+        descale = (amax.clamp_min(1e-12) / E4M3_MAX).reshape(-1, num_kv_heads)    # [B or S, Hkv]
     descale = descale.float()
     per_row = descale.repeat_interleave(group, dim=1)                              # [rows, H]
     if cu_seqlens is None:
@@ -151,4 +152,4 @@ def quantize_fp8_ref(x, num_kv_heads: int, cu_seqlens=None, max_seqlen=None, des
     else:
         lengths = torch.tensor([b - a for a, b in zip(offsets[:-1], offsets[1:])], device=x.device)
         scaled = x.float() / per_row.repeat_interleave(lengths, dim=0)[None, :, :, None]
-    return scaled.clamp(-448.0, 448.0).to(torch.float8_e4m3fn), descale
+    return scaled.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn), descale

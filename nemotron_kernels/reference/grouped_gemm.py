@@ -87,7 +87,9 @@ def relu2_grad_ref(dout, out):
     # CPU fp32 sqrt is 1 ulp off for some inputs on some machines: 0x1.0a5fp-1 -> 0x1.714ca0p-1, not ...a2p-1)
     root = out.to(torch.float64).sqrt().to(cdtype)
     return (dout.to(cdtype) * root * 2.0).to(dout.dtype)
-E4M3_MAX = 448.0
+
+
+E4M3_MAX = 448.0  # largest finite float8_e4m3fn (the model and the attention references use this one too)
 
 
 def quantize_fp8_rowwise_ref(x):
@@ -112,7 +114,7 @@ def grouped_gemm_fp8_ref(a_q, a_scale, b_q, b_scale, expert_offsets, activation:
         a_q [M, K] float8_e4m3fn, a_scale [M] float32; b_q [E, N, K] float8_e4m3fn, b_scale [E, N] float32;
         expert_offsets [E+1]; activation "none" or "relu2"; row_scale [M] | None (as for grouped_gemm_ref).
     """
-    check_grouped_gemm_fp8_args(a_q, a_scale, b_q, b_scale, expert_offsets, activation)
+    check_grouped_gemm_fp8_args(a_q, a_scale, b_q, b_scale, expert_offsets, activation, row_scale)
     a = a_q.float() * a_scale.float()[:, None]
     b = b_q.float() * b_scale.float()[..., None]
     return grouped_gemm_ref(a, b, expert_offsets, activation, row_scale).to(torch.bfloat16)
@@ -127,7 +129,7 @@ def grouped_gemm_w8_ref(a, b_q, b_scale, expert_offsets, activation: str = "none
         a [M, K] float; b_q [E, N, K] float8_e4m3fn, b_scale [E, N] float32; expert_offsets [E+1];
         activation "none" or "relu2"; row_scale [M] | None (as for grouped_gemm_ref).
     """
-    check_grouped_gemm_w8_args(a, b_q, b_scale, expert_offsets, activation)
+    check_grouped_gemm_w8_args(a, b_q, b_scale, expert_offsets, activation, row_scale)
     cdtype = compute_dtype(a.dtype, torch.float32)
     b = b_q.to(cdtype) * b_scale.to(cdtype)[..., None]                               # [E, N, K]
     return grouped_gemm_ref(a.to(cdtype), b, expert_offsets, activation, row_scale).to(a.dtype)
@@ -208,7 +210,7 @@ def _check_fp8_weights(b_q, b_scale, k: int, k_name: str) -> None:
         raise ValueError(f"b_scale must have shape [E, N] = {tuple(b_q.shape[:2])}, got {tuple(b_scale.shape)}")
 
 
-def check_grouped_gemm_fp8_args(a_q, a_scale, b_q, b_scale, expert_offsets, activation) -> None:
+def check_grouped_gemm_fp8_args(a_q, a_scale, b_q, b_scale, expert_offsets, activation, row_scale=None) -> None:
     """Shapes, dtypes and devices of grouped_gemm_fp8's arguments (no value checks)."""
     check_tensor_fp8("a_q", a_q, 2)
     check_float("a_scale", a_scale, "[M]", 1)
@@ -216,15 +218,18 @@ def check_grouped_gemm_fp8_args(a_q, a_scale, b_q, b_scale, expert_offsets, acti
     if a_scale.shape[0] != a_q.shape[0]:
         raise ValueError(f"a_scale must have shape [M] = ({a_q.shape[0]},), got {tuple(a_scale.shape)}")
     _check_offsets_and_activation(expert_offsets, "b_q", b_q.shape[0], activation)
-    check_same_device(a_q=a_q, a_scale=a_scale, b_q=b_q, b_scale=b_scale, expert_offsets=expert_offsets)
+    check_row_scale(row_scale, a_q.shape[0], activation)
+    check_same_device(a_q=a_q, a_scale=a_scale, b_q=b_q, b_scale=b_scale, expert_offsets=expert_offsets,
+                      row_scale=row_scale)
 
 
-def check_grouped_gemm_w8_args(a, b_q, b_scale, expert_offsets, activation) -> None:
+def check_grouped_gemm_w8_args(a, b_q, b_scale, expert_offsets, activation, row_scale=None) -> None:
     """Shapes, dtypes and devices of grouped_gemm_w8's arguments (no value checks)."""
     check_float("a", a, "[M, K]", 2)
     _check_fp8_weights(b_q, b_scale, a.shape[1], "a.shape[1]")
     _check_offsets_and_activation(expert_offsets, "b_q", b_q.shape[0], activation)
-    check_same_device(a=a, b_q=b_q, b_scale=b_scale, expert_offsets=expert_offsets)
+    check_row_scale(row_scale, a.shape[0], activation)
+    check_same_device(a=a, b_q=b_q, b_scale=b_scale, expert_offsets=expert_offsets, row_scale=row_scale)
 
 
 def check_tensor_fp8(name, t, rank):
