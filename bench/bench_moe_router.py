@@ -1,12 +1,16 @@
 """moe_router at Nemotron 3 Nano's shape (E=128, Hd=2688, k=6, scale 2.5; bf16 x, fp32 gate weight).
 
-ours:      (a) the fused kernel alone, from fp32 logits;  (b) the whole router: fp32 GEMM (torch) + fused kernel.
+ours:      (a) the fused kernel alone, from fp32 logits;  (b) the whole router: fp32 GEMM (torch) + fused kernel;
+           on CUDA also (a') the fused kernel and the expert-sorted permutation in two launches (moe_router_permute)
+           against (a'') the fused kernel then moe_permute (whose ranking launches write the same permutation,
+           plus its row copy: rows of 8 bytes here, so the copy is small).
 baselines: (c) the reference on the GPU incl. its fp32 GEMM;  (d) the reference from logits (no GEMM);
            (e) HF-style torch ops incl. the GEMM (fp32 torch.sigmoid + torch.topk: what a plain model runs;
                faster than the reference, which sorts stably and evaluates the sigmoid in fp64)."""
 import torch
 
-from nemotron_kernels.ops.moe_router import moe_router, moe_router_fused, moe_router_logits
+from nemotron_kernels.ops.moe_permute import moe_permute_op
+from nemotron_kernels.ops.moe_router import moe_router, moe_router_fused, moe_router_logits, moe_router_permute
 from nemotron_kernels.reference.moe_router import moe_router_from_logits_ref, moe_router_ref
 
 from .harness import Bench, Variant
@@ -31,7 +35,8 @@ def _input_maker(ntokens: int, device: torch.device):
         x = torch.randn(ntokens, HIDDEN, device=device).to(torch.bfloat16)     # [T, Hd]
         weight = torch.randn(EXPERTS, HIDDEN, device=device) / HIDDEN ** 0.5   # [E, Hd] fp32
         bias = 0.05 * torch.randn(EXPERTS, device=device)                      # [E] fp32
-        return dict(x=x, weight=weight, bias=bias, logits=moe_router_logits(x, weight))
+        tiny_rows = torch.zeros(ntokens, 4, device=device, dtype=torch.bfloat16)  # [T, 4]: moe_permute's ranking
+        return dict(x=x, weight=weight, bias=bias, logits=moe_router_logits(x, weight), tiny_rows=tiny_rows)
     return make
 
 
@@ -47,6 +52,19 @@ def run(bench: Bench) -> None:
         ours = moe_router_fused(ours_logits, first["bias"], TOP_K, SCALE, 1, 1)
         ref = moe_router_from_logits_ref(ours_logits, first["bias"], TOP_K, SCALE)
         assert torch.equal(ours[0], ref[0]) and torch.equal(ours[2], ref[2]), "ours != reference: not timing it"
+        permuted = []
+        if bench.device.type == "cuda":
+            routed = moe_router_permute(ours_logits, first["bias"], TOP_K, SCALE, 1, 1)
+            _, roa, offsets = moe_permute_op(first["tiny_rows"], ours[0], EXPERTS, 1)
+            assert all(torch.equal(a, b) for a, b in zip(routed[:3], ours)) and torch.equal(routed[3], roa) \
+                and torch.equal(routed[4], offsets), "moe_router_permute != moe_router_fused + moe_permute"
+            permuted = [
+                Variant("ours: fused + permutation from logits (2 launches)",
+                        lambda s: moe_router_permute(s["logits"], s["bias"], TOP_K, SCALE, 1, 1)),
+                Variant("ours: fused, then moe_permute (tiny rows)",
+                        lambda s: moe_permute_op(s["tiny_rows"], moe_router_fused(s["logits"], s["bias"], TOP_K,
+                                                                                  SCALE, 1, 1)[0], EXPERTS, 1)),
+            ]
 
         out_bytes = ntokens * TOP_K * 8 + EXPERTS * 4                             # idx + weight + counts
         fused_bytes = ntokens * EXPERTS * 4 + EXPERTS * 4 + out_bytes             # logits + bias in
@@ -65,4 +83,5 @@ def run(bench: Bench) -> None:
                     bytes=fused_bytes, baseline=True),
             Variant("torch: HF-style router", lambda s: _hf_style_router(s["x"], s["weight"], s["bias"]),
                     flops=gemm_flops, bytes=router_bytes, baseline=True),
+            *permuted,
         ], T=ntokens, E=EXPERTS, Hd=HIDDEN, k=TOP_K)

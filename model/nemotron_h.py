@@ -403,11 +403,13 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
         ops = meta.ops
         x2 = x.reshape(-1, x.shape[-1])                                       # [T, H]
-        topk_idx, topk_weight, counts = ops.moe_router(
+        # the router's kernels also sort the choices by expert where that saves launches (else None)
+        topk_idx, topk_weight, counts, permutation = ops.moe_router(
             x2, self.gate.weight, self.gate.e_score_correction_bias, self.top_k, self.scale,
-            self.n_group, self.topk_group)                                    # [T, k] int32, [T, k] fp32, [E] int32
+            self.n_group, self.topk_group, with_permutation=True)           # [T, k] int32, [T, k] fp32, [E] int32
         y = ops.moe_experts(x2, topk_idx, topk_weight, self.experts.up_proj, self.experts.down_proj,
-                            self.shared_experts.up_proj.weight, self.shared_experts.down_proj.weight)  # [T, H]
+                            self.shared_experts.up_proj.weight, self.shared_experts.down_proj.weight,
+                            permutation=permutation)                          # [T, H]
         meta.record_routing(x2, self.gate.weight, counts, topk_idx)
         return y.view_as(x)
 

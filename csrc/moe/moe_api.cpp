@@ -100,6 +100,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_permute(const at:
   return {rows, row_of_assignment, expert_offsets, row_scale};
 }
 
+// The rows of a permutation made elsewhere (moe_router_permute): x [T, H], row_of_assignment [T, k] int32,
+// token_of_row [M] int32 (-1: padding) -> rows [M, H], moe_permute's row copy alone.
+at::Tensor moe_permute_rows(const at::Tensor& x, const at::Tensor& row_of_assignment,
+                            const at::Tensor& token_of_row) {
+  check_cuda(x, "x");
+  check_dtype(x, "x", {at::kBFloat16, at::kHalf, at::kFloat, at::kFloat8_e4m3fn});
+  check_shape(x, "x", {-1, -1});
+  check_contiguous(x, "x");
+  const int64_t ntokens = x.size(0), hidden = x.size(1);
+  for (const auto& [t, name] : {std::pair{&row_of_assignment, "row_of_assignment"}, {&token_of_row, "token_of_row"}}) {
+    check_dtype(*t, name, {at::kInt});
+    check_contiguous(*t, name);
+    check_device(*t, name, x.device());
+  }
+  check_shape(row_of_assignment, "row_of_assignment", {ntokens, -1});
+  check_shape(token_of_row, "token_of_row", {-1});
+  const int64_t top_k = row_of_assignment.size(1), m_rows = token_of_row.size(0);
+  NK_CHECK_VALUE(top_k >= 1 && top_k <= 32, "row_of_assignment must have 1 to 32 columns (top_k), got ", num(top_k));
+  NK_CHECK_VALUE(m_rows >= ntokens * top_k && m_rows <= kInt32Max, "token_of_row must have T*k = ",
+                 num(ntokens * top_k), " to 2^31-1 rows, got ", num(m_rows));
+  auto rows = at::empty({m_rows, hidden}, x.options());
+#ifdef NEMOTRON_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  moe::permute_rows_launch(x.data_ptr(), int(x.element_size()), row_of_assignment.data_ptr<int32_t>(),
+                           token_of_row.data_ptr<int32_t>(), ntokens, int(top_k), hidden, m_rows, rows.data_ptr(),
+                           stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
+  return rows;
+}
+
 // Row-wise FP8 e4m3: x [R, C] (bf16/fp16/fp32) -> (q [R, C] e4m3, scale [R] fp32), x[r] ~= q[r] * scale[r].
 std::tuple<at::Tensor, at::Tensor> quantize_fp8_rowwise(const at::Tensor& x) {
   check_cuda(x, "x");
@@ -616,6 +648,10 @@ void register_moe(pybind11::module_& m) {
         "CTAs (exposed for the tests of the rule)",
         py::arg("n"), py::arg("k"), py::arg("elem_bytes"), py::arg("touched_groups"), py::arg("resident"));
 #endif
+  m.def("moe_permute_rows", &moe_permute_rows,
+        "x [T,H], row_of_assignment [T,k] int32, token_of_row [M] int32 (-1: padding) -> rows [M,H]: moe_permute's "
+        "row copy for a permutation made elsewhere (moe_router_permute) (CUDA)",
+        py::arg("x"), py::arg("row_of_assignment"), py::arg("token_of_row"));
   m.def("moe_permute", &moe_permute, "x [T,H], topk_idx [T,k] int32 -> (rows [M,H], row_of_assignment [T,k], "
         "expert_offsets [E+1], row_scale [M] or [0]) (CUDA)", py::arg("x"), py::arg("topk_idx"),
         py::arg("num_experts"), py::arg("pad_to"), py::arg("x_scale"));

@@ -31,6 +31,12 @@ void permute_launch(const void* x, int elem_bytes, const int32_t* topk_idx, int6
                     int32_t* row_of_assignment, int32_t* expert_offsets, const float* token_scale, float* row_scale,
                     int32_t* scratch, cudaStream_t stream);
 
+// The row copy of permute_launch alone, for a permutation made elsewhere (the router's permutation mode):
+// rows[row_of_assignment[t, j]] = x[t], zeros where token_of_row[r] < 0 (padding); token_of_row [m_rows].
+void permute_rows_launch(const void* x, int elem_bytes, const int32_t* row_of_assignment,
+                         const int32_t* token_of_row, int64_t ntokens, int top_k, int64_t hidden, int64_t m_rows,
+                         void* rows, cudaStream_t stream);
+
 // out[t] = (add[t] +) sum_j weight[t, j] * rows[row_of_assignment[t, j]]   (weight = 1 when null), summed in fp32
 // in slot order j = 0..k-1 (deterministic), rounded to the rows dtype before `add` is added (then rounded again).
 // Slots whose row is outside [0, m_rows) contribute nothing. row_of_assignment null: row t * top_k + j.

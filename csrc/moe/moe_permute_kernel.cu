@@ -33,35 +33,6 @@ constexpr int kRowThreads = 256;
 
 int64_t chunks_of(int64_t n_assign) { return (n_assign + kChunk - 1) / kChunk; }
 
-// One round of kRankThreads assignments, called by every thread of the block (it holds the barriers): e is this
-// thread's expert (-1: no assignment, or dropped); returns its stable rank among the block's assignments to e so
-// far (-1 for e < 0) and advances running[E] by the round's counts. warp_count [kRankWarps][E] is zero on entry
-// and on return.
-__device__ __forceinline__ int rank_round(int e, int32_t* running, int32_t* warp_count, int num_experts) {
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const unsigned peers = __match_any_sync(0xffffffffu, e);
-  const unsigned lower = peers & ((1u << lane) - 1u);
-  if (e >= 0 && lower == 0) warp_count[warp * num_experts + e] = __popc(peers);
-  __syncthreads();
-  int r = -1;
-  if (e >= 0) {
-    r = running[e] + __popc(lower);
-    for (int w = 0; w < warp; ++w) r += warp_count[w * num_experts + e];
-  }
-  __syncthreads();
-  for (int x = tid; x < num_experts; x += kRankThreads) {
-    int c = 0;
-#pragma unroll
-    for (int w = 0; w < kRankWarps; ++w) {
-      c += warp_count[w * num_experts + x];
-      warp_count[w * num_experts + x] = 0;
-    }
-    running[x] += c;
-  }
-  __syncthreads();
-  return r;
-}
-
 __global__ void __launch_bounds__(kRankThreads)
 rank_in_chunk_kernel(const int32_t* __restrict__ topk_idx, int64_t n_assign, int num_experts, int n_chunks,
                      int32_t* __restrict__ local_rank, int32_t* __restrict__ hist /* [E][n_chunks] */) {
@@ -81,7 +52,7 @@ rank_in_chunk_kernel(const int32_t* __restrict__ topk_idx, int64_t n_assign, int
       e = topk_idx[a];
       if (e < 0 || e >= num_experts) e = -1;  // dropped
     }
-    const int r = rank_round(e, running, warp_count, num_experts);
+    const int r = rank_round(e, running, warp_count, num_experts, kRankWarps);
     if (a < end) local_rank[a] = r;
   }
   for (int x = tid; x < num_experts; x += kRankThreads) hist[int64_t(x) * n_chunks + blockIdx.x] = running[x];
@@ -197,7 +168,7 @@ permute_one_chunk_kernel(const int32_t* __restrict__ topk_idx, int n_assign, int
     int e = a < n_assign ? topk_idx[a] : -1;
     if (e < 0 || e >= num_experts) e = -1;  // dropped
     expert[i] = e;
-    rank[i] = rank_round(e, running, warp_count, num_experts);
+    rank[i] = rank_round(e, running, warp_count, num_experts, kRankWarps);
   }
 
   // Padded rows per expert, exclusive scan over experts kRankThreads at a time -> offsets and first rows.
@@ -534,8 +505,15 @@ void permute_launch(const void* x, int elem_bytes, const int32_t* topk_idx, int6
           row_scale);
     }
   }
+  permute_rows_launch(x, elem_bytes, row_of_assignment, token_of_row, ntokens, top_k, hidden, m_rows, rows, stream);
+}
+
+void permute_rows_launch(const void* x, int elem_bytes, const int32_t* row_of_assignment,
+                         const int32_t* token_of_row, int64_t ntokens, int top_k, int64_t hidden, int64_t m_rows,
+                         void* rows, cudaStream_t stream) {
   if (m_rows == 0) return;
   // A few rows (one chunk, L2-resident): the gather's many small CTAs; past that the scatter reads x's rows once.
+  const bool one_chunk = ntokens * top_k <= kChunk && m_rows <= 2 * kChunk;
   const int64_t row_bytes = hidden * elem_bytes;
   auto copy = [&](auto unit) {
     using V = decltype(unit);

@@ -104,6 +104,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_router_fused(const at::Tensor
   return {r.topk_idx, r.topk_weight, r.counts};
 }
 
+// The fused router and the expert-sorted permutation in two launches (CUDA): logits [T, E] fp32, bias [E] fp32 ->
+// (topk_idx [T, k] int32, topk_weight [T, k] fp32, counts [E] int32, row_of_assignment [T, k] int32,
+//  expert_offsets [E+1] int32, token_of_row [M] int32), M = T*k + E*(pad_to-1) when pad_to > 1, else T*k;
+// the last three are what moe_permute's ranking writes for topk_idx.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_router_permute(
+    const at::Tensor& logits, const at::Tensor& bias, int64_t top_k, double routed_scaling_factor, int64_t n_group,
+    int64_t topk_group, int64_t pad_to) {
+  check_dtype(logits, "logits", {at::kFloat});
+  check_shape(logits, "logits", {-1, -1});
+  check_contiguous(logits, "logits");
+  const auto device = logits.device();
+  NK_CHECK_VALUE(device.is_cuda(), "moe_router_permute: logits must be on a CUDA device, got ", device.str());
+  check_router_args(logits.size(0), logits.size(1), bias, device, top_k, n_group, topk_group);
+  NK_CHECK_VALUE(pad_to >= 1 && pad_to <= 4096, "pad_to must be in [1, 4096], got ", num(pad_to));
+  const int64_t num_tokens = logits.size(0), num_experts = logits.size(1), n_assign = num_tokens * top_k;
+  const int64_t m_rows = n_assign + (pad_to > 1 ? num_experts * (pad_to - 1) : 0);
+  NK_CHECK_VALUE(m_rows <= std::numeric_limits<int32_t>::max(), "T*k (+ padding) = ", num(m_rows),
+                 " rows exceed 2^31-1");
+  Routed r = routed(logits, bias, top_k, routed_scaling_factor, n_group, topk_group);
+  const auto ints = logits.options().dtype(at::kInt);
+  auto row_of_assignment = at::empty({num_tokens, top_k}, ints);
+  auto expert_offsets = at::empty({num_experts + 1}, ints);
+  auto token_of_row = at::empty({m_rows}, ints);
+#ifdef NEMOTRON_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(device);
+  const auto stream = c10::cuda::getCurrentCUDAStream(device.index());
+  const int sms = sm_count(device.index());
+  auto scratch = at::empty({num_experts * router::moe_router_blocks(r.args, sms) + n_assign}, ints);
+  r.args.block_hist = scratch.data_ptr<int32_t>();
+  r.args.local_rank = r.args.block_hist + (scratch.numel() - n_assign);
+  const router::PermutationArgs perm{row_of_assignment.data_ptr<int32_t>(), expert_offsets.data_ptr<int32_t>(),
+                                     token_of_row.data_ptr<int32_t>(), m_rows, static_cast<int>(pad_to)};
+  C10_CUDA_CHECK(router::moe_router_permute_cuda(r.args, perm, sms, stream.stream()));
+#else
+  NK_CHECK(false, "logits is on ", device.str(), " but nemotron_kernels._C was built without CUDA");
+#endif
+  return {r.topk_idx, r.topk_weight, r.counts, row_of_assignment, expert_offsets, token_of_row};
+}
+
 // Checks the logits GEMV's x [T, K] bf16 and weight [E, K] fp32 (CUDA, T <= kLogitsMaxTokens, K % 4 == 0).
 void check_logits_args(const at::Tensor& x, const at::Tensor& weight) {
   check_dtype(x, "x", {at::kBFloat16});
@@ -192,6 +231,13 @@ void register_router(pybind11::module_& m) {
         "logits [T, E] fp32, bias [E] fp32 -> (topk_idx [T, k] int32, topk_weight [T, k] fp32, counts [E] int32)",
         pybind11::arg("logits"), pybind11::arg("bias"), pybind11::arg("top_k"),
         pybind11::arg("routed_scaling_factor"), pybind11::arg("n_group"), pybind11::arg("topk_group"));
+  m.def("moe_router_permute", &moe_router_permute,
+        "moe_router_fused and the expert-sorted permutation in two launches (CUDA): logits [T, E] fp32, bias [E] "
+        "fp32 -> (topk_idx [T, k] int32, topk_weight [T, k] fp32, counts [E] int32, row_of_assignment [T, k] int32, "
+        "expert_offsets [E+1] int32, token_of_row [M] int32 (-1: padding)), the last three bitwise moe_permute's",
+        pybind11::arg("logits"), pybind11::arg("bias"), pybind11::arg("top_k"),
+        pybind11::arg("routed_scaling_factor"), pybind11::arg("n_group"), pybind11::arg("topk_group"),
+        pybind11::arg("pad_to") = 1);
 }
 
 }  // namespace nk

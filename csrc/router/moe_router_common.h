@@ -62,6 +62,23 @@ struct RouterArgs {
   int topk_group;       // groups kept per token
   float scale;          // routed_scaling_factor
   bool counts_zeroed = false;  // counts already 0 in stream order (the logits GEMV zeroed them): no memset
+  // Permutation mode (moe_router_permute_cuda), both set or both null: instead of the counts, each block writes
+  // its column of block_hist and the stable rank of each of its assignments among the block's assignments to the
+  // same expert (blocks hold whole tokens, so the ranks follow the assignment index a = t * k + j).
+  int32_t* block_hist = nullptr;  // [E][blocks] (expert-major), blocks = moe_router_blocks(args, num_sms), the
+                                  // permutation mode's count (its blocks can be smaller than the counting mode's)
+  int32_t* local_rank = nullptr;  // [T * k]
+};
+
+// The expert-sorted permutation the second launch of the permutation mode writes, as moe_permute's ranking does
+// (csrc/moe/moe_kernels.h): expert e owns rows [expert_offsets[e], expert_offsets[e+1]), its count rounded up to
+// pad_to; inside, its assignments in increasing a; token_of_row -1 for padding rows.
+struct PermutationArgs {
+  int32_t* row_of_assignment;  // [T * k]
+  int32_t* expert_offsets;     // [E + 1]
+  int32_t* token_of_row;       // [m_rows]
+  int64_t m_rows;              // T * k + (pad_to > 1 ? E * (pad_to - 1) : 0)
+  int pad_to;
 };
 
 // C++ CPU kernel (moe_router_cpu.cpp): at::parallel_for over tokens.
@@ -84,6 +101,12 @@ constexpr int kLogitsMaxTokens = 64;  // beyond it the weights' re-reads per 8 t
 // CUDA kernels (moe_router_kernel.cu, moe_router_logits_kernel.cu), enqueued on `stream`; never synchronise.
 // Return the launch status.
 cudaError_t moe_router_cuda(const RouterArgs& args, int num_sms, cudaStream_t stream);
+// The permutation mode's blocks (block_hist's second dimension) for these arguments, block_hist set or not.
+int64_t moe_router_blocks(const RouterArgs& args, int num_sms);
+// The router in permutation mode, then one launch that sums the block histograms into counts and offsets and
+// places every assignment: (topk_idx, topk_weight, counts, the permutation) in two launches after the logits GEMM.
+cudaError_t moe_router_permute_cuda(const RouterArgs& args, const PermutationArgs& perm, int num_sms,
+                                    cudaStream_t stream);
 cudaError_t moe_router_logits_cuda(const LogitsArgs& args, cudaStream_t stream);
 #endif
 

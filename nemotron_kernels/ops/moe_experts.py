@@ -36,16 +36,21 @@ from ..reference.moe_experts import moe_experts_ref
 from .grouped_gemm import (grouped_gemm_fp8_nt, grouped_gemm_nn, grouped_gemm_nt, grouped_gemm_tn,
                            grouped_gemm_w8_nt, moe_decode_down, moe_decode_gemv, one_group_offsets,
                            quantize_fp8_rowwise, quantize_fp8_rowwise_op, relu2_grad, use_kernel)
-from .moe_permute import (MAX_EXPERTS, MAX_TOP_K, moe_permute_op, moe_permute_scaled_op, moe_unpermute_bwd_op,
-                          moe_unpermute_op)
+from ..reference.moe_permute import check_permutation
+from .moe_permute import (MAX_EXPERTS, MAX_TOP_K, moe_permute_op, moe_permute_rows_op, moe_permute_scaled_op,
+                          moe_unpermute_bwd_op, moe_unpermute_op)
 
 
 class MoeExpertsFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, topk_idx, topk_weight, up, down, shared_up, shared_down):
+    def forward(ctx, x, topk_idx, topk_weight, up, down, shared_up, shared_down, permutation):
         nexperts = up.shape[0]
         has_shared = shared_up is not None
-        rows, row_of_assignment, offsets = moe_permute_op(x, topk_idx, nexperts, 1)   # [M, H], [T, k], [E+1]
+        if permutation is None:
+            rows, row_of_assignment, offsets = moe_permute_op(x, topk_idx, nexperts, 1)   # [M, H], [T, k], [E+1]
+        else:                                                                           # the router's (one launch)
+            row_of_assignment, offsets, token_of_row = permutation
+            rows = moe_permute_rows_op(x, row_of_assignment, token_of_row)
         h = grouped_gemm_nt(rows, up, offsets, True)                                  # [M, I]
         y = grouped_gemm_nt(h, down, offsets, False)                                  # [M, H]
         ys = hs = offsets_s = None
@@ -65,7 +70,7 @@ class MoeExpertsFn(torch.autograd.Function):
     def backward(ctx, dout):
         (x, rows, row_of_assignment, offsets, h, y, weight32, up, down, hs, offsets_s, shared_up,
          shared_down) = ctx.saved_tensors
-        need_x, _, need_w, need_up, need_down, need_sup, need_sdown = ctx.needs_input_grad
+        need_x, _, need_w, need_up, need_down, need_sup, need_sdown, _ = ctx.needs_input_grad
         dout = dout.contiguous()                                                      # [T, H]
         dy, d_weight = moe_unpermute_bwd_op(dout, y, row_of_assignment, weight32, rows.shape[0])  # [M, H], [T, k]
         d_down = grouped_gemm_tn(dy, h, offsets) if need_down else None               # [E, H, I]
@@ -89,7 +94,7 @@ class MoeExpertsFn(torch.autograd.Function):
         if need_x:
             d_x = moe_unpermute_op(d_rows, row_of_assignment, None, d_x_shared)       # [T, H]
         d_weight = d_weight.to(ctx.weight_dtype) if need_w else None
-        return d_x, None, d_weight, d_up, d_down, d_shared_up, d_shared_down
+        return d_x, None, d_weight, d_up, d_down, d_shared_up, d_shared_down, None
 
 
 @functools.cache
@@ -114,13 +119,16 @@ def _kernel_blocker(x, topk_idx, up, down, shared_up, shared_down) -> str | None
     return None
 
 
-def moe_experts(x, topk_idx, topk_weight, up, down, shared_up=None, shared_down=None):
+def moe_experts(x, topk_idx, topk_weight, up, down, shared_up=None, shared_down=None, permutation=None):
     """Routed experts (+ shared expert) for a batch of tokens.
 
     Args:
         x [T, Hd]: tokens.   topk_idx [T, k] int32/int64: chosen experts, values in [0, E).
         topk_weight [T, k]: routing weights.   up [E, I, Hd], down [E, Hd, I]: expert weights (nn.Linear layout).
         shared_up [Is, Hd] | None, shared_down [Hd, Is] | None: the shared expert (both or neither).
+        permutation: (row_of_assignment, expert_offsets, token_of_row) of topk_idx as moe_router_permute returns
+            them (pad_to 1, `moe_router(..., with_permutation=True)`), or None: with one, the CUDA path copies the
+            rows without ranking them again. The result is the same either way.
     Returns:
         [T, Hd] in x's dtype: round(sum_j w_j down_j(relu(up_j x)^2)) + shared(x). Differentiable in x,
         topk_weight, up, down, shared_up and shared_down.
@@ -130,12 +138,12 @@ def moe_experts(x, topk_idx, topk_weight, up, down, shared_up=None, shared_down=
     if not (tensors_ok and (shared_up is None) == (shared_down is None) and use_kernel(x, *weights)
             and x.dim() == 2 and topk_idx.dim() == 2 and up.dim() == 3
             and (shared_up is None or shared_up.dim() == 2)):
-        return moe_experts_ref(x, topk_idx, topk_weight, up, down, shared_up, shared_down)
+        return moe_experts_ref(x, topk_idx, topk_weight, up, down, shared_up, shared_down, permutation)
     blocker = _kernel_blocker(x, topk_idx, up, down, shared_up, shared_down)
     if blocker is not None:
         if x.shape[0] > 0:
             _warn_fallback(blocker)
-        return moe_experts_ref(x, topk_idx, topk_weight, up, down, shared_up, shared_down)
+        return moe_experts_ref(x, topk_idx, topk_weight, up, down, shared_up, shared_down, permutation)
     # Shapes, dtypes and devices exactly as the reference checks them (the values stay on the device).
     ntokens, hidden = x.shape
     nexperts, inter = up.shape[:2]
@@ -146,17 +154,22 @@ def moe_experts(x, topk_idx, topk_weight, up, down, shared_up=None, shared_down=
         expect["shared_down"] = (shared_down, (hidden, shared_up.shape[0]))
     for name, (t, shape) in expect.items():
         if tuple(t.shape) != shape or t.device != x.device:
-            return moe_experts_ref(x, topk_idx, topk_weight, up, down, shared_up, shared_down)  # raises, named
+            return moe_experts_ref(x, topk_idx, topk_weight, up, down, shared_up, shared_down,
+                                   permutation)                           # raises, named
     if topk_idx.dtype not in (torch.int32, torch.int64) or not topk_weight.is_floating_point():
-        return moe_experts_ref(x, topk_idx, topk_weight, up, down, shared_up, shared_down)      # raises, named
+        return moe_experts_ref(x, topk_idx, topk_weight, up, down, shared_up, shared_down,
+                               permutation)                               # raises, named
     contig = [t.contiguous() for t in (x, up, down)]
     shared = [t.contiguous() if t is not None else None for t in (shared_up, shared_down)]
     idx32 = topk_idx.to(torch.int32).contiguous()
+    if permutation is not None:
+        check_permutation(permutation, idx32, nexperts, 1)
+        permutation = tuple(t.to(torch.int32).contiguous() for t in permutation)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, topk_weight, *weights))
     if not needs_grad and _decode_ok(idx32, inter, shared_up):
         return _decode_experts(contig[0], idx32, topk_weight.float().contiguous(), (contig[1], None, contig[2], None),
                                None if shared_up is None else (shared[0], None, shared[1], None))
-    return MoeExpertsFn.apply(contig[0], idx32, topk_weight, contig[1], contig[2], *shared)
+    return MoeExpertsFn.apply(contig[0], idx32, topk_weight, contig[1], contig[2], *shared, permutation)
 
 
 def _decode_ok(topk_idx, inter: int, shared_up) -> bool:

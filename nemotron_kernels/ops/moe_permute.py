@@ -14,8 +14,8 @@ assignments are dropped (row_of_assignment = -1, they contribute nothing); the r
 import torch
 
 from .. import _ext
-from ..reference.moe_permute import (check_permute_args, check_unpermute_args, moe_permute_ref, moe_unpermute_ref,
-                                     permuted_rows)
+from ..reference.moe_permute import (check_permutation, check_permute_args, check_unpermute_args, moe_permute_ref,
+                                     moe_unpermute_ref, permuted_rows)
 from ._kernel_op import kernel_op
 
 KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -42,6 +42,18 @@ def _permute_fake(x, topk_idx, num_experts, pad_to):
 
 
 moe_permute_op.register_fake(_permute_fake)
+
+
+@kernel_op("nemotron_kernels::moe_permute_rows", mutates_args=())
+def moe_permute_rows_op(x: torch.Tensor, row_of_assignment: torch.Tensor, token_of_row: torch.Tensor) -> torch.Tensor:
+    """x [T, H] (CUDA), row_of_assignment [T, k] int32, token_of_row [M] int32 -> rows [M, H]: the row copy of a
+    permutation made elsewhere (moe_router_permute), zeros for padding rows."""
+    return _ext._C.moe_permute_rows(x, row_of_assignment, token_of_row)
+
+
+@moe_permute_rows_op.register_fake
+def _(x, row_of_assignment, token_of_row):
+    return x.new_empty(token_of_row.shape[0], x.shape[1])
 
 
 @kernel_op("nemotron_kernels::moe_permute_scaled", mutates_args=())
@@ -93,8 +105,12 @@ class MoePermuteFn(torch.autograd.Function):
     """x -> (rows, row_of_assignment, expert_offsets); the gradient of x sums each token's k row gradients."""
 
     @staticmethod
-    def forward(ctx, x, topk_idx, num_experts: int, pad_to: int):
-        rows, row_of_assignment, expert_offsets = moe_permute_op(x, topk_idx, num_experts, pad_to)
+    def forward(ctx, x, topk_idx, num_experts: int, pad_to: int, permutation):
+        if permutation is None:
+            rows, row_of_assignment, expert_offsets = moe_permute_op(x, topk_idx, num_experts, pad_to)
+        else:
+            row_of_assignment, expert_offsets, token_of_row = permutation
+            rows = moe_permute_rows_op(x, row_of_assignment, token_of_row)
         ctx.mark_non_differentiable(row_of_assignment, expert_offsets)
         ctx.save_for_backward(row_of_assignment)
         return rows, row_of_assignment, expert_offsets
@@ -103,7 +119,7 @@ class MoePermuteFn(torch.autograd.Function):
     def backward(ctx, d_rows, _d_row_of_assignment, _d_expert_offsets):
         (row_of_assignment,) = ctx.saved_tensors
         dx = moe_unpermute_op(d_rows.contiguous(), row_of_assignment, None, None) if ctx.needs_input_grad[0] else None
-        return dx, None, None, None
+        return dx, None, None, None, None
 
 
 class MoeUnpermuteFn(torch.autograd.Function):
@@ -127,21 +143,34 @@ class MoeUnpermuteFn(torch.autograd.Function):
                 d_weight.to(ctx.weight_dtype) if rows is not None else None)
 
 
-def moe_permute(x, topk_idx, num_experts: int, pad_to: int = 1):
+def moe_permute(x, topk_idx, num_experts: int, pad_to: int = 1, permutation=None):
     """Tokens -> expert-sorted rows (stable: within an expert, tokens in increasing order).
 
     Args:
         x [T, H]: tokens.   topk_idx [T, k] int32/int64: each token's experts, values in [0, num_experts).
         num_experts: E (<= 1024 on the CUDA path).   pad_to: round each expert's rows up to a multiple (1: none).
+        permutation: (row_of_assignment [T, k], expert_offsets [E+1], token_of_row [M]) int32 for topk_idx and
+            pad_to, as moe_router_permute returns them, or None: then only the rows are copied (one launch).
     Returns:
         rows [M, H] like x (M = T*k, plus E*(pad_to-1) when pad_to > 1; padding rows are zero),
         row_of_assignment [T, k] int32 (the row of token t's j-th choice), expert_offsets [E+1] int32
         (expert e owns rows [expert_offsets[e], expert_offsets[e+1])). Differentiable in x.
     """
     check_permute_args(x, topk_idx, num_experts, pad_to)
+    if permutation is not None:
+        check_permutation(permutation, topk_idx, num_experts, pad_to)
     if not _use_kernel(x, topk_idx.shape[1], num_experts):
-        return moe_permute_ref(x, topk_idx, num_experts, pad_to)
-    return MoePermuteFn.apply(x.contiguous(), topk_idx.to(torch.int32).contiguous(), num_experts, pad_to)
+        if permutation is None:
+            return moe_permute_ref(x, topk_idx, num_experts, pad_to)
+        row_of_assignment, expert_offsets, token_of_row = permutation
+        filled = token_of_row >= 0                                                 # [M]
+        rows = x.new_zeros(token_of_row.shape[0], x.shape[1])
+        rows[filled] = x[token_of_row[filled].long()]
+        return rows, row_of_assignment.to(torch.int32), expert_offsets.to(torch.int32)
+    if permutation is not None:
+        permutation = tuple(t.to(torch.int32).contiguous() for t in permutation)
+    return MoePermuteFn.apply(x.contiguous(), topk_idx.to(torch.int32).contiguous(), num_experts, pad_to,
+                              permutation)
 
 
 def moe_unpermute(rows, row_of_assignment, topk_weight=None):

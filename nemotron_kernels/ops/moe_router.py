@@ -15,6 +15,7 @@ import functools
 import torch
 
 from .. import _ext
+from ..reference.moe_permute import expert_permutation_ref, permuted_rows
 from ..reference.moe_router import EPS, check_router_args, moe_router_from_logits_ref, router_sigmoid
 from ..triton.mamba_common import kernel_module, use_triton
 from ._kernel_op import kernel_op
@@ -139,6 +140,34 @@ def _(logits, bias, top_k, routed_scaling_factor, n_group, topk_group):
             logits.new_empty((nexperts,), dtype=torch.int32))
 
 
+@kernel_op("nemotron_kernels::moe_router_permute", mutates_args=())
+def moe_router_permute(logits: torch.Tensor, bias: torch.Tensor, top_k: int, routed_scaling_factor: float,
+                       n_group: int, topk_group: int, pad_to: int = 1
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """moe_router_fused's outputs and the expert-sorted permutation of its choices: logits [T, E] fp32, bias [E] ->
+    (topk_idx [T, k] int32, topk_weight [T, k], counts [E] int32, row_of_assignment [T, k] int32, expert_offsets
+    [E+1] int32, token_of_row [M] int32 with -1 for padding rows), the last three what moe_permute's ranking writes
+    (expert_permutation_ref). CUDA: two launches after the logits GEMM (the router kernel also ranks each block's
+    assignments and writes its histogram; a second launch sums the histograms into counts and offsets and places
+    every assignment); elsewhere moe_router_fused, then the reference permutation."""
+    if logits.is_cuda and _use_kernel(logits):
+        return tuple(_ext._C.moe_router_permute(logits, bias, top_k, routed_scaling_factor, n_group, topk_group,
+                                                pad_to))
+    topk_idx, topk_weight, counts = moe_router_fused(logits, bias, top_k, routed_scaling_factor, n_group,
+                                                     topk_group)
+    return (topk_idx, topk_weight, counts, *expert_permutation_ref(topk_idx, logits.shape[1], pad_to))
+
+
+@moe_router_permute.register_fake
+def _(logits, bias, top_k, routed_scaling_factor, n_group, topk_group, pad_to=1):
+    ntokens, nexperts = logits.shape
+    ints = dict(dtype=torch.int32)
+    return (logits.new_empty((ntokens, top_k), **ints), logits.new_empty((ntokens, top_k)),
+            logits.new_empty((nexperts,), **ints), logits.new_empty((ntokens, top_k), **ints),
+            logits.new_empty((nexperts + 1,), **ints),
+            logits.new_empty((permuted_rows(ntokens, top_k, nexperts, pad_to),), **ints))
+
+
 @kernel_op("nemotron_kernels::moe_router_gate", mutates_args=())
 def moe_router_gate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, top_k: int,
                     routed_scaling_factor: float, n_group: int, topk_group: int
@@ -181,22 +210,31 @@ def _(grad_topk_logits, topk_idx, x, weight):
 
 
 class MoeRouterFn(torch.autograd.Function):
-    """(x, weight, bias, ...) -> (topk_idx, topk_weight, counts); gradients flow to x and weight through
-    topk_weight (the selection itself is piecewise constant; bias gets none)."""
+    """(x, weight, bias, ...) -> (topk_idx, topk_weight, counts, row_of_assignment, expert_offsets, token_of_row);
+    gradients flow to x and weight through topk_weight (the selection itself is piecewise constant; bias gets
+    none). The last three are the permutation when one is asked for and _permutation_ok, else None."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, top_k: int, routed_scaling_factor: float, n_group: int, topk_group: int):
-        logits, topk_idx, topk_weight, counts = moe_router_gate(x, weight, bias, top_k, routed_scaling_factor,
-                                                                n_group, topk_group)   # [T, E], [T, k] x 2, [E]
+    def forward(ctx, x, weight, bias, top_k: int, routed_scaling_factor: float, n_group: int, topk_group: int,
+                with_permutation: bool):
+        permutation = (None,) * 3
+        if with_permutation and _permutation_ok(x, weight):
+            logits = moe_router_logits(x, weight)                                  # [T, E]
+            topk_idx, topk_weight, counts, *permutation = moe_router_permute(
+                logits, bias, top_k, routed_scaling_factor, n_group, topk_group, 1)  # ..., [T, k], [E+1], [T*k]
+            ctx.mark_non_differentiable(*permutation)
+        else:
+            logits, topk_idx, topk_weight, counts = moe_router_gate(x, weight, bias, top_k, routed_scaling_factor,
+                                                                    n_group, topk_group)  # [T, E], [T, k] x 2, [E]
         ctx.mark_non_differentiable(topk_idx, counts)
         ctx.scale = routed_scaling_factor
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             topk_score = router_sigmoid(logits.gather(1, topk_idx.long()))     # [T, k] unbiased scores
             ctx.save_for_backward(x, weight, topk_idx, topk_score)
-        return topk_idx, topk_weight, counts
+        return topk_idx, topk_weight, counts, *permutation
 
     @staticmethod
-    def backward(ctx, grad_idx, grad_topk_weight, grad_counts):
+    def backward(ctx, grad_idx, grad_topk_weight, *_):
         x, weight, topk_idx, score = ctx.saved_tensors
         # w_j = c s_j / D, D = sum_i s_i + eps  =>  dL/ds_j = (c g_j - sum_i g_i w_i) / D;  ds/dlogit = s (1 - s)
         denom = score.sum(-1, keepdim=True) + EPS                               # [T, 1]
@@ -205,11 +243,20 @@ class MoeRouterFn(torch.autograd.Function):
         grad_score = (ctx.scale * grad - (grad * topk_weight).sum(-1, keepdim=True)) / denom
         grad_x, grad_weight = moe_router_logits_backward(grad_score * score * (1 - score), topk_idx, x, weight)
         return (grad_x if ctx.needs_input_grad[0] else None, grad_weight if ctx.needs_input_grad[1] else None,
-                None, None, None, None, None)
+                None, None, None, None, None, None)
+
+
+def _permutation_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """The router's kernels make the permutation: CUDA, with more tokens than the logits GEMV takes (up to that
+    many, moe_router_few's two launches plus moe_permute's one-block ranking are as few launches as
+    moe_router_permute's, and the decode experts do not permute at all)."""
+    return (x.is_cuda and x.dtype != torch.float64 and _cuda_kernel_ok()
+            and weight.shape[0] <= _ext._C.moe_router_cuda_max_experts
+            and x.shape[0] > _ext._C.moe_router_logits_max_tokens)
 
 
 def moe_router(x, weight, bias, top_k: int, routed_scaling_factor: float = 1.0, n_group: int = 1,
-               topk_group: int = 1):
+               topk_group: int = 1, with_permutation: bool = False):
     """NemotronH MoE router: fp32 logits -> sigmoid -> +bias (selection only) -> group-limited top-k ->
     renormalise -> x routed_scaling_factor, plus the number of tokens routed to each expert.
 
@@ -217,12 +264,21 @@ def moe_router(x, weight, bias, top_k: int, routed_scaling_factor: float = 1.0, 
         x [T, Hd]: bf16/fp16/fp32/fp64.   weight [E, Hd]: float32 or x's dtype.   bias [E]: float32.
         top_k: experts per token, 1 <= top_k <= E.   routed_scaling_factor: weight multiplier (Nano: 2.5).
         n_group, topk_group: group-limited selection (n_group divides E; 1, 1 = off).
+        with_permutation: also return the expert-sorted permutation of the choices.
     Returns:
         topk_idx [T, k] int32 (descending biased score, ties -> lower expert index),
-        topk_weight [T, k] fp32 (fp64 for fp64 x; differentiable in x and weight), counts [E] int32.
+        topk_weight [T, k] fp32 (fp64 for fp64 x; differentiable in x and weight), counts [E] int32;
+        with with_permutation, a fourth: (row_of_assignment [T, k], expert_offsets [E+1], token_of_row [T*k])
+        int32, what moe_permute's ranking writes (pad_to 1), for moe_experts / moe_permute(permutation=); or None
+        where the router's kernels do not make it (not CUDA, or at most moe_router_logits_max_tokens tokens,
+        where it would save no launch): those ops then rank the choices themselves.
     """
     check_router_args(x, weight, bias, top_k, n_group, topk_group)
-    return MoeRouterFn.apply(x, weight, bias, top_k, float(routed_scaling_factor), n_group, topk_group)
+    topk_idx, topk_weight, counts, *permutation = MoeRouterFn.apply(
+        x, weight, bias, top_k, float(routed_scaling_factor), n_group, topk_group, bool(with_permutation))
+    if not with_permutation:
+        return topk_idx, topk_weight, counts
+    return topk_idx, topk_weight, counts, None if permutation[0] is None else tuple(permutation)
 
 
 def backend_report(device_type: str) -> str:

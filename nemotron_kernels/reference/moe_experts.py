@@ -6,6 +6,7 @@ expert's output (also cast to x's dtype) is added, as the checkpoint's remote co
 import torch
 
 from ._checks import check_float, check_int, check_same_device, check_shape, compute_dtype
+from .moe_permute import check_permutation
 
 
 def _squared_relu_mlp(x, up, down):
@@ -13,7 +14,7 @@ def _squared_relu_mlp(x, up, down):
     return torch.relu(x @ up.T).square() @ down.T
 
 
-def moe_experts_ref(x, topk_idx, topk_weight, up, down, shared_up=None, shared_down=None):
+def moe_experts_ref(x, topk_idx, topk_weight, up, down, shared_up=None, shared_down=None, permutation=None):
     """Routed experts (+ shared expert) for a batch of tokens (reference).
 
     Args:
@@ -21,6 +22,8 @@ def moe_experts_ref(x, topk_idx, topk_weight, up, down, shared_up=None, shared_d
         topk_idx [T, k] int32/int64: chosen experts, values in [0, E).   topk_weight [T, k]: their weights.
         up [E, I, Hd], down [E, Hd, I]: expert weights (nn.Linear layout, no bias).
         shared_up [Is, Hd] | None, shared_down [Hd, Is] | None: the shared expert (both or neither).
+        permutation: the router's expert-sorted permutation of topk_idx, or None (moe_experts' signature: the
+            result does not depend on it, so the reference checks its shapes only).
     Returns:
         [T, Hd] in x's dtype.
     """
@@ -49,6 +52,8 @@ def moe_experts_ref(x, topk_idx, topk_weight, up, down, shared_up=None, shared_d
     if topk_idx.numel() and not (0 <= int(topk_idx.min()) and int(topk_idx.max()) < nexperts):
         raise ValueError(f"topk_idx values must lie in [0, E={nexperts}), got min {int(topk_idx.min())} "
                          f"max {int(topk_idx.max())}")
+    if permutation is not None:
+        check_permutation(permutation, topk_idx, nexperts, 1)
 
     cdtype = compute_dtype(x.dtype)
     x_c = x.to(cdtype)                                                        # [T, Hd]

@@ -53,6 +53,34 @@ def moe_permute_ref(x, topk_idx, num_experts: int, pad_to: int = 1):
         row_of_assignment [T, k] int32, expert_offsets [E+1] int32. Differentiable in x.
     """
     check_permute_args(x, topk_idx, num_experts, pad_to)
+    row_of_assignment, expert_offsets, token_of_row = expert_permutation_ref(topk_idx, num_experts, pad_to)
+    filled = token_of_row >= 0                                                     # [M]
+    rows = x.new_zeros(token_of_row.numel(), x.shape[1])
+    rows[filled] = x[token_of_row[filled].long()]
+    return rows, row_of_assignment, expert_offsets
+
+
+def check_permutation(permutation, topk_idx, num_experts: int, pad_to: int) -> None:
+    """A given permutation (row_of_assignment [T, k], expert_offsets [E+1], token_of_row [M]) has the shapes and
+    dtypes of expert_permutation_ref's for topk_idx (its values are not read: they stay on the device)."""
+    if not (isinstance(permutation, (tuple, list)) and len(permutation) == 3):
+        raise TypeError("permutation must be (row_of_assignment, expert_offsets, token_of_row), as "
+                        "moe_router_permute returns them")
+    ntokens, top_k = topk_idx.shape
+    m_rows = permuted_rows(ntokens, top_k, num_experts, pad_to)
+    for name, t, dims, shape in zip(("row_of_assignment", "expert_offsets", "token_of_row"), permutation,
+                                    ("[T, k]", "[E+1]", "[M]"), ((ntokens, top_k), (num_experts + 1,), (m_rows,))):
+        check_int(name, t, dims, len(shape))
+        check_shape(name, t, shape, dims)
+    check_same_device(topk_idx=topk_idx, row_of_assignment=permutation[0], expert_offsets=permutation[1],
+                      token_of_row=permutation[2])
+
+
+def expert_permutation_ref(topk_idx, num_experts: int, pad_to: int = 1):
+    """The permutation alone (reference; the layout of the module docstring): topk_idx [T, k] int, values in
+    [0, num_experts) -> (row_of_assignment [T, k] int32, expert_offsets [E+1] int32, token_of_row [M] int32, -1 for
+    padding rows), M = permuted_rows(T, k, E, pad_to)."""
+    check_positive_int("pad_to", pad_to)
     ntokens, top_k = topk_idx.shape
     flat = topk_idx.reshape(-1).long()                                             # [T*k]
     if flat.numel() and not (0 <= int(flat.min()) and int(flat.max()) < num_experts):
@@ -60,18 +88,19 @@ def moe_permute_ref(x, topk_idx, num_experts: int, pad_to: int = 1):
                          f"max {int(flat.max())}")
     counts = torch.bincount(flat, minlength=num_experts)                           # [E]
     padded = (counts + pad_to - 1) // pad_to * pad_to                              # [E]
-    expert_offsets = torch.zeros(num_experts + 1, dtype=torch.long, device=x.device)
+    expert_offsets = torch.zeros(num_experts + 1, dtype=torch.long, device=flat.device)
     expert_offsets[1:] = torch.cumsum(padded, 0)
     order = torch.argsort(flat, stable=True)                                       # [T*k] assignments, expert-sorted
     expert_sorted = flat[order]                                                    # [T*k]
     first_unpadded = torch.cumsum(counts, 0) - counts                              # [E]
-    rank = torch.arange(flat.numel(), device=x.device) - first_unpadded[expert_sorted]
+    rank = torch.arange(flat.numel(), device=flat.device) - first_unpadded[expert_sorted]
     row_of_assignment = torch.empty_like(flat)
     row_of_assignment[order] = expert_offsets[expert_sorted] + rank
-    m_rows = permuted_rows(ntokens, top_k, num_experts, pad_to)
-    token = torch.arange(flat.numel(), device=x.device) // top_k                   # [T*k]
-    rows = x.new_zeros(m_rows, x.shape[1]).index_copy(0, row_of_assignment, x[token])
-    return rows, row_of_assignment.view(ntokens, top_k).to(torch.int32), expert_offsets.to(torch.int32)
+    token_of_row = torch.full((permuted_rows(ntokens, top_k, num_experts, pad_to),), -1, dtype=torch.long,
+                              device=flat.device)
+    token_of_row[row_of_assignment] = torch.arange(flat.numel(), device=flat.device) // top_k
+    return (row_of_assignment.view(ntokens, top_k).to(torch.int32), expert_offsets.to(torch.int32),
+            token_of_row.to(torch.int32))
 
 
 def moe_unpermute_ref(rows, row_of_assignment, topk_weight=None):

@@ -14,6 +14,7 @@ torch's fp32 sigmoid differs by an ulp between its vectorised and scalar CPU loo
 import torch
 
 from ._checks import check_float, check_positive_int, check_same_device, check_shape, compute_dtype
+from .moe_permute import expert_permutation_ref
 
 X_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
 EPS = 1e-20
@@ -101,7 +102,7 @@ def moe_router_from_logits_ref(logits, bias, top_k: int, routed_scaling_factor: 
 
 
 def moe_router_ref(x, weight, bias, top_k: int, routed_scaling_factor: float = 1.0, n_group: int = 1,
-                   topk_group: int = 1):
+                   topk_group: int = 1, with_permutation: bool = False):
     """NemotronH MoE router (reference). Differentiable in x and weight through topk_weight.
 
     Args:
@@ -109,11 +110,18 @@ def moe_router_ref(x, weight, bias, top_k: int, routed_scaling_factor: float = 1
         bias [E] float32 (float64 allowed for float64 x): e_score_correction_bias, selection only.
         top_k: experts per token (Nano: 6).   routed_scaling_factor: multiplies the weights (Nano: 2.5).
         n_group, topk_group: group-limited selection (Nano: 1, 1 = off).
+        with_permutation: also return the expert-sorted permutation of the choices.
     Returns:
         topk_idx [T, k] int32 (descending selection score, ties -> lower index),
-        topk_weight [T, k] float32 (float64 for float64 x), counts [E] int32 (tokens routed to each expert).
+        topk_weight [T, k] float32 (float64 for float64 x), counts [E] int32 (tokens routed to each expert);
+        with with_permutation, a fourth: expert_permutation_ref(topk_idx, E) (row_of_assignment [T, k],
+        expert_offsets [E+1], token_of_row [T*k], int32).
     """
     check_router_args(x, weight, bias, top_k, n_group, topk_group)
     cdtype = compute_dtype(x.dtype)
     logits = torch.matmul(x.to(cdtype), weight.to(cdtype).t())                # [T, E]
-    return moe_router_from_logits_ref(logits, bias, top_k, routed_scaling_factor, n_group, topk_group)
+    topk_idx, topk_weight, counts = moe_router_from_logits_ref(logits, bias, top_k, routed_scaling_factor, n_group,
+                                                               topk_group)
+    if not with_permutation:
+        return topk_idx, topk_weight, counts
+    return topk_idx, topk_weight, counts, expert_permutation_ref(topk_idx, weight.shape[0])

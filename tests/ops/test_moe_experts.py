@@ -44,6 +44,20 @@ def test_cpu_bad_input_is_named():
         moe_experts(**args, shared_up=torch.randn(8, 16, dtype=F64))
 
 
+def test_cpu_a_given_permutation_changes_nothing_and_is_checked():
+    """moe_experts(permutation=) (the router's, moe_router(with_permutation=True)): the same result; a permutation
+    of the wrong shape or dtype is named (the reference checks it too)."""
+    from nemotron_kernels.reference.moe_permute import expert_permutation_ref
+    args = make(9, 5, 2, 16, 12, 20, seed=3, empty=(3,))
+    permutation = expert_permutation_ref(args["topk_idx"], 5)
+    assert torch.equal(moe_experts(**args, permutation=permutation), moe_experts(**args))
+    assert torch.equal(moe_experts_ref(**args, permutation=permutation), moe_experts_ref(**args))
+    with pytest.raises(ValueError, match="token_of_row"):
+        moe_experts(**args, permutation=(*permutation[:2], permutation[2][:-1]))
+    with pytest.raises(TypeError, match="row_of_assignment, expert_offsets, token_of_row"):
+        moe_experts_ref(**args, permutation=permutation[:2])
+
+
 # ------------------------------------------------------------------------------------------------ CUDA path
 
 def torch_bf16(x, topk_idx, topk_weight, up, down, shared_up=None, shared_down=None):

@@ -322,6 +322,10 @@ def test_cuda_opcheck_and_compile():
     w = torch.rand(40, 2, device="cuda")
     torch.library.opcheck(moe_unpermute_op.op, (rows, row_of_assignment, w, None))
     torch.library.opcheck(moe_unpermute_bwd_op.op, (x, rows, row_of_assignment, w, rows.shape[0]))
+    from nemotron_kernels.ops.moe_permute import moe_permute_rows_op
+    from nemotron_kernels.reference.moe_permute import expert_permutation_ref
+    roa, _, token_of_row = (t.cuda() for t in expert_permutation_ref(topk_idx.cpu(), 8, 4))
+    torch.library.opcheck(moe_permute_rows_op.op, (x, roa, token_of_row))
 
     def layer(x, w):
         rows, row_of_assignment, _ = moe_permute(x, topk_idx, 8)
@@ -343,3 +347,55 @@ def test_cuda_entry_checks_name_the_argument():
         _ext._C.moe_permute(x, idx, 5000, 1, None)
     with pytest.raises(ValueError, match="topk_idx must be contiguous"):
         _ext._C.moe_permute(x, torch.zeros(2, 4, dtype=torch.int32, device="cuda").t(), 4, 1, None)
+
+
+# ------------------------------------------------------------------------------------------------ given permutation
+
+def test_permute_with_a_given_permutation_is_the_same():
+    """moe_permute(..., permutation=expert_permutation_ref(...)) (what moe_router_permute returns) gives what it
+    gives without one, gradient included; a permutation of the wrong shape or type is refused by name."""
+    from nemotron_kernels.reference.moe_permute import expert_permutation_ref
+    idx = routing(9, 5, 2, seed=3)
+    x = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
+    for pad_to in (1, 4):
+        perm = expert_permutation_ref(idx, 5, pad_to)
+        got, want = moe_permute(x, idx, 5, pad_to, permutation=perm), moe_permute(x, idx, 5, pad_to)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+        g = torch.randn_like(got[0])
+        assert torch.equal(torch.autograd.grad(got[0], x, g)[0], torch.autograd.grad(want[0], x, g)[0])
+    with pytest.raises(ValueError, match=r"token_of_row must have shape \[M\] = \(18,\)"):
+        moe_permute(x, idx, 5, 1, permutation=(perm[0], perm[1], perm[2][:5]))
+    with pytest.raises(TypeError, match="permutation must be"):
+        moe_permute(x, idx, 5, 1, permutation=perm[:2])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("ntokens,pad_to", [(3, 1), (300, 1), (5000, 1), (5000, 128)])
+def test_cuda_permute_with_the_routers_permutation(ntokens, pad_to):
+    """The rows copied for moe_router_permute's permutation (one launch) equal moe_permute's own, bitwise, and so
+    does the backward; moe_experts with it equals moe_experts without, output and gradients."""
+    from nemotron_kernels import _ext, moe_experts
+    from nemotron_kernels.ops.moe_router import moe_router_permute
+    g = torch.Generator(device="cuda").manual_seed(ntokens)
+    logits = torch.randn(ntokens, 128, device="cuda", generator=g)
+    bias = 0.1 * torch.randn(128, device="cuda", generator=g)
+    idx, weight, _, *perm = moe_router_permute(logits, bias, 6, 2.5, 1, 1, pad_to)
+    x = torch.randn(ntokens, 264, device="cuda", generator=g).to(torch.bfloat16).requires_grad_()
+    got, want = moe_permute(x, idx, 128, pad_to, permutation=perm), moe_permute(x, idx, 128, pad_to)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    dy = torch.randn_like(got[0])
+    assert torch.equal(torch.autograd.grad(got[0], x, dy)[0], torch.autograd.grad(want[0], x, dy)[0])
+    if pad_to != 1:
+        return
+    up = torch.randn(128, 64, 264, device="cuda", generator=g).to(torch.bfloat16) * 264 ** -0.5
+    down = torch.randn(128, 264, 64, device="cuda", generator=g).to(torch.bfloat16) * 64 ** -0.5
+    leaves = [t.detach().clone().requires_grad_() for t in (x, weight, up, down)]
+    again = [t.detach().clone().requires_grad_() for t in (x, weight, up, down)]
+    out = moe_experts(leaves[0], idx, leaves[1], leaves[2], leaves[3], permutation=perm)
+    ref = moe_experts(again[0], idx, again[1], again[2], again[3])
+    assert torch.equal(out, ref)
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    ref.backward(dout)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(leaves, again))
+    assert _ext._C is not None

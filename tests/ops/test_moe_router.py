@@ -268,6 +268,8 @@ def test_opcheck_custom_ops(n_group, topk_group):
     logits, bias = _router_inputs(13, 32, seed=8)
     torch.library.opcheck(torch.ops.nemotron_kernels.moe_router_fused.default,
                           (logits, bias, 6, 2.5, n_group, topk_group))
+    torch.library.opcheck(torch.ops.nemotron_kernels.moe_router_permute.default,
+                          (logits, bias, 6, 2.5, n_group, topk_group, 4))
     x, weight = torch.randn(13, 24).to(torch.bfloat16), torch.randn(32, 24)
     torch.library.opcheck(torch.ops.nemotron_kernels.moe_router_logits.default, (x, weight))
     torch.library.opcheck(torch.ops.nemotron_kernels.moe_router_gate.default,
@@ -580,4 +582,111 @@ def test_cuda_graph_capture():
     expected = moe_router(x, weight, bias, 6, 2.5)
     assert not torch.equal(expected[0], eager[0])
     for a, b in zip(captured, expected):
+        assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------ with the permutation
+
+@pytest.mark.parametrize("pad_to", [1, 4])
+@pytest.mark.parametrize("n_group,topk_group", [(1, 1), (4, 2)])
+def test_router_permute_is_the_router_then_the_reference_permutation(pad_to, n_group, topk_group):
+    """moe_router_permute off the GPU: moe_router_fused's outputs and expert_permutation_ref of its choices, whose
+    rows are moe_permute_ref's (token_of_row names each row's token, -1 for padding)."""
+    from nemotron_kernels.ops.moe_router import moe_router_permute
+    from nemotron_kernels.reference.moe_permute import moe_permute_ref
+    logits, bias = _router_inputs(37, 16, seed=pad_to)
+    out = moe_router_permute(logits, bias, 3, 2.5, n_group, topk_group, pad_to)
+    fused = router_ops.moe_router_fused(logits, bias, 3, 2.5, n_group, topk_group)
+    assert all(torch.equal(a, b) for a, b in zip(out[:3], fused))
+    x = torch.randn(37, 5, dtype=F64)
+    rows, roa, offsets = moe_permute_ref(x, out[0], 16, pad_to)
+    assert torch.equal(out[3], roa) and torch.equal(out[4], offsets)
+    token_of_row = out[5]
+    assert token_of_row.shape == (rows.shape[0],)
+    filled = token_of_row >= 0
+    assert torch.equal(rows[filled], x[token_of_row[filled].long()]) and not rows[~filled].any()
+    assert int(filled.sum()) == 37 * 3
+
+
+@pytest.mark.cuda
+@needs_ext
+@pytest.mark.parametrize("ntokens,nexperts,n_group,topk_group", [
+    (1, 128, 1, 1), (16, 128, 1, 1), (17, 128, 1, 1), (64, 128, 1, 1), (300, 128, 1, 1), (1024, 128, 1, 1),
+    (16384, 128, 1, 1), (70000, 128, 1, 1),        # past 16 tokens a warp: bigger router blocks
+    (5000, 96, 1, 1), (3000, 1024, 1, 1), (4096, 64, 8, 3),
+    (2000, 32, 1, 1), (2000, 256, 8, 4), (2000, 512, 1, 1),   # 1, 8 and 16 scores a lane
+    (3000, 1024, 512, 4), (8, 1024, 512, 4),   # many groups: fewer warps a block than the counting mode's
+])
+@pytest.mark.parametrize("pad_to", [1, 128])
+def test_cuda_router_permute_equals_the_router_then_moe_permute(ntokens, nexperts, n_group, topk_group, pad_to):
+    """The two launches (the router ranking each block's assignments, then the placement) give bitwise what
+    moe_router_fused gives and what moe_permute's ranking writes for its choices, token_of_row included (against
+    expert_permutation_ref); deterministic across runs."""
+    from nemotron_kernels.ops.moe_permute import moe_permute_op
+    from nemotron_kernels.reference.moe_permute import expert_permutation_ref
+    logits, bias = _router_inputs(ntokens, nexperts, seed=ntokens + nexperts, device="cuda")
+    _poison_cuda_cache()
+    out = _ext._C.moe_router_permute(logits, bias, 6, 2.5, n_group, topk_group, pad_to)
+    fused = _kernel(logits, bias, 6, 2.5, n_group, topk_group)
+    for name, a, b in zip(("topk_idx", "topk_weight", "counts"), out[:3], fused):
+        assert torch.equal(a, b), f"{name} differs from moe_router_fused's"
+    _, roa, offsets = moe_permute_op(torch.zeros(ntokens, 8, device="cuda", dtype=torch.bfloat16), fused[0],
+                                     nexperts, pad_to)
+    assert torch.equal(out[3], roa), "row_of_assignment differs from moe_permute's"
+    assert torch.equal(out[4], offsets), "expert_offsets differ from moe_permute's"
+    assert torch.equal(out[5], expert_permutation_ref(fused[0], nexperts, pad_to)[2]), "token_of_row"
+    again = _ext._C.moe_router_permute(logits, bias, 6, 2.5, n_group, topk_group, pad_to)
+    assert all(torch.equal(a, b) for a, b in zip(out, again)), "not deterministic"
+
+
+@pytest.mark.cuda
+@needs_ext
+def test_cuda_router_permute_no_tokens_and_bad_pad():
+    logits, bias = _router_inputs(0, 128, seed=0, device="cuda")
+    out = _ext._C.moe_router_permute(logits, bias, 6, 2.5, 1, 1, 8)
+    assert out[2].eq(0).all() and out[4].eq(0).all() and out[5].eq(-1).all() and out[5].numel() == 128 * 7
+    for pad_to in (0, 4097):
+        with pytest.raises(ValueError, match=rf"pad_to must be in \[1, 4096\], got {pad_to}"):
+            _ext._C.moe_router_permute(logits, bias, 6, 2.5, 1, 1, pad_to)
+
+
+def test_with_permutation_off_the_gpu():
+    """moe_router(with_permutation=True): the permutation is None where the router's kernels do not make it (here:
+    CPU), so moe_experts ranks for itself; the reference returns expert_permutation_ref of its choices."""
+    from nemotron_kernels.reference.moe_permute import expert_permutation_ref
+    x, weight, bias = torch.randn(70, 24), torch.randn(16, 24), 0.1 * torch.randn(16)
+    *out, permutation = moe_router(x, weight, bias, 3, 2.5, with_permutation=True)
+    assert permutation is None
+    assert all(torch.equal(a, b) for a, b in zip(out, moe_router(x, weight, bias, 3, 2.5)))
+    *ref, ref_permutation = moe_router_ref(x, weight, bias, 3, 2.5, with_permutation=True)
+    assert all(torch.equal(a, b) for a, b in zip(ref, moe_router_ref(x, weight, bias, 3, 2.5)))
+    for a, b in zip(ref_permutation, expert_permutation_ref(ref[0], 16)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.cuda
+@needs_ext
+@pytest.mark.parametrize("ntokens", [64, 65, 4096])
+def test_cuda_with_permutation(ntokens):
+    """On CUDA past the logits GEMV's tokens the public op returns moe_router_permute's permutation (bitwise
+    expert_permutation_ref of its choices), the same choices and weights as without it, and the same gradients;
+    at the GEMV's sizes it returns None (moe_router_few's path, unchanged)."""
+    from nemotron_kernels.reference.moe_permute import expert_permutation_ref
+    g = torch.Generator().manual_seed(ntokens)
+    x = torch.randn(ntokens, 2688, generator=g).to("cuda", torch.bfloat16).requires_grad_()
+    weight = (0.02 * torch.randn(128, 2688, generator=g)).cuda().requires_grad_()
+    bias = (0.1 * torch.randn(128, generator=g)).cuda()
+    idx, w, counts, permutation = moe_router(x, weight, bias, 6, 2.5, with_permutation=True)
+    plain = moe_router(x, weight, bias, 6, 2.5)
+    for name, a, b in zip(("topk_idx", "topk_weight", "counts"), (idx, w, counts), plain):
+        assert torch.equal(a, b), f"{name} differs with the permutation"
+    if ntokens <= _ext._C.moe_router_logits_max_tokens:
+        assert permutation is None
+        return
+    for name, a, b in zip(("row_of_assignment", "expert_offsets", "token_of_row"), permutation,
+                          expert_permutation_ref(idx, 128)):
+        assert torch.equal(a, b), name
+    dw = torch.randn_like(w)
+    grads = torch.autograd.grad(w, (x, weight), dw)
+    for a, b in zip(grads, torch.autograd.grad(plain[1], (x, weight), dw)):
         assert torch.equal(a, b)
