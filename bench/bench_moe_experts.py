@@ -2,6 +2,7 @@
 H=2688, I=1856, shared width 3712, bf16; forward for every T, forward+backward for T in {1024, 16384}.
 
 ours:      permute kernel -> CUTLASS grouped GEMMs (relu^2 fused) -> weighted gather (+ shared expert, same kernels);
+           also with the router's permutation given (moe_router(with_permutation=True)): the rows are only copied;
            the FP8 variant (moe_experts_fp8: e4m3 weights per channel, tokens and h quantised per row, forward only)
 baselines: the same layer in torch ops: argsort permutation, torch._grouped_mm up -> relu^2 -> _grouped_mm down,
            index_add combine, shared expert by torch matmuls (its backward by torch autograd);
@@ -10,6 +11,7 @@ import torch
 
 from nemotron_kernels.ops.moe_experts import moe_experts, moe_experts_fp8, quantize_experts_fp8
 from nemotron_kernels.reference.moe_experts import moe_experts_ref
+from nemotron_kernels.reference.moe_permute import expert_permutation_ref
 
 from .bench_grouped_gemm import make_weights
 from .harness import Bench, Variant
@@ -42,6 +44,8 @@ def _input_maker(ntokens, weights, device, requires_grad=False):
         x = torch.randn(ntokens, HIDDEN, generator=gen).to(device=device, dtype=torch.bfloat16)
         s = dict(x=x.requires_grad_(requires_grad), topk_idx=topk_idx.to(device=device, dtype=torch.int32),
                  topk_weight=topk_weight.to(device).requires_grad_(requires_grad), **weights)
+        # what moe_router(with_permutation=True) hands the layer past the logits GEMV's tokens
+        s["permutation"] = expert_permutation_ref(s["topk_idx"], weights["up"].shape[0])
         if requires_grad:
             s["dout"] = torch.randn(ntokens, HIDDEN, generator=gen).to(device=device, dtype=torch.bfloat16)
         return s
@@ -56,9 +60,13 @@ def _call(fn):
     return lambda s: fn(*(s[n] for n in ARGS))
 
 
-def _train_step(fn):
+def _with_permutation(s):
+    return moe_experts(*(s[n] for n in ARGS), permutation=s["permutation"])
+
+
+def _train_step(call):
     def step(s):
-        out = fn(*(s[n] for n in ARGS))
+        out = call(s)
         return torch.autograd.grad(out, [s[n] for n in GRAD_ARGS], s["dout"])
     return step
 
@@ -89,6 +97,9 @@ def run(bench: Bench) -> None:
         variants = [Variant("ours: moe_experts", _call(moe_experts), flops=flops, bytes=weight_bytes),
                     Variant("ours fp8: moe_experts_fp8", fp8_layer, flops=flops, flop_ceiling="fp8",
                             bytes=weight_bytes // 2)]
+        if ntokens > 64:        # the router's permutation given: the rows are copied, not ranked again
+            variants.insert(1, Variant("ours: moe_experts, the router's permutation", _with_permutation,
+                                       flops=flops, bytes=weight_bytes))
         if on_gpu:
             variants.append(Variant("torch: argsort + _grouped_mm layer", _call(torch_layer), flops=flops,
                                     bytes=weight_bytes, baseline=True))
@@ -104,8 +115,9 @@ def run(bench: Bench) -> None:
         grad_weights = {k: v.detach().clone().requires_grad_() for k, v in weights.items()}
         pool = bench.input_pool(_input_maker(ntokens, grad_weights, bench.device, requires_grad=True), min_sets=2)
         flops = 3 * (2.0 * ntokens * TOP_K * HIDDEN * INTER * 2 + 2.0 * ntokens * HIDDEN * SHARED * 2)
-        variants = [Variant("ours: moe_experts fwd+bwd", _train_step(moe_experts), flops=flops)]
+        variants = [Variant("ours: moe_experts fwd+bwd", _train_step(_call(moe_experts)), flops=flops),
+                    Variant("ours: the same, the router's permutation", _train_step(_with_permutation), flops=flops)]
         if on_gpu:
-            variants.append(Variant("torch: _grouped_mm layer fwd+bwd", _train_step(torch_layer), flops=flops,
+            variants.append(Variant("torch: _grouped_mm layer fwd+bwd", _train_step(_call(torch_layer)), flops=flops,
                                     baseline=True))
         bench.measure(f"fwd+bwd T={ntokens}", pool, variants, T=ntokens, E=up.shape[0], k=TOP_K)
