@@ -564,22 +564,29 @@ def test_cuda_no_tf32_even_when_enabled_and_setting_restored():
 
 @pytest.mark.cuda
 @needs_ext
-def test_cuda_graph_capture():
+@pytest.mark.parametrize("ntokens,with_permutation", [(64, False), (256, True)])
+def test_cuda_graph_capture(ntokens, with_permutation):
+    """Capturable (decode steps run in CUDA graphs), the permutation path too (decode batches past 64 sequences)."""
     g = torch.Generator().manual_seed(11)
-    x = torch.randn(64, 2688, generator=g).to(torch.bfloat16).cuda()
+    x = torch.randn(ntokens, 2688, generator=g).to(torch.bfloat16).cuda()
     weight, bias = torch.randn(128, 2688, generator=g).cuda() / 50, (0.05 * torch.randn(128, generator=g)).cuda()
-    eager = moe_router(x, weight, bias, 6, 2.5)
+
+    def route():
+        out = moe_router(x, weight, bias, 6, 2.5, with_permutation=with_permutation)
+        return (*out[:3], *out[3]) if with_permutation else out
+    eager = route()
+    assert len(eager) == (6 if with_permutation else 3)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        moe_router(x, weight, bias, 6, 2.5)
+        route()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        captured = moe_router(x, weight, bias, 6, 2.5)
-    x.copy_(torch.randn(64, 2688, generator=g).to(torch.bfloat16))
+        captured = route()
+    x.copy_(torch.randn(ntokens, 2688, generator=g).to(torch.bfloat16))
     graph.replay()
-    expected = moe_router(x, weight, bias, 6, 2.5)
+    expected = route()
     assert not torch.equal(expected[0], eager[0])
     for a, b in zip(captured, expected):
         assert torch.equal(a, b)
