@@ -32,6 +32,8 @@ constexpr int kScanThreads = 1024;
 constexpr int kRowThreads = 256;
 
 int64_t chunks_of(int64_t n_assign) { return (n_assign + kChunk - 1) / kChunk; }
+// Decode batches: one block ranks and places everything, and the rows are gathered (not scattered).
+bool fits_one_chunk(int64_t n_assign, int64_t m_rows) { return n_assign <= kChunk && m_rows <= 2 * kChunk; }
 
 __global__ void __launch_bounds__(kRankThreads)
 rank_in_chunk_kernel(const int32_t* __restrict__ topk_idx, int64_t n_assign, int num_experts, int n_chunks,
@@ -482,8 +484,7 @@ void permute_launch(const void* x, int elem_bytes, const int32_t* topk_idx, int6
   const int n_chunks = int(chunks_of(n_assign));
   int32_t* hist = scratch;                                       // [E][n_chunks]
   int32_t* token_of_row = scratch + int64_t(n_chunks) * num_experts;  // [m_rows]
-  const bool one_chunk = n_assign <= kChunk && m_rows <= 2 * kChunk;
-  if (one_chunk) {  // one block also fills the rows (no padding blow-up)
+  if (fits_one_chunk(n_assign, m_rows)) {  // one block also fills the rows (no padding blow-up)
     const size_t smem = sizeof(int32_t) * num_experts * (kRankWarps + 2);
     permute_one_chunk_kernel<<<1, kRankThreads, smem, stream>>>(topk_idx, int(n_assign), top_k, num_experts, pad_to,
                                                                 m_rows, row_of_assignment, expert_offsets,
@@ -513,7 +514,7 @@ void permute_rows_launch(const void* x, int elem_bytes, const int32_t* row_of_as
                          void* rows, cudaStream_t stream) {
   if (m_rows == 0) return;
   // A few rows (one chunk, L2-resident): the gather's many small CTAs; past that the scatter reads x's rows once.
-  const bool one_chunk = ntokens * top_k <= kChunk && m_rows <= 2 * kChunk;
+  const bool one_chunk = fits_one_chunk(ntokens * top_k, m_rows);
   const int64_t row_bytes = hidden * elem_bytes;
   auto copy = [&](auto unit) {
     using V = decltype(unit);

@@ -5,8 +5,9 @@ CUDA kernels (csrc/moe/moe_permute_kernel.cu) for bf16/fp16/fp32 CUDA tensors: a
 synchronisation, no atomics (bitwise deterministic), in five launches; two (one block ranks and places, one
 gathers) up to 2,048 assignments and 4,096 rows with padding (decode batches). unpermute gathers each token's k
 rows in slot order. The reference runs on CPU, for float64, or without the extension.
-Layers: custom ops `nemotron_kernels::moe_permute` / `::moe_unpermute` / `::moe_unpermute_bwd`
--> `MoePermuteFn`, `MoeUnpermuteFn` (autograd) -> `moe_permute()`, `moe_unpermute()` (checks, dispatch).
+Layers: custom ops `nemotron_kernels::moe_permute` / `::moe_unpermute` / `::moe_unpermute_bwd`, and
+`::moe_permute_rows` (the row copy alone, for a permutation the router made) -> `MoePermuteFn`, `MoeUnpermuteFn`
+(autograd) -> `moe_permute()`, `moe_unpermute()` (checks, dispatch).
 
 On the CUDA path, expert ids outside [0, E) cannot be checked without reading them back to the host: such
 assignments are dropped (row_of_assignment = -1, they contribute nothing); the reference raises ValueError."""
@@ -150,24 +151,18 @@ def moe_permute(x, topk_idx, num_experts: int, pad_to: int = 1, permutation=None
         x [T, H]: tokens.   topk_idx [T, k] int32/int64: each token's experts, values in [0, num_experts).
         num_experts: E (<= 1024 on the CUDA path).   pad_to: round each expert's rows up to a multiple (1: none).
         permutation: (row_of_assignment [T, k], expert_offsets [E+1], token_of_row [M]) int32 for topk_idx and
-            pad_to, as moe_router_permute returns them, or None: then only the rows are copied (one launch).
+            pad_to, as moe_router_permute returns them (or moe_router(..., with_permutation=True) for pad_to 1):
+            then only the rows are copied (one launch); None: the choices are ranked here.
     Returns:
         rows [M, H] like x (M = T*k, plus E*(pad_to-1) when pad_to > 1; padding rows are zero),
         row_of_assignment [T, k] int32 (the row of token t's j-th choice), expert_offsets [E+1] int32
         (expert e owns rows [expert_offsets[e], expert_offsets[e+1])). Differentiable in x.
     """
     check_permute_args(x, topk_idx, num_experts, pad_to)
+    if not _use_kernel(x, topk_idx.shape[1], num_experts):
+        return moe_permute_ref(x, topk_idx, num_experts, pad_to, permutation)
     if permutation is not None:
         check_permutation(permutation, topk_idx, num_experts, pad_to)
-    if not _use_kernel(x, topk_idx.shape[1], num_experts):
-        if permutation is None:
-            return moe_permute_ref(x, topk_idx, num_experts, pad_to)
-        row_of_assignment, expert_offsets, token_of_row = permutation
-        filled = token_of_row >= 0                                                 # [M]
-        rows = x.new_zeros(token_of_row.shape[0], x.shape[1])
-        rows[filled] = x[token_of_row[filled].long()]
-        return rows, row_of_assignment.to(torch.int32), expert_offsets.to(torch.int32)
-    if permutation is not None:
         permutation = tuple(t.to(torch.int32).contiguous() for t in permutation)
     return MoePermuteFn.apply(x.contiguous(), topk_idx.to(torch.int32).contiguous(), num_experts, pad_to,
                               permutation)

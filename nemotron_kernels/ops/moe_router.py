@@ -8,7 +8,8 @@ kernel for CPU tensors, the reference for float64 or without the extension) -> `
 topk_weight is differentiable in x and weight; backward GEMMs in `::moe_router_logits_backward`)
 -> `moe_router()` (argument checks). `::moe_router_gate` runs the first two, or for a few CUDA bf16 tokens the
 extension's moe_router_few, the logits GEMV and the fused kernel from one host call (the GEMV zeroes the counts:
-no memset launch)."""
+no memset launch). `::moe_router_permute` is `::moe_router_fused` that also makes the expert-sorted permutation
+(a second launch places every assignment); MoeRouterFn calls it when moe_router is asked for the permutation."""
 import contextlib
 import functools
 
@@ -270,8 +271,9 @@ def moe_router(x, weight, bias, top_k: int, routed_scaling_factor: float = 1.0, 
         topk_weight [T, k] fp32 (fp64 for fp64 x; differentiable in x and weight), counts [E] int32;
         with with_permutation, a fourth: (row_of_assignment [T, k], expert_offsets [E+1], token_of_row [T*k])
         int32, what moe_permute's ranking writes (pad_to 1), for moe_experts / moe_permute(permutation=); or None
-        where the router's kernels do not make it (not CUDA, or at most moe_router_logits_max_tokens tokens,
-        where it would save no launch): those ops then rank the choices themselves.
+        where the router's kernels do not make it (see _permutation_ok: not CUDA, float64 x, more experts than
+        the CUDA kernel takes, or at most moe_router_logits_max_tokens tokens): those ops then rank the choices
+        themselves.
     """
     check_router_args(x, weight, bias, top_k, n_group, topk_group)
     topk_idx, topk_weight, counts, *permutation = MoeRouterFn.apply(

@@ -42,22 +42,28 @@ def check_unpermute_args(rows, row_of_assignment, topk_weight) -> None:
     check_same_device(rows=rows, row_of_assignment=row_of_assignment, topk_weight=topk_weight)
 
 
-def moe_permute_ref(x, topk_idx, num_experts: int, pad_to: int = 1):
+def moe_permute_ref(x, topk_idx, num_experts: int, pad_to: int = 1, permutation=None):
     """Tokens -> expert-sorted rows (reference; see the module docstring for the layout).
 
     Args:
         x [T, H]: tokens, any float dtype.   topk_idx [T, k] int32/int64: experts, values in [0, num_experts).
         num_experts: E.   pad_to: round every expert's row count up to a multiple of this (1: no padding).
+        permutation: expert_permutation_ref(topk_idx, num_experts, pad_to) made elsewhere (the router's), or None:
+            then it is made here. Its rows are copied as given (only its shapes are checked).
     Returns:
         rows [M, H] in x's dtype (M = T*k + E*(pad_to-1) if pad_to > 1 else T*k; padding rows are zero),
         row_of_assignment [T, k] int32, expert_offsets [E+1] int32. Differentiable in x.
     """
     check_permute_args(x, topk_idx, num_experts, pad_to)
-    row_of_assignment, expert_offsets, token_of_row = expert_permutation_ref(topk_idx, num_experts, pad_to)
+    if permutation is None:
+        permutation = expert_permutation_ref(topk_idx, num_experts, pad_to)
+    else:
+        check_permutation(permutation, topk_idx, num_experts, pad_to)
+    row_of_assignment, expert_offsets, token_of_row = permutation
     filled = token_of_row >= 0                                                     # [M]
     rows = x.new_zeros(token_of_row.numel(), x.shape[1])
     rows[filled] = x[token_of_row[filled].long()]
-    return rows, row_of_assignment, expert_offsets
+    return rows, row_of_assignment.to(torch.int32), expert_offsets.to(torch.int32)
 
 
 def check_permutation(permutation, topk_idx, num_experts: int, pad_to: int) -> None:

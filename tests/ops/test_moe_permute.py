@@ -3,7 +3,7 @@ input, and the CUDA kernels against the reference (bitwise for the permutation, 
 import pytest
 import torch
 
-from nemotron_kernels import moe_permute, moe_unpermute
+from nemotron_kernels import moe_permute, moe_unpermute, ops_for
 from nemotron_kernels.ops.moe_permute import moe_unpermute_op
 from nemotron_kernels.reference.moe_permute import moe_permute_ref, moe_unpermute_ref
 
@@ -361,6 +361,8 @@ def test_permute_with_a_given_permutation_is_the_same():
         perm = expert_permutation_ref(idx, 5, pad_to)
         got, want = moe_permute(x, idx, 5, pad_to, permutation=perm), moe_permute(x, idx, 5, pad_to)
         assert all(torch.equal(a, b) for a, b in zip(got, want))
+        ref = ops_for("reference").moe_permute(x, idx, 5, pad_to, permutation=perm)   # the reference takes it too
+        assert all(torch.equal(a, b) for a, b in zip(ref, want))
         g = torch.randn_like(got[0])
         assert torch.equal(torch.autograd.grad(got[0], x, g)[0], torch.autograd.grad(want[0], x, g)[0])
     with pytest.raises(ValueError, match=r"token_of_row must have shape \[M\] = \(18,\)"):
