@@ -44,8 +44,8 @@ def _input_maker(ntokens, weights, device, requires_grad=False):
         x = torch.randn(ntokens, HIDDEN, generator=gen).to(device=device, dtype=torch.bfloat16)
         s = dict(x=x.requires_grad_(requires_grad), topk_idx=topk_idx.to(device=device, dtype=torch.int32),
                  topk_weight=topk_weight.to(device).requires_grad_(requires_grad), **weights)
-        # what moe_router(with_permutation=True) hands the layer past the logits GEMV's tokens
-        s["permutation"] = expert_permutation_ref(s["topk_idx"], weights["up"].shape[0])
+        if ntokens > 64:   # what moe_router(with_permutation=True) hands the layer past the logits GEMV's tokens
+            s["permutation"] = expert_permutation_ref(s["topk_idx"], weights["up"].shape[0])
         if requires_grad:
             s["dout"] = torch.randn(ntokens, HIDDEN, generator=gen).to(device=device, dtype=torch.bfloat16)
         return s

@@ -36,9 +36,8 @@ from ..reference.moe_experts import moe_experts_ref
 from .grouped_gemm import (grouped_gemm_fp8_nt, grouped_gemm_nn, grouped_gemm_nt, grouped_gemm_tn,
                            grouped_gemm_w8_nt, moe_decode_down, moe_decode_gemv, one_group_offsets,
                            quantize_fp8_rowwise, quantize_fp8_rowwise_op, relu2_grad, use_kernel)
-from ..reference.moe_permute import check_permutation
-from .moe_permute import (MAX_EXPERTS, MAX_TOP_K, moe_permute_op, moe_permute_rows_op, moe_permute_scaled_op,
-                          moe_unpermute_bwd_op, moe_unpermute_op)
+from .moe_permute import (MAX_EXPERTS, MAX_TOP_K, kernel_permutation, moe_permute_op, moe_permute_rows_op,
+                          moe_permute_scaled_op, moe_unpermute_bwd_op, moe_unpermute_op)
 
 
 class MoeExpertsFn(torch.autograd.Function):
@@ -162,9 +161,7 @@ def moe_experts(x, topk_idx, topk_weight, up, down, shared_up=None, shared_down=
     contig = [t.contiguous() for t in (x, up, down)]
     shared = [t.contiguous() if t is not None else None for t in (shared_up, shared_down)]
     idx32 = topk_idx.to(torch.int32).contiguous()
-    if permutation is not None:
-        check_permutation(permutation, idx32, nexperts, 1)
-        permutation = tuple(t.to(torch.int32).contiguous() for t in permutation)
+    permutation = kernel_permutation(permutation, idx32, nexperts, 1)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, topk_weight, *weights))
     if not needs_grad and _decode_ok(idx32, inter, shared_up):
         return _decode_experts(contig[0], idx32, topk_weight.float().contiguous(), (contig[1], None, contig[2], None),

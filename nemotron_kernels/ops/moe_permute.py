@@ -102,6 +102,15 @@ def _(dout, rows, row_of_assignment, topk_weight, m_rows):
     return dout.new_empty(m_rows, dout.shape[1]), dout.new_empty(shape_w, dtype=torch.float32)
 
 
+def kernel_permutation(permutation, topk_idx, num_experts: int, pad_to: int):
+    """A given permutation (moe_router's) checked against topk_idx, as the kernels take it (int32, contiguous), or
+    None."""
+    if permutation is None:
+        return None
+    check_permutation(permutation, topk_idx, num_experts, pad_to)
+    return tuple(t.to(torch.int32).contiguous() for t in permutation)
+
+
 class MoePermuteFn(torch.autograd.Function):
     """x -> (rows, row_of_assignment, expert_offsets); the gradient of x sums each token's k row gradients."""
 
@@ -161,11 +170,8 @@ def moe_permute(x, topk_idx, num_experts: int, pad_to: int = 1, permutation=None
     check_permute_args(x, topk_idx, num_experts, pad_to)
     if not _use_kernel(x, topk_idx.shape[1], num_experts):
         return moe_permute_ref(x, topk_idx, num_experts, pad_to, permutation)
-    if permutation is not None:
-        check_permutation(permutation, topk_idx, num_experts, pad_to)
-        permutation = tuple(t.to(torch.int32).contiguous() for t in permutation)
     return MoePermuteFn.apply(x.contiguous(), topk_idx.to(torch.int32).contiguous(), num_experts, pad_to,
-                              permutation)
+                              kernel_permutation(permutation, topk_idx, num_experts, pad_to))
 
 
 def moe_unpermute(rows, row_of_assignment, topk_weight=None):
